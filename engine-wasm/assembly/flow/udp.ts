@@ -1,0 +1,102 @@
+// udp.ts — UDP flows: guest datagrams re-originated from host sockets, replies turned back into
+// frames.
+//
+// A flow is one (guest address, guest port, remote address, remote port). Its host socket is a
+// UDP socket *connected* to the remote (opened by native-vmm on OPK_UDP_OPEN, filed under the
+// flow's index), so the kernel hands it only that remote's replies and the flow needs no
+// demultiplexing on the way back. DNS sent to the gateway is dialled to the configured
+// forwarder instead, while the guest keeps seeing the gateway as its peer. A flow lives while it
+// carries traffic either way; engineTick expires it after CFG_UDP_IDLE_MS without any.
+
+import {
+  CFG_MAX_UDP_FLOWS, ST_UDP_LIVE, ST_NOW_MS, CFG_GUEST_MAC, CFG_MTU,
+  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE,
+} from "../layout";
+import {
+  UDP_FLOWS_OPENED, UDP_TO_HOST, UDP_FROM_HOST, DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL,
+  DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED,
+} from "../counters";
+import { keyHash, flowLookup, flowInsert, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT } from "./table";
+import { wr16, copy16 } from "../wire/bytes";
+import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
+
+export const UDP_OPEN: u32 = 1;
+
+/**
+ * A datagram from the guest whose key is already at KEY_SCRATCH. `dial`/`dialPort` say where the
+ * host socket connects (the remote itself, or the DNS forwarder). Payload: `len` bytes at `data`.
+ */
+export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, dialPort: u32): void {
+  const hash = keyHash();
+  let idx = flowLookup(hash);
+  if (idx < 0) {
+    const live = load<u32>(ST_UDP_LIVE);
+    if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return; }
+    idx = flowInsert(hash);
+    if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return; }
+    const rec = flowRecord(<u32>idx);
+    store<u32>(rec, UDP_OPEN, F_STATE);
+    copy16(rec + F_DIAL_ADDR, dial);
+    store<u32>(rec, dialPort, F_DIAL_PORT);
+    store<u32>(ST_UDP_LIVE, live + 1);
+    if (!opPush(OPK_UDP_OPEN, <u32>idx, 0, 0, family, dialPort, rec + F_DIAL_ADDR)) {
+      udpClose(<u32>idx, false);
+      return;
+    }
+    count(UDP_FLOWS_OPENED);
+  }
+  const rec = flowRecord(<u32>idx);
+  if (!opPush(OPK_UDP_SEND, <u32>idx, data, len, family, 0, 0)) return;
+  store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
+  store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
+  store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + len, F_BYTES_OUT);
+  count(UDP_TO_HOST);
+}
+
+/**
+ * A datagram of `len` bytes at `data` from flow `idx`'s remote. Returns false when the TX ring
+ * is full (the caller keeps the datagram queued and retries).
+ */
+export function udpToGuest(idx: u32, data: usize, len: u32): bool {
+  const rec = flowRecord(idx);
+  if (load<u32>(rec, F_STATE) != UDP_OPEN || load<u8>(rec) != 17) { count(DROP_UDP_NO_FLOW); return true; }
+  const family = <u32>load<u8>(rec, 1);
+  const ipHdr: u32 = family == 4 ? 20 : 40;
+  if (ipHdr + 8 + len > load<u32>(CFG_MTU)) { count(DROP_OVERSIZE); return true; }
+  const out = txReserve();
+  if (!out) return false;
+  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? 0x0800 : 0x86dd);
+  let udp: usize;
+  if (family == 4) udp = emitIp4(ip, 17, rec + 24 + 12, rec + 8 + 12, 8 + len);
+  else udp = emitIp6(ip, 17, rec + 24, rec + 8, 8 + len, 64);
+  wr16(udp, <u32>load<u16>(rec, 6));
+  wr16(udp + 2, <u32>load<u16>(rec, 4));
+  wr16(udp + 4, 8 + len);
+  memory.copy(udp + 8, data, len);
+  if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, 17);
+  else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, 17);
+  txCommit(<u32>(udp - out) + 8 + len);
+  store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
+  store<u64>(rec, load<u64>(rec, F_PKTS_IN) + 1, F_PKTS_IN);
+  store<u64>(rec, load<u64>(rec, F_BYTES_IN) + len, F_BYTES_IN);
+  count(UDP_FROM_HOST);
+  return true;
+}
+
+/** Remove a UDP flow; `closeSocket` queues the close of its host socket. */
+export function udpClose(idx: u32, closeSocket: bool): void {
+  if (closeSocket) opPush(OPK_CLOSE, idx, 0, 0, 0, 0, 0);
+  store<u32>(ST_UDP_LIVE, load<u32>(ST_UDP_LIVE) - 1);
+  flowRemove(idx);
+}
+
+/** Expire flow `idx` if it is UDP and idle for `idleMs`. Returns true if it was removed. */
+export function udpExpire(idx: u32, nowMs: f64, idleMs: f64): bool {
+  const rec = flowRecord(idx);
+  if (load<u8>(rec) != 17 || load<u32>(rec, F_STATE) != UDP_OPEN) return false;
+  if (nowMs - load<f64>(rec, F_LAST_MS) < idleMs) return false;
+  udpClose(idx, true);
+  count(UDP_FLOWS_EXPIRED);
+  return true;
+}
+

@@ -1,0 +1,129 @@
+// layout.ts — the shared-memory map of one engine, the single source of truth.
+//
+// This file is compiled twice: by asc into the engine (engine-wasm) and by tsc into the
+// orchestrator, which hands the numbers on to native-vmm at link attach time. It must therefore
+// stay valid in both languages: plain `export const NAME = <integer expression>` only, no types,
+// no imports, no functions.
+//
+// Invariants
+// - The memory is fixed-size (initial == maximum pages) and never grows: every thread keeps
+//   views into it, and a grown shared memory would leave them stale.
+// - Every region is at a constant offset. The engine module has no data segments and keeps no
+//   state in globals: everything lives here, so any thread can attach to it.
+// - Ring control words each sit on their own 128-byte line (no false sharing between producer
+//   and consumer threads).
+
+export const PAGE_BYTES = 65536;
+export const CACHE_LINE = 128;
+
+// ---- control page: rings' counters and flags -----------------------------------------------
+// A ring control block: head (consumer's free-running counter), tail (producer's), the
+// consumer's sleep flag, and a "pending head" the consumer may stage until host operations that
+// still read the slots have run (see engine.ts, "slot lifetime").
+export const RING_CTRL_HEAD = 0;
+export const RING_CTRL_TAIL = 128;
+export const RING_CTRL_SLEEP = 256;
+export const RING_CTRL_PENDING_HEAD = 384;
+export const RING_CTRL_BYTES = 512;
+
+export const CTRL_BASE = 4096;
+export const RX_CTRL = CTRL_BASE; // link -> engine: frames from the guest
+export const TX_CTRL = CTRL_BASE + RING_CTRL_BYTES; // engine -> link: frames to the guest
+export const IN_CTRL = CTRL_BASE + 2 * RING_CTRL_BYTES; // host sockets -> engine: datagrams, events
+export const STOP_FLAG = CTRL_BASE + 3 * RING_CTRL_BYTES; // set to 1 to ask the engine loop to stop
+
+// ---- engine state (replaces globals) ---------------------------------------------------------
+export const STATE_BASE = 8192;
+export const ST_FLOW_FREE_TOP = STATE_BASE + 0; // u32: entries on the free-index stack
+export const ST_FLOWS_LIVE = STATE_BASE + 4; // u32: flows in use (all protocols)
+export const ST_UDP_LIVE = STATE_BASE + 8; // u32: UDP flows in use
+export const ST_SCAN_CURSOR = STATE_BASE + 12; // u32: next flow index for the idle scan
+export const ST_OPS_COUNT = STATE_BASE + 16; // u32: host operations queued in OPS_BASE
+export const ST_INITIALIZED = STATE_BASE + 20; // u32: 1 once engineInit ran
+export const ST_TCP_LIVE = STATE_BASE + 24; // u32: TCP flows in use
+export const ST_IP_ID = STATE_BASE + 28; // u32: next IPv4 identification
+export const ST_NOW_MS = STATE_BASE + 32; // f64: time of the current batch
+export const ST_DHCP_LEASED = STATE_BASE + 40; // u32: 1 once the guest took its lease
+export const ST_TX_NEXT = STATE_BASE + 44; // u32: TX tail being filled (published at batch end)
+export const KEY_SCRATCH = STATE_BASE + 64; // 40 bytes: the flow key being looked up
+export const PKT_SCRATCH = STATE_BASE + 128; // parsed-packet context (see engine.ts)
+
+// ---- configuration written by the orchestrator before engineInit ----------------------------
+export const CFG_BASE = 12288;
+export const CFG_GATEWAY_MAC = CFG_BASE + 0; // 6 bytes
+export const CFG_GUEST_MAC = CFG_BASE + 8; // 6 bytes
+export const CFG_GATEWAY_IP4 = CFG_BASE + 16; // 4 bytes, network order
+export const CFG_GUEST_IP4 = CFG_BASE + 20; // 4 bytes, network order
+export const CFG_PREFIX_LEN4 = CFG_BASE + 24; // u32
+export const CFG_MTU = CFG_BASE + 28; // u32: the guest link's MTU (IP bytes per frame)
+export const CFG_UDP_IDLE_MS = CFG_BASE + 32; // u32
+export const CFG_MAX_UDP_FLOWS = CFG_BASE + 36; // u32
+export const CFG_DNS_IP4 = CFG_BASE + 40; // 4 bytes: DNS server announced by DHCP (the gateway)
+export const CFG_LEASE_SECS = CFG_BASE + 44; // u32
+export const CFG_GATEWAY_IP6 = CFG_BASE + 48; // 16 bytes: the gateway's ULA address
+export const CFG_GATEWAY_LL6 = CFG_BASE + 64; // 16 bytes: the gateway's link-local address
+export const CFG_GUEST_IP6 = CFG_BASE + 80; // 16 bytes: the guest's ULA address
+export const CFG_PREFIX6 = CFG_BASE + 96; // 16 bytes: the /64 announced in router advertisements
+export const CFG_DNS_FWD_IP = CFG_BASE + 112; // 16 bytes: where DNS to the gateway is forwarded (v4-mapped or v6)
+export const CFG_DNS_FWD_PORT = CFG_BASE + 128; // u32: its port (0 = DNS to the gateway is dropped)
+export const CFG_MAX_TCP_FLOWS = CFG_BASE + 132; // u32
+
+// ---- counters: u64 each, indexes in counters.ts / orchestrator counter names -----------------
+export const COUNTERS_BASE = 16384;
+export const COUNTERS_MAX = 256;
+
+// ---- host operations: engine -> native (sends, opens, closes) --------------------------------
+export const OPS_BASE = 32768;
+export const OP_BYTES = 32;
+export const OPS_MAX = 1024; // the engine stops taking frames from a batch before this fills
+// op record fields
+export const OP_KIND = 0; // u32
+export const OP_FLOW = 4; // u32 flow index (the token native uses for its fd)
+export const OP_DATA = 8; // u32 offset of payload in this memory
+export const OP_LEN = 12; // u32 payload length
+export const OP_FAMILY = 16; // u32 4 or 6
+export const OP_PORT = 20; // u32 remote port
+export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::ffff:a.b.c.d)
+// op kinds
+export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow
+export const OPK_UDP_SEND = 2; // send(len bytes at data) on the flow's socket
+export const OPK_CLOSE = 3; // close the flow's socket
+
+// ---- flow table -------------------------------------------------------------------------------
+// Records live in a slab (stable index = the flow's token everywhere); an open-addressing index
+// (linear probing, backward-shift deletion, so no tombstones) maps key hash -> index + 1.
+export const FLOW_CAPACITY = 16384; // power of two
+export const FLOW_INDEX_SLOTS = 2 * FLOW_CAPACITY; // load factor <= 0.5
+export const FLOW_RECORD_BYTES = 256;
+export const FLOW_INDEX_BASE = 65536 * 2; // FLOW_INDEX_SLOTS u32s
+export const FLOW_FREE_BASE = FLOW_INDEX_BASE + FLOW_INDEX_SLOTS * 4; // FLOW_CAPACITY u32s
+export const FLOW_SLAB_BASE = FLOW_FREE_BASE + FLOW_CAPACITY * 4;
+export const FLOW_SLAB_END = FLOW_SLAB_BASE + FLOW_CAPACITY * FLOW_RECORD_BYTES;
+
+// ---- rings --------------------------------------------------------------------------------------
+// Descriptor rings (16 B per slot) with one fixed buffer per slot: slot i always uses buffer i.
+// A frame is at most SLOT_BYTES (Ethernet header + MTU 65520 fits in 65536).
+export const SLOT_BYTES = 65536;
+export const DESC_BYTES = 16;
+export const DESC_LEN = 0; // u32 bytes in the buffer
+export const DESC_FLAGS = 4; // u32
+export const DESC_TOKEN = 8; // u32 (inbound ring: flow index)
+export const DESC_AUX = 12; // u32 (inbound ring: event kind)
+export const RX_SLOTS = 256;
+export const TX_SLOTS = 256;
+export const IN_SLOTS = 64;
+export const RX_DESC_BASE = FLOW_SLAB_END;
+export const TX_DESC_BASE = RX_DESC_BASE + RX_SLOTS * DESC_BYTES;
+export const IN_DESC_BASE = TX_DESC_BASE + TX_SLOTS * DESC_BYTES;
+export const RX_BUF_BASE = (IN_DESC_BASE + IN_SLOTS * DESC_BYTES + 65535) & ~65535;
+export const TX_BUF_BASE = RX_BUF_BASE + RX_SLOTS * SLOT_BYTES;
+export const IN_BUF_BASE = TX_BUF_BASE + TX_SLOTS * SLOT_BYTES;
+export const BENCH_BASE = IN_BUF_BASE + IN_SLOTS * SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
+export const BENCH_BYTES = 1048576;
+export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
+export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;
+
+// inbound ring event kinds (DESC_AUX)
+export const INK_UDP_DATA = 1; // a datagram from the flow's remote
+export const INK_FLOW_ERROR = 2; // the flow's socket failed (token = flow), DESC_FLAGS = errno
+export const INK_OPEN_FAILED = 3; // the flow's socket could not be opened (token = flow), DESC_FLAGS = errno

@@ -1,0 +1,202 @@
+// addon.cc — the Node-API surface of native-vmm.
+//
+//   openTap(netnsPath, ifname) -> fd          create a TAP device inside a network namespace
+//   new Datapath(memoryU8, layout)            the data path of one engine (see datapath.cc)
+//     .attachLink(fd)  .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
+//
+// Datapath.start() watches the data path's epoll fd with a uv_poll handle on the calling
+// thread's event loop (a worker's), and calls onReady() when anything is readable. The shared
+// memory must be a Uint8Array over the engine's fixed-size shared WebAssembly.Memory buffer: the
+// pointer taken at construction stays valid because that memory never grows, and the object
+// keeps a reference to the array so it is not collected first.
+#include <napi.h>
+#include <uv.h>
+
+#include <cstring>
+#include <memory>
+
+#include "datapath.h"
+#include "tap.h"
+
+namespace {
+
+using moat::Datapath;
+using moat::Layout;
+
+uint32_t need(Napi::Env env, Napi::Object o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) {
+    Napi::TypeError::New(env, std::string("layout is missing numeric field ") + key).ThrowAsJavaScriptException();
+    return 0;
+  }
+  return v.As<Napi::Number>().Uint32Value();
+}
+
+void ringFrom(Napi::Env env, Napi::Object lay, moat::Ring& r, uint8_t* mem, const char* ctrl, const char* desc,
+              const char* buf, const char* slots) {
+  r.mem = mem;
+  r.g.ctrl = need(env, lay, ctrl);
+  r.g.descBase = need(env, lay, desc);
+  r.g.bufBase = need(env, lay, buf);
+  r.g.slots = need(env, lay, slots);
+  r.headOff = need(env, lay, "RING_CTRL_HEAD");
+  r.tailOff = need(env, lay, "RING_CTRL_TAIL");
+  r.sleepOff = need(env, lay, "RING_CTRL_SLEEP");
+  r.pendingOff = need(env, lay, "RING_CTRL_PENDING_HEAD");
+  r.slotBytes = need(env, lay, "SLOT_BYTES");
+  r.descBytes = need(env, lay, "DESC_BYTES");
+}
+
+class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Datapath",
+                       {InstanceMethod("attachLink", &DatapathWrap::AttachLink),
+                        InstanceMethod("start", &DatapathWrap::Start),
+                        InstanceMethod("pump", &DatapathWrap::Pump),
+                        InstanceMethod("flush", &DatapathWrap::Flush),
+                        InstanceMethod("liveSockets", &DatapathWrap::LiveSockets),
+                        InstanceMethod("close", &DatapathWrap::Close)});
+  }
+
+  DatapathWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DatapathWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsObject()) {
+      Napi::TypeError::New(env, "new Datapath(memoryU8: Uint8Array, layout: object)").ThrowAsJavaScriptException();
+      return;
+    }
+    auto u8 = info[0].As<Napi::Uint8Array>();
+    memRef_ = Napi::Persistent(info[0].As<Napi::Object>());
+    uint8_t* mem = u8.Data();
+    Napi::Object lay = info[1].As<Napi::Object>();
+    Layout L;
+    ringFrom(env, lay, L.rx, mem, "RX_CTRL", "RX_DESC_BASE", "RX_BUF_BASE", "RX_SLOTS");
+    ringFrom(env, lay, L.tx, mem, "TX_CTRL", "TX_DESC_BASE", "TX_BUF_BASE", "TX_SLOTS");
+    ringFrom(env, lay, L.in, mem, "IN_CTRL", "IN_DESC_BASE", "IN_BUF_BASE", "IN_SLOTS");
+    L.opsBase = need(env, lay, "OPS_BASE");
+    L.opBytes = need(env, lay, "OP_BYTES");
+    L.opsCountOff = need(env, lay, "ST_OPS_COUNT");
+    L.opKind = need(env, lay, "OP_KIND");
+    L.opFlow = need(env, lay, "OP_FLOW");
+    L.opData = need(env, lay, "OP_DATA");
+    L.opLen = need(env, lay, "OP_LEN");
+    L.opFamily = need(env, lay, "OP_FAMILY");
+    L.opPort = need(env, lay, "OP_PORT");
+    L.opAddr = need(env, lay, "OP_ADDR");
+    L.opkUdpOpen = need(env, lay, "OPK_UDP_OPEN");
+    L.opkUdpSend = need(env, lay, "OPK_UDP_SEND");
+    L.opkClose = need(env, lay, "OPK_CLOSE");
+    L.descLen = need(env, lay, "DESC_LEN");
+    L.descFlags = need(env, lay, "DESC_FLAGS");
+    L.descToken = need(env, lay, "DESC_TOKEN");
+    L.descAux = need(env, lay, "DESC_AUX");
+    L.inkUdpData = need(env, lay, "INK_UDP_DATA");
+    L.inkFlowError = need(env, lay, "INK_FLOW_ERROR");
+    L.inkOpenFailed = need(env, lay, "INK_OPEN_FAILED");
+    L.countersBase = need(env, lay, "COUNTERS_BASE");
+    L.cHostSendErrors = need(env, lay, "HOST_SEND_ERRORS");
+    L.cHostOpenErrors = need(env, lay, "HOST_OPEN_ERRORS");
+    L.cLinkRxErrors = need(env, lay, "LINK_RX_ERRORS");
+    L.cLinkTxErrors = need(env, lay, "LINK_TX_ERRORS");
+    L.flowCapacity = need(env, lay, "FLOW_CAPACITY");
+    L.slotBytes = need(env, lay, "SLOT_BYTES");
+    L.memoryBytes = static_cast<uint32_t>(u8.ByteLength());
+    if (env.IsExceptionPending()) return;
+    if (static_cast<uint64_t>(L.in.g.bufBase) + static_cast<uint64_t>(L.in.g.slots) * L.slotBytes > L.memoryBytes) {
+      Napi::RangeError::New(env, "layout does not fit the memory given").ThrowAsJavaScriptException();
+      return;
+    }
+    dp_ = std::make_unique<Datapath>(mem, L);
+  }
+
+  ~DatapathWrap() override { stopPoll(); }
+
+ private:
+  Napi::Value AttachLink(const Napi::CallbackInfo& info) {
+    if (!dp_ || !info[0].IsNumber()) {
+      Napi::TypeError::New(info.Env(), "attachLink(fd: number)").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    dp_->setLinkFd(info[0].As<Napi::Number>().Int32Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || !info[0].IsFunction()) {
+      Napi::TypeError::New(env, "start(onReady: () => void)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (poll_) return env.Undefined();
+    onReady_ = Napi::Persistent(info[0].As<Napi::Function>());
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    uv_poll_init(loop, poll_, dp_->epollFd());
+    poll_->data = this;
+    env_ = env;
+    uv_poll_start(poll_, UV_READABLE, [](uv_poll_t* h, int status, int events) {
+      auto* self = static_cast<DatapathWrap*>(h->data);
+      Napi::HandleScope scope(self->env_);
+      self->onReady_.Call({});
+      // An exception in onReady surfaces as the worker's uncaught exception.
+    });
+    return env.Undefined();
+  }
+
+  Napi::Value Pump(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), dp_ ? dp_->pump() : 0);
+  }
+  Napi::Value Flush(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), dp_ ? dp_->flush() : 0);
+  }
+  Napi::Value LiveSockets(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), dp_ ? dp_->liveSockets() : 0);
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    stopPoll();
+    if (dp_) dp_->closeAll();
+    return info.Env().Undefined();
+  }
+
+  void stopPoll() {
+    if (!poll_) return;
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+    onReady_.Reset();
+  }
+
+  std::unique_ptr<Datapath> dp_;
+  Napi::ObjectReference memRef_;
+  Napi::FunctionReference onReady_;
+  uv_poll_t* poll_ = nullptr;
+  napi_env env_ = nullptr;
+};
+
+Napi::Value OpenTap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "openTap(netnsPath: string, ifname: string)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string err;
+  int fd = moat::openTapInNetns(info[0].As<Napi::String>(), info[1].As<Napi::String>(), err);
+  if (fd < 0) {
+    Napi::Error e = Napi::Error::New(env, err);
+    e.Set("errno", Napi::Number::New(env, -fd));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("openTap", Napi::Function::New(env, OpenTap));
+  exports.Set("Datapath", DatapathWrap::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(moat_native, Init)

@@ -1,0 +1,68 @@
+// tap.cc — opening a TAP device inside another network namespace.
+//
+// setns(CLONE_NEWNET) changes the namespace of the calling *thread* only, and a TAP device is
+// created in the namespace of the thread that issues TUNSETIFF. So a short-lived helper thread
+// enters the sandbox's namespace, creates the device, and exits; the fd it returns stays valid in
+// the (unchanged) namespace of every other thread. No fork, no exec.
+#include "tap.h"
+
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+namespace moat {
+
+int openTapInNetns(const std::string& netnsPath, const std::string& ifname, std::string& err) {
+  if (ifname.size() >= IFNAMSIZ) {
+    err = "interface name '" + ifname + "' is longer than " + std::to_string(IFNAMSIZ - 1) + " characters";
+    return -EINVAL;
+  }
+  int result = -EIO;
+  std::thread worker([&]() {
+    if (!netnsPath.empty()) {
+      int ns = open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0) {
+        result = -errno;
+        err = "cannot open network namespace " + netnsPath + ": " + strerror(errno);
+        return;
+      }
+      if (setns(ns, CLONE_NEWNET) != 0) {
+        result = -errno;
+        err = "cannot enter network namespace " + netnsPath + ": " + strerror(errno);
+        close(ns);
+        return;
+      }
+      close(ns);
+    }
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+      result = -errno;
+      err = std::string("cannot open /dev/net/tun: ") + strerror(errno) +
+            (errno == ENOENT ? " (load the tun module: modprobe tun)" : "");
+      return;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+      result = -errno;
+      err = "cannot create TAP device " + ifname + ": " + strerror(errno) +
+            (errno == EPERM ? " (needs CAP_NET_ADMIN: run as root)" : "");
+      close(fd);
+      return;
+    }
+    result = fd;
+  });
+  worker.join();
+  return result;
+}
+
+}  // namespace moat

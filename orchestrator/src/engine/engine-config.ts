@@ -1,0 +1,83 @@
+// engine-config.ts — what one engine serves (addresses, MACs, limits) and how it is written into
+// the CFG_* block of the engine's memory.
+import ipaddr from "ipaddr.js";
+import { layout, counterNames } from "./layout.js";
+
+export interface EngineConfig {
+  gatewayMac: string; // "02:..:.."
+  guestMac: string;
+  gatewayIp4: string;
+  guestIp4: string;
+  prefixLen4: number;
+  gatewayIp6: string; // the gateway's ULA address
+  gatewayLl6: string; // the gateway's link-local address
+  guestIp6: string;
+  prefix6: string; // the /64 announced to the guest, e.g. "fd6d:6f61:7400:1::"
+  mtu: number;
+  leaseSecs: number;
+  udpIdleMs: number;
+  maxUdpFlows: number;
+  maxTcpFlows: number;
+  /** Where DNS sent to the gateway goes (until DNS interception lands: a plain forwarder). */
+  dnsForward: { ip: string; port: number } | null;
+}
+
+function writeMac(mem: Uint8Array, off: number, mac: string): void {
+  const parts = mac.split(":").map((h) => parseInt(h, 16));
+  if (parts.length !== 6 || parts.some((b) => !(b >= 0 && b <= 255))) throw new Error(`bad MAC address ${mac}`);
+  mem.set(parts, off);
+}
+
+/** 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d */
+export function addr16(ip: string): Uint8Array {
+  const a = ipaddr.parse(ip);
+  return Uint8Array.from(a.kind() === "ipv4" ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());
+}
+
+export function writeEngineConfig(mem: Uint8Array, cfg: EngineConfig): void {
+  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
+  writeMac(mem, layout.CFG_GATEWAY_MAC, cfg.gatewayMac);
+  writeMac(mem, layout.CFG_GUEST_MAC, cfg.guestMac);
+  mem.set(ipaddr.IPv4.parse(cfg.gatewayIp4).toByteArray(), layout.CFG_GATEWAY_IP4);
+  mem.set(ipaddr.IPv4.parse(cfg.guestIp4).toByteArray(), layout.CFG_GUEST_IP4);
+  mem.set(ipaddr.IPv4.parse(cfg.gatewayIp4).toByteArray(), layout.CFG_DNS_IP4);
+  dv.setUint32(layout.CFG_PREFIX_LEN4, cfg.prefixLen4, true);
+  dv.setUint32(layout.CFG_MTU, cfg.mtu, true);
+  dv.setUint32(layout.CFG_UDP_IDLE_MS, cfg.udpIdleMs, true);
+  dv.setUint32(layout.CFG_MAX_UDP_FLOWS, cfg.maxUdpFlows, true);
+  dv.setUint32(layout.CFG_MAX_TCP_FLOWS, cfg.maxTcpFlows, true);
+  dv.setUint32(layout.CFG_LEASE_SECS, cfg.leaseSecs, true);
+  mem.set(ipaddr.IPv6.parse(cfg.gatewayIp6).toByteArray(), layout.CFG_GATEWAY_IP6);
+  mem.set(ipaddr.IPv6.parse(cfg.gatewayLl6).toByteArray(), layout.CFG_GATEWAY_LL6);
+  mem.set(ipaddr.IPv6.parse(cfg.guestIp6).toByteArray(), layout.CFG_GUEST_IP6);
+  mem.set(ipaddr.IPv6.parse(cfg.prefix6).toByteArray(), layout.CFG_PREFIX6);
+  if (cfg.dnsForward) {
+    mem.set(addr16(cfg.dnsForward.ip), layout.CFG_DNS_FWD_IP);
+    dv.setUint32(layout.CFG_DNS_FWD_PORT, cfg.dnsForward.port, true);
+  } else {
+    dv.setUint32(layout.CFG_DNS_FWD_PORT, 0, true);
+  }
+}
+
+export type EngineCounters = Record<string, number>;
+
+/** A snapshot of the engine's counters by name (only non-zero ones when `nonZero`). */
+export function readCounters(mem: Uint8Array, nonZero = false): EngineCounters {
+  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
+  const out: EngineCounters = {};
+  for (const [name, idx] of counterNames) {
+    const v = Number(dv.getBigUint64(layout.COUNTERS_BASE + 8 * idx, true));
+    if (!nonZero || v !== 0) out[name] = v;
+  }
+  return out;
+}
+
+/** Live flow counts from the engine state block. */
+export function readFlowStats(mem: Uint8Array): { flows: number; udp: number; tcp: number } {
+  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
+  return {
+    flows: dv.getUint32(layout.ST_FLOWS_LIVE, true),
+    udp: dv.getUint32(layout.ST_UDP_LIVE, true),
+    tcp: dv.getUint32(layout.ST_TCP_LIVE, true),
+  };
+}

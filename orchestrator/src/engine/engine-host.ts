@@ -1,0 +1,74 @@
+// engine-host.ts — starting, observing and stopping one engine worker from the orchestrator.
+import { Worker } from "node:worker_threads";
+import * as Comlink from "comlink";
+import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
+import { createEngineMemory } from "./engine-module.js";
+import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } from "./engine-config.js";
+import type { EngineControl, EngineWorkerData } from "./engine-worker.js";
+import type { LinkSpec } from "../links/link.js";
+import { MoatError } from "../errors.js";
+
+export class EngineHost {
+  private exited = false;
+  private constructor(
+    readonly memory: WebAssembly.Memory,
+    private readonly worker: Worker,
+    private readonly control: Comlink.Remote<EngineControl>,
+    private readonly exitPromise: Promise<number>,
+  ) {
+    void exitPromise.then(() => { this.exited = true; });
+  }
+
+  /** Spawn a worker serving `link` with `config`; resolves once frames are being served. */
+  static async start(config: EngineConfig, link: LinkSpec): Promise<EngineHost> {
+    const memory = createEngineMemory();
+    const workerData: EngineWorkerData = { memory, config, link };
+    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData });
+    let failure: Error | undefined;
+    const exitPromise = new Promise<number>((resolve) => {
+      worker.once("error", (err) => { failure = err; });
+      worker.once("exit", resolve);
+    });
+    const control = Comlink.wrap<EngineControl>(nodeEndpoint(worker));
+    const host = new EngineHost(memory, worker, control, exitPromise);
+    try {
+      await Promise.race([
+        control.ready(),
+        exitPromise.then((code) => {
+          throw failure ?? new MoatError("ERR_ENGINE", `engine worker exited with code ${code} during start`);
+        }),
+      ]);
+    } catch (err) {
+      await host.stop();
+      if (err instanceof MoatError) throw err;
+      const e = err as Error;
+      throw new MoatError("ERR_ENGINE", `engine failed to start: ${e.message}`, undefined, { cause: err });
+    }
+    return host;
+  }
+
+  counters(nonZero = false): EngineCounters {
+    return readCounters(new Uint8Array(this.memory.buffer), nonZero);
+  }
+
+  flowStats(): { flows: number; udp: number; tcp: number } {
+    return readFlowStats(new Uint8Array(this.memory.buffer));
+  }
+
+  async liveSockets(): Promise<number> {
+    return this.control.liveSockets();
+  }
+
+  /** Stop the worker (closing its link and host sockets); idempotent. */
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    try {
+      await Promise.race([this.control.stop(), new Promise((r) => setTimeout(r, 1000))]);
+    } catch {
+      // the worker may already be gone
+    }
+    await Promise.race([this.exitPromise, new Promise((r) => setTimeout(r, 1000))]);
+    if (!this.exited) await this.worker.terminate();
+    this.control[Comlink.releaseProxy]();
+  }
+}

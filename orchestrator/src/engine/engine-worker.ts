@@ -1,0 +1,81 @@
+// engine-worker.ts — the body of one engine worker thread.
+//
+// It instantiates engine-wasm on the shared memory it was given, opens its link, and runs the
+// data-path loop whenever native-vmm reports the link or a host socket readable:
+//   pump (fds -> rings) -> engineRun (rings -> TX ring + host ops) -> flush (ops, TX -> link)
+// repeated until a round moves nothing (bounded, so timers and control calls still run).
+// The control channel to the orchestrator is comlink over the worker's parentPort.
+import { parentPort, workerData } from "node:worker_threads";
+import { performance } from "node:perf_hooks";
+import * as Comlink from "comlink";
+import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
+import { instantiateEngine } from "./engine-module.js";
+import { writeEngineConfig, type EngineConfig } from "./engine-config.js";
+import { nativeLayout } from "./layout.js";
+import { loadNative } from "../native.js";
+import { openLink, type LinkSpec } from "../links/link.js";
+
+export interface EngineWorkerData {
+  memory: WebAssembly.Memory;
+  config: EngineConfig;
+  link: LinkSpec;
+}
+
+/** What the orchestrator can ask of a running engine (through comlink). */
+export interface EngineControl {
+  /** Resolves once the link is attached and frames are being served. */
+  ready(): Promise<void>;
+  liveSockets(): number;
+  /** Stop serving, close the link and every host socket. */
+  stop(): void;
+}
+
+const MAX_ROUNDS_PER_WAKEUP = 256;
+const TICK_INTERVAL_MS = 250;
+const TICK_SCAN_BUDGET = 2048;
+
+const data = workerData as EngineWorkerData;
+const native = loadNative();
+const engine = instantiateEngine(data.memory);
+const mem = new Uint8Array(data.memory.buffer);
+writeEngineConfig(mem, data.config);
+engine.engineInit();
+const datapath = new native.Datapath(mem, nativeLayout());
+
+function serve(): void {
+  const now = performance.now();
+  for (let round = 0; round < MAX_ROUNDS_PER_WAKEUP; round++) {
+    const got = datapath.pump();
+    const done = engine.engineRun(now);
+    const wrote = datapath.flush();
+    if (got === 0 && done === 0 && wrote === 0) break;
+  }
+}
+
+let stopped = false;
+const readyPromise = (async () => {
+  const link = await openLink(data.link, native);
+  link.attach(datapath);
+  datapath.start(serve);
+})();
+// Report a failed link through ready(), not as an unhandled rejection.
+readyPromise.catch(() => {});
+
+const ticker = setInterval(() => {
+  if (engine.engineTick(performance.now(), TICK_SCAN_BUDGET) > 0) datapath.flush();
+  serve();
+}, TICK_INTERVAL_MS);
+
+const control: EngineControl = {
+  ready: () => readyPromise,
+  liveSockets: () => datapath.liveSockets(),
+  stop() {
+    if (stopped) return;
+    stopped = true;
+    clearInterval(ticker);
+    datapath.close();
+    setImmediate(() => parentPort?.close());
+  },
+};
+
+Comlink.expose(control, nodeEndpoint(parentPort!));

@@ -1,0 +1,16 @@
+// The engine's shared-memory layout and counter indexes, read from the same source files the
+// AssemblyScript engine is compiled from (engine-wasm/assembly/layout.ts, counters.ts).
+import * as layout from "../../../engine-wasm/assembly/layout.js";
+import * as counterIndex from "../../../engine-wasm/assembly/counters.js";
+
+export { layout, counterIndex };
+
+/** Everything native-vmm needs to know about the memory, by name (layout + counter indexes). */
+export function nativeLayout(): Record<string, number> {
+  return { ...layout, ...counterIndex };
+}
+
+/** Counter names in index order (COUNTER_COUNT excluded). */
+export const counterNames: ReadonlyArray<readonly [string, number]> = Object.entries(counterIndex)
+  .filter(([name]) => name !== "COUNTER_COUNT")
+  .sort((a, b) => a[1] - b[1]);

@@ -1,0 +1,40 @@
+// errors.ts — every error moat reports to a user or an embedder: a typed Error with a stable code,
+// a message that says what was wrong and where, and (where there is one) what to do about it.
+
+export type MoatErrorCode =
+  | "ERR_NOT_ROOT"
+  | "ERR_NO_TUN"
+  | "ERR_MISSING_TOOL"
+  | "ERR_BAD_ARGUMENT"
+  | "ERR_BAD_CONFIG"
+  | "ERR_NETNS"
+  | "ERR_LINK"
+  | "ERR_ENGINE"
+  | "ERR_ADDRESS_POOL";
+
+export class MoatError extends Error {
+  readonly code: MoatErrorCode;
+  readonly hint: string | undefined;
+  constructor(code: MoatErrorCode, message: string, hint?: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "MoatError";
+    this.code = code;
+    this.hint = hint;
+  }
+}
+
+/** A command-line or configuration value that is not acceptable. */
+export class ConfigError extends MoatError {
+  constructor(message: string, hint?: string) {
+    super("ERR_BAD_CONFIG", message, hint);
+    this.name = "ConfigError";
+  }
+}
+
+/** The host lacks something moat needs (root, /dev/net/tun, iproute2). */
+export class HostRequirementError extends MoatError {
+  constructor(code: "ERR_NOT_ROOT" | "ERR_NO_TUN" | "ERR_MISSING_TOOL", message: string, hint: string) {
+    super(code, message, hint);
+    this.name = "HostRequirementError";
+  }
+}

@@ -1,0 +1,32 @@
+// native.ts — loading native-vmm (the Node-API addon built by `npm install`).
+import { createRequire } from "node:module";
+import { MoatError } from "./errors.js";
+
+export interface NativeDatapath {
+  attachLink(fd: number): void;
+  start(onReady: () => void): void;
+  pump(): number;
+  flush(): number;
+  liveSockets(): number;
+  close(): void;
+}
+
+export interface NativeModule {
+  openTap(netnsPath: string, ifname: string): number;
+  Datapath: new (memory: Uint8Array, layout: Record<string, number>) => NativeDatapath;
+}
+
+let cached: NativeModule | undefined;
+
+export function loadNative(): NativeModule {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const path = new URL("../../../native-vmm/build/Release/moat_native.node", import.meta.url).pathname;
+  try {
+    cached = require(path) as NativeModule;
+  } catch (cause) {
+    throw new MoatError("ERR_ENGINE", `cannot load the native addon at ${path}`,
+      "run `npm install` (or `npm run build:native`) in the moat checkout to build it", { cause });
+  }
+  return cached;
+}

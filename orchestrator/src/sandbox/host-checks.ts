@@ -1,0 +1,40 @@
+// host-checks.ts — what a netns sandbox needs from the host, checked up front so a newcomer gets
+// one clear sentence instead of a stack trace from deep inside.
+import { accessSync, constants, existsSync } from "node:fs";
+import { delimiter, join } from "node:path";
+import { HostRequirementError } from "../errors.js";
+
+export function findInPath(tool: string): string | undefined {
+  for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(delimiter).concat(["/usr/sbin", "/sbin"])) {
+    const p = join(dir, tool);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+/** Throws HostRequirementError for the first missing requirement. Returns the path of `ip`. */
+export function checkNetnsHost(): string {
+  if (process.platform !== "linux") {
+    throw new HostRequirementError("ERR_MISSING_TOOL", `moat needs Linux (this is ${process.platform})`,
+      "run moat on a Linux host or VM");
+  }
+  if (typeof process.getuid === "function" && process.getuid() !== 0) {
+    throw new HostRequirementError("ERR_NOT_ROOT", "moat run needs root to create network namespaces and TAP devices",
+      "run it as root, e.g. `sudo moat run -- CMD` (rootless mode is planned)");
+  }
+  if (!existsSync("/dev/net/tun")) {
+    throw new HostRequirementError("ERR_NO_TUN", "/dev/net/tun does not exist",
+      "load the tun module (`modprobe tun`); in a container, pass the device (--device /dev/net/tun)");
+  }
+  const ip = findInPath("ip");
+  if (!ip) {
+    throw new HostRequirementError("ERR_MISSING_TOOL", "the `ip` command (iproute2) was not found in PATH",
+      "install it: `apt-get install iproute2` (Debian/Ubuntu) or `dnf install iproute`");
+  }
+  return ip;
+}

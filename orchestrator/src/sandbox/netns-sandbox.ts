@@ -1,0 +1,204 @@
+// netns-sandbox.ts — the default sandbox: a fresh network namespace whose only NIC is a TAP
+// device served by a moat engine (DESIGN §9).
+//
+// Lifecycle: lease an address slot -> create namespace moat-<slot> -> start the engine, which
+// creates the TAP device `eth0` inside it -> configure the guest side (MAC, MTU, addresses,
+// default routes via the gateway, resolv.conf) -> run commands in it -> destroy: stop the
+// engine, delete the namespace and its /etc/netns directory, release the slot. destroy() is
+// idempotent and also runs synchronously from process exit handlers (destroySync), so nothing
+// is left behind when moat is interrupted or crashes.
+import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from "node:child_process";
+import { promisify } from "node:util";
+import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import ipaddr from "ipaddr.js";
+import { checkNetnsHost } from "./host-checks.js";
+import { addressesFor, leaseSlot, DEFAULT_POOL4, type SandboxAddresses } from "./addressing.js";
+import { EngineHost } from "../engine/engine-host.js";
+import type { EngineConfig, EngineCounters } from "../engine/engine-config.js";
+import { ConfigError, MoatError } from "../errors.js";
+
+const run = promisify(execFile);
+
+export interface NetnsSandboxOptions {
+  /** MTU of the guest link (default 65520, the largest a TAP/Ethernet frame allows here). */
+  mtu?: number;
+  /** IPv4 pool carved into /30 per sandbox (default 172.30.0.0/16). */
+  ipv4Pool?: string;
+  /** Where DNS sent to the gateway is forwarded: "host" (first nameserver of /etc/resolv.conf, the default), "none", or "IP[:PORT]" / "[IPv6]:PORT". */
+  dnsForward?: string;
+  /** Idle time after which a UDP flow and its host socket are closed (default 60000). */
+  udpIdleMs?: number;
+  /** Most UDP flows a sandbox may hold at once (default 4096). */
+  maxUdpFlows?: number;
+}
+
+export const DEFAULT_MTU = 65520;
+
+function ipErr(args: string[], e: unknown): MoatError {
+  const stderr = (e as { stderr?: string }).stderr?.trim();
+  return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
+}
+
+/** Parse "IP", "IP:PORT", "[IPv6]:PORT" into an address and a port (default 53). */
+export function parseHostPort(text: string, defaultPort = 53): { ip: string; port: number } {
+  let host = text;
+  let port = defaultPort;
+  const bracket = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
+  if (bracket) {
+    host = bracket[1]!;
+    if (bracket[2]) port = Number(bracket[2]);
+  } else if (/^[^:]+:\d+$/.test(text)) {
+    const i = text.lastIndexOf(":");
+    host = text.slice(0, i);
+    port = Number(text.slice(i + 1));
+  }
+  if (!ipaddr.isValid(host) || !(port >= 1 && port <= 65535)) {
+    throw new ConfigError(`"${text}" is not an address`, "expected IP, IP:PORT or [IPv6]:PORT, e.g. 192.0.2.53:53");
+  }
+  return { ip: ipaddr.parse(host).toString(), port };
+}
+
+/** The first nameserver in /etc/resolv.conf, or null. */
+export function hostNameserver(path = "/etc/resolv.conf"): { ip: string; port: number } | null {
+  try {
+    for (const line of readFileSync(path, "utf8").split("\n")) {
+      const m = /^\s*nameserver\s+(\S+)/.exec(line);
+      if (m && ipaddr.isValid(m[1]!.replace(/%.*$/, ""))) return { ip: m[1]!.replace(/%.*$/, ""), port: 53 };
+    }
+  } catch {
+    // no resolv.conf: no forwarder
+  }
+  return null;
+}
+
+function validateOptions(o: NetnsSandboxOptions): Required<Omit<NetnsSandboxOptions, "dnsForward">> & { dnsForward: { ip: string; port: number } | null } {
+  const mtu = o.mtu ?? DEFAULT_MTU;
+  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65520) {
+    throw new ConfigError(`MTU ${o.mtu} is out of range`, "use an integer from 1280 (the IPv6 minimum) to 65520");
+  }
+  const udpIdleMs = o.udpIdleMs ?? 60000;
+  if (!Number.isInteger(udpIdleMs) || udpIdleMs < 100) throw new ConfigError(`UDP idle timeout ${o.udpIdleMs} ms is too small`, "use at least 100 ms");
+  const maxUdpFlows = o.maxUdpFlows ?? 4096;
+  if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > 16384) {
+    throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, "use 1 to 16384");
+  }
+  const fwd = o.dnsForward ?? "host";
+  const dnsForward = fwd === "host" ? hostNameserver() : fwd === "none" ? null : parseHostPort(fwd);
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, dnsForward };
+}
+
+export class NetnsSandbox {
+  private destroyed = false;
+  private readonly exitHook = () => this.destroySync();
+
+  private constructor(
+    readonly name: string,
+    readonly addresses: SandboxAddresses,
+    readonly mtu: number,
+    private readonly ipPath: string,
+    private readonly releaseSlot: () => void,
+    private engine: EngineHost | undefined,
+  ) {
+    process.once("exit", this.exitHook);
+  }
+
+  static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
+    const o = validateOptions(options);
+    const ip = checkNetnsHost();
+    const { slot, release } = leaseSlot(o.ipv4Pool);
+    const name = `moat-${slot}`;
+    const addresses = addressesFor(slot, name, o.ipv4Pool);
+    const sandbox = new NetnsSandbox(name, addresses, o.mtu, ip, release, undefined);
+    try {
+      // A namespace of that name can only be left over from a moat that died: remove it.
+      if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
+      await sandbox.ip(["netns", "add", name]);
+      const config: EngineConfig = {
+        gatewayMac: addresses.gatewayMac,
+        guestMac: addresses.guestMac,
+        gatewayIp4: addresses.gatewayIp4,
+        guestIp4: addresses.guestIp4,
+        prefixLen4: addresses.prefixLen4,
+        gatewayIp6: addresses.gatewayIp6,
+        gatewayLl6: addresses.gatewayLl6,
+        guestIp6: addresses.guestIp6,
+        prefix6: addresses.prefix6,
+        mtu: o.mtu,
+        leaseSecs: 86400,
+        udpIdleMs: o.udpIdleMs,
+        maxUdpFlows: o.maxUdpFlows,
+        maxTcpFlows: 4096,
+        dnsForward: o.dnsForward,
+      };
+      sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" });
+      await sandbox.configureGuest();
+      return sandbox;
+    } catch (e) {
+      await sandbox.destroy();
+      throw e;
+    }
+  }
+
+  private async ip(args: string[]): Promise<void> {
+    try {
+      await run(this.ipPath, args);
+    } catch (e) {
+      throw ipErr(args, e);
+    }
+  }
+
+  private async configureGuest(): Promise<void> {
+    const a = this.addresses;
+    const n = ["-n", this.name];
+    await this.ip([...n, "link", "set", "lo", "up"]);
+    await this.ip([...n, "link", "set", "eth0", "address", a.guestMac, "mtu", String(this.mtu)]);
+    await this.ip([...n, "addr", "add", `${a.guestIp4}/${a.prefixLen4}`, "dev", "eth0"]);
+    await this.ip([...n, "-6", "addr", "add", `${a.guestIp6}/64`, "dev", "eth0", "nodad"]);
+    await this.ip([...n, "link", "set", "eth0", "up"]);
+    await this.ip([...n, "route", "add", "default", "via", a.gatewayIp4, "dev", "eth0"]);
+    await this.ip([...n, "-6", "route", "add", "default", "via", a.gatewayLl6, "dev", "eth0"]);
+    // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/* for the command it runs.
+    mkdirSync(`/etc/netns/${this.name}`, { recursive: true });
+    writeFileSync(`/etc/netns/${this.name}/resolv.conf`,
+      `# written by moat for sandbox ${this.name}: DNS goes to the gateway\nnameserver ${a.gatewayIp4}\noptions edns0\n`);
+  }
+
+  /** Run a command inside the sandbox (as `ip netns exec NAME CMD...`). */
+  spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env): ChildProcess {
+    if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ping -c1 172.30.0.1");
+    return spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env });
+  }
+
+  counters(nonZero = false): EngineCounters {
+    return this.engine ? this.engine.counters(nonZero) : {};
+  }
+
+  flowStats(): { flows: number; udp: number; tcp: number } {
+    return this.engine ? this.engine.flowStats() : { flows: 0, udp: 0, tcp: 0 };
+  }
+
+  async liveSockets(): Promise<number> {
+    return this.engine ? this.engine.liveSockets() : 0;
+  }
+
+  /** Stop the engine and remove everything the sandbox created. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    await this.engine?.stop();
+    this.engine = undefined;
+    this.destroySync();
+  }
+
+  private destroySync(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    process.removeListener("exit", this.exitHook);
+    try {
+      execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
+    } catch {
+      // not created, or already gone
+    }
+    rmSync(`/etc/netns/${this.name}`, { recursive: true, force: true });
+    this.releaseSlot();
+  }
+}

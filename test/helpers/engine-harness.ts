@@ -1,0 +1,132 @@
+// engine-harness.ts — the real engine module on its own memory, driven frame by frame from a
+// test: frames go through the RX ring exactly as a link would put them there; replies are read
+// back from the TX ring and host operations from the ops list.
+import { createEngineMemory, instantiateEngine, type EngineExports } from "../../orchestrator/src/engine/engine-module.js";
+import { writeEngineConfig, readCounters, readFlowStats, type EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
+import { layout as L } from "../../orchestrator/src/engine/layout.js";
+
+export const testConfig: EngineConfig = {
+  gatewayMac: "02:6d:00:00:00:01",
+  guestMac: "02:67:00:00:00:02",
+  gatewayIp4: "172.30.0.1",
+  guestIp4: "172.30.0.2",
+  prefixLen4: 30,
+  gatewayIp6: "fd6d:6f61:7400::1",
+  gatewayLl6: "fe80::1",
+  guestIp6: "fd6d:6f61:7400::2",
+  prefix6: "fd6d:6f61:7400::",
+  mtu: 65520,
+  leaseSecs: 3600,
+  udpIdleMs: 1000,
+  maxUdpFlows: 8,
+  maxTcpFlows: 8,
+  dnsForward: { ip: "192.0.2.53", port: 5353 },
+};
+
+export interface HostOp { kind: number; flow: number; data: Uint8Array; family: number; port: number; addr: Uint8Array }
+
+export class EngineHarness {
+  readonly memory = createEngineMemory();
+  readonly mem = new Uint8Array(this.memory.buffer);
+  readonly dv = new DataView(this.memory.buffer);
+  readonly engine: EngineExports;
+  now = 1000;
+
+  constructor(config: Partial<EngineConfig> = {}) {
+    this.engine = instantiateEngine(this.memory);
+    writeEngineConfig(this.mem, { ...testConfig, ...config });
+    this.engine.engineInit();
+  }
+
+  private u32(off: number): number { return this.dv.getUint32(off, true); }
+  private setU32(off: number, v: number): void { this.dv.setUint32(off, v >>> 0, true); }
+
+  /** Put frames on the RX ring, run the engine once, and return the frames it sent the guest. */
+  send(...frames: Uint8Array[]): Uint8Array[] {
+    let tail = this.u32(L.RX_CTRL + L.RING_CTRL_TAIL);
+    for (const f of frames) {
+      const slot = tail & (L.RX_SLOTS - 1);
+      this.mem.set(f, L.RX_BUF_BASE + slot * L.SLOT_BYTES);
+      this.setU32(L.RX_DESC_BASE + slot * L.DESC_BYTES + L.DESC_LEN, f.length);
+      tail++;
+    }
+    this.setU32(L.RX_CTRL + L.RING_CTRL_TAIL, tail);
+    return this.run();
+  }
+
+  /** A datagram arriving on flow `flow`'s host socket. */
+  deliverUdp(flow: number, data: Uint8Array): Uint8Array[] {
+    const tail = this.u32(L.IN_CTRL + L.RING_CTRL_TAIL);
+    const slot = tail & (L.IN_SLOTS - 1);
+    this.mem.set(data, L.IN_BUF_BASE + slot * L.SLOT_BYTES);
+    const d = L.IN_DESC_BASE + slot * L.DESC_BYTES;
+    this.setU32(d + L.DESC_LEN, data.length);
+    this.setU32(d + L.DESC_TOKEN, flow);
+    this.setU32(d + L.DESC_AUX, L.INK_UDP_DATA);
+    this.setU32(L.IN_CTRL + L.RING_CTRL_TAIL, tail + 1);
+    return this.run();
+  }
+
+  run(): Uint8Array[] {
+    this.opsSeen = this.readOps();
+    this.engine.engineRun(this.now);
+    this.opsSeen = this.readOps();
+    return this.takeTx();
+  }
+
+  opsSeen: HostOp[] = [];
+
+  /** Host operations queued since the last call (and clears them, as native-vmm's flush would). */
+  takeOps(): HostOp[] {
+    const ops = this.readOps();
+    this.engine.engineDiscardOps();
+    this.engine.engineReleaseRx();
+    return ops;
+  }
+
+  private readOps(): HostOp[] {
+    const n = this.u32(L.ST_OPS_COUNT);
+    const out: HostOp[] = [];
+    for (let i = 0; i < n; i++) {
+      const op = L.OPS_BASE + i * L.OP_BYTES;
+      const data = this.u32(op + L.OP_DATA);
+      const addr = this.u32(op + L.OP_ADDR);
+      out.push({
+        kind: this.u32(op + L.OP_KIND),
+        flow: this.u32(op + L.OP_FLOW),
+        data: this.mem.slice(data, data + this.u32(op + L.OP_LEN)),
+        family: this.u32(op + L.OP_FAMILY),
+        port: this.u32(op + L.OP_PORT),
+        addr: addr ? this.mem.slice(addr, addr + 16) : new Uint8Array(16),
+      });
+    }
+    return out;
+  }
+
+  private takeTx(): Uint8Array[] {
+    const tail = this.u32(L.TX_CTRL + L.RING_CTRL_TAIL);
+    let head = this.u32(L.TX_CTRL + L.RING_CTRL_HEAD);
+    const out: Uint8Array[] = [];
+    while (head !== tail) {
+      const slot = head & (L.TX_SLOTS - 1);
+      const len = this.u32(L.TX_DESC_BASE + slot * L.DESC_BYTES + L.DESC_LEN);
+      const off = L.TX_BUF_BASE + slot * L.SLOT_BYTES;
+      out.push(this.mem.slice(off, off + len));
+      head++;
+    }
+    this.setU32(L.TX_CTRL + L.RING_CTRL_HEAD, head);
+    return out;
+  }
+
+  tick(budget = 16384): number {
+    return this.engine.engineTick(this.now, budget);
+  }
+
+  counters(): Record<string, number> {
+    return readCounters(this.mem, true);
+  }
+
+  flows(): { flows: number; udp: number; tcp: number } {
+    return readFlowStats(this.mem);
+  }
+}

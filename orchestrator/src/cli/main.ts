@@ -1,0 +1,169 @@
+// main.ts — the `moat` command line.
+import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { constants as osConstants } from "node:os";
+import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
+import { NetnsSandbox, DEFAULT_MTU } from "../sandbox/netns-sandbox.js";
+import { MoatError } from "../errors.js";
+
+const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+
+const RUN_FLAGS: readonly FlagSpec[] = [
+  { name: "net", kind: "string", metavar: "PRESET", choices: ["allow-all"], help: "network policy preset. Only allow-all exists yet: every destination is\nreachable. Policy (public-only by default, rules, groups) comes next." },
+  { name: "mtu", kind: "int", metavar: "BYTES", min: 1280, max: 65520, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
+  { name: "dns-forward", kind: "string", metavar: "ADDR", help: "where DNS sent to the gateway goes: host (first nameserver of the\nhost's /etc/resolv.conf, default), none, IP, IP:PORT or [IPv6]:PORT" },
+  { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
+  { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: 16384, help: "most UDP flows the sandbox may hold at once (default 4096)" },
+  { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
+  { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
+  { name: "help", kind: "bool", help: "show this help" },
+];
+
+const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
+
+Usage:
+  moat run [OPTIONS] [--] COMMAND [ARGS...]   run COMMAND in a fresh network namespace
+                                              whose network is served by moat's engine
+  moat cleanup                                remove namespaces left by moat processes that died
+  moat --version | --help
+
+Run \`moat run --help\` for the options of run.
+`;
+
+const RUN_HELP = `Usage: moat run [OPTIONS] [--] COMMAND [ARGS...]
+
+Creates a network namespace whose only interface, eth0, is a TAP device served by the moat
+engine, and runs COMMAND inside it with your stdin/stdout/stderr. moat exits with COMMAND's exit
+status (128+N if it was killed by signal N) and removes the namespace afterwards, also when
+interrupted.
+
+Inside the sandbox:
+  address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
+  gateway      172.30.N.1 and fe80::1 — answers ARP, NDP, DHCP, router solicitations and ping
+  DNS          /etc/resolv.conf points at the gateway, which forwards to --dns-forward
+  UDP          to any address, re-originated from host sockets on this machine
+  TCP          not carried yet: connections are refused at once (reset)
+  policy       allow-all (the only preset so far): nothing is filtered
+
+Options:
+${flagHelp(RUN_FLAGS)}
+
+Requirements: Linux, root, /dev/net/tun, iproute2 (\`ip\`).
+
+Examples:
+  moat run -- ping -c1 172.30.0.1
+  moat run --dns-forward 192.0.2.53 -- dig example.test
+  moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
+`;
+
+function signalNumber(sig: NodeJS.Signals): number {
+  return (osConstants.signals as Record<string, number>)[sig] ?? 0;
+}
+
+function report(e: unknown): number {
+  if (e instanceof MoatError) {
+    process.stderr.write(`moat: ${e.message}\n`);
+    if (e.hint) process.stderr.write(`moat: hint: ${e.hint}\n`);
+    return e.code === "ERR_BAD_CONFIG" || e.code === "ERR_BAD_ARGUMENT" ? 2 : 1;
+  }
+  process.stderr.write(`moat: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+  return 1;
+}
+
+async function cmdRun(args: string[]): Promise<number> {
+  const { flags, rest } = parseFlags(args, RUN_FLAGS, "run");
+  if (flags.get("help")) {
+    process.stdout.write(RUN_HELP);
+    return 0;
+  }
+  if (rest.length === 0) {
+    throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
+  }
+  const sandbox = await NetnsSandbox.create({
+    mtu: flags.get("mtu") as number | undefined,
+    dnsForward: flags.get("dns-forward") as string | undefined,
+    udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
+    maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
+    ipv4Pool: flags.get("ipv4-pool") as string | undefined,
+  });
+  const child = sandbox.spawn(rest);
+  // Signals meant for the command are passed on; moat cleans up once the command has ended.
+  let forwarded = 0;
+  const forward = (sig: NodeJS.Signals) => {
+    forwarded++;
+    child.kill(sig);
+    if (forwarded >= 3) child.kill("SIGKILL");
+  };
+  const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  for (const s of sigs) process.on(s, forward);
+  const status = await new Promise<number>((resolve) => {
+    child.once("error", (e) => {
+      process.stderr.write(`moat: cannot start ${rest[0]}: ${e.message}\n`);
+      resolve(127);
+    });
+    child.once("exit", (code, signal) => resolve(code ?? 128 + signalNumber(signal ?? "SIGKILL")));
+  });
+  for (const s of sigs) process.removeListener(s, forward);
+  if (flags.get("stats")) {
+    process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
+  }
+  await sandbox.destroy();
+  return status;
+}
+
+function cmdCleanup(): number {
+  let removed = 0;
+  let names: string[] = [];
+  try {
+    names = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).filter((n) => /^moat-\d+$/.test(n));
+  } catch (e) {
+    throw new MoatError("ERR_NETNS", `cannot list namespaces: ${(e as Error).message}`, "run as root with iproute2 installed");
+  }
+  for (const name of names) {
+    const slot = name.slice(5);
+    let owner = NaN;
+    try {
+      owner = Number(readFileSync(`/run/moat/leases/172_30_0_0_16-${slot}`, "utf8"));
+    } catch {
+      // no lease: stale
+    }
+    let alive = false;
+    if (owner > 0) {
+      try { process.kill(owner, 0); alive = true; } catch { alive = false; }
+    }
+    if (alive) continue;
+    execFileSync("ip", ["netns", "del", name]);
+    process.stdout.write(`removed ${name}\n`);
+    removed++;
+  }
+  process.stdout.write(`${removed} namespace(s) removed\n`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...args] = argv;
+  try {
+    switch (cmd) {
+      case undefined:
+      case "-h":
+      case "--help":
+      case "help":
+        if (cmd === "help" && args[0] === "run") { process.stdout.write(RUN_HELP); return 0; }
+        process.stdout.write(MAIN_HELP);
+        return cmd === undefined ? 2 : 0;
+      case "-V":
+      case "--version":
+        process.stdout.write(`moat ${VERSION}\n`);
+        return 0;
+      case "run":
+        return await cmdRun(args);
+      case "cleanup":
+        return cmdCleanup();
+      default:
+        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run and cleanup; see moat --help\n`);
+        return 2;
+    }
+  } catch (e) {
+    return report(e);
+  }
+}

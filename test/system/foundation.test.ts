@@ -1,0 +1,74 @@
+// foundation.test.ts — a real command in a real sandbox, talking to a test world through moat.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { World, WORLD_IP4, WORLD_IP6, TESTBED_JS, systemTestSkipReason, moatNamespaces } from "../testbed/world.js";
+
+const skip = systemTestSkipReason();
+let world: World;
+const client = [process.execPath, `${TESTBED_JS}clients.js`];
+
+before(async () => {
+  if (skip) return;
+  world = World.create();
+  await world.startServer("udp-echo", 7);
+});
+after(() => world?.teardown());
+
+test("the guest gets its address, MTU and default routes", { skip }, async () => {
+  const r = await world.moat(["run", "--", "sh", "-c", "ip -o addr show dev eth0; ip -o link show dev eth0; ip route; ip -6 route"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /inet 172\.30\.\d+\.2\/30/);
+  assert.match(r.stdout, /inet6 fd6d:6f61:7400:[0-9a-f:]*:2\/64/);
+  assert.match(r.stdout, /mtu 65520/);
+  assert.match(r.stdout, /default via 172\.30\.\d+\.1 dev eth0/);
+  assert.match(r.stdout, /default via fe80::1 dev eth0/);
+});
+
+test("the gateway answers ping over IPv4 and IPv6", { skip }, async () => {
+  const r = await world.moat(["run", "--stats", "--", "sh", "-c",
+    'gw=$(ip route | sed -n "s/default via \\([0-9.]*\\).*/\\1/p"); ping -c2 -W2 $gw && ping -6 -c1 -W2 fe80::1%eth0']);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /2 received/);
+  assert.match(r.stdout, /1 received/);
+  assert.ok((World.stats(r.stderr).ICMP_ECHO_REPLIES ?? 0) >= 3);
+});
+
+test("a UDP exchange with a world host works over IPv4 and IPv6", { skip }, async () => {
+  const r = await world.moat(["run", "--stats", "--", "sh", "-c",
+    `${client.join(" ")} udp ${WORLD_IP4} 7 hello4 && ${client.join(" ")} udp ${WORLD_IP6} 7 hello6`]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "hello4\nhello6\n");
+  const c = World.stats(r.stderr);
+  assert.equal(c.UDP_FLOWS_OPENED, 2);
+  assert.equal(c.UDP_FROM_HOST, 2);
+});
+
+test("many concurrent UDP flows each get their own replies", { skip }, async () => {
+  const r = await world.moat(["run", "--", ...client, "udp-many", WORLD_IP4, "7", "200"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "ok 200");
+});
+
+test("UDP flows beyond --max-udp-flows are dropped and counted", { skip }, async () => {
+  const r = await world.moat(["run", "--stats", "--max-udp-flows", "3", "--", ...client, "udp-many", WORLD_IP4, "7", "5"]);
+  assert.notEqual(r.code, 0);
+  assert.ok((World.stats(r.stderr).DROP_FLOW_LIMIT ?? 0) >= 2, r.stderr);
+});
+
+test("moat exits with the command's status and leaves no namespace behind", { skip }, async () => {
+  const r = await world.moat(["run", "--", "sh", "-c", "exit 7"]);
+  assert.equal(r.code, 7);
+  const k = await world.moat(["run", "--", "sh", "-c", "kill -9 $$"]);
+  assert.equal(k.code, 128 + 9);
+  assert.deepEqual(moatNamespaces(), []);
+});
+
+test("SIGTERM to moat stops the command and cleans up", { skip }, async () => {
+  const p = world.spawnMoat(["run", "--", "sleep", "30"]);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(moatNamespaces().length, 1);
+  p.kill("SIGTERM");
+  const code = await new Promise<number | null>((r) => p.on("exit", (c) => r(c)));
+  assert.equal(code, 128 + 15);
+  assert.deepEqual(moatNamespaces(), []);
+});

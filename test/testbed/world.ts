@@ -1,0 +1,111 @@
+// world.ts — a test world that keeps all traffic on this machine (DESIGN §10).
+//
+//   [sandbox ns moat-N] --tap/engine--> [host ns mt-h-PID: moat runs here]
+//                                          | veth up0 203.0.113.1/24, 2001:db8:77::1/64
+//                                          | default routes -> the world
+//                                       [world ns mt-w-PID: 203.0.113.10, 2001:db8:77::10]
+//                                          no default route: nothing leaves the machine
+//
+// 203.0.113.0/24 (TEST-NET-3) and 2001:db8::/32 are documentation ranges, which moat's policy
+// treats as Public. moat is started inside the host namespace, so its host sockets can only
+// reach the world namespace.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { once } from "node:events";
+
+export const WORLD_IP4 = "203.0.113.10";
+export const WORLD_IP6 = "2001:db8:77::10";
+const repo = new URL("../../../", import.meta.url).pathname;
+export const MOAT_BIN = `${repo}bin/moat.js`;
+export const TESTBED_JS = `${repo}dist/test/testbed/`;
+
+/** Why system tests cannot run here, or undefined when they can. */
+export function systemTestSkipReason(): string | undefined {
+  if (process.getuid?.() !== 0) return "system tests need root (network namespaces, TAP devices)";
+  if (!existsSync("/dev/net/tun")) return "/dev/net/tun is missing";
+  try {
+    execFileSync("ip", ["-V"], { stdio: "ignore" });
+  } catch {
+    return "iproute2 (ip) is not installed";
+  }
+  return undefined;
+}
+
+function sh(args: string[]): void {
+  execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
+}
+
+export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+export class World {
+  readonly host = `mt-h-${process.pid}`;
+  readonly world = `mt-w-${process.pid}`;
+  private servers: ChildProcess[] = [];
+
+  static create(): World {
+    const w = new World();
+    w.teardown();
+    sh(["netns", "add", w.host]);
+    sh(["netns", "add", w.world]);
+    sh(["-n", w.host, "link", "add", "up0", "type", "veth", "peer", "name", "down0", "netns", w.world]);
+    for (const [ns, dev, a4, a6] of [[w.host, "up0", "203.0.113.1/24", "2001:db8:77::1/64"], [w.world, "down0", `${WORLD_IP4}/24`, `${WORLD_IP6}/64`]] as const) {
+      sh(["-n", ns, "link", "set", "lo", "up"]);
+      sh(["-n", ns, "addr", "add", a4, "dev", dev]);
+      sh(["-n", ns, "-6", "addr", "add", a6, "dev", dev, "nodad"]);
+      sh(["-n", ns, "link", "set", dev, "up"]);
+    }
+    sh(["-n", w.host, "route", "add", "default", "via", WORLD_IP4]);
+    sh(["-n", w.host, "-6", "route", "add", "default", "via", WORLD_IP6]);
+    return w;
+  }
+
+  /** Start a testbed server in the world namespace and wait until it listens. */
+  async startServer(kind: "udp-echo" | "tcp-echo", port: number): Promise<void> {
+    const p = spawn("ip", ["netns", "exec", this.world, process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], { stdio: ["ignore", "pipe", "inherit"] });
+    this.servers.push(p);
+    const [chunk] = (await Promise.race([once(p.stdout!, "data"), once(p, "exit").then(() => { throw new Error(`${kind} server exited`); })])) as [Buffer];
+    if (!chunk.toString().includes("ready")) throw new Error(`${kind} server did not start: ${chunk}`);
+  }
+
+  /** Run `moat ARGS...` inside the host namespace; resolves with its exit and output. */
+  moat(args: string[], timeoutMs = 60000): Promise<RunResult> {
+    return new Promise((resolve, reject) => {
+      const p = spawn("ip", ["netns", "exec", this.host, process.execPath, MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      p.stdout!.on("data", (d) => (stdout += d));
+      p.stderr!.on("data", (d) => (stderr += d));
+      const timer = setTimeout(() => { p.kill("SIGKILL"); reject(new Error(`moat ${args.join(" ")} timed out\n${stderr}`)); }, timeoutMs);
+      p.on("exit", (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
+    });
+  }
+
+  /** Spawn moat without waiting (for signal tests). */
+  spawnMoat(args: string[]): ChildProcess {
+    return spawn("ip", ["netns", "exec", this.host, process.execPath, MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  }
+
+  /** The `--stats` counters printed by moat on stderr. */
+  static stats(stderr: string): Record<string, number> {
+    const m = /engine counters: (\{.*\})/.exec(stderr);
+    if (!m) throw new Error(`no counters in moat's stderr:\n${stderr}`);
+    return JSON.parse(m[1]!) as Record<string, number>;
+  }
+
+  teardown(): void {
+    for (const s of this.servers) s.kill("SIGKILL");
+    this.servers = [];
+    for (const ns of [this.host, this.world]) {
+      try {
+        execFileSync("ip", ["netns", "del", ns], { stdio: "ignore" });
+      } catch {
+        // absent
+      }
+    }
+  }
+}
+
+/** Namespaces named moat-* that exist right now. */
+export function moatNamespaces(): string[] {
+  return execFileSync("ip", ["netns", "list"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).split("\n").map((l) => l.split(" ")[0]!).filter((n) => /^moat-\d+$/.test(n));
+}

@@ -1,6 +1,7 @@
 // foundation.test.ts — a real command in a real sandbox, talking to a test world through moat.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { World, WORLD_IP4, WORLD_IP6, TESTBED_JS, systemTestSkipReason, moatNamespaces } from "../testbed/world.js";
 
 const skip = systemTestSkipReason();
@@ -71,4 +72,25 @@ test("SIGTERM to moat stops the command and cleans up", { skip }, async () => {
   const code = await new Promise<number | null>((r) => p.on("exit", (c) => r(c)));
   assert.equal(code, 128 + 15);
   assert.deepEqual(moatNamespaces(), []);
+});
+
+test("the engine keeps serving after a burst of malformed frames from the guest", { skip }, async () => {
+  const script = new URL("../../../test/testbed/inject_frames.py", import.meta.url).pathname;
+  const r = await world.moat(["run", "--stats", "--", "sh", "-c",
+    `ping -c1 -W2 $(ip route | sed -n "s/default via \\([0-9.]*\\).*/\\1/p") >/dev/null;
+     gwmac=$(ip neigh show dev eth0 | awk '/lladdr/ {print $3; exit}');
+     /usr/bin/python3 ${script} eth0 $gwmac 5000 && ${client.join(" ")} udp ${WORLD_IP4} 7 still-here`]);
+  assert.equal(r.code, 0, r.stderr);
+  const [sent, reply] = r.stdout.trim().split("\n");
+  assert.ok(Number(sent) >= 4000, `only ${sent} frames were sent`);
+  assert.equal(reply, "still-here");
+  const c = World.stats(r.stderr);
+  const drops = Object.entries(c).filter(([k]) => k.startsWith("DROP_")).reduce((a, [, v]) => a + v, 0);
+  assert.ok(drops >= Number(sent) * 0.9, `only ${drops} of ${sent} malformed frames were counted as drops: ${JSON.stringify(c)}`);
+});
+
+test("DHCP hands the guest its address (busybox udhcpc)", { skip: skip ?? (existsSync("/bin/busybox") ? undefined : "busybox is not installed") }, async () => {
+  const r = await world.moat(["run", "--", "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "3", "-s", "/bin/true"]);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout + r.stderr, /lease of 172\.30\.\d+\.2 obtained/);
 });

@@ -1,0 +1,13 @@
+// index.ts — moat as a library: what embedders import.
+//
+//   import { NetnsSandbox } from "moat";
+//   const sandbox = await NetnsSandbox.create({ mtu: 65520 });
+//   const child = sandbox.spawn(["curl", "http://example.test"]);
+//   ...
+//   await sandbox.destroy();
+export { NetnsSandbox, DEFAULT_MTU, parseHostPort, hostNameserver, type NetnsSandboxOptions } from "./sandbox/netns-sandbox.js";
+export { addressesFor, type SandboxAddresses } from "./sandbox/addressing.js";
+export { EngineHost } from "./engine/engine-host.js";
+export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
+export type { LinkSpec, TapLinkSpec, Link } from "./links/link.js";
+export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";

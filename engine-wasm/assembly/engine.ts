@@ -26,14 +26,14 @@ import {
   ST_IP_ID, ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY,
   CFG_GATEWAY_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
-  INK_FLOW_ERROR, INK_OPEN_FAILED,
+  INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
   DROP_IP4_CHECKSUM, DROP_IP_FRAGMENT, DROP_IP_SPOOFED, DROP_IP6_HEADER, DROP_IP6_EXT_HEADER,
   DROP_UDP_MALFORMED, DROP_TCP_MALFORMED, DROP_PROTOCOL, DROP_MULTICAST, DROP_OVERSIZE,
   DROP_DNS_NO_UPSTREAM, DROP_ICMP_UNHANDLED, DROP_ICMP_MALFORMED, TCP_RESETS_SENT, FLOW_ERRORS,
-  DROP_UDP_NO_FLOW,
+  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW,
 } from "./counters";
 import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
 import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16 } from "./wire/bytes";
@@ -42,6 +42,7 @@ import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emit
 import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gateway";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
+import { tcpFromGuest, tcpEvent, tcpTick } from "./flow/tcp";
 
 const ETH_ARP: u32 = 0x0806;
 const ETH_IP4: u32 = 0x0800;
@@ -66,7 +67,6 @@ export function engineInit(): void {
   store<u32>(ST_DHCP_LEASED, 0);
   store<u32>(ST_TX_NEXT, ringTail(TX_CTRL));
   store<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD, ringHead(RX_CTRL));
-  store<u32>(IN_CTRL + RING_CTRL_PENDING_HEAD, ringHead(IN_CTRL));
   memory.fill(COUNTERS_BASE, 0, COUNTERS_MAX * 8);
   store<u32>(ST_INITIALIZED, 1);
 }
@@ -89,27 +89,23 @@ export function engineRun(nowMs: f64): i32 {
   store<f64>(ST_NOW_MS, nowMs);
   let done: i32 = 0;
 
-  // Host -> guest first: it frees host-side buffers and keeps replies flowing.
-  let inHead = load<u32>(IN_CTRL + RING_CTRL_PENDING_HEAD);
+  // Host -> guest first: events (no data), then data; both keep replies flowing.
+  let evHead = ringHead(EV_CTRL);
+  const evTail = ringTail(EV_CTRL);
+  while (evHead != evTail) {
+    if (!hostEvent(descAt(EV_DESC_BASE, EV_SLOTS, evHead), 0)) break;
+    evHead++;
+    done++;
+  }
+  ringPublishHead(EV_CTRL, evHead);
+  let inHead = ringHead(IN_CTRL);
   const inTail = ringTail(IN_CTRL);
   while (inHead != inTail) {
-    const d = descAt(IN_DESC_BASE, IN_SLOTS, inHead);
-    const kind = load<u32>(d, DESC_AUX);
-    const flow = load<u32>(d, DESC_TOKEN);
-    if (kind == INK_UDP_DATA) {
-      if (flow >= <u32>FLOW_CAPACITY) count(DROP_UDP_NO_FLOW);
-      else if (!udpToGuest(flow, bufAt(IN_BUF_BASE, IN_SLOTS, inHead), load<u32>(d, DESC_LEN))) break;
-    } else if (kind == INK_OPEN_FAILED) {
-      count(FLOW_ERRORS);
-      if (flow < <u32>FLOW_CAPACITY && load<u32>(flowRecord(flow), F_STATE) == UDP_OPEN) udpClose(flow, false);
-    } else {
-      count(FLOW_ERRORS); // INK_FLOW_ERROR: an ICMP error on a connected socket; the flow stays
-    }
+    if (!hostEvent(descAt(IN_DESC_BASE, IN_SLOTS, inHead), bufAt(IN_BUF_BASE, IN_SLOTS, inHead))) break;
     inHead++;
     done++;
   }
-  store<u32>(IN_CTRL + RING_CTRL_PENDING_HEAD, inHead);
-  ringPublishHead(IN_CTRL, inHead); // inbound buffers were copied into frames already
+  ringPublishHead(IN_CTRL, inHead); // their bytes were copied into frames already
 
   // Guest -> world.
   let rxHead = load<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD);
@@ -132,6 +128,26 @@ export function engineRun(nowMs: f64): i32 {
 }
 
 /**
+ * One entry of the event or inbound ring (`buf`: its data, 0 for events). Returns false when it
+ * must stay queued (no room toward the guest yet).
+ */
+function hostEvent(d: usize, buf: usize): bool {
+  const aux = load<u32>(d, DESC_AUX);
+  const kind = aux & INK_KIND_MASK;
+  const flow = load<u32>(d, DESC_TOKEN);
+  if (flow >= <u32>FLOW_CAPACITY) { count(DROP_UDP_NO_FLOW); return true; }
+  if (load<u8>(flowRecord(flow)) == PROTO_TCP) {
+    return tcpEvent(flow, kind, load<u32>(d, DESC_LEN), load<u32>(d, DESC_FLAGS), buf, aux);
+  }
+  if (kind == INK_UDP_DATA) return udpToGuest(flow, buf, load<u32>(d, DESC_LEN));
+  count(FLOW_ERRORS);
+  // A socket that could not be opened takes its flow with it; an ICMP error on a connected
+  // socket (INK_FLOW_ERROR) leaves the flow in place.
+  if (kind == INK_OPEN_FAILED && load<u32>(flowRecord(flow), F_STATE) == UDP_OPEN) udpClose(flow, false);
+  return true;
+}
+
+/**
  * Expire idle flows: scans up to `budget` flow slots from where the last call stopped, so a tick
  * costs the same whatever the table's size. Returns the number of flows removed.
  */
@@ -142,7 +158,7 @@ export function engineTick(nowMs: f64, budget: u32): i32 {
   let removed: i32 = 0;
   for (let i: u32 = 0; i < budget; i++) {
     if (load<u32>(ST_OPS_COUNT) >= <u32>OPS_MAX - 1) break;
-    if (udpExpire(cur, nowMs, idleMs)) removed++;
+    if (udpExpire(cur, nowMs, idleMs) || tcpTick(cur, nowMs)) removed++;
     cur = (cur + 1) & (<u32>FLOW_CAPACITY - 1);
   }
   store<u32>(ST_SCAN_CURSOR, cur);
@@ -210,7 +226,7 @@ function handleIp4(frame: usize, len: u32): void {
     count(DROP_ICMP_UNHANDLED);
     return;
   }
-  if (proto == PROTO_TCP) { tcpRefuse(frame, ip, 4, l4, l4len); return; }
+  if (proto == PROTO_TCP) { tcpSegment(frame, ip, 4, l4, l4len, dstIsGateway); return; }
   count(DROP_PROTOCOL);
 }
 
@@ -268,7 +284,7 @@ function handleIp6(frame: usize, len: u32): void {
     udpFromGuestTo(l4, ulen, 6, dstIsGateway, rd16(l4 + 2));
     return;
   }
-  if (nh == PROTO_TCP) { tcpRefuse(frame, ip, 6, l4, l4len); return; }
+  if (nh == PROTO_TCP) { tcpSegment(frame, ip, 6, l4, l4len, dstIsGateway); return; }
   count(DROP_PROTOCOL);
 }
 
@@ -294,41 +310,69 @@ function handleIp6(frame: usize, len: u32): void {
 
 // Scratch for a dial address that differs from the remote (loopback for the gateway itself).
 const DIAL_SCRATCH: usize = KEY_SCRATCH + 48;
-
-/** Route a checked UDP datagram (key written) to its flow; DNS to the gateway goes to the forwarder. */
-function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, dport: u32): void {
-  let dial: usize = KEY_SCRATCH + 24;
-  let dialPort = dport;
-  if (dstIsGateway) {
-    if (dport == 53) {
-      dialPort = load<u32>(CFG_DNS_FWD_PORT);
-      if (dialPort == 0) { count(DROP_DNS_NO_UPSTREAM); return; }
-      dial = CFG_DNS_FWD_IP;
-    } else {
-      // Group::Host: what is addressed to the gateway reaches the host's loopback.
-      if (family == 4) { store<u64>(DIAL_SCRATCH, 0); store<u32>(DIAL_SCRATCH + 8, 0xffff0000); store<u32>(DIAL_SCRATCH + 12, LOOP4); }
-      else { store<u64>(DIAL_SCRATCH, 0); store<u64>(DIAL_SCRATCH + 8, 0x0100000000000000); }
-      dial = DIAL_SCRATCH;
-    }
-  }
-  // The dial family follows the dial address (a v4 guest may be forwarded to a v6 resolver).
-  const dialFamily: u32 = load<u64>(dial) == 0 && load<u32>(dial + 8) == 0xffff0000 ? 4 : 6;
-  udpFromGuest(udp + 8, ulen - 8, dialFamily, dial, dialPort);
-}
-
-// ---- TCP: refused until termination lands ------------------------------------------------------
+const DIAL_PORT_SCRATCH: usize = KEY_SCRATCH + 64;
 
 /**
- * Answer a TCP segment with RST (RFC 9293 §3.10.7.1, the CLOSED state): the guest sees
- * "connection refused" at once instead of waiting out retransmissions.
+ * Where a new flow to (remote in the key, dport) is dialled from the host: the remote itself;
+ * for the gateway, DNS goes to the forwarder and anything else to the host's loopback
+ * (Group::Host). Returns the 16-byte address and leaves the port at DIAL_PORT_SCRATCH;
+ * 0 when there is nowhere to go (no DNS forwarder).
  */
-function tcpRefuse(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
+  store<u32>(DIAL_PORT_SCRATCH, dport);
+  if (!dstIsGateway) return KEY_SCRATCH + 24;
+  if (dport == 53) {
+    const fwdPort = load<u32>(CFG_DNS_FWD_PORT);
+    if (fwdPort == 0) return 0;
+    store<u32>(DIAL_PORT_SCRATCH, fwdPort);
+    return CFG_DNS_FWD_IP;
+  }
+  store<u64>(DIAL_SCRATCH, 0);
+  if (family == 4) { store<u32>(DIAL_SCRATCH + 8, 0xffff0000); store<u32>(DIAL_SCRATCH + 12, LOOP4); }
+  else store<u64>(DIAL_SCRATCH + 8, 0x0100000000000000);
+  return DIAL_SCRATCH;
+}
+
+/** The family of a 16-byte dial address (a v4 guest may be forwarded to a v6 resolver). */
+@inline function dialFamily(dial: usize): u32 {
+  return load<u64>(dial) == 0 && load<u32>(dial + 8) == 0xffff0000 ? 4 : 6;
+}
+
+/** Route a checked UDP datagram (key written) to its flow. */
+function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, dport: u32): void {
+  const dial = dialFor(family, dstIsGateway, dport);
+  if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
+  udpFromGuest(udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH));
+}
+
+/** A TCP segment from the guest: checked here, then handed to the connection (flow/tcp.ts). */
+function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32, dstIsGateway: bool): void {
   if (l4len < 20) { count(DROP_TCP_MALFORMED); return; }
   const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
   const src = family == 4 ? ip + 12 : ip + 8;
   const dst = family == 4 ? ip + 16 : ip + 24;
   const alen: usize = family == 4 ? 4 : 16;
   if (doff < 20 || doff > l4len || !l4ChecksumOk(l4, l4len, src, dst, alen, PROTO_TCP)) { count(DROP_TCP_MALFORMED); return; }
+  if (family == 4) writeKey4(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
+  else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
+  const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
+  if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
+  if (!tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial))) {
+    count(DROP_TCP_NO_FLOW);
+    tcpReset(frame, ip, family, l4, l4len);
+  }
+}
+
+// ---- TCP resets for segments that belong to no connection -------------------------------------
+
+/**
+ * Answer a checked TCP segment that belongs to no connection with RST (RFC 9293 §3.10.7.1, the
+ * CLOSED state): the guest learns at once instead of waiting out retransmissions.
+ */
+function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+  const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
+  const src = family == 4 ? ip + 12 : ip + 8;
+  const dst = family == 4 ? ip + 16 : ip + 24;
   const flags = <u32>load<u8>(l4 + 13);
   if (flags & 0x04) return; // never answer a RST
   const out = txReserve();

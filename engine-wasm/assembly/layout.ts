@@ -29,12 +29,12 @@ export const RING_CTRL_BYTES = 512;
 export const CTRL_BASE = 4096;
 export const RX_CTRL = CTRL_BASE; // link -> engine: frames from the guest
 export const TX_CTRL = CTRL_BASE + RING_CTRL_BYTES; // engine -> link: frames to the guest
-export const IN_CTRL = CTRL_BASE + 2 * RING_CTRL_BYTES; // host sockets -> engine: datagrams, events
-export const STOP_FLAG = CTRL_BASE + 3 * RING_CTRL_BYTES; // set to 1 to ask the engine loop to stop
+export const IN_CTRL = CTRL_BASE + 2 * RING_CTRL_BYTES; // host sockets -> engine: data (datagrams, stream bytes)
+export const EV_CTRL = CTRL_BASE + 3 * RING_CTRL_BYTES; // host sockets -> engine: events without data
 
 // ---- engine state (replaces globals) ---------------------------------------------------------
 export const STATE_BASE = 8192;
-export const ST_FLOW_FREE_TOP = STATE_BASE + 0; // u32: entries on the free-index stack
+export const ST_FLOW_FREE_HEAD = STATE_BASE + 0; // u32: free-index queue, next to take (free-running)
 export const ST_FLOWS_LIVE = STATE_BASE + 4; // u32: flows in use (all protocols)
 export const ST_UDP_LIVE = STATE_BASE + 8; // u32: UDP flows in use
 export const ST_SCAN_CURSOR = STATE_BASE + 12; // u32: next flow index for the idle scan
@@ -44,6 +44,7 @@ export const ST_TCP_LIVE = STATE_BASE + 24; // u32: TCP flows in use
 export const ST_IP_ID = STATE_BASE + 28; // u32: next IPv4 identification
 export const ST_NOW_MS = STATE_BASE + 32; // f64: time of the current batch
 export const ST_DHCP_LEASED = STATE_BASE + 40; // u32: 1 once the guest took its lease
+export const ST_FLOW_FREE_TAIL = STATE_BASE + 48; // u32: free-index queue, next place to return one
 export const ST_TX_NEXT = STATE_BASE + 44; // u32: TX tail being filled (published at batch end)
 export const KEY_SCRATCH = STATE_BASE + 64; // 40 bytes: the flow key being looked up
 export const PKT_SCRATCH = STATE_BASE + 128; // parsed-packet context (see engine.ts)
@@ -88,6 +89,14 @@ export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::
 export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow
 export const OPK_UDP_SEND = 2; // send(len bytes at data) on the flow's socket
 export const OPK_CLOSE = 3; // close the flow's socket
+// TCP (see engine-wasm/assembly/flow/tcp.ts, "host socket protocol")
+export const OPK_TCP_CONNECT = 4; // non-blocking connect to (addr, port); DATA = seq of the first byte to peek, LEN = segment size
+export const OPK_TCP_SEND = 5; // write len bytes at data; answered by INK_TCP_SENT
+export const OPK_TCP_CREDIT = 6; // DATA = sequence number up to which host data may be peeked
+export const OPK_TCP_ACKED = 7; // LEN bytes were acknowledged by the guest: discard them from the socket
+export const OPK_TCP_REWIND = 8; // retransmit: peek again from DATA (the oldest unacknowledged sequence number)
+export const OPK_TCP_SHUTDOWN = 9; // the guest sent FIN: shutdown(SHUT_WR) once every earlier write went through
+export const OPK_TCP_ABORT = 10; // the guest reset: close with SO_LINGER 0 (the peer sees RST)
 
 // ---- flow table -------------------------------------------------------------------------------
 // Records live in a slab (stable index = the flow's token everywhere); an open-addressing index
@@ -112,10 +121,14 @@ export const DESC_AUX = 12; // u32 (inbound ring: event kind)
 export const RX_SLOTS = 256;
 export const TX_SLOTS = 256;
 export const IN_SLOTS = 64;
+// The event ring has descriptors only (no buffers), and room for every event one batch of host
+// operations plus one epoll round can cause (2 * OPS_MAX + 64 < EV_SLOTS): events are never lost.
+export const EV_SLOTS = 4096;
 export const RX_DESC_BASE = FLOW_SLAB_END;
 export const TX_DESC_BASE = RX_DESC_BASE + RX_SLOTS * DESC_BYTES;
 export const IN_DESC_BASE = TX_DESC_BASE + TX_SLOTS * DESC_BYTES;
-export const RX_BUF_BASE = (IN_DESC_BASE + IN_SLOTS * DESC_BYTES + 65535) & ~65535;
+export const EV_DESC_BASE = IN_DESC_BASE + IN_SLOTS * DESC_BYTES;
+export const RX_BUF_BASE = (EV_DESC_BASE + EV_SLOTS * DESC_BYTES + 65535) & ~65535;
 export const TX_BUF_BASE = RX_BUF_BASE + RX_SLOTS * SLOT_BYTES;
 export const IN_BUF_BASE = TX_BUF_BASE + TX_SLOTS * SLOT_BYTES;
 export const BENCH_BASE = IN_BUF_BASE + IN_SLOTS * SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
@@ -127,3 +140,12 @@ export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;
 export const INK_UDP_DATA = 1; // a datagram from the flow's remote
 export const INK_FLOW_ERROR = 2; // the flow's socket failed (token = flow), DESC_FLAGS = errno
 export const INK_OPEN_FAILED = 3; // the flow's socket could not be opened (token = flow), DESC_FLAGS = errno
+export const INK_TCP_CONNECTED = 4; // the dial succeeded
+export const INK_TCP_DATA = 5; // LEN bytes of host data in the slot, DESC_FLAGS = sequence number of the first
+export const INK_TCP_SENT = 6; // LEN bytes of an OPK_TCP_SEND were written; DESC_FLAGS = socket send space; AUX bit 16 = partial
+export const INK_TCP_EOF = 7; // the host peer closed its side, and everything before was peeked
+export const INK_TCP_RESET = 8; // the host socket failed (reset, error); DESC_FLAGS = errno
+export const INK_TCP_SHUT_DONE = 9; // shutdown(SHUT_WR) done for the guest's FIN
+export const INK_TCP_WRITABLE = 10; // a blocked socket can take data again; DESC_FLAGS = send space
+export const INK_KIND_MASK = 0xffff;
+export const INK_PARTIAL = 0x10000;

@@ -73,6 +73,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     ringFrom(env, lay, L.rx, mem, "RX_CTRL", "RX_DESC_BASE", "RX_BUF_BASE", "RX_SLOTS");
     ringFrom(env, lay, L.tx, mem, "TX_CTRL", "TX_DESC_BASE", "TX_BUF_BASE", "TX_SLOTS");
     ringFrom(env, lay, L.in, mem, "IN_CTRL", "IN_DESC_BASE", "IN_BUF_BASE", "IN_SLOTS");
+    ringFrom(env, lay, L.ev, mem, "EV_CTRL", "EV_DESC_BASE", "IN_BUF_BASE", "EV_SLOTS");  // no buffers
     L.opsBase = need(env, lay, "OPS_BASE");
     L.opBytes = need(env, lay, "OP_BYTES");
     L.opsCountOff = need(env, lay, "ST_OPS_COUNT");
@@ -86,6 +87,13 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.opkUdpOpen = need(env, lay, "OPK_UDP_OPEN");
     L.opkUdpSend = need(env, lay, "OPK_UDP_SEND");
     L.opkClose = need(env, lay, "OPK_CLOSE");
+    L.opkTcpConnect = need(env, lay, "OPK_TCP_CONNECT");
+    L.opkTcpSend = need(env, lay, "OPK_TCP_SEND");
+    L.opkTcpCredit = need(env, lay, "OPK_TCP_CREDIT");
+    L.opkTcpAcked = need(env, lay, "OPK_TCP_ACKED");
+    L.opkTcpRewind = need(env, lay, "OPK_TCP_REWIND");
+    L.opkTcpShutdown = need(env, lay, "OPK_TCP_SHUTDOWN");
+    L.opkTcpAbort = need(env, lay, "OPK_TCP_ABORT");
     L.descLen = need(env, lay, "DESC_LEN");
     L.descFlags = need(env, lay, "DESC_FLAGS");
     L.descToken = need(env, lay, "DESC_TOKEN");
@@ -93,11 +101,20 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.inkUdpData = need(env, lay, "INK_UDP_DATA");
     L.inkFlowError = need(env, lay, "INK_FLOW_ERROR");
     L.inkOpenFailed = need(env, lay, "INK_OPEN_FAILED");
+    L.inkTcpConnected = need(env, lay, "INK_TCP_CONNECTED");
+    L.inkTcpData = need(env, lay, "INK_TCP_DATA");
+    L.inkTcpSent = need(env, lay, "INK_TCP_SENT");
+    L.inkTcpEof = need(env, lay, "INK_TCP_EOF");
+    L.inkTcpReset = need(env, lay, "INK_TCP_RESET");
+    L.inkTcpShutDone = need(env, lay, "INK_TCP_SHUT_DONE");
+    L.inkTcpWritable = need(env, lay, "INK_TCP_WRITABLE");
+    L.inkPartial = need(env, lay, "INK_PARTIAL");
     L.countersBase = need(env, lay, "COUNTERS_BASE");
     L.cHostSendErrors = need(env, lay, "HOST_SEND_ERRORS");
     L.cHostOpenErrors = need(env, lay, "HOST_OPEN_ERRORS");
     L.cLinkRxErrors = need(env, lay, "LINK_RX_ERRORS");
     L.cLinkTxErrors = need(env, lay, "LINK_TX_ERRORS");
+    L.cTcpShortWrites = need(env, lay, "TCP_SHORT_WRITES");
     L.flowCapacity = need(env, lay, "FLOW_CAPACITY");
     L.slotBytes = need(env, lay, "SLOT_BYTES");
     L.memoryBytes = static_cast<uint32_t>(u8.ByteLength());

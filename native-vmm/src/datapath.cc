@@ -1,26 +1,38 @@
 // datapath.cc — moving bytes between the link, the rings and host sockets, with batched syscalls.
 //
 // Theory of operation
-// Everything that can become readable lives in one epoll set (level-triggered): the link fd with
-// token LINK_TOKEN and every flow's host socket with the flow's index as token. The worker's
-// event loop watches the epoll fd (uv_poll) and, when it is readable, alternates
-//   pump()            readable fds -> RX ring (frames) and inbound ring (datagrams, errors)
-//   engineRun()       (WASM) rings -> TX ring + host operations
-//   flush()           host operations -> syscalls; RX slots released; TX ring -> link
+// Everything that can become ready lives in one epoll set: the link fd (token LINK_TOKEN,
+// level-triggered) and every flow's host socket (token = flow index; UDP level-triggered, TCP
+// edge-triggered). The worker's event loop watches the epoll fd (uv_poll) and, when it is
+// readable, alternates
+//   pump()       readable fds -> RX ring (frames), inbound ring (data), event ring (events)
+//   engineRun()  (WASM) rings -> TX ring + host operations
+//   flush()      host operations -> syscalls; RX slots released; TX ring -> link
 // until a round moves nothing. Frames are read by the kernel straight into ring slots and
-// written straight from them: no copy in this file.
+// written straight from them; guest TCP payload is written to sockets straight from RX slots.
 //
-// Back-pressure: when a ring is full, pump() leaves the data in the kernel (level-triggered
-// epoll reports it again once the engine has drained the ring). When the link refuses a frame
-// (EAGAIN), the rest of the TX ring waits and EPOLLOUT is watched until the link drains.
+// TCP host->guest bytes are read with MSG_PEEK under SO_PEEK_OFF: they stay in the socket's
+// receive queue until the guest acknowledges them (OPK_TCP_ACKED discards them with MSG_TRUNC),
+// and a retransmission just rewinds the peek offset. Reads stop at the credit the engine grants
+// (the guest's window), so nothing is buffered here. See engine-wasm/assembly/flow/tcp.ts.
+//
+// Back-pressure: when a ring is full, reads stop and the data stays in the kernel (UDP: epoll
+// reports it again; TCP: the flow is kept on `pending_` and retried at the next pump). When the
+// link refuses a frame (EAGAIN), the rest of the TX ring waits for EPOLLOUT. Events without data
+// go to the event ring, which is sized so it cannot overflow (layout.ts, EV_SLOTS).
 #include "datapath.h"
 
 #include <arpa/inet.h>
+#include <linux/sock_diag.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -28,20 +40,23 @@ namespace moat {
 
 static constexpr uint64_t LINK_TOKEN = 0xffffffffull;
 static constexpr uint32_t LINK_READ_BUDGET = 64;   // frames per link wake-up
-static constexpr uint32_t SOCKET_READ_BUDGET = 16; // datagrams per socket wake-up (fairness)
+static constexpr uint32_t SOCKET_READ_BUDGET = 16; // datagrams per UDP socket wake-up (fairness)
+
+static inline bool seqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
 
 Datapath::Datapath(uint8_t* mem, const Layout& layout) : mem_(mem), L_(layout) {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  fds_.assign(L_.flowCapacity, -1);
+  socks_.assign(L_.flowCapacity, Sock{});
 }
 
 Datapath::~Datapath() { closeAll(); }
 
 void Datapath::closeAll() {
-  for (auto& fd : fds_) {
-    if (fd >= 0) close(fd);
-    fd = -1;
+  for (auto& s : socks_) {
+    if (s.fd >= 0) close(s.fd);
+    s = Sock{};
   }
+  pending_.clear();
   live_ = 0;
   if (linkFd_ >= 0) close(linkFd_);
   linkFd_ = -1;
@@ -65,25 +80,67 @@ void Datapath::setLinkFd(int fd) {
 void Datapath::watchLinkOut(bool on) {
   if (on == linkOutWatched_ || linkFd_ < 0) return;
   struct epoll_event ev = {};
-  ev.events = EPOLLIN | (on ? EPOLLOUT : 0);
+  ev.events = EPOLLIN | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   ev.data.u64 = LINK_TOKEN;
   epoll_ctl(epfd_, EPOLL_CTL_MOD, linkFd_, &ev);
   linkOutWatched_ = on;
 }
 
+// ---- rings toward the engine ----------------------------------------------------------------------
+
+bool Datapath::inboundFull() const { return L_.in.tail() - L_.in.head() >= L_.in.g.slots; }
+
+static void writeDesc(uint8_t* d, const Layout& L, uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
+  *reinterpret_cast<uint32_t*>(d + L.descLen) = len;
+  *reinterpret_cast<uint32_t*>(d + L.descFlags) = flags;
+  *reinterpret_cast<uint32_t*>(d + L.descToken) = flow;
+  *reinterpret_cast<uint32_t*>(d + L.descAux) = kind;
+}
+
+// The caller checked there is room and filled the slot's buffer.
+void Datapath::pushInbound(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
+  const uint32_t tail = L_.in.tail();
+  writeDesc(L_.in.desc(tail), L_, flow, kind, len, flags);
+  L_.in.publishTail(tail + 1);
+  pushed_++;
+}
+
+void Datapath::pushEvent(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
+  const uint32_t tail = L_.ev.tail();
+  if (tail - L_.ev.head() >= L_.ev.g.slots) return;  // cannot happen by sizing (layout.ts)
+  writeDesc(L_.ev.desc(tail), L_, flow, kind, len, flags);
+  L_.ev.publishTail(tail + 1);
+  pushed_++;
+}
+
+// ---- readiness ---------------------------------------------------------------------------------------
+
 int Datapath::pump() {
-  struct epoll_event evs[64];
-  int n = epoll_wait(epfd_, evs, 64, 0);
+  pushed_ = 0;
   int moved = 0;
-  for (int i = 0; i < n; i++) {
-    if (evs[i].data.u64 == LINK_TOKEN) {
-      if (evs[i].events & EPOLLOUT) moved += writeLink();
-      if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) moved += readLink(LINK_READ_BUDGET);
-    } else {
-      moved += readSocket(static_cast<uint32_t>(evs[i].data.u64), SOCKET_READ_BUDGET);
+  // Retry TCP reads that stopped for lack of inbound ring room.
+  if (!pending_.empty() && !inboundFull()) {
+    std::vector<uint32_t> retry;
+    retry.swap(pending_);
+    for (uint32_t flow : retry) {
+      socks_[flow].readPending = false;
+      readTcp(flow);
     }
   }
-  return moved;
+  struct epoll_event evs[64];
+  int n = epoll_wait(epfd_, evs, 64, 0);
+  for (int i = 0; i < n; i++) {
+    const uint64_t token = evs[i].data.u64;
+    if (token == LINK_TOKEN) {
+      if (evs[i].events & EPOLLOUT) moved += writeLink();
+      if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) moved += readLink(LINK_READ_BUDGET);
+    } else if (token < socks_.size()) {
+      const uint32_t flow = static_cast<uint32_t>(token);
+      if (socks_[flow].tcp) tcpReady(flow, evs[i].events);
+      else readUdp(flow, SOCKET_READ_BUDGET);
+    }
+  }
+  return moved + pushed_;
 }
 
 int Datapath::readLink(uint32_t budget) {
@@ -107,30 +164,17 @@ int Datapath::readLink(uint32_t budget) {
   return got;
 }
 
-bool Datapath::pushInbound(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
-  Ring& r = L_.in;
-  uint32_t tail = r.tail();
-  uint8_t* d = r.desc(tail);
-  *reinterpret_cast<uint32_t*>(d + L_.descLen) = len;
-  *reinterpret_cast<uint32_t*>(d + L_.descFlags) = flags;
-  *reinterpret_cast<uint32_t*>(d + L_.descToken) = flow;
-  *reinterpret_cast<uint32_t*>(d + L_.descAux) = kind;
-  r.publishTail(tail + 1);
-  return true;
-}
-
-int Datapath::readSocket(uint32_t flow, uint32_t budget) {
-  if (flow >= fds_.size() || fds_[flow] < 0) return 0;
-  Ring& r = L_.in;
+int Datapath::readUdp(uint32_t flow, uint32_t budget) {
+  Sock& s = socks_[flow];
+  if (s.fd < 0) return 0;
   int got = 0;
-  while (budget-- > 0) {
-    uint32_t tail = r.tail();
-    if (tail - r.head() >= r.g.slots) break;  // full: the kernel keeps it until the engine drains
-    ssize_t len = recv(fds_[flow], r.buf(tail), L_.slotBytes, MSG_DONTWAIT);
+  while (budget-- > 0 && !inboundFull()) {  // full: the kernel keeps it; epoll reports it again
+    const uint32_t tail = L_.in.tail();
+    ssize_t len = recv(s.fd, L_.in.buf(tail), L_.slotBytes, MSG_DONTWAIT);
     if (len < 0) {
       if (errno == EAGAIN || errno == EINTR) break;
       // An ICMP error on a connected socket (e.g. port unreachable): tell the engine.
-      pushInbound(flow, L_.inkFlowError, 0, static_cast<uint32_t>(errno));
+      pushEvent(flow, L_.inkFlowError, 0, static_cast<uint32_t>(errno));
       got++;
       continue;
     }
@@ -139,6 +183,83 @@ int Datapath::readSocket(uint32_t flow, uint32_t budget) {
   }
   return got;
 }
+
+int Datapath::tcpReady(uint32_t flow, uint32_t events) {
+  Sock& s = socks_[flow];
+  if (s.fd < 0 || s.dead) return 0;
+  if (s.connecting) {
+    if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return 0;
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+      s.dead = true;
+      epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
+      pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
+      return 1;
+    }
+    s.connecting = false;
+    setTcpEvents(flow);
+    pushEvent(flow, L_.inkTcpConnected, 0, 0);
+    return 1;
+  }
+  if ((events & EPOLLOUT) && s.writeWatch) {
+    s.writeWatch = false;
+    setTcpEvents(flow);
+    pushEvent(flow, L_.inkTcpWritable, 0, sendSpace(s.fd));
+  }
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) readTcp(flow);
+  return 1;
+}
+
+void Datapath::setTcpEvents(uint32_t flow) {
+  Sock& s = socks_[flow];
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | ((s.connecting || s.writeWatch) ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  ev.data.u64 = flow;
+  epoll_ctl(epfd_, EPOLL_CTL_MOD, s.fd, &ev);
+}
+
+// Peek host bytes into inbound slots, up to the credit and one segment per slot.
+int Datapath::readTcp(uint32_t flow) {
+  Sock& s = socks_[flow];
+  if (s.fd < 0 || s.dead || s.connecting) return 0;
+  int got = 0;
+  while (true) {
+    if (inboundFull()) {
+      if (!s.readPending) { s.readPending = true; pending_.push_back(flow); }
+      break;
+    }
+    // No credit: stop. EOF and errors show up on the first peek once the guest's window opens.
+    if (!seqLt(s.peekSeq, s.limitSeq)) break;
+    const uint32_t want = std::min({s.limitSeq - s.peekSeq, s.segBytes, L_.slotBytes});
+    const uint32_t tail = L_.in.tail();
+    ssize_t n = recv(s.fd, L_.in.buf(tail), want, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+      pushInbound(flow, L_.inkTcpData, static_cast<uint32_t>(n), s.peekSeq);
+      s.peekSeq += static_cast<uint32_t>(n);
+      got++;
+      continue;
+    }
+    if (n == 0) {
+      if (!s.eofPosted) {
+        s.eofPosted = true;
+        pushInbound(flow, L_.inkTcpEof, 0, s.peekSeq);
+        got++;
+      }
+      break;
+    }
+    if (errno == EAGAIN || errno == EINTR) break;
+    s.dead = true;
+    epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
+    pushInbound(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(errno));
+    got++;
+    break;
+  }
+  return got;
+}
+
+// ---- host operations -----------------------------------------------------------------------------------
 
 static bool sockaddrFor(const uint8_t* addr16, uint32_t port, uint32_t family, sockaddr_storage& ss, socklen_t& len) {
   memset(&ss, 0, sizeof ss);
@@ -160,7 +281,109 @@ static bool sockaddrFor(const uint8_t* addr16, uint32_t port, uint32_t family, s
   return true;
 }
 
-void Datapath::execOps() {
+// Free send space in payload bytes, the basis of the window offered to the guest. SO_MEMINFO
+// gives the kernel's own accounting: a write is taken while the queued memory (skb truesize)
+// is below SO_SNDBUF. Payload is a little less than truesize, hence the 7/8. When this reaches
+// zero the socket is also "not writable" to tcp_poll, so the EPOLLOUT edge we then watch for
+// comes exactly when space returns.
+uint32_t Datapath::sendSpace(int fd) {
+  uint32_t mi[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof mi;
+  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mi, &len) != 0) return 0;
+  const uint32_t sndbuf = mi[SK_MEMINFO_SNDBUF], queued = mi[SK_MEMINFO_WMEM_QUEUED];
+  return sndbuf > queued ? (sndbuf - queued) / 8 * 7 : 0;
+}
+
+void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
+  auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(op + off); };
+  const uint32_t addr = field(L_.opAddr);
+  sockaddr_storage ss;
+  socklen_t slen = 0;
+  int err = 0;
+  int fd = -1;
+  if (addr + 16ull > L_.memoryBytes || !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
+    err = EINVAL;
+  } else if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+    err = errno;
+  } else {
+    int zero = 0, one = 1;
+    // A fixed, large send buffer (the kernel caps it at net.core.wmem_max): the window offered
+    // to the guest is derived from its free space, and an autotuned buffer starts at 16 KiB.
+    int sndbuf = 2 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&ss), slen) != 0 && errno != EINPROGRESS) {
+      err = errno;
+      close(fd);
+      fd = -1;
+    }
+  }
+  if (err) {
+    count(L_.cHostOpenErrors);
+    pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
+    return;
+  }
+  closeSock(flow, false);
+  Sock& s = socks_[flow];
+  s = Sock{};
+  s.fd = fd;
+  s.tcp = true;
+  s.connecting = true;
+  s.peekSeq = s.limitSeq = field(L_.opData);
+  s.segBytes = std::max<uint32_t>(field(L_.opLen), 64);
+  live_++;
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.u64 = flow;
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len) {
+  Sock& s = socks_[flow];
+  if (s.fd < 0 || s.dead || s.connecting || data + static_cast<uint64_t>(len) > L_.memoryBytes) return;
+  // After a short write every later write of this batch would leave a hole in the stream: skip
+  // them (the engine rewound to what was written and the guest retransmits).
+  if (s.writeBlocked) return;
+  ssize_t n = send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EINTR) {
+      s.dead = true;
+      epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
+      pushEvent(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(errno));
+      return;
+    }
+    n = 0;
+  }
+  const bool partial = static_cast<uint32_t>(n) < len;
+  const uint32_t space = sendSpace(s.fd);
+  if (partial) {
+    count(L_.cTcpShortWrites);
+    s.writeBlocked = true;
+  }
+  // Too little room for another segment: the window we offer closes, so watch for the socket to
+  // drain (the EPOLLOUT edge) to reopen it.
+  if ((partial || space < s.segBytes) && !s.writeWatch) {
+    s.writeWatch = true;
+    setTcpEvents(flow);
+  }
+  pushEvent(flow, L_.inkTcpSent | (partial ? L_.inkPartial : 0), static_cast<uint32_t>(n), space);
+}
+
+void Datapath::closeSock(uint32_t flow, bool abort) {
+  Sock& s = socks_[flow];
+  if (s.fd < 0) return;
+  epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
+  if (abort && s.tcp) {
+    struct linger lg = {1, 0};  // close now and send RST
+    setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  }
+  close(s.fd);
+  s = Sock{};
+  live_--;
+}
+
+int Datapath::execOps() {
   auto* countWord = reinterpret_cast<uint32_t*>(mem_ + L_.opsCountOff);
   const uint32_t n = *countWord;
   for (uint32_t i = 0; i < n; i++) {
@@ -168,18 +391,46 @@ void Datapath::execOps() {
     auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(op + off); };
     const uint32_t kind = field(L_.opKind);
     const uint32_t flow = field(L_.opFlow);
-    if (flow >= fds_.size()) continue;
-    if (kind == L_.opkUdpSend) {
+    if (flow >= socks_.size()) continue;
+    Sock& s = socks_[flow];
+    if (kind == L_.opkTcpSend) {
+      tcpSend(flow, field(L_.opData), field(L_.opLen));
+    } else if (kind == L_.opkTcpAcked) {
+      uint32_t left = field(L_.opLen);
+      while (s.fd >= 0 && left > 0) {
+        ssize_t d = recv(s.fd, nullptr, left, MSG_TRUNC | MSG_DONTWAIT);
+        if (d <= 0) break;
+        left -= static_cast<uint32_t>(d);
+      }
+    } else if (kind == L_.opkTcpCredit) {
+      s.limitSeq = field(L_.opData);
+      readTcp(flow);
+    } else if (kind == L_.opkUdpSend) {
       const uint32_t data = field(L_.opData), len = field(L_.opLen);
-      if (fds_[flow] < 0 || data + static_cast<uint64_t>(len) > L_.memoryBytes) continue;
-      if (send(fds_[flow], mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) count(L_.cHostSendErrors);
+      if (s.fd < 0 || data + static_cast<uint64_t>(len) > L_.memoryBytes) continue;
+      if (send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) count(L_.cHostSendErrors);
+    } else if (kind == L_.opkTcpConnect) {
+      tcpConnect(flow, op);
+    } else if (kind == L_.opkTcpRewind) {
+      if (s.fd < 0 || s.dead) continue;
+      int zero = 0;
+      setsockopt(s.fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
+      s.peekSeq = field(L_.opData);
+      s.eofPosted = false;
+      readTcp(flow);
+    } else if (kind == L_.opkTcpShutdown) {
+      if (s.fd < 0 || s.dead || s.writeBlocked) continue;  // the guest retransmits its FIN
+      if (shutdown(s.fd, SHUT_WR) == 0) pushEvent(flow, L_.inkTcpShutDone, 0, 0);
+    } else if (kind == L_.opkTcpAbort) {
+      closeSock(flow, true);
+    } else if (kind == L_.opkClose) {
+      closeSock(flow, false);
     } else if (kind == L_.opkUdpOpen) {
       const uint32_t addr = field(L_.opAddr);
       sockaddr_storage ss;
       socklen_t slen = 0;
       int err = 0;
-      if (addr + 16ull > L_.memoryBytes ||
-          !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
+      if (addr + 16ull > L_.memoryBytes || !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
         err = EINVAL;
       } else {
         int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -189,8 +440,8 @@ void Datapath::execOps() {
           err = errno;
           close(fd);
         } else {
-          if (fds_[flow] >= 0) { close(fds_[flow]); live_--; }
-          fds_[flow] = fd;
+          closeSock(flow, false);
+          s.fd = fd;
           live_++;
           struct epoll_event ev = {};
           ev.events = EPOLLIN;
@@ -200,19 +451,17 @@ void Datapath::execOps() {
       }
       if (err) {
         count(L_.cHostOpenErrors);
-        Ring& r = L_.in;
-        if (r.tail() - r.head() < r.g.slots) pushInbound(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
-      }
-    } else if (kind == L_.opkClose) {
-      if (fds_[flow] >= 0) {
-        epoll_ctl(epfd_, EPOLL_CTL_DEL, fds_[flow], nullptr);
-        close(fds_[flow]);
-        fds_[flow] = -1;
-        live_--;
+        pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
       }
     }
   }
+  // Short writes block a flow only within one batch.
+  for (uint32_t i = 0; i < n; i++) {
+    const uint32_t flow = *reinterpret_cast<const uint32_t*>(mem_ + L_.opsBase + i * L_.opBytes + L_.opFlow);
+    if (flow < socks_.size()) socks_[flow].writeBlocked = false;
+  }
   *countWord = 0;
+  return 0;
 }
 
 int Datapath::writeLink() {
@@ -236,10 +485,11 @@ int Datapath::writeLink() {
 }
 
 int Datapath::flush() {
+  pushed_ = 0;
   execOps();
   // Host operations have read the RX slots they pointed into: release them.
   L_.rx.publishHead(L_.rx.pendingHead());
-  return writeLink();
+  return writeLink() + pushed_;
 }
 
 }  // namespace moat

@@ -9,13 +9,17 @@ namespace moat {
 
 // Offsets and sizes from engine-wasm/assembly/layout.ts, handed over by the worker at attach.
 struct Layout {
-  Ring rx, tx, in;
+  Ring rx, tx, in, ev;
   uint32_t opsBase = 0, opBytes = 0, opsCountOff = 0;
   uint32_t opKind = 0, opFlow = 0, opData = 0, opLen = 0, opFamily = 0, opPort = 0, opAddr = 0;
   uint32_t opkUdpOpen = 0, opkUdpSend = 0, opkClose = 0;
+  uint32_t opkTcpConnect = 0, opkTcpSend = 0, opkTcpCredit = 0, opkTcpAcked = 0, opkTcpRewind = 0,
+           opkTcpShutdown = 0, opkTcpAbort = 0;
   uint32_t descLen = 0, descFlags = 0, descToken = 0, descAux = 0;
   uint32_t inkUdpData = 0, inkFlowError = 0, inkOpenFailed = 0;
-  uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0;
+  uint32_t inkTcpConnected = 0, inkTcpData = 0, inkTcpSent = 0, inkTcpEof = 0, inkTcpReset = 0,
+           inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0;
+  uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0, cTcpShortWrites = 0;
   uint32_t flowCapacity = 0, slotBytes = 0, memoryBytes = 0;
 };
 
@@ -38,11 +42,34 @@ class Datapath {
   void closeAll();
 
  private:
+  // A flow's host socket. TCP sockets are edge-triggered; what could not be done for lack of
+  // ring room is remembered in `pending` and retried at every pump.
+  struct Sock {
+    int fd = -1;
+    bool tcp = false;
+    bool connecting = false;
+    bool eofPosted = false;
+    bool dead = false;         // failed: no more reads; waits for the engine's close
+    bool writeWatch = false;   // EPOLLOUT watched: the engine waits for send space
+    bool readPending = false;  // stopped reading for lack of inbound ring room
+    bool writeBlocked = false; // a short write in the current batch of operations
+    uint32_t peekSeq = 0, limitSeq = 0, segBytes = 0;
+  };
+
   void count(uint32_t idx, uint64_t n = 1);
   int readLink(uint32_t budget);
-  int readSocket(uint32_t flow, uint32_t budget);
-  bool pushInbound(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags);
-  void execOps();
+  int readUdp(uint32_t flow, uint32_t budget);
+  int readTcp(uint32_t flow);
+  int tcpReady(uint32_t flow, uint32_t events);
+  bool inboundFull() const;
+  void pushInbound(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags);
+  void pushEvent(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags);
+  int execOps();
+  void tcpConnect(uint32_t flow, const uint8_t* op);
+  void tcpSend(uint32_t flow, uint32_t data, uint32_t len);
+  uint32_t sendSpace(int fd);
+  void setTcpEvents(uint32_t flow);
+  void closeSock(uint32_t flow, bool abort);
   int writeLink();
   void watchLinkOut(bool on);
 
@@ -52,7 +79,9 @@ class Datapath {
   int linkFd_ = -1;
   bool linkOutWatched_ = false;
   int live_ = 0;
-  std::vector<int> fds_;  // flow index -> host socket fd (-1 = none)
+  int pushed_ = 0;                // inbound entries produced since the last pump/flush
+  std::vector<Sock> socks_;        // by flow index
+  std::vector<uint32_t> pending_;  // flows with reads to retry
 };
 
 }  // namespace moat

@@ -3,7 +3,9 @@
 // Theory of operation
 // Records live in a fixed slab of FLOW_CAPACITY entries of FLOW_RECORD_BYTES; a flow's slab
 // index is its identity everywhere (the token native-vmm files its host socket under, the
-// inbound ring's token). Free indexes sit on a stack (FLOW_FREE_BASE, top in ST_FLOW_FREE_TOP).
+// inbound ring's token). Free indexes wait in a FIFO queue (FLOW_FREE_BASE, free-running head
+// and tail in the state block): a freed index is reused only after every other free one, so an
+// event still in flight for a removed flow cannot land on a newcomer that took its index.
 // The index is an open-addressing table of FLOW_INDEX_SLOTS u32 (index + 1; 0 = empty) with
 // linear probing; removal shifts the following cluster back (Knuth's algorithm R), so there are
 // no tombstones and probe lengths never degrade with churn. With the load factor at most 0.5
@@ -16,7 +18,7 @@
 
 import {
   FLOW_CAPACITY, FLOW_INDEX_SLOTS, FLOW_RECORD_BYTES, FLOW_INDEX_BASE, FLOW_FREE_BASE,
-  FLOW_SLAB_BASE, ST_FLOW_FREE_TOP, ST_FLOWS_LIVE, KEY_SCRATCH,
+  FLOW_SLAB_BASE, ST_FLOW_FREE_HEAD, ST_FLOW_FREE_TAIL, ST_FLOWS_LIVE, KEY_SCRATCH,
 } from "../layout";
 
 // record fields after the key
@@ -39,11 +41,9 @@ export const KEY_BYTES = 40;
 
 export function flowTableInit(): void {
   memory.fill(FLOW_INDEX_BASE, 0, FLOW_INDEX_SLOTS * 4);
-  // Free stack: pop order 0, 1, 2, ... (the top of the stack is the end of the array).
-  for (let i: u32 = 0; i < <u32>FLOW_CAPACITY; i++) {
-    store<u32>(FLOW_FREE_BASE + (<usize>i << 2), <u32>FLOW_CAPACITY - 1 - i);
-  }
-  store<u32>(ST_FLOW_FREE_TOP, FLOW_CAPACITY);
+  for (let i: u32 = 0; i < <u32>FLOW_CAPACITY; i++) store<u32>(FLOW_FREE_BASE + (<usize>i << 2), i);
+  store<u32>(ST_FLOW_FREE_HEAD, 0);
+  store<u32>(ST_FLOW_FREE_TAIL, FLOW_CAPACITY);
   store<u32>(ST_FLOWS_LIVE, 0);
   memory.fill(FLOW_SLAB_BASE, 0, <usize>FLOW_CAPACITY * FLOW_RECORD_BYTES);
 }
@@ -86,10 +86,10 @@ export function flowLookup(hash: u32): i32 {
  * with its record zeroed except key and hash, or -1 when the slab is full.
  */
 export function flowInsert(hash: u32): i32 {
-  const top = load<u32>(ST_FLOW_FREE_TOP);
-  if (top == 0) return -1;
-  const idx = load<u32>(FLOW_FREE_BASE + (<usize>(top - 1) << 2));
-  store<u32>(ST_FLOW_FREE_TOP, top - 1);
+  const head = load<u32>(ST_FLOW_FREE_HEAD);
+  if (head == load<u32>(ST_FLOW_FREE_TAIL)) return -1;
+  const idx = load<u32>(FLOW_FREE_BASE + (<usize>(head & (<u32>FLOW_CAPACITY - 1)) << 2));
+  store<u32>(ST_FLOW_FREE_HEAD, head + 1);
   store<u32>(ST_FLOWS_LIVE, load<u32>(ST_FLOWS_LIVE) + 1);
   const rec = flowRecord(idx);
   memory.fill(rec, 0, FLOW_RECORD_BYTES);
@@ -127,8 +127,8 @@ export function flowRemove(idx: u32): void {
   }
   store<u32>(FLOW_INDEX_BASE + (<usize>hole << 2), 0);
   store<u32>(rec, 0, F_STATE);
-  const top = load<u32>(ST_FLOW_FREE_TOP);
-  store<u32>(FLOW_FREE_BASE + (<usize>top << 2), idx);
-  store<u32>(ST_FLOW_FREE_TOP, top + 1);
+  const tail = load<u32>(ST_FLOW_FREE_TAIL);
+  store<u32>(FLOW_FREE_BASE + (<usize>(tail & (<u32>FLOW_CAPACITY - 1)) << 2), idx);
+  store<u32>(ST_FLOW_FREE_TAIL, tail + 1);
   store<u32>(ST_FLOWS_LIVE, load<u32>(ST_FLOWS_LIVE) - 1);
 }

@@ -11,7 +11,7 @@ import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { instantiateEngine } from "./engine-module.js";
 import { writeEngineConfig, type EngineConfig } from "./engine-config.js";
-import { nativeLayout } from "./layout.js";
+import { nativeLayout, layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
 
@@ -31,8 +31,8 @@ export interface EngineControl {
 }
 
 const MAX_ROUNDS_PER_WAKEUP = 256;
-const TICK_INTERVAL_MS = 250;
-const TICK_SCAN_BUDGET = 2048;
+const TICK_INTERVAL_MS = 100;
+const TICK_SCAN_BUDGET = layout.FLOW_CAPACITY; // every flow, every tick: timers need 100 ms resolution
 
 const data = workerData as EngineWorkerData;
 const native = loadNative();

@@ -1,0 +1,530 @@
+// tcp.ts — TCP termination: every guest connection ends here and is re-originated from a host
+// socket (DESIGN §5).
+//
+// Read first: RFC 9293 (TCP), RFC 7323 §2 (window scale), RFC 6298 (retransmission timer),
+// RFC 5681 §3.2 (fast retransmit). This is a deliberately small TCP: it talks only to one guest
+// over a lossless-ish virtual link, so it uses go-back-N retransmission, no SACK, no timestamps.
+//
+// Theory of operation
+// The engine plays the server side toward the guest and lets the host kernel's TCP do the real
+// work toward the world. The two halves meet in the host socket, driven through host operations
+// (engine -> native-vmm) and inbound events (native-vmm -> engine):
+//
+//   guest SYN            -> OPK_TCP_CONNECT            (dial first: the guest hears nothing yet)
+//   INK_TCP_CONNECTED    -> SYN-ACK to the guest       (refused: RST; other failures: silence)
+//   guest data at rcv_wr -> OPK_TCP_SEND               (write(2) straight from the RX slot)
+//   INK_TCP_SENT n       -> ACK n bytes to the guest   (a short write ACKs only what was taken:
+//                                                       the guest retransmits the rest)
+//   guest ACK            -> OPK_TCP_ACKED, OPK_TCP_CREDIT
+//   INK_TCP_DATA         -> a segment to the guest
+//
+// Host -> guest bytes are never copied into a buffer of ours: native-vmm reads them with
+// MSG_PEEK (SO_PEEK_OFF), so they stay in the kernel's receive queue until the guest ACKs them
+// (OPK_TCP_ACKED discards them). Retransmission rewinds the peek offset to snd_una (go-back-N).
+// native-vmm peeks only up to the credit the engine grants (snd_una + the guest's window), so
+// the guest's window is the only buffer on that side. Toward the host, the window offered to the
+// guest is the socket's free send space (reported with every INK_TCP_SENT / INK_TCP_WRITABLE):
+// backpressure both ways, and no unbounded buffering anywhere.
+//
+// Sequence bookkeeping (all u32, compared modulo 2^32):
+//   snd_una <= snd_nxt          host->guest: oldest unacknowledged, next to send
+//   rcv_nxt <= rcv_wr           guest->host: confirmed written to the socket, issued to write
+// Inbound data events carry their sequence number; an event that does not start at snd_nxt
+// predates a rewind and is ignored, so a rewind can never reorder the stream.
+//
+// Closing: the guest's FIN becomes OPK_TCP_SHUTDOWN (only once every earlier byte is written;
+// INK_TCP_SHUT_DONE then ACKs the FIN); the host's EOF becomes our FIN once every byte before it
+// was sent. When both FINs are acknowledged the socket is closed and the flow lingers 2 s
+// (TIME_WAIT's job: re-ACK a retransmitted FIN), then is removed. A RST either way resets the
+// other side and removes the flow at once. Timers (dial, SYN-ACK, retransmission, linger) run
+// from engineTick, so every flow leaves the table on every path.
+
+import {
+  KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
+  OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
+  OPK_TCP_ABORT, OPK_CLOSE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
+  INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL,
+} from "../layout";
+import {
+  TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
+  TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
+  DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW,
+} from "../counters";
+import { keyHash, flowLookup, flowInsert, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
+import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
+import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
+
+// F_STATE values for TCP flows
+export const TS_DIALING: u32 = 2; // SYN received, host socket connecting
+export const TS_SYN_RCVD: u32 = 3; // SYN-ACK sent
+export const TS_ESTABLISHED: u32 = 4; // data phase, including half-closed either way
+export const TS_LINGER: u32 = 5; // both FINs acknowledged, socket closed; reaped after LINGER_MS
+
+// TCP state in the flow record (flow/table.ts reserves 128.. for protocol state)
+const T_ISS = 128;
+const T_IRS = 132;
+const T_SND_UNA = 136;
+const T_SND_NXT = 140;
+const T_SND_WND = 144; // the guest's window, bytes (scaled)
+const T_RCV_NXT = 148;
+const T_RCV_WR = 152;
+const T_SPACE = 156; // host socket's free send space, bytes
+const T_GUEST_MSS = 160; // u32: segment size toward the guest
+const T_GUEST_WS = 164; // u8 guest's window shift; u8 ours (0 when the guest did not offer scaling)
+const T_OUR_WS = 165;
+const T_GRANTED = 168; // peek credit granted up to this sequence number
+const T_FLAGS = 172;
+const T_FIN_SEQ = 176; // sequence number of our FIN
+const T_DUPACKS = 180;
+const T_RTO_MS = 184;
+const T_RETRIES = 188;
+const T_TIMER_AT = 192; // f64: retransmission / SYN-ACK / linger deadline (0 = not armed)
+const T_SINCE = 200; // f64: when the current state began
+const T_SND_MAX = 208; // highest sequence number sent (snd_nxt falls back below it on a rewind)
+
+const FL_SHUT_PENDING: u32 = 1; // OPK_TCP_SHUTDOWN issued for the guest's FIN
+const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
+const FL_HOST_EOF: u32 = 4;
+const FL_FIN_SENT: u32 = 8;
+const FL_FIN_ACKED: u32 = 16;
+
+const TH_FIN: u32 = 0x01;
+const TH_SYN: u32 = 0x02;
+const TH_RST: u32 = 0x04;
+const TH_PSH: u32 = 0x08;
+const TH_ACK: u32 = 0x10;
+
+const OUR_WS: u32 = 7; // window shift we offer: windows up to 8 MiB
+const INITIAL_SPACE: u32 = 262144; // send space assumed until the socket reports its own
+const RTO_MIN_MS: u32 = 200;
+const RTO_MAX_MS: u32 = 8000;
+const MAX_RETRIES: u32 = 10; // consecutive timeouts before both sides are reset
+const DIAL_TIMEOUT_MS: f64 = 30000;
+const LINGER_MS: f64 = 2000;
+const ECONNREFUSED: u32 = 111;
+
+@inline function seqLt(a: u32, b: u32): bool { return <i32>(a - b) < 0; }
+@inline function seqLe(a: u32, b: u32): bool { return <i32>(a - b) <= 0; }
+@inline function now(): f64 { return load<f64>(ST_NOW_MS); }
+
+/** Bytes the guest may send us: the socket's free space less what is written-but-unconfirmed. */
+function advWindow(rec: usize): u32 {
+  const inFlight = load<u32>(rec, T_RCV_WR) - load<u32>(rec, T_RCV_NXT);
+  const space = load<u32>(rec, T_SPACE);
+  let w = space > inFlight ? space - inFlight : 0;
+
+  const max: u32 = load<u8>(rec, T_OUR_WS) ? 0xffff << OUR_WS : 0xffff;
+  return w > max ? max : w;
+}
+
+/**
+ * Emit a segment to the guest: `flags`, sequence `seq`, `dlen` bytes at `data`; ACK fields from
+ * the flow's receive side. SYN segments carry MSS and window-scale options. False when the TX
+ * ring is full.
+ */
+function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): bool {
+  const out = txReserve();
+  if (!out) return false;
+  const v4 = load<u8>(rec, 1) == 4;
+  const ip = emitEth(out, CFG_GUEST_MAC, v4 ? 0x0800 : 0x86dd);
+  const syn = (flags & TH_SYN) != 0;
+  const hlen: u32 = syn ? 28 : 20;
+  const t = v4 ? emitIp4(ip, 6, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, 6, rec + 24, rec + 8, hlen + dlen, 64);
+  wr16(t, <u32>load<u16>(rec, 6));
+  wr16(t + 2, <u32>load<u16>(rec, 4));
+  wr32(t + 4, seq);
+  wr32(t + 8, (flags & TH_ACK) ? load<u32>(rec, T_RCV_NXT) : 0);
+  store<u8>(t + 12, <u8>((hlen >> 2) << 4));
+  store<u8>(t + 13, <u8>flags);
+  const w = advWindow(rec);
+  wr16(t + 14, syn ? (w > 0xffff ? 0xffff : w) : w >> load<u8>(rec, T_OUR_WS));
+  store<u32>(t + 16, 0); // checksum, urgent pointer
+  if (syn) {
+    const mss = load<u32>(CFG_MTU) - (v4 ? 40 : 60);
+    store<u8>(t + 20, 2); store<u8>(t + 21, 4); wr16(t + 22, mss > 0xffff ? 0xffff : mss);
+    if (load<u8>(rec, T_OUR_WS)) { store<u8>(t + 24, 1); store<u8>(t + 25, 3); store<u8>(t + 26, 3); store<u8>(t + 27, <u8>OUR_WS); }
+    else store<u32>(t + 24, 0x01010101); // NOPs
+  }
+  if (dlen) memory.copy(t + hlen, data, dlen);
+  if (v4) fillL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, 6);
+  else fillL4Checksum(t, hlen + dlen, 16, ip + 8, ip + 24, 16, 6);
+  txCommit(<u32>(t - out) + hlen + dlen);
+  return true;
+}
+
+@inline function emitAck(rec: usize): bool {
+  return emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_NXT), 0, 0);
+}
+
+/** A RST to the guest for a flow, then the flow is gone (the host socket closed or aborted). */
+function resetBoth(idx: u32, rec: usize, abortHost: bool): void {
+  emitSegment(rec, TH_RST | TH_ACK, load<u32>(rec, T_SND_NXT), 0, 0);
+  tcpRemove(idx, abortHost ? OPK_TCP_ABORT : OPK_CLOSE);
+}
+
+/** Remove a TCP flow; `closeOp` (0 = none) is queued for its host socket first. */
+function tcpRemove(idx: u32, closeOp: u32): void {
+  if (closeOp) opPush(closeOp, idx, 0, 0, 0, 0, 0);
+  store<u32>(ST_TCP_LIVE, load<u32>(ST_TCP_LIVE) - 1);
+  count(TCP_FLOWS_CLOSED);
+  flowRemove(idx);
+}
+
+@inline function armTimer(rec: usize): void {
+  store<f64>(rec, now() + <f64>load<u32>(rec, T_RTO_MS), T_TIMER_AT);
+}
+
+/** Grant native-vmm credit to peek host data up to snd_una + the guest's window. */
+function grantCredit(idx: u32, rec: usize): void {
+  const upto = load<u32>(rec, T_SND_UNA) + load<u32>(rec, T_SND_WND);
+  if (seqLt(load<u32>(rec, T_GRANTED), upto)) {
+    if (opPush(OPK_TCP_CREDIT, idx, upto, 0, 0, 0, 0)) store<u32>(rec, upto, T_GRANTED);
+  }
+}
+
+/** Both FINs acknowledged: close the socket, linger, then be reaped by tcpTick. */
+function maybeFinished(idx: u32, rec: usize): void {
+  const f = load<u32>(rec, T_FLAGS);
+  if ((f & FL_GUEST_FIN) && (f & FL_FIN_ACKED) && load<u32>(rec, F_STATE) != TS_LINGER) {
+    opPush(OPK_CLOSE, idx, 0, 0, 0, 0, 0);
+    store<u32>(rec, TS_LINGER, F_STATE);
+    store<f64>(rec, now() + LINGER_MS, T_TIMER_AT);
+  }
+}
+
+// ---- segments from the guest --------------------------------------------------------------------
+
+/**
+ * A checked TCP segment from the guest (key written at KEY_SCRATCH). `dial`/`dialPort`: where a
+ * new connection is dialled. Returns false when there is no flow and the segment is not a SYN
+ * (the caller answers with RST).
+ */
+export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32): bool {
+  const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
+  const flags = <u32>load<u8>(l4 + 13);
+  let seq = rd32(l4 + 4);
+  const ack = rd32(l4 + 8);
+  let data = l4 + doff;
+  let dlen = l4len - doff;
+  const hash = keyHash();
+  const found = flowLookup(hash);
+  if (found < 0) {
+    if ((flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN) return (flags & TH_RST) != 0; // never answer a RST
+    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily);
+  }
+  const idx = <u32>found;
+  const rec = flowRecord(idx);
+  const state = load<u32>(rec, F_STATE);
+  store<f64>(rec, now(), F_LAST_MS);
+  store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
+
+  if (flags & TH_RST) {
+    // RFC 5961 §3: accept only a RST at the expected sequence number (else it is ignored).
+    if (state == TS_DIALING || seq == load<u32>(rec, T_RCV_NXT) || seq == load<u32>(rec, T_RCV_WR)) {
+      count(TCP_GUEST_RESETS);
+      tcpRemove(idx, state == TS_LINGER ? 0 : OPK_TCP_ABORT);
+    } else {
+      count(DROP_TCP_OUT_OF_WINDOW);
+    }
+    return true;
+  }
+  if (state == TS_DIALING) return true; // a retransmitted SYN while we dial: the answer is coming
+  if (flags & TH_SYN) {
+    // A retransmitted SYN (our SYN-ACK was lost) gets the SYN-ACK again; in any later state a
+    // SYN gets a challenge ACK (RFC 5961 §4).
+    if (state == TS_SYN_RCVD && !(flags & TH_ACK)) emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
+    else emitAck(rec);
+    return true;
+  }
+  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return true; }
+
+  if (state == TS_SYN_RCVD) {
+    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return true; }
+    store<u32>(rec, TS_ESTABLISHED, F_STATE);
+    store<f64>(rec, now(), T_SINCE);
+    store<u32>(rec, ack, T_SND_UNA);
+    store<u32>(rec, ack, T_SND_NXT);
+    store<f64>(rec, 0, T_TIMER_AT);
+    store<u32>(rec, 0, T_RETRIES);
+  }
+
+  // ---- ACK: what the guest has received of ours
+  const una = load<u32>(rec, T_SND_UNA);
+  const nxt = load<u32>(rec, T_SND_NXT);
+  const wnd = rd16(l4 + 14) << load<u8>(rec, T_GUEST_WS);
+  const oldWnd = load<u32>(rec, T_SND_WND);
+  store<u32>(rec, wnd, T_SND_WND);
+  const max = load<u32>(rec, T_SND_MAX);
+  if (seqLt(una, ack) && seqLe(ack, max)) {
+    let acked = ack - una;
+    let f = load<u32>(rec, T_FLAGS);
+    // Our FIN counts in the sequence space: it is acknowledged by fin_seq + 1 (also when a
+    // rewind has since taken snd_nxt back below it).
+    if ((f & FL_HOST_EOF) && !(f & FL_FIN_ACKED) && ack == load<u32>(rec, T_FIN_SEQ) + 1) {
+      f |= FL_FIN_ACKED | FL_FIN_SENT;
+      store<u32>(rec, f, T_FLAGS);
+      acked--;
+    }
+    store<u32>(rec, ack, T_SND_UNA);
+    if (acked) opPush(OPK_TCP_ACKED, idx, 0, acked, 0, 0, 0);
+    if (seqLt(nxt, ack)) {
+      // The guest had received more than a rewind assumed: carry on from what it acknowledged.
+      store<u32>(rec, ack, T_SND_NXT);
+      if (!(f & FL_FIN_ACKED)) opPush(OPK_TCP_REWIND, idx, ack, 0, 0, 0, 0);
+    }
+    store<u32>(rec, 0, T_DUPACKS);
+    store<u32>(rec, 0, T_RETRIES);
+    store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
+    if (ack == max) store<f64>(rec, 0, T_TIMER_AT);
+    else armTimer(rec);
+  } else if (ack == una && una != nxt && dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) {
+    const d = load<u32>(rec, T_DUPACKS) + 1;
+    store<u32>(rec, d, T_DUPACKS);
+    if (d == 3) rewind(idx, rec); // fast retransmit
+  } else if (seqLt(max, ack)) {
+    count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
+    emitAck(rec);
+    return true;
+  }
+  if (load<u32>(rec, F_STATE) == TS_ESTABLISHED) grantCredit(idx, rec);
+
+  // ---- data and FIN: what the guest sends to the world
+  const fl = load<u32>(rec, T_FLAGS);
+  const wr = load<u32>(rec, T_RCV_WR);
+  if (dlen > 0 && seqLt(seq, wr) && seqLt(wr, seq + dlen)) {
+    // Overlaps what we already took (a retransmission after a short write): keep the new part.
+    const skip = wr - seq;
+    data += skip;
+    dlen -= skip;
+    seq = wr;
+  }
+  if (dlen > 0) {
+    if (fl & (FL_SHUT_PENDING | FL_GUEST_FIN)) {
+      count(DROP_TCP_OUT_OF_WINDOW); // data after the guest's own FIN
+    } else if (seq == wr) {
+      if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, 0, 0)) {
+        store<u32>(rec, wr + dlen, T_RCV_WR);
+        store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);
+      }
+    } else if (seqLe(seq + dlen, wr)) {
+      emitAck(rec); // an old duplicate: tell the guest where we are
+    } else {
+      count(DROP_TCP_OUT_OF_ORDER); // a gap: drop and duplicate-ACK so the guest retransmits
+      emitAck(rec);
+      return true;
+    }
+  }
+  if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
+    emitAck(rec); // an unacceptable segment, e.g. a zero-window probe: answer with where we are
+  }
+  if (flags & TH_FIN) {
+    const finSeq = seq + dlen;
+    const f2 = load<u32>(rec, T_FLAGS);
+    if (f2 & FL_GUEST_FIN) emitAck(rec); // retransmitted FIN: our ACK was lost
+    else if (!(f2 & FL_SHUT_PENDING) && finSeq == load<u32>(rec, T_RCV_WR)) {
+      if (opPush(OPK_TCP_SHUTDOWN, idx, 0, 0, 0, 0, 0)) store<u32>(rec, f2 | FL_SHUT_PENDING, T_FLAGS);
+    }
+  }
+  maybeFinished(idx, rec);
+  return true;
+}
+
+/** A guest SYN for a new connection: create the flow and dial. */
+function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32): bool {
+  const live = load<u32>(ST_TCP_LIVE);
+  if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
+  const found = flowInsert(hash);
+  if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
+  const idx = <u32>found;
+  const rec = flowRecord(idx);
+  store<u32>(ST_TCP_LIVE, live + 1);
+  store<u32>(rec, TS_DIALING, F_STATE);
+  copy16(rec + F_DIAL_ADDR, dial);
+  store<u32>(rec, dialPort, F_DIAL_PORT);
+  // Options: MSS (2) and window scale (3); everything else is ignored.
+  const v4 = load<u8>(KEY_SCRATCH, 1) == 4;
+  let mss: u32 = v4 ? 536 : 1220;
+  let guestWs: i32 = -1;
+  let o = l4 + 20;
+  const end = l4 + doff;
+  while (o < end) {
+    const kind = <u32>load<u8>(o);
+    if (kind == 0) break;
+    if (kind == 1) { o++; continue; }
+    if (o + 1 >= end) break;
+    const olen = <u32>load<u8>(o + 1);
+    if (olen < 2 || o + olen > end) break;
+    if (kind == 2 && olen == 4) mss = rd16(o + 2);
+    if (kind == 3 && olen == 3) guestWs = <i32>min<u32>(load<u8>(o + 2), 14);
+    o += olen;
+  }
+  const linkMax = load<u32>(CFG_MTU) - (v4 ? 40 : 60);
+  if (mss > linkMax) mss = linkMax;
+  if (mss < 64) mss = 64;
+  store<u32>(rec, mss, T_GUEST_MSS);
+  store<u8>(rec, <u8>(guestWs < 0 ? 0 : guestWs), T_GUEST_WS);
+  store<u8>(rec, <u8>(guestWs < 0 ? 0 : OUR_WS), T_OUR_WS);
+  // ISS (RFC 6528 in spirit): time-driven, spread by the flow's hash.
+  const iss = <u32>(<u64>(now() * 250.0)) ^ (hash * 0x9e3779b1);
+  store<u32>(rec, iss, T_ISS);
+  store<u32>(rec, iss, T_SND_UNA);
+  store<u32>(rec, iss, T_SND_NXT);
+  store<u32>(rec, iss + 1, T_GRANTED);
+  store<u32>(rec, seq, T_IRS);
+  store<u32>(rec, seq + 1, T_RCV_NXT);
+  store<u32>(rec, seq + 1, T_RCV_WR);
+  store<u32>(rec, INITIAL_SPACE, T_SPACE);
+  store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
+  store<f64>(rec, now(), T_SINCE);
+  store<f64>(rec, now(), F_LAST_MS);
+  if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, mss, dialFamily, dialPort, rec + F_DIAL_ADDR)) {
+    tcpRemove(idx, 0);
+    return true; // counted as DROP_HOST_OPS_FULL; the guest will retry its SYN
+  }
+  count(TCP_FLOWS_OPENED);
+  return true;
+}
+
+/** Go-back-N: resend everything from snd_una (and our FIN, if it was sent). */
+function rewind(idx: u32, rec: usize): void {
+  const una = load<u32>(rec, T_SND_UNA);
+  if (!opPush(OPK_TCP_REWIND, idx, una, 0, 0, 0, 0)) return;
+  store<u32>(rec, una, T_SND_NXT);
+  const f = load<u32>(rec, T_FLAGS);
+  if ((f & FL_FIN_SENT) && !(f & FL_FIN_ACKED)) store<u32>(rec, f & ~FL_FIN_SENT, T_FLAGS);
+  store<u32>(rec, 0, T_DUPACKS);
+  count(TCP_RETRANSMITS);
+  armTimer(rec);
+}
+
+// ---- events from the host socket -----------------------------------------------------------------
+
+/**
+ * An inbound event for TCP flow `idx`. Returns false when it must be retried later (the TX ring
+ * is full); true when consumed.
+ */
+export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, aux: u32): bool {
+  const rec = flowRecord(idx);
+  const state = load<u32>(rec, F_STATE);
+  if (load<u8>(rec) != 6 || state < TS_DIALING) return true; // the flow has gone meanwhile
+  if (kind == INK_TCP_DATA) {
+    if (state != TS_ESTABLISHED || arg != load<u32>(rec, T_SND_NXT) || (load<u32>(rec, T_FLAGS) & FL_FIN_SENT)) return true; // stale
+    if (!emitSegment(rec, TH_ACK | TH_PSH, arg, buf, len)) return false;
+    store<u32>(rec, arg + len, T_SND_NXT);
+    if (seqLt(load<u32>(rec, T_SND_MAX), arg + len)) store<u32>(rec, arg + len, T_SND_MAX);
+    store<u64>(rec, load<u64>(rec, F_PKTS_IN) + 1, F_PKTS_IN);
+    store<u64>(rec, load<u64>(rec, F_BYTES_IN) + len, F_BYTES_IN);
+    countN(TCP_BYTES_TO_GUEST, len);
+    if (load<f64>(rec, T_TIMER_AT) == 0) armTimer(rec);
+    return true;
+  }
+  if (kind == INK_TCP_SENT) {
+    store<u32>(rec, load<u32>(rec, T_RCV_NXT) + len, T_RCV_NXT);
+    store<u32>(rec, arg, T_SPACE);
+    countN(TCP_BYTES_TO_HOST, len);
+    if (aux & INK_PARTIAL) {
+      // The socket took only part: everything after it will be dropped as a gap. Three
+      // duplicate ACKs make the guest retransmit from rcv_nxt now (RFC 5681 §3.2).
+      store<u32>(rec, load<u32>(rec, T_RCV_NXT), T_RCV_WR);
+      emitAck(rec);
+      emitAck(rec);
+    }
+    emitAck(rec); // if the TX ring is full the guest's next segment is answered instead
+    return true;
+  }
+  if (kind == INK_TCP_WRITABLE) {
+    store<u32>(rec, arg, T_SPACE);
+    emitAck(rec); // window update
+    return true;
+  }
+  if (kind == INK_TCP_CONNECTED) {
+    if (state != TS_DIALING) return true;
+    if (!emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0)) return false;
+    store<u32>(rec, TS_SYN_RCVD, F_STATE);
+    store<u32>(rec, load<u32>(rec, T_ISS) + 1, T_SND_NXT);
+    store<u32>(rec, load<u32>(rec, T_ISS) + 1, T_SND_MAX);
+    armTimer(rec);
+    count(TCP_CONNECTED);
+    return true;
+  }
+  if (kind == INK_OPEN_FAILED || (kind == INK_TCP_RESET && state == TS_DIALING)) {
+    // The dial failed. Refused: the guest sees "connection refused" (RST). Anything else
+    // (unreachable, timed out): silence, as on a real network.
+    if (arg == ECONNREFUSED) {
+      store<u32>(rec, load<u32>(rec, T_ISS), T_SND_NXT);
+      emitSegment(rec, TH_RST | TH_ACK, 0, 0, 0);
+      count(TCP_REFUSED);
+    } else {
+      count(TCP_DIAL_FAILED);
+    }
+    tcpRemove(idx, OPK_CLOSE);
+    return true;
+  }
+  if (kind == INK_TCP_RESET) {
+    count(TCP_HOST_RESETS);
+    if (state == TS_LINGER) tcpRemove(idx, 0);
+    else resetBoth(idx, rec, false);
+    return true;
+  }
+  if (kind == INK_TCP_EOF) {
+    const f = load<u32>(rec, T_FLAGS);
+    if (state != TS_ESTABLISHED || (f & FL_FIN_SENT) || arg != load<u32>(rec, T_SND_NXT)) return true; // stale
+    if (!emitSegment(rec, TH_FIN | TH_ACK, arg, 0, 0)) return false;
+    store<u32>(rec, f | FL_HOST_EOF | FL_FIN_SENT, T_FLAGS);
+    store<u32>(rec, arg, T_FIN_SEQ);
+    store<u32>(rec, arg + 1, T_SND_NXT);
+    if (seqLt(load<u32>(rec, T_SND_MAX), arg + 1)) store<u32>(rec, arg + 1, T_SND_MAX);
+    if (load<f64>(rec, T_TIMER_AT) == 0) armTimer(rec);
+    return true;
+  }
+  if (kind == INK_TCP_SHUT_DONE) {
+    const f = load<u32>(rec, T_FLAGS);
+    if (!(f & FL_SHUT_PENDING)) return true;
+    store<u32>(rec, (f & ~FL_SHUT_PENDING) | FL_GUEST_FIN, T_FLAGS);
+    const n = load<u32>(rec, T_RCV_NXT) + 1;
+    store<u32>(rec, n, T_RCV_NXT);
+    store<u32>(rec, n, T_RCV_WR);
+    emitAck(rec);
+    maybeFinished(idx, rec);
+    return true;
+  }
+  return true;
+}
+
+// ---- timers ------------------------------------------------------------------------------------------
+
+/** Run flow `idx`'s timers if it is TCP. Returns true if the flow was removed. */
+export function tcpTick(idx: u32, t: f64): bool {
+  const rec = flowRecord(idx);
+  if (load<u8>(rec) != 6) return false;
+  const state = load<u32>(rec, F_STATE);
+  if (state < TS_DIALING) return false;
+  if (state == TS_DIALING) {
+    if (t - load<f64>(rec, T_SINCE) < DIAL_TIMEOUT_MS) return false;
+    count(TCP_DIAL_FAILED);
+    tcpRemove(idx, OPK_CLOSE);
+    return true;
+  }
+  const at = load<f64>(rec, T_TIMER_AT);
+  if (at == 0 || t < at) return false;
+  if (state == TS_LINGER) {
+    tcpRemove(idx, 0);
+    return true;
+  }
+  const retries = load<u32>(rec, T_RETRIES) + 1;
+  if (retries > MAX_RETRIES) {
+    resetBoth(idx, rec, true); // the guest stopped answering
+    return true;
+  }
+  store<u32>(rec, retries, T_RETRIES);
+  const rto = load<u32>(rec, T_RTO_MS) << 1;
+  store<u32>(rec, rto > RTO_MAX_MS ? RTO_MAX_MS : rto, T_RTO_MS);
+  if (state == TS_SYN_RCVD) {
+    emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
+    armTimer(rec);
+    return false;
+  }
+  if (load<u32>(rec, T_SND_UNA) != load<u32>(rec, T_SND_NXT)) rewind(idx, rec);
+  else store<f64>(rec, 0, T_TIMER_AT);
+  return false;
+}

@@ -1,20 +1,71 @@
 // servers.ts — the test hosts' servers, run inside a "world" namespace by the testbed:
-//   node servers.js udp-echo PORT      echo every datagram back to its sender (IPv4 and IPv6)
-//   node servers.js tcp-echo PORT      echo every byte back on each connection
+//   node servers.js udp-echo PORT    echo every datagram back to its sender (IPv4 and IPv6)
+//   node servers.js tcp-echo PORT    echo every byte back on each connection
+//   node servers.js tcp-sink PORT    read to EOF, then answer the SHA-256 (hex) of what came, close
+//   node servers.js tcp-source PORT  read a decimal byte count and "\n", send that much of the
+//                                    test stream (stream-data.ts), close
+//   node servers.js tcp-reset PORT   accept, read a little, then reset the connection
 // Prints "ready" once listening; runs until killed.
 import { createSocket } from "node:dgram";
-import { createServer } from "node:net";
+import { createServer, type Socket } from "node:net";
+import { createHash } from "node:crypto";
+import { chunk, CHUNK } from "./stream-data.js";
 
 const [kind, portText] = process.argv.slice(2);
 const port = Number(portText);
-if (kind === "udp-echo") {
-  const sock = createSocket({ type: "udp6", ipv6Only: false });
-  sock.on("message", (msg, rinfo) => sock.send(msg, rinfo.port, rinfo.address));
-  sock.bind(port, "::", () => process.stdout.write("ready\n"));
-} else if (kind === "tcp-echo") {
-  const srv = createServer((c) => { c.pipe(c); c.on("error", () => c.destroy()); });
-  srv.listen(port, "::", () => process.stdout.write("ready\n"));
-} else {
-  process.stderr.write(`servers.js: unknown server kind ${kind}\n`);
-  process.exit(2);
+const ready = () => process.stdout.write("ready\n");
+
+function tcp(handler: (c: Socket) => void): void {
+  const srv = createServer((c) => {
+    c.on("error", () => c.destroy());
+    handler(c);
+  });
+  srv.listen(port, "::", ready);
+}
+
+async function sendStream(c: Socket, bytes: number): Promise<void> {
+  for (let i = 0, sent = 0; sent < bytes; i++) {
+    const len = Math.min(CHUNK, bytes - sent);
+    if (!c.write(Buffer.from(chunk(i, len)))) await new Promise((r) => c.once("drain", r));
+    sent += len;
+  }
+  c.end();
+}
+
+switch (kind) {
+  case "udp-echo": {
+    const sock = createSocket({ type: "udp6", ipv6Only: false });
+    sock.on("message", (msg, rinfo) => sock.send(msg, rinfo.port, rinfo.address));
+    sock.bind(port, "::", ready);
+    break;
+  }
+  case "tcp-echo":
+    tcp((c) => c.pipe(c));
+    break;
+  case "tcp-sink":
+    tcp((c) => {
+      const h = createHash("sha256");
+      c.on("data", (d) => h.update(d));
+      c.on("end", () => c.end(h.digest("hex") + "\n"));
+    });
+    break;
+  case "tcp-source":
+    tcp((c) => {
+      let line = "";
+      const onData = (d: Buffer) => {
+        line += d.toString();
+        const nl = line.indexOf("\n");
+        if (nl < 0) return;
+        c.off("data", onData);
+        void sendStream(c, Number(line.slice(0, nl)));
+      };
+      c.on("data", onData);
+    });
+    break;
+  case "tcp-reset":
+    tcp((c) => c.once("data", () => c.resetAndDestroy()));
+    break;
+  default:
+    process.stderr.write(`servers.js: unknown server kind ${kind}\n`);
+    process.exit(2);
 }

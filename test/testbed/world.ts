@@ -36,6 +36,7 @@ function sh(args: string[]): void {
 }
 
 export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+export interface SandboxReport { code: number; counters: Record<string, number>; flows: { flows: number; udp: number; tcp: number }; sockets: number }
 
 export class World {
   readonly host = `mt-h-${process.pid}`;
@@ -60,7 +61,7 @@ export class World {
   }
 
   /** Start a testbed server in the world namespace and wait until it listens. */
-  async startServer(kind: "udp-echo" | "tcp-echo", port: number): Promise<void> {
+  async startServer(kind: "udp-echo" | "tcp-echo" | "tcp-sink" | "tcp-source" | "tcp-reset", port: number): Promise<void> {
     const p = spawn("ip", ["netns", "exec", this.world, process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], { stdio: ["ignore", "pipe", "inherit"] });
     this.servers.push(p);
     const [chunk] = (await Promise.race([once(p.stdout!, "data"), once(p, "exit").then(() => { throw new Error(`${kind} server exited`); })])) as [Buffer];
@@ -69,13 +70,28 @@ export class World {
 
   /** Run `moat ARGS...` inside the host namespace; resolves with its exit and output. */
   moat(args: string[], timeoutMs = 60000): Promise<RunResult> {
+    return this.runInHost([process.execPath, MOAT_BIN, ...args], timeoutMs);
+  }
+
+  /**
+   * Run CMD in a sandbox through the library inside the host namespace; the report says how the
+   * engine ended (counters, flows left, host sockets left) after the flow table had time to drain.
+   */
+  async sandbox(cmd: string[], timeoutMs = 120000): Promise<RunResult & { report: SandboxReport }> {
+    const r = await this.runInHost([process.execPath, `${TESTBED_JS}sandbox-run.js`, "--", ...cmd], timeoutMs);
+    const m = /__MOAT__ (\{.*\})/.exec(r.stderr);
+    if (!m) throw new Error(`sandbox-run gave no report:\n${r.stderr}`);
+    return { ...r, report: JSON.parse(m[1]!) as SandboxReport };
+  }
+
+  private runInHost(argv: string[], timeoutMs: number): Promise<RunResult> {
     return new Promise((resolve, reject) => {
-      const p = spawn("ip", ["netns", "exec", this.host, process.execPath, MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+      const p = spawn("ip", ["netns", "exec", this.host, ...argv], { stdio: ["ignore", "pipe", "pipe"] });
       let stdout = "";
       let stderr = "";
       p.stdout!.on("data", (d) => (stdout += d));
       p.stderr!.on("data", (d) => (stderr += d));
-      const timer = setTimeout(() => { p.kill("SIGKILL"); reject(new Error(`moat ${args.join(" ")} timed out\n${stderr}`)); }, timeoutMs);
+      const timer = setTimeout(() => { p.kill("SIGKILL"); reject(new Error(`${argv.join(" ")} timed out\n${stderr}`)); }, timeoutMs);
       p.on("exit", (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
     });
   }

@@ -1,0 +1,119 @@
+// tcp-clients.ts — TCP clients the system tests run inside a sandbox. Each prints one result
+// line and exits 0 when the exchange went as expected:
+//   upload HOST PORT BYTES        send BYTES of the test stream, half-close, compare the sink's hash
+//   download HOST PORT BYTES      ask the source for BYTES, hash what arrives, compare
+//   many HOST PORT N BYTES        N concurrent echo connections, interleaved writes, all verified
+//   connect HOST PORT             prints "connected", "refused" or the error code
+//   reset HOST PORT               write, expect the server's reset: prints "reset"
+//   halfclose HOST PORT           echo server: write, half-close, still read the echo to EOF
+import { connect, type Socket } from "node:net";
+import { createHash } from "node:crypto";
+import { chunk, CHUNK, streamHash } from "./stream-data.js";
+
+const [mode, host, portText, a, b] = process.argv.slice(2);
+const port = Number(portText);
+
+function open(): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: host!, port });
+    s.once("connect", () => resolve(s));
+    s.once("error", reject);
+  });
+}
+
+async function upload(bytes: number): Promise<string> {
+  const s = await open();
+  let reply = "";
+  s.on("data", (d) => (reply += d));
+  const done = new Promise((r) => s.on("end", r));
+  for (let i = 0, sent = 0; sent < bytes; i++) {
+    const len = Math.min(CHUNK, bytes - sent);
+    if (!s.write(Buffer.from(chunk(i, len)))) await new Promise((r) => s.once("drain", r));
+    sent += len;
+  }
+  s.end();
+  await done;
+  const want = streamHash(bytes);
+  if (reply.trim() !== want) throw new Error(`sink saw ${reply.trim()}, sent ${want}`);
+  return `ok ${want}`;
+}
+
+async function download(bytes: number): Promise<string> {
+  const s = await open();
+  const h = createHash("sha256");
+  let got = 0;
+  s.on("data", (d: Buffer) => { h.update(d); got += d.length; });
+  const done = new Promise((r) => s.on("end", r));
+  s.write(`${bytes}\n`);
+  await done;
+  const hash = h.digest("hex");
+  const want = streamHash(bytes);
+  if (got !== bytes || hash !== want) throw new Error(`received ${got} bytes hashing ${hash}, want ${bytes} / ${want}`);
+  s.end();
+  return `ok ${hash}`;
+}
+
+async function echoOne(id: number, bytes: number): Promise<void> {
+  const s = await open();
+  const want = Buffer.alloc(bytes, id & 255);
+  want.writeUInt32BE(id, 0);
+  const parts: Buffer[] = [];
+  let got = 0;
+  s.on("data", (d: Buffer) => { parts.push(d); got += d.length; if (got >= bytes) s.end(); });
+  const done = new Promise((r) => s.on("close", r));
+  // Interleave: write in small pieces with yields so connections' segments mix on the link.
+  for (let off = 0; off < bytes; off += 1000) {
+    s.write(want.subarray(off, Math.min(bytes, off + 1000)));
+    await new Promise((r) => setImmediate(r));
+  }
+  await done;
+  if (!Buffer.concat(parts).equals(want)) throw new Error(`connection ${id}: echo differs`);
+}
+
+async function main(): Promise<string> {
+  switch (mode) {
+    case "upload": return upload(Number(a));
+    case "download": return download(Number(a));
+    case "many": {
+      const n = Number(a);
+      await Promise.all(Array.from({ length: n }, (_, i) => echoOne(i, Number(b))));
+      return `ok ${n}`;
+    }
+    case "connect":
+      try {
+        const s = await open();
+        s.destroy();
+        return "connected";
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        return code === "ECONNREFUSED" ? "refused" : String(code);
+      }
+    case "reset": {
+      const s = await open();
+      const err = await new Promise<NodeJS.ErrnoException | null>((r) => {
+        s.once("error", r);
+        s.once("close", () => r(null));
+        s.write("hello");
+      });
+      if (err?.code !== "ECONNRESET") throw new Error(`expected ECONNRESET, got ${err?.code ?? "a clean close"}`);
+      return "reset";
+    }
+    case "halfclose": {
+      const s = await open();
+      let reply = "";
+      s.on("data", (d) => (reply += d));
+      const done = new Promise((r) => s.on("end", r));
+      s.end("half-closed but still listening");
+      await done;
+      if (reply !== "half-closed but still listening") throw new Error(`echo after half-close was "${reply}"`);
+      return "ok";
+    }
+    default:
+      throw new Error(`unknown mode ${mode}`);
+  }
+}
+
+main().then((line) => process.stdout.write(line + "\n"), (e) => {
+  process.stderr.write(`tcp-clients.js ${mode}: ${(e as Error).message}\n`);
+  process.exitCode = 1;
+});

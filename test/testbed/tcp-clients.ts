@@ -6,6 +6,9 @@
 //   connect HOST PORT             prints "connected", "refused" or the error code
 //   reset HOST PORT               write, expect the server's reset: prints "reset"
 //   halfclose HOST PORT           echo server: write, half-close, still read the echo to EOF
+//   crr HOST PORT SECONDS         connect-request-response-close loops against an echo server
+//                                 for SECONDS: prints "crr N/s"
+//   rr HOST PORT COUNT            COUNT 1-byte round trips on one connection: "rr p50=US p99=US"
 import { connect, type Socket } from "node:net";
 import { createHash } from "node:crypto";
 import { chunk, CHUNK, streamHash } from "./stream-data.js";
@@ -107,6 +110,33 @@ async function main(): Promise<string> {
       await done;
       if (reply !== "half-closed but still listening") throw new Error(`echo after half-close was "${reply}"`);
       return "ok";
+    }
+    case "crr": {
+      const until = performance.now() + Number(a) * 1000;
+      let n = 0;
+      const t0 = performance.now();
+      while (performance.now() < until) {
+        const s = await open();
+        s.setNoDelay(true);
+        await new Promise<void>((r) => { s.once("data", () => r()); s.write("x"); });
+        s.destroy();
+        n++;
+      }
+      return `crr ${(n / ((performance.now() - t0) / 1000)).toFixed(0)}/s`;
+    }
+    case "rr": {
+      const s = await open();
+      s.setNoDelay(true);
+      const times: number[] = [];
+      for (let i = 0; i < Number(a); i++) {
+        const t = performance.now();
+        await new Promise<void>((r) => { s.once("data", () => r()); s.write("x"); });
+        times.push((performance.now() - t) * 1000);
+      }
+      s.destroy();
+      times.sort((x, y) => x - y);
+      const q = (p: number) => times[Math.min(times.length - 1, Math.floor(p * times.length))]!.toFixed(0);
+      return `rr p50=${q(0.5)} p99=${q(0.99)}`;
     }
     default:
       throw new Error(`unknown mode ${mode}`);

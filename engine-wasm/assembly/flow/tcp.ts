@@ -165,7 +165,7 @@ function resetBoth(idx: u32, rec: usize, abortHost: bool): void {
 /** Remove a TCP flow; `closeOp` (0 = none) is queued for its host socket first. */
 function tcpRemove(idx: u32, closeOp: u32): void {
   if (closeOp) opPush(closeOp, idx, 0, 0, 0, 0, 0);
-  store<u32>(ST_TCP_LIVE, load<u32>(ST_TCP_LIVE) - 1);
+  if (load<u32>(flowRecord(idx), F_STATE) != TS_LINGER) store<u32>(ST_TCP_LIVE, load<u32>(ST_TCP_LIVE) - 1);
   count(TCP_FLOWS_CLOSED);
   flowRemove(idx);
 }
@@ -188,6 +188,9 @@ function maybeFinished(idx: u32, rec: usize): void {
   if ((f & FL_GUEST_FIN) && (f & FL_FIN_ACKED) && load<u32>(rec, F_STATE) != TS_LINGER) {
     opPush(OPK_CLOSE, idx, 0, 0, 0, 0, 0);
     store<u32>(rec, TS_LINGER, F_STATE);
+    // A lingering flow is closed as far as the guest is concerned: it no longer counts against
+    // the connection limit (a connect/close loop must not run into its own ghosts).
+    store<u32>(ST_TCP_LIVE, load<u32>(ST_TCP_LIVE) - 1);
     store<f64>(rec, now() + LINGER_MS, T_TIMER_AT);
   }
 }

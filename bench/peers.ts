@@ -1,0 +1,160 @@
+// peers.ts — moat side by side with the userspace peers and the kernel, in one run.
+//
+//   sudo node dist/bench/peers.js [--time SECONDS] [--only moat,slirp4netns,pasta,veth]
+//
+// Every contender gives a fresh network namespace (the "guest") a path to the same test world:
+// an iperf3 server and a TCP echo server at 203.0.113.10 in their own namespace, reached through
+// a "host" namespace that has no route off this machine (test/testbed/world.ts). Measured from
+// inside the guest with public tools and small Node clients:
+//   - iperf3 guest->world and world->guest (-R), Gbit/s at the receiver
+//   - connections per second: connect, 1-byte request, response, close, in a loop
+//   - request/response latency: 1-byte ping-pong on one connection, p50 and p99
+//   - CPU: the contender's process time (user+sys) during the iperf3 runs, as cores per Gbit/s
+//     (veth has no process: its cost is in the kernel and is not shown)
+// and printed with the ratios moat / each peer.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { readFileSync, existsSync } from "node:fs";
+import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
+const SECONDS = Number(opt("time", "5"));
+const ONLY = opt("only", "moat,slirp4netns,pasta,veth").split(",");
+
+interface Contender {
+  name: string;
+  /** Prepare the guest namespace; returns how to run a command in it and the process to bill CPU to. */
+  up(world: World, guest: string): Promise<{ pid?: number; stop: () => void; exec: (cmd: string[]) => string[] }>;
+}
+
+function ip(...a: string[]): void { execFileSync("ip", a, { stdio: ["ignore", "ignore", "pipe"] }); }
+function sleep(ms: number) { return new Promise((r) => setTimeout(r, ms)); }
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks (USER_HZ = 100)
+}
+function killTree(p: ChildProcess | undefined): void { try { p?.kill("SIGTERM"); } catch { /* gone */ } }
+
+const nsExec = (ns: string) => (cmd: string[]) => ["ip", "netns", "exec", ns, ...cmd];
+
+const contenders: Contender[] = [
+  {
+    name: "moat",
+    async up(world) {
+      // moat makes its own guest namespace: run the measurements through `moat run` by keeping a
+      // long-lived sandbox open and entering it.
+      // nsenter (not `ip netns exec`) keeps the mount namespace, so the namespace moat creates
+      // is visible to the measuring commands.
+      const p = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--", "sleep", "3600"], { stdio: "ignore" });
+      for (let i = 0; i < 50 && !existsSync("/run/netns/moat-0"); i++) await sleep(100);
+      await sleep(500);
+      const ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
+      if (!ns) throw new Error("moat's sandbox did not appear");
+      const pid = Number(execFileSync("pgrep", ["-f", `${MOAT_BIN} run -- sleep 3600`], { encoding: "utf8" }).trim().split("\n").pop());
+      return { pid, stop: () => killTree(p), exec: nsExec(ns) };
+    },
+  },
+  {
+    name: "slirp4netns",
+    async up(world, guest) {
+      ip("netns", "add", guest);
+      const p = spawn("ip", ["netns", "exec", world.host, "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--netns-type=path", `/run/netns/${guest}`, "tap0"], { stdio: "ignore" });
+      await sleep(1000);
+      return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); }, exec: nsExec(guest) };
+    },
+  },
+  {
+    name: "pasta",
+    async up(world, guest) {
+      ip("netns", "add", guest);
+      const p = spawn("ip", ["netns", "exec", world.host, "pasta", "--runas", "0", "-f", "-q", "--config-net", "--mtu", "65520", "--netns", `/run/netns/${guest}`], { stdio: "ignore" });
+      await sleep(1000);
+      return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); }, exec: nsExec(guest) };
+    },
+  },
+  {
+    name: "veth",
+    async up(world, guest) {
+      ip("netns", "add", guest);
+      ip("-n", world.host, "link", "add", "vg0", "mtu", "65520", "type", "veth", "peer", "name", "eth0", "netns", guest);
+      ip("-n", world.host, "addr", "add", "10.99.0.1/30", "dev", "vg0");
+      ip("-n", world.host, "link", "set", "vg0", "up");
+      ip("-n", guest, "link", "set", "lo", "up");
+      ip("-n", guest, "link", "set", "eth0", "mtu", "65520", "up");
+      ip("-n", guest, "addr", "add", "10.99.0.2/30", "dev", "eth0");
+      ip("-n", guest, "route", "add", "default", "via", "10.99.0.1");
+      execFileSync("ip", ["netns", "exec", world.host, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+      ip("-n", world.world, "route", "add", "10.99.0.0/30", "via", "203.0.113.1");
+      return { stop: () => { ip("netns", "del", guest); ip("-n", world.world, "route", "del", "10.99.0.0/30"); }, exec: nsExec(guest) };
+    },
+  },
+];
+
+function run(argv: string[], timeoutMs = 120000): string {
+  return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, stdio: ["ignore", "pipe", "pipe"] });
+}
+
+function iperf(exec: (c: string[]) => string[], reverse: boolean): number {
+  const out = JSON.parse(run(exec(["iperf3", "-J", "-c", WORLD_IP4, "-t", String(SECONDS), ...(reverse ? ["-R"] : [])]))) as { end: { sum_received: { bits_per_second: number } } };
+  return out.end.sum_received.bits_per_second / 1e9;
+}
+
+interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined }
+
+async function measure(world: World, c: Contender): Promise<Row> {
+  const env = await c.up(world, `peer-${c.name}`);
+  try {
+    const client = (m: string, ...a: string[]) => run(env.exec([process.execPath, `${TESTBED_JS}tcp-clients.js`, m, WORLD_IP4, "7", ...a]));
+    if (client("connect").trim() !== "connected") throw new Error("the echo server is not reachable from the guest");
+    const cpu0 = env.pid ? cpuSeconds(env.pid) : 0;
+    const t0 = performance.now();
+    const up = iperf(env.exec, false);
+    const down = iperf(env.exec, true);
+    const wall = (performance.now() - t0) / 1000;
+    const cores = env.pid ? (cpuSeconds(env.pid) - cpu0) / wall : undefined;
+    const crr = Number(/crr (\d+)/.exec(client("crr", String(Math.min(SECONDS, 3))))![1]);
+    const rr = /p50=(\d+) p99=(\d+)/.exec(client("rr", "2000"))!;
+    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2) };
+  } finally {
+    env.stop();
+    await sleep(300);
+  }
+}
+
+const skip = systemTestSkipReason();
+if (skip) {
+  console.error(`peers: cannot run: ${skip}`);
+  process.exit(2);
+}
+const world = World.create();
+const rows: Row[] = [];
+try {
+  await world.startServer("tcp-echo", 7);
+  execFileSync("ip", ["netns", "exec", world.world, "iperf3", "-s", "-D"]);
+  await sleep(300);
+  for (const c of contenders.filter((c) => ONLY.includes(c.name))) {
+    process.stderr.write(`peers: measuring ${c.name} (${SECONDS} s each way)...\n`);
+    try {
+      rows.push(await measure(world, c));
+    } catch (e) {
+      process.stderr.write(`peers: ${c.name} failed: ${(e as Error).message.split("\n")[0]}\n`);
+    }
+  }
+} finally {
+  try { execFileSync("ip", ["netns", "exec", world.world, "pkill", "iperf3"]); } catch { /* none */ }
+  world.teardown();
+}
+
+const fmt = (v: number | undefined, d = 2) => (v === undefined ? "-" : v.toFixed(d));
+const table = [["contender", "guest->world Gbit/s", "world->guest Gbit/s", "conn/s", "RR p50 us", "RR p99 us", "CPU cores per Gbit/s"]];
+for (const r of rows) table.push([r.name, fmt(r.up), fmt(r.down), fmt(r.crr, 0), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.coresPerGbit, 3)]);
+const moat = rows.find((r) => r.name === "moat");
+if (moat) {
+  for (const r of rows.filter((r) => r !== moat)) {
+    table.push([`moat / ${r.name}`, fmt(moat.up / r.up), fmt(moat.down / r.down), fmt(moat.crr / r.crr), fmt(r.p50 / moat.p50), fmt(r.p99 / moat.p99),
+      moat.coresPerGbit !== undefined && r.coresPerGbit !== undefined ? fmt(r.coresPerGbit / moat.coresPerGbit) : "-"]);
+  }
+}
+const w = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+for (const row of table) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
+console.log(`(${SECONDS} s per iperf3 direction; ratios > 1 favour moat: throughput and conn/s as moat/peer, latency and CPU as peer/moat)`);

@@ -37,6 +37,8 @@ function killTree(p: ChildProcess | undefined): void { try { p?.kill("SIGTERM");
 
 const nsExec = (ns: string) => (cmd: string[]) => ["ip", "netns", "exec", ns, ...cmd];
 
+// pasta: the world host is the host namespace's default gateway, which pasta by default maps
+// to the host's loopback; --no-map-gw makes it reach the real world host like the others.
 const contenders: Contender[] = [
   {
     name: "moat",
@@ -67,7 +69,7 @@ const contenders: Contender[] = [
     name: "pasta",
     async up(world, guest) {
       ip("netns", "add", guest);
-      const p = spawn("ip", ["netns", "exec", world.host, "pasta", "--runas", "0", "-f", "-q", "--config-net", "--mtu", "65520", "--netns", `/run/netns/${guest}`], { stdio: "ignore" });
+      const p = spawn("ip", ["netns", "exec", world.host, "pasta", "--runas", "0", "-f", "-q", "--config-net", "--no-map-gw", "--mtu", "65520", "--netns", `/run/netns/${guest}`], { stdio: "ignore" });
       await sleep(1000);
       return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); }, exec: nsExec(guest) };
     },

@@ -799,6 +799,19 @@ for (const c of dropCases) {
   });
 }
 
+test("TCP SYN to an IPv6 multicast group is dropped as DROP_MULTICAST", () => {
+  assertDropped(ip6Frame(ipv6(GUEST6, "ff05::2", 6, tcpSyn(GUEST6, "ff05::2", 40000, 80, 1))), "DROP_MULTICAST");
+});
+
+test("TCP SYN to an IPv4 multicast group is dropped as DROP_MULTICAST, as over IPv6", () => {
+  // engine.ts applies the multicast check to IPv4 UDP only: a SYN to 224/4 is dialled.
+  assertDropped(ip4Frame(ipv4(GUEST4, "224.0.0.251", 6, tcpSyn(GUEST4, "224.0.0.251", 40000, 80, 1))), "DROP_MULTICAST");
+});
+
+test("TCP SYN to the IPv4 broadcast address is dropped as DROP_MULTICAST", () => {
+  assertDropped(ip4Frame(ipv4(GUEST4, "255.255.255.255", 6, tcpSyn(GUEST4, "255.255.255.255", 40000, 80, 1))), "DROP_MULTICAST");
+});
+
 test("a burst of every malformed frame in one batch is dropped frame by frame, then ARP still works", () => {
   const h = new EngineHarness();
   const frames = dropCases.filter((c) => !c.harness).map((c) => c.frame());

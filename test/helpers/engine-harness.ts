@@ -56,15 +56,32 @@ export class EngineHarness {
 
   /** A datagram arriving on flow `flow`'s host socket. */
   deliverUdp(flow: number, data: Uint8Array): Uint8Array[] {
+    return this.deliverData(flow, L.INK_UDP_DATA, data, 0);
+  }
+
+  /** An entry of the inbound ring (host data: UDP datagrams, TCP bytes with their sequence number, EOF). */
+  deliverData(flow: number, kind: number, data: Uint8Array, flags: number): Uint8Array[] {
     const tail = this.u32(L.IN_CTRL + L.RING_CTRL_TAIL);
     const slot = tail & (L.IN_SLOTS - 1);
     this.mem.set(data, L.IN_BUF_BASE + slot * L.SLOT_BYTES);
-    const d = L.IN_DESC_BASE + slot * L.DESC_BYTES;
-    this.setU32(d + L.DESC_LEN, data.length);
-    this.setU32(d + L.DESC_TOKEN, flow);
-    this.setU32(d + L.DESC_AUX, L.INK_UDP_DATA);
+    this.writeDesc(L.IN_DESC_BASE + slot * L.DESC_BYTES, flow, kind, data.length, flags);
     this.setU32(L.IN_CTRL + L.RING_CTRL_TAIL, tail + 1);
     return this.run();
+  }
+
+  /** An entry of the event ring (no data): connected, sent, reset, ... as native-vmm reports them. */
+  deliverEvent(flow: number, kind: number, len = 0, flags = 0): Uint8Array[] {
+    const tail = this.u32(L.EV_CTRL + L.RING_CTRL_TAIL);
+    this.writeDesc(L.EV_DESC_BASE + (tail & (L.EV_SLOTS - 1)) * L.DESC_BYTES, flow, kind, len, flags);
+    this.setU32(L.EV_CTRL + L.RING_CTRL_TAIL, tail + 1);
+    return this.run();
+  }
+
+  private writeDesc(d: number, flow: number, kind: number, len: number, flags: number): void {
+    this.setU32(d + L.DESC_LEN, len);
+    this.setU32(d + L.DESC_FLAGS, flags);
+    this.setU32(d + L.DESC_TOKEN, flow);
+    this.setU32(d + L.DESC_AUX, kind);
   }
 
   run(): Uint8Array[] {

@@ -41,8 +41,8 @@ Inside the sandbox:
   address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
   gateway      172.30.N.1 and fe80::1 — answers ARP, NDP, DHCP, router solicitations and ping
   DNS          /etc/resolv.conf points at the gateway, which forwards to --dns-forward
-  UDP          to any address, re-originated from host sockets on this machine
-  TCP          not carried yet: connections are refused at once (reset)
+  TCP, UDP     to any address: every connection ends in moat's engine and is re-originated
+               from a socket on this machine (no kernel NAT, no forwarding)
   policy       allow-all (the only preset so far): nothing is filtered
 
 Options:

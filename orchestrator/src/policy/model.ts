@@ -1,0 +1,165 @@
+// model.ts — the network policy model of the reference documents (DESIGN §6), in TypeScript.
+//
+// A policy is a default action plus an ordered list of rules; the first rule that matches a new
+// flow decides. Builders mirror the reference API (NetworkPolicy.publicOnly(), Rule.allowOutbound,
+// Destination.group, PortRange.single, ...); plain objects of the same shape are accepted too.
+import ipaddr from "ipaddr.js";
+import { ConfigError } from "../errors.js";
+
+export type Action = "allow" | "deny";
+export type Direction = "outbound" | "inbound";
+export type Protocol = "tcp" | "udp" | "icmpv4" | "icmpv6";
+/** Disjoint address groups, tested in this order (DESIGN §6). */
+export const GROUPS = ["host", "metadata", "loopback", "private", "link-local", "multicast", "public"] as const;
+export type Group = (typeof GROUPS)[number];
+
+export type Destination =
+  | { kind: "any" }
+  | { kind: "cidr"; cidr: string }
+  | { kind: "domain"; name: string }
+  | { kind: "domain-suffix"; suffix: string }
+  | { kind: "group"; group: Group };
+
+export interface PortRange { start: number; end: number }
+
+export interface Rule {
+  action: Action;
+  direction: Direction;
+  destination: Destination;
+  protocol?: Protocol;
+  ports?: PortRange;
+}
+
+export interface NetworkPolicyShape {
+  defaultAction: Action;
+  rules: Rule[];
+  /** none(): no network interface at all. */
+  offline?: boolean;
+}
+
+export const Destination = {
+  any: (): Destination => ({ kind: "any" }),
+  cidr: (cidr: string): Destination => ({ kind: "cidr", cidr: normalizeCidr(cidr) }),
+  domain: (name: string): Destination => ({ kind: "domain", name: normalizeName(name) }),
+  domainSuffix: (suffix: string): Destination => ({ kind: "domain-suffix", suffix: normalizeName(suffix.replace(/^\*?\./, "")) }),
+  group: (group: Group): Destination => {
+    if (!GROUPS.includes(group)) throw new ConfigError(`unknown destination group "${group}"`, `groups are ${GROUPS.join(", ")}`);
+    return { kind: "group", group };
+  },
+};
+
+export const PortRange = {
+  single: (port: number): PortRange => PortRange.range(port, port),
+  range: (start: number, end: number): PortRange => {
+    for (const p of [start, end]) {
+      if (!Number.isInteger(p) || p < 0 || p > 65535) throw new ConfigError(`port ${p} is out of range`, "ports are integers from 0 to 65535");
+    }
+    if (start > end) throw new ConfigError(`port range ${start}-${end} is empty`, "write the lower port first, e.g. 8000-8080");
+    return { start, end };
+  },
+};
+
+export class Rule {
+  static allowOutbound(destination: Destination): Rule {
+    return { action: "allow", direction: "outbound", destination };
+  }
+  static denyOutbound(destination: Destination): Rule {
+    return { action: "deny", direction: "outbound", destination };
+  }
+}
+
+export class NetworkPolicy implements NetworkPolicyShape {
+  constructor(public defaultAction: Action, public rules: Rule[] = [], public offline = false) {}
+
+  /** No network interface at all: the command still runs, fully offline. */
+  static none(): NetworkPolicy {
+    return new NetworkPolicy("deny", [], true);
+  }
+
+  /**
+   * The default: the gateway's DNS is answered, the public internet is reachable, and the host,
+   * metadata endpoints, loopback, private, link-local and multicast ranges are not.
+   */
+  static publicOnly(): NetworkPolicy {
+    return new NetworkPolicy("deny", [Rule.allowOutbound(Destination.group("public"))]);
+  }
+
+  /** No filtering, including the host machine and the local network. */
+  static allowAll(): NetworkPolicy {
+    return new NetworkPolicy("allow", []);
+  }
+
+  /** Add rules after the existing ones (first match wins, so earlier rules take precedence). */
+  withRules(...rules: Rule[]): NetworkPolicy {
+    return new NetworkPolicy(this.defaultAction, [...this.rules, ...rules], this.offline);
+  }
+}
+
+export function normalizeName(name: string): string {
+  const n = name.trim().toLowerCase().replace(/\.$/, "");
+  if (!/^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$/.test(n)) {
+    throw new ConfigError(`"${name}" is not a domain name`, "e.g. example.com or api.example.com");
+  }
+  return n;
+}
+
+export function normalizeCidr(text: string): string {
+  const t = text.replace(/^\[(.*)\](\/\d+)?$/, "$1$2");
+  try {
+    if (!t.includes("/")) {
+      const a = ipaddr.parse(t);
+      return `${a.toString()}/${a.kind() === "ipv4" ? 32 : 128}`;
+    }
+    const [addr, len] = ipaddr.parseCIDR(t);
+    return `${addr.toString()}/${len}`;
+  } catch {
+    throw new ConfigError(`"${text}" is not an IP address or CIDR`, "e.g. 10.0.0.0/8, 192.0.2.7, [2001:db8::]/32");
+  }
+}
+
+/** Validate a policy given as a plain object (e.g. from a config file); `where` prefixes errors. */
+export function validatePolicy(p: NetworkPolicyShape, where = "policy"): NetworkPolicy {
+  if (p.defaultAction !== "allow" && p.defaultAction !== "deny") {
+    throw new ConfigError(`${where}.defaultAction is ${JSON.stringify(p.defaultAction)}`, `expected "allow" or "deny"`);
+  }
+  if (!Array.isArray(p.rules)) throw new ConfigError(`${where}.rules is not a list`, "expected an array of rules");
+  const rules = p.rules.map((r, i) => validateRule(r, `${where}.rules[${i}]`));
+  return new NetworkPolicy(p.defaultAction, rules, p.offline === true);
+}
+
+export function validateRule(r: Rule, where: string): Rule {
+  if (typeof r !== "object" || r === null) throw new ConfigError(`${where} is not a rule object`, "expected { action, direction, destination, protocol?, ports? }");
+  if (r.action !== "allow" && r.action !== "deny") throw new ConfigError(`${where}.action is ${JSON.stringify(r.action)}`, `expected "allow" or "deny"`);
+  if (r.direction !== "outbound" && r.direction !== "inbound") throw new ConfigError(`${where}.direction is ${JSON.stringify(r.direction)}`, `expected "outbound" or "inbound"`);
+  if (r.protocol !== undefined && !["tcp", "udp", "icmpv4", "icmpv6"].includes(r.protocol)) {
+    throw new ConfigError(`${where}.protocol is ${JSON.stringify(r.protocol)}`, `expected "tcp", "udp", "icmpv4" or "icmpv6", or leave it out for any`);
+  }
+  const d = r.destination as Destination | undefined;
+  let destination: Destination;
+  try {
+    switch (d?.kind) {
+      case "any": destination = Destination.any(); break;
+      case "cidr": destination = Destination.cidr(d.cidr); break;
+      case "domain": destination = Destination.domain(d.name); break;
+      case "domain-suffix": destination = Destination.domainSuffix(d.suffix); break;
+      case "group": destination = Destination.group(d.group); break;
+      default: throw new ConfigError(`kind is ${JSON.stringify((d as { kind?: unknown } | undefined)?.kind)}`, `expected "any", "cidr", "domain", "domain-suffix" or "group"`);
+    }
+  } catch (e) {
+    const ce = e as ConfigError;
+    throw new ConfigError(`${where}.destination: ${ce.message}`, ce.hint);
+  }
+  let ports: PortRange | undefined;
+  if (r.ports !== undefined) {
+    try {
+      ports = PortRange.range(r.ports.start, r.ports.end);
+    } catch (e) {
+      const ce = e as ConfigError;
+      throw new ConfigError(`${where}.ports: ${ce.message}`, ce.hint);
+    }
+    if (r.protocol !== "tcp" && r.protocol !== "udp") {
+      throw new ConfigError(`${where} has ports but protocol ${r.protocol ?? "any"}`, "ports apply to tcp or udp: give protocol \"tcp\" or \"udp\"");
+    }
+  }
+  return { action: r.action, direction: r.direction, destination, ...(r.protocol ? { protocol: r.protocol } : {}), ...(ports ? { ports } : {}) };
+}

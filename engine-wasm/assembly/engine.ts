@@ -42,7 +42,7 @@ import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emit
 import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gateway";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
-import { tcpFromGuest, tcpEvent, tcpTick } from "./flow/tcp";
+import { tcpFromGuest, tcpEvent, tcpTick, TCP_HANDLED, TCP_REFUSED, TCP_STRAY_RST } from "./flow/tcp";
 
 const ETH_ARP: u32 = 0x0806;
 const ETH_IP4: u32 = 0x0800;
@@ -215,7 +215,12 @@ function handleIp4(frame: usize, len: u32): void {
     const dport = rd16(l4 + 2);
     if (dport == 67 && (dst == 0xffffffff || dstIsGateway)) { handleDhcp(frame, l4, ulen - 8); return; }
     if (src == 0) { count(DROP_IP_SPOOFED); return; }
-    if ((dst & 0xf0) >= 0xe0) { count(DROP_MULTICAST); return; } // 224/4 multicast, 240/4, broadcast
+  }
+  // 224/4 multicast, 240/4 and the broadcast address are not routed, whatever the protocol.
+  if ((dst & 0xf0) >= 0xe0 && proto != PROTO_ICMP) { count(DROP_MULTICAST); return; }
+  if (proto == PROTO_UDP) {
+    const dport = rd16(l4 + 2);
+    const ulen = rd16(l4 + 4);
     writeKey4(PROTO_UDP, ip, rd16(l4), dport);
     udpFromGuestTo(l4, ulen, 4, dstIsGateway, dport);
     return;
@@ -357,10 +362,10 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
-  if (!tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial))) {
-    count(DROP_TCP_NO_FLOW);
-    tcpReset(frame, ip, family, l4, l4len);
-  }
+  const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial));
+  if (verdict == TCP_HANDLED) return;
+  if (verdict != TCP_REFUSED) count(DROP_TCP_NO_FLOW);
+  if (verdict != TCP_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);
 }
 
 // ---- TCP resets for segments that belong to no connection -------------------------------------

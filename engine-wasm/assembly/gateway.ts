@@ -122,7 +122,7 @@ export function handleDhcp(frame: usize, udp: usize, payloadLen: u32): void {
   store<u32>(d + 4, load<u32>(b + 4)); // xid
   store<u16>(d + 10, load<u16>(b + 10)); // flags
   if (reply != 6 && msgType != 8) store<u32>(d + 16, guest); // yiaddr
-  store<u32>(d + 20, load<u32>(CFG_GATEWAY_IP4)); // siaddr
+  if (reply != 6) store<u32>(d + 20, load<u32>(CFG_GATEWAY_IP4)); // siaddr (0 in a NAK, RFC 2131 table 3)
   memory.copy(d + 28, b + 28, 16); // chaddr
   wr32(d + 236, DHCP_MAGIC);
   let p = d + 240;
@@ -180,8 +180,12 @@ export function handleIcmp6(frame: usize, ip: usize, l4: usize, l4len: u32): voi
     store<u8>(r + 25, 1);
     copyMac(r + 26, CFG_GATEWAY_MAC);
     const src = ip + 8;
-    // A solicitation from :: (duplicate address detection) is answered to all-nodes.
+    // A solicitation from :: (duplicate address detection) is answered to all-nodes, with the
+    // Solicited flag clear (RFC 4861 §7.2.4).
     if (load<u64>(src) == 0 && load<u64>(src, 8) == 0) {
+      wr32(r + 4, 0xa0000000); // Router | Override
+      store<u32>(out, 0x00003333); // 33:33:00:00:00:01
+      store<u16>(out + 4, 0x0100);
       store<u64>(rip + 24, 0x02ff); store<u64>(rip + 32, 0x0100000000000000);
       emitIp6(rip, 58, l4 + 8, rip + 24, 32, 255);
     } else {

@@ -197,12 +197,17 @@ function maybeFinished(idx: u32, rec: usize): void {
 
 // ---- segments from the guest --------------------------------------------------------------------
 
+// What tcpFromGuest tells its caller to do.
+export const TCP_HANDLED: i32 = 0;
+export const TCP_NO_FLOW: i32 = 1; // no connection and not a SYN: count DROP_TCP_NO_FLOW, answer RST
+export const TCP_REFUSED: i32 = 2; // a SYN refused (limit; already counted): answer RST
+export const TCP_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_NO_FLOW, never answer
+
 /**
  * A checked TCP segment from the guest (key written at KEY_SCRATCH). `dial`/`dialPort`: where a
- * new connection is dialled. Returns false when there is no flow and the segment is not a SYN
- * (the caller answers with RST).
+ * new connection is dialled. Returns one of the TCP_* codes above.
  */
-export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32): bool {
+export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32): i32 {
   const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
   const flags = <u32>load<u8>(l4 + 13);
   let seq = rd32(l4 + 4);
@@ -212,8 +217,9 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   const hash = keyHash();
   const found = flowLookup(hash);
   if (found < 0) {
-    if ((flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN) return (flags & TH_RST) != 0; // never answer a RST
-    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily);
+    if (flags & TH_RST) return TCP_STRAY_RST;
+    if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return TCP_NO_FLOW;
+    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily) ? TCP_HANDLED : TCP_REFUSED;
   }
   const idx = <u32>found;
   const rec = flowRecord(idx);
@@ -229,20 +235,20 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     } else {
       count(DROP_TCP_OUT_OF_WINDOW);
     }
-    return true;
+    return TCP_HANDLED;
   }
-  if (state == TS_DIALING) return true; // a retransmitted SYN while we dial: the answer is coming
+  if (state == TS_DIALING) return TCP_HANDLED; // a retransmitted SYN while we dial: the answer is coming
   if (flags & TH_SYN) {
     // A retransmitted SYN (our SYN-ACK was lost) gets the SYN-ACK again; in any later state a
     // SYN gets a challenge ACK (RFC 5961 §4).
     if (state == TS_SYN_RCVD && !(flags & TH_ACK)) emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
     else emitAck(rec);
-    return true;
+    return TCP_HANDLED;
   }
-  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return true; }
+  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return TCP_HANDLED; }
 
   if (state == TS_SYN_RCVD) {
-    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return true; }
+    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return TCP_HANDLED; }
     store<u32>(rec, TS_ESTABLISHED, F_STATE);
     store<f64>(rec, now(), T_SINCE);
     store<u32>(rec, ack, T_SND_UNA);
@@ -287,7 +293,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   } else if (seqLt(max, ack)) {
     count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
     emitAck(rec);
-    return true;
+    return TCP_HANDLED;
   }
   if (load<u32>(rec, F_STATE) == TS_ESTABLISHED) grantCredit(idx, rec);
 
@@ -314,7 +320,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     } else {
       count(DROP_TCP_OUT_OF_ORDER); // a gap: drop and duplicate-ACK so the guest retransmits
       emitAck(rec);
-      return true;
+      return TCP_HANDLED;
     }
   }
   if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
@@ -329,7 +335,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     }
   }
   maybeFinished(idx, rec);
-  return true;
+  return TCP_HANDLED;
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */

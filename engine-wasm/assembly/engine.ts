@@ -26,7 +26,8 @@ import {
   ST_IP_ID, ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY,
   CFG_GATEWAY_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
-  INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS,
+  INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
+  PKT_L4LEN, PKT_FAMILY,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
@@ -40,6 +41,7 @@ import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emitIp4, emitIp6, fillL4Checksum, l4ChecksumOk } from "./emit";
 import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gateway";
+import { tcpReset } from "./reject";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { tcpFromGuest, tcpEvent, tcpTick, TCP_HANDLED, TCP_REFUSED, TCP_STRAY_RST } from "./flow/tcp";
@@ -222,6 +224,7 @@ function handleIp4(frame: usize, len: u32): void {
     const dport = rd16(l4 + 2);
     const ulen = rd16(l4 + 4);
     writeKey4(PROTO_UDP, ip, rd16(l4), dport);
+    notePacket(frame, ip, 4, l4, ulen);
     udpFromGuestTo(l4, ulen, 4, dstIsGateway, dport);
     return;
   }
@@ -286,6 +289,7 @@ function handleIp6(frame: usize, len: u32): void {
       return;
     }
     writeKey6(PROTO_UDP, ip, rd16(l4), rd16(l4 + 2));
+    notePacket(frame, ip, 6, l4, ulen);
     udpFromGuestTo(l4, ulen, 6, dstIsGateway, rd16(l4 + 2));
     return;
   }
@@ -343,15 +347,25 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
   return load<u64>(dial) == 0 && load<u32>(dial + 8) == 0xffff0000 ? 4 : 6;
 }
 
+/** Remember the frame in hand, for replies built deeper down (policy/admit.ts). */
+@inline function notePacket(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+  store<u32>(PKT_FRAME, <u32>frame);
+  store<u32>(PKT_IP, <u32>ip);
+  store<u32>(PKT_L4, <u32>l4);
+  store<u32>(PKT_L4LEN, l4len);
+  store<u32>(PKT_FAMILY, family);
+}
+
 /** Route a checked UDP datagram (key written) to its flow. */
 function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, dport: u32): void {
   const dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
-  udpFromGuest(udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH));
+  udpFromGuest(udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53);
 }
 
 /** A TCP segment from the guest: checked here, then handed to the connection (flow/tcp.ts). */
 function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32, dstIsGateway: bool): void {
+  notePacket(frame, ip, family, l4, l4len);
   if (l4len < 20) { count(DROP_TCP_MALFORMED); return; }
   const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
   const src = family == 4 ? ip + 12 : ip + 8;
@@ -362,49 +376,10 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
-  const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial));
+  const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53);
   if (verdict == TCP_HANDLED) return;
   if (verdict != TCP_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != TCP_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);
-}
-
-// ---- TCP resets for segments that belong to no connection -------------------------------------
-
-/**
- * Answer a checked TCP segment that belongs to no connection with RST (RFC 9293 §3.10.7.1, the
- * CLOSED state): the guest learns at once instead of waiting out retransmissions.
- */
-function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
-  const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
-  const src = family == 4 ? ip + 12 : ip + 8;
-  const dst = family == 4 ? ip + 16 : ip + 24;
-  const flags = <u32>load<u8>(l4 + 13);
-  if (flags & 0x04) return; // never answer a RST
-  const out = txReserve();
-  if (!out) return;
-  const rip = emitEth(out, frame + 6, family == 4 ? ETH_IP4 : ETH_IP6);
-  const t = family == 4 ? emitIp4(rip, PROTO_TCP, dst, src, 20) : emitIp6(rip, PROTO_TCP, dst, src, 20, 64);
-  wr16(t, rd16(l4 + 2));
-  wr16(t + 2, rd16(l4));
-  let segLen = l4len - doff;
-  if (flags & 0x02) segLen++;
-  if (flags & 0x01) segLen++;
-  if (flags & 0x10) {
-    wr32(t + 4, rd32(l4 + 8));
-    wr32(t + 8, 0);
-    store<u8>(t + 13, 0x04);
-  } else {
-    wr32(t + 4, 0);
-    wr32(t + 8, rd32(l4 + 4) + segLen);
-    store<u8>(t + 13, 0x14);
-  }
-  store<u8>(t + 12, 5 << 4);
-  wr16(t + 14, 0);
-  wr16(t + 18, 0);
-  if (family == 4) fillL4Checksum(t, 20, 16, rip + 12, rip + 16, 4, PROTO_TCP);
-  else fillL4Checksum(t, 20, 16, rip + 8, rip + 24, 16, PROTO_TCP);
-  txCommit(<u32>(t - out) + 20);
-  count(TCP_RESETS_SENT);
 }
 
 // ---- benchmark entry points ----------------------------------------------------------------------
@@ -425,3 +400,5 @@ export function benchCopy(dst: usize, src: usize, len: u32, iterations: u32): vo
 export function internetChecksum(p: usize, len: u32): u32 {
   return checksum(p, len);
 }
+
+export { policyEvaluate, classify as policyClassify } from "./policy/match";

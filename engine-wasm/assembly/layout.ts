@@ -45,9 +45,15 @@ export const ST_IP_ID = STATE_BASE + 28; // u32: next IPv4 identification
 export const ST_NOW_MS = STATE_BASE + 32; // f64: time of the current batch
 export const ST_DHCP_LEASED = STATE_BASE + 40; // u32: 1 once the guest took its lease
 export const ST_FLOW_FREE_TAIL = STATE_BASE + 48; // u32: free-index queue, next place to return one
+export const ST_POLICY_ACTIVE = STATE_BASE + 52; // u32: which policy slot (0/1) is in force; the orchestrator flips it
 export const ST_TX_NEXT = STATE_BASE + 44; // u32: TX tail being filled (published at batch end)
 export const KEY_SCRATCH = STATE_BASE + 64; // 40 bytes: the flow key being looked up
-export const PKT_SCRATCH = STATE_BASE + 128; // parsed-packet context (see engine.ts)
+export const PKT_SCRATCH = STATE_BASE + 128; // the frame being handled, for replies built deep in a flow:
+export const PKT_FRAME = PKT_SCRATCH + 0; // u32 frame offset
+export const PKT_IP = PKT_SCRATCH + 4; // u32 L3 header offset
+export const PKT_L4 = PKT_SCRATCH + 8; // u32 L4 header offset
+export const PKT_L4LEN = PKT_SCRATCH + 12; // u32 L4 bytes
+export const PKT_FAMILY = PKT_SCRATCH + 16; // u32 4 or 6
 
 // ---- configuration written by the orchestrator before engineInit ----------------------------
 export const CFG_BASE = 12288;
@@ -68,6 +74,7 @@ export const CFG_PREFIX6 = CFG_BASE + 96; // 16 bytes: the /64 announced in rout
 export const CFG_DNS_FWD_IP = CFG_BASE + 112; // 16 bytes: where DNS to the gateway is forwarded (v4-mapped or v6)
 export const CFG_DNS_FWD_PORT = CFG_BASE + 128; // u32: its port (0 = DNS to the gateway is dropped)
 export const CFG_MAX_TCP_FLOWS = CFG_BASE + 132; // u32
+export const CFG_MAX_CONNECTIONS = CFG_BASE + 136; // u32: TCP + UDP flows at once (0 = no limit beyond the table's)
 
 // ---- counters: u64 each, indexes in counters.ts / orchestrator counter names -----------------
 export const COUNTERS_BASE = 16384;
@@ -131,7 +138,49 @@ export const EV_DESC_BASE = IN_DESC_BASE + IN_SLOTS * DESC_BYTES;
 export const RX_BUF_BASE = (EV_DESC_BASE + EV_SLOTS * DESC_BYTES + 65535) & ~65535;
 export const TX_BUF_BASE = RX_BUF_BASE + RX_SLOTS * SLOT_BYTES;
 export const IN_BUF_BASE = TX_BUF_BASE + TX_SLOTS * SLOT_BYTES;
-export const BENCH_BASE = IN_BUF_BASE + IN_SLOTS * SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
+// ---- policy (policy/match.ts): two slots, the orchestrator fills the idle one and flips ------
+export const POLICY_MAX_RULES = 1024;
+export const POLICY_HEADER_BYTES = 64; // u32 rule count, u32 default action, u32 deny response, u32 generation
+export const POLICY_RULE_BYTES = 64;
+export const POLICY_SLOT_BYTES = POLICY_HEADER_BYTES + POLICY_MAX_RULES * POLICY_RULE_BYTES;
+export const POLICY_BASE = IN_BUF_BASE + IN_SLOTS * SLOT_BYTES;
+// rule record fields
+export const PR_ACTION = 0; // u8: 0 allow, 1 deny
+export const PR_DIRECTION = 1; // u8: 0 outbound, 1 inbound
+export const PR_PROTO = 2; // u8: 0 any, 1 ICMPv4, 6 TCP, 17 UDP, 58 ICMPv6
+export const PR_KIND = 3; // u8: 0 any, 1 cidr, 2 domain, 3 domain suffix, 4 group
+export const PR_GROUP = 4; // u8: group id (GROUP_*)
+export const PR_PREFIX = 5; // u8: prefix length over the 128-bit (v4-mapped) address
+export const PR_PORT_LO = 6; // u16
+export const PR_PORT_HI = 8; // u16
+export const PR_NAME = 12; // u32: name id (domain rules), matched through the pin set
+export const PR_ADDR = 16; // 16 bytes: network address, masked; IPv4 as ::ffff:a.b.c.d
+export const GROUP_HOST = 0;
+export const GROUP_METADATA = 1;
+export const GROUP_LOOPBACK = 2;
+export const GROUP_PRIVATE = 3;
+export const GROUP_LINK_LOCAL = 4;
+export const GROUP_MULTICAST = 5;
+export const GROUP_PUBLIC = 6;
+
+// ---- audit ring: one record per denied flow, engine -> worker -> audit log -----------------------
+export const AUDIT_CTRL = POLICY_BASE + 2 * POLICY_SLOT_BYTES; // RING_CTRL_* layout
+export const AUDIT_SLOTS = 1024;
+export const AUDIT_RECORD_BYTES = 64;
+export const AUDIT_BASE = AUDIT_CTRL + RING_CTRL_BYTES;
+// record fields
+export const AU_TIME_MS = 0; // f64: engine time (performance.now() of the worker)
+export const AU_RULE = 8; // i32: index of the deciding rule, -1 = the default action
+export const AU_PROTO = 12; // u8
+export const AU_FAMILY = 13; // u8
+export const AU_ACTION = 14; // u8: 1 deny (only denials are recorded)
+export const AU_DIRECTION = 15; // u8
+export const AU_SPORT = 16; // u16
+export const AU_DPORT = 18; // u16
+export const AU_SRC = 24; // 16 bytes
+export const AU_DST = 40; // 16 bytes
+
+export const BENCH_BASE = AUDIT_BASE + AUDIT_SLOTS * AUDIT_RECORD_BYTES; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;

@@ -4,6 +4,8 @@
 import { createEngineMemory, instantiateEngine, type EngineExports } from "../../orchestrator/src/engine/engine-module.js";
 import { writeEngineConfig, readCounters, readFlowStats, type EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
+import { installPolicy, NameTable, type DenyResponse } from "../../orchestrator/src/policy/compile.js";
+import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
 
 export const testConfig: EngineConfig = {
   gatewayMac: "02:6d:00:00:00:01",
@@ -20,6 +22,7 @@ export const testConfig: EngineConfig = {
   udpIdleMs: 1000,
   maxUdpFlows: 8,
   maxTcpFlows: 8,
+  maxConnections: 0,
   dnsForward: { ip: "192.0.2.53", port: 5353 },
 };
 
@@ -32,10 +35,19 @@ export class EngineHarness {
   readonly engine: EngineExports;
   now = 1000;
 
-  constructor(config: Partial<EngineConfig> = {}) {
+  readonly names = new NameTable();
+
+  /** An engine with `config` over testConfig, and allow-all unless a policy is given. */
+  constructor(config: Partial<EngineConfig> = {}, policy: NetworkPolicy = NetworkPolicy.allowAll(), denyResponse: DenyResponse = "drop") {
     this.engine = instantiateEngine(this.memory);
     writeEngineConfig(this.mem, { ...testConfig, ...config });
+    installPolicy(this.mem, policy, denyResponse, this.names, true);
     this.engine.engineInit();
+  }
+
+  /** Replace the policy, as a running sandbox would. */
+  setPolicy(policy: NetworkPolicy, denyResponse: DenyResponse = "drop"): void {
+    installPolicy(this.mem, policy, denyResponse, this.names);
   }
 
   private u32(off: number): number { return this.dv.getUint32(off, true); }

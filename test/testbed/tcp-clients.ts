@@ -3,7 +3,9 @@
 //   upload HOST PORT BYTES        send BYTES of the test stream, half-close, compare the sink's hash
 //   download HOST PORT BYTES      ask the source for BYTES, hash what arrives, compare
 //   many HOST PORT N BYTES        N concurrent echo connections, interleaved writes, all verified
-//   connect HOST PORT             prints "connected", "refused" or the error code
+//   connect HOST PORT [MS]        prints "connected", "refused", "timeout" (after MS, default 3000)
+//                                 or the error code
+//   hold HOST PORT N SECONDS      open N connections at once and keep them SECONDS: "held K refused R"
 //   reset HOST PORT               write, expect the server's reset: prints "reset"
 //   halfclose HOST PORT           echo server: write, half-close, still read the echo to EOF
 //   crr HOST PORT SECONDS         connect-request-response-close loops against an echo server
@@ -84,13 +86,20 @@ async function main(): Promise<string> {
     }
     case "connect":
       try {
-        const s = await open();
+        const s = await Promise.race([open(), new Promise<never>((_, reject) => setTimeout(() => reject(Object.assign(new Error("timeout"), { code: "TIMEOUT" })), Number(a ?? 3000)).unref())]);
         s.destroy();
         return "connected";
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        return code === "ECONNREFUSED" ? "refused" : String(code);
+        return code === "ECONNREFUSED" ? "refused" : code === "TIMEOUT" ? "timeout" : String(code);
       }
+    case "hold": {
+      const results = await Promise.allSettled(Array.from({ length: Number(a) }, () => open()));
+      const held = results.filter((r) => r.status === "fulfilled").length;
+      await new Promise((r) => setTimeout(r, Number(b) * 1000));
+      for (const r of results) if (r.status === "fulfilled") r.value.destroy();
+      return `held ${held} refused ${results.length - held}`;
+    }
     case "reset": {
       const s = await open();
       const err = await new Promise<NodeJS.ErrnoException | null>((r) => {

@@ -15,6 +15,15 @@ import { once } from "node:events";
 
 export const WORLD_IP4 = "203.0.113.10";
 export const WORLD_IP6 = "2001:db8:77::10";
+/** Extra addresses of the world host, one per policy group (all reach the same servers). */
+export const HOSTS = {
+  public2: "198.51.100.10",
+  private: "10.77.0.10",
+  cgnat: "100.64.0.10",
+  linkLocal: "169.254.1.10",
+  metadata: "169.254.169.254",
+  private6: "fd77::10",
+} as const;
 const repo = new URL("../../../", import.meta.url).pathname;
 export const MOAT_BIN = `${repo}bin/moat.js`;
 export const TESTBED_JS = `${repo}dist/test/testbed/`;
@@ -55,14 +64,19 @@ export class World {
       sh(["-n", ns, "-6", "addr", "add", a6, "dev", dev, "nodad"]);
       sh(["-n", ns, "link", "set", dev, "up"]);
     }
+    for (const a of Object.values(HOSTS)) sh(["-n", w.world, "addr", "add", a.includes(":") ? `${a}/128` : `${a}/32`, "dev", "down0", ...(a.includes(":") ? ["nodad"] : [])]);
     sh(["-n", w.host, "route", "add", "default", "via", WORLD_IP4]);
+    // Link-local and private destinations still go to the world (a real host would have them
+    // on its LAN); the host namespace has no route anywhere else.
+    sh(["-n", w.host, "route", "add", "169.254.0.0/16", "via", WORLD_IP4]);
     sh(["-n", w.host, "-6", "route", "add", "default", "via", WORLD_IP6]);
     return w;
   }
 
   /** Start a testbed server in the world namespace and wait until it listens. */
-  async startServer(kind: "udp-echo" | "tcp-echo" | "tcp-sink" | "tcp-source" | "tcp-reset", port: number): Promise<void> {
-    const p = spawn("ip", ["netns", "exec", this.world, process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], { stdio: ["ignore", "pipe", "inherit"] });
+  async startServer(kind: "udp-echo" | "tcp-echo" | "tcp-sink" | "tcp-source" | "tcp-reset", port: number, where: "world" | "host" = "world"): Promise<void> {
+    const ns = where === "world" ? this.world : this.host;
+    const p = spawn("ip", ["netns", "exec", ns, process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], { stdio: ["ignore", "pipe", "inherit"] });
     this.servers.push(p);
     const [chunk] = (await Promise.race([once(p.stdout!, "data"), once(p, "exit").then(() => { throw new Error(`${kind} server exited`); })])) as [Buffer];
     if (!chunk.toString().includes("ready")) throw new Error(`${kind} server did not start: ${chunk}`);

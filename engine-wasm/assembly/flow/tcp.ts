@@ -52,6 +52,7 @@ import {
 } from "../counters";
 import { keyHash, flowLookup, flowInsert, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
+import { admitNewFlow } from "../policy/admit";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
 // F_STATE values for TCP flows
@@ -207,7 +208,7 @@ export const TCP_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_
  * A checked TCP segment from the guest (key written at KEY_SCRATCH). `dial`/`dialPort`: where a
  * new connection is dialled. Returns one of the TCP_* codes above.
  */
-export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32): i32 {
+export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool): i32 {
   const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
   const flags = <u32>load<u8>(l4 + 13);
   let seq = rd32(l4 + 4);
@@ -219,7 +220,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   if (found < 0) {
     if (flags & TH_RST) return TCP_STRAY_RST;
     if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return TCP_NO_FLOW;
-    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily) ? TCP_HANDLED : TCP_REFUSED;
+    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily, gatewayService) ? TCP_HANDLED : TCP_REFUSED;
   }
   const idx = <u32>found;
   const rec = flowRecord(idx);
@@ -339,9 +340,10 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */
-function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32): bool {
+function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool): bool {
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
+  if (!gatewayService && !admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return true; // answered by admit
   const found = flowInsert(hash);
   if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
   const idx = <u32>found;

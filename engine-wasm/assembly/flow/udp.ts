@@ -9,7 +9,7 @@
 // carries traffic either way; engineTick expires it after CFG_UDP_IDLE_MS without any.
 
 import {
-  CFG_MAX_UDP_FLOWS, ST_UDP_LIVE, ST_NOW_MS, CFG_GUEST_MAC, CFG_MTU,
+  KEY_SCRATCH, CFG_MAX_UDP_FLOWS, ST_UDP_LIVE, ST_NOW_MS, CFG_GUEST_MAC, CFG_MTU,
   OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE,
 } from "../layout";
 import {
@@ -18,6 +18,7 @@ import {
 } from "../counters";
 import { keyHash, flowLookup, flowInsert, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
+import { admitNewFlow } from "../policy/admit";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
 export const UDP_OPEN: u32 = 1;
@@ -25,13 +26,15 @@ export const UDP_OPEN: u32 = 1;
 /**
  * A datagram from the guest whose key is already at KEY_SCRATCH. `dial`/`dialPort` say where the
  * host socket connects (the remote itself, or the DNS forwarder). Payload: `len` bytes at `data`.
+ * `gatewayService`: the gateway's own DNS, which policy does not govern (DESIGN §6).
  */
-export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, dialPort: u32): void {
+export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool): void {
   const hash = keyHash();
   let idx = flowLookup(hash);
   if (idx < 0) {
     const live = load<u32>(ST_UDP_LIVE);
     if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return; }
+    if (!gatewayService && !admitNewFlow(17, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return;
     idx = flowInsert(hash);
     if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return; }
     const rec = flowRecord(<u32>idx);

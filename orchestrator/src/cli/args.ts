@@ -5,6 +5,8 @@ import { ConfigError } from "../errors.js";
 export interface FlagSpec {
   name: string; // without the leading --
   kind: "int" | "string" | "bool";
+  /** May be given several times; the values are kept in order (Parsed.lists). */
+  repeat?: boolean;
   metavar?: string;
   help: string;
   min?: number;
@@ -14,6 +16,7 @@ export interface FlagSpec {
 
 export interface Parsed {
   flags: Map<string, string | number | boolean>;
+  lists: Map<string, string[]>;
   rest: string[];
 }
 
@@ -24,6 +27,7 @@ export interface Parsed {
 export function parseFlags(args: string[], specs: readonly FlagSpec[], context: string): Parsed {
   const byName = new Map(specs.map((s) => [s.name, s]));
   const flags = new Map<string, string | number | boolean>();
+  const lists = new Map<string, string[]>();
   let i = 0;
   for (; i < args.length; i++) {
     const arg = args[i]!;
@@ -52,6 +56,8 @@ export function parseFlags(args: string[], specs: readonly FlagSpec[], context: 
           `expected an integer${spec.min !== undefined ? ` from ${spec.min}` : ""}${spec.max !== undefined ? ` to ${spec.max}` : ""}`);
       }
       flags.set(spec.name, n);
+    } else if (spec.repeat) {
+      lists.set(spec.name, [...(lists.get(spec.name) ?? []), value]);
     } else {
       if (spec.choices && !spec.choices.includes(value)) {
         throw new ConfigError(`${context}: --${spec.name} "${value}" is not one of ${spec.choices.join(", ")}`, `e.g. --${spec.name} ${spec.choices[0]}`);
@@ -59,11 +65,11 @@ export function parseFlags(args: string[], specs: readonly FlagSpec[], context: 
       flags.set(spec.name, value);
     }
   }
-  return { flags, rest: args.slice(i) };
+  return { flags, lists, rest: args.slice(i) };
 }
 
 export function flagHelp(specs: readonly FlagSpec[]): string {
-  const rows = specs.map((s) => [`--${s.name}${s.kind === "bool" ? "" : ` ${s.metavar ?? "VALUE"}`}`, s.help] as const);
+  const rows = specs.map((s) => [`--${s.name}${s.kind === "bool" ? "" : ` ${s.metavar ?? "VALUE"}`}${s.repeat ? " ..." : ""}`, s.help] as const);
   const w = Math.max(...rows.map((r) => r[0].length)) + 2;
   return rows.map(([l, h]) => `  ${l.padEnd(w)}${h.replace(/\n/g, "\n" + " ".repeat(w + 2))}`).join("\n");
 }

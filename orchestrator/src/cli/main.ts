@@ -3,13 +3,22 @@ import { readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
-import { NetnsSandbox, DEFAULT_MTU } from "../sandbox/netns-sandbox.js";
-import { MoatError } from "../errors.js";
+import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
+import { MoatError, ConfigError } from "../errors.js";
+import { NetworkPolicy } from "../policy/model.js";
+import { parseRule } from "../policy/rule-parser.js";
+import { loadConfigFile } from "../policy/config-file.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
 const RUN_FLAGS: readonly FlagSpec[] = [
-  { name: "net", kind: "string", metavar: "PRESET", choices: ["allow-all"], help: "network policy preset. Only allow-all exists yet: every destination is\nreachable. Policy (public-only by default, rules, groups) comes next." },
+  { name: "net", kind: "string", metavar: "PRESET", choices: ["public-only", "allow-all", "none"], help: "policy preset: public-only (default: the internet, not the host, metadata,\nloopback, private, link-local or multicast ranges), allow-all, or none\n(no network interface at all)" },
+  { name: "net-rule", kind: "string", metavar: "RULE", repeat: true, help: "a rule, ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]], tried in order before\nthe preset's own (first match wins). ACTION allow|deny; DIRECTION egress|\ningress; TARGET any, IP, CIDR ([v6] in brackets), name, .suffix, *.suffix,\ngroup:NAME (host, metadata, loopback, private, link-local, multicast,\npublic); PROTO tcp|udp|icmp|icmpv6|any; PORTS N or N-M.\nExample: allow@group:private:tcp:5432" },
+  { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched (default: the preset's)" },
+  { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject"], help: "drop (default: silence, as on a firewalled network) or reject (TCP\nreset, ICMP administratively prohibited: fails fast)" },
+  { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
+  { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
+  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow as a JSON line to FILE" },
   { name: "mtu", kind: "int", metavar: "BYTES", min: 1280, max: 65520, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
   { name: "dns-forward", kind: "string", metavar: "ADDR", help: "where DNS sent to the gateway goes: host (first nameserver of the\nhost's /etc/resolv.conf, default), none, IP, IP:PORT or [IPv6]:PORT" },
   { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
@@ -43,7 +52,11 @@ Inside the sandbox:
   DNS          /etc/resolv.conf points at the gateway, which forwards to --dns-forward
   TCP, UDP     to any address: every connection ends in moat's engine and is re-originated
                from a socket on this machine (no kernel NAT, no forwarding)
-  policy       allow-all (the only preset so far): nothing is filtered
+  policy       public-only unless told otherwise: the internet is reachable; the host
+               (the gateway's address, except its DNS), cloud metadata, loopback, private,
+               link-local and multicast ranges are not. Rules with domain names match only
+               addresses the sandbox's DNS answers bound to them (DNS interception is not
+               in this build yet, so such rules match nothing: allows fail closed).
 
 Options:
 ${flagHelp(RUN_FLAGS)}
@@ -52,6 +65,9 @@ Requirements: Linux, root, /dev/net/tun, iproute2 (\`ip\`).
 
 Examples:
   moat run -- ping -c1 172.30.0.1
+  moat run --net allow-all -- curl http://10.0.0.5/
+  moat run --net-rule allow@group:private:tcp:5432 --audit-log /tmp/denied.jsonl -- psql -h 10.1.2.3
+  moat run --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443 -- curl https://203.0.113.7/
   moat run --dns-forward 192.0.2.53 -- dig example.test
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
 `;
@@ -70,8 +86,37 @@ function report(e: unknown): number {
   return 1;
 }
 
+/**
+ * The sandbox options from the flags, over the --config file if one was given: the preset (or
+ * the file's policy), then --net-rule rules in front of the preset's own, then the default.
+ */
+function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): NetnsSandboxOptions {
+  const file = flags.has("config") ? loadConfigFile(flags.get("config") as string).network ?? {} : {};
+  const preset = flags.get("net") as string | undefined;
+  let policy = preset === "none" ? NetworkPolicy.none() : preset === "allow-all" ? NetworkPolicy.allowAll()
+    : preset === "public-only" ? NetworkPolicy.publicOnly() : file.policy ?? NetworkPolicy.publicOnly();
+  const rules = (lists.get("net-rule") ?? []).map((text) => parseRule(text));
+  if (rules.length && policy.offline) {
+    throw new ConfigError("--net none has no interface, so --net-rule has nothing to apply to", "drop --net none, or the rules");
+  }
+  policy = new NetworkPolicy(policy.defaultAction, [...rules, ...policy.rules], policy.offline);
+  const dflt = flags.get("net-default-egress") as "allow" | "deny" | undefined;
+  if (dflt) policy = new NetworkPolicy(dflt, policy.rules, policy.offline);
+  return {
+    policy,
+    denyResponse: (flags.get("deny-response") as "drop" | "reject" | undefined) ?? file.denyResponse,
+    maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
+    auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
+    mtu: flags.get("mtu") as number | undefined,
+    dnsForward: flags.get("dns-forward") as string | undefined,
+    udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
+    maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
+    ipv4Pool: flags.get("ipv4-pool") as string | undefined,
+  };
+}
+
 async function cmdRun(args: string[]): Promise<number> {
-  const { flags, rest } = parseFlags(args, RUN_FLAGS, "run");
+  const { flags, lists, rest } = parseFlags(args, RUN_FLAGS, "run");
   if (flags.get("help")) {
     process.stdout.write(RUN_HELP);
     return 0;
@@ -79,13 +124,7 @@ async function cmdRun(args: string[]): Promise<number> {
   if (rest.length === 0) {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
   }
-  const sandbox = await NetnsSandbox.create({
-    mtu: flags.get("mtu") as number | undefined,
-    dnsForward: flags.get("dns-forward") as string | undefined,
-    udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
-    maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
-    ipv4Pool: flags.get("ipv4-pool") as string | undefined,
-  });
+  const sandbox = await NetnsSandbox.create(runOptions(flags, lists));
   const child = sandbox.spawn(rest);
   // Signals meant for the command are passed on; moat cleans up once the command has ended.
   let forwarded = 0;
@@ -106,6 +145,8 @@ async function cmdRun(args: string[]): Promise<number> {
   for (const s of sigs) process.removeListener(s, forward);
   if (flags.get("stats")) {
     process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
+    const d = sandbox.flowDecisions();
+    process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
   }
   await sandbox.destroy();
   return status;

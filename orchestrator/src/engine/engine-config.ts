@@ -18,6 +18,8 @@ export interface EngineConfig {
   udpIdleMs: number;
   maxUdpFlows: number;
   maxTcpFlows: number;
+  /** TCP + UDP flows at once (maxConnections of the reference); 0 = only the table's bounds. */
+  maxConnections: number;
   /** Where DNS sent to the gateway goes (until DNS interception lands: a plain forwarder). */
   dnsForward: { ip: string; port: number } | null;
 }
@@ -46,6 +48,7 @@ export function writeEngineConfig(mem: Uint8Array, cfg: EngineConfig): void {
   dv.setUint32(layout.CFG_UDP_IDLE_MS, cfg.udpIdleMs, true);
   dv.setUint32(layout.CFG_MAX_UDP_FLOWS, cfg.maxUdpFlows, true);
   dv.setUint32(layout.CFG_MAX_TCP_FLOWS, cfg.maxTcpFlows, true);
+  dv.setUint32(layout.CFG_MAX_CONNECTIONS, cfg.maxConnections, true);
   dv.setUint32(layout.CFG_LEASE_SECS, cfg.leaseSecs, true);
   mem.set(ipaddr.IPv6.parse(cfg.gatewayIp6).toByteArray(), layout.CFG_GATEWAY_IP6);
   mem.set(ipaddr.IPv6.parse(cfg.gatewayLl6).toByteArray(), layout.CFG_GATEWAY_LL6);

@@ -1,5 +1,5 @@
 // engine-host.ts — starting, observing and stopping one engine worker from the orchestrator.
-import { Worker } from "node:worker_threads";
+import { Worker, MessageChannel } from "node:worker_threads";
 import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { createEngineMemory } from "./engine-module.js";
@@ -19,11 +19,20 @@ export class EngineHost {
     void exitPromise.then(() => { this.exited = true; });
   }
 
-  /** Spawn a worker serving `link` with `config`; resolves once frames are being served. */
-  static async start(config: EngineConfig, link: LinkSpec): Promise<EngineHost> {
+  /**
+   * Spawn a worker serving `link` with `config`; resolves once frames are being served.
+   * `prepare` runs on the fresh memory before the engine starts (the policy is installed there,
+   * so no frame is ever judged by an empty table); `onAudit` is called when denials are waiting
+   * in the audit ring.
+   */
+  static async start(config: EngineConfig, link: LinkSpec, hooks: { prepare?: (mem: Uint8Array) => void; onAudit?: () => void } = {}): Promise<EngineHost> {
     const memory = createEngineMemory();
-    const workerData: EngineWorkerData = { memory, config, link };
-    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData });
+    hooks.prepare?.(new Uint8Array(memory.buffer));
+    const audit = new MessageChannel();
+    audit.port1.on("message", () => hooks.onAudit?.());
+    audit.port1.unref();
+    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2 };
+    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2] });
     let failure: Error | undefined;
     const exitPromise = new Promise<number>((resolve) => {
       worker.once("error", (err) => { failure = err; });

@@ -5,7 +5,7 @@
 //   pump (fds -> rings) -> engineRun (rings -> TX ring + host ops) -> flush (ops, TX -> link)
 // repeated until a round moves nothing (bounded, so timers and control calls still run).
 // The control channel to the orchestrator is comlink over the worker's parentPort.
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort, workerData, type MessagePort } from "node:worker_threads";
 import { performance } from "node:perf_hooks";
 import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
@@ -19,6 +19,8 @@ export interface EngineWorkerData {
   memory: WebAssembly.Memory;
   config: EngineConfig;
   link: LinkSpec;
+  /** Told (an empty message) when the engine has recorded denials in the audit ring. */
+  auditPort: MessagePort;
 }
 
 /** What the orchestrator can ask of a running engine (through comlink). */
@@ -42,6 +44,9 @@ writeEngineConfig(mem, data.config);
 engine.engineInit();
 const datapath = new native.Datapath(mem, nativeLayout());
 
+const auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
+let auditSeen = Atomics.load(auditTail, 0);
+
 function serve(): void {
   const now = performance.now();
   for (let round = 0; round < MAX_ROUNDS_PER_WAKEUP; round++) {
@@ -49,6 +54,11 @@ function serve(): void {
     const done = engine.engineRun(now);
     const wrote = datapath.flush();
     if (got === 0 && done === 0 && wrote === 0) break;
+  }
+  const t = Atomics.load(auditTail, 0);
+  if (t !== auditSeen) {
+    auditSeen = t;
+    data.auditPort.postMessage(0);
   }
 }
 
@@ -74,6 +84,7 @@ const control: EngineControl = {
     stopped = true;
     clearInterval(ticker);
     datapath.close();
+    data.auditPort.close();
     setImmediate(() => parentPort?.close());
   },
 };

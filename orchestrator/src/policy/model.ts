@@ -59,14 +59,10 @@ export const PortRange = {
   },
 };
 
-export class Rule {
-  static allowOutbound(destination: Destination): Rule {
-    return { action: "allow", direction: "outbound", destination };
-  }
-  static denyOutbound(destination: Destination): Rule {
-    return { action: "deny", direction: "outbound", destination };
-  }
-}
+export const Rule = {
+  allowOutbound: (destination: Destination): Rule => ({ action: "allow", direction: "outbound", destination }),
+  denyOutbound: (destination: Destination): Rule => ({ action: "deny", direction: "outbound", destination }),
+};
 
 export class NetworkPolicy implements NetworkPolicyShape {
   constructor(public defaultAction: Action, public rules: Rule[] = [], public offline = false) {}
@@ -91,12 +87,19 @@ export class NetworkPolicy implements NetworkPolicyShape {
 
   /** Add rules after the existing ones (first match wins, so earlier rules take precedence). */
   withRules(...rules: Rule[]): NetworkPolicy {
+    if (this.offline && rules.length) {
+      throw new ConfigError("NetworkPolicy.none() has no interface: rules cannot apply to it", "start from publicOnly() or allowAll()");
+    }
     return new NetworkPolicy(this.defaultAction, [...this.rules, ...rules], this.offline);
   }
 }
 
 export function normalizeName(name: string): string {
+  if (typeof name !== "string") throw new ConfigError(`${JSON.stringify(name)} is not a domain name`, "e.g. example.com");
   const n = name.trim().toLowerCase().replace(/\.$/, "");
+  if (/(^|\.)\d+$/.test(n) || /^0x/.test(n)) {
+    throw new ConfigError(`"${name}" looks like an address, not a domain name`, "use a CIDR destination for addresses, e.g. 10.0.0.1/32");
+  }
   if (!/^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$/.test(n)) {
     throw new ConfigError(`"${name}" is not a domain name`, "e.g. example.com or api.example.com");
   }
@@ -104,7 +107,14 @@ export function normalizeName(name: string): string {
 }
 
 export function normalizeCidr(text: string): string {
+  if (typeof text !== "string") throw new ConfigError(`${JSON.stringify(text)} is not an IP address or CIDR`, "e.g. 10.0.0.0/8");
   const t = text.replace(/^\[(.*)\](\/\d+)?$/, "$1$2");
+  const addrPart = t.split("/")[0]!;
+  // Only the plain forms: ipaddr.js would also read "10/8", "010.0.0.1" (octal) or "127.1" as
+  // other addresses than the writer meant, and a zone id has no place in a policy.
+  if (addrPart.includes("%") || (!addrPart.includes(":") && !/^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/.test(addrPart))) {
+    throw new ConfigError(`"${text}" is not an IP address or CIDR`, "write IPv4 as four decimal octets, e.g. 10.0.0.0/8 or 192.0.2.7; IPv6 as [2001:db8::]/32");
+  }
   try {
     if (!t.includes("/")) {
       const a = ipaddr.parse(t);
@@ -124,6 +134,7 @@ export function validatePolicy(p: NetworkPolicyShape, where = "policy"): Network
   }
   if (!Array.isArray(p.rules)) throw new ConfigError(`${where}.rules is not a list`, "expected an array of rules");
   const rules = p.rules.map((r, i) => validateRule(r, `${where}.rules[${i}]`));
+  if (p.offline === true && rules.length) throw new ConfigError(`${where} is offline (none) but has rules`, "none() has no interface: drop the rules or choose another preset");
   return new NetworkPolicy(p.defaultAction, rules, p.offline === true);
 }
 
@@ -146,16 +157,17 @@ export function validateRule(r: Rule, where: string): Rule {
       default: throw new ConfigError(`kind is ${JSON.stringify((d as { kind?: unknown } | undefined)?.kind)}`, `expected "any", "cidr", "domain", "domain-suffix" or "group"`);
     }
   } catch (e) {
-    const ce = e as ConfigError;
-    throw new ConfigError(`${where}.destination: ${ce.message}`, ce.hint);
+    if (!(e instanceof ConfigError)) throw e;
+    throw new ConfigError(`${where}.destination: ${e.message}`, e.hint);
   }
   let ports: PortRange | undefined;
   if (r.ports !== undefined) {
+    if (typeof r.ports !== "object" || r.ports === null) throw new ConfigError(`${where}.ports is ${JSON.stringify(r.ports)}`, "expected { start, end }, e.g. { \"start\": 443, \"end\": 443 }");
     try {
       ports = PortRange.range(r.ports.start, r.ports.end);
     } catch (e) {
-      const ce = e as ConfigError;
-      throw new ConfigError(`${where}.ports: ${ce.message}`, ce.hint);
+      if (!(e instanceof ConfigError)) throw e;
+      throw new ConfigError(`${where}.ports: ${e.message}`, e.hint);
     }
     if (r.protocol !== "tcp" && r.protocol !== "udp") {
       throw new ConfigError(`${where} has ports but protocol ${r.protocol ?? "any"}`, "ports apply to tcp or udp: give protocol \"tcp\" or \"udp\"");

@@ -16,10 +16,25 @@ import { addressesFor, leaseSlot, DEFAULT_POOL4, type SandboxAddresses } from ".
 import { EngineHost } from "../engine/engine-host.js";
 import type { EngineConfig, EngineCounters } from "../engine/engine-config.js";
 import { ConfigError, MoatError } from "../errors.js";
+import { NetworkPolicy, validatePolicy, type NetworkPolicyShape } from "../policy/model.js";
+import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
+import { drainAudit, AuditLog, type DenyEvent } from "../policy/audit.js";
 
 const run = promisify(execFile);
 
 export interface NetnsSandboxOptions {
+  /** Name shown in audit events (default: the namespace's name). */
+  name?: string;
+  /** Network policy (default NetworkPolicy.publicOnly()); NetworkPolicy.none() gives no interface. */
+  policy?: NetworkPolicyShape;
+  /** What a denied guest sees: "drop" (silence, the default) or "reject" (RST / ICMP prohibited). */
+  denyResponse?: DenyResponse;
+  /** Most TCP + UDP connections at once (default 4096). */
+  maxConnections?: number;
+  /** Append every denial as a JSON line to this file. */
+  auditLog?: string;
+  /** Called with every denial (after it was written to the audit log). */
+  onDeny?: (event: DenyEvent) => void;
   /** MTU of the guest link (default 65520, the largest a TAP/Ethernet frame allows here). */
   mtu?: number;
   /** IPv4 pool carved into /30 per sandbox (default 172.30.0.0/16). */
@@ -71,7 +86,10 @@ export function hostNameserver(path = "/etc/resolv.conf"): { ip: string; port: n
   return null;
 }
 
-function validateOptions(o: NetnsSandboxOptions): Required<Omit<NetnsSandboxOptions, "dnsForward">> & { dnsForward: { ip: string; port: number } | null } {
+type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "onDeny" | "policy">> &
+  Pick<NetnsSandboxOptions, "name" | "auditLog" | "onDeny"> & { dnsForward: { ip: string; port: number } | null; policy: NetworkPolicy };
+
+function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
   if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65520) {
     throw new ConfigError(`MTU ${o.mtu} is out of range`, "use an integer from 1280 (the IPv6 minimum) to 65520");
@@ -82,24 +100,49 @@ function validateOptions(o: NetnsSandboxOptions): Required<Omit<NetnsSandboxOpti
   if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > 16384) {
     throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, "use 1 to 16384");
   }
+  const maxConnections = o.maxConnections ?? 4096;
+  if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 16384) {
+    throw new ConfigError(`max connections ${o.maxConnections} is out of range`, "use 1 to 16384");
+  }
+  const denyResponse = o.denyResponse ?? "drop";
+  if (denyResponse !== "drop" && denyResponse !== "reject") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop" or "reject"`);
+  const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
   const fwd = o.dnsForward ?? "host";
   const dnsForward = fwd === "host" ? hostNameserver() : fwd === "none" ? null : parseHostPort(fwd);
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, dnsForward };
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, denyResponse, policy, dnsForward, name: o.name, auditLog: o.auditLog, onDeny: o.onDeny };
 }
 
 export class NetnsSandbox {
   private destroyed = false;
   private readonly exitHook = () => this.destroySync();
 
+  private readonly names = new NameTable();
+  private policy: NetworkPolicy;
+  private denyResponse: DenyResponse;
+  private readonly auditLog: AuditLog | undefined;
+  private readonly timeOrigin = performance.timeOrigin;
+
   private constructor(
     readonly name: string,
     readonly addresses: SandboxAddresses,
-    readonly mtu: number,
+    private readonly options: ValidOptions,
     private readonly ipPath: string,
     private readonly releaseSlot: () => void,
     private engine: EngineHost | undefined,
   ) {
+    this.policy = options.policy;
+    this.denyResponse = options.denyResponse;
+    this.auditLog = options.auditLog ? new AuditLog(options.auditLog) : undefined;
     process.once("exit", this.exitHook);
+  }
+
+  get mtu(): number {
+    return this.options.mtu;
+  }
+
+  /** True when the sandbox has no network interface (NetworkPolicy.none()). */
+  get offline(): boolean {
+    return this.policy.offline;
   }
 
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
@@ -108,11 +151,13 @@ export class NetnsSandbox {
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
     const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new NetnsSandbox(name, addresses, o.mtu, ip, release, undefined);
+    const sandbox = new NetnsSandbox(name, addresses, o, ip, release, undefined);
     try {
       // A namespace of that name can only be left over from a moat that died: remove it.
       if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
       await sandbox.ip(["netns", "add", name]);
+      await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
+      if (o.policy.offline) return sandbox; // none(): no interface, no engine
       const config: EngineConfig = {
         gatewayMac: addresses.gatewayMac,
         guestMac: addresses.guestMac,
@@ -127,16 +172,46 @@ export class NetnsSandbox {
         leaseSecs: 86400,
         udpIdleMs: o.udpIdleMs,
         maxUdpFlows: o.maxUdpFlows,
-        maxTcpFlows: 4096,
+        maxTcpFlows: 16384,
+        maxConnections: o.maxConnections,
         dnsForward: o.dnsForward,
       };
-      sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" });
+      sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
+        prepare: (mem) => installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true),
+        onAudit: () => sandbox.drainAudit(),
+      });
       await sandbox.configureGuest();
       return sandbox;
     } catch (e) {
       await sandbox.destroy();
       throw e;
     }
+  }
+
+  /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
+  setPolicy(policy: NetworkPolicyShape, denyResponse: DenyResponse = this.denyResponse): void {
+    const p = validatePolicy(policy);
+    if (p.offline !== this.policy.offline) {
+      throw new ConfigError("a running sandbox cannot switch to or from NetworkPolicy.none()", "none() decides whether the sandbox has an interface at all: choose it at creation");
+    }
+    if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names);
+    this.policy = p;
+    this.denyResponse = denyResponse;
+  }
+
+  /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
+  private drainAudit(): void {
+    if (!this.engine) return;
+    const events = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
+      (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
+    this.auditLog?.write(events);
+    if (this.options.onDeny) for (const e of events) this.options.onDeny(e);
+  }
+
+  /** Flows the policy allowed and denied so far. */
+  flowDecisions(): { allowed: number; denied: number } {
+    const c = this.counters();
+    return { allowed: c.FLOWS_ALLOWED ?? 0, denied: c.DROP_POLICY ?? 0 };
   }
 
   private async ip(args: string[]): Promise<void> {
@@ -150,7 +225,6 @@ export class NetnsSandbox {
   private async configureGuest(): Promise<void> {
     const a = this.addresses;
     const n = ["-n", this.name];
-    await this.ip([...n, "link", "set", "lo", "up"]);
     await this.ip([...n, "link", "set", "eth0", "address", a.guestMac, "mtu", String(this.mtu)]);
     await this.ip([...n, "addr", "add", `${a.guestIp4}/${a.prefixLen4}`, "dev", "eth0"]);
     await this.ip([...n, "-6", "addr", "add", `${a.guestIp6}/64`, "dev", "eth0", "nodad"]);
@@ -184,6 +258,7 @@ export class NetnsSandbox {
   /** Stop the engine and remove everything the sandbox created. Idempotent. */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
+    if (this.engine) this.drainAudit();
     await this.engine?.stop();
     this.engine = undefined;
     this.destroySync();

@@ -1,0 +1,67 @@
+// admit.ts — the gate every new flow passes: the connection limit and the policy in force.
+// A denial is counted (DROP_POLICY), recorded in the audit ring for the orchestrator's audit
+// log, and answered as the policy says: silence (the default), or RST / ICMP prohibited.
+
+import {
+  KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
+  AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
+  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+} from "../layout";
+import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST } from "../counters";
+import { ringHead, ringTail, ringPublishTail } from "../ring";
+import { copy16 } from "../wire/bytes";
+import { count } from "../emit";
+import { policyEvaluate, policyDenyResponse } from "./match";
+import { tcpReset, icmpProhibited } from "../reject";
+
+const PROTO_TCP: u32 = 6;
+
+/**
+ * May the flow whose key is at KEY_SCRATCH (remote port `dport`) be created? Called once, when
+ * the flow is new. On refusal everything is already counted and answered.
+ */
+export function admitNewFlow(proto: u32, family: u32, dport: u32): bool {
+  const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, 0);
+  if (verdict & 1) {
+    count(DROP_POLICY);
+    audit(proto, family, dport, <i32>(verdict >> 1) - 1);
+    if (policyDenyResponse() == 1) refuse(proto, true);
+    return false;
+  }
+  const max = load<u32>(CFG_MAX_CONNECTIONS);
+  if (max != 0 && load<u32>(ST_TCP_LIVE) + load<u32>(ST_UDP_LIVE) >= max) {
+    count(DROP_FLOW_LIMIT);
+    refuse(proto, false); // over the limit: TCP is refused at once, UDP dropped
+    return false;
+  }
+  count(FLOWS_ALLOWED);
+  return true;
+}
+
+function refuse(proto: u32, icmpForUdp: bool): void {
+  const frame = <usize>load<u32>(PKT_FRAME);
+  if (!frame) return;
+  const ip = <usize>load<u32>(PKT_IP);
+  const l4 = <usize>load<u32>(PKT_L4);
+  const family = load<u32>(PKT_FAMILY);
+  if (proto == PROTO_TCP) tcpReset(frame, ip, family, l4, load<u32>(PKT_L4LEN));
+  else if (icmpForUdp) icmpProhibited(frame, ip, family, l4, load<u32>(PKT_L4LEN));
+}
+
+/** Record a denial in the audit ring (bounded: when full, AUDIT_LOST counts what was not kept). */
+function audit(proto: u32, family: u32, dport: u32, rule: i32): void {
+  const tail = ringTail(AUDIT_CTRL);
+  if (tail - ringHead(AUDIT_CTRL) >= <u32>AUDIT_SLOTS) { count(AUDIT_LOST); return; }
+  const r = AUDIT_BASE + <usize>(tail & (<u32>AUDIT_SLOTS - 1)) * AUDIT_RECORD_BYTES;
+  store<f64>(r, load<f64>(ST_NOW_MS), AU_TIME_MS);
+  store<i32>(r, rule, AU_RULE);
+  store<u8>(r, <u8>proto, AU_PROTO);
+  store<u8>(r, <u8>family, AU_FAMILY);
+  store<u8>(r, 1, AU_ACTION);
+  store<u8>(r, 0, AU_DIRECTION);
+  store<u16>(r, load<u16>(KEY_SCRATCH, 4), AU_SPORT);
+  store<u16>(r, <u16>dport, AU_DPORT);
+  copy16(r + AU_SRC, KEY_SCRATCH + 8);
+  copy16(r + AU_DST, KEY_SCRATCH + 24);
+  ringPublishTail(AUDIT_CTRL, tail + 1);
+}

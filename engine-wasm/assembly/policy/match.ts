@@ -1,0 +1,132 @@
+// match.ts — policy evaluation for new flows (DESIGN §6): first match wins.
+//
+// Theory of operation
+// The orchestrator compiles a policy (orchestrator/src/policy/compile.ts) into one of two slots
+// at POLICY_BASE and then flips ST_POLICY_ACTIVE, so a running sandbox can be given a new policy
+// and the very next new flow sees it; the slot in force is never written. Evaluation runs once
+// per new flow (TCP SYN, first UDP datagram of a flow), never per established packet: a linear
+// scan of fixed 64-byte records, each tested on the cheap fields first (direction, protocol,
+// ports) and the address last.
+//
+// Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d. Groups are disjoint and tested in the order
+// Host > Metadata > Loopback > Private > LinkLocal > Multicast > Public; an IPv6 address that
+// carries an IPv4 address (mapped ::ffff:0:0/96, compatible ::/96, NAT64 64:ff9b::/96) is judged
+// by that IPv4 address, so no IPv6 spelling reaches what its IPv4 form may not. Unroutable
+// addresses fail closed: 0.0.0.0/8 and :: (which Linux treats as "this host") are Loopback,
+// 240.0.0.0/4 is Private.
+//
+// Domain and DomainSuffix rules match through the pin set (DNS answers this sandbox received),
+// which the DNS interceptor fills; without a pin they match nothing: a hard-coded IP never
+// matches a domain rule.
+
+import {
+  ST_POLICY_ACTIVE, POLICY_BASE, POLICY_SLOT_BYTES, POLICY_HEADER_BYTES, POLICY_RULE_BYTES,
+  PR_ACTION, PR_DIRECTION, PR_PROTO, PR_KIND, PR_GROUP, PR_PREFIX, PR_PORT_LO, PR_PORT_HI, PR_NAME,
+  PR_ADDR, GROUP_HOST, GROUP_METADATA, GROUP_LOOPBACK, GROUP_PRIVATE, GROUP_LINK_LOCAL,
+  GROUP_MULTICAST, GROUP_PUBLIC, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
+} from "../layout";
+import { eq16 } from "../wire/bytes";
+import { pinMatches } from "./pinset";
+
+export const ACTION_ALLOW: u32 = 0;
+export const ACTION_DENY: u32 = 1;
+const KIND_ANY: u32 = 0;
+const KIND_CIDR: u32 = 1;
+const KIND_DOMAIN: u32 = 2;
+const KIND_SUFFIX: u32 = 3;
+const KIND_GROUP: u32 = 4;
+
+/** Group of an IPv4 address given as a u32 in network byte order (first octet in the low byte). */
+@inline function group4(a: u32): u32 {
+  const o0 = a & 255;
+  const o1 = (a >> 8) & 255;
+  if (a == 0xfea9fea9) return GROUP_METADATA; // 169.254.169.254
+  if (o0 == 127 || o0 == 0) return GROUP_LOOPBACK;
+  if (o0 == 10 || (o0 == 172 && (o1 & 0xf0) == 16) || (o0 == 192 && o1 == 168) || (o0 == 100 && (o1 & 0xc0) == 64)) return GROUP_PRIVATE;
+  if (o0 == 169 && o1 == 254) return GROUP_LINK_LOCAL;
+  if ((o0 & 0xf0) == 224) return GROUP_MULTICAST;
+  if ((o0 & 0xf0) == 240) return GROUP_PRIVATE; // reserved, and the broadcast address
+  return GROUP_PUBLIC;
+}
+
+/** The group of a 16-byte address (`gateway`: this sandbox's gateway addresses are Host). */
+export function classify(addr: usize): u32 {
+  const hi = load<u64>(addr);
+  const w2 = load<u32>(addr, 8);
+  const v4 = load<u32>(addr, 12);
+  if (hi == 0 && w2 == 0xffff0000) { // ::ffff:a.b.c.d
+    if (v4 == load<u32>(CFG_GATEWAY_IP4)) return GROUP_HOST;
+    return group4(v4);
+  }
+  if (eq16(addr, CFG_GATEWAY_IP6) || eq16(addr, CFG_GATEWAY_LL6)) return GROUP_HOST;
+  if (hi == 0 && w2 == 0) { // ::a.b.c.d (compatible), ::1, ::
+    if (v4 == 0 || v4 == 0x01000000) return GROUP_LOOPBACK;
+    return group4(v4);
+  }
+  if (hi == 0x9bff6400 && w2 == 0) return group4(v4); // 64:ff9b::/96 (NAT64)
+  const b0 = <u32>load<u8>(addr);
+  const b1 = <u32>load<u8>(addr, 1);
+  // fd00:ec2::254, the AWS IPv6 metadata endpoint
+  if (hi == 0x00000000c20e00fd && w2 == 0 && v4 == 0x54020000) return GROUP_METADATA;
+  if ((b0 & 0xfe) == 0xfc) return GROUP_PRIVATE;
+  if (b0 == 0xfe && (b1 & 0xc0) == 0x80) return GROUP_LINK_LOCAL;
+  if (b0 == 0xff) return GROUP_MULTICAST;
+  return GROUP_PUBLIC;
+}
+
+/** True when `addr` lies in the rule's network (prefix over 128 bits). */
+@inline function inPrefix(addr: usize, net: usize, prefix: u32): bool {
+  // Compare big-endian: load as bytes-swapped u64 halves.
+  const a0 = bswap<u64>(load<u64>(addr));
+  const a1 = bswap<u64>(load<u64>(addr, 8));
+  const n0 = bswap<u64>(load<u64>(net));
+  const n1 = bswap<u64>(load<u64>(net, 8));
+  if (prefix == 0) return true;
+  if (prefix <= 64) {
+    const m: u64 = prefix == 64 ? 0xffffffffffffffff : ~(0xffffffffffffffff >> <u64>prefix);
+    return (a0 & m) == n0;
+  }
+  if (a0 != n0) return false;
+  const m: u64 = prefix == 128 ? 0xffffffffffffffff : ~(0xffffffffffffffff >> <u64>(prefix - 64));
+  return (a1 & m) == n1;
+}
+
+/**
+ * Evaluate the policy in force for a new flow: `proto` (6/17/1/58), remote address `addr`
+ * (16 bytes), remote `port` (0 for ICMP), `direction` (0 outbound, 1 inbound). Returns
+ * (rule index + 1) * 2 + action, i.e. bit 0 is the action (1 = deny) and the rest the rule that
+ * decided (0 = the default action).
+ */
+export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u32): u32 {
+  const slot = POLICY_BASE + <usize>(atomic.load<u32>(ST_POLICY_ACTIVE) & 1) * POLICY_SLOT_BYTES;
+  const n = load<u32>(slot);
+  let group: u32 = 0xff; // computed on first need
+  let r = slot + POLICY_HEADER_BYTES;
+  for (let i: u32 = 0; i < n; i++, r += POLICY_RULE_BYTES) {
+    if (<u32>load<u8>(r, PR_DIRECTION) != direction) continue;
+    const p = <u32>load<u8>(r, PR_PROTO);
+    if (p != 0 && p != proto) continue;
+    const lo = <u32>load<u16>(r, PR_PORT_LO);
+    const hi = <u32>load<u16>(r, PR_PORT_HI);
+    if ((lo | hi) != 0 && (port < lo || port > hi)) continue;
+    const kind = <u32>load<u8>(r, PR_KIND);
+    if (kind == KIND_GROUP) {
+      if (group == 0xff) group = classify(addr);
+      if (group != <u32>load<u8>(r, PR_GROUP)) continue;
+    } else if (kind == KIND_CIDR) {
+      if (!inPrefix(addr, r + PR_ADDR, load<u8>(r, PR_PREFIX))) continue;
+    } else if (kind == KIND_DOMAIN || kind == KIND_SUFFIX) {
+      if (!pinMatches(addr, load<u32>(r, PR_NAME))) continue;
+    } else if (kind != KIND_ANY) {
+      continue; // unknown kind from a newer compiler: never matches (fail closed for allows)
+    }
+    return ((i + 1) << 1) | <u32>load<u8>(r, PR_ACTION);
+  }
+  return load<u32>(slot, 4) & 1;
+}
+
+/** The deny response of the policy in force: 0 drop silently, 1 reject (RST / ICMP). */
+export function policyDenyResponse(): u32 {
+  const slot = POLICY_BASE + <usize>(atomic.load<u32>(ST_POLICY_ACTIVE) & 1) * POLICY_SLOT_BYTES;
+  return load<u32>(slot, 8);
+}

@@ -1,0 +1,85 @@
+// reject.ts — answers that refuse: TCP RST for a segment that has no connection (or that policy
+// or a limit refuses) and ICMP "administratively prohibited" for what policy rejects
+// (denyResponse "reject"). Each builds one frame toward the guest from the offending one.
+
+import { CFG_GATEWAY_IP4, CFG_GATEWAY_IP6 } from "./layout";
+import { TCP_RESETS_SENT, ICMP_REJECTS_SENT } from "./counters";
+import { rd16, rd32, wr16, wr32, copy16 } from "./wire/bytes";
+import { checksum } from "./wire/checksum";
+import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
+
+const ETH_IP4: u32 = 0x0800;
+const ETH_IP6: u32 = 0x86dd;
+const PROTO_TCP: u32 = 6;
+
+// ---- TCP resets for segments that belong to no connection -------------------------------------
+
+/**
+ * Answer a checked TCP segment that belongs to no connection with RST (RFC 9293 §3.10.7.1, the
+ * CLOSED state): the guest learns at once instead of waiting out retransmissions.
+ */
+export function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+  const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
+  const src = family == 4 ? ip + 12 : ip + 8;
+  const dst = family == 4 ? ip + 16 : ip + 24;
+  const flags = <u32>load<u8>(l4 + 13);
+  if (flags & 0x04) return; // never answer a RST
+  const out = txReserve();
+  if (!out) return;
+  const rip = emitEth(out, frame + 6, family == 4 ? ETH_IP4 : ETH_IP6);
+  const t = family == 4 ? emitIp4(rip, PROTO_TCP, dst, src, 20) : emitIp6(rip, PROTO_TCP, dst, src, 20, 64);
+  wr16(t, rd16(l4 + 2));
+  wr16(t + 2, rd16(l4));
+  let segLen = l4len - doff;
+  if (flags & 0x02) segLen++;
+  if (flags & 0x01) segLen++;
+  if (flags & 0x10) {
+    wr32(t + 4, rd32(l4 + 8));
+    wr32(t + 8, 0);
+    store<u8>(t + 13, 0x04);
+  } else {
+    wr32(t + 4, 0);
+    wr32(t + 8, rd32(l4 + 4) + segLen);
+    store<u8>(t + 13, 0x14);
+  }
+  store<u8>(t + 12, 5 << 4);
+  wr16(t + 14, 0);
+  wr16(t + 18, 0);
+  if (family == 4) fillL4Checksum(t, 20, 16, rip + 12, rip + 16, 4, PROTO_TCP);
+  else fillL4Checksum(t, 20, 16, rip + 8, rip + 24, 16, PROTO_TCP);
+  txCommit(<u32>(t - out) + 20);
+  count(TCP_RESETS_SENT);
+}
+
+
+/**
+ * ICMP destination unreachable, "administratively prohibited" (v4 type 3 code 13, RFC 1812
+ * §5.2.7.1; v6 type 1 code 1, RFC 4443 §3.1), quoting the offending packet: its IPv4 header
+ * and 8 bytes, or for IPv6 as much as fits in the minimum MTU.
+ */
+export function icmpProhibited(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+  const out = txReserve();
+  if (!out) return;
+  if (family == 4) {
+    const hlen = <u32>(l4 - ip);
+    const quote = hlen + (l4len < 8 ? l4len : 8);
+    const rip = emitEth(out, frame + 6, ETH_IP4);
+    const m = emitIp4(rip, 1, CFG_GATEWAY_IP4, ip + 12, 8 + quote);
+    wr32(m, 0x030d0000); // type 3, code 13, checksum 0
+    wr32(m + 4, 0);
+    memory.copy(m + 8, ip, quote);
+    wr16(m + 2, checksum(m, 8 + quote));
+    txCommit(14 + 20 + 8 + quote);
+  } else {
+    const total = <u32>(l4 - ip) + l4len;
+    const quote = total > 1184 ? 1184 : total; // 40 + 8 + 1184 = 1232 bytes: fits the IPv6 minimum MTU
+    const rip = emitEth(out, frame + 6, ETH_IP6);
+    const m = emitIp6(rip, 58, CFG_GATEWAY_IP6, ip + 8, 8 + quote, 64);
+    wr32(m, 0x01010000); // type 1, code 1
+    wr32(m + 4, 0);
+    memory.copy(m + 8, ip, quote);
+    fillL4Checksum(m, 8 + quote, 2, rip + 8, rip + 24, 16, 58);
+    txCommit(14 + 40 + 8 + quote);
+  }
+  count(ICMP_REJECTS_SENT);
+}

@@ -1,0 +1,86 @@
+// compile.ts — a NetworkPolicy, compiled into the engine's policy table (engine-wasm/assembly/
+// policy/match.ts reads it; layout.ts PR_* gives the record). Two slots: a running engine keeps
+// reading the slot in force while the other is written, then ST_POLICY_ACTIVE flips, so a new
+// policy applies to the next new flow and never to a half-written table.
+import ipaddr from "ipaddr.js";
+import { layout as L } from "../engine/layout.js";
+import { ConfigError } from "../errors.js";
+import { GROUPS, type NetworkPolicy, type Rule } from "./model.js";
+
+export type DenyResponse = "drop" | "reject";
+
+const PROTO: Record<string, number> = { tcp: 6, udp: 17, icmpv4: 1, icmpv6: 58 };
+const KIND = { any: 0, cidr: 1, domain: 2, "domain-suffix": 3, group: 4 } as const;
+
+/** Names used by domain rules get ids; the DNS interceptor pins answers under the same ids. */
+export class NameTable {
+  private readonly ids = new Map<string, number>();
+  readonly names: string[] = [];
+  idOf(name: string, suffix: boolean): number {
+    const key = `${suffix ? "." : ""}${name}`;
+    let id = this.ids.get(key);
+    if (id === undefined) {
+      id = this.names.length + 1;
+      this.ids.set(key, id);
+      this.names.push(key);
+    }
+    return id;
+  }
+}
+
+/** Human-readable form of a rule, for audit events and messages. */
+export function describeRule(r: Rule): string {
+  const d = r.destination;
+  const target = d.kind === "any" ? "any" : d.kind === "cidr" ? d.cidr : d.kind === "domain" ? d.name : d.kind === "domain-suffix" ? `*.${d.suffix}` : `group:${d.group}`;
+  const ports = r.ports ? `:${r.ports.start === r.ports.end ? r.ports.start : `${r.ports.start}-${r.ports.end}`}` : "";
+  return `${r.action}:${r.direction === "outbound" ? "egress" : "ingress"}@${target}${r.protocol ? `:${r.protocol}` : ""}${ports}`;
+}
+
+/** Write `policy` into slot `slot` (0/1) of the engine memory. */
+export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPolicy, denyResponse: DenyResponse, names: NameTable): void {
+  if (policy.rules.length > L.POLICY_MAX_RULES) {
+    throw new ConfigError(`the policy has ${policy.rules.length} rules`, `at most ${L.POLICY_MAX_RULES} are supported`);
+  }
+  const base = L.POLICY_BASE + slot * L.POLICY_SLOT_BYTES;
+  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
+  mem.fill(0, base, base + L.POLICY_HEADER_BYTES + policy.rules.length * L.POLICY_RULE_BYTES);
+  policy.rules.forEach((r, i) => {
+    const o = base + L.POLICY_HEADER_BYTES + i * L.POLICY_RULE_BYTES;
+    mem[o + L.PR_ACTION] = r.action === "deny" ? 1 : 0;
+    mem[o + L.PR_DIRECTION] = r.direction === "inbound" ? 1 : 0;
+    mem[o + L.PR_PROTO] = r.protocol ? PROTO[r.protocol]! : 0;
+    mem[o + L.PR_KIND] = KIND[r.destination.kind];
+    if (r.ports) {
+      dv.setUint16(o + L.PR_PORT_LO, r.ports.start, true);
+      dv.setUint16(o + L.PR_PORT_HI, r.ports.end, true);
+    }
+    const d = r.destination;
+    if (d.kind === "group") mem[o + L.PR_GROUP] = GROUPS.indexOf(d.group);
+    if (d.kind === "cidr") {
+      const [addr, len] = ipaddr.parseCIDR(d.cidr);
+      const v6 = addr.kind() === "ipv4" ? (addr as ipaddr.IPv4).toIPv4MappedAddress() : (addr as ipaddr.IPv6);
+      const prefix = addr.kind() === "ipv4" ? len + 96 : len;
+      const bytes = v6.toByteArray();
+      for (let b = 0; b < 16; b++) {
+        const keep = Math.max(0, Math.min(8, prefix - b * 8));
+        bytes[b] = bytes[b]! & ((0xff << (8 - keep)) & 0xff);
+      }
+      mem.set(bytes, o + L.PR_ADDR);
+      mem[o + L.PR_PREFIX] = prefix;
+    }
+    if (d.kind === "domain") dv.setUint32(o + L.PR_NAME, names.idOf(d.name, false), true);
+    if (d.kind === "domain-suffix") dv.setUint32(o + L.PR_NAME, names.idOf(d.suffix, true), true);
+  });
+  dv.setUint32(base + 4, policy.defaultAction === "deny" ? 1 : 0, true);
+  dv.setUint32(base + 8, denyResponse === "reject" ? 1 : 0, true);
+  dv.setUint32(base + 12, (dv.getUint32(base + 12, true) + 1) >>> 0, true);
+  dv.setUint32(base, policy.rules.length, true);
+}
+
+/** Install `policy` on a running (or not yet started) engine: fill the idle slot, then flip. */
+export function installPolicy(mem: Uint8Array, policy: NetworkPolicy, denyResponse: DenyResponse, names: NameTable, first = false): void {
+  const i32 = new Int32Array(mem.buffer, mem.byteOffset + L.ST_POLICY_ACTIVE, 1);
+  const next = first ? 0 : (Atomics.load(i32, 0) & 1) ^ 1;
+  writePolicySlot(mem, next, policy, denyResponse, names);
+  Atomics.store(i32, 0, next);
+}

@@ -1,0 +1,271 @@
+// config-file.ts — moat's JSON configuration file. Everything in it is checked: an unknown key, a
+// value of the wrong type or an invalid rule is an error naming the file and the JSON path, never
+// silently ignored.
+//
+//   {
+//     "network": {
+//       "policy": {
+//         "preset": "public-only",            // or "none" (offline), "allow-all"; default public-only
+//         "defaultAction": "deny",            // overrides the preset's default
+//         "rules": [                          // tried before the preset's rules; first match wins
+//           "allow@group:private:tcp:5432",   // --net-rule syntax, or the model's shape:
+//           { "action": "deny", "direction": "outbound", "destination": { "kind": "cidr", "cidr": "10.0.0.0/8" } }
+//         ]
+//       },
+//       "maxConnections": 256,
+//       "denyResponse": "reject",             // or "drop"
+//       "auditLog": "/var/log/moat-audit.jsonl",
+//       "dns": { "blockDomains": [], "blockDomainSuffixes": [], "nameservers": [], "queryTimeoutMs": 2000,
+//                "rebindProtection": true, "blockedResponse": "nxdomain" }
+//     }
+//   }
+import { readFileSync } from "node:fs";
+import ipaddr from "ipaddr.js";
+import { ConfigError } from "../errors.js";
+import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "./model.js";
+import { parseRule, strictCidr } from "./rule-parser.js";
+
+export interface DnsConfig {
+  /** Exact names whose lookups are refused (normalized: lower case, no final dot). */
+  blockDomains?: string[];
+  /** Suffixes whose names and subdomains are refused ("example.com"; ".x" and "*.x" accepted). */
+  blockDomainSuffixes?: string[];
+  /** Upstream resolvers, as canonical IP address text. */
+  nameservers?: string[];
+  queryTimeoutMs?: number;
+  rebindProtection?: boolean;
+  blockedResponse?: "refused" | "nxdomain";
+}
+
+export interface MoatConfig {
+  network?: {
+    policy?: NetworkPolicy;
+    maxConnections?: number;
+    denyResponse?: "drop" | "reject";
+    auditLog?: string;
+    dns?: DnsConfig;
+  };
+}
+
+export type Preset = "none" | "public-only" | "allow-all";
+const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
+  "none": NetworkPolicy.none,
+  "public-only": NetworkPolicy.publicOnly,
+  "allow-all": NetworkPolicy.allowAll,
+};
+
+const TOP_KEYS = ["network"] as const;
+const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "dns"] as const;
+const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
+const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
+const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
+const PORTS_KEYS = ["start", "end"] as const;
+const DESTINATION_KEYS: Readonly<Record<string, readonly string[]>> = {
+  "any": ["kind"],
+  "cidr": ["kind", "cidr"],
+  "domain": ["kind", "name"],
+  "domain-suffix": ["kind", "suffix"],
+  "group": ["kind", "group"],
+};
+
+/** Read and check a JSON configuration file. */
+export function loadConfigFile(path: string): MoatConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new ConfigError(`cannot read config file ${path}: ${err.message}`,
+      err.code === "ENOENT" ? "check the path (relative paths are from the current directory)" : "check the file's permissions and that it is a regular file");
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text.replace(/^\uFEFF/, ""));
+  } catch (e) {
+    throw new ConfigError(`${path}: not valid JSON: ${(e as Error).message}`, "the config file is plain JSON: no comments, no trailing commas, keys in double quotes");
+  }
+  return parseConfig(json, path);
+}
+
+/** Check an already-parsed configuration; `source` (usually the file's path) starts every error. */
+export function parseConfig(json: unknown, source: string): MoatConfig {
+  const fail: Ctx["fail"] = (path, problem, hint) => {
+    throw new ConfigError(`${source}: ${path === "" ? "" : `${path}: `}${problem}`, hint);
+  };
+  const ctx: Ctx = { source, fail };
+
+  const top = object(ctx, json, "", "the top level", TOP_KEYS, `e.g. { "network": { "policy": { "preset": "public-only" } } }`);
+  const config: MoatConfig = {};
+  if (top.network === undefined) return config;
+
+  const net = object(ctx, top.network, "network", "network", NETWORK_KEYS, `e.g. "network": { "policy": { "preset": "public-only" } }`);
+  const network: NonNullable<MoatConfig["network"]> = {};
+  if (net.policy !== undefined) network.policy = policy(ctx, net.policy);
+  if (net.maxConnections !== undefined) network.maxConnections = positiveInteger(ctx, net.maxConnections, "network.maxConnections", "e.g. 256");
+  if (net.denyResponse !== undefined) network.denyResponse = oneOf(ctx, net.denyResponse, "network.denyResponse", ["drop", "reject"] as const);
+  if (net.auditLog !== undefined) {
+    if (typeof net.auditLog !== "string" || net.auditLog === "") fail("network.auditLog", `is ${describe(net.auditLog)}, not a file path`, `e.g. "auditLog": "/var/log/moat-audit.jsonl"`);
+    network.auditLog = net.auditLog as string;
+  }
+  if (net.dns !== undefined) network.dns = dns(ctx, net.dns);
+  config.network = network;
+  return config;
+}
+
+interface Ctx {
+  source: string;
+  fail: (path: string, problem: string, hint: string) => never;
+}
+
+function policy(ctx: Ctx, value: unknown): NetworkPolicy {
+  const p = object(ctx, value, "network.policy", "network.policy", POLICY_KEYS, `e.g. "policy": { "preset": "public-only", "rules": ["allow@group:private:tcp:5432"] }`);
+  const preset: Preset = p.preset === undefined ? "public-only" : oneOf(ctx, p.preset, "network.policy.preset", Object.keys(PRESETS) as Preset[]);
+  if (preset === "none") {
+    // An offline sandbox has no interface: a default action or rules could never apply.
+    for (const key of ["defaultAction", "rules"] as const) {
+      if (p[key] !== undefined) {
+        ctx.fail(`network.policy.${key}`, `has no effect with preset "none" (the sandbox has no network interface)`,
+          `remove "${key}", or use preset "public-only" or "allow-all" with your rules`);
+      }
+    }
+    return NetworkPolicy.none();
+  }
+  let result = PRESETS[preset]();
+  if (p.defaultAction !== undefined) {
+    const action: Action = oneOf(ctx, p.defaultAction, "network.policy.defaultAction", ["allow", "deny"] as const);
+    result = new NetworkPolicy(action, result.rules, result.offline);
+  }
+  if (p.rules !== undefined) {
+    if (!Array.isArray(p.rules)) {
+      ctx.fail("network.policy.rules", `is ${describe(p.rules)}, not a list`, `e.g. "rules": ["deny@169.254.169.254", "allow@group:private:tcp:5432"]`);
+    }
+    // Your rules go in front of the preset's own (first match wins), as with --net-rule: a deny
+    // placed after public-only's "allow group:public" could never match.
+    result = new NetworkPolicy(result.defaultAction, [...(p.rules as unknown[]).map((r, i) => rule(ctx, r, `network.policy.rules[${i}]`)), ...result.rules], result.offline);
+  }
+  return result;
+}
+
+function rule(ctx: Ctx, value: unknown, path: string): Rule {
+  if (typeof value === "string") return parseRule(value, `${ctx.source}: ${path}`);
+  const shape = `a rule string such as "allow@api.example.com:tcp:443" or { "action", "direction", "destination", "protocol"?, "ports"? }`;
+  const r = object(ctx, value, path, path, RULE_KEYS, `expected ${shape}`);
+  // Shape checks first, so that validateRule's messages are about values, not missing objects.
+  if (r.destination === undefined) ctx.fail(`${path}.destination`, "is missing", `e.g. "destination": { "kind": "group", "group": "public" }`);
+  const d = object(ctx, r.destination, `${path}.destination`, `${path}.destination`, ["kind", "cidr", "name", "suffix", "group"],
+    `e.g. { "kind": "cidr", "cidr": "10.0.0.0/8" }`);
+  const kindKeys = typeof d.kind === "string" ? DESTINATION_KEYS[d.kind] : undefined;
+  if (kindKeys === undefined) {
+    ctx.fail(`${path}.destination.kind`, `is ${describe(d.kind)}`, `expected one of ${Object.keys(DESTINATION_KEYS).map((k) => JSON.stringify(k)).join(", ")}`);
+  }
+  for (const key of Object.keys(d)) {
+    if (!kindKeys!.includes(key)) {
+      ctx.fail(`${path}.destination`, `unknown key "${key}" for kind ${JSON.stringify(d.kind)}`, `known keys for this kind: ${kindKeys!.join(", ")}`);
+    }
+  }
+  const field = kindKeys![1];
+  const destination: Record<string, unknown> = { ...d };
+  if (field !== undefined) {
+    const v = d[field];
+    if (typeof v !== "string") ctx.fail(`${path}.destination.${field}`, `is ${describe(v)}, not a string`, `e.g. { "kind": ${JSON.stringify(d.kind)}, "${field}": ${JSON.stringify(EXAMPLE[field] ?? "...")} }`);
+    if (d.kind === "cidr") {
+      const cidr = strictCidr((v as string).replace(/^\[(.*)\](\/\d+)?$/, "$1$2"));
+      if (typeof cidr !== "string") ctx.fail(`${path}.destination.cidr`, cidr.problem.replace(/ must be in brackets$/, " is not valid"), cidr.hint);
+      destination.cidr = cidr;
+    }
+  }
+  if (r.ports !== undefined) {
+    const p = object(ctx, r.ports, `${path}.ports`, `${path}.ports`, PORTS_KEYS, `e.g. "ports": { "start": 8000, "end": 8080 }`);
+    for (const key of PORTS_KEYS) {
+      if (typeof p[key] !== "number") ctx.fail(`${path}.ports.${key}`, `is ${describe(p[key])}, not a number`, `e.g. "ports": { "start": 443, "end": 443 }`);
+    }
+  }
+  try {
+    return validateRule({ ...r, destination } as unknown as Rule, path);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    throw new ConfigError(`${ctx.source}: ${e.message}`, e.hint);
+  }
+}
+
+const EXAMPLE: Readonly<Record<string, string>> = { cidr: "10.0.0.0/8", name: "api.example.com", suffix: "example.com", group: "private" };
+
+function dns(ctx: Ctx, value: unknown): DnsConfig {
+  const d = object(ctx, value, "network.dns", "network.dns", DNS_KEYS, `e.g. "dns": { "blockDomainSuffixes": [".tracking.example"] }`);
+  const out: DnsConfig = {};
+  const names = (key: "blockDomains" | "blockDomainSuffixes", suffix: boolean): string[] =>
+    stringList(ctx, d[key], `network.dns.${key}`, suffix ? ".tracking.example" : "malware.example.com").map((s, i) => {
+      try {
+        return normalizeName(suffix ? s.replace(/^\*?\./, "") : s);
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        return ctx.fail(`network.dns.${key}[${i}]`, `${JSON.stringify(s)} is not a domain name${suffix ? " suffix" : ""}`,
+          suffix ? `e.g. ".tracking.example" or "*.tracking.example"` : `e.g. "malware.example.com"`);
+      }
+    });
+  if (d.blockDomains !== undefined) out.blockDomains = names("blockDomains", false);
+  if (d.blockDomainSuffixes !== undefined) out.blockDomainSuffixes = names("blockDomainSuffixes", true);
+  if (d.nameservers !== undefined) {
+    out.nameservers = stringList(ctx, d.nameservers, "network.dns.nameservers", "192.0.2.53").map((s, i) => {
+      const cidr = strictCidr(s.replace(/^\[(.*)\]$/, "$1"));
+      if (typeof cidr !== "string" || /\/\d+$/.test(s)) {
+        return ctx.fail(`network.dns.nameservers[${i}]`, `${JSON.stringify(s)} is not an IP address`, `e.g. "192.0.2.53" or "2001:db8::53"`);
+      }
+      return ipaddr.parse(cidr.slice(0, cidr.lastIndexOf("/"))).toString();
+    });
+  }
+  if (d.queryTimeoutMs !== undefined) out.queryTimeoutMs = positiveInteger(ctx, d.queryTimeoutMs, "network.dns.queryTimeoutMs", "e.g. 2000");
+  if (d.rebindProtection !== undefined) {
+    if (typeof d.rebindProtection !== "boolean") ctx.fail("network.dns.rebindProtection", `is ${describe(d.rebindProtection)}, not true or false`, `e.g. "rebindProtection": true`);
+    out.rebindProtection = d.rebindProtection as boolean;
+  }
+  if (d.blockedResponse !== undefined) out.blockedResponse = oneOf(ctx, d.blockedResponse, "network.dns.blockedResponse", ["refused", "nxdomain"] as const);
+  return out;
+}
+
+// --- generic checks ---------------------------------------------------------------------------
+
+/** `value` as a JSON object whose keys are all in `known`. */
+function object(ctx: Ctx, value: unknown, path: string, where: string, known: readonly string[], example: string): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    ctx.fail(path, `${path === "" ? "the configuration " : ""}is ${describe(value)}, not an object`, example);
+  }
+  const o = value as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!known.includes(key)) {
+      ctx.fail(path === "" ? key : `${path}.${key}`, `unknown key "${key}" in ${where}`, `known keys in ${where}: ${known.join(", ")}`);
+    }
+  }
+  return o;
+}
+
+function oneOf<T extends string>(ctx: Ctx, value: unknown, path: string, choices: readonly T[]): T {
+  if (typeof value !== "string" || !(choices as readonly string[]).includes(value)) {
+    ctx.fail(path, `is ${describe(value)}`, `expected ${choices.map((c) => JSON.stringify(c)).join(" or ")}`);
+  }
+  return value as T;
+}
+
+function positiveInteger(ctx: Ctx, value: unknown, path: string, example: string): number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
+    ctx.fail(path, `is ${describe(value)}, not a positive integer`, example);
+  }
+  return value as number;
+}
+
+function stringList(ctx: Ctx, value: unknown, path: string, example: string): string[] {
+  if (!Array.isArray(value)) ctx.fail(path, `is ${describe(value)}, not a list`, `e.g. [${JSON.stringify(example)}]`);
+  (value as unknown[]).forEach((v, i) => {
+    if (typeof v !== "string") ctx.fail(`${path}[${i}]`, `is ${describe(v)}, not a string`, `e.g. [${JSON.stringify(example)}]`);
+  });
+  return value as string[];
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return "missing";
+  if (Array.isArray(value)) return "a list";
+  if (value === null) return "null";
+  if (typeof value === "object") return "an object";
+  const s = JSON.stringify(value);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}

@@ -1,0 +1,41 @@
+// builder.ts — the builder form of the API, mirroring the reference documents:
+//
+//   const sandbox = await Sandbox.builder("agent-7")
+//     .network((n) => n.policy(NetworkPolicy.publicOnly().withRules(Rule.allowOutbound(Destination.cidr("10.1.2.3"))))
+//                      .maxConnections(64))
+//     .create();
+//
+// Every builder call only records a value; validation happens in create(), which reports the
+// first problem as a ConfigError.
+import { NetnsSandbox, type NetnsSandboxOptions } from "./netns-sandbox.js";
+import type { NetworkPolicyShape } from "../policy/model.js";
+import type { DenyResponse } from "../policy/compile.js";
+import type { DenyEvent } from "../policy/audit.js";
+
+export class NetworkBuilder {
+  /** @internal */ readonly options: NetnsSandboxOptions = {};
+  policy(policy: NetworkPolicyShape): this { this.options.policy = policy; return this; }
+  maxConnections(max: number): this { this.options.maxConnections = max; return this; }
+  denyResponse(response: DenyResponse): this { this.options.denyResponse = response; return this; }
+  auditLog(path: string): this { this.options.auditLog = path; return this; }
+  onDeny(listener: (event: DenyEvent) => void): this { this.options.onDeny = listener; return this; }
+  mtu(bytes: number): this { this.options.mtu = bytes; return this; }
+  dnsForward(address: string): this { this.options.dnsForward = address; return this; }
+}
+
+export class SandboxBuilder {
+  private readonly net = new NetworkBuilder();
+  constructor(private readonly name: string) {}
+  network(configure: (n: NetworkBuilder) => NetworkBuilder): this {
+    configure(this.net);
+    return this;
+  }
+  /** Create the sandbox (a network namespace served by a moat engine). */
+  create(): Promise<NetnsSandbox> {
+    return NetnsSandbox.create({ ...this.net.options, name: this.name });
+  }
+}
+
+export const Sandbox = {
+  builder: (name: string): SandboxBuilder => new SandboxBuilder(name),
+};

@@ -27,7 +27,7 @@ import {
   CFG_GATEWAY_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
-  PKT_L4LEN, PKT_FAMILY,
+  PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
@@ -317,9 +317,6 @@ function handleIp6(frame: usize, len: u32): void {
   copy16(KEY_SCRATCH + 24, ip + 24);
 }
 
-// Scratch for a dial address that differs from the remote (loopback for the gateway itself).
-const DIAL_SCRATCH: usize = KEY_SCRATCH + 48;
-const DIAL_PORT_SCRATCH: usize = KEY_SCRATCH + 64;
 
 /**
  * Where a new flow to (remote in the key, dport) is dialled from the host: the remote itself;
@@ -401,4 +398,4 @@ export function internetChecksum(p: usize, len: u32): u32 {
   return checksum(p, len);
 }
 
-export { policyEvaluate, classify as policyClassify } from "./policy/match";
+export { policyEvaluate, classifyAny as policyClassify } from "./policy/match";

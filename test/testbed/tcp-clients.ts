@@ -85,14 +85,12 @@ async function main(): Promise<string> {
       return `ok ${n}`;
     }
     case "connect":
-      try {
-        const s = await Promise.race([open(), new Promise<never>((_, reject) => setTimeout(() => reject(Object.assign(new Error("timeout"), { code: "TIMEOUT" })), Number(a ?? 3000)).unref())]);
-        s.destroy();
-        return "connected";
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        return code === "ECONNREFUSED" ? "refused" : code === "TIMEOUT" ? "timeout" : String(code);
-      }
+      return new Promise((resolve) => {
+        const s = connect({ host: host!, port });
+        const timer = setTimeout(() => { s.destroy(); resolve("timeout"); }, Number(a ?? 3000));
+        s.once("connect", () => { clearTimeout(timer); s.destroy(); resolve("connected"); });
+        s.once("error", (e: NodeJS.ErrnoException) => { clearTimeout(timer); resolve(e.code === "ECONNREFUSED" ? "refused" : String(e.code)); });
+      });
     case "hold": {
       const results = await Promise.allSettled(Array.from({ length: Number(a) }, () => open()));
       const held = results.filter((r) => r.status === "fulfilled").length;

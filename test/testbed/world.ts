@@ -98,6 +98,11 @@ export class World {
     return { ...r, report: JSON.parse(m[1]!) as SandboxReport };
   }
 
+  /** Run one of the testbed's library scripts (dist/test/testbed/NAME) inside the host namespace. */
+  sandboxScript(name: string, args: string[], timeoutMs = 60000): Promise<RunResult> {
+    return this.runInHost([process.execPath, `${TESTBED_JS}${name}`, ...args], timeoutMs);
+  }
+
   private runInHost(argv: string[], timeoutMs: number): Promise<RunResult> {
     return new Promise((resolve, reject) => {
       const p = spawn("ip", ["netns", "exec", this.host, ...argv], { stdio: ["ignore", "pipe", "pipe"] });

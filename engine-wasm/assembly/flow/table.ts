@@ -81,6 +81,12 @@ export function flowLookup(hash: u32): i32 {
   }
 }
 
+/** True when no flow can be inserted (checked before a new flow is judged, so a full table is
+ * counted as such and not as an allowed flow). */
+@inline export function flowTableFull(): bool {
+  return load<u32>(ST_FLOW_FREE_HEAD) == load<u32>(ST_FLOW_FREE_TAIL);
+}
+
 /**
  * Insert the key at KEY_SCRATCH (the caller checked it is absent). Returns the new flow's index
  * with its record zeroed except key and hash, or -1 when the slab is full.

@@ -50,7 +50,7 @@ import {
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW,
 } from "../counters";
-import { keyHash, flowLookup, flowInsert, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
+import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
 import { admitNewFlow } from "../policy/admit";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
@@ -343,6 +343,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
 function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool): bool {
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
+  if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
   if (!gatewayService && !admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return true; // answered by admit
   const found = flowInsert(hash);
   if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }

@@ -16,7 +16,7 @@ import {
   UDP_FLOWS_OPENED, UDP_TO_HOST, UDP_FROM_HOST, DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL,
   DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED,
 } from "../counters";
-import { keyHash, flowLookup, flowInsert, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT } from "./table";
+import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
 import { admitNewFlow } from "../policy/admit";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
@@ -34,6 +34,7 @@ export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, di
   if (idx < 0) {
     const live = load<u32>(ST_UDP_LIVE);
     if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return; }
+    if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return; }
     if (!gatewayService && !admitNewFlow(17, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return;
     idx = flowInsert(hash);
     if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return; }

@@ -10,8 +10,9 @@
 //
 // Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d. Groups are disjoint and tested in the order
 // Host > Metadata > Loopback > Private > LinkLocal > Multicast > Public; an IPv6 address that
-// carries an IPv4 address (mapped ::ffff:0:0/96, compatible ::/96, NAT64 64:ff9b::/96) is judged
-// by that IPv4 address, so no IPv6 spelling reaches what its IPv4 form may not. Unroutable
+// carries an IPv4 address (mapped ::ffff:0:0/96, compatible ::/96, NAT64 64:ff9b::/96) is first
+// rewritten to the mapped form, so groups and CIDR rules judge it by that IPv4 address and no
+// IPv6 spelling reaches what its IPv4 form may not. Unroutable
 // addresses fail closed: 0.0.0.0/8 and :: (which Linux treats as "this host") are Loopback,
 // 240.0.0.0/4 is Private.
 //
@@ -22,7 +23,7 @@
 import {
   ST_POLICY_ACTIVE, POLICY_BASE, POLICY_SLOT_BYTES, POLICY_HEADER_BYTES, POLICY_RULE_BYTES,
   PR_ACTION, PR_DIRECTION, PR_PROTO, PR_KIND, PR_GROUP, PR_PREFIX, PR_PORT_LO, PR_PORT_HI, PR_NAME,
-  PR_ADDR, GROUP_HOST, GROUP_METADATA, GROUP_LOOPBACK, GROUP_PRIVATE, GROUP_LINK_LOCAL,
+  PR_ADDR, PR_HAS_PORTS, POLICY_ADDR_SCRATCH, GROUP_HOST, GROUP_METADATA, GROUP_LOOPBACK, GROUP_PRIVATE, GROUP_LINK_LOCAL,
   GROUP_MULTICAST, GROUP_PUBLIC, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
 } from "../layout";
 import { eq16 } from "../wire/bytes";
@@ -49,7 +50,27 @@ const KIND_GROUP: u32 = 4;
   return GROUP_PUBLIC;
 }
 
-/** The group of a 16-byte address (`gateway`: this sandbox's gateway addresses are Host). */
+/**
+ * Write the canonical form of `addr` at `out`: an IPv6 address that carries an IPv4 address
+ * (compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d) becomes ::ffff:a.b.c.d, so groups and IPv4
+ * CIDR rules judge every spelling of an IPv4 address alike. :: and ::1 stay as they are.
+ */
+function canonical(addr: usize, out: usize): void {
+  const hi = load<u64>(addr);
+  const w2 = load<u32>(addr, 8);
+  const v4 = load<u32>(addr, 12);
+  const compatible = hi == 0 && w2 == 0 && v4 != 0 && v4 != 0x01000000;
+  const nat64 = hi == 0x9bff6400 && w2 == 0;
+  if (compatible || nat64) {
+    store<u64>(out, 0);
+    store<u32>(out, 0xffff0000, 8);
+    store<u32>(out, v4, 12);
+  } else {
+    v128.store(out, v128.load(addr));
+  }
+}
+
+/** The group of a canonical 16-byte address (this sandbox's gateway addresses are Host). */
 export function classify(addr: usize): u32 {
   const hi = load<u64>(addr);
   const w2 = load<u32>(addr, 8);
@@ -59,11 +80,7 @@ export function classify(addr: usize): u32 {
     return group4(v4);
   }
   if (eq16(addr, CFG_GATEWAY_IP6) || eq16(addr, CFG_GATEWAY_LL6)) return GROUP_HOST;
-  if (hi == 0 && w2 == 0) { // ::a.b.c.d (compatible), ::1, ::
-    if (v4 == 0 || v4 == 0x01000000) return GROUP_LOOPBACK;
-    return group4(v4);
-  }
-  if (hi == 0x9bff6400 && w2 == 0) return group4(v4); // 64:ff9b::/96 (NAT64)
+  if (hi == 0 && w2 == 0 && (v4 == 0 || v4 == 0x01000000)) return GROUP_LOOPBACK; // :: and ::1
   const b0 = <u32>load<u8>(addr);
   const b1 = <u32>load<u8>(addr, 1);
   // fd00:ec2::254, the AWS IPv6 metadata endpoint
@@ -72,6 +89,12 @@ export function classify(addr: usize): u32 {
   if (b0 == 0xfe && (b1 & 0xc0) == 0x80) return GROUP_LINK_LOCAL;
   if (b0 == 0xff) return GROUP_MULTICAST;
   return GROUP_PUBLIC;
+}
+
+/** The group of any spelling of an address (tests and tools; the engine canonicalises once). */
+export function classifyAny(addr: usize): u32 {
+  canonical(addr, POLICY_ADDR_SCRATCH);
+  return classify(POLICY_ADDR_SCRATCH);
 }
 
 /** True when `addr` lies in the rule's network (prefix over 128 bits). */
@@ -100,6 +123,8 @@ export function classify(addr: usize): u32 {
 export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u32): u32 {
   const slot = POLICY_BASE + <usize>(atomic.load<u32>(ST_POLICY_ACTIVE) & 1) * POLICY_SLOT_BYTES;
   const n = load<u32>(slot);
+  canonical(addr, POLICY_ADDR_SCRATCH);
+  addr = POLICY_ADDR_SCRATCH;
   let group: u32 = 0xff; // computed on first need
   let r = slot + POLICY_HEADER_BYTES;
   for (let i: u32 = 0; i < n; i++, r += POLICY_RULE_BYTES) {
@@ -108,7 +133,7 @@ export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u3
     if (p != 0 && p != proto) continue;
     const lo = <u32>load<u16>(r, PR_PORT_LO);
     const hi = <u32>load<u16>(r, PR_PORT_HI);
-    if ((lo | hi) != 0 && (port < lo || port > hi)) continue;
+    if (load<u8>(r, PR_HAS_PORTS) && (port < lo || port > hi)) continue;
     const kind = <u32>load<u8>(r, PR_KIND);
     if (kind == KIND_GROUP) {
       if (group == 0xff) group = classify(addr);

@@ -51,6 +51,7 @@ export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPo
     mem[o + L.PR_PROTO] = r.protocol ? PROTO[r.protocol]! : 0;
     mem[o + L.PR_KIND] = KIND[r.destination.kind];
     if (r.ports) {
+      mem[o + L.PR_HAS_PORTS] = 1;
       dv.setUint16(o + L.PR_PORT_LO, r.ports.start, true);
       dv.setUint16(o + L.PR_PORT_HI, r.ports.end, true);
     }

@@ -27,23 +27,26 @@ import {
   CFG_GATEWAY_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
-  PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH,
+  PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
   DROP_IP4_CHECKSUM, DROP_IP_FRAGMENT, DROP_IP_SPOOFED, DROP_IP6_HEADER, DROP_IP6_EXT_HEADER,
   DROP_UDP_MALFORMED, DROP_TCP_MALFORMED, DROP_PROTOCOL, DROP_MULTICAST, DROP_OVERSIZE,
   DROP_DNS_NO_UPSTREAM, DROP_ICMP_UNHANDLED, DROP_ICMP_MALFORMED, TCP_RESETS_SENT, FLOW_ERRORS,
-  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW,
+  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED,
 } from "./counters";
 import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
 import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emitIp4, emitIp6, fillL4Checksum, l4ChecksumOk } from "./emit";
 import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gateway";
-import { tcpReset } from "./reject";
+import { tcpReset, icmpPortUnreachable } from "./reject";
+import { dnsQuery } from "./dns";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
+import { pinAdd } from "./policy/pinset";
+import { canonicalAt } from "./policy/match";
 import { tcpFromGuest, tcpEvent, tcpTick, TCP_HANDLED, TCP_REFUSED, TCP_STRAY_RST } from "./flow/tcp";
 
 const ETH_ARP: u32 = 0x0806;
@@ -326,8 +329,10 @@ function handleIp6(frame: usize, len: u32): void {
  */
 function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
   store<u32>(DIAL_PORT_SCRATCH, dport);
-  if (!dstIsGateway) return KEY_SCRATCH + 24;
-  if (dport == 53) {
+  // With interception, DNS over TCP to any resolver goes to the orchestrator's listener.
+  const toForwarder = dport == 53 && (dstIsGateway || load<u32>(CFG_DNS_INTERCEPT) != 0);
+  if (!dstIsGateway && !toForwarder) return KEY_SCRATCH + 24;
+  if (toForwarder) {
     const fwdPort = load<u32>(CFG_DNS_FWD_PORT);
     if (fwdPort == 0) return 0;
     store<u32>(DIAL_PORT_SCRATCH, fwdPort);
@@ -353,8 +358,24 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
   store<u32>(PKT_FAMILY, family);
 }
 
+/**
+ * DNS over other transports (DoQ UDP/853, mDNS 5353, LLMNR 5355, NetBIOS-NS 137; DoT TCP/853)
+ * bypasses the interceptor: refuse it, so stubs fall back to port 53 (DESIGN §7).
+ */
+@inline function altDnsPort(proto: u32, dport: u32): bool {
+  return dport == 853 || (proto == PROTO_UDP && (dport == 5353 || dport == 5355 || dport == 137));
+}
+
 /** Route a checked UDP datagram (key written) to its flow. */
 function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, dport: u32): void {
+  if (load<u32>(CFG_DNS_INTERCEPT)) {
+    if (dport == 53) { dnsQuery(udp + 8, ulen - 8, family, dstIsGateway); return; }
+    if (altDnsPort(PROTO_UDP, dport)) {
+      count(DNS_ALT_REFUSED);
+      icmpPortUnreachable(<usize>load<u32>(PKT_FRAME), <usize>load<u32>(PKT_IP), family, udp, ulen);
+      return;
+    }
+  }
   const dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
   udpFromGuest(udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53);
@@ -371,6 +392,11 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   if (doff < 20 || doff > l4len || !l4ChecksumOk(l4, l4len, src, dst, alen, PROTO_TCP)) { count(DROP_TCP_MALFORMED); return; }
   if (family == 4) writeKey4(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
+  if (load<u32>(CFG_DNS_INTERCEPT) && altDnsPort(PROTO_TCP, rd16(l4 + 2))) {
+    count(DNS_ALT_REFUSED);
+    tcpReset(frame, ip, family, l4, l4len);
+    return;
+  }
   const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
   const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53);
@@ -399,3 +425,11 @@ export function internetChecksum(p: usize, len: u32): u32 {
 }
 
 export { policyEvaluate, classifyAny as policyClassify } from "./policy/match";
+export { dnsAnswer } from "./dns";
+
+/** Pin the address at PIN_SCRATCH under rule name `nameId` for `ttlMs` (the DNS interceptor's answers). */
+export function dnsPin(nameId: u32, ttlMs: f64, nowMs: f64): void {
+  store<f64>(ST_NOW_MS, nowMs);
+  canonicalAt(PIN_SCRATCH);
+  pinAdd(PIN_SCRATCH, nameId, ttlMs);
+}

@@ -77,6 +77,7 @@ export const CFG_DNS_FWD_IP = CFG_BASE + 112; // 16 bytes: where DNS to the gate
 export const CFG_DNS_FWD_PORT = CFG_BASE + 128; // u32: its port (0 = DNS to the gateway is dropped)
 export const CFG_MAX_TCP_FLOWS = CFG_BASE + 132; // u32
 export const CFG_MAX_CONNECTIONS = CFG_BASE + 136; // u32: TCP + UDP flows at once (0 = no limit beyond the table's)
+export const CFG_DNS_INTERCEPT = CFG_BASE + 140; // u32: 1 = UDP/53 goes to the DNS ring and TCP/53 to CFG_DNS_FWD (the orchestrator's proxy)
 
 // ---- counters: u64 each, indexes in counters.ts / orchestrator counter names -----------------
 export const COUNTERS_BASE = 16384;
@@ -184,7 +185,37 @@ export const AU_SRC = 24; // 16 bytes
 export const AU_DST = 40; // 16 bytes
 
 export const POLICY_ADDR_SCRATCH = AUDIT_BASE + AUDIT_SLOTS * AUDIT_RECORD_BYTES; // 16 bytes: the address being judged, canonical
-export const BENCH_BASE = POLICY_ADDR_SCRATCH + 64; // 1 MiB scratch for benchmarks and tests
+export const PIN_MATCHED = POLICY_ADDR_SCRATCH + 16; // u32: pin index + 1 of the last domain-rule match (0 = none)
+
+// ---- DNS ring: guest queries (UDP/53 to any address) -> the orchestrator's interceptor --------
+export const DNS_CTRL = POLICY_ADDR_SCRATCH + 64; // RING_CTRL_* layout
+export const DNS_SLOTS = 64; // queries in flight per sandbox, at most
+export const DNS_SLOT_BYTES = 4160;
+export const DNS_MAX_QUERY = 4096;
+export const DNS_BASE = DNS_CTRL + RING_CTRL_BYTES;
+// slot header (also the header of an answer in DNS_ANSWER_BASE)
+export const DQ_LEN = 0; // u32 payload bytes
+export const DQ_FAMILY = 4; // u32 4 or 6
+export const DQ_GUEST_PORT = 8; // u32
+export const DQ_DEST_PORT = 12; // u32
+export const DQ_GUEST_ADDR = 16; // 16 bytes
+export const DQ_DEST_ADDR = 32; // 16 bytes
+export const DQ_TO_GATEWAY = 48; // u32: 1 when addressed to the gateway (answered from the upstreams)
+export const DQ_PAYLOAD = 64;
+export const DNS_ANSWER_BASE = DNS_BASE + DNS_SLOTS * DNS_SLOT_BYTES; // one answer being injected: header + payload
+export const DNS_ANSWER_BYTES = 65600;
+
+// ---- pin set: (address, rule name id) -> expiry, for domain rules ------------------------------
+export const PIN_SLOTS = 16384; // power of two
+export const PIN_BYTES = 32;
+export const PIN_BASE = DNS_ANSWER_BASE + DNS_ANSWER_BYTES;
+export const PN_ADDR = 0; // 16 bytes
+export const PN_NAME = 16; // u32 name id (0 = empty slot)
+export const PN_LIVE = 20; // u32 live flows admitted through this pin
+export const PN_EXPIRY = 24; // f64 engine time after which the pin alone no longer matches
+export const PIN_SCRATCH = PIN_BASE + PIN_SLOTS * PIN_BYTES; // 16 bytes: an address handed in by the worker
+
+export const BENCH_BASE = PIN_SCRATCH + 64; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;

@@ -58,6 +58,15 @@ export function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len:
  * and 8 bytes, or for IPv6 as much as fits in the minimum MTU.
  */
 export function icmpProhibited(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+  icmpUnreachable(frame, ip, family, l4, l4len, false);
+}
+
+/** ICMP port unreachable (v4 type 3 code 3, v6 type 1 code 4): "nobody listens here". */
+export function icmpPortUnreachable(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
+  icmpUnreachable(frame, ip, family, l4, l4len, true);
+}
+
+function icmpUnreachable(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32, port: bool): void {
   const out = txReserve();
   if (!out) return;
   if (family == 4) {
@@ -65,7 +74,7 @@ export function icmpProhibited(frame: usize, ip: usize, family: u32, l4: usize, 
     const quote = hlen + (l4len < 8 ? l4len : 8);
     const rip = emitEth(out, frame + 6, ETH_IP4);
     const m = emitIp4(rip, 1, CFG_GATEWAY_IP4, ip + 12, 8 + quote);
-    wr32(m, 0x030d0000); // type 3, code 13, checksum 0
+    wr32(m, port ? 0x03030000 : 0x030d0000); // type 3, code 3 or 13, checksum 0
     wr32(m + 4, 0);
     memory.copy(m + 8, ip, quote);
     wr16(m + 2, checksum(m, 8 + quote));
@@ -75,11 +84,11 @@ export function icmpProhibited(frame: usize, ip: usize, family: u32, l4: usize, 
     const quote = total > 1184 ? 1184 : total; // 40 + 8 + 1184 = 1232 bytes: fits the IPv6 minimum MTU
     const rip = emitEth(out, frame + 6, ETH_IP6);
     const m = emitIp6(rip, 58, CFG_GATEWAY_IP6, ip + 8, 8 + quote, 64);
-    wr32(m, 0x01010000); // type 1, code 1
+    wr32(m, port ? 0x01040000 : 0x01010000); // type 1, code 4 or 1
     wr32(m + 4, 0);
     memory.copy(m + 8, ip, quote);
     fillL4Checksum(m, 8 + quote, 2, rip + 8, rip + 24, 16, 58);
     txCommit(14 + 40 + 8 + quote);
   }
-  count(ICMP_REJECTS_SENT);
+  if (!port) count(ICMP_REJECTS_SENT);
 }

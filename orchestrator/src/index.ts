@@ -11,7 +11,8 @@ export { EngineHost } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
 export type { LinkSpec, TapLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";
-export { Sandbox, SandboxBuilder, NetworkBuilder } from "./sandbox/builder.js";
+export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder } from "./sandbox/builder.js";
+export type { DnsOptions } from "./sandbox/netns-sandbox.js";
 export {
   NetworkPolicy, Rule, Destination, PortRange, GROUPS,
   type Action, type Direction, type Protocol, type Group, type NetworkPolicyShape,

@@ -23,6 +23,7 @@ export const testConfig: EngineConfig = {
   maxUdpFlows: 8,
   maxTcpFlows: 8,
   maxConnections: 0,
+  dnsIntercept: false,
   dnsForward: { ip: "192.0.2.53", port: 5353 },
 };
 

@@ -14,7 +14,8 @@ function exchange(text: string, timeoutMs: number): Promise<string> {
     const timer = setTimeout(() => { s.close(); reject(new Error(`no reply from ${host}:${port} within ${timeoutMs} ms`)); }, timeoutMs);
     s.on("message", (m) => { clearTimeout(timer); s.close(); resolve(m.toString()); });
     s.on("error", (e) => { clearTimeout(timer); s.close(); reject(e); });
-    s.send(text, port, host);
+    // Connected, so an ICMP error (port unreachable) is reported as ECONNREFUSED.
+    s.connect(port, host, () => s.send(text));
   });
 }
 

@@ -10,7 +10,7 @@
 // treats as Public. moat is started inside the host namespace, so its host sockets can only
 // reach the world namespace.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { once } from "node:events";
 
 export const WORLD_IP4 = "203.0.113.10";
@@ -127,7 +127,30 @@ export class World {
     return JSON.parse(m[1]!) as Record<string, number>;
   }
 
+  /**
+   * A real DNS server (dnsmasq) in the world on WORLD_IP4:53, logging every query it receives to
+   * the returned file. Records: allowed.test and alias.test (CNAME) -> WORLD_IP4, other.test ->
+   * 198.51.100.10, evil.test -> a private address, big.test with TXT records too large for 512
+   * bytes; every answer's TTL is 2 s.
+   */
+  startDnsServer(): string {
+    const log = `/tmp/moat-dnsmasq-${process.pid}.log`;
+    const big = Array.from({ length: 12 }, (_, i) => `--txt-record=big.test,${"x".repeat(60)}${i}`);
+    execFileSync("ip", ["netns", "exec", this.world, "dnsmasq", "--port=53", "--listen-address=" + WORLD_IP4, "--bind-interfaces",
+      "--no-resolv", "--no-hosts", "--conf-file=/dev/null", `--pid-file=/tmp/moat-dnsmasq-${process.pid}.pid`, "--local-ttl=2",
+      `--host-record=allowed.test,${WORLD_IP4}`, `--address=/other.test/${HOSTS.public2}`, `--address=/evil.test/${HOSTS.private}`,
+      `--address=/ads.example/${WORLD_IP4}`, `--address=/blocked.test/${WORLD_IP4}`, "--cname=alias.test,allowed.test",
+      ...big, "--log-queries", `--log-facility=${log}`]);
+    this.cleanups.push(() => {
+      try { process.kill(Number(readFileSync(`/tmp/moat-dnsmasq-${process.pid}.pid`, "utf8")), "SIGTERM"); } catch { /* gone */ }
+    });
+    return log;
+  }
+
+  private cleanups: (() => void)[] = [];
+
   teardown(): void {
+    for (const c of this.cleanups.splice(0)) c();
     for (const s of this.servers) s.kill("SIGKILL");
     this.servers = [];
     for (const ns of [this.host, this.world]) {

@@ -18,8 +18,9 @@
 
 import {
   FLOW_CAPACITY, FLOW_INDEX_SLOTS, FLOW_RECORD_BYTES, FLOW_INDEX_BASE, FLOW_FREE_BASE,
-  FLOW_SLAB_BASE, ST_FLOW_FREE_HEAD, ST_FLOW_FREE_TAIL, ST_FLOWS_LIVE, KEY_SCRATCH,
+  FLOW_SLAB_BASE, ST_FLOW_FREE_HEAD, ST_FLOW_FREE_TAIL, ST_FLOWS_LIVE, KEY_SCRATCH, PIN_MATCHED,
 } from "../layout";
+import { pinHold, pinRelease } from "../policy/pinset";
 
 // record fields after the key
 export const F_HASH = 40; // u32
@@ -31,6 +32,7 @@ export const F_BYTES_OUT = 72; // u64
 export const F_BYTES_IN = 80; // u64
 export const F_DIAL_ADDR = 88; // 16 bytes: where the host socket connects (usually the remote)
 export const F_DIAL_PORT = 104; // u32
+export const F_PIN = 108; // u32: pin handle + 0 (pinset.ts) the flow was admitted through, 0 = none
 export const F_PROTO_STATE = 128; // protocol-specific state (TCP)
 
 export const KEY_BYTES = 40;
@@ -101,6 +103,9 @@ export function flowInsert(hash: u32): i32 {
   memory.fill(rec, 0, FLOW_RECORD_BYTES);
   memory.copy(rec, KEY_SCRATCH, KEY_BYTES);
   store<u32>(rec, hash, F_HASH);
+  // A flow admitted by a domain rule keeps its pin alive (DESIGN §6: "or in use by a live flow").
+  store<u32>(rec, pinHold(), F_PIN);
+  store<u32>(PIN_MATCHED, 0);
   const mask: u32 = FLOW_INDEX_SLOTS - 1;
   let slot = hash & mask;
   while (load<u32>(FLOW_INDEX_BASE + (<usize>slot << 2)) != 0) slot = (slot + 1) & mask;
@@ -133,6 +138,8 @@ export function flowRemove(idx: u32): void {
   }
   store<u32>(FLOW_INDEX_BASE + (<usize>hole << 2), 0);
   store<u32>(rec, 0, F_STATE);
+  pinRelease(load<u32>(rec, F_PIN));
+  store<u32>(rec, 0, F_PIN);
   const tail = load<u32>(ST_FLOW_FREE_TAIL);
   store<u32>(FLOW_FREE_BASE + (<usize>(tail & (<u32>FLOW_CAPACITY - 1)) << 2), idx);
   store<u32>(ST_FLOW_FREE_TAIL, tail + 1);

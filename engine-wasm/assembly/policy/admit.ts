@@ -5,7 +5,7 @@
 import {
   KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
-  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
@@ -21,8 +21,10 @@ const PROTO_TCP: u32 = 6;
  * the flow is new. On refusal everything is already counted and answered.
  */
 export function admitNewFlow(proto: u32, family: u32, dport: u32): bool {
+  store<u32>(PIN_MATCHED, 0);
   const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, 0);
   if (verdict & 1) {
+    store<u32>(PIN_MATCHED, 0); // a deny by a domain rule holds no pin
     count(DROP_POLICY);
     audit(proto, family, dport, <i32>(verdict >> 1) - 1);
     if (policyDenyResponse() == 1) refuse(proto, true);
@@ -30,6 +32,7 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32): bool {
   }
   const max = load<u32>(CFG_MAX_CONNECTIONS);
   if (max != 0 && load<u32>(ST_TCP_LIVE) + load<u32>(ST_UDP_LIVE) >= max) {
+    store<u32>(PIN_MATCHED, 0);
     count(DROP_FLOW_LIMIT);
     refuse(proto, false); // over the limit: TCP is refused at once, UDP dropped
     return false;

@@ -70,6 +70,12 @@ function canonical(addr: usize, out: usize): void {
   }
 }
 
+/** Canonicalise the address at `p` in place. */
+export function canonicalAt(p: usize): void {
+  canonical(p, POLICY_ADDR_SCRATCH);
+  v128.store(p, v128.load(POLICY_ADDR_SCRATCH));
+}
+
 /** The group of a canonical 16-byte address (this sandbox's gateway addresses are Host). */
 export function classify(addr: usize): u32 {
   const hi = load<u64>(addr);
@@ -97,21 +103,17 @@ export function classifyAny(addr: usize): u32 {
   return classify(POLICY_ADDR_SCRATCH);
 }
 
-/** True when `addr` lies in the rule's network (prefix over 128 bits). */
-@inline function inPrefix(addr: usize, net: usize, prefix: u32): bool {
-  // Compare big-endian: load as bytes-swapped u64 halves.
-  const a0 = bswap<u64>(load<u64>(addr));
-  const a1 = bswap<u64>(load<u64>(addr, 8));
-  const n0 = bswap<u64>(load<u64>(net));
-  const n1 = bswap<u64>(load<u64>(net, 8));
+/** True when the address (big-endian halves a0:a1) lies in the rule's network (prefix of 128 bits). */
+@inline function inPrefix(a0: u64, a1: u64, net: usize, prefix: u32): bool {
   if (prefix == 0) return true;
+  const n0 = bswap<u64>(load<u64>(net));
   if (prefix <= 64) {
     const m: u64 = prefix == 64 ? 0xffffffffffffffff : ~(0xffffffffffffffff >> <u64>prefix);
     return (a0 & m) == n0;
   }
   if (a0 != n0) return false;
   const m: u64 = prefix == 128 ? 0xffffffffffffffff : ~(0xffffffffffffffff >> <u64>(prefix - 64));
-  return (a1 & m) == n1;
+  return (a1 & m) == bswap<u64>(load<u64>(net, 8));
 }
 
 /**
@@ -125,6 +127,8 @@ export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u3
   const n = load<u32>(slot);
   canonical(addr, POLICY_ADDR_SCRATCH);
   addr = POLICY_ADDR_SCRATCH;
+  const a0 = bswap<u64>(load<u64>(addr));
+  const a1 = bswap<u64>(load<u64>(addr, 8));
   let group: u32 = 0xff; // computed on first need
   let r = slot + POLICY_HEADER_BYTES;
   for (let i: u32 = 0; i < n; i++, r += POLICY_RULE_BYTES) {
@@ -139,7 +143,7 @@ export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u3
       if (group == 0xff) group = classify(addr);
       if (group != <u32>load<u8>(r, PR_GROUP)) continue;
     } else if (kind == KIND_CIDR) {
-      if (!inPrefix(addr, r + PR_ADDR, load<u8>(r, PR_PREFIX))) continue;
+      if (!inPrefix(a0, a1, r + PR_ADDR, load<u8>(r, PR_PREFIX))) continue;
     } else if (kind == KIND_DOMAIN || kind == KIND_SUFFIX) {
       if (!pinMatches(addr, load<u32>(r, PR_NAME))) continue;
     } else if (kind != KIND_ANY) {

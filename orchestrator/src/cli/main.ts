@@ -14,13 +14,19 @@ const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", imp
 const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "net", kind: "string", metavar: "PRESET", choices: ["public-only", "allow-all", "none"], help: "policy preset: public-only (default: the internet, not the host, metadata,\nloopback, private, link-local or multicast ranges), allow-all, or none\n(no network interface at all)" },
   { name: "net-rule", kind: "string", metavar: "RULE", repeat: true, help: "a rule, ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]], tried in order before\nthe preset's own (first match wins). ACTION allow|deny; DIRECTION egress|\ningress; TARGET any, IP, CIDR ([v6] in brackets), name, .suffix, *.suffix,\ngroup:NAME (host, metadata, loopback, private, link-local, multicast,\npublic); PROTO tcp|udp|icmp|icmpv6|any; PORTS N or N-M.\nExample: allow@group:private:tcp:5432" },
-  { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched (default: the preset's)" },
+  { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched. Without --net (or a --config\npolicy) the preset's rules are left out: deny + --net-rule = an allowlist" },
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject"], help: "drop (default: silence, as on a firewalled network) or reject (TCP\nreset, ICMP administratively prohibited: fails fast)" },
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
-  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow as a JSON line to FILE" },
+  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow (and DNS block/rebinding event) as a JSON line to FILE" },
+  { name: "dns-block", kind: "string", metavar: "NAME", repeat: true, help: "answer NAME locally as blocked (REFUSED), never asking upstream" },
+  { name: "dns-block-suffix", kind: "string", metavar: "SUFFIX", repeat: true, help: "block SUFFIX and every name under it (.ads.example or *.ads.example)" },
+  { name: "dns-nameserver", kind: "string", metavar: "ADDR", repeat: true, help: "upstream for DNS to the gateway, tried in order: IP, IP:PORT, [IPv6]:PORT,\nHOST or HOST:PORT (default: the host's /etc/resolv.conf)" },
+  { name: "dns-query-timeout-ms", kind: "int", metavar: "MS", min: 10, max: 60000, help: "per upstream attempt before failing over (default 5000)" },
+  { name: "no-dns-rebind-protection", kind: "bool", help: "let answers carry private, loopback, link-local or metadata addresses" },
+  { name: "dns-blocked-response", kind: "string", metavar: "RCODE", choices: ["refused", "nxdomain"], help: "the answer to a blocked name (default refused)" },
   { name: "mtu", kind: "int", metavar: "BYTES", min: 1280, max: 65520, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
-  { name: "dns-forward", kind: "string", metavar: "ADDR", help: "where DNS sent to the gateway goes: host (first nameserver of the\nhost's /etc/resolv.conf, default), none, IP, IP:PORT or [IPv6]:PORT" },
+  { name: "dns-forward", kind: "string", metavar: "ADDR", help: "shorthand for one upstream: host (the first nameserver of the host's\n/etc/resolv.conf, default), none (DNS fails), IP, IP:PORT or [IPv6]:PORT" },
   { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
   { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: 16384, help: "most UDP flows the sandbox may hold at once (default 4096)" },
   { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
@@ -49,14 +55,17 @@ interrupted.
 Inside the sandbox:
   address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
   gateway      172.30.N.1 and fe80::1 — answers ARP, NDP, DHCP, router solicitations and ping
-  DNS          /etc/resolv.conf points at the gateway, which forwards to --dns-forward
+  DNS          /etc/resolv.conf points at the gateway. Every query on port 53, to any
+               address, is intercepted: block lists, rebinding protection, and the
+               answers pin names to addresses for domain rules. DoT, DoQ, mDNS, LLMNR and
+               NetBIOS-NS are refused so stubs fall back to port 53.
   TCP, UDP     to any address: every connection ends in moat's engine and is re-originated
                from a socket on this machine (no kernel NAT, no forwarding)
   policy       public-only unless told otherwise: the internet is reachable; the host
                (the gateway's address, except its DNS), cloud metadata, loopback, private,
                link-local and multicast ranges are not. Rules with domain names match only
-               addresses the sandbox's DNS answers bound to them (DNS interception is not
-               in this build yet, so such rules match nothing: allows fail closed).
+               addresses that this sandbox's DNS answers bound to the name, within the
+               answer's TTL (or while a connection they admitted lives).
 
 Options:
 ${flagHelp(RUN_FLAGS)}
@@ -68,7 +77,8 @@ Examples:
   moat run --net allow-all -- curl http://10.0.0.5/
   moat run --net-rule allow@group:private:tcp:5432 --audit-log /tmp/denied.jsonl -- psql -h 10.1.2.3
   moat run --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443 -- curl https://203.0.113.7/
-  moat run --dns-forward 192.0.2.53 -- dig example.test
+  moat run --dns-nameserver 192.0.2.53 --dns-block-suffix ads.example -- dig example.test
+  moat run --net-default-egress deny --net-rule allow@api.example.com:tcp:443 -- curl https://api.example.com/
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
 `;
 
@@ -100,13 +110,24 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     throw new ConfigError("--net none has no interface, so --net-rule has nothing to apply to", "drop --net none, or the rules");
   }
   policy = new NetworkPolicy(policy.defaultAction, [...rules, ...policy.rules], policy.offline);
+  // --net-default-egress without --net builds an allow- or deny-list from the rules alone (the
+  // preset's own rules would otherwise still allow the public internet); with --net it only
+  // changes what happens to traffic no rule matched.
   const dflt = flags.get("net-default-egress") as "allow" | "deny" | undefined;
-  if (dflt) policy = new NetworkPolicy(dflt, policy.rules, policy.offline);
+  if (dflt) policy = new NetworkPolicy(dflt, preset || file.policy ? policy.rules : rules, policy.offline);
   return {
     policy,
     denyResponse: (flags.get("deny-response") as "drop" | "reject" | undefined) ?? file.denyResponse,
     maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
     auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
+    dns: {
+      blockDomains: [...(file.dns?.blockDomains ?? []), ...(lists.get("dns-block") ?? [])],
+      blockDomainSuffixes: [...(file.dns?.blockDomainSuffixes ?? []), ...(lists.get("dns-block-suffix") ?? [])],
+      nameservers: lists.get("dns-nameserver") ?? file.dns?.nameservers,
+      queryTimeoutMs: (flags.get("dns-query-timeout-ms") as number | undefined) ?? file.dns?.queryTimeoutMs,
+      rebindProtection: flags.get("no-dns-rebind-protection") ? false : file.dns?.rebindProtection,
+      blockedResponse: (flags.get("dns-blocked-response") as "refused" | "nxdomain" | undefined) ?? file.dns?.blockedResponse,
+    },
     mtu: flags.get("mtu") as number | undefined,
     dnsForward: flags.get("dns-forward") as string | undefined,
     udpIdleMs: flags.get("udp-idle-ms") as number | undefined,

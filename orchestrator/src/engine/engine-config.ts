@@ -20,8 +20,13 @@ export interface EngineConfig {
   maxTcpFlows: number;
   /** TCP + UDP flows at once (maxConnections of the reference); 0 = only the table's bounds. */
   maxConnections: number;
-  /** Where DNS sent to the gateway goes (until DNS interception lands: a plain forwarder). */
+  /**
+   * Where DNS over TCP goes (the orchestrator's listener when intercepting); without
+   * interception, also where UDP DNS to the gateway is forwarded.
+   */
   dnsForward: { ip: string; port: number } | null;
+  /** UDP/53 to the DNS ring (the interceptor), TCP/53 to dnsForward, other DNS transports refused. */
+  dnsIntercept: boolean;
 }
 
 function writeMac(mem: Uint8Array, off: number, mac: string): void {
@@ -54,6 +59,7 @@ export function writeEngineConfig(mem: Uint8Array, cfg: EngineConfig): void {
   mem.set(ipaddr.IPv6.parse(cfg.gatewayLl6).toByteArray(), layout.CFG_GATEWAY_LL6);
   mem.set(ipaddr.IPv6.parse(cfg.guestIp6).toByteArray(), layout.CFG_GUEST_IP6);
   mem.set(ipaddr.IPv6.parse(cfg.prefix6).toByteArray(), layout.CFG_PREFIX6);
+  dv.setUint32(layout.CFG_DNS_INTERCEPT, cfg.dnsIntercept ? 1 : 0, true);
   if (cfg.dnsForward) {
     mem.set(addr16(cfg.dnsForward.ip), layout.CFG_DNS_FWD_IP);
     dv.setUint32(layout.CFG_DNS_FWD_PORT, cfg.dnsForward.port, true);

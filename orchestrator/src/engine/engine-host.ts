@@ -4,9 +4,11 @@ import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { createEngineMemory } from "./engine-module.js";
 import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } from "./engine-config.js";
-import type { EngineControl, EngineWorkerData } from "./engine-worker.js";
+import type { EngineControl, EngineWorkerData, DnsQueryMessage, DnsAnswerMessage } from "./engine-worker.js";
 import type { LinkSpec } from "../links/link.js";
 import { MoatError } from "../errors.js";
+
+const dnsPorts = new WeakMap<WebAssembly.Memory, import("node:worker_threads").MessagePort>();
 
 export class EngineHost {
   private exited = false;
@@ -25,14 +27,25 @@ export class EngineHost {
    * so no frame is ever judged by an empty table); `onAudit` is called when denials are waiting
    * in the audit ring.
    */
-  static async start(config: EngineConfig, link: LinkSpec, hooks: { prepare?: (mem: Uint8Array) => void; onAudit?: () => void } = {}): Promise<EngineHost> {
+  static async start(config: EngineConfig, link: LinkSpec, hooks: {
+    prepare?: (mem: Uint8Array) => void;
+    onAudit?: () => void;
+    /** Answers guest DNS queries (the interceptor); without it, queries get no answer. */
+    onDnsQuery?: (q: DnsQueryMessage) => Promise<DnsAnswerMessage>;
+  } = {}): Promise<EngineHost> {
     const memory = createEngineMemory();
     hooks.prepare?.(new Uint8Array(memory.buffer));
     const audit = new MessageChannel();
     audit.port1.on("message", () => hooks.onAudit?.());
     audit.port1.unref();
-    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2 };
-    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2] });
+    const dns = new MessageChannel();
+    dnsPorts.set(memory, dns.port1);
+    dns.port1.on("message", (q: DnsQueryMessage) => {
+      hooks.onDnsQuery?.(q).then((a) => dns.port1.postMessage(a), () => { /* no answer: the stub retries */ });
+    });
+    dns.port1.unref();
+    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2 };
+    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2, dns.port2] });
     let failure: Error | undefined;
     const exitPromise = new Promise<number>((resolve) => {
       worker.once("error", (err) => { failure = err; });
@@ -62,6 +75,11 @@ export class EngineHost {
 
   flowStats(): { flows: number; udp: number; tcp: number } {
     return readFlowStats(new Uint8Array(this.memory.buffer));
+  }
+
+  /** Pins from an answer that did not pass through the engine (DNS over TCP). */
+  async installPins(pins: DnsAnswerMessage["pins"]): Promise<void> {
+    dnsPorts.get(this.memory)?.postMessage({ header: new Uint8Array(0), answer: null, pins } satisfies DnsAnswerMessage);
   }
 
   async liveSockets(): Promise<number> {

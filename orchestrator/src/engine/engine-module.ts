@@ -18,6 +18,12 @@ export interface EngineExports {
   internetChecksum(p: number, len: number): number;
   benchChecksum(p: number, len: number, iterations: number): number;
   benchCopy(dst: number, src: number, len: number, iterations: number): void;
+  policyEvaluate(proto: number, addr: number, port: number, direction: number): number;
+  policyClassify(addr: number): number;
+  /** Inject the DNS answer left at DNS_ANSWER_BASE; 0 when the TX ring is full. */
+  dnsAnswer(): number;
+  /** Pin the address at PIN_SCRATCH under a rule name id. */
+  dnsPin(nameId: number, ttlMs: number, nowMs: number): void;
 }
 
 /** Pages of the engine memory; the module was compiled for exactly this (asconfig.json). */

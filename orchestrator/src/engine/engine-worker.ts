@@ -21,7 +21,14 @@ export interface EngineWorkerData {
   link: LinkSpec;
   /** Told (an empty message) when the engine has recorded denials in the audit ring. */
   auditPort: MessagePort;
+  /** Guest DNS queries go out on it (DnsQueryMessage) and answers come back (DnsAnswerMessage). */
+  dnsPort: MessagePort;
 }
+
+/** A guest query: the DQ_* header of its DNS ring slot (64 bytes) and its payload. */
+export interface DnsQueryMessage { header: Uint8Array; query: Uint8Array }
+/** The interceptor's answer to a query: its header back, the payload, and the pins to set first. */
+export interface DnsAnswerMessage { header: Uint8Array; answer: Uint8Array | null; pins: { addr: Uint8Array; nameId: number; ttlMs: number }[] }
 
 /** What the orchestrator can ask of a running engine (through comlink). */
 export interface EngineControl {
@@ -60,7 +67,46 @@ function serve(): void {
     auditSeen = t;
     data.auditPort.postMessage(0);
   }
+  drainDnsQueries();
 }
+
+// ---- DNS: queries to the orchestrator's interceptor, answers back into the engine -----------------
+const dnsCtrl = new Int32Array(data.memory.buffer, layout.DNS_CTRL, layout.RING_CTRL_BYTES / 4);
+const dv = new DataView(data.memory.buffer);
+
+function drainDnsQueries(): void {
+  let head = Atomics.load(dnsCtrl, layout.RING_CTRL_HEAD / 4) >>> 0;
+  const tail = Atomics.load(dnsCtrl, layout.RING_CTRL_TAIL / 4) >>> 0;
+  if (head === tail) return;
+  while (head !== tail) {
+    const q = layout.DNS_BASE + (head & (layout.DNS_SLOTS - 1)) * layout.DNS_SLOT_BYTES;
+    const len = dv.getUint32(q + layout.DQ_LEN, true);
+    const msg: DnsQueryMessage = { header: mem.slice(q, q + layout.DQ_PAYLOAD), query: mem.slice(q + layout.DQ_PAYLOAD, q + layout.DQ_PAYLOAD + len) };
+    data.dnsPort.postMessage(msg);
+    head = (head + 1) >>> 0;
+  }
+  Atomics.store(dnsCtrl, layout.RING_CTRL_HEAD / 4, head | 0);
+}
+
+data.dnsPort.on("message", (m: DnsAnswerMessage) => {
+  if (stopped) return;
+  const now = performance.now();
+  // Pins first: the guest may connect the moment it reads the answer.
+  for (const p of m.pins) {
+    mem.set(p.addr, layout.PIN_SCRATCH);
+    engine.dnsPin(p.nameId, p.ttlMs, now);
+  }
+  if (m.answer) {
+    mem.set(m.header, layout.DNS_ANSWER_BASE);
+    dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, m.answer.length, true);
+    mem.set(m.answer, layout.DNS_ANSWER_BASE + layout.DQ_PAYLOAD);
+    if (!engine.dnsAnswer()) {
+      datapath.flush(); // the TX ring was full: drain it to the link and try once more
+      engine.dnsAnswer();
+    }
+  }
+  datapath.flush();
+});
 
 let stopped = false;
 const readyPromise = (async () => {
@@ -85,6 +131,7 @@ const control: EngineControl = {
     clearInterval(ticker);
     datapath.close();
     data.auditPort.close();
+    data.dnsPort.close();
     setImmediate(() => parentPort?.close());
   },
 };

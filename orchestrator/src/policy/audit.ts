@@ -63,6 +63,10 @@ export class AuditLog {
     appendFileSync(path, ""); // fail now, at start, if the file cannot be written
   }
   write(events: DenyEvent[]): void {
-    if (events.length) appendFileSync(this.path, events.map((e) => JSON.stringify(e)).join("\n") + "\n");
+    this.writeRecords(events);
+  }
+  /** Any audit record (DNS events have their own shape: kind, name, detail). */
+  writeRecords(records: object[]): void {
+    if (records.length) appendFileSync(this.path, records.map((e) => JSON.stringify(e)).join("\n") + "\n");
   }
 }

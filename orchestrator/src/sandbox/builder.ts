@@ -7,7 +7,17 @@
 //
 // Every builder call only records a value; validation happens in create(), which reports the
 // first problem as a ConfigError.
-import { NetnsSandbox, type NetnsSandboxOptions } from "./netns-sandbox.js";
+import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./netns-sandbox.js";
+
+export class DnsBuilder {
+  /** @internal */ readonly options: DnsOptions = {};
+  blockDomain(name: string): this { (this.options.blockDomains ??= []).push(name); return this; }
+  blockDomainSuffix(suffix: string): this { (this.options.blockDomainSuffixes ??= []).push(suffix); return this; }
+  nameservers(servers: string[]): this { this.options.nameservers = [...servers]; return this; }
+  queryTimeoutMs(ms: number): this { this.options.queryTimeoutMs = ms; return this; }
+  rebindProtection(enabled: boolean): this { this.options.rebindProtection = enabled; return this; }
+  blockedResponse(rcode: "refused" | "nxdomain"): this { this.options.blockedResponse = rcode; return this; }
+}
 import type { NetworkPolicyShape } from "../policy/model.js";
 import type { DenyResponse } from "../policy/compile.js";
 import type { DenyEvent } from "../policy/audit.js";
@@ -21,6 +31,15 @@ export class NetworkBuilder {
   onDeny(listener: (event: DenyEvent) => void): this { this.options.onDeny = listener; return this; }
   mtu(bytes: number): this { this.options.mtu = bytes; return this; }
   dnsForward(address: string): this { this.options.dnsForward = address; return this; }
+  /** DNS interception: n.dns(d => d.blockDomain("x.example").nameservers(["192.0.2.53"])) */
+  dns(configure: (d: DnsBuilder) => DnsBuilder): this {
+    const d = new DnsBuilder();
+    configure(d);
+    this.options.dns = { ...this.options.dns, ...d.options };
+    return this;
+  }
+  /** The reference's dns_rebind_protection() on the network builder. */
+  dnsRebindProtection(enabled: boolean): this { this.options.dns = { ...this.options.dns, rebindProtection: enabled }; return this; }
 }
 
 export class SandboxBuilder {

@@ -16,13 +16,38 @@ import { addressesFor, leaseSlot, DEFAULT_POOL4, type SandboxAddresses } from ".
 import { EngineHost } from "../engine/engine-host.js";
 import type { EngineConfig, EngineCounters } from "../engine/engine-config.js";
 import { ConfigError, MoatError } from "../errors.js";
-import { NetworkPolicy, validatePolicy, type NetworkPolicyShape } from "../policy/model.js";
+import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape } from "../policy/model.js";
 import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
 import { drainAudit, AuditLog, type DenyEvent } from "../policy/audit.js";
+import { classifyAddress } from "../policy/groups.js";
+import { addr16 } from "../engine/engine-config.js";
+import { DnsInterceptor, type DnsOutcome } from "../dns/interceptor.js";
+import { UpstreamResolver } from "../dns/upstream.js";
+import { DnsTcpServer } from "../dns/tcp-proxy.js";
+import type { DnsQueryMessage, DnsAnswerMessage } from "../engine/engine-worker.js";
+import { layout as L } from "../engine/layout.js";
 
 const run = promisify(execFile);
 
+/** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
+export interface DnsOptions {
+  /** Names answered locally as blocked, never sent upstream. */
+  blockDomains?: string[];
+  /** Blocks the name and every name under it ("tracking.example" blocks a.tracking.example). */
+  blockDomainSuffixes?: string[];
+  /** Upstreams for DNS to the gateway, tried in order: IP, IP:PORT, [IPv6]:PORT, HOST, HOST:PORT (default: the host's /etc/resolv.conf). */
+  nameservers?: string[];
+  /** Per upstream attempt (default 5000). */
+  queryTimeoutMs?: number;
+  /** Answers carrying private, loopback, link-local or metadata addresses become REFUSED (default true). */
+  rebindProtection?: boolean;
+  /** The answer to a blocked name (default "refused"). */
+  blockedResponse?: "refused" | "nxdomain";
+}
+
 export interface NetnsSandboxOptions {
+  /** DNS interception settings. */
+  dns?: DnsOptions;
   /** Name shown in audit events (default: the namespace's name). */
   name?: string;
   /** Network policy (default NetworkPolicy.publicOnly()); NetworkPolicy.none() gives no interface. */
@@ -86,7 +111,7 @@ export function hostNameserver(path = "/etc/resolv.conf"): { ip: string; port: n
   return null;
 }
 
-type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "onDeny" | "policy">> &
+type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "onDeny" | "policy" | "dns">> & { dns: DnsOptions } &
   Pick<NetnsSandboxOptions, "name" | "auditLog" | "onDeny"> & { dnsForward: { ip: string; port: number } | null; policy: NetworkPolicy };
 
 function validateOptions(o: NetnsSandboxOptions): ValidOptions {
@@ -109,7 +134,15 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
   const fwd = o.dnsForward ?? "host";
   const dnsForward = fwd === "host" ? hostNameserver() : fwd === "none" ? null : parseHostPort(fwd);
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, denyResponse, policy, dnsForward, name: o.name, auditLog: o.auditLog, onDeny: o.onDeny };
+  const dns = o.dns ?? {};
+  if (dns.queryTimeoutMs !== undefined && (!Number.isInteger(dns.queryTimeoutMs) || dns.queryTimeoutMs < 10 || dns.queryTimeoutMs > 60000)) {
+    throw new ConfigError(`DNS query timeout ${dns.queryTimeoutMs} ms is out of range`, "use 10 to 60000 ms");
+  }
+  if (dns.blockedResponse !== undefined && dns.blockedResponse !== "refused" && dns.blockedResponse !== "nxdomain") {
+    throw new ConfigError(`DNS blocked response "${dns.blockedResponse}" is unknown`, `use "refused" or "nxdomain"`);
+  }
+  for (const n of [...(dns.blockDomains ?? []), ...(dns.blockDomainSuffixes ?? []).map((x) => x.replace(/^\*?\./, ""))]) normalizeName(n);
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, denyResponse, policy, dnsForward, dns, name: o.name, auditLog: o.auditLog, onDeny: o.onDeny };
 }
 
 export class NetnsSandbox {
@@ -158,6 +191,7 @@ export class NetnsSandbox {
       await sandbox.ip(["netns", "add", name]);
       await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
       if (o.policy.offline) return sandbox; // none(): no interface, no engine
+      const dnsTcp = await sandbox.startDns(o);
       const config: EngineConfig = {
         gatewayMac: addresses.gatewayMac,
         guestMac: addresses.guestMac,
@@ -174,11 +208,13 @@ export class NetnsSandbox {
         maxUdpFlows: o.maxUdpFlows,
         maxTcpFlows: 16384,
         maxConnections: o.maxConnections,
-        dnsForward: o.dnsForward,
+        dnsForward: dnsTcp,
+        dnsIntercept: true,
       };
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
         prepare: (mem) => installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true),
         onAudit: () => sandbox.drainAudit(),
+        onDnsQuery: (q) => sandbox.answerDns(q),
       });
       await sandbox.configureGuest();
       return sandbox;
@@ -206,6 +242,62 @@ export class NetnsSandbox {
       (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
     this.auditLog?.write(events);
     if (this.options.onDeny) for (const e of events) this.options.onDeny(e);
+  }
+
+  private dns: DnsInterceptor | undefined;
+  private dnsTcp: DnsTcpServer | undefined;
+
+  /** Set up the interceptor and its DNS-over-TCP listener; returns where the engine dials TCP/53. */
+  private async startDns(o: ValidOptions): Promise<{ ip: string; port: number }> {
+    const d = o.dns;
+    const fwd = o.dnsForward;
+    const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
+      : fwd ? [fwd] : [];
+    const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
+    const gateway = [this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6];
+    this.dns = new DnsInterceptor({
+      blockDomains: (d.blockDomains ?? []).map((n) => normalizeName(n)),
+      blockDomainSuffixes: (d.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
+      blockedResponse: d.blockedResponse ?? "refused",
+      rebindProtection: d.rebindProtection ?? true,
+      queryTimeoutMs: d.queryTimeoutMs ?? 5000,
+      maxInFlight: 64,
+    }, upstream, {
+      nameIds: () => this.names.names,
+      denyNames: () => denyNames(this.policy),
+      resolverAllowed: () => true, // the engine judged the resolver before handing the query over
+      classify: (ip) => classifyAddress(ip, gateway),
+    });
+    this.dnsTcp = new DnsTcpServer(async (query) => {
+      const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: this.addresses.gatewayIp4, port: 53 } });
+      this.afterDns(out);
+      if (out.pins.length) await this.engine?.installPins(pinMessages(out));
+      return out.answer;
+    });
+    await this.dnsTcp.listen();
+    const a = this.dnsTcp.address();
+    return { ip: a.address, port: a.port };
+  }
+
+  /** A guest query from the engine's DNS ring: the interceptor's answer, and the pins to set first. */
+  private async answerDns(q: DnsQueryMessage): Promise<DnsAnswerMessage> {
+    const dv = new DataView(q.header.buffer, q.header.byteOffset, q.header.byteLength);
+    const family = dv.getUint32(L.DQ_FAMILY, true);
+    const destBytes = q.header.subarray(L.DQ_DEST_ADDR, L.DQ_DEST_ADDR + 16);
+    const dest = family === 4 ? Array.from(destBytes.subarray(12)).join(".") : ipaddrText(destBytes);
+    const out = await this.dns!.handle(Buffer.from(q.query), {
+      protocol: "udp",
+      toGateway: dv.getUint32(L.DQ_TO_GATEWAY, true) === 1,
+      dest: { ip: dest, port: dv.getUint32(L.DQ_DEST_PORT, true) },
+    });
+    this.afterDns(out);
+    return { header: q.header, answer: out.answer ? new Uint8Array(out.answer) : null, pins: pinMessages(out) };
+  }
+
+  /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
+  private afterDns(out: DnsOutcome): void {
+    if (!out.event || !this.auditLog) return;
+    this.auditLog.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: `dns-${out.event.kind}`, name: out.event.name, detail: out.event.detail }]);
   }
 
   /** Flows the policy allowed and denied so far. */
@@ -260,6 +352,7 @@ export class NetnsSandbox {
     if (this.destroyed) return;
     if (this.engine) this.drainAudit();
     await this.engine?.stop();
+    await this.dnsTcp?.close();
     this.engine = undefined;
     this.destroySync();
   }
@@ -276,4 +369,24 @@ export class NetnsSandbox {
     rmSync(`/etc/netns/${this.name}`, { recursive: true, force: true });
     this.releaseSlot();
   }
+}
+
+/** The names a Deny domain rule covers: DNS for them is answered as blocked (DESIGN §7). */
+function denyNames(policy: NetworkPolicy): { domains: string[]; suffixes: string[] } {
+  const domains: string[] = [];
+  const suffixes: string[] = [];
+  for (const r of policy.rules) {
+    if (r.action !== "deny" || r.direction !== "outbound" || r.protocol !== undefined || r.ports !== undefined) continue;
+    if (r.destination.kind === "domain") domains.push(r.destination.name);
+    if (r.destination.kind === "domain-suffix") suffixes.push(r.destination.suffix);
+  }
+  return { domains, suffixes };
+}
+
+function pinMessages(out: DnsOutcome): DnsAnswerMessage["pins"] {
+  return out.pins.flatMap((p) => p.nameIds.map((nameId) => ({ addr: addr16(p.ip), nameId, ttlMs: Math.max(1, p.ttlSec) * 1000 })));
+}
+
+function ipaddrText(bytes: Uint8Array): string {
+  return ipaddr.fromByteArray(Array.from(bytes)).toString();
 }

@@ -1,0 +1,139 @@
+// tcp-proxy.ts — DNS over TCP (RFC 7766 framing: a 2-byte length, then the message), served on
+// 127.0.0.1 for the engine, which relays the guest's TCP/53 connections here.
+//
+// A connection may carry many queries, pipelined: each complete message is handed to the handler
+// as soon as it has arrived (so slow and fast queries overlap), and the answers are written back
+// in the order the queries came. Bounds: messages of 12..65535 bytes (a length outside that closes
+// the connection), at most `maxPipelined` queries outstanding per connection (reading pauses
+// beyond), at most `maxConnections` connections (more are closed at once), and a connection with
+// no traffic and nothing outstanding for `idleTimeoutMs` is closed. A handler answer of null (or a
+// handler failure) closes the connection after the answers before it are written. A client that
+// half-closes still receives its outstanding answers.
+import net from "node:net";
+import type { AddressInfo } from "node:net";
+
+export type DnsTcpHandler = (query: Buffer, peer: { address: string; port: number }) => Promise<Buffer | null>;
+
+export interface DnsTcpServerOptions {
+  /** Close a connection idle this long with nothing outstanding; default 10000. */
+  idleTimeoutMs?: number;
+  /** Simultaneous connections; default 256. */
+  maxConnections?: number;
+  /** Queries outstanding per connection before reading pauses; default 32. */
+  maxPipelined?: number;
+}
+
+const MIN_MESSAGE = 12;
+
+export class DnsTcpServer {
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly idleTimeoutMs: number;
+  private readonly maxPipelined: number;
+
+  constructor(private readonly handler: DnsTcpHandler, options: DnsTcpServerOptions = {}) {
+    this.idleTimeoutMs = options.idleTimeoutMs ?? 10_000;
+    this.maxPipelined = options.maxPipelined ?? 32;
+    this.server = net.createServer({ allowHalfOpen: true }, (sock) => this.serve(sock));
+    this.server.maxConnections = options.maxConnections ?? 256;
+  }
+
+  /** Listen on `host`:`port` (default 127.0.0.1, an ephemeral port). */
+  listen(port = 0, host = "127.0.0.1"): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (e: Error): void => reject(e);
+      this.server.once("error", onError);
+      this.server.listen(port, host, () => {
+        this.server.off("error", onError);
+        resolve();
+      });
+    });
+  }
+
+  /** Where the server listens (after listen()). */
+  address(): AddressInfo {
+    const a = this.server.address();
+    if (a === null || typeof a === "string") throw new Error("the DNS TCP server is not listening");
+    return a;
+  }
+
+  /** Connections open now. */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /** Stop listening and close every connection. */
+  close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    return new Promise((resolve) => {
+      if (!this.server.listening) return resolve();
+      this.server.close(() => resolve());
+    });
+  }
+
+  private serve(sock: net.Socket): void {
+    this.sockets.add(sock);
+    const peer = { address: sock.remoteAddress ?? "", port: sock.remotePort ?? 0 };
+    const queue: Promise<Buffer | null>[] = [];
+    let buf: Buffer = Buffer.alloc(0);
+    let writing = false;
+    let ended = false;
+    let closing = false; // answered null: no more queries are read, nothing more is written
+
+    sock.setNoDelay(true);
+    sock.setTimeout(this.idleTimeoutMs);
+    sock.on("timeout", () => {
+      if (queue.length === 0) sock.destroy();
+    });
+    sock.on("error", () => sock.destroy());
+    sock.on("close", () => {
+      this.sockets.delete(sock);
+      queue.length = 0;
+    });
+    sock.on("end", () => {
+      ended = true;
+      if (queue.length === 0 && !writing) sock.end();
+    });
+
+    const pump = async (): Promise<void> => {
+      if (writing) return;
+      writing = true;
+      while (queue.length && !sock.destroyed) {
+        const answer = await queue[0]!;
+        queue.shift();
+        if (sock.destroyed) break;
+        if (answer === null || answer.length > 0xffff) {
+          closing = true;
+          queue.length = 0;
+          sock.end();
+          break;
+        }
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(answer.length);
+        sock.write(Buffer.concat([len, answer]));
+        if (sock.isPaused() && queue.length < this.maxPipelined) sock.resume();
+      }
+      writing = false;
+      if (ended && !closing && queue.length === 0 && !sock.destroyed) sock.end();
+    };
+
+    sock.on("data", (chunk: Buffer) => {
+      if (closing) return;
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      while (buf.length >= 2) {
+        const len = buf.readUInt16BE(0);
+        if (len < MIN_MESSAGE) {
+          sock.destroy();
+          return;
+        }
+        if (buf.length < 2 + len) break;
+        const query = Buffer.from(buf.subarray(2, 2 + len)); // a copy: the chunk need not live on
+        buf = buf.subarray(2 + len);
+        queue.push(this.handler(query, peer).catch(() => null));
+      }
+      if (buf.length === 0) buf = Buffer.alloc(0);
+      if (queue.length >= this.maxPipelined) sock.pause();
+      void pump();
+    });
+  }
+}

@@ -1,0 +1,286 @@
+// upstream.ts — the resolvers moat forwards guest queries to (DESIGN §7).
+//
+// A query goes to each server in order over UDP, one fresh connected socket per attempt (a random
+// source port, and ICMP port-unreachable arrives as ECONNREFUSED so a dead server fails at once
+// instead of after the timeout). Each attempt waits up to `timeoutMs`; a timeout or a transport
+// error moves on to the next server. An answer with TC=1 is asked again of the same server over
+// TCP (2-byte length prefix); if that fails the next server is tried, and if none does better the
+// truncated answer is returned (the guest will retry over TCP itself).
+//
+// The guest chooses the query ID, so it is not sent upstream: each query goes out under a random
+// ID, and a datagram is taken as the answer only if it carries that ID, QR=1 and the same question
+// (an answer without a question is accepted only as an error answer). Anything else arriving on
+// the socket is ignored. The answer is handed back under the guest's ID.
+import dgram from "node:dgram";
+import net from "node:net";
+import { randomInt } from "node:crypto";
+import { promises as dnsPromises, type LookupAddress } from "node:dns";
+import { readFileSync } from "node:fs";
+import { ConfigError } from "../errors.js";
+import { readHeader, readQuestion, withId, type QuestionInfo } from "./wire.js";
+
+export interface Nameserver {
+  ip: string;
+  port: number;
+}
+
+/** Every upstream attempt for a query failed (timeouts, refused connections, bad answers). */
+export class DnsUpstreamError extends Error {
+  readonly code = "ERR_DNS_UPSTREAM" as const;
+  /** One line per failed attempt, "IP:PORT/udp: reason". */
+  readonly attempts: readonly string[];
+  constructor(message: string, attempts: readonly string[]) {
+    super(message);
+    this.name = "DnsUpstreamError";
+    this.attempts = attempts;
+  }
+}
+
+export type LookupAll = (hostname: string, options: { all: true }) => Promise<LookupAddress[]>;
+
+const MAX_MESSAGE = 65535;
+
+export class UpstreamResolver {
+  readonly servers: readonly Nameserver[];
+  readonly timeoutMs: number;
+
+  constructor(servers: readonly Nameserver[], timeoutMs: number) {
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+      throw new ConfigError(`DNS query timeout ${timeoutMs} ms is not a positive number`, "e.g. 5000");
+    }
+    for (const s of servers) {
+      if (net.isIP(stripZone(s.ip)) === 0 || !Number.isInteger(s.port) || s.port < 1 || s.port > 65535) {
+        throw new ConfigError(`nameserver ${JSON.stringify(s)} is not an IP address and port`, `e.g. { ip: "192.0.2.53", port: 53 }`);
+      }
+    }
+    this.servers = servers.map((s) => ({ ip: s.ip, port: s.port }));
+    this.timeoutMs = timeoutMs;
+  }
+
+  /** Send `message` (a DNS query) upstream; resolves with the answer under the query's own ID. */
+  async query(message: Buffer): Promise<Buffer> {
+    const h = readHeader(message);
+    if (!h) throw new DnsUpstreamError("not a DNS message (shorter than a header)", []);
+    let question: QuestionInfo | null = null;
+    try {
+      if (h.qdcount > 0) question = readQuestion(message);
+    } catch (e) {
+      throw new DnsUpstreamError(`not a DNS query (${(e as Error).message})`, []);
+    }
+    const id = randomInt(0, 0x10000);
+    const out = withId(message, id);
+    const attempts: string[] = [];
+    let truncated: Buffer | null = null;
+    for (const server of this.servers) {
+      const where = formatServer(server);
+      let answer: Buffer;
+      try {
+        answer = await this.udpExchange(server, out, id, question);
+      } catch (e) {
+        attempts.push(`${where}/udp: ${reason(e)}`);
+        continue;
+      }
+      if (readHeader(answer)!.tc) {
+        try {
+          answer = await this.tcpExchange(server, out, id, question);
+        } catch (e) {
+          attempts.push(`${where}/tcp: ${reason(e)}`);
+          truncated ??= answer;
+          continue;
+        }
+      }
+      return withId(answer, h.id);
+    }
+    if (truncated) return withId(truncated, h.id);
+    const what = this.servers.length === 0 ? "no upstream nameservers are configured" : `no upstream nameserver answered (${attempts.join("; ")})`;
+    throw new DnsUpstreamError(what, attempts);
+  }
+
+  private udpExchange(server: Nameserver, msg: Buffer, id: number, question: QuestionInfo | null): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const sock = dgram.createSocket(net.isIPv6(stripZone(server.ip)) ? "udp6" : "udp4");
+      let done = false;
+      const finish = (err: Error | null, answer?: Buffer): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        try {
+          sock.close();
+        } catch {
+          // already closed
+        }
+        if (err) reject(err);
+        else resolve(answer!);
+      };
+      const timer = setTimeout(() => finish(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      sock.on("error", (e) => finish(e));
+      sock.on("message", (m) => {
+        if (isAnswerTo(m, id, question)) finish(null, m);
+      });
+      sock.connect(server.port, server.ip, () => {
+        if (done) return;
+        sock.send(msg, (e) => {
+          if (e) finish(e);
+        });
+      });
+    });
+  }
+
+  private tcpExchange(server: Nameserver, msg: Buffer, id: number, question: QuestionInfo | null): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const sock = net.connect({ host: server.ip, port: server.port });
+      let done = false;
+      let buf: Buffer = Buffer.alloc(0);
+      const finish = (err: Error | null, answer?: Buffer): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        sock.destroy();
+        if (err) reject(err);
+        else resolve(answer!);
+      };
+      const timer = setTimeout(() => finish(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      sock.on("error", (e) => finish(e));
+      sock.on("connect", () => {
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(msg.length);
+        sock.write(Buffer.concat([len, msg]));
+      });
+      sock.on("data", (chunk: Buffer) => {
+        buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+        if (buf.length < 2) return;
+        const len = buf.readUInt16BE(0);
+        if (buf.length < 2 + len) return;
+        const answer = Buffer.from(buf.subarray(2, 2 + len));
+        if (isAnswerTo(answer, id, question)) finish(null, answer);
+        else finish(new Error("the answer does not match the query"));
+      });
+      sock.on("end", () => finish(new Error("connection closed before an answer")));
+    });
+  }
+
+  /**
+   * Parse nameserver specs: "IP", "IP:PORT", "[IPv6]", "[IPv6]:PORT", bare IPv6, "HOSTNAME",
+   * "HOSTNAME:PORT" (port 53 when absent). Hostnames are resolved once, now, to all their
+   * addresses (`lookup` is node:dns's, replaceable for tests). Duplicates are dropped, order kept.
+   */
+  static async resolveNameservers(specs: readonly string[], lookup: LookupAll = dnsPromises.lookup): Promise<Nameserver[]> {
+    const out: Nameserver[] = [];
+    const seen = new Set<string>();
+    const add = (ip: string, port: number): void => {
+      const key = `${ip}|${port}`;
+      if (!seen.has(key)) {
+        seen.add(key);
+        out.push({ ip, port });
+      }
+    };
+    for (const spec of specs) {
+      const p = parseSpec(spec);
+      if (p.ip !== null) {
+        add(p.ip, p.port);
+        continue;
+      }
+      let addrs: LookupAddress[];
+      try {
+        addrs = await lookup(p.host, { all: true });
+      } catch (e) {
+        throw new ConfigError(`nameserver "${spec}": ${p.host} could not be resolved (${reason(e)})`, "give the nameserver as an IP address, or check the host's resolver");
+      }
+      if (addrs.length === 0) throw new ConfigError(`nameserver "${spec}": ${p.host} has no addresses`, "give the nameserver as an IP address");
+      for (const a of addrs) add(a.address, p.port);
+    }
+    return out;
+  }
+
+  /** The nameservers of the host's resolver configuration (`nameserver` lines), port 53. */
+  static hostResolvers(path = "/etc/resolv.conf"): Nameserver[] {
+    return hostResolvers(path);
+  }
+}
+
+/**
+ * The `nameserver` entries of a resolv.conf, port 53, in order; [] when the file is missing or
+ * names none. Entries that are not IP addresses are skipped, as the C library does.
+ */
+export function hostResolvers(path = "/etc/resolv.conf"): Nameserver[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw new ConfigError(`cannot read ${path}: ${reason(e)}`, "pin nameservers explicitly in the DNS settings");
+  }
+  const out: Nameserver[] = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.replace(/[#;].*$/, "").trim();
+    const m = /^nameserver\s+(\S+)$/.exec(line);
+    if (!m) continue;
+    const ip = m[1]!;
+    if (net.isIP(stripZone(ip)) === 0) continue;
+    if (!out.some((s) => s.ip === ip)) out.push({ ip, port: 53 });
+  }
+  return out;
+}
+
+type Spec = { ip: string; host: null; port: number } | { ip: null; host: string; port: number };
+
+const HOSTNAME = /^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$/i;
+
+function parseSpec(spec: string): Spec {
+  const bad = (why: string): never => {
+    throw new ConfigError(`nameserver "${spec}" ${why}`, `write IP, IP:PORT, [IPv6]:PORT, HOSTNAME or HOSTNAME:PORT, e.g. 192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53, dns.example`);
+  };
+  if (typeof spec !== "string") return bad("is not a string");
+  const s = spec.trim();
+  if (s === "") return bad("is empty");
+  const port = (text: string | undefined): number => {
+    if (text === undefined) return 53;
+    if (!/^\d{1,5}$/.test(text)) return bad(`has a bad port "${text}"`);
+    const n = Number(text);
+    if (n < 1 || n > 65535) return bad(`has port ${n}, outside 1-65535`);
+    return n;
+  };
+  const bracket = /^\[([^\]]+)\](?::([^:]*))?$/.exec(s);
+  if (bracket) {
+    if (net.isIPv6(stripZone(bracket[1]!))) return { ip: bracket[1]!, host: null, port: port(bracket[2]) };
+    return bad("has brackets around something that is not an IPv6 address");
+  }
+  if (net.isIP(stripZone(s)) !== 0) return { ip: s, host: null, port: 53 };
+  const colons = s.split(":").length - 1;
+  if (colons > 1) return bad("is not an IP address (write an IPv6 address with a port as [IPv6]:PORT)");
+  const [host, portText] = colons === 1 ? [s.slice(0, s.indexOf(":")), s.slice(s.indexOf(":") + 1)] : [s, undefined];
+  const p = port(portText);
+  if (net.isIPv4(host)) return { ip: host, host: null, port: p };
+  if (/^[\d.]+$/.test(host)) return bad("is not a valid IPv4 address");
+  if (!HOSTNAME.test(host)) return bad("is not an IP address or a hostname");
+  return { ip: null, host: host.replace(/\.$/, ""), port: p };
+}
+
+function stripZone(ip: string): string {
+  const i = ip.indexOf("%");
+  return i < 0 ? ip : ip.slice(0, i);
+}
+
+function formatServer(s: Nameserver): string {
+  return net.isIPv6(stripZone(s.ip)) ? `[${s.ip}]:${s.port}` : `${s.ip}:${s.port}`;
+}
+
+function reason(e: unknown): string {
+  if (e instanceof Error) return (e as NodeJS.ErrnoException).code ?? e.message;
+  return String(e);
+}
+
+/** Is `m` the answer to the query sent under `id` with `question`? */
+function isAnswerTo(m: Buffer, id: number, question: QuestionInfo | null): boolean {
+  if (m.length > MAX_MESSAGE) return false;
+  const h = readHeader(m);
+  if (!h || h.id !== id || !h.qr || h.opcode !== 0) return false;
+  if (h.qdcount === 0) return question === null || h.rcode !== 0; // an error answer may omit the question
+  if (question === null || h.qdcount !== 1) return false;
+  try {
+    const q = readQuestion(m);
+    return q.name === question.name && q.type === question.type && q.klass === question.klass;
+  } catch {
+    return false;
+  }
+}

@@ -47,7 +47,7 @@ import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
-import { tcpFromGuest, tcpEvent, tcpTick, TCP_HANDLED, TCP_REFUSED, TCP_STRAY_RST } from "./flow/tcp";
+import { tcpFromGuest, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 
 const ETH_ARP: u32 = 0x0806;
 const ETH_IP4: u32 = 0x0800;
@@ -400,9 +400,9 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
   const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53);
-  if (verdict == TCP_HANDLED) return;
-  if (verdict != TCP_REFUSED) count(DROP_TCP_NO_FLOW);
-  if (verdict != TCP_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);
+  if (verdict == SEG_HANDLED) return;
+  if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
+  if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);
 }
 
 // ---- benchmark entry points ----------------------------------------------------------------------

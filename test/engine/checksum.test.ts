@@ -9,20 +9,10 @@ import assert from "node:assert/strict";
 import { EngineHarness } from "../helpers/engine-harness.js";
 import { refChecksum, ipv4 } from "../helpers/frames.js";
 import { layout } from "../../orchestrator/src/engine/layout.js";
+import { prng } from "../helpers/prng.js";
 
 const h = new EngineHarness();
 
-/** A small deterministic PRNG (mulberry32), so a failure reproduces. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomBytes(rand: () => number, len: number): Uint8Array {
   const b = new Uint8Array(len);

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { EngineHarness, testConfig, type HostOp } from "../helpers/engine-harness.js";
 import { refChecksum, mac, ip } from "../helpers/frames.js";
 import { layout } from "../../orchestrator/src/engine/layout.js";
+import { prng } from "../helpers/prng.js";
 
 const GW_MAC = mac(testConfig.gatewayMac);
 const GUEST_MAC = mac(testConfig.guestMac);
@@ -207,16 +208,6 @@ test("after expiry the same 5-tuple opens a new flow, not on the index just free
 
 // ---- churn ----------------------------------------------------------------------------------------
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test("insert/remove churn of thousands of flows keeps every survivor on its original flow index", () => {
   const h = new EngineHarness({ maxUdpFlows: layout.FLOW_CAPACITY });

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { EngineHarness, testConfig, type HostOp } from "../helpers/engine-harness.js";
 import { refChecksum, eth, ipv4, ipv6, udp, icmpEcho, icmp6, tcpSyn, arpRequest, withL4Checksum, mac, ip } from "../helpers/frames.js";
 import { layout } from "../../orchestrator/src/engine/layout.js";
+import { prng } from "../helpers/prng.js";
 
 // ---- the test link -------------------------------------------------------------------------
 
@@ -832,16 +833,6 @@ test("a burst of every malformed frame in one batch is dropped frame by frame, t
 // Fuzz
 // ================================================================================================
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Check a frame the engine sent: from the gateway, with consistent lengths and valid checksums. */
 function assertWellFormedReply(f: Uint8Array): void {

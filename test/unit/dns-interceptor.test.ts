@@ -3,8 +3,8 @@
 // upstream: blocked and malformed queries never do. Nothing leaves the loopback interface.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import dgram from "node:dgram";
@@ -14,9 +14,9 @@ import dnsPacket, { type Packet } from "dns-packet";
 import { DnsInterceptor, decodeName, keyMatches, type DnsHooks, type DnsQueryContext, type DnsSettings, type AddressClass } from "../../orchestrator/src/dns/interceptor.js";
 import { UpstreamResolver } from "../../orchestrator/src/dns/upstream.js";
 import { DnsTcpServer } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { query, deadPort, startDnsmasq, dnsmasqSkip } from "../helpers/dns.js";
 
-const DNSMASQ = "/usr/sbin/dnsmasq";
-const skip = !existsSync(DNSMASQ) ? `${DNSMASQ} is not installed` : process.getuid?.() !== 0 ? "needs root (dnsmasq)" : undefined;
+const skip = dnsmasqSkip;
 
 const BIG = Array.from({ length: 4 }, (_, i) => "y".repeat(200) + i);
 // Name table keys, as NameTable.names holds them (id = index + 1).
@@ -24,32 +24,7 @@ const NAMES = ["allowed.test", ".allowed.test", "ttl.test", "alias.test", "v6.te
 let dm: { proc: ChildProcess; port: number; log: string } | undefined;
 const dir = mkdtempSync(join(tmpdir(), "moat-dns-interceptor-"));
 
-function query(name: string, type = "A", id = 4242, edns?: number): Buffer {
-  return dnsPacket.encode({
-    type: "query", id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type }],
-    additionals: edns ? [{ type: "OPT", name: ".", udpPayloadSize: edns }] : [],
-  });
-}
 
-async function startDnsmasq(args: string[]): Promise<{ proc: ChildProcess; port: number; log: string }> {
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = 20000 + Math.floor(Math.random() * 40000);
-    const log = join(dir, `dnsmasq-${port}.log`);
-    const proc = spawn(DNSMASQ, [
-      "--no-daemon", `--port=${port}`, "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-      "--conf-file=/dev/null", "--pid-file=", "--log-queries", `--log-facility=${log}`, ...args,
-    ], { stdio: ["ignore", "ignore", "pipe"] });
-    const exited = new Promise<boolean>((r) => proc.once("exit", () => r(true)));
-    const r = new UpstreamResolver([{ ip: "127.0.0.1", port }], 200);
-    for (let i = 0; i < 25; i++) {
-      const up = await Promise.race([r.query(query("ready.test")).then(() => true, () => false), exited]);
-      if (up === true && proc.exitCode === null) return { proc, port, log };
-      if (proc.exitCode !== null) break;
-    }
-    proc.kill("SIGKILL");
-  }
-  throw new Error("dnsmasq did not start");
-}
 
 /** Names dnsmasq logged as queried. */
 function upstreamSaw(): string[] {
@@ -64,13 +39,6 @@ async function silentServer(): Promise<{ port: number; close(): Promise<void> }>
   return { port: s.address().port, close: () => new Promise<void>((r) => s.close(() => r())) };
 }
 
-async function deadPort(): Promise<number> {
-  const s = dgram.createSocket("udp4");
-  await new Promise<void>((r) => s.bind(0, "127.0.0.1", r));
-  const port = s.address().port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 function classify(ip: string): AddressClass {
   if (ip === "169.254.169.254") return "metadata";
@@ -115,7 +83,7 @@ function decode(b: Buffer | null): Packet {
 
 before(async () => {
   if (skip) return;
-  dm = await startDnsmasq([
+  dm = await startDnsmasq(dir, [
     "--host-record=allowed.test,203.0.113.10",
     "--host-record=ttl.test,203.0.113.11,300",
     "--host-record=nottracking.test,203.0.113.12",

@@ -199,10 +199,10 @@ function maybeFinished(idx: u32, rec: usize): void {
 // ---- segments from the guest --------------------------------------------------------------------
 
 // What tcpFromGuest tells its caller to do.
-export const TCP_HANDLED: i32 = 0;
-export const TCP_NO_FLOW: i32 = 1; // no connection and not a SYN: count DROP_TCP_NO_FLOW, answer RST
-export const TCP_REFUSED: i32 = 2; // a SYN refused (limit; already counted): answer RST
-export const TCP_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_NO_FLOW, never answer
+export const SEG_HANDLED: i32 = 0;
+export const SEG_NO_FLOW: i32 = 1; // no connection and not a SYN: count DROP_TCP_NO_FLOW, answer RST
+export const SEG_REFUSED: i32 = 2; // a SYN refused (limit; already counted): answer RST
+export const SEG_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_NO_FLOW, never answer
 
 /**
  * A checked TCP segment from the guest (key written at KEY_SCRATCH). `dial`/`dialPort`: where a
@@ -218,9 +218,9 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   const hash = keyHash();
   const found = flowLookup(hash);
   if (found < 0) {
-    if (flags & TH_RST) return TCP_STRAY_RST;
-    if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return TCP_NO_FLOW;
-    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily, gatewayService) ? TCP_HANDLED : TCP_REFUSED;
+    if (flags & TH_RST) return SEG_STRAY_RST;
+    if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return SEG_NO_FLOW;
+    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily, gatewayService) ? SEG_HANDLED : SEG_REFUSED;
   }
   const idx = <u32>found;
   const rec = flowRecord(idx);
@@ -236,20 +236,20 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     } else {
       count(DROP_TCP_OUT_OF_WINDOW);
     }
-    return TCP_HANDLED;
+    return SEG_HANDLED;
   }
-  if (state == TS_DIALING) return TCP_HANDLED; // a retransmitted SYN while we dial: the answer is coming
+  if (state == TS_DIALING) return SEG_HANDLED; // a retransmitted SYN while we dial: the answer is coming
   if (flags & TH_SYN) {
     // A retransmitted SYN (our SYN-ACK was lost) gets the SYN-ACK again; in any later state a
     // SYN gets a challenge ACK (RFC 5961 §4).
     if (state == TS_SYN_RCVD && !(flags & TH_ACK)) emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
     else emitAck(rec);
-    return TCP_HANDLED;
+    return SEG_HANDLED;
   }
-  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return TCP_HANDLED; }
+  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return SEG_HANDLED; }
 
   if (state == TS_SYN_RCVD) {
-    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return TCP_HANDLED; }
+    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return SEG_HANDLED; }
     store<u32>(rec, TS_ESTABLISHED, F_STATE);
     store<f64>(rec, now(), T_SINCE);
     store<u32>(rec, ack, T_SND_UNA);
@@ -294,7 +294,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   } else if (seqLt(max, ack)) {
     count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
     emitAck(rec);
-    return TCP_HANDLED;
+    return SEG_HANDLED;
   }
   if (load<u32>(rec, F_STATE) == TS_ESTABLISHED) grantCredit(idx, rec);
 
@@ -321,7 +321,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     } else {
       count(DROP_TCP_OUT_OF_ORDER); // a gap: drop and duplicate-ACK so the guest retransmits
       emitAck(rec);
-      return TCP_HANDLED;
+      return SEG_HANDLED;
     }
   }
   if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
@@ -336,7 +336,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     }
   }
   maybeFinished(idx, rec);
-  return TCP_HANDLED;
+  return SEG_HANDLED;
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */

@@ -24,18 +24,10 @@ import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
 import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "./model.js";
 import { parseRule, strictCidr } from "./rule-parser.js";
+import type { DnsOptions } from "../sandbox/netns-sandbox.js";
 
-export interface DnsConfig {
-  /** Exact names whose lookups are refused (normalized: lower case, no final dot). */
-  blockDomains?: string[];
-  /** Suffixes whose names and subdomains are refused ("example.com"; ".x" and "*.x" accepted). */
-  blockDomainSuffixes?: string[];
-  /** Upstream resolvers, as canonical IP address text. */
-  nameservers?: string[];
-  queryTimeoutMs?: number;
-  rebindProtection?: boolean;
-  blockedResponse?: "refused" | "nxdomain";
-}
+/** The config file's "dns" section: the same settings as the library's DnsOptions. */
+export type DnsConfig = DnsOptions;
 
 export interface MoatConfig {
   network?: {

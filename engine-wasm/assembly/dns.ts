@@ -16,7 +16,7 @@ import { DNS_QUERIES, DNS_ANSWERS, DROP_DNS_OVERLOAD, DROP_DNS_OVERSIZE, DROP_OV
 import { ringHead, ringTail, ringPublishTail } from "./ring";
 import { wr16, copy16 } from "./wire/bytes";
 import { admitNewFlow } from "./policy/admit";
-import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
+import { count, txReserve, txCommit, txPublish, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
 
 /**
  * A guest query (UDP payload of `len` bytes at `data`; the flow key is at KEY_SCRATCH). A query
@@ -63,6 +63,7 @@ export function dnsAnswer(): bool {
   if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, 17);
   else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, 17);
   txCommit(<u32>(udp - out) + 8 + len);
+  txPublish(); // called between runs: publish now, or the frame waits for the next run
   count(DNS_ANSWERS);
   return true;
 }

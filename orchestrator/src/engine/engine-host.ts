@@ -12,13 +12,19 @@ const dnsPorts = new WeakMap<WebAssembly.Memory, import("node:worker_threads").M
 
 export class EngineHost {
   private exited = false;
+  private stopping = false;
+  /** Called if the worker dies while serving (not through stop()): the sandbox has lost its network. */
+  onFailure: ((reason: string) => void) | undefined;
   private constructor(
     readonly memory: WebAssembly.Memory,
     private readonly worker: Worker,
     private readonly control: Comlink.Remote<EngineControl>,
     private readonly exitPromise: Promise<number>,
   ) {
-    void exitPromise.then(() => { this.exited = true; });
+    void exitPromise.then((code) => {
+      this.exited = true;
+      if (!this.stopping) this.onFailure?.(`the engine worker exited with code ${code}`);
+    });
   }
 
   /**
@@ -88,6 +94,7 @@ export class EngineHost {
 
   /** Stop the worker (closing its link and host sockets); idempotent. */
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.exited) return;
     try {
       await Promise.race([this.control.stop(), new Promise((r) => setTimeout(r, 1000))]);

@@ -10,7 +10,7 @@ import { performance } from "node:perf_hooks";
 import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { instantiateEngine } from "./engine-module.js";
-import { writeEngineConfig, type EngineConfig } from "./engine-config.js";
+import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-config.js";
 import { nativeLayout, layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
@@ -35,6 +35,8 @@ export interface EngineControl {
   /** Resolves once the link is attached and frames are being served. */
   ready(): Promise<void>;
   liveSockets(): number;
+  /** The engine's counters by name (also readable straight from the shared memory). */
+  counters(): Record<string, number>;
   /** Stop serving, close the link and every host socket. */
   stop(): void;
 }
@@ -125,6 +127,7 @@ const ticker = setInterval(() => {
 const control: EngineControl = {
   ready: () => readyPromise,
   liveSockets: () => datapath.liveSockets(),
+  counters: () => readCounters(mem, true),
   stop() {
     if (stopped) return;
     stopped = true;

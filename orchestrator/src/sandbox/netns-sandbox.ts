@@ -216,6 +216,10 @@ export class NetnsSandbox {
         onAudit: () => sandbox.drainAudit(),
         onDnsQuery: (q) => sandbox.answerDns(q),
       });
+      sandbox.engine.onFailure = (reason) => {
+        // Fail closed and loud: the guest has no network from here on.
+        process.stderr.write(`moat: sandbox ${sandbox.name}: ${reason}; its network is down\n`);
+      };
       await sandbox.configureGuest();
       return sandbox;
     } catch (e) {

@@ -57,21 +57,23 @@ test("UDP flows beyond --max-udp-flows are dropped and counted", { skip }, async
 });
 
 test("moat exits with the command's status and leaves no namespace behind", { skip }, async () => {
+  const before = moatNamespaces();
   const r = await world.moat(["run", "--", "sh", "-c", "exit 7"]);
   assert.equal(r.code, 7);
   const k = await world.moat(["run", "--", "sh", "-c", "kill -9 $$"]);
   assert.equal(k.code, 128 + 9);
-  assert.deepEqual(moatNamespaces(), []);
+  assert.deepEqual(moatNamespaces().filter((n) => !before.includes(n)), []);
 });
 
 test("SIGTERM to moat stops the command and cleans up", { skip }, async () => {
+  const before = moatNamespaces();
   const p = world.spawnMoat(["run", "--", "sleep", "30"]);
   await new Promise((r) => setTimeout(r, 1500));
-  assert.equal(moatNamespaces().length, 1);
+  assert.equal(moatNamespaces().filter((n) => !before.includes(n)).length, 1);
   p.kill("SIGTERM");
   const code = await new Promise<number | null>((r) => p.on("exit", (c) => r(c)));
   assert.equal(code, 128 + 15);
-  assert.deepEqual(moatNamespaces(), []);
+  assert.deepEqual(moatNamespaces().filter((n) => !before.includes(n)), []);
 });
 
 test("the engine keeps serving after a burst of malformed frames from the guest", { skip }, async () => {
@@ -93,4 +95,19 @@ test("DHCP hands the guest its address (busybox udhcpc)", { skip: skip ?? (exist
   const r = await world.moat(["run", "--", "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "3", "-s", "/bin/true"]);
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.match(r.stdout + r.stderr, /lease of 172\.30\.\d+\.2 obtained/);
+});
+
+test("a command that does not exist exits 127 with a clear message, and nothing is left behind", { skip }, async () => {
+  const before = moatNamespaces();
+  const r = await world.moat(["run", "--", "no-such-command-here"]);
+  assert.equal(r.code, 127);
+  assert.match(r.stderr, /command not found: no-such-command-here/);
+  assert.deepEqual(moatNamespaces().filter((n) => !before.includes(n)), []);
+});
+
+test("an audit log that cannot be written is refused before anything starts", { skip }, async () => {
+  const r = await world.moat(["run", "--audit-log", "/nonexistent-dir/audit.jsonl", "--", "true"]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /cannot write the audit log \/nonexistent-dir\/audit\.jsonl/);
+  assert.equal(r.stdout, "");
 });

@@ -146,7 +146,17 @@ async function cmdRun(args: string[]): Promise<number> {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
   }
   const sandbox = await NetnsSandbox.create(runOptions(flags, lists));
-  const child = sandbox.spawn(rest);
+  let child: ReturnType<NetnsSandbox["spawn"]>;
+  try {
+    child = sandbox.spawn(rest);
+  } catch (e) {
+    await sandbox.destroy();
+    if (e instanceof MoatError && e.code === "ERR_BAD_ARGUMENT") {
+      report(e);
+      return 127; // as a shell does for a command it cannot find
+    }
+    throw e;
+  }
   // Signals meant for the command are passed on; moat cleans up once the command has ended.
   let forwarded = 0;
   const forward = (sig: NodeJS.Signals) => {

@@ -6,6 +6,7 @@
 import { appendFileSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { layout as L } from "../engine/layout.js";
+import { ConfigError } from "../errors.js";
 
 export interface DenyEvent {
   time: string; // ISO 8601
@@ -60,7 +61,11 @@ export function drainAudit(mem: Uint8Array, sandbox: string, ruleText: (i: numbe
 /** Appends events to a file as JSON lines. */
 export class AuditLog {
   constructor(readonly path: string) {
-    appendFileSync(path, ""); // fail now, at start, if the file cannot be written
+    try {
+      appendFileSync(path, ""); // fail now, at start, if the file cannot be written
+    } catch (e) {
+      throw new ConfigError(`cannot write the audit log ${path}: ${(e as Error).message}`, "give a writable file path (its directory must exist)");
+    }
   }
   write(events: DenyEvent[]): void {
     this.writeRecords(events);

@@ -24,7 +24,7 @@ export function checkNetnsHost(): string {
       "run moat on a Linux host or VM");
   }
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
-    throw new HostRequirementError("ERR_NOT_ROOT", "moat run needs root to create network namespaces and TAP devices",
+    throw new HostRequirementError("ERR_NOT_ROOT", "creating a sandbox needs root (network namespaces and TAP devices)",
       "run it as root, e.g. `sudo moat run -- CMD` (rootless mode is planned)");
   }
   if (!existsSync("/dev/net/tun")) {

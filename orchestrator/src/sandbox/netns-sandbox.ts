@@ -11,7 +11,7 @@ import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } f
 import { promisify } from "node:util";
 import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import ipaddr from "ipaddr.js";
-import { checkNetnsHost } from "./host-checks.js";
+import { checkNetnsHost, findInPath } from "./host-checks.js";
 import { addressesFor, leaseSlot, DEFAULT_POOL4, type SandboxAddresses } from "./addressing.js";
 import { EngineHost } from "../engine/engine-host.js";
 import type { EngineConfig, EngineCounters } from "../engine/engine-config.js";
@@ -181,6 +181,7 @@ export class NetnsSandbox {
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
     const ip = checkNetnsHost();
+    if (o.auditLog) new AuditLog(o.auditLog); // a bad path fails here, before anything is created
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
     const addresses = addressesFor(slot, name, o.ipv4Pool);
@@ -336,6 +337,10 @@ export class NetnsSandbox {
   /** Run a command inside the sandbox (as `ip netns exec NAME CMD...`). */
   spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env): ChildProcess {
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ping -c1 172.30.0.1");
+    const exe = command[0]!;
+    if (!exe.includes("/") ? !findInPath(exe) : !existsSync(exe)) {
+      throw new MoatError("ERR_BAD_ARGUMENT", `command not found: ${exe}`, "check the spelling, or give its full path");
+    }
     return spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env });
   }
 

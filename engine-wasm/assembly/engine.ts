@@ -44,6 +44,7 @@ import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gate
 import { tcpReset, icmpPortUnreachable } from "./reject";
 import { dnsQuery } from "./dns";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
+import { icmpEchoFromGuest } from "./flow/udp";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
@@ -234,7 +235,11 @@ function handleIp4(frame: usize, len: u32): void {
   if (proto == PROTO_ICMP) {
     if (dstIsGateway) { handleIcmp4ToGateway(frame, ip, l4, l4len); return; }
     if (l4len < 8 || checksum(l4, l4len) != 0) { count(DROP_ICMP_MALFORMED); return; }
-    count(DROP_ICMP_UNHANDLED);
+    // Echo requests to other hosts go out through a ping socket; other ICMP is not forwarded.
+    if (load<u8>(l4) != 8 || load<u8>(l4 + 1) != 0 || (dst & 0xf0) >= 0xe0) { count(DROP_ICMP_UNHANDLED); return; }
+    writeKey4(PROTO_ICMP, ip, rd16(l4 + 4), 0);
+    notePacket(frame, ip, 4, l4, l4len);
+    icmpEchoFromGuest(PROTO_ICMP, l4, l4len, 4);
     return;
   }
   if (proto == PROTO_TCP) { tcpSegment(frame, ip, 4, l4, l4len, dstIsGateway); return; }
@@ -276,6 +281,14 @@ function handleIp6(frame: usize, len: u32): void {
     if (l4len < 4 || !l4ChecksumOk(l4, l4len, src, dst, 16, PROTO_ICMP6)) { count(DROP_ICMP_MALFORMED); return; }
     if (!guestSrc6(src) && load<u16>(src) != 0x80fe && !(load<u64>(src) == 0 && load<u64>(src, 8) == 0)) {
       count(DROP_IP_SPOOFED);
+      return;
+    }
+    // An echo request from the guest's address to a unicast host other than the gateway.
+    if (l4len >= 8 && load<u8>(l4) == 128 && guestSrc6(src) && load<u8>(dst) != 0xff &&
+        !eq16(dst, CFG_GATEWAY_IP6) && !eq16(dst, CFG_GATEWAY_LL6) && load<u16>(dst) != 0x80fe) {
+      writeKey6(PROTO_ICMP6, ip, rd16(l4 + 4), 0);
+      notePacket(frame, ip, 6, l4, l4len);
+      icmpEchoFromGuest(PROTO_ICMP6, l4, l4len, 6);
       return;
     }
     handleIcmp6(frame, ip, l4, l4len);

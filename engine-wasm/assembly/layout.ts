@@ -99,6 +99,7 @@ export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::
 export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow
 export const OPK_UDP_SEND = 2; // send(len bytes at data) on the flow's socket
 export const OPK_CLOSE = 3; // close the flow's socket
+export const OPK_ICMP_OPEN = 11; // an ICMP echo ("ping") socket connected to addr; sends/replies as OPK_UDP_SEND / INK_UDP_DATA
 // TCP (see engine-wasm/assembly/flow/tcp.ts, "host socket protocol")
 export const OPK_TCP_CONNECT = 4; // non-blocking connect to (addr, port); DATA = seq of the first byte to peek, LEN = segment size
 export const OPK_TCP_SEND = 5; // write len bytes at data; answered by INK_TCP_SENT

@@ -87,6 +87,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.opkUdpOpen = need(env, lay, "OPK_UDP_OPEN");
     L.opkUdpSend = need(env, lay, "OPK_UDP_SEND");
     L.opkClose = need(env, lay, "OPK_CLOSE");
+    L.opkIcmpOpen = need(env, lay, "OPK_ICMP_OPEN");
     L.opkTcpConnect = need(env, lay, "OPK_TCP_CONNECT");
     L.opkTcpSend = need(env, lay, "OPK_TCP_SEND");
     L.opkTcpCredit = need(env, lay, "OPK_TCP_CREDIT");

@@ -425,7 +425,10 @@ int Datapath::execOps() {
       closeSock(flow, true);
     } else if (kind == L_.opkClose) {
       closeSock(flow, false);
-    } else if (kind == L_.opkUdpOpen) {
+    } else if (kind == L_.opkUdpOpen || kind == L_.opkIcmpOpen) {
+      // A connected UDP socket, or an unprivileged ICMP echo ("ping") socket: the kernel picks
+      // the echo identifier and hands back only replies to it (net.ipv4.ping_group_range must
+      // include our group, or socket() fails with EACCES and the flow is dropped).
       const uint32_t addr = field(L_.opAddr);
       sockaddr_storage ss;
       socklen_t slen = 0;
@@ -433,7 +436,8 @@ int Datapath::execOps() {
       if (addr + 16ull > L_.memoryBytes || !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
         err = EINVAL;
       } else {
-        int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        const int proto = kind == L_.opkUdpOpen ? 0 : (ss.ss_family == AF_INET ? IPPROTO_ICMP : IPPROTO_ICMPV6);
+        int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
         if (fd < 0) {
           err = errno;
         } else if (connect(fd, reinterpret_cast<sockaddr*>(&ss), slen) != 0) {

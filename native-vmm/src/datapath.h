@@ -12,7 +12,7 @@ struct Layout {
   Ring rx, tx, in, ev;
   uint32_t opsBase = 0, opBytes = 0, opsCountOff = 0;
   uint32_t opKind = 0, opFlow = 0, opData = 0, opLen = 0, opFamily = 0, opPort = 0, opAddr = 0;
-  uint32_t opkUdpOpen = 0, opkUdpSend = 0, opkClose = 0;
+  uint32_t opkUdpOpen = 0, opkUdpSend = 0, opkClose = 0, opkIcmpOpen = 0;
   uint32_t opkTcpConnect = 0, opkTcpSend = 0, opkTcpCredit = 0, opkTcpAcked = 0, opkTcpRewind = 0,
            opkTcpShutdown = 0, opkTcpAbort = 0;
   uint32_t descLen = 0, descFlags = 0, descToken = 0, descAux = 0;

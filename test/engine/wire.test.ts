@@ -288,8 +288,30 @@ test("ICMPv6 echo request to the gateway's link-local address is answered from i
   assert.ok(l4ChecksumValid(p.src, p.dst, 58, p.l4));
 });
 
-test("ICMPv4 echo request to a world address is not answered (DROP_ICMP_UNHANDLED)", () => {
-  assertDropped(icmp4EchoFrame(1, 1, [1, 2, 3], REMOTE4), "DROP_ICMP_UNHANDLED");
+test("ICMPv4 echo to a world address opens a ping-socket flow, and the reply returns with the guest's identifier", () => {
+  const h = new EngineHarness();
+  const { out, ops, delta } = exchange(h, icmp4EchoFrame(0x1234, 7, [1, 2, 3], REMOTE4));
+  assert.equal(out.length, 0);
+  assert.deepEqual(ops.map((o) => o.kind), [layout.OPK_ICMP_OPEN, layout.OPK_UDP_SEND]);
+  assert.deepEqual(Array.from(ops[0]!.addr.subarray(12)), ip(REMOTE4));
+  assert.deepEqual(Array.from(ops[1]!.data), icmpEcho(0x1234, 7, [1, 2, 3]));
+  assert.equal(delta.ICMP_ECHO_FORWARDED, 1);
+  // The kernel answers the ping socket with its own identifier (here 0x9999): the guest must see 0x1234.
+  const replies = h.deliverUdp(ops[0]!.flow, Uint8Array.from(icmpEcho(0x9999, 7, [1, 2, 3], 0)));
+  assert.equal(replies.length, 1);
+  const m = replies[0]!.subarray(34);
+  assert.equal(m[0], 0);
+  assert.equal((m[4]! << 8) | m[5]!, 0x1234);
+  assert.equal(refChecksum(m), 0);
+  assert.deepEqual(Array.from(replies[0]!.subarray(26, 34)), [...ip(REMOTE4), ...ip(GUEST4)]);
+});
+
+test("ICMPv4 other than echo to a world address is not forwarded (DROP_ICMP_UNHANDLED)", () => {
+  const ts = [13, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]; // timestamp request
+  const c = refChecksum(Uint8Array.from(ts));
+  ts[2] = c >> 8;
+  ts[3] = c & 255;
+  assertDropped(eth(GW_MAC, GUEST_MAC, ETH_IP4, ipv4(GUEST4, REMOTE4, 1, ts)), "DROP_ICMP_UNHANDLED");
 });
 
 // ================================================================================================

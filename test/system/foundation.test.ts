@@ -111,3 +111,12 @@ test("an audit log that cannot be written is refused before anything starts", { 
   assert.match(r.stderr, /cannot write the audit log \/nonexistent-dir\/audit\.jsonl/);
   assert.equal(r.stdout, "");
 });
+
+test("ping to a world host is carried through ping sockets, over IPv4 and IPv6", { skip }, async () => {
+  const r = await world.moat(["run", "--stats", "--", "sh", "-c", `ping -c2 -W2 ${WORLD_IP4} && ping -6 -c2 -W2 ${WORLD_IP6}`]);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.equal(r.stdout.match(/2 received/g)?.length, 2, r.stdout);
+  const c = World.stats(r.stderr);
+  assert.equal(c.ICMP_ECHO_FORWARDED, 4);
+  assert.equal(c.ICMP_ECHO_FROM_HOST, 4);
+});

@@ -109,3 +109,9 @@ test("a bad rule is rejected before anything starts, naming the rule", { skip },
   assert.match(r.stderr, /alow@any/);
   assert.match(r.stderr, /hint:/);
 });
+
+test("ping is judged by policy: a public host answers, a private one is stopped", { skip }, async () => {
+  const r = await world.moat(["run", "--stats", "--", "sh", "-c", `ping -c1 -W2 ${WORLD_IP4} | grep -c "1 received"; ping -c1 -W1 ${HOSTS.private} | grep -c "0 received"`]);
+  assert.deepEqual(r.stdout.trim().split("\n"), ["1", "1"], r.stderr);
+  assert.match(r.stderr, /"DROP_POLICY":1/);
+});

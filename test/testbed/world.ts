@@ -66,6 +66,8 @@ export class World {
     }
     for (const a of Object.values(HOSTS)) sh(["-n", w.world, "addr", "add", a.includes(":") ? `${a}/128` : `${a}/32`, "dev", "down0", ...(a.includes(":") ? ["nodad"] : [])]);
     sh(["-n", w.host, "route", "add", "default", "via", WORLD_IP4]);
+    // moat forwards guest pings through unprivileged ICMP sockets: let root's group open them.
+    execFileSync("ip", ["netns", "exec", w.host, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
     // Link-local and private destinations still go to the world (a real host would have them
     // on its LAN); the host namespace has no route anywhere else.
     sh(["-n", w.host, "route", "add", "169.254.0.0/16", "via", WORLD_IP4]);

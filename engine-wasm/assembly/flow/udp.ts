@@ -1,5 +1,6 @@
-// udp.ts — UDP flows: guest datagrams re-originated from host sockets, replies turned back into
-// frames.
+// udp.ts — datagram flows: guest UDP datagrams and ICMP echo requests re-originated from host
+// sockets (UDP sockets; for echo, the kernel's unprivileged "ping" sockets, so the kernel keeps
+// the echo identifiers apart), replies turned back into frames.
 //
 // A flow is one (guest address, guest port, remote address, remote port). Its host socket is a
 // UDP socket *connected* to the remote (opened by native-vmm on OPK_UDP_OPEN, filed under the
@@ -10,15 +11,16 @@
 
 import {
   KEY_SCRATCH, CFG_MAX_UDP_FLOWS, ST_UDP_LIVE, ST_NOW_MS, CFG_GUEST_MAC, CFG_MTU,
-  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE,
+  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE, OPK_ICMP_OPEN,
 } from "../layout";
 import {
   UDP_FLOWS_OPENED, UDP_TO_HOST, UDP_FROM_HOST, DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL,
-  DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED,
+  DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED, ICMP_ECHO_FORWARDED, ICMP_ECHO_FROM_HOST,
 } from "../counters";
 import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
 import { admitNewFlow } from "../policy/admit";
+import { checksum } from "../wire/checksum";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
 export const UDP_OPEN: u32 = 1;
@@ -29,13 +31,23 @@ export const UDP_OPEN: u32 = 1;
  * `gatewayService`: the gateway's own DNS, which policy does not govern (DESIGN §6).
  */
 export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool): void {
+  datagramFromGuest(17, OPK_UDP_OPEN, data, len, family, dial, dialPort, gatewayService);
+}
+
+/** An ICMP/ICMPv6 echo request (`len` bytes of ICMP message at `data`) to the remote in the key. */
+export function icmpEchoFromGuest(proto: u32, data: usize, len: u32, family: u32): void {
+  datagramFromGuest(proto, OPK_ICMP_OPEN, data, len, family, KEY_SCRATCH + 24, 0, false);
+  count(ICMP_ECHO_FORWARDED);
+}
+
+function datagramFromGuest(proto: u32, openOp: u32, data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool): void {
   const hash = keyHash();
   let idx = flowLookup(hash);
   if (idx < 0) {
     const live = load<u32>(ST_UDP_LIVE);
     if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return; }
     if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return; }
-    if (!gatewayService && !admitNewFlow(17, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return;
+    if (!gatewayService && !admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return;
     idx = flowInsert(hash);
     if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return; }
     const rec = flowRecord(<u32>idx);
@@ -43,18 +55,18 @@ export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, di
     copy16(rec + F_DIAL_ADDR, dial);
     store<u32>(rec, dialPort, F_DIAL_PORT);
     store<u32>(ST_UDP_LIVE, live + 1);
-    if (!opPush(OPK_UDP_OPEN, <u32>idx, 0, 0, family, dialPort, rec + F_DIAL_ADDR)) {
+    if (!opPush(openOp, <u32>idx, 0, 0, family, dialPort, rec + F_DIAL_ADDR)) {
       udpClose(<u32>idx, false);
       return;
     }
-    count(UDP_FLOWS_OPENED);
+    if (proto == 17) count(UDP_FLOWS_OPENED);
   }
   const rec = flowRecord(<u32>idx);
   if (!opPush(OPK_UDP_SEND, <u32>idx, data, len, family, 0, 0)) return;
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
   store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + len, F_BYTES_OUT);
-  count(UDP_TO_HOST);
+  if (proto == 17) count(UDP_TO_HOST);
 }
 
 /**
@@ -63,7 +75,9 @@ export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, di
  */
 export function udpToGuest(idx: u32, data: usize, len: u32): bool {
   const rec = flowRecord(idx);
-  if (load<u32>(rec, F_STATE) != UDP_OPEN || load<u8>(rec) != 17) { count(DROP_UDP_NO_FLOW); return true; }
+  if (load<u32>(rec, F_STATE) != UDP_OPEN) { count(DROP_UDP_NO_FLOW); return true; }
+  const proto = <u32>load<u8>(rec);
+  if (proto != 17) return echoToGuest(rec, proto, data, len);
   const family = <u32>load<u8>(rec, 1);
   const ipHdr: u32 = family == 4 ? 20 : 40;
   if (ipHdr + 8 + len > load<u32>(CFG_MTU)) { count(DROP_OVERSIZE); return true; }
@@ -87,6 +101,33 @@ export function udpToGuest(idx: u32, data: usize, len: u32): bool {
   return true;
 }
 
+/**
+ * An echo reply from a ping socket (an ICMP message, its identifier chosen by the kernel) back to
+ * the guest with the guest's own identifier. Anything but an echo reply is dropped.
+ */
+function echoToGuest(rec: usize, proto: u32, data: usize, len: u32): bool {
+  const family = <u32>load<u8>(rec, 1);
+  const replyType: u32 = proto == 1 ? 0 : 129;
+  if (len < 8 || <u32>load<u8>(data) != replyType) { count(DROP_UDP_NO_FLOW); return true; }
+  if ((family == 4 ? <u32>20 : <u32>40) + len > load<u32>(CFG_MTU)) { count(DROP_OVERSIZE); return true; }
+  const out = txReserve();
+  if (!out) return false;
+  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? 0x0800 : 0x86dd);
+  const m = family == 4 ? emitIp4(ip, 1, rec + 36, rec + 20, len) : emitIp6(ip, 58, rec + 24, rec + 8, len, 64);
+  memory.copy(m, data, len);
+  wr16(m + 4, <u32>load<u16>(rec, 4)); // the guest's identifier
+  if (family == 4) {
+    store<u16>(m + 2, 0);
+    wr16(m + 2, checksum(m, len));
+  } else {
+    fillL4Checksum(m, len, 2, ip + 8, ip + 24, 16, 58);
+  }
+  txCommit(<u32>(m - out) + len);
+  store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
+  count(ICMP_ECHO_FROM_HOST);
+  return true;
+}
+
 /** Remove a UDP flow; `closeSocket` queues the close of its host socket. */
 export function udpClose(idx: u32, closeSocket: bool): void {
   if (closeSocket) opPush(OPK_CLOSE, idx, 0, 0, 0, 0, 0);
@@ -97,7 +138,8 @@ export function udpClose(idx: u32, closeSocket: bool): void {
 /** Expire flow `idx` if it is UDP and idle for `idleMs`. Returns true if it was removed. */
 export function udpExpire(idx: u32, nowMs: f64, idleMs: f64): bool {
   const rec = flowRecord(idx);
-  if (load<u8>(rec) != 17 || load<u32>(rec, F_STATE) != UDP_OPEN) return false;
+  const proto = <u32>load<u8>(rec);
+  if ((proto != 17 && proto != 1 && proto != 58) || load<u32>(rec, F_STATE) != UDP_OPEN) return false;
   if (nowMs - load<f64>(rec, F_LAST_MS) < idleMs) return false;
   udpClose(idx, true);
   count(UDP_FLOWS_EXPIRED);

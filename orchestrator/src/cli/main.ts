@@ -61,6 +61,8 @@ Inside the sandbox:
                NetBIOS-NS are refused so stubs fall back to port 53.
   TCP, UDP     to any address: every connection ends in moat's engine and is re-originated
                from a socket on this machine (no kernel NAT, no forwarding)
+  ping         to other hosts through unprivileged ICMP sockets: the host's
+               net.ipv4.ping_group_range must include moat's group (e.g. "0 2147483647")
   policy       public-only unless told otherwise: the internet is reachable; the host
                (the gateway's address, except its DNS), cloud metadata, loopback, private,
                link-local and multicast ranges are not. Rules with domain names match only

@@ -47,7 +47,10 @@ export class EngineHost {
     const dns = new MessageChannel();
     dnsPorts.set(memory, dns.port1);
     dns.port1.on("message", (q: DnsQueryMessage) => {
-      hooks.onDnsQuery?.(q).then((a) => dns.port1.postMessage(a), () => { /* no answer: the stub retries */ });
+      const noAnswer: DnsAnswerMessage = { header: q.header, answer: null, pins: [] };
+      // Every query gets a reply message (null answer: the stub retries), so the worker's count
+      // of queries in flight stays true.
+      (hooks.onDnsQuery?.(q) ?? Promise.resolve(noAnswer)).then((a) => dns.port1.postMessage(a), () => dns.port1.postMessage(noAnswer));
     });
     dns.port1.unref();
     const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2 };

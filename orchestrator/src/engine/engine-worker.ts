@@ -76,11 +76,17 @@ function serve(): void {
 const dnsCtrl = new Int32Array(data.memory.buffer, layout.DNS_CTRL, layout.RING_CTRL_BYTES / 4);
 const dv = new DataView(data.memory.buffer);
 
+// Queries handed to the orchestrator and not yet answered. Past DNS_SLOTS the ring is left to
+// fill, and the engine drops further queries (DROP_DNS_OVERLOAD): what a guest can keep in
+// flight stays bounded end to end, however slow the upstreams.
+let dnsOutstanding = 0;
+
 function drainDnsQueries(): void {
   let head = Atomics.load(dnsCtrl, layout.RING_CTRL_HEAD / 4) >>> 0;
   const tail = Atomics.load(dnsCtrl, layout.RING_CTRL_TAIL / 4) >>> 0;
   if (head === tail) return;
-  while (head !== tail) {
+  while (head !== tail && dnsOutstanding < layout.DNS_SLOTS) {
+    dnsOutstanding++;
     const q = layout.DNS_BASE + (head & (layout.DNS_SLOTS - 1)) * layout.DNS_SLOT_BYTES;
     const len = dv.getUint32(q + layout.DQ_LEN, true);
     const msg: DnsQueryMessage = { header: mem.slice(q, q + layout.DQ_PAYLOAD), query: mem.slice(q + layout.DQ_PAYLOAD, q + layout.DQ_PAYLOAD + len) };
@@ -92,6 +98,7 @@ function drainDnsQueries(): void {
 
 data.dnsPort.on("message", (m: DnsAnswerMessage) => {
   if (stopped) return;
+  if (m.header.length) dnsOutstanding--; // an answer (or a refusal to answer) to a query we posted
   const now = performance.now();
   // Pins first: the guest may connect the moment it reads the answer.
   for (const p of m.pins) {
@@ -108,6 +115,7 @@ data.dnsPort.on("message", (m: DnsAnswerMessage) => {
     }
   }
   datapath.flush();
+  drainDnsQueries(); // room again: queries may be waiting in the ring
 });
 
 let stopped = false;

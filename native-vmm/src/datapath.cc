@@ -239,6 +239,9 @@ int Datapath::readTcp(uint32_t flow) {
       pushInbound(flow, L_.inkTcpData, static_cast<uint32_t>(n), s.peekSeq);
       s.peekSeq += static_cast<uint32_t>(n);
       got++;
+      // A short read means the queue is drained: peeking again would only return EAGAIN. Safe
+      // with EPOLLET, which signals every new arrival on a TCP socket, not only the first.
+      if (static_cast<uint32_t>(n) < want) break;
       continue;
     }
     if (n == 0) {

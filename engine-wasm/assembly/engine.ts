@@ -49,14 +49,8 @@ import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
 import { tcpFromGuest, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
+import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
 
-const ETH_ARP: u32 = 0x0806;
-const ETH_IP4: u32 = 0x0800;
-const ETH_IP6: u32 = 0x86dd;
-const PROTO_ICMP: u32 = 1;
-const PROTO_TCP: u32 = 6;
-const PROTO_UDP: u32 = 17;
-const PROTO_ICMP6: u32 = 58;
 // Loopback as the dial address for traffic to the gateway itself (Group::Host).
 const LOOP4: u32 = 0x0100007f; // 127.0.0.1 in network order, read as a little-endian u32
 

@@ -15,10 +15,8 @@ import {
 import { rd16, wr16, wr32, rd32, copyMac, copy16, eq16 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
+import { ETH_ARP, ETH_IP4, ETH_IP6 } from "./wire/numbers";
 
-const ETH_ARP: u32 = 0x0806;
-const ETH_IP4: u32 = 0x0800;
-const ETH_IP6: u32 = 0x86dd;
 
 // ---- ARP (RFC 826) ---------------------------------------------------------------------------
 

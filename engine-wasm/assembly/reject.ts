@@ -7,10 +7,8 @@ import { TCP_RESETS_SENT, ICMP_REJECTS_SENT } from "./counters";
 import { rd16, rd32, wr16, wr32, copy16 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
+import { ETH_IP4, ETH_IP6, PROTO_TCP } from "./wire/numbers";
 
-const ETH_IP4: u32 = 0x0800;
-const ETH_IP6: u32 = 0x86dd;
-const PROTO_TCP: u32 = 6;
 
 // ---- TCP resets for segments that belong to no connection -------------------------------------
 

@@ -8,7 +8,7 @@
 // datagram of a flow must produce OPK_UDP_SEND with the index its OPK_UDP_OPEN announced.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { EngineHarness, testConfig, type HostOp } from "../helpers/engine-harness.js";
+import { EngineHarness, testConfig, type HostOp, counterDelta } from "../helpers/engine-harness.js";
 import { refChecksum, mac, ip } from "../helpers/frames.js";
 import { layout } from "../../orchestrator/src/engine/layout.js";
 import { prng } from "../helpers/prng.js";
@@ -74,14 +74,6 @@ function expireAll(h: EngineHarness): number[] {
   }
 }
 
-function counterDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
-    const d = (after[k] ?? 0) - (before[k] ?? 0);
-    if (d !== 0) out[k] = d;
-  }
-  return out;
-}
 
 /** Open one new flow for `k`; returns its index. */
 function openFlow(h: EngineHarness, k: Key, tag = 0): number {

@@ -4,7 +4,7 @@
 // any output, after which the engine still works. Ends with a fuzz run.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { EngineHarness, testConfig, type HostOp } from "../helpers/engine-harness.js";
+import { EngineHarness, testConfig, type HostOp, counterDelta } from "../helpers/engine-harness.js";
 import { refChecksum, eth, ipv4, ipv6, udp, icmpEcho, icmp6, tcpSyn, arpRequest, withL4Checksum, mac, ip } from "../helpers/frames.js";
 import { layout } from "../../orchestrator/src/engine/layout.js";
 import { prng } from "../helpers/prng.js";
@@ -154,14 +154,6 @@ function dhcpOptions(b: Uint8Array): Map<number, number[]> {
 
 // ---- counters and expectations ---------------------------------------------------------------
 
-function counterDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
-    const d = (after[k] ?? 0) - (before[k] ?? 0);
-    if (d !== 0) out[k] = d;
-  }
-  return out;
-}
 
 /** Send one frame; return what came out and how the counters moved. */
 function exchange(h: EngineHarness, frame: Uint8Array): { out: Uint8Array[]; ops: HostOp[]; delta: Record<string, number> } {

@@ -160,3 +160,13 @@ export class EngineHarness {
     return readFlowStats(this.mem);
   }
 }
+
+/** What changed between two counter snapshots (non-zero differences only). */
+export function counterDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
+    const d = (after[k] ?? 0) - (before[k] ?? 0);
+    if (d !== 0) out[k] = d;
+  }
+  return out;
+}

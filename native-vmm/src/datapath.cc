@@ -199,6 +199,8 @@ int Datapath::tcpReady(uint32_t flow, uint32_t events) {
       return 1;
     }
     s.connecting = false;
+    // The peer may have sent its data and FIN already: this event was the only one for them.
+    if (events & (EPOLLRDHUP | EPOLLHUP)) s.peerClosed = true;
     setTcpEvents(flow);
     pushEvent(flow, L_.inkTcpConnected, 0, 0);
     return 1;
@@ -208,7 +210,11 @@ int Datapath::tcpReady(uint32_t flow, uint32_t events) {
     setTcpEvents(flow);
     pushEvent(flow, L_.inkTcpWritable, 0, sendSpace(s.fd));
   }
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) readTcp(flow);
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+    s.drained = false;  // something arrived (data, FIN or an error)
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s.peerClosed = true;
+    readTcp(flow);
+  }
   return 1;
 }
 
@@ -241,7 +247,8 @@ int Datapath::readTcp(uint32_t flow) {
       got++;
       // A short read means the queue is drained: peeking again would only return EAGAIN. Safe
       // with EPOLLET, which signals every new arrival on a TCP socket, not only the first.
-      if (static_cast<uint32_t>(n) < want) break;
+      // (Not once the peer has closed: its FIN arrives no more, the next peek must find it.)
+      if (static_cast<uint32_t>(n) < want && !s.peerClosed) { s.drained = true; break; }
       continue;
     }
     if (n == 0) {
@@ -252,7 +259,7 @@ int Datapath::readTcp(uint32_t flow) {
       }
       break;
     }
-    if (errno == EAGAIN || errno == EINTR) break;
+    if (errno == EAGAIN || errno == EINTR) { s.drained = errno == EAGAIN; break; }
     s.dead = true;
     epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
     pushInbound(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(errno));
@@ -359,7 +366,18 @@ void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len) {
     n = 0;
   }
   const bool partial = static_cast<uint32_t>(n) < len;
-  const uint32_t space = sendSpace(s.fd);
+  // Measuring the send space is a syscall: between measurements, count down what we wrote (an
+  // underestimate, since the peer's ACKs free space meanwhile); measure again when the estimate
+  // nears a few segments, after a short write, or every 16 writes.
+  const uint32_t wrote = static_cast<uint32_t>(n);
+  uint32_t space;
+  if (partial || s.spaceEstimate < wrote + 4 * s.segBytes || ++s.sendsSinceMeasure >= 16) {
+    space = sendSpace(s.fd);
+    s.sendsSinceMeasure = 0;
+  } else {
+    space = s.spaceEstimate - wrote;
+  }
+  s.spaceEstimate = space;
   if (partial) {
     count(L_.cTcpShortWrites);
     s.writeBlocked = true;
@@ -407,7 +425,7 @@ int Datapath::execOps() {
       }
     } else if (kind == L_.opkTcpCredit) {
       s.limitSeq = field(L_.opData);
-      readTcp(flow);
+      if (!s.drained || s.peerClosed) readTcp(flow);  // else the next arrival's epoll event reads
     } else if (kind == L_.opkUdpSend) {
       const uint32_t data = field(L_.opData), len = field(L_.opLen);
       if (s.fd < 0 || data + static_cast<uint64_t>(len) > L_.memoryBytes) continue;
@@ -420,6 +438,7 @@ int Datapath::execOps() {
       setsockopt(s.fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
       s.peekSeq = field(L_.opData);
       s.eofPosted = false;
+      s.drained = false;  // the rewound bytes are in the queue again
       readTcp(flow);
     } else if (kind == L_.opkTcpShutdown) {
       if (s.fd < 0 || s.dead || s.writeBlocked) continue;  // the guest retransmits its FIN

@@ -53,7 +53,11 @@ class Datapath {
     bool writeWatch = false;   // EPOLLOUT watched: the engine waits for send space
     bool readPending = false;  // stopped reading for lack of inbound ring room
     bool writeBlocked = false; // a short write in the current batch of operations
+    bool drained = false;      // the last peek found the queue empty: wait for the next arrival
+    bool peerClosed = false;   // EPOLLRDHUP seen: the FIN is queued behind the data, keep peeking to it
     uint32_t peekSeq = 0, limitSeq = 0, segBytes = 0;
+    uint32_t spaceEstimate = 0;  // send space measured, less what was written since
+    uint32_t sendsSinceMeasure = 0;
   };
 
   void count(uint32_t idx, uint64_t n = 1);

@@ -5,7 +5,8 @@
 //   const child = sandbox.spawn(["curl", "http://example.test"]);
 //   ...
 //   await sandbox.destroy();
-export { NetnsSandbox, DEFAULT_MTU, parseHostPort, hostNameserver, type NetnsSandboxOptions } from "./sandbox/netns-sandbox.js";
+export { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "./sandbox/netns-sandbox.js";
+export { parseNameserverAddress, hostResolvers } from "./dns/upstream.js";
 export { addressesFor, type SandboxAddresses } from "./sandbox/addressing.js";
 export { EngineHost } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";

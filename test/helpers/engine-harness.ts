@@ -98,13 +98,9 @@ export class EngineHarness {
   }
 
   run(): Uint8Array[] {
-    this.opsSeen = this.readOps();
     this.engine.engineRun(this.now);
-    this.opsSeen = this.readOps();
     return this.takeTx();
   }
-
-  opsSeen: HostOp[] = [];
 
   /** Host operations queued since the last call (and clears them, as native-vmm's flush would). */
   takeOps(): HostOp[] {

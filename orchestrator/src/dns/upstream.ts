@@ -222,6 +222,15 @@ export function hostResolvers(path = "/etc/resolv.conf"): Nameserver[] {
   return out;
 }
 
+/** "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT" (port 53 when absent); a hostname is refused. */
+export function parseNameserverAddress(spec: string): Nameserver {
+  const p = parseSpec(spec);
+  if (p.ip === null) {
+    throw new ConfigError(`"${spec}" is not an address`, "expected IP, IP:PORT or [IPv6]:PORT, e.g. 192.0.2.53:53");
+  }
+  return { ip: p.ip, port: p.port };
+}
+
 type Spec = { ip: string; host: null; port: number } | { ip: null; host: string; port: number };
 
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$/i;

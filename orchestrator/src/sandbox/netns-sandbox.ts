@@ -9,7 +9,7 @@
 // is left behind when moat is interrupted or crashes.
 import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from "node:child_process";
 import { promisify } from "node:util";
-import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { checkNetnsHost, findInPath } from "./host-checks.js";
 import { addressesFor, leaseSlot, DEFAULT_POOL4, type SandboxAddresses } from "./addressing.js";
@@ -22,7 +22,7 @@ import { drainAudit, AuditLog, type DenyEvent } from "../policy/audit.js";
 import { classifyAddress } from "../policy/groups.js";
 import { addr16 } from "../engine/engine-config.js";
 import { DnsInterceptor, type DnsOutcome } from "../dns/interceptor.js";
-import { UpstreamResolver } from "../dns/upstream.js";
+import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
 import { DnsTcpServer } from "../dns/tcp-proxy.js";
 import type { DnsQueryMessage, DnsAnswerMessage } from "../engine/engine-worker.js";
 import { layout as L } from "../engine/layout.js";
@@ -79,38 +79,6 @@ function ipErr(args: string[], e: unknown): MoatError {
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
 }
 
-/** Parse "IP", "IP:PORT", "[IPv6]:PORT" into an address and a port (default 53). */
-export function parseHostPort(text: string, defaultPort = 53): { ip: string; port: number } {
-  let host = text;
-  let port = defaultPort;
-  const bracket = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
-  if (bracket) {
-    host = bracket[1]!;
-    if (bracket[2]) port = Number(bracket[2]);
-  } else if (/^[^:]+:\d+$/.test(text)) {
-    const i = text.lastIndexOf(":");
-    host = text.slice(0, i);
-    port = Number(text.slice(i + 1));
-  }
-  if (!ipaddr.isValid(host) || !(port >= 1 && port <= 65535)) {
-    throw new ConfigError(`"${text}" is not an address`, "expected IP, IP:PORT or [IPv6]:PORT, e.g. 192.0.2.53:53");
-  }
-  return { ip: ipaddr.parse(host).toString(), port };
-}
-
-/** The first nameserver in /etc/resolv.conf, or null. */
-export function hostNameserver(path = "/etc/resolv.conf"): { ip: string; port: number } | null {
-  try {
-    for (const line of readFileSync(path, "utf8").split("\n")) {
-      const m = /^\s*nameserver\s+(\S+)/.exec(line);
-      if (m && ipaddr.isValid(m[1]!.replace(/%.*$/, ""))) return { ip: m[1]!.replace(/%.*$/, ""), port: 53 };
-    }
-  } catch {
-    // no resolv.conf: no forwarder
-  }
-  return null;
-}
-
 type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "onDeny" | "policy" | "dns">> & { dns: DnsOptions } &
   Pick<NetnsSandboxOptions, "name" | "auditLog" | "onDeny"> & { dnsForward: { ip: string; port: number } | null; policy: NetworkPolicy };
 
@@ -133,7 +101,7 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   if (denyResponse !== "drop" && denyResponse !== "reject") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop" or "reject"`);
   const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
   const fwd = o.dnsForward ?? "host";
-  const dnsForward = fwd === "host" ? hostNameserver() : fwd === "none" ? null : parseHostPort(fwd);
+  const dnsForward = fwd === "host" ? hostResolvers()[0] ?? null : fwd === "none" ? null : parseNameserverAddress(fwd);
   const dns = o.dns ?? {};
   if (dns.queryTimeoutMs !== undefined && (!Number.isInteger(dns.queryTimeoutMs) || dns.queryTimeoutMs < 10 || dns.queryTimeoutMs > 60000)) {
     throw new ConfigError(`DNS query timeout ${dns.queryTimeoutMs} ms is out of range`, "use 10 to 60000 ms");
@@ -141,8 +109,12 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   if (dns.blockedResponse !== undefined && dns.blockedResponse !== "refused" && dns.blockedResponse !== "nxdomain") {
     throw new ConfigError(`DNS blocked response "${dns.blockedResponse}" is unknown`, `use "refused" or "nxdomain"`);
   }
-  for (const n of [...(dns.blockDomains ?? []), ...(dns.blockDomainSuffixes ?? []).map((x) => x.replace(/^\*?\./, ""))]) normalizeName(n);
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, denyResponse, policy, dnsForward, dns, name: o.name, auditLog: o.auditLog, onDeny: o.onDeny };
+  const dnsNames = {
+    ...dns,
+    blockDomains: (dns.blockDomains ?? []).map((n) => normalizeName(n)),
+    blockDomainSuffixes: (dns.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
+  };
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, onDeny: o.onDeny };
 }
 
 export class NetnsSandbox {
@@ -152,7 +124,6 @@ export class NetnsSandbox {
   private readonly names = new NameTable();
   private policy: NetworkPolicy;
   private denyResponse: DenyResponse;
-  private readonly auditLog: AuditLog | undefined;
   private readonly timeOrigin = performance.timeOrigin;
 
   private constructor(
@@ -162,10 +133,10 @@ export class NetnsSandbox {
     private readonly ipPath: string,
     private readonly releaseSlot: () => void,
     private engine: EngineHost | undefined,
+    private readonly auditLog: AuditLog | undefined,
   ) {
     this.policy = options.policy;
     this.denyResponse = options.denyResponse;
-    this.auditLog = options.auditLog ? new AuditLog(options.auditLog) : undefined;
     process.once("exit", this.exitHook);
   }
 
@@ -181,11 +152,11 @@ export class NetnsSandbox {
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
     const ip = checkNetnsHost();
-    if (o.auditLog) new AuditLog(o.auditLog); // a bad path fails here, before anything is created
+    const auditLog = o.auditLog ? new AuditLog(o.auditLog) : undefined; // a bad path fails here, before anything is created
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
     const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new NetnsSandbox(name, addresses, o, ip, release, undefined);
+    const sandbox = new NetnsSandbox(name, addresses, o, ip, release, undefined, auditLog);
     try {
       // A namespace of that name can only be left over from a moat that died: remove it.
       if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
@@ -261,8 +232,8 @@ export class NetnsSandbox {
     const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
     const gateway = [this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6];
     this.dns = new DnsInterceptor({
-      blockDomains: (d.blockDomains ?? []).map((n) => normalizeName(n)),
-      blockDomainSuffixes: (d.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
+      blockDomains: d.blockDomains ?? [],
+      blockDomainSuffixes: d.blockDomainSuffixes ?? [],
       blockedResponse: d.blockedResponse ?? "refused",
       rebindProtection: d.rebindProtection ?? true,
       queryTimeoutMs: d.queryTimeoutMs ?? 5000,

@@ -77,4 +77,6 @@ export const DROP_DNS_NO_UPSTREAM = 57;
 export const DROP_TCP_OUT_OF_ORDER = 58; // guest segment not at the expected sequence number (dup ACK sent)
 export const DROP_TCP_OUT_OF_WINDOW = 59; // segment or ACK outside the window
 export const DROP_TCP_NO_FLOW = 60; // segment for no connection (RST sent)
-export const COUNTER_COUNT = 72;
+export const TCP_PROBES = 72; // zero-window and keepalive probes sent to the guest
+export const TCP_GUEST_TIMEOUTS = 73; // connections reset because the guest stopped answering probes
+export const COUNTER_COUNT = 74;

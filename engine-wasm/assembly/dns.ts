@@ -23,7 +23,7 @@ import { count, txReserve, txCommit, txPublish, emitEth, emitIp4, emitIp6, fillL
  * to a resolver other than the gateway is a flow to that resolver: policy decides first.
  */
 export function dnsQuery(data: usize, len: u32, family: u32, toGateway: bool): void {
-  if (!toGateway && !admitNewFlow(17, family, 53)) return;
+  if (!toGateway && !admitNewFlow(17, family, 53, false)) return;
   if (len > <u32>DNS_MAX_QUERY) { count(DROP_DNS_OVERSIZE); return; }
   const tail = ringTail(DNS_CTRL);
   if (tail - ringHead(DNS_CTRL) >= <u32>DNS_SLOTS) { count(DROP_DNS_OVERLOAD); return; }

@@ -53,7 +53,13 @@ Datapath::~Datapath() { closeAll(); }
 
 void Datapath::closeAll() {
   for (auto& s : socks_) {
-    if (s.fd >= 0) close(s.fd);
+    if (s.fd >= 0) {
+      if (s.tcp && !s.shutDone) {
+        struct linger lg = {1, 0};  // close now and send RST
+        setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      }
+      close(s.fd);
+    }
     s = Sock{};
   }
   pending_.clear();
@@ -442,7 +448,10 @@ int Datapath::execOps() {
       readTcp(flow);
     } else if (kind == L_.opkTcpShutdown) {
       if (s.fd < 0 || s.dead || s.writeBlocked) continue;  // the guest retransmits its FIN
-      if (shutdown(s.fd, SHUT_WR) == 0) pushEvent(flow, L_.inkTcpShutDone, 0, 0);
+      if (shutdown(s.fd, SHUT_WR) == 0) {
+        s.shutDone = true;
+        pushEvent(flow, L_.inkTcpShutDone, 0, 0);
+      }
     } else if (kind == L_.opkTcpAbort) {
       closeSock(flow, true);
     } else if (kind == L_.opkClose) {

@@ -39,6 +39,8 @@ class Datapath {
   // Returns the number of frames written to the link.
   int flush();
   int liveSockets() const { return live_; }
+  // Close the link and every host socket. A TCP socket whose guest stream did not end with the
+  // guest's FIN is aborted (RST): a connection cut short must never look like a clean end.
   void closeAll();
 
  private:
@@ -55,6 +57,7 @@ class Datapath {
     bool writeBlocked = false; // a short write in the current batch of operations
     bool drained = false;      // the last peek found the queue empty: wait for the next arrival
     bool peerClosed = false;   // EPOLLRDHUP seen: the FIN is queued behind the data, keep peeking to it
+    bool shutDone = false;     // the guest's FIN was passed on (shutdown SHUT_WR): its stream is complete
     uint32_t peekSeq = 0, limitSeq = 0, segBytes = 0;
     uint32_t spaceEstimate = 0;  // send space measured, less what was written since
     uint32_t sendsSinceMeasure = 0;

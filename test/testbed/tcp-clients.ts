@@ -11,6 +11,9 @@
 //   crr HOST PORT SECONDS         connect-request-response-close loops against an echo server
 //                                 for SECONDS: prints "crr N/s"
 //   rr HOST PORT COUNT            COUNT 1-byte round trips on one connection: "rr p50=US p99=US"
+//   bulk HOST PORT N BYTES        N concurrent connections to an echo server, each sending BYTES
+//                                 (its own pattern, 64 KiB writes) while reading the echo; every
+//                                 echo is checked by SHA-256: "ok N SECONDS s", or which stalled
 import { connect, type Socket } from "node:net";
 import { createHash } from "node:crypto";
 import { chunk, CHUNK, streamHash } from "./stream-data.js";
@@ -75,10 +78,48 @@ async function echoOne(id: number, bytes: number): Promise<void> {
   if (!Buffer.concat(parts).equals(want)) throw new Error(`connection ${id}: echo differs`);
 }
 
+/** One `bulk` connection: BYTES of pattern `id` out, the same back, compared by SHA-256. */
+async function bulkOne(id: number, bytes: number, progress: number[]): Promise<void> {
+  const s = await open();
+  const block = Buffer.alloc(CHUNK);
+  for (let i = 0; i < CHUNK; i += 4) block.writeUInt32BE((id * 2654435761 + i) >>> 0, i);
+  const sent = createHash("sha256");
+  const got = createHash("sha256");
+  let received = 0;
+  s.on("data", (d: Buffer) => { got.update(d); received += d.length; progress[id] = received; if (received >= bytes) s.end(); });
+  const done = new Promise<void>((resolve, reject) => { s.on("close", () => resolve()); s.on("error", reject); });
+  for (let off = 0; off < bytes; off += CHUNK) {
+    const part = block.subarray(0, Math.min(CHUNK, bytes - off));
+    sent.update(part);
+    if (!s.write(part)) await new Promise((r) => s.once("drain", r));
+  }
+  await done;
+  if (received !== bytes || got.digest("hex") !== sent.digest("hex")) throw new Error(`connection ${id}: echoed ${received} of ${bytes} bytes, or different ones`);
+}
+
+async function bulk(n: number, bytes: number, limitSeconds: number): Promise<string> {
+  const progress = new Array<number>(n).fill(0);
+  const t0 = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const stuck = progress.filter((p) => p < bytes).length;
+      reject(new Error(`${stuck} of ${n} connections unfinished after ${limitSeconds} s`));
+    }, limitSeconds * 1000);
+  });
+  try {
+    await Promise.race([Promise.all(Array.from({ length: n }, (_, i) => bulkOne(i, bytes, progress))), stalled]);
+  } finally {
+    clearTimeout(timer);
+  }
+  return `ok ${n} ${((performance.now() - t0) / 1000).toFixed(2)} s`;
+}
+
 async function main(): Promise<string> {
   switch (mode) {
     case "upload": return upload(Number(a));
     case "download": return download(Number(a));
+    case "bulk": return bulk(Number(a), Number(b), Number(process.argv[7] ?? 120));
     case "many": {
       const n = Number(a);
       await Promise.all(Array.from({ length: n }, (_, i) => echoOne(i, Number(b))));

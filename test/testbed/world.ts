@@ -27,6 +27,8 @@ export const HOSTS = {
 const repo = new URL("../../../", import.meta.url).pathname;
 export const MOAT_BIN = `${repo}bin/moat.js`;
 export const TESTBED_JS = `${repo}dist/test/testbed/`;
+/** The testbed's non-TypeScript helpers (Python servers, frame injectors). */
+export const TESTBED_SRC = `${repo}test/testbed/`;
 
 /** Why system tests cannot run here, or undefined when they can. */
 export function systemTestSkipReason(): string | undefined {
@@ -77,8 +79,14 @@ export class World {
 
   /** Start a testbed server in the world namespace and wait until it listens. */
   async startServer(kind: "udp-echo" | "tcp-echo" | "tcp-sink" | "tcp-source" | "tcp-reset", port: number, where: "world" | "host" = "world"): Promise<void> {
+    await this.startProcess([process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], where);
+  }
+
+  /** Start a server process (argv) in the world namespace and wait until it prints "ready". */
+  async startProcess(argv: string[], where: "world" | "host" = "world"): Promise<void> {
+    const kind = argv.slice(1).join(" ");
     const ns = where === "world" ? this.world : this.host;
-    const p = spawn("ip", ["netns", "exec", ns, process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], { stdio: ["ignore", "pipe", "inherit"] });
+    const p = spawn("ip", ["netns", "exec", ns, ...argv], { stdio: ["ignore", "pipe", "inherit"] });
     this.servers.push(p);
     const [chunk] = (await Promise.race([once(p.stdout!, "data"), once(p, "exit").then(() => { throw new Error(`${kind} server exited`); })])) as [Buffer];
     if (!chunk.toString().includes("ready")) throw new Error(`${kind} server did not start: ${chunk}`);

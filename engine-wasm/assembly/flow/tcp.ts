@@ -36,8 +36,25 @@
 // INK_TCP_SHUT_DONE then ACKs the FIN); the host's EOF becomes our FIN once every byte before it
 // was sent. When both FINs are acknowledged the socket is closed and the flow lingers 2 s
 // (TIME_WAIT's job: re-ACK a retransmitted FIN), then is removed. A RST either way resets the
-// other side and removes the flow at once. Timers (dial, SYN-ACK, retransmission, linger) run
-// from engineTick, so every flow leaves the table on every path.
+// other side and removes the flow at once.
+//
+// Timers: every state in which something is owed has one, run from engineTick (100 ms), so
+// every flow leaves the table in bounded time on every path:
+//   state                          timer                              on expiry
+//   DIALING                        30 s dial timeout                  silence to the guest, removed
+//   SYN_RCVD                       SYN-ACK retransmission (RTO)       10 unanswered: RST, removed
+//   ESTABLISHED, data/FIN in flight retransmission (RTO 200 ms..8 s)  go-back-N; 10 unanswered: RST both
+//   ESTABLISHED, guest window 0    persist (200 ms doubling to 5 s)   zero-window probe (RFC 9293
+//                                                                     §3.8.6.1); 10 unanswered: RST both
+//   ESTABLISHED, idle              keepalive toward the guest: 30 s   probe every 5 s; 3 unanswered:
+//                                  idle (10 s once the guest sent     RST both. A guest socket that is
+//                                  its FIN)                           gone answers the probe with RST
+//                                                                     (FIN_WAIT_2 orphans, lost RSTs)
+//   LINGER                         2 s                                removed
+// Probes carry snd_una - 1 and no data: an old sequence number that the guest must answer with
+// an ACK (its current window) or, if the connection is gone, a RST. Any segment from the guest
+// answers an outstanding probe. Peek credit that could not be granted (host-op list full) is
+// granted again from the tick, so a lost grant cannot stall a flow either.
 
 import {
   KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
@@ -48,7 +65,8 @@ import {
 import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
-  DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW,
+  DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
+  TCP_GUEST_TIMEOUTS,
 } from "../counters";
 import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
@@ -82,6 +100,9 @@ const T_RETRIES = 188;
 const T_TIMER_AT = 192; // f64: retransmission / SYN-ACK / linger deadline (0 = not armed)
 const T_SINCE = 200; // f64: when the current state began
 const T_SND_MAX = 208; // highest sequence number sent (snd_nxt falls back below it on a rewind)
+const T_PROBES = 212; // u32: probes sent (persist or keepalive) since the guest last spoke
+const T_PROBE_AT = 216; // f64: next persist / keepalive probe (0 = to be computed by the tick)
+const T_PERSIST_MS = 224; // u32: persist interval, doubling while the guest's window stays shut
 
 const FL_SHUT_PENDING: u32 = 1; // OPK_TCP_SHUTDOWN issued for the guest's FIN
 const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
@@ -102,6 +123,11 @@ const RTO_MAX_MS: u32 = 8000;
 const MAX_RETRIES: u32 = 10; // consecutive timeouts before both sides are reset
 const DIAL_TIMEOUT_MS: f64 = 30000;
 const LINGER_MS: f64 = 2000;
+const PERSIST_MAX_MS: u32 = 5000;
+const KEEPALIVE_IDLE_MS: f64 = 30000;
+const KEEPALIVE_HALF_CLOSED_MS: f64 = 10000; // the guest has sent its FIN: probe sooner
+const KEEPALIVE_INTERVAL_MS: f64 = 5000;
+const KEEPALIVE_PROBES: u32 = 3;
 const ECONNREFUSED: u32 = 111;
 
 @inline function seqLt(a: u32, b: u32): bool { return <i32>(a - b) < 0; }
@@ -227,6 +253,8 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   const state = load<u32>(rec, F_STATE);
   store<f64>(rec, now(), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
+  store<u32>(rec, 0, T_PROBES); // the guest is alive: outstanding probes are answered
+  store<f64>(rec, 0, T_PROBE_AT);
 
   if (flags & TH_RST) {
     // RFC 5961 §3: accept only a RST at the expected sequence number (else it is ignored).
@@ -264,6 +292,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   const wnd = rd16(l4 + 14) << load<u8>(rec, T_GUEST_WS);
   const oldWnd = load<u32>(rec, T_SND_WND);
   store<u32>(rec, wnd, T_SND_WND);
+  if (wnd != 0) store<u32>(rec, RTO_MIN_MS, T_PERSIST_MS);
   const max = load<u32>(rec, T_SND_MAX);
   if (seqLt(una, ack) && seqLe(ack, max)) {
     let acked = ack - una;
@@ -344,7 +373,7 @@ function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPor
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
-  if (!gatewayService && !admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return true; // answered by admit
+  if (!admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return true; // answered by admit
   const found = flowInsert(hash);
   if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
   const idx = <u32>found;
@@ -387,6 +416,7 @@ function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPor
   store<u32>(rec, seq + 1, T_RCV_WR);
   store<u32>(rec, INITIAL_SPACE, T_SPACE);
   store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
+  store<u32>(rec, RTO_MIN_MS, T_PERSIST_MS);
   store<f64>(rec, now(), T_SINCE);
   store<f64>(rec, now(), F_LAST_MS);
   if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, mss, dialFamily, dialPort, rec + F_DIAL_ADDR)) {
@@ -518,7 +548,8 @@ export function tcpTick(idx: u32, t: f64): bool {
     return true;
   }
   const at = load<f64>(rec, T_TIMER_AT);
-  if (at == 0 || t < at) return false;
+  if (at == 0) return state == TS_ESTABLISHED ? probeTick(idx, rec, t) : false;
+  if (t < at) return false;
   if (state == TS_LINGER) {
     tcpRemove(idx, 0);
     return true;
@@ -538,5 +569,39 @@ export function tcpTick(idx: u32, t: f64): bool {
   }
   if (load<u32>(rec, T_SND_UNA) != load<u32>(rec, T_SND_NXT)) rewind(idx, rec);
   else store<f64>(rec, 0, T_TIMER_AT);
+  return false;
+}
+
+/**
+ * Nothing of ours is in flight: keep the peek credit granted, and probe a guest whose window is
+ * shut (persist) or that has been silent (keepalive). Returns true if the flow was removed.
+ */
+function probeTick(idx: u32, rec: usize, t: f64): bool {
+  grantCredit(idx, rec);
+  const f = load<u32>(rec, T_FLAGS);
+  const shut = load<u32>(rec, T_SND_WND) == 0 && !(f & FL_FIN_ACKED);
+  let at = load<f64>(rec, T_PROBE_AT);
+  if (at == 0) {
+    if (shut) at = t + <f64>load<u32>(rec, T_PERSIST_MS);
+    else at = load<f64>(rec, F_LAST_MS) + (f & (FL_GUEST_FIN | FL_SHUT_PENDING) ? KEEPALIVE_HALF_CLOSED_MS : KEEPALIVE_IDLE_MS);
+    store<f64>(rec, at, T_PROBE_AT);
+  }
+  if (t < at) return false;
+  const probes = load<u32>(rec, T_PROBES) + 1;
+  if (probes > (shut ? MAX_RETRIES : KEEPALIVE_PROBES)) {
+    count(TCP_GUEST_TIMEOUTS);
+    resetBoth(idx, rec, true); // the guest stopped answering
+    return true;
+  }
+  if (!emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_UNA) - 1, 0, 0)) return false; // TX full: next tick
+  store<u32>(rec, probes, T_PROBES);
+  count(TCP_PROBES);
+  if (shut) {
+    const p = min<u32>(load<u32>(rec, T_PERSIST_MS) << 1, PERSIST_MAX_MS);
+    store<u32>(rec, p, T_PERSIST_MS);
+    store<f64>(rec, t + <f64>p, T_PROBE_AT);
+  } else {
+    store<f64>(rec, t + KEEPALIVE_INTERVAL_MS, T_PROBE_AT);
+  }
   return false;
 }

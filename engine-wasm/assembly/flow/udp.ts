@@ -47,7 +47,7 @@ function datagramFromGuest(proto: u32, openOp: u32, data: usize, len: u32, famil
     const live = load<u32>(ST_UDP_LIVE);
     if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return; }
     if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return; }
-    if (!gatewayService && !admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6))) return;
+    if (!admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return;
     idx = flowInsert(hash);
     if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return; }
     const rec = flowRecord(<u32>idx);

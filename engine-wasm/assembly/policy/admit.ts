@@ -18,17 +18,22 @@ const PROTO_TCP: u32 = 6;
 
 /**
  * May the flow whose key is at KEY_SCRATCH (remote port `dport`) be created? Called once, when
- * the flow is new. On refusal everything is already counted and answered.
+ * the flow is new. On refusal everything is already counted and answered. `gatewayService`: a
+ * flow to the gateway's own services (DNS), which policy does not govern but which counts
+ * against the connection limit like every other flow (a guest must not hold thousands of host
+ * sockets open through the gateway's port 53).
  */
-export function admitNewFlow(proto: u32, family: u32, dport: u32): bool {
+export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService: bool): bool {
   store<u32>(PIN_MATCHED, 0);
-  const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, 0);
-  if (verdict & 1) {
-    store<u32>(PIN_MATCHED, 0); // a deny by a domain rule holds no pin
-    count(DROP_POLICY);
-    audit(proto, family, dport, <i32>(verdict >> 1) - 1);
-    if (policyDenyResponse() == 1) refuse(proto, true);
-    return false;
+  if (!gatewayService) {
+    const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, 0);
+    if (verdict & 1) {
+      store<u32>(PIN_MATCHED, 0); // a deny by a domain rule holds no pin
+      count(DROP_POLICY);
+      audit(proto, family, dport, <i32>(verdict >> 1) - 1);
+      if (policyDenyResponse() == 1) refuse(proto, true);
+      return false;
+    }
   }
   const max = load<u32>(CFG_MAX_CONNECTIONS);
   if (max != 0 && load<u32>(ST_TCP_LIVE) + load<u32>(ST_UDP_LIVE) >= max) {
@@ -37,7 +42,7 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32): bool {
     refuse(proto, false); // over the limit: TCP is refused at once, UDP dropped
     return false;
   }
-  count(FLOWS_ALLOWED);
+  if (!gatewayService) count(FLOWS_ALLOWED);
   return true;
 }
 

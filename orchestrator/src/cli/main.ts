@@ -19,6 +19,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
   { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow (and DNS block/rebinding event) as a JSON line to FILE" },
+  { name: "audit-log-max-bytes", kind: "int", metavar: "N", min: 4096, max: 2 ** 50, help: "stop writing the audit log at N bytes, with a last line saying so (default\n64 MiB)" },
+  { name: "audit-log-interval-ms", kind: "int", metavar: "MS", min: 1, max: 86400000, help: "repeats of one event (same rule, destination, port) within MS after its\nfirst are counted and written as one summary line (default 10000)" },
   { name: "dns-block", kind: "string", metavar: "NAME", repeat: true, help: "answer NAME locally as blocked (REFUSED), never asking upstream" },
   { name: "dns-block-suffix", kind: "string", metavar: "SUFFIX", repeat: true, help: "block SUFFIX and every name under it (.ads.example or *.ads.example)" },
   { name: "dns-nameserver", kind: "string", metavar: "ADDR", repeat: true, help: "upstream for DNS to the gateway, tried in order: IP, IP:PORT, [IPv6]:PORT,\nHOST or HOST:PORT (default: the host's /etc/resolv.conf)" },
@@ -30,6 +32,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
   { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: 16384, help: "most UDP flows the sandbox may hold at once (default 4096)" },
   { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
+  { name: "exit-grace-ms", kind: "int", metavar: "MS", min: 0, max: 600000, help: "when COMMAND ends, keep serving the guest's TCP connections until they\nfinish or move no data for MS (default 5000; 0: cut at once). Connections\nstill open then are reset, so their peers never mistake them for complete" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
@@ -122,6 +125,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     denyResponse: (flags.get("deny-response") as "drop" | "reject" | undefined) ?? file.denyResponse,
     maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
     auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
+    auditLogOptions: { maxBytes: flags.get("audit-log-max-bytes") as number | undefined, intervalMs: flags.get("audit-log-interval-ms") as number | undefined },
     dns: {
       blockDomains: [...(file.dns?.blockDomains ?? []), ...(lists.get("dns-block") ?? [])],
       blockDomainSuffixes: [...(file.dns?.blockDomainSuffixes ?? []), ...(lists.get("dns-block-suffix") ?? [])],
@@ -135,6 +139,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
     maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
     ipv4Pool: flags.get("ipv4-pool") as string | undefined,
+    exitGraceMs: flags.get("exit-grace-ms") as number | undefined,
   };
 }
 
@@ -176,13 +181,21 @@ async function cmdRun(args: string[]): Promise<number> {
     child.once("exit", (code, signal) => resolve(code ?? 128 + signalNumber(signal ?? "SIGKILL")));
   });
   for (const s of sigs) process.removeListener(s, forward);
+  // The command is gone, but its kernel may still hold data for its connections: serve them to
+  // their end (or the grace), then cut what is left with resets.
+  const cut = await sandbox.drain();
+  if (cut > 0) process.stderr.write(`moat: ${cut} connection(s) still open when the command ended were reset after ${runGraceText(flags)}\n`);
   if (flags.get("stats")) {
     process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
     const d = sandbox.flowDecisions();
     process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
   }
-  await sandbox.destroy();
+  await sandbox.destroy({ graceMs: 0 });
   return status;
+}
+
+function runGraceText(flags: Map<string, string | number | boolean>): string {
+  return `${(flags.get("exit-grace-ms") as number | undefined) ?? 5000} ms without progress (--exit-grace-ms)`;
 }
 
 function cmdCleanup(): number {

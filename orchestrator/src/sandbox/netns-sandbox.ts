@@ -18,7 +18,7 @@ import type { EngineConfig, EngineCounters } from "../engine/engine-config.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape } from "../policy/model.js";
 import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
-import { drainAudit, AuditLog, type DenyEvent } from "../policy/audit.js";
+import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
 import { classifyAddress } from "../policy/groups.js";
 import { addr16 } from "../engine/engine-config.js";
 import { DnsInterceptor, type DnsOutcome } from "../dns/interceptor.js";
@@ -58,6 +58,8 @@ export interface NetnsSandboxOptions {
   maxConnections?: number;
   /** Append every denial as a JSON line to this file. */
   auditLog?: string;
+  /** Bounds of the audit log: aggregation interval, size cap, keys held (policy/audit.ts). */
+  auditLogOptions?: AuditLogOptions;
   /** Called with every denial (after it was written to the audit log). */
   onDeny?: (event: DenyEvent) => void;
   /** MTU of the guest link (default 65520, the largest a TAP/Ethernet frame allows here). */
@@ -70,7 +72,17 @@ export interface NetnsSandboxOptions {
   udpIdleMs?: number;
   /** Most UDP flows a sandbox may hold at once (default 4096). */
   maxUdpFlows?: number;
+  /**
+   * At destroy(), how long the guest's TCP connections may go without moving data before they
+   * are cut (default 5000 ms; 0: cut at once). Until then moat keeps serving, so data the
+   * guest's kernel still held when the command exited is delivered and closed cleanly; a
+   * connection cut short reaches its peer as a reset, never as a clean end.
+   */
+  exitGraceMs?: number;
 }
+
+/** The longest destroy() waits for connections that keep moving data, in grace periods. */
+const EXIT_GRACE_TOTAL_FACTOR = 30;
 
 export const DEFAULT_MTU = 65520;
 
@@ -79,8 +91,8 @@ function ipErr(args: string[], e: unknown): MoatError {
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
 }
 
-type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "onDeny" | "policy" | "dns">> & { dns: DnsOptions } &
-  Pick<NetnsSandboxOptions, "name" | "auditLog" | "onDeny"> & { dnsForward: { ip: string; port: number } | null; policy: NetworkPolicy };
+type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns">> & { dns: DnsOptions } &
+  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny"> & { dnsForward: { ip: string; port: number } | null; policy: NetworkPolicy };
 
 function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
@@ -92,6 +104,10 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const maxUdpFlows = o.maxUdpFlows ?? 4096;
   if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > 16384) {
     throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, "use 1 to 16384");
+  }
+  const exitGraceMs = o.exitGraceMs ?? 5000;
+  if (!Number.isInteger(exitGraceMs) || exitGraceMs < 0 || exitGraceMs > 600000) {
+    throw new ConfigError(`exit grace ${o.exitGraceMs} ms is out of range`, "use 0 (cut connections at once) to 600000 ms");
   }
   const maxConnections = o.maxConnections ?? 4096;
   if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 16384) {
@@ -114,12 +130,23 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
     blockDomains: (dns.blockDomains ?? []).map((n) => normalizeName(n)),
     blockDomainSuffixes: (dns.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
   };
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, onDeny: o.onDeny };
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny };
+}
+
+// Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
+// listener for all of them (a listener each would trip Node's MaxListeners warning at 11).
+const liveSandboxes = new Set<NetnsSandbox>();
+let exitHookInstalled = false;
+function registerForExit(s: NetnsSandbox): void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on("exit", () => { for (const x of [...liveSandboxes]) x.destroySync(); });
+  }
+  liveSandboxes.add(s);
 }
 
 export class NetnsSandbox {
   private destroyed = false;
-  private readonly exitHook = () => this.destroySync();
 
   private readonly names = new NameTable();
   private policy: NetworkPolicy;
@@ -137,7 +164,7 @@ export class NetnsSandbox {
   ) {
     this.policy = options.policy;
     this.denyResponse = options.denyResponse;
-    process.once("exit", this.exitHook);
+    registerForExit(this);
   }
 
   get mtu(): number {
@@ -152,7 +179,7 @@ export class NetnsSandbox {
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
     const ip = checkNetnsHost();
-    const auditLog = o.auditLog ? new AuditLog(o.auditLog) : undefined; // a bad path fails here, before anything is created
+    const auditLog = o.auditLog ? new AuditLog(o.auditLog, o.auditLogOptions) : undefined; // a bad path fails here, before anything is created
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
     const addresses = addressesFor(slot, name, o.ipv4Pool);
@@ -327,20 +354,54 @@ export class NetnsSandbox {
     return this.engine ? this.engine.liveSockets() : 0;
   }
 
-  /** Stop the engine and remove everything the sandbox created. Idempotent. */
-  async destroy(): Promise<void> {
+  /**
+   * Keep serving until the guest's TCP connections have finished, or have moved no data for
+   * `graceMs` (the whole wait is capped at EXIT_GRACE_TOTAL_FACTOR grace periods). Resolves with
+   * the number of connections still open (they are cut, as resets, when the engine stops).
+   */
+  async drain(graceMs: number = this.options.exitGraceMs): Promise<number> {
+    const open = () => this.flowStats().tcp;
+    if (!this.engine || graceMs <= 0 || open() === 0) return open();
+    const progress = () => {
+      const c = this.counters();
+      return (c.TCP_BYTES_TO_HOST ?? 0) + (c.TCP_BYTES_TO_GUEST ?? 0) + (c.TCP_FLOWS_CLOSED ?? 0);
+    };
+    const start = Date.now();
+    let last = progress();
+    let lastMoved = start;
+    while (open() > 0) {
+      const t = Date.now();
+      if (t - lastMoved >= graceMs || t - start >= graceMs * EXIT_GRACE_TOTAL_FACTOR) break;
+      await new Promise((r) => setTimeout(r, 20));
+      const p = progress();
+      if (p !== last) { last = p; lastMoved = Date.now(); }
+    }
+    return open();
+  }
+
+  /**
+   * Stop the engine and remove everything the sandbox created. Idempotent. First the guest's
+   * connections get their grace (drain(), `graceMs` default: the exitGraceMs option); whatever is
+   * still open after it is cut with resets.
+   */
+  async destroy(options: { graceMs?: number } = {}): Promise<void> {
+    if (this.destroyed) return;
+    await this.drain(options.graceMs ?? this.options.exitGraceMs);
     if (this.destroyed) return;
     if (this.engine) this.drainAudit();
     await this.engine?.stop();
+    this.auditLog?.close(); // pending summaries of repeated events are written now
     await this.dnsTcp?.close();
     this.engine = undefined;
     this.destroySync();
   }
 
-  private destroySync(): void {
+  /** @internal Remove everything at once (also from the process's exit hook). */
+  destroySync(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    process.removeListener("exit", this.exitHook);
+    liveSandboxes.delete(this);
+    this.auditLog?.close();
     try {
       execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
     } catch {

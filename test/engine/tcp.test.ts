@@ -1,0 +1,361 @@
+// tcp.test.ts — the TCP termination state machine (engine-wasm/assembly/flow/tcp.ts) driven
+// segment by segment, smoltcp style: guest segments go in through the RX ring, host socket events
+// through the event and inbound rings, and each test checks the frames the guest receives and the
+// host operations native-vmm would execute. No root, no sockets: the clock is the harness's.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { EngineHarness, testConfig, counterDelta, type HostOp } from "../helpers/engine-harness.js";
+import { eth, ipv4, withL4Checksum } from "../helpers/frames.js";
+import { layout as L } from "../../orchestrator/src/engine/layout.js";
+import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
+
+const GUEST = testConfig.guestIp4;
+const REMOTE = "198.51.100.7";
+const FIN = 0x01, SYN = 0x02, RST = 0x04, PSH = 0x08, ACK = 0x10;
+const u16 = (v: number) => [(v >> 8) & 255, v & 255];
+const u32 = (v: number) => [(v >>> 24) & 255, (v >>> 16) & 255, (v >>> 8) & 255, v & 255];
+
+interface Seg { sport: number; dport: number; seq: number; ack: number; flags: number; window: number; options: number[]; data: Uint8Array }
+
+/** A guest -> `dst` TCP segment as a frame (valid checksums). */
+function segment(dst: string, s: Partial<Seg> & { dport: number }): Uint8Array {
+  const options = s.options ?? [];
+  const doff = 20 + options.length;
+  const data = s.data ?? new Uint8Array(0);
+  const tcp = withL4Checksum([...u16(s.sport ?? 40000), ...u16(s.dport), ...u32(s.seq ?? 0), ...u32(s.ack ?? 0),
+    (doff / 4) << 4, s.flags ?? ACK, ...u16(s.window ?? 65535), 0, 0, 0, 0, ...options, ...data], 16, GUEST, dst, 6);
+  return eth(testConfig.gatewayMac, testConfig.guestMac, 0x0800, ipv4(GUEST, dst, 6, tcp));
+}
+
+/** A frame the engine sent the guest, read back as a TCP segment. */
+function parse(frame: Uint8Array): Seg & { mss?: number; wscale?: number } {
+  assert.equal((frame[12]! << 8) | frame[13]!, 0x0800, "an IPv4 frame");
+  const ip = frame.subarray(14);
+  assert.equal(ip[9], 6, "a TCP segment");
+  const t = ip.subarray((ip[0]! & 15) * 4, (ip[2]! << 8) | ip[3]!);
+  const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+  const doff = (t[12]! >> 4) * 4;
+  const out: Seg & { mss?: number; wscale?: number } = {
+    sport: dv.getUint16(0), dport: dv.getUint16(2), seq: dv.getUint32(4), ack: dv.getUint32(8), flags: t[13]!,
+    window: dv.getUint16(14), options: Array.from(t.subarray(20, doff)), data: t.slice(doff),
+  };
+  for (let o = 20; o < doff;) {
+    const kind = t[o]!;
+    if (kind === 0) break;
+    if (kind === 1) { o++; continue; }
+    if (kind === 2) out.mss = dv.getUint16(o + 2);
+    if (kind === 3) out.wscale = t[o + 2];
+    o += t[o + 1]!;
+  }
+  return out;
+}
+
+const ops = (h: EngineHarness, kind: number) => h.takeOps().filter((o) => o.kind === kind);
+
+/**
+ * One guest connection through the harness. Sequence numbers: `gseq` is the guest's next byte,
+ * `iss` the engine's initial sequence number (learned from the SYN-ACK), `una` what the guest
+ * has acknowledged of ours.
+ */
+class Conn {
+  flow = -1;
+  iss = 0;
+  gseq: number;
+  rcvd = 0; // host bytes delivered to the guest in order (relative to iss + 1)
+  constructor(readonly h: EngineHarness, readonly sport = 40000, readonly dst = REMOTE, readonly dport = 80, readonly guestIss = 1000) {
+    this.gseq = guestIss + 1;
+  }
+
+  /** Guest SYN (MSS 1460, window scale 7): returns the host operations it caused. */
+  syn(): { frames: Uint8Array[]; ops: HostOp[] } {
+    const frames = this.h.send(segment(this.dst, { sport: this.sport, dport: this.dport, seq: this.guestIss, flags: SYN, options: [2, 4, ...u16(1460), 1, 3, 3, 7] }));
+    const o = this.h.takeOps();
+    const c = o.find((x) => x.kind === L.OPK_TCP_CONNECT);
+    if (c) this.flow = c.flow;
+    return { frames, ops: o };
+  }
+
+  /** SYN, dial succeeds, SYN-ACK, final ACK (offering `window` << 7): an established connection. */
+  open(window = 65535): this {
+    const { ops: o } = this.syn();
+    assert.ok(o.some((x) => x.kind === L.OPK_TCP_CONNECT), "the SYN is dialled");
+    const [synack] = this.h.deliverEvent(this.flow, L.INK_TCP_CONNECTED).map(parse);
+    assert.ok(synack);
+    this.iss = synack.seq;
+    this.send({ flags: ACK, window });
+    this.h.takeOps();
+    return this;
+  }
+
+  /** A segment from the guest on this connection (seq/ack default to where the guest is). */
+  send(s: Partial<Seg> = {}): Seg[] {
+    const frame = segment(this.dst, { sport: this.sport, dport: this.dport, seq: this.gseq, ack: (this.iss + 1 + this.rcvd) >>> 0, ...s });
+    return this.h.send(frame).map(parse);
+  }
+
+  /** The guest sends bytes; returns what the engine asks the host to write. */
+  write(bytes: number[] | Uint8Array): HostOp[] {
+    this.send({ flags: ACK | PSH, data: Uint8Array.from(bytes) });
+    this.gseq += bytes.length;
+    return ops(this.h, L.OPK_TCP_SEND);
+  }
+
+  /** Host bytes peeked from the socket at host sequence `seq` (absolute). */
+  hostData(seq: number, bytes: number[]): Seg[] {
+    return this.h.deliverData(this.flow, L.INK_TCP_DATA, Uint8Array.from(bytes), seq >>> 0).map(parse);
+  }
+}
+
+function harness(config: Partial<EngineConfig> = {}): EngineHarness {
+  return new EngineHarness({ maxTcpFlows: 64, ...config });
+}
+
+test("handshake: the SYN is dialled first, the SYN-ACK waits for the dial and carries MSS and window scale", () => {
+  const h = harness();
+  const c = new Conn(h);
+  const { frames, ops: o } = c.syn();
+  assert.equal(frames.length, 0, "the guest hears nothing while the dial is in progress");
+  const connect = o.find((x) => x.kind === L.OPK_TCP_CONNECT)!;
+  assert.equal(connect.port, 80);
+  assert.deepEqual(Array.from(connect.addr.subarray(12)), [198, 51, 100, 7]);
+  const [sa] = h.deliverEvent(c.flow, L.INK_TCP_CONNECTED).map(parse);
+  assert.equal(sa!.flags, SYN | ACK);
+  assert.equal(sa!.ack, c.guestIss + 1);
+  assert.equal(sa!.mss, testConfig.mtu - 40);
+  assert.equal(sa!.wscale, 7);
+  c.iss = sa!.seq;
+  assert.deepEqual(c.send({ flags: ACK }), [], "the final ACK needs no answer");
+  assert.equal(h.flows().tcp, 1);
+});
+
+test("a refused dial answers RST; any other dial failure answers nothing; both free the flow", () => {
+  const h = harness();
+  const a = new Conn(h, 40001);
+  a.syn();
+  const [rst] = h.deliverEvent(a.flow, L.INK_OPEN_FAILED, 0, 111).map(parse);
+  assert.equal(rst!.flags & RST, RST);
+  assert.equal(rst!.ack, a.guestIss + 1);
+  const b = new Conn(h, 40002);
+  b.syn();
+  assert.deepEqual(h.deliverEvent(b.flow, L.INK_OPEN_FAILED, 0, 113), []);
+  assert.equal(h.flows().flows, 0);
+});
+
+test("guest data is written straight from the RX slot and ACKed only as far as the socket took it", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const [w] = c.write([1, 2, 3, 4, 5]);
+  assert.deepEqual(Array.from(w!.data), [1, 2, 3, 4, 5]);
+  const [ack] = h.deliverEvent(c.flow, L.INK_TCP_SENT, 5, 1 << 20).map(parse);
+  assert.equal(ack!.ack, c.gseq);
+  // A short write: three duplicate ACKs at what was taken make the guest resend the rest now.
+  c.write([6, 7, 8, 9]);
+  const dups = h.deliverEvent(c.flow, L.INK_TCP_SENT | L.INK_PARTIAL, 1, 0).map(parse);
+  assert.equal(dups.length, 3);
+  for (const d of dups) assert.equal(d.ack, c.gseq - 3);
+  assert.equal(dups[0]!.window, 0, "no send space: the window is shut");
+  // The rest, retransmitted by the guest from the ACK point, is written from the first new byte.
+  c.gseq -= 3;
+  const [again] = c.write([7, 8, 9]);
+  assert.deepEqual(Array.from(again!.data), [7, 8, 9]);
+});
+
+test("host data is retransmitted (go-back-N) on timeout and on three duplicate ACKs", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const base = c.iss + 1;
+  const [s1] = c.hostData(base, [10, 11, 12]);
+  assert.equal(s1!.seq, base);
+  assert.deepEqual(Array.from(s1!.data), [10, 11, 12]);
+  // No ACK: after the RTO (200 ms) the tick rewinds the peek to snd_una.
+  h.now += 150;
+  h.tick();
+  assert.deepEqual(ops(h, L.OPK_TCP_REWIND), [], "not before the RTO");
+  h.now += 100;
+  h.tick();
+  const [rw] = ops(h, L.OPK_TCP_REWIND);
+  assert.equal(rw?.data.length, 0);
+  assert.equal(h.counters().TCP_RETRANSMITS, 1);
+  // The rewound bytes come again from snd_una; the guest ACKs them.
+  c.hostData(base, [10, 11, 12]);
+  c.rcvd = 3;
+  c.send({ flags: ACK });
+  assert.deepEqual(ops(h, L.OPK_TCP_ACKED).map((o) => o.data.length), [3], "the acknowledged bytes are discarded from the socket");
+  // Three duplicate ACKs for data in flight: fast retransmit at once.
+  c.hostData(base + 3, [13, 14]);
+  c.hostData(base + 5, [15]);
+  const before = h.counters();
+  for (let i = 0; i < 3; i++) c.send({ flags: ACK });
+  assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1);
+  assert.equal(counterDelta(before, h.counters()).TCP_RETRANSMITS, 1);
+});
+
+test("a lost window update does not stall the flow: the persist timer probes a shut window", () => {
+  const h = harness();
+  const c = new Conn(h).open(1); // a 128-byte window (scale 7)
+  const base = c.iss + 1;
+  const fill = Array.from({ length: 128 }, (_, i) => i);
+  c.hostData(base, fill);
+  // The guest takes the bytes but its buffer is full: window 0. Nothing is in flight now.
+  c.rcvd = 128;
+  c.send({ flags: ACK, window: 0 });
+  h.takeOps();
+  // Its window-opening ACK is lost. The persist timer must probe.
+  let probe: Seg | undefined;
+  for (let i = 0; i < 5 && !probe; i++) {
+    h.now += 100;
+    h.tick();
+    probe = h.run().map(parse)[0];
+  }
+  assert.ok(probe, "a zero-window probe within 500 ms");
+  assert.equal(probe.seq, (base + 128 - 1) >>> 0, "the probe carries snd_una - 1: the guest must answer");
+  assert.equal(probe.data.length, 0);
+  assert.equal(h.counters().TCP_PROBES, 1);
+  // The guest's answer carries its open window: credit is granted again and data flows.
+  c.send({ flags: ACK, window: 1 });
+  const [credit] = ops(h, L.OPK_TCP_CREDIT);
+  assert.ok(credit, "peek credit granted from the probe's answer");
+  assert.deepEqual(c.hostData(base + 128, [5]).map((s) => s.data.length), [1]);
+});
+
+test("persist probes back off while the guest answers with a shut window, and never give up on a live guest", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.send({ flags: ACK, window: 0 });
+  const times: number[] = [];
+  const start = h.now;
+  for (let t = 0; t < 60000; t += 100) {
+    h.now = start + t;
+    h.tick();
+    if (h.run().length) {
+      times.push(t);
+      c.send({ flags: ACK, window: 0 }); // answered: still shut
+    }
+  }
+  assert.ok(times.length >= 10, `kept probing a live guest (${times.length} probes)`);
+  const gaps = times.slice(1).map((t, i) => t - times[i]!);
+  assert.ok(gaps[gaps.length - 1]! <= 5100 && gaps[gaps.length - 1]! >= 4900, `backs off to 5 s: ${gaps.join(",")}`);
+  assert.equal(h.flows().tcp, 1, "a guest that answers keeps its connection");
+});
+
+test("FIN each way: the guest's FIN is passed on after its data; the host's EOF becomes our FIN; then linger and reap", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.write([1, 2]);
+  // The FIN right behind the data: the shutdown is queued after the write (native-vmm skips it
+  // if that write came up short, and the guest retransmits its FIN).
+  const fin0 = c.send({ flags: FIN | ACK });
+  assert.deepEqual(fin0, [], "not acknowledged before the host socket is shut down");
+  const h1 = h.takeOps().map((o) => o.kind);
+  assert.deepEqual(h1, [L.OPK_TCP_SHUTDOWN]);
+  h.deliverEvent(c.flow, L.INK_TCP_SENT, 2, 1 << 20);
+  const [finAck] = h.deliverEvent(c.flow, L.INK_TCP_SHUT_DONE).map(parse);
+  assert.equal(finAck!.ack, c.gseq + 1, "the FIN is acknowledged once the host socket was shut down");
+  c.gseq++;
+  // Host side: EOF after everything it sent.
+  const [fin] = h.deliverData(c.flow, L.INK_TCP_EOF, new Uint8Array(0), c.iss + 1).map(parse);
+  assert.equal(fin!.flags & FIN, FIN);
+  c.rcvd = 1;
+  c.send({ flags: ACK });
+  assert.equal(ops(h, L.OPK_CLOSE).length, 1, "both FINs acknowledged: the socket is closed");
+  assert.equal(h.flows().tcp, 0, "a lingering flow no longer counts as live");
+  assert.equal(h.flows().flows, 1);
+  h.now += 2100;
+  h.tick();
+  assert.equal(h.flows().flows, 0, "reaped after the linger");
+});
+
+test("a half-closed flow whose guest socket is gone is reaped: keepalive probe, guest RST", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.send({ flags: FIN | ACK });
+  h.deliverEvent(c.flow, L.INK_TCP_SHUT_DONE);
+  c.gseq++;
+  h.takeOps();
+  // The server never closes. After 10 s of silence from the guest, a probe.
+  h.now += 9900;
+  h.tick();
+  assert.deepEqual(h.run(), []);
+  h.now += 200;
+  h.tick();
+  const [probe] = h.run().map(parse);
+  assert.ok(probe, "probed after 10 s");
+  assert.equal(probe.ack, c.gseq);
+  // The guest's socket is gone (its FIN_WAIT_2 timed out): its kernel answers RST at SEG.ACK.
+  c.send({ flags: RST, seq: probe.ack, ack: 0 });
+  assert.equal(ops(h, L.OPK_TCP_ABORT).length, 1, "the host side is reset too");
+  assert.equal(h.flows().flows, 0);
+});
+
+test("a guest that stops answering is reset on both sides after three keepalive probes", () => {
+  const h = harness();
+  new Conn(h).open();
+  const seen: Seg[] = [];
+  for (let t = 0; t < 60000; t += 100) {
+    h.now += 100;
+    h.tick();
+    seen.push(...h.run().map(parse));
+  }
+  const probes = seen.filter((s) => !(s.flags & RST));
+  const rst = seen.filter((s) => s.flags & RST);
+  assert.equal(probes.length, 3);
+  assert.equal(rst.length, 1);
+  assert.equal(h.flows().flows, 0, "the flow is gone");
+  assert.equal(ops(h, L.OPK_TCP_ABORT).length, 1);
+  assert.equal(h.counters().TCP_GUEST_TIMEOUTS, 1);
+});
+
+test("an active guest is never probed", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  for (let t = 0; t < 120000; t += 100) {
+    h.now += 100;
+    h.tick();
+    assert.deepEqual(h.run(), [], `no probe at ${t} ms`);
+    if (t % 5000 === 0) c.send({ flags: ACK });
+  }
+  assert.equal(h.flows().tcp, 1);
+});
+
+test("RST from the guest is accepted only at the expected sequence number (RFC 5961 §3.2)", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const before = h.counters();
+  c.send({ flags: RST, seq: c.gseq + 5000 });
+  c.send({ flags: RST, seq: c.gseq - 1 });
+  assert.equal(h.flows().tcp, 1, "an off-sequence RST is ignored");
+  assert.equal(counterDelta(before, h.counters()).DROP_TCP_OUT_OF_WINDOW, 2);
+  c.send({ flags: RST, seq: c.gseq });
+  assert.equal(ops(h, L.OPK_TCP_ABORT).length, 1);
+  assert.equal(h.flows().flows, 0);
+});
+
+test("a host reset resets the guest", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const [rst] = h.deliverData(c.flow, L.INK_TCP_RESET, new Uint8Array(0), 104).map(parse);
+  assert.equal(rst!.flags & RST, RST);
+  assert.equal(h.flows().flows, 0);
+});
+
+test("the connection limit counts every kind of flow: TCP and UDP to the world, and TCP to the gateway's DNS", () => {
+  const h = harness({ maxConnections: 3 });
+  new Conn(h, 41000).open();
+  // A UDP flow.
+  const udp = withL4Checksum([...u16(5000), ...u16(9999), 0, 9, 0, 0, 42], 6, GUEST, REMOTE, 17);
+  h.send(eth(testConfig.gatewayMac, testConfig.guestMac, 0x0800, ipv4(GUEST, REMOTE, 17, udp)));
+  assert.ok(h.takeOps().some((o) => o.kind === L.OPK_UDP_OPEN));
+  // DNS over TCP to the gateway: a gateway service, not judged by policy, but a connection all the same.
+  const dns = new Conn(h, 41001, testConfig.gatewayIp4, 53);
+  dns.syn();
+  assert.ok(dns.flow >= 0, "the third connection is dialled (to the DNS listener)");
+  const before = h.counters();
+  const over = new Conn(h, 41002, testConfig.gatewayIp4, 53);
+  const { frames, ops: o } = over.syn();
+  assert.ok(!o.some((x) => x.kind === L.OPK_TCP_CONNECT), "the fourth is not dialled");
+  assert.equal(parse(frames[0]!).flags & RST, RST, "it is refused at once");
+  assert.equal(counterDelta(before, h.counters()).DROP_FLOW_LIMIT, 1);
+  const over2 = new Conn(h, 41003);
+  assert.equal(parse(over2.syn().frames[0]!).flags & RST, RST);
+  assert.equal(h.flows().tcp, 2);
+});

@@ -9,6 +9,9 @@
 //   - iperf3 guest->world and world->guest (-R), Gbit/s at the receiver
 //   - connections per second: connect, 1-byte request, response, close, in a loop
 //   - request/response latency: 1-byte ping-pong on one connection, p50 and p99
+//   - many connections: 1000 concurrent connections each moving 1 MiB each way through the echo
+//     server, every byte checked: seconds until the last one finished ("-" if any stalled
+//     past 120 s or failed)
 //   - CPU: the contender's process time (user+sys) during the iperf3 runs, as cores per Gbit/s
 //     (veth has no process: its cost is in the kernel and is not shown)
 // and printed with the ratios moat / each peer.
@@ -101,7 +104,7 @@ function iperf(exec: (c: string[]) => string[], reverse: boolean): number {
   return out.end.sum_received.bits_per_second / 1e9;
 }
 
-interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined }
+interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; bulkSeconds: number | undefined }
 
 async function measure(world: World, c: Contender): Promise<Row> {
   const env = await c.up(world, `peer-${c.name}`);
@@ -116,7 +119,13 @@ async function measure(world: World, c: Contender): Promise<Row> {
     const cores = env.pid ? (cpuSeconds(env.pid) - cpu0) / wall : undefined;
     const crr = Number(/crr (\d+)/.exec(client("crr", String(Math.min(SECONDS, 3))))![1]);
     const rr = /p50=(\d+) p99=(\d+)/.exec(client("rr", "2000"))!;
-    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2) };
+    let bulkSeconds: number | undefined;
+    try {
+      bulkSeconds = Number(/ok 1000 ([\d.]+) s/.exec(client("bulk", "1000", String(1 << 20), "120"))![1]);
+    } catch (e) {
+      process.stderr.write(`peers: ${c.name}: 1000 x 1 MiB failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
+    }
+    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), bulkSeconds };
   } finally {
     env.stop();
     await sleep(300);
@@ -148,15 +157,16 @@ try {
 }
 
 const fmt = (v: number | undefined, d = 2) => (v === undefined ? "-" : v.toFixed(d));
-const table = [["contender", "guest->world Gbit/s", "world->guest Gbit/s", "conn/s", "RR p50 us", "RR p99 us", "CPU cores per Gbit/s"]];
-for (const r of rows) table.push([r.name, fmt(r.up), fmt(r.down), fmt(r.crr, 0), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.coresPerGbit, 3)]);
+const table = [["contender", "guest->world Gbit/s", "world->guest Gbit/s", "conn/s", "RR p50 us", "RR p99 us", "CPU cores per Gbit/s", "1000x1MiB echo s"]];
+for (const r of rows) table.push([r.name, fmt(r.up), fmt(r.down), fmt(r.crr, 0), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.coresPerGbit, 3), fmt(r.bulkSeconds)]);
 const moat = rows.find((r) => r.name === "moat");
 if (moat) {
   for (const r of rows.filter((r) => r !== moat)) {
     table.push([`moat / ${r.name}`, fmt(moat.up / r.up), fmt(moat.down / r.down), fmt(moat.crr / r.crr), fmt(r.p50 / moat.p50), fmt(r.p99 / moat.p99),
-      moat.coresPerGbit !== undefined && r.coresPerGbit !== undefined ? fmt(r.coresPerGbit / moat.coresPerGbit) : "-"]);
+      moat.coresPerGbit !== undefined && r.coresPerGbit !== undefined ? fmt(r.coresPerGbit / moat.coresPerGbit) : "-",
+      moat.bulkSeconds !== undefined && r.bulkSeconds !== undefined ? fmt(r.bulkSeconds / moat.bulkSeconds) : "-"]);
   }
 }
 const w = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
 for (const row of table) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
-console.log(`(${SECONDS} s per iperf3 direction; ratios > 1 favour moat: throughput and conn/s as moat/peer, latency and CPU as peer/moat)`);
+console.log(`(${SECONDS} s per iperf3 direction; ratios > 1 favour moat: throughput and conn/s as moat/peer, latency, CPU and 1000x1MiB time as peer/moat)`);

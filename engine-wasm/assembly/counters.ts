@@ -79,4 +79,5 @@ export const DROP_TCP_OUT_OF_WINDOW = 59; // segment or ACK outside the window
 export const DROP_TCP_NO_FLOW = 60; // segment for no connection (RST sent)
 export const TCP_PROBES = 72; // zero-window and keepalive probes sent to the guest
 export const TCP_GUEST_TIMEOUTS = 73; // connections reset because the guest stopped answering probes
-export const COUNTER_COUNT = 74;
+export const TCP_STALE_DATA = 74; // host data peeked before a rewind or an acknowledgement moved snd_nxt: ignored
+export const COUNTER_COUNT = 75;

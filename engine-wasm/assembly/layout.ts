@@ -104,7 +104,7 @@ export const OPK_ICMP_OPEN = 11; // an ICMP echo ("ping") socket connected to ad
 export const OPK_TCP_CONNECT = 4; // non-blocking connect to (addr, port); DATA = seq of the first byte to peek, LEN = segment size
 export const OPK_TCP_SEND = 5; // write len bytes at data; answered by INK_TCP_SENT
 export const OPK_TCP_CREDIT = 6; // DATA = sequence number up to which host data may be peeked
-export const OPK_TCP_ACKED = 7; // LEN bytes were acknowledged by the guest: discard them from the socket
+export const OPK_TCP_ACKED = 7; // the guest acknowledged host bytes up to sequence number DATA (LEN: how many this time): discard them from the socket
 export const OPK_TCP_REWIND = 8; // retransmit: peek again from DATA (the oldest unacknowledged sequence number)
 export const OPK_TCP_SHUTDOWN = 9; // the guest sent FIN: shutdown(SHUT_WR) once every earlier write went through
 export const OPK_TCP_ABORT = 10; // the guest reset: close with SO_LINGER 0 (the peer sees RST)
@@ -234,3 +234,9 @@ export const INK_TCP_SHUT_DONE = 9; // shutdown(SHUT_WR) done for the guest's FI
 export const INK_TCP_WRITABLE = 10; // a blocked socket can take data again; DESC_FLAGS = send space
 export const INK_KIND_MASK = 0xffff;
 export const INK_PARTIAL = 0x10000;
+// INK_TCP_DATA and INK_TCP_EOF carry, in AUX bits 24..31, the flow's peek epoch: how many
+// OPK_TCP_REWINDs native-vmm had executed for it when it peeked. The engine counts the rewinds it
+// issues and ignores data from an older epoch: bytes peeked before a rewind and still queued
+// when it was issued must not be taken as the retransmission (they may carry the same sequence
+// number, and native-vmm would then re-send from a point the engine has already passed).
+export const INK_EPOCH_SHIFT = 24;

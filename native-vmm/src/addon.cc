@@ -110,6 +110,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.inkTcpShutDone = need(env, lay, "INK_TCP_SHUT_DONE");
     L.inkTcpWritable = need(env, lay, "INK_TCP_WRITABLE");
     L.inkPartial = need(env, lay, "INK_PARTIAL");
+    L.inkEpochShift = need(env, lay, "INK_EPOCH_SHIFT");
     L.countersBase = need(env, lay, "COUNTERS_BASE");
     L.cHostSendErrors = need(env, lay, "HOST_SEND_ERRORS");
     L.cHostOpenErrors = need(env, lay, "HOST_OPEN_ERRORS");

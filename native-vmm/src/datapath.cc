@@ -248,7 +248,7 @@ int Datapath::readTcp(uint32_t flow) {
     const uint32_t tail = L_.in.tail();
     ssize_t n = recv(s.fd, L_.in.buf(tail), want, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) {
-      pushInbound(flow, L_.inkTcpData, static_cast<uint32_t>(n), s.peekSeq);
+      pushInbound(flow, L_.inkTcpData | (static_cast<uint32_t>(s.epoch) << L_.inkEpochShift), static_cast<uint32_t>(n), s.peekSeq);
       s.peekSeq += static_cast<uint32_t>(n);
       got++;
       // A short read means the queue is drained: peeking again would only return EAGAIN. Safe
@@ -260,7 +260,7 @@ int Datapath::readTcp(uint32_t flow) {
     if (n == 0) {
       if (!s.eofPosted) {
         s.eofPosted = true;
-        pushInbound(flow, L_.inkTcpEof, 0, s.peekSeq);
+        pushInbound(flow, L_.inkTcpEof | (static_cast<uint32_t>(s.epoch) << L_.inkEpochShift), 0, s.peekSeq);
         got++;
       }
       break;
@@ -346,7 +346,7 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   s.fd = fd;
   s.tcp = true;
   s.connecting = true;
-  s.peekSeq = s.limitSeq = field(L_.opData);
+  s.headSeq = s.peekSeq = s.limitSeq = field(L_.opData);
   s.segBytes = std::max<uint32_t>(field(L_.opLen), 64);
   live_++;
   struct epoll_event ev = {};
@@ -423,12 +423,17 @@ int Datapath::execOps() {
     if (kind == L_.opkTcpSend) {
       tcpSend(flow, field(L_.opData), field(L_.opLen));
     } else if (kind == L_.opkTcpAcked) {
-      uint32_t left = field(L_.opLen);
-      while (s.fd >= 0 && left > 0) {
-        ssize_t d = recv(s.fd, nullptr, left, MSG_TRUNC | MSG_DONTWAIT);
+      // Discard what the guest acknowledged, up to the sequence number in DATA. The kernel moves
+      // the peek offset back by what is consumed but clamps it at zero: had fewer bytes been
+      // peeked than are discarded (a rewind that peeked nothing yet), the offset now points at
+      // the new head, and peekSeq must follow it or every later byte would be mislabelled.
+      const uint32_t upto = field(L_.opData);
+      while (s.fd >= 0 && seqLt(s.headSeq, upto)) {
+        ssize_t d = recv(s.fd, nullptr, upto - s.headSeq, MSG_TRUNC | MSG_DONTWAIT);
         if (d <= 0) break;
-        left -= static_cast<uint32_t>(d);
+        s.headSeq += static_cast<uint32_t>(d);
       }
+      if (seqLt(s.peekSeq, s.headSeq)) s.peekSeq = s.headSeq;
     } else if (kind == L_.opkTcpCredit) {
       s.limitSeq = field(L_.opData);
       if (!s.drained || s.peerClosed) readTcp(flow);  // else the next arrival's epoll event reads
@@ -440,9 +445,13 @@ int Datapath::execOps() {
       tcpConnect(flow, op);
     } else if (kind == L_.opkTcpRewind) {
       if (s.fd < 0 || s.dead) continue;
-      int zero = 0;
-      setsockopt(s.fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
-      s.peekSeq = field(L_.opData);
+      // Peek again from DATA (snd_una): bytes before it were discarded, so it is the queue's
+      // head, and the peek offset restarts there.
+      const uint32_t from = field(L_.opData);
+      int off = seqLt(s.headSeq, from) ? static_cast<int>(from - s.headSeq) : 0;
+      setsockopt(s.fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
+      s.peekSeq = s.headSeq + static_cast<uint32_t>(off);
+      s.epoch++;
       s.eofPosted = false;
       s.drained = false;  // the rewound bytes are in the queue again
       readTcp(flow);

@@ -18,7 +18,7 @@ struct Layout {
   uint32_t descLen = 0, descFlags = 0, descToken = 0, descAux = 0;
   uint32_t inkUdpData = 0, inkFlowError = 0, inkOpenFailed = 0;
   uint32_t inkTcpConnected = 0, inkTcpData = 0, inkTcpSent = 0, inkTcpEof = 0, inkTcpReset = 0,
-           inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0;
+           inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0, inkEpochShift = 0;
   uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0, cTcpShortWrites = 0;
   uint32_t flowCapacity = 0, slotBytes = 0, memoryBytes = 0;
 };
@@ -58,7 +58,11 @@ class Datapath {
     bool drained = false;      // the last peek found the queue empty: wait for the next arrival
     bool peerClosed = false;   // EPOLLRDHUP seen: the FIN is queued behind the data, keep peeking to it
     bool shutDone = false;     // the guest's FIN was passed on (shutdown SHUT_WR): its stream is complete
-    uint32_t peekSeq = 0, limitSeq = 0, segBytes = 0;
+    // Sequence numbers (the engine's, toward the guest): headSeq is the first byte still in the
+    // receive queue (everything before it was acknowledged and discarded), peekSeq the byte at
+    // the peek offset, limitSeq the end of the credit. headSeq <= peekSeq <= limitSeq.
+    uint32_t headSeq = 0, peekSeq = 0, limitSeq = 0, segBytes = 0;
+    uint8_t epoch = 0;  // rewinds executed: tags peeked data and EOF (layout.ts, INK_EPOCH_SHIFT)
     uint32_t spaceEstimate = 0;  // send space measured, less what was written since
     uint32_t sendsSinceMeasure = 0;
   };

@@ -62,6 +62,7 @@ class Conn {
   iss = 0;
   gseq: number;
   rcvd = 0; // host bytes delivered to the guest in order (relative to iss + 1)
+  epoch = 0; // rewinds native-vmm has executed: tags the host data it peeks
   constructor(readonly h: EngineHarness, readonly sport = 40000, readonly dst = REMOTE, readonly dport = 80, readonly guestIss = 1000) {
     this.gseq = guestIss + 1;
   }
@@ -100,9 +101,9 @@ class Conn {
     return ops(this.h, L.OPK_TCP_SEND);
   }
 
-  /** Host bytes peeked from the socket at host sequence `seq` (absolute). */
-  hostData(seq: number, bytes: number[]): Seg[] {
-    return this.h.deliverData(this.flow, L.INK_TCP_DATA, Uint8Array.from(bytes), seq >>> 0).map(parse);
+  /** Host bytes peeked from the socket at host sequence `seq` (absolute), in peek epoch `epoch`. */
+  hostData(seq: number, bytes: number[], epoch = this.epoch): Seg[] {
+    return this.h.deliverData(this.flow, L.INK_TCP_DATA | (epoch << L.INK_EPOCH_SHIFT), Uint8Array.from(bytes), seq >>> 0).map(parse);
   }
 }
 
@@ -174,13 +175,14 @@ test("host data is retransmitted (go-back-N) on timeout and on three duplicate A
   h.now += 100;
   h.tick();
   const [rw] = ops(h, L.OPK_TCP_REWIND);
-  assert.equal(rw?.data.length, 0);
+  assert.equal(rw?.arg, base, "peek again from snd_una");
   assert.equal(h.counters().TCP_RETRANSMITS, 1);
-  // The rewound bytes come again from snd_una; the guest ACKs them.
+  // The rewound bytes come again from snd_una (native-vmm's next epoch); the guest ACKs them.
+  c.epoch++;
   c.hostData(base, [10, 11, 12]);
   c.rcvd = 3;
   c.send({ flags: ACK });
-  assert.deepEqual(ops(h, L.OPK_TCP_ACKED).map((o) => o.data.length), [3], "the acknowledged bytes are discarded from the socket");
+  assert.deepEqual(ops(h, L.OPK_TCP_ACKED).map((o) => [o.arg, o.len]), [[(base + 3) >>> 0, 3]], "the socket discards up to the acknowledged sequence number");
   // Three duplicate ACKs for data in flight: fast retransmit at once.
   c.hostData(base + 3, [13, 14]);
   c.hostData(base + 5, [15]);
@@ -188,6 +190,25 @@ test("host data is retransmitted (go-back-N) on timeout and on three duplicate A
   for (let i = 0; i < 3; i++) c.send({ flags: ACK });
   assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1);
   assert.equal(counterDelta(before, h.counters()).TCP_RETRANSMITS, 1);
+});
+
+test("data peeked before a rewind is ignored even where its sequence number matches the rewound snd_nxt", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const base = c.iss + 1;
+  c.hostData(base, [1, 2, 3]);
+  // Unacknowledged: the RTO rewinds to snd_una. Meanwhile native-vmm had peeked on, and an
+  // old-epoch event still queued (behind a full TX ring, say) starts exactly at snd_una.
+  h.now += 250;
+  h.tick();
+  assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1);
+  const before = h.counters();
+  assert.deepEqual(c.hostData(base, [1, 2, 3], 0), [], "an old-epoch event is not sent");
+  assert.equal(counterDelta(before, h.counters()).TCP_STALE_DATA, 1);
+  // The rewound peek (epoch 1) is what the guest gets; nothing was skipped or duplicated.
+  const [again] = c.hostData(base, [1, 2, 3], 1);
+  assert.equal(again!.seq, base);
+  assert.deepEqual(c.hostData(base + 3, [4], 1).map((s) => s.seq), [(base + 3) >>> 0]);
 });
 
 test("a lost window update does not stall the flow: the persist timer probes a shut window", () => {

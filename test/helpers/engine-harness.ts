@@ -27,7 +27,8 @@ export const testConfig: EngineConfig = {
   dnsForward: { ip: "192.0.2.53", port: 5353 },
 };
 
-export interface HostOp { kind: number; flow: number; data: Uint8Array; family: number; port: number; addr: Uint8Array }
+/** A host operation as native-vmm would see it: `data` is the LEN bytes at DATA when DATA is an address; `arg` and `len` are the raw fields (DATA is a sequence number for TCP credit, acknowledgement and rewind). */
+export interface HostOp { kind: number; flow: number; data: Uint8Array; arg: number; len: number; family: number; port: number; addr: Uint8Array }
 
 export class EngineHarness {
   readonly memory = createEngineMemory();
@@ -121,6 +122,8 @@ export class EngineHarness {
         kind: this.u32(op + L.OP_KIND),
         flow: this.u32(op + L.OP_FLOW),
         data: this.mem.slice(data, data + this.u32(op + L.OP_LEN)),
+        arg: data,
+        len: this.u32(op + L.OP_LEN),
         family: this.u32(op + L.OP_FAMILY),
         port: this.u32(op + L.OP_PORT),
         addr: addr ? this.mem.slice(addr, addr + 16) : new Uint8Array(16),

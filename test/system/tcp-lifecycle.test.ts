@@ -103,3 +103,19 @@ test("1000 concurrent connections moving 1 MiB each way all complete, every byte
   assert.equal(r.report.sockets, 0, `host sockets left: ${JSON.stringify(r.report)}`);
   process.stdout.write(`# bulk: ${r.stdout.trim()}\n`);
 });
+
+test("--max-connections holds for connections to the gateway's own DNS over TCP too", { skip }, async () => {
+  const gw = `"$(ip route show default | cut -d' ' -f3)"`;
+  const r = await world.moat(["run", "--max-connections", "8", "--stats", "--", "sh", "-c",
+    `exec ${process.execPath} ${TESTBED_JS}tcp-clients.js hold ${gw} 53 20 1`]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "held 8 refused 12");
+  assert.equal(World.stats(r.stderr).DROP_FLOW_LIMIT, 12);
+});
+
+test("one process embeds more than ten sandboxes without a listener-leak warning", { skip }, async () => {
+  const r = await world.sandboxScript("sandbox-many.js", ["12"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "created 12, destroyed 12");
+  assert.doesNotMatch(r.stderr, /MaxListenersExceeded|Warning/);
+});

@@ -193,5 +193,5 @@ async function main(): Promise<string> {
 
 main().then((line) => process.stdout.write(line + "\n"), (e) => {
   process.stderr.write(`tcp-clients.js ${mode}: ${(e as Error).message}\n`);
-  process.exitCode = 1;
+  process.exit(1); // connections left open must not keep the client alive
 });

@@ -29,8 +29,12 @@
 // Sequence bookkeeping (all u32, compared modulo 2^32):
 //   snd_una <= snd_nxt          host->guest: oldest unacknowledged, next to send
 //   rcv_nxt <= rcv_wr           guest->host: confirmed written to the socket, issued to write
-// Inbound data events carry their sequence number; an event that does not start at snd_nxt
-// predates a rewind and is ignored, so a rewind can never reorder the stream.
+// Inbound data events carry their sequence number and the peek epoch (the number of rewinds
+// native-vmm had executed when it peeked): an event of an older epoch than the engine's count of
+// rewinds issued, or that does not start at snd_nxt, predates a rewind and is ignored, so a
+// rewind can never reorder the stream. (The sequence number alone is not enough: data peeked
+// before a rewind and still queued behind a full TX ring can start exactly at the rewound
+// snd_nxt, be taken, and leave native-vmm rewinding to a point the engine has passed.)
 //
 // Closing: the guest's FIN becomes OPK_TCP_SHUTDOWN (only once every earlier byte is written;
 // INK_TCP_SHUT_DONE then ACKs the FIN); the host's EOF becomes our FIN once every byte before it
@@ -60,13 +64,13 @@ import {
   KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
   OPK_TCP_ABORT, OPK_CLOSE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
-  INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL,
+  INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
 } from "../layout";
 import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
-  TCP_GUEST_TIMEOUTS,
+  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA,
 } from "../counters";
 import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
@@ -103,6 +107,7 @@ const T_SND_MAX = 208; // highest sequence number sent (snd_nxt falls back below
 const T_PROBES = 212; // u32: probes sent (persist or keepalive) since the guest last spoke
 const T_PROBE_AT = 216; // f64: next persist / keepalive probe (0 = to be computed by the tick)
 const T_PERSIST_MS = 224; // u32: persist interval, doubling while the guest's window stays shut
+const T_EPOCH = 228; // u8: OPK_TCP_REWINDs issued (mod 256): the peek epoch current data must carry
 
 const FL_SHUT_PENDING: u32 = 1; // OPK_TCP_SHUTDOWN issued for the guest's FIN
 const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
@@ -305,11 +310,13 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
       acked--;
     }
     store<u32>(rec, ack, T_SND_UNA);
-    if (acked) opPush(OPK_TCP_ACKED, idx, 0, acked, 0, 0, 0);
+    // Absolute: native-vmm discards up to this sequence number, so a lost op is made good by the
+    // next one instead of leaving the socket's queue out of step with snd_una for good.
+    if (acked) opPush(OPK_TCP_ACKED, idx, f & FL_FIN_ACKED ? load<u32>(rec, T_FIN_SEQ) : ack, acked, 0, 0, 0);
     if (seqLt(nxt, ack)) {
       // The guest had received more than a rewind assumed: carry on from what it acknowledged.
       store<u32>(rec, ack, T_SND_NXT);
-      if (!(f & FL_FIN_ACKED)) opPush(OPK_TCP_REWIND, idx, ack, 0, 0, 0, 0);
+      if (!(f & FL_FIN_ACKED)) pushRewind(idx, rec, ack);
     }
     store<u32>(rec, 0, T_DUPACKS);
     store<u32>(rec, 0, T_RETRIES);
@@ -427,10 +434,17 @@ function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPor
   return true;
 }
 
+/** Tell native-vmm to peek again from `seq`; data peeked before it is from now on stale. */
+function pushRewind(idx: u32, rec: usize, seq: u32): bool {
+  if (!opPush(OPK_TCP_REWIND, idx, seq, 0, 0, 0, 0)) return false;
+  store<u8>(rec, load<u8>(rec, T_EPOCH) + 1, T_EPOCH);
+  return true;
+}
+
 /** Go-back-N: resend everything from snd_una (and our FIN, if it was sent). */
 function rewind(idx: u32, rec: usize): void {
   const una = load<u32>(rec, T_SND_UNA);
-  if (!opPush(OPK_TCP_REWIND, idx, una, 0, 0, 0, 0)) return;
+  if (!pushRewind(idx, rec, una)) return;
   store<u32>(rec, una, T_SND_NXT);
   const f = load<u32>(rec, T_FLAGS);
   if ((f & FL_FIN_SENT) && !(f & FL_FIN_ACKED)) store<u32>(rec, f & ~FL_FIN_SENT, T_FLAGS);
@@ -449,8 +463,12 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
   const rec = flowRecord(idx);
   const state = load<u32>(rec, F_STATE);
   if (load<u8>(rec) != 6 || state < TS_DIALING) return true; // the flow has gone meanwhile
+  const current = (aux >>> INK_EPOCH_SHIFT) == <u32>load<u8>(rec, T_EPOCH);
   if (kind == INK_TCP_DATA) {
-    if (state != TS_ESTABLISHED || arg != load<u32>(rec, T_SND_NXT) || (load<u32>(rec, T_FLAGS) & FL_FIN_SENT)) return true; // stale
+    if (!current || state != TS_ESTABLISHED || arg != load<u32>(rec, T_SND_NXT) || (load<u32>(rec, T_FLAGS) & FL_FIN_SENT)) {
+      count(TCP_STALE_DATA);
+      return true;
+    }
     if (!emitSegment(rec, TH_ACK | TH_PSH, arg, buf, len)) return false;
     store<u32>(rec, arg + len, T_SND_NXT);
     if (seqLt(load<u32>(rec, T_SND_MAX), arg + len)) store<u32>(rec, arg + len, T_SND_MAX);
@@ -510,7 +528,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
   }
   if (kind == INK_TCP_EOF) {
     const f = load<u32>(rec, T_FLAGS);
-    if (state != TS_ESTABLISHED || (f & FL_FIN_SENT) || arg != load<u32>(rec, T_SND_NXT)) return true; // stale
+    if (!current || state != TS_ESTABLISHED || (f & FL_FIN_SENT) || arg != load<u32>(rec, T_SND_NXT)) return true; // stale
     if (!emitSegment(rec, TH_FIN | TH_ACK, arg, 0, 0)) return false;
     store<u32>(rec, f | FL_HOST_EOF | FL_FIN_SENT, T_FLAGS);
     store<u32>(rec, arg, T_FIN_SEQ);

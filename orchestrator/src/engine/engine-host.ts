@@ -100,12 +100,22 @@ export class EngineHost {
     this.stopping = true;
     if (this.exited) return;
     try {
-      await Promise.race([this.control.stop(), new Promise((r) => setTimeout(r, 1000))]);
+      await within(this.control.stop(), 1000);
     } catch {
       // the worker may already be gone
     }
-    await Promise.race([this.exitPromise, new Promise((r) => setTimeout(r, 1000))]);
+    await within(this.exitPromise, 1000);
     if (!this.exited) await this.worker.terminate();
     this.control[Comlink.releaseProxy]();
+  }
+}
+
+/** `p`, or nothing after `ms`: the timer is cleared either way, so it never holds the process open. */
+async function within(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([p, new Promise((r) => { timer = setTimeout(r, ms); })]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -20,14 +20,17 @@ export class DnsBuilder {
 }
 import type { NetworkPolicyShape } from "../policy/model.js";
 import type { DenyResponse } from "../policy/compile.js";
-import type { DenyEvent } from "../policy/audit.js";
+import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";
 
 export class NetworkBuilder {
   /** @internal */ readonly options: NetnsSandboxOptions = {};
   policy(policy: NetworkPolicyShape): this { this.options.policy = policy; return this; }
   maxConnections(max: number): this { this.options.maxConnections = max; return this; }
   denyResponse(response: DenyResponse): this { this.options.denyResponse = response; return this; }
-  auditLog(path: string): this { this.options.auditLog = path; return this; }
+  /** Append denials as JSON lines to `path`; `limits` bound it (aggregation interval, size cap). */
+  auditLog(path: string, limits?: AuditLogOptions): this { this.options.auditLog = path; this.options.auditLogOptions = limits; return this; }
+  /** At destroy(), how long the guest's connections may go without moving data before they are reset (default 5000 ms). */
+  exitGraceMs(ms: number): this { this.options.exitGraceMs = ms; return this; }
   onDeny(listener: (event: DenyEvent) => void): this { this.options.onDeny = listener; return this; }
   mtu(bytes: number): this { this.options.mtu = bytes; return this; }
   dnsForward(address: string): this { this.options.dnsForward = address; return this; }

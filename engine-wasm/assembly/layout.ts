@@ -216,7 +216,16 @@ export const PN_LIVE = 20; // u32 live flows admitted through this pin
 export const PN_EXPIRY = 24; // f64 engine time after which the pin alone no longer matches
 export const PIN_SCRATCH = PIN_BASE + PIN_SLOTS * PIN_BYTES; // 16 bytes: an address handed in by the worker
 
-export const BENCH_BASE = PIN_SCRATCH + 64; // 1 MiB scratch for benchmarks and tests
+// ---- the host's own addresses: Group Host like the gateway's (policy/match.ts) ------------------
+// Every address configured in the namespace moat dials from, kept current by the orchestrator
+// (orchestrator/src/policy/host-addresses.ts). Two slots: the orchestrator fills the one not in
+// force, then flips HOST_ADDR_ACTIVE, so the engine never reads a half-written table.
+export const HOST_ADDR_MAX = 256;
+export const HOST_ADDR_SLOT_BYTES = 16 + HOST_ADDR_MAX * 16; // u32 count, 12 bytes pad, addresses (IPv4 as ::ffff:a.b.c.d)
+export const HOST_ADDR_ACTIVE = PIN_SCRATCH + 64; // u32: the slot in force, 0 or 1
+export const HOST_ADDR_BASE = HOST_ADDR_ACTIVE + 16;
+
+export const BENCH_BASE = HOST_ADDR_BASE + 2 * HOST_ADDR_SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;

@@ -14,6 +14,8 @@ import ipaddr from "ipaddr.js";
 import { EngineHarness, testConfig } from "../helpers/engine-harness.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type Protocol } from "../../orchestrator/src/policy/model.js";
+import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
+import { writeHostAddresses } from "../../orchestrator/src/policy/host-addresses.js";
 
 interface PolicyExports {
   policyEvaluate(proto: number, addr: number, port: number, direction: number): number;
@@ -213,6 +215,55 @@ test("classify: IPv6 ULA fc00::/7 is private, fd00:ec2::254 metadata, ff00::/8 m
   ], groupOf);
 });
 
+/**
+ * Every IPv6 form that carries an IPv4 address, judged by that address — the engine (new flows)
+ * and the orchestrator's classifyAddress (DNS rebinding protection) held to this one table.
+ */
+const CARRIED_IPV4: ReadonlyArray<readonly [string, Group]> = [
+  ["::ffff:10.0.0.1", "private"],
+  ["::ffff:169.254.169.254", "metadata"],
+  ["::ffff:172.30.0.1", "host"],
+  ["::ffff:8.8.8.8", "public"],
+  ["::10.0.0.1", "private"],
+  ["::169.254.169.254", "metadata"],
+  ["::8.8.8.8", "public"],
+  // SIIT (RFC 6145) ::ffff:0:a.b.c.d
+  ["::ffff:0:a9fe:a9fe", "metadata"],
+  ["::ffff:0:10.0.0.1", "private"],
+  ["::ffff:0:127.0.0.1", "loopback"],
+  ["::ffff:0:808:808", "public"],
+  // NAT64 well-known prefix (RFC 6052)
+  ["64:ff9b::a9fe:a9fe", "metadata"],
+  ["64:ff9b::808:808", "public"],
+  // 6to4 (RFC 3056): the IPv4 address is bits 16..47
+  ["2002:a9fe:a9fe::1", "metadata"],
+  ["2002:a00:1::1", "private"],
+  ["2002:7f00:1:1::", "loopback"],
+  ["2002:ac1e:1::", "host"],
+  ["2002:e000:1::1", "multicast"],
+  ["2002:808:808::1", "public"],
+  // Teredo (RFC 4380): the client's IPv4 address, inverted, in the last 32 bits
+  ["2001:0:4136:e378:8000:63bf:5601:5601", "metadata"],
+  ["2001:0:4136:e378:8000:63bf:f5ff:fffe", "private"],
+  ["2001:0:4136:e378:8000:63bf:f7f7:f7f7", "public"],
+  // The local-use NAT64 prefix (RFC 8215) embeds at an operator-chosen offset: ambiguous, private
+  ["64:ff9b:1::a9fe:a9fe", "private"],
+  ["64:ff9b:1:a9fe:a9:fe00::", "private"],
+  ["64:ff9b:1:ffff:ffff:ffff:ffff:ffff", "private"],
+  // Just outside each prefix: ordinary public addresses
+  ["64:ff9b:0:0:1::a9fe:a9fe", "public"],
+  ["64:ff9b:2::a9fe:a9fe", "public"],
+  ["2003:a9fe:a9fe::1", "public"],
+  ["2001:1::a9fe:a9fe", "public"],
+  ["::fffe:0:a9fe:a9fe", "public"],
+];
+
+test("classify: every IPv6 form carrying IPv4 is judged by that IPv4 address, in the engine and in classifyAddress alike", () => {
+  expectAll(CARRIED_IPV4, groupOf, "engine ");
+  const gateway = [testConfig.gatewayIp4, testConfig.gatewayIp6, testConfig.gatewayLl6];
+  expectAll(CARRIED_IPV4, (a) => classifyAddress(a, gateway), "classifyAddress ");
+});
+
 test("classify: IPv6 addresses carrying IPv4 (mapped, compatible, NAT64) are judged by that IPv4 address", () => {
   expectAll<Group>([
     ["::ffff:10.0.0.1", "private"],
@@ -242,7 +293,38 @@ test("classify: the gateway's IPv4 address spelled as compatible or NAT64 IPv6 i
   ], groupOf);
 });
 
+test("classify: the host's own addresses are host while the table lists them, in every spelling", () => {
+  writeHostAddresses(h.mem, ["203.0.113.1", "2001:db8:77::1"]);
+  try {
+    expectAll<Group>([
+      ["203.0.113.1", "host"],
+      ["::203.0.113.1", "host"],
+      ["2002:cb00:7101::5", "host"], // 6to4 of 203.0.113.1
+      ["2001:db8:77::1", "host"],
+      ["203.0.113.2", "public"],
+      ["2001:db8:77::2", "public"],
+    ], groupOf);
+    // The table is replaced whole: an address the host lost is an ordinary address again.
+    writeHostAddresses(h.mem, ["2001:db8:77::1"]);
+    expectAll<Group>([["203.0.113.1", "public"], ["2001:db8:77::1", "host"]], groupOf);
+  } finally {
+    writeHostAddresses(h.mem, []);
+  }
+  expectAll<Group>([["2001:db8:77::1", "public"]], groupOf);
+});
+
 // ---- evaluate -----------------------------------------------------------------------------------
+
+test("evaluate: a rule added to a preset (withRules) comes before the preset's own, as --net-rule does", () => {
+  const p = NetworkPolicy.publicOnly().withRules(denyOut(Destination.cidr("8.8.8.8/32"))).withRules(allowOut(Destination.cidr("10.1.2.3/32")));
+  assert.deepEqual(p.rules.map((r) => `${r.action} ${r.destination.kind}`), ["deny cidr", "allow cidr", "allow group"]);
+  expectVerdicts(p, [
+    { addr: "8.8.8.8", want: "deny by rule 0" },
+    { addr: "10.1.2.3", want: "allow by rule 1" },
+    { addr: "1.1.1.1", want: "allow by rule 2" },
+    { addr: "10.0.0.1", want: "deny by default" },
+  ]);
+});
 
 test("evaluate: the result encodes ((rule index + 1) << 1) | deny, 0 in the upper bits for the default", () => {
   h.setPolicy(NetworkPolicy.allowAll());

@@ -10,9 +10,15 @@
 //
 // Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d. Groups are disjoint and tested in the order
 // Host > Metadata > Loopback > Private > LinkLocal > Multicast > Public; an IPv6 address that
-// carries an IPv4 address (mapped ::ffff:0:0/96, compatible ::/96, NAT64 64:ff9b::/96) is first
-// rewritten to the mapped form, so groups and CIDR rules judge it by that IPv4 address and no
-// IPv6 spelling reaches what its IPv4 form may not. Unroutable
+// carries an IPv4 address is first rewritten to the mapped form, so groups and CIDR rules judge
+// it by that IPv4 address and no IPv6 spelling reaches what its IPv4 form may not. The forms
+// (orchestrator/src/policy/groups.ts has the same list; one test table holds both):
+//   ::ffff:a.b.c.d mapped · ::a.b.c.d compatible · ::ffff:0:a.b.c.d SIIT (RFC 6145)
+//   64:ff9b::a.b.c.d NAT64 (RFC 6052) · 2002:AABB:CCDD::/48 6to4 (RFC 3056, the /48's IPv4)
+//   2001:0::/32 Teredo (RFC 4380: the client's IPv4, stored inverted in the last 32 bits)
+// The local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) may embed its IPv4 at any of several
+// offsets, so which IPv4 it reaches is ambiguous: it is Private (denied under public-only).
+// Unroutable
 // addresses fail closed: 0.0.0.0/8 and :: (which Linux treats as "this host") are Loopback,
 // 240.0.0.0/4 is Private.
 //
@@ -25,6 +31,7 @@ import {
   PR_ACTION, PR_DIRECTION, PR_PROTO, PR_KIND, PR_GROUP, PR_PREFIX, PR_PORT_LO, PR_PORT_HI, PR_NAME,
   PR_ADDR, PR_HAS_PORTS, POLICY_ADDR_SCRATCH, GROUP_HOST, GROUP_METADATA, GROUP_LOOPBACK, GROUP_PRIVATE, GROUP_LINK_LOCAL,
   GROUP_MULTICAST, GROUP_PUBLIC, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
+  HOST_ADDR_ACTIVE, HOST_ADDR_BASE, HOST_ADDR_SLOT_BYTES, HOST_ADDR_MAX,
 } from "../layout";
 import { eq16 } from "../wire/bytes";
 import { pinMatches } from "./pinset";
@@ -58,10 +65,13 @@ const KIND_GROUP: u32 = 4;
 function canonical(addr: usize, out: usize): void {
   const hi = load<u64>(addr);
   const w2 = load<u32>(addr, 8);
-  const v4 = load<u32>(addr, 12);
-  const compatible = hi == 0 && w2 == 0 && v4 != 0 && v4 != 0x01000000;
-  const nat64 = hi == 0x9bff6400 && w2 == 0;
-  if (compatible || nat64) {
+  let v4 = load<u32>(addr, 12);
+  let carried = (hi == 0 && w2 == 0 && v4 != 0 && v4 != 0x01000000) || // compatible (not :: or ::1)
+    (hi == 0 && w2 == 0x0000ffff) || // SIIT ::ffff:0:a.b.c.d
+    (hi == 0x9bff6400 && w2 == 0); // NAT64 64:ff9b::/96
+  if (!carried && load<u16>(addr) == 0x0220) { v4 = load<u32>(addr, 2); carried = true; } // 6to4 2002::/16
+  else if (!carried && load<u32>(addr) == 0x00000120) { v4 = ~v4; carried = true; } // Teredo 2001::/32
+  if (carried) {
     store<u64>(out, 0);
     store<u32>(out, 0xffff0000, 8);
     store<u32>(out, v4, 12);
@@ -76,22 +86,37 @@ export function canonicalAt(p: usize): void {
   v128.store(p, v128.load(POLICY_ADDR_SCRATCH));
 }
 
-/** The group of a canonical 16-byte address (this sandbox's gateway addresses are Host). */
+/** True when the canonical address is one of the host's own (the table in force). */
+function isHostAddress(addr: usize): bool {
+  const slot = HOST_ADDR_BASE + <usize>(atomic.load<u32>(HOST_ADDR_ACTIVE) & 1) * HOST_ADDR_SLOT_BYTES;
+  const n = min<u32>(load<u32>(slot), HOST_ADDR_MAX);
+  const a = v128.load(addr);
+  for (let i: u32 = 0; i < n; i++) {
+    if (v128.all_true<i8>(i8x16.eq(a, v128.load(slot + 16 + (<usize>i << 4))))) return true;
+  }
+  return false;
+}
+
+/**
+ * The group of a canonical 16-byte address. Host: this sandbox's gateway addresses, and every
+ * address of the host itself (reaching 203.0.113.1 on the host's uplink is reaching the host).
+ */
 export function classify(addr: usize): u32 {
   const hi = load<u64>(addr);
   const w2 = load<u32>(addr, 8);
   const v4 = load<u32>(addr, 12);
   if (hi == 0 && w2 == 0xffff0000) { // ::ffff:a.b.c.d
-    if (v4 == load<u32>(CFG_GATEWAY_IP4)) return GROUP_HOST;
+    if (v4 == load<u32>(CFG_GATEWAY_IP4) || isHostAddress(addr)) return GROUP_HOST;
     return group4(v4);
   }
-  if (eq16(addr, CFG_GATEWAY_IP6) || eq16(addr, CFG_GATEWAY_LL6)) return GROUP_HOST;
+  if (eq16(addr, CFG_GATEWAY_IP6) || eq16(addr, CFG_GATEWAY_LL6) || isHostAddress(addr)) return GROUP_HOST;
   if (hi == 0 && w2 == 0 && (v4 == 0 || v4 == 0x01000000)) return GROUP_LOOPBACK; // :: and ::1
   const b0 = <u32>load<u8>(addr);
   const b1 = <u32>load<u8>(addr, 1);
   // fd00:ec2::254, the AWS IPv6 metadata endpoint
   if (hi == 0x00000000c20e00fd && w2 == 0 && v4 == 0x54020000) return GROUP_METADATA;
   if ((b0 & 0xfe) == 0xfc) return GROUP_PRIVATE;
+  if ((hi & 0xffffffffffff) == 0x01009bff6400) return GROUP_PRIVATE; // 64:ff9b:1::/48, ambiguous
   if (b0 == 0xfe && (b1 & 0xc0) == 0x80) return GROUP_LINK_LOCAL;
   if (b0 == 0xff) return GROUP_MULTICAST;
   return GROUP_PUBLIC;

@@ -13,6 +13,7 @@ const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", imp
 
 const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "net", kind: "string", metavar: "PRESET", choices: ["public-only", "allow-all", "none"], help: "policy preset: public-only (default: the internet, not the host, metadata,\nloopback, private, link-local or multicast ranges), allow-all, or none\n(no network interface at all)" },
+  { name: "no-net", kind: "bool", help: "the same as --net none (the reference's spelling)" },
   { name: "net-rule", kind: "string", metavar: "RULE", repeat: true, help: "a rule, ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]], tried in order before\nthe preset's own (first match wins). ACTION allow|deny; DIRECTION egress|\ningress; TARGET any, IP, CIDR ([v6] in brackets), name, .suffix, *.suffix,\ngroup:NAME (host, metadata, loopback, private, link-local, multicast,\npublic); PROTO tcp|udp|icmp|icmpv6|any; PORTS N or N-M.\nExample: allow@group:private:tcp:5432" },
   { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched. Without --net (or a --config\npolicy) the preset's rules are left out: deny + --net-rule = an allowlist" },
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject"], help: "drop (default: silence, as on a firewalled network) or reject (TCP\nreset, ICMP administratively prohibited: fails fast)" },
@@ -28,7 +29,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "no-dns-rebind-protection", kind: "bool", help: "let answers carry private, loopback, link-local or metadata addresses" },
   { name: "dns-blocked-response", kind: "string", metavar: "RCODE", choices: ["refused", "nxdomain"], help: "the answer to a blocked name (default refused)" },
   { name: "mtu", kind: "int", metavar: "BYTES", min: 1280, max: 65520, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
-  { name: "dns-forward", kind: "string", metavar: "ADDR", help: "shorthand for one upstream: host (the first nameserver of the host's\n/etc/resolv.conf, default), none (DNS fails), IP, IP:PORT or [IPv6]:PORT" },
+  { name: "dns-forward", kind: "string", metavar: "ADDR", help: "shorthand for the upstreams: host (every nameserver of the host's\n/etc/resolv.conf, in order, with failover; the default), none (DNS\nfails), or one IP, IP:PORT or [IPv6]:PORT" },
   { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
   { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: 16384, help: "most UDP flows the sandbox may hold at once (default 4096)" },
   { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
@@ -107,14 +108,18 @@ function report(e: unknown): number {
  */
 function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): NetnsSandboxOptions {
   const file = flags.has("config") ? loadConfigFile(flags.get("config") as string).network ?? {} : {};
-  const preset = flags.get("net") as string | undefined;
+  let preset = flags.get("net") as string | undefined;
+  if (flags.get("no-net")) {
+    if (preset !== undefined && preset !== "none") throw new ConfigError(`--no-net contradicts --net ${preset}`, "give one of them");
+    preset = "none";
+  }
   let policy = preset === "none" ? NetworkPolicy.none() : preset === "allow-all" ? NetworkPolicy.allowAll()
     : preset === "public-only" ? NetworkPolicy.publicOnly() : file.policy ?? NetworkPolicy.publicOnly();
   const rules = (lists.get("net-rule") ?? []).map((text) => parseRule(text));
   if (rules.length && policy.offline) {
     throw new ConfigError("--net none has no interface, so --net-rule has nothing to apply to", "drop --net none, or the rules");
   }
-  policy = new NetworkPolicy(policy.defaultAction, [...rules, ...policy.rules], policy.offline);
+  policy = new NetworkPolicy(policy.defaultAction, [...rules, ...policy.rules], policy.offline); // --net-rule first
   // --net-default-egress without --net builds an allow- or deny-list from the rules alone (the
   // preset's own rules would otherwise still allow the public internet); with --net it only
   // changes what happens to traffic no rule matched.

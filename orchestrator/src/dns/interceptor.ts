@@ -22,7 +22,10 @@
 //     TC=1. The guest retries over TCP.
 //  8. Pins: the A/AAAA records the guest receives for the queried name — directly or at the end of
 //     a CNAME chain from it — are reported with the ids of every domain rule name that matches the
-//     QUERIED name, TTL floored at 1 s. Records with no matching id are not reported.
+//     QUERIED name, TTL floored at 1 s. Records with no matching id are not reported. Only answers
+//     from the sandbox's own upstreams (queries to the gateway) pin: the reference forwards a
+//     query aimed at another resolver "to that resolver directly", and so does moat, but what that
+//     resolver says is the guest's choice, so it can never widen what a domain rule reaches.
 //
 // Name matching: a Domain key "example.com" matches only example.com; a DomainSuffix key
 // ".example.com" (and a blocked suffix "example.com") matches example.com itself AND every name
@@ -31,6 +34,7 @@
 // while letting its apex resolve is what nobody means. Matching is on whole labels of the
 // canonical name (wire.ts), case-insensitive.
 import ipaddr from "ipaddr.js";
+import { carriedIPv4 } from "../policy/groups.js";
 import dnsPacket, { type Answer, type Packet } from "dns-packet";
 import { ConfigError } from "../errors.js";
 import { UpstreamResolver } from "./upstream.js";
@@ -252,8 +256,11 @@ export class DnsInterceptor {
       }
     }
 
-    // 8. Pins.
-    return { answer: final, pins: answer.rcode === "NOERROR" ? this.pinsFor(name, chain, records) : [] };
+    // 8. Pins: only from the sandbox's own upstreams. An answer from a resolver the guest chose
+    // is delivered (judged above like any other) but pins nothing: otherwise any resolver the
+    // policy lets the guest reach could point an allowed name at any address it likes.
+    const pins = answer.rcode === "NOERROR" && ctx.toGateway ? this.pinsFor(name, chain, records) : [];
+    return { answer: final, pins };
   }
 
   /** Why `name` must not be resolved, or null. */
@@ -319,14 +326,12 @@ function addressOf(rr: Answer): string | null {
  * :: and ::1, NAT64 64:ff9b::/96), so rebinding protection judges it as that IPv4 address even if
  * the classify hook does not; else null.
  */
+/** The IPv4 address an IPv6 answer carries (every form policy/groups.ts knows), as text. */
 function embeddedIPv4(ip: string): string | null {
   const a = ipaddr.parse(ip);
   if (a.kind() !== "ipv6") return null;
-  const p = (a as ipaddr.IPv6).parts;
-  const tail = `${p[6]! >> 8}.${p[6]! & 255}.${p[7]! >> 8}.${p[7]! & 255}`;
-  if (p[0] === 0 && p[1] === 0 && p[2] === 0 && p[3] === 0 && p[4] === 0 && (p[5] === 0xffff || (p[5] === 0 && (p[6] !== 0 || p[7]! > 1)))) return tail;
-  if (p[0] === 0x64 && p[1] === 0xff9b && p[2] === 0 && p[3] === 0 && p[4] === 0 && p[5] === 0) return tail;
-  return null;
+  const v4 = carriedIPv4((a as ipaddr.IPv6).toByteArray());
+  return v4 ? v4.join(".") : null;
 }
 
 function clampUdp(size: number): number {

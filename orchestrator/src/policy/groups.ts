@@ -7,16 +7,29 @@ import type { Group } from "./model.js";
 
 const METADATA = new Set(["169.254.169.254", "fd00:ec2::254"]);
 
+const zero = (b: number[], from: number, to: number) => b.slice(from, to).every((x) => x === 0);
+
+/**
+ * The IPv4 address an IPv6 address carries, in the forms the engine knows (policy/match.ts):
+ * mapped, compatible, SIIT ::ffff:0:a.b.c.d, NAT64 64:ff9b::/96, 6to4 2002::/16, Teredo
+ * 2001::/32 (the client, inverted); undefined for any other address.
+ */
+export function carriedIPv4(b: number[]): number[] | undefined {
+  if (zero(b, 0, 10) && b[10] === 0xff && b[11] === 0xff) return b.slice(12); // mapped
+  if (zero(b, 0, 12) && !zero(b, 12, 16) && !(zero(b, 12, 15) && b[15] === 1)) return b.slice(12); // compatible
+  if (zero(b, 0, 8) && b[8] === 0xff && b[9] === 0xff && zero(b, 10, 12)) return b.slice(12); // SIIT
+  if (b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && zero(b, 4, 12)) return b.slice(12); // NAT64
+  if (b[0] === 0x20 && b[1] === 0x02) return b.slice(2, 6); // 6to4
+  if (b[0] === 0x20 && b[1] === 0x01 && b[2] === 0 && b[3] === 0) return b.slice(12).map((x) => x ^ 0xff); // Teredo
+  return undefined;
+}
+
 /** The group of `ip`; `gateway` lists this sandbox's gateway addresses (Group "host"). */
 export function classifyAddress(ip: string, gateway: readonly string[] = []): Group {
   let a: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
   if (a.kind() === "ipv6") {
-    const v6 = a as ipaddr.IPv6;
-    const b = v6.toByteArray();
-    const carried = v6.isIPv4MappedAddress() ||
-      (b.slice(0, 12).every((x) => x === 0) && !(b.slice(12).every((x) => x === 0)) && !(b[15] === 1 && b.slice(12, 15).every((x) => x === 0))) ||
-      (b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && b.slice(4, 12).every((x) => x === 0));
-    if (carried) a = ipaddr.fromByteArray(b.slice(12));
+    const v4 = carriedIPv4((a as ipaddr.IPv6).toByteArray());
+    if (v4) a = ipaddr.fromByteArray(v4);
   }
   const text = a.toString();
   if (gateway.some((g) => ipaddr.parse(g).toString() === text)) return "host";
@@ -33,6 +46,7 @@ export function classifyAddress(ip: string, gateway: readonly string[] = []): Gr
   const b = (a as ipaddr.IPv6).toByteArray();
   if (b.every((x, i) => (i === 15 ? x <= 1 : x === 0))) return "loopback"; // :: and ::1
   if ((b[0]! & 0xfe) === 0xfc) return "private";
+  if (b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && b[4] === 0 && b[5] === 1) return "private"; // 64:ff9b:1::/48: ambiguous
   if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return "link-local";
   if (b[0] === 0xff) return "multicast";
   return "public";

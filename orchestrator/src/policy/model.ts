@@ -65,7 +65,18 @@ export const Rule = {
 };
 
 export class NetworkPolicy implements NetworkPolicyShape {
-  constructor(public defaultAction: Action, public rules: Rule[] = [], public offline = false) {}
+  /**
+   * The rules in evaluation order (first match wins): the user's own — given here or added with
+   * withRules() — and then the preset's (publicOnly()'s "allow public"), so a rule a user adds to
+   * a preset always takes effect, as --net-rule does on the command line.
+   */
+  readonly rules: Rule[];
+  private readonly userRules: Rule[];
+
+  constructor(public defaultAction: Action, rules: Rule[] = [], public offline = false, readonly presetRules: readonly Rule[] = []) {
+    this.userRules = [...rules];
+    this.rules = [...rules, ...presetRules];
+  }
 
   /** No network interface at all: the command still runs, fully offline. */
   static none(): NetworkPolicy {
@@ -77,7 +88,7 @@ export class NetworkPolicy implements NetworkPolicyShape {
    * metadata endpoints, loopback, private, link-local and multicast ranges are not.
    */
   static publicOnly(): NetworkPolicy {
-    return new NetworkPolicy("deny", [Rule.allowOutbound(Destination.group("public"))]);
+    return new NetworkPolicy("deny", [], false, [Rule.allowOutbound(Destination.group("public"))]);
   }
 
   /** No filtering, including the host machine and the local network. */
@@ -85,12 +96,15 @@ export class NetworkPolicy implements NetworkPolicyShape {
     return new NetworkPolicy("allow", []);
   }
 
-  /** Add rules after the existing ones (first match wins, so earlier rules take precedence). */
+  /**
+   * Add rules after the user's earlier ones and before the preset's (first match wins):
+   * publicOnly().withRules(Rule.denyOutbound(x)) denies x, as `--net-rule deny@x` does.
+   */
   withRules(...rules: Rule[]): NetworkPolicy {
     if (this.offline && rules.length) {
       throw new ConfigError("NetworkPolicy.none() has no interface: rules cannot apply to it", "start from publicOnly() or allowAll()");
     }
-    return new NetworkPolicy(this.defaultAction, [...this.rules, ...rules], this.offline);
+    return new NetworkPolicy(this.defaultAction, [...this.userRules, ...rules], this.offline, this.presetRules);
   }
 }
 

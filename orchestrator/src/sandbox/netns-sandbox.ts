@@ -20,6 +20,7 @@ import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape }
 import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
 import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
 import { classifyAddress } from "../policy/groups.js";
+import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
 import { addr16 } from "../engine/engine-config.js";
 import { DnsInterceptor, type DnsOutcome } from "../dns/interceptor.js";
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
@@ -66,7 +67,7 @@ export interface NetnsSandboxOptions {
   mtu?: number;
   /** IPv4 pool carved into /30 per sandbox (default 172.30.0.0/16). */
   ipv4Pool?: string;
-  /** Where DNS sent to the gateway is forwarded: "host" (first nameserver of /etc/resolv.conf, the default), "none", or "IP[:PORT]" / "[IPv6]:PORT". */
+  /** Where DNS sent to the gateway is forwarded: "host" (every nameserver of /etc/resolv.conf, in order, the default), "none", or "IP[:PORT]" / "[IPv6]:PORT". */
   dnsForward?: string;
   /** Idle time after which a UDP flow and its host socket are closed (default 60000). */
   udpIdleMs?: number;
@@ -92,7 +93,7 @@ function ipErr(args: string[], e: unknown): MoatError {
 }
 
 type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns">> & { dns: DnsOptions } &
-  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny"> & { dnsForward: { ip: string; port: number } | null; policy: NetworkPolicy };
+  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny"> & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy };
 
 function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
@@ -117,7 +118,9 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   if (denyResponse !== "drop" && denyResponse !== "reject") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop" or "reject"`);
   const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
   const fwd = o.dnsForward ?? "host";
-  const dnsForward = fwd === "host" ? hostResolvers()[0] ?? null : fwd === "none" ? null : parseNameserverAddress(fwd);
+  // "host": every nameserver of the host's resolv.conf, in order, failing over (a dead first
+  // entry must not break DNS).
+  const dnsForward = fwd === "host" ? hostResolvers() : fwd === "none" ? [] : [parseNameserverAddress(fwd)];
   const dns = o.dns ?? {};
   if (dns.queryTimeoutMs !== undefined && (!Number.isInteger(dns.queryTimeoutMs) || dns.queryTimeoutMs < 10 || dns.queryTimeoutMs > 60000)) {
     throw new ConfigError(`DNS query timeout ${dns.queryTimeoutMs} ms is out of range`, "use 10 to 60000 ms");
@@ -211,7 +214,14 @@ export class NetnsSandbox {
         dnsIntercept: true,
       };
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
-        prepare: (mem) => installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true),
+        prepare: (mem) => {
+          installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true);
+          // The host's own addresses are Group Host from the first frame on, and kept current.
+          sandbox.unwatchHost = watchHostAddresses((addrs) => {
+            sandbox.hostAddresses = addrs;
+            writeHostAddresses(mem, addrs);
+          });
+        },
         onAudit: () => sandbox.drainAudit(),
         onDnsQuery: (q) => sandbox.answerDns(q),
       });
@@ -249,13 +259,15 @@ export class NetnsSandbox {
 
   private dns: DnsInterceptor | undefined;
   private dnsTcp: DnsTcpServer | undefined;
+  private hostAddresses: readonly string[] = [];
+  private unwatchHost: (() => void) | undefined;
 
   /** Set up the interceptor and its DNS-over-TCP listener; returns where the engine dials TCP/53. */
   private async startDns(o: ValidOptions): Promise<{ ip: string; port: number }> {
     const d = o.dns;
     const fwd = o.dnsForward;
     const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
-      : fwd ? [fwd] : [];
+      : fwd;
     const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
     const gateway = [this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6];
     this.dns = new DnsInterceptor({
@@ -269,7 +281,7 @@ export class NetnsSandbox {
       nameIds: () => this.names.names,
       denyNames: () => denyNames(this.policy),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
-      classify: (ip) => classifyAddress(ip, gateway),
+      classify: (ip) => classifyAddress(ip, [...gateway, ...this.hostAddresses]),
     });
     this.dnsTcp = new DnsTcpServer(async (query) => {
       const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: this.addresses.gatewayIp4, port: 53 } });
@@ -401,6 +413,7 @@ export class NetnsSandbox {
     if (this.destroyed) return;
     this.destroyed = true;
     liveSandboxes.delete(this);
+    this.unwatchHost?.();
     this.auditLog?.close();
     try {
       execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });

@@ -48,6 +48,7 @@ import { icmpEchoFromGuest } from "./flow/udp";
 import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
+import { auditNotRouted } from "./policy/admit";
 import { tcpFromGuest, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
 
@@ -217,7 +218,13 @@ function handleIp4(frame: usize, len: u32): void {
     if (src == 0) { count(DROP_IP_SPOOFED); return; }
   }
   // 224/4 multicast, 240/4 and the broadcast address are not routed, whatever the protocol.
-  if ((dst & 0xf0) >= 0xe0 && proto != PROTO_ICMP) { count(DROP_MULTICAST); return; }
+  if ((dst & 0xf0) >= 0xe0 && proto != PROTO_ICMP) {
+    count(DROP_MULTICAST);
+    const ports = (proto == PROTO_UDP || proto == PROTO_TCP) && l4len >= 4;
+    writeKey4(proto, ip, ports ? rd16(l4) : 0, ports ? rd16(l4 + 2) : 0);
+    auditNotRouted(proto, 4, ports ? rd16(l4 + 2) : 0);
+    return;
+  }
   if (proto == PROTO_UDP) {
     const dport = rd16(l4 + 2);
     const ulen = rd16(l4 + 4);
@@ -289,7 +296,13 @@ function handleIp6(frame: usize, len: u32): void {
     return;
   }
   if (!guestSrc6(src)) { count(DROP_IP_SPOOFED); return; }
-  if (load<u8>(dst) == 0xff) { count(DROP_MULTICAST); return; }
+  if (load<u8>(dst) == 0xff) {
+    count(DROP_MULTICAST);
+    const ports = (nh == PROTO_UDP || nh == PROTO_TCP) && l4len >= 4;
+    writeKey6(nh, ip, ports ? rd16(l4) : 0, ports ? rd16(l4 + 2) : 0);
+    auditNotRouted(nh, 6, ports ? rd16(l4 + 2) : 0);
+    return;
+  }
   const dstIsGateway = eq16(dst, CFG_GATEWAY_IP6) || eq16(dst, CFG_GATEWAY_LL6);
   if (nh == PROTO_UDP) {
     if (l4len < 8) { count(DROP_UDP_MALFORMED); return; }

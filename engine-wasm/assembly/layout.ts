@@ -175,7 +175,8 @@ export const AUDIT_RECORD_BYTES = 64;
 export const AUDIT_BASE = AUDIT_CTRL + RING_CTRL_BYTES;
 // record fields
 export const AU_TIME_MS = 0; // f64: engine time (performance.now() of the worker)
-export const AU_RULE = 8; // i32: index of the deciding rule, -1 = the default action
+export const AU_RULE = 8; // i32: index of the deciding rule, -1 = the default action, AU_RULE_NOT_ROUTED
+export const AU_RULE_NOT_ROUTED = -2; // not a policy decision: multicast and broadcast are never forwarded
 export const AU_PROTO = 12; // u8
 export const AU_FAMILY = 13; // u8
 export const AU_ACTION = 14; // u8: 1 deny (only denials are recorded)

@@ -105,3 +105,15 @@ test("--no-net is --net none: no interface but loopback", { skip }, async () => 
   assert.equal(r.code, 2);
   assert.match(r.stderr, /--no-net contradicts --net allow-all/);
 });
+
+test("multicast from the guest is dropped with a reason in the audit log, never silently", { skip }, async () => {
+  const log = `/tmp/moat-mcast-audit-${process.pid}.jsonl`;
+  rmSync(log, { force: true });
+  try {
+    await inSandbox(["--audit-log", log], "echo hi | socat -u - UDP-DATAGRAM:224.0.0.251:5353; true");
+    const events = readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { destination: string; port: number; rule: string });
+    assert.ok(events.some((e) => e.destination === "224.0.0.251" && e.port === 5353 && /^not-routed/.test(e.rule)), JSON.stringify(events));
+  } finally {
+    rmSync(log, { force: true });
+  }
+});

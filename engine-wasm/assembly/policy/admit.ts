@@ -5,7 +5,7 @@
 import {
   KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
-  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, AU_RULE_NOT_ROUTED, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
@@ -44,6 +44,15 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService
   }
   if (!gatewayService) count(FLOWS_ALLOWED);
   return true;
+}
+
+/**
+ * A flow that is dropped whatever the policy says (multicast and broadcast are not forwarded):
+ * recorded in the audit ring like a denial, with AU_RULE_NOT_ROUTED as its reason, so a guest's
+ * mDNS or SSDP never vanishes without a trace. The key is at KEY_SCRATCH.
+ */
+export function auditNotRouted(proto: u32, family: u32, dport: u32): void {
+  audit(proto, family, dport, AU_RULE_NOT_ROUTED);
 }
 
 function refuse(proto: u32, icmpForUdp: bool): void {

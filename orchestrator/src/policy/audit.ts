@@ -60,7 +60,7 @@ export function drainAudit(mem: Uint8Array, sandbox: string, ruleText: (i: numbe
       source: `${src.includes(":") ? `[${src}]` : src}:${dv.getUint16(r + L.AU_SPORT, true)}`,
       destination: addrText(mem.subarray(r + L.AU_DST, r + L.AU_DST + 16)),
       port: dv.getUint16(r + L.AU_DPORT, true),
-      rule: rule < 0 ? "default" : `rules[${rule}] ${ruleText(rule)}`,
+      rule: rule === L.AU_RULE_NOT_ROUTED ? "not-routed: multicast and broadcast are never forwarded" : rule < 0 ? "default" : `rules[${rule}] ${ruleText(rule)}`,
       action: "deny",
     });
     head = (head + 1) >>> 0;

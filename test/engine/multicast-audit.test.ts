@@ -1,0 +1,25 @@
+// multicast-audit.test.ts — multicast and broadcast are never forwarded, and never dropped
+// without a trace: each drop is counted and recorded in the audit ring with its reason.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harness.js";
+import { eth, ipv4, ipv6, udp } from "../helpers/frames.js";
+import { drainAudit } from "../../orchestrator/src/policy/audit.js";
+
+test("a multicast datagram (IPv4 and IPv6) is dropped, counted and audited as not routed", () => {
+  const h = new EngineHarness();
+  const before = h.counters();
+  const v4 = udp(testConfig.guestIp4, "224.0.0.251", 5353, 5353, [1, 2, 3]);
+  const v6 = udp(testConfig.guestIp6, "ff02::fb", 5353, 5353, [1, 2, 3]);
+  assert.deepEqual(h.send(
+    eth("01:00:5e:00:00:fb", testConfig.guestMac, 0x0800, ipv4(testConfig.guestIp4, "224.0.0.251", 17, v4)),
+    eth("33:33:00:00:00:fb", testConfig.guestMac, 0x86dd, ipv6(testConfig.guestIp6, "ff02::fb", 17, v6)),
+  ), []);
+  assert.deepEqual(h.takeOps(), [], "nothing is forwarded");
+  assert.equal(counterDelta(before, h.counters()).DROP_MULTICAST, 2);
+  const events = drainAudit(h.mem, "t", () => "?", 0);
+  assert.deepEqual(events.map((e) => [e.protocol, e.destination, e.port, e.rule]), [
+    ["udp", "224.0.0.251", 5353, "not-routed: multicast and broadcast are never forwarded"],
+    ["udp", "ff02::fb", 5353, "not-routed: multicast and broadcast are never forwarded"],
+  ]);
+});

@@ -5,7 +5,7 @@
 import {
   TX_CTRL, TX_DESC_BASE, TX_BUF_BASE, TX_SLOTS, DESC_LEN, DESC_FLAGS, ST_TX_NEXT, ST_IP_ID,
   CFG_GATEWAY_MAC, COUNTERS_BASE, OPS_BASE, OP_BYTES, OPS_MAX, ST_OPS_COUNT, OP_KIND, OP_FLOW,
-  OP_DATA, OP_LEN, OP_FAMILY, OP_PORT, OP_ADDR,
+  OP_DATA, OP_LEN, OP_FAMILY, OP_PORT, OP_ADDR, OP_ORIG,
 } from "./layout";
 import { ringHead, ringPublishTail, descAt, bufAt } from "./ring";
 import { wr16, wr32, copyMac, copy16 } from "./wire/bytes";
@@ -51,7 +51,7 @@ export function txPublish(): void {
 }
 
 /** Queue a host operation. False (and DROP_HOST_OPS_FULL) when the op area is full. */
-export function opPush(kind: u32, flow: u32, data: usize, len: u32, family: u32, port: u32, addr: usize): bool {
+export function opPush(kind: u32, flow: u32, data: usize, len: u32, family: u32, port: u32, addr: usize, orig: usize = 0): bool {
   const n = load<u32>(ST_OPS_COUNT);
   if (n >= <u32>OPS_MAX) {
     count(DROP_HOST_OPS_FULL);
@@ -65,6 +65,7 @@ export function opPush(kind: u32, flow: u32, data: usize, len: u32, family: u32,
   store<u32>(op, family, OP_FAMILY);
   store<u32>(op, port, OP_PORT);
   store<u32>(op, <u32>addr, OP_ADDR);
+  store<u32>(op, <u32>orig, OP_ORIG);
   store<u32>(ST_OPS_COUNT, n + 1);
   return true;
 }

@@ -349,7 +349,8 @@ function handleIp6(frame: usize, len: u32): void {
  */
 function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
   store<u32>(DIAL_PORT_SCRATCH, dport);
-  // With interception, DNS over TCP to any resolver goes to the orchestrator's listener.
+  // With interception, DNS over TCP to any resolver goes to the orchestrator's listener, which
+  // learns the resolver the guest addressed from the redirect preamble (layout.ts, OP_ORIG).
   const toForwarder = dport == 53 && (dstIsGateway || load<u32>(CFG_DNS_INTERCEPT) != 0);
   if (!dstIsGateway && !toForwarder) return KEY_SCRATCH + 24;
   if (toForwarder) {
@@ -419,7 +420,7 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   }
   const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
-  const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53);
+  const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53, dial == CFG_DNS_FWD_IP);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);

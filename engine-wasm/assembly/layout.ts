@@ -78,6 +78,7 @@ export const CFG_DNS_FWD_PORT = CFG_BASE + 128; // u32: its port (0 = DNS to the
 export const CFG_MAX_TCP_FLOWS = CFG_BASE + 132; // u32
 export const CFG_MAX_CONNECTIONS = CFG_BASE + 136; // u32: TCP + UDP flows at once (0 = no limit beyond the table's)
 export const CFG_DNS_INTERCEPT = CFG_BASE + 140; // u32: 1 = UDP/53 goes to the DNS ring and TCP/53 to CFG_DNS_FWD (the orchestrator's proxy)
+export const CFG_REDIRECT_TOKEN = CFG_BASE + 144; // 16 bytes: ends every redirect preamble (OP_ORIG)
 
 // ---- counters: u64 each, indexes in counters.ts / orchestrator counter names -----------------
 export const COUNTERS_BASE = 16384;
@@ -95,6 +96,16 @@ export const OP_LEN = 12; // u32 payload length
 export const OP_FAMILY = 16; // u32 4 or 6
 export const OP_PORT = 20; // u32 remote port
 export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::ffff:a.b.c.d)
+export const OP_ORIG = 28; // OPK_TCP_CONNECT: u32 offset of the flow's key when the flow is redirected to an orchestrator service, else 0
+// A redirected TCP flow (today: DNS over TCP to any resolver, dialled to the orchestrator's
+// listener) keeps where the guest was going: native-vmm writes this preamble on the new
+// connection before any guest byte, and the service reads it first:
+//   0 "moat"  4 u8 version 1  5 u8 family (4/6)  6 u16 port (big-endian)  8 16-byte address
+//   (IPv4 as ::ffff:a.b.c.d)  24 the 16-byte CFG_REDIRECT_TOKEN
+// The token, random per sandbox, proves the preamble came from the engine: anything else that
+// reaches the listener (a guest allowed to reach the host's loopback, say) cannot name a
+// destination of its choosing.
+export const REDIRECT_PREAMBLE_BYTES = 40;
 // op kinds
 export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow
 export const OPK_UDP_SEND = 2; // send(len bytes at data) on the flow's socket

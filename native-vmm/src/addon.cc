@@ -84,6 +84,9 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.opFamily = need(env, lay, "OP_FAMILY");
     L.opPort = need(env, lay, "OP_PORT");
     L.opAddr = need(env, lay, "OP_ADDR");
+    L.opOrig = need(env, lay, "OP_ORIG");
+    L.cfgRedirectToken = need(env, lay, "CFG_REDIRECT_TOKEN");
+    L.preambleBytes = need(env, lay, "REDIRECT_PREAMBLE_BYTES");
     L.opkUdpOpen = need(env, lay, "OPK_UDP_OPEN");
     L.opkUdpSend = need(env, lay, "OPK_UDP_SEND");
     L.opkClose = need(env, lay, "OPK_CLOSE");

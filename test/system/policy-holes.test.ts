@@ -117,3 +117,14 @@ test("multicast from the guest is dropped with a reason in the audit log, never 
     rmSync(log, { force: true });
   }
 });
+
+test("DNS over TCP goes to the resolver the guest addressed, if policy lets it reach that resolver", { skip }, async () => {
+  const silent = "198.51.100.99"; // nothing listens there
+  const out = await inSandbox(["--dns-nameserver", WORLD_IP4, "--net-rule", `allow@${OTHER_RESOLVER}:tcp:53`, "--net-rule", `allow@${silent}:tcp:53`, "--net-rule", "deny@198.51.100.0/24:tcp:53"], [
+    dig(`+tcp +short @${OTHER_RESOLVER} allowed.test`), // that resolver's own answer
+    dig("+tcp +short allowed.test"), // the gateway: the sandbox's upstream
+    `echo "addresses from the silent one: $(${dig(`+tcp +short @${silent} allowed.test`)} | grep -c '^[0-9]')"`, // nobody else answers for it
+    `${dig(`+tcp +short @198.51.100.7 allowed.test`)} >/dev/null 2>&1 && echo answered || echo no-answer`, // denied by policy
+  ].join("; "));
+  assert.deepEqual(out, [OTHER_RESOLVER, WORLD_IP4, "addresses from the silent one: 0", "no-answer"]);
+});

@@ -177,3 +177,51 @@ test("close() ends open connections", async () => {
   await c.closed;
   assert.throws(() => s.address());
 });
+
+// --- the engine's redirect preamble ---------------------------------------------------------------
+
+function preamble(token: Buffer, family: 4 | 6, addr: number[], port: number): Buffer {
+  const b = Buffer.alloc(40);
+  b.write("moat", 0, "latin1");
+  b[4] = 1;
+  b[5] = family;
+  b.writeUInt16BE(port, 6);
+  Buffer.from(family === 4 ? [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...addr] : addr).copy(b, 8);
+  token.copy(b, 24);
+  return b;
+}
+
+test("with a redirect token: the preamble names the resolver the guest addressed; anything else is closed unanswered", async () => {
+  const token = Buffer.alloc(16, 7);
+  const seen: (string | undefined)[] = [];
+  const server = new DnsTcpServer(async (q, peer) => {
+    seen.push(peer.dest ? `${peer.dest.ip}:${peer.dest.port}` : undefined);
+    return echo(() => 0)(q, peer);
+  }, { redirectToken: token });
+  await server.listen();
+  try {
+    const good = await connect(server.address().port);
+    good.sock.write(Buffer.concat([preamble(token, 4, [198, 51, 100, 10], 53), frame(query("a.test", 1))]));
+    await good.wait(1);
+    const good6 = await connect(server.address().port);
+    // Split across writes: the preamble may arrive in pieces.
+    const p6 = preamble(token, 6, [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x35], 5353);
+    good6.sock.write(p6.subarray(0, 7));
+    await sleep(20);
+    good6.sock.write(Buffer.concat([p6.subarray(7), frame(query("b.test", 2))]));
+    await good6.wait(1);
+    assert.deepEqual(seen, ["198.51.100.10:53", "2001:db8::35:5353"]);
+
+    for (const bad of [frame(query("c.test", 3)), preamble(Buffer.alloc(16, 8), 4, [10, 0, 0, 1], 53), Buffer.alloc(40)]) {
+      const c = await connect(server.address().port);
+      c.sock.write(Buffer.concat([bad, frame(query("d.test", 4)), Buffer.alloc(40)]));
+      await c.closed;
+      assert.equal(c.answers.length, 0, "closed without an answer");
+    }
+    assert.equal(seen.length, 2, "the handler never saw a query without a valid preamble");
+    good.sock.destroy();
+    good6.sock.destroy();
+  } finally {
+    await server.close();
+  }
+});

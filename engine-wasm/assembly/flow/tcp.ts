@@ -239,7 +239,7 @@ export const SEG_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_
  * A checked TCP segment from the guest (key written at KEY_SCRATCH). `dial`/`dialPort`: where a
  * new connection is dialled. Returns one of the TCP_* codes above.
  */
-export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool): i32 {
+export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, redirect: bool): i32 {
   const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
   const flags = <u32>load<u8>(l4 + 13);
   let seq = rd32(l4 + 4);
@@ -251,7 +251,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   if (found < 0) {
     if (flags & TH_RST) return SEG_STRAY_RST;
     if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return SEG_NO_FLOW;
-    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily, gatewayService) ? SEG_HANDLED : SEG_REFUSED;
+    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily, gatewayService, redirect) ? SEG_HANDLED : SEG_REFUSED;
   }
   const idx = <u32>found;
   const rec = flowRecord(idx);
@@ -376,7 +376,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */
-function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool): bool {
+function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, redirect: bool): bool {
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
@@ -426,7 +426,9 @@ function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPor
   store<u32>(rec, RTO_MIN_MS, T_PERSIST_MS);
   store<f64>(rec, now(), T_SINCE);
   store<f64>(rec, now(), F_LAST_MS);
-  if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, mss, dialFamily, dialPort, rec + F_DIAL_ADDR)) {
+  // A redirect to an orchestrator service: native-vmm tells it the original destination (the
+  // key's remote address and port) in a preamble (layout.ts, OP_ORIG).
+  if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, mss, dialFamily, dialPort, rec + F_DIAL_ADDR, redirect ? rec : 0)) {
     tcpRemove(idx, 0);
     return true; // counted as DROP_HOST_OPS_FULL; the guest will retry its SYN
   }

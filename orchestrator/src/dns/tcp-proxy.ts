@@ -9,10 +9,28 @@
 // no traffic and nothing outstanding for `idleTimeoutMs` is closed. A handler answer of null (or a
 // handler failure) closes the connection after the answers before it are written. A client that
 // half-closes still receives its outstanding answers.
+//
+// With a redirect token, every connection must open with the engine's redirect preamble
+// (engine-wasm/assembly/layout.ts, OP_ORIG: the resolver the guest addressed, then the token); a
+// connection whose first 40 bytes are anything else is closed unanswered.
 import net from "node:net";
 import type { AddressInfo } from "node:net";
+import { timingSafeEqual } from "node:crypto";
+import ipaddr from "ipaddr.js";
 
-export type DnsTcpHandler = (query: Buffer, peer: { address: string; port: number }) => Promise<Buffer | null>;
+/** Who sent a query: the TCP peer, and (redirected by the engine) where the guest was going. */
+export interface DnsTcpPeer { address: string; port: number; dest?: { ip: string; port: number } }
+export type DnsTcpHandler = (query: Buffer, peer: DnsTcpPeer) => Promise<Buffer | null>;
+
+const PREAMBLE_BYTES = 40;
+
+/** The original destination in a redirect preamble, or null if it is not one made with `token`. */
+export function parseRedirectPreamble(b: Buffer, token: Buffer): { ip: string; port: number } | null {
+  if (b.length < PREAMBLE_BYTES || b.toString("latin1", 0, 4) !== "moat" || b[4] !== 1 || (b[5] !== 4 && b[5] !== 6)) return null;
+  if (!timingSafeEqual(b.subarray(24, 40), token)) return null;
+  const a = ipaddr.fromByteArray(Array.from(b.subarray(8, 24))) as ipaddr.IPv6;
+  return { ip: b[5] === 4 && a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString(), port: b.readUInt16BE(6) };
+}
 
 export interface DnsTcpServerOptions {
   /** Close a connection idle this long with nothing outstanding; default 10000. */
@@ -21,6 +39,8 @@ export interface DnsTcpServerOptions {
   maxConnections?: number;
   /** Queries outstanding per connection before reading pauses; default 32. */
   maxPipelined?: number;
+  /** 16 bytes: require the engine's redirect preamble, made with this token, on every connection. */
+  redirectToken?: Buffer;
 }
 
 const MIN_MESSAGE = 12;
@@ -30,9 +50,11 @@ export class DnsTcpServer {
   private readonly sockets = new Set<net.Socket>();
   private readonly idleTimeoutMs: number;
   private readonly maxPipelined: number;
+  private readonly token: Buffer | undefined;
 
   constructor(private readonly handler: DnsTcpHandler, options: DnsTcpServerOptions = {}) {
     this.idleTimeoutMs = options.idleTimeoutMs ?? 10_000;
+    this.token = options.redirectToken;
     this.maxPipelined = options.maxPipelined ?? 32;
     this.server = net.createServer({ allowHalfOpen: true }, (sock) => this.serve(sock));
     this.server.maxConnections = options.maxConnections ?? 256;
@@ -73,7 +95,8 @@ export class DnsTcpServer {
 
   private serve(sock: net.Socket): void {
     this.sockets.add(sock);
-    const peer = { address: sock.remoteAddress ?? "", port: sock.remotePort ?? 0 };
+    const peer: DnsTcpPeer = { address: sock.remoteAddress ?? "", port: sock.remotePort ?? 0 };
+    let needPreamble = this.token !== undefined;
     const queue: Promise<Buffer | null>[] = [];
     let buf: Buffer = Buffer.alloc(0);
     let writing = false;
@@ -120,6 +143,17 @@ export class DnsTcpServer {
     sock.on("data", (chunk: Buffer) => {
       if (closing) return;
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      if (needPreamble) {
+        if (buf.length < PREAMBLE_BYTES) return;
+        const dest = parseRedirectPreamble(buf, this.token!);
+        if (!dest) {
+          sock.destroy();
+          return;
+        }
+        peer.dest = dest;
+        needPreamble = false;
+        buf = buf.subarray(PREAMBLE_BYTES);
+      }
       while (buf.length >= 2) {
         const len = buf.readUInt16BE(0);
         if (len < MIN_MESSAGE) {

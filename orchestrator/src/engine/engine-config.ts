@@ -27,6 +27,8 @@ export interface EngineConfig {
   dnsForward: { ip: string; port: number } | null;
   /** UDP/53 to the DNS ring (the interceptor), TCP/53 to dnsForward, other DNS transports refused. */
   dnsIntercept: boolean;
+  /** 16 random bytes that end every redirect preamble (layout.ts, OP_ORIG); zeros if absent. */
+  redirectToken?: Uint8Array;
 }
 
 function writeMac(mem: Uint8Array, off: number, mac: string): void {
@@ -60,6 +62,7 @@ export function writeEngineConfig(mem: Uint8Array, cfg: EngineConfig): void {
   mem.set(ipaddr.IPv6.parse(cfg.guestIp6).toByteArray(), layout.CFG_GUEST_IP6);
   mem.set(ipaddr.IPv6.parse(cfg.prefix6).toByteArray(), layout.CFG_PREFIX6);
   dv.setUint32(layout.CFG_DNS_INTERCEPT, cfg.dnsIntercept ? 1 : 0, true);
+  if (cfg.redirectToken) mem.set(cfg.redirectToken.subarray(0, 16), layout.CFG_REDIRECT_TOKEN);
   if (cfg.dnsForward) {
     mem.set(addr16(cfg.dnsForward.ip), layout.CFG_DNS_FWD_IP);
     dv.setUint32(layout.CFG_DNS_FWD_PORT, cfg.dnsForward.port, true);

@@ -9,6 +9,7 @@
 // is left behind when moat is interrupted or crashes.
 import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from "node:child_process";
 import { promisify } from "node:util";
+import { randomBytes } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { checkNetnsHost, findInPath } from "./host-checks.js";
@@ -212,6 +213,7 @@ export class NetnsSandbox {
         maxConnections: o.maxConnections,
         dnsForward: dnsTcp,
         dnsIntercept: true,
+        redirectToken: sandbox.redirectToken,
       };
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
         prepare: (mem) => {
@@ -260,6 +262,8 @@ export class NetnsSandbox {
   private dns: DnsInterceptor | undefined;
   private dnsTcp: DnsTcpServer | undefined;
   private hostAddresses: readonly string[] = [];
+  /** Proves a redirect preamble came from this sandbox's engine (layout.ts, OP_ORIG). */
+  private readonly redirectToken = randomBytes(16);
   private unwatchHost: (() => void) | undefined;
 
   /** Set up the interceptor and its DNS-over-TCP listener; returns where the engine dials TCP/53. */
@@ -283,12 +287,17 @@ export class NetnsSandbox {
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
       classify: (ip) => classifyAddress(ip, [...gateway, ...this.hostAddresses]),
     });
-    this.dnsTcp = new DnsTcpServer(async (query) => {
-      const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: this.addresses.gatewayIp4, port: 53 } });
+    // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
+    // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
+    // admitted that connection), pinning nothing.
+    this.dnsTcp = new DnsTcpServer(async (query, peer) => {
+      const dest = peer.dest ?? { ip: this.addresses.gatewayIp4, port: 53 };
+      const toGateway = gateway.some((g) => ipaddr.parse(g).toString() === ipaddr.parse(dest.ip).toString());
+      const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
       this.afterDns(out);
       if (out.pins.length) await this.engine?.installPins(pinMessages(out));
       return out.answer;
-    });
+    }, { redirectToken: this.redirectToken });
     await this.dnsTcp.listen();
     const a = this.dnsTcp.address();
     return { ip: a.address, port: a.port };

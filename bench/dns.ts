@@ -1,33 +1,63 @@
-// dns.ts — the DNS interceptor's cost, side by side: the same load generator (test/testbed/
-// dns-load.ts) queries a real dnsmasq (a) through a moat sandbox's gateway (interception: engine
-// ring, worker, interceptor, upstream and back) and (b) directly from the host namespace.
-// Prints queries/s and latency p50/p99 for each and the ratios.
-//   sudo node dist/bench/dns.js [--queries N] [--concurrency C]
+// dns.ts — the DNS interceptor's cost, side by side in one run, with dnsperf (Debian's dnsperf) as
+// the load generator against a real dnsmasq in the test world (test/testbed/world.ts):
+//   direct         dnsperf in the host namespace -> dnsmasq
+//   dnsmasq hop    dnsperf -> a dnsmasq forwarder on the host (no cache) -> dnsmasq: what a
+//                  plain forwarding hop costs, the bar moat's interceptor is held to
+//   moat           dnsperf inside a sandbox -> the gateway (engine, DNS ring, interceptor with
+//                  block list and rebinding checks, upstream) -> dnsmasq
+// Prints queries/s and average latency for each, moat's ratio to the forwarder hop, and the
+// latency moat adds over direct.
+//   sudo node dist/bench/dns.js [--seconds S] [--outstanding Q]
 import { execFileSync } from "node:child_process";
-import { World, WORLD_IP4, MOAT_BIN, TESTBED_JS, systemTestSkipReason } from "../test/testbed/world.js";
+import { writeFileSync, rmSync, readFileSync } from "node:fs";
+import { World, WORLD_IP4, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
-const N = opt("queries", "20000");
-const C = opt("concurrency", "16");
-const skip = systemTestSkipReason();
+const SECONDS = opt("seconds", "5");
+const OUTSTANDING = opt("outstanding", "16");
+const skip = systemTestSkipReason() ?? (() => { try { execFileSync("dnsperf", ["-h"], { stdio: "ignore" }); return undefined; } catch { return "dnsperf is not installed (apt-get install dnsperf)"; } })();
 if (skip) { console.error(`dns bench: ${skip}`); process.exit(2); }
 
-interface Load { qps: number; p50us: number; p99us: number; answered: number; lost: number }
+const QUERIES = `/tmp/moat-dnsperf-${process.pid}.txt`;
+const FWD_PID = `/tmp/moat-dnsmasq-fwd-${process.pid}.pid`;
+// Distinct names (dnsmasq answers every name under allowed.test): a forwarder folds identical
+// questions in flight into one, which would flatter the hop.
+writeFileSync(QUERIES, Array.from({ length: 50000 }, (_, i) => `q${i}.allowed.test A\n`).join(""));
+
+interface Row { name: string; qps: number; avgUs: number; lost: number }
+
+/** dnsperf's report, parsed. */
+function dnsperf(argv: string[], name: string): Row {
+  const out = execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 120000 });
+  const num = (re: RegExp) => Number(re.exec(out)?.[1] ?? NaN);
+  return { name, qps: num(/Queries per second:\s+([\d.]+)/), avgUs: num(/Average Latency \(s\):\s+([\d.]+)/) * 1e6, lost: num(/Queries lost:\s+(\d+)/) };
+}
+const perf = (server: string, port = 53) => ["dnsperf", "-s", server, "-p", String(port), "-d", QUERIES, "-l", SECONDS, "-c", "1", "-q", OUTSTANDING];
+
 const world = World.create();
+const rows: Row[] = [];
 try {
   world.startDnsServer();
-  const load = [process.execPath, `${TESTBED_JS}dns-load.js`];
-  const direct = JSON.parse(execFileSync("ip", ["netns", "exec", world.host, ...load, WORLD_IP4, "allowed.test", N, C], { encoding: "utf8" })) as Load;
-  const viaMoat = JSON.parse(execFileSync("ip", ["netns", "exec", world.host, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--", "sh", "-c",
-    `${load.join(" ")} $(ip route | sed -n "s/default via \\([0-9.]*\\).*/\\1/p") allowed.test ${N} ${C}`], { encoding: "utf8" })) as Load;
-  const rows = [["path", "queries/s", "p50 us", "p99 us", "lost"],
-    ["direct (host ns -> dnsmasq)", String(direct.qps), String(direct.p50us), String(direct.p99us), String(direct.lost)],
-    ["through moat's interceptor", String(viaMoat.qps), String(viaMoat.p50us), String(viaMoat.p99us), String(viaMoat.lost)],
-    ["moat / direct", (viaMoat.qps / direct.qps).toFixed(2), (viaMoat.p50us / direct.p50us).toFixed(2), (viaMoat.p99us / direct.p99us).toFixed(2), ""]];
-  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
-  console.log(`(${N} queries, ${C} outstanding; added latency p50 ${viaMoat.p50us - direct.p50us} us, p99 ${viaMoat.p99us - direct.p99us} us)`);
+  const inHost = (argv: string[]) => ["ip", "netns", "exec", world.host, ...argv];
+  process.stderr.write("dns bench: direct...\n");
+  rows.push(dnsperf(inHost(perf(WORLD_IP4)), "direct (host ns -> dnsmasq)"));
+  execFileSync("ip", ["netns", "exec", world.host, "dnsmasq", "--port=5353", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+    "--no-hosts", "--conf-file=/dev/null", "--cache-size=0", `--server=${WORLD_IP4}`, `--pid-file=${FWD_PID}`]);
+  process.stderr.write("dns bench: through a dnsmasq forwarder...\n");
+  rows.push(dnsperf(inHost(perf("127.0.0.1", 5353)), "dnsmasq forwarding hop"));
+  process.stderr.write("dns bench: through moat...\n");
+  const gw = `$(ip route | sed -n "s/default via \\([0-9.]*\\).*/\\1/p")`;
+  rows.push(dnsperf(inHost([process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--", "sh", "-c", `${perf("GW").join(" ").replace("GW", gw)}`]), "moat's interceptor"));
 } finally {
+  try { process.kill(Number(readFileSync(FWD_PID, "utf8")), "SIGTERM"); } catch { /* not started */ }
   world.teardown();
+  rmSync(QUERIES, { force: true });
 }
+
+const [direct, hop, moat] = rows as [Row, Row, Row];
+const table = [["path", "queries/s", "avg latency us", "lost"], ...rows.map((r) => [r.name, r.qps.toFixed(0), r.avgUs.toFixed(0), String(r.lost)])];
+table.push(["moat / dnsmasq hop", (moat.qps / hop.qps).toFixed(2), (hop.avgUs / moat.avgUs).toFixed(2), ""]);
+const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
+console.log(`(dnsperf ${SECONDS} s, ${OUTSTANDING} outstanding; ratios > 1 favour moat; latency added over direct: moat ${(moat.avgUs - direct.avgUs).toFixed(0)} us, dnsmasq hop ${(hop.avgUs - direct.avgUs).toFixed(0)} us)`);

@@ -237,7 +237,7 @@ export class DnsInterceptor {
       for (const rr of [...records, ...(answer.additionals ?? [])]) {
         const ip = addressOf(rr);
         if (ip === null) continue;
-        for (const form of [ip, embeddedIPv4(ip)]) {
+        for (const form of [ip, ip.includes(":") ? embeddedIPv4(ip) : null]) {
           const cls = form === null ? null : this.hooks.classify(form);
           if (cls !== null && REBIND_CLASSES.has(cls)) return refuse("rebinding", `${rr.name} is ${ip} (${cls})`);
         }

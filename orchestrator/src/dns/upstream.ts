@@ -1,9 +1,16 @@
 // upstream.ts — the resolvers moat forwards guest queries to (DESIGN §7).
 //
-// A query goes to each server in order over UDP, one fresh connected socket per attempt (a random
-// source port, and ICMP port-unreachable arrives as ECONNREFUSED so a dead server fails at once
-// instead of after the timeout). Each attempt waits up to `timeoutMs`; a timeout or a transport
-// error moves on to the next server. An answer with TC=1 is asked again of the same server over
+// A query goes to each server in order over UDP. Each attempt waits up to `timeoutMs`; a timeout
+// or a transport error moves on to the next server.
+//
+// Sockets: a socket per query costs more than the rest of the interceptor together, so each
+// server has a small pool (POOL_SIZE) of connected UDP sockets shared by every resolver in the
+// process. A query goes out on a pool socket picked at random, under a random ID not in use on
+// it; a socket is retired after MAX_USES queries (and closed when idle), so the source port keeps
+// changing: an off-path forger must guess one of POOL_SIZE random ports and the 16-bit ID, and
+// the question, within the answer's flight time. Connected sockets still turn ICMP
+// port-unreachable into ECONNREFUSED, failing that socket's queries at once instead of after the
+// timeout; the socket is then dropped from the pool. An answer with TC=1 is asked again of the same server over
 // TCP (2-byte length prefix); if that fails the next server is tried, and if none does better the
 // truncated answer is returned (the guest will retry over TCP itself).
 //
@@ -67,22 +74,21 @@ export class UpstreamResolver {
     } catch (e) {
       throw new DnsUpstreamError(`not a DNS query (${(e as Error).message})`, []);
     }
-    const id = randomInt(0, 0x10000);
-    const out = withId(message, id);
     const attempts: string[] = [];
     let truncated: Buffer | null = null;
     for (const server of this.servers) {
       const where = formatServer(server);
       let answer: Buffer;
       try {
-        answer = await this.udpExchange(server, out, id, question);
+        answer = await this.udpExchange(server, message, question);
       } catch (e) {
         attempts.push(`${where}/udp: ${reason(e)}`);
         continue;
       }
       if (readHeader(answer)!.tc) {
         try {
-          answer = await this.tcpExchange(server, out, id, question);
+          const id = randomInt(0, 0x10000);
+          answer = await this.tcpExchange(server, withId(message, id), id, question);
         } catch (e) {
           attempts.push(`${where}/tcp: ${reason(e)}`);
           truncated ??= answer;
@@ -96,34 +102,8 @@ export class UpstreamResolver {
     throw new DnsUpstreamError(what, attempts);
   }
 
-  private udpExchange(server: Nameserver, msg: Buffer, id: number, question: QuestionInfo | null): Promise<Buffer> {
-    return new Promise((resolve, reject) => {
-      const sock = dgram.createSocket(net.isIPv6(stripZone(server.ip)) ? "udp6" : "udp4");
-      let done = false;
-      const finish = (err: Error | null, answer?: Buffer): void => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        try {
-          sock.close();
-        } catch {
-          // already closed
-        }
-        if (err) reject(err);
-        else resolve(answer!);
-      };
-      const timer = setTimeout(() => finish(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
-      sock.on("error", (e) => finish(e));
-      sock.on("message", (m) => {
-        if (isAnswerTo(m, id, question)) finish(null, m);
-      });
-      sock.connect(server.port, server.ip, () => {
-        if (done) return;
-        sock.send(msg, (e) => {
-          if (e) finish(e);
-        });
-      });
-    });
+  private udpExchange(server: Nameserver, msg: Buffer, question: QuestionInfo | null): Promise<Buffer> {
+    return poolFor(server).exchange(msg, question, this.timeoutMs);
   }
 
   private tcpExchange(server: Nameserver, msg: Buffer, id: number, question: QuestionInfo | null): Promise<Buffer> {
@@ -292,4 +272,138 @@ function isAnswerTo(m: Buffer, id: number, question: QuestionInfo | null): boole
   } catch {
     return false;
   }
+}
+
+// ---- the UDP socket pools -------------------------------------------------------------------------
+
+const POOL_SIZE = 8;
+const MAX_USES = 128;
+const IDLE_CLOSE_MS = 10_000;
+
+interface Pending { question: QuestionInfo | null; done: (err: Error | null, answer?: Buffer) => void }
+
+/** One connected UDP socket and the queries in flight on it, by ID. */
+class PoolSocket {
+  readonly sock: dgram.Socket;
+  readonly pending = new Map<number, Pending>();
+  uses = 0;
+  ready: Promise<void>;
+  private dead = false;
+
+  constructor(server: Nameserver, private readonly onDead: (s: PoolSocket) => void) {
+    this.sock = dgram.createSocket(net.isIPv6(stripZone(server.ip)) ? "udp6" : "udp4");
+    this.sock.unref(); // an idle pool never holds the process open
+    this.sock.on("message", (m) => this.onMessage(m));
+    this.sock.on("error", (e) => this.fail(e));
+    this.ready = new Promise((resolve) => this.sock.connect(server.port, server.ip, () => resolve()));
+  }
+
+  private onMessage(m: Buffer): void {
+    if (m.length < 12) return;
+    const id = m.readUInt16BE(0);
+    const p = this.pending.get(id);
+    if (!p || !isAnswerTo(m, id, p.question)) return; // not an answer we are waiting for: ignored
+    this.pending.delete(id);
+    p.done(null, m);
+  }
+
+  /** The socket failed (e.g. ECONNREFUSED from ICMP): its queries fail now, and it leaves the pool. */
+  fail(e: Error): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.onDead(this);
+    for (const p of this.pending.values()) p.done(e);
+    this.pending.clear();
+    try { this.sock.close(); } catch { /* closed */ }
+  }
+
+  close(): void {
+    if (this.dead) return;
+    this.dead = true;
+    try { this.sock.close(); } catch { /* closed */ }
+  }
+
+  /** An ID free on this socket (random; at most 64 Ki in flight, far above what the interceptor allows). */
+  freeId(): number {
+    for (;;) {
+      const id = randomInt(0, 0x10000);
+      if (!this.pending.has(id)) return id;
+    }
+  }
+}
+
+class UdpPool {
+  private active: PoolSocket[] = [];
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly server: Nameserver, private readonly onIdle: () => void) {}
+
+  async exchange(message: Buffer, question: QuestionInfo | null, timeoutMs: number): Promise<Buffer> {
+    const s = this.pick();
+    const id = s.freeId();
+    const answer = new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        s.pending.delete(id);
+        this.afterQuery(s);
+        reject(new Error(`no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      s.pending.set(id, {
+        question,
+        done: (err, answer) => {
+          clearTimeout(timer);
+          this.afterQuery(s);
+          if (err) reject(err);
+          else resolve(answer!);
+        },
+      });
+      void s.ready.then(() => s.sock.send(withId(message, id), (e) => {
+        if (e) s.pending.get(id)?.done(e);
+      }));
+    });
+    if (++s.uses >= MAX_USES) this.retire(s); // closed once this and its other queries are done
+    return answer;
+  }
+
+  /** A random socket of the pool, opening one while it is short of POOL_SIZE. */
+  private pick(): PoolSocket {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    if (this.active.length < POOL_SIZE) {
+      const s = new PoolSocket(this.server, (dead) => this.retire(dead));
+      this.active.push(s);
+      return s;
+    }
+    return this.active[randomInt(0, this.active.length)]!;
+  }
+
+  /** Out of the pool; closed once its last query has ended. */
+  private retire(s: PoolSocket): void {
+    const i = this.active.indexOf(s);
+    if (i >= 0) this.active.splice(i, 1);
+    if (s.pending.size === 0) s.close();
+  }
+
+  private afterQuery(s: PoolSocket): void {
+    if (!this.active.includes(s) && s.pending.size === 0) s.close();
+    if (this.active.every((x) => x.pending.size === 0) && !this.idleTimer) {
+      this.idleTimer = setTimeout(() => {
+        this.idleTimer = undefined;
+        for (const x of this.active.splice(0)) x.close();
+        this.onIdle(); // forgotten: a guest naming many resolvers leaves no pools behind
+      }, IDLE_CLOSE_MS);
+      this.idleTimer.unref();
+    }
+  }
+}
+
+const pools = new Map<string, UdpPool>();
+
+function poolFor(server: Nameserver): UdpPool {
+  const key = `${server.ip}|${server.port}`;
+  let p = pools.get(key);
+  if (!p) {
+    p = new UdpPool(server, () => pools.delete(key));
+    pools.set(key, p);
+  }
+  return p;
 }

@@ -4,11 +4,10 @@ import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { createEngineMemory } from "./engine-module.js";
 import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } from "./engine-config.js";
-import type { EngineControl, EngineWorkerData, DnsQueryMessage, DnsAnswerMessage } from "./engine-worker.js";
+import type { EngineControl, EngineWorkerData, DnsAnswerMessage, DnsWorkerSetup, DnsUpdate, DnsEventMessage } from "./engine-worker.js";
 import type { LinkSpec } from "../links/link.js";
 import { MoatError } from "../errors.js";
 
-const dnsPorts = new WeakMap<WebAssembly.Memory, import("node:worker_threads").MessagePort>();
 
 export class EngineHost {
   private exited = false;
@@ -20,6 +19,7 @@ export class EngineHost {
     private readonly worker: Worker,
     private readonly control: Comlink.Remote<EngineControl>,
     private readonly exitPromise: Promise<number>,
+    private readonly dnsPort: import("node:worker_threads").MessagePort,
   ) {
     void exitPromise.then((code) => {
       this.exited = true;
@@ -36,8 +36,10 @@ export class EngineHost {
   static async start(config: EngineConfig, link: LinkSpec, hooks: {
     prepare?: (mem: Uint8Array) => void;
     onAudit?: () => void;
-    /** Answers guest DNS queries (the interceptor); without it, queries get no answer. */
-    onDnsQuery?: (q: DnsQueryMessage) => Promise<DnsAnswerMessage>;
+    /** The DNS interceptor the worker runs for guest DNS over UDP; without it, queries get no answer. */
+    dns?: DnsWorkerSetup;
+    /** DNS events (blocked names, rebinding, ...) for the audit log. */
+    onDnsEvent?: (e: DnsEventMessage["event"]) => void;
   } = {}): Promise<EngineHost> {
     const memory = createEngineMemory();
     hooks.prepare?.(new Uint8Array(memory.buffer));
@@ -45,15 +47,9 @@ export class EngineHost {
     audit.port1.on("message", () => hooks.onAudit?.());
     audit.port1.unref();
     const dns = new MessageChannel();
-    dnsPorts.set(memory, dns.port1);
-    dns.port1.on("message", (q: DnsQueryMessage) => {
-      const noAnswer: DnsAnswerMessage = { header: q.header, answer: null, pins: [] };
-      // Every query gets a reply message (null answer: the stub retries), so the worker's count
-      // of queries in flight stays true.
-      (hooks.onDnsQuery?.(q) ?? Promise.resolve(noAnswer)).then((a) => dns.port1.postMessage(a), () => dns.port1.postMessage(noAnswer));
-    });
+    dns.port1.on("message", (m: DnsEventMessage) => hooks.onDnsEvent?.(m.event));
     dns.port1.unref();
-    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2 };
+    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns };
     const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2, dns.port2] });
     let failure: Error | undefined;
     const exitPromise = new Promise<number>((resolve) => {
@@ -61,7 +57,7 @@ export class EngineHost {
       worker.once("exit", resolve);
     });
     const control = Comlink.wrap<EngineControl>(nodeEndpoint(worker));
-    const host = new EngineHost(memory, worker, control, exitPromise);
+    const host = new EngineHost(memory, worker, control, exitPromise, dns.port1);
     try {
       await Promise.race([
         control.ready(),
@@ -86,9 +82,14 @@ export class EngineHost {
     return readFlowStats(new Uint8Array(this.memory.buffer));
   }
 
-  /** Pins from an answer that did not pass through the engine (DNS over TCP). */
-  async installPins(pins: DnsAnswerMessage["pins"]): Promise<void> {
-    dnsPorts.get(this.memory)?.postMessage({ header: new Uint8Array(0), answer: null, pins } satisfies DnsAnswerMessage);
+  /** Pins from an answer that did not pass through the worker (DNS over TCP). */
+  installPins(pins: DnsAnswerMessage["pins"]): void {
+    this.updateDns({ pins });
+  }
+
+  /** New inputs for the worker's DNS interceptor (after a policy or host address change). */
+  updateDns(update: DnsUpdate): void {
+    if (!this.exited) this.dnsPort.postMessage(update);
   }
 
   async liveSockets(): Promise<number> {

@@ -5,6 +5,14 @@
 //   pump (fds -> rings) -> engineRun (rings -> TX ring + host ops) -> flush (ops, TX -> link)
 // repeated until a round moves nothing (bounded, so timers and control calls still run).
 // The control channel to the orchestrator is comlink over the worker's parentPort.
+//
+// Guest DNS over UDP is answered here, in the worker that owns the sandbox's engine: the DNS
+// interceptor (orchestrator/src/dns/interceptor.ts) runs on this thread, reads queries straight
+// from the engine's DNS ring, asks the upstreams and injects the answer and its pins, with no hop
+// to the main thread on the way (each hop costs a thread wake-up both ways; the main thread is
+// shared by every sandbox of the process). The main thread sends policy-dependent inputs (domain
+// rule names, deny names, Group Host addresses) when they change, and hears of DNS events for
+// the audit log.
 import { parentPort, workerData, type MessagePort } from "node:worker_threads";
 import { performance } from "node:perf_hooks";
 import * as Comlink from "comlink";
@@ -14,6 +22,11 @@ import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-con
 import { nativeLayout, layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
+import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
+import { UpstreamResolver, type Nameserver } from "../dns/upstream.js";
+import { classifyAddress } from "../policy/groups.js";
+import { addr16 } from "./engine-config.js";
+import ipaddr from "ipaddr.js";
 
 export interface EngineWorkerData {
   memory: WebAssembly.Memory;
@@ -21,14 +34,36 @@ export interface EngineWorkerData {
   link: LinkSpec;
   /** Told (an empty message) when the engine has recorded denials in the audit ring. */
   auditPort: MessagePort;
-  /** Guest DNS queries go out on it (DnsQueryMessage) and answers come back (DnsAnswerMessage). */
+  /** DNS: inputs from the main thread (DnsUpdate, pins from DNS over TCP) in, events (DnsEventMessage) out. */
   dnsPort: MessagePort;
+  /** The interceptor's setup; without it guest DNS over UDP gets no answer. */
+  dns?: DnsWorkerSetup;
 }
 
-/** A guest query: the DQ_* header of its DNS ring slot (64 bytes) and its payload. */
-export interface DnsQueryMessage { header: Uint8Array; query: Uint8Array }
-/** The interceptor's answer to a query: its header back, the payload, and the pins to set first. */
-export interface DnsAnswerMessage { header: Uint8Array; answer: Uint8Array | null; pins: { addr: Uint8Array; nameId: number; ttlMs: number }[] }
+/** What the worker's DNS interceptor is built from (all of it structured-clonable). */
+export interface DnsWorkerSetup {
+  settings: DnsSettings;
+  upstreams: Nameserver[];
+  update: DnsUpdate;
+}
+
+/** Policy-dependent inputs of the interceptor, sent again whenever they change. */
+export interface DnsUpdate {
+  /** NameTable.names (id = index + 1). */
+  names?: string[];
+  /** Names covered by Deny domain rules. */
+  deny?: { domains: string[]; suffixes: string[] };
+  /** Group Host addresses, normalised (policy/groups.ts, hostSet). */
+  host?: string[];
+  /** Pins to set (answers that did not pass through here: DNS over TCP). */
+  pins?: DnsAnswerMessage["pins"];
+}
+
+/** A DNS event for the audit log (blocked name, rebinding, ...). */
+export interface DnsEventMessage { event: NonNullable<DnsOutcome["event"]> }
+
+/** Pins as the engine takes them: a 16-byte address, a domain rule name id, a lifetime. */
+export interface DnsAnswerMessage { pins: { addr: Uint8Array; nameId: number; ttlMs: number }[] }
 
 /** What the orchestrator can ask of a running engine (through comlink). */
 export interface EngineControl {
@@ -72,13 +107,23 @@ function serve(): void {
   drainDnsQueries();
 }
 
-// ---- DNS: queries to the orchestrator's interceptor, answers back into the engine -----------------
+// ---- DNS: queries from the engine's ring through the interceptor, answers back into the engine ----
 const dnsCtrl = new Int32Array(data.memory.buffer, layout.DNS_CTRL, layout.RING_CTRL_BYTES / 4);
 const dv = new DataView(data.memory.buffer);
 
-// Queries handed to the orchestrator and not yet answered. Past DNS_SLOTS the ring is left to
-// fill, and the engine drops further queries (DROP_DNS_OVERLOAD): what a guest can keep in
-// flight stays bounded end to end, however slow the upstreams.
+let dnsNames: readonly string[] = data.dns?.update.names ?? [];
+let dnsDeny = data.dns?.update.deny ?? { domains: [], suffixes: [] };
+let dnsHost: ReadonlySet<string> = new Set(data.dns?.update.host ?? []);
+const interceptor = data.dns && new DnsInterceptor(data.dns.settings, new UpstreamResolver(data.dns.upstreams, data.dns.settings.queryTimeoutMs), {
+  nameIds: () => dnsNames,
+  denyNames: () => dnsDeny,
+  resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
+  classify: (ip) => classifyAddress(ip, dnsHost),
+});
+
+// Queries taken from the ring and not yet answered. Past DNS_SLOTS the ring is left to fill, and
+// the engine drops further queries (DROP_DNS_OVERLOAD): what a guest can keep in flight stays
+// bounded end to end, however slow the upstreams.
 let dnsOutstanding = 0;
 
 function drainDnsQueries(): void {
@@ -89,33 +134,66 @@ function drainDnsQueries(): void {
     dnsOutstanding++;
     const q = layout.DNS_BASE + (head & (layout.DNS_SLOTS - 1)) * layout.DNS_SLOT_BYTES;
     const len = dv.getUint32(q + layout.DQ_LEN, true);
-    const msg: DnsQueryMessage = { header: mem.slice(q, q + layout.DQ_PAYLOAD), query: mem.slice(q + layout.DQ_PAYLOAD, q + layout.DQ_PAYLOAD + len) };
-    data.dnsPort.postMessage(msg);
+    // Copies: the slot is reused once the head moves on, and the answer comes later.
+    void answerQuery(mem.slice(q, q + layout.DQ_PAYLOAD), Buffer.from(mem.subarray(q + layout.DQ_PAYLOAD, q + layout.DQ_PAYLOAD + len)));
     head = (head + 1) >>> 0;
   }
   Atomics.store(dnsCtrl, layout.RING_CTRL_HEAD / 4, head | 0);
 }
 
-data.dnsPort.on("message", (m: DnsAnswerMessage) => {
+async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
+  let out: DnsOutcome | null = null;
+  try {
+    if (interceptor) {
+      const h = new DataView(header.buffer, header.byteOffset, header.byteLength);
+      const family = h.getUint32(layout.DQ_FAMILY, true);
+      const dest = header.subarray(layout.DQ_DEST_ADDR, layout.DQ_DEST_ADDR + 16);
+      out = await interceptor.handle(query, {
+        protocol: "udp",
+        toGateway: h.getUint32(layout.DQ_TO_GATEWAY, true) === 1,
+        dest: { ip: family === 4 ? dest.subarray(12).join(".") : ipaddr.fromByteArray(Array.from(dest)).toString(), port: h.getUint32(layout.DQ_DEST_PORT, true) },
+      });
+    }
+  } catch {
+    out = null; // no answer: the stub retries
+  }
+  dnsOutstanding--;
   if (stopped) return;
-  if (m.header.length) dnsOutstanding--; // an answer (or a refusal to answer) to a query we posted
   const now = performance.now();
   // Pins first: the guest may connect the moment it reads the answer.
-  for (const p of m.pins) {
-    mem.set(p.addr, layout.PIN_SCRATCH);
-    engine.dnsPin(p.nameId, p.ttlMs, now);
+  for (const p of out?.pins ?? []) {
+    const addr = addr16(p.ip);
+    for (const nameId of p.nameIds) {
+      mem.set(addr, layout.PIN_SCRATCH);
+      engine.dnsPin(nameId, Math.max(1, p.ttlSec) * 1000, now);
+    }
   }
-  if (m.answer) {
-    mem.set(m.header, layout.DNS_ANSWER_BASE);
-    dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, m.answer.length, true);
-    mem.set(m.answer, layout.DNS_ANSWER_BASE + layout.DQ_PAYLOAD);
+  if (out?.answer) {
+    mem.set(header, layout.DNS_ANSWER_BASE);
+    dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, out.answer.length, true);
+    mem.set(out.answer, layout.DNS_ANSWER_BASE + layout.DQ_PAYLOAD);
     if (!engine.dnsAnswer()) {
       datapath.flush(); // the TX ring was full: drain it to the link and try once more
       engine.dnsAnswer();
     }
+    datapath.flush();
   }
-  datapath.flush();
+  if (out?.event) data.dnsPort.postMessage({ event: out.event } satisfies DnsEventMessage);
   drainDnsQueries(); // room again: queries may be waiting in the ring
+}
+
+data.dnsPort.on("message", (m: DnsUpdate) => {
+  if (stopped) return;
+  if (m.names) dnsNames = m.names;
+  if (m.deny) dnsDeny = m.deny;
+  if (m.host) dnsHost = new Set(m.host);
+  if (m.pins?.length) {
+    const now = performance.now();
+    for (const p of m.pins) {
+      mem.set(p.addr, layout.PIN_SCRATCH);
+      engine.dnsPin(p.nameId, p.ttlMs, now);
+    }
+  }
 });
 
 let stopped = false;

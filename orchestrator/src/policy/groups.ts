@@ -24,15 +24,30 @@ export function carriedIPv4(b: number[]): number[] | undefined {
   return undefined;
 }
 
-/** The group of `ip`; `gateway` lists this sandbox's gateway addresses (Group "host"). */
-export function classifyAddress(ip: string, gateway: readonly string[] = []): Group {
+/** A set of Group Host addresses in the form classifyAddress compares (see hostSet). */
+export type HostSet = ReadonlySet<string>;
+
+/** `addresses` (the gateway's and the host's own) normalised once, for classifyAddress. */
+export function hostSet(addresses: readonly string[]): HostSet {
+  return new Set(addresses.map((g) => {
+    const a = ipaddr.parse(g);
+    const v4 = a.kind() === "ipv6" ? carriedIPv4((a as ipaddr.IPv6).toByteArray()) : undefined;
+    return v4 ? v4.join(".") : a.toString();
+  }));
+}
+
+/**
+ * The group of `ip`; `host` lists this sandbox's Group Host addresses (its gateway's, the host's
+ * own): a list, or a hostSet() made once where this runs per DNS answer.
+ */
+export function classifyAddress(ip: string, host: readonly string[] | HostSet = []): Group {
   let a: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
   if (a.kind() === "ipv6") {
     const v4 = carriedIPv4((a as ipaddr.IPv6).toByteArray());
     if (v4) a = ipaddr.fromByteArray(v4);
   }
   const text = a.toString();
-  if (gateway.some((g) => ipaddr.parse(g).toString() === text)) return "host";
+  if ((host instanceof Set ? host : hostSet(host as readonly string[])).has(text)) return "host";
   if (METADATA.has(text)) return "metadata";
   if (a.kind() === "ipv4") {
     const [o0, o1] = (a as ipaddr.IPv4).octets as [number, number, number, number];

@@ -20,14 +20,13 @@ import { ConfigError, MoatError } from "../errors.js";
 import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape } from "../policy/model.js";
 import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
 import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
-import { classifyAddress } from "../policy/groups.js";
+import { classifyAddress, hostSet, type HostSet } from "../policy/groups.js";
 import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
 import { addr16 } from "../engine/engine-config.js";
 import { DnsInterceptor, type DnsOutcome } from "../dns/interceptor.js";
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
 import { DnsTcpServer } from "../dns/tcp-proxy.js";
-import type { DnsQueryMessage, DnsAnswerMessage } from "../engine/engine-worker.js";
-import { layout as L } from "../engine/layout.js";
+import type { DnsAnswerMessage, DnsWorkerSetup } from "../engine/engine-worker.js";
 
 const run = promisify(execFile);
 
@@ -194,7 +193,7 @@ export class NetnsSandbox {
       await sandbox.ip(["netns", "add", name]);
       await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
       if (o.policy.offline) return sandbox; // none(): no interface, no engine
-      const dnsTcp = await sandbox.startDns(o);
+      const { listener: dnsTcp, setup: dnsSetup } = await sandbox.startDns(o);
       const config: EngineConfig = {
         gatewayMac: addresses.gatewayMac,
         guestMac: addresses.guestMac,
@@ -220,12 +219,16 @@ export class NetnsSandbox {
           installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true);
           // The host's own addresses are Group Host from the first frame on, and kept current.
           sandbox.unwatchHost = watchHostAddresses((addrs) => {
-            sandbox.hostAddresses = addrs;
+            sandbox.hostAddresses = hostSet([sandbox.addresses.gatewayIp4, sandbox.addresses.gatewayIp6, sandbox.addresses.gatewayLl6, ...addrs]);
             writeHostAddresses(mem, addrs);
+            sandbox.engine?.updateDns({ host: [...sandbox.hostAddresses] });
           });
+          // The worker's interceptor starts from the policy and addresses just installed.
+          dnsSetup.update = { names: [...sandbox.names.names], deny: denyNames(sandbox.policy), host: [...sandbox.hostAddresses] };
         },
         onAudit: () => sandbox.drainAudit(),
-        onDnsQuery: (q) => sandbox.answerDns(q),
+        dns: dnsSetup,
+        onDnsEvent: (event) => sandbox.afterDns({ answer: null, pins: [], event }),
       });
       sandbox.engine.onFailure = (reason) => {
         // Fail closed and loud: the guest has no network from here on.
@@ -248,6 +251,7 @@ export class NetnsSandbox {
     if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names);
     this.policy = p;
     this.denyResponse = denyResponse;
+    this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
   }
 
   /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
@@ -261,31 +265,37 @@ export class NetnsSandbox {
 
   private dns: DnsInterceptor | undefined;
   private dnsTcp: DnsTcpServer | undefined;
-  private hostAddresses: readonly string[] = [];
+  /** Group Host for DNS rebinding protection: the gateway's addresses and the host's own. */
+  private hostAddresses: HostSet = new Set();
   /** Proves a redirect preamble came from this sandbox's engine (layout.ts, OP_ORIG). */
   private readonly redirectToken = randomBytes(16);
   private unwatchHost: (() => void) | undefined;
 
-  /** Set up the interceptor and its DNS-over-TCP listener; returns where the engine dials TCP/53. */
-  private async startDns(o: ValidOptions): Promise<{ ip: string; port: number }> {
+  /**
+   * Set up DNS interception: the setup of the interceptor the engine worker runs for DNS over UDP,
+   * and, here, an interceptor of the same settings behind the DNS-over-TCP listener; returns the
+   * setup and where the engine dials TCP/53.
+   */
+  private async startDns(o: ValidOptions): Promise<{ listener: { ip: string; port: number }; setup: DnsWorkerSetup }> {
     const d = o.dns;
     const fwd = o.dnsForward;
     const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
       : fwd;
     const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
     const gateway = [this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6];
-    this.dns = new DnsInterceptor({
+    const settings = {
       blockDomains: d.blockDomains ?? [],
       blockDomainSuffixes: d.blockDomainSuffixes ?? [],
       blockedResponse: d.blockedResponse ?? "refused",
       rebindProtection: d.rebindProtection ?? true,
       queryTimeoutMs: d.queryTimeoutMs ?? 5000,
       maxInFlight: 64,
-    }, upstream, {
+    } as const;
+    this.dns = new DnsInterceptor({ ...settings, blockDomains: [...settings.blockDomains], blockDomainSuffixes: [...settings.blockDomainSuffixes] }, upstream, {
       nameIds: () => this.names.names,
       denyNames: () => denyNames(this.policy),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
-      classify: (ip) => classifyAddress(ip, [...gateway, ...this.hostAddresses]),
+      classify: (ip) => classifyAddress(ip, this.hostAddresses),
     });
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
     // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
@@ -295,27 +305,13 @@ export class NetnsSandbox {
       const toGateway = gateway.some((g) => ipaddr.parse(g).toString() === ipaddr.parse(dest.ip).toString());
       const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
       this.afterDns(out);
-      if (out.pins.length) await this.engine?.installPins(pinMessages(out));
+      if (out.pins.length) this.engine?.installPins(pinMessages(out));
       return out.answer;
     }, { redirectToken: this.redirectToken });
     await this.dnsTcp.listen();
     const a = this.dnsTcp.address();
-    return { ip: a.address, port: a.port };
-  }
-
-  /** A guest query from the engine's DNS ring: the interceptor's answer, and the pins to set first. */
-  private async answerDns(q: DnsQueryMessage): Promise<DnsAnswerMessage> {
-    const dv = new DataView(q.header.buffer, q.header.byteOffset, q.header.byteLength);
-    const family = dv.getUint32(L.DQ_FAMILY, true);
-    const destBytes = q.header.subarray(L.DQ_DEST_ADDR, L.DQ_DEST_ADDR + 16);
-    const dest = family === 4 ? Array.from(destBytes.subarray(12)).join(".") : ipaddrText(destBytes);
-    const out = await this.dns!.handle(Buffer.from(q.query), {
-      protocol: "udp",
-      toGateway: dv.getUint32(L.DQ_TO_GATEWAY, true) === 1,
-      dest: { ip: dest, port: dv.getUint32(L.DQ_DEST_PORT, true) },
-    });
-    this.afterDns(out);
-    return { header: q.header, answer: out.answer ? new Uint8Array(out.answer) : null, pins: pinMessages(out) };
+    const setup: DnsWorkerSetup = { settings: { ...settings, blockDomains: [...settings.blockDomains], blockDomainSuffixes: [...settings.blockDomainSuffixes] }, upstreams: [...servers], update: {} };
+    return { listener: { ip: a.address, port: a.port }, setup };
   }
 
   /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
@@ -448,8 +444,4 @@ function denyNames(policy: NetworkPolicy): { domains: string[]; suffixes: string
 
 function pinMessages(out: DnsOutcome): DnsAnswerMessage["pins"] {
   return out.pins.flatMap((p) => p.nameIds.map((nameId) => ({ addr: addr16(p.ip), nameId, ttlMs: Math.max(1, p.ttlSec) * 1000 })));
-}
-
-function ipaddrText(bytes: Uint8Array): string {
-  return ipaddr.fromByteArray(Array.from(bytes)).toString();
 }

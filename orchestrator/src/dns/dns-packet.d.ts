@@ -57,6 +57,7 @@ declare module "dns-packet" {
     streamEncode(packet: Packet): Buffer;
     answer: Codec<Answer>;
     question: Codec<Question>;
+    name: Codec<string>;
     AUTHORITATIVE_ANSWER: number;
     TRUNCATED_RESPONSE: number;
     RECURSION_DESIRED: number;

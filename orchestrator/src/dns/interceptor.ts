@@ -38,7 +38,7 @@ import { carriedIPv4 } from "../policy/groups.js";
 import dnsPacket, { type Answer, type Packet } from "dns-packet";
 import { ConfigError } from "../errors.js";
 import { UpstreamResolver } from "./upstream.js";
-import { RCODE, TYPE, displayName, localAnswer, readHeader, readQuestion, truncatedAnswer, withId, type QuestionInfo } from "./wire.js";
+import { HEADER_BYTES, RCODE, TYPE, displayName, localAnswer, readHeader, readQuestion, truncatedAnswer, withId, type QuestionInfo } from "./wire.js";
 
 export interface DnsSettings {
   /** Exact names to block: lower case, no final dot. */
@@ -174,15 +174,21 @@ export class DnsInterceptor {
     }
     const formerr = (detail: string): DnsOutcome => ({ answer: localAnswer(query, null, RCODE.FORMERR), pins: [], event: { kind: "formerr", detail } });
     if (h.qdcount !== 1) return formerr(`${h.qdcount} questions (exactly one is supported)`);
-    let decoded: Packet;
     let q: QuestionInfo;
+    let qname: string; // as dns-packet spells it, to compare with the answer's records
+    let opts: Answer[] = [];
     try {
-      decoded = dnsPacket.decode(query);
       q = readQuestion(query);
+      if (h.ancount === 0 && h.nscount === 0 && h.arcount === 0 && q.end === query.length) {
+        qname = dnsPacket.name.decode(query, HEADER_BYTES).toLowerCase(); // a plain query: nothing more to decode
+      } else {
+        const decoded: Packet = dnsPacket.decode(query);
+        qname = (decoded.questions![0]!.name ?? "").toLowerCase();
+        opts = (decoded.additionals ?? []).filter((r) => r.type === "OPT");
+      }
     } catch (e) {
       return formerr(`undecodable query: ${(e as Error).message}`);
     }
-    const opts = (decoded.additionals ?? []).filter((r) => r.type === "OPT");
     if (opts.length > 1) return formerr("more than one OPT record");
     const name = q.name;
     const shown = displayName(name);
@@ -211,7 +217,7 @@ export class DnsInterceptor {
     let raw: Buffer;
     this.inFlight++;
     try {
-      raw = await resolver.query(query);
+      raw = await resolver.query(query, q);
     } catch (e) {
       return refuse("upstream-failed", (e as Error).message, RCODE.SERVFAIL);
     } finally {
@@ -225,7 +231,6 @@ export class DnsInterceptor {
     }
 
     // 6. What the answer says.
-    const qname = (decoded.questions![0]!.name ?? "").toLowerCase();
     const records = answer.answers ?? [];
     const chain = cnameChain(qname, records);
     for (const target of chain) {

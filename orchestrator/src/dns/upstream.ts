@@ -62,27 +62,33 @@ export class UpstreamResolver {
     }
     this.servers = servers.map((s) => ({ ip: s.ip, port: s.port }));
     this.timeoutMs = timeoutMs;
+    this.pools = this.servers.map(poolFor);
   }
 
-  /** Send `message` (a DNS query) upstream; resolves with the answer under the query's own ID. */
-  async query(message: Buffer): Promise<Buffer> {
+  private readonly pools: UdpPool[];
+
+  /**
+   * Send `message` (a DNS query) upstream; resolves with the answer under the query's own ID.
+   * `known`: its question, when the caller has read it already.
+   */
+  async query(message: Buffer, known?: QuestionInfo): Promise<Buffer> {
     const h = readHeader(message);
     if (!h) throw new DnsUpstreamError("not a DNS message (shorter than a header)", []);
-    let question: QuestionInfo | null = null;
+    let question: QuestionInfo | null = known ?? null;
     try {
-      if (h.qdcount > 0) question = readQuestion(message);
+      if (!question && h.qdcount > 0) question = readQuestion(message);
     } catch (e) {
       throw new DnsUpstreamError(`not a DNS query (${(e as Error).message})`, []);
     }
     const attempts: string[] = [];
     let truncated: Buffer | null = null;
-    for (const server of this.servers) {
-      const where = formatServer(server);
+    for (let i = 0; i < this.servers.length; i++) {
+      const server = this.servers[i]!;
       let answer: Buffer;
       try {
-        answer = await this.udpExchange(server, message, question);
+        answer = await this.pools[i]!.exchange(message, question, this.timeoutMs);
       } catch (e) {
-        attempts.push(`${where}/udp: ${reason(e)}`);
+        attempts.push(`${formatServer(server)}/udp: ${reason(e)}`);
         continue;
       }
       if (readHeader(answer)!.tc) {
@@ -90,7 +96,7 @@ export class UpstreamResolver {
           const id = randomInt(0, 0x10000);
           answer = await this.tcpExchange(server, withId(message, id), id, question);
         } catch (e) {
-          attempts.push(`${where}/tcp: ${reason(e)}`);
+          attempts.push(`${formatServer(server)}/tcp: ${reason(e)}`);
           truncated ??= answer;
           continue;
         }
@@ -100,10 +106,6 @@ export class UpstreamResolver {
     if (truncated) return withId(truncated, h.id);
     const what = this.servers.length === 0 ? "no upstream nameservers are configured" : `no upstream nameserver answered (${attempts.join("; ")})`;
     throw new DnsUpstreamError(what, attempts);
-  }
-
-  private udpExchange(server: Nameserver, msg: Buffer, question: QuestionInfo | null): Promise<Buffer> {
-    return poolFor(server).exchange(msg, question, this.timeoutMs);
   }
 
   private tcpExchange(server: Nameserver, msg: Buffer, id: number, question: QuestionInfo | null): Promise<Buffer> {
@@ -287,6 +289,7 @@ class PoolSocket {
   readonly sock: dgram.Socket;
   readonly pending = new Map<number, Pending>();
   uses = 0;
+  connected = false;
   ready: Promise<void>;
   private dead = false;
 
@@ -295,7 +298,10 @@ class PoolSocket {
     this.sock.unref(); // an idle pool never holds the process open
     this.sock.on("message", (m) => this.onMessage(m));
     this.sock.on("error", (e) => this.fail(e));
-    this.ready = new Promise((resolve) => this.sock.connect(server.port, server.ip, () => resolve()));
+    this.ready = new Promise((resolve) => this.sock.connect(server.port, server.ip, () => {
+      this.connected = true;
+      resolve();
+    }));
   }
 
   private onMessage(m: Buffer): void {
@@ -356,9 +362,11 @@ class UdpPool {
           else resolve(answer!);
         },
       });
-      void s.ready.then(() => s.sock.send(withId(message, id), (e) => {
-        if (e) s.pending.get(id)?.done(e);
-      }));
+      // No send callback: it costs a request object per datagram. A send error surfaces as the
+      // socket's 'error' event, which fails the socket's queries (PoolSocket.fail).
+      const out = withId(message, id);
+      if (s.connected) s.sock.send(out);
+      else void s.ready.then(() => s.sock.send(out));
     });
     if (++s.uses >= MAX_USES) this.retire(s); // closed once this and its other queries are done
     return answer;

@@ -176,10 +176,22 @@ async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
       datapath.flush(); // the TX ring was full: drain it to the link and try once more
       engine.dnsAnswer();
     }
-    datapath.flush();
+    flushSoon();
   }
   if (out?.event) data.dnsPort.postMessage({ event: out.event } satisfies DnsEventMessage);
   drainDnsQueries(); // room again: queries may be waiting in the ring
+}
+
+// Answers that arrive in one turn of the event loop (a burst of upstream datagrams) go to the
+// link in one flush, after the turn: a write per answer would cost a wake-up of the guest each.
+let flushPending = false;
+function flushSoon(): void {
+  if (flushPending) return;
+  flushPending = true;
+  setImmediate(() => {
+    flushPending = false;
+    if (!stopped) datapath.flush();
+  });
 }
 
 data.dnsPort.on("message", (m: DnsUpdate) => {

@@ -7,6 +7,7 @@ import type { Group } from "./model.js";
 
 const METADATA = new Set(["169.254.169.254", "fd00:ec2::254"]);
 
+const DOTTED_QUAD = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const zero = (b: number[], from: number, to: number) => b.slice(from, to).every((x) => x === 0);
 
 /**
@@ -41,7 +42,8 @@ export function hostSet(addresses: readonly string[]): HostSet {
  * own): a list, or a hostSet() made once where this runs per DNS answer.
  */
 export function classifyAddress(ip: string, host: readonly string[] | HostSet = []): Group {
-  let a: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
+  // Dotted-quad IPv4 (what nearly every A record is) skips ipaddr.js's general parser.
+  let a: ipaddr.IPv4 | ipaddr.IPv6 = DOTTED_QUAD.test(ip) ? new ipaddr.IPv4(ip.split(".").map(Number)) : ipaddr.parse(ip);
   if (a.kind() === "ipv6") {
     const v4 = carriedIPv4((a as ipaddr.IPv6).toByteArray());
     if (v4) a = ipaddr.fromByteArray(v4);

@@ -20,7 +20,7 @@
 // the socket is ignored. The answer is handed back under the guest's ID.
 import dgram from "node:dgram";
 import net from "node:net";
-import { randomInt } from "node:crypto";
+import { randomInt, randomFillSync } from "node:crypto";
 import { promises as dnsPromises, type LookupAddress } from "node:dns";
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
@@ -282,7 +282,22 @@ const POOL_SIZE = 8;
 const MAX_USES = 128;
 const IDLE_CLOSE_MS = 10_000;
 
-interface Pending { question: QuestionInfo | null; done: (err: Error | null, answer?: Buffer) => void }
+interface Pending { question: QuestionInfo | null; deadline: number; timeoutMs: number; done: (err: Error | null, answer?: Buffer) => void }
+
+// Random 16-bit numbers (query IDs, socket picks) drawn from a buffer refilled from the CSPRNG:
+// a call into node:crypto per query costs more than the rest of the exchange's bookkeeping.
+const randoms = new Uint16Array(2048);
+let randomAt = randoms.length;
+function random16(): number {
+  if (randomAt === randoms.length) {
+    randomFillSync(randoms);
+    randomAt = 0;
+  }
+  return randoms[randomAt++]!;
+}
+
+/** How often a pool looks for queries past their deadline (one timer per pool, not per query). */
+const SWEEP_MS = 25;
 
 /** One connected UDP socket and the queries in flight on it, by ID. */
 class PoolSocket {
@@ -292,6 +307,7 @@ class PoolSocket {
   connected = false;
   ready: Promise<void>;
   private dead = false;
+  get isDead(): boolean { return this.dead; }
 
   constructor(server: Nameserver, private readonly onDead: (s: PoolSocket) => void) {
     this.sock = dgram.createSocket(net.isIPv6(stripZone(server.ip)) ? "udp6" : "udp4");
@@ -332,7 +348,7 @@ class PoolSocket {
   /** An ID free on this socket (random; at most 64 Ki in flight, far above what the interceptor allows). */
   freeId(): number {
     for (;;) {
-      const id = randomInt(0, 0x10000);
+      const id = random16();
       if (!this.pending.has(id)) return id;
     }
   }
@@ -340,7 +356,9 @@ class PoolSocket {
 
 class UdpPool {
   private active: PoolSocket[] = [];
+  private readonly retired = new Set<PoolSocket>(); // out of the pool, queries still in flight
   private idleTimer: NodeJS.Timeout | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly server: Nameserver, private readonly onIdle: () => void) {}
 
@@ -348,20 +366,17 @@ class UdpPool {
     const s = this.pick();
     const id = s.freeId();
     const answer = new Promise<Buffer>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        s.pending.delete(id);
-        this.afterQuery(s);
-        reject(new Error(`no answer within ${timeoutMs} ms`));
-      }, timeoutMs);
       s.pending.set(id, {
         question,
+        deadline: performance.now() + timeoutMs,
+        timeoutMs,
         done: (err, answer) => {
-          clearTimeout(timer);
           this.afterQuery(s);
           if (err) reject(err);
           else resolve(answer!);
         },
       });
+      this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS);
       // No send callback: it costs a request object per datagram. A send error surfaces as the
       // socket's 'error' event, which fails the socket's queries (PoolSocket.fail).
       const out = withId(message, id);
@@ -381,18 +396,39 @@ class UdpPool {
       this.active.push(s);
       return s;
     }
-    return this.active[randomInt(0, this.active.length)]!;
+    return this.active[random16() % this.active.length]!;
+  }
+
+  /** Fail the queries past their deadline; stop sweeping once nothing is in flight. */
+  private sweep(): void {
+    const now = performance.now();
+    const expired: [PoolSocket, number, Pending][] = [];
+    for (const s of [...this.active, ...this.retired]) {
+      for (const [id, p] of s.pending) if (p.deadline <= now) expired.push([s, id, p]);
+    }
+    for (const [s, id, p] of expired) {
+      s.pending.delete(id);
+      p.done(new Error(`no answer within ${p.timeoutMs} ms`));
+    }
+    if ([...this.active, ...this.retired].every((x) => x.pending.size === 0)) {
+      clearInterval(this.sweeper);
+      this.sweeper = undefined;
+    }
   }
 
   /** Out of the pool; closed once its last query has ended. */
   private retire(s: PoolSocket): void {
     const i = this.active.indexOf(s);
     if (i >= 0) this.active.splice(i, 1);
-    if (s.pending.size === 0) s.close();
+    if (s.pending.size === 0 || s.isDead) s.close();
+    else this.retired.add(s);
   }
 
   private afterQuery(s: PoolSocket): void {
-    if (!this.active.includes(s) && s.pending.size === 0) s.close();
+    if (this.retired.has(s) && s.pending.size === 0) {
+      this.retired.delete(s);
+      s.close();
+    }
     if (this.active.every((x) => x.pending.size === 0) && !this.idleTimer) {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = undefined;

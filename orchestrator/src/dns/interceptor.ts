@@ -319,6 +319,7 @@ function cnameChain(qname: string, records: readonly Answer[]): Set<string> {
 /** The address of an IN A/AAAA record, in ipaddr.js's canonical text; else null. */
 function addressOf(rr: Answer): string | null {
   if ((rr.type !== "A" && rr.type !== "AAAA") || (rr.class !== undefined && rr.class !== "IN") || typeof rr.data !== "string") return null;
+  if (rr.type === "A") return rr.data; // dns-packet writes A data as a plain dotted quad already
   try {
     return ipaddr.parse(rr.data).toString();
   } catch {

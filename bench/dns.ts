@@ -21,17 +21,19 @@ if (skip) { console.error(`dns bench: ${skip}`); process.exit(2); }
 
 const QUERIES = `/tmp/moat-dnsperf-${process.pid}.txt`;
 const FWD_PID = `/tmp/moat-dnsmasq-fwd-${process.pid}.pid`;
-// Distinct names (dnsmasq answers every name under allowed.test): a forwarder folds identical
-// questions in flight into one, which would flatter the hop.
-writeFileSync(QUERIES, Array.from({ length: 50000 }, (_, i) => `q${i}.allowed.test A\n`).join(""));
+// Distinct names, each answered NOERROR with an A record (the world's dnsmasq answers every
+// name under bench.test): a forwarder folds identical questions in flight into one, which would
+// flatter the hop.
+writeFileSync(QUERIES, Array.from({ length: 50000 }, (_, i) => `q${i}.bench.test A\n`).join(""));
 
-interface Row { name: string; qps: number; avgUs: number; lost: number }
+interface Row { name: string; qps: number; avgUs: number; lost: number; codes: string }
 
 /** dnsperf's report, parsed. */
 function dnsperf(argv: string[], name: string): Row {
   const out = execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 120000 });
   const num = (re: RegExp) => Number(re.exec(out)?.[1] ?? NaN);
-  return { name, qps: num(/Queries per second:\s+([\d.]+)/), avgUs: num(/Average Latency \(s\):\s+([\d.]+)/) * 1e6, lost: num(/Queries lost:\s+(\d+)/) };
+  const codes = /Response codes:\s+(.*)/.exec(out)?.[1]?.trim() ?? "?";
+  return { name, qps: num(/Queries per second:\s+([\d.]+)/), avgUs: num(/Average Latency \(s\):\s+([\d.]+)/) * 1e6, lost: num(/Queries lost:\s+(\d+)/), codes };
 }
 const perf = (server: string, port = 53) => ["dnsperf", "-s", server, "-p", String(port), "-d", QUERIES, "-l", SECONDS, "-c", "1", "-q", OUTSTANDING];
 
@@ -56,8 +58,8 @@ try {
 }
 
 const [direct, hop, moat] = rows as [Row, Row, Row];
-const table = [["path", "queries/s", "avg latency us", "lost"], ...rows.map((r) => [r.name, r.qps.toFixed(0), r.avgUs.toFixed(0), String(r.lost)])];
-table.push(["moat / dnsmasq hop", (moat.qps / hop.qps).toFixed(2), (hop.avgUs / moat.avgUs).toFixed(2), ""]);
+const table = [["path", "queries/s", "avg latency us", "lost", "answers"], ...rows.map((r) => [r.name, r.qps.toFixed(0), r.avgUs.toFixed(0), String(r.lost), r.codes])];
+table.push(["moat / dnsmasq hop", (moat.qps / hop.qps).toFixed(2), (hop.avgUs / moat.avgUs).toFixed(2), "", ""]);
 const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
 for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
 console.log(`(dnsperf ${SECONDS} s, ${OUTSTANDING} outstanding; ratios > 1 favour moat; latency added over direct: moat ${(moat.avgUs - direct.avgUs).toFixed(0)} us, dnsmasq hop ${(hop.avgUs - direct.avgUs).toFixed(0)} us)`);

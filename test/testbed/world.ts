@@ -141,7 +141,7 @@ export class World {
    * A real DNS server (dnsmasq) in the world on WORLD_IP4:53, logging every query it receives to
    * the returned file. Records: allowed.test and alias.test (CNAME) -> WORLD_IP4, other.test ->
    * 198.51.100.10, evil.test -> a private address, big.test with TXT records too large for 512
-   * bytes; every answer's TTL is 2 s.
+   * bytes, every name under bench.test -> WORLD_IP4 (benchmarks); every answer's TTL is 2 s.
    */
   startDnsServer(): string {
     const log = `/tmp/moat-dnsmasq-${process.pid}.log`;
@@ -149,7 +149,7 @@ export class World {
     execFileSync("ip", ["netns", "exec", this.world, "dnsmasq", "--port=53", "--listen-address=" + WORLD_IP4, "--bind-interfaces",
       "--no-resolv", "--no-hosts", "--conf-file=/dev/null", `--pid-file=/tmp/moat-dnsmasq-${process.pid}.pid`, "--local-ttl=2",
       `--host-record=allowed.test,${WORLD_IP4}`, `--address=/other.test/${HOSTS.public2}`, `--address=/evil.test/${HOSTS.private}`,
-      `--address=/ads.example/${WORLD_IP4}`, `--address=/blocked.test/${WORLD_IP4}`, "--cname=alias.test,allowed.test",
+      `--address=/ads.example/${WORLD_IP4}`, `--address=/bench.test/${WORLD_IP4}`, `--address=/blocked.test/${WORLD_IP4}`, "--cname=alias.test,allowed.test",
       ...big, "--log-queries", `--log-facility=${log}`]);
     this.cleanups.push(() => {
       try { process.kill(Number(readFileSync(`/tmp/moat-dnsmasq-${process.pid}.pid`, "utf8")), "SIGTERM"); } catch { /* gone */ }

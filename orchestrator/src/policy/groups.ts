@@ -42,29 +42,36 @@ export function hostSet(addresses: readonly string[]): HostSet {
  * own): a list, or a hostSet() made once where this runs per DNS answer.
  */
 export function classifyAddress(ip: string, host: readonly string[] | HostSet = []): Group {
-  // Dotted-quad IPv4 (what nearly every A record is) skips ipaddr.js's general parser.
-  let a: ipaddr.IPv4 | ipaddr.IPv6 = DOTTED_QUAD.test(ip) ? new ipaddr.IPv4(ip.split(".").map(Number)) : ipaddr.parse(ip);
+  const hosts = host instanceof Set ? host : hostSet(host as readonly string[]);
+  // A canonical dotted quad (what nearly every A record is) is judged without a parser.
+  if (DOTTED_QUAD.test(ip)) return group4(ip, ip.split(".").map(Number), hosts);
+  let a: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
   if (a.kind() === "ipv6") {
     const v4 = carriedIPv4((a as ipaddr.IPv6).toByteArray());
     if (v4) a = ipaddr.fromByteArray(v4);
   }
   const text = a.toString();
-  if ((host instanceof Set ? host : hostSet(host as readonly string[])).has(text)) return "host";
+  if (a.kind() === "ipv4") return group4(text, (a as ipaddr.IPv4).octets, hosts);
+  if (hosts.has(text)) return "host";
   if (METADATA.has(text)) return "metadata";
-  if (a.kind() === "ipv4") {
-    const [o0, o1] = (a as ipaddr.IPv4).octets as [number, number, number, number];
-    if (o0 === 127 || o0 === 0) return "loopback";
-    if (o0 === 10 || (o0 === 172 && (o1 & 0xf0) === 16) || (o0 === 192 && o1 === 168) || (o0 === 100 && (o1 & 0xc0) === 64)) return "private";
-    if (o0 === 169 && o1 === 254) return "link-local";
-    if ((o0 & 0xf0) === 224) return "multicast";
-    if ((o0 & 0xf0) === 240) return "private";
-    return "public";
-  }
   const b = (a as ipaddr.IPv6).toByteArray();
   if (b.every((x, i) => (i === 15 ? x <= 1 : x === 0))) return "loopback"; // :: and ::1
   if ((b[0]! & 0xfe) === 0xfc) return "private";
   if (b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && b[4] === 0 && b[5] === 1) return "private"; // 64:ff9b:1::/48: ambiguous
   if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return "link-local";
   if (b[0] === 0xff) return "multicast";
+  return "public";
+}
+
+/** The group of an IPv4 address: `text` canonical, `octets` its four numbers. */
+function group4(text: string, octets: readonly number[], hosts: HostSet): Group {
+  if (hosts.has(text)) return "host";
+  if (METADATA.has(text)) return "metadata";
+  const [o0, o1] = octets as [number, number];
+  if (o0 === 127 || o0 === 0) return "loopback";
+  if (o0 === 10 || (o0 === 172 && (o1 & 0xf0) === 16) || (o0 === 192 && o1 === 168) || (o0 === 100 && (o1 & 0xc0) === 64)) return "private";
+  if (o0 === 169 && o1 === 254) return "link-local";
+  if ((o0 & 0xf0) === 224) return "multicast";
+  if ((o0 & 0xf0) === 240) return "private";
   return "public";
 }

@@ -7,7 +7,27 @@ import type { Group } from "./model.js";
 
 const METADATA = new Set(["169.254.169.254", "fd00:ec2::254"]);
 
-const DOTTED_QUAD = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+/** The four octets of a canonical dotted quad ("10.0.0.1", no leading zeros), else null. */
+function dottedQuad(s: string): number[] | null {
+  const out: number[] = [];
+  let v = 0, digits = 0;
+  for (let i = 0; i <= s.length; i++) {
+    const c = i < s.length ? s.charCodeAt(i) : 46; // a final "." closes the last octet
+    if (c === 46) {
+      if (digits === 0 || v > 255 || out.length === 4) return null;
+      out.push(v);
+      v = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && v === 0) return null; // a leading zero
+      v = v * 10 + (c - 48);
+      if (++digits > 3) return null;
+    } else {
+      return null;
+    }
+  }
+  return out.length === 4 ? out : null;
+}
 const zero = (b: number[], from: number, to: number) => b.slice(from, to).every((x) => x === 0);
 
 /**
@@ -44,7 +64,8 @@ export function hostSet(addresses: readonly string[]): HostSet {
 export function classifyAddress(ip: string, host: readonly string[] | HostSet = []): Group {
   const hosts = host instanceof Set ? host : hostSet(host as readonly string[]);
   // A canonical dotted quad (what nearly every A record is) is judged without a parser.
-  if (DOTTED_QUAD.test(ip)) return group4(ip, ip.split(".").map(Number), hosts);
+  const quad = dottedQuad(ip);
+  if (quad) return group4(ip, quad, hosts);
   let a: ipaddr.IPv4 | ipaddr.IPv6 = ipaddr.parse(ip);
   if (a.kind() === "ipv6") {
     const v4 = carriedIPv4((a as ipaddr.IPv6).toByteArray());

@@ -293,6 +293,10 @@ const BAD_VALUES: ReadonlyArray<readonly [string, unknown, string]> = [
   ["maxConnections fractional", { network: { maxConnections: 1.5 } }, "network.maxConnections"],
   ["denyResponse", { network: { denyResponse: "ignore" } }, "network.denyResponse"],
   ["auditLog", { network: { auditLog: "" } }, "network.auditLog"],
+  ["auditLogMaxBytes", { network: { auditLogMaxBytes: 0 } }, "network.auditLogMaxBytes"],
+  ["auditLogIntervalMs", { network: { auditLogIntervalMs: "10s" } }, "network.auditLogIntervalMs"],
+  ["exitGraceMs negative", { network: { exitGraceMs: -1 } }, "network.exitGraceMs"],
+  ["exitGraceMs too long", { network: { exitGraceMs: 600001 } }, "network.exitGraceMs"],
   ["preset", { network: { policy: { preset: "public" } } }, "network.policy.preset"],
   ["defaultAction", { network: { policy: { defaultAction: "Allow" } } }, "network.policy.defaultAction"],
   ["rules not a list", { network: { policy: { rules: "allow@any" } } }, "network.policy.rules"],
@@ -308,6 +312,11 @@ for (const [what, config, path] of BAD_VALUES) {
     throwsConfig(() => parseConfig(config, "moat.json"), "moat.json: ", path);
   });
 }
+
+test("config: the audit log's bounds and the exit grace are read (0 is a valid grace)", () => {
+  const c = parseConfig({ network: { auditLogMaxBytes: 4096, auditLogIntervalMs: 250, exitGraceMs: 0 } }, "moat.json");
+  assert.deepEqual([c.network?.auditLogMaxBytes, c.network?.auditLogIntervalMs, c.network?.exitGraceMs], [4096, 250, 0]);
+});
 
 test("config: a configuration that is not an object is rejected", () => {
   throwsConfig(() => parseConfig([], "moat.json"), "moat.json", "not an object");

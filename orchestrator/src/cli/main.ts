@@ -130,7 +130,10 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     denyResponse: (flags.get("deny-response") as "drop" | "reject" | undefined) ?? file.denyResponse,
     maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
     auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
-    auditLogOptions: { maxBytes: flags.get("audit-log-max-bytes") as number | undefined, intervalMs: flags.get("audit-log-interval-ms") as number | undefined },
+    auditLogOptions: {
+      maxBytes: (flags.get("audit-log-max-bytes") as number | undefined) ?? file.auditLogMaxBytes,
+      intervalMs: (flags.get("audit-log-interval-ms") as number | undefined) ?? file.auditLogIntervalMs,
+    },
     dns: {
       blockDomains: [...(file.dns?.blockDomains ?? []), ...(lists.get("dns-block") ?? [])],
       blockDomainSuffixes: [...(file.dns?.blockDomainSuffixes ?? []), ...(lists.get("dns-block-suffix") ?? [])],
@@ -144,7 +147,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
     maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
     ipv4Pool: flags.get("ipv4-pool") as string | undefined,
-    exitGraceMs: flags.get("exit-grace-ms") as number | undefined,
+    exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
   };
 }
 
@@ -157,7 +160,8 @@ async function cmdRun(args: string[]): Promise<number> {
   if (rest.length === 0) {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
   }
-  const sandbox = await NetnsSandbox.create(runOptions(flags, lists));
+  const options = runOptions(flags, lists);
+  const sandbox = await NetnsSandbox.create(options);
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
     child = sandbox.spawn(rest);
@@ -189,7 +193,7 @@ async function cmdRun(args: string[]): Promise<number> {
   // The command is gone, but its kernel may still hold data for its connections: serve them to
   // their end (or the grace), then cut what is left with resets.
   const cut = await sandbox.drain();
-  if (cut > 0) process.stderr.write(`moat: ${cut} connection(s) still open when the command ended were reset after ${runGraceText(flags)}\n`);
+  if (cut > 0) process.stderr.write(`moat: ${cut} connection(s) still open when the command ended were reset after ${runGraceText(options.exitGraceMs ?? 5000)}\n`);
   if (flags.get("stats")) {
     process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
     const d = sandbox.flowDecisions();
@@ -199,8 +203,8 @@ async function cmdRun(args: string[]): Promise<number> {
   return status;
 }
 
-function runGraceText(flags: Map<string, string | number | boolean>): string {
-  return `${(flags.get("exit-grace-ms") as number | undefined) ?? 5000} ms without progress (--exit-grace-ms)`;
+function runGraceText(grace: number): string {
+  return `${grace} ms without progress (--exit-grace-ms)`;
 }
 
 function cmdCleanup(): number {

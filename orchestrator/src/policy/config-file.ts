@@ -15,6 +15,9 @@
 //       "maxConnections": 256,
 //       "denyResponse": "reject",             // or "drop"
 //       "auditLog": "/var/log/moat-audit.jsonl",
+//       "auditLogMaxBytes": 67108864,           // the audit log stops here (with a last line saying so)
+//       "auditLogIntervalMs": 10000,            // repeats of one event within this are one summary line
+//       "exitGraceMs": 5000,                    // when the command ends: how long idle connections are served
 //       "dns": { "blockDomains": [], "blockDomainSuffixes": [], "nameservers": [], "queryTimeoutMs": 2000,
 //                "rebindProtection": true, "blockedResponse": "nxdomain" }
 //     }
@@ -35,6 +38,9 @@ export interface MoatConfig {
     maxConnections?: number;
     denyResponse?: "drop" | "reject";
     auditLog?: string;
+    auditLogMaxBytes?: number;
+    auditLogIntervalMs?: number;
+    exitGraceMs?: number;
     dns?: DnsConfig;
   };
 }
@@ -47,7 +53,7 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
 };
 
 const TOP_KEYS = ["network"] as const;
-const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "dns"] as const;
+const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
 const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
 const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
@@ -98,6 +104,13 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
   if (net.auditLog !== undefined) {
     if (typeof net.auditLog !== "string" || net.auditLog === "") fail("network.auditLog", `is ${describe(net.auditLog)}, not a file path`, `e.g. "auditLog": "/var/log/moat-audit.jsonl"`);
     network.auditLog = net.auditLog as string;
+  }
+  if (net.auditLogMaxBytes !== undefined) network.auditLogMaxBytes = positiveInteger(ctx, net.auditLogMaxBytes, "network.auditLogMaxBytes", "e.g. 67108864 (64 MiB)");
+  if (net.auditLogIntervalMs !== undefined) network.auditLogIntervalMs = positiveInteger(ctx, net.auditLogIntervalMs, "network.auditLogIntervalMs", "e.g. 10000");
+  if (net.exitGraceMs !== undefined) {
+    const g = net.exitGraceMs;
+    if (typeof g !== "number" || !Number.isInteger(g) || g < 0 || g > 600000) fail("network.exitGraceMs", `is ${describe(g)}, not a whole number of milliseconds from 0 to 600000`, `e.g. "exitGraceMs": 5000 (0: cut connections at once)`);
+    network.exitGraceMs = g as number;
   }
   if (net.dns !== undefined) network.dns = dns(ctx, net.dns);
   config.network = network;

@@ -252,3 +252,38 @@ test("TC=1 and the TCP retry fails everywhere: the truncated answer is returned"
     await fake.close();
   }
 });
+
+test("concurrent queries share a small pool of sockets, each answer goes to its own query, and the ports rotate", async () => {
+  const ports = new Set<number>();
+  const idsPerPort = new Map<number, Set<number>>();
+  // Answers in random order after random delays, each carrying the queried name back.
+  const s = dgram.createSocket("udp4");
+  s.on("message", (m, rinfo) => {
+    ports.add(rinfo.port);
+    const q = dnsPacket.decode(m);
+    const ids = idsPerPort.get(rinfo.port) ?? new Set<number>();
+    assert.ok(!ids.has(q.id!), "an ID is never in flight twice on one socket");
+    ids.add(q.id!);
+    const a = dnsPacket.encode({ type: "response", id: q.id, flags: dnsPacket.RECURSION_DESIRED, questions: q.questions,
+      answers: [{ type: "TXT", name: q.questions![0]!.name, data: [q.questions![0]!.name] }] });
+    setTimeout(() => { ids.delete(q.id!); s.send(a, rinfo.port, rinfo.address); }, Math.random() * 20);
+  });
+  await new Promise<void>((r) => s.bind(0, "127.0.0.1", () => r()));
+  try {
+    const r = new UpstreamResolver([{ ip: "127.0.0.1", port: s.address().port }], 2000);
+    const names = Array.from({ length: 2000 }, (_, i) => `n${i}.pool.test`);
+    for (let round = 0; round < 10; round++) {
+      const answers = await Promise.all(names.slice(round * 200, round * 200 + 200).map((n, i) => r.query(query(n, "TXT", i))));
+      answers.forEach((a, i) => {
+        const d = dnsPacket.decode(a);
+        assert.equal(d.id, i, "the caller's ID comes back");
+        assert.equal(d.questions![0]!.name, names[round * 200 + i], "each query gets its own answer");
+      });
+    }
+    // 2000 queries on a pool of 8 sockets, each retired after 128 uses: the port set turns over
+    // (more than 8 ports) without a socket per query.
+    assert.ok(ports.size > 8 && ports.size <= 2000 / 64, `source ports used: ${ports.size}`);
+  } finally {
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+});

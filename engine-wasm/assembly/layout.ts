@@ -233,7 +233,8 @@ export const PIN_SCRATCH = PIN_BASE + PIN_SLOTS * PIN_BYTES; // 16 bytes: an add
 // (orchestrator/src/policy/host-addresses.ts). Two slots: the orchestrator fills the one not in
 // force, then flips HOST_ADDR_ACTIVE, so the engine never reads a half-written table.
 export const HOST_ADDR_MAX = 256;
-export const HOST_ADDR_SLOT_BYTES = 16 + HOST_ADDR_MAX * 16; // u32 count, 12 bytes pad, addresses (IPv4 as ::ffff:a.b.c.d)
+export const HOST_ADDR_ENTRY_BYTES = 32; // 16-byte address (IPv4 as ::ffff:a.b.c.d), u8 prefix length (of 128), pad
+export const HOST_ADDR_SLOT_BYTES = 16 + HOST_ADDR_MAX * HOST_ADDR_ENTRY_BYTES; // u32 count, 12 bytes pad, entries
 export const HOST_ADDR_ACTIVE = PIN_SCRATCH + 64; // u32: the slot in force, 0 or 1
 export const HOST_ADDR_BASE = HOST_ADDR_ACTIVE + 16;
 

@@ -304,6 +304,9 @@ test("classify: the host's own addresses are host while the table lists them, in
       ["203.0.113.2", "public"],
       ["2001:db8:77::2", "public"],
     ], groupOf);
+    // A prefix the host treats as local as a whole (AnyIP): every address in it is the host.
+    writeHostAddresses(h.mem, ["198.18.0.0/24", "2001:db8:77::1"]);
+    expectAll<Group>([["198.18.0.5", "host"], ["198.18.1.5", "public"], ["2002:c612:5::", "host"]], groupOf);
     // The table is replaced whole: an address the host lost is an ordinary address again.
     writeHostAddresses(h.mem, ["2001:db8:77::1"]);
     expectAll<Group>([["203.0.113.1", "public"], ["2001:db8:77::1", "host"]], groupOf);
@@ -532,6 +535,16 @@ test("evaluate: an IPv4 CIDR matches the IPv4-mapped spelling of its addresses",
   expectVerdicts(new NetworkPolicy("deny", [allowOut(Destination.cidr("::ffff:a00:0/104"))]), [
     { addr: "10.1.2.3", want: "allow by rule 0" },
     { addr: "11.1.2.3", want: "deny by default" },
+  ]);
+});
+
+test("evaluate: a CIDR rule matches an IPv4-carrying IPv6 address as written and by the IPv4 inside", () => {
+  expectVerdicts(new NetworkPolicy("allow", [denyOut(Destination.cidr("2002::/16")), denyOut(Destination.cidr("64:ff9b::/96")), denyOut(Destination.cidr("9.9.9.9/32"))]), [
+    { addr: "2002:808:808::1", want: "deny by rule 0" }, // 6to4 of 8.8.8.8: the rule about 2002::/16 holds
+    { addr: "64:ff9b::808:808", want: "deny by rule 1" },
+    { addr: "2002:909:909::1", want: "deny by rule 0" },
+    { addr: "2001:0:4136:e378:8000:63bf:f6f6:f6f6", want: "deny by rule 2" }, // Teredo of 9.9.9.9: the IPv4 rule
+    { addr: "2003::1", want: "allow by default" },
   ]);
 });
 

@@ -64,6 +64,20 @@ test("an address the host gains while a sandbox runs is Group Host from then on"
   }
 });
 
+test("addresses on a down interface and local (AnyIP) prefixes of the host are Group Host too", { skip }, async () => {
+  const ns = ["-n", world.host];
+  execFileSync("ip", [...ns, "link", "add", "dv0", "type", "veth", "peer", "name", "dv1"]); // left down
+  execFileSync("ip", [...ns, "addr", "add", "203.0.113.88/32", "dev", "dv0"]);
+  execFileSync("ip", [...ns, "route", "add", "local", "198.18.0.0/24", "dev", "lo"]);
+  try {
+    const out = await inSandbox(REJECT, `${connect("203.0.113.88")}; ${connect("198.18.0.5")}`);
+    assert.deepEqual(out, ["refused", "refused"]);
+  } finally {
+    execFileSync("ip", [...ns, "route", "del", "local", "198.18.0.0/24", "dev", "lo"]);
+    execFileSync("ip", [...ns, "link", "del", "dv0"]);
+  }
+});
+
 test("a resolver the guest chose is asked, but its answers pin nothing for domain rules", { skip }, async () => {
   const policy = ["--dns-nameserver", WORLD_IP4, "--net-default-egress", "deny", "--net-rule", "allow@allowed.test:tcp:7",
     "--net-rule", `allow@${OTHER_RESOLVER}:udp:53`, ...REJECT];

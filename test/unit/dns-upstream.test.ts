@@ -287,3 +287,13 @@ test("concurrent queries share a small pool of sockets, each answer goes to its 
     await new Promise<void>((r) => s.close(() => r()));
   }
 });
+
+test("a nameserver the socket cannot even connect to fails the query (DnsUpstreamError), never the process", async () => {
+  // fe80::1 without a zone: connect() fails with EINVAL at once; nothing is sent anywhere.
+  for (const pooled of [true, false]) {
+    const r = new UpstreamResolver([{ ip: "fe80::1", port: 53 }], 500, { pooled });
+    const e = await r.query(query("a.test", "A", 9)).then(() => null, (err: unknown) => err);
+    assert.ok(e instanceof DnsUpstreamError, `pooled=${pooled}: ${String(e)}`);
+    assert.match((e as DnsUpstreamError).attempts[0] ?? "", /EINVAL|EADDRNOTAVAIL|ENETUNREACH/);
+  }
+});

@@ -31,7 +31,7 @@ import {
   PR_ACTION, PR_DIRECTION, PR_PROTO, PR_KIND, PR_GROUP, PR_PREFIX, PR_PORT_LO, PR_PORT_HI, PR_NAME,
   PR_ADDR, PR_HAS_PORTS, POLICY_ADDR_SCRATCH, GROUP_HOST, GROUP_METADATA, GROUP_LOOPBACK, GROUP_PRIVATE, GROUP_LINK_LOCAL,
   GROUP_MULTICAST, GROUP_PUBLIC, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
-  HOST_ADDR_ACTIVE, HOST_ADDR_BASE, HOST_ADDR_SLOT_BYTES, HOST_ADDR_MAX,
+  HOST_ADDR_ACTIVE, HOST_ADDR_BASE, HOST_ADDR_SLOT_BYTES, HOST_ADDR_MAX, HOST_ADDR_ENTRY_BYTES,
 } from "../layout";
 import { eq16 } from "../wire/bytes";
 import { pinMatches } from "./pinset";
@@ -86,13 +86,18 @@ export function canonicalAt(p: usize): void {
   v128.store(p, v128.load(POLICY_ADDR_SCRATCH));
 }
 
-/** True when the canonical address is one of the host's own (the table in force). */
+/**
+ * True when the canonical address is one of the host's own: an address, or a prefix the host
+ * treats as local altogether (AnyIP), in the table in force.
+ */
 function isHostAddress(addr: usize): bool {
   const slot = HOST_ADDR_BASE + <usize>(atomic.load<u32>(HOST_ADDR_ACTIVE) & 1) * HOST_ADDR_SLOT_BYTES;
   const n = min<u32>(load<u32>(slot), HOST_ADDR_MAX);
-  const a = v128.load(addr);
+  const a0 = bswap<u64>(load<u64>(addr));
+  const a1 = bswap<u64>(load<u64>(addr, 8));
   for (let i: u32 = 0; i < n; i++) {
-    if (v128.all_true<i8>(i8x16.eq(a, v128.load(slot + 16 + (<usize>i << 4))))) return true;
+    const e = slot + 16 + <usize>i * HOST_ADDR_ENTRY_BYTES;
+    if (inPrefix(a0, a1, e, <u32>load<u8>(e, 16))) return true;
   }
   return false;
 }
@@ -150,6 +155,10 @@ export function classifyAny(addr: usize): u32 {
 export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u32): u32 {
   const slot = POLICY_BASE + <usize>(atomic.load<u32>(ST_POLICY_ACTIVE) & 1) * POLICY_SLOT_BYTES;
   const n = load<u32>(slot);
+  // CIDR rules match the address as the guest wrote it or in its canonical form: a rule about
+  // 2002::/16 or 64:ff9b::/96 itself still matches after the IPv4 inside was brought out.
+  const r0 = bswap<u64>(load<u64>(addr));
+  const r1 = bswap<u64>(load<u64>(addr, 8));
   canonical(addr, POLICY_ADDR_SCRATCH);
   addr = POLICY_ADDR_SCRATCH;
   const a0 = bswap<u64>(load<u64>(addr));
@@ -168,7 +177,8 @@ export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u3
       if (group == 0xff) group = classify(addr);
       if (group != <u32>load<u8>(r, PR_GROUP)) continue;
     } else if (kind == KIND_CIDR) {
-      if (!inPrefix(a0, a1, r + PR_ADDR, load<u8>(r, PR_PREFIX))) continue;
+      const prefix = load<u8>(r, PR_PREFIX);
+      if (!inPrefix(a0, a1, r + PR_ADDR, prefix) && !inPrefix(r0, r1, r + PR_ADDR, prefix)) continue;
     } else if (kind == KIND_DOMAIN || kind == KIND_SUFFIX) {
       if (!pinMatches(addr, load<u32>(r, PR_NAME))) continue;
     } else if (kind != KIND_ANY) {

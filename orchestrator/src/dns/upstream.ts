@@ -51,7 +51,12 @@ export class UpstreamResolver {
   readonly servers: readonly Nameserver[];
   readonly timeoutMs: number;
 
-  constructor(servers: readonly Nameserver[], timeoutMs: number) {
+  /**
+   * `pooled` (default true): share the process's socket pools. A resolver the guest chose is asked
+   * with `pooled: false`, one socket per query closed with it, so no guest can make moat hold
+   * sockets for arbitrary addresses.
+   */
+  constructor(servers: readonly Nameserver[], timeoutMs: number, { pooled = true }: { pooled?: boolean } = {}) {
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
       throw new ConfigError(`DNS query timeout ${timeoutMs} ms is not a positive number`, "e.g. 5000");
     }
@@ -62,7 +67,7 @@ export class UpstreamResolver {
     }
     this.servers = servers.map((s) => ({ ip: s.ip, port: s.port }));
     this.timeoutMs = timeoutMs;
-    this.pools = this.servers.map(poolFor);
+    this.pools = this.servers.map((s) => (pooled ? poolFor(s) : new UdpPool(s, () => {}, 1)));
   }
 
   private readonly pools: UdpPool[];
@@ -314,8 +319,10 @@ class PoolSocket {
     this.sock.unref(); // an idle pool never holds the process open
     this.sock.on("message", (m) => this.onMessage(m));
     this.sock.on("error", (e) => this.fail(e));
-    this.ready = new Promise((resolve) => this.sock.connect(server.port, server.ip, () => {
-      this.connected = true;
+    // A connect that fails (no route, a bad address) reports to its callback, not to 'error'.
+    this.ready = new Promise((resolve) => this.sock.connect(server.port, server.ip, (err?: Error) => {
+      if (err) this.fail(err);
+      else this.connected = true;
       resolve();
     }));
   }
@@ -360,7 +367,8 @@ class UdpPool {
   private idleTimer: NodeJS.Timeout | undefined;
   private sweeper: NodeJS.Timeout | undefined;
 
-  constructor(private readonly server: Nameserver, private readonly onIdle: () => void) {}
+  /** `maxUses`: queries per socket before it is retired (1: a socket per query). */
+  constructor(private readonly server: Nameserver, private readonly onIdle: () => void, private readonly maxUses = MAX_USES) {}
 
   async exchange(message: Buffer, question: QuestionInfo | null, timeoutMs: number): Promise<Buffer> {
     const s = this.pick();
@@ -380,10 +388,18 @@ class UdpPool {
       // No send callback: it costs a request object per datagram. A send error surfaces as the
       // socket's 'error' event, which fails the socket's queries (PoolSocket.fail).
       const out = withId(message, id);
-      if (s.connected) s.sock.send(out);
-      else void s.ready.then(() => s.sock.send(out));
+      const send = (): void => {
+        if (s.isDead) return; // failed meanwhile: its queries were failed with it
+        try {
+          s.sock.send(out);
+        } catch (e) {
+          s.fail(e as Error);
+        }
+      };
+      if (s.connected) send();
+      else void s.ready.then(send);
     });
-    if (++s.uses >= MAX_USES) this.retire(s); // closed once this and its other queries are done
+    if (++s.uses >= this.maxUses) this.retire(s); // closed once this and its other queries are done
     return answer;
   }
 

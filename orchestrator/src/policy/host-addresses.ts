@@ -8,17 +8,54 @@
 // change. An engine gets the table before it serves its first frame. The table in the engine has
 // two slots (layout.ts, HOST_ADDR_*): the one not in force is written, then made active.
 import { networkInterfaces } from "node:os";
+import { readFileSync } from "node:fs";
+import ipaddr from "ipaddr.js";
 import { layout as L } from "../engine/layout.js";
 import { addr16 } from "../engine/engine-config.js";
 import { carriedIPv4 } from "./groups.js";
 
 const POLL_MS = 500;
 
-/** The host's non-loopback addresses, sorted, as text (IPv6 without a zone). */
+/**
+ * The host's own addresses as "IP" or "IP/PREFIX" (a prefix the kernel treats as local as a
+ * whole, e.g. AnyIP), sorted. Sources, since any one of them misses some: the interfaces' own
+ * addresses (including those on lo), the local routing table of IPv4 (/proc/net/fib_trie, which
+ * also holds addresses on interfaces that are down), and every IPv6 address (/proc/net/if_inet6).
+ * Loopback ranges (127/8, ::1) are left out: they are Group Loopback already.
+ */
 export function readHostAddresses(): string[] {
   const out = new Set<string>();
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (!a.internal) out.add(a.address.replace(/%.*$/, ""));
+  const add = (ip: string, prefix?: number): void => {
+    let a: ipaddr.IPv4 | ipaddr.IPv6;
+    try {
+      a = ipaddr.parse(ip.replace(/%.*$/, ""));
+    } catch {
+      return;
+    }
+    if (a.range() === "loopback") return;
+    const full = a.kind() === "ipv4" ? 32 : 128;
+    out.add(prefix === undefined || prefix >= full ? a.toString() : `${a.toString()}/${prefix}`);
+  };
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) add(a.address);
+  try {
+    // "|-- 203.0.113.1" then, under it, "/32 host LOCAL": a local address (a shorter prefix: AnyIP).
+    let last: string | undefined;
+    for (const line of readFileSync("/proc/net/fib_trie", "utf8").split("\n")) {
+      const leaf = /\|-- (\d+\.\d+\.\d+\.\d+)/.exec(line);
+      if (leaf) { last = leaf[1]; continue; }
+      const local = /\/(\d+) host LOCAL/.exec(line);
+      if (local && last && Number(local[1]) >= 8) add(last, Number(local[1]));
+    }
+  } catch {
+    // no /proc/net/fib_trie: the interfaces' addresses must do
+  }
+  try {
+    for (const line of readFileSync("/proc/net/if_inet6", "utf8").split("\n")) {
+      const hex = line.split(/\s+/)[0];
+      if (hex && hex.length === 32) add(hex.match(/.{4}/g)!.join(":"));
+    }
+  } catch {
+    // no IPv6
   }
   return [...out].sort();
 }
@@ -56,23 +93,30 @@ export function watchHostAddresses(listener: Listener): () => void {
 let warnedFull = false;
 
 /**
- * Install `addresses` in an engine's memory: fill the inactive slot, then flip to it. Each is
- * stored in the engine's canonical form (an IPv6 address carrying IPv4 as that IPv4 address).
+ * Install `entries` ("IP" or "IP/PREFIX") in an engine's memory: fill the inactive slot, then
+ * flip to it. Each is stored in the engine's canonical form (an IPv6 address carrying IPv4 as that
+ * IPv4 address), with its prefix length out of 128.
  */
-export function writeHostAddresses(mem: Uint8Array, addresses: readonly string[]): void {
+export function writeHostAddresses(mem: Uint8Array, entries: readonly string[]): void {
   const active = new Int32Array(mem.buffer, mem.byteOffset + L.HOST_ADDR_ACTIVE, 1);
   const next = (Atomics.load(active, 0) & 1) ^ 1;
   const slot = L.HOST_ADDR_BASE + next * L.HOST_ADDR_SLOT_BYTES;
-  if (addresses.length > L.HOST_ADDR_MAX && !warnedFull) {
+  if (entries.length > L.HOST_ADDR_MAX && !warnedFull) {
     warnedFull = true;
-    process.emitWarning(`the host has ${addresses.length} addresses; only the first ${L.HOST_ADDR_MAX} are known as Group Host to sandboxes`, "MoatWarning");
+    process.emitWarning(`the host has ${entries.length} addresses; only the first ${L.HOST_ADDR_MAX} are known as Group Host to sandboxes`, "MoatWarning");
   }
-  const list = addresses.slice(0, L.HOST_ADDR_MAX);
+  const list = entries.slice(0, L.HOST_ADDR_MAX);
   const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
-  list.forEach((a, i) => {
-    const b = addr16(a);
-    const v4 = carriedIPv4(Array.from(b));
-    mem.set(v4 ? addr16(v4.join(".")) : b, slot + 16 + i * 16);
+  list.forEach((entry, i) => {
+    const [ip, len] = entry.split("/") as [string, string | undefined];
+    const isV4 = ipaddr.parse(ip).kind() === "ipv4";
+    const b = addr16(ip); // IPv4 as ::ffff:a.b.c.d
+    const carried = isV4 ? undefined : carriedIPv4(Array.from(b));
+    const e = slot + 16 + i * L.HOST_ADDR_ENTRY_BYTES;
+    mem.set(carried ? addr16(carried.join(".")) : b, e);
+    // Prefix lengths count from the 128-bit form: an IPv4 /24 is /120. An IPv6 prefix that carries
+    // IPv4 has no IPv4 prefix to speak of: the whole address only.
+    mem[e + 16] = len === undefined || carried ? 128 : Number(len) + (isV4 ? 96 : 0);
   });
   dv.setUint32(slot, list.length, true);
   Atomics.store(active, 0, next);

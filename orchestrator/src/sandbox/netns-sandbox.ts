@@ -219,7 +219,8 @@ export class NetnsSandbox {
           installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true);
           // The host's own addresses are Group Host from the first frame on, and kept current.
           sandbox.unwatchHost = watchHostAddresses((addrs) => {
-            sandbox.hostAddresses = hostSet([sandbox.addresses.gatewayIp4, sandbox.addresses.gatewayIp6, sandbox.addresses.gatewayLl6, ...addrs]);
+            // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
+            sandbox.hostAddresses = hostSet([sandbox.addresses.gatewayIp4, sandbox.addresses.gatewayIp6, sandbox.addresses.gatewayLl6, ...addrs.filter((a) => !a.includes("/"))]);
             writeHostAddresses(mem, addrs);
             sandbox.engine?.updateDns({ host: [...sandbox.hostAddresses] });
           });
@@ -230,6 +231,8 @@ export class NetnsSandbox {
         dns: dnsSetup,
         onDnsEvent: (event) => sandbox.afterDns({ answer: null, pins: [], event }),
       });
+      // Host addresses that changed while the worker was starting reached no worker: send the set now.
+      sandbox.engine.updateDns({ host: [...sandbox.hostAddresses] });
       sandbox.engine.onFailure = (reason) => {
         // Fail closed and loud: the guest has no network from here on.
         process.stderr.write(`moat: sandbox ${sandbox.name}: ${reason}; its network is down\n`);

@@ -53,13 +53,8 @@ Datapath::~Datapath() { closeAll(); }
 
 void Datapath::closeAll() {
   for (auto& s : socks_) {
-    if (s.fd >= 0) {
-      if (s.tcp && !s.shutDone) {
-        struct linger lg = {1, 0};  // close now and send RST
-        setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-      }
-      close(s.fd);
-    }
+    // A TCP socket resets on close until its guest stream ended (SO_LINGER, set in tcpConnect).
+    if (s.fd >= 0) close(s.fd);
     s = Sock{};
   }
   pending_.clear();
@@ -336,6 +331,13 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    // Urgent data stays in the stream (else it would move the kernel's sequence numbers past the
+    // peek offset's idea of them).
+    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof one);
+    // Until the guest's stream has ended (its FIN passed on, below), closing this socket resets
+    // it, however moat goes away, even killed: a cut-short stream never looks complete.
+    struct linger abortive = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof abortive);
     if (connect(fd, reinterpret_cast<sockaddr*>(&ss), slen) != 0 && errno != EINPROGRESS) {
       err = errno;
       close(fd);
@@ -481,6 +483,8 @@ int Datapath::execOps() {
       if (s.fd < 0 || s.dead || s.writeBlocked) continue;  // the guest retransmits its FIN
       if (shutdown(s.fd, SHUT_WR) == 0) {
         s.shutDone = true;
+        struct linger graceful = {0, 0};  // the stream is complete: a close from now on is a FIN
+        setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &graceful, sizeof graceful);
         pushEvent(flow, L_.inkTcpShutDone, 0, 0);
       }
     } else if (kind == L_.opkTcpAbort) {

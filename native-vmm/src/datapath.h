@@ -41,7 +41,8 @@ class Datapath {
   int flush();
   int liveSockets() const { return live_; }
   // Close the link and every host socket. A TCP socket whose guest stream did not end with the
-  // guest's FIN is aborted (RST): a connection cut short must never look like a clean end.
+  // guest's FIN is aborted (RST, by its SO_LINGER): a connection cut short must never look like a
+  // clean end.
   void closeAll();
 
  private:

@@ -380,3 +380,18 @@ test("the connection limit counts every kind of flow: TCP and UDP to the world, 
   assert.equal(parse(over2.syn().frames[0]!).flags & RST, RST);
   assert.equal(h.flows().tcp, 2);
 });
+
+test("data and FIN together, written short: the skipped FIN is taken again with the retransmitted data", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  // The last bytes and the FIN in one segment: a write and a shutdown are queued.
+  c.send({ flags: ACK | PSH | FIN, data: Uint8Array.from([1, 2, 3, 4]) });
+  assert.deepEqual(h.takeOps().map((o) => o.kind), [L.OPK_TCP_SEND, L.OPK_TCP_SHUTDOWN]);
+  // The socket took 1 byte; native-vmm skips the shutdown behind a short write.
+  h.deliverEvent(c.flow, L.INK_TCP_SENT | L.INK_PARTIAL, 1, 0);
+  // The guest retransmits from the acknowledged point, FIN included: both are taken.
+  c.send({ flags: ACK | PSH | FIN, seq: c.gseq + 1, data: Uint8Array.from([2, 3, 4]) });
+  const again = h.takeOps();
+  assert.deepEqual(again.map((o) => o.kind), [L.OPK_TCP_SEND, L.OPK_TCP_SHUTDOWN], "the rest and the FIN go out");
+  assert.deepEqual(Array.from(again[0]!.data), [2, 3, 4]);
+});

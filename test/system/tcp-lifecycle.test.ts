@@ -119,3 +119,21 @@ test("one process embeds more than ten sandboxes without a listener-leak warning
   assert.equal(r.stdout.trim(), "created 12, destroyed 12");
   assert.doesNotMatch(r.stderr, /MaxListenersExceeded|Warning/);
 });
+
+test("a signal during the exit grace ends the wait: moat cleans up at once and the peer sees a reset", { skip }, async () => {
+  const before = (await records(0)).length;
+  const p = world.spawnMoat(["run", "--exit-grace-ms", "60000", "--", "sh", "-c",
+    `( (echo partial; sleep 20) | timeout 25 socat -u - TCP:${WORLD_IP4}:2000 ) >/dev/null 2>&1 & sleep 0.5`]);
+  let stderr = "";
+  p.stderr!.on("data", (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => p.on("exit", (code) => r(code)));
+  await new Promise((r) => setTimeout(r, 2000)); // the command has ended; moat is waiting out the grace
+  const t0 = Date.now();
+  p.kill("SIGINT");
+  const code = await exited;
+  assert.ok(Date.now() - t0 < 3000, `moat took ${Date.now() - t0} ms to stop after the signal`);
+  assert.equal(code, 0, stderr);
+  assert.match(stderr, /were reset/);
+  const [line] = (await records(before + 1)).slice(before);
+  assert.match(line ?? "", /^reset 8 ECONNRESET$/);
+});

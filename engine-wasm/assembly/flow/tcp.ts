@@ -486,8 +486,10 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
     countN(TCP_BYTES_TO_HOST, len);
     if (aux & INK_PARTIAL) {
       // The socket took only part: everything after it will be dropped as a gap. Three
-      // duplicate ACKs make the guest retransmit from rcv_nxt now (RFC 5681 §3.2).
+      // duplicate ACKs make the guest retransmit from rcv_nxt now (RFC 5681 §3.2). A FIN queued
+      // behind the lost part was skipped by native-vmm too: it comes again with the data.
       store<u32>(rec, load<u32>(rec, T_RCV_NXT), T_RCV_WR);
+      store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_SHUT_PENDING, T_FLAGS);
       emitAck(rec);
       emitAck(rec);
     }

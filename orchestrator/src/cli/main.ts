@@ -191,8 +191,12 @@ async function cmdRun(args: string[]): Promise<number> {
   });
   for (const s of sigs) process.removeListener(s, forward);
   // The command is gone, but its kernel may still hold data for its connections: serve them to
-  // their end (or the grace), then cut what is left with resets.
-  const cut = await sandbox.drain();
+  // their end (or the grace), then cut what is left with resets. A signal now ends the wait
+  // (and the cleanup still runs): nobody should have to wait out a grace to get their prompt.
+  const stopWaiting = new AbortController();
+  const onSignal = () => stopWaiting.abort();
+  for (const s of sigs) process.on(s, onSignal);
+  const cut = await sandbox.drain(undefined, stopWaiting.signal);
   if (cut > 0) process.stderr.write(`moat: ${cut} connection(s) still open when the command ended were reset after ${runGraceText(options.exitGraceMs ?? 5000)}\n`);
   if (flags.get("stats")) {
     process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
@@ -200,6 +204,7 @@ async function cmdRun(args: string[]): Promise<number> {
     process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
   }
   await sandbox.destroy({ graceMs: 0 });
+  for (const s of sigs) process.removeListener(s, onSignal);
   return status;
 }
 

@@ -379,7 +379,7 @@ export class NetnsSandbox {
    * `graceMs` (the whole wait is capped at EXIT_GRACE_TOTAL_FACTOR grace periods). Resolves with
    * the number of connections still open (they are cut, as resets, when the engine stops).
    */
-  async drain(graceMs: number = this.options.exitGraceMs): Promise<number> {
+  async drain(graceMs: number = this.options.exitGraceMs, abort?: AbortSignal): Promise<number> {
     const open = () => this.flowStats().tcp;
     if (!this.engine || graceMs <= 0 || open() === 0) return open();
     const progress = () => {
@@ -389,7 +389,7 @@ export class NetnsSandbox {
     const start = Date.now();
     let last = progress();
     let lastMoved = start;
-    while (open() > 0) {
+    while (open() > 0 && !abort?.aborted) {
       const t = Date.now();
       if (t - lastMoved >= graceMs || t - start >= graceMs * EXIT_GRACE_TOTAL_FACTOR) break;
       await new Promise((r) => setTimeout(r, 20));

@@ -4,7 +4,7 @@
 //
 // One watcher per process reads the addresses of the namespace moat dials from (every interface
 // but loopback, whose addresses are Group Loopback already) and re-reads them every
-// POLL_MS; subscribers (each sandbox's engine memory, its DNS rebinding check) hear of every
+// POLL_MS (less often if reading is slow); subscribers (each sandbox's engine memory, its DNS rebinding check) hear of every
 // change. An engine gets the table before it serves its first frame. The table in the engine has
 // two slots (layout.ts, HOST_ADDR_*): the one not in force is written, then made active.
 import { networkInterfaces } from "node:os";
@@ -65,26 +65,39 @@ const listeners = new Set<Listener>();
 let current: string[] = [];
 let timer: NodeJS.Timeout | undefined;
 
+/**
+ * Re-read the addresses, and schedule the next read: every POLL_MS, or less often when reading
+ * is slow (a host with a huge routing table has a huge /proc/net/fib_trie), so that watching
+ * never takes more than about 2% of a core.
+ */
 function poll(): void {
+  const t0 = performance.now();
   const next = readHostAddresses();
-  if (next.join() === current.join()) return;
-  current = next;
-  for (const l of listeners) l(current);
+  const took = performance.now() - t0;
+  if (next.join() !== current.join()) {
+    current = next;
+    for (const l of listeners) l(current);
+  }
+  if (listeners.size > 0) schedule(Math.max(POLL_MS, took * 50));
+}
+
+function schedule(ms: number): void {
+  timer = setTimeout(poll, ms);
+  timer.unref();
 }
 
 /** Hear the host's addresses now and on every change; returns the unsubscribe function. */
 export function watchHostAddresses(listener: Listener): () => void {
   if (listeners.size === 0) {
     current = readHostAddresses();
-    timer = setInterval(poll, POLL_MS);
-    timer.unref();
+    schedule(POLL_MS);
   }
   listeners.add(listener);
   listener(current);
   return () => {
     listeners.delete(listener);
     if (listeners.size === 0 && timer) {
-      clearInterval(timer);
+      clearTimeout(timer);
       timer = undefined;
     }
   };

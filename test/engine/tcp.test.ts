@@ -395,3 +395,16 @@ test("data and FIN together, written short: the skipped FIN is taken again with 
   assert.deepEqual(again.map((o) => o.kind), [L.OPK_TCP_SEND, L.OPK_TCP_SHUTDOWN], "the rest and the FIN go out");
   assert.deepEqual(Array.from(again[0]!.data), [2, 3, 4]);
 });
+
+test("a window update sent after a rewind carries the highest sequence number sent, so the guest takes it", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const base = c.iss + 1;
+  c.hostData(base, [1, 2, 3]);
+  h.now += 250;
+  h.tick(); // RTO: go-back-N, snd_nxt back to snd_una
+  assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1);
+  const [update] = h.deliverEvent(c.flow, L.INK_TCP_WRITABLE, 0, 1 << 20).map(parse);
+  assert.equal(update!.seq, (base + 3) >>> 0, "not the rewound snd_nxt, which the guest would take for an old segment");
+  assert.ok(update!.window > 0);
+});

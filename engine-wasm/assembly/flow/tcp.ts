@@ -55,6 +55,8 @@
 //                                  its FIN)                           gone answers the probe with RST
 //                                                                     (FIN_WAIT_2 orphans, lost RSTs)
 //   LINGER                         2 s                                removed
+//   ESTABLISHED, our window shut   every tick, once it has reopened   a window update (the one sent
+//   in the last segment                                               when it reopened can be lost)
 // Probes carry snd_una - 1 and no data: an old sequence number that the guest must answer with
 // an ACK (its current window) or, if the connection is gone, a RST. Any segment from the guest
 // answers an outstanding probe. Peek credit that could not be granted (host-op list full) is
@@ -114,6 +116,7 @@ const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
 const FL_HOST_EOF: u32 = 4;
 const FL_FIN_SENT: u32 = 8;
 const FL_FIN_ACKED: u32 = 16;
+const FL_WND_SHUT: u32 = 32; // the last segment told the guest our window is 0: an update is owed
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -169,7 +172,10 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   store<u8>(t + 12, <u8>((hlen >> 2) << 4));
   store<u8>(t + 13, <u8>flags);
   const w = advWindow(rec);
-  wr16(t + 14, syn ? (w > 0xffff ? 0xffff : w) : w >> load<u8>(rec, T_OUR_WS));
+  const field = syn ? (w > 0xffff ? 0xffff : w) : w >> load<u8>(rec, T_OUR_WS);
+  wr16(t + 14, field);
+  const f = load<u32>(rec, T_FLAGS);
+  store<u32>(rec, field == 0 ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
   store<u32>(t + 16, 0); // checksum, urgent pointer
   if (syn) {
     const mss = load<u32>(CFG_MTU) - (v4 ? 40 : 60);
@@ -184,8 +190,15 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   return true;
 }
 
+/**
+ * A pure ACK (and window update). It carries the highest sequence number sent, not snd_nxt: after
+ * a go-back-N rewind snd_nxt is behind what the guest has seen, and a receiver takes the window
+ * of a segment only if its sequence number is not older than the last one it took a window from
+ * (RFC 9293 §3.10.7.4, SND.WL1): a window update from behind would be ignored, and a guest that
+ * last heard "window 0" would wait for its own persist timer, backing off to minutes.
+ */
 @inline function emitAck(rec: usize): bool {
-  return emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_NXT), 0, 0);
+  return emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_MAX), 0, 0);
 }
 
 /** A RST to the guest for a flow, then the flow is gone (the host socket closed or aborted). */
@@ -569,6 +582,9 @@ export function tcpTick(idx: u32, t: f64): bool {
     tcpRemove(idx, OPK_CLOSE);
     return true;
   }
+  // A window update the guest is owed (ours reopened, but the ACK that said so found the TX ring
+  // full): sent from here, or the guest waits for its own persist timer, up to minutes.
+  if (state == TS_ESTABLISHED && (load<u32>(rec, T_FLAGS) & FL_WND_SHUT) && (advWindow(rec) >> load<u8>(rec, T_OUR_WS)) != 0) emitAck(rec);
   const at = load<f64>(rec, T_TIMER_AT);
   if (at == 0) return state == TS_ESTABLISHED ? probeTick(idx, rec, t) : false;
   if (t < at) return false;

@@ -56,7 +56,8 @@
 //                                                                     (FIN_WAIT_2 orphans, lost RSTs)
 //   LINGER                         2 s                                removed
 //   ESTABLISHED, our window shut   every tick, once it has reopened   a window update (the one sent
-//   in the last segment                                               when it reopened can be lost)
+//   in the last segment, or an ACK                                    when it reopened can be lost)
+//   lost to a full TX ring
 // Probes carry snd_una - 1 and no data: an old sequence number that the guest must answer with
 // an ACK (its current window) or, if the connection is gone, a RST. Any segment from the guest
 // answers an outstanding probe. Peek credit that could not be granted (host-op list full) is
@@ -117,6 +118,7 @@ const FL_HOST_EOF: u32 = 4;
 const FL_FIN_SENT: u32 = 8;
 const FL_FIN_ACKED: u32 = 16;
 const FL_WND_SHUT: u32 = 32; // the last segment told the guest our window is 0: an update is owed
+const FL_ACK_OWED: u32 = 64; // an ACK (acknowledgement, window update) found the TX ring full
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -198,7 +200,14 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
  * last heard "window 0" would wait for its own persist timer, backing off to minutes.
  */
 @inline function emitAck(rec: usize): bool {
-  return emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_MAX), 0, 0);
+  if (emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_MAX), 0, 0)) {
+    store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_ACK_OWED, T_FLAGS);
+    return true;
+  }
+  // Lost to a full TX ring: the tick sends it. A guest whose data is all written and that waits
+  // for this ACK (or the window it carries) would otherwise sit on its own timers.
+  store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_ACK_OWED, T_FLAGS);
+  return false;
 }
 
 /** A RST to the guest for a flow, then the flow is gone (the host socket closed or aborted). */
@@ -584,7 +593,10 @@ export function tcpTick(idx: u32, t: f64): bool {
   }
   // A window update the guest is owed (ours reopened, but the ACK that said so found the TX ring
   // full): sent from here, or the guest waits for its own persist timer, up to minutes.
-  if (state == TS_ESTABLISHED && (load<u32>(rec, T_FLAGS) & FL_WND_SHUT) && (advWindow(rec) >> load<u8>(rec, T_OUR_WS)) != 0) emitAck(rec);
+  if (state == TS_ESTABLISHED) {
+    const fl = load<u32>(rec, T_FLAGS);
+    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && (advWindow(rec) >> load<u8>(rec, T_OUR_WS)) != 0)) emitAck(rec);
+  }
   const at = load<f64>(rec, T_TIMER_AT);
   if (at == 0) return state == TS_ESTABLISHED ? probeTick(idx, rec, t) : false;
   if (t < at) return false;

@@ -55,9 +55,9 @@
 //                                  its FIN)                           gone answers the probe with RST
 //                                                                     (FIN_WAIT_2 orphans, lost RSTs)
 //   LINGER                         2 s                                removed
-//   ESTABLISHED, our window shut   every tick, once it has reopened   a window update (the one sent
-//   in the last segment, or an ACK                                    when it reopened can be lost)
-//   lost to a full TX ring
+//   ESTABLISHED, our window under  every tick, once a segment fits    a window update (the one sent
+//   a segment, or an ACK lost to                                      when it reopened can be lost)
+//   a full TX ring
 // Probes carry snd_una - 1 and no data: an old sequence number that the guest must answer with
 // an ACK (its current window) or, if the connection is gone, a RST. Any segment from the guest
 // answers an outstanding probe. Peek credit that could not be granted (host-op list full) is
@@ -117,7 +117,7 @@ const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
 const FL_HOST_EOF: u32 = 4;
 const FL_FIN_SENT: u32 = 8;
 const FL_FIN_ACKED: u32 = 16;
-const FL_WND_SHUT: u32 = 32; // the last segment told the guest our window is 0: an update is owed
+const FL_WND_SHUT: u32 = 32; // the last segment offered the guest less than a segment: an update is owed once it opens
 const FL_ACK_OWED: u32 = 64; // an ACK (acknowledgement, window update) found the TX ring full
 
 const TH_FIN: u32 = 0x01;
@@ -176,8 +176,11 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   const w = advWindow(rec);
   const field = syn ? (w > 0xffff ? 0xffff : w) : w >> load<u8>(rec, T_OUR_WS);
   wr16(t + 14, field);
+  // Less than a segment offered: a bulk sender waits (sender-side silly-window avoidance) on its
+  // probe timer, which backs off to minutes; the tick sends the update once a segment fits.
   const f = load<u32>(rec, T_FLAGS);
-  store<u32>(rec, field == 0 ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
+  const small = !syn && (<u32>field << load<u8>(rec, T_OUR_WS)) < load<u32>(rec, T_GUEST_MSS);
+  store<u32>(rec, small ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
   store<u32>(t + 16, 0); // checksum, urgent pointer
   if (syn) {
     const mss = load<u32>(CFG_MTU) - (v4 ? 40 : 60);
@@ -595,7 +598,7 @@ export function tcpTick(idx: u32, t: f64): bool {
   // full): sent from here, or the guest waits for its own persist timer, up to minutes.
   if (state == TS_ESTABLISHED) {
     const fl = load<u32>(rec, T_FLAGS);
-    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && (advWindow(rec) >> load<u8>(rec, T_OUR_WS)) != 0)) emitAck(rec);
+    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && advWindow(rec) >= load<u32>(rec, T_GUEST_MSS))) emitAck(rec);
   }
   const at = load<f64>(rec, T_TIMER_AT);
   if (at == 0) return state == TS_ESTABLISHED ? probeTick(idx, rec, t) : false;

@@ -83,7 +83,8 @@ test("a closed port is seen by the guest as connection refused", { skip }, async
 
 test("a guest that kills its connections mid-transfer leaves no flow behind", { skip }, async () => {
   // Start downloads and kill the client hard: the kernel resets its sockets.
-  const r = await world.sandbox(["sh", "-c", `${client("download", WORLD_IP4, "19", String(2048 * MiB)).join(" ")} & ${client("upload", WORLD_IP4, "9", String(2048 * MiB)).join(" ")} & sleep 1; kill -9 $(jobs -p); wait; exit 0`]);
+  // (The PIDs by name: `jobs -p` inside $(...) runs in a subshell, where dash may list no jobs.)
+  const r = await world.sandbox(["sh", "-c", `${client("download", WORLD_IP4, "19", String(2048 * MiB)).join(" ")} & D=$!; ${client("upload", WORLD_IP4, "9", String(2048 * MiB)).join(" ")} & U=$!; sleep 1; kill -9 $D $U; wait; exit 0`]);
   assert.equal(r.report.code, 0, r.stderr);
   assertDrained(r);
 });

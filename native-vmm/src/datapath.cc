@@ -412,9 +412,11 @@ void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len) {
     count(L_.cTcpShortWrites);
     s.writeBlocked = true;
   }
-  // Too little room for another segment: the window we offer closes, so watch for the socket to
-  // drain (the EPOLLOUT edge) to reopen it.
-  if ((partial || space < s.segBytes) && !s.writeWatch) {
+  // Too little room for another couple of segments: the window we offer is closing (after window
+  // scaling rounds it down, one segment's worth offers less than a segment, and a bulk sender
+  // then waits for more), so watch for the socket to drain (the EPOLLOUT edge) to reopen it.
+  // Nothing else would tell the engine: the guest sends nothing more into a window that small.
+  if ((partial || space < 2 * s.segBytes) && !s.writeWatch) {
     s.writeWatch = true;
     setTcpEvents(flow);
   }

@@ -484,7 +484,6 @@ int Datapath::execOps() {
     } else if (kind == L_.opkTcpShutdown) {
       if (s.fd < 0 || s.dead || s.writeBlocked) continue;  // the guest retransmits its FIN
       if (shutdown(s.fd, SHUT_WR) == 0) {
-        s.shutDone = true;
         struct linger graceful = {0, 0};  // the stream is complete: a close from now on is a FIN
         setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &graceful, sizeof graceful);
         pushEvent(flow, L_.inkTcpShutDone, 0, 0);

@@ -59,7 +59,6 @@ class Datapath {
     bool writeBlocked = false; // a short write in the current batch of operations
     bool drained = false;      // the last peek found the queue empty: wait for the next arrival
     bool peerClosed = false;   // EPOLLRDHUP seen: the FIN is queued behind the data, keep peeking to it
-    bool shutDone = false;     // the guest's FIN was passed on (shutdown SHUT_WR): its stream is complete
     // Sequence numbers (the engine's, toward the guest): headSeq is the first byte still in the
     // receive queue (everything before it was acknowledged and discarded), peekSeq the byte at
     // the peek offset, limitSeq the end of the credit. headSeq <= peekSeq <= limitSeq.

@@ -111,6 +111,18 @@ function harness(config: Partial<EngineConfig> = {}): EngineHarness {
   return new EngineHarness({ maxTcpFlows: 64, ...config });
 }
 
+/** An open connection that sent the guest 3 host bytes, unacknowledged, and was rewound by the RTO. */
+function rewoundAfterThreeBytes(): { h: EngineHarness; c: Conn; base: number } {
+  const h = harness();
+  const c = new Conn(h).open();
+  const base = c.iss + 1;
+  c.hostData(base, [1, 2, 3]);
+  h.now += 250;
+  h.tick();
+  assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1, "the RTO rewinds");
+  return { h, c, base };
+}
+
 test("handshake: the SYN is dialled first, the SYN-ACK waits for the dial and carries MSS and window scale", () => {
   const h = harness();
   const c = new Conn(h);
@@ -193,15 +205,9 @@ test("host data is retransmitted (go-back-N) on timeout and on three duplicate A
 });
 
 test("data peeked before a rewind is ignored even where its sequence number matches the rewound snd_nxt", () => {
-  const h = harness();
-  const c = new Conn(h).open();
-  const base = c.iss + 1;
-  c.hostData(base, [1, 2, 3]);
   // Unacknowledged: the RTO rewinds to snd_una. Meanwhile native-vmm had peeked on, and an
   // old-epoch event still queued (behind a full TX ring, say) starts exactly at snd_una.
-  h.now += 250;
-  h.tick();
-  assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1);
+  const { h, c, base } = rewoundAfterThreeBytes();
   const before = h.counters();
   assert.deepEqual(c.hostData(base, [1, 2, 3], 0), [], "an old-epoch event is not sent");
   assert.equal(counterDelta(before, h.counters()).TCP_STALE_DATA, 1);
@@ -397,13 +403,7 @@ test("data and FIN together, written short: the skipped FIN is taken again with 
 });
 
 test("a window update sent after a rewind carries the highest sequence number sent, so the guest takes it", () => {
-  const h = harness();
-  const c = new Conn(h).open();
-  const base = c.iss + 1;
-  c.hostData(base, [1, 2, 3]);
-  h.now += 250;
-  h.tick(); // RTO: go-back-N, snd_nxt back to snd_una
-  assert.equal(ops(h, L.OPK_TCP_REWIND).length, 1);
+  const { h, c, base } = rewoundAfterThreeBytes(); // RTO: go-back-N, snd_nxt back to snd_una
   const [update] = h.deliverEvent(c.flow, L.INK_TCP_WRITABLE, 0, 1 << 20).map(parse);
   assert.equal(update!.seq, (base + 3) >>> 0, "not the rewound snd_nxt, which the guest would take for an old segment");
   assert.ok(update!.window > 0);

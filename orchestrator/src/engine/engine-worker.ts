@@ -25,7 +25,7 @@ import { openLink, type LinkSpec } from "../links/link.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
 import { UpstreamResolver, type Nameserver } from "../dns/upstream.js";
 import { classifyAddress } from "../policy/groups.js";
-import { addr16 } from "./engine-config.js";
+import { enginePins } from "./engine-config.js";
 import ipaddr from "ipaddr.js";
 
 export interface EngineWorkerData {
@@ -159,15 +159,8 @@ async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
   }
   dnsOutstanding--;
   if (stopped) return;
-  const now = performance.now();
   // Pins first: the guest may connect the moment it reads the answer.
-  for (const p of out?.pins ?? []) {
-    const addr = addr16(p.ip);
-    for (const nameId of p.nameIds) {
-      mem.set(addr, layout.PIN_SCRATCH);
-      engine.dnsPin(nameId, Math.max(1, p.ttlSec) * 1000, now);
-    }
-  }
+  if (out?.pins.length) applyPins(enginePins(out.pins));
   if (out?.answer) {
     mem.set(header, layout.DNS_ANSWER_BASE);
     dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, out.answer.length, true);
@@ -199,14 +192,16 @@ data.dnsPort.on("message", (m: DnsUpdate) => {
   if (m.names) dnsNames = m.names;
   if (m.deny) dnsDeny = m.deny;
   if (m.host) dnsHost = new Set(m.host);
-  if (m.pins?.length) {
-    const now = performance.now();
-    for (const p of m.pins) {
-      mem.set(p.addr, layout.PIN_SCRATCH);
-      engine.dnsPin(p.nameId, p.ttlMs, now);
-    }
-  }
+  if (m.pins?.length) applyPins(m.pins);
 });
+
+function applyPins(pins: DnsAnswerMessage["pins"]): void {
+  const now = performance.now();
+  for (const p of pins) {
+    mem.set(p.addr, layout.PIN_SCRATCH);
+    engine.dnsPin(p.nameId, p.ttlMs, now);
+  }
+}
 
 let stopped = false;
 const readyPromise = (async () => {

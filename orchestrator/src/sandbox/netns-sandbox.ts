@@ -22,11 +22,11 @@ import { installPolicy, describeRule, NameTable, type DenyResponse } from "../po
 import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
 import { classifyAddress, hostSet, type HostSet } from "../policy/groups.js";
 import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
-import { addr16 } from "../engine/engine-config.js";
-import { DnsInterceptor, type DnsOutcome } from "../dns/interceptor.js";
+import { enginePins } from "../engine/engine-config.js";
+import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interceptor.js";
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
 import { DnsTcpServer } from "../dns/tcp-proxy.js";
-import type { DnsAnswerMessage, DnsWorkerSetup } from "../engine/engine-worker.js";
+import type { DnsWorkerSetup } from "../engine/engine-worker.js";
 
 const run = promisify(execFile);
 
@@ -285,16 +285,17 @@ export class NetnsSandbox {
     const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
       : fwd;
     const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
-    const gateway = [this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6];
-    const settings = {
+    const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
+    // One set of settings for both interceptors (the interceptor keeps a frozen copy of its own).
+    const settings: DnsSettings = {
       blockDomains: d.blockDomains ?? [],
       blockDomainSuffixes: d.blockDomainSuffixes ?? [],
       blockedResponse: d.blockedResponse ?? "refused",
       rebindProtection: d.rebindProtection ?? true,
       queryTimeoutMs: d.queryTimeoutMs ?? 5000,
       maxInFlight: 64,
-    } as const;
-    this.dns = new DnsInterceptor({ ...settings, blockDomains: [...settings.blockDomains], blockDomainSuffixes: [...settings.blockDomainSuffixes] }, upstream, {
+    };
+    this.dns = new DnsInterceptor(settings, upstream, {
       nameIds: () => this.names.names,
       denyNames: () => denyNames(this.policy),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
@@ -305,15 +306,15 @@ export class NetnsSandbox {
     // admitted that connection), pinning nothing.
     this.dnsTcp = new DnsTcpServer(async (query, peer) => {
       const dest = peer.dest ?? { ip: this.addresses.gatewayIp4, port: 53 };
-      const toGateway = gateway.some((g) => ipaddr.parse(g).toString() === ipaddr.parse(dest.ip).toString());
+      const toGateway = gateway.has(ipaddr.parse(dest.ip).toString());
       const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
       this.afterDns(out);
-      if (out.pins.length) this.engine?.installPins(pinMessages(out));
+      if (out.pins.length) this.engine?.installPins(enginePins(out.pins));
       return out.answer;
     }, { redirectToken: this.redirectToken });
     await this.dnsTcp.listen();
     const a = this.dnsTcp.address();
-    const setup: DnsWorkerSetup = { settings: { ...settings, blockDomains: [...settings.blockDomains], blockDomainSuffixes: [...settings.blockDomainSuffixes] }, upstreams: [...servers], update: {} };
+    const setup: DnsWorkerSetup = { settings, upstreams: [...servers], update: {} };
     return { listener: { ip: a.address, port: a.port }, setup };
   }
 
@@ -443,8 +444,4 @@ function denyNames(policy: NetworkPolicy): { domains: string[]; suffixes: string
     if (r.destination.kind === "domain-suffix") suffixes.push(r.destination.suffix);
   }
   return { domains, suffixes };
-}
-
-function pinMessages(out: DnsOutcome): DnsAnswerMessage["pins"] {
-  return out.pins.flatMap((p) => p.nameIds.map((nameId) => ({ addr: addr16(p.ip), nameId, ttlMs: Math.max(1, p.ttlSec) * 1000 })));
 }

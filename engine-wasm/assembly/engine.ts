@@ -27,7 +27,7 @@ import {
   CFG_GATEWAY_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
-  PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH,
+  PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH, INK_ACCEPT,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
@@ -45,11 +45,13 @@ import { tcpReset, icmpPortUnreachable } from "./reject";
 import { dnsQuery } from "./dns";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
 import { icmpEchoFromGuest } from "./flow/udp";
-import { udpFromGuest, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
+import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
 import { auditNotRouted } from "./policy/admit";
-import { tcpFromGuest, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
+import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
+import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
+import { inboundAccept } from "./flow/inbound";
 import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
 
 // Loopback as the dial address for traffic to the gateway itself (Group::Host).
@@ -136,11 +138,13 @@ function hostEvent(d: usize, buf: usize): bool {
   const aux = load<u32>(d, DESC_AUX);
   const kind = aux & INK_KIND_MASK;
   const flow = load<u32>(d, DESC_TOKEN);
+  if (kind == INK_ACCEPT) return inboundAccept(flow, buf, load<u32>(d, DESC_LEN)); // token: the listener
   if (flow >= <u32>FLOW_CAPACITY) { count(DROP_UDP_NO_FLOW); return true; }
   if (load<u8>(flowRecord(flow)) == PROTO_TCP) {
     return tcpEvent(flow, kind, load<u32>(d, DESC_LEN), load<u32>(d, DESC_FLAGS), buf, aux);
   }
-  if (kind == INK_UDP_DATA) return udpToGuest(flow, buf, load<u32>(d, DESC_LEN));
+  // (A datagram from a published port's listener starts after the peer's header: DESC_FLAGS.)
+  if (kind == INK_UDP_DATA) return udpToGuest(flow, buf + load<u32>(d, DESC_FLAGS), load<u32>(d, DESC_LEN));
   count(FLOW_ERRORS);
   // A socket that could not be opened takes its flow with it; an ICMP error on a connected
   // socket (INK_FLOW_ERROR) leaves the flow in place.
@@ -388,8 +392,14 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
   return dport == 853 || (proto == PROTO_UDP && (dport == 5353 || dport == 5355 || dport == 137));
 }
 
-/** Route a checked UDP datagram (key written) to its flow. */
+/**
+ * Route a checked UDP datagram (key written) to its flow. A datagram of an existing flow goes
+ * where the flow was sent when it was made (whichever side opened it); only a new one is judged.
+ */
 function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, dport: u32): void {
+  const hash = keyHash();
+  const found = flowLookup(hash);
+  if (found >= 0) { udpOnFlow(<u32>found, udp + 8, ulen - 8, family); return; }
   if (load<u32>(CFG_DNS_INTERCEPT)) {
     if (dport == 53) { dnsQuery(udp + 8, ulen - 8, family, dstIsGateway); return; }
     if (altDnsPort(PROTO_UDP, dport)) {
@@ -400,7 +410,7 @@ function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, 
   }
   const dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
-  udpFromGuest(udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53);
+  udpFromGuest(hash, udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53, dial == CFG_DNS_FWD_IP ? ROUTE_DNS_FORWARDER : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE);
 }
 
 /** A TCP segment from the guest: checked here, then handed to the connection (flow/tcp.ts). */
@@ -414,6 +424,11 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   if (doff < 20 || doff > l4len || !l4ChecksumOk(l4, l4len, src, dst, alen, PROTO_TCP)) { count(DROP_TCP_MALFORMED); return; }
   if (family == 4) writeKey4(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
+  // A segment of an existing connection goes to it, whichever side opened it: where a flow goes
+  // was decided when it was made.
+  const hash = keyHash();
+  const found = flowLookup(hash);
+  if (found >= 0) { tcpOnFlow(<u32>found, l4, l4len); return; }
   if (load<u32>(CFG_DNS_INTERCEPT) && altDnsPort(PROTO_TCP, rd16(l4 + 2))) {
     count(DNS_ALT_REFUSED);
     tcpReset(frame, ip, family, l4, l4len);
@@ -421,7 +436,8 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   }
   const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
-  const verdict = tcpFromGuest(l4, l4len, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53, dial == CFG_DNS_FWD_IP);
+  const route = dial == CFG_DNS_FWD_IP ? ROUTE_SERVICE : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE;
+  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53, route);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);

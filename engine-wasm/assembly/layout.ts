@@ -114,11 +114,14 @@ export const OPK_ICMP_OPEN = 11; // an ICMP echo ("ping") socket connected to ad
 // TCP (see engine-wasm/assembly/flow/tcp.ts, "host socket protocol")
 export const OPK_TCP_CONNECT = 4; // non-blocking connect to (addr, port); DATA = seq of the first byte to peek, LEN = segment size
 export const OPK_TCP_SEND = 5; // write len bytes at data; answered by INK_TCP_SENT
-export const OPK_TCP_CREDIT = 6; // DATA = sequence number up to which host data may be peeked
+export const OPK_TCP_CREDIT = 6; // DATA = sequence number up to which host data may be peeked; LEN = segment size (0: unchanged)
 export const OPK_TCP_ACKED = 7; // the guest acknowledged host bytes up to sequence number DATA (LEN: how many this time): discard them from the socket
 export const OPK_TCP_REWIND = 8; // retransmit: peek again from DATA (the oldest unacknowledged sequence number)
 export const OPK_TCP_SHUTDOWN = 9; // the guest sent FIN: shutdown(SHUT_WR) once every earlier write went through
 export const OPK_TCP_ABORT = 10; // the guest reset: close with SO_LINGER 0 (the peer sees RST)
+// Published ports (see "published ports" below): the engine's answer to an INK_ACCEPT.
+export const OPK_ACCEPT = 12; // adopt listener PORT's waiting peer as flow FLOW. TCP: DATA = seq of the first byte to peek, LEN = segment size
+export const OPK_REFUSE = 13; // refuse listener PORT's waiting peer (TCP: reset it; UDP: its datagram is dropped)
 
 // ---- flow table -------------------------------------------------------------------------------
 // Records live in a slab (stable index = the flow's token everywhere); an open-addressing index
@@ -155,7 +158,7 @@ export const TX_BUF_BASE = RX_BUF_BASE + RX_SLOTS * SLOT_BYTES;
 export const IN_BUF_BASE = TX_BUF_BASE + TX_SLOTS * SLOT_BYTES;
 // ---- policy (policy/match.ts): two slots, the orchestrator fills the idle one and flips ------
 export const POLICY_MAX_RULES = 1024;
-export const POLICY_HEADER_BYTES = 64; // u32 rule count, u32 default action, u32 deny response, u32 generation
+export const POLICY_HEADER_BYTES = 64; // u32 rule count, u32 default action, u32 deny response, u32 generation, u32 default inbound action
 export const POLICY_RULE_BYTES = 64;
 export const POLICY_SLOT_BYTES = POLICY_HEADER_BYTES + POLICY_MAX_RULES * POLICY_RULE_BYTES;
 export const POLICY_BASE = IN_BUF_BASE + IN_SLOTS * SLOT_BYTES;
@@ -238,7 +241,26 @@ export const HOST_ADDR_SLOT_BYTES = 16 + HOST_ADDR_MAX * HOST_ADDR_ENTRY_BYTES; 
 export const HOST_ADDR_ACTIVE = PIN_SCRATCH + 64; // u32: the slot in force, 0 or 1
 export const HOST_ADDR_BASE = HOST_ADDR_ACTIVE + 16;
 
-export const BENCH_BASE = HOST_ADDR_BASE + 2 * HOST_ADDR_SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
+// ---- published ports: host listeners whose peers become flows toward the guest ------------------
+// native-vmm owns the listening sockets (id = index here); the orchestrator fills an entry before
+// it asks native-vmm to listen, and clears it before it stops. When a new peer arrives (a TCP
+// connection accepted, a UDP datagram from an address not yet seen) native-vmm puts an
+// INK_ACCEPT in the inbound ring (token = listener id, slot = an ACC_* header, then for UDP the
+// datagram) and takes nothing more from that listener until the engine answers with OPK_ACCEPT
+// (a new flow: inbound policy and limits passed) or OPK_REFUSE.
+export const PUB_MAX = 64;
+export const PUB_ENTRY_BYTES = 8;
+export const PUB_GUEST_PORT = 0; // u16: the guest port the listener leads to
+export const PUB_PROTO = 2; // u8: 6 or 17; 0 = no listener
+export const PUB_BASE = HOST_ADDR_BASE + 2 * HOST_ADDR_SLOT_BYTES;
+// INK_ACCEPT slot header
+export const ACC_FAMILY = 0; // u8: the peer's family, 4 or 6
+export const ACC_PROTO = 1; // u8: 6 or 17
+export const ACC_PORT = 2; // u16: the peer's port (host order)
+export const ACC_ADDR = 4; // 16 bytes: the peer's address (IPv4 as ::ffff:a.b.c.d)
+export const ACC_BYTES = 20; // UDP: the datagram follows
+
+export const BENCH_BASE = PUB_BASE + PUB_MAX * PUB_ENTRY_BYTES; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;
@@ -254,6 +276,8 @@ export const INK_TCP_EOF = 7; // the host peer closed its side, and everything b
 export const INK_TCP_RESET = 8; // the host socket failed (reset, error); DESC_FLAGS = errno
 export const INK_TCP_SHUT_DONE = 9; // shutdown(SHUT_WR) done for the guest's FIN
 export const INK_TCP_WRITABLE = 10; // a blocked socket can take data again; DESC_FLAGS = send space
+export const INK_ACCEPT = 11; // a new peer on a published port: token = listener id, slot = ACC_* header (+ datagram)
+// INK_UDP_DATA: DESC_FLAGS = where the datagram starts in the slot (0, or ACC_BYTES from a listener)
 export const INK_KIND_MASK = 0xffff;
 export const INK_PARTIAL = 0x10000;
 // INK_TCP_DATA and INK_TCP_EOF carry, in AUX bits 24..31, the flow's peek epoch: how many

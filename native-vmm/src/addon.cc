@@ -3,6 +3,7 @@
 //   openTap(netnsPath, ifname) -> fd          create a TAP device inside a network namespace
 //   new Datapath(memoryU8, layout)            the data path of one engine (see datapath.cc)
 //     .attachLink(fd)  .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
+//     .listen(id, proto, family, addr16, port) -> bound port | -errno   .unlisten(id)
 //
 // Datapath.start() watches the data path's epoll fd with a uv_poll handle on the calling
 // thread's event loop (a worker's), and calls onReady() when anything is readable. The shared
@@ -56,6 +57,8 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
                         InstanceMethod("pump", &DatapathWrap::Pump),
                         InstanceMethod("flush", &DatapathWrap::Flush),
                         InstanceMethod("liveSockets", &DatapathWrap::LiveSockets),
+                        InstanceMethod("listen", &DatapathWrap::Listen),
+                        InstanceMethod("unlisten", &DatapathWrap::Unlisten),
                         InstanceMethod("close", &DatapathWrap::Close)});
   }
 
@@ -98,6 +101,15 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.opkTcpRewind = need(env, lay, "OPK_TCP_REWIND");
     L.opkTcpShutdown = need(env, lay, "OPK_TCP_SHUTDOWN");
     L.opkTcpAbort = need(env, lay, "OPK_TCP_ABORT");
+    L.opkAccept = need(env, lay, "OPK_ACCEPT");
+    L.opkRefuse = need(env, lay, "OPK_REFUSE");
+    L.inkAccept = need(env, lay, "INK_ACCEPT");
+    L.accFamily = need(env, lay, "ACC_FAMILY");
+    L.accProto = need(env, lay, "ACC_PROTO");
+    L.accPort = need(env, lay, "ACC_PORT");
+    L.accAddr = need(env, lay, "ACC_ADDR");
+    L.accBytes = need(env, lay, "ACC_BYTES");
+    L.pubMax = need(env, lay, "PUB_MAX");
     L.descLen = need(env, lay, "DESC_LEN");
     L.descFlags = need(env, lay, "DESC_FLAGS");
     L.descToken = need(env, lay, "DESC_TOKEN");
@@ -174,6 +186,23 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
   }
   Napi::Value LiveSockets(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), dp_ ? dp_->liveSockets() : 0);
+  }
+  // listen(id, "tcp"|"udp", family 4|6, addr: Uint8Array(16), port) -> bound port, or -errno
+  Napi::Value Listen(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || info.Length() < 5 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
+        !info[4].IsNumber() || info[3].As<Napi::Uint8Array>().ByteLength() != 16) {
+      Napi::TypeError::New(env, "listen(id: number, proto: 'tcp'|'udp', family: 4|6, addr: Uint8Array(16), port: number)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    const std::string proto = info[1].As<Napi::String>();
+    const int r = dp_->listenOn(info[0].As<Napi::Number>().Uint32Value(), proto == "tcp", info[2].As<Napi::Number>().Uint32Value(),
+                                info[3].As<Napi::Uint8Array>().Data(), info[4].As<Napi::Number>().Uint32Value());
+    return Napi::Number::New(env, r);
+  }
+  Napi::Value Unlisten(const Napi::CallbackInfo& info) {
+    if (dp_ && info.Length() >= 1 && info[0].IsNumber()) dp_->unlisten(info[0].As<Napi::Number>().Uint32Value());
+    return info.Env().Undefined();
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     stopPoll();

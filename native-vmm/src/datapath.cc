@@ -39,6 +39,7 @@
 namespace moat {
 
 static constexpr uint64_t LINK_TOKEN = 0xffffffffull;
+static constexpr uint64_t LISTEN_TOKEN_BASE = 1ull << 32;  // + listener id
 static constexpr uint32_t LINK_READ_BUDGET = 64;   // frames per link wake-up
 static constexpr uint32_t SOCKET_READ_BUDGET = 16; // datagrams per UDP socket wake-up (fairness)
 
@@ -47,6 +48,7 @@ static inline bool seqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a
 Datapath::Datapath(uint8_t* mem, const Layout& layout) : mem_(mem), L_(layout) {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   socks_.assign(L_.flowCapacity, Sock{});
+  listeners_.assign(L_.pubMax, Listener{});
 }
 
 Datapath::~Datapath() { closeAll(); }
@@ -54,10 +56,12 @@ Datapath::~Datapath() { closeAll(); }
 void Datapath::closeAll() {
   for (auto& s : socks_) {
     // A TCP socket resets on close until its guest stream ended (SO_LINGER, set in tcpConnect).
-    if (s.fd >= 0) close(s.fd);
+    if (s.fd >= 0 && !s.shared) close(s.fd);
     s = Sock{};
   }
   pending_.clear();
+  for (uint32_t id = 0; id < listeners_.size(); id++) unlisten(id);
+  udpPeers_.clear();
   live_ = 0;
   if (linkFd_ >= 0) close(linkFd_);
   linkFd_ = -1;
@@ -128,11 +132,18 @@ int Datapath::pump() {
       readTcp(flow);
     }
   }
+  if (!pausedListeners_.empty() && !inboundFull()) {
+    std::vector<uint32_t> paused;
+    paused.swap(pausedListeners_);
+    for (uint32_t id : paused) armListener(id, true);
+  }
   struct epoll_event evs[64];
   int n = epoll_wait(epfd_, evs, 64, 0);
   for (int i = 0; i < n; i++) {
     const uint64_t token = evs[i].data.u64;
-    if (token == LINK_TOKEN) {
+    if (token >= LISTEN_TOKEN_BASE) {
+      readListener(static_cast<uint32_t>(token - LISTEN_TOKEN_BASE));
+    } else if (token == LINK_TOKEN) {
       if (evs[i].events & EPOLLOUT) moved += writeLink();
       if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) moved += readLink(LINK_READ_BUDGET);
     } else if (token < socks_.size()) {
@@ -312,6 +323,24 @@ uint32_t Datapath::sendSpace(int fd) {
   return sndbuf > queued ? (sndbuf - queued) / 8 * 7 : 0;
 }
 
+// Every flow's TCP socket, dialled or accepted, is set up the same way.
+void Datapath::tuneTcp(int fd) {
+  int zero = 0, one = 1;
+  // A fixed, large send buffer (the kernel caps it at net.core.wmem_max): the window offered
+  // to the guest is derived from its free space, and an autotuned buffer starts at 16 KiB.
+  int sndbuf = 2 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+  setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  // Urgent data stays in the stream (else it would move the kernel's sequence numbers past the
+  // peek offset's idea of them).
+  setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof one);
+  // Until the guest's stream has ended (its FIN passed on, OPK_TCP_SHUTDOWN), closing this socket
+  // resets it, however moat goes away, even killed: a cut-short stream never looks complete.
+  struct linger abortive = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof abortive);
+}
+
 void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(op + off); };
   const uint32_t addr = field(L_.opAddr);
@@ -324,20 +353,7 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   } else if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
     err = errno;
   } else {
-    int zero = 0, one = 1;
-    // A fixed, large send buffer (the kernel caps it at net.core.wmem_max): the window offered
-    // to the guest is derived from its free space, and an autotuned buffer starts at 16 KiB.
-    int sndbuf = 2 << 20;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-    setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    // Urgent data stays in the stream (else it would move the kernel's sequence numbers past the
-    // peek offset's idea of them).
-    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof one);
-    // Until the guest's stream has ended (its FIN passed on, below), closing this socket resets
-    // it, however moat goes away, even killed: a cut-short stream never looks complete.
-    struct linger abortive = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof abortive);
+    tuneTcp(fd);
     if (connect(fd, reinterpret_cast<sockaddr*>(&ss), slen) != 0 && errno != EINPROGRESS) {
       err = errno;
       close(fd);
@@ -426,6 +442,21 @@ void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len) {
 void Datapath::closeSock(uint32_t flow, bool abort) {
   Sock& s = socks_[flow];
   if (s.fd < 0) return;
+  if (s.shared) {  // a published UDP port's peer: the socket is the listener's
+    PeerKey k{s.listener, 0, {}};
+    if (s.peer.v4.sin_family == AF_INET) {
+      k.port = ntohs(s.peer.v4.sin_port);
+      k.addr[10] = k.addr[11] = 0xff;
+      memcpy(k.addr + 12, &s.peer.v4.sin_addr, 4);
+    } else {
+      k.port = ntohs(s.peer.v6.sin6_port);
+      memcpy(k.addr, &s.peer.v6.sin6_addr, 16);
+    }
+    auto it = udpPeers_.find(k);
+    if (it != udpPeers_.end() && it->second == flow) udpPeers_.erase(it);
+    s = Sock{};
+    return;
+  }
   epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
   if (abort && s.tcp) {
     struct linger lg = {1, 0};  // close now and send RST
@@ -462,13 +493,25 @@ int Datapath::execOps() {
       if (seqLt(s.peekSeq, s.headSeq)) s.peekSeq = s.headSeq;
     } else if (kind == L_.opkTcpCredit) {
       s.limitSeq = field(L_.opData);
+      if (field(L_.opLen)) s.segBytes = std::max<uint32_t>(field(L_.opLen), 64);  // the guest's MSS, once known
       if (!s.drained || s.peerClosed) readTcp(flow);  // else the next arrival's epoll event reads
     } else if (kind == L_.opkUdpSend) {
       const uint32_t data = field(L_.opData), len = field(L_.opLen);
       if (s.fd < 0 || data + static_cast<uint64_t>(len) > L_.memoryBytes) continue;
-      if (send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) count(L_.cHostSendErrors);
+      ssize_t sent;
+      if (s.shared) {
+        const socklen_t plen = s.peer.v4.sin_family == AF_INET ? sizeof s.peer.v4 : sizeof s.peer.v6;
+        sent = sendto(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&s.peer), plen);
+      } else {
+        sent = send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      if (sent < 0) count(L_.cHostSendErrors);
     } else if (kind == L_.opkTcpConnect) {
       tcpConnect(flow, op);
+    } else if (kind == L_.opkAccept) {
+      acceptOp(flow, field(L_.opPort), field(L_.opData), field(L_.opLen));
+    } else if (kind == L_.opkRefuse) {
+      refuseOp(field(L_.opPort));
     } else if (kind == L_.opkTcpRewind) {
       if (s.fd < 0 || s.dead) continue;
       // Peek again from DATA (snd_una): bytes before it were discarded, so it is the queue's
@@ -503,7 +546,7 @@ int Datapath::execOps() {
       if (addr + 16ull > L_.memoryBytes || !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
         err = EINVAL;
       } else {
-        const int proto = kind == L_.opkUdpOpen ? 0 : (ss.ss_family == AF_INET ? IPPROTO_ICMP : IPPROTO_ICMPV6);
+        const int proto = kind == L_.opkUdpOpen ? 0 : (ss.ss_family == AF_INET ? static_cast<int>(IPPROTO_ICMP) : static_cast<int>(IPPROTO_ICMPV6));
         int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
         if (fd < 0) {
           err = errno;
@@ -533,6 +576,215 @@ int Datapath::execOps() {
   }
   *countWord = 0;
   return 0;
+}
+
+// ---- published ports ---------------------------------------------------------------------------------
+//
+// One listening socket per published port, level-triggered in the epoll set (token
+// LISTEN_TOKEN_BASE + id). A new peer is handed to the engine as INK_ACCEPT (layout.ts) and the
+// listener is disarmed until the engine's OPK_ACCEPT / OPK_REFUSE: one decision at a time per
+// port, and nothing accepted that the engine has not judged. A UDP datagram from a peer the
+// engine already admitted goes straight to that peer's flow as INK_UDP_DATA.
+
+static void peerKeyFrom(const sockaddr_storage& ss, uint8_t* addr16, uint16_t& port) {
+  memset(addr16, 0, 16);
+  if (ss.ss_family == AF_INET) {
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    addr16[10] = addr16[11] = 0xff;
+    memcpy(addr16 + 12, &sin->sin_addr, 4);
+    port = ntohs(sin->sin_port);
+  } else {
+    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    memcpy(addr16, &sin6->sin6_addr, 16);
+    port = ntohs(sin6->sin6_port);
+  }
+}
+
+int Datapath::listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port) {
+  if (id >= listeners_.size() || listeners_[id].fd >= 0) return -EBUSY;
+  sockaddr_storage ss;
+  socklen_t slen = 0;
+  if (!sockaddrFor(addr16, port, family, ss, slen)) return -EINVAL;
+  int fd = socket(ss.ss_family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  // TCP: rebinding over connections in TIME_WAIT is fine (a second listener is still refused).
+  // UDP: no SO_REUSEADDR, which would let two sockets share the port.
+  if (tcp) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), slen) != 0 || (tcp && ::listen(fd, 1024) != 0)) {
+    const int err = errno;
+    close(fd);
+    return -err;
+  }
+  sockaddr_storage bound;
+  socklen_t blen = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
+  uint8_t a[16];
+  uint16_t boundPort = 0;
+  peerKeyFrom(bound, a, boundPort);
+  Listener& l = listeners_[id];
+  l = Listener{};
+  l.fd = fd;
+  l.tcp = tcp;
+  struct epoll_event ev = {};
+  ev.events = 0;
+  ev.data.u64 = LISTEN_TOKEN_BASE + id;
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  armListener(id, true);
+  return boundPort;
+}
+
+void Datapath::armListener(uint32_t id, bool on) {
+  Listener& l = listeners_[id];
+  if (l.fd < 0 || l.armed == on || (on && l.waiting)) return;
+  struct epoll_event ev = {};
+  ev.events = on ? static_cast<uint32_t>(EPOLLIN) : 0u;
+  ev.data.u64 = LISTEN_TOKEN_BASE + id;
+  epoll_ctl(epfd_, EPOLL_CTL_MOD, l.fd, &ev);
+  l.armed = on;
+}
+
+void Datapath::unlisten(uint32_t id) {
+  if (id >= listeners_.size()) return;
+  Listener& l = listeners_[id];
+  if (l.fd < 0) return;
+  epoll_ctl(epfd_, EPOLL_CTL_DEL, l.fd, nullptr);
+  if (l.pendingFd >= 0) {
+    struct linger lg = {1, 0};
+    setsockopt(l.pendingFd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(l.pendingFd);
+  }
+  if (!l.tcp) {
+    // The UDP peers' flows lose their socket (the fd is about to be closed and could be reused):
+    // their sends are dropped until the engine expires them.
+    for (auto it = udpPeers_.begin(); it != udpPeers_.end();) {
+      if (it->first.listener == id) {
+        Sock& s = socks_[it->second];
+        s = Sock{};
+        it = udpPeers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  close(l.fd);
+  l = Listener{};
+}
+
+int Datapath::readListener(uint32_t id) {
+  if (id >= listeners_.size()) return 0;
+  Listener& l = listeners_[id];
+  if (l.fd < 0 || l.waiting) return 0;
+  auto header = [&](uint8_t* buf, const sockaddr_storage& ss, uint8_t proto) {
+    uint16_t port = 0;
+    peerKeyFrom(ss, buf + L_.accAddr, port);
+    buf[L_.accFamily] = ss.ss_family == AF_INET ? 4 : 6;
+    buf[L_.accProto] = proto;
+    memcpy(buf + L_.accPort, &port, 2);  // host order, as the engine reads it
+  };
+  int got = 0;
+  for (uint32_t budget = SOCKET_READ_BUDGET; budget > 0; budget--) {
+    if (inboundFull()) {
+      armListener(id, false);
+      pausedListeners_.push_back(id);
+      break;
+    }
+    const uint32_t tail = L_.in.tail();
+    uint8_t* buf = L_.in.buf(tail);
+    sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (l.tcp) {
+      int fd = accept4(l.fd, reinterpret_cast<sockaddr*>(&ss), &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        // EAGAIN: nothing more. Out of descriptors or memory: count, and try again at the next
+        // pump rather than spin on a listener that stays readable.
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+          count(L_.cHostOpenErrors);
+          armListener(id, false);
+          pausedListeners_.push_back(id);
+        }
+        break;
+      }
+      header(buf, ss, 6);
+      l.pendingFd = fd;
+      l.waiting = true;
+      armListener(id, false);
+      pushInbound(id, L_.inkAccept, L_.accBytes, 0);
+      got++;
+      break;
+    }
+    ssize_t n = recvfrom(l.fd, buf + L_.accBytes, L_.slotBytes - L_.accBytes, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), &sl);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      continue;  // e.g. an ICMP error queued on the socket: skip it
+    }
+    PeerKey k{id, 0, {}};
+    peerKeyFrom(ss, k.addr, k.port);
+    auto it = udpPeers_.find(k);
+    if (it != udpPeers_.end()) {
+      pushInbound(it->second, L_.inkUdpData, static_cast<uint32_t>(n), L_.accBytes);
+      got++;
+      continue;
+    }
+    header(buf, ss, 17);
+    memcpy(&l.pendingPeer, &ss, ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+    l.waiting = true;
+    armListener(id, false);
+    pushInbound(id, L_.inkAccept, L_.accBytes + static_cast<uint32_t>(n), 0);
+    got++;
+    break;
+  }
+  return got;
+}
+
+// The engine admitted listener `id`'s waiting peer as `flow`.
+void Datapath::acceptOp(uint32_t flow, uint32_t id, uint32_t seq, uint32_t seg) {
+  if (id >= listeners_.size() || flow >= socks_.size()) return;
+  Listener& l = listeners_[id];
+  closeSock(flow, false);
+  Sock& s = socks_[flow];
+  s = Sock{};
+  if (l.fd < 0 || (l.tcp ? l.pendingFd < 0 : !l.waiting)) {
+    // The port was withdrawn meanwhile: the flow has no socket.
+    pushEvent(flow, l.tcp ? L_.inkTcpReset : L_.inkOpenFailed, 0, static_cast<uint32_t>(ECONNABORTED));
+  } else if (l.tcp) {
+    tuneTcp(l.pendingFd);
+    s.fd = l.pendingFd;
+    s.tcp = true;
+    s.headSeq = s.peekSeq = s.limitSeq = seq;
+    s.segBytes = std::max<uint32_t>(seg, 64);
+    l.pendingFd = -1;
+    live_++;
+    struct epoll_event ev = {};
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = flow;
+    epoll_ctl(epfd_, EPOLL_CTL_ADD, s.fd, &ev);
+  } else {
+    s.fd = l.fd;
+    s.shared = true;
+    s.listener = id;
+    memcpy(&s.peer, &l.pendingPeer, sizeof s.peer);
+    PeerKey k{id, 0, {}};
+    peerKeyFrom(*reinterpret_cast<const sockaddr_storage*>(&l.pendingPeer), k.addr, k.port);
+    udpPeers_[k] = flow;
+  }
+  l.waiting = false;
+  armListener(id, true);
+}
+
+// The engine refused listener `id`'s waiting peer: a TCP peer is reset.
+void Datapath::refuseOp(uint32_t id) {
+  if (id >= listeners_.size()) return;
+  Listener& l = listeners_[id];
+  if (l.pendingFd >= 0) {
+    struct linger lg = {1, 0};
+    setsockopt(l.pendingFd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(l.pendingFd);
+    l.pendingFd = -1;
+  }
+  l.waiting = false;
+  armListener(id, true);
 }
 
 int Datapath::writeLink() {

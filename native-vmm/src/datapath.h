@@ -1,7 +1,12 @@
 #pragma once
+#include <netinet/in.h>
+
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+#include <cstring>
 
 #include "ring.h"
 
@@ -15,11 +20,12 @@ struct Layout {
   uint32_t cfgRedirectToken = 0, preambleBytes = 0;
   uint32_t opkUdpOpen = 0, opkUdpSend = 0, opkClose = 0, opkIcmpOpen = 0;
   uint32_t opkTcpConnect = 0, opkTcpSend = 0, opkTcpCredit = 0, opkTcpAcked = 0, opkTcpRewind = 0,
-           opkTcpShutdown = 0, opkTcpAbort = 0;
+           opkTcpShutdown = 0, opkTcpAbort = 0, opkAccept = 0, opkRefuse = 0;
   uint32_t descLen = 0, descFlags = 0, descToken = 0, descAux = 0;
   uint32_t inkUdpData = 0, inkFlowError = 0, inkOpenFailed = 0;
   uint32_t inkTcpConnected = 0, inkTcpData = 0, inkTcpSent = 0, inkTcpEof = 0, inkTcpReset = 0,
-           inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0, inkEpochShift = 0;
+           inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0, inkEpochShift = 0, inkAccept = 0;
+  uint32_t accFamily = 0, accProto = 0, accPort = 0, accAddr = 0, accBytes = 0, pubMax = 0;
   uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0, cTcpShortWrites = 0;
   uint32_t flowCapacity = 0, slotBytes = 0, memoryBytes = 0;
 };
@@ -40,6 +46,11 @@ class Datapath {
   // Returns the number of frames written to the link.
   int flush();
   int liveSockets() const { return live_; }
+  // Published ports: listen on (addr16, port) for listener `id` (< PUB_MAX). Returns the bound
+  // port, or -errno (EADDRINUSE, EACCES, ...).
+  int listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port);
+  // Stop listener `id`: its waiting peer is refused; its UDP peers' flows lose their socket.
+  void unlisten(uint32_t id);
   // Close the link and every host socket. A TCP socket whose guest stream did not end with the
   // guest's FIN is aborted (RST, by its SO_LINGER): a connection cut short must never look like a
   // clean end.
@@ -68,6 +79,34 @@ class Datapath {
     uint8_t preamble[40];      // layout.ts, REDIRECT_PREAMBLE_BYTES
     uint32_t spaceEstimate = 0;  // send space measured, less what was written since
     uint32_t sendsSinceMeasure = 0;
+    // A UDP peer of a published port: the fd is the listener's (never closed here), datagrams
+    // go back with sendto to `peer`.
+    bool shared = false;
+    uint32_t listener = 0;
+    union { sockaddr_in v4; sockaddr_in6 v6; } peer = {};
+  };
+
+  // A published port's listening socket (layout.ts, "published ports").
+  struct Listener {
+    int fd = -1;
+    bool tcp = false;
+    bool waiting = false;  // an INK_ACCEPT is with the engine: nothing more is taken until it answers
+    bool armed = false;    // EPOLLIN watched
+    int pendingFd = -1;    // TCP: the accepted peer the engine is deciding about
+    union { sockaddr_in v4; sockaddr_in6 v6; } pendingPeer = {};  // UDP: the new peer's address
+  };
+  struct PeerKey {
+    uint32_t listener;
+    uint16_t port;
+    uint8_t addr[16];
+    bool operator==(const PeerKey& o) const { return listener == o.listener && port == o.port && memcmp(addr, o.addr, 16) == 0; }
+  };
+  struct PeerKeyHash {
+    size_t operator()(const PeerKey& k) const {
+      uint64_t h = 1469598103934665603ull ^ (static_cast<uint64_t>(k.listener) << 16 | k.port);
+      for (uint8_t b : k.addr) h = (h ^ b) * 1099511628211ull;
+      return static_cast<size_t>(h);
+    }
   };
 
   void count(uint32_t idx, uint64_t n = 1);
@@ -86,6 +125,11 @@ class Datapath {
   void closeSock(uint32_t flow, bool abort);
   int writeLink();
   void watchLinkOut(bool on);
+  int readListener(uint32_t id);
+  void armListener(uint32_t id, bool on);
+  void acceptOp(uint32_t flow, uint32_t id, uint32_t seq, uint32_t seg);
+  void refuseOp(uint32_t id);
+  void tuneTcp(int fd);
 
   uint8_t* mem_;
   Layout L_;
@@ -96,6 +140,9 @@ class Datapath {
   int pushed_ = 0;                // inbound entries produced since the last pump/flush
   std::vector<Sock> socks_;        // by flow index
   std::vector<uint32_t> pending_;  // flows with reads to retry
+  std::vector<Listener> listeners_;  // by listener id
+  std::vector<uint32_t> pausedListeners_;  // stopped for lack of inbound ring room: re-armed at the next pump
+  std::unordered_map<PeerKey, uint32_t, PeerKeyHash> udpPeers_;  // published UDP ports: peer -> flow
 };
 
 }  // namespace moat

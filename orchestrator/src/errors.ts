@@ -10,7 +10,8 @@ export type MoatErrorCode =
   | "ERR_NETNS"
   | "ERR_LINK"
   | "ERR_ENGINE"
-  | "ERR_ADDRESS_POOL";
+  | "ERR_ADDRESS_POOL"
+  | "ERR_PORT";
 
 export class MoatError extends Error {
   readonly code: MoatErrorCode;

@@ -8,6 +8,9 @@ export interface NativeDatapath {
   pump(): number;
   flush(): number;
   liveSockets(): number;
+  /** Published ports (datapath.cc): the port bound, or -errno. */
+  listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number): number;
+  unlisten(id: number): void;
   close(): void;
 }
 

@@ -33,6 +33,17 @@ export const F_BYTES_IN = 80; // u64
 export const F_DIAL_ADDR = 88; // 16 bytes: where the host socket connects (usually the remote)
 export const F_DIAL_PORT = 104; // u32
 export const F_PIN = 108; // u32: pin handle + 0 (pinset.ts) the flow was admitted through, 0 = none
+// Forwarding, decided once when the flow is created and never recomputed per packet:
+export const F_ORIGIN = 112; // u8: who opened it: ORIGIN_GUEST, or ORIGIN_HOST (a peer on a published port)
+export const F_ROUTE = 113; // u8: where its host side goes (ROUTE_*)
+export const F_LISTENER = 114; // u16: ORIGIN_HOST: the published port's listener id
+export const ORIGIN_GUEST: u8 = 0;
+export const ORIGIN_HOST: u8 = 1;
+export const ROUTE_REMOTE: u8 = 0; // a host socket to the remote the guest addressed (F_DIAL_* = the remote)
+export const ROUTE_HOST_LOOPBACK: u8 = 1; // the gateway's address: the host's loopback (Group Host)
+export const ROUTE_DNS_FORWARDER: u8 = 2; // DNS to the gateway, to the forwarder (F_DIAL_*)
+export const ROUTE_SERVICE: u8 = 3; // an orchestrator service, told the original destination (OP_ORIG)
+export const ROUTE_PEER: u8 = 4; // ORIGIN_HOST: the accepted peer (F_DIAL_* = the peer's address and port)
 export const F_PROTO_STATE = 128; // protocol-specific state (TCP)
 
 export const KEY_BYTES = 40;

@@ -18,6 +18,12 @@
 //   guest ACK            -> OPK_TCP_ACKED, OPK_TCP_CREDIT
 //   INK_TCP_DATA         -> a segment to the guest
 //
+// Connections from a host peer to a published port (flow/inbound.ts) are opened the other way
+// round: native-vmm has accepted the peer and holds its socket; the engine sends the guest a SYN
+// (SYN_SENT, retransmitted on the RTO like a SYN-ACK), and the guest's SYN-ACK makes the flow
+// ESTABLISHED, from where everything above applies unchanged. The guest's RST to the SYN (nothing
+// listens on the port) resets the peer at once.
+//
 // Host -> guest bytes are never copied into a buffer of ours: native-vmm reads them with
 // MSG_PEEK (SO_PEEK_OFF), so they stay in the kernel's receive queue until the guest ACKs them
 // (OPK_TCP_ACKED discards them). Retransmission rewinds the peek offset to snd_una (go-back-N).
@@ -47,6 +53,7 @@
 //   state                          timer                              on expiry
 //   DIALING                        30 s dial timeout                  silence to the guest, removed
 //   SYN_RCVD                       SYN-ACK retransmission (RTO)       10 unanswered: RST, removed
+//   SYN_SENT (inbound)             SYN retransmission (RTO)           10 unanswered: peer reset, removed
 //   ESTABLISHED, data/FIN in flight retransmission (RTO 200 ms..8 s)  go-back-N; 10 unanswered: RST both
 //   ESTABLISHED, guest window 0    persist (200 ms doubling to 5 s)   zero-window probe (RFC 9293
 //                                                                     §3.8.6.1); 10 unanswered: RST both
@@ -66,16 +73,19 @@
 import {
   KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
-  OPK_TCP_ABORT, OPK_CLOSE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
+  OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
 } from "../layout";
 import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
-  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA,
+  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT,
 } from "../counters";
-import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN } from "./table";
+import {
+  flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
+  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_SERVICE,
+} from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
 import { admitNewFlow } from "../policy/admit";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
@@ -85,6 +95,7 @@ export const TS_DIALING: u32 = 2; // SYN received, host socket connecting
 export const TS_SYN_RCVD: u32 = 3; // SYN-ACK sent
 export const TS_ESTABLISHED: u32 = 4; // data phase, including half-closed either way
 export const TS_LINGER: u32 = 5; // both FINs acknowledged, socket closed; reaped after LINGER_MS
+export const TS_SYN_SENT: u32 = 6; // inbound: SYN sent to the guest, the host peer already accepted
 
 // TCP state in the flow record (flow/table.ts reserves 128.. for protocol state)
 const T_ISS = 128;
@@ -235,7 +246,7 @@ function tcpRemove(idx: u32, closeOp: u32): void {
 function grantCredit(idx: u32, rec: usize): void {
   const upto = load<u32>(rec, T_SND_UNA) + load<u32>(rec, T_SND_WND);
   if (seqLt(load<u32>(rec, T_GRANTED), upto)) {
-    if (opPush(OPK_TCP_CREDIT, idx, upto, 0, 0, 0, 0)) store<u32>(rec, upto, T_GRANTED);
+    if (opPush(OPK_TCP_CREDIT, idx, upto, load<u32>(rec, T_GUEST_MSS), 0, 0, 0)) store<u32>(rec, upto, T_GRANTED);
   }
 }
 
@@ -261,24 +272,25 @@ export const SEG_REFUSED: i32 = 2; // a SYN refused (limit; already counted): an
 export const SEG_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_NO_FLOW, never answer
 
 /**
- * A checked TCP segment from the guest (key written at KEY_SCRATCH). `dial`/`dialPort`: where a
- * new connection is dialled. Returns one of the TCP_* codes above.
+ * A checked TCP segment from the guest for no existing flow (key at KEY_SCRATCH, its hash
+ * `hash`): a SYN opens a connection, dialled to `dial`/`dialPort` (decided once, here). Returns
+ * one of the SEG_* codes above.
  */
-export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, redirect: bool): i32 {
+export function tcpNew(hash: u32, l4: usize, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, route: u8): i32 {
+  const flags = <u32>load<u8>(l4 + 13);
+  if (flags & TH_RST) return SEG_STRAY_RST;
+  if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return SEG_NO_FLOW;
+  return tcpOpen(hash, l4, rd32(l4 + 4), dial, dialPort, dialFamily, gatewayService, route) ? SEG_HANDLED : SEG_REFUSED;
+}
+
+/** A checked TCP segment from the guest for flow `idx` (whichever side opened it). */
+export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
   const doff = (<u32>load<u8>(l4 + 12) >> 4) << 2;
   const flags = <u32>load<u8>(l4 + 13);
   let seq = rd32(l4 + 4);
   const ack = rd32(l4 + 8);
   let data = l4 + doff;
   let dlen = l4len - doff;
-  const hash = keyHash();
-  const found = flowLookup(hash);
-  if (found < 0) {
-    if (flags & TH_RST) return SEG_STRAY_RST;
-    if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return SEG_NO_FLOW;
-    return tcpOpen(hash, l4, doff, seq, dial, dialPort, dialFamily, gatewayService, redirect) ? SEG_HANDLED : SEG_REFUSED;
-  }
-  const idx = <u32>found;
   const rec = flowRecord(idx);
   const state = load<u32>(rec, F_STATE);
   store<f64>(rec, now(), F_LAST_MS);
@@ -286,6 +298,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   store<u32>(rec, 0, T_PROBES); // the guest is alive: outstanding probes are answered
   store<f64>(rec, 0, T_PROBE_AT);
 
+  if (state == TS_SYN_SENT) { synSentSegment(idx, rec, l4, doff, flags, seq, ack); return; }
   if (flags & TH_RST) {
     // RFC 5961 §3: accept only a RST at the expected sequence number (else it is ignored).
     if (state == TS_DIALING || seq == load<u32>(rec, T_RCV_NXT) || seq == load<u32>(rec, T_RCV_WR)) {
@@ -294,20 +307,20 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     } else {
       count(DROP_TCP_OUT_OF_WINDOW);
     }
-    return SEG_HANDLED;
+    return;
   }
-  if (state == TS_DIALING) return SEG_HANDLED; // a retransmitted SYN while we dial: the answer is coming
+  if (state == TS_DIALING) return; // a retransmitted SYN while we dial: the answer is coming
   if (flags & TH_SYN) {
     // A retransmitted SYN (our SYN-ACK was lost) gets the SYN-ACK again; in any later state a
     // SYN gets a challenge ACK (RFC 5961 §4).
     if (state == TS_SYN_RCVD && !(flags & TH_ACK)) emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
     else emitAck(rec);
-    return SEG_HANDLED;
+    return;
   }
-  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return SEG_HANDLED; }
+  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return; }
 
   if (state == TS_SYN_RCVD) {
-    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return SEG_HANDLED; }
+    if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return; }
     store<u32>(rec, TS_ESTABLISHED, F_STATE);
     store<f64>(rec, now(), T_SINCE);
     store<u32>(rec, ack, T_SND_UNA);
@@ -355,7 +368,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
   } else if (seqLt(max, ack)) {
     count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
     emitAck(rec);
-    return SEG_HANDLED;
+    return;
   }
   if (load<u32>(rec, F_STATE) == TS_ESTABLISHED) grantCredit(idx, rec);
 
@@ -382,7 +395,7 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     } else {
       count(DROP_TCP_OUT_OF_ORDER); // a gap: drop and duplicate-ACK so the guest retransmits
       emitAck(rec);
-      return SEG_HANDLED;
+      return;
     }
   }
   if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
@@ -397,11 +410,11 @@ export function tcpFromGuest(l4: usize, l4len: u32, dial: usize, dialPort: u32, 
     }
   }
   maybeFinished(idx, rec);
-  return SEG_HANDLED;
+  return;
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */
-function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, redirect: bool): bool {
+function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, route: u8): bool {
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
@@ -412,14 +425,37 @@ function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPor
   const rec = flowRecord(idx);
   store<u32>(ST_TCP_LIVE, live + 1);
   store<u32>(rec, TS_DIALING, F_STATE);
+  store<u8>(rec, route, F_ROUTE);
   copy16(rec + F_DIAL_ADDR, dial);
   store<u32>(rec, dialPort, F_DIAL_PORT);
-  // Options: MSS (2) and window scale (3); everything else is ignored.
-  const v4 = load<u8>(KEY_SCRATCH, 1) == 4;
+  takeSynOptions(rec, l4);
+  const iss = initSend(rec, hash);
+  store<u32>(rec, iss + 1, T_GRANTED);
+  store<u32>(rec, seq, T_IRS);
+  store<u32>(rec, seq + 1, T_RCV_NXT);
+  store<u32>(rec, seq + 1, T_RCV_WR);
+  // A redirect to an orchestrator service: native-vmm tells it the original destination (the
+  // key's remote address and port) in a preamble (layout.ts, OP_ORIG).
+  if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, load<u32>(rec, T_GUEST_MSS), dialFamily, dialPort, rec + F_DIAL_ADDR, route == ROUTE_SERVICE ? rec : 0)) {
+    tcpRemove(idx, 0);
+    return true; // counted as DROP_HOST_OPS_FULL; the guest will retry its SYN
+  }
+  count(TCP_FLOWS_OPENED);
+  return true;
+}
+
+/** The segment size this link carries (MTU less the IP and TCP headers). */
+@inline function linkMss(v4: bool): u32 {
+  return load<u32>(CFG_MTU) - (v4 ? 40 : 60);
+}
+
+/** The guest's SYN options: MSS (2) and window scale (3); everything else is ignored. */
+function takeSynOptions(rec: usize, l4: usize): void {
+  const v4 = load<u8>(rec, 1) == 4;
   let mss: u32 = v4 ? 536 : 1220;
   let guestWs: i32 = -1;
   let o = l4 + 20;
-  const end = l4 + doff;
+  const end = l4 + ((<u32>load<u8>(l4 + 12) >> 4) << 2);
   while (o < end) {
     const kind = <u32>load<u8>(o);
     if (kind == 0) break;
@@ -431,34 +467,87 @@ function tcpOpen(hash: u32, l4: usize, doff: u32, seq: u32, dial: usize, dialPor
     if (kind == 3 && olen == 3) guestWs = <i32>min<u32>(load<u8>(o + 2), 14);
     o += olen;
   }
-  const linkMax = load<u32>(CFG_MTU) - (v4 ? 40 : 60);
+  const linkMax = linkMss(v4);
   if (mss > linkMax) mss = linkMax;
   if (mss < 64) mss = 64;
   store<u32>(rec, mss, T_GUEST_MSS);
   store<u8>(rec, <u8>(guestWs < 0 ? 0 : guestWs), T_GUEST_WS);
   store<u8>(rec, <u8>(guestWs < 0 ? 0 : OUR_WS), T_OUR_WS);
-  // ISS (RFC 6528 in spirit): time-driven, spread by the flow's hash.
+}
+
+/** Our side's starting state; returns the ISS (RFC 6528 in spirit: time-driven, spread by the hash). */
+function initSend(rec: usize, hash: u32): u32 {
   const iss = <u32>(<u64>(now() * 250.0)) ^ (hash * 0x9e3779b1);
   store<u32>(rec, iss, T_ISS);
   store<u32>(rec, iss, T_SND_UNA);
   store<u32>(rec, iss, T_SND_NXT);
-  store<u32>(rec, iss + 1, T_GRANTED);
-  store<u32>(rec, seq, T_IRS);
-  store<u32>(rec, seq + 1, T_RCV_NXT);
-  store<u32>(rec, seq + 1, T_RCV_WR);
   store<u32>(rec, INITIAL_SPACE, T_SPACE);
   store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
   store<u32>(rec, RTO_MIN_MS, T_PERSIST_MS);
   store<f64>(rec, now(), T_SINCE);
   store<f64>(rec, now(), F_LAST_MS);
-  // A redirect to an orchestrator service: native-vmm tells it the original destination (the
-  // key's remote address and port) in a preamble (layout.ts, OP_ORIG).
-  if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, mss, dialFamily, dialPort, rec + F_DIAL_ADDR, redirect ? rec : 0)) {
-    tcpRemove(idx, 0);
-    return true; // counted as DROP_HOST_OPS_FULL; the guest will retry its SYN
-  }
-  count(TCP_FLOWS_OPENED);
+  return iss;
+}
+
+/**
+ * A peer accepted on published TCP port `listener` (flow/inbound.ts judged it): a connection
+ * toward the guest, key at KEY_SCRATCH (the guest's port, the gateway as the remote). Adopts the
+ * peer's socket (OPK_ACCEPT) and sends the guest a SYN. The caller checked there is room for the
+ * host operation and the frame. False when no flow can be made (counted): refuse the peer.
+ */
+export function tcpActiveOpen(hash: u32, listener: u32, peer: usize, peerPort: u32): bool {
+  const live = load<u32>(ST_TCP_LIVE);
+  if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
+  const found = flowInsert(hash);
+  if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
+  const idx = <u32>found;
+  const rec = flowRecord(idx);
+  store<u32>(ST_TCP_LIVE, live + 1);
+  store<u32>(rec, TS_SYN_SENT, F_STATE);
+  store<u8>(rec, ORIGIN_HOST, F_ORIGIN);
+  store<u8>(rec, ROUTE_PEER, F_ROUTE);
+  store<u16>(rec, <u16>listener, F_LISTENER);
+  copy16(rec + F_DIAL_ADDR, peer);
+  store<u32>(rec, peerPort, F_DIAL_PORT);
+  // Until the guest's SYN-ACK says otherwise: the link's segment size, and our window scale
+  // offered (taken back if the guest does not offer its own).
+  store<u32>(rec, linkMss(load<u8>(rec, 1) == 4), T_GUEST_MSS);
+  store<u8>(rec, <u8>OUR_WS, T_OUR_WS);
+  const iss = initSend(rec, hash);
+  store<u32>(rec, iss + 1, T_SND_NXT);
+  store<u32>(rec, iss + 1, T_SND_MAX);
+  store<u32>(rec, iss + 1, T_GRANTED);
+  opPush(OPK_ACCEPT, idx, iss + 1, load<u32>(rec, T_GUEST_MSS), 0, listener, 0);
+  emitSegment(rec, TH_SYN, iss, 0, 0); // a full TX ring: the RTO sends it
+  armTimer(rec);
   return true;
+}
+
+/** The guest's answer to our SYN (an inbound connection): SYN-ACK, or RST (nothing listens). */
+function synSentSegment(idx: u32, rec: usize, l4: usize, doff: u32, flags: u32, seq: u32, ack: u32): void {
+  const iss = load<u32>(rec, T_ISS);
+  // Only a segment acknowledging our SYN counts (RFC 9293 §3.10.7.3); anything else is stale.
+  if (!(flags & TH_ACK) || ack != iss + 1) { count(DROP_TCP_OUT_OF_WINDOW); return; }
+  if (flags & TH_RST) {
+    count(TCP_INBOUND_CLOSED_PORT);
+    tcpRemove(idx, OPK_TCP_ABORT); // the peer sees "connection reset" at once, not a hang
+    return;
+  }
+  if (!(flags & TH_SYN)) { count(DROP_TCP_OUT_OF_WINDOW); return; }
+  takeSynOptions(rec, l4);
+  store<u32>(rec, seq, T_IRS);
+  store<u32>(rec, seq + 1, T_RCV_NXT);
+  store<u32>(rec, seq + 1, T_RCV_WR);
+  store<u32>(rec, iss + 1, T_SND_UNA);
+  store<u32>(rec, rd16(l4 + 14), T_SND_WND); // a SYN's window is never scaled
+  store<u32>(rec, TS_ESTABLISHED, F_STATE);
+  store<f64>(rec, now(), T_SINCE);
+  store<f64>(rec, 0, T_TIMER_AT);
+  store<u32>(rec, 0, T_RETRIES);
+  store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
+  count(TCP_CONNECTED);
+  emitAck(rec);
+  grantCredit(idx, rec);
 }
 
 /** Tell native-vmm to peek again from `seq`; data peeked before it is from now on stale. */
@@ -615,8 +704,8 @@ export function tcpTick(idx: u32, t: f64): bool {
   store<u32>(rec, retries, T_RETRIES);
   const rto = load<u32>(rec, T_RTO_MS) << 1;
   store<u32>(rec, rto > RTO_MAX_MS ? RTO_MAX_MS : rto, T_RTO_MS);
-  if (state == TS_SYN_RCVD) {
-    emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
+  if (state == TS_SYN_RCVD || state == TS_SYN_SENT) {
+    emitSegment(rec, state == TS_SYN_SENT ? TH_SYN : TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
     armTimer(rec);
     return false;
   }

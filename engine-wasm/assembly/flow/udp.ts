@@ -11,13 +11,16 @@
 
 import {
   KEY_SCRATCH, CFG_MAX_UDP_FLOWS, ST_UDP_LIVE, ST_NOW_MS, CFG_GUEST_MAC, CFG_MTU,
-  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE, OPK_ICMP_OPEN,
+  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE, OPK_ICMP_OPEN, OPK_ACCEPT,
 } from "../layout";
 import {
   UDP_FLOWS_OPENED, UDP_TO_HOST, UDP_FROM_HOST, DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL,
   DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED, ICMP_ECHO_FORWARDED, ICMP_ECHO_FROM_HOST,
 } from "../counters";
-import { keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT } from "./table";
+import {
+  keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN,
+  F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_REMOTE,
+} from "./table";
 import { wr16, copy16 } from "../wire/bytes";
 import { admitNewFlow } from "../policy/admit";
 import { checksum } from "../wire/checksum";
@@ -26,47 +29,80 @@ import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Ch
 export const UDP_OPEN: u32 = 1;
 
 /**
- * A datagram from the guest whose key is already at KEY_SCRATCH. `dial`/`dialPort` say where the
- * host socket connects (the remote itself, or the DNS forwarder). Payload: `len` bytes at `data`.
+ * A datagram from the guest for no existing flow, key at KEY_SCRATCH (hash `hash`). `dial`/
+ * `dialPort` say where the host socket connects (the remote itself, or the DNS forwarder),
+ * `route` which of those it is (table.ts ROUTE_*). Payload: `len` bytes at `data`.
  * `gatewayService`: the gateway's own DNS, which policy does not govern (DESIGN §6).
  */
-export function udpFromGuest(data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool): void {
-  datagramFromGuest(17, OPK_UDP_OPEN, data, len, family, dial, dialPort, gatewayService);
+export function udpFromGuest(hash: u32, data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): void {
+  const idx = datagramFlowOpen(17, OPK_UDP_OPEN, hash, family, dial, dialPort, gatewayService, route);
+  if (idx >= 0) udpOnFlow(<u32>idx, data, len, family);
 }
 
 /** An ICMP/ICMPv6 echo request (`len` bytes of ICMP message at `data`) to the remote in the key. */
 export function icmpEchoFromGuest(proto: u32, data: usize, len: u32, family: u32): void {
-  datagramFromGuest(proto, OPK_ICMP_OPEN, data, len, family, KEY_SCRATCH + 24, 0, false);
+  const hash = keyHash();
+  let idx = flowLookup(hash);
+  if (idx < 0) idx = datagramFlowOpen(proto, OPK_ICMP_OPEN, hash, family, KEY_SCRATCH + 24, 0, false, ROUTE_REMOTE);
+  if (idx >= 0) udpOnFlow(<u32>idx, data, len, family);
   count(ICMP_ECHO_FORWARDED);
 }
 
-function datagramFromGuest(proto: u32, openOp: u32, data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool): void {
-  const hash = keyHash();
-  let idx = flowLookup(hash);
-  if (idx < 0) {
-    const live = load<u32>(ST_UDP_LIVE);
-    if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return; }
-    if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return; }
-    if (!admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return;
-    idx = flowInsert(hash);
-    if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return; }
-    const rec = flowRecord(<u32>idx);
-    store<u32>(rec, UDP_OPEN, F_STATE);
-    copy16(rec + F_DIAL_ADDR, dial);
-    store<u32>(rec, dialPort, F_DIAL_PORT);
-    store<u32>(ST_UDP_LIVE, live + 1);
-    if (!opPush(openOp, <u32>idx, 0, 0, family, dialPort, rec + F_DIAL_ADDR)) {
-      udpClose(<u32>idx, false);
-      return;
-    }
-    if (proto == 17) count(UDP_FLOWS_OPENED);
-  }
+/** Judge and create a datagram flow (key at KEY_SCRATCH) and open its host socket; -1 if not. */
+function datagramFlowOpen(proto: u32, openOp: u32, hash: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): i32 {
+  const live = load<u32>(ST_UDP_LIVE);
+  if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return -1; }
+  if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return -1; }
+  if (!admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return -1;
+  const idx = flowInsert(hash);
+  if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return -1; }
   const rec = flowRecord(<u32>idx);
-  if (!opPush(OPK_UDP_SEND, <u32>idx, data, len, family, 0, 0)) return;
+  store<u32>(rec, UDP_OPEN, F_STATE);
+  store<u8>(rec, route, F_ROUTE);
+  copy16(rec + F_DIAL_ADDR, dial);
+  store<u32>(rec, dialPort, F_DIAL_PORT);
+  store<u32>(ST_UDP_LIVE, live + 1);
+  if (!opPush(openOp, <u32>idx, 0, 0, family, dialPort, rec + F_DIAL_ADDR)) {
+    udpClose(<u32>idx, false);
+    return -1;
+  }
+  if (proto == 17) count(UDP_FLOWS_OPENED);
+  return idx;
+}
+
+/** A guest datagram (or echo request) for flow `idx`: sent on its host socket. */
+export function udpOnFlow(idx: u32, data: usize, len: u32, family: u32): void {
+  const rec = flowRecord(idx);
+  if (!opPush(OPK_UDP_SEND, idx, data, len, family, 0, 0)) return;
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
   store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + len, F_BYTES_OUT);
-  if (proto == 17) count(UDP_TO_HOST);
+  if (load<u8>(rec) == 17) count(UDP_TO_HOST);
+}
+
+/**
+ * A datagram (`len` bytes at `data`) from a new peer on published UDP port `listener`
+ * (flow/inbound.ts judged it): a flow toward the guest, key at KEY_SCRATCH, replies sent back to
+ * that peer through the listener's socket (OPK_ACCEPT). The caller checked there is room for the
+ * host operation and the frame. False when no flow can be made (counted).
+ */
+export function udpInboundOpen(hash: u32, listener: u32, peer: usize, peerPort: u32, data: usize, len: u32): bool {
+  const live = load<u32>(ST_UDP_LIVE);
+  if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
+  const idx = flowInsert(hash);
+  if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
+  const rec = flowRecord(<u32>idx);
+  store<u32>(rec, UDP_OPEN, F_STATE);
+  store<u8>(rec, ORIGIN_HOST, F_ORIGIN);
+  store<u8>(rec, ROUTE_PEER, F_ROUTE);
+  store<u16>(rec, <u16>listener, F_LISTENER);
+  copy16(rec + F_DIAL_ADDR, peer);
+  store<u32>(rec, peerPort, F_DIAL_PORT);
+  store<u32>(ST_UDP_LIVE, live + 1);
+  opPush(OPK_ACCEPT, <u32>idx, 0, 0, 0, listener, 0);
+  count(UDP_FLOWS_OPENED);
+  udpToGuest(<u32>idx, data, len);
+  return true;
 }
 
 /**

@@ -30,19 +30,50 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService
     if (verdict & 1) {
       store<u32>(PIN_MATCHED, 0); // a deny by a domain rule holds no pin
       count(DROP_POLICY);
-      audit(proto, family, dport, <i32>(verdict >> 1) - 1);
+      audit(proto, family, dport, <i32>(verdict >> 1) - 1, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
       if (policyDenyResponse() == 1) refuse(proto, true);
       return false;
     }
   }
-  const max = load<u32>(CFG_MAX_CONNECTIONS);
-  if (max != 0 && load<u32>(ST_TCP_LIVE) + load<u32>(ST_UDP_LIVE) >= max) {
+  if (overConnectionLimit()) {
     store<u32>(PIN_MATCHED, 0);
-    count(DROP_FLOW_LIMIT);
     refuse(proto, false); // over the limit: TCP is refused at once, UDP dropped
     return false;
   }
   if (!gatewayService) count(FLOWS_ALLOWED);
+  return true;
+}
+
+/** The sandbox holds --max-connections flows (TCP + UDP, both directions): counted when true. */
+function overConnectionLimit(): bool {
+  const max = load<u32>(CFG_MAX_CONNECTIONS);
+  if (max != 0 && load<u32>(ST_TCP_LIVE) + load<u32>(ST_UDP_LIVE) >= max) {
+    count(DROP_FLOW_LIMIT);
+    return true;
+  }
+  return false;
+}
+
+/**
+ * May a peer on a published port (`peer`, 16 bytes; `peerPort`) reach guest port `guestPort`?
+ * Judged by the inbound rules on the peer's address and the guest port, first match wins, else
+ * the policy's default inbound action; then the connection limit, which inbound flows share with
+ * outbound ones. A denial is counted and audited (direction inbound: source = the peer,
+ * destination = the guest's address and port); the caller refuses the peer.
+ */
+export function admitInbound(proto: u32, peer: usize, peerPort: u32, guest: usize, guestPort: u32): bool {
+  store<u32>(PIN_MATCHED, 0);
+  const verdict = policyEvaluate(proto, peer, guestPort, 1);
+  if (verdict & 1) {
+    store<u32>(PIN_MATCHED, 0);
+    count(DROP_POLICY);
+    const family: u32 = load<u64>(peer) == 0 && load<u32>(peer, 8) == 0xffff0000 ? 4 : 6;
+    audit(proto, family, guestPort, <i32>(verdict >> 1) - 1, 1, peer, peerPort, guest);
+    return false;
+  }
+  store<u32>(PIN_MATCHED, 0); // inbound flows hold no pin
+  if (overConnectionLimit()) return false;
+  count(FLOWS_ALLOWED);
   return true;
 }
 
@@ -52,7 +83,7 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService
  * mDNS or SSDP never vanishes without a trace. The key is at KEY_SCRATCH.
  */
 export function auditNotRouted(proto: u32, family: u32, dport: u32): void {
-  audit(proto, family, dport, AU_RULE_NOT_ROUTED);
+  audit(proto, family, dport, AU_RULE_NOT_ROUTED, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
 }
 
 function refuse(proto: u32, icmpForUdp: bool): void {
@@ -66,7 +97,7 @@ function refuse(proto: u32, icmpForUdp: bool): void {
 }
 
 /** Record a denial in the audit ring (bounded: when full, AUDIT_LOST counts what was not kept). */
-function audit(proto: u32, family: u32, dport: u32, rule: i32): void {
+function audit(proto: u32, family: u32, dport: u32, rule: i32, direction: u32, src: usize, sport: u32, dst: usize): void {
   const tail = ringTail(AUDIT_CTRL);
   if (tail - ringHead(AUDIT_CTRL) >= <u32>AUDIT_SLOTS) { count(AUDIT_LOST); return; }
   const r = AUDIT_BASE + <usize>(tail & (<u32>AUDIT_SLOTS - 1)) * AUDIT_RECORD_BYTES;
@@ -75,10 +106,10 @@ function audit(proto: u32, family: u32, dport: u32, rule: i32): void {
   store<u8>(r, <u8>proto, AU_PROTO);
   store<u8>(r, <u8>family, AU_FAMILY);
   store<u8>(r, 1, AU_ACTION);
-  store<u8>(r, 0, AU_DIRECTION);
-  store<u16>(r, load<u16>(KEY_SCRATCH, 4), AU_SPORT);
+  store<u8>(r, <u8>direction, AU_DIRECTION);
+  store<u16>(r, <u16>sport, AU_SPORT);
   store<u16>(r, <u16>dport, AU_DPORT);
-  copy16(r + AU_SRC, KEY_SCRATCH + 8);
-  copy16(r + AU_DST, KEY_SCRATCH + 24);
+  copy16(r + AU_SRC, src);
+  copy16(r + AU_DST, dst);
   ringPublishTail(AUDIT_CTRL, tail + 1);
 }

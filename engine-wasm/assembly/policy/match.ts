@@ -186,7 +186,7 @@ export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u3
     }
     return ((i + 1) << 1) | <u32>load<u8>(r, PR_ACTION);
   }
-  return load<u32>(slot, 4) & 1;
+  return load<u32>(slot + (direction ? 16 : 4)) & 1; // the default outbound or inbound action
 }
 
 /** The deny response of the policy in force: 0 drop silently, 1 reject (RST / ICMP). */

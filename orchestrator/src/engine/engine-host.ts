@@ -96,6 +96,15 @@ export class EngineHost {
     return this.control.liveSockets();
   }
 
+  /** Listener `id` on (addr, port) toward `guestPort` (engine-worker.ts, listen): the port bound, or -errno. */
+  async listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number): Promise<number> {
+    return this.control.listen(id, protocol, family, addr, port, guestPort);
+  }
+
+  async unlisten(id: number): Promise<void> {
+    if (!this.exited) await this.control.unlisten(id);
+  }
+
   /** Stop the worker (closing its link and host sockets); idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;

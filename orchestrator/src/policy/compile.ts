@@ -5,7 +5,7 @@
 import ipaddr from "ipaddr.js";
 import { layout as L } from "../engine/layout.js";
 import { ConfigError } from "../errors.js";
-import { GROUPS, type NetworkPolicy, type Rule } from "./model.js";
+import { GROUPS, type Action, type NetworkPolicy, type Rule } from "./model.js";
 
 export type DenyResponse = "drop" | "reject";
 
@@ -36,8 +36,11 @@ export function describeRule(r: Rule): string {
   return `${r.action}:${r.direction === "outbound" ? "egress" : "ingress"}@${target}${r.protocol ? `:${r.protocol}` : ""}${ports}`;
 }
 
-/** Write `policy` into slot `slot` (0/1) of the engine memory. */
-export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPolicy, denyResponse: DenyResponse, names: NameTable): void {
+/**
+ * Write `policy` into slot `slot` (0/1) of the engine memory. `defaultIngress`: what happens to a
+ * peer on a published port that no inbound rule matched.
+ */
+export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPolicy, denyResponse: DenyResponse, names: NameTable, defaultIngress: Action = "allow"): void {
   if (policy.rules.length > L.POLICY_MAX_RULES) {
     throw new ConfigError(`the policy has ${policy.rules.length} rules`, `at most ${L.POLICY_MAX_RULES} are supported`);
   }
@@ -74,14 +77,15 @@ export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPo
   });
   dv.setUint32(base + 4, policy.defaultAction === "deny" ? 1 : 0, true);
   dv.setUint32(base + 8, denyResponse === "reject" ? 1 : 0, true);
+  dv.setUint32(base + 16, defaultIngress === "deny" ? 1 : 0, true);
   dv.setUint32(base + 12, (dv.getUint32(base + 12, true) + 1) >>> 0, true);
   dv.setUint32(base, policy.rules.length, true);
 }
 
 /** Install `policy` on a running (or not yet started) engine: fill the idle slot, then flip. */
-export function installPolicy(mem: Uint8Array, policy: NetworkPolicy, denyResponse: DenyResponse, names: NameTable, first = false): void {
+export function installPolicy(mem: Uint8Array, policy: NetworkPolicy, denyResponse: DenyResponse, names: NameTable, first = false, defaultIngress: Action = "allow"): void {
   const i32 = new Int32Array(mem.buffer, mem.byteOffset + L.ST_POLICY_ACTIVE, 1);
   const next = first ? 0 : (Atomics.load(i32, 0) & 1) ^ 1;
-  writePolicySlot(mem, next, policy, denyResponse, names);
+  writePolicySlot(mem, next, policy, denyResponse, names, defaultIngress);
   Atomics.store(i32, 0, next);
 }

@@ -27,6 +27,9 @@ import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interc
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
 import { DnsTcpServer } from "../dns/tcp-proxy.js";
 import type { DnsWorkerSetup } from "../engine/engine-worker.js";
+import { layout as L } from "../engine/layout.js";
+import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
+import type { Action } from "../policy/model.js";
 
 const run = promisify(execFile);
 
@@ -80,6 +83,16 @@ export interface NetnsSandboxOptions {
    * connection cut short reaches its peer as a reset, never as a clean end.
    */
   exitGraceMs?: number;
+  /**
+   * Ports to publish: host (BIND:HOSTPORT) -> guest port. A host connection (or UDP peer)
+   * becomes a flow toward the guest, judged by the inbound rules; the guest sees it come from
+   * the gateway's address. More can be published and withdrawn later (publish(), unpublish()).
+   */
+  ports?: PortSpec[];
+  /** What happens to a peer on a published port that no inbound rule matched (default "allow"). */
+  defaultIngress?: Action;
+  /** Warnings (e.g. a port published beyond loopback); default: printed to stderr. */
+  onWarning?: (message: string) => void;
 }
 
 /** The longest destroy() waits for connections that keep moving data, in grace periods. */
@@ -92,8 +105,8 @@ function ipErr(args: string[], e: unknown): MoatError {
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
 }
 
-type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns">> & { dns: DnsOptions } &
-  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny"> & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy };
+type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning">> & { dns: DnsOptions } &
+  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny"> & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void };
 
 function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
@@ -133,7 +146,14 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
     blockDomains: (dns.blockDomains ?? []).map((n) => normalizeName(n)),
     blockDomainSuffixes: (dns.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
   };
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny };
+  const defaultIngress = o.defaultIngress ?? "allow";
+  if (defaultIngress !== "allow" && defaultIngress !== "deny") throw new ConfigError(`default ingress "${o.defaultIngress}" is unknown`, `use "allow" or "deny"`);
+  if (o.ports !== undefined && !Array.isArray(o.ports)) throw new ConfigError("ports is not a list", "e.g. ports: [{ host: 8080, guest: 80 }]");
+  const ports = (o.ports ?? []).map((p, i) => validatePort(p, `ports[${i}]`));
+  if (ports.length > L.PUB_MAX) throw new ConfigError(`${ports.length} ports to publish`, `at most ${L.PUB_MAX} per sandbox`);
+  if (ports.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so ports cannot be published to it", "drop the ports, or choose another policy");
+  const onWarning = o.onWarning ?? ((m: string) => { process.stderr.write(`moat: warning: ${m}\n`); });
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, ports, defaultIngress, onWarning };
 }
 
 // Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
@@ -216,7 +236,7 @@ export class NetnsSandbox {
       };
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
         prepare: (mem) => {
-          installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true);
+          installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true, o.defaultIngress);
           // The host's own addresses are Group Host from the first frame on, and kept current.
           sandbox.unwatchHost = watchHostAddresses((addrs) => {
             // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
@@ -238,6 +258,8 @@ export class NetnsSandbox {
         process.stderr.write(`moat: sandbox ${sandbox.name}: ${reason}; its network is down\n`);
       };
       await sandbox.configureGuest();
+      // Before the command starts: a port in use is an error now, not a surprise later.
+      for (const p of o.ports) await sandbox.publish(p);
       return sandbox;
     } catch (e) {
       await sandbox.destroy();
@@ -251,10 +273,62 @@ export class NetnsSandbox {
     if (p.offline !== this.policy.offline) {
       throw new ConfigError("a running sandbox cannot switch to or from NetworkPolicy.none()", "none() decides whether the sandbox has an interface at all: choose it at creation");
     }
-    if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names);
+    if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names, false, this.options.defaultIngress);
     this.policy = p;
     this.denyResponse = denyResponse;
     this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
+  }
+
+  // ---- published ports ----------------------------------------------------------------------------
+  private readonly published = new Map<number, PublishedPort>(); // by listener id
+  private nextListener = 0;
+
+  /** The ports being served (host ports as bound: a requested 0 shows the port chosen). */
+  get ports(): PublishedPort[] {
+    return [...this.published.values()].map((p) => ({ ...p }));
+  }
+
+  /**
+   * Publish a port on the running sandbox: `publish(8080, 80)`, `publish(5353, 53, "udp")` or
+   * `publish({ bind, host, guest, protocol })`. Resolves with the port as bound (host 0: the
+   * kernel's choice) once it accepts connections; a port in use rejects with ERR_PORT.
+   */
+  async publish(spec: PortSpec | number, guest?: number, protocol: PortProtocol = "tcp"): Promise<PublishedPort> {
+    const want = validatePort(typeof spec === "number" ? { host: spec, guest: guest as number, protocol } : spec);
+    if (!this.engine) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: the sandbox has no network${this.destroyed ? " (destroyed)" : ""}`);
+    if (this.published.size >= L.PUB_MAX) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${L.PUB_MAX} ports are published already`, "unpublish one first");
+    // Listener ids rotate, so a decision still in flight for a withdrawn port never meets a new one.
+    let id = this.nextListener;
+    while (this.published.has(id)) id = (id + 1) % L.PUB_MAX;
+    this.nextListener = (id + 1) % L.PUB_MAX;
+    const a = ipaddr.parse(want.bind);
+    const family = a.kind() === "ipv4" ? 4 : 6;
+    const addr = Uint8Array.from(a.kind() === "ipv4" ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());
+    const r = await this.engine.listen(id, want.protocol, family, addr, want.host, want.guest);
+    if (r < 0) {
+      const errno = -r;
+      const inUse = errno === 98; // EADDRINUSE
+      throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${inUse ? "the port is already in use" : errno === 99 ? "that address is not on this machine" : errno === 13 ? "permission denied" : `error ${errno}`}`,
+        inUse ? `choose another host port, or stop what listens on ${want.host} (ss -lntup 'sport = :${want.host}')` : undefined);
+    }
+    const p: PublishedPort = { ...want, host: r };
+    this.published.set(id, p);
+    const warning = exposureWarning(p);
+    if (warning) this.options.onWarning(warning);
+    return { ...p };
+  }
+
+  /**
+   * Withdraw a published port (by host port, and protocol if both are published): new peers are
+   * refused from now on; connections already made carry on until they end.
+   */
+  async unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
+    const hit = [...this.published].filter(([, p]) => p.host === hostPort && (protocol === undefined || p.protocol === protocol));
+    if (hit.length === 0) throw new MoatError("ERR_PORT", `host port ${hostPort}${protocol ? `/${protocol}` : ""} is not published by sandbox ${this.name}`, `published: ${this.ports.map(describePort).join(", ") || "none"}`);
+    for (const [id] of hit) {
+      this.published.delete(id);
+      await this.engine?.unlisten(id);
+    }
   }
 
   /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */

@@ -14,6 +14,7 @@ export type { LinkSpec, TapLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";
 export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder } from "./sandbox/builder.js";
 export type { DnsOptions } from "./sandbox/netns-sandbox.js";
+export { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "./sandbox/ports.js";
 export {
   NetworkPolicy, Rule, Destination, PortRange, GROUPS,
   type Action, type Direction, type Protocol, type Group, type NetworkPolicyShape,

@@ -6,49 +6,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineHarness, testConfig, counterDelta, type HostOp } from "../helpers/engine-harness.js";
 import { eth, ipv4, withL4Checksum } from "../helpers/frames.js";
+import { GUEST, REMOTE, FIN, SYN, RST, PSH, ACK, u16, segment, parse, type Seg } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
-
-const GUEST = testConfig.guestIp4;
-const REMOTE = "198.51.100.7";
-const FIN = 0x01, SYN = 0x02, RST = 0x04, PSH = 0x08, ACK = 0x10;
-const u16 = (v: number) => [(v >> 8) & 255, v & 255];
-const u32 = (v: number) => [(v >>> 24) & 255, (v >>> 16) & 255, (v >>> 8) & 255, v & 255];
-
-interface Seg { sport: number; dport: number; seq: number; ack: number; flags: number; window: number; options: number[]; data: Uint8Array }
-
-/** A guest -> `dst` TCP segment as a frame (valid checksums). */
-function segment(dst: string, s: Partial<Seg> & { dport: number }): Uint8Array {
-  const options = s.options ?? [];
-  const doff = 20 + options.length;
-  const data = s.data ?? new Uint8Array(0);
-  const tcp = withL4Checksum([...u16(s.sport ?? 40000), ...u16(s.dport), ...u32(s.seq ?? 0), ...u32(s.ack ?? 0),
-    (doff / 4) << 4, s.flags ?? ACK, ...u16(s.window ?? 65535), 0, 0, 0, 0, ...options, ...data], 16, GUEST, dst, 6);
-  return eth(testConfig.gatewayMac, testConfig.guestMac, 0x0800, ipv4(GUEST, dst, 6, tcp));
-}
-
-/** A frame the engine sent the guest, read back as a TCP segment. */
-function parse(frame: Uint8Array): Seg & { mss?: number; wscale?: number } {
-  assert.equal((frame[12]! << 8) | frame[13]!, 0x0800, "an IPv4 frame");
-  const ip = frame.subarray(14);
-  assert.equal(ip[9], 6, "a TCP segment");
-  const t = ip.subarray((ip[0]! & 15) * 4, (ip[2]! << 8) | ip[3]!);
-  const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
-  const doff = (t[12]! >> 4) * 4;
-  const out: Seg & { mss?: number; wscale?: number } = {
-    sport: dv.getUint16(0), dport: dv.getUint16(2), seq: dv.getUint32(4), ack: dv.getUint32(8), flags: t[13]!,
-    window: dv.getUint16(14), options: Array.from(t.subarray(20, doff)), data: t.slice(doff),
-  };
-  for (let o = 20; o < doff;) {
-    const kind = t[o]!;
-    if (kind === 0) break;
-    if (kind === 1) { o++; continue; }
-    if (kind === 2) out.mss = dv.getUint16(o + 2);
-    if (kind === 3) out.wscale = t[o + 2];
-    o += t[o + 1]!;
-  }
-  return out;
-}
 
 const ops = (h: EngineHarness, kind: number) => h.takeOps().filter((o) => o.kind === kind);
 

@@ -73,11 +73,14 @@ export class EngineHarness {
     return this.deliverData(flow, L.INK_UDP_DATA, data, 0);
   }
 
-  /** An entry of the inbound ring (host data: UDP datagrams, TCP bytes with their sequence number, EOF). */
-  deliverData(flow: number, kind: number, data: Uint8Array, flags: number): Uint8Array[] {
+  /**
+   * An entry of the inbound ring (host data: UDP datagrams, TCP bytes with their sequence number,
+   * EOF), its bytes placed `at` bytes into the slot (a published UDP port's datagrams follow a header).
+   */
+  deliverData(flow: number, kind: number, data: Uint8Array, flags: number, at = 0): Uint8Array[] {
     const tail = this.u32(L.IN_CTRL + L.RING_CTRL_TAIL);
     const slot = tail & (L.IN_SLOTS - 1);
-    this.mem.set(data, L.IN_BUF_BASE + slot * L.SLOT_BYTES);
+    this.mem.set(data, L.IN_BUF_BASE + slot * L.SLOT_BYTES + at);
     this.writeDesc(L.IN_DESC_BASE + slot * L.DESC_BYTES, flow, kind, data.length, flags);
     this.setU32(L.IN_CTRL + L.RING_CTRL_TAIL, tail + 1);
     return this.run();

@@ -4,6 +4,8 @@ import { ConfigError } from "../errors.js";
 
 export interface FlagSpec {
   name: string; // without the leading --
+  /** A one-letter alias, given as -X (e.g. "p" for -p). */
+  short?: string;
   kind: "int" | "string" | "bool";
   /** May be given several times; the values are kept in order (Parsed.lists). */
   repeat?: boolean;
@@ -25,7 +27,7 @@ export interface Parsed {
  * not an option starts `rest` (the command to run), which is returned untouched.
  */
 export function parseFlags(args: string[], specs: readonly FlagSpec[], context: string): Parsed {
-  const byName = new Map(specs.map((s) => [s.name, s]));
+  const byName = new Map(specs.flatMap((s) => (s.short ? [[s.name, s], [s.short, s]] as const : [[s.name, s]] as const)));
   const flags = new Map<string, string | number | boolean>();
   const lists = new Map<string, string[]>();
   let i = 0;
@@ -69,7 +71,7 @@ export function parseFlags(args: string[], specs: readonly FlagSpec[], context: 
 }
 
 export function flagHelp(specs: readonly FlagSpec[]): string {
-  const rows = specs.map((s) => [`--${s.name}${s.kind === "bool" ? "" : ` ${s.metavar ?? "VALUE"}`}${s.repeat ? " ..." : ""}`, s.help] as const);
+  const rows = specs.map((s) => [`${s.short ? `-${s.short}, ` : ""}--${s.name}${s.kind === "bool" ? "" : ` ${s.metavar ?? "VALUE"}`}${s.repeat ? " ..." : ""}`, s.help] as const);
   const w = Math.max(...rows.map((r) => r[0].length)) + 2;
   return rows.map(([l, h]) => `  ${l.padEnd(w)}${h.replace(/\n/g, "\n" + " ".repeat(w + 2))}`).join("\n");
 }

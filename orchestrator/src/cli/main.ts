@@ -8,6 +8,7 @@ import { MoatError, ConfigError } from "../errors.js";
 import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile } from "../policy/config-file.js";
+import { parsePublish, describePort } from "../sandbox/ports.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -16,6 +17,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "no-net", kind: "bool", help: "the same as --net none (the reference's spelling)" },
   { name: "net-rule", kind: "string", metavar: "RULE", repeat: true, help: "a rule, ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]], tried in order before\nthe preset's own (first match wins). ACTION allow|deny; DIRECTION egress|\ningress; TARGET any, IP, CIDR ([v6] in brackets), name, .suffix, *.suffix,\ngroup:NAME (host, metadata, loopback, private, link-local, multicast,\npublic); PROTO tcp|udp|icmp|icmpv6|any; PORTS N or N-M.\nExample: allow@group:private:tcp:5432" },
   { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched. Without --net (or a --config\npolicy) the preset's rules are left out: deny + --net-rule = an allowlist" },
+  { name: "net-default-ingress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to a peer on a published port that no ingress rule matched\n(default allow: publishing a port is the permission)" },
+  { name: "publish", short: "p", kind: "string", metavar: "[BIND:]HOST:GUEST[/udp]", repeat: true, help: "publish guest port GUEST on this machine's HOST port: connections to\nBIND:HOST (default 127.0.0.1; [::1] for IPv6) reach the sandbox, coming\nfrom the gateway's address. /udp for UDP (default tcp). HOST 0 picks a free\nport (printed). Judged by ingress rules, e.g. deny:ingress@10.0.0.0/8.\nA bind beyond loopback (0.0.0.0, a LAN address) prints a warning" },
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject"], help: "drop (default: silence, as on a firewalled network) or reject (TCP\nreset, ICMP administratively prohibited: fails fast)" },
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
@@ -59,6 +62,9 @@ interrupted.
 Inside the sandbox:
   address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
   gateway      172.30.N.1 and fe80::1 — answers ARP, NDP, DHCP, router solicitations and ping
+  ports        -p publishes a sandbox port on this machine: connections to it come into
+               the sandbox from the gateway's address (the host's loopback cannot be
+               shown to a guest as a source), judged by ingress rules
   DNS          /etc/resolv.conf points at the gateway. Every query on port 53, to any
                address, is intercepted: block lists, rebinding protection, and the
                answers pin names to addresses for domain rules. DoT, DoQ, mDNS, LLMNR and
@@ -86,6 +92,8 @@ Examples:
   moat run --dns-nameserver 192.0.2.53 --dns-block-suffix ads.example -- dig example.test
   moat run --net-default-egress deny --net-rule allow@api.example.com:tcp:443 -- curl https://api.example.com/
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
+  moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
+  moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
 `;
 
 function signalNumber(sig: NodeJS.Signals): number {
@@ -148,6 +156,8 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
     ipv4Pool: flags.get("ipv4-pool") as string | undefined,
     exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
+    ports: [...(file.ports ?? []), ...(lists.get("publish") ?? []).map((t) => parsePublish(t, "-p"))],
+    defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
   };
 }
 
@@ -162,6 +172,10 @@ async function cmdRun(args: string[]): Promise<number> {
   }
   const options = runOptions(flags, lists);
   const sandbox = await NetnsSandbox.create(options);
+  // A port the kernel chose is worth saying; one the user named is not.
+  sandbox.ports.forEach((p, i) => {
+    if (options.ports?.[i]?.host === 0) process.stderr.write(`moat: published ${describePort(p)} -> sandbox port ${p.guest}\n`);
+  });
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
     child = sandbox.spawn(rest);

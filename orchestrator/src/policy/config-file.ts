@@ -18,6 +18,8 @@
 //       "auditLogMaxBytes": 67108864,           // the audit log stops here (with a last line saying so)
 //       "auditLogIntervalMs": 10000,            // repeats of one event within this are one summary line
 //       "exitGraceMs": 5000,                    // when the command ends: how long idle connections are served
+//       "ports": ["8080:80", { "bind": "::1", "host": 5353, "guest": 53, "protocol": "udp" }],
+//       "defaultIngress": "allow",              // peers on published ports no ingress rule matched
 //       "dns": { "blockDomains": [], "blockDomainSuffixes": [], "nameservers": [], "queryTimeoutMs": 2000,
 //                "rebindProtection": true, "blockedResponse": "nxdomain" }
 //     }
@@ -28,6 +30,7 @@ import { ConfigError } from "../errors.js";
 import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "./model.js";
 import { parseRule, strictCidr } from "./rule-parser.js";
 import type { DnsOptions } from "../sandbox/netns-sandbox.js";
+import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
 
 /** The config file's "dns" section: the same settings as the library's DnsOptions. */
 export type DnsConfig = DnsOptions;
@@ -42,6 +45,8 @@ export interface MoatConfig {
     auditLogIntervalMs?: number;
     exitGraceMs?: number;
     dns?: DnsConfig;
+    ports?: PortSpec[];
+    defaultIngress?: Action;
   };
 }
 
@@ -53,7 +58,7 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
 };
 
 const TOP_KEYS = ["network"] as const;
-const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns"] as const;
+const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
 const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
 const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
@@ -113,6 +118,14 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
     network.exitGraceMs = g as number;
   }
   if (net.dns !== undefined) network.dns = dns(ctx, net.dns);
+  if (net.defaultIngress !== undefined) network.defaultIngress = oneOf(ctx, net.defaultIngress, "network.defaultIngress", ["allow", "deny"] as const);
+  if (net.ports !== undefined) {
+    if (!Array.isArray(net.ports)) fail("network.ports", `is ${describe(net.ports)}, not a list`, `e.g. "ports": ["8080:80", { "host": 5353, "guest": 53, "protocol": "udp" }]`);
+    network.ports = (net.ports as unknown[]).map((p, i) => {
+      const where = `${source}: network.ports[${i}]`;
+      return typeof p === "string" ? parsePublish(p, where) : validatePort(p as PortSpec, where);
+    });
+  }
   config.network = network;
   return config;
 }

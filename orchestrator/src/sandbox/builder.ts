@@ -8,6 +8,8 @@
 // Every builder call only records a value; validation happens in create(), which reports the
 // first problem as a ConfigError.
 import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./netns-sandbox.js";
+import type { PortSpec } from "./ports.js";
+import type { Action } from "../policy/model.js";
 
 export class DnsBuilder {
   /** @internal */ readonly options: DnsOptions = {};
@@ -41,20 +43,29 @@ export class NetworkBuilder {
     this.options.dns = { ...this.options.dns, ...d.options };
     return this;
   }
+  /** What happens to a peer on a published port that no inbound rule matched (default "allow"). */
+  defaultIngress(action: Action): this { this.options.defaultIngress = action; return this; }
   /** The reference's dns_rebind_protection() on the network builder. */
   dnsRebindProtection(enabled: boolean): this { this.options.dns = { ...this.options.dns, rebindProtection: enabled }; return this; }
 }
 
 export class SandboxBuilder {
   private readonly net = new NetworkBuilder();
+  private readonly ports: PortSpec[] = [];
   constructor(private readonly name: string) {}
+  /** Publish guest TCP port `guest` on 127.0.0.1:`host` (the reference's SandboxBuilder::port). */
+  port(host: number, guest: number): this { this.ports.push({ host, guest, protocol: "tcp" }); return this; }
+  /** Publish guest UDP port `guest` on 127.0.0.1:`host` (the reference's port_udp). */
+  portUdp(host: number, guest: number): this { this.ports.push({ host, guest, protocol: "udp" }); return this; }
+  /** Publish with every field: { bind, host, guest, protocol }. */
+  publish(spec: PortSpec): this { this.ports.push({ ...spec }); return this; }
   network(configure: (n: NetworkBuilder) => NetworkBuilder): this {
     configure(this.net);
     return this;
   }
   /** Create the sandbox (a network namespace served by a moat engine). */
   create(): Promise<NetnsSandbox> {
-    return NetnsSandbox.create({ ...this.net.options, name: this.name });
+    return NetnsSandbox.create({ ...this.net.options, ports: [...(this.net.options.ports ?? []), ...this.ports], name: this.name });
   }
 }
 

@@ -1,0 +1,125 @@
+// inbound.test.ts — published ports (-p, sandbox.publish): host clients reach servers inside the
+// sandbox through the engine's active opens, judged by ingress rules and the connection limit.
+// The library scenario (testbed/inbound.ts) runs once; each test checks one of its findings.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, rmSync, mkdtempSync, writeFileSync } from "node:fs";
+import { World, systemTestSkipReason } from "../testbed/world.js";
+
+const skip = systemTestSkipReason() ?? (hasCurl() ? undefined : "curl is not installed");
+let world: World;
+let found: Record<string, any> = {};
+
+function hasCurl(): boolean {
+  try {
+    execFileSync("curl", ["--version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+before(async () => {
+  if (skip) return;
+  world = World.create();
+  const r = await world.sandboxScript("inbound.js", [], 180000);
+  assert.equal(r.code, 0, r.stderr);
+  found = JSON.parse(r.stdout.trim().split("\n").pop()!);
+  assert.equal(found.failure, undefined, `the scenario failed: ${found.failure}`);
+});
+after(() => world?.teardown());
+
+test("curl on the host reaches an HTTP server inside the sandbox through a published port", { skip }, () => {
+  assert.equal(found.http, "hello from inside the sandbox\n");
+});
+
+test("64 MiB cross a published port each way, hash-checked", { skip }, () => {
+  assert.equal(found.upload.got, found.upload.sent, "upload");
+  assert.equal(found.download.bytes, 64 * 1024 * 1024);
+  assert.equal(found.download.got, found.download.want, "download");
+});
+
+test("200 concurrent inbound connections all echo exactly", { skip }, () => {
+  assert.equal(found.concurrent, 200);
+});
+
+test("half-close and resets cross in both directions", { skip }, () => {
+  assert.deepEqual(found.halfClose, { data: "half-closed hello", ended: true }, "the client's FIN reached the guest and the guest's came back");
+  assert.equal(found.peerReset, 1, "a peer's reset reached the engine (and the guest)");
+  assert.equal(found.guestReset, "ECONNRESET", "the guest's reset reached the peer");
+});
+
+test("an IPv6 bind ([::1]) serves the same guest port", { skip }, () => {
+  assert.equal(found.ipv6, true);
+});
+
+test("a published port with nothing listening in the guest resets the client at once", { skip }, () => {
+  assert.equal(found.closedPort.error, "ECONNRESET");
+  assert.ok(found.closedPort.ms < 1000, `took ${found.closedPort.ms} ms`);
+});
+
+test("an ingress deny rule resets the peer and writes an inbound audit event", { skip }, () => {
+  assert.equal(found.denied.error, "ECONNRESET");
+  const [e] = found.denied.events;
+  assert.ok(e, "no audit event");
+  assert.equal(e.direction, "inbound");
+  assert.match(e.source, /^127\.0\.0\.2:\d+$/);
+  assert.equal(e.port, 9003);
+  assert.match(e.rule, /deny:ingress@127\.0\.0\.2\/32:tcp/);
+  assert.equal(found.denied.events.length, 1, "only the denied peer is audited");
+});
+
+test("UDP: each peer of a published port gets its own replies", { skip }, () => {
+  assert.deepEqual(found.udp, ["peer-one", "peer-two"]);
+});
+
+test("ports are published and withdrawn on a running sandbox", { skip }, () => {
+  assert.equal(found.live.published, true);
+  assert.equal(found.live.after, "ECONNREFUSED");
+});
+
+test("inbound connections count against --max-connections: over it, a reset", { skip }, () => {
+  assert.equal(found.limit.fourth, "ECONNRESET");
+  assert.equal(found.limit.flowLimit, 1);
+});
+
+test("afterwards the flow table and the host sockets are empty", { skip }, () => {
+  assert.deepEqual(found.leftovers, { flows: 0, sockets: 0 });
+});
+
+test("moat run -p: a port in use is an error before the command starts", { skip }, async () => {
+  const marker = `/tmp/moat-started-${process.pid}`;
+  rmSync(marker, { force: true });
+  // Something listens on 127.0.0.1:18080 in the host namespace first (until teardown).
+  await world.startProcess(["python3", "-c", "import socket,time;s=socket.socket();s.bind(('127.0.0.1',18080));s.listen();print('ready',flush=True);time.sleep(600)"], "host");
+  const r = await world.moat(["run", "-p", "18080:80", "--", "touch", marker]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /cannot publish 127\.0\.0\.1:18080\/tcp: the port is already in use/);
+  assert.equal(existsSync(marker), false, "the command ran anyway");
+});
+
+test("moat run -p serves curl on the host; a wildcard bind warns", { skip }, async () => {
+  const dir = mkdtempSync("/tmp/moat-http-");
+  writeFileSync(`${dir}/hello.txt`, "served through -p\n");
+  const p = world.spawnMoat(["run", "-p", "0.0.0.0:18081:8000", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", dir, "8000"]);
+  let stderr = "";
+  p.stderr!.on("data", (d) => (stderr += d));
+  const exited = new Promise((r) => p.once("exit", r));
+  let body = "";
+  try {
+    for (let i = 0; i < 100 && !body; i++) {
+      try {
+        body = execFileSync("ip", ["netns", "exec", world.host, "curl", "-sS", "--fail", "-m", "2", "http://127.0.0.1:18081/hello.txt"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+      } catch {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  } finally {
+    p.kill("SIGTERM");
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+  assert.equal(body, "served through -p\n");
+  assert.match(stderr, /warning: publishing 0\.0\.0\.0:18081\/tcp exposes sandbox port 8000\/tcp to every network this machine is on/);
+});

@@ -14,9 +14,14 @@
 //     past 120 s or failed)
 //   - CPU: the contender's process time (user+sys) during the iperf3 runs, as cores per Gbit/s
 //     (veth has no process: its cost is in the kernel and is not shown)
+// and, inbound, through a published port (moat -p, pasta -t, slirp4netns's add_hostfwd over its
+// API socket; veth: the guest's address itself, no forwarding): an iperf3 server and a TCP echo
+// server inside the guest, measured from the host namespace's loopback
+//   - iperf3 host->guest and guest->host (-R), Gbit/s
+//   - connections per second through the published port (the same loop as outbound)
 // and printed with the ratios moat / each peer.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, existsSync } from "node:fs";
+import { readFileSync, existsSync, rmSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 
 const args = process.argv.slice(2);
@@ -24,10 +29,24 @@ const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`
 const SECONDS = Number(opt("time", "5"));
 const ONLY = opt("only", "moat,slirp4netns,pasta,veth").split(",");
 
+// Published ports (inbound rows): host side 127.0.0.1:IN_IPERF / IN_ECHO -> guest 5201 / 7, for
+// clients on the host's loopback; and NET_HOST:NET_IPERF / NET_ECHO, for clients in the world
+// namespace reaching the host over its network (pasta splices loopback connections socket to
+// socket inside the kernel, and serves the others through its tap path like everyone else).
+const IN_IPERF = 15201;
+const IN_ECHO = 15007;
+const NET_HOST = "203.0.113.1";
+const NET_IPERF = 15202;
+const NET_ECHO = 15008;
+interface InboundAt { host: string; iperf: number; echo: number }
+
 interface Contender {
   name: string;
-  /** Prepare the guest namespace; returns how to run a command in it and the process to bill CPU to. */
-  up(world: World, guest: string): Promise<{ pid?: number; stop: () => void; exec: (cmd: string[]) => string[] }>;
+  /**
+   * Prepare the guest namespace, with IN_IPERF and IN_ECHO published; returns how to run a
+   * command in it, the process to bill CPU to, and where the host side reaches the published ports.
+   */
+  up(world: World, guest: string): Promise<{ pid?: number; stop: () => void; exec: (cmd: string[]) => string[]; inbound?: { loopback: InboundAt; net: InboundAt } }>;
 }
 
 function ip(...a: string[]): void { execFileSync("ip", a, { stdio: ["ignore", "ignore", "pipe"] }); }
@@ -42,6 +61,7 @@ const nsExec = (ns: string) => (cmd: string[]) => ["ip", "netns", "exec", ns, ..
 
 // pasta: the world host is the host namespace's default gateway, which pasta by default maps
 // to the host's loopback; --no-map-gw makes it reach the real world host like the others.
+const PUBLISHED = { loopback: { host: "127.0.0.1", iperf: IN_IPERF, echo: IN_ECHO }, net: { host: NET_HOST, iperf: NET_IPERF, echo: NET_ECHO } };
 const contenders: Contender[] = [
   {
     name: "moat",
@@ -50,31 +70,45 @@ const contenders: Contender[] = [
       // long-lived sandbox open and entering it.
       // nsenter (not `ip netns exec`) keeps the mount namespace, so the namespace moat creates
       // is visible to the measuring commands.
-      const p = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--", "sleep", "3600"], { stdio: "ignore" });
-      for (let i = 0; i < 50 && !existsSync("/run/netns/moat-0"); i++) await sleep(100);
-      await sleep(500);
-      const ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
-      if (!ns) throw new Error("moat's sandbox did not appear");
-      const pid = Number(execFileSync("pgrep", ["-f", `${MOAT_BIN} run -- sleep 3600`], { encoding: "utf8" }).trim().split("\n").pop());
-      return { pid, stop: () => killTree(p), exec: nsExec(ns) };
+      const p = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "-p", `${IN_IPERF}:5201`, "-p", `${IN_ECHO}:7`,
+        "-p", `${NET_HOST}:${NET_IPERF}:5201`, "-p", `${NET_HOST}:${NET_ECHO}:7`, "--", "sleep", "3600"], { stdio: "ignore" });
+      try {
+        for (let i = 0; i < 50 && !existsSync("/run/netns/moat-0"); i++) await sleep(100);
+        await sleep(500);
+        const ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
+        if (!ns) throw new Error("moat's sandbox did not appear");
+        // nsenter execs the command: the process is moat itself.
+        return { pid: p.pid, stop: () => killTree(p), exec: nsExec(ns), inbound: PUBLISHED };
+      } catch (e) {
+        killTree(p);
+        throw e;
+      }
     },
   },
   {
     name: "slirp4netns",
     async up(world, guest) {
       ip("netns", "add", guest);
-      const p = spawn("ip", ["netns", "exec", world.host, "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--netns-type=path", `/run/netns/${guest}`, "tap0"], { stdio: "ignore" });
+      const api = `/tmp/moat-bench-slirp-${process.pid}.sock`;
+      const p = spawn("ip", ["netns", "exec", world.host, "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--api-socket", api, "--netns-type=path", `/run/netns/${guest}`, "tap0"], { stdio: "ignore" });
       await sleep(1000);
-      return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); }, exec: nsExec(guest) };
+      // Port forwarding is added at run time through the API socket (add_hostfwd).
+      for (const [addr, host, guestPort] of [["127.0.0.1", IN_IPERF, 5201], ["127.0.0.1", IN_ECHO, 7], [NET_HOST, NET_IPERF, 5201], [NET_HOST, NET_ECHO, 7]] as const) {
+        const reply = run(["socat", "-t", "2", "-", `UNIX-CONNECT:${api}`], 5000, JSON.stringify({ execute: "add_hostfwd", arguments: { proto: "tcp", host_addr: addr, host_port: host, guest_port: guestPort } }));
+        if (!reply.includes("return")) throw new Error(`slirp4netns add_hostfwd: ${reply}`);
+      }
+      return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); rmSync(api, { force: true }); }, exec: nsExec(guest), inbound: PUBLISHED };
     },
   },
   {
     name: "pasta",
     async up(world, guest) {
       ip("netns", "add", guest);
-      const p = spawn("ip", ["netns", "exec", world.host, "pasta", "--runas", "0", "-f", "-q", "--config-net", "--no-map-gw", "--mtu", "65520", "--netns", `/run/netns/${guest}`], { stdio: "ignore" });
+      const p = spawn("ip", ["netns", "exec", world.host, "pasta", "--runas", "0", "-f", "-q", "--config-net", "--no-map-gw", "--mtu", "65520",
+        "-t", `127.0.0.1/${IN_IPERF}:5201`, "-t", `127.0.0.1/${IN_ECHO}:7`, "-t", `${NET_HOST}/${NET_IPERF}:5201`, "-t", `${NET_HOST}/${NET_ECHO}:7`,
+        "--netns", `/run/netns/${guest}`], { stdio: "ignore" });
       await sleep(1000);
-      return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); }, exec: nsExec(guest) };
+      return { pid: p.pid, stop: () => { killTree(p); ip("netns", "del", guest); }, exec: nsExec(guest), inbound: PUBLISHED };
     },
   },
   {
@@ -90,21 +124,45 @@ const contenders: Contender[] = [
       ip("-n", guest, "route", "add", "default", "via", "10.99.0.1");
       execFileSync("ip", ["netns", "exec", world.host, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
       ip("-n", world.world, "route", "add", "10.99.0.0/30", "via", "203.0.113.1");
-      return { stop: () => { ip("netns", "del", guest); ip("-n", world.world, "route", "del", "10.99.0.0/30"); }, exec: nsExec(guest) };
+      return { stop: () => { ip("netns", "del", guest); ip("-n", world.world, "route", "del", "10.99.0.0/30"); }, exec: nsExec(guest), inbound: { loopback: { host: "10.99.0.2", iperf: 5201, echo: 7 }, net: { host: "10.99.0.2", iperf: 5201, echo: 7 } } };
     },
   },
 ];
 
-function run(argv: string[], timeoutMs = 120000): string {
-  return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, stdio: ["ignore", "pipe", "pipe"] });
+function run(argv: string[], timeoutMs = 120000, input?: string): string {
+  return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"], input });
 }
 
-function iperf(exec: (c: string[]) => string[], reverse: boolean): number {
-  const out = JSON.parse(run(exec(["iperf3", "-J", "-c", WORLD_IP4, "-t", String(SECONDS), ...(reverse ? ["-R"] : [])]))) as { end: { sum_received: { bits_per_second: number } } };
+function iperf(exec: (c: string[]) => string[], reverse: boolean, target = WORLD_IP4, port = 5201): number {
+  const out = JSON.parse(run(exec(["iperf3", "-J", "-c", target, "-p", String(port), "-t", String(SECONDS), ...(reverse ? ["-R"] : [])]))) as { end: { sum_received: { bits_per_second: number } } };
   return out.end.sum_received.bits_per_second / 1e9;
 }
 
-interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; bulkSeconds: number | undefined }
+interface InboundFigures { toGuest: number; fromGuest: number; crr: number }
+interface Inbound { loopback: InboundFigures; net: InboundFigures }
+interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; bulkSeconds: number | undefined; inbound?: Inbound }
+
+/** Through the published ports: servers inside the guest, clients in the host namespace. */
+async function measureInbound(world: World, env: Awaited<ReturnType<Contender["up"]>>): Promise<Inbound | undefined> {
+  const at = env.inbound;
+  if (!at) return undefined;
+  run(env.exec(["iperf3", "-s", "-D", "-p", "5201"]));
+  const argv = env.exec([process.execPath, `${TESTBED_JS}servers.js`, "tcp-echo", "7"]);
+  const echo = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "ignore"] });
+  try {
+    await new Promise((resolve) => echo.stdout!.once("data", resolve));
+    await sleep(200);
+    const figures = (exec: (c: string[]) => string[], to: InboundAt): InboundFigures => ({
+      toGuest: iperf(exec, false, to.host, to.iperf),
+      fromGuest: iperf(exec, true, to.host, to.iperf),
+      crr: Number(/crr (\d+)/.exec(run(exec([process.execPath, `${TESTBED_JS}tcp-clients.js`, "crr", to.host, String(to.echo), String(Math.min(SECONDS, 3))])))![1]),
+    });
+    return { loopback: figures(nsExec(world.host), at.loopback), net: figures(nsExec(world.world), at.net) };
+  } finally {
+    killTree(echo);
+    try { run(env.exec(["pkill", "-f", "iperf3 -s -D -p 5201"])); } catch { /* gone */ }
+  }
+}
 
 async function measure(world: World, c: Contender): Promise<Row> {
   const env = await c.up(world, `peer-${c.name}`);
@@ -125,7 +183,13 @@ async function measure(world: World, c: Contender): Promise<Row> {
     } catch (e) {
       process.stderr.write(`peers: ${c.name}: 1000 x 1 MiB failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
     }
-    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), bulkSeconds };
+    let inbound: Inbound | undefined;
+    try {
+      inbound = await measureInbound(world, env);
+    } catch (e) {
+      process.stderr.write(`peers: ${c.name}: inbound failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
+    }
+    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), bulkSeconds, inbound };
   } finally {
     env.stop();
     await sleep(300);
@@ -167,6 +231,27 @@ if (moat) {
       moat.bulkSeconds !== undefined && r.bulkSeconds !== undefined ? fmt(r.bulkSeconds / moat.bulkSeconds) : "-"]);
   }
 }
-const w = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
-for (const row of table) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
+printTable(table);
 console.log(`(${SECONDS} s per iperf3 direction; ratios > 1 favour moat: throughput and conn/s as moat/peer, latency, CPU and 1000x1MiB time as peer/moat)`);
+
+// Inbound: through a published port, from the host's loopback and from the network.
+const inTable = [["inbound (published port)", "lo->guest Gbit/s", "guest->lo Gbit/s", "lo conn/s", "net->guest Gbit/s", "guest->net Gbit/s", "net conn/s"]];
+const inCells = (i: Inbound | undefined) => [fmt(i?.loopback.toGuest), fmt(i?.loopback.fromGuest), fmt(i?.loopback.crr, 0), fmt(i?.net.toGuest), fmt(i?.net.fromGuest), fmt(i?.net.crr, 0)];
+for (const r of rows) inTable.push([r.name, ...inCells(r.inbound)]);
+const mi = moat?.inbound;
+if (mi) {
+  for (const r of rows.filter((r) => r !== moat && r.inbound)) {
+    const p = r.inbound!;
+    inTable.push([`moat / ${r.name}`, ...[
+      mi.loopback.toGuest / p.loopback.toGuest, mi.loopback.fromGuest / p.loopback.fromGuest, mi.loopback.crr / p.loopback.crr,
+      mi.net.toGuest / p.net.toGuest, mi.net.fromGuest / p.net.fromGuest, mi.net.crr / p.net.crr].map((v) => fmt(v))]);
+  }
+}
+console.log("");
+printTable(inTable);
+console.log("(lo: clients on the host namespace's loopback, to 127.0.0.1:PORT; net: clients in the world namespace, to the host's 203.0.113.1:PORT.\n veth: the guest's own address, no forwarding: the kernel's figure)");
+
+function printTable(t: string[][]): void {
+  const w = t[0]!.map((_, i) => Math.max(...t.map((row) => row[i]!.length)));
+  for (const row of t) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
+}

@@ -83,4 +83,6 @@ export const TCP_STALE_DATA = 74; // host data peeked before a rewind or an ackn
 export const INBOUND_ACCEPTED = 75; // peers on published ports admitted as flows toward the guest
 export const INBOUND_REFUSED = 76; // peers on published ports refused (policy, limit, port withdrawn; counted also under the reason)
 export const TCP_INBOUND_CLOSED_PORT = 77; // inbound connections the guest refused (nothing listening): the peer gets a reset
-export const COUNTER_COUNT = 78;
+export const DROP_QUIC = 78; // UDP to an intercepted TLS port (QUIC) while TLS is intercepted: dropped so clients use TCP
+export const TLS_REDIRECTED = 79; // new TCP connections sent to the TLS proxy (intercepted ports and DoT); counted before admission
+export const COUNTER_COUNT = 80;

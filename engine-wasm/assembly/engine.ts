@@ -28,13 +28,14 @@ import {
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
   PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH, INK_ACCEPT,
+  CFG_TLS_PROXY_IP, CFG_TLS_PROXY_PORT, CFG_TLS_BLOCK_QUIC, CFG_TLS_PORT_COUNT, CFG_TLS_PORTS, CFG_TLS_PORTS_MAX,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
   DROP_IP4_CHECKSUM, DROP_IP_FRAGMENT, DROP_IP_SPOOFED, DROP_IP6_HEADER, DROP_IP6_EXT_HEADER,
   DROP_UDP_MALFORMED, DROP_TCP_MALFORMED, DROP_PROTOCOL, DROP_MULTICAST, DROP_OVERSIZE,
   DROP_DNS_NO_UPSTREAM, DROP_ICMP_UNHANDLED, DROP_ICMP_MALFORMED, TCP_RESETS_SENT, FLOW_ERRORS,
-  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED,
+  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED, DROP_QUIC, TLS_REDIRECTED,
 } from "./counters";
 import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
 import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16 } from "./wire/bytes";
@@ -48,7 +49,7 @@ import { icmpEchoFromGuest } from "./flow/udp";
 import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
-import { auditNotRouted } from "./policy/admit";
+import { auditNotRouted, auditQuic } from "./policy/admit";
 import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
 import { inboundAccept } from "./flow/inbound";
@@ -389,7 +390,16 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
  * bypasses the interceptor: refuse it, so stubs fall back to port 53 (DESIGN §7).
  */
 @inline function altDnsPort(proto: u32, dport: u32): bool {
-  return dport == 853 || (proto == PROTO_UDP && (dport == 5353 || dport == 5355 || dport == 137));
+  if (dport == 853) return proto == PROTO_UDP || load<u32>(CFG_TLS_PROXY_PORT) == 0; // DoT: to the TLS proxy when intercepting
+  return proto == PROTO_UDP && (dport == 5353 || dport == 5355 || dport == 137);
+}
+
+/** An intercepted TLS port (TCP to it goes to the TLS proxy; UDP to it is QUIC). */
+function tlsPort(dport: u32): bool {
+  if (load<u32>(CFG_TLS_PROXY_PORT) == 0) return false;
+  const n = min<u32>(load<u32>(CFG_TLS_PORT_COUNT), <u32>CFG_TLS_PORTS_MAX);
+  for (let i: u32 = 0; i < n; i++) if (<u32>load<u16>(CFG_TLS_PORTS + (<usize>i << 1)) == dport) return true;
+  return false;
 }
 
 /**
@@ -407,6 +417,12 @@ function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, 
       icmpPortUnreachable(<usize>load<u32>(PKT_FRAME), <usize>load<u32>(PKT_IP), family, udp, ulen);
       return;
     }
+  }
+  if (load<u32>(CFG_TLS_BLOCK_QUIC) && tlsPort(dport)) {
+    // QUIC would carry TLS past the interception: dropped (and audited), so clients use TCP.
+    count(DROP_QUIC);
+    auditQuic(PROTO_UDP, family, dport);
+    return;
   }
   const dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
@@ -434,10 +450,19 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
     tcpReset(frame, ip, family, l4, l4len);
     return;
   }
-  const dial = dialFor(family, dstIsGateway, rd16(l4 + 2));
+  const dport = rd16(l4 + 2);
+  let dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
-  const route = dial == CFG_DNS_FWD_IP ? ROUTE_SERVICE : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE;
-  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && rd16(l4 + 2) == 53, route);
+  let route = dial == CFG_DNS_FWD_IP ? ROUTE_SERVICE : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE;
+  if (route != ROUTE_SERVICE && (tlsPort(dport) || (dport == 853 && load<u32>(CFG_TLS_PROXY_PORT) != 0))) {
+    // TLS interception: to the orchestrator's proxy, which learns the original destination
+    // from the redirect preamble. Policy judges that destination, as for any flow.
+    dial = CFG_TLS_PROXY_IP;
+    store<u32>(DIAL_PORT_SCRATCH, load<u32>(CFG_TLS_PROXY_PORT));
+    route = ROUTE_SERVICE;
+    count(TLS_REDIRECTED);
+  }
+  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && dport == 53, route);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);

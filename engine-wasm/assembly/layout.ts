@@ -79,6 +79,15 @@ export const CFG_MAX_TCP_FLOWS = CFG_BASE + 132; // u32
 export const CFG_MAX_CONNECTIONS = CFG_BASE + 136; // u32: TCP + UDP flows at once (0 = no limit beyond the table's)
 export const CFG_DNS_INTERCEPT = CFG_BASE + 140; // u32: 1 = UDP/53 goes to the DNS ring and TCP/53 to CFG_DNS_FWD (the orchestrator's proxy)
 export const CFG_REDIRECT_TOKEN = CFG_BASE + 144; // 16 bytes: ends every redirect preamble (OP_ORIG)
+// TLS interception (DESIGN §8): TCP to an intercepted port (and DoT, TCP/853) goes to the
+// orchestrator's TLS proxy, redirected with its original destination; UDP to an intercepted port
+// (QUIC) is dropped when CFG_TLS_BLOCK_QUIC is set, so clients fall back to TCP.
+export const CFG_TLS_PROXY_IP = CFG_BASE + 160; // 16 bytes (v4-mapped or v6)
+export const CFG_TLS_PROXY_PORT = CFG_BASE + 176; // u32: 0 = no interception
+export const CFG_TLS_BLOCK_QUIC = CFG_BASE + 180; // u32
+export const CFG_TLS_PORT_COUNT = CFG_BASE + 184; // u32
+export const CFG_TLS_PORTS = CFG_BASE + 188; // u16 each, CFG_TLS_PORTS_MAX of them
+export const CFG_TLS_PORTS_MAX = 16;
 
 // ---- counters: u64 each, indexes in counters.ts / orchestrator counter names -----------------
 export const COUNTERS_BASE = 16384;
@@ -97,15 +106,18 @@ export const OP_FAMILY = 16; // u32 4 or 6
 export const OP_PORT = 20; // u32 remote port
 export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::ffff:a.b.c.d)
 export const OP_ORIG = 28; // OPK_TCP_CONNECT: u32 offset of the flow's key when the flow is redirected to an orchestrator service, else 0
-// A redirected TCP flow (today: DNS over TCP to any resolver, dialled to the orchestrator's
-// listener) keeps where the guest was going: native-vmm writes this preamble on the new
-// connection before any guest byte, and the service reads it first:
-//   0 "moat"  4 u8 version 1  5 u8 family (4/6)  6 u16 port (big-endian)  8 16-byte address
-//   (IPv4 as ::ffff:a.b.c.d)  24 the 16-byte CFG_REDIRECT_TOKEN
+// A redirected TCP flow (DNS over TCP to any resolver, TLS to an intercepted port, DoT: dialled
+// to an orchestrator service) keeps where the guest was going: native-vmm writes this preamble on
+// the new connection before any guest byte, and the service reads it first:
+//   0 "moat"  4 u8 version 2  5 u8 family (4/6)  6 u16 port (big-endian)  8 16-byte address
+//   (IPv4 as ::ffff:a.b.c.d)  24 the 16-byte CFG_REDIRECT_TOKEN  40 u32 (big-endian): the name
+//   id of the domain rule that admitted the flow, 0 if no domain rule did (from the flow record,
+//   at OP_ORIG + ORIG_ADMIT_NAME)
 // The token, random per sandbox, proves the preamble came from the engine: anything else that
 // reaches the listener (a guest allowed to reach the host's loopback, say) cannot name a
 // destination of its choosing.
-export const REDIRECT_PREAMBLE_BYTES = 40;
+export const REDIRECT_PREAMBLE_BYTES = 44;
+export const ORIG_ADMIT_NAME = 116; // u32 in the flow record (flow/table.ts F_ADMIT_NAME)
 // op kinds
 export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow
 export const OPK_UDP_SEND = 2; // send(len bytes at data) on the flow's socket
@@ -191,6 +203,7 @@ export const AUDIT_BASE = AUDIT_CTRL + RING_CTRL_BYTES;
 export const AU_TIME_MS = 0; // f64: engine time (performance.now() of the worker)
 export const AU_RULE = 8; // i32: index of the deciding rule, -1 = the default action, AU_RULE_NOT_ROUTED
 export const AU_RULE_NOT_ROUTED = -2; // not a policy decision: multicast and broadcast are never forwarded
+export const AU_RULE_QUIC = -3; // not a policy decision: QUIC to an intercepted TLS port is dropped (CFG_TLS_BLOCK_QUIC)
 export const AU_PROTO = 12; // u8
 export const AU_FAMILY = 13; // u8
 export const AU_ACTION = 14; // u8: 1 deny (only denials are recorded)

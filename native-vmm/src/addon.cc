@@ -90,6 +90,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.opOrig = need(env, lay, "OP_ORIG");
     L.cfgRedirectToken = need(env, lay, "CFG_REDIRECT_TOKEN");
     L.preambleBytes = need(env, lay, "REDIRECT_PREAMBLE_BYTES");
+    L.origAdmitName = need(env, lay, "ORIG_ADMIT_NAME");
     L.opkUdpOpen = need(env, lay, "OPK_UDP_OPEN");
     L.opkUdpSend = need(env, lay, "OPK_UDP_SEND");
     L.opkClose = need(env, lay, "OPK_CLOSE");

@@ -212,7 +212,7 @@ int Datapath::tcpReady(uint32_t flow, uint32_t events) {
     }
     s.connecting = false;
     if (s.redirect && send(s.fd, s.preamble, L_.preambleBytes, MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(L_.preambleBytes)) {
-      // A fresh connection always takes 40 bytes; if not, the service is broken: fail the dial.
+      // A fresh connection always takes the preamble; if not, the service is broken: fail the dial.
       s.dead = true;
       epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
       pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(EPIPE));
@@ -369,18 +369,23 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   Sock& s = socks_[flow];
   s = Sock{};
   const uint32_t orig = field(L_.opOrig);
-  if (orig != 0 && orig + 40ull <= L_.memoryBytes && L_.preambleBytes == sizeof s.preamble) {
-    // The redirect preamble (layout.ts, OP_ORIG): where the guest was going, from the flow's key.
+  if (orig != 0 && orig + L_.origAdmitName + 4ull <= L_.memoryBytes && L_.preambleBytes == sizeof s.preamble) {
+    // The redirect preamble (layout.ts, OP_ORIG): where the guest was going, from the flow's key,
+    // and the domain rule that admitted it, from the flow record.
     const uint8_t* key = mem_ + orig;
     uint16_t port;
     memcpy(&port, key + 6, 2);  // host order in the key
     port = htons(port);
+    uint32_t admit;
+    memcpy(&admit, key + L_.origAdmitName, 4);
+    admit = htonl(admit);
     memcpy(s.preamble, "moat", 4);
-    s.preamble[4] = 1;
+    s.preamble[4] = 2;
     s.preamble[5] = key[1];
     memcpy(s.preamble + 6, &port, 2);
     memcpy(s.preamble + 8, key + 24, 16);
     memcpy(s.preamble + 24, mem_ + L_.cfgRedirectToken, 16);
+    memcpy(s.preamble + 40, &admit, 4);
     s.redirect = true;
   }
   s.fd = fd;

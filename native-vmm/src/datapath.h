@@ -17,7 +17,7 @@ struct Layout {
   Ring rx, tx, in, ev;
   uint32_t opsBase = 0, opBytes = 0, opsCountOff = 0;
   uint32_t opKind = 0, opFlow = 0, opData = 0, opLen = 0, opFamily = 0, opPort = 0, opAddr = 0, opOrig = 0;
-  uint32_t cfgRedirectToken = 0, preambleBytes = 0;
+  uint32_t cfgRedirectToken = 0, preambleBytes = 0, origAdmitName = 0;
   uint32_t opkUdpOpen = 0, opkUdpSend = 0, opkClose = 0, opkIcmpOpen = 0;
   uint32_t opkTcpConnect = 0, opkTcpSend = 0, opkTcpCredit = 0, opkTcpAcked = 0, opkTcpRewind = 0,
            opkTcpShutdown = 0, opkTcpAbort = 0, opkAccept = 0, opkRefuse = 0;
@@ -76,7 +76,7 @@ class Datapath {
     uint32_t headSeq = 0, peekSeq = 0, limitSeq = 0, segBytes = 0;
     uint8_t epoch = 0;  // rewinds executed: tags peeked data and EOF (layout.ts, INK_EPOCH_SHIFT)
     bool redirect = false;     // a redirect: the preamble goes out first, once connected
-    uint8_t preamble[40];      // layout.ts, REDIRECT_PREAMBLE_BYTES
+    uint8_t preamble[44];      // layout.ts, REDIRECT_PREAMBLE_BYTES
     uint32_t spaceEstimate = 0;  // send space measured, less what was written since
     uint32_t sendsSinceMeasure = 0;
     // A UDP peer of a published port: the fd is the listener's (never closed here), datagrams

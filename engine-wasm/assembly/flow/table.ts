@@ -20,7 +20,7 @@ import {
   FLOW_CAPACITY, FLOW_INDEX_SLOTS, FLOW_RECORD_BYTES, FLOW_INDEX_BASE, FLOW_FREE_BASE,
   FLOW_SLAB_BASE, ST_FLOW_FREE_HEAD, ST_FLOW_FREE_TAIL, ST_FLOWS_LIVE, KEY_SCRATCH, PIN_MATCHED,
 } from "../layout";
-import { pinHold, pinRelease } from "../policy/pinset";
+import { pinHold, pinRelease, pinName } from "../policy/pinset";
 
 // record fields after the key
 export const F_HASH = 40; // u32
@@ -37,6 +37,7 @@ export const F_PIN = 108; // u32: pin handle + 0 (pinset.ts) the flow was admitt
 export const F_ORIGIN = 112; // u8: who opened it: ORIGIN_GUEST, or ORIGIN_HOST (a peer on a published port)
 export const F_ROUTE = 113; // u8: where its host side goes (ROUTE_*)
 export const F_LISTENER = 114; // u16: ORIGIN_HOST: the published port's listener id
+export const F_ADMIT_NAME = 116; // u32: name id of the domain rule that admitted the flow (0: none); layout.ts ORIG_ADMIT_NAME
 export const ORIGIN_GUEST: u8 = 0;
 export const ORIGIN_HOST: u8 = 1;
 export const ROUTE_REMOTE: u8 = 0; // a host socket to the remote the guest addressed (F_DIAL_* = the remote)
@@ -114,8 +115,11 @@ export function flowInsert(hash: u32): i32 {
   memory.fill(rec, 0, FLOW_RECORD_BYTES);
   memory.copy(rec, KEY_SCRATCH, KEY_BYTES);
   store<u32>(rec, hash, F_HASH);
-  // A flow admitted by a domain rule keeps its pin alive (DESIGN §6: "or in use by a live flow").
-  store<u32>(rec, pinHold(), F_PIN);
+  // A flow admitted by a domain rule keeps its pin alive (DESIGN §6: "or in use by a live flow"),
+  // and remembers the rule's name (the TLS proxy holds the SNI to it).
+  const pin = pinHold();
+  store<u32>(rec, pin, F_PIN);
+  store<u32>(rec, pinName(pin), F_ADMIT_NAME);
   store<u32>(PIN_MATCHED, 0);
   const mask: u32 = FLOW_INDEX_SLOTS - 1;
   let slot = hash & mask;

@@ -5,7 +5,7 @@
 import {
   KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
-  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, AU_RULE_NOT_ROUTED, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
@@ -84,6 +84,11 @@ export function admitInbound(proto: u32, peer: usize, peerPort: u32, guest: usiz
  */
 export function auditNotRouted(proto: u32, family: u32, dport: u32): void {
   audit(proto, family, dport, AU_RULE_NOT_ROUTED, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
+}
+
+/** QUIC to an intercepted TLS port, dropped (CFG_TLS_BLOCK_QUIC): audited with reason AU_RULE_QUIC. */
+export function auditQuic(proto: u32, family: u32, dport: u32): void {
+  audit(proto, family, dport, AU_RULE_QUIC, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
 }
 
 function refuse(proto: u32, icmpForUdp: bool): void {

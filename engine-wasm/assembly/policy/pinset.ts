@@ -95,3 +95,8 @@ export function pinRelease(m: u32): void {
   const live = load<u32>(p, PN_LIVE);
   if (live) store<u32>(p, live - 1, PN_LIVE);
 }
+
+/** The rule name id of pin handle `m` (from pinHold); 0 for none. */
+export function pinName(m: u32): u32 {
+  return m ? load<u32>(pinAt(m - 1), PN_NAME) : 0;
+}

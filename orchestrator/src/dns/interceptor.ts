@@ -81,6 +81,8 @@ export type DnsEventKind = "blocked" | "rebinding" | "upstream-failed" | "former
 
 export interface DnsPin {
   ip: string;
+  /** The name the guest asked for (lower case): what a TLS SNI to `ip` may be. */
+  name: string;
   nameIds: number[];
   ttlSec: number;
 }
@@ -294,7 +296,7 @@ export class DnsInterceptor {
       if (ip === null || !chain.has(rr.name.toLowerCase())) continue;
       ttl.set(ip, Math.max(ttl.get(ip) ?? 0, rr.ttl ?? 0));
     }
-    return [...ttl].map(([ip, t]) => ({ ip, nameIds: [...ids], ttlSec: Math.max(1, t) }));
+    return [...ttl].map(([ip, t]) => ({ ip, name, nameIds: [...ids], ttlSec: Math.max(1, t) }));
   }
 }
 

@@ -12,7 +12,7 @@
 //
 // With a redirect token, every connection must open with the engine's redirect preamble
 // (engine-wasm/assembly/layout.ts, OP_ORIG: the resolver the guest addressed, then the token); a
-// connection whose first 40 bytes are anything else is closed unanswered.
+// connection whose first PREAMBLE_BYTES bytes are anything else is closed unanswered.
 import net from "node:net";
 import type { AddressInfo } from "node:net";
 import { timingSafeEqual } from "node:crypto";
@@ -22,14 +22,17 @@ import ipaddr from "ipaddr.js";
 export interface DnsTcpPeer { address: string; port: number; dest?: { ip: string; port: number } }
 export type DnsTcpHandler = (query: Buffer, peer: DnsTcpPeer) => Promise<Buffer | null>;
 
-const PREAMBLE_BYTES = 40;
+export const PREAMBLE_BYTES = 44;
 
-/** The original destination in a redirect preamble, or null if it is not one made with `token`. */
-export function parseRedirectPreamble(b: Buffer, token: Buffer): { ip: string; port: number } | null {
-  if (b.length < PREAMBLE_BYTES || b.toString("latin1", 0, 4) !== "moat" || b[4] !== 1 || (b[5] !== 4 && b[5] !== 6)) return null;
+/** What a redirect preamble says: the original destination, and the name id of the domain rule that admitted the flow (0: none). */
+export interface RedirectOrigin { ip: string; port: number; admitNameId: number }
+
+/** The redirect preamble (engine-wasm/assembly/layout.ts, OP_ORIG), or null if it is not one made with `token`. */
+export function parseRedirectPreamble(b: Buffer, token: Buffer): RedirectOrigin | null {
+  if (b.length < PREAMBLE_BYTES || b.toString("latin1", 0, 4) !== "moat" || b[4] !== 2 || (b[5] !== 4 && b[5] !== 6)) return null;
   if (!timingSafeEqual(b.subarray(24, 40), token)) return null;
   const a = ipaddr.fromByteArray(Array.from(b.subarray(8, 24))) as ipaddr.IPv6;
-  return { ip: b[5] === 4 && a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString(), port: b.readUInt16BE(6) };
+  return { ip: b[5] === 4 && a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString(), port: b.readUInt16BE(6), admitNameId: b.readUInt32BE(40) };
 }
 
 export interface DnsTcpServerOptions {
@@ -150,7 +153,7 @@ export class DnsTcpServer {
           sock.destroy();
           return;
         }
-        peer.dest = dest;
+        peer.dest = { ip: dest.ip, port: dest.port };
         needPreamble = false;
         buf = buf.subarray(PREAMBLE_BYTES);
       }

@@ -39,7 +39,9 @@ export class EngineHost {
     /** The DNS interceptor the worker runs for guest DNS over UDP; without it, queries get no answer. */
     dns?: DnsWorkerSetup;
     /** DNS events (blocked names, rebinding, ...) for the audit log. */
-    onDnsEvent?: (e: DnsEventMessage["event"]) => void;
+    onDnsEvent?: (e: NonNullable<DnsEventMessage["event"]>) => void;
+    /** Names pinned to addresses by the worker's interceptor (with DnsWorkerSetup.reportAnswers). */
+    onDnsAnswered?: (a: NonNullable<DnsEventMessage["answered"]>) => void;
   } = {}): Promise<EngineHost> {
     const memory = createEngineMemory();
     hooks.prepare?.(new Uint8Array(memory.buffer));
@@ -47,7 +49,10 @@ export class EngineHost {
     audit.port1.on("message", () => hooks.onAudit?.());
     audit.port1.unref();
     const dns = new MessageChannel();
-    dns.port1.on("message", (m: DnsEventMessage) => hooks.onDnsEvent?.(m.event));
+    dns.port1.on("message", (m: DnsEventMessage) => {
+      if (m.event) hooks.onDnsEvent?.(m.event);
+      if (m.answered) hooks.onDnsAnswered?.(m.answered);
+    });
     dns.port1.unref();
     const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns };
     const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2, dns.port2] });

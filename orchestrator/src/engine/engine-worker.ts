@@ -45,6 +45,8 @@ export interface DnsWorkerSetup {
   settings: DnsSettings;
   upstreams: Nameserver[];
   update: DnsUpdate;
+  /** Send the pinned (name, address) pairs of every answer to the main thread (TLS interception). */
+  reportAnswers?: boolean;
 }
 
 /** Policy-dependent inputs of the interceptor, sent again whenever they change. */
@@ -59,8 +61,12 @@ export interface DnsUpdate {
   pins?: DnsAnswerMessage["pins"];
 }
 
-/** A DNS event for the audit log (blocked name, rebinding, ...). */
-export interface DnsEventMessage { event: NonNullable<DnsOutcome["event"]> }
+/**
+ * From the worker's interceptor: a DNS event for the audit log (blocked name, rebinding, ...),
+ * or (when the main thread asked for them, DnsWorkerSetup.reportAnswers) the names pinned to
+ * addresses, which the TLS proxy holds SNIs to.
+ */
+export interface DnsEventMessage { event?: NonNullable<DnsOutcome["event"]>; answered?: { ip: string; name: string; ttlMs: number }[] }
 
 /** Pins as the engine takes them: a 16-byte address, a domain rule name id, a lifetime. */
 export interface DnsAnswerMessage { pins: { addr: Uint8Array; nameId: number; ttlMs: number }[] }
@@ -167,7 +173,10 @@ async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
   dnsOutstanding--;
   if (stopped) return;
   // Pins first: the guest may connect the moment it reads the answer.
-  if (out?.pins.length) applyPins(enginePins(out.pins));
+  if (out?.pins.length) {
+    applyPins(enginePins(out.pins));
+    if (data.dns?.reportAnswers) data.dnsPort.postMessage({ answered: out.pins.map((p) => ({ ip: p.ip, name: p.name, ttlMs: p.ttlSec * 1000 })) } satisfies DnsEventMessage);
+  }
   if (out?.answer) {
     mem.set(header, layout.DNS_ANSWER_BASE);
     dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, out.answer.length, true);

@@ -1,0 +1,289 @@
+// proxy.ts — the TLS interception proxy of one sandbox (DESIGN §8).
+//
+// Theory of operation
+// The engine redirects the guest's TCP connections to intercepted ports (and DoT, TCP/853) here,
+// each opening with the redirect preamble (engine-wasm/assembly/layout.ts, OP_ORIG): where the
+// guest was going, and the domain rule that admitted it. Then, per connection:
+//
+//   preamble ─► ClientHello (bounded, timed) ─► bypassed SNI? ──yes──► opaque splice to the
+//                                                   │                  original destination,
+//                                                   no                 ClientHello replayed
+//                                                   ▼
+//              SNI held to the DNS pins (checkSni) ─► upstream TLS to the ORIGINAL IP (never
+//              re-resolved), the client's SNI and ALPN, verified against the host's roots plus
+//              the user's ─► the guest's handshake completed with a leaf for the SNI (no SNI: the
+//              destination IP as an IP SAN) offering the ALPN the upstream chose ─► bytes both ways
+//
+// A refusal (SNI not pinned, upstream verification failed, upstream unreachable) aborts the
+// guest's handshake with a TLS alert its client reports, never a silent close, and is an event
+// for the audit log. DoT (the original port 853) is terminated the same way and its queries go
+// through the sandbox's DNS interceptor. Hostile ClientHellos (garbage, truncated, oversized,
+// slow) are closed and counted.
+import net from "node:net";
+import tls from "node:tls";
+import { readFileSync } from "node:fs";
+import type { AddressInfo } from "node:net";
+import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
+import { parseClientHello, MAX_HELLO } from "./client-hello.js";
+import type { CertificateAuthority } from "./ca.js";
+
+export interface TlsEvent {
+  kind: "tls-sni-denied" | "tls-upstream-failed" | "tls-bad-hello";
+  sni: string | undefined;
+  destination: string; // ip:port
+  detail: string;
+}
+
+export interface TlsProxyOptions {
+  /** Proves a connection came from this sandbox's engine (the redirect preamble's token). */
+  token: Buffer;
+  ca: CertificateAuthority;
+  /** SNI patterns passed through untouched: "name" or "*.suffix" (which also matches "suffix"). */
+  bypass: readonly string[];
+  /** Verify the upstream's certificate (default true). */
+  verifyUpstream: boolean;
+  /** Extra trusted CAs for upstreams (PEM), besides the host's roots. */
+  upstreamCa: readonly string[];
+  /** A reason to refuse the guest's SNI for this connection, or null (the pins check). */
+  checkSni(origin: RedirectOrigin, sni: string | undefined): string | null;
+  /** DoT: a DNS query from the guest (over TLS to port 853), answered by the interceptor. */
+  dnsQuery?(query: Buffer, origin: RedirectOrigin): Promise<Buffer | null>;
+  onEvent?(e: TlsEvent): void;
+  helloTimeoutMs?: number;
+  upstreamTimeoutMs?: number;
+}
+
+/** What the proxy has done (for counters and tests). */
+export interface TlsProxyStats {
+  intercepted: number;
+  bypassed: number;
+  dot: number;
+  badHello: number;
+  sniDenied: number;
+  upstreamFailed: number;
+}
+
+const HOST_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
+
+/** The host's trusted roots: the system bundle where there is one, else Node's own list. */
+export function hostRoots(): string[] {
+  for (const f of HOST_BUNDLES) {
+    try {
+      const pem = readFileSync(f, "utf8");
+      const certs = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+      if (certs?.length) return certs;
+    } catch {
+      // try the next
+    }
+  }
+  return [...tls.rootCertificates];
+}
+
+/** Does `name` match one of `patterns` ("x.example" exactly; "*.example" is example and everything under it)? */
+export function matchesPattern(name: string, patterns: readonly string[]): boolean {
+  for (const p of patterns) {
+    if (p.startsWith("*.")) {
+      const suffix = p.slice(2);
+      if (name === suffix || name.endsWith(`.${suffix}`)) return true;
+    } else if (name === p) {
+      return true;
+    }
+  }
+  return false;
+}
+
+export class TlsProxy {
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly roots: string[];
+  readonly stats: TlsProxyStats = { intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
+
+  constructor(private readonly o: TlsProxyOptions) {
+    this.roots = [...hostRoots(), ...o.upstreamCa];
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
+    this.server.maxConnections = 16384;
+  }
+
+  listen(port = 0, host = "127.0.0.1"): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, host, () => {
+        this.server.off("error", reject);
+        resolve();
+      });
+    });
+  }
+
+  address(): AddressInfo {
+    return this.server.address() as AddressInfo;
+  }
+
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    return new Promise((resolve) => (this.server.listening ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  private serve(sock: net.Socket): void {
+    this.sockets.add(sock);
+    sock.on("close", () => this.sockets.delete(sock));
+    sock.on("error", () => sock.destroy());
+    let buf: Buffer = Buffer.alloc(0);
+    let origin: RedirectOrigin | null = null;
+    const timer = setTimeout(() => {
+      this.stats.badHello++;
+      sock.destroy();
+    }, this.o.helloTimeoutMs ?? 10_000);
+    const onData = (chunk: Buffer): void => {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      if (!origin) {
+        if (buf.length < PREAMBLE_BYTES) return;
+        origin = parseRedirectPreamble(buf, this.o.token);
+        if (!origin) {
+          clearTimeout(timer);
+          sock.destroy(); // not from the engine
+          return;
+        }
+        buf = buf.subarray(PREAMBLE_BYTES);
+      }
+      const hello = parseClientHello(buf);
+      if (hello.kind === "more") return;
+      clearTimeout(timer);
+      sock.off("data", onData);
+      sock.pause();
+      if (hello.kind === "bad") {
+        this.stats.badHello++;
+        this.o.onEvent?.({ kind: "tls-bad-hello", sni: undefined, destination: dest(origin), detail: hello.reason });
+        sock.destroy();
+        return;
+      }
+      // Everything after the preamble is replayed: to the real server, or to our TLS server.
+      sock.unshift(buf);
+      void this.decide(sock, origin, hello.sni, hello.alpn).catch(() => sock.destroy());
+    };
+    sock.on("data", onData);
+    sock.on("end", () => {
+      if (!origin || buf.length < MAX_HELLO) sock.destroy(); // ended before a ClientHello
+    });
+  }
+
+  private async decide(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<void> {
+    if (origin.port !== 853 && sni && matchesPattern(sni, this.o.bypass)) {
+      this.stats.bypassed++;
+      return this.splice(sock, origin);
+    }
+    const refusal = this.o.checkSni(origin, sni);
+    if (refusal) {
+      this.stats.sniDenied++;
+      this.o.onEvent?.({ kind: "tls-sni-denied", sni, destination: dest(origin), detail: refusal });
+      return this.refuseHandshake(sock, origin, sni);
+    }
+    const leafName = sni ?? origin.ip;
+    if (origin.port === 853 && this.o.dnsQuery) {
+      this.stats.dot++;
+      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(leafName) });
+      guest.on("error", () => guest.destroy());
+      return this.serveDot(guest, origin);
+    }
+    let upstream: tls.TLSSocket;
+    try {
+      upstream = await this.connectUpstream(origin, sni, alpn);
+    } catch (e) {
+      this.stats.upstreamFailed++;
+      this.o.onEvent?.({ kind: "tls-upstream-failed", sni, destination: dest(origin), detail: (e as Error).message });
+      return this.refuseHandshake(sock, origin, sni);
+    }
+    this.stats.intercepted++;
+    const chosen = upstream.alpnProtocol;
+    const guest = new tls.TLSSocket(sock, {
+      isServer: true,
+      secureContext: this.o.ca.contextFor(leafName),
+      ALPNProtocols: chosen ? [chosen] : undefined,
+    });
+    join(guest, upstream);
+  }
+
+  private connectUpstream(origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<tls.TLSSocket> {
+    return new Promise((resolve, reject) => {
+      const up = tls.connect({
+        host: origin.ip,
+        port: origin.port,
+        servername: sni, // never re-resolved: the guest's destination, the guest's name
+        ALPNProtocols: alpn.length ? alpn : undefined,
+        ca: this.roots,
+        rejectUnauthorized: this.o.verifyUpstream,
+        // Without SNI the certificate must name the address itself.
+        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),
+      });
+      const timer = setTimeout(() => up.destroy(new Error(`no TLS answer from ${dest(origin)} in time`)), this.o.upstreamTimeoutMs ?? 10_000);
+      up.once("secureConnect", () => {
+        clearTimeout(timer);
+        up.removeAllListeners("error");
+        resolve(up);
+      });
+      up.once("error", (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
+  }
+
+  /** Abort the guest's handshake with an alert its client reports (not a silent close). */
+  private refuseHandshake(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined): void {
+    const guest = new tls.TLSSocket(sock, {
+      isServer: true,
+      SNICallback: (_name, cb) => cb(new Error("refused by moat")),
+      secureContext: this.o.ca.contextFor(sni ?? origin.ip),
+    });
+    guest.on("error", () => guest.destroy());
+    guest.on("secure", () => guest.destroy());
+  }
+
+  private splice(sock: net.Socket, origin: RedirectOrigin): void {
+    const up = net.connect({ host: origin.ip, port: origin.port, allowHalfOpen: true, noDelay: true });
+    join(sock, up);
+    sock.resume();
+  }
+
+  private serveDot(guest: tls.TLSSocket, origin: RedirectOrigin): void {
+    let buf: Buffer = Buffer.alloc(0);
+    let chain = Promise.resolve();
+    guest.on("data", (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        const q = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+        buf = buf.subarray(2 + q.length);
+        if (q.length < 12) { guest.destroy(); return; }
+        const answer = this.o.dnsQuery!(q, origin).catch(() => null);
+        // Answers in the order of the queries.
+        chain = chain.then(async () => {
+          const a = await answer;
+          if (!a || guest.destroyed) { guest.end(); return; }
+          const len = Buffer.alloc(2);
+          len.writeUInt16BE(a.length);
+          guest.write(Buffer.concat([len, a]));
+        });
+      }
+      if (buf.length > 65537) guest.destroy();
+    });
+    guest.on("end", () => void chain.then(() => guest.end()));
+  }
+}
+
+function dest(o: RedirectOrigin): string {
+  return `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${o.port}`;
+}
+
+/** Bytes both ways, back-pressured, half-close carried; an error on either side ends both. */
+function join(a: net.Socket, b: net.Socket): void {
+  a.pipe(b);
+  b.pipe(a);
+  const kill = () => { a.destroy(); b.destroy(); };
+  a.on("error", kill);
+  b.on("error", kill);
+  a.on("close", () => { if (!b.writableEnded) b.destroy(); });
+  b.on("close", () => { if (!a.writableEnded) a.destroy(); });
+}

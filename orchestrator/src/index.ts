@@ -12,7 +12,10 @@ export { EngineHost } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
 export type { LinkSpec, TapLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";
-export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder } from "./sandbox/builder.js";
+export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder, TlsBuilder } from "./sandbox/builder.js";
+export type { TlsOptions } from "./tls/setup.js";
+export type { TlsEvent } from "./tls/proxy.js";
+export { CertificateAuthority } from "./tls/ca.js";
 export type { DnsOptions } from "./sandbox/netns-sandbox.js";
 export { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "./sandbox/ports.js";
 export {

@@ -5,10 +5,16 @@
 //   node servers.js tcp-source PORT  read a decimal byte count and "\n", send that much of the
 //                                    test stream (stream-data.ts), close
 //   node servers.js tcp-reset PORT   accept, read a little, then reset the connection
+//   node servers.js https PORT CERT KEY   HTTPS (HTTP/1.1 and HTTP/2): GET /hello -> "hello over
+//                                    tls (h2|http/1.1)"; GET /bytes/N -> N bytes of the test
+//                                    stream; POST /sink -> SHA-256 (hex) of the body; anything
+//                                    else -> the request's headers as JSON
 // Prints "ready" once listening; runs until killed.
 import { createSocket } from "node:dgram";
 import { createServer, type Socket } from "node:net";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import { chunk, CHUNK } from "./stream-data.js";
 
 const [kind, portText] = process.argv.slice(2);
@@ -65,6 +71,36 @@ switch (kind) {
   case "tcp-reset":
     tcp((c) => c.once("data", () => c.resetAndDestroy()));
     break;
+  case "https": {
+    const [cert, key] = process.argv.slice(4);
+    const srv = createSecureServer({ cert: readFileSync(cert!), key: readFileSync(key!), allowHTTP1: true }, (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      const url = req.url ?? "/";
+      if (url === "/hello") {
+        res.end(`hello over tls (${req.httpVersion === "2.0" ? "h2" : "http/1.1"})\n`);
+      } else if (url.startsWith("/bytes/")) {
+        const n = Number(url.slice(7));
+        res.setHeader("content-length", String(n));
+        void (async () => {
+          for (let i = 0, sent = 0; sent < n; i++) {
+            const len = Math.min(CHUNK, n - sent);
+            if (!res.write(Buffer.from(chunk(i, len)))) await new Promise((r) => res.once("drain", r));
+            sent += len;
+          }
+          res.end();
+        })();
+      } else if (url === "/sink") {
+        const h = createHash("sha256");
+        let n = 0;
+        req.on("data", (d: Buffer) => { h.update(d); n += d.length; });
+        req.on("end", () => res.end(`${h.digest("hex")} ${n}\n`));
+      } else {
+        res.setHeader("content-type", "application/json");
+        res.end(JSON.stringify(req.headers));
+      }
+    });
+    srv.listen(port, "::", ready);
+    break;
+  }
   default:
     process.stderr.write(`servers.js: unknown server kind ${kind}\n`);
     process.exit(2);

@@ -9,6 +9,7 @@ import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile } from "../policy/config-file.js";
 import { parsePublish, describePort } from "../sandbox/ports.js";
+import type { TlsOptions } from "../tls/setup.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -37,6 +38,15 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: 16384, help: "most UDP flows the sandbox may hold at once (default 4096)" },
   { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
   { name: "exit-grace-ms", kind: "int", metavar: "MS", min: 0, max: 600000, help: "when COMMAND ends, keep serving the guest's TCP connections until they\nfinish or move no data for MS (default 5000; 0: cut at once). Connections\nstill open then are reset, so their peers never mistake them for complete" },
+  { name: "tls-intercept", kind: "bool", help: "intercept TLS (DESIGN §8): connections to --tls-port ports are terminated\nwith a leaf certificate from moat's CA (which the sandbox trusts) and\nre-originated to the original address, verified; DoT is answered by moat's\nDNS; QUIC to those ports is dropped. Any other --tls-* option implies it" },
+  { name: "tls-port", kind: "string", metavar: "N", repeat: true, help: "a TCP port to intercept (default 443)" },
+  { name: "tls-bypass", kind: "string", metavar: "PATTERN", repeat: true, help: "pass TLS for this SNI through untouched: a name, or *.suffix (which also\nmatches the suffix itself)" },
+  { name: "tls-ca-cert", kind: "string", metavar: "FILE", help: "intercept with this CA certificate (PEM; with --tls-ca-key) instead of an\nephemeral one" },
+  { name: "tls-ca-key", kind: "string", metavar: "FILE", help: "the key of --tls-ca-cert (PEM, RSA or EC)" },
+  { name: "tls-ca-out", kind: "string", metavar: "FILE", help: "write the CA certificate clients must trust to FILE" },
+  { name: "tls-upstream-ca", kind: "string", metavar: "FILE", repeat: true, help: "also trust this CA (PEM) for upstream servers, besides the host's roots" },
+  { name: "tls-no-verify-upstream", kind: "bool", help: "do not verify upstream servers' certificates" },
+  { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
@@ -157,8 +167,30 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     ipv4Pool: flags.get("ipv4-pool") as string | undefined,
     exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
     ports: [...(file.ports ?? []), ...(lists.get("publish") ?? []).map((t) => parsePublish(t, "-p"))],
+    tls: tlsOptions(flags, lists, file.tls),
     defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
   };
+}
+
+/** --tls-* over the config file's tls section; undefined when nothing asks for interception. */
+function tlsOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, file: TlsOptions | undefined): TlsOptions | undefined {
+  const ports = lists.get("tls-port")?.map((p) => {
+    if (!/^\d+$/.test(p) || Number(p) < 1 || Number(p) > 65535) throw new ConfigError(`run: --tls-port "${p}" is not a port`, "e.g. --tls-port 8443");
+    return Number(p);
+  });
+  const o: TlsOptions = {
+    ...file,
+    ...(flags.get("tls-intercept") ? { intercept: true } : {}),
+    ...(ports ? { ports } : {}),
+    ...(lists.get("tls-bypass") ? { bypass: [...(file?.bypass ?? []), ...lists.get("tls-bypass")!] } : {}),
+    ...(flags.has("tls-ca-cert") ? { caCert: flags.get("tls-ca-cert") as string } : {}),
+    ...(flags.has("tls-ca-key") ? { caKey: flags.get("tls-ca-key") as string } : {}),
+    ...(flags.has("tls-ca-out") ? { caOut: flags.get("tls-ca-out") as string } : {}),
+    ...(lists.get("tls-upstream-ca") ? { upstreamCa: [...(file?.upstreamCa ?? []), ...lists.get("tls-upstream-ca")!] } : {}),
+    ...(flags.get("tls-no-verify-upstream") ? { verifyUpstream: false } : {}),
+    ...(flags.get("tls-no-block-quic") ? { blockQuic: false } : {}),
+  };
+  return Object.keys(o).length ? o : undefined;
 }
 
 async function cmdRun(args: string[]): Promise<number> {
@@ -216,6 +248,7 @@ async function cmdRun(args: string[]): Promise<number> {
     process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
     const d = sandbox.flowDecisions();
     process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
+    if (options.tls) process.stderr.write(`moat: tls ${JSON.stringify(sandbox.tlsStats())}\n`);
   }
   await sandbox.destroy({ graceMs: 0 });
   for (const s of sigs) process.removeListener(s, onSignal);

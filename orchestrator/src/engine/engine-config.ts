@@ -30,6 +30,8 @@ export interface EngineConfig {
   dnsIntercept: boolean;
   /** 16 random bytes that end every redirect preamble (layout.ts, OP_ORIG); zeros if absent. */
   redirectToken?: Uint8Array;
+  /** TLS interception: intercepted TCP ports (and DoT) go to `proxy`; UDP to them is dropped with blockQuic. */
+  tls?: { proxy: { ip: string; port: number }; ports: number[]; blockQuic: boolean };
 }
 
 function writeMac(mem: Uint8Array, off: number, mac: string): void {
@@ -69,6 +71,14 @@ export function writeEngineConfig(mem: Uint8Array, cfg: EngineConfig): void {
   mem.set(ipaddr.IPv6.parse(cfg.prefix6).toByteArray(), layout.CFG_PREFIX6);
   dv.setUint32(layout.CFG_DNS_INTERCEPT, cfg.dnsIntercept ? 1 : 0, true);
   if (cfg.redirectToken) mem.set(cfg.redirectToken.subarray(0, 16), layout.CFG_REDIRECT_TOKEN);
+  if (cfg.tls) {
+    if (cfg.tls.ports.length > layout.CFG_TLS_PORTS_MAX) throw new Error(`at most ${layout.CFG_TLS_PORTS_MAX} TLS ports`);
+    mem.set(addr16(cfg.tls.proxy.ip), layout.CFG_TLS_PROXY_IP);
+    dv.setUint32(layout.CFG_TLS_PROXY_PORT, cfg.tls.proxy.port, true);
+    dv.setUint32(layout.CFG_TLS_BLOCK_QUIC, cfg.tls.blockQuic ? 1 : 0, true);
+    dv.setUint32(layout.CFG_TLS_PORT_COUNT, cfg.tls.ports.length, true);
+    cfg.tls.ports.forEach((p, i) => dv.setUint16(layout.CFG_TLS_PORTS + 2 * i, p, true));
+  }
   if (cfg.dnsForward) {
     mem.set(addr16(cfg.dnsForward.ip), layout.CFG_DNS_FWD_IP);
     dv.setUint32(layout.CFG_DNS_FWD_PORT, cfg.dnsForward.port, true);

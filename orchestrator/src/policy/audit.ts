@@ -60,7 +60,9 @@ export function drainAudit(mem: Uint8Array, sandbox: string, ruleText: (i: numbe
       source: `${src.includes(":") ? `[${src}]` : src}:${dv.getUint16(r + L.AU_SPORT, true)}`,
       destination: addrText(mem.subarray(r + L.AU_DST, r + L.AU_DST + 16)),
       port: dv.getUint16(r + L.AU_DPORT, true),
-      rule: rule === L.AU_RULE_NOT_ROUTED ? "not-routed: multicast and broadcast are never forwarded" : rule < 0 ? "default" : `rules[${rule}] ${ruleText(rule)}`,
+      rule: rule === L.AU_RULE_NOT_ROUTED ? "not-routed: multicast and broadcast are never forwarded"
+        : rule === L.AU_RULE_QUIC ? "quic: UDP to an intercepted TLS port is dropped so clients use TCP (--tls-no-block-quic lets it through)"
+        : rule < 0 ? "default" : `rules[${rule}] ${ruleText(rule)}`,
       action: "deny",
     });
     head = (head + 1) >>> 0;

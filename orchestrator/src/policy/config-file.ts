@@ -31,6 +31,7 @@ import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } fr
 import { parseRule, strictCidr } from "./rule-parser.js";
 import type { DnsOptions } from "../sandbox/netns-sandbox.js";
 import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
+import type { TlsOptions } from "../tls/setup.js";
 
 /** The config file's "dns" section: the same settings as the library's DnsOptions. */
 export type DnsConfig = DnsOptions;
@@ -47,6 +48,7 @@ export interface MoatConfig {
     dns?: DnsConfig;
     ports?: PortSpec[];
     defaultIngress?: Action;
+    tls?: TlsOptions;
   };
 }
 
@@ -58,7 +60,8 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
 };
 
 const TOP_KEYS = ["network"] as const;
-const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress"] as const;
+const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls"] as const;
+const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
 const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
 const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
@@ -118,6 +121,29 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
     network.exitGraceMs = g as number;
   }
   if (net.dns !== undefined) network.dns = dns(ctx, net.dns);
+  if (net.tls !== undefined) {
+    const t = object(ctx, net.tls, "network.tls", "network.tls", TLS_KEYS, `e.g. "tls": { "intercept": true, "bypass": ["*.pinned.example"] }`);
+    const tlsOut: TlsOptions = {};
+    for (const k of ["intercept", "verifyUpstream", "blockQuic"] as const) {
+      if (t[k] !== undefined) {
+        if (typeof t[k] !== "boolean") fail(`network.tls.${k}`, `is ${describe(t[k])}, not true or false`, `e.g. "${k}": true`);
+        tlsOut[k] = t[k] as boolean;
+      }
+    }
+    for (const k of ["caCert", "caKey", "caOut"] as const) {
+      if (t[k] !== undefined) {
+        if (typeof t[k] !== "string" || t[k] === "") fail(`network.tls.${k}`, `is ${describe(t[k])}, not a file path`, `e.g. "${k}": "/etc/moat/ca.pem"`);
+        tlsOut[k] = t[k] as string;
+      }
+    }
+    if (t.bypass !== undefined) tlsOut.bypass = stringList(ctx, t.bypass, "network.tls.bypass", "*.pinned.example");
+    if (t.upstreamCa !== undefined) tlsOut.upstreamCa = stringList(ctx, t.upstreamCa, "network.tls.upstreamCa", "/etc/moat/upstream-ca.pem");
+    if (t.ports !== undefined) {
+      if (!Array.isArray(t.ports) || t.ports.some((p) => !Number.isInteger(p) || (p as number) < 1 || (p as number) > 65535)) fail("network.tls.ports", `is ${describe(t.ports)}, not a list of ports`, `e.g. "ports": [443, 8443]`);
+      tlsOut.ports = t.ports as number[];
+    }
+    network.tls = tlsOut;
+  }
   if (net.defaultIngress !== undefined) network.defaultIngress = oneOf(ctx, net.defaultIngress, "network.defaultIngress", ["allow", "deny"] as const);
   if (net.ports !== undefined) {
     if (!Array.isArray(net.ports)) fail("network.ports", `is ${describe(net.ports)}, not a list`, `e.g. "ports": ["8080:80", { "host": 5353, "guest": 53, "protocol": "udp" }]`);

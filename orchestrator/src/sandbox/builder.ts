@@ -21,6 +21,20 @@ export class DnsBuilder {
   blockedResponse(rcode: "refused" | "nxdomain"): this { this.options.blockedResponse = rcode; return this; }
 }
 import type { NetworkPolicyShape } from "../policy/model.js";
+import type { TlsOptions } from "../tls/setup.js";
+
+/** TLS interception, as the reference's TlsBuilder: n.tls(t => t.bypass("*.pinned.example")). */
+export class TlsBuilder {
+  /** @internal */ readonly options: TlsOptions = { intercept: true };
+  bypass(pattern: string): this { (this.options.bypass ??= []).push(pattern); return this; }
+  interceptedPorts(ports: number[]): this { this.options.ports = [...ports]; return this; }
+  interceptCaCert(path: string): this { this.options.caCert = path; return this; }
+  interceptCaKey(path: string): this { this.options.caKey = path; return this; }
+  upstreamCaCert(path: string): this { (this.options.upstreamCa ??= []).push(path); return this; }
+  verifyUpstream(enabled: boolean): this { this.options.verifyUpstream = enabled; return this; }
+  blockQuic(enabled: boolean): this { this.options.blockQuic = enabled; return this; }
+  caOut(path: string): this { this.options.caOut = path; return this; }
+}
 import type { DenyResponse } from "../policy/compile.js";
 import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";
 
@@ -45,6 +59,13 @@ export class NetworkBuilder {
   }
   /** What happens to a peer on a published port that no inbound rule matched (default "allow"). */
   defaultIngress(action: Action): this { this.options.defaultIngress = action; return this; }
+  /** TLS interception: n.tls(t => t.bypass("*.pinned.example").interceptedPorts([443, 8443])) */
+  tls(configure: (t: TlsBuilder) => TlsBuilder): this {
+    const t = new TlsBuilder();
+    configure(t);
+    this.options.tls = { ...this.options.tls, ...t.options };
+    return this;
+  }
   /** The reference's dns_rebind_protection() on the network builder. */
   dnsRebindProtection(enabled: boolean): this { this.options.dns = { ...this.options.dns, rebindProtection: enabled }; return this; }
 }

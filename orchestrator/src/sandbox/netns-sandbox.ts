@@ -30,6 +30,8 @@ import type { DnsWorkerSetup } from "../engine/engine-worker.js";
 import { layout as L } from "../engine/layout.js";
 import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
 import type { Action } from "../policy/model.js";
+import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
+import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, type TlsOptions, type ValidTls } from "../tls/setup.js";
 
 const run = promisify(execFile);
 
@@ -93,6 +95,10 @@ export interface NetnsSandboxOptions {
   defaultIngress?: Action;
   /** Warnings (e.g. a port published beyond loopback); default: printed to stderr. */
   onWarning?: (message: string) => void;
+  /** TLS interception (off unless asked for: any setting turns it on). */
+  tls?: TlsOptions;
+  /** Called with every TLS refusal (after it was written to the audit log). */
+  onTlsEvent?: (event: TlsEvent) => void;
 }
 
 /** The longest destroy() waits for connections that keep moving data, in grace periods. */
@@ -105,8 +111,8 @@ function ipErr(args: string[], e: unknown): MoatError {
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
 }
 
-type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning">> & { dns: DnsOptions } &
-  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny"> & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void };
+type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent">> & { dns: DnsOptions } &
+  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onTlsEvent"> & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
 
 function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
@@ -153,7 +159,8 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   if (ports.length > L.PUB_MAX) throw new ConfigError(`${ports.length} ports to publish`, `at most ${L.PUB_MAX} per sandbox`);
   if (ports.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so ports cannot be published to it", "drop the ports, or choose another policy");
   const onWarning = o.onWarning ?? ((m: string) => { process.stderr.write(`moat: warning: ${m}\n`); });
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, ports, defaultIngress, onWarning };
+  const tls = tlsRequested(o.tls) && !policy.offline ? validateTls(o.tls!) : undefined;
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onTlsEvent: o.onTlsEvent, ports, defaultIngress, onWarning, tls };
 }
 
 // Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
@@ -214,6 +221,8 @@ export class NetnsSandbox {
       await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
       if (o.policy.offline) return sandbox; // none(): no interface, no engine
       const { listener: dnsTcp, setup: dnsSetup } = await sandbox.startDns(o);
+      const tlsProxy = o.tls ? await sandbox.startTls(o.tls) : undefined;
+      dnsSetup.reportAnswers = o.tls !== undefined; // the TLS proxy holds SNIs to the pinned names
       const config: EngineConfig = {
         gatewayMac: addresses.gatewayMac,
         guestMac: addresses.guestMac,
@@ -233,6 +242,7 @@ export class NetnsSandbox {
         dnsForward: dnsTcp,
         dnsIntercept: true,
         redirectToken: sandbox.redirectToken,
+        tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
       };
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
         prepare: (mem) => {
@@ -250,6 +260,7 @@ export class NetnsSandbox {
         onAudit: () => sandbox.drainAudit(),
         dns: dnsSetup,
         onDnsEvent: (event) => sandbox.afterDns({ answer: null, pins: [], event }),
+        onDnsAnswered: (answered) => { for (const a of answered) sandbox.pinnedNames.add(a.ip, a.name, a.ttlMs); },
       });
       // Host addresses that changed while the worker was starting reached no worker: send the set now.
       sandbox.engine.updateDns({ host: [...sandbox.hostAddresses] });
@@ -383,13 +394,76 @@ export class NetnsSandbox {
       const toGateway = gateway.has(ipaddr.parse(dest.ip).toString());
       const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
       this.afterDns(out);
-      if (out.pins.length) this.engine?.installPins(enginePins(out.pins));
+      if (out.pins.length) {
+        this.engine?.installPins(enginePins(out.pins));
+        for (const p of out.pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
+      }
       return out.answer;
     }, { redirectToken: this.redirectToken });
     await this.dnsTcp.listen();
     const a = this.dnsTcp.address();
     const setup: DnsWorkerSetup = { settings, upstreams: [...servers], update: {} };
     return { listener: { ip: a.address, port: a.port }, setup };
+  }
+
+  // ---- TLS interception -----------------------------------------------------------------------------
+  private tlsProxy: TlsProxy | undefined;
+  /** Names this sandbox's DNS answered with an address: what an SNI is held to. */
+  private readonly pinnedNames = new PinnedNames();
+
+  /** Start this sandbox's TLS proxy (DESIGN §8); returns where the engine sends intercepted flows. */
+  private async startTls(t: ValidTls): Promise<{ ip: string; port: number }> {
+    const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
+    this.tlsProxy = new TlsProxy({
+      token: this.redirectToken,
+      ca: t.ca,
+      bypass: t.bypass,
+      verifyUpstream: t.verifyUpstream,
+      upstreamCa: t.upstreamCa,
+      // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
+      // this sandbox's DNS answered with that address and that the rule covers. A connection a
+      // CIDR or group rule admitted is not constrained by its SNI.
+      checkSni: (origin, sni) => {
+        if (!origin.admitNameId) return null;
+        const key = this.names.names[origin.admitNameId - 1];
+        if (key === undefined) return "admitted by a rule that is no longer in force";
+        const rule = key.startsWith(".") ? `*${key}` : key;
+        if (!sni) return `no SNI, but ${origin.ip} was admitted only as ${rule}`;
+        if (!ruleCovers(key, sni)) return `SNI ${sni} is not covered by the rule that admitted ${origin.ip} (${rule})`;
+        if (!this.pinnedNames.has(origin.ip, sni)) return `this sandbox's DNS never answered ${sni} with ${origin.ip}`;
+        return null;
+      },
+      // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
+      dnsQuery: async (query, origin) => {
+        const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
+        this.afterDns(out);
+        if (out.pins.length) {
+          this.engine?.installPins(enginePins(out.pins));
+          for (const p of out.pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
+        }
+        return out.answer;
+      },
+      onEvent: (e) => this.afterTls(e),
+    });
+    await this.tlsProxy.listen();
+    const a = this.tlsProxy.address();
+    return { ip: a.address, port: a.port };
+  }
+
+  /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */
+  private afterTls(e: TlsEvent): void {
+    this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: e.kind, name: e.sni, detail: `${e.destination}: ${e.detail}` }]);
+    this.options.onTlsEvent?.(e);
+  }
+
+  /** What the TLS proxy has done (zeros without interception). */
+  tlsStats(): TlsProxy["stats"] {
+    return this.tlsProxy ? { ...this.tlsProxy.stats } : { intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
+  }
+
+  /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */
+  get tlsCaCert(): string | undefined {
+    return this.options.tls?.ca.certPem;
   }
 
   /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
@@ -425,6 +499,7 @@ export class NetnsSandbox {
     mkdirSync(`/etc/netns/${this.name}`, { recursive: true });
     writeFileSync(`/etc/netns/${this.name}/resolv.conf`,
       `# written by moat for sandbox ${this.name}: DNS goes to the gateway\nnameserver ${a.gatewayIp4}\noptions edns0\n`);
+    if (this.options.tls) writeTrustBundle(`/etc/netns/${this.name}`, this.options.tls.ca.certPem);
   }
 
   /** Run a command inside the sandbox (as `ip netns exec NAME CMD...`). */
@@ -434,7 +509,16 @@ export class NetnsSandbox {
     if (!exe.includes("/") ? !findInPath(exe) : !existsSync(exe)) {
       throw new MoatError("ERR_BAD_ARGUMENT", `command not found: ${exe}`, "check the spelling, or give its full path");
     }
-    return spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env });
+    // With TLS interception the command is pointed at the bundle that trusts moat's CA (the
+    // system path inside the sandbox is that bundle already; these cover clients that look
+    // elsewhere).
+    const trust = this.options.tls ? {
+      SSL_CERT_FILE: "/etc/ssl/certs/ca-certificates.crt",
+      REQUESTS_CA_BUNDLE: "/etc/ssl/certs/ca-certificates.crt",
+      CURL_CA_BUNDLE: "/etc/ssl/certs/ca-certificates.crt",
+      NODE_EXTRA_CA_CERTS: "/etc/ssl/certs/moat-interception-ca.pem",
+    } : {};
+    return spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env: { ...env, ...trust } });
   }
 
   counters(nonZero = false): EngineCounters {
@@ -487,6 +571,7 @@ export class NetnsSandbox {
     await this.engine?.stop();
     this.auditLog?.close(); // pending summaries of repeated events are written now
     await this.dnsTcp?.close();
+    await this.tlsProxy?.close();
     this.engine = undefined;
     this.destroySync();
   }

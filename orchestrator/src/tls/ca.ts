@@ -33,7 +33,6 @@ const OID = {
   extKeyUsage: "2.5.29.37",
   subjectAltName: "2.5.29.17",
   subjectKeyId: "2.5.29.14",
-  authorityKeyId: "2.5.29.35",
   serverAuth: "1.3.6.1.5.5.7.3.1",
 };
 
@@ -87,9 +86,10 @@ function serial(): Buffer {
   return b;
 }
 
+/** RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits (what OpenSSL computes). */
 function keyId(spki: Buffer): Buffer {
-  // RFC 5280 §4.2.1.2 method 1 uses SHA-1 of the key bits; any stable hash serves to tell keys apart.
-  return createHash("sha1").update(spki).digest();
+  const bitString = (fromDer(spki).value as Asn1[])[1]!.value as string;
+  return createHash("sha1").update(Buffer.from(bitString, "binary").subarray(1)).digest();
 }
 
 /** Sign a TBSCertificate with `key` and wrap it as a certificate (PEM). */
@@ -119,7 +119,6 @@ export class CertificateAuthority {
   readonly certPem: string;
   private readonly caKey: KeyObject;
   private readonly caSubject: Asn1;
-  private readonly caKeyId: Buffer;
   private readonly leafKeyPem: string;
   private readonly leafSpki: Buffer;
   private readonly leaves = new Map<string, Leaf>(); // insertion order = LRU order
@@ -146,12 +145,10 @@ export class CertificateAuthority {
       if (!x.ca) throw new ConfigError(`the certificate given as TLS interception CA (${x.subject.replace(/\n/g, ", ")}) is not a CA`, "it needs basicConstraints CA:TRUE");
       this.certPem = x.toString();
       this.caSubject = subjectOf(x.raw);
-      this.caKeyId = keyId(createPublicKey(this.caKey).export({ type: "spki", format: "der" }));
     } else {
       const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
       this.caKey = privateKey;
       const spki = publicKey.export({ type: "spki", format: "der" });
-      this.caKeyId = keyId(spki);
       this.caSubject = name(`moat interception CA ${randomBytes(4).toString("hex")}`);
       const now = Date.now();
       const tbs = seq([
@@ -165,7 +162,7 @@ export class CertificateAuthority {
         asn1.create(asn1.Class.CONTEXT_SPECIFIC, 3, true, [seq([
           extension(OID.basicConstraints, true, seq([bool(true), int(Buffer.from([0]))])),
           extension(OID.keyUsage, true, asn1.create(U, T.BITSTRING, false, "\x01\x06")), // keyCertSign, cRLSign
-          extension(OID.subjectKeyId, false, octets(this.caKeyId)),
+          extension(OID.subjectKeyId, false, octets(keyId(spki))),
         ])]),
       ]);
       this.certPem = signCertificate(tbs, this.caKey);
@@ -222,7 +219,8 @@ export class CertificateAuthority {
         extension(OID.keyUsage, true, asn1.create(U, T.BITSTRING, false, "\x07\x80")), // digitalSignature
         extension(OID.extKeyUsage, false, seq([oid(OID.serverAuth)])),
         extension(OID.subjectAltName, false, seq([san])),
-        extension(OID.authorityKeyId, false, seq([asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, false, this.caKeyId.toString("binary"))])),
+        // No authorityKeyIdentifier: a user's CA may identify its key differently than we would
+        // compute it, and a mismatch makes verifiers miss the issuer; the issuer name suffices.
       ])]),
     ]);
     this.minted++;

@@ -63,6 +63,9 @@ export interface TlsProxyStats {
   upstreamFailed: number;
 }
 
+// A TLS record: alert (21), version 3.3, length 2: level fatal (2), access_denied (49).
+const ALERT_ACCESS_DENIED = Buffer.from([21, 3, 3, 0, 2, 2, 49]);
+
 const HOST_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
 
 /** The host's trusted roots: the system bundle where there is one, else Node's own list. */
@@ -95,11 +98,13 @@ export function matchesPattern(name: string, patterns: readonly string[]): boole
 export class TlsProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  private readonly roots: string[];
+  // One context for every upstream connection: parsing the host's ~150 roots costs tens of
+  // milliseconds, which per connection would cap interception at a few dozen handshakes a second.
+  private readonly upstreamContext: tls.SecureContext;
   readonly stats: TlsProxyStats = { intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
 
   constructor(private readonly o: TlsProxyOptions) {
-    this.roots = [...hostRoots(), ...o.upstreamCa];
+    this.upstreamContext = tls.createSecureContext({ ca: [...hostRoots(), ...o.upstreamCa] });
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
     this.server.maxConnections = 16384;
   }
@@ -179,7 +184,7 @@ export class TlsProxy {
     if (refusal) {
       this.stats.sniDenied++;
       this.o.onEvent?.({ kind: "tls-sni-denied", sni, destination: dest(origin), detail: refusal });
-      return this.refuseHandshake(sock, origin, sni);
+      return this.refuseHandshake(sock);
     }
     const leafName = sni ?? origin.ip;
     if (origin.port === 853 && this.o.dnsQuery) {
@@ -194,7 +199,7 @@ export class TlsProxy {
     } catch (e) {
       this.stats.upstreamFailed++;
       this.o.onEvent?.({ kind: "tls-upstream-failed", sni, destination: dest(origin), detail: (e as Error).message });
-      return this.refuseHandshake(sock, origin, sni);
+      return this.refuseHandshake(sock);
     }
     this.stats.intercepted++;
     const chosen = upstream.alpnProtocol;
@@ -213,7 +218,7 @@ export class TlsProxy {
         port: origin.port,
         servername: sni, // never re-resolved: the guest's destination, the guest's name
         ALPNProtocols: alpn.length ? alpn : undefined,
-        ca: this.roots,
+        secureContext: this.upstreamContext,
         rejectUnauthorized: this.o.verifyUpstream,
         // Without SNI the certificate must name the address itself.
         checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),
@@ -231,15 +236,14 @@ export class TlsProxy {
     });
   }
 
-  /** Abort the guest's handshake with an alert its client reports (not a silent close). */
-  private refuseHandshake(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined): void {
-    const guest = new tls.TLSSocket(sock, {
-      isServer: true,
-      SNICallback: (_name, cb) => cb(new Error("refused by moat")),
-      secureContext: this.o.ca.contextFor(sni ?? origin.ip),
-    });
-    guest.on("error", () => guest.destroy());
-    guest.on("secure", () => guest.destroy());
+  /**
+   * Abort the guest's handshake with a fatal access_denied alert (RFC 8446 §6.2), in answer to
+   * its ClientHello: its client reports "alert access denied", not an empty reply or a hang.
+   */
+  private refuseHandshake(sock: net.Socket): void {
+    sock.end(ALERT_ACCESS_DENIED);
+    sock.resume(); // drain what the client still sends until it closes
+    setTimeout(() => sock.destroy(), 2000).unref();
   }
 
   private splice(sock: net.Socket, origin: RedirectOrigin): void {

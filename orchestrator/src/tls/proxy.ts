@@ -24,7 +24,7 @@ import tls from "node:tls";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
-import { parseClientHello, MAX_HELLO } from "./client-hello.js";
+import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
 
 export interface TlsEvent {
@@ -142,6 +142,7 @@ export class TlsProxy {
       this.stats.badHello++;
       sock.destroy();
     }, this.o.helloTimeoutMs ?? 10_000);
+    sock.once("close", () => clearTimeout(timer));
     const onData = (chunk: Buffer): void => {
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       if (!origin) {
@@ -171,7 +172,11 @@ export class TlsProxy {
     };
     sock.on("data", onData);
     sock.on("end", () => {
-      if (!origin || buf.length < MAX_HELLO) sock.destroy(); // ended before a ClientHello
+      if (sock.listenerCount("data") && sock.listeners("data").includes(onData)) {
+        // Ended before a whole ClientHello.
+        if (origin) this.stats.badHello++;
+        sock.destroy();
+      }
     });
   }
 

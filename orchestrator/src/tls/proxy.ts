@@ -216,9 +216,15 @@ export class TlsProxy {
     join(guest, upstream);
   }
 
+  // Upstream TLS sessions, resumed on the next connection to the same server and name (a
+  // resumption skips the certificate chain's transfer and verification).
+  private readonly sessions = new Map<string, Buffer>();
+
   private connectUpstream(origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<tls.TLSSocket> {
+    const key = `${origin.ip}|${origin.port}|${sni ?? ""}|${alpn.join(",")}`;
     return new Promise((resolve, reject) => {
       const up = tls.connect({
+        session: this.sessions.get(key),
         host: origin.ip,
         port: origin.port,
         servername: sni, // never re-resolved: the guest's destination, the guest's name
@@ -227,6 +233,12 @@ export class TlsProxy {
         rejectUnauthorized: this.o.verifyUpstream,
         // Without SNI the certificate must name the address itself.
         checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),
+      });
+      up.setNoDelay(true);
+      up.on("session", (session: Buffer) => {
+        this.sessions.delete(key);
+        this.sessions.set(key, session);
+        if (this.sessions.size > 1000) this.sessions.delete(this.sessions.keys().next().value!);
       });
       const timer = setTimeout(() => up.destroy(new Error(`no TLS answer from ${dest(origin)} in time`)), this.o.upstreamTimeoutMs ?? 10_000);
       up.once("secureConnect", () => {

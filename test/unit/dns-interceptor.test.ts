@@ -172,17 +172,17 @@ test("an allowed name is answered with its A record and pinned under every match
   assert.deepEqual(a.answers!.map((r) => [r.type, r.data]), [["A", "203.0.113.10"]]);
   assert.equal(out.event, undefined);
   // "allowed.test" (id 1) and ".allowed.test" (id 2: the suffix covers its apex); dnsmasq's TTL is 0.
-  assert.deepEqual(out.pins, [{ ip: "203.0.113.10", nameIds: [1, 2], ttlSec: 1 }]);
+  assert.deepEqual(out.pins, [{ ip: "203.0.113.10", name: "allowed.test", nameIds: [1, 2], ttlSec: 1 }]);
 
   const sub = await dns.handle(query("A.Allowed.Test"), GW);
-  assert.deepEqual(sub.pins, [{ ip: "203.0.113.13", nameIds: [2], ttlSec: 1 }]);
+  assert.deepEqual(sub.pins, [{ ip: "203.0.113.13", name: "a.allowed.test", nameIds: [2], ttlSec: 1 }]);
 
   const ttl = await dns.handle(query("ttl.test"), GW);
-  assert.deepEqual(ttl.pins, [{ ip: "203.0.113.11", nameIds: [3], ttlSec: 300 }]);
+  assert.deepEqual(ttl.pins, [{ ip: "203.0.113.11", name: "ttl.test", nameIds: [3], ttlSec: 300 }]);
 
   const v6 = await dns.handle(query("v6.test", "AAAA"), GW);
   assert.deepEqual(decode(v6.answer).answers!.map((r) => r.data), ["2001:db8::10"]);
-  assert.deepEqual(v6.pins, [{ ip: "2001:db8::10", nameIds: [5], ttlSec: 1 }]);
+  assert.deepEqual(v6.pins, [{ ip: "2001:db8::10", name: "v6.test", nameIds: [5], ttlSec: 1 }]);
 
   const none = await dns.handle(query("nottracking.test"), GW);
   assert.equal(decode(none.answer).answers!.length, 1);
@@ -194,7 +194,7 @@ test("a CNAME chain pins the final address to the QUERIED name only", { skip }, 
   const out = await dns.handle(query("alias.test"), GW);
   const a = decode(out.answer);
   assert.deepEqual(a.answers!.map((r) => [r.name, r.type, r.data]), [["alias.test", "CNAME", "allowed.test"], ["allowed.test", "A", "203.0.113.10"]]);
-  assert.deepEqual(out.pins, [{ ip: "203.0.113.10", nameIds: [4], ttlSec: 1 }]);
+  assert.deepEqual(out.pins, [{ ip: "203.0.113.10", name: "alias.test", nameIds: [4], ttlSec: 1 }]);
 });
 
 test("rebinding: an answer with a private address is rewritten to REFUSED; off, it passes and is pinned", { skip }, async () => {
@@ -219,7 +219,7 @@ test("rebinding: an answer with a private address is rewritten to REFUSED; off, 
   const out2 = await off.dns.handle(query("evil.test"), GW);
   assert.deepEqual(decode(out2.answer).answers!.map((r) => r.data), ["10.0.0.5"]);
   assert.equal(out2.event, undefined);
-  assert.deepEqual(out2.pins, [{ ip: "10.0.0.5", nameIds: [6], ttlSec: 1 }]);
+  assert.deepEqual(out2.pins, [{ ip: "10.0.0.5", name: "evil.test", nameIds: [6], ttlSec: 1 }]);
 });
 
 // --- sizes --------------------------------------------------------------------------------------

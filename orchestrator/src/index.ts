@@ -16,6 +16,8 @@ export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder, TlsBuilder } from 
 export type { TlsOptions } from "./tls/setup.js";
 export type { TlsEvent } from "./tls/proxy.js";
 export { CertificateAuthority } from "./tls/ca.js";
+export { ViolationAction, type SecretSpec } from "./secrets/secrets.js";
+export type { SecretViolationEvent } from "./sandbox/netns-sandbox.js";
 export type { DnsOptions } from "./sandbox/netns-sandbox.js";
 export { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "./sandbox/ports.js";
 export {

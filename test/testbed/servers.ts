@@ -5,15 +5,17 @@
 //   node servers.js tcp-source PORT  read a decimal byte count and "\n", send that much of the
 //                                    test stream (stream-data.ts), close
 //   node servers.js tcp-reset PORT   accept, read a little, then reset the connection
-//   node servers.js https PORT CERT KEY   HTTPS (HTTP/1.1 and HTTP/2): GET /hello -> "hello over
-//                                    tls (h2|http/1.1)"; GET /bytes/N -> N bytes of the test
-//                                    stream; POST /sink -> SHA-256 (hex) of the body; anything
-//                                    else -> the request's headers as JSON
+//   node servers.js https PORT CERT KEY [RECORD]   HTTPS (HTTP/1.1 and HTTP/2): GET /hello ->
+//                                    "hello over tls (h2|http/1.1)"; GET /bytes/N -> N bytes of
+//                                    the test stream; POST /sink -> SHA-256 (hex) of the body;
+//                                    anything else -> the request's headers as JSON. With RECORD,
+//                                    every request (url, headers, body) is appended to that file
+//                                    as a JSON line
 // Prints "ready" once listening; runs until killed.
 import { createSocket } from "node:dgram";
 import { createServer, type Socket } from "node:net";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, appendFileSync } from "node:fs";
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import { chunk, CHUNK } from "./stream-data.js";
 
@@ -72,9 +74,14 @@ switch (kind) {
     tcp((c) => c.once("data", () => c.resetAndDestroy()));
     break;
   case "https": {
-    const [cert, key] = process.argv.slice(4);
+    const [cert, key, record] = process.argv.slice(4);
     const srv = createSecureServer({ cert: readFileSync(cert!), key: readFileSync(key!), allowHTTP1: true }, (req: Http2ServerRequest, res: Http2ServerResponse) => {
       const url = req.url ?? "/";
+      if (record) {
+        const body: Buffer[] = [];
+        req.on("data", (d: Buffer) => body.push(d));
+        req.on("end", () => appendFileSync(record, JSON.stringify({ url, headers: req.headers, body: Buffer.concat(body).toString("latin1").slice(0, 65536) }) + "\n"));
+      }
       if (url === "/hello") {
         res.end(`hello over tls (${req.httpVersion === "2.0" ? "h2" : "http/1.1"})\n`);
       } else if (url.startsWith("/bytes/")) {
@@ -95,7 +102,8 @@ switch (kind) {
         req.on("end", () => res.end(`${h.digest("hex")} ${n}\n`));
       } else {
         res.setHeader("content-type", "application/json");
-        res.end(JSON.stringify(req.headers));
+        req.resume();
+        req.on("end", () => res.end(JSON.stringify(req.headers)));
       }
     });
     srv.listen(port, "::", ready);

@@ -10,6 +10,7 @@ import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile } from "../policy/config-file.js";
 import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
+import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -47,6 +48,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "tls-upstream-ca", kind: "string", metavar: "FILE", repeat: true, help: "also trust this CA (PEM) for upstream servers, besides the host's roots" },
   { name: "tls-no-verify-upstream", kind: "bool", help: "do not verify upstream servers' certificates" },
   { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
+  { name: "secret", kind: "string", metavar: "NAME[=ENVVAR]@HOST[,HOST...]", repeat: true, help: "the command sees NAME as a placeholder; moat puts the real value (from its\nown environment variable NAME, or ENVVAR) into HTTP headers and Basic auth\nof requests to HOST (a name or *.suffix) over intercepted TLS, where DNS,\nSNI and Host agree. The placeholder headed anywhere else (another host,\nDNS names, request bodies; raw, base64, %XX, JSON-escaped) is blocked.\nImplies --tls-intercept" },
+  { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
@@ -168,6 +171,8 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
     ports: [...(file.ports ?? []), ...(lists.get("publish") ?? []).map((t) => parsePublish(t, "-p"))],
     tls: tlsOptions(flags, lists, file.tls),
+    secrets: [...(file.secrets ?? []), ...(lists.get("secret") ?? []).map(parseSecretFlag)],
+    onSecretViolation: (flags.get("secret-violation") as ViolationAction | undefined) ?? file.secretViolation,
     defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
   };
 }
@@ -252,6 +257,10 @@ async function cmdRun(args: string[]): Promise<number> {
   }
   await sandbox.destroy({ graceMs: 0 });
   for (const s of sigs) process.removeListener(s, onSignal);
+  if (sandbox.terminatedBy) {
+    process.stderr.write(`moat: sandbox terminated: ${sandbox.terminatedBy} (--secret-violation block-and-terminate)\n`);
+    return 125;
+  }
   return status;
 }
 

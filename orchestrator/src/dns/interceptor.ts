@@ -77,7 +77,7 @@ export interface DnsQueryContext {
   maxUdpSize?: number;
 }
 
-export type DnsEventKind = "blocked" | "rebinding" | "upstream-failed" | "formerr" | "denied-resolver" | "overloaded";
+export type DnsEventKind = "blocked" | "rebinding" | "upstream-failed" | "formerr" | "denied-resolver" | "overloaded" | "secret-violation";
 
 export interface DnsPin {
   ip: string;
@@ -105,6 +105,10 @@ export interface DnsHooks {
   /** Policy check for a query aimed at a resolver other than the gateway. */
   resolverAllowed(ip: string, port: number, protocol: "udp" | "tcp"): boolean;
   classify(ip: string): AddressClass;
+  /** The secret (its variable name) whose placeholder the name carries, if any: never sent upstream. */
+  secretIn?(name: string): string | undefined;
+  /** Report every answered (name, address), not only those of domain rules (as pins without ids): TLS interception holds SNIs to them. */
+  recordAnswers?(): boolean;
 }
 
 /** Address classes an answer must not carry under rebinding protection. */
@@ -198,7 +202,9 @@ export class DnsInterceptor {
       ({ answer: localAnswer(query, q, rcode), pins: [], event: { kind, name: shown, detail } });
     const blockedRcode = this.settings.blockedResponse === "nxdomain" ? RCODE.NXDOMAIN : RCODE.REFUSED;
 
-    // 2. Blocked names and zone transfers.
+    // 2. A secret's placeholder in the name (exfiltration through DNS), blocked names, zone transfers.
+    const secret = this.hooks.secretIn?.(name);
+    if (secret) return refuse("secret-violation", `the name carries the placeholder of secret ${secret}`);
     const why = this.blockedBecause(name);
     if (why) return refuse("blocked", why, blockedRcode);
     if (q.type === TYPE.AXFR || q.type === TYPE.IXFR) return refuse("blocked", "zone transfers are not forwarded");
@@ -289,7 +295,7 @@ export class DnsInterceptor {
     keys.forEach((k, i) => {
       if (keyMatches(k, name)) ids.push(i + 1);
     });
-    if (ids.length === 0) return [];
+    if (ids.length === 0 && !this.hooks.recordAnswers?.()) return [];
     const ttl = new Map<string, number>();
     for (const rr of records) {
       const ip = addressOf(rr);

@@ -47,6 +47,8 @@ export interface DnsWorkerSetup {
   update: DnsUpdate;
   /** Send the pinned (name, address) pairs of every answer to the main thread (TLS interception). */
   reportAnswers?: boolean;
+  /** Secrets' placeholders: a query name carrying one is refused (a secret-violation event). */
+  placeholders?: { env: string; placeholder: string }[];
 }
 
 /** Policy-dependent inputs of the interceptor, sent again whenever they change. */
@@ -132,6 +134,8 @@ const interceptor = data.dns && new DnsInterceptor(data.dns.settings, new Upstre
   denyNames: () => dnsDeny,
   resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
   classify: (ip) => classifyAddress(ip, dnsHost),
+  secretIn: (name) => data.dns?.placeholders?.find((p) => name.toLowerCase().includes(p.placeholder.toLowerCase()))?.env,
+  recordAnswers: () => data.dns?.reportAnswers === true,
 });
 
 // Queries taken from the ring and not yet answered. Past DNS_SLOTS the ring is left to fill, and

@@ -32,6 +32,7 @@ import { parseRule, strictCidr } from "./rule-parser.js";
 import type { DnsOptions } from "../sandbox/netns-sandbox.js";
 import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
+import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
 
 /** The config file's "dns" section: the same settings as the library's DnsOptions. */
 export type DnsConfig = DnsOptions;
@@ -49,6 +50,8 @@ export interface MoatConfig {
     ports?: PortSpec[];
     defaultIngress?: Action;
     tls?: TlsOptions;
+    secrets?: SecretSpec[];
+    secretViolation?: ViolationAction;
   };
 }
 
@@ -60,7 +63,8 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
 };
 
 const TOP_KEYS = ["network"] as const;
-const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls"] as const;
+const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
+const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
 const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
 const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
@@ -143,6 +147,26 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
       tlsOut.ports = t.ports as number[];
     }
     network.tls = tlsOut;
+  }
+  if (net.secretViolation !== undefined) network.secretViolation = oneOf(ctx, net.secretViolation, "network.secretViolation", ["block", "block-and-log", "block-and-terminate"] as const);
+  if (net.secrets !== undefined) {
+    if (!Array.isArray(net.secrets)) fail("network.secrets", `is ${describe(net.secrets)}, not a list`, `e.g. "secrets": [{ "env": "API_KEY", "allowedHosts": ["api.example.com"] }]`);
+    network.secrets = (net.secrets as unknown[]).map((x, i) => {
+      const path = `network.secrets[${i}]`;
+      const o = object(ctx, x, path, path, SECRET_KEYS, `e.g. { "env": "API_KEY", "allowedHosts": ["api.example.com"], "valueFrom": { "env": "REAL_KEY" } }`);
+      if (typeof o.env !== "string") fail(`${path}.env`, `is ${describe(o.env)}, not a variable name`, `e.g. "env": "API_KEY"`);
+      const spec: SecretSpec = { env: o.env as string, allowedHosts: stringList(ctx, o.allowedHosts, `${path}.allowedHosts`, "api.example.com") };
+      if (o.valueFrom !== undefined) {
+        const v = o.valueFrom as Record<string, unknown>;
+        if (typeof v !== "object" || v === null || (typeof v.env !== "string" && typeof v.file !== "string") || Object.keys(v).length !== 1) {
+          fail(`${path}.valueFrom`, `is ${describe(o.valueFrom)}`, `use { "env": "VARIABLE" } or { "file": "/path/to/value" }`);
+        }
+        spec.valueFrom = typeof v.env === "string" ? { env: v.env } : { file: v.file as string };
+      }
+      if (o.placeholder !== undefined) spec.placeholder = String(o.placeholder);
+      if (o.inject !== undefined) spec.inject = o.inject as SecretSpec["inject"];
+      return spec;
+    });
   }
   if (net.defaultIngress !== undefined) network.defaultIngress = oneOf(ctx, net.defaultIngress, "network.defaultIngress", ["allow", "deny"] as const);
   if (net.ports !== undefined) {

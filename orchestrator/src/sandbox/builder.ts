@@ -22,6 +22,7 @@ export class DnsBuilder {
 }
 import type { NetworkPolicyShape } from "../policy/model.js";
 import type { TlsOptions } from "../tls/setup.js";
+import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
 
 /** TLS interception, as the reference's TlsBuilder: n.tls(t => t.bypass("*.pinned.example")). */
 export class TlsBuilder {
@@ -66,6 +67,10 @@ export class NetworkBuilder {
     this.options.tls = { ...this.options.tls, ...t.options };
     return this;
   }
+  /** A secret: n.secret({ env: "API_KEY", allowedHosts: ["api.example.com"] }) (turns TLS interception on). */
+  secret(spec: SecretSpec): this { (this.options.secrets ??= []).push({ ...spec }); return this; }
+  /** What a placeholder headed anywhere else does (ViolationAction.Block by default). */
+  onSecretViolation(action: ViolationAction): this { this.options.onSecretViolation = action; return this; }
   /** The reference's dns_rebind_protection() on the network builder. */
   dnsRebindProtection(enabled: boolean): this { this.options.dns = { ...this.options.dns, rebindProtection: enabled }; return this; }
 }

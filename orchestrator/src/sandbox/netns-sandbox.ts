@@ -32,6 +32,8 @@ import { validatePort, exposureWarning, describePort, type PortSpec, type Publis
 import type { Action } from "../policy/model.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, type TlsOptions, type ValidTls } from "../tls/setup.js";
+import { validateSecrets, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
+import { matchesPattern } from "../tls/proxy.js";
 
 const run = promisify(execFile);
 
@@ -99,7 +101,19 @@ export interface NetnsSandboxOptions {
   tls?: TlsOptions;
   /** Called with every TLS refusal (after it was written to the audit log). */
   onTlsEvent?: (event: TlsEvent) => void;
+  /**
+   * Secrets: the command sees each as a placeholder; the value is put into requests to its hosts
+   * only (HTTP/1.1 headers and Basic auth over intercepted TLS). Turns TLS interception on.
+   */
+  secrets?: SecretSpec[];
+  /** What a placeholder headed anywhere else does: "block" (default), "block-and-log", "block-and-terminate". */
+  onSecretViolation?: ViolationAction;
+  /** Called with every secret violation (never with the value). */
+  onSecretEvent?: (event: SecretViolationEvent) => void;
 }
+
+/** A secret's placeholder headed where it may not go (the value never appears here). */
+export interface SecretViolationEvent { secret: string; destination: string; where: string; form: string; action: ViolationAction }
 
 /** The longest destroy() waits for connections that keep moving data, in grace periods. */
 const EXIT_GRACE_TOTAL_FACTOR = 30;
@@ -111,8 +125,8 @@ function ipErr(args: string[], e: unknown): MoatError {
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
 }
 
-type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent">> & { dns: DnsOptions } &
-  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onTlsEvent"> & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
+type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent">> & { dns: DnsOptions } &
+  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
 
 function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
@@ -159,8 +173,18 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
   if (ports.length > L.PUB_MAX) throw new ConfigError(`${ports.length} ports to publish`, `at most ${L.PUB_MAX} per sandbox`);
   if (ports.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so ports cannot be published to it", "drop the ports, or choose another policy");
   const onWarning = o.onWarning ?? ((m: string) => { process.stderr.write(`moat: warning: ${m}\n`); });
-  const tls = tlsRequested(o.tls) && !policy.offline ? validateTls(o.tls!) : undefined;
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onTlsEvent: o.onTlsEvent, ports, defaultIngress, onWarning, tls };
+  const secrets = validateSecrets(o.secrets ?? []);
+  const onSecretViolation = o.onSecretViolation ?? "block";
+  if (!["block", "block-and-log", "block-and-terminate"].includes(onSecretViolation)) throw new ConfigError(`secret violation action "${onSecretViolation}" is unknown`, "use block, block-and-log or block-and-terminate");
+  if (secrets.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so secrets have nowhere to go", "drop the secrets, or choose another policy");
+  // A secret turns TLS interception on (its hosts must be intercepted to be substituted).
+  const tls = (tlsRequested(o.tls) || secrets.length) && !policy.offline ? validateTls({ intercept: true, ...o.tls }) : undefined;
+  for (const sec of secrets) {
+    for (const h of sec.hosts) {
+      if (tls && matchesPattern(h.replace(/^\*\./, ""), tls.bypass)) throw new ConfigError(`secret ${sec.env} is for ${h}, which --tls-bypass passes through untouched`, "a bypassed host's requests cannot carry a secret: drop the bypass for it");
+    }
+  }
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
 }
 
 // Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
@@ -223,6 +247,7 @@ export class NetnsSandbox {
       const { listener: dnsTcp, setup: dnsSetup } = await sandbox.startDns(o);
       const tlsProxy = o.tls ? await sandbox.startTls(o.tls) : undefined;
       dnsSetup.reportAnswers = o.tls !== undefined; // the TLS proxy holds SNIs to the pinned names
+      dnsSetup.placeholders = o.secrets.map((x) => ({ env: x.env, placeholder: x.placeholder }));
       const config: EngineConfig = {
         gatewayMac: addresses.gatewayMac,
         guestMac: addresses.guestMac,
@@ -385,6 +410,8 @@ export class NetnsSandbox {
       denyNames: () => denyNames(this.policy),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
       classify: (ip) => classifyAddress(ip, this.hostAddresses),
+      secretIn: (name) => this.options.secrets.find((x) => name.toLowerCase().includes(x.placeholder.toLowerCase()))?.env,
+      recordAnswers: () => this.options.tls !== undefined,
     });
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
     // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
@@ -444,6 +471,9 @@ export class NetnsSandbox {
         return out.answer;
       },
       onEvent: (e) => this.afterTls(e),
+      secrets: this.options.secrets,
+      pinned: (ip, name) => this.pinnedNames.has(ip, name),
+      onViolation: (v, destination) => this.secretViolation(v.secret.env, destination, v.where, v.form),
     });
     await this.tlsProxy.listen();
     const a = this.tlsProxy.address();
@@ -466,8 +496,37 @@ export class NetnsSandbox {
     return this.options.tls?.ca.certPem;
   }
 
+  // ---- secrets ------------------------------------------------------------------------------------
+  private readonly children = new Set<ChildProcess>();
+  /** Why the sandbox was terminated by a secret violation (block-and-terminate), if it was. */
+  terminatedBy: string | undefined;
+
+  /** The placeholders the command sees, by variable name. */
+  get placeholders(): Record<string, string> {
+    return Object.fromEntries(this.options.secrets.map((x) => [x.env, x.placeholder]));
+  }
+
+  /** A placeholder headed where it may not go (the request was already stopped): log, terminate. */
+  private secretViolation(secret: string, destination: string, where: string, form: string): void {
+    const action = this.options.onSecretViolation;
+    const event: SecretViolationEvent = { secret, destination, where, form, action };
+    if (action !== "block") {
+      this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: "secret-violation", name: secret, detail: `${form} placeholder in ${where} (${destination}); ${action}` }]);
+    }
+    this.options.onSecretEvent?.(event);
+    if (action === "block-and-terminate" && !this.terminatedBy) {
+      this.terminatedBy = `secret ${secret}'s placeholder was sent to ${destination} (${where})`;
+      for (const c of this.children) c.kill("SIGKILL");
+      void this.destroy({ graceMs: 0 });
+    }
+  }
+
   /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
   private afterDns(out: DnsOutcome): void {
+    if (out.event?.kind === "secret-violation") {
+      const env = /secret (\w+)/.exec(out.event.detail ?? "")?.[1] ?? "?";
+      return this.secretViolation(env, "DNS", `the query name ${out.event.name ?? ""}`, "raw");
+    }
     if (!out.event || !this.auditLog) return;
     this.auditLog.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: `dns-${out.event.kind}`, name: out.event.name, detail: out.event.detail }]);
   }
@@ -518,7 +577,16 @@ export class NetnsSandbox {
       CURL_CA_BUNDLE: "/etc/ssl/certs/ca-certificates.crt",
       NODE_EXTRA_CA_CERTS: "/etc/ssl/certs/moat-interception-ca.pem",
     } : {};
-    return spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env: { ...env, ...trust } });
+    // Secrets: the command sees placeholders; the values (under any variable) never go in.
+    const childEnv: NodeJS.ProcessEnv = { ...env, ...trust };
+    for (const x of this.options.secrets) {
+      for (const [k, v] of Object.entries(childEnv)) if (v !== undefined && v.includes(x.value)) delete childEnv[k];
+      childEnv[x.env] = x.placeholder;
+    }
+    const child = spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env: childEnv });
+    this.children.add(child);
+    child.once("exit", () => this.children.delete(child));
+    return child;
   }
 
   counters(nonZero = false): EngineCounters {

@@ -26,6 +26,8 @@ import type { AddressInfo } from "node:net";
 import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
+import { RequestFilter, forbidden, type Violation } from "../secrets/http-filter.js";
+import type { Secret } from "../secrets/secrets.js";
 
 export interface TlsEvent {
   kind: "tls-sni-denied" | "tls-upstream-failed" | "tls-bad-hello";
@@ -49,6 +51,12 @@ export interface TlsProxyOptions {
   /** DoT: a DNS query from the guest (over TLS to port 853), answered by the interceptor. */
   dnsQuery?(query: Buffer, origin: RedirectOrigin): Promise<Buffer | null>;
   onEvent?(e: TlsEvent): void;
+  /** Secrets: substituted in requests to their hosts, violations anywhere else (secrets/http-filter.ts). */
+  secrets?: readonly Secret[];
+  /** Did this sandbox's DNS answer `name` with `ip` (the pins)? Required with secrets. */
+  pinned?(ip: string, name: string): boolean;
+  /** A placeholder headed where it may not go: the request was stopped. */
+  onViolation?(v: Violation, destination: string): void;
   helloTimeoutMs?: number;
   upstreamTimeoutMs?: number;
 }
@@ -198,6 +206,11 @@ export class TlsProxy {
       guest.on("error", () => guest.destroy());
       return this.serveDot(guest, origin);
     }
+    // With secrets, intercepted connections speak HTTP/1.1, whose headers travel as they are
+    // (HTTP/2 compresses them with HPACK, where a placeholder is no longer its bytes): a host
+    // some secret is for gets substitution, every other host's requests are scanned.
+    const secrets = this.o.secrets ?? [];
+    if (secrets.length) alpn = alpn.includes("http/1.1") || alpn.length === 0 ? ["http/1.1"] : [];
     let upstream: tls.TLSSocket;
     try {
       upstream = await this.connectUpstream(origin, sni, alpn);
@@ -213,7 +226,9 @@ export class TlsProxy {
       secureContext: this.o.ca.contextFor(leafName),
       ALPNProtocols: chosen ? [chosen] : undefined,
     });
-    join(guest, upstream);
+    if (!secrets.length) return join(guest, upstream);
+    const filter = new RequestFilter(secrets, sni, sni !== undefined && (this.o.pinned?.(origin.ip, sni) ?? false));
+    joinFiltered(guest, upstream, filter, (v) => this.o.onViolation?.(v, dest(origin)));
   }
 
   // Upstream TLS sessions, resumed on the next connection to the same server and name (a
@@ -223,10 +238,11 @@ export class TlsProxy {
   private connectUpstream(origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<tls.TLSSocket> {
     const key = `${origin.ip}|${origin.port}|${sni ?? ""}|${alpn.join(",")}`;
     return new Promise((resolve, reject) => {
+      // Over a socket of our own, so a violation can reset it (a TLS socket cannot).
+      const raw = net.connect({ host: origin.ip, port: origin.port, noDelay: true });
       const up = tls.connect({
+        socket: raw,
         session: this.sessions.get(key),
-        host: origin.ip,
-        port: origin.port,
         servername: sni, // never re-resolved: the guest's destination, the guest's name
         ALPNProtocols: alpn.length ? alpn : undefined,
         secureContext: this.upstreamContext,
@@ -234,7 +250,7 @@ export class TlsProxy {
         // Without SNI the certificate must name the address itself.
         checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),
       });
-      up.setNoDelay(true);
+      rawSockets.set(up, raw);
       up.on("session", (session: Buffer) => {
         this.sessions.delete(key);
         this.sessions.set(key, session);
@@ -296,6 +312,58 @@ export class TlsProxy {
 
 function dest(o: RedirectOrigin): string {
   return `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${o.port}`;
+}
+
+/** The TCP socket under each upstream TLS socket (to reset it). */
+const rawSockets = new WeakMap<tls.TLSSocket, net.Socket>();
+
+/**
+ * As join(), with the guest's bytes passed through `filter` on their way up. A violation stops the
+ * request: the upstream connection is reset before any of the placeholder's bytes reach it; an
+ * HTTP client gets a 403 saying why, any other stream a reset.
+ */
+function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter, onViolation: (v: Violation) => void): void {
+  upstream.pipe(guest);
+  let stopped = false;
+  const kill = () => { guest.destroy(); upstream.destroy(); };
+  guest.on("error", kill);
+  upstream.on("error", kill);
+  upstream.on("close", () => { if (!guest.writableEnded && !stopped) guest.destroy(); });
+  guest.on("close", () => { if (!upstream.writableEnded) upstream.destroy(); });
+  guest.on("data", (chunk: Buffer) => {
+    if (stopped) return;
+    let r: ReturnType<RequestFilter["push"]>;
+    try {
+      r = filter.push(chunk);
+    } catch {
+      stopped = true; // a filter bug must not take the process down: fail closed
+      rawSockets.get(upstream)?.resetAndDestroy();
+      kill();
+      return;
+    }
+    let ok = true;
+    for (const b of r.out) if (b.length) ok = upstream.write(b) && ok;
+    if (r.violation) {
+      stopped = true;
+      upstream.unpipe(guest);
+      const raw = rawSockets.get(upstream);
+      if (raw) raw.resetAndDestroy();
+      else upstream.destroy();
+      onViolation(r.violation);
+      if (r.violation.http) guest.end(forbidden(r.violation));
+      else guest.destroy();
+      return;
+    }
+    if (!ok) {
+      guest.pause();
+      upstream.once("drain", () => guest.resume());
+    }
+  });
+  guest.on("end", () => {
+    if (stopped) return;
+    for (const b of filter.end()) upstream.write(b);
+    upstream.end();
+  });
 }
 
 /** Bytes both ways, back-pressured, half-close carried; an error on either side ends both. */

@@ -1,0 +1,186 @@
+// secrets.ts — secret injection (DESIGN §8): the guest holds a placeholder; the real value is put
+// on the wire only in requests to the hosts the secret is for.
+//
+// Theory of operation
+// Each secret gets a placeholder, `moat-ph-` and 24 random [a-z0-9] characters (or the user's),
+// stable for the sandbox's life; the command's environment carries NAME=placeholder and the real
+// value stays in moat's memory (never in the sandbox's environment, files, logs or audit events).
+// Where the placeholder may turn into the value is decided in the TLS proxy (http-filter.ts):
+// intercepted TLS whose SNI matches the secret's host patterns, whose address this sandbox's DNS
+// pinned to that name, and whose HTTP Host equals the SNI. Everywhere else the placeholder is a
+// violation: in the other hosts' plaintext, in DNS names — in its raw form and in the encodings an
+// exfiltrating program would reach for first (base64 at every alignment, base64url, %XX, JSON
+// \u00XX), also split across writes (PlaceholderScanner keeps what could be the start of one).
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { ConfigError } from "../errors.js";
+import { normalizeName } from "../policy/model.js";
+
+export type ViolationAction = "block" | "block-and-log" | "block-and-terminate";
+export const ViolationAction = { Block: "block", BlockAndLog: "block-and-log", BlockAndTerminate: "block-and-terminate" } as const;
+
+/** A secret as configured (API, config file, CLI). */
+export interface SecretSpec {
+  /** The environment variable the command sees (holding the placeholder). */
+  env: string;
+  /** Where the real value comes from: an environment variable of moat's, or a file. Default: { env: env }. */
+  valueFrom?: { env: string } | { file: string };
+  /** Hosts the value may be sent to: names, or "*.suffix" (which also matches the suffix). */
+  allowedHosts: string[];
+  /** The placeholder the guest sees (default: moat-ph- and a random token). */
+  placeholder?: string;
+  /** Where it is substituted: headers (default true), basicAuth (default true). */
+  inject?: { headers?: boolean; basicAuth?: boolean; query?: boolean; body?: boolean };
+}
+
+export interface Secret {
+  env: string;
+  value: string;
+  placeholder: string;
+  hosts: string[];
+  headers: boolean;
+  basicAuth: boolean;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export function validateSecrets(specs: readonly SecretSpec[], environment: NodeJS.ProcessEnv = process.env): Secret[] {
+  const seen = new Set<string>();
+  return specs.map((s, i) => {
+    const where = `secrets[${i}]`;
+    if (typeof s !== "object" || s === null) throw new ConfigError(`${where} is not a secret`, "expected { env, allowedHosts, valueFrom? }");
+    if (typeof s.env !== "string" || !ENV_NAME.test(s.env)) throw new ConfigError(`${where}.env ${JSON.stringify(s.env)} is not an environment variable name`, "e.g. OPENAI_API_KEY");
+    if (seen.has(s.env)) throw new ConfigError(`secret ${s.env} is given twice`, "give each secret once, with all its hosts");
+    seen.add(s.env);
+    if (!Array.isArray(s.allowedHosts) || s.allowedHosts.length === 0) throw new ConfigError(`secret ${s.env} has no allowed hosts`, `e.g. --secret ${s.env}@api.example.com`);
+    const hosts = s.allowedHosts.map((h) => {
+      const wild = typeof h === "string" && h.startsWith("*.");
+      try {
+        return (wild ? "*." : "") + normalizeName(wild ? h.slice(2) : h);
+      } catch {
+        throw new ConfigError(`secret ${s.env}: allowed host ${JSON.stringify(h)} is not a name or *.suffix`, "e.g. api.example.com or *.example.com (addresses are not allowed: the value goes only where DNS and SNI agree)");
+      }
+    });
+    const from = s.valueFrom ?? { env: s.env };
+    let value: string | undefined;
+    if ("env" in from) {
+      value = environment[from.env];
+      if (value === undefined || value === "") throw new ConfigError(`secret ${s.env}: moat's environment has no ${from.env}`, `export ${from.env}=... before starting moat (the value is never given on the command line)`);
+    } else if ("file" in from) {
+      try {
+        value = readFileSync(from.file, "utf8").replace(/\r?\n$/, "");
+      } catch (e) {
+        throw new ConfigError(`secret ${s.env}: cannot read ${from.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "give a readable file holding the value");
+      }
+      if (value === "") throw new ConfigError(`secret ${s.env}: ${from.file} is empty`, "the file holds the secret's value");
+    } else {
+      throw new ConfigError(`${where}.valueFrom is neither { env } nor { file }`, `e.g. "valueFrom": { "env": "MY_KEY" }`);
+    }
+    if (/[\r\n\0]/.test(value)) throw new ConfigError(`secret ${s.env}: the value holds a line break or NUL`, "a header value cannot carry it");
+    const placeholder = s.placeholder ?? `moat-ph-${token()}`;
+    if (!/^[A-Za-z0-9._~-]{16,128}$/.test(placeholder)) throw new ConfigError(`secret ${s.env}: placeholder ${JSON.stringify(placeholder)} is not 16-128 characters of [A-Za-z0-9._~-]`, "leave it out for a random one");
+    if (value.includes(placeholder) || placeholder.includes(value)) throw new ConfigError(`secret ${s.env}: the placeholder and the value overlap`, "choose another placeholder");
+    if (s.inject?.query || s.inject?.body) {
+      throw new ConfigError(`secret ${s.env}: substitution in the query or the body is not supported yet`, "put the secret in a header or in Basic auth");
+    }
+    return { env: s.env, value, placeholder, hosts, headers: s.inject?.headers ?? true, basicAuth: s.inject?.basicAuth ?? true };
+  });
+}
+
+/** 24 characters of [a-z0-9] (~124 bits). */
+function token(): string {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
+  return Array.from(randomBytes(24), (b) => alphabet[b % 36]).join("");
+}
+
+/** Parse the CLI form: NAME@HOST[,HOST...] or NAME=ENVVAR@HOST[,HOST...]. */
+export function parseSecretFlag(text: string): SecretSpec {
+  const m = /^([A-Za-z_][A-Za-z0-9_]*)(?:=([A-Za-z_][A-Za-z0-9_]*))?@(.+)$/.exec(text);
+  if (!m) throw new ConfigError(`--secret "${text}" is not NAME@HOST[,HOST...] or NAME=ENVVAR@HOST[,...]`, "e.g. --secret OPENAI_API_KEY@api.openai.com (the value comes from moat's environment)");
+  return { env: m[1]!, valueFrom: { env: m[2] ?? m[1]! }, allowedHosts: m[3]!.split(",").map((h) => h.trim()).filter(Boolean) };
+}
+
+/** The byte strings a placeholder may travel as (latin1 text). */
+export function placeholderForms(placeholder: string): string[] {
+  const forms = new Set<string>([placeholder]);
+  const b = Buffer.from(placeholder, "latin1");
+  for (let k = 0; k < 3; k++) {
+    // The characters of base64(prefix of k bytes + placeholder) that depend on the placeholder only.
+    const enc = Buffer.concat([Buffer.alloc(k), b]).toString("base64");
+    const start = Math.ceil((k * 8) / 6);
+    const end = Math.floor(((k + b.length) * 8) / 6);
+    const core = enc.slice(start, end);
+    forms.add(core);
+    forms.add(core.replace(/\+/g, "-").replace(/\//g, "_"));
+  }
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0"));
+  forms.add(hex.map((h) => `%${h.toUpperCase()}`).join(""));
+  forms.add(hex.map((h) => `%${h}`).join(""));
+  forms.add(hex.map((h) => `\\u00${h}`).join(""));
+  forms.add(hex.map((h) => `\\u00${h.toUpperCase()}`).join(""));
+  return [...forms];
+}
+
+/** Which secret's placeholder a stream carried, and in what form. */
+export interface Found { secret: Secret; form: string }
+
+/**
+ * Finds placeholders in a stream given chunk by chunk. push() returns how many bytes of what it
+ * has seen may be forwarded: everything but a tail that could be the start of a placeholder
+ * form (held back until the next chunk says otherwise), or a hit.
+ */
+export class PlaceholderScanner {
+  private readonly forms: { text: string; secret: Secret }[];
+  private carry = "";
+
+  constructor(secrets: readonly Secret[]) {
+    this.forms = secrets.flatMap((secret) => placeholderForms(secret.placeholder).map((text) => ({ text, secret })));
+  }
+
+  get active(): boolean {
+    return this.forms.length > 0;
+  }
+
+  /** Scan `chunk` after what was held back. */
+  push(chunk: Buffer): { found?: Found; release: Buffer } {
+    const held = this.carry;
+    const hay = held + chunk.toString("latin1");
+    for (const f of this.forms) {
+      if (hay.includes(f.text)) return { found: { secret: f.secret, form: describeForm(f.text, f.secret.placeholder) }, release: Buffer.alloc(0) };
+    }
+    // Hold back the longest tail that is a proper prefix of some form.
+    let keep = 0;
+    for (const f of this.forms) {
+      for (let n = Math.min(f.text.length - 1, hay.length); n > keep; n--) {
+        if (hay.endsWith(f.text.slice(0, n))) { keep = n; break; }
+      }
+    }
+    this.carry = hay.slice(hay.length - keep);
+    return { release: Buffer.from(hay.slice(0, hay.length - keep), "latin1") };
+  }
+
+  /** The stream ended: what was held back may go. */
+  flush(): Buffer {
+    const b = Buffer.from(this.carry, "latin1");
+    this.carry = "";
+    return b;
+  }
+}
+
+function describeForm(form: string, placeholder: string): string {
+  if (form === placeholder) return "raw";
+  if (form.startsWith("%")) return "percent-encoded";
+  if (form.startsWith("\\u")) return "JSON-escaped";
+  return "base64";
+}
+
+/** Does `host` match one of the secret's patterns? */
+export function hostAllowed(secret: Secret, host: string): boolean {
+  return secret.hosts.some((p) => (p.startsWith("*.") ? host === p.slice(2) || host.endsWith(p.slice(1)) : host === p));
+}
+
+/** A DNS name carrying a placeholder (names are case-insensitive: compared in lower case). */
+export function placeholderInName(secrets: readonly Secret[], name: string): Secret | undefined {
+  const n = name.toLowerCase();
+  return secrets.find((s) => n.includes(s.placeholder.toLowerCase()));
+}

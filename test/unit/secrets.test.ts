@@ -1,0 +1,99 @@
+// secrets.test.ts — placeholders and their forms, the streaming scanner, and the HTTP/1.1 request
+// filter that substitutes values or stops a request.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { validateSecrets, placeholderForms, PlaceholderScanner, parseSecretFlag, type Secret } from "../../orchestrator/src/secrets/secrets.js";
+import { RequestFilter, MAX_HEAD } from "../../orchestrator/src/secrets/http-filter.js";
+
+const P = "moat-ph-abcdefghijklmnopqrstuvwx";
+const secret = (hosts = ["api.example.test"], extra = {}): Secret =>
+  validateSecrets([{ env: "KEY", allowedHosts: hosts, placeholder: P, ...extra }], { KEY: "VALUE-123" })[0]!;
+
+test("secrets are read from moat's environment or a file, never a flag; bad ones are refused", () => {
+  const s = validateSecrets([{ env: "A", allowedHosts: ["*.Example.Test"] }], { A: "v" })[0]!;
+  assert.match(s.placeholder, /^moat-ph-[a-z0-9]{24}$/);
+  assert.deepEqual(s.hosts, ["*.example.test"]);
+  assert.deepEqual(parseSecretFlag("API=REAL@a.test,b.test"), { env: "API", valueFrom: { env: "REAL" }, allowedHosts: ["a.test", "b.test"] });
+  assert.deepEqual(parseSecretFlag("API@a.test").valueFrom, { env: "API" });
+  assert.throws(() => parseSecretFlag("API=value-on-the-command-line"), /is not NAME@HOST/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }], {}), /moat's environment has no A/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["192.0.2.1"] }], { A: "v" }), /not a name/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: [] }], { A: "v" }), /no allowed hosts/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }, { env: "A", allowedHosts: ["b.test"] }], { A: "v" }), /given twice/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }], { A: "line\nbreak" }), /line break/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"], inject: { body: true } }], { A: "v" }), /not supported yet/);
+});
+
+test("placeholder forms: raw, base64 at every alignment, %XX, JSON \\u escapes", () => {
+  const forms = placeholderForms(P);
+  const text = (s: string) => forms.some((f) => s.includes(f));
+  assert.ok(text(`x${P}y`));
+  for (const pre of ["", "a", "ab"]) assert.ok(text(Buffer.from(pre + P).toString("base64")), `base64 after ${pre.length} bytes`);
+  assert.ok(text(Buffer.from("ab" + P).toString("base64url")));
+  assert.ok(text([...P].map((c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`).join("")));
+  assert.ok(text(JSON.stringify(P).replace(/[a-z-]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)));
+  assert.ok(!text("moat-ph-abcdefghijklmnopqrstuvwX"), "another token is not this one");
+});
+
+test("the scanner finds a placeholder split across writes, and holds back only what could start one", () => {
+  const sc = new PlaceholderScanner([secret()]);
+  const a = sc.push(Buffer.from(`hello ${P.slice(0, 10)}`));
+  assert.equal(a.found, undefined);
+  assert.equal(a.release.toString(), "hello ", "the possible start is held back");
+  const b = sc.push(Buffer.from(P.slice(10)));
+  assert.equal(b.found?.form, "raw");
+  const clean = new PlaceholderScanner([secret()]);
+  assert.equal(clean.push(Buffer.from("GET / HTTP/1.1\r\n\r\n")).release.toString(), "GET / HTTP/1.1\r\n\r\n", "ordinary traffic is not delayed");
+  const tail = new PlaceholderScanner([secret()]);
+  assert.equal(tail.push(Buffer.from("end with moat")).release.toString(), "end with ");
+  assert.equal(tail.flush().toString(), "moat", "released when the stream ends");
+});
+
+function filter(hosts = ["api.example.test"], sni = "api.example.test", pinned = true, extra = {}) {
+  return new RequestFilter([secret(hosts, extra)], sni, pinned);
+}
+const feed = (f: RequestFilter, ...parts: string[]) => {
+  const out: string[] = [];
+  for (const p of parts) {
+    const r = f.push(Buffer.from(p, "latin1"));
+    out.push(...r.out.map((b) => b.toString("latin1")));
+    if (r.violation) return { out: out.join(""), violation: r.violation };
+  }
+  return { out: out.join("") };
+};
+
+test("substitution in headers and Basic auth, only where Host equals the SNI and the address was pinned", () => {
+  const basic = Buffer.from(`u:${P}`).toString("base64");
+  const r = feed(filter(), `GET /x HTTP/1.1\r\nHost: API.example.test:443\r\nAuthorization: Basic ${basic}\r\nX-Key: k=${P};\r\n\r\n`);
+  assert.equal(r.violation, undefined);
+  assert.match(r.out, new RegExp(`Authorization: Basic ${Buffer.from("u:VALUE-123").toString("base64")}\r\n`));
+  assert.match(r.out, /X-Key: k=VALUE-123;\r\n\r\n$/);
+  const mismatch = feed(filter(), `GET / HTTP/1.1\r\nHost: other.test\r\nX-Key: ${P}\r\n\r\n`);
+  assert.match(mismatch.violation?.where ?? "", /Host other\.test is not the SNI/);
+  assert.equal(mismatch.out, "", "nothing of the request left");
+  const unpinned = feed(filter(["api.example.test"], "api.example.test", false), `GET / HTTP/1.1\r\nHost: api.example.test\r\nX-Key: ${P}\r\n\r\n`);
+  assert.ok(unpinned.violation, "an address DNS did not pin to the name gets no value");
+  const query = feed(filter(), `GET /?k=${P} HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  assert.equal(query.violation?.where, "the request line to api.example.test");
+});
+
+test("bodies (Content-Length and chunked) are followed to the next request; a placeholder in one is a violation", () => {
+  const f = filter();
+  const two = feed(f, "POST /a HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhel", `lo`, `GET /b HTTP/1.1\r\nHost: api.example.test\r\nX: ${P}\r\n\r\n`);
+  assert.equal(two.violation, undefined);
+  assert.match(two.out, /hello GET \/b|hello/);
+  assert.match(two.out, /X: VALUE-123\r\n\r\n$/, "the pipelined second request was judged (and substituted) too");
+  const chunked = feed(filter(), "POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", `GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ${P}\r\n\r\n`);
+  assert.equal(chunked.violation, undefined);
+  assert.match(chunked.out, /X: VALUE-123/);
+  const inBody = feed(filter(), `POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 100\r\n\r\nkey=${P.slice(0, 9)}`, P.slice(9));
+  assert.match(inBody.violation?.where ?? "", /a request body/);
+  assert.doesNotMatch(inBody.out, /moat-ph-a/, "the placeholder's start was held back");
+});
+
+test("other hosts are scanned; an oversized head with a placeholder is a violation, not a pass", () => {
+  const other = feed(filter(["api.example.test"], "other.test"), `GET / HTTP/1.1\r\nHost: other.test\r\nX: ${P}\r\n\r\n`);
+  assert.equal(other.violation?.http, true);
+  const big = feed(filter(), `GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ${"a".repeat(MAX_HEAD)}`, `${P}\r\n\r\n`);
+  assert.ok(big.violation, "over the head limit with a placeholder inside");
+});

@@ -85,4 +85,5 @@ export const INBOUND_REFUSED = 76; // peers on published ports refused (policy, 
 export const TCP_INBOUND_CLOSED_PORT = 77; // inbound connections the guest refused (nothing listening): the peer gets a reset
 export const DROP_QUIC = 78; // UDP to an intercepted TLS port (QUIC) while TLS is intercepted: dropped so clients use TCP
 export const TLS_REDIRECTED = 79; // new TCP connections sent to the TLS proxy (intercepted ports and DoT); counted before admission
-export const COUNTER_COUNT = 80;
+export const SECRET_VIOLATIONS = 80; // guest TCP streams reset and UDP datagrams dropped for carrying a secret's placeholder
+export const COUNTER_COUNT = 81;

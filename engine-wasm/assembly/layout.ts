@@ -203,6 +203,7 @@ export const AUDIT_BASE = AUDIT_CTRL + RING_CTRL_BYTES;
 export const AU_TIME_MS = 0; // f64: engine time (performance.now() of the worker)
 export const AU_RULE = 8; // i32: index of the deciding rule, -1 = the default action, AU_RULE_NOT_ROUTED
 export const AU_RULE_NOT_ROUTED = -2; // not a policy decision: multicast and broadcast are never forwarded
+export const AU_RULE_SECRET = -4; // not a policy decision: a secret's placeholder in a TCP stream or UDP datagram (AU_DETAIL: which secret)
 export const AU_RULE_QUIC = -3; // not a policy decision: QUIC to an intercepted TLS port is dropped (CFG_TLS_BLOCK_QUIC)
 export const AU_PROTO = 12; // u8
 export const AU_FAMILY = 13; // u8
@@ -212,6 +213,7 @@ export const AU_SPORT = 16; // u16
 export const AU_DPORT = 18; // u16
 export const AU_SRC = 24; // 16 bytes
 export const AU_DST = 40; // 16 bytes
+export const AU_DETAIL = 56; // u32: AU_RULE_SECRET: the secret's index
 
 export const POLICY_ADDR_SCRATCH = AUDIT_BASE + AUDIT_SLOTS * AUDIT_RECORD_BYTES; // 16 bytes: the address being judged, canonical
 export const PIN_MATCHED = POLICY_ADDR_SCRATCH + 16; // u32: pin index + 1 of the last domain-rule match (0 = none)
@@ -273,7 +275,22 @@ export const ACC_PORT = 2; // u16: the peer's port (host order)
 export const ACC_ADDR = 4; // 16 bytes: the peer's address (IPv4 as ::ffff:a.b.c.d)
 export const ACC_BYTES = 20; // UDP: the datagram follows
 
-export const BENCH_BASE = PUB_BASE + PUB_MAX * PUB_ENTRY_BYTES; // 1 MiB scratch for benchmarks and tests
+// ---- secrets: placeholder forms the engine looks for in the guest's own TCP and UDP payloads ------
+// (TLS to intercepted ports is judged by the orchestrator's proxy, DNS names by the interceptor.)
+// The orchestrator writes the forms (secrets/secrets.ts placeholderForms) before the engine starts;
+// SECRET_FORM_COUNT 0 means no scanning. A TCP flow keeps the last bytes it sent (SECRET_CARRY_*),
+// so a placeholder split across segments is still found.
+export const SECRET_FORMS_MAX = 128;
+export const SECRET_FORM_BYTES = 256; // u32 length, u32 secret index, then up to 248 bytes
+export const SECRET_FORM_MAX_LEN = 248;
+export const SECRET_FORM_COUNT = PUB_BASE + PUB_MAX * PUB_ENTRY_BYTES; // u32
+export const SECRET_FIRST = SECRET_FORM_COUNT + 64; // 256 bytes: 1 where some form starts with that byte
+export const SECRET_FORMS_BASE = SECRET_FIRST + 256;
+export const SECRET_SCRATCH = SECRET_FORMS_BASE + SECRET_FORMS_MAX * SECRET_FORM_BYTES; // 512 bytes
+export const SECRET_CARRY_BYTES = 256; // per flow: u32 length, then the last bytes sent (< SECRET_FORM_MAX_LEN)
+export const SECRET_CARRY_BASE = SECRET_SCRATCH + 512;
+
+export const BENCH_BASE = SECRET_CARRY_BASE + FLOW_CAPACITY * SECRET_CARRY_BYTES; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;

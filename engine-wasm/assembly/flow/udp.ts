@@ -22,7 +22,8 @@ import {
   F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_REMOTE,
 } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
-import { admitNewFlow } from "../policy/admit";
+import { admitNewFlow, auditSecret } from "../policy/admit";
+import { secretsActive, secretInDatagram, secretOfForm } from "../policy/secrets";
 import { checksum } from "../wire/checksum";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
@@ -73,6 +74,10 @@ function datagramFlowOpen(proto: u32, openOp: u32, hash: u32, family: u32, dial:
 /** A guest datagram (or echo request) for flow `idx`: sent on its host socket. */
 export function udpOnFlow(idx: u32, data: usize, len: u32, family: u32): void {
   const rec = flowRecord(idx);
+  if (secretsActive() && load<u8>(rec) == 17) {
+    const f = secretInDatagram(data, len);
+    if (f) { auditSecret(17, family, <u32>load<u16>(rec, 6), secretOfForm(f)); return; } // dropped
+  }
   if (!opPush(OPK_UDP_SEND, idx, data, len, family, 0, 0)) return;
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);

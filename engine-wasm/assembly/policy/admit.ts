@@ -5,9 +5,9 @@
 import {
   KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
-  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, AU_RULE_SECRET, AU_DETAIL, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
 } from "../layout";
-import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST } from "../counters";
+import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST, SECRET_VIOLATIONS } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
 import { copy16 } from "../wire/bytes";
 import { count } from "../emit";
@@ -86,6 +86,16 @@ export function auditNotRouted(proto: u32, family: u32, dport: u32): void {
   audit(proto, family, dport, AU_RULE_NOT_ROUTED, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
 }
 
+/**
+ * A secret's placeholder in the guest's TCP stream or UDP datagram (policy/secrets.ts), key at
+ * KEY_SCRATCH: counted and audited with reason AU_RULE_SECRET and the secret's index; the caller
+ * stops the flow or drops the datagram.
+ */
+export function auditSecret(proto: u32, family: u32, dport: u32, secret: u32): void {
+  count(SECRET_VIOLATIONS);
+  audit(proto, family, dport, AU_RULE_SECRET, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24, secret);
+}
+
 /** QUIC to an intercepted TLS port, dropped (CFG_TLS_BLOCK_QUIC): audited with reason AU_RULE_QUIC. */
 export function auditQuic(proto: u32, family: u32, dport: u32): void {
   audit(proto, family, dport, AU_RULE_QUIC, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
@@ -102,7 +112,7 @@ function refuse(proto: u32, icmpForUdp: bool): void {
 }
 
 /** Record a denial in the audit ring (bounded: when full, AUDIT_LOST counts what was not kept). */
-function audit(proto: u32, family: u32, dport: u32, rule: i32, direction: u32, src: usize, sport: u32, dst: usize): void {
+function audit(proto: u32, family: u32, dport: u32, rule: i32, direction: u32, src: usize, sport: u32, dst: usize, detail: u32 = 0): void {
   const tail = ringTail(AUDIT_CTRL);
   if (tail - ringHead(AUDIT_CTRL) >= <u32>AUDIT_SLOTS) { count(AUDIT_LOST); return; }
   const r = AUDIT_BASE + <usize>(tail & (<u32>AUDIT_SLOTS - 1)) * AUDIT_RECORD_BYTES;
@@ -116,5 +126,6 @@ function audit(proto: u32, family: u32, dport: u32, rule: i32, direction: u32, s
   store<u16>(r, <u16>dport, AU_DPORT);
   copy16(r + AU_SRC, src);
   copy16(r + AU_DST, dst);
+  store<u32>(r, detail, AU_DETAIL);
   ringPublishTail(AUDIT_CTRL, tail + 1);
 }

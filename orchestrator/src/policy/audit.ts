@@ -29,6 +29,8 @@ export interface DenyEvent {
   port: number;
   rule: string; // "rules[3] deny:egress@group:private" or "default"
   action: "deny";
+  /** Not a policy decision but a secret's placeholder in the payload: the secret's index. */
+  secret?: number;
 }
 
 const PROTO_NAME: Record<number, string> = { 6: "tcp", 17: "udp", 1: "icmpv4", 58: "icmpv6" };
@@ -62,8 +64,10 @@ export function drainAudit(mem: Uint8Array, sandbox: string, ruleText: (i: numbe
       port: dv.getUint16(r + L.AU_DPORT, true),
       rule: rule === L.AU_RULE_NOT_ROUTED ? "not-routed: multicast and broadcast are never forwarded"
         : rule === L.AU_RULE_QUIC ? "quic: UDP to an intercepted TLS port is dropped so clients use TCP (--tls-no-block-quic lets it through)"
+        : rule === L.AU_RULE_SECRET ? "secret: a placeholder in the payload"
         : rule < 0 ? "default" : `rules[${rule}] ${ruleText(rule)}`,
       action: "deny",
+      ...(rule === L.AU_RULE_SECRET ? { secret: dv.getUint32(r + L.AU_DETAIL, true) } : {}),
     });
     head = (head + 1) >>> 0;
   }

@@ -32,7 +32,7 @@ import { validatePort, exposureWarning, describePort, type PortSpec, type Publis
 import type { Action } from "../policy/model.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, type TlsOptions, type ValidTls } from "../tls/setup.js";
-import { validateSecrets, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
+import { validateSecrets, writeSecretForms, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
 import { matchesPattern } from "../tls/proxy.js";
 
 const run = promisify(execFile);
@@ -272,6 +272,7 @@ export class NetnsSandbox {
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
         prepare: (mem) => {
           installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true, o.defaultIngress);
+          writeSecretForms(mem, o.secrets);
           // The host's own addresses are Group Host from the first frame on, and kept current.
           sandbox.unwatchHost = watchHostAddresses((addrs) => {
             // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
@@ -370,8 +371,15 @@ export class NetnsSandbox {
   /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
   private drainAudit(): void {
     if (!this.engine) return;
-    const events = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
+    const all = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
       (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
+    // A secret's placeholder in the guest's own TCP or UDP: a violation, not a policy denial.
+    const events = all.filter((e) => e.secret === undefined);
+    for (const e of all) {
+      if (e.secret === undefined) continue;
+      const env = this.options.secrets[e.secret]?.env ?? "?";
+      this.secretViolation(env, `${e.destination.includes(":") ? `[${e.destination}]` : e.destination}:${e.port}`, e.protocol === "udp" ? "a UDP datagram" : "a TCP stream", "raw or encoded");
+    }
     this.auditLog?.write(events);
     if (this.options.onDeny) for (const e of events) this.options.onDeny(e);
   }

@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { normalizeName } from "../policy/model.js";
+import { layout as L } from "../engine/layout.js";
 
 export type ViolationAction = "block" | "block-and-log" | "block-and-terminate";
 export const ViolationAction = { Block: "block", BlockAndLog: "block-and-log", BlockAndTerminate: "block-and-terminate" } as const;
@@ -78,7 +79,7 @@ export function validateSecrets(specs: readonly SecretSpec[], environment: NodeJ
     }
     if (/[\r\n\0]/.test(value)) throw new ConfigError(`secret ${s.env}: the value holds a line break or NUL`, "a header value cannot carry it");
     const placeholder = s.placeholder ?? `moat-ph-${token()}`;
-    if (!/^[A-Za-z0-9._~-]{16,128}$/.test(placeholder)) throw new ConfigError(`secret ${s.env}: placeholder ${JSON.stringify(placeholder)} is not 16-128 characters of [A-Za-z0-9._~-]`, "leave it out for a random one");
+    if (!/^[A-Za-z0-9._~-]{16,40}$/.test(placeholder)) throw new ConfigError(`secret ${s.env}: placeholder ${JSON.stringify(placeholder)} is not 16-40 characters of [A-Za-z0-9._~-]`, "leave it out for a random one");
     if (value.includes(placeholder)) throw new ConfigError(`secret ${s.env}: the value contains the placeholder`, "choose another placeholder");
     if (s.inject?.query || s.inject?.body) {
       throw new ConfigError(`secret ${s.env}: substitution in the query or the body is not supported yet`, "put the secret in a header or in Basic auth");
@@ -183,4 +184,24 @@ export function hostAllowed(secret: Secret, host: string): boolean {
 export function placeholderInName(secrets: readonly Secret[], name: string): Secret | undefined {
   const n = name.toLowerCase();
   return secrets.find((s) => n.includes(s.placeholder.toLowerCase()));
+}
+
+/**
+ * Give the engine the placeholder forms to look for in the guest's own TCP and UDP payloads
+ * (engine-wasm/assembly/policy/secrets.ts): every form of every secret, with the secret's index.
+ */
+export function writeSecretForms(mem: Uint8Array, secrets: readonly Secret[]): void {
+  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
+  const forms = secrets.flatMap((s, i) => placeholderForms(s.placeholder).map((f) => ({ f: Buffer.from(f, "latin1"), i })));
+  if (forms.length > L.SECRET_FORMS_MAX) throw new ConfigError(`${secrets.length} secrets are more than the engine can watch for`, `at most ${Math.floor(L.SECRET_FORMS_MAX / 11)}`);
+  mem.fill(0, L.SECRET_FIRST, L.SECRET_FIRST + 256);
+  forms.forEach(({ f, i }, k) => {
+    if (f.length > L.SECRET_FORM_MAX_LEN) throw new ConfigError(`a placeholder of ${secrets[i]!.placeholder.length} characters is too long for the engine`, "use at most 40 characters");
+    const o = L.SECRET_FORMS_BASE + k * L.SECRET_FORM_BYTES;
+    dv.setUint32(o, f.length, true);
+    dv.setUint32(o + 4, i, true);
+    mem.set(f, o + 8);
+    mem[L.SECRET_FIRST + f[0]!] = 1;
+  });
+  dv.setUint32(L.SECRET_FORM_COUNT, forms.length, true);
 }

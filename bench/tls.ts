@@ -52,8 +52,8 @@ const latency = urls("latency.cfg", 300, () => "www.bench.test", "hello");
 
 interface Figures { distinct: number; repeated: number; keepalive: number; bulk: number; p50: number }
 
-/** Run the curl measurements with `exec` (where curl runs) and `extra` (proxy/CA options). */
-function measure(exec: (c: string[]) => string[], extra: string[]): Figures {
+/** Run the curl measurements with `exec` (where curl runs) and `extra` (proxy/CA options); `requestsOnly`: kept-alive and latency only. */
+function measure(exec: (c: string[]) => string[], extra: string[], requestsOnly = false): Figures {
   const curl = (a: string[], timeoutMs = 300000) => {
     const argv = exec(["curl", "-sS", "--no-progress-meter", ...extra, ...a]);
     return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, maxBuffer: 64 << 20 });
@@ -63,10 +63,10 @@ function measure(exec: (c: string[]) => string[], extra: string[]): Figures {
     curl(a);
     return REQUESTS / ((performance.now() - t0) / 1000);
   };
-  const distinctRate = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", distinct]);
-  const repeatedRate = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", repeated]);
+  const distinctRate = requestsOnly ? NaN : rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", distinct]);
+  const repeatedRate = requestsOnly ? NaN : rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", repeated]);
   const keepalive = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", repeated]);
-  const bulk = Number(curl(["--http1.1", "-o", "/dev/null", "-w", "%{speed_download}", `https://www.bench.test/bytes/${BULK_MIB << 20}`]).trim()) * 8 / 1e9;
+  const bulk = requestsOnly ? NaN : Number(curl(["--http1.1", "-o", "/dev/null", "-w", "%{speed_download}", `https://www.bench.test/bytes/${BULK_MIB << 20}`]).trim()) * 8 / 1e9;
   // Latency: one connection, requests one after another; time to first byte of each reused one.
   const times = curl(["--http1.1", "-w", "%{time_starttransfer}\\n", "-K", latency]).trim().split("\n").slice(1).map(Number).sort((a, b) => a - b);
   return { distinct: distinctRate, repeated: repeatedRate, keepalive, bulk, p50: times[Math.floor(times.length / 2)]! * 1e6 };
@@ -87,20 +87,29 @@ try {
   process.stderr.write("tls bench: direct...\n");
   rows.push(["direct (no interception)", measure(inHost, ["--cacert", `${dir}/ca.pem`])]);
 
-  process.stderr.write("tls bench: moat...\n");
-  moat = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
-    "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/moat-ca.pem`, "--", "sleep", "3600"], { stdio: "ignore" });
-  let ns: string | undefined;
-  for (let i = 0; i < 100 && !ns; i++) {
-    await sleep(100);
-    ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
+  // moat, then moat with a secret substituted into every request (the cost of substitution).
+  const PLACEHOLDER = "moat-ph-benchbenchbenchbenchbenc";
+  writeFileSync(`${dir}/secrets.json`, JSON.stringify({ network: { secrets: [{ env: "BENCH_KEY", allowedHosts: ["*.bench.test"], placeholder: PLACEHOLDER }] } }));
+  for (const withSecret of [false, true]) {
+    process.stderr.write(`tls bench: moat${withSecret ? " with a secret" : ""}...\n`);
+    moat = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
+      ...(withSecret ? ["--config", `${dir}/secrets.json`] : []),
+      "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/moat-ca.pem`, "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
+    let ns: string | undefined;
+    for (let i = 0; i < 100 && !ns; i++) {
+      await sleep(100);
+      ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
+    }
+    if (!ns) throw new Error("moat's sandbox did not appear");
+    await sleep(500);
+    // The CA file alone, as for the others (curl parses its CA file on every handshake: the system
+    // bundle the sandbox sees by default costs the client ~20 ms a handshake, whoever intercepts).
+    const inSandbox = (c: string[]) => ["ip", "netns", "exec", ns!, ...c];
+    if (withSecret) rows.push(["moat, a secret substituted", measure(inSandbox, ["--cacert", `${dir}/moat-ca.pem`, "-H", `Authorization: Bearer ${PLACEHOLDER}`], true)]);
+    else rows.push(["moat", measure(inSandbox, ["--cacert", `${dir}/moat-ca.pem`, "-H", "Authorization: Bearer not-a-placeholder-000000000"])]);
+    moat.kill("SIGTERM");
+    await new Promise((r) => moat!.once("exit", r));
   }
-  if (!ns) throw new Error("moat's sandbox did not appear");
-  await sleep(500);
-  // The CA file alone, as for the others (curl parses its CA file on every handshake: the system
-  // bundle the sandbox sees by default costs the client ~20 ms a handshake, whoever intercepts).
-  rows.push(["moat", measure((c) => ["ip", "netns", "exec", ns!, ...c], ["--cacert", `${dir}/moat-ca.pem`])]);
-  moat.kill("SIGTERM");
 
   process.stderr.write("tls bench: mitmproxy...\n");
   mkdirSync(`${dir}/mitm`, { recursive: true });
@@ -137,3 +146,5 @@ const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
 for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
 console.log(`(${REQUESTS} requests per connection figure, ${PARALLEL} at a time, HTTP/1.1; bulk: one ${BULK_MIB} MiB download; ratios > 1 favour moat, latency as mitmproxy/moat)`);
 console.log(`leaf minting (moat's CA, distinct names): ${mintRate.toFixed(0)} leaves/s`);
+const sec = rows.find((r) => r[0].startsWith("moat, a secret"))?.[1];
+if (m && sec) console.log(`secret substitution: kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);

@@ -78,6 +78,12 @@ Inside the sandbox:
   ports        -p publishes a sandbox port on this machine: connections to it come into
                the sandbox from the gateway's address (the host's loopback cannot be
                shown to a guest as a source), judged by ingress rules
+  TLS          with --tls-intercept (or --secret): port 443 (--tls-port) is terminated by
+               moat with a certificate from its CA, which the sandbox trusts (/etc/ssl and
+               SSL_CERT_FILE & co. inside it; the host's store is untouched), and
+               re-originated to the original address, verified
+  secrets      --secret NAME@HOST: the command sees NAME as a placeholder; moat puts the
+               value into requests to HOST only, and stops the placeholder anywhere else
   DNS          /etc/resolv.conf points at the gateway. Every query on port 53, to any
                address, is intercepted: block lists, rebinding protection, and the
                answers pin names to addresses for domain rules. DoT, DoQ, mDNS, LLMNR and
@@ -105,6 +111,8 @@ Examples:
   moat run --dns-nameserver 192.0.2.53 --dns-block-suffix ads.example -- dig example.test
   moat run --net-default-egress deny --net-rule allow@api.example.com:tcp:443 -- curl https://api.example.com/
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
+  moat run --tls-intercept --tls-bypass '*.pinned.example' -- curl https://example.com/
+  OPENAI_API_KEY=sk-... moat run --secret OPENAI_API_KEY@api.openai.com -- python3 agent.py
   moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
   moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
 `;

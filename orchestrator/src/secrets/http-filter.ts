@@ -42,7 +42,7 @@ export class RequestFilter {
   /** Secrets whose value may be put into requests on this connection. */
   private readonly allowed: Secret[];
 
-  constructor(private readonly secrets: readonly Secret[], private readonly sni: string | undefined, pinned: boolean) {
+  constructor(secrets: readonly Secret[], private readonly sni: string | undefined, pinned: boolean) {
     this.allowed = sni && pinned ? secrets.filter((s) => hostAllowed(s, sni)) : [];
     this.state = this.allowed.length ? "head" : "opaque";
     this.scanner = new PlaceholderScanner(secrets);
@@ -145,6 +145,11 @@ export class RequestFilter {
   /** One request head: substituted where allowed; a violation if a placeholder would remain. */
   private judgeHead(text: string): { head: string } | { violation: Violation } {
     const lines = text.slice(0, -4).split("\r\n");
+    // No placeholder in any form anywhere (most requests): the head goes as it is.
+    if (!this.scanner.find(text)) {
+      this.frame(lines);
+      return { head: text };
+    }
     const requestLine = lines[0] ?? "";
     const fields = lines.slice(1).map((l) => {
       const c = l.indexOf(":");
@@ -153,9 +158,8 @@ export class RequestFilter {
     const host = fields.find((f) => f.name === "host")?.value.toLowerCase().replace(/:\d+$/, "").replace(/\.$/, "");
     const hostOk = host !== undefined && host === this.sni;
     const checkRest = (s: string, where: string): Violation | undefined => {
-      const probe = new PlaceholderScanner(this.secrets);
-      const r = probe.push(Buffer.from(s, "latin1"));
-      return r.found ? this.violation(r.found, where, true) : undefined;
+      const found = this.scanner.find(s);
+      return found ? this.violation(found, where, true) : undefined;
     };
     const inLine = checkRest(requestLine, "the request line");
     if (inLine) return { violation: inLine };
@@ -176,16 +180,32 @@ export class RequestFilter {
       if (v) return { violation: v };
       outLines.push(f.name && value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);
     }
-    // Framing of the body: chunked wins over Content-Length (RFC 9112 §6.3).
-    const te = fields.find((f) => f.name === "transfer-encoding")?.value.toLowerCase() ?? "";
-    const cl = fields.find((f) => f.name === "content-length")?.value;
-    const upgrade = fields.some((f) => f.name === "upgrade") && /upgrade/i.test(fields.find((f) => f.name === "connection")?.value ?? "");
-    if (upgrade || /^connect /i.test(requestLine)) this.state = "opaque";
+    this.frame(lines);
+    return { head: `${outLines.join("\r\n")}\r\n\r\n` };
+  }
+
+  /** The body's framing from a head's lines: chunked wins over Content-Length (RFC 9112 §6.3). */
+  private frame(lines: string[]): void {
+    let te = "";
+    let cl: string | undefined;
+    let upgrade = false;
+    let connection = "";
+    for (let i = 1; i < lines.length; i++) {
+      const l = lines[i]!;
+      const c = l.indexOf(":");
+      if (c < 0) continue;
+      const name = l.slice(0, c).trim().toLowerCase();
+      const value = l.slice(c + 1).trim();
+      if (name === "transfer-encoding") te = value.toLowerCase();
+      else if (name === "content-length") cl = value;
+      else if (name === "upgrade") upgrade = true;
+      else if (name === "connection") connection = value;
+    }
+    if ((upgrade && /upgrade/i.test(connection)) || /^connect /i.test(lines[0] ?? "")) this.state = "opaque";
     else if (te.includes("chunked")) this.state = "chunk-size";
     else if (cl !== undefined && /^\d+$/.test(cl) && Number(cl) > 0) { this.state = "length"; this.remaining = Number(cl); }
     else if (cl !== undefined && !/^\d+$/.test(cl)) this.state = "opaque"; // unparseable framing: just scan
     else this.state = "head";
-    return { head: `${outLines.join("\r\n")}\r\n\r\n` };
   }
 }
 

@@ -125,6 +125,14 @@ export function placeholderForms(placeholder: string): string[] {
 /** Which secret's placeholder a stream carried, and in what form. */
 export interface Found { secret: Secret; form: string }
 
+/** Every form of every secret, computed once per secret. */
+const formCache = new WeakMap<Secret, string[]>();
+function formsOf(secret: Secret): string[] {
+  let f = formCache.get(secret);
+  if (!f) formCache.set(secret, (f = placeholderForms(secret.placeholder)));
+  return f;
+}
+
 /**
  * Finds placeholders in a stream given chunk by chunk. push() returns how many bytes of what it
  * has seen may be forwarded: everything but a tail that could be the start of a placeholder
@@ -132,32 +140,46 @@ export interface Found { secret: Secret; form: string }
  */
 export class PlaceholderScanner {
   private readonly forms: { text: string; secret: Secret }[];
+  private readonly firsts: Set<string>;
+  private readonly maxLen: number;
   private carry = "";
 
   constructor(secrets: readonly Secret[]) {
-    this.forms = secrets.flatMap((secret) => placeholderForms(secret.placeholder).map((text) => ({ text, secret })));
+    this.forms = secrets.flatMap((secret) => formsOf(secret).map((text) => ({ text, secret })));
+    this.firsts = new Set(this.forms.map((f) => f.text[0]!));
+    this.maxLen = Math.max(0, ...this.forms.map((f) => f.text.length));
   }
 
   get active(): boolean {
     return this.forms.length > 0;
   }
 
+  /** A form in `text` (no history), if any. */
+  find(text: string): Found | undefined {
+    for (const f of this.forms) {
+      if (text.includes(f.text)) return { secret: f.secret, form: describeForm(f.text, f.secret.placeholder) };
+    }
+    return undefined;
+  }
+
   /** Scan `chunk` after what was held back. */
   push(chunk: Buffer): { found?: Found; release: Buffer } {
-    const held = this.carry;
-    const hay = held + chunk.toString("latin1");
-    for (const f of this.forms) {
-      if (hay.includes(f.text)) return { found: { secret: f.secret, form: describeForm(f.text, f.secret.placeholder) }, release: Buffer.alloc(0) };
-    }
-    // Hold back the longest tail that is a proper prefix of some form.
+    const hay = this.carry ? this.carry + chunk.toString("latin1") : chunk.toString("latin1");
+    const found = this.find(hay);
+    if (found) return { found, release: Buffer.alloc(0) };
+    // Hold back the longest tail that is a proper prefix of some form: only a tail beginning
+    // with a form's first character can be one.
     let keep = 0;
-    for (const f of this.forms) {
-      for (let n = Math.min(f.text.length - 1, hay.length); n > keep; n--) {
-        if (hay.endsWith(f.text.slice(0, n))) { keep = n; break; }
-      }
+    for (let p = Math.max(0, hay.length - this.maxLen + 1); p < hay.length && !keep; p++) {
+      if (!this.firsts.has(hay[p]!)) continue;
+      const tail = hay.slice(p);
+      if (this.forms.some((f) => f.text.startsWith(tail))) keep = hay.length - p;
     }
-    this.carry = hay.slice(hay.length - keep);
-    return { release: Buffer.from(hay.slice(0, hay.length - keep), "latin1") };
+    if (!keep && !this.carry) {
+      return { release: chunk };
+    }
+    this.carry = keep ? hay.slice(hay.length - keep) : "";
+    return { release: Buffer.from(keep ? hay.slice(0, hay.length - keep) : hay, "latin1") };
   }
 
   /** The stream ended: what was held back may go. */

@@ -88,6 +88,12 @@ export const CFG_TLS_BLOCK_QUIC = CFG_BASE + 180; // u32
 export const CFG_TLS_PORT_COUNT = CFG_BASE + 184; // u32
 export const CFG_TLS_PORTS = CFG_BASE + 188; // u16 each, CFG_TLS_PORTS_MAX of them
 export const CFG_TLS_PORTS_MAX = 16;
+// The deny page (policy deny response 2, "http"): a denied TCP connection to port 80, or to an
+// intercepted TLS port, goes to the proxy (at CFG_TLS_PROXY_IP, this port), which answers its
+// request with 403 and the reason; the preamble's admit field then holds DENIED_BIT | rule + 1
+// (0: the default action). 0 = no deny page.
+export const CFG_DENY_PROXY_PORT = CFG_BASE + 220; // u32
+export const DENIED_BIT = 0x80000000;
 
 // ---- counters: u64 each, indexes in counters.ts / orchestrator counter names -----------------
 export const COUNTERS_BASE = 16384;
@@ -217,6 +223,7 @@ export const AU_DETAIL = 56; // u32: AU_RULE_SECRET: the secret's index
 
 export const POLICY_ADDR_SCRATCH = AUDIT_BASE + AUDIT_SLOTS * AUDIT_RECORD_BYTES; // 16 bytes: the address being judged, canonical
 export const PIN_MATCHED = POLICY_ADDR_SCRATCH + 16; // u32: pin index + 1 of the last domain-rule match (0 = none)
+export const DENY_RULE = POLICY_ADDR_SCRATCH + 20; // u32: ADMIT_DENY_PAGE: DENIED_BIT | deciding rule + 1
 
 // ---- DNS ring: guest queries (UDP/53 to any address) -> the orchestrator's interceptor --------
 export const DNS_CTRL = POLICY_ADDR_SCRATCH + 64; // RING_CTRL_* layout

@@ -191,3 +191,11 @@ send(b''.join(b'\\x16\\x03\\x01' + struct.pack('>H', 16000) + (hello + b'\\x00' 
   assert.ok(m);
   assert.ok(JSON.parse(m[1]!).badHello >= 3, m[1]);
 });
+
+test("--deny-response http: a denied request gets 403 naming the host and the rule, over plain HTTP and intercepted HTTPS", { skip }, async () => {
+  const r = await run(["--net", "allow-all", "--net-rule", `deny@${WORLD_IP4}:tcp`, "--deny-response", "http", "--tls-intercept", ...trustWorld()],
+    `curl -sS -w ' %{http_code}\\n' http://allowed.test/x; curl -sS -w ' %{http_code}\\n' https://allowed.test/x; curl -sS -m 3 telnet://${WORLD_IP4}:7 </dev/null; echo exit=$?`);
+  assert.match(r.stdout, new RegExp(`^moat: denied: allowed\\.test \\(${WORLD_IP4.replace(/\./g, "\\.")}:80\\) by rule deny:egress@203\\.0\\.113\\.10/32:tcp\\n 403$`, "m"));
+  assert.match(r.stdout, /^moat: denied: allowed\.test \(203\.0\.113\.10:443\) by rule deny:egress@203\.0\.113\.10\/32:tcp\n 403$/m);
+  assert.match(r.stdout, /exit=7/, "other ports are refused (reset) as with reject");
+});

@@ -73,7 +73,7 @@
 import {
   KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
-  OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
+  OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, CFG_TLS_PROXY_IP, CFG_DENY_PROXY_PORT, DENY_RULE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
 } from "../layout";
 import {
@@ -84,10 +84,10 @@ import {
 } from "../counters";
 import {
   flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
-  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_SERVICE,
+  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_SERVICE, F_ADMIT_NAME,
 } from "./table";
 import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
-import { admitNewFlow, auditSecret } from "../policy/admit";
+import { admitNewFlow, auditSecret, ADMIT_REFUSED, ADMIT_DENY_PAGE } from "../policy/admit";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
@@ -429,7 +429,15 @@ function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, dia
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
-  if (!admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return true; // answered by admit
+  const admitted = admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService);
+  if (admitted == ADMIT_REFUSED) return true; // answered by admit
+  if (admitted == ADMIT_DENY_PAGE) {
+    // Denied, answered by the deny page: to the proxy, which reads the rule from the preamble.
+    dial = CFG_TLS_PROXY_IP;
+    dialPort = load<u32>(CFG_DENY_PROXY_PORT);
+    dialFamily = load<u64>(dial) == 0 && load<u32>(dial + 8) == 0xffff0000 ? 4 : 6;
+    route = ROUTE_SERVICE;
+  }
   const found = flowInsert(hash);
   if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
   const idx = <u32>found;
@@ -439,6 +447,7 @@ function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, dia
   store<u8>(rec, route, F_ROUTE);
   copy16(rec + F_DIAL_ADDR, dial);
   store<u32>(rec, dialPort, F_DIAL_PORT);
+  if (admitted == ADMIT_DENY_PAGE) store<u32>(rec, load<u32>(DENY_RULE), F_ADMIT_NAME);
   takeSynOptions(rec, l4);
   const iss = initSend(rec, hash);
   store<u32>(rec, iss + 1, T_GRANTED);

@@ -5,7 +5,8 @@
 import {
   KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
-  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, AU_RULE_SECRET, AU_DETAIL, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, CFG_DENY_PROXY_PORT, CFG_TLS_PROXY_PORT, CFG_TLS_PORT_COUNT,
+  CFG_TLS_PORTS, CFG_TLS_PORTS_MAX, DENIED_BIT, DENY_RULE, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, AU_RULE_SECRET, AU_DETAIL, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST, SECRET_VIOLATIONS } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
@@ -23,25 +24,46 @@ const PROTO_TCP: u32 = 6;
  * against the connection limit like every other flow (a guest must not hold thousands of host
  * sockets open through the gateway's port 53).
  */
-export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService: bool): bool {
+export const ADMIT_REFUSED: u32 = 0;
+export const ADMIT_OK: u32 = 1;
+export const ADMIT_DENY_PAGE: u32 = 2; // denied, but answered by the deny page: DENY_RULE holds DENIED_BIT | rule + 1
+
+export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService: bool): u32 {
   store<u32>(PIN_MATCHED, 0);
+  let result = ADMIT_OK;
   if (!gatewayService) {
     const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, 0);
     if (verdict & 1) {
       store<u32>(PIN_MATCHED, 0); // a deny by a domain rule holds no pin
       count(DROP_POLICY);
       audit(proto, family, dport, <i32>(verdict >> 1) - 1, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
-      if (policyDenyResponse() == 1) refuse(proto, true);
-      return false;
+      const response = policyDenyResponse();
+      if (response == 2 && proto == PROTO_TCP && denyPagePort(dport)) {
+        store<u32>(DENY_RULE, DENIED_BIT | (verdict >> 1));
+        result = ADMIT_DENY_PAGE;
+      } else {
+        if (response != 0) refuse(proto, true);
+        return ADMIT_REFUSED;
+      }
     }
   }
   if (overConnectionLimit()) {
     store<u32>(PIN_MATCHED, 0);
     refuse(proto, false); // over the limit: TCP is refused at once, UDP dropped
-    return false;
+    return ADMIT_REFUSED;
   }
-  if (!gatewayService) count(FLOWS_ALLOWED);
-  return true;
+  if (!gatewayService && result == ADMIT_OK) count(FLOWS_ALLOWED);
+  return result;
+}
+
+/** Port 80, or an intercepted TLS port, while the deny page is served. */
+function denyPagePort(dport: u32): bool {
+  if (load<u32>(CFG_DENY_PROXY_PORT) == 0) return false;
+  if (dport == 80) return true;
+  if (load<u32>(CFG_TLS_PROXY_PORT) == 0) return false;
+  const n = min<u32>(load<u32>(CFG_TLS_PORT_COUNT), <u32>CFG_TLS_PORTS_MAX);
+  for (let i: u32 = 0; i < n; i++) if (<u32>load<u16>(CFG_TLS_PORTS + (<usize>i << 1)) == dport) return true;
+  return false;
 }
 
 /** The sandbox holds --max-connections flows (TCP + UDP, both directions): counted when true. */

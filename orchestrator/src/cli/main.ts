@@ -21,7 +21,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched. Without --net (or a --config\npolicy) the preset's rules are left out: deny + --net-rule = an allowlist" },
   { name: "net-default-ingress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to a peer on a published port that no ingress rule matched\n(default allow: publishing a port is the permission)" },
   { name: "publish", short: "p", kind: "string", metavar: "[BIND:]HOST:GUEST[/udp]", repeat: true, help: "publish guest port GUEST on this machine's HOST port: connections to\nBIND:HOST (default 127.0.0.1; [::1] for IPv6) reach the sandbox, coming\nfrom the gateway's address. /udp for UDP (default tcp). HOST 0 picks a free\nport (printed). Judged by ingress rules, e.g. deny:ingress@10.0.0.0/8.\nA bind beyond loopback (0.0.0.0, a LAN address) prints a warning" },
-  { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject"], help: "drop (default: silence, as on a firewalled network) or reject (TCP\nreset, ICMP administratively prohibited: fails fast)" },
+  { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject", "http"], help: "drop (default: silence, as on a firewalled network), reject (TCP\nreset, ICMP administratively prohibited: fails fast), or http (reject,\nand a denied HTTP request on port 80 — or HTTPS, when intercepted — gets\n403 naming the host and the rule, so an agent learns why)" },
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
   { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow (and DNS block/rebinding event) as a JSON line to FILE" },
@@ -156,7 +156,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
   if (dflt) policy = new NetworkPolicy(dflt, preset || file.policy ? policy.rules : rules, policy.offline);
   return {
     policy,
-    denyResponse: (flags.get("deny-response") as "drop" | "reject" | undefined) ?? file.denyResponse,
+    denyResponse: (flags.get("deny-response") as "drop" | "reject" | "http" | undefined) ?? file.denyResponse,
     maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
     auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
     auditLogOptions: {

@@ -32,6 +32,8 @@ export interface EngineConfig {
   redirectToken?: Uint8Array;
   /** TLS interception: intercepted TCP ports (and DoT) go to `proxy`; UDP to them is dropped with blockQuic. */
   tls?: { proxy: { ip: string; port: number }; ports: number[]; blockQuic: boolean };
+  /** The deny page (deny response "http"): where denied TCP to port 80 (and intercepted ports) goes. */
+  denyPage?: { ip: string; port: number };
 }
 
 function writeMac(mem: Uint8Array, off: number, mac: string): void {
@@ -71,6 +73,10 @@ export function writeEngineConfig(mem: Uint8Array, cfg: EngineConfig): void {
   mem.set(ipaddr.IPv6.parse(cfg.prefix6).toByteArray(), layout.CFG_PREFIX6);
   dv.setUint32(layout.CFG_DNS_INTERCEPT, cfg.dnsIntercept ? 1 : 0, true);
   if (cfg.redirectToken) mem.set(cfg.redirectToken.subarray(0, 16), layout.CFG_REDIRECT_TOKEN);
+  if (cfg.denyPage) {
+    mem.set(addr16(cfg.denyPage.ip), layout.CFG_TLS_PROXY_IP);
+    dv.setUint32(layout.CFG_DENY_PROXY_PORT, cfg.denyPage.port, true);
+  }
   if (cfg.tls) {
     if (cfg.tls.ports.length > layout.CFG_TLS_PORTS_MAX) throw new Error(`at most ${layout.CFG_TLS_PORTS_MAX} TLS ports`);
     mem.set(addr16(cfg.tls.proxy.ip), layout.CFG_TLS_PROXY_IP);

@@ -7,7 +7,7 @@ import { layout as L } from "../engine/layout.js";
 import { ConfigError } from "../errors.js";
 import { GROUPS, type Action, type NetworkPolicy, type Rule } from "./model.js";
 
-export type DenyResponse = "drop" | "reject";
+export type DenyResponse = "drop" | "reject" | "http";
 
 const PROTO: Record<string, number> = { tcp: 6, udp: 17, icmpv4: 1, icmpv6: 58 };
 const KIND = { any: 0, cidr: 1, domain: 2, "domain-suffix": 3, group: 4 } as const;
@@ -76,7 +76,7 @@ export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPo
     if (d.kind === "domain-suffix") dv.setUint32(o + L.PR_NAME, names.idOf(d.suffix, true), true);
   });
   dv.setUint32(base + 4, policy.defaultAction === "deny" ? 1 : 0, true);
-  dv.setUint32(base + 8, denyResponse === "reject" ? 1 : 0, true);
+  dv.setUint32(base + 8, denyResponse === "reject" ? 1 : denyResponse === "http" ? 2 : 0, true);
   dv.setUint32(base + 16, defaultIngress === "deny" ? 1 : 0, true);
   dv.setUint32(base + 12, (dv.getUint32(base + 12, true) + 1) >>> 0, true);
   dv.setUint32(base, policy.rules.length, true);

@@ -41,7 +41,7 @@ export interface MoatConfig {
   network?: {
     policy?: NetworkPolicy;
     maxConnections?: number;
-    denyResponse?: "drop" | "reject";
+    denyResponse?: "drop" | "reject" | "http";
     auditLog?: string;
     auditLogMaxBytes?: number;
     auditLogIntervalMs?: number;
@@ -112,7 +112,7 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
   const network: NonNullable<MoatConfig["network"]> = {};
   if (net.policy !== undefined) network.policy = policy(ctx, net.policy);
   if (net.maxConnections !== undefined) network.maxConnections = positiveInteger(ctx, net.maxConnections, "network.maxConnections", "e.g. 256");
-  if (net.denyResponse !== undefined) network.denyResponse = oneOf(ctx, net.denyResponse, "network.denyResponse", ["drop", "reject"] as const);
+  if (net.denyResponse !== undefined) network.denyResponse = oneOf(ctx, net.denyResponse, "network.denyResponse", ["drop", "reject", "http"] as const);
   if (net.auditLog !== undefined) {
     if (typeof net.auditLog !== "string" || net.auditLog === "") fail("network.auditLog", `is ${describe(net.auditLog)}, not a file path`, `e.g. "auditLog": "/var/log/moat-audit.jsonl"`);
     network.auditLog = net.auditLog as string;

@@ -31,7 +31,7 @@ import { layout as L } from "../engine/layout.js";
 import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
 import type { Action } from "../policy/model.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
-import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, type TlsOptions, type ValidTls } from "../tls/setup.js";
+import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, processCertificateAuthority, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { validateSecrets, writeSecretForms, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
 import { matchesPattern } from "../tls/proxy.js";
 
@@ -60,7 +60,7 @@ export interface NetnsSandboxOptions {
   name?: string;
   /** Network policy (default NetworkPolicy.publicOnly()); NetworkPolicy.none() gives no interface. */
   policy?: NetworkPolicyShape;
-  /** What a denied guest sees: "drop" (silence, the default) or "reject" (RST / ICMP prohibited). */
+  /** What a denied guest sees: "drop" (silence, the default), "reject" (RST / ICMP prohibited), or "http" (reject, and a 403 page naming the rule for denied HTTP, and HTTPS when intercepted). */
   denyResponse?: DenyResponse;
   /** Most TCP + UDP connections at once (default 4096). */
   maxConnections?: number;
@@ -148,7 +148,7 @@ function validateOptions(o: NetnsSandboxOptions): ValidOptions {
     throw new ConfigError(`max connections ${o.maxConnections} is out of range`, "use 1 to 16384");
   }
   const denyResponse = o.denyResponse ?? "drop";
-  if (denyResponse !== "drop" && denyResponse !== "reject") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop" or "reject"`);
+  if (denyResponse !== "drop" && denyResponse !== "reject" && denyResponse !== "http") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop", "reject" or "http"`);
   const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
   const fwd = o.dnsForward ?? "host";
   // "host": every nameserver of the host's resolv.conf, in order, failing over (a dead first
@@ -245,7 +245,8 @@ export class NetnsSandbox {
       await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
       if (o.policy.offline) return sandbox; // none(): no interface, no engine
       const { listener: dnsTcp, setup: dnsSetup } = await sandbox.startDns(o);
-      const tlsProxy = o.tls ? await sandbox.startTls(o.tls) : undefined;
+      // The proxy serves TLS interception and the deny page (deny response "http").
+      const tlsProxy = o.tls || o.denyResponse === "http" ? await sandbox.startTls(o.tls) : undefined;
       dnsSetup.reportAnswers = o.tls !== undefined; // the TLS proxy holds SNIs to the pinned names
       dnsSetup.placeholders = o.secrets.map((x) => ({ env: x.env, placeholder: x.placeholder }));
       const config: EngineConfig = {
@@ -268,6 +269,7 @@ export class NetnsSandbox {
         dnsIntercept: true,
         redirectToken: sandbox.redirectToken,
         tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
+        denyPage: o.denyResponse === "http" ? tlsProxy : undefined,
       };
       sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
         prepare: (mem) => {
@@ -307,6 +309,7 @@ export class NetnsSandbox {
   /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
   setPolicy(policy: NetworkPolicyShape, denyResponse: DenyResponse = this.denyResponse): void {
     const p = validatePolicy(policy);
+    if (denyResponse === "http" && !this.tlsProxy) throw new ConfigError(`deny response "http" needs the deny page, which is set up at creation`, `create the sandbox with denyResponse "http"`);
     if (p.offline !== this.policy.offline) {
       throw new ConfigError("a running sandbox cannot switch to or from NetworkPolicy.none()", "none() decides whether the sandbox has an interface at all: choose it at creation");
     }
@@ -447,14 +450,15 @@ export class NetnsSandbox {
   private readonly pinnedNames = new PinnedNames();
 
   /** Start this sandbox's TLS proxy (DESIGN §8); returns where the engine sends intercepted flows. */
-  private async startTls(t: ValidTls): Promise<{ ip: string; port: number }> {
+  private async startTls(t: ValidTls | undefined): Promise<{ ip: string; port: number }> {
     const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
     this.tlsProxy = new TlsProxy({
       token: this.redirectToken,
-      ca: t.ca,
-      bypass: t.bypass,
-      verifyUpstream: t.verifyUpstream,
-      upstreamCa: t.upstreamCa,
+      ca: t?.ca ?? processCertificateAuthority(),
+      bypass: t?.bypass ?? [],
+      verifyUpstream: t?.verifyUpstream ?? true,
+      upstreamCa: t?.upstreamCa ?? [],
+      denyReason: (rule) => (rule === 0 ? "the default action (deny)" : `rule ${this.policy.rules[rule - 1] ? describeRule(this.policy.rules[rule - 1]!) : rule - 1}`),
       // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
       // this sandbox's DNS answered with that address and that the rule covers. A connection a
       // CIDR or group rule admitted is not constrained by its SNI.
@@ -496,7 +500,7 @@ export class NetnsSandbox {
 
   /** What the TLS proxy has done (zeros without interception). */
   tlsStats(): TlsProxy["stats"] {
-    return this.tlsProxy ? { ...this.tlsProxy.stats } : { intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
+    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
   }
 
   /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */

@@ -57,12 +57,15 @@ export interface TlsProxyOptions {
   pinned?(ip: string, name: string): boolean;
   /** A placeholder headed where it may not go: the request was stopped. */
   onViolation?(v: Violation, destination: string): void;
+  /** The deny page: the reason a denied connection gets (rule: index + 1 of the deciding rule, 0 = the default action). */
+  denyReason?(rule: number): string;
   helloTimeoutMs?: number;
   upstreamTimeoutMs?: number;
 }
 
 /** What the proxy has done (for counters and tests). */
 export interface TlsProxyStats {
+  denyPages: number;
   intercepted: number;
   bypassed: number;
   dot: number;
@@ -109,7 +112,7 @@ export class TlsProxy {
   // One context for every upstream connection: parsing the host's ~150 roots costs tens of
   // milliseconds, which per connection would cap interception at a few dozen handshakes a second.
   private readonly upstreamContext: tls.SecureContext;
-  readonly stats: TlsProxyStats = { intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
+  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
 
   constructor(private readonly o: TlsProxyOptions) {
     this.upstreamContext = tls.createSecureContext({ ca: [...hostRoots(), ...o.upstreamCa] });
@@ -162,6 +165,15 @@ export class TlsProxy {
           return;
         }
         buf = buf.subarray(PREAMBLE_BYTES);
+        if ((origin.admitNameId & DENIED_BIT) !== 0 && origin.port === 80) {
+          // The deny page, in plain HTTP.
+          clearTimeout(timer);
+          sock.off("data", onData);
+          this.stats.denyPages++;
+          const o = origin;
+          serveDenyPage(sock, buf, (host) => this.denyText(o, host));
+          return;
+        }
       }
       const hello = parseClientHello(buf);
       if (hello.kind === "more") return;
@@ -188,7 +200,20 @@ export class TlsProxy {
     });
   }
 
+  private denyText(origin: RedirectOrigin, sni: string | undefined): string {
+    const rule = this.o.denyReason?.(origin.admitNameId & 0x7fffffff) ?? "the policy";
+    return `moat: denied: ${sni ?? "?"} (${dest(origin)}) by ${rule}\n`;
+  }
+
   private async decide(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<void> {
+    if ((origin.admitNameId & DENIED_BIT) !== 0) {
+      // The deny page, over TLS: our leaf, no upstream at all.
+      this.stats.denyPages++;
+      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
+      guest.on("error", () => guest.destroy());
+      serveDenyPage(guest, Buffer.alloc(0), (host) => this.denyText(origin, host ?? sni));
+      return;
+    }
     if (origin.port !== 853 && sni && matchesPattern(sni, this.o.bypass)) {
       this.stats.bypassed++;
       return this.splice(sock, origin);
@@ -312,6 +337,36 @@ export class TlsProxy {
 
 function dest(o: RedirectOrigin): string {
   return `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${o.port}`;
+}
+
+const DENIED_BIT = 0x80000000; // layout.ts DENIED_BIT, in the preamble's admit field
+
+/**
+ * Answer the request arriving on `sock` (after `first`) with 403 and `text(host)`: read its head
+ * (bounded, timed), reply, close. Nothing is sent anywhere else.
+ */
+function serveDenyPage(sock: net.Socket, first: Buffer, text: (host: string | undefined) => string): void {
+  let head = first;
+  const timer = setTimeout(() => sock.destroy(), 10_000);
+  const reply = () => {
+    clearTimeout(timer);
+    sock.removeAllListeners("data");
+    const host = /\r\nhost:\s*([^\r\n:]+)/i.exec(head.toString("latin1"))?.[1]?.toLowerCase();
+    const body = text(host);
+    sock.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    sock.resume();
+  };
+  const check = () => {
+    if (head.includes("\r\n\r\n") || head.length > 65536) reply();
+  };
+  sock.on("data", (d: Buffer) => {
+    head = Buffer.concat([head, d]);
+    check();
+  });
+  sock.on("end", () => { if (!sock.writableEnded) reply(); });
+  sock.on("close", () => clearTimeout(timer));
+  check();
+  sock.resume();
 }
 
 /** The TCP socket under each upstream TLS socket (to reset it). */

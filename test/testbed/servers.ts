@@ -80,7 +80,7 @@ switch (kind) {
       if (record) {
         const body: Buffer[] = [];
         req.on("data", (d: Buffer) => body.push(d));
-        req.on("end", () => appendFileSync(record, JSON.stringify({ url, headers: req.headers, body: Buffer.concat(body).toString("latin1").slice(0, 65536) }) + "\n"));
+        req.on("end", () => appendFileSync(record, JSON.stringify({ url, version: req.httpVersion, headers: req.headers, body: Buffer.concat(body).toString("latin1").slice(0, 65536) }) + "\n"));
       }
       if (url === "/hello") {
         res.end(`hello over tls (${req.httpVersion === "2.0" ? "h2" : "http/1.1"})\n`);

@@ -209,8 +209,13 @@ export class RequestFilter {
   }
 }
 
-/** The answer a blocked HTTP request gets: 403 and why (never the value). */
+/** Why a request was blocked (never the value). */
+export function forbiddenText(v: Violation): string {
+  return `moat: blocked: the placeholder of secret ${v.secret.env} (${v.form}) in ${v.where}; it may be sent only to ${v.secret.hosts.join(", ")}\n`;
+}
+
+/** The answer a blocked HTTP/1.1 request gets: 403 and why. */
 export function forbidden(v: Violation): Buffer {
-  const body = `moat: blocked: the placeholder of secret ${v.secret.env} (${v.form}) in ${v.where}; it may be sent only to ${v.secret.hosts.join(", ")}\n`;
+  const body = forbiddenText(v);
   return Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }

@@ -26,7 +26,8 @@ import type { AddressInfo } from "node:net";
 import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
-import { RequestFilter, forbidden, type Violation } from "../secrets/http-filter.js";
+import { RequestFilter, forbidden, forbiddenText, type Violation, type FilterResult } from "../secrets/http-filter.js";
+import { Http2RequestFilter, forbiddenH2 } from "../secrets/http2-filter.js";
 import type { Secret } from "../secrets/secrets.js";
 
 export interface TlsEvent {
@@ -231,11 +232,11 @@ export class TlsProxy {
       guest.on("error", () => guest.destroy());
       return this.serveDot(guest, origin);
     }
-    // With secrets, intercepted connections speak HTTP/1.1, whose headers travel as they are
-    // (HTTP/2 compresses them with HPACK, where a placeholder is no longer its bytes): a host
-    // some secret is for gets substitution, every other host's requests are scanned.
+    // With secrets, an intercepted connection offers only what the filters read: HTTP/1.1 and
+    // HTTP/2 (whose header blocks are decoded from HPACK). A host some secret is for gets
+    // substitution; every other host's requests are scanned.
     const secrets = this.o.secrets ?? [];
-    if (secrets.length) alpn = alpn.includes("http/1.1") || alpn.length === 0 ? ["http/1.1"] : [];
+    if (secrets.length) alpn = alpn.filter((p) => p === "h2" || p === "http/1.1");
     let upstream: tls.TLSSocket;
     try {
       upstream = await this.connectUpstream(origin, sni, alpn);
@@ -252,7 +253,8 @@ export class TlsProxy {
       ALPNProtocols: chosen ? [chosen] : undefined,
     });
     if (!secrets.length) return join(guest, upstream);
-    const filter = new RequestFilter(secrets, sni, sni !== undefined && (this.o.pinned?.(origin.ip, sni) ?? false));
+    const pinned = sni !== undefined && (this.o.pinned?.(origin.ip, sni) ?? false);
+    const filter = chosen === "h2" ? new Http2RequestFilter(secrets, sni, pinned) : new RequestFilter(secrets, sni, pinned);
     joinFiltered(guest, upstream, filter, (v) => this.o.onViolation?.(v, dest(origin)));
   }
 
@@ -377,7 +379,7 @@ const rawSockets = new WeakMap<tls.TLSSocket, net.Socket>();
  * request: the upstream connection is reset before any of the placeholder's bytes reach it; an
  * HTTP client gets a 403 saying why, any other stream a reset.
  */
-function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter, onViolation: (v: Violation) => void): void {
+function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter | Http2RequestFilter, onViolation: (v: Violation) => void): void {
   upstream.pipe(guest);
   let stopped = false;
   const kill = () => { guest.destroy(); upstream.destroy(); };
@@ -387,7 +389,7 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   guest.on("close", () => { if (!upstream.writableEnded) upstream.destroy(); });
   guest.on("data", (chunk: Buffer) => {
     if (stopped) return;
-    let r: ReturnType<RequestFilter["push"]>;
+    let r: FilterResult & { stream?: number };
     try {
       r = filter.push(chunk);
     } catch {
@@ -405,8 +407,9 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
       if (raw) raw.resetAndDestroy();
       else upstream.destroy();
       onViolation(r.violation);
-      if (r.violation.http) guest.end(forbidden(r.violation));
-      else guest.destroy();
+      if (!r.violation.http) guest.destroy();
+      else if (r.stream !== undefined) guest.end(forbiddenH2(r.stream, forbiddenText(r.violation)));
+      else guest.end(forbidden(r.violation));
       return;
     }
     if (!ok) {

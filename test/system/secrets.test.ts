@@ -175,6 +175,8 @@ test("block-and-terminate: the command is killed, the sandbox destroyed, moat ex
   assert.equal(r.code, 125, r.stderr);
   assert.doesNotMatch(r.stdout, /survived/);
   assert.match(r.stderr, /sandbox terminated: secret API_KEY's placeholder was sent to 203\.0\.113\.10:443/);
+  const left = execFileSync("sh", ["-c", "pgrep -f 'https://other[.]test/x' || true"], { encoding: "utf8" }).trim();
+  assert.equal(left, "", "every process of the sandbox is gone, not only the command");
 });
 
 test("a secret's value must come from moat's environment, and a secret host cannot be bypassed", { skip }, async () => {

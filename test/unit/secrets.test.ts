@@ -4,6 +4,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validateSecrets, placeholderForms, PlaceholderScanner, parseSecretFlag, type Secret } from "../../orchestrator/src/secrets/secrets.js";
 import { RequestFilter, MAX_HEAD } from "../../orchestrator/src/secrets/http-filter.js";
+import { Http2RequestFilter } from "../../orchestrator/src/secrets/http2-filter.js";
+import hpack from "hpack.js";
 
 const P = "moat-ph-abcdefghijklmnopqrstuvwx";
 const secret = (hosts = ["api.example.test"], extra = {}): Secret =>
@@ -96,4 +98,79 @@ test("other hosts are scanned; an oversized head with a placeholder is a violati
   assert.equal(other.violation?.http, true);
   const big = feed(filter(), `GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ${"a".repeat(MAX_HEAD)}`, `${P}\r\n\r\n`);
   assert.ok(big.violation, "over the head limit with a placeholder inside");
+});
+
+// ---- HTTP/2 ------------------------------------------------------------------------------------
+
+const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+function h2frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream, 5);
+  return Buffer.concat([h, payload]);
+}
+/** The header blocks of the HEADERS/CONTINUATION frames in `b`, decoded with a fresh (server-side) decoder. */
+function decodeRequests(b: Buffer): { name: string; value: string }[][] {
+  const dec = hpack.decompressor.create({ table: { size: 4096 } });
+  const out: { name: string; value: string }[][] = [];
+  let o = PREFACE.length;
+  let block: Buffer[] = [];
+  while (o + 9 <= b.length) {
+    const len = b.readUIntBE(o, 3), type = b[o + 3]!, flags = b[o + 4]!;
+    if (type === 1 || type === 9) {
+      block.push(b.subarray(o + 9, o + 9 + len));
+      if (flags & 4) {
+        dec.write(Buffer.concat(block));
+        dec.execute();
+        const hs: { name: string; value: string }[] = [];
+        for (let h = dec.read(); h; h = dec.read()) hs.push({ name: h.name, value: h.value });
+        out.push(hs);
+        block = [];
+      }
+    }
+    o += 9 + len;
+  }
+  return out;
+}
+
+test("HTTP/2: header blocks are substituted through HPACK (also across CONTINUATION and the guest's dynamic table), re-encoded never indexed", () => {
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  const req = (extra: { name: string; value: string }[]) => {
+    enc.write([{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/" }, ...extra]);
+    return enc.read();
+  };
+  const b1 = req([{ name: "authorization", value: `Bearer ${P}` }]);
+  const b2 = req([{ name: "authorization", value: `Bearer ${P}` }]); // now from the guest's dynamic table
+  const f = new Http2RequestFilter([secret()], "api.example.test", true);
+  const input = Buffer.concat([PREFACE, h2frame(4, 0, 0, Buffer.alloc(0)),
+    h2frame(1, 0x1 | 0x4, 1, b1),
+    h2frame(1, 0x1, 3, b2.subarray(0, 5)), h2frame(9, 0x4, 3, b2.subarray(5))]);
+  const r = f.push(input);
+  assert.equal(r.violation, undefined);
+  const out = Buffer.concat(r.out);
+  const reqs = decodeRequests(out);
+  assert.equal(reqs.length, 2);
+  for (const hs of reqs) assert.equal(hs.find((h) => h.name === "authorization")?.value, "Bearer VALUE-123");
+  assert.doesNotMatch(out.toString("latin1"), /moat-ph-/);
+  // Another :authority on the same connection: a violation, with its stream.
+  const bad = f.push(h2frame(1, 0x5, 5, (() => { enc.write([{ name: ":method", value: "GET" }, { name: ":authority", value: "other.test" }, { name: ":path", value: "/" }, { name: "x", value: P }]); return enc.read(); })()));
+  assert.equal(bad.stream, 5);
+  assert.match(bad.violation?.where ?? "", /:authority other\.test is not the SNI/);
+});
+
+test("HTTP/2: a placeholder in DATA or :path is a violation; garbage is refused (thrown, the proxy resets)", () => {
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  enc.write([{ name: ":method", value: "POST" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/" }]);
+  const f = new Http2RequestFilter([secret()], "api.example.test", true);
+  assert.equal(f.push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, enc.read())])).violation, undefined);
+  const data = f.push(h2frame(0, 0x1, 1, Buffer.from(`k=${P}`)));
+  assert.match(data.violation?.where ?? "", /a request body/);
+  const g = new Http2RequestFilter([secret()], "api.example.test", true);
+  const enc2 = hpack.compressor.create({ table: { size: 4096 } }); // a new connection: a new table
+  enc2.write([{ name: ":method", value: "GET" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: `/?k=${P}` }]);
+  assert.match(g.push(Buffer.concat([PREFACE, h2frame(1, 0x5, 1, enc2.read())])).violation?.where ?? "", /the request's path/);
+  assert.throws(() => new Http2RequestFilter([secret()], "a.test", true).push(Buffer.from("GET / HTTP/1.1\r\n\r\nxxxxxxxx")));
+  assert.throws(() => new Http2RequestFilter([secret()], "a.test", true).push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]))])));
 });

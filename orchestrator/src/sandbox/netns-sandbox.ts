@@ -518,6 +518,19 @@ export class NetnsSandbox {
     return Object.fromEntries(this.options.secrets.map((x) => [x.env, x.placeholder]));
   }
 
+  /** Kill every process in the sandbox's network namespace (the command and all it started). */
+  private killAll(): void {
+    for (const c of this.children) c.kill("SIGKILL");
+    try {
+      const pids = execFileSync(this.ipPath, ["netns", "pids", this.name], { encoding: "utf8" }).split("\n").map(Number).filter((p) => p > 0);
+      for (const pid of pids) {
+        try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
+      }
+    } catch {
+      // the namespace is gone already
+    }
+  }
+
   /** A placeholder headed where it may not go (the request was already stopped): log, terminate. */
   private secretViolation(secret: string, destination: string, where: string, form: string): void {
     const action = this.options.onSecretViolation;
@@ -528,7 +541,7 @@ export class NetnsSandbox {
     this.options.onSecretEvent?.(event);
     if (action === "block-and-terminate" && !this.terminatedBy) {
       this.terminatedBy = `secret ${secret}'s placeholder was sent to ${destination} (${where})`;
-      for (const c of this.children) c.kill("SIGKILL");
+      this.killAll();
       void this.destroy({ graceMs: 0 });
     }
   }
@@ -643,7 +656,15 @@ export class NetnsSandbox {
    * connections get their grace (drain(), `graceMs` default: the exitGraceMs option); whatever is
    * still open after it is cut with resets.
    */
-  async destroy(options: { graceMs?: number } = {}): Promise<void> {
+  destroy(options: { graceMs?: number } = {}): Promise<void> {
+    // Once begun, every caller waits for the same teardown (a secret violation may start it
+    // while the command's own exit path does too).
+    return (this.destroying ??= this.teardown(options));
+  }
+
+  private destroying: Promise<void> | undefined;
+
+  private async teardown(options: { graceMs?: number }): Promise<void> {
     if (this.destroyed) return;
     await this.drain(options.graceMs ?? this.options.exitGraceMs);
     if (this.destroyed) return;

@@ -5,6 +5,13 @@ declare module "hpack.js" {
     execute(): void;
     read(): { name: string; value: string; neverIndex: boolean } | null;
   }
-  const hpack: { decompressor: { create(o: { table: { size: number } }): Decompressor } };
+  interface Compressor {
+    write(headers: { name: string; value: string; neverIndex?: boolean }[]): void;
+    read(): Buffer;
+  }
+  const hpack: {
+    decompressor: { create(o: { table: { size: number } }): Decompressor };
+    compressor: { create(o: { table: { size: number } }): Compressor };
+  };
   export default hpack;
 }

@@ -23,7 +23,7 @@ test("secrets are read from moat's environment or a file, never a flag; bad ones
   assert.throws(() => validateSecrets([{ env: "A", allowedHosts: [] }], { A: "v" }), /no allowed hosts/);
   assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }, { env: "A", allowedHosts: ["b.test"] }], { A: "v" }), /given twice/);
   assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }], { A: "line\nbreak" }), /line break/);
-  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"], inject: { body: true } }], { A: "v" }), /not supported yet/);
+  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"], inject: { body: true } }], { A: "v" }), /bodies is not supported yet/);
 });
 
 test("placeholder forms: raw, base64 at every alignment, %XX, JSON \\u escapes", () => {
@@ -77,6 +77,16 @@ test("substitution in headers and Basic auth, only where Host equals the SNI and
   assert.ok(unpinned.violation, "an address DNS did not pin to the name gets no value");
   const query = feed(filter(), `GET /?k=${P} HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
   assert.equal(query.violation?.where, "the request line to api.example.test");
+});
+
+test("the query string, when the secret allows it: substituted percent-encoded, in the query only", () => {
+  const f = new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "a b&c" })[0]!], "api.example.test", true);
+  const r = feed(f, `GET /v1?key=${P}&x=1 HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  assert.equal(r.violation, undefined);
+  assert.match(r.out, /^GET \/v1\?key=a%20b%26c&x=1 HTTP\/1\.1\r\n/);
+  const inPath = feed(new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "v" })[0]!], "api.example.test", true),
+    `GET /${P}/x HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  assert.match(inPath.violation?.where ?? "", /the request line/, "in the path it stays a violation");
 });
 
 test("bodies (Content-Length and chunked) are followed to the next request; a placeholder in one is a violation", () => {

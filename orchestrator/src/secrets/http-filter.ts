@@ -18,7 +18,7 @@
 // Any other connection is opaque from the start. Scanning holds back a tail that could be the
 // start of a placeholder form, so a violation is caught before any of the placeholder's bytes
 // leave, however it is split across writes.
-import { PlaceholderScanner, hostAllowed, type Secret, type Found } from "./secrets.js";
+import { PlaceholderScanner, hostAllowed, substituteQuery, type Secret, type Found } from "./secrets.js";
 
 export const MAX_HEAD = 65536;
 
@@ -161,9 +161,19 @@ export class RequestFilter {
       const found = this.scanner.find(s);
       return found ? this.violation(found, where, true) : undefined;
     };
-    const inLine = checkRest(requestLine, "the request line");
+    let line = requestLine;
+    if (hostOk) {
+      // METHOD SP target SP version: the query of the target, for secrets that allow it.
+      const [method, target, version] = line.split(" ");
+      if (target !== undefined && version !== undefined) {
+        let t = target;
+        for (const s of this.allowed) if (s.query) t = substituteQuery(s, t);
+        line = `${method} ${t} ${version}`;
+      }
+    }
+    const inLine = checkRest(line, "the request line");
     if (inLine) return { violation: inLine };
-    const outLines = [requestLine];
+    const outLines = [line];
     for (const f of fields) {
       let value = f.value;
       if (hostOk && f.name) {

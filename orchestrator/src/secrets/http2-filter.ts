@@ -13,7 +13,7 @@
 // A violation answers that stream with 403 and the reason (our HEADERS use no dynamic table
 // either, so the guest's decoder stays in step with the server's encoder), then GOAWAY.
 import hpack from "hpack.js";
-import { PlaceholderScanner, hostAllowed, type Secret } from "./secrets.js";
+import { PlaceholderScanner, hostAllowed, substituteQuery, type Secret } from "./secrets.js";
 import type { FilterResult, Violation } from "./http-filter.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -111,6 +111,7 @@ export class Http2RequestFilter {
       return found ? { secret: found.secret, form: found.form, where: `${where}${this.sni ? ` to ${this.sni}` : ""}`, http: true } : undefined;
     };
     for (const h of headers) {
+      if (hostOk && h.name === ":path") for (const s of this.allowed) if (s.query) h.value = substituteQuery(s, h.value);
       if (hostOk && !h.name.startsWith(":")) {
         for (const s of this.allowed) {
           if (s.basicAuth && h.name === "authorization" && /^basic\s+/i.test(h.value)) {

@@ -41,6 +41,8 @@ export interface Secret {
   hosts: string[];
   headers: boolean;
   basicAuth: boolean;
+  /** Substitute in the request target's query string (percent-encoded value); default false. */
+  query: boolean;
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -81,10 +83,10 @@ export function validateSecrets(specs: readonly SecretSpec[], environment: NodeJ
     const placeholder = s.placeholder ?? `moat-ph-${token()}`;
     if (!/^[A-Za-z0-9._~-]{16,40}$/.test(placeholder)) throw new ConfigError(`secret ${s.env}: placeholder ${JSON.stringify(placeholder)} is not 16-40 characters of [A-Za-z0-9._~-]`, "leave it out for a random one");
     if (value.includes(placeholder)) throw new ConfigError(`secret ${s.env}: the value contains the placeholder`, "choose another placeholder");
-    if (s.inject?.query || s.inject?.body) {
-      throw new ConfigError(`secret ${s.env}: substitution in the query or the body is not supported yet`, "put the secret in a header or in Basic auth");
+    if (s.inject?.body) {
+      throw new ConfigError(`secret ${s.env}: substitution in request bodies is not supported yet`, "put the secret in a header, in Basic auth or in the query");
     }
-    return { env: s.env, value, placeholder, hosts, headers: s.inject?.headers ?? true, basicAuth: s.inject?.basicAuth ?? true };
+    return { env: s.env, value, placeholder, hosts, headers: s.inject?.headers ?? true, basicAuth: s.inject?.basicAuth ?? true, query: s.inject?.query ?? false };
   });
 }
 
@@ -226,4 +228,11 @@ export function writeSecretForms(mem: Uint8Array, secrets: readonly Secret[]): v
     mem[L.SECRET_FIRST + f[0]!] = 1;
   });
   dv.setUint32(L.SECRET_FORM_COUNT, forms.length, true);
+}
+
+/** `target` (a request path) with the placeholder replaced in its query string only, percent-encoded. */
+export function substituteQuery(secret: Secret, target: string): string {
+  const q = target.indexOf("?");
+  if (q < 0) return target;
+  return target.slice(0, q + 1) + target.slice(q + 1).split(secret.placeholder).join(encodeURIComponent(secret.value));
 }

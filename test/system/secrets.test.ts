@@ -188,3 +188,18 @@ test("a secret's value must come from moat's environment, and a secret host cann
   assert.equal(bypassed.code, 2);
   assert.match(bypassed.stderr, /secret API_KEY is for allowed\.test, which --tls-bypass passes through untouched/);
 });
+
+test("with inject query and body (config file), the value also goes into the query string and HTTP/1.1 bodies, reframed", { skip }, async () => {
+  const from = records().length;
+  const cfg = `${dir}/inject.json`;
+  writeFileSync(cfg, JSON.stringify({ network: { secrets: [{ env: "API_KEY", valueFrom: { env: "REAL_KEY" }, allowedHosts: ["allowed.test"], inject: { query: true, body: true } }] } }));
+  process.env.REAL_KEY = VALUE;
+  const r = await world.moat(["run", "--dns-nameserver", WORLD_IP4, "--tls-upstream-ca", `${dir}/ca.pem`, "--config", cfg, "--", "sh", "-c",
+    `curl -sS -o /dev/null "https://allowed.test/query?k=$API_KEY&x=1"; curl -sS --http1.1 -o /dev/null -d "key=$API_KEY" https://allowed.test/form; curl -sS --http1.1 -o /dev/null -H 'Transfer-Encoding: chunked' --data-binary "{\\"k\\":\\"$API_KEY\\"}" https://allowed.test/chunked`]);
+  assert.equal(r.code, 0, r.stderr);
+  const seen = records().slice(from);
+  assert.equal(seen.find((x) => x.url.startsWith("/query"))?.url, `/query?k=${encodeURIComponent(VALUE)}&x=1`);
+  assert.equal(seen.find((x) => x.url === "/form")?.body, `key=${VALUE}`);
+  assert.equal(seen.find((x) => x.url === "/chunked")?.body, `{"k":"${VALUE}"}`);
+  assert.doesNotMatch(JSON.stringify(seen), /moat-ph-/);
+});

@@ -23,7 +23,6 @@ test("secrets are read from moat's environment or a file, never a flag; bad ones
   assert.throws(() => validateSecrets([{ env: "A", allowedHosts: [] }], { A: "v" }), /no allowed hosts/);
   assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }, { env: "A", allowedHosts: ["b.test"] }], { A: "v" }), /given twice/);
   assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"] }], { A: "line\nbreak" }), /line break/);
-  assert.throws(() => validateSecrets([{ env: "A", allowedHosts: ["a.test"], inject: { body: true } }], { A: "v" }), /bodies is not supported yet/);
 });
 
 test("placeholder forms: raw, base64 at every alignment, %XX, JSON \\u escapes", () => {
@@ -87,6 +86,20 @@ test("the query string, when the secret allows it: substituted percent-encoded, 
   const inPath = feed(new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "v" })[0]!], "api.example.test", true),
     `GET /${P}/x HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
   assert.match(inPath.violation?.where ?? "", /the request line/, "in the path it stays a violation");
+});
+
+test("bodies, when the secret allows it: held whole, substituted, framed by Content-Length; compressed ones are not touched", () => {
+  const body = () => new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { body: true } }], { K: "REAL-VALUE" })[0]!], "api.example.test", true);
+  const payload = `{"key":"${P}"}`;
+  const cl = feed(body(), `POST /a HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${payload.length}\r\n\r\n${payload.slice(0, 10)}`, payload.slice(10), `GET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  assert.equal(cl.violation, undefined);
+  assert.equal(cl.out, `POST /a HTTP/1.1\r\nContent-Length: 20\r\nHost: api.example.test\r\n\r\n{"key":"REAL-VALUE"}GET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  const chunked = feed(body(), `POST /c HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"k":\r\n`, `${(payload.length - 5).toString(16)}\r\n${payload.slice(5)}\r\n0\r\n\r\n`);
+  assert.equal(chunked.violation, undefined);
+  // (the chunks are `{"k":` and the rest of the payload from its sixth byte)
+  assert.equal(chunked.out, `POST /c HTTP/1.1\r\nContent-Length: 20\r\nHost: api.example.test\r\n\r\n{"k":":"REAL-VALUE"}`);
+  const gz = feed(body(), `POST /z HTTP/1.1\r\nHost: api.example.test\r\nContent-Encoding: gzip\r\nContent-Length: 40\r\n\r\n${P}xxxxxxxx`);
+  assert.match(gz.violation?.where ?? "", /a request body/, "a compressed body is scanned, never rewritten");
 });
 
 test("bodies (Content-Length and chunked) are followed to the next request; a placeholder in one is a violation", () => {

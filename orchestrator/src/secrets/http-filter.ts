@@ -30,7 +30,10 @@ export interface FilterResult {
   violation?: Violation;
 }
 
-type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "trailers" | "opaque";
+type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "trailers" | "opaque" | "buffer";
+
+/** Largest request body held to substitute a secret in it; over it, a body with a placeholder is a violation. */
+export const MAX_BODY = 1 << 20;
 
 export class RequestFilter {
   private state: State;
@@ -38,6 +41,8 @@ export class RequestFilter {
   private remaining = 0; // body bytes left (length / chunk-data), or CRLF bytes left (chunk-crlf)
   private line = ""; // chunk-size and trailer lines
   private http: boolean | undefined; // an opaque stream that began as an HTTP/1.x request (a violation gets a 403)
+  // "buffer": a body held whole to substitute in it (secrets with inject.body), its head waiting
+  private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer[]; size: number } | undefined;
   private readonly scanner: PlaceholderScanner;
   /** Secrets whose value may be put into requests on this connection. */
   private readonly allowed: Secret[];
@@ -80,7 +85,33 @@ export class RequestFilter {
         this.head = Buffer.alloc(0);
         const r = this.judgeHead(head.toString("latin1"));
         if ("violation" in r) return { out, violation: r.violation };
-        out.push(Buffer.from(r.head, "latin1"));
+        if (r.head) out.push(Buffer.from(r.head, "latin1"));
+        continue;
+      }
+      if (this.state === "buffer") {
+        const h = this.held!;
+        h.raw.push(b);
+        h.size += b.length;
+        b = Buffer.alloc(0);
+        const raw = Buffer.concat(h.raw);
+        h.raw = [raw];
+        const body = h.chunked ? dechunk(raw) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
+        if (!body) {
+          if (h.size > MAX_BODY + 65536) {
+            // Too big to hold: judged as a stream from here (a placeholder in it is a violation).
+            this.held = undefined;
+            this.state = "opaque";
+            out.push(Buffer.from(`${h.lines.join("\r\n")}\r\n\r\n`, "latin1"));
+            return this.scan(raw, out, "an oversized request body", true);
+          }
+          return { out };
+        }
+        this.held = undefined;
+        this.state = "head";
+        const r = this.substituteBody(h.lines, body.payload);
+        if ("violation" in r) return { out, violation: r.violation };
+        out.push(r.request);
+        b = raw.subarray(body.used); // the next request, pipelined
         continue;
       }
       if (this.state === "length" || this.state === "chunk-data") {
@@ -145,8 +176,9 @@ export class RequestFilter {
   /** One request head: substituted where allowed; a violation if a placeholder would remain. */
   private judgeHead(text: string): { head: string } | { violation: Violation } {
     const lines = text.slice(0, -4).split("\r\n");
-    // No placeholder in any form anywhere (most requests): the head goes as it is.
-    if (!this.scanner.find(text)) {
+    // No placeholder in any form anywhere (most requests) and no body to substitute in: the head
+    // goes as it is.
+    if (!this.allowed.some((x) => x.body) && !this.scanner.find(text)) {
       this.frame(lines);
       return { head: text };
     }
@@ -191,7 +223,26 @@ export class RequestFilter {
       outLines.push(f.name && value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);
     }
     this.frame(lines);
+    const bodySecrets = hostOk && this.allowed.some((x) => x.body);
+    const encoded = fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
+    if (bodySecrets && !encoded && (this.state === "length" || this.state === "chunk-size")) {
+      // Hold the body whole: its head goes out with the substituted body's length.
+      this.held = { lines: outLines, chunked: this.state === "chunk-size", length: this.remaining, raw: [], size: 0 };
+      this.state = "buffer";
+      return { head: "" };
+    }
     return { head: `${outLines.join("\r\n")}\r\n\r\n` };
+  }
+
+  /** A held request: its body substituted, framed by Content-Length; a violation if a placeholder is left. */
+  private substituteBody(lines: string[], payload: Buffer): { request: Buffer } | { violation: Violation } {
+    let body = payload.toString("latin1");
+    for (const s of this.allowed) if (s.body) body = body.split(s.placeholder).join(Buffer.from(s.value, "utf8").toString("latin1"));
+    const found = this.scanner.find(body);
+    if (found) return { violation: this.violation(found, "a request body", true) };
+    const head = lines.filter((l) => !/^(content-length|transfer-encoding)\s*:/i.test(l));
+    head.splice(1, 0, `Content-Length: ${Buffer.byteLength(body, "latin1")}`);
+    return { request: Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`, "latin1"), Buffer.from(body, "latin1")]) };
   }
 
   /** The body's framing from a head's lines: chunked wins over Content-Length (RFC 9112 §6.3). */
@@ -228,4 +279,30 @@ export function forbiddenText(v: Violation): string {
 export function forbidden(v: Violation): Buffer {
   const body = forbiddenText(v);
   return Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+}
+
+/** A complete chunked body at the start of `raw` (RFC 9112 §7.1): its payload and the bytes it used; null if incomplete. */
+function dechunk(raw: Buffer): { payload: Buffer; used: number } | null {
+  const parts: Buffer[] = [];
+  let o = 0;
+  for (;;) {
+    const nl = raw.indexOf("\r\n", o);
+    if (nl < 0) return null;
+    const size = parseInt(raw.toString("latin1", o, nl).split(";")[0]!.trim(), 16);
+    if (!Number.isFinite(size) || size < 0) throw new Error("a malformed chunk size");
+    o = nl + 2;
+    if (size === 0) {
+      // Trailers, up to the blank line.
+      for (;;) {
+        const end = raw.indexOf("\r\n", o);
+        if (end < 0) return null;
+        const blank = end === o;
+        o = end + 2;
+        if (blank) return { payload: Buffer.concat(parts), used: o };
+      }
+    }
+    if (raw.length < o + size + 2) return null;
+    parts.push(raw.subarray(o, o + size));
+    o += size + 2;
+  }
 }

@@ -43,6 +43,8 @@ export interface Secret {
   basicAuth: boolean;
   /** Substitute in the request target's query string (percent-encoded value); default false. */
   query: boolean;
+  /** Substitute in HTTP/1.1 request bodies (held whole, up to 1 MiB, not compressed ones); default false. */
+  body: boolean;
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -83,10 +85,7 @@ export function validateSecrets(specs: readonly SecretSpec[], environment: NodeJ
     const placeholder = s.placeholder ?? `moat-ph-${token()}`;
     if (!/^[A-Za-z0-9._~-]{16,40}$/.test(placeholder)) throw new ConfigError(`secret ${s.env}: placeholder ${JSON.stringify(placeholder)} is not 16-40 characters of [A-Za-z0-9._~-]`, "leave it out for a random one");
     if (value.includes(placeholder)) throw new ConfigError(`secret ${s.env}: the value contains the placeholder`, "choose another placeholder");
-    if (s.inject?.body) {
-      throw new ConfigError(`secret ${s.env}: substitution in request bodies is not supported yet`, "put the secret in a header, in Basic auth or in the query");
-    }
-    return { env: s.env, value, placeholder, hosts, headers: s.inject?.headers ?? true, basicAuth: s.inject?.basicAuth ?? true, query: s.inject?.query ?? false };
+    return { env: s.env, value, placeholder, hosts, headers: s.inject?.headers ?? true, basicAuth: s.inject?.basicAuth ?? true, query: s.inject?.query ?? false, body: s.inject?.body ?? false };
   });
 }
 

@@ -199,3 +199,12 @@ test("--deny-response http: a denied request gets 403 naming the host and the ru
   assert.match(r.stdout, /^moat: denied: allowed\.test \(203\.0\.113\.10:443\) by rule deny:egress@203\.0\.113\.10\/32:tcp\n 403$/m);
   assert.match(r.stdout, /exit=7/, "other ports are refused (reset) as with reject");
 });
+
+test("TLS to the gateway itself (Group Host, where policy allows it) is intercepted and reaches the host's loopback", { skip }, async () => {
+  await world.startProcess([process.execPath, `${TESTBED_JS}servers.js`, "https", "8443", `${dir}/srv.pem`, `${dir}/srv.key`], "host");
+  const r = await run(["--net-rule", "allow@group:host:tcp:8443", "--tls-port", "8443", "--tls-no-verify-upstream"],
+    `curl -sS -v https://$(ip -4 route show default | cut -d' ' -f3):8443/hello 2>&1 | grep -E 'issuer|subjectAltName|hello over'`);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /issuer: O=moat; CN=moat interception CA/);
+  assert.match(r.stdout, /hello over tls/);
+});

@@ -458,6 +458,9 @@ export class NetnsSandbox {
       bypass: t?.bypass ?? [],
       verifyUpstream: t?.verifyUpstream ?? true,
       upstreamCa: t?.upstreamCa ?? [],
+      // TLS to the gateway itself (Group Host, where policy allows it) goes where the engine
+      // sends the gateway's other traffic: the host's loopback.
+      upstreamAddress: (ip) => (ip === this.addresses.gatewayIp4 ? "127.0.0.1" : gateway.has(ipaddr.parse(ip).toString()) ? "::1" : ip),
       denyReason: (rule) => (rule === 0 ? "the default action (deny)" : `rule ${this.policy.rules[rule - 1] ? describeRule(this.policy.rules[rule - 1]!) : rule - 1}`),
       // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
       // this sandbox's DNS answered with that address and that the rule covers. A connection a

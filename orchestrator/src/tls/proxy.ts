@@ -58,6 +58,8 @@ export interface TlsProxyOptions {
   pinned?(ip: string, name: string): boolean;
   /** A placeholder headed where it may not go: the request was stopped. */
   onViolation?(v: Violation, destination: string): void;
+  /** Where to connect for an original destination (the gateway's own addresses are the host's loopback); default: itself. */
+  upstreamAddress?(ip: string): string;
   /** The deny page: the reason a denied connection gets (rule: index + 1 of the deciding rule, 0 = the default action). */
   denyReason?(rule: number): string;
   helloTimeoutMs?: number;
@@ -266,7 +268,7 @@ export class TlsProxy {
     const key = `${origin.ip}|${origin.port}|${sni ?? ""}|${alpn.join(",")}`;
     return new Promise((resolve, reject) => {
       // Over a socket of our own, so a violation can reset it (a TLS socket cannot).
-      const raw = net.connect({ host: origin.ip, port: origin.port, noDelay: true });
+      const raw = net.connect({ host: this.o.upstreamAddress?.(origin.ip) ?? origin.ip, port: origin.port, noDelay: true });
       const up = tls.connect({
         socket: raw,
         session: this.sessions.get(key),
@@ -307,7 +309,7 @@ export class TlsProxy {
   }
 
   private splice(sock: net.Socket, origin: RedirectOrigin): void {
-    const up = net.connect({ host: origin.ip, port: origin.port, allowHalfOpen: true, noDelay: true });
+    const up = net.connect({ host: this.o.upstreamAddress?.(origin.ip) ?? origin.ip, port: origin.port, allowHalfOpen: true, noDelay: true });
     join(sock, up);
     sock.resume();
   }

@@ -28,7 +28,7 @@ import {
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
   PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH, INK_ACCEPT,
-  CFG_TLS_PROXY_IP, CFG_TLS_PROXY_PORT, CFG_TLS_BLOCK_QUIC, CFG_TLS_PORT_COUNT, CFG_TLS_PORTS, CFG_TLS_PORTS_MAX,
+  CFG_TLS_PROXY_IP, CFG_TLS_PROXY_PORT, CFG_TLS_BLOCK_QUIC,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
@@ -38,7 +38,7 @@ import {
   DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED, DROP_QUIC, TLS_REDIRECTED,
 } from "./counters";
 import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
-import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16 } from "./wire/bytes";
+import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16, familyOf } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emitIp4, emitIp6, fillL4Checksum, l4ChecksumOk } from "./emit";
 import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gateway";
@@ -49,7 +49,7 @@ import { icmpEchoFromGuest } from "./flow/udp";
 import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
-import { auditNotRouted, auditQuic } from "./policy/admit";
+import { auditNotRouted, auditQuic, tlsPort } from "./policy/admit";
 import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
 import { inboundAccept } from "./flow/inbound";
@@ -371,10 +371,6 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
   return DIAL_SCRATCH;
 }
 
-/** The family of a 16-byte dial address (a v4 guest may be forwarded to a v6 resolver). */
-@inline function dialFamily(dial: usize): u32 {
-  return load<u64>(dial) == 0 && load<u32>(dial + 8) == 0xffff0000 ? 4 : 6;
-}
 
 /** Remember the frame in hand, for replies built deeper down (policy/admit.ts). */
 @inline function notePacket(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
@@ -392,14 +388,6 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
 @inline function altDnsPort(proto: u32, dport: u32): bool {
   if (dport == 853) return proto == PROTO_UDP || load<u32>(CFG_TLS_PROXY_PORT) == 0; // DoT: to the TLS proxy when intercepting
   return proto == PROTO_UDP && (dport == 5353 || dport == 5355 || dport == 137);
-}
-
-/** An intercepted TLS port (TCP to it goes to the TLS proxy; UDP to it is QUIC). */
-function tlsPort(dport: u32): bool {
-  if (load<u32>(CFG_TLS_PROXY_PORT) == 0) return false;
-  const n = min<u32>(load<u32>(CFG_TLS_PORT_COUNT), <u32>CFG_TLS_PORTS_MAX);
-  for (let i: u32 = 0; i < n; i++) if (<u32>load<u16>(CFG_TLS_PORTS + (<usize>i << 1)) == dport) return true;
-  return false;
 }
 
 /**
@@ -426,7 +414,7 @@ function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, 
   }
   const dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
-  udpFromGuest(hash, udp + 8, ulen - 8, dialFamily(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53, dial == CFG_DNS_FWD_IP ? ROUTE_DNS_FORWARDER : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE);
+  udpFromGuest(hash, udp + 8, ulen - 8, familyOf(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53, dial == CFG_DNS_FWD_IP ? ROUTE_DNS_FORWARDER : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE);
 }
 
 /** A TCP segment from the guest: checked here, then handed to the connection (flow/tcp.ts). */
@@ -462,7 +450,7 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
     route = ROUTE_SERVICE;
     count(TLS_REDIRECTED);
   }
-  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), dialFamily(dial), dstIsGateway && dport == 53, route);
+  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), familyOf(dial), dstIsGateway && dport == 53, route);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);

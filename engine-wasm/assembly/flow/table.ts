@@ -22,6 +22,7 @@ import {
   SECRET_CARRY_BASE, SECRET_CARRY_BYTES,
 } from "../layout";
 import { pinHold, pinRelease, pinName } from "../policy/pinset";
+import { copy16 } from "../wire/bytes";
 
 // record fields after the key
 export const F_HASH = 40; // u32
@@ -49,6 +50,15 @@ export const ROUTE_PEER: u8 = 4; // ORIGIN_HOST: the accepted peer (F_DIAL_* = t
 export const F_PROTO_STATE = 128; // protocol-specific state (TCP)
 
 export const KEY_BYTES = 40;
+
+/** A flow a host peer opened on published port `listener`: where it came from is where it goes. */
+export function flowFromPeer(rec: usize, listener: u32, peer: usize, peerPort: u32): void {
+  store<u8>(rec, ORIGIN_HOST, F_ORIGIN);
+  store<u8>(rec, ROUTE_PEER, F_ROUTE);
+  store<u16>(rec, <u16>listener, F_LISTENER);
+  copy16(rec + F_DIAL_ADDR, peer);
+  store<u32>(rec, peerPort, F_DIAL_PORT);
+}
 
 @inline export function flowRecord(idx: u32): usize {
   return FLOW_SLAB_BASE + <usize>idx * FLOW_RECORD_BYTES;

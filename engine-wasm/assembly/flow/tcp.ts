@@ -84,9 +84,9 @@ import {
 } from "../counters";
 import {
   flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
-  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_SERVICE, F_ADMIT_NAME,
+  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer,
 } from "./table";
-import { rd16, rd32, wr16, wr32, copy16 } from "../wire/bytes";
+import { rd16, rd32, wr16, wr32, copy16, familyOf } from "../wire/bytes";
 import { admitNewFlow, auditSecret, ADMIT_REFUSED, ADMIT_DENY_PAGE } from "../policy/admit";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
@@ -435,7 +435,7 @@ function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, dia
     // Denied, answered by the deny page: to the proxy, which reads the rule from the preamble.
     dial = CFG_TLS_PROXY_IP;
     dialPort = load<u32>(CFG_DENY_PROXY_PORT);
-    dialFamily = load<u64>(dial) == 0 && load<u32>(dial + 8) == 0xffff0000 ? 4 : 6;
+    dialFamily = familyOf(dial);
     route = ROUTE_SERVICE;
   }
   const found = flowInsert(hash);
@@ -524,11 +524,7 @@ export function tcpActiveOpen(hash: u32, listener: u32, peer: usize, peerPort: u
   const rec = flowRecord(idx);
   store<u32>(ST_TCP_LIVE, live + 1);
   store<u32>(rec, TS_SYN_SENT, F_STATE);
-  store<u8>(rec, ORIGIN_HOST, F_ORIGIN);
-  store<u8>(rec, ROUTE_PEER, F_ROUTE);
-  store<u16>(rec, <u16>listener, F_LISTENER);
-  copy16(rec + F_DIAL_ADDR, peer);
-  store<u32>(rec, peerPort, F_DIAL_PORT);
+  flowFromPeer(rec, listener, peer, peerPort);
   // Until the guest's SYN-ACK says otherwise: the link's segment size, and our window scale
   // offered (taken back if the guest does not offer its own).
   store<u32>(rec, linkMss(load<u8>(rec, 1) == 4), T_GUEST_MSS);

@@ -19,7 +19,7 @@ import {
 } from "../counters";
 import {
   keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN,
-  F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ORIGIN, F_ROUTE, F_LISTENER, ORIGIN_HOST, ROUTE_PEER, ROUTE_REMOTE,
+  F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ROUTE, ROUTE_REMOTE, flowFromPeer,
 } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
 import { admitNewFlow, auditSecret } from "../policy/admit";
@@ -98,11 +98,7 @@ export function udpInboundOpen(hash: u32, listener: u32, peer: usize, peerPort: 
   if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
   const rec = flowRecord(<u32>idx);
   store<u32>(rec, UDP_OPEN, F_STATE);
-  store<u8>(rec, ORIGIN_HOST, F_ORIGIN);
-  store<u8>(rec, ROUTE_PEER, F_ROUTE);
-  store<u16>(rec, <u16>listener, F_LISTENER);
-  copy16(rec + F_DIAL_ADDR, peer);
-  store<u32>(rec, peerPort, F_DIAL_PORT);
+  flowFromPeer(rec, listener, peer, peerPort);
   store<u32>(ST_UDP_LIVE, live + 1);
   opPush(OPK_ACCEPT, <u32>idx, 0, 0, 0, listener, 0);
   count(UDP_FLOWS_OPENED);

@@ -10,7 +10,7 @@ import {
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST, SECRET_VIOLATIONS } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
-import { copy16 } from "../wire/bytes";
+import { copy16, familyOf } from "../wire/bytes";
 import { count } from "../emit";
 import { policyEvaluate, policyDenyResponse } from "./match";
 import { tcpReset, icmpProhibited } from "../reject";
@@ -58,8 +58,11 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService
 
 /** Port 80, or an intercepted TLS port, while the deny page is served. */
 function denyPagePort(dport: u32): bool {
-  if (load<u32>(CFG_DENY_PROXY_PORT) == 0) return false;
-  if (dport == 80) return true;
+  return load<u32>(CFG_DENY_PROXY_PORT) != 0 && (dport == 80 || tlsPort(dport));
+}
+
+/** An intercepted TLS port (TCP to it goes to the TLS proxy; UDP to it is QUIC). */
+export function tlsPort(dport: u32): bool {
   if (load<u32>(CFG_TLS_PROXY_PORT) == 0) return false;
   const n = min<u32>(load<u32>(CFG_TLS_PORT_COUNT), <u32>CFG_TLS_PORTS_MAX);
   for (let i: u32 = 0; i < n; i++) if (<u32>load<u16>(CFG_TLS_PORTS + (<usize>i << 1)) == dport) return true;
@@ -89,8 +92,7 @@ export function admitInbound(proto: u32, peer: usize, peerPort: u32, guest: usiz
   if (verdict & 1) {
     store<u32>(PIN_MATCHED, 0);
     count(DROP_POLICY);
-    const family: u32 = load<u64>(peer) == 0 && load<u32>(peer, 8) == 0xffff0000 ? 4 : 6;
-    audit(proto, family, guestPort, <i32>(verdict >> 1) - 1, 1, peer, peerPort, guest);
+    audit(proto, familyOf(peer), guestPort, <i32>(verdict >> 1) - 1, 1, peer, peerPort, guest);
     return false;
   }
   store<u32>(PIN_MATCHED, 0); // inbound flows hold no pin

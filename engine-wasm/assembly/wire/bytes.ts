@@ -24,6 +24,10 @@
 @inline export function eq16(a: usize, b: usize): bool {
   return !v128.any_true(v128.xor(v128.load(a), v128.load(b)));
 }
+/** The family of a 16-byte address: 4 for ::ffff:a.b.c.d, else 6. */
+@inline export function familyOf(addr: usize): u32 {
+  return load<u64>(addr) == 0 && load<u32>(addr + 8) == 0xffff0000 ? 4 : 6;
+}
 /** Write ::ffff:a.b.c.d for the IPv4 address at src (4 bytes, network order). */
 @inline export function mapV4(dst: usize, src: usize): void {
   store<u64>(dst, 0);

@@ -5,20 +5,12 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, rmSync, mkdtempSync, writeFileSync } from "node:fs";
-import { World, systemTestSkipReason } from "../testbed/world.js";
+import { World, systemTestSkipReason, hasTool } from "../testbed/world.js";
 
-const skip = systemTestSkipReason() ?? (hasCurl() ? undefined : "curl is not installed");
+const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") ? undefined : "curl is not installed");
 let world: World;
 let found: Record<string, any> = {};
 
-function hasCurl(): boolean {
-  try {
-    execFileSync("curl", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 before(async () => {
   if (skip) return;

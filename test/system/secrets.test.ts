@@ -5,33 +5,22 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason } from "../testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
-const skip = systemTestSkipReason() ?? (has("curl", "--version") && has("openssl", "version") ? undefined : "curl or openssl is not installed");
+const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") && hasTool("openssl", "version") ? undefined : "curl or openssl is not installed");
 const VALUE = "sk-live-THE-REAL-VALUE-0123456789";
 let world: World;
 let dir = "";
 let record = "";
 
-function has(cmd: string, arg: string): boolean {
-  try {
-    execFileSync(cmd, [arg], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 before(async () => {
   if (skip) return;
   dir = mkdtempSync("/tmp/moat-secrets-");
   record = `${dir}/record.jsonl`;
-  const openssl = (...a: string[]) => execFileSync("openssl", a, { stdio: ["ignore", "ignore", "pipe"], cwd: dir });
-  openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=world test CA",
-    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign");
-  openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=allowed.test");
-  writeFileSync(`${dir}/ext.cnf`, `subjectAltName=DNS:allowed.test,DNS:other.test,IP:${WORLD_IP4}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
-  openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf");
+  makeCa(dir, "ca", "world test CA");
+  makeServerCert(dir, "ca", ["DNS:allowed.test", "DNS:other.test", `IP:${WORLD_IP4}`]);
   world = World.create();
   world.startDnsServer();
   await world.startProcess([process.execPath, `${TESTBED_JS}servers.js`, "https", "443", `${dir}/srv.pem`, `${dir}/srv.key`, record]);

@@ -6,22 +6,14 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
-import { World, WORLD_IP4, TESTBED_JS, TESTBED_SRC, systemTestSkipReason } from "../testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS, TESTBED_SRC, systemTestSkipReason, hasTool } from "../testbed/world.js";
 
-const skip = systemTestSkipReason() ?? (hasSocat() ? undefined : "socat is not installed");
+const skip = systemTestSkipReason() ?? (hasTool("socat", "-V") ? undefined : "socat is not installed");
 const MiB = 1 << 20;
 const RECORD = `/tmp/moat-record-${process.pid}.log`;
 const UPLOAD = `/tmp/moat-upload-${process.pid}.bin`;
 let world: World;
 
-function hasSocat(): boolean {
-  try {
-    execFileSync("socat", ["-V"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 before(async () => {
   if (skip) return;

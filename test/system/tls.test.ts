@@ -4,43 +4,23 @@
 // QUIC blocking, SNI held to the DNS pins, DoT, concurrency, hostile ClientHellos.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason } from "../testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
 import { streamHash } from "../testbed/stream-data.js";
+import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
-const skip = systemTestSkipReason() ?? (has("curl", "--version") && has("openssl", "version") ? undefined : "curl or openssl is not installed");
+const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") && hasTool("openssl", "version") ? undefined : "curl or openssl is not installed");
 let world: World;
 let dir = "";
 const MiB = 1 << 20;
 
-function has(cmd: string, arg: string): boolean {
-  try {
-    execFileSync(cmd, [arg], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function openssl(...args: string[]): void {
-  execFileSync("openssl", args, { stdio: ["ignore", "ignore", "pipe"], cwd: dir });
-}
-
-/** A CA (name `cn`) in dir/PREFIX.pem / PREFIX.key. */
-function makeCa(prefix: string, cn: string): void {
-  openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${prefix}.key`, "-out", `${prefix}.pem`, "-days", "2",
-    "-subj", `/CN=${cn}`, "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign");
-}
 
 before(async () => {
   if (skip) return;
   dir = mkdtempSync("/tmp/moat-tls-");
-  makeCa("world-ca", "world test CA");
-  makeCa("user-ca", "user interception CA");
-  openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=allowed.test");
-  writeFileSync(`${dir}/ext.cnf`, `subjectAltName=DNS:allowed.test,DNS:other.test,IP:${WORLD_IP4}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
-  openssl("x509", "-req", "-in", "srv.csr", "-CA", "world-ca.pem", "-CAkey", "world-ca.key", "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf");
+  makeCa(dir, "world-ca", "world test CA");
+  makeCa(dir, "user-ca", "user interception CA");
+  makeServerCert(dir, "world-ca", ["DNS:allowed.test", "DNS:other.test", `IP:${WORLD_IP4}`]);
   world = World.create();
   world.startDnsServer();
   await world.startProcess([process.execPath, `${TESTBED_JS}servers.js`, "https", "443", `${dir}/srv.pem`, `${dir}/srv.key`]);

@@ -34,12 +34,18 @@ export const TESTBED_SRC = `${repo}test/testbed/`;
 export function systemTestSkipReason(): string | undefined {
   if (process.getuid?.() !== 0) return "system tests need root (network namespaces, TAP devices)";
   if (!existsSync("/dev/net/tun")) return "/dev/net/tun is missing";
-  try {
-    execFileSync("ip", ["-V"], { stdio: "ignore" });
-  } catch {
-    return "iproute2 (ip) is not installed";
-  }
+  if (!hasTool("ip", "-V")) return "iproute2 (ip) is not installed";
   return undefined;
+}
+
+/** Whether `cmd ARGS` runs here (a tool a test needs: curl, socat, openssl, ...). */
+export function hasTool(cmd: string, ...args: string[]): boolean {
+  try {
+    execFileSync(cmd, args, { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function sh(args: string[]): void {

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
 import { parseClientHello } from "../../orchestrator/src/tls/client-hello.js";
-import { matchesPattern } from "../../orchestrator/src/tls/proxy.js";
+import { matchesPattern } from "../../orchestrator/src/tls/setup.js";
 import { PinnedNames, ruleCovers, validateTls } from "../../orchestrator/src/tls/setup.js";
 import { parseConfig } from "../../orchestrator/src/policy/config-file.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";

@@ -27,6 +27,7 @@ import { UpstreamResolver, type Nameserver } from "../dns/upstream.js";
 import { classifyAddress } from "../policy/groups.js";
 import { enginePins } from "./engine-config.js";
 import ipaddr from "ipaddr.js";
+import { placeholderInName } from "../secrets/secrets.js";
 
 export interface EngineWorkerData {
   memory: WebAssembly.Memory;
@@ -134,7 +135,7 @@ const interceptor = data.dns && new DnsInterceptor(data.dns.settings, new Upstre
   denyNames: () => dnsDeny,
   resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
   classify: (ip) => classifyAddress(ip, dnsHost),
-  secretIn: (name) => data.dns?.placeholders?.find((p) => name.toLowerCase().includes(p.placeholder.toLowerCase()))?.env,
+  secretIn: (name) => placeholderInName(data.dns?.placeholders ?? [], name),
   recordAnswers: () => data.dns?.reportAnswers === true,
 });
 

@@ -31,9 +31,9 @@ import { layout as L } from "../engine/layout.js";
 import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
 import type { Action } from "../policy/model.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
-import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, processCertificateAuthority, type TlsOptions, type ValidTls } from "../tls/setup.js";
-import { validateSecrets, writeSecretForms, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
-import { matchesPattern } from "../tls/proxy.js";
+import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, processCertificateAuthority, matchesPattern, type TlsOptions, type ValidTls } from "../tls/setup.js";
+import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
+
 
 const run = promisify(execFile);
 
@@ -421,7 +421,7 @@ export class NetnsSandbox {
       denyNames: () => denyNames(this.policy),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
       classify: (ip) => classifyAddress(ip, this.hostAddresses),
-      secretIn: (name) => this.options.secrets.find((x) => name.toLowerCase().includes(x.placeholder.toLowerCase()))?.env,
+      secretIn: (name) => placeholderInName(this.options.secrets, name),
       recordAnswers: () => this.options.tls !== undefined,
     });
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
@@ -432,10 +432,7 @@ export class NetnsSandbox {
       const toGateway = gateway.has(ipaddr.parse(dest.ip).toString());
       const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
       this.afterDns(out);
-      if (out.pins.length) {
-        this.engine?.installPins(enginePins(out.pins));
-        for (const p of out.pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
-      }
+      this.applyPins(out.pins);
       return out.answer;
     }, { redirectToken: this.redirectToken });
     await this.dnsTcp.listen();
@@ -479,10 +476,7 @@ export class NetnsSandbox {
       dnsQuery: async (query, origin) => {
         const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
         this.afterDns(out);
-        if (out.pins.length) {
-          this.engine?.installPins(enginePins(out.pins));
-          for (const p of out.pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
-        }
+        this.applyPins(out.pins);
         return out.answer;
       },
       onEvent: (e) => this.afterTls(e),
@@ -547,6 +541,13 @@ export class NetnsSandbox {
       this.killAll();
       void this.destroy({ graceMs: 0 });
     }
+  }
+
+  /** An answer given on this thread (DNS over TCP, DoT): its pins to the engine and the TLS proxy's name table. */
+  private applyPins(pins: DnsOutcome["pins"]): void {
+    if (!pins.length) return;
+    this.engine?.installPins(enginePins(pins));
+    for (const p of pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
   }
 
   /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */

@@ -18,7 +18,7 @@
 // Any other connection is opaque from the start. Scanning holds back a tail that could be the
 // start of a placeholder form, so a violation is caught before any of the placeholder's bytes
 // leave, however it is split across writes.
-import { PlaceholderScanner, hostAllowed, substituteQuery, type Secret, type Found } from "./secrets.js";
+import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
 
 export const MAX_HEAD = 65536;
 
@@ -48,7 +48,7 @@ export class RequestFilter {
   private readonly allowed: Secret[];
 
   constructor(secrets: readonly Secret[], private readonly sni: string | undefined, pinned: boolean) {
-    this.allowed = sni && pinned ? secrets.filter((s) => hostAllowed(s, sni)) : [];
+    this.allowed = secretsFor(secrets, sni, pinned);
     this.state = this.allowed.length ? "head" : "opaque";
     this.scanner = new PlaceholderScanner(secrets);
   }
@@ -208,16 +208,7 @@ export class RequestFilter {
     const outLines = [line];
     for (const f of fields) {
       let value = f.value;
-      if (hostOk && f.name) {
-        for (const s of this.allowed) {
-          if (s.basicAuth && f.name === "authorization" && /^basic\s+/i.test(value)) {
-            const scheme = value.slice(0, value.search(/\s/));
-            const decoded = Buffer.from(value.slice(scheme.length).trim(), "base64").toString("latin1");
-            if (decoded.includes(s.placeholder)) value = `${scheme} ${Buffer.from(decoded.split(s.placeholder).join(s.value), "latin1").toString("base64")}`;
-          }
-          if (s.headers && value.includes(s.placeholder)) value = value.split(s.placeholder).join(s.value);
-        }
-      }
+      if (hostOk && f.name) value = substituteHeader(this.allowed, f.name, value);
       const v = checkRest(`${f.name}: ${value}`, `header ${f.name || "(malformed)"}${hostOk ? "" : host === undefined ? " (no Host)" : ` (Host ${host} is not the SNI)`}`);
       if (v) return { violation: v };
       outLines.push(f.name && value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);

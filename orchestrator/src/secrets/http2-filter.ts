@@ -13,7 +13,7 @@
 // A violation answers that stream with 403 and the reason (our HEADERS use no dynamic table
 // either, so the guest's decoder stays in step with the server's encoder), then GOAWAY.
 import hpack from "hpack.js";
-import { PlaceholderScanner, hostAllowed, substituteQuery, type Secret } from "./secrets.js";
+import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
 import type { FilterResult, Violation } from "./http-filter.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -36,7 +36,7 @@ export class Http2RequestFilter {
   private readonly allowed: Secret[];
 
   constructor(secrets: readonly Secret[], private readonly sni: string | undefined, pinned: boolean) {
-    this.allowed = sni && pinned ? secrets.filter((s) => hostAllowed(s, sni)) : [];
+    this.allowed = secretsFor(secrets, sni, pinned);
     this.scanner = new PlaceholderScanner(secrets);
   }
 
@@ -112,16 +112,7 @@ export class Http2RequestFilter {
     };
     for (const h of headers) {
       if (hostOk && h.name === ":path") for (const s of this.allowed) if (s.query) h.value = substituteQuery(s, h.value);
-      if (hostOk && !h.name.startsWith(":")) {
-        for (const s of this.allowed) {
-          if (s.basicAuth && h.name === "authorization" && /^basic\s+/i.test(h.value)) {
-            const scheme = h.value.slice(0, h.value.search(/\s/));
-            const decoded = Buffer.from(h.value.slice(scheme.length).trim(), "base64").toString("latin1");
-            if (decoded.includes(s.placeholder)) h.value = `${scheme} ${Buffer.from(decoded.split(s.placeholder).join(s.value), "latin1").toString("base64")}`;
-          }
-          if (s.headers && h.value.includes(s.placeholder)) h.value = h.value.split(s.placeholder).join(s.value);
-        }
-      }
+      if (hostOk && !h.name.startsWith(":")) h.value = substituteHeader(this.allowed, h.name, h.value);
       const where = h.name === ":path" ? "the request's path" : `header ${h.name}${hostOk ? "" : host === undefined ? " (no :authority)" : ` (:authority ${host} is not the SNI)`}`;
       const bad = v(where, `${h.name}: ${h.value}`);
       if (bad) return { violation: bad };

@@ -16,6 +16,7 @@ import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { normalizeName } from "../policy/model.js";
 import { layout as L } from "../engine/layout.js";
+import { matchesPattern } from "../tls/setup.js";
 
 export type ViolationAction = "block" | "block-and-log" | "block-and-terminate";
 export const ViolationAction = { Block: "block", BlockAndLog: "block-and-log", BlockAndTerminate: "block-and-terminate" } as const;
@@ -198,15 +199,28 @@ function describeForm(form: string, placeholder: string): string {
   return "base64";
 }
 
-/** Does `host` match one of the secret's patterns? */
-export function hostAllowed(secret: Secret, host: string): boolean {
-  return secret.hosts.some((p) => (p.startsWith("*.") ? host === p.slice(2) || host.endsWith(p.slice(1)) : host === p));
+/** The secrets whose value may go on a connection to `sni`: its patterns match, and DNS pinned the address to it. */
+export function secretsFor(secrets: readonly Secret[], sni: string | undefined, pinned: boolean): Secret[] {
+  return sni && pinned ? secrets.filter((s) => matchesPattern(sni, s.hosts)) : [];
 }
 
-/** A DNS name carrying a placeholder (names are case-insensitive: compared in lower case). */
-export function placeholderInName(secrets: readonly Secret[], name: string): Secret | undefined {
+/** A header value with the placeholders of `allowed` secrets replaced, Basic auth decoded and encoded again. */
+export function substituteHeader(allowed: readonly Secret[], name: string, value: string): string {
+  for (const s of allowed) {
+    if (s.basicAuth && name === "authorization" && /^basic\s+/i.test(value)) {
+      const scheme = value.slice(0, value.search(/\s/));
+      const decoded = Buffer.from(value.slice(scheme.length).trim(), "base64").toString("latin1");
+      if (decoded.includes(s.placeholder)) value = `${scheme} ${Buffer.from(decoded.split(s.placeholder).join(s.value), "latin1").toString("base64")}`;
+    }
+    if (s.headers && value.includes(s.placeholder)) value = value.split(s.placeholder).join(s.value);
+  }
+  return value;
+}
+
+/** The variable name of the secret whose placeholder a DNS name carries (compared in lower case: names are case-insensitive). */
+export function placeholderInName(secrets: readonly { env: string; placeholder: string }[], name: string): string | undefined {
   const n = name.toLowerCase();
-  return secrets.find((s) => n.includes(s.placeholder.toLowerCase()));
+  return secrets.find((s) => n.includes(s.placeholder.toLowerCase()))?.env;
 }
 
 /**

@@ -26,6 +26,7 @@ import type { AddressInfo } from "node:net";
 import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
+import { matchesPattern } from "./setup.js";
 import { RequestFilter, forbidden, forbiddenText, type Violation, type FilterResult } from "../secrets/http-filter.js";
 import { Http2RequestFilter, forbiddenH2 } from "../secrets/http2-filter.js";
 import type { Secret } from "../secrets/secrets.js";
@@ -83,7 +84,7 @@ const ALERT_ACCESS_DENIED = Buffer.from([21, 3, 3, 0, 2, 2, 49]);
 const HOST_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
 
 /** The host's trusted roots: the system bundle where there is one, else Node's own list. */
-export function hostRoots(): string[] {
+function hostRoots(): string[] {
   for (const f of HOST_BUNDLES) {
     try {
       const pem = readFileSync(f, "utf8");
@@ -96,29 +97,25 @@ export function hostRoots(): string[] {
   return [...tls.rootCertificates];
 }
 
-/** Does `name` match one of `patterns` ("x.example" exactly; "*.example" is example and everything under it)? */
-export function matchesPattern(name: string, patterns: readonly string[]): boolean {
-  for (const p of patterns) {
-    if (p.startsWith("*.")) {
-      const suffix = p.slice(2);
-      if (name === suffix || name.endsWith(`.${suffix}`)) return true;
-    } else if (name === p) {
-      return true;
-    }
-  }
-  return false;
+// Upstream verification contexts, one per set of extra CAs, shared by every proxy of the process
+// and made on first use: parsing the host's ~150 roots costs tens of milliseconds, which per
+// connection would cap interception at a few dozen handshakes a second, and per sandbox would
+// slow every start.
+const upstreamContexts = new Map<string, tls.SecureContext>();
+function upstreamContextFor(extra: readonly string[]): tls.SecureContext {
+  const key = extra.join("\n");
+  let c = upstreamContexts.get(key);
+  if (!c) upstreamContexts.set(key, (c = tls.createSecureContext({ ca: [...hostRoots(), ...extra] })));
+  return c;
 }
+
 
 export class TlsProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  // One context for every upstream connection: parsing the host's ~150 roots costs tens of
-  // milliseconds, which per connection would cap interception at a few dozen handshakes a second.
-  private readonly upstreamContext: tls.SecureContext;
   readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
 
   constructor(private readonly o: TlsProxyOptions) {
-    this.upstreamContext = tls.createSecureContext({ ca: [...hostRoots(), ...o.upstreamCa] });
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
     this.server.maxConnections = 16384;
   }
@@ -157,21 +154,26 @@ export class TlsProxy {
       sock.destroy();
     }, this.o.helloTimeoutMs ?? 10_000);
     sock.once("close", () => clearTimeout(timer));
+    // Until the preamble and the ClientHello are in, this reads; then the connection is handed on.
+    let reading = true;
+    const handOn = (): void => {
+      reading = false;
+      clearTimeout(timer);
+      sock.off("data", onData);
+    };
     const onData = (chunk: Buffer): void => {
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       if (!origin) {
         if (buf.length < PREAMBLE_BYTES) return;
         origin = parseRedirectPreamble(buf, this.o.token);
         if (!origin) {
-          clearTimeout(timer);
           sock.destroy(); // not from the engine
           return;
         }
         buf = buf.subarray(PREAMBLE_BYTES);
         if ((origin.admitNameId & DENIED_BIT) !== 0 && origin.port === 80) {
           // The deny page, in plain HTTP.
-          clearTimeout(timer);
-          sock.off("data", onData);
+          handOn();
           this.stats.denyPages++;
           const o = origin;
           serveDenyPage(sock, buf, (host) => this.denyText(o, host));
@@ -180,8 +182,7 @@ export class TlsProxy {
       }
       const hello = parseClientHello(buf);
       if (hello.kind === "more") return;
-      clearTimeout(timer);
-      sock.off("data", onData);
+      handOn();
       sock.pause();
       if (hello.kind === "bad") {
         this.stats.badHello++;
@@ -195,11 +196,10 @@ export class TlsProxy {
     };
     sock.on("data", onData);
     sock.on("end", () => {
-      if (sock.listenerCount("data") && sock.listeners("data").includes(onData)) {
-        // Ended before a whole ClientHello.
-        if (origin) this.stats.badHello++;
-        sock.destroy();
-      }
+      if (!reading) return;
+      // Ended before a whole ClientHello.
+      if (origin) this.stats.badHello++;
+      sock.destroy();
     });
   }
 
@@ -274,7 +274,7 @@ export class TlsProxy {
         session: this.sessions.get(key),
         servername: sni, // never re-resolved: the guest's destination, the guest's name
         ALPNProtocols: alpn.length ? alpn : undefined,
-        secureContext: this.upstreamContext,
+        secureContext: upstreamContextFor(this.o.upstreamCa),
         rejectUnauthorized: this.o.verifyUpstream,
         // Without SNI the certificate must name the address itself.
         checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),

@@ -2,7 +2,8 @@
 //
 //   openTap(netnsPath, ifname) -> fd          create a TAP device inside a network namespace
 //   new Datapath(memoryU8, layout)            the data path of one engine (see datapath.cc)
-//     .attachLink(fd)  .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
+//     .attachTap(fd) .attachStream(path)
+//     .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
 //     .listen(id, proto, family, addr16, port) -> bound port | -errno   .unlisten(id)
 //
 // Datapath.start() watches the data path's epoll fd with a uv_poll handle on the calling
@@ -52,7 +53,8 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
  public:
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "Datapath",
-                       {InstanceMethod("attachLink", &DatapathWrap::AttachLink),
+                       {InstanceMethod("attachTap", &DatapathWrap::AttachTap),
+                        InstanceMethod("attachStream", &DatapathWrap::AttachStream),
                         InstanceMethod("start", &DatapathWrap::Start),
                         InstanceMethod("pump", &DatapathWrap::Pump),
                         InstanceMethod("flush", &DatapathWrap::Flush),
@@ -132,6 +134,8 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     L.cHostOpenErrors = need(env, lay, "HOST_OPEN_ERRORS");
     L.cLinkRxErrors = need(env, lay, "LINK_RX_ERRORS");
     L.cLinkTxErrors = need(env, lay, "LINK_TX_ERRORS");
+    L.cLinkMalformed = need(env, lay, "LINK_MALFORMED");
+    L.cLinkPeers = need(env, lay, "LINK_PEERS");
     L.cTcpShortWrites = need(env, lay, "TCP_SHORT_WRITES");
     L.flowCapacity = need(env, lay, "FLOW_CAPACITY");
     L.slotBytes = need(env, lay, "SLOT_BYTES");
@@ -147,13 +151,27 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
   ~DatapathWrap() override { stopPoll(); }
 
  private:
-  Napi::Value AttachLink(const Napi::CallbackInfo& info) {
+  Napi::Value AttachTap(const Napi::CallbackInfo& info) {
     if (!dp_ || !info[0].IsNumber()) {
-      Napi::TypeError::New(info.Env(), "attachLink(fd: number)").ThrowAsJavaScriptException();
+      Napi::TypeError::New(info.Env(), "attachTap(fd: number)").ThrowAsJavaScriptException();
       return info.Env().Undefined();
     }
-    dp_->setLinkFd(info[0].As<Napi::Number>().Int32Value());
+    dp_->setLink(moat::newTapLink(info[0].As<Napi::Number>().Int32Value()));
     return info.Env().Undefined();
+  }
+  // attachStream(path): listen at a unix socket path for the VMM.
+  Napi::Value AttachStream(const Napi::CallbackInfo& info) {
+    if (!dp_ || !info[0].IsString()) {
+      Napi::TypeError::New(info.Env(), "attachStream(path: string)").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    std::string err;
+    return attached(info.Env(), moat::newStreamLink(info[0].As<Napi::String>(), err), err);
+  }
+  Napi::Value attached(Napi::Env env, moat::Link* link, const std::string& err) {
+    if (!link) Napi::Error::New(env, err).ThrowAsJavaScriptException();
+    else dp_->setLink(link);
+    return env.Undefined();
   }
 
   Napi::Value Start(const Napi::CallbackInfo& info) {

@@ -1,8 +1,8 @@
 // datapath.cc — moving bytes between the link, the rings and host sockets, with batched syscalls.
 //
 // Theory of operation
-// Everything that can become ready lives in one epoll set: the link fd (token LINK_TOKEN,
-// level-triggered) and every flow's host socket (token = flow index; UDP level-triggered, TCP
+// Everything that can become ready lives in one epoll set: the link's fds (tokens LINK_TOKEN_BASE +
+// sub, see link.h) and every flow's host socket (token = flow index; UDP level-triggered, TCP
 // edge-triggered). The worker's event loop watches the epoll fd (uv_poll) and, when it is
 // readable, alternates
 //   pump()       readable fds -> RX ring (frames), inbound ring (data), event ring (events)
@@ -38,7 +38,7 @@
 
 namespace moat {
 
-static constexpr uint64_t LINK_TOKEN = 0xffffffffull;
+static constexpr uint64_t LINK_TOKEN_BASE = 0xffffff00ull;  // + link sub-token (< LINK_SUBS)
 static constexpr uint64_t LISTEN_TOKEN_BASE = 1ull << 32;  // + listener id
 static constexpr uint32_t LINK_READ_BUDGET = 64;   // frames per link wake-up
 static constexpr uint32_t SOCKET_READ_BUDGET = 16; // datagrams per UDP socket wake-up (fairness)
@@ -63,8 +63,8 @@ void Datapath::closeAll() {
   for (uint32_t id = 0; id < listeners_.size(); id++) unlisten(id);
   udpPeers_.clear();
   live_ = 0;
-  if (linkFd_ >= 0) close(linkFd_);
-  linkFd_ = -1;
+  if (link_) link_->close();
+  link_.reset();
   if (epfd_ >= 0) close(epfd_);
   epfd_ = -1;
 }
@@ -74,21 +74,12 @@ void Datapath::count(uint32_t idx, uint64_t n) {
   *c += n;
 }
 
-void Datapath::setLinkFd(int fd) {
-  linkFd_ = fd;
-  struct epoll_event ev = {};
-  ev.events = EPOLLIN;
-  ev.data.u64 = LINK_TOKEN;
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
-}
-
-void Datapath::watchLinkOut(bool on) {
-  if (on == linkOutWatched_ || linkFd_ < 0) return;
-  struct epoll_event ev = {};
-  ev.events = EPOLLIN | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u);
-  ev.data.u64 = LINK_TOKEN;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, linkFd_, &ev);
-  linkOutWatched_ = on;
+void Datapath::setLink(Link* link) {
+  if (link_) link_->close();  // its fds leave the epoll set as they close
+  link_.reset(link);
+  auto* c = reinterpret_cast<uint64_t*>(mem_ + L_.countersBase);
+  link->counters = LinkCounters{c + L_.cLinkRxErrors, c + L_.cLinkTxErrors, c + L_.cLinkMalformed, c + L_.cLinkPeers};
+  link->watch(epfd_, LINK_TOKEN_BASE);
 }
 
 // ---- rings toward the engine ----------------------------------------------------------------------
@@ -137,15 +128,19 @@ int Datapath::pump() {
     paused.swap(pausedListeners_);
     for (uint32_t id : paused) armListener(id, true);
   }
+  // Frames the link holds that no event will announce again (left when the RX ring filled).
+  if (link_ && link_->recvPending()) moved += readLink(LINK_READ_BUDGET);
   struct epoll_event evs[64];
   int n = epoll_wait(epfd_, evs, 64, 0);
   for (int i = 0; i < n; i++) {
     const uint64_t token = evs[i].data.u64;
     if (token >= LISTEN_TOKEN_BASE) {
       readListener(static_cast<uint32_t>(token - LISTEN_TOKEN_BASE));
-    } else if (token == LINK_TOKEN) {
-      if (evs[i].events & EPOLLOUT) moved += writeLink();
-      if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) moved += readLink(LINK_READ_BUDGET);
+    } else if (token >= LINK_TOKEN_BASE && token < LINK_TOKEN_BASE + LINK_SUBS) {
+      if (!link_) continue;
+      const uint32_t what = link_->event(static_cast<uint32_t>(token - LINK_TOKEN_BASE), evs[i].events);
+      if (what & LINK_WRITABLE) moved += writeLink();
+      if (what & LINK_READABLE) moved += readLink(LINK_READ_BUDGET);
     } else if (token < socks_.size()) {
       const uint32_t flow = static_cast<uint32_t>(token);
       if (socks_[flow].tcp) tcpReady(flow, evs[i].events);
@@ -156,23 +151,24 @@ int Datapath::pump() {
 }
 
 int Datapath::readLink(uint32_t budget) {
+  if (!link_) return 0;
   Ring& r = L_.rx;
   uint32_t tail = r.tail();
   const uint32_t head = r.head();
   int got = 0;
   while (budget-- > 0 && tail - head < r.g.slots) {
-    ssize_t len = read(linkFd_, r.buf(tail), L_.slotBytes);
-    if (len < 0) {
-      if (errno != EAGAIN && errno != EINTR) count(L_.cLinkRxErrors);
-      break;
-    }
+    const uint32_t len = link_->recv(r.buf(tail), L_.slotBytes);
+    if (len == 0) break;
     uint8_t* d = r.desc(tail);
-    *reinterpret_cast<uint32_t*>(d + L_.descLen) = static_cast<uint32_t>(len);
+    *reinterpret_cast<uint32_t*>(d + L_.descLen) = len;
     *reinterpret_cast<uint32_t*>(d + L_.descFlags) = 0;
     tail++;
     got++;
   }
-  if (got) r.publishTail(tail);
+  if (got) {
+    r.publishTail(tail);
+    link_->recvDone();
+  }
   return got;
 }
 
@@ -804,18 +800,16 @@ int Datapath::writeLink() {
   uint32_t head = r.head();
   const uint32_t tail = r.tail();
   int wrote = 0;
-  while (head != tail && linkFd_ >= 0) {
+  while (head != tail && link_) {
     const uint32_t len = *reinterpret_cast<uint32_t*>(r.desc(head) + L_.descLen);
-    ssize_t w = write(linkFd_, r.buf(head), len);
-    if (w < 0) {
-      if (errno == EAGAIN || errno == EINTR) { watchLinkOut(true); break; }
-      count(L_.cLinkTxErrors);  // e.g. EIO while the device is down: the frame is lost, counted
-    }
+    if (!link_->send(r.buf(head), len)) break;  // full: the link reports LINK_WRITABLE later
     head++;
     wrote++;
   }
-  if (head == tail) watchLinkOut(false);
-  if (wrote) r.publishHead(head);
+  if (wrote) {
+    link_->sendDone();
+    r.publishHead(head);
+  }
   return wrote;
 }
 

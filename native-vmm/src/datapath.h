@@ -2,12 +2,14 @@
 #include <netinet/in.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include <cstring>
 
+#include "link.h"
 #include "ring.h"
 
 namespace moat {
@@ -26,11 +28,11 @@ struct Layout {
   uint32_t inkTcpConnected = 0, inkTcpData = 0, inkTcpSent = 0, inkTcpEof = 0, inkTcpReset = 0,
            inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0, inkEpochShift = 0, inkAccept = 0;
   uint32_t accFamily = 0, accProto = 0, accPort = 0, accAddr = 0, accBytes = 0, pubMax = 0;
-  uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0, cTcpShortWrites = 0;
+  uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0, cLinkMalformed = 0, cLinkPeers = 0, cTcpShortWrites = 0;
   uint32_t flowCapacity = 0, slotBytes = 0, memoryBytes = 0;
 };
 
-// The data path of one engine: the link's fd (a TAP device) and the flows' host sockets, all in
+// The data path of one engine: the guest's link (link.h) and the flows' host sockets, all in
 // one epoll set whose fd the worker's event loop watches. pump() moves what is readable into the
 // RX and inbound rings; flush() executes the engine's host operations, releases RX slots and
 // writes the TX ring to the link. Single-threaded: called only from the worker that owns it.
@@ -39,8 +41,8 @@ class Datapath {
   Datapath(uint8_t* mem, const Layout& layout);
   ~Datapath();
   int epollFd() const { return epfd_; }
-  // Attach the link fd (takes ownership).
-  void setLinkFd(int fd);
+  // Attach the guest's link (takes ownership; replaces any earlier one).
+  void setLink(Link* link);
   // Returns the number of frames/datagrams/events placed in rings.
   int pump();
   // Returns the number of frames written to the link.
@@ -124,7 +126,6 @@ class Datapath {
   void setTcpEvents(uint32_t flow);
   void closeSock(uint32_t flow, bool abort);
   int writeLink();
-  void watchLinkOut(bool on);
   int readListener(uint32_t id);
   void armListener(uint32_t id, bool on);
   void acceptOp(uint32_t flow, uint32_t id, uint32_t seq, uint32_t seg);
@@ -134,8 +135,7 @@ class Datapath {
   uint8_t* mem_;
   Layout L_;
   int epfd_ = -1;
-  int linkFd_ = -1;
-  bool linkOutWatched_ = false;
+  std::unique_ptr<Link> link_;
   int live_ = 0;
   int pushed_ = 0;                // inbound entries produced since the last pump/flush
   std::vector<Sock> socks_;        // by flow index

@@ -10,15 +10,17 @@ export { parseNameserverAddress, hostResolvers } from "./dns/upstream.js";
 export { addressesFor, type SandboxAddresses } from "./sandbox/addressing.js";
 export { EngineHost } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
-export type { LinkSpec, TapLinkSpec, Link } from "./links/link.js";
+export type { LinkSpec, TapLinkSpec, StreamLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";
 export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder, TlsBuilder } from "./sandbox/builder.js";
 export type { TlsOptions } from "./tls/setup.js";
 export type { TlsEvent } from "./tls/proxy.js";
 export { CertificateAuthority } from "./tls/ca.js";
 export { ViolationAction, type SecretSpec } from "./secrets/secrets.js";
-export type { SecretViolationEvent } from "./sandbox/netns-sandbox.js";
-export type { DnsOptions } from "./sandbox/netns-sandbox.js";
+export type { SecretViolationEvent } from "./gateway/gateway.js";
+export { Gateway, type GatewayOptions, type GatewayGuest } from "./gateway/gateway.js";
+export { GuestSandbox } from "./sandbox/sandbox.js";
+export type { DnsOptions } from "./gateway/gateway.js";
 export { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "./sandbox/ports.js";
 export {
   NetworkPolicy, Rule, Destination, PortRange, GROUPS,

@@ -3,7 +3,9 @@ import { createRequire } from "node:module";
 import { MoatError } from "./errors.js";
 
 export interface NativeDatapath {
-  attachLink(fd: number): void;
+  attachTap(fd: number): void;
+  /** Listen at a unix socket path for a VMM speaking the stream framing (4-byte BE length + frame). */
+  attachStream(path: string): void;
   start(onReady: () => void): void;
   pump(): number;
   flush(): number;

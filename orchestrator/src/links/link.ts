@@ -2,11 +2,15 @@
 //
 // A link is opened inside the engine's worker and attached to its data path: from then on the
 // link's frames land in the RX ring and the TX ring drains into it, in native code, without the
-// JavaScript side touching a frame. One file per kind of link; `tap` is the first.
+// JavaScript side touching a frame (native-vmm/src/link.h is the seam on that side).
+//   tap         a TAP device in a network namespace (namespace sandboxes, `moat serve --tap`)
+//   stream      a unix socket a VMM connects to: QEMU -netdev stream, 4-byte BE length + frame
+//   vhost-user  a unix socket a VMM connects to: virtqueues in the guest's shared memory
 import type { NativeDatapath, NativeModule } from "../native.js";
+import { MoatError } from "../errors.js";
 
 /** Where a link comes from: serialisable, so it can travel to the worker in workerData. */
-export type LinkSpec = TapLinkSpec;
+export type LinkSpec = TapLinkSpec | StreamLinkSpec;
 
 export interface TapLinkSpec {
   kind: "tap";
@@ -14,6 +18,13 @@ export interface TapLinkSpec {
   netnsPath: string;
   /** Interface name inside that namespace. */
   ifname: string;
+}
+
+/** moat listens at `path`; the VMM (QEMU `-netdev stream,server=off,addr.type=unix,addr.path=…`)
+ * connects, and may disconnect and reconnect. */
+export interface StreamLinkSpec {
+  kind: "stream";
+  path: string;
 }
 
 export interface Link {
@@ -28,5 +39,22 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
       const { TapLink } = await import("./tap-link.js");
       return TapLink.open(spec, native);
     }
+    case "stream":
+      return socketLink(spec, (dp) => dp.attachStream(spec.path));
   }
+}
+
+/** A link whose VMM connects to a unix socket that native-vmm listens on (stream, vhost-user). */
+function socketLink(spec: StreamLinkSpec, listen: (datapath: NativeDatapath) => void): Link {
+  return {
+    spec,
+    attach(datapath: NativeDatapath): void {
+      try {
+        listen(datapath);
+      } catch (cause) {
+        const msg = cause instanceof Error ? cause.message : String(cause);
+        throw new MoatError("ERR_LINK", `${spec.kind} link at ${spec.path}: ${msg}`, "check that the directory exists and is writable", { cause });
+      }
+    },
+  };
 }

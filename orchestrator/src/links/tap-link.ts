@@ -20,6 +20,6 @@ export class TapLink implements Link {
   }
 
   attach(datapath: NativeDatapath): void {
-    datapath.attachLink(this.fd);
+    datapath.attachTap(this.fd);
   }
 }

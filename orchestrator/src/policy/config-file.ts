@@ -29,7 +29,7 @@ import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
 import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "./model.js";
 import { parseRule, strictCidr } from "./rule-parser.js";
-import type { DnsOptions } from "../sandbox/netns-sandbox.js";
+import type { DnsOptions } from "../gateway/gateway.js";
 import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";

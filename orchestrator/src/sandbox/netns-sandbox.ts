@@ -1,190 +1,32 @@
 // netns-sandbox.ts — the default sandbox: a fresh network namespace whose only NIC is a TAP
-// device served by a moat engine (DESIGN §9).
+// device served by a moat gateway (DESIGN §9).
 //
-// Lifecycle: lease an address slot -> create namespace moat-<slot> -> start the engine, which
-// creates the TAP device `eth0` inside it -> configure the guest side (MAC, MTU, addresses,
-// default routes via the gateway, resolv.conf) -> run commands in it -> destroy: stop the
-// engine, delete the namespace and its /etc/netns directory, release the slot. destroy() is
-// idempotent and also runs synchronously from process exit handlers (destroySync), so nothing
-// is left behind when moat is interrupted or crashes.
+// Lifecycle: lease an address slot -> create namespace moat-<slot> -> start the gateway, whose
+// engine creates the TAP device `eth0` inside it -> configure the guest side (MAC, MTU, addresses,
+// default routes via the gateway, resolv.conf, the TLS trust bundle) -> run commands in it ->
+// destroy: the gateway drained and stopped, the namespace and its /etc/netns directory deleted,
+// the slot released. destroy() is idempotent and also runs synchronously from process exit
+// handlers (destroySync), so nothing is left behind when moat is interrupted or crashes.
 import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from "node:child_process";
 import { promisify } from "node:util";
-import { randomBytes } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
-import ipaddr from "ipaddr.js";
 import { checkNetnsHost, findInPath } from "./host-checks.js";
-import { addressesFor, leaseSlot, DEFAULT_POOL4, type SandboxAddresses } from "./addressing.js";
-import { EngineHost } from "../engine/engine-host.js";
-import type { EngineConfig, EngineCounters } from "../engine/engine-config.js";
+import { addressesFor, leaseSlot, type SandboxAddresses } from "./addressing.js";
 import { ConfigError, MoatError } from "../errors.js";
-import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape } from "../policy/model.js";
-import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
-import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
-import { classifyAddress, hostSet, type HostSet } from "../policy/groups.js";
-import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
-import { enginePins } from "../engine/engine-config.js";
-import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interceptor.js";
-import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
-import { DnsTcpServer } from "../dns/tcp-proxy.js";
-import type { DnsWorkerSetup } from "../engine/engine-worker.js";
-import { layout as L } from "../engine/layout.js";
-import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
-import type { Action } from "../policy/model.js";
-import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
-import { validateTls, tlsRequested, PinnedNames, ruleCovers, writeTrustBundle, processCertificateAuthority, matchesPattern, type TlsOptions, type ValidTls } from "../tls/setup.js";
-import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
+import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
+import { writeTrustBundle } from "../tls/setup.js";
+import { GuestSandbox } from "./sandbox.js";
 
+export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/gateway.js";
+
+/** A namespace sandbox takes every gateway option. */
+export type NetnsSandboxOptions = GatewayOptions;
 
 const run = promisify(execFile);
-
-/** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
-export interface DnsOptions {
-  /** Names answered locally as blocked, never sent upstream. */
-  blockDomains?: string[];
-  /** Blocks the name and every name under it ("tracking.example" blocks a.tracking.example). */
-  blockDomainSuffixes?: string[];
-  /** Upstreams for DNS to the gateway, tried in order: IP, IP:PORT, [IPv6]:PORT, HOST, HOST:PORT (default: the host's /etc/resolv.conf). */
-  nameservers?: string[];
-  /** Per upstream attempt (default 5000). */
-  queryTimeoutMs?: number;
-  /** Answers carrying private, loopback, link-local or metadata addresses become REFUSED (default true). */
-  rebindProtection?: boolean;
-  /** The answer to a blocked name (default "refused"). */
-  blockedResponse?: "refused" | "nxdomain";
-}
-
-export interface NetnsSandboxOptions {
-  /** DNS interception settings. */
-  dns?: DnsOptions;
-  /** Name shown in audit events (default: the namespace's name). */
-  name?: string;
-  /** Network policy (default NetworkPolicy.publicOnly()); NetworkPolicy.none() gives no interface. */
-  policy?: NetworkPolicyShape;
-  /** What a denied guest sees: "drop" (silence, the default), "reject" (RST / ICMP prohibited), or "http" (reject, and a 403 page naming the rule for denied HTTP, and HTTPS when intercepted). */
-  denyResponse?: DenyResponse;
-  /** Most TCP + UDP connections at once (default 4096). */
-  maxConnections?: number;
-  /** Append every denial as a JSON line to this file. */
-  auditLog?: string;
-  /** Bounds of the audit log: aggregation interval, size cap, keys held (policy/audit.ts). */
-  auditLogOptions?: AuditLogOptions;
-  /** Called with every denial (after it was written to the audit log). */
-  onDeny?: (event: DenyEvent) => void;
-  /** MTU of the guest link (default 65520, the largest a TAP/Ethernet frame allows here). */
-  mtu?: number;
-  /** IPv4 pool carved into /30 per sandbox (default 172.30.0.0/16). */
-  ipv4Pool?: string;
-  /** Where DNS sent to the gateway is forwarded: "host" (every nameserver of /etc/resolv.conf, in order, the default), "none", or "IP[:PORT]" / "[IPv6]:PORT". */
-  dnsForward?: string;
-  /** Idle time after which a UDP flow and its host socket are closed (default 60000). */
-  udpIdleMs?: number;
-  /** Most UDP flows a sandbox may hold at once (default 4096). */
-  maxUdpFlows?: number;
-  /**
-   * At destroy(), how long the guest's TCP connections may go without moving data before they
-   * are cut (default 5000 ms; 0: cut at once). Until then moat keeps serving, so data the
-   * guest's kernel still held when the command exited is delivered and closed cleanly; a
-   * connection cut short reaches its peer as a reset, never as a clean end.
-   */
-  exitGraceMs?: number;
-  /**
-   * Ports to publish: host (BIND:HOSTPORT) -> guest port. A host connection (or UDP peer)
-   * becomes a flow toward the guest, judged by the inbound rules; the guest sees it come from
-   * the gateway's address. More can be published and withdrawn later (publish(), unpublish()).
-   */
-  ports?: PortSpec[];
-  /** What happens to a peer on a published port that no inbound rule matched (default "allow"). */
-  defaultIngress?: Action;
-  /** Warnings (e.g. a port published beyond loopback); default: printed to stderr. */
-  onWarning?: (message: string) => void;
-  /** TLS interception (off unless asked for: any setting turns it on). */
-  tls?: TlsOptions;
-  /** Called with every TLS refusal (after it was written to the audit log). */
-  onTlsEvent?: (event: TlsEvent) => void;
-  /**
-   * Secrets: the command sees each as a placeholder; the value is put into requests to its hosts
-   * only (HTTP/1.1 headers and Basic auth over intercepted TLS). Turns TLS interception on.
-   */
-  secrets?: SecretSpec[];
-  /** What a placeholder headed anywhere else does: "block" (default), "block-and-log", "block-and-terminate". */
-  onSecretViolation?: ViolationAction;
-  /** Called with every secret violation (never with the value). */
-  onSecretEvent?: (event: SecretViolationEvent) => void;
-}
-
-/** A secret's placeholder headed where it may not go (the value never appears here). */
-export interface SecretViolationEvent { secret: string; destination: string; where: string; form: string; action: ViolationAction }
-
-/** The longest destroy() waits for connections that keep moving data, in grace periods. */
-const EXIT_GRACE_TOTAL_FACTOR = 30;
-
-export const DEFAULT_MTU = 65520;
 
 function ipErr(args: string[], e: unknown): MoatError {
   const stderr = (e as { stderr?: string }).stderr?.trim();
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
-}
-
-type ValidOptions = Required<Omit<NetnsSandboxOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent">> & { dns: DnsOptions } &
-  Pick<NetnsSandboxOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
-
-function validateOptions(o: NetnsSandboxOptions): ValidOptions {
-  const mtu = o.mtu ?? DEFAULT_MTU;
-  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65520) {
-    throw new ConfigError(`MTU ${o.mtu} is out of range`, "use an integer from 1280 (the IPv6 minimum) to 65520");
-  }
-  const udpIdleMs = o.udpIdleMs ?? 60000;
-  if (!Number.isInteger(udpIdleMs) || udpIdleMs < 100) throw new ConfigError(`UDP idle timeout ${o.udpIdleMs} ms is too small`, "use at least 100 ms");
-  const maxUdpFlows = o.maxUdpFlows ?? 4096;
-  if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > 16384) {
-    throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, "use 1 to 16384");
-  }
-  const exitGraceMs = o.exitGraceMs ?? 5000;
-  if (!Number.isInteger(exitGraceMs) || exitGraceMs < 0 || exitGraceMs > 600000) {
-    throw new ConfigError(`exit grace ${o.exitGraceMs} ms is out of range`, "use 0 (cut connections at once) to 600000 ms");
-  }
-  const maxConnections = o.maxConnections ?? 4096;
-  if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 16384) {
-    throw new ConfigError(`max connections ${o.maxConnections} is out of range`, "use 1 to 16384");
-  }
-  const denyResponse = o.denyResponse ?? "drop";
-  if (denyResponse !== "drop" && denyResponse !== "reject" && denyResponse !== "http") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop", "reject" or "http"`);
-  const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
-  const fwd = o.dnsForward ?? "host";
-  // "host": every nameserver of the host's resolv.conf, in order, failing over (a dead first
-  // entry must not break DNS).
-  const dnsForward = fwd === "host" ? hostResolvers() : fwd === "none" ? [] : [parseNameserverAddress(fwd)];
-  const dns = o.dns ?? {};
-  if (dns.queryTimeoutMs !== undefined && (!Number.isInteger(dns.queryTimeoutMs) || dns.queryTimeoutMs < 10 || dns.queryTimeoutMs > 60000)) {
-    throw new ConfigError(`DNS query timeout ${dns.queryTimeoutMs} ms is out of range`, "use 10 to 60000 ms");
-  }
-  if (dns.blockedResponse !== undefined && dns.blockedResponse !== "refused" && dns.blockedResponse !== "nxdomain") {
-    throw new ConfigError(`DNS blocked response "${dns.blockedResponse}" is unknown`, `use "refused" or "nxdomain"`);
-  }
-  const dnsNames = {
-    ...dns,
-    blockDomains: (dns.blockDomains ?? []).map((n) => normalizeName(n)),
-    blockDomainSuffixes: (dns.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
-  };
-  const defaultIngress = o.defaultIngress ?? "allow";
-  if (defaultIngress !== "allow" && defaultIngress !== "deny") throw new ConfigError(`default ingress "${o.defaultIngress}" is unknown`, `use "allow" or "deny"`);
-  if (o.ports !== undefined && !Array.isArray(o.ports)) throw new ConfigError("ports is not a list", "e.g. ports: [{ host: 8080, guest: 80 }]");
-  const ports = (o.ports ?? []).map((p, i) => validatePort(p, `ports[${i}]`));
-  if (ports.length > L.PUB_MAX) throw new ConfigError(`${ports.length} ports to publish`, `at most ${L.PUB_MAX} per sandbox`);
-  if (ports.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so ports cannot be published to it", "drop the ports, or choose another policy");
-  const onWarning = o.onWarning ?? ((m: string) => { process.stderr.write(`moat: warning: ${m}\n`); });
-  const secrets = validateSecrets(o.secrets ?? []);
-  const onSecretViolation = o.onSecretViolation ?? "block";
-  if (!["block", "block-and-log", "block-and-terminate"].includes(onSecretViolation)) throw new ConfigError(`secret violation action "${onSecretViolation}" is unknown`, "use block, block-and-log or block-and-terminate");
-  if (secrets.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so secrets have nowhere to go", "drop the secrets, or choose another policy");
-  // A secret turns TLS interception on (its hosts must be intercepted to be substituted).
-  const tls = (tlsRequested(o.tls) || secrets.length) && !policy.offline ? validateTls({ intercept: true, ...o.tls }) : undefined;
-  for (const sec of secrets) {
-    for (const h of sec.hosts) {
-      if (tls && matchesPattern(h.replace(/^\*\./, ""), tls.bypass)) throw new ConfigError(`secret ${sec.env} is for ${h}, which --tls-bypass passes through untouched`, "a bypassed host's requests cannot carry a secret: drop the bypass for it");
-    }
-  }
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
 }
 
 // Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
@@ -199,320 +41,48 @@ function registerForExit(s: NetnsSandbox): void {
   liveSandboxes.add(s);
 }
 
-export class NetnsSandbox {
+export class NetnsSandbox extends GuestSandbox {
   private destroyed = false;
-
-  private readonly names = new NameTable();
-  private policy: NetworkPolicy;
-  private denyResponse: DenyResponse;
-  private readonly timeOrigin = performance.timeOrigin;
+  private readonly children = new Set<ChildProcess>();
 
   private constructor(
-    readonly name: string,
-    readonly addresses: SandboxAddresses,
+    name: string,
+    addresses: SandboxAddresses,
     private readonly options: ValidOptions,
     private readonly ipPath: string,
     private readonly releaseSlot: () => void,
-    private engine: EngineHost | undefined,
-    private readonly auditLog: AuditLog | undefined,
   ) {
-    this.policy = options.policy;
-    this.denyResponse = options.denyResponse;
+    super(name, addresses, options.mtu);
     registerForExit(this);
-  }
-
-  get mtu(): number {
-    return this.options.mtu;
-  }
-
-  /** True when the sandbox has no network interface (NetworkPolicy.none()). */
-  get offline(): boolean {
-    return this.policy.offline;
   }
 
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
     const ip = checkNetnsHost();
-    const auditLog = o.auditLog ? new AuditLog(o.auditLog, o.auditLogOptions) : undefined; // a bad path fails here, before anything is created
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
     const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new NetnsSandbox(name, addresses, o, ip, release, undefined, auditLog);
+    const sandbox = new NetnsSandbox(name, addresses, o, ip, release);
     try {
       // A namespace of that name can only be left over from a moat that died: remove it.
       if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
       await sandbox.ip(["netns", "add", name]);
       await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
-      if (o.policy.offline) return sandbox; // none(): no interface, no engine
-      const { listener: dnsTcp, setup: dnsSetup } = await sandbox.startDns(o);
-      // The proxy serves TLS interception and the deny page (deny response "http").
-      const tlsProxy = o.tls || o.denyResponse === "http" ? await sandbox.startTls(o.tls) : undefined;
-      dnsSetup.reportAnswers = o.tls !== undefined; // the TLS proxy holds SNIs to the pinned names
-      dnsSetup.placeholders = o.secrets.map((x) => ({ env: x.env, placeholder: x.placeholder }));
-      const config: EngineConfig = {
-        gatewayMac: addresses.gatewayMac,
-        guestMac: addresses.guestMac,
-        gatewayIp4: addresses.gatewayIp4,
-        guestIp4: addresses.guestIp4,
-        prefixLen4: addresses.prefixLen4,
-        gatewayIp6: addresses.gatewayIp6,
-        gatewayLl6: addresses.gatewayLl6,
-        guestIp6: addresses.guestIp6,
-        prefix6: addresses.prefix6,
-        mtu: o.mtu,
-        leaseSecs: 86400,
-        udpIdleMs: o.udpIdleMs,
-        maxUdpFlows: o.maxUdpFlows,
-        maxTcpFlows: 16384,
-        maxConnections: o.maxConnections,
-        dnsForward: dnsTcp,
-        dnsIntercept: true,
-        redirectToken: sandbox.redirectToken,
-        tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
-        denyPage: o.denyResponse === "http" ? tlsProxy : undefined,
-      };
-      sandbox.engine = await EngineHost.start(config, { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" }, {
-        prepare: (mem) => {
-          installPolicy(mem, sandbox.policy, sandbox.denyResponse, sandbox.names, true, o.defaultIngress);
-          writeSecretForms(mem, o.secrets);
-          // The host's own addresses are Group Host from the first frame on, and kept current.
-          sandbox.unwatchHost = watchHostAddresses((addrs) => {
-            // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
-            sandbox.hostAddresses = hostSet([sandbox.addresses.gatewayIp4, sandbox.addresses.gatewayIp6, sandbox.addresses.gatewayLl6, ...addrs.filter((a) => !a.includes("/"))]);
-            writeHostAddresses(mem, addrs);
-            sandbox.engine?.updateDns({ host: [...sandbox.hostAddresses] });
-          });
-          // The worker's interceptor starts from the policy and addresses just installed.
-          dnsSetup.update = { names: [...sandbox.names.names], deny: denyNames(sandbox.policy), host: [...sandbox.hostAddresses] };
+      sandbox.gateway = await Gateway.start(o, {
+        name,
+        addresses,
+        link: { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" },
+        terminate: () => {
+          sandbox.killAll();
+          void sandbox.destroy({ graceMs: 0 });
         },
-        onAudit: () => sandbox.drainAudit(),
-        dns: dnsSetup,
-        onDnsEvent: (event) => sandbox.afterDns({ answer: null, pins: [], event }),
-        onDnsAnswered: (answered) => { for (const a of answered) sandbox.pinnedNames.add(a.ip, a.name, a.ttlMs); },
       });
-      // Host addresses that changed while the worker was starting reached no worker: send the set now.
-      sandbox.engine.updateDns({ host: [...sandbox.hostAddresses] });
-      sandbox.engine.onFailure = (reason) => {
-        // Fail closed and loud: the guest has no network from here on.
-        process.stderr.write(`moat: sandbox ${sandbox.name}: ${reason}; its network is down\n`);
-      };
-      await sandbox.configureGuest();
-      // Before the command starts: a port in use is an error now, not a surprise later.
-      for (const p of o.ports) await sandbox.publish(p);
+      if (!o.policy.offline) await sandbox.configureGuest();
       return sandbox;
     } catch (e) {
       await sandbox.destroy();
       throw e;
     }
-  }
-
-  /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
-  setPolicy(policy: NetworkPolicyShape, denyResponse: DenyResponse = this.denyResponse): void {
-    const p = validatePolicy(policy);
-    if (denyResponse === "http" && !this.tlsProxy) throw new ConfigError(`deny response "http" needs the deny page, which is set up at creation`, `create the sandbox with denyResponse "http"`);
-    if (p.offline !== this.policy.offline) {
-      throw new ConfigError("a running sandbox cannot switch to or from NetworkPolicy.none()", "none() decides whether the sandbox has an interface at all: choose it at creation");
-    }
-    if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names, false, this.options.defaultIngress);
-    this.policy = p;
-    this.denyResponse = denyResponse;
-    this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
-  }
-
-  // ---- published ports ----------------------------------------------------------------------------
-  private readonly published = new Map<number, PublishedPort>(); // by listener id
-  private nextListener = 0;
-
-  /** The ports being served (host ports as bound: a requested 0 shows the port chosen). */
-  get ports(): PublishedPort[] {
-    return [...this.published.values()].map((p) => ({ ...p }));
-  }
-
-  /**
-   * Publish a port on the running sandbox: `publish(8080, 80)`, `publish(5353, 53, "udp")` or
-   * `publish({ bind, host, guest, protocol })`. Resolves with the port as bound (host 0: the
-   * kernel's choice) once it accepts connections; a port in use rejects with ERR_PORT.
-   */
-  async publish(spec: PortSpec | number, guest?: number, protocol: PortProtocol = "tcp"): Promise<PublishedPort> {
-    const want = validatePort(typeof spec === "number" ? { host: spec, guest: guest as number, protocol } : spec);
-    if (!this.engine) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: the sandbox has no network${this.destroyed ? " (destroyed)" : ""}`);
-    if (this.published.size >= L.PUB_MAX) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${L.PUB_MAX} ports are published already`, "unpublish one first");
-    // Listener ids rotate, so a decision still in flight for a withdrawn port never meets a new one.
-    let id = this.nextListener;
-    while (this.published.has(id)) id = (id + 1) % L.PUB_MAX;
-    this.nextListener = (id + 1) % L.PUB_MAX;
-    const a = ipaddr.parse(want.bind);
-    const family = a.kind() === "ipv4" ? 4 : 6;
-    const addr = Uint8Array.from(a.kind() === "ipv4" ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());
-    const r = await this.engine.listen(id, want.protocol, family, addr, want.host, want.guest);
-    if (r < 0) {
-      const errno = -r;
-      const inUse = errno === 98; // EADDRINUSE
-      throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${inUse ? "the port is already in use" : errno === 99 ? "that address is not on this machine" : errno === 13 ? "permission denied" : `error ${errno}`}`,
-        inUse ? `choose another host port, or stop what listens on ${want.host} (ss -lntup 'sport = :${want.host}')` : undefined);
-    }
-    const p: PublishedPort = { ...want, host: r };
-    this.published.set(id, p);
-    const warning = exposureWarning(p);
-    if (warning) this.options.onWarning(warning);
-    return { ...p };
-  }
-
-  /**
-   * Withdraw a published port (by host port, and protocol if both are published): new peers are
-   * refused from now on; connections already made carry on until they end.
-   */
-  async unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
-    const hit = [...this.published].filter(([, p]) => p.host === hostPort && (protocol === undefined || p.protocol === protocol));
-    if (hit.length === 0) throw new MoatError("ERR_PORT", `host port ${hostPort}${protocol ? `/${protocol}` : ""} is not published by sandbox ${this.name}`, `published: ${this.ports.map(describePort).join(", ") || "none"}`);
-    for (const [id] of hit) {
-      this.published.delete(id);
-      await this.engine?.unlisten(id);
-    }
-  }
-
-  /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
-  private drainAudit(): void {
-    if (!this.engine) return;
-    const all = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
-      (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
-    // A secret's placeholder in the guest's own TCP or UDP: a violation, not a policy denial.
-    const events = all.filter((e) => e.secret === undefined);
-    for (const e of all) {
-      if (e.secret === undefined) continue;
-      const env = this.options.secrets[e.secret]?.env ?? "?";
-      this.secretViolation(env, `${e.destination.includes(":") ? `[${e.destination}]` : e.destination}:${e.port}`, e.protocol === "udp" ? "a UDP datagram" : "a TCP stream", "raw or encoded");
-    }
-    this.auditLog?.write(events);
-    if (this.options.onDeny) for (const e of events) this.options.onDeny(e);
-  }
-
-  private dns: DnsInterceptor | undefined;
-  private dnsTcp: DnsTcpServer | undefined;
-  /** Group Host for DNS rebinding protection: the gateway's addresses and the host's own. */
-  private hostAddresses: HostSet = new Set();
-  /** Proves a redirect preamble came from this sandbox's engine (layout.ts, OP_ORIG). */
-  private readonly redirectToken = randomBytes(16);
-  private unwatchHost: (() => void) | undefined;
-
-  /**
-   * Set up DNS interception: the setup of the interceptor the engine worker runs for DNS over UDP,
-   * and, here, an interceptor of the same settings behind the DNS-over-TCP listener; returns the
-   * setup and where the engine dials TCP/53.
-   */
-  private async startDns(o: ValidOptions): Promise<{ listener: { ip: string; port: number }; setup: DnsWorkerSetup }> {
-    const d = o.dns;
-    const fwd = o.dnsForward;
-    const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
-      : fwd;
-    const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
-    const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
-    // One set of settings for both interceptors (the interceptor keeps a frozen copy of its own).
-    const settings: DnsSettings = {
-      blockDomains: d.blockDomains ?? [],
-      blockDomainSuffixes: d.blockDomainSuffixes ?? [],
-      blockedResponse: d.blockedResponse ?? "refused",
-      rebindProtection: d.rebindProtection ?? true,
-      queryTimeoutMs: d.queryTimeoutMs ?? 5000,
-      maxInFlight: 64,
-    };
-    this.dns = new DnsInterceptor(settings, upstream, {
-      nameIds: () => this.names.names,
-      denyNames: () => denyNames(this.policy),
-      resolverAllowed: () => true, // the engine judged the resolver before handing the query over
-      classify: (ip) => classifyAddress(ip, this.hostAddresses),
-      secretIn: (name) => placeholderInName(this.options.secrets, name),
-      recordAnswers: () => this.options.tls !== undefined,
-    });
-    // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
-    // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
-    // admitted that connection), pinning nothing.
-    this.dnsTcp = new DnsTcpServer(async (query, peer) => {
-      const dest = peer.dest ?? { ip: this.addresses.gatewayIp4, port: 53 };
-      const toGateway = gateway.has(ipaddr.parse(dest.ip).toString());
-      const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
-      this.afterDns(out);
-      this.applyPins(out.pins);
-      return out.answer;
-    }, { redirectToken: this.redirectToken });
-    await this.dnsTcp.listen();
-    const a = this.dnsTcp.address();
-    const setup: DnsWorkerSetup = { settings, upstreams: [...servers], update: {} };
-    return { listener: { ip: a.address, port: a.port }, setup };
-  }
-
-  // ---- TLS interception -----------------------------------------------------------------------------
-  private tlsProxy: TlsProxy | undefined;
-  /** Names this sandbox's DNS answered with an address: what an SNI is held to. */
-  private readonly pinnedNames = new PinnedNames();
-
-  /** Start this sandbox's TLS proxy (DESIGN §8); returns where the engine sends intercepted flows. */
-  private async startTls(t: ValidTls | undefined): Promise<{ ip: string; port: number }> {
-    const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
-    this.tlsProxy = new TlsProxy({
-      token: this.redirectToken,
-      ca: t?.ca ?? processCertificateAuthority(),
-      bypass: t?.bypass ?? [],
-      verifyUpstream: t?.verifyUpstream ?? true,
-      upstreamCa: t?.upstreamCa ?? [],
-      // TLS to the gateway itself (Group Host, where policy allows it) goes where the engine
-      // sends the gateway's other traffic: the host's loopback.
-      upstreamAddress: (ip) => (ip === this.addresses.gatewayIp4 ? "127.0.0.1" : gateway.has(ipaddr.parse(ip).toString()) ? "::1" : ip),
-      denyReason: (rule) => (rule === 0 ? "the default action (deny)" : `rule ${this.policy.rules[rule - 1] ? describeRule(this.policy.rules[rule - 1]!) : rule - 1}`),
-      // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
-      // this sandbox's DNS answered with that address and that the rule covers. A connection a
-      // CIDR or group rule admitted is not constrained by its SNI.
-      checkSni: (origin, sni) => {
-        if (!origin.admitNameId) return null;
-        const key = this.names.names[origin.admitNameId - 1];
-        if (key === undefined) return "admitted by a rule that is no longer in force";
-        const rule = key.startsWith(".") ? `*${key}` : key;
-        if (!sni) return `no SNI, but ${origin.ip} was admitted only as ${rule}`;
-        if (!ruleCovers(key, sni)) return `SNI ${sni} is not covered by the rule that admitted ${origin.ip} (${rule})`;
-        if (!this.pinnedNames.has(origin.ip, sni)) return `this sandbox's DNS never answered ${sni} with ${origin.ip}`;
-        return null;
-      },
-      // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
-      dnsQuery: async (query, origin) => {
-        const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
-        this.afterDns(out);
-        this.applyPins(out.pins);
-        return out.answer;
-      },
-      onEvent: (e) => this.afterTls(e),
-      secrets: this.options.secrets,
-      pinned: (ip, name) => this.pinnedNames.has(ip, name),
-      onViolation: (v, destination) => this.secretViolation(v.secret.env, destination, v.where, v.form),
-    });
-    await this.tlsProxy.listen();
-    const a = this.tlsProxy.address();
-    return { ip: a.address, port: a.port };
-  }
-
-  /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */
-  private afterTls(e: TlsEvent): void {
-    this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: e.kind, name: e.sni, detail: `${e.destination}: ${e.detail}` }]);
-    this.options.onTlsEvent?.(e);
-  }
-
-  /** What the TLS proxy has done (zeros without interception). */
-  tlsStats(): TlsProxy["stats"] {
-    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
-  }
-
-  /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */
-  get tlsCaCert(): string | undefined {
-    return this.options.tls?.ca.certPem;
-  }
-
-  // ---- secrets ------------------------------------------------------------------------------------
-  private readonly children = new Set<ChildProcess>();
-  /** Why the sandbox was terminated by a secret violation (block-and-terminate), if it was. */
-  terminatedBy: string | undefined;
-
-  /** The placeholders the command sees, by variable name. */
-  get placeholders(): Record<string, string> {
-    return Object.fromEntries(this.options.secrets.map((x) => [x.env, x.placeholder]));
   }
 
   /** Kill every process in the sandbox's network namespace (the command and all it started). */
@@ -526,44 +96,6 @@ export class NetnsSandbox {
     } catch {
       // the namespace is gone already
     }
-  }
-
-  /** A placeholder headed where it may not go (the request was already stopped): log, terminate. */
-  private secretViolation(secret: string, destination: string, where: string, form: string): void {
-    const action = this.options.onSecretViolation;
-    const event: SecretViolationEvent = { secret, destination, where, form, action };
-    if (action !== "block") {
-      this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: "secret-violation", name: secret, detail: `${form} placeholder in ${where} (${destination}); ${action}` }]);
-    }
-    this.options.onSecretEvent?.(event);
-    if (action === "block-and-terminate" && !this.terminatedBy) {
-      this.terminatedBy = `secret ${secret}'s placeholder was sent to ${destination} (${where})`;
-      this.killAll();
-      void this.destroy({ graceMs: 0 });
-    }
-  }
-
-  /** An answer given on this thread (DNS over TCP, DoT): its pins to the engine and the TLS proxy's name table. */
-  private applyPins(pins: DnsOutcome["pins"]): void {
-    if (!pins.length) return;
-    this.engine?.installPins(enginePins(pins));
-    for (const p of pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
-  }
-
-  /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
-  private afterDns(out: DnsOutcome): void {
-    if (out.event?.kind === "secret-violation") {
-      const env = /secret (\w+)/.exec(out.event.detail ?? "")?.[1] ?? "?";
-      return this.secretViolation(env, "DNS", `the query name ${out.event.name ?? ""}`, "raw");
-    }
-    if (!out.event || !this.auditLog) return;
-    this.auditLog.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: `dns-${out.event.kind}`, name: out.event.name, detail: out.event.detail }]);
-  }
-
-  /** Flows the policy allowed and denied so far. */
-  flowDecisions(): { allowed: number; denied: number } {
-    const c = this.counters();
-    return { allowed: c.FLOWS_ALLOWED ?? 0, denied: c.DROP_POLICY ?? 0 };
   }
 
   private async ip(args: string[]): Promise<void> {
@@ -597,66 +129,17 @@ export class NetnsSandbox {
     if (!exe.includes("/") ? !findInPath(exe) : !existsSync(exe)) {
       throw new MoatError("ERR_BAD_ARGUMENT", `command not found: ${exe}`, "check the spelling, or give its full path");
     }
-    // With TLS interception the command is pointed at the bundle that trusts moat's CA (the
-    // system path inside the sandbox is that bundle already; these cover clients that look
-    // elsewhere).
-    const trust = this.options.tls ? {
-      SSL_CERT_FILE: "/etc/ssl/certs/ca-certificates.crt",
-      REQUESTS_CA_BUNDLE: "/etc/ssl/certs/ca-certificates.crt",
-      CURL_CA_BUNDLE: "/etc/ssl/certs/ca-certificates.crt",
-      NODE_EXTRA_CA_CERTS: "/etc/ssl/certs/moat-interception-ca.pem",
-    } : {};
-    // Secrets: the command sees placeholders; the values (under any variable) never go in.
-    const childEnv: NodeJS.ProcessEnv = { ...env, ...trust };
-    for (const x of this.options.secrets) {
-      for (const [k, v] of Object.entries(childEnv)) if (v !== undefined && v.includes(x.value)) delete childEnv[k];
-      childEnv[x.env] = x.placeholder;
-    }
+    // Secrets as placeholders; with TLS interception, clients pointed at the bundle that trusts
+    // moat's CA (the system path inside the sandbox is that bundle already).
+    const childEnv = this.gateway ? this.gateway.commandEnv(env) : env;
     const child = spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env: childEnv });
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));
     return child;
   }
 
-  counters(nonZero = false): EngineCounters {
-    return this.engine ? this.engine.counters(nonZero) : {};
-  }
-
-  flowStats(): { flows: number; udp: number; tcp: number } {
-    return this.engine ? this.engine.flowStats() : { flows: 0, udp: 0, tcp: 0 };
-  }
-
-  async liveSockets(): Promise<number> {
-    return this.engine ? this.engine.liveSockets() : 0;
-  }
-
   /**
-   * Keep serving until the guest's TCP connections have finished, or have moved no data for
-   * `graceMs` (the whole wait is capped at EXIT_GRACE_TOTAL_FACTOR grace periods). Resolves with
-   * the number of connections still open (they are cut, as resets, when the engine stops).
-   */
-  async drain(graceMs: number = this.options.exitGraceMs, abort?: AbortSignal): Promise<number> {
-    const open = () => this.flowStats().tcp;
-    if (!this.engine || graceMs <= 0 || open() === 0) return open();
-    const progress = () => {
-      const c = this.counters();
-      return (c.TCP_BYTES_TO_HOST ?? 0) + (c.TCP_BYTES_TO_GUEST ?? 0) + (c.TCP_FLOWS_CLOSED ?? 0);
-    };
-    const start = Date.now();
-    let last = progress();
-    let lastMoved = start;
-    while (open() > 0 && !abort?.aborted) {
-      const t = Date.now();
-      if (t - lastMoved >= graceMs || t - start >= graceMs * EXIT_GRACE_TOTAL_FACTOR) break;
-      await new Promise((r) => setTimeout(r, 20));
-      const p = progress();
-      if (p !== last) { last = p; lastMoved = Date.now(); }
-    }
-    return open();
-  }
-
-  /**
-   * Stop the engine and remove everything the sandbox created. Idempotent. First the guest's
+   * Stop the gateway and remove everything the sandbox created. Idempotent. First the guest's
    * connections get their grace (drain(), `graceMs` default: the exitGraceMs option); whatever is
    * still open after it is cut with resets.
    */
@@ -672,12 +155,7 @@ export class NetnsSandbox {
     if (this.destroyed) return;
     await this.drain(options.graceMs ?? this.options.exitGraceMs);
     if (this.destroyed) return;
-    if (this.engine) this.drainAudit();
-    await this.engine?.stop();
-    this.auditLog?.close(); // pending summaries of repeated events are written now
-    await this.dnsTcp?.close();
-    await this.tlsProxy?.close();
-    this.engine = undefined;
+    await this.gateway?.stop();
     this.destroySync();
   }
 
@@ -686,8 +164,7 @@ export class NetnsSandbox {
     if (this.destroyed) return;
     this.destroyed = true;
     liveSandboxes.delete(this);
-    this.unwatchHost?.();
-    this.auditLog?.close();
+    this.gateway?.stopSync();
     try {
       execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
     } catch {
@@ -696,16 +173,4 @@ export class NetnsSandbox {
     rmSync(`/etc/netns/${this.name}`, { recursive: true, force: true });
     this.releaseSlot();
   }
-}
-
-/** The names a Deny domain rule covers: DNS for them is answered as blocked (DESIGN §7). */
-function denyNames(policy: NetworkPolicy): { domains: string[]; suffixes: string[] } {
-  const domains: string[] = [];
-  const suffixes: string[] = [];
-  for (const r of policy.rules) {
-    if (r.action !== "deny" || r.direction !== "outbound" || r.protocol !== undefined || r.ports !== undefined) continue;
-    if (r.destination.kind === "domain") domains.push(r.destination.name);
-    if (r.destination.kind === "domain-suffix") suffixes.push(r.destination.suffix);
-  }
-  return { domains, suffixes };
 }

@@ -1,0 +1,287 @@
+// link.cc — the TAP and stream links (link.h); vhost-user lives in vhost-user.cc.
+#include "link.h"
+
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace moat {
+
+int listenUnix(const std::string& path, std::string& err) {
+  sockaddr_un sa = {};
+  sa.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(sa.sun_path)) {
+    err = "socket path '" + path + "' is empty or longer than " + std::to_string(sizeof(sa.sun_path) - 1) + " bytes";
+    return -ENAMETOOLONG;
+  }
+  memcpy(sa.sun_path, path.data(), path.size());
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    err = std::string("socket: ") + strerror(errno);
+    return -errno;
+  }
+  unlink(path.c_str());  // a stale socket file from an earlier run
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+    const int e = errno;
+    err = "listen on " + path + ": " + strerror(e);
+    ::close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+static void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token) {
+  struct epoll_event ev = {};
+  ev.events = events;
+  ev.data.u64 = token;
+  epoll_ctl(epfd, op, fd, &ev);
+}
+
+// ---- tap ----------------------------------------------------------------------------------------
+
+class TapLink final : public Link {
+ public:
+  explicit TapLink(int fd) : fd_(fd) {}
+  ~TapLink() override { close(); }
+  void watch(int epfd, uint64_t base) override {
+    epfd_ = epfd;
+    base_ = base;
+    epollSet(epfd, EPOLL_CTL_ADD, fd_, EPOLLIN, base);
+  }
+  uint32_t event(uint32_t, uint32_t events) override {
+    uint32_t r = 0;
+    if (events & EPOLLOUT) { watchOut(false); r |= LINK_WRITABLE; }
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) r |= LINK_READABLE;
+    return r;
+  }
+  uint32_t recv(uint8_t* buf, uint32_t cap) override {
+    for (;;) {
+      ssize_t len = read(fd_, buf, cap);
+      if (len > 0) return static_cast<uint32_t>(len);
+      if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
+      return 0;
+    }
+  }
+  bool send(const uint8_t* frame, uint32_t len) override {
+    if (write(fd_, frame, len) >= 0) return true;
+    if (errno == EAGAIN || errno == EINTR) { watchOut(true); return false; }
+    counters.bump(counters.txErrors);  // e.g. EIO while the device is down: the frame is lost, counted
+    return true;
+  }
+  void close() override {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  bool connected() const override { return fd_ >= 0; }
+
+ private:
+  void watchOut(bool on) {
+    if (on == outWatched_ || fd_ < 0) return;
+    epollSet(epfd_, EPOLL_CTL_MOD, fd_, EPOLLIN | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u), base_);
+    outWatched_ = on;
+  }
+  int fd_;
+  int epfd_ = -1;
+  uint64_t base_ = 0;
+  bool outWatched_ = false;
+};
+
+Link* newTapLink(int fd) { return new TapLink(fd); }
+
+// ---- stream -------------------------------------------------------------------------------------
+//
+// QEMU's `-netdev stream` (and passt, libkrun): each frame is a 4-byte big-endian length, then the
+// Ethernet frame. Reads fill a buffer with as many frames as the socket holds, and frames are
+// copied out of it into ring slots; sends are framed into a batch written once per flush.
+// Unframing is strict: a length of 0 or beyond MAX_FRAME cannot be resynchronised (no frame
+// boundary can be trusted after it), so the connection is dropped and counted — the VMM
+// reconnects. A frame longer than a slot but within MAX_FRAME is skipped and counted.
+
+class StreamLink final : public Link {
+ public:
+  static constexpr uint32_t MAX_FRAME = 65535 + 14 + 4;  // an IP packet of 64 KiB + Ethernet + VLAN
+  static constexpr size_t RBUF = 4 * (MAX_FRAME + 4);
+  static constexpr size_t WBUF = 8 * (MAX_FRAME + 4);
+  enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1 };
+
+  explicit StreamLink(int lfd) : lfd_(lfd), rbuf_(RBUF), wbuf_(WBUF) {}
+  ~StreamLink() override { close(); }
+
+  void watch(int epfd, uint64_t base) override {
+    epfd_ = epfd;
+    base_ = base;
+    epollSet(epfd, EPOLL_CTL_ADD, lfd_, EPOLLIN, base + SUB_LISTEN);
+  }
+
+  uint32_t event(uint32_t sub, uint32_t events) override {
+    if (sub == SUB_LISTEN) {
+      acceptPeer();
+      return LINK_READABLE | LINK_WRITABLE;
+    }
+    uint32_t r = 0;
+    if (events & EPOLLOUT) {
+      flushOut();
+      if (wlen_ == 0) r |= LINK_WRITABLE;
+    }
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) r |= LINK_READABLE;
+    return r;
+  }
+
+  uint32_t recv(uint8_t* buf, uint32_t cap) override {
+    for (;;) {
+      const size_t avail = rend_ - rpos_;
+      if (avail >= 4) {
+        uint32_t n;
+        memcpy(&n, &rbuf_[rpos_], 4);
+        n = ntohl(n);
+        if (n == 0 || n > MAX_FRAME) {  // cannot resynchronise: drop the peer
+          counters.bump(counters.malformed);
+          dropPeer();
+          return 0;
+        }
+        if (avail >= 4 + static_cast<size_t>(n)) {
+          rpos_ += 4 + n;
+          if (n > cap) {
+            counters.bump(counters.malformed);
+            continue;
+          }
+          memcpy(buf, &rbuf_[rpos_ - n], n);
+          return n;
+        }
+      }
+      if (!fill()) return 0;
+    }
+  }
+
+  bool recvPending() const override {
+    const size_t avail = rend_ - rpos_;
+    if (avail < 4) return false;
+    uint32_t n;
+    memcpy(&n, &rbuf_[rpos_], 4);
+    return avail >= 4 + static_cast<size_t>(ntohl(n)) || ntohl(n) == 0 || ntohl(n) > MAX_FRAME;
+  }
+
+  bool send(const uint8_t* frame, uint32_t len) override {
+    if (pfd_ < 0) {
+      counters.bump(counters.txErrors);  // no VMM attached: the frame is lost, counted
+      return true;
+    }
+    if (len > MAX_FRAME) {
+      counters.bump(counters.txErrors);
+      return true;
+    }
+    if (wlen_ + 4 + len > wbuf_.size()) {
+      flushOut();
+      if (wlen_ + 4 + len > wbuf_.size()) return false;  // EPOLLOUT is watched
+    }
+    const uint32_t be = htonl(len);
+    memcpy(&wbuf_[wlen_], &be, 4);
+    memcpy(&wbuf_[wlen_ + 4], frame, len);
+    wlen_ += 4 + len;
+    return true;
+  }
+
+  void sendDone() override { flushOut(); }
+
+  void close() override {
+    dropPeer();
+    if (lfd_ >= 0) ::close(lfd_);
+    lfd_ = -1;
+  }
+  bool connected() const override { return pfd_ >= 0; }
+
+ private:
+  void acceptPeer() {
+    for (;;) {
+      int fd = accept4(lfd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) return;
+      // The newest connection wins: a VMM that restarted reconnects before its old socket's
+      // hang-up may have been seen.
+      dropPeer();
+      pfd_ = fd;
+      int sz = 4 << 20;
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+      epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN, base_ + SUB_PEER);
+      counters.bump(counters.peers);
+    }
+  }
+
+  void dropPeer() {
+    if (pfd_ >= 0) {
+      epoll_ctl(epfd_, EPOLL_CTL_DEL, pfd_, nullptr);
+      ::close(pfd_);
+    }
+    pfd_ = -1;
+    outWatched_ = false;
+    rpos_ = rend_ = 0;
+    wlen_ = 0;
+  }
+
+  // Read more of the stream into the buffer; false when nothing more is there now.
+  bool fill() {
+    if (pfd_ < 0) return false;
+    if (rpos_ > 0) {  // keep the partial frame at the start
+      memmove(&rbuf_[0], &rbuf_[rpos_], rend_ - rpos_);
+      rend_ -= rpos_;
+      rpos_ = 0;
+    }
+    if (rend_ == rbuf_.size()) return false;  // cannot happen: a frame is at most MAX_FRAME + 4
+    ssize_t n = read(pfd_, &rbuf_[rend_], rbuf_.size() - rend_);
+    if (n > 0) {
+      rend_ += static_cast<size_t>(n);
+      return true;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EINTR)) {  // the VMM went away: wait for the next
+      if (n < 0) counters.bump(counters.rxErrors);
+      dropPeer();
+    }
+    return false;
+  }
+
+  void flushOut() {
+    size_t off = 0;
+    while (off < wlen_ && pfd_ >= 0) {
+      ssize_t n = write(pfd_, &wbuf_[off], wlen_ - off);
+      if (n > 0) { off += static_cast<size_t>(n); continue; }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+      counters.bump(counters.txErrors);
+      dropPeer();
+      return;
+    }
+    if (pfd_ < 0) return;
+    if (off > 0) {
+      memmove(&wbuf_[0], &wbuf_[off], wlen_ - off);
+      wlen_ -= off;
+    }
+    const bool want = wlen_ > 0;
+    if (want != outWatched_) {
+      epollSet(epfd_, EPOLL_CTL_MOD, pfd_, EPOLLIN | (want ? static_cast<uint32_t>(EPOLLOUT) : 0u), base_ + SUB_PEER);
+      outWatched_ = want;
+    }
+  }
+
+  int lfd_;
+  int pfd_ = -1;
+  int epfd_ = -1;
+  uint64_t base_ = 0;
+  bool outWatched_ = false;
+  std::vector<uint8_t> rbuf_;
+  size_t rpos_ = 0, rend_ = 0;
+  std::vector<uint8_t> wbuf_;
+  size_t wlen_ = 0;
+};
+
+Link* newStreamLink(const std::string& path, std::string& err) {
+  int fd = listenUnix(path, err);
+  if (fd < 0) return nullptr;
+  return new StreamLink(fd);
+}
+
+}  // namespace moat

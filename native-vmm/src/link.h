@@ -1,0 +1,75 @@
+#pragma once
+// link.h — the seam between the data path and a guest's NIC (DESIGN §3).
+//
+// The data path (datapath.cc) knows nothing of TAP devices, stream sockets or virtqueues: it asks
+// a Link for the guest's next frame (written into an RX ring slot) and hands it frames from the
+// TX ring. Every link lives in the data path's epoll set under its own tokens and does its own
+// protocol work (accepting a VMM, vhost-user messages, clearing kicks) in event().
+//
+//   link          recv (guest -> engine)                    send (engine -> guest)
+//   tap           read(2) straight into the slot            write(2) straight from the slot
+//   stream        4-byte BE length + frame, batched reads   framed into a batch, one write per flush
+//   vhost-user    guest TX descriptor chains, copied        guest RX buffers, copied (vhost-user.cc)
+//
+// Malformed input from the guest or its VMM (a frame longer than a slot, an impossible length, a
+// bad descriptor chain) is dropped and counted (LINK_MALFORMED), never fatal. A link whose peer
+// goes away (a VMM disconnecting) waits for the next one; frames meanwhile are dropped, counted
+// as LINK_TX_ERRORS.
+#include <cstdint>
+#include <string>
+
+namespace moat {
+
+// Counters a link adds to (pointers into the engine's shared counter block).
+struct LinkCounters {
+  uint64_t* rxErrors = nullptr;   // a read failed (other than "nothing to read")
+  uint64_t* txErrors = nullptr;   // a frame could not be delivered (device down, no peer)
+  uint64_t* malformed = nullptr;  // malformed input from the guest's side, dropped
+  uint64_t* peers = nullptr;      // peers (VMMs) that connected
+  void bump(uint64_t* c, uint64_t n = 1) const { if (c) *c += n; }
+};
+
+// What the data path should do after a link event.
+enum : uint32_t { LINK_READABLE = 1, LINK_WRITABLE = 2 };
+
+class Link {
+ public:
+  virtual ~Link() = default;
+  // Register the link's fds in `epfd` with tokens `base + sub` (sub < LINK_SUBS). Called once.
+  virtual void watch(int epfd, uint64_t base) = 0;
+  // An epoll event on token base + sub. Returns LINK_READABLE / LINK_WRITABLE bits.
+  virtual uint32_t event(uint32_t sub, uint32_t events) = 0;
+  // The guest's next frame, written into `buf` (`cap` bytes): its length, or 0 when nothing more
+  // is ready now. Frames that do not fit are dropped and counted here, never returned.
+  virtual uint32_t recv(uint8_t* buf, uint32_t cap) = 0;
+  // After a batch of recv(): e.g. tell the guest its transmit buffers were used.
+  virtual void recvDone() {}
+  // Frames are ready that no epoll event will announce again (edge-notified links, or frames
+  // left behind when the ring filled): the data path reads again at its next pump.
+  virtual bool recvPending() const { return false; }
+  // Hand one frame to the guest: true = taken (or dropped and counted), false = the link is full;
+  // the link reports LINK_WRITABLE once it can take more.
+  virtual bool send(const uint8_t* frame, uint32_t len) = 0;
+  // After a batch of send(): write out what was batched, tell the guest.
+  virtual void sendDone() {}
+  // Close every fd (the epoll set is closed by the data path).
+  virtual void close() = 0;
+  // A peer (the guest's NIC) is attached: frames can flow.
+  virtual bool connected() const = 0;
+
+  LinkCounters counters;
+};
+
+static constexpr uint32_t LINK_SUBS = 64;  // epoll tokens per link
+
+// A TAP device fd (takes ownership): one frame per read/write, no virtio-net header.
+Link* newTapLink(int fd);
+// A unix stream socket listening at `path` (QEMU -netdev stream, passt framing). The newest
+// connection is the peer; when it goes, the next one is waited for. Returns nullptr with `err`.
+Link* newStreamLink(const std::string& path, std::string& err);
+
+// Listen on a unix stream socket at `path` (an old socket file there is replaced). Returns the
+// non-blocking fd, or -errno with a description in `err`.
+int listenUnix(const std::string& path, std::string& err);
+
+}  // namespace moat

@@ -1,0 +1,97 @@
+// sandbox.ts — what every kind of sandbox offers, whatever its guest is (DESIGN §9, §13).
+//
+// A sandbox is a guest (a network namespace, a QEMU microVM) plus the Gateway that serves its
+// link. Everything about the network — policy, DNS, audit, TLS, secrets, published ports,
+// counters — is the gateway's, reached through these methods, so nothing a policy or DNS test
+// checks depends on the kind of sandbox. The kinds implement only the guest: creating it,
+// running commands in it, stopping it.
+import type { Gateway } from "../gateway/gateway.js";
+import type { NetworkPolicyShape } from "../policy/model.js";
+import type { DenyResponse } from "../policy/compile.js";
+import type { EngineCounters } from "../engine/engine-config.js";
+import type { PortSpec, PublishedPort, PortProtocol } from "./ports.js";
+import type { SandboxAddresses } from "./addressing.js";
+import type { TlsProxy } from "../tls/proxy.js";
+import { MoatError } from "../errors.js";
+
+export abstract class GuestSandbox {
+  /** Set once the gateway serves the guest's link (create() does it). */
+  protected gateway: Gateway | undefined;
+
+  protected constructor(readonly name: string, readonly addresses: SandboxAddresses, readonly mtu: number) {}
+
+  private get gw(): Gateway {
+    if (!this.gateway) throw new MoatError("ERR_ENGINE", `sandbox ${this.name} has no gateway (not started, or destroyed)`);
+    return this.gateway;
+  }
+
+  /** True when the sandbox has no network interface (NetworkPolicy.none()). */
+  get offline(): boolean {
+    return this.gw.offline;
+  }
+
+  /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
+  setPolicy(policy: NetworkPolicyShape, denyResponse?: DenyResponse): void {
+    this.gw.setPolicy(policy, denyResponse);
+  }
+
+  /** The ports being served (host ports as bound: a requested 0 shows the port chosen). */
+  get ports(): PublishedPort[] {
+    return this.gateway?.ports ?? [];
+  }
+
+  /** Publish a port on the running sandbox (Gateway.publish). */
+  publish(spec: PortSpec | number, guest?: number, protocol?: PortProtocol): Promise<PublishedPort> {
+    return this.gw.publish(spec, guest, protocol);
+  }
+
+  /** Withdraw a published port (Gateway.unpublish). */
+  unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
+    return this.gw.unpublish(hostPort, protocol);
+  }
+
+  /** What the TLS proxy has done (zeros without interception). */
+  tlsStats(): TlsProxy["stats"] {
+    return this.gw.tlsStats();
+  }
+
+  /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */
+  get tlsCaCert(): string | undefined {
+    return this.gateway?.tlsCaCert;
+  }
+
+  /** The placeholders the command sees, by variable name. */
+  get placeholders(): Record<string, string> {
+    return this.gateway?.placeholders ?? {};
+  }
+
+  /** Why the sandbox was terminated by a secret violation (block-and-terminate), if it was. */
+  get terminatedBy(): string | undefined {
+    return this.gateway?.terminatedBy;
+  }
+
+  /** Flows the policy allowed and denied so far. */
+  flowDecisions(): { allowed: number; denied: number } {
+    return this.gateway?.flowDecisions() ?? { allowed: 0, denied: 0 };
+  }
+
+  counters(nonZero = false): EngineCounters {
+    return this.gateway?.counters(nonZero) ?? {};
+  }
+
+  flowStats(): { flows: number; udp: number; tcp: number } {
+    return this.gateway?.flowStats() ?? { flows: 0, udp: 0, tcp: 0 };
+  }
+
+  async liveSockets(): Promise<number> {
+    return this.gateway ? this.gateway.liveSockets() : 0;
+  }
+
+  /** Keep serving until the guest's TCP connections finished or went idle (Gateway.drain). */
+  drain(graceMs?: number, abort?: AbortSignal): Promise<number> {
+    return this.gateway ? this.gateway.drain(graceMs, abort) : Promise.resolve(0);
+  }
+
+  /** Stop the guest and its gateway and remove everything the sandbox created. Idempotent. */
+  abstract destroy(options?: { graceMs?: number }): Promise<void>;
+}

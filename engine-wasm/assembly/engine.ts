@@ -24,7 +24,7 @@ import {
   TX_CTRL, DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, RING_CTRL_TAIL,
   ST_OPS_COUNT, ST_NOW_MS, ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE,
   ST_IP_ID, ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY,
-  CFG_GATEWAY_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
+  CFG_GATEWAY_MAC, CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
   PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH, INK_ACCEPT,
@@ -184,6 +184,14 @@ export function processFrame(frame: usize, len: u32): void {
     return;
   }
   if (len > load<u32>(CFG_MTU) + 14) { count(DROP_OVERSIZE); return; }
+  // Replies go to the MAC the guest sends from (a VMM moat does not run chooses it): learned from
+  // its frames. One guest per link, so this only decides which frames its NIC will take.
+  const src4 = load<u32>(frame + 6);
+  const src2 = load<u16>(frame + 10);
+  if ((src4 != load<u32>(CFG_GUEST_MAC) || src2 != load<u16>(CFG_GUEST_MAC + 4)) && (load<u8>(frame + 6) & 1) == 0) {
+    store<u32>(CFG_GUEST_MAC, src4);
+    store<u16>(CFG_GUEST_MAC + 4, src2);
+  }
   const type = rd16(frame + 12);
   if (type == ETH_IP4) handleIp4(frame, len);
   else if (type == ETH_IP6) handleIp6(frame, len);

@@ -10,7 +10,7 @@ export { parseNameserverAddress, hostResolvers } from "./dns/upstream.js";
 export { addressesFor, type SandboxAddresses } from "./sandbox/addressing.js";
 export { EngineHost } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
-export type { LinkSpec, TapLinkSpec, StreamLinkSpec, Link } from "./links/link.js";
+export type { LinkSpec, TapLinkSpec, StreamLinkSpec, VhostUserLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";
 export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder, TlsBuilder } from "./sandbox/builder.js";
 export type { TlsOptions } from "./tls/setup.js";

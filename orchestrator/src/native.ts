@@ -6,6 +6,8 @@ export interface NativeDatapath {
   attachTap(fd: number): void;
   /** Listen at a unix socket path for a VMM speaking the stream framing (4-byte BE length + frame). */
   attachStream(path: string): void;
+  /** Listen at a unix socket path as a vhost-user-net backend offering `mtu` (native-vmm/src/vhost-user.cc). */
+  attachVhostUser(path: string, mtu: number): void;
   start(onReady: () => void): void;
   pump(): number;
   flush(): number;

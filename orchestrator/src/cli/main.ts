@@ -11,6 +11,8 @@ import { loadConfigFile } from "../policy/config-file.js";
 import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
+import { serveGateway } from "../gateway/serve.js";
+import type { LinkSpec } from "../links/link.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -54,15 +56,26 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "help", kind: "bool", help: "show this help" },
 ];
 
+const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
+  { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
+  { name: "stream", kind: "string", metavar: "PATH", help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix,\naddr.path=PATH, server=off, reconnect=1): 4-byte length + frame" },
+  { name: "tap", kind: "string", metavar: "IFNAME", help: "attach to the existing TAP device IFNAME (e.g. Firecracker's tap)" },
+];
+// Everything about the network is shared with run; what only a command run by moat has is not.
+const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms"].includes(f.name))];
+
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
 Usage:
   moat run [OPTIONS] [--] COMMAND [ARGS...]   run COMMAND in a fresh network namespace
                                               whose network is served by moat's engine
+  moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
+                                              serve the NIC of a VM someone else runs (their
+                                              VMM connects), until SIGTERM
   moat cleanup                                remove namespaces left by moat processes that died
   moat --version | --help
 
-Run \`moat run --help\` for the options of run.
+Run \`moat run --help\` or \`moat serve --help\` for their options.
 `;
 
 const RUN_HELP = `Usage: moat run [OPTIONS] [--] COMMAND [ARGS...]
@@ -115,6 +128,33 @@ Examples:
   OPENAI_API_KEY=sk-... moat run --secret OPENAI_API_KEY@api.openai.com -- python3 agent.py
   moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
   moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
+`;
+
+const SERVE_HELP = `Usage: moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
+
+Serves the network interface of a guest that moat does not run: your own QEMU, cloud-hypervisor
+or Firecracker VM. moat is the guest's whole network, as in \`moat run\`: its gateway answers
+ARP, NDP and DHCP (the guest configures itself by DHCP: address, router, DNS, MTU), terminates
+every flow and judges it by the policy, and intercepts DNS. The VMM may disconnect and
+reconnect (a guest reboot, a VMM restart); moat keeps serving until SIGTERM or SIGINT.
+
+Link (exactly one):
+${flagHelp(SERVE_LINK_FLAGS)}
+
+The guest's addresses are printed at start (one /30 of --ipv4-pool; IPv6 by router adverts).
+With --secret, the placeholders the guest must be given are printed as NAME=PLACEHOLDER lines on
+stdout; with --tls-intercept, give the guest the CA from --tls-ca-out.
+
+Options: those of \`moat run\` (see moat run --help), but --no-net and --exit-grace-ms.
+
+Examples:
+  moat serve --vhost-user /run/vm1.sock --net public-only &
+  qemu-system-x86_64 -accel kvm -m 512 \\
+    -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \\
+    -chardev socket,id=c0,path=/run/vm1.sock,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \\
+    -device virtio-net-pci,netdev=n0 ...
+  moat serve --stream /run/vm2.sock --net-default-egress deny --net-rule allow@api.example.com:tcp:443
+  moat serve --tap tap0 --audit-log /var/log/vm3-denied.jsonl
 `;
 
 function signalNumber(sig: NodeJS.Signals): number {
@@ -272,6 +312,33 @@ async function cmdRun(args: string[]): Promise<number> {
   return status;
 }
 
+async function cmdServe(args: string[]): Promise<number> {
+  const { flags, lists, rest } = parseFlags(args, SERVE_FLAGS, "serve");
+  if (flags.get("help")) {
+    process.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  if (rest.length) throw new ConfigError(`serve: unexpected argument "${rest[0]}"`, "serve runs no command; see moat serve --help");
+  const links = SERVE_LINK_FLAGS.filter((f) => flags.has(f.name));
+  if (links.length !== 1) {
+    throw new ConfigError(links.length ? `serve: --${links[0]!.name} and --${links[1]!.name} both given` : "serve: no link given",
+      "give exactly one of --vhost-user PATH, --stream PATH, --tap IFNAME");
+  }
+  const value = flags.get(links[0]!.name) as string;
+  const link: LinkSpec = links[0]!.name === "tap" ? { kind: "tap", netnsPath: "", ifname: value }
+    : links[0]!.name === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
+  const served = await serveGateway(runOptions(flags, lists), link);
+  const a = served.gateway.addresses;
+  process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
+  for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
+  const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const signal = await new Promise<NodeJS.Signals>((resolve) => { for (const s of sigs) process.once(s, resolve); });
+  process.stderr.write(`moat: ${signal}: stopping\n`);
+  if (flags.get("stats")) process.stderr.write(`moat: engine counters: ${JSON.stringify(served.gateway.counters(true))}\n`);
+  await served.stop();
+  return 0;
+}
+
 function runGraceText(grace: number): string {
   return `${grace} ms without progress (--exit-grace-ms)`;
 }
@@ -314,6 +381,7 @@ export async function main(argv: string[]): Promise<number> {
       case "--help":
       case "help":
         if (cmd === "help" && args[0] === "run") { process.stdout.write(RUN_HELP); return 0; }
+        if (cmd === "help" && args[0] === "serve") { process.stdout.write(SERVE_HELP); return 0; }
         process.stdout.write(MAIN_HELP);
         return cmd === undefined ? 2 : 0;
       case "-V":
@@ -322,10 +390,12 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "run":
         return await cmdRun(args);
+      case "serve":
+        return await cmdServe(args);
       case "cleanup":
         return cmdCleanup();
       default:
-        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run and cleanup; see moat --help\n`);
+        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve and cleanup; see moat --help\n`);
         return 2;
     }
   } catch (e) {

@@ -250,7 +250,9 @@ export class Gateway {
         tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
         denyPage: o.denyResponse === "http" ? tlsProxy : undefined,
       };
-      gw.engine = await EngineHost.start(config, guest.link, {
+      // A vhost-user guest is offered the gateway's MTU.
+      const link: LinkSpec = guest.link.kind === "vhost-user" ? { mtu: o.mtu, ...guest.link } : guest.link;
+      gw.engine = await EngineHost.start(config, link, {
         prepare: (mem) => {
           installPolicy(mem, gw.policy, gw.denyResponse, gw.names, true, o.defaultIngress);
           writeSecretForms(mem, o.secrets);

@@ -10,7 +10,7 @@ import type { NativeDatapath, NativeModule } from "../native.js";
 import { MoatError } from "../errors.js";
 
 /** Where a link comes from: serialisable, so it can travel to the worker in workerData. */
-export type LinkSpec = TapLinkSpec | StreamLinkSpec;
+export type LinkSpec = TapLinkSpec | StreamLinkSpec | VhostUserLinkSpec;
 
 export interface TapLinkSpec {
   kind: "tap";
@@ -27,6 +27,15 @@ export interface StreamLinkSpec {
   path: string;
 }
 
+/** moat listens at `path` as a vhost-user-net backend; the VMM (QEMU `-netdev vhost-user`,
+ * cloud-hypervisor) connects, with the guest's memory shared. */
+export interface VhostUserLinkSpec {
+  kind: "vhost-user";
+  path: string;
+  /** The MTU the guest is offered (default: the gateway's). */
+  mtu?: number;
+}
+
 export interface Link {
   readonly spec: LinkSpec;
   /** Hand the link's frames to the data path (which takes ownership of any fd). */
@@ -41,11 +50,13 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
     }
     case "stream":
       return socketLink(spec, (dp) => dp.attachStream(spec.path));
+    case "vhost-user":
+      return socketLink(spec, (dp) => dp.attachVhostUser(spec.path, spec.mtu ?? 65520));
   }
 }
 
 /** A link whose VMM connects to a unix socket that native-vmm listens on (stream, vhost-user). */
-function socketLink(spec: StreamLinkSpec, listen: (datapath: NativeDatapath) => void): Link {
+function socketLink(spec: StreamLinkSpec | VhostUserLinkSpec, listen: (datapath: NativeDatapath) => void): Link {
   return {
     spec,
     attach(datapath: NativeDatapath): void {

@@ -1,0 +1,44 @@
+// serve.ts — a gateway for a guest moat does not run (`moat serve`, DESIGN §9 "Embedding"): the
+// caller's VMM connects to the link (vhost-user or stream socket) or owns the TAP device, and the
+// guest configures itself by DHCP from the gateway. moat owns only the address lease.
+import { leaseSlot, addressesFor } from "../sandbox/addressing.js";
+import { Gateway, validateOptions, type GatewayOptions } from "./gateway.js";
+import type { LinkSpec } from "../links/link.js";
+import { ConfigError } from "../errors.js";
+
+export interface ServedGateway {
+  gateway: Gateway;
+  /** Drain (the exitGraceMs option), stop the gateway, release the address lease. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Serve `link` with a gateway built from `options` until stop(). */
+export async function serveGateway(options: GatewayOptions, link: LinkSpec): Promise<ServedGateway> {
+  const o = validateOptions(options);
+  if (o.policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so there is nothing to serve", "choose another policy");
+  const { slot, release } = leaseSlot(o.ipv4Pool);
+  const name = options.name ?? `moat-serve-${slot}`;
+  let gateway: Gateway;
+  try {
+    gateway = await Gateway.start(o, {
+      name,
+      addresses: addressesFor(slot, name, o.ipv4Pool),
+      link,
+      // The guest's processes are not ours to kill: without network it can do no more harm.
+      terminate: (reason) => {
+        process.stderr.write(`moat: ${name}: ${reason}: the guest's network is cut\n`);
+        void stop();
+      },
+    });
+  } catch (e) {
+    release();
+    throw e;
+  }
+  let stopping: Promise<void> | undefined;
+  const stop = () => (stopping ??= (async () => {
+    await gateway.drain();
+    await gateway.stop();
+    release();
+  })());
+  return { gateway, stop };
+}

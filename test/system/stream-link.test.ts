@@ -1,0 +1,219 @@
+// stream-link.test.ts — the stream link (QEMU -netdev stream framing: 4-byte big-endian length,
+// then the frame) and `moat serve`: a test client plays the VMM on the unix socket, as QEMU
+// would, and talks to the gateway's own services (ARP, ping). Hostile framing (a zero or
+// impossible length, a frame longer than a ring slot, a frame dribbled a byte at a time) is
+// dropped and counted, the VMM may reconnect, and `moat serve` stops cleanly on SIGTERM.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { connect, type Socket } from "node:net";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { spawn } from "node:child_process";
+import { serveGateway, type ServedGateway } from "../../orchestrator/src/gateway/serve.js";
+import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { eth, ipv4, icmpEcho, arpRequest } from "../helpers/frames.js";
+import { systemTestSkipReason } from "../testbed/world.js";
+
+const skip = systemTestSkipReason();
+const ETH_IP4 = 0x0800;
+const ETH_ARP = 0x0806;
+const BCAST = "ff:ff:ff:ff:ff:ff";
+const GUEST_MAC = "52:54:00:12:34:56"; // a VMM's MAC: the gateway learns it from the guest's frames
+
+let dir: string;
+let served: ServedGateway;
+before(async () => {
+  if (skip) return;
+  dir = mkdtempSync(join(tmpdir(), "moat-stream-"));
+  served = await serveGateway({ policy: NetworkPolicy.publicOnly(), dnsForward: "none", exitGraceMs: 0 }, { kind: "stream", path: join(dir, "net.sock") });
+});
+after(async () => {
+  await served?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** The VMM's end of a stream link: frames out with their length, frames in unframed. */
+class Vmm {
+  private buf = Buffer.alloc(0);
+  private waiters: Array<() => void> = [];
+  readonly frames: Buffer[] = [];
+  closed = false;
+  private constructor(readonly sock: Socket) {
+    sock.on("data", (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      while (this.buf.length >= 4 && this.buf.length >= 4 + this.buf.readUInt32BE(0)) {
+        const n = this.buf.readUInt32BE(0);
+        this.frames.push(this.buf.subarray(4, 4 + n));
+        this.buf = this.buf.subarray(4 + n);
+      }
+      this.wake();
+    });
+    sock.on("close", () => { this.closed = true; this.wake(); });
+  }
+  static open(path: string): Promise<Vmm> {
+    return new Promise((resolve, reject) => {
+      const s = connect(path, () => resolve(new Vmm(s)));
+      s.once("error", reject);
+    });
+  }
+  private wake(): void { for (const w of this.waiters.splice(0)) w(); }
+  framed(frame: Uint8Array): Buffer {
+    const b = Buffer.alloc(4 + frame.length);
+    b.writeUInt32BE(frame.length, 0);
+    b.set(frame, 4);
+    return b;
+  }
+  send(frame: Uint8Array): void { this.sock.write(this.framed(frame)); }
+  /** The next frame that `match` accepts, within `ms`. */
+  async next(match: (f: Buffer) => boolean, ms = 3000): Promise<Buffer> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const i = this.frames.findIndex(match);
+      if (i >= 0) return this.frames.splice(i, 1)[0]!;
+      if (this.closed) throw new Error("the link closed");
+      if (Date.now() > end) throw new Error("no matching frame in time");
+      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 50); });
+    }
+  }
+  async whenClosed(ms = 3000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!this.closed && Date.now() < end) await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 50); });
+    assert.ok(this.closed, "moat should have closed the connection");
+  }
+  close(): void { this.sock.destroy(); }
+}
+
+const isArpReply = (f: Buffer) => f.readUInt16BE(12) === ETH_ARP && f.readUInt16BE(20) === 2;
+const isEchoReply = (id: number) => (f: Buffer) => f.readUInt16BE(12) === ETH_IP4 && f[23] === 1 && f[34] === 0 && f.readUInt16BE(38) === id;
+
+function arpFrame(): Uint8Array {
+  const a = served.gateway.addresses;
+  return eth(BCAST, GUEST_MAC, ETH_ARP, arpRequest(GUEST_MAC, a.guestIp4, a.gatewayIp4));
+}
+function pingFrame(id: number, size = 56): Uint8Array {
+  const a = served.gateway.addresses;
+  return eth(a.gatewayMac, GUEST_MAC, ETH_IP4, ipv4(a.guestIp4, a.gatewayIp4, 1, icmpEcho(id, 1, Array.from({ length: size }, (_, i) => i & 255))));
+}
+const counter = (name: string) => served.gateway.counters()[name] ?? 0;
+
+test("a VMM on the stream link reaches the gateway: ARP and ping answered, framed", { skip }, async () => {
+  const vmm = await Vmm.open(join(dir, "net.sock"));
+  try {
+    vmm.send(arpFrame());
+    const reply = await vmm.next(isArpReply);
+    assert.equal(reply.subarray(28, 32).join("."), served.gateway.addresses.gatewayIp4, "the reply names the gateway's address");
+    vmm.send(pingFrame(0x101));
+    const echo = await vmm.next(isEchoReply(0x101));
+    assert.equal(echo.length, 14 + 20 + 8 + 56);
+    // A burst in one write and a large frame (60 KiB of ping) are unframed right.
+    const burst = [1, 2, 3, 4, 5, 6, 7, 8].map((i) => vmm.framed(pingFrame(0x200 + i)));
+    vmm.sock.write(Buffer.concat(burst));
+    for (let i = 1; i <= 8; i++) await vmm.next(isEchoReply(0x200 + i));
+    vmm.send(pingFrame(0x300, 60000));
+    assert.equal((await vmm.next(isEchoReply(0x300))).length, 14 + 20 + 8 + 60000);
+  } finally {
+    vmm.close();
+  }
+});
+
+test("a frame dribbled a byte at a time is reassembled", { skip }, async () => {
+  const vmm = await Vmm.open(join(dir, "net.sock"));
+  try {
+    const bytes = vmm.framed(pingFrame(0x401));
+    for (const b of bytes) {
+      vmm.sock.write(Buffer.from([b]));
+      await new Promise((r) => setImmediate(r));
+    }
+    await vmm.next(isEchoReply(0x401));
+  } finally {
+    vmm.close();
+  }
+});
+
+test("hostile framing is dropped and counted; the VMM reconnects and is served again", { skip }, async () => {
+  const path = join(dir, "net.sock");
+  // A length of 0 and one beyond any frame cannot be resynchronised: the connection is dropped.
+  for (const len of [0, 0x7fffffff]) {
+    const before = counter("LINK_MALFORMED");
+    const vmm = await Vmm.open(path);
+    const b = Buffer.alloc(8);
+    b.writeUInt32BE(len, 0);
+    vmm.sock.write(b);
+    await vmm.whenClosed();
+    assert.equal(counter("LINK_MALFORMED"), before + 1, `length ${len} is counted once`);
+  }
+  // A frame longer than a ring slot but within the framing's limit is skipped; the next is served.
+  const vmm = await Vmm.open(path);
+  try {
+    const before = counter("LINK_MALFORMED");
+    vmm.send(new Uint8Array(65535 + 14 + 4)); // MAX_FRAME: larger than the 64 KiB slot
+    vmm.send(pingFrame(0x501));
+    await vmm.next(isEchoReply(0x501));
+    assert.equal(counter("LINK_MALFORMED"), before + 1);
+    // Garbage that is framed right is the engine's to drop (a runt): the link stays up.
+    vmm.send(new Uint8Array([1, 2, 3]));
+    vmm.send(pingFrame(0x502));
+    await vmm.next(isEchoReply(0x502));
+    assert.ok(counter("DROP_RUNT") >= 1);
+  } finally {
+    vmm.close();
+  }
+  assert.ok(counter("LINK_PEERS") >= 5, "every connection was a peer");
+});
+
+test("the newest VMM connection wins (a VMM restarting before its old socket closed)", { skip }, async () => {
+  const path = join(dir, "net.sock");
+  const old = await Vmm.open(path);
+  const fresh = await Vmm.open(path);
+  try {
+    await old.whenClosed();
+    fresh.send(pingFrame(0x601));
+    await fresh.next(isEchoReply(0x601));
+  } finally {
+    old.close();
+    fresh.close();
+  }
+});
+
+test("moat serve --stream serves a VMM and stops cleanly on SIGTERM", { skip }, async () => {
+  const path = join(dir, "serve.sock");
+  const child = spawn(process.execPath, [new URL("../../../bin/moat.js", import.meta.url).pathname, "serve", "--stream", path, "--dns-forward", "none"], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => { stderr += d; });
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  try {
+    const start = Date.now();
+    while (!/serving stream/.test(stderr) && Date.now() - start < 10000) await new Promise((r) => setTimeout(r, 50));
+    assert.match(stderr, /moat: serving stream .*: guest (172\.30\.\d+\.\d+)\/30 \(DHCP\)/);
+    const guest = /guest (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
+    const gw = /gateway (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
+    const vmm = await Vmm.open(path);
+    vmm.send(eth(BCAST, GUEST_MAC, ETH_ARP, arpRequest(GUEST_MAC, guest, gw)));
+    await vmm.next(isArpReply);
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0, stderr);
+    await vmm.whenClosed();
+    assert.match(stderr, /SIGTERM: stopping/);
+  } finally {
+    child.kill("SIGKILL");
+  }
+});
+
+test("moat serve: a missing or doubled link is a clear error", { skip }, async () => {
+  const run = (args: string[]) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const c = spawn(process.execPath, [new URL("../../../bin/moat.js", import.meta.url).pathname, "serve", ...args], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    c.stderr.on("data", (d) => { stderr += d; });
+    c.once("exit", (code) => resolve({ code, stderr }));
+  });
+  const none = await run([]);
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /serve: no link given[\s\S]*hint: give exactly one of --vhost-user PATH, --stream PATH, --tap IFNAME/);
+  const two = await run(["--stream", "/tmp/a", "--tap", "tap0"]);
+  assert.equal(two.code, 2);
+  assert.match(two.stderr, /--stream and --tap both given/);
+  const badDir = await run(["--stream", "/nonexistent/dir/x.sock"]);
+  assert.equal(badDir.code, 1);
+  assert.match(badDir.stderr, /stream link at \/nonexistent\/dir\/x\.sock: listen on .*No such file or directory/);
+});

@@ -1,0 +1,353 @@
+// image.ts — the kernel and initramfs a VM sandbox boots, built from distribution packages and
+// cached (DESIGN §9).
+//
+// Theory of operation
+//   kernel   Debian's cloud kernel (virtio as modules, no hardware zoo). If the host has one
+//            installed (/boot/vmlinuz-*-cloud-amd64 + /lib/modules/VERSION) that is used;
+//            otherwise the versioned package the metapackage linux-image-cloud-amd64 depends on
+//            is fetched with `apt-get download` and unpacked with `dpkg-deb -x` into
+//            CACHE/kernels/VERSION (never installed on the host). Which version that is, is
+//            asked of apt-cache at most once a day (apt-cache takes ~1 s here).
+//            When the bzImage's payload can be decompressed to an ELF vmlinux with a PVH entry
+//            note (vmlinux.ts), the image boots that: the guest skips decompressing itself.
+//   initrd   an uncompressed newc cpio written here (cpio.ts): busybox (static, from the host's
+//            busybox-static package) with its applet links, the agent compiled from
+//            native-vmm/guest/agent.c with the host's `cc -static`, the init script and the DHCP
+//            script from native-vmm/guest/, and the kernel modules for virtio-pci, virtio-net and
+//            virtio-console, dependencies first (read from each module's modinfo), decompressed.
+//   cache    CACHE = $MOAT_CACHE_DIR | $XDG_CACHE_HOME/moat | ~/.cache/moat, then vm/. An image
+//            lives in CACHE/vm/images/KVER-KEY, KEY a hash of everything that goes into it (kernel
+//            version and size, the guest sources, busybox, the module list, the command line,
+//            IMAGE_BUILDER_VERSION). Every build goes to a fresh temporary directory that is
+//            renamed into place, so concurrent builds cannot corrupt the cache (the loser of the
+//            rename uses the winner's). Images unused for a week are removed.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { gunzipSync } from "node:zlib";
+import { HostRequirementError } from "../errors.js";
+import { findInPath } from "../sandbox/host-checks.js";
+import { CpioWriter } from "./cpio.js";
+import { elfProgramHeaders, extractVmlinux } from "./vmlinux.js";
+import { VmError } from "./vm-error.js";
+
+const run = promisify(execFile);
+
+/** Bump when the image layout changes in a way the other key inputs do not show. */
+export const IMAGE_BUILDER_VERSION = 1;
+
+/** The modules the guest needs (their dependencies are added): PCI transport, NIC, exec port. */
+export const GUEST_MODULES = ["virtio_pci", "virtio_net", "virtio_console"];
+
+/**
+ * The kernel command line (measured under TCG on this project's machines; see the report in
+ * test/system/vm.test.ts): console on the first serial port, no probing of hardware the VM does
+ * not have, no waiting for entropy or calibration.
+ */
+export const KERNEL_CMDLINE = [
+  "console=ttyS0", "quiet", "panic=-1", "rdinit=/init",
+].join(" ");
+
+const KERNEL_METAPACKAGE = "linux-image-cloud-amd64";
+const RESOLVE_EVERY_MS = 24 * 3600_000;
+const UNUSED_IMAGE_MS = 7 * 24 * 3600_000;
+
+export interface VmImage {
+  /** The kernel QEMU boots: an ELF vmlinux (PVH entry) or the bzImage. */
+  kernel: string;
+  kernelFormat: "vmlinux-pvh" | "bzImage";
+  /** The initramfs (uncompressed newc cpio). */
+  initrd: string;
+  /** e.g. "6.1.0-57-cloud-amd64". */
+  kernelVersion: string;
+  /** The kernel command line to boot it with. */
+  cmdline: string;
+}
+
+export interface VmImageOptions {
+  /** Progress of slow steps (download, compile, build), one line each (default: stderr). */
+  onProgress?: (line: string) => void;
+  /** Cache directory (default: vmCacheDir()). */
+  cacheDir?: string;
+}
+
+/** CACHE/vm: $MOAT_CACHE_DIR, else $XDG_CACHE_HOME/moat, else ~/.cache/moat. */
+export function vmCacheDir(): string {
+  const env = process.env;
+  const root = env.MOAT_CACHE_DIR || join(env.XDG_CACHE_HOME || join(homedir(), ".cache"), "moat");
+  return join(root, "vm");
+}
+
+/** The guest's kernel and initramfs, built on first use and cached. */
+export async function ensureVmImage(opts: VmImageOptions = {}): Promise<VmImage> {
+  const progress = opts.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`));
+  const cache = opts.cacheDir ?? vmCacheDir();
+  mkdirSync(join(cache, "images"), { recursive: true });
+  const kernel = findHostKernel() ?? await downloadedKernel(cache, progress);
+  const guest = guestSources();
+  const busybox = findBusybox();
+  const key = hash(JSON.stringify({
+    builder: IMAGE_BUILDER_VERSION, kernel: kernel.version, vmlinuzBytes: statSync(kernel.vmlinuz).size,
+    guest: Object.fromEntries(Object.entries(guest).map(([k, v]) => [k, hash(readFileSync(v))])),
+    busybox: hash(readFileSync(busybox)), modules: GUEST_MODULES, cmdline: KERNEL_CMDLINE,
+  })).slice(0, 16);
+  const dir = join(cache, "images", `${kernel.version}-${key}`);
+  if (!existsSync(join(dir, "image.json"))) {
+    const tmp = mkdtempSync(join(cache, "images", ".tmp-"));
+    try {
+      await buildImage(tmp, kernel, guest, busybox, progress);
+      publish(tmp, dir);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    pruneUnused(join(cache, "images"), dir);
+  }
+  const now = new Date();
+  utimesSync(dir, now, now);
+  const built = JSON.parse(readFileSync(join(dir, "image.json"), "utf8")) as Omit<VmImage, "kernel" | "initrd">;
+  return { ...built, kernel: join(dir, "kernel"), initrd: join(dir, "initrd") };
+}
+
+// ---- the kernel ---------------------------------------------------------------------------------
+
+interface KernelSource { version: string; vmlinuz: string; modulesDir: string }
+
+function findHostKernel(): KernelSource | undefined {
+  let names: string[];
+  try {
+    names = readdirSync("/boot");
+  } catch {
+    return undefined;
+  }
+  const versions = names.map((n) => /^vmlinuz-(.+-cloud-amd64)$/.exec(n)?.[1]).filter((v): v is string => !!v)
+    .filter((v) => existsSync(`/lib/modules/${v}/kernel`))
+    .sort((a, b) => b.localeCompare(a, undefined, { numeric: true }));
+  const v = versions[0];
+  return v ? { version: v, vmlinuz: `/boot/vmlinuz-${v}`, modulesDir: `/lib/modules/${v}` } : undefined;
+}
+
+function kernelFrom(dir: string, version: string): KernelSource {
+  return { version, vmlinuz: join(dir, "boot", `vmlinuz-${version}`), modulesDir: join(dir, "lib", "modules", version) };
+}
+
+/** The current Debian cloud kernel, unpacked into CACHE/kernels/VERSION (downloaded if missing). */
+async function downloadedKernel(cache: string, progress: (line: string) => void): Promise<KernelSource> {
+  const pkg = await currentKernelPackage(cache);
+  const version = pkg.replace(/^linux-image-/, "");
+  const kernels = join(cache, "kernels");
+  const dir = join(kernels, version);
+  if (existsSync(kernelFrom(dir, version).vmlinuz)) return kernelFrom(dir, version);
+  for (const tool of ["apt-get", "dpkg-deb"]) {
+    if (!findInPath(tool)) {
+      throw new HostRequirementError("ERR_MISSING_TOOL", `building the VM kernel needs ${tool} (to fetch ${pkg}), which was not found`,
+        "run on Debian/Ubuntu, or install linux-image-cloud-amd64 on the host");
+    }
+  }
+  mkdirSync(kernels, { recursive: true });
+  const tmp = mkdtempSync(join(kernels, ".tmp-"));
+  try {
+    progress(`downloading the VM kernel (${pkg}, about 27 MB) with apt-get download`);
+    await run("apt-get", ["download", pkg], { cwd: tmp }).catch((err) => {
+      throw new VmError(`apt-get download ${pkg} failed: ${stderrOf(err)}`, "check that Debian's package archive is reachable (`apt-get update`)", { cause: err });
+    });
+    const deb = readdirSync(tmp).find((f) => f.endsWith(".deb"));
+    if (!deb) throw new VmError(`apt-get download ${pkg} left no .deb behind`);
+    progress(`unpacking ${deb}`);
+    await run("dpkg-deb", ["-x", join(tmp, deb), join(tmp, "root")]);
+    if (!existsSync(kernelFrom(join(tmp, "root"), version).vmlinuz)) throw new VmError(`${deb} has no boot/vmlinuz-${version}`);
+    publish(join(tmp, "root"), dir);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return kernelFrom(dir, version);
+}
+
+/** "linux-image-VERSION-cloud-amd64", asked of apt-cache at most daily, remembered in the cache. */
+async function currentKernelPackage(cache: string): Promise<string> {
+  const memo = join(cache, "kernel-package.json");
+  let known: { package: string; checkedAt: number } | undefined;
+  try {
+    known = JSON.parse(readFileSync(memo, "utf8"));
+  } catch {
+    // not asked yet
+  }
+  if (known && Date.now() - known.checkedAt < RESOLVE_EVERY_MS) return known.package;
+  let out = "";
+  try {
+    out = (await run("apt-cache", ["depends", KERNEL_METAPACKAGE])).stdout;
+  } catch (err) {
+    if (known) return known.package; // offline or no apt: keep using the kernel we have
+    throw new HostRequirementError("ERR_MISSING_TOOL", `cannot find the Debian cloud kernel: apt-cache depends ${KERNEL_METAPACKAGE} failed (${stderrOf(err)})`,
+      "on Debian/Ubuntu run `apt-get update`; elsewhere install a linux-image-*-cloud-amd64 kernel on the host");
+  }
+  const pkg = /Depends:\s*(linux-image-[0-9][^\s]*-cloud-amd64)/.exec(out)?.[1];
+  if (!pkg) {
+    if (known) return known.package;
+    throw new HostRequirementError("ERR_MISSING_TOOL", `apt knows no ${KERNEL_METAPACKAGE} (apt-cache depends printed nothing useful)`,
+      "run `apt-get update` (Debian's main archive has the package)");
+  }
+  writeFileSync(memo, JSON.stringify({ package: pkg, checkedAt: Date.now() }));
+  return pkg;
+}
+
+// ---- the initramfs ------------------------------------------------------------------------------
+
+/** The guest's sources in native-vmm/guest/ (found from this module, in src/ or in dist/). */
+function guestSources(): { agent: string; init: string; udhcpc: string } {
+  for (let dir = dirname(fileURLToPath(import.meta.url)); dir !== dirname(dir); dir = dirname(dir)) {
+    const guest = join(dir, "native-vmm", "guest");
+    if (existsSync(join(guest, "agent.c"))) return { agent: join(guest, "agent.c"), init: join(guest, "init"), udhcpc: join(guest, "udhcpc.sh") };
+  }
+  throw new VmError("native-vmm/guest/agent.c was not found above " + fileURLToPath(import.meta.url), "moat's package is incomplete: reinstall it");
+}
+
+function findBusybox(): string {
+  const path = existsSync("/bin/busybox") ? "/bin/busybox" : findInPath("busybox");
+  const interp = path && [...elfProgramHeaders(readFileSync(path))].some((ph) => ph.type === 3 /* PT_INTERP */);
+  if (!path || interp) {
+    throw new HostRequirementError("ERR_MISSING_TOOL", path ? `${path} is dynamically linked; the VM's initramfs needs a static busybox` : "busybox was not found (the VM's initramfs is built from it)",
+      "install it: `apt-get install busybox-static`");
+  }
+  return path;
+}
+
+async function buildImage(out: string, kernel: KernelSource, guest: ReturnType<typeof guestSources>, busybox: string,
+  progress: (line: string) => void): Promise<void> {
+  progress(`building the VM image for kernel ${kernel.version}`);
+  const agent = await compileAgent(guest.agent, out);
+  const modules = await resolveModules(kernel.modulesDir, GUEST_MODULES);
+
+  const cpio = new CpioWriter();
+  for (const d of ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "var", "etc", "etc/moat", "lib", "lib/modules"]) {
+    cpio.dir(d, d === "tmp" ? 0o1777 : 0o755);
+  }
+  cpio.charDevice("dev/console", 5, 1); // the kernel opens it for init's stdio before devtmpfs is mounted
+  cpio.file("init", readFileSync(guest.init), 0o755);
+  cpio.file("sbin/moat-agent", agent, 0o755);
+  cpio.file("etc/moat/udhcpc.sh", readFileSync(guest.udhcpc), 0o755);
+  cpio.file("etc/moat/modules", Buffer.from(modules.map((m) => m.name + "\n").join("")));
+  for (const m of modules) cpio.file(`lib/modules/${m.name}.ko`, m.data);
+  cpio.file("etc/passwd", Buffer.from("root:x:0:0:root:/root:/bin/sh\n"));
+  cpio.file("etc/group", Buffer.from("root:x:0:\n"));
+  cpio.file("etc/resolv.conf", Buffer.alloc(0));
+  cpio.file("bin/busybox", readFileSync(busybox), 0o755);
+  const applets = (await run(busybox, ["--list-full"])).stdout.split("\n").filter((a) => a && a !== "bin/busybox");
+  for (const a of applets) cpio.symlink(a, "/bin/busybox");
+  writeFileSync(join(out, "initrd"), cpio.finish());
+
+  const bzImage = readFileSync(kernel.vmlinuz);
+  const extracted = extractVmlinux(bzImage);
+  const kernelFormat = "vmlinux" in extracted ? "vmlinux-pvh" : "bzImage";
+  if (!("vmlinux" in extracted)) progress(`booting the compressed kernel: ${extracted.reason}`);
+  writeFileSync(join(out, "kernel"), "vmlinux" in extracted ? extracted.vmlinux : bzImage);
+
+  const image: Omit<VmImage, "kernel" | "initrd"> = { kernelFormat, kernelVersion: kernel.version, cmdline: KERNEL_CMDLINE };
+  writeFileSync(join(out, "image.json"), JSON.stringify(image));
+}
+
+async function compileAgent(source: string, out: string): Promise<Buffer> {
+  const cc = findInPath("cc") ?? findInPath("gcc");
+  if (!cc) {
+    throw new HostRequirementError("ERR_MISSING_TOOL", "no C compiler (cc) was found: the VM's exec agent is compiled from native-vmm/guest/agent.c",
+      "install one: `apt-get install gcc libc6-dev`");
+  }
+  const binary = join(out, "moat-agent");
+  try {
+    await run(cc, ["-static", "-O2", "-s", "-o", binary, source]);
+  } catch (err) {
+    throw new HostRequirementError("ERR_MISSING_TOOL", `compiling ${source} failed: ${stderrOf(err)}`,
+      "a static build needs the C library's static archive: `apt-get install libc6-dev`");
+  }
+  const data = readFileSync(binary);
+  rmSync(binary);
+  return data;
+}
+
+interface Module { name: string; data: Buffer }
+
+/** `roots` and what they depend on, dependencies first, uncompressed; built-in ones are left out. */
+async function resolveModules(modulesDir: string, roots: string[]): Promise<Module[]> {
+  const files = new Map<string, string>();
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(dir, e.name));
+      else {
+        const m = /^(.+)\.ko(\.xz|\.zst|\.gz)?$/.exec(e.name);
+        if (m) files.set(m[1]!.replace(/-/g, "_"), join(dir, e.name));
+      }
+    }
+  };
+  walk(join(modulesDir, "kernel"));
+  let builtin = "";
+  try {
+    builtin = readFileSync(join(modulesDir, "modules.builtin"), "utf8").replace(/-/g, "_");
+  } catch {
+    // no list: every module must be a file
+  }
+  const ordered: Module[] = [];
+  const seen = new Set<string>();
+  const visit = async (name: string, wantedBy: string): Promise<void> => {
+    if (seen.has(name)) return;
+    seen.add(name);
+    const path = files.get(name);
+    if (!path) {
+      if (builtin.includes(`/${name}.ko`)) return;
+      throw new VmError(`kernel module ${name} (needed by ${wantedBy}) is neither in ${modulesDir} nor built in`);
+    }
+    const data = await uncompressedModule(path);
+    const at = data.indexOf("\0depends=");
+    const depends = at < 0 ? "" : data.toString("latin1", at + 9, data.indexOf(0, at + 9));
+    for (const dep of depends.split(",").filter(Boolean)) await visit(dep.replace(/-/g, "_"), name);
+    ordered.push({ name, data });
+  };
+  for (const root of roots) await visit(root, "the guest");
+  return ordered;
+}
+
+async function uncompressedModule(path: string): Promise<Buffer> {
+  if (path.endsWith(".gz")) return gunzipSync(readFileSync(path));
+  const tool = path.endsWith(".xz") ? ["xz", "xz-utils"] : path.endsWith(".zst") ? ["zstd", "zstd"] : undefined;
+  if (!tool) return readFileSync(path);
+  if (!findInPath(tool[0]!)) {
+    throw new HostRequirementError("ERR_MISSING_TOOL", `${path} is compressed and ${tool[0]} is not installed`, `install it: \`apt-get install ${tool[1]}\``);
+  }
+  return (await run(tool[0]!, ["-dc", path], { encoding: "buffer", maxBuffer: 1 << 28 })).stdout;
+}
+
+// ---- the cache ----------------------------------------------------------------------------------
+
+function hash(data: string | Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/** Renames a finished build into place; if another build got there first, theirs is kept. */
+function publish(from: string, to: string): void {
+  try {
+    renameSync(from, to);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== "EEXIST" && code !== "ENOTEMPTY") throw err;
+  }
+}
+
+/** Removes images (and abandoned temporary builds) untouched for a week, except `keep`. */
+function pruneUnused(images: string, keep: string): void {
+  for (const name of readdirSync(images)) {
+    const path = join(images, name);
+    if (path === keep) continue;
+    try {
+      if (Date.now() - statSync(path).mtimeMs > UNUSED_IMAGE_MS) rmSync(path, { recursive: true, force: true });
+    } catch {
+      // raced with another process: fine
+    }
+  }
+}
+
+function stderrOf(err: unknown): string {
+  const e = err as { stderr?: string | Buffer; message?: string };
+  return (e.stderr?.toString().trim() || e.message || String(err)).split("\n").slice(-3).join(" / ");
+}

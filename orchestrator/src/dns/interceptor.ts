@@ -186,7 +186,9 @@ export class DnsInterceptor {
     try {
       q = readQuestion(query);
       if (h.ancount === 0 && h.nscount === 0 && h.arcount === 0 && q.end === query.length) {
-        qname = dnsPacket.name.decode(query, HEADER_BYTES).toLowerCase(); // a plain query: nothing more to decode
+        // A plain query: nothing more to decode. The canonical name is dns-packet's spelling
+        // unless it holds escapes (or is the root): then ask dns-packet.
+        qname = q.name === "" || q.name.includes("\\") ? dnsPacket.name.decode(query, HEADER_BYTES).toLowerCase() : q.name;
       } else {
         const decoded: Packet = dnsPacket.decode(query);
         qname = (decoded.questions![0]!.name ?? "").toLowerCase();
@@ -280,14 +282,24 @@ export class DnsInterceptor {
   private blockedBecause(name: string): string | null {
     if (this.blockExact.has(name)) return "on the block list";
     for (const s of this.blockSuffixes) if (underSuffix(name, s)) return `under blocked suffix ${s}`;
-    const deny = this.hooks.denyNames();
-    for (const d of deny.domains) if (name === normalize(d, false)) return `denied by policy rule for ${d}`;
-    for (const s of deny.suffixes) {
-      const n = normalize(s, true);
-      if (underSuffix(name, n)) return `denied by policy rule for *.${n}`;
-    }
+    const deny = this.denyNormalized();
+    for (const [d, n] of deny.domains) if (name === n) return `denied by policy rule for ${d}`;
+    for (const n of deny.suffixes) if (underSuffix(name, n)) return `denied by policy rule for *.${n}`;
     return null;
   }
+
+  /** The policy's deny names, normalized once per policy (not once per query). */
+  private denyNormalized(): { domains: [string, string][]; suffixes: string[] } {
+    const deny = this.hooks.denyNames();
+    if (deny !== this.denySeen) {
+      this.denySeen = deny;
+      this.denyCache = { domains: deny.domains.map((d) => [d, normalize(d, false)]), suffixes: deny.suffixes.map((s) => normalize(s, true)) };
+    }
+    return this.denyCache;
+  }
+
+  private denySeen: { domains: string[]; suffixes: string[] } | undefined;
+  private denyCache: { domains: [string, string][]; suffixes: string[] } = { domains: [], suffixes: [] };
 
   private pinsFor(name: string, chain: ReadonlySet<string>, records: readonly Answer[]): DnsPin[] {
     const keys = this.hooks.nameIds();

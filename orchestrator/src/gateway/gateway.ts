@@ -351,6 +351,18 @@ export class Gateway {
     }
   }
 
+  /** The policy's deny names, worked out once per policy (the interceptor normalizes them once per object). */
+  private denyNames(): { domains: string[]; suffixes: string[] } {
+    if (this.denyFor !== this.policy) {
+      this.denyFor = this.policy;
+      this.denyList = denyNames(this.policy);
+    }
+    return this.denyList;
+  }
+
+  private denyFor: NetworkPolicy | undefined;
+  private denyList: { domains: string[]; suffixes: string[] } = { domains: [], suffixes: [] };
+
   /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
   private drainAudit(): void {
     if (!this.engine) return;
@@ -398,7 +410,7 @@ export class Gateway {
     };
     this.dns = new DnsInterceptor(settings, upstream, {
       nameIds: () => this.names.names,
-      denyNames: () => denyNames(this.policy),
+      denyNames: () => this.denyNames(),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
       classify: (ip) => classifyAddress(ip, this.hostAddresses),
       secretIn: (name) => placeholderInName(this.options.secrets, name),

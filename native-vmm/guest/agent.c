@@ -1,10 +1,18 @@
-/* agent.c — moat's exec agent inside a VM sandbox: runs the host's commands and relays their I/O.
+/* agent.c — moat's exec agent inside a VM sandbox: it is the guest's init, and it runs the host's
+ * commands and relays their I/O.
  *
  * Theory of operation
  * -------------------
- * The initramfs' /init (native-vmm/guest/init) sets up the guest and execs this program, so the
- * agent is PID 1: it reaps every orphan, and it never returns (when it is done it powers the VM
- * off). It talks to the host over the virtio-serial port named "moat.exec" (QEMU:
+ * The kernel runs it as /init (PID 1) from the initramfs. As PID 1 it first sets the guest up:
+ * mounts proc, sysfs, devtmpfs, devpts and /dev/shm; loads the modules listed in
+ * /etc/moat/modules, in order (the image builder wrote them dependencies first, uncompressed);
+ * brings lo up; and if there is an eth0, brings it up and runs busybox udhcpc once with
+ * /etc/moat/udhcpc.sh (address, router, MTU, DNS; no lease is not fatal). This is done here
+ * rather than by a shell script because every process a script starts costs ~15 ms under TCG:
+ * the setup takes ~0.1 s instead of ~0.5 s. PID 1 reaps every orphan and never returns: when
+ * the host is done, the agent syncs and powers the VM off.
+ *
+ * It talks to the host over the virtio-serial port named "moat.exec" (QEMU:
  * `-device virtserialport,name=moat.exec`), found by name in /sys/class/virtio-ports and opened as
  * /dev/vportNpM (devtmpfs makes the node; if it is missing the agent makes it from the sysfs
  * `dev` numbers).
@@ -46,7 +54,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -115,6 +128,72 @@ static void send_frame(uint8_t type, const void *payload, uint32_t len) {
 
 static uint32_t get_u32(const uint8_t *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* ---- PID 1: setting the guest up ------------------------------------------------------------ */
+
+static void mount_or_log(const char *source, const char *target, const char *type, const char *data) {
+  mkdir(target, 0755);
+  if (mount(source, target, type, MS_NOSUID, data) != 0) logf_("mount %s on %s: %s", type, target, strerror(errno));
+}
+
+static void load_modules(const char *list) {
+  FILE *f = fopen(list, "re");
+  if (!f) return;
+  char name[256];
+  while (fgets(name, sizeof name, f)) {
+    name[strcspn(name, "\n")] = 0;
+    if (!name[0]) continue;
+    char path[300];
+    snprintf(path, sizeof path, "/lib/modules/%s.ko", name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || syscall(SYS_finit_module, fd, "", 0) != 0) logf_("loading %s: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+  }
+  fclose(f);
+}
+
+/* Sets IFF_UP on an interface; returns 0 if it exists and is up. */
+static int link_up(const char *ifname) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
+  int rc = s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) != 0 ? -1 : 0;
+  if (rc == 0) {
+    ifr.ifr_flags |= IFF_UP;
+    rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+  }
+  if (s >= 0) close(s);
+  return rc;
+}
+
+/* Runs argv (PATH lookup) and waits for it; returns its exit status, or -1. */
+static int run_and_wait(char *const argv[]) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  int st;
+  if (pid < 0 || waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void setup_guest(void) {
+  setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin", 1);
+  mount_or_log("proc", "/proc", "proc", NULL);
+  mount_or_log("sysfs", "/sys", "sysfs", NULL);
+  mount_or_log("devtmpfs", "/dev", "devtmpfs", NULL);
+  mount_or_log("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666");
+  mount_or_log("tmpfs", "/dev/shm", "tmpfs", "mode=1777");
+  sethostname("moat", 4);
+  load_modules("/etc/moat/modules");
+  if (link_up("lo") != 0) logf_("lo: %s", strerror(errno));
+  if (link_up("eth0") == 0) {
+    char *const dhcp[] = { "udhcpc", "-i", "eth0", "-q", "-n", "-t", "5", "-T", "1", "-O", "mtu", "-s", "/etc/moat/udhcpc.sh", NULL };
+    if (run_and_wait(dhcp) != 0) logf_("no DHCP lease on eth0: the command runs without a network");
+  }
 }
 
 /* ---- finding the port ---------------------------------------------------------------------- */
@@ -431,6 +510,7 @@ static void run_command(struct exec_req *req, int sfd, const sigset_t *oldmask) 
 }
 
 int main(void) {
+  if (getpid() == 1) setup_guest();
   signal(SIGPIPE, SIG_IGN);
   sigset_t mask, oldmask;
   sigemptyset(&mask);

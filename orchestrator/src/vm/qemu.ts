@@ -25,7 +25,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, fstatSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { release, tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { HostRequirementError } from "../errors.js";
 import { findInPath } from "../sandbox/host-checks.js";
@@ -141,7 +141,7 @@ class QemuVm implements Vm {
       rmSync(dir, { recursive: true, force: true });
       throw new VmError(`cannot listen on ${join(dir, "exec.sock")}: ${(err as Error).message}`);
     }
-    const child = spawn(qemu, qemuArgs(accel, opts, dir), { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(qemu, qemuArgs(qemu, accel, opts, dir), { stdio: ["ignore", "ignore", "pipe"] });
     return new QemuVm(child, accel, dir, server, opts.readyTimeoutMs ?? (accel === "kvm" ? 10_000 : 30_000));
   }
 
@@ -314,15 +314,24 @@ function cleanupLiveVms(): void {
   for (const vm of liveVms) vm.cleanupSync();
 }
 
-function qemuArgs(accel: VmAccel, opts: StartVmOptions, dir: string): string[] {
+/**
+ * The QEMU command line. Measured under TCG (QEMU CPU time to READY, interleaved runs): q35 boots
+ * ~0.4 s faster than pc; the CPU model "max" costs ~0.5 s over qemu64, so TCG gets qemu64 with
+ * the x86-64-v2 features (programs built for v2 still run); the qboot firmware, when QEMU ships
+ * it, saves ~0.1 s over SeaBIOS (it also skips option ROMs). PVH boot of the ELF kernel saves
+ * ~0.5 s over the bzImage (image.ts).
+ */
+function qemuArgs(qemu: string, accel: VmAccel, opts: StartVmOptions, dir: string): string[] {
   const mem = opts.memoryMiB ?? 256;
   const { image } = opts;
+  const qboot = join(dirname(qemu), "..", "share", "qemu", "qboot.rom");
   return [
     "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     "-machine", `${opts.machine ?? "q35"},accel=${accel},memory-backend=mem`,
     "-object", `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
     "-m", `${mem}M`, "-smp", String(opts.cpus ?? 1),
-    "-cpu", accel === "kvm" ? "host" : "max",
+    "-cpu", accel === "kvm" ? "host" : "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16",
+    ...(existsSync(qboot) ? ["-bios", qboot] : []),
     "-kernel", image.kernel, "-initrd", image.initrd,
     "-append", [image.cmdline, opts.extraKernelArgs].filter(Boolean).join(" "),
     "-chardev", `file,id=console,path=${join(dir, "console.log")}`, "-serial", "chardev:console",

@@ -2,7 +2,7 @@
 //
 //   openTap(netnsPath, ifname) -> fd          create a TAP device inside a network namespace
 //   new Datapath(memoryU8, layout)            the data path of one engine (see datapath.cc)
-//     .attachTap(fd) .attachStream(path)
+//     .attachTap(fd) .attachStream(path) .attachVhostUser(path, mtu)
 //     .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
 //     .listen(id, proto, family, addr16, port) -> bound port | -errno   .unlisten(id)
 //
@@ -55,6 +55,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     return DefineClass(env, "Datapath",
                        {InstanceMethod("attachTap", &DatapathWrap::AttachTap),
                         InstanceMethod("attachStream", &DatapathWrap::AttachStream),
+                        InstanceMethod("attachVhostUser", &DatapathWrap::AttachVhostUser),
                         InstanceMethod("start", &DatapathWrap::Start),
                         InstanceMethod("pump", &DatapathWrap::Pump),
                         InstanceMethod("flush", &DatapathWrap::Flush),
@@ -167,6 +168,15 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     }
     std::string err;
     return attached(info.Env(), moat::newStreamLink(info[0].As<Napi::String>(), err), err);
+  }
+  // attachVhostUser(path, mtu): listen at a unix socket path as a vhost-user-net back-end.
+  Napi::Value AttachVhostUser(const Napi::CallbackInfo& info) {
+    if (!dp_ || !info[0].IsString() || !info[1].IsNumber()) {
+      Napi::TypeError::New(info.Env(), "attachVhostUser(path: string, mtu: number)").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    std::string err;
+    return attached(info.Env(), moat::newVhostUserLink(info[0].As<Napi::String>(), info[1].As<Napi::Number>().Uint32Value(), err), err);
   }
   Napi::Value attached(Napi::Env env, moat::Link* link, const std::string& err) {
     if (!link) Napi::Error::New(env, err).ThrowAsJavaScriptException();

@@ -67,6 +67,10 @@ Link* newTapLink(int fd);
 // A unix stream socket listening at `path` (QEMU -netdev stream, passt framing). The newest
 // connection is the peer; when it goes, the next one is waited for. Returns nullptr with `err`.
 Link* newStreamLink(const std::string& path, std::string& err);
+// A vhost-user-net back-end listening at `path` (QEMU -netdev vhost-user, cloud-hypervisor),
+// offering `mtu` (vhost-user.cc). The newest front-end is served; when it goes, device state is
+// reset and the next one is waited for. Returns nullptr with `err`.
+Link* newVhostUserLink(const std::string& path, uint32_t mtu, std::string& err);
 
 // Listen on a unix stream socket at `path` (an old socket file there is replaced). Returns the
 // non-blocking fd, or -errno with a description in `err`.

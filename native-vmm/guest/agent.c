@@ -399,12 +399,13 @@ static void flush_stdin(struct command *c) {
   if (c->stdin_eof && c->pending_len == 0) close_fd(&c->in);
 }
 
-/* Relays what one output pipe has; closes it at EOF. */
+/* Relays up to 4 chunks of one output pipe (then the loop serves the host and the other pipes:
+ * a command that writes without pause must not starve its SIGNAL); closes it at EOF. */
 static void relay_output(int *fd, uint8_t type) {
   static uint8_t buf[CHUNK];
-  for (;;) {
+  for (int chunks = 0; chunks < 4;) {
     ssize_t n = read(*fd, buf, sizeof buf);
-    if (n > 0) { send_frame(type, buf, (uint32_t)n); continue; }
+    if (n > 0) { send_frame(type, buf, (uint32_t)n); chunks++; continue; }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) return;
     close_fd(fd);

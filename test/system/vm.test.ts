@@ -75,6 +75,14 @@ test("signal() reaches the running command", { skip }, async () => {
   assert.equal(await done, 128 + 15);
 });
 
+test("signal() reaches a command that writes without pause", { skip }, async () => {
+  const stdout = sink();
+  const done = vm.exec(["yes"], { stdout, stderr: sink() });
+  while (stdout.bytes().length < 1 << 20) await new Promise((r) => setTimeout(r, 20));
+  vm.signal(9);
+  assert.equal(await done, 128 + 9);
+});
+
 test("a missing command exits 127 with a message", { skip }, async () => {
   const r = await run(["no-such-command", "arg"]);
   assert.equal(r.status, 127);

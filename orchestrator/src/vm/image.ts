@@ -26,7 +26,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -140,10 +140,19 @@ function findHostKernel(): KernelSource | undefined {
     return undefined;
   }
   const versions = names.map((n) => /^vmlinuz-(.+-cloud-amd64)$/.exec(n)?.[1]).filter((v): v is string => !!v)
-    .filter((v) => existsSync(`/lib/modules/${v}/kernel`))
+    .filter((v) => existsSync(`/lib/modules/${v}/kernel`) && readable(`/boot/vmlinuz-${v}`))
     .sort((a, b) => b.localeCompare(a, undefined, { numeric: true }));
   const v = versions[0];
   return v ? { version: v, vmlinuz: `/boot/vmlinuz-${v}`, modulesDir: `/lib/modules/${v}` } : undefined;
+}
+
+function readable(path: string): boolean {
+  try {
+    accessSync(path, constants.R_OK);
+    return true;
+  } catch {
+    return false; // e.g. a distribution that keeps /boot/vmlinuz-* root-only
+  }
 }
 
 function kernelFrom(dir: string, version: string): KernelSource {

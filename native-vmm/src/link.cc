@@ -36,11 +36,47 @@ int listenUnix(const std::string& path, std::string& err) {
   return fd;
 }
 
-static void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token) {
+void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token) {
   struct epoll_event ev = {};
   ev.events = events;
   ev.data.u64 = token;
   epoll_ctl(epfd, op, fd, &ev);
+}
+
+// ---- links a VMM connects to ----------------------------------------------------------------------
+
+void ListeningLink::watch(int epfd, uint64_t base) {
+  epfd_ = epfd;
+  base_ = base;
+  epollSet(epfd, EPOLL_CTL_ADD, lfd_, EPOLLIN, base + SUB_LISTEN);
+}
+
+bool ListeningLink::acceptPeers() {
+  bool took = false;
+  for (;;) {
+    int fd = accept4(lfd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return took;
+    dropPeer();
+    pfd_ = fd;
+    peerAccepted();
+    epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN, base_ + SUB_PEER);
+    counters.bump(counters.peers);
+    took = true;
+  }
+}
+
+void ListeningLink::dropPeer() {
+  if (pfd_ >= 0) {
+    if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, pfd_, nullptr);
+    ::close(pfd_);
+  }
+  pfd_ = -1;
+}
+
+void ListeningLink::close() {
+  dropPeer();
+  if (lfd_ >= 0) ::close(lfd_);  // its epoll registration goes with it
+  lfd_ = -1;
 }
 
 // ---- tap ----------------------------------------------------------------------------------------
@@ -103,25 +139,18 @@ Link* newTapLink(int fd) { return new TapLink(fd); }
 // boundary can be trusted after it), so the connection is dropped and counted — the VMM
 // reconnects. A frame longer than a slot but within MAX_FRAME is skipped and counted.
 
-class StreamLink final : public Link {
+class StreamLink final : public ListeningLink {
  public:
   static constexpr uint32_t MAX_FRAME = 65535 + 14 + 4;  // an IP packet of 64 KiB + Ethernet + VLAN
   static constexpr size_t RBUF = 4 * (MAX_FRAME + 4);
   static constexpr size_t WBUF = 8 * (MAX_FRAME + 4);
-  enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1 };
 
-  explicit StreamLink(int lfd) : lfd_(lfd), rbuf_(RBUF), wbuf_(WBUF) {}
+  explicit StreamLink(int lfd) : ListeningLink(lfd), rbuf_(RBUF), wbuf_(WBUF) {}
   ~StreamLink() override { close(); }
-
-  void watch(int epfd, uint64_t base) override {
-    epfd_ = epfd;
-    base_ = base;
-    epollSet(epfd, EPOLL_CTL_ADD, lfd_, EPOLLIN, base + SUB_LISTEN);
-  }
 
   uint32_t event(uint32_t sub, uint32_t events) override {
     if (sub == SUB_LISTEN) {
-      acceptPeer();
+      acceptPeers();
       return LINK_READABLE | LINK_WRITABLE;
     }
     uint32_t r = 0;
@@ -189,36 +218,15 @@ class StreamLink final : public Link {
 
   void sendDone() override { flushOut(); }
 
-  void close() override {
-    dropPeer();
-    if (lfd_ >= 0) ::close(lfd_);
-    lfd_ = -1;
-  }
-  bool connected() const override { return pfd_ >= 0; }
-
  private:
-  void acceptPeer() {
-    for (;;) {
-      int fd = accept4(lfd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) return;
-      // The newest connection wins: a VMM that restarted reconnects before its old socket's
-      // hang-up may have been seen.
-      dropPeer();
-      pfd_ = fd;
-      int sz = 4 << 20;
-      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-      epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN, base_ + SUB_PEER);
-      counters.bump(counters.peers);
-    }
+  void peerAccepted() override {
+    int sz = 4 << 20;
+    setsockopt(pfd_, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    setsockopt(pfd_, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
   }
 
-  void dropPeer() {
-    if (pfd_ >= 0) {
-      epoll_ctl(epfd_, EPOLL_CTL_DEL, pfd_, nullptr);
-      ::close(pfd_);
-    }
-    pfd_ = -1;
+  void dropPeer() override {
+    ListeningLink::dropPeer();
     outWatched_ = false;
     rpos_ = rend_ = 0;
     wlen_ = 0;
@@ -267,10 +275,6 @@ class StreamLink final : public Link {
     }
   }
 
-  int lfd_;
-  int pfd_ = -1;
-  int epfd_ = -1;
-  uint64_t base_ = 0;
   bool outWatched_ = false;
   std::vector<uint8_t> rbuf_;
   size_t rpos_ = 0, rend_ = 0;

@@ -62,6 +62,35 @@ class Link {
 
 static constexpr uint32_t LINK_SUBS = 64;  // epoll tokens per link
 
+// Set (op: EPOLL_CTL_ADD / MOD) `fd`'s `events` in `epfd` under `token`.
+void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token);
+
+// A link whose VMM connects to a unix socket moat listens on (stream, vhost-user). One peer at a
+// time: the newest connection wins (a VMM restarting may reconnect before its old socket's
+// hang-up is seen); when the peer goes, the next connection is waited for.
+class ListeningLink : public Link {
+ public:
+  enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1 };  // sub-tokens; a link's own start at 2
+  explicit ListeningLink(int lfd) : lfd_(lfd) {}
+  void watch(int epfd, uint64_t base) override;
+  bool connected() const override { return pfd_ >= 0; }
+  void close() override;
+
+ protected:
+  // Accept every waiting connection; each replaces the peer (dropPeer() first). Returns whether
+  // one was taken.
+  bool acceptPeers();
+  // Forget the peer: close its socket and reset what it set up (a subclass adds its own state).
+  virtual void dropPeer();
+  // The peer's socket was just accepted (options, buffers).
+  virtual void peerAccepted() {}
+
+  int lfd_;
+  int pfd_ = -1;
+  int epfd_ = -1;
+  uint64_t base_ = 0;
+};
+
 // A TAP device fd (takes ownership): one frame per read/write, no virtio-net header.
 Link* newTapLink(int fd);
 // A unix stream socket listening at `path` (QEMU -netdev stream, passt framing). The newest

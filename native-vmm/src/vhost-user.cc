@@ -142,12 +142,6 @@ inline bool needEvent(uint16_t event, uint16_t now, uint16_t old) {
   return static_cast<uint16_t>(now - event - 1) < static_cast<uint16_t>(now - old);
 }
 
-void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token) {
-  struct epoll_event ev = {};
-  ev.events = events;
-  ev.data.u64 = token;
-  epoll_ctl(epfd, op, fd, &ev);
-}
 
 void closeFd(int& fd) {
   if (fd >= 0) ::close(fd);
@@ -189,26 +183,20 @@ struct Seg {
 // What a message handler concluded.
 enum class Outcome { Ok, Fail, Replied, Malformed };
 
-class VhostUserLink final : public Link {
+class VhostUserLink final : public ListeningLink {
  public:
-  enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1, SUB_KICK = 2 };  // + queue index
+  enum : uint32_t { SUB_KICK = 2 };  // + queue index (after ListeningLink's)
   enum : uint32_t { RXQ = 0, TXQ = 1 };
 
-  VhostUserLink(int lfd, uint32_t mtu) : lfd_(lfd), mtu_(mtu) {
+  VhostUserLink(int lfd, uint32_t mtu) : ListeningLink(lfd), mtu_(mtu) {
     segs_.reserve(64);
     chains_.reserve(64);
   }
   ~VhostUserLink() override { close(); }
 
-  void watch(int epfd, uint64_t base) override {
-    epfd_ = epfd;
-    base_ = base;
-    epollSet(epfd, EPOLL_CTL_ADD, lfd_, EPOLLIN, base + SUB_LISTEN);
-  }
-
   uint32_t event(uint32_t sub, uint32_t events) override {
     if (sub == SUB_LISTEN) {
-      acceptPeer();
+      acceptPeers();
       return 0;
     }
     if (sub == SUB_PEER) {
@@ -372,17 +360,6 @@ class VhostUserLink final : public Link {
 
   void sendDone() override { flushUsed(vq_[RXQ]); }
 
-  void close() override {
-    dropPeer();
-    if (lfd_ >= 0) {
-      if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, lfd_, nullptr);
-      ::close(lfd_);
-    }
-    lfd_ = -1;
-  }
-
-  bool connected() const override { return pfd_ >= 0; }
-
  private:
   struct Chain {
     uint16_t head;
@@ -392,23 +369,8 @@ class VhostUserLink final : public Link {
 
   // ---- connection -----------------------------------------------------------------------------------
 
-  void acceptPeer() {
-    for (;;) {
-      int fd = accept4(lfd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) return;
-      dropPeer();  // the newest front-end wins (a VMM restarting before its old socket closed)
-      pfd_ = fd;
-      epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN, base_ + SUB_PEER);
-      counters.bump(counters.peers);
-    }
-  }
-
-  void dropPeer() {
-    if (pfd_ >= 0) {
-      if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, pfd_, nullptr);
-      ::close(pfd_);
-    }
-    pfd_ = -1;
+  void dropPeer() override {
+    ListeningLink::dropPeer();
     have_ = 0;
     closeMsgFds();
     resetDevice();
@@ -938,11 +900,7 @@ class VhostUserLink final : public Link {
     return true;
   }
 
-  int lfd_;
   uint32_t mtu_;
-  int pfd_ = -1;
-  int epfd_ = -1;
-  uint64_t base_ = 0;
   // The message being read: header + payload, and the fds that came with it.
   uint8_t msg_[HDR_BYTES + MAX_PAYLOAD];
   uint32_t have_ = 0;

@@ -11,7 +11,8 @@ export type MoatErrorCode =
   | "ERR_LINK"
   | "ERR_ENGINE"
   | "ERR_ADDRESS_POOL"
-  | "ERR_PORT";
+  | "ERR_PORT"
+  | "ERR_VM";
 
 export class MoatError extends Error {
   readonly code: MoatErrorCode;

@@ -24,7 +24,9 @@ const port = Number(portText);
 const ready = () => process.stdout.write("ready\n");
 
 function tcp(handler: (c: Socket) => void): void {
-  const srv = createServer((c) => {
+  // Half-open: a client that sends its request and shuts its side (busybox nc at stdin EOF)
+  // still gets the whole answer.
+  const srv = createServer({ allowHalfOpen: true }, (c) => {
     c.on("error", () => c.destroy());
     handler(c);
   });

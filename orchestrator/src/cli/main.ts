@@ -52,6 +52,11 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
   { name: "secret", kind: "string", metavar: "NAME@HOSTS", repeat: true, help: "NAME[=ENVVAR]@HOST[,HOST...]: the command sees NAME as a placeholder;\nmoat puts the real value (its own environment variable NAME, or ENVVAR)\ninto HTTP headers and Basic auth of requests to HOST (a name or *.suffix)\nover intercepted TLS, where DNS, SNI and Host agree. The placeholder\nheaded anywhere else (another host, DNS names, request bodies; raw,\nbase64, %XX, JSON-escaped) is blocked. Implies --tls-intercept" },
   { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
+  { name: "vm", kind: "bool", help: "run COMMAND in a QEMU microVM instead of a namespace: its own kernel and\nfilesystem (moat's initramfs: busybox), its NIC served by moat over\nvhost-user, stdin/stdout/stderr and the exit status carried over\nvirtio-serial. The guest image is built from Debian's packages on first use\n(cached in ~/.cache/moat)" },
+  { name: "vm-memory", kind: "int", metavar: "MiB", min: 64, max: 65536, help: "guest RAM (default 256)" },
+  { name: "vm-cpus", kind: "int", metavar: "N", min: 1, max: 64, help: "guest vCPUs (default 1)" },
+  { name: "vm-link", kind: "string", metavar: "KIND", choices: ["vhost-user", "stream"], help: "how the guest's NIC reaches moat: vhost-user (default: virtqueues in\nshared memory) or stream (QEMU -netdev stream, portable)" },
+  { name: "vm-accel", kind: "string", metavar: "ACCEL", choices: ["auto", "kvm", "tcg"], help: "auto (default: KVM where the guest boots on it, else TCG), kvm or tcg" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
@@ -256,6 +261,9 @@ async function cmdRun(args: string[]): Promise<number> {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
   }
   const options = runOptions(flags, lists);
+  const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
+  if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
+  if (flags.get("vm")) return runInVm(flags, options, rest);
   const sandbox = await NetnsSandbox.create(options);
   // A port the kernel chose is worth saying; one the user named is not.
   sandbox.ports.forEach((p, i) => {
@@ -337,6 +345,45 @@ async function cmdServe(args: string[]): Promise<number> {
   if (flags.get("stats")) process.stderr.write(`moat: engine counters: ${JSON.stringify(served.gateway.counters(true))}\n`);
   await served.stop();
   return 0;
+}
+
+/** `moat run --vm`: the command in a QEMU microVM, with this process's stdio; its exit status. */
+async function runInVm(flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, command: string[]): Promise<number> {
+  const { VmSandbox } = await import("../vm/vm-sandbox.js");
+  const sandbox = await VmSandbox.create({
+    ...options,
+    vm: {
+      memoryMiB: flags.get("vm-memory") as number | undefined,
+      cpus: flags.get("vm-cpus") as number | undefined,
+      link: flags.get("vm-link") as "vhost-user" | "stream" | undefined,
+      accel: flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined,
+    },
+  });
+  process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
+  sandbox.ports.forEach((p, i) => {
+    if (options.ports?.[i]?.host === 0) process.stderr.write(`moat: published ${describePort(p)} -> sandbox port ${p.guest}\n`);
+  });
+  const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const forward = (sig: NodeJS.Signals) => sandbox.signal(signalNumber(sig));
+  for (const s of sigs) process.on(s, forward);
+  let status: number;
+  try {
+    status = await sandbox.run(command, { stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
+  } finally {
+    for (const s of sigs) process.removeListener(s, forward);
+    process.stdin.pause();
+  }
+  if (flags.get("stats")) {
+    process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
+    const d = sandbox.flowDecisions();
+    process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
+  }
+  await sandbox.destroy();
+  if (sandbox.terminatedBy) {
+    process.stderr.write(`moat: sandbox terminated: ${sandbox.terminatedBy} (--secret-violation block-and-terminate)\n`);
+    return 125;
+  }
+  return status;
 }
 
 function runGraceText(grace: number): string {

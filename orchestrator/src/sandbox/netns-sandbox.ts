@@ -29,20 +29,7 @@ function ipErr(args: string[], e: unknown): MoatError {
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
 }
 
-// Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
-// listener for all of them (a listener each would trip Node's MaxListeners warning at 11).
-const liveSandboxes = new Set<NetnsSandbox>();
-let exitHookInstalled = false;
-function registerForExit(s: NetnsSandbox): void {
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.on("exit", () => { for (const x of [...liveSandboxes]) x.destroySync(); });
-  }
-  liveSandboxes.add(s);
-}
-
 export class NetnsSandbox extends GuestSandbox {
-  private destroyed = false;
   private readonly children = new Set<ChildProcess>();
 
   private constructor(
@@ -50,10 +37,9 @@ export class NetnsSandbox extends GuestSandbox {
     addresses: SandboxAddresses,
     private readonly options: ValidOptions,
     private readonly ipPath: string,
-    private readonly releaseSlot: () => void,
+    releaseSlot: () => void,
   ) {
-    super(name, addresses, options.mtu);
-    registerForExit(this);
+    super(name, addresses, options.mtu, options.exitGraceMs, releaseSlot);
   }
 
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
@@ -138,39 +124,17 @@ export class NetnsSandbox extends GuestSandbox {
     return child;
   }
 
-  /**
-   * Stop the gateway and remove everything the sandbox created. Idempotent. First the guest's
-   * connections get their grace (drain(), `graceMs` default: the exitGraceMs option); whatever is
-   * still open after it is cut with resets.
-   */
-  destroy(options: { graceMs?: number } = {}): Promise<void> {
-    // Once begun, every caller waits for the same teardown (a secret violation may start it
-    // while the command's own exit path does too).
-    return (this.destroying ??= this.teardown(options));
+  protected async stopGuest(): Promise<void> {
+    // The namespace's processes are the caller's (the command has ended, or is ending).
   }
 
-  private destroying: Promise<void> | undefined;
-
-  private async teardown(options: { graceMs?: number }): Promise<void> {
-    if (this.destroyed) return;
-    await this.drain(options.graceMs ?? this.options.exitGraceMs);
-    if (this.destroyed) return;
-    await this.gateway?.stop();
-    this.destroySync();
-  }
-
-  /** @internal Remove everything at once (also from the process's exit hook). */
-  destroySync(): void {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    liveSandboxes.delete(this);
-    this.gateway?.stopSync();
+  /** @internal Delete the namespace and its /etc/netns directory. */
+  protected removeGuest(): void {
     try {
       execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
     } catch {
       // not created, or already gone
     }
     rmSync(`/etc/netns/${this.name}`, { recursive: true, force: true });
-    this.releaseSlot();
   }
 }

@@ -14,11 +14,25 @@ import type { SandboxAddresses } from "./addressing.js";
 import type { TlsProxy } from "../tls/proxy.js";
 import { MoatError } from "../errors.js";
 
+// Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
+// listener for all of them (a listener each would trip Node's MaxListeners warning at 11).
+const liveSandboxes = new Set<GuestSandbox>();
+let exitHookInstalled = false;
+
 export abstract class GuestSandbox {
   /** Set once the gateway serves the guest's link (create() does it). */
   protected gateway: Gateway | undefined;
+  private destroyed = false;
+  private destroying: Promise<void> | undefined;
 
-  protected constructor(readonly name: string, readonly addresses: SandboxAddresses, readonly mtu: number) {}
+  protected constructor(readonly name: string, readonly addresses: SandboxAddresses, readonly mtu: number,
+    private readonly exitGraceMs: number, private readonly releaseSlot: () => void) {
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.on("exit", () => { for (const x of [...liveSandboxes]) x.destroySync(); });
+    }
+    liveSandboxes.add(this);
+  }
 
   private get gw(): Gateway {
     if (!this.gateway) throw new MoatError("ERR_ENGINE", `sandbox ${this.name} has no gateway (not started, or destroyed)`);
@@ -92,6 +106,38 @@ export abstract class GuestSandbox {
     return this.gateway ? this.gateway.drain(graceMs, abort) : Promise.resolve(0);
   }
 
-  /** Stop the guest and its gateway and remove everything the sandbox created. Idempotent. */
-  abstract destroy(options?: { graceMs?: number }): Promise<void>;
+  /**
+   * Stop the guest and its gateway and remove everything the sandbox created. Idempotent. First
+   * the guest's connections get their grace (drain(), `graceMs` default: the exitGraceMs option);
+   * whatever is still open after it is cut with resets.
+   */
+  destroy(options: { graceMs?: number } = {}): Promise<void> {
+    // Once begun, every caller waits for the same teardown (a secret violation may start it
+    // while the command's own exit path does too).
+    return (this.destroying ??= this.teardown(options));
+  }
+
+  private async teardown(options: { graceMs?: number }): Promise<void> {
+    if (this.destroyed) return;
+    await this.drain(options.graceMs ?? this.exitGraceMs);
+    if (this.destroyed) return;
+    await this.stopGuest();
+    await this.gateway?.stop();
+    this.destroySync();
+  }
+
+  /** @internal Remove everything at once (also from the process's exit hook). */
+  destroySync(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    liveSandboxes.delete(this);
+    this.gateway?.stopSync();
+    this.removeGuest();
+    this.releaseSlot();
+  }
+
+  /** Let the guest end in order (a VM powers off), before its gateway stops. */
+  protected abstract stopGuest(): Promise<void>;
+  /** Remove the guest at once (synchronously: this also runs from the process's exit hook). */
+  protected abstract removeGuest(): void;
 }

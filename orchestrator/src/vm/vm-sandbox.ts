@@ -1,0 +1,152 @@
+// vm-sandbox.ts — a sandbox whose guest is a QEMU microVM (DESIGN §9): its own kernel, its own
+// filesystem (moat's initramfs), its NIC served by a moat gateway over vhost-user (default) or
+// the stream link, and commands run through the exec agent over virtio-serial.
+//
+// Lifecycle: validate -> lease an address slot -> a private run directory (the link's socket) ->
+// start the gateway listening on it -> build or reuse the guest image -> boot QEMU, whose NIC
+// connects to the gateway, and whose guest takes its address by DHCP from it -> run commands ->
+// destroy: the guest's connections get their grace, the guest powers off (killed if it does not),
+// the gateway stops, the run directory and the slot go. destroy() is idempotent; an exit hook
+// kills QEMU if the process ends first.
+//
+// The policy, DNS, audit, TLS, secret and port behaviour is the gateway's, the same object a
+// namespace sandbox uses: nothing about the network depends on the kind of guest.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable, type Writable } from "node:stream";
+import { addressesFor, leaseSlot, type SandboxAddresses } from "../sandbox/addressing.js";
+import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
+import { GuestSandbox } from "../sandbox/sandbox.js";
+import { ConfigError } from "../errors.js";
+import { ensureVmImage } from "./image.js";
+import { startVm, type Vm, type VmAccel } from "./qemu.js";
+
+export type VmLinkKind = "vhost-user" | "stream";
+
+export interface VmOptions {
+  /** Guest RAM in MiB (default 256). */
+  memoryMiB?: number;
+  /** vCPUs (default 1). */
+  cpus?: number;
+  /** How the NIC reaches the gateway: "vhost-user" (default: virtqueues in shared memory) or "stream". */
+  link?: VmLinkKind;
+  /** "auto" (default): KVM where the guest boots on it, else TCG. */
+  accel?: VmAccel | "auto";
+  /** Progress of slow steps (image download and build, boot), one line each (default: stderr). */
+  onProgress?: (line: string) => void;
+}
+
+export interface VmSandboxOptions extends GatewayOptions {
+  vm?: VmOptions;
+}
+
+export interface VmRunOptions {
+  stdin?: Readable | null;
+  stdout: Writable;
+  stderr: Writable;
+  /** The command's environment (default PATH, HOME); secrets' placeholders are added. */
+  env?: Record<string, string>;
+  cwd?: string;
+}
+
+/** Where the guest finds the CA bundle that trusts moat's interception CA. */
+const GUEST_BUNDLE = "/etc/ssl/certs/ca-certificates.crt";
+
+export class VmSandbox extends GuestSandbox {
+  private vm: Vm | undefined;
+  private vmExited = false;
+  /** Boot time: QEMU spawned to the agent's READY. */
+  bootMs = 0;
+
+  private constructor(
+    name: string,
+    addresses: SandboxAddresses,
+    options: ValidOptions,
+    private readonly runDir: string,
+    releaseSlot: () => void,
+  ) {
+    super(name, addresses, options.mtu, options.exitGraceMs, releaseSlot);
+  }
+
+  /** The accelerator the guest runs with ("kvm" or "tcg"). */
+  get accel(): VmAccel | undefined {
+    return this.vm?.accel;
+  }
+
+  static async create(options: VmSandboxOptions = {}): Promise<VmSandbox> {
+    const o = validateOptions(options);
+    const v = options.vm ?? {};
+    const link = v.link ?? "vhost-user";
+    if (link !== "vhost-user" && link !== "stream") throw new ConfigError(`VM link "${String(link)}" is unknown`, `use "vhost-user" or "stream"`);
+    const memoryMiB = v.memoryMiB ?? 256;
+    if (!Number.isInteger(memoryMiB) || memoryMiB < 64 || memoryMiB > 65536) throw new ConfigError(`VM memory ${v.memoryMiB} MiB is out of range`, "use 64 to 65536");
+    const cpus = v.cpus ?? 1;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw new ConfigError(`VM vCPUs ${v.cpus} is out of range`, "use 1 to 64");
+    const progress = v.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`));
+    const { slot, release } = leaseSlot(o.ipv4Pool);
+    const name = options.name ?? `moat-vm-${slot}`;
+    const addresses = addressesFor(slot, name, o.ipv4Pool);
+    const sandbox = new VmSandbox(name, addresses, o, mkdtempSync(join(tmpdir(), "moat-vm-")), release);
+    try {
+      const socket = join(sandbox.runDir, "net.sock");
+      sandbox.gateway = await Gateway.start(o, {
+        name,
+        addresses,
+        link: link === "stream" ? { kind: "stream", path: socket } : { kind: "vhost-user", path: socket },
+        terminate: () => { void sandbox.destroy({ graceMs: 0 }); },
+      });
+      const image = await ensureVmImage({ onProgress: progress });
+      // The NIC: QEMU connects to the gateway's socket (listening already). vectors=0: QEMU 7.2
+      // under TCG crashes in its MSI-X setup when a vhost-user device starts (any back-end);
+      // host_mtu: the guest learns the MTU from the device (DHCP says it too).
+      const device = ["-device", `virtio-net-pci,netdev=n0,mac=${addresses.guestMac},host_mtu=${o.mtu},vectors=0`];
+      const nic = o.policy.offline ? null : link === "stream"
+        ? ["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${socket}`, ...device]
+        : ["-chardev", `socket,id=c0,path=${socket},reconnect=1`, "-netdev", "vhost-user,id=n0,chardev=c0", ...device];
+      sandbox.vm = await startVm({ image, memoryMiB, cpus, netdev: nic, accel: v.accel ?? "auto" });
+      void sandbox.vm.exited.then(() => { sandbox.vmExited = true; });
+      const ready = await sandbox.vm.ready;
+      sandbox.bootMs = ready.bootMs;
+      if (o.tls) await sandbox.installTrust(o.tls.ca.certPem);
+      return sandbox;
+    } catch (e) {
+      await sandbox.destroy({ graceMs: 0 });
+      throw e;
+    }
+  }
+
+  /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
+  private async installTrust(pem: string): Promise<void> {
+    const sink = new (await import("node:stream")).PassThrough();
+    sink.resume();
+    const code = await this.vm!.exec(["sh", "-c", `mkdir -p /etc/ssl/certs && cat > ${GUEST_BUNDLE} && cp ${GUEST_BUNDLE} /etc/ssl/certs/moat-interception-ca.pem`],
+      { stdin: Readable.from([pem]), stdout: sink, stderr: sink });
+    if (code !== 0) throw new ConfigError(`could not install moat's CA in the VM (status ${code})`);
+  }
+
+  /** Run a command in the guest; resolves with its exit status (128+N for signal N). */
+  run(command: string[], o: VmRunOptions): Promise<number> {
+    if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
+    if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
+    const base = o.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" };
+    const env = this.gateway ? this.gateway.commandEnv(base, { bundle: GUEST_BUNDLE, caFile: "/etc/ssl/certs/moat-interception-ca.pem" }) : base;
+    return this.vm.exec(command, { env: env as Record<string, string>, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout, stderr: o.stderr });
+  }
+
+  /** Deliver a signal to the running command. */
+  signal(signo: number): void {
+    this.vm?.signal(signo);
+  }
+
+  /** The guest powers off (killed if it has not within 3 s). */
+  protected async stopGuest(): Promise<void> {
+    await this.vm?.shutdown(3000);
+  }
+
+  /** @internal Kill QEMU (from the exit hook: no time for a power-off) and remove the run directory. */
+  protected removeGuest(): void {
+    if (this.vm && !this.vmExited) try { process.kill(this.vm.pid, "SIGKILL"); } catch { /* gone */ }
+    rmSync(this.runDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,111 @@
+// vm-net.test.ts — microVM sandboxes on the network (issue 13): `moat run --vm` boots a QEMU guest
+// whose NIC is served by moat over vhost-user (and, once, the stream link), in the test world.
+//
+// QEMU runs under TCG here (DESIGN §3), so boots are few: one guest runs a script of checks whose
+// results are read back from its stdout by marker, and each test below asserts one of them. The
+// checks are the namespace sandbox's (policy, DNS, data integrity), seen from a real guest kernel
+// that configured itself by DHCP.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { World, WORLD_IP4, HOSTS, systemTestSkipReason, hasTool, type RunResult } from "../testbed/world.js";
+import { streamHash } from "../testbed/stream-data.js";
+
+const skip = systemTestSkipReason() ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+const MIB64 = 64 << 20;
+let world: World;
+
+/** `moat run --vm ARGS -- sh -c SCRIPT`, whose lines "@@ NAME" start the output of check NAME. */
+interface Checked { run: RunResult; out: Map<string, string> }
+async function vmScript(args: string[], checks: [string, string][], exit = 0): Promise<Checked> {
+  const script = checks.map(([name, cmd]) => `echo "@@ ${name}"; { ${cmd} ; } 2>&1; echo "@@ ${name} status $?"`).join("\n") + `\nexit ${exit}`;
+  const run = await world.moat(["run", "--vm", ...args, "--", "sh", "-c", script], 600000);
+  const out = new Map<string, string>();
+  for (const part of run.stdout.split(/^@@ /m).slice(1)) {
+    const nl = part.indexOf("\n");
+    const name = part.slice(0, nl);
+    if (!name.includes(" status ")) out.set(name, (out.get(name) ?? "") + part.slice(nl + 1));
+    else { const [n, , s] = name.split(" "); out.set(`${n}#status`, s!); }
+  }
+  return { run, out };
+}
+
+let vhost: Checked;
+let stream: Checked;
+
+before(async () => {
+  if (skip) return;
+  world = World.create();
+  world.startDnsServer();
+  await world.startServer("tcp-source", 9001);
+  await world.startServer("tcp-sink", 9002);
+  vhost = await vmScript(["--dns-nameserver", WORLD_IP4, "--dns-block", "blocked.test", "--deny-response", "reject", "--stats"], [
+    ["addr", "ip -4 addr show dev eth0; ip link show dev eth0; ip route; cat /etc/resolv.conf"],
+    ["ping", "ping -c 2 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
+    ["dns", "nslookup allowed.test"],
+    ["blocked", "nslookup blocked.test"],
+    ["download", `echo ${MIB64} | nc ${WORLD_IP4} 9001 | sha256sum`],
+    ["upload", `head -c ${MIB64} /dev/urandom > /tmp/up && sha256sum /tmp/up && nc ${WORLD_IP4} 9002 < /tmp/up; rm -f /tmp/up`],
+    ["private", `echo x | nc -w 3 ${HOSTS.private} 9001`],
+    ["metadata", `echo x | nc -w 3 ${HOSTS.metadata} 80`],
+    ["stdout", "echo to-stdout; echo to-stderr >&2"],
+  ], 3);
+  stream = await vmScript(["--vm-link", "stream", "--dns-nameserver", WORLD_IP4], [
+    ["ping", "ping -c 1 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
+    ["dns", "nslookup allowed.test"],
+    ["download", `echo ${8 << 20} | nc ${WORLD_IP4} 9001 | sha256sum`],
+  ]);
+});
+after(() => world?.teardown());
+
+const ok = (c: Checked, name: string) => {
+  assert.ok(c.out.has(name), `check ${name} did not run:\n${c.run.stdout}\n${c.run.stderr}`);
+  return c.out.get(name)!;
+};
+
+test("a VM boots, its exit status and output come back (vhost-user link)", { skip }, () => {
+  assert.equal(vhost.run.code, 3, vhost.run.stderr);
+  assert.match(vhost.run.stderr, /moat: VM up in [\d.]+ s \((kvm|tcg)/);
+  assert.match(ok(vhost, "stdout"), /to-stdout\nto-stderr/);
+});
+
+test("the guest takes its address, route, MTU and resolver by DHCP from the gateway", { skip }, () => {
+  const out = ok(vhost, "addr");
+  assert.match(out, /inet 172\.30\.\d+\.\d+\/30/);
+  assert.match(out, /mtu 65520/);
+  assert.match(out, /default via 172\.30\.\d+\.\d+ dev eth0/);
+  assert.match(out, /nameserver 172\.30\.\d+\.\d+/);
+});
+
+test("the guest pings the gateway", { skip }, () => {
+  assert.equal(vhost.out.get("ping#status"), "0", ok(vhost, "ping"));
+  assert.match(ok(vhost, "ping"), /2 packets received/);
+});
+
+test("names resolve through moat's DNS; a blocked name is refused", { skip }, () => {
+  assert.match(ok(vhost, "dns"), new RegExp(`Address: ${WORLD_IP4.replace(/\./g, "\\.")}`));
+  assert.notEqual(vhost.out.get("blocked#status"), "0");
+  assert.match(ok(vhost, "blocked"), /REFUSED|can't resolve|NXDOMAIN/i);
+  assert.doesNotMatch(ok(vhost, "blocked"), new RegExp(`Address: ${WORLD_IP4.replace(/\./g, "\\.")}`));
+});
+
+test("64 MiB each way arrive intact", { skip }, () => {
+  assert.match(ok(vhost, "download"), new RegExp(streamHash(MIB64)));
+  const up = ok(vhost, "upload");
+  const sent = /^([0-9a-f]{64}) {2}\/tmp\/up$/m.exec(up)?.[1];
+  assert.ok(sent, up);
+  assert.equal(up.match(new RegExp(sent!, "g"))?.length, 2, `the sink's hash must equal the guest's:\n${up}`);
+});
+
+test("public-only stops private and metadata addresses", { skip }, () => {
+  assert.notEqual(vhost.out.get("private#status"), "0", ok(vhost, "private"));
+  assert.notEqual(vhost.out.get("metadata#status"), "0", ok(vhost, "metadata"));
+  const stats = World.stats(vhost.run.stderr);
+  assert.ok((stats.DROP_POLICY ?? 0) >= 2, JSON.stringify(stats));
+});
+
+test("the stream link serves a VM too: ping, DNS, 8 MiB", { skip }, () => {
+  assert.equal(stream.run.code, 0, stream.run.stderr);
+  assert.equal(stream.out.get("ping#status"), "0", ok(stream, "ping"));
+  assert.match(ok(stream, "dns"), new RegExp(`Address: ${WORLD_IP4.replace(/\./g, "\\.")}`));
+  assert.match(ok(stream, "download"), new RegExp(streamHash(8 << 20)));
+});

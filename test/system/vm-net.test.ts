@@ -109,3 +109,53 @@ test("the stream link serves a VM too: ping, DNS, 8 MiB", { skip }, () => {
   assert.match(ok(stream, "dns"), new RegExp(`Address: ${WORLD_IP4.replace(/\./g, "\\.")}`));
   assert.match(ok(stream, "download"), new RegExp(streamHash(8 << 20)));
 });
+
+test("--net none: a VM with no NIC, whose commands still run", { skip }, async () => {
+  const r = await world.moat(["run", "--vm", "--net", "none", "--", "sh", "-c", "ls /sys/class/net; echo done"], 300000);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "lo\ndone\n");
+});
+
+test("moat serve --vhost-user: a QEMU the caller runs is served, and a second one after it (reconnect)", { skip }, async () => {
+  const { ensureVmImage } = await import("../../orchestrator/src/vm/image.js");
+  const { startVm } = await import("../../orchestrator/src/vm/qemu.js");
+  const { PassThrough } = await import("node:stream");
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const dir = mkdtempSync("/tmp/moat-embed-");
+  const sock = `${dir}/vm.sock`;
+  const serve = world.spawnMoat(["serve", "--vhost-user", sock, "--dns-nameserver", WORLD_IP4, "--stats"]);
+  let stderr = "";
+  serve.stderr!.on("data", (d) => { stderr += d; });
+  const exited = new Promise<number | null>((r) => serve.once("exit", (code) => r(code)));
+  try {
+    const start = Date.now();
+    while (!/serving vhost-user/.test(stderr) && Date.now() - start < 20000) await new Promise((r) => setTimeout(r, 50));
+    assert.match(stderr, /moat: serving vhost-user /, stderr);
+    const gw = /gateway (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
+    const image = await ensureVmImage({ onProgress: () => {} });
+    // The caller's own QEMU: its MAC is its choice (moat learns it), its memory a shared memfd.
+    const netdev = ["-chardev", `socket,id=c0,path=${sock}`, "-netdev", "vhost-user,id=n0,chardev=c0", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:aa:bb:01,vectors=0"];
+    for (const round of [1, 2]) {
+      const vm = await startVm({ image, netdev });
+      try {
+        await vm.ready;
+        let out = "";
+        const sink = new PassThrough();
+        sink.on("data", (d) => { out += d; });
+        const code = await vm.exec(["sh", "-c", `ping -c 1 -W 3 ${gw} >/dev/null && echo ping-ok; nslookup allowed.test; echo ${4 << 20} | nc ${WORLD_IP4} 9001 | sha256sum`], { stdout: sink, stderr: sink });
+        assert.equal(code, 0, out);
+        assert.match(out, /ping-ok/, `round ${round}: ${out}`);
+        assert.match(out, new RegExp(`Address: ${WORLD_IP4.replace(/\./g, "\\.")}`), `round ${round}: ${out}`);
+        assert.match(out, new RegExp(streamHash(4 << 20)), `round ${round}: ${out}`);
+      } finally {
+        await vm.kill();
+      }
+    }
+    serve.kill("SIGTERM");
+    assert.equal(await exited, 0, stderr);
+    assert.match(stderr, /"LINK_PEERS":2/, "two front-ends connected, one after the other");
+  } finally {
+    serve.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,7 +1,8 @@
 // addon.cc — the Node-API surface of native-vmm.
 //
 //   openTap(netnsPath, ifname) -> fd          create a TAP device inside a network namespace
-//   new Datapath(memoryU8, layout)            the data path of one engine (see datapath.cc)
+//   new Datapath(memoryU8)                    the data path of one engine (see datapath.cc); the
+//                                             memory's layout is layout.gen.h (gen-layout.mjs)
 //     .attachTap(fd) .attachStream(path) .attachVhostUser(path, mtu)
 //     .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
 //     .listen(id, proto, family, addr16, port) -> bound port | -errno   .unlisten(id)
@@ -18,35 +19,28 @@
 #include <memory>
 
 #include "datapath.h"
+#include "layout.gen.h"
 #include "tap.h"
 
 namespace {
 
 using moat::Datapath;
 using moat::Layout;
+namespace lay = moat::lay;
+namespace ctr = moat::ctr;
 
-uint32_t need(Napi::Env env, Napi::Object o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) {
-    Napi::TypeError::New(env, std::string("layout is missing numeric field ") + key).ThrowAsJavaScriptException();
-    return 0;
-  }
-  return v.As<Napi::Number>().Uint32Value();
-}
-
-void ringFrom(Napi::Env env, Napi::Object lay, moat::Ring& r, uint8_t* mem, const char* ctrl, const char* desc,
-              const char* buf, const char* slots) {
+void ringFrom(moat::Ring& r, uint8_t* mem, uint32_t ctrl, uint32_t desc, uint32_t buf, uint32_t slots) {
   r.mem = mem;
-  r.g.ctrl = need(env, lay, ctrl);
-  r.g.descBase = need(env, lay, desc);
-  r.g.bufBase = need(env, lay, buf);
-  r.g.slots = need(env, lay, slots);
-  r.headOff = need(env, lay, "RING_CTRL_HEAD");
-  r.tailOff = need(env, lay, "RING_CTRL_TAIL");
-  r.sleepOff = need(env, lay, "RING_CTRL_SLEEP");
-  r.pendingOff = need(env, lay, "RING_CTRL_PENDING_HEAD");
-  r.slotBytes = need(env, lay, "SLOT_BYTES");
-  r.descBytes = need(env, lay, "DESC_BYTES");
+  r.g.ctrl = ctrl;
+  r.g.descBase = desc;
+  r.g.bufBase = buf;
+  r.g.slots = slots;
+  r.headOff = lay::RING_CTRL_HEAD;
+  r.tailOff = lay::RING_CTRL_TAIL;
+  r.sleepOff = lay::RING_CTRL_SLEEP;
+  r.pendingOff = lay::RING_CTRL_PENDING_HEAD;
+  r.slotBytes = lay::SLOT_BYTES;
+  r.descBytes = lay::DESC_BYTES;
 }
 
 class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
@@ -67,83 +61,81 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
 
   DatapathWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DatapathWrap>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsObject()) {
-      Napi::TypeError::New(env, "new Datapath(memoryU8: Uint8Array, layout: object)").ThrowAsJavaScriptException();
+    if (info.Length() < 1 || !info[0].IsTypedArray()) {
+      Napi::TypeError::New(env, "new Datapath(memoryU8: Uint8Array)").ThrowAsJavaScriptException();
       return;
     }
     auto u8 = info[0].As<Napi::Uint8Array>();
     memRef_ = Napi::Persistent(info[0].As<Napi::Object>());
     uint8_t* mem = u8.Data();
-    Napi::Object lay = info[1].As<Napi::Object>();
     Layout L;
-    ringFrom(env, lay, L.rx, mem, "RX_CTRL", "RX_DESC_BASE", "RX_BUF_BASE", "RX_SLOTS");
-    ringFrom(env, lay, L.tx, mem, "TX_CTRL", "TX_DESC_BASE", "TX_BUF_BASE", "TX_SLOTS");
-    ringFrom(env, lay, L.in, mem, "IN_CTRL", "IN_DESC_BASE", "IN_BUF_BASE", "IN_SLOTS");
-    ringFrom(env, lay, L.ev, mem, "EV_CTRL", "EV_DESC_BASE", "IN_BUF_BASE", "EV_SLOTS");  // no buffers
-    L.opsBase = need(env, lay, "OPS_BASE");
-    L.opBytes = need(env, lay, "OP_BYTES");
-    L.opsCountOff = need(env, lay, "ST_OPS_COUNT");
-    L.opKind = need(env, lay, "OP_KIND");
-    L.opFlow = need(env, lay, "OP_FLOW");
-    L.opData = need(env, lay, "OP_DATA");
-    L.opLen = need(env, lay, "OP_LEN");
-    L.opFamily = need(env, lay, "OP_FAMILY");
-    L.opPort = need(env, lay, "OP_PORT");
-    L.opAddr = need(env, lay, "OP_ADDR");
-    L.opOrig = need(env, lay, "OP_ORIG");
-    L.cfgRedirectToken = need(env, lay, "CFG_REDIRECT_TOKEN");
-    L.preambleBytes = need(env, lay, "REDIRECT_PREAMBLE_BYTES");
-    L.origAdmitName = need(env, lay, "ORIG_ADMIT_NAME");
-    L.opkUdpOpen = need(env, lay, "OPK_UDP_OPEN");
-    L.opkUdpSend = need(env, lay, "OPK_UDP_SEND");
-    L.opkClose = need(env, lay, "OPK_CLOSE");
-    L.opkIcmpOpen = need(env, lay, "OPK_ICMP_OPEN");
-    L.opkTcpConnect = need(env, lay, "OPK_TCP_CONNECT");
-    L.opkTcpSend = need(env, lay, "OPK_TCP_SEND");
-    L.opkTcpCredit = need(env, lay, "OPK_TCP_CREDIT");
-    L.opkTcpAcked = need(env, lay, "OPK_TCP_ACKED");
-    L.opkTcpRewind = need(env, lay, "OPK_TCP_REWIND");
-    L.opkTcpShutdown = need(env, lay, "OPK_TCP_SHUTDOWN");
-    L.opkTcpAbort = need(env, lay, "OPK_TCP_ABORT");
-    L.opkAccept = need(env, lay, "OPK_ACCEPT");
-    L.opkRefuse = need(env, lay, "OPK_REFUSE");
-    L.inkAccept = need(env, lay, "INK_ACCEPT");
-    L.accFamily = need(env, lay, "ACC_FAMILY");
-    L.accProto = need(env, lay, "ACC_PROTO");
-    L.accPort = need(env, lay, "ACC_PORT");
-    L.accAddr = need(env, lay, "ACC_ADDR");
-    L.accBytes = need(env, lay, "ACC_BYTES");
-    L.pubMax = need(env, lay, "PUB_MAX");
-    L.descLen = need(env, lay, "DESC_LEN");
-    L.descFlags = need(env, lay, "DESC_FLAGS");
-    L.descToken = need(env, lay, "DESC_TOKEN");
-    L.descAux = need(env, lay, "DESC_AUX");
-    L.inkUdpData = need(env, lay, "INK_UDP_DATA");
-    L.inkFlowError = need(env, lay, "INK_FLOW_ERROR");
-    L.inkOpenFailed = need(env, lay, "INK_OPEN_FAILED");
-    L.inkTcpConnected = need(env, lay, "INK_TCP_CONNECTED");
-    L.inkTcpData = need(env, lay, "INK_TCP_DATA");
-    L.inkTcpSent = need(env, lay, "INK_TCP_SENT");
-    L.inkTcpEof = need(env, lay, "INK_TCP_EOF");
-    L.inkTcpReset = need(env, lay, "INK_TCP_RESET");
-    L.inkTcpShutDone = need(env, lay, "INK_TCP_SHUT_DONE");
-    L.inkTcpWritable = need(env, lay, "INK_TCP_WRITABLE");
-    L.inkPartial = need(env, lay, "INK_PARTIAL");
-    L.inkEpochShift = need(env, lay, "INK_EPOCH_SHIFT");
-    L.countersBase = need(env, lay, "COUNTERS_BASE");
-    L.cHostSendErrors = need(env, lay, "HOST_SEND_ERRORS");
-    L.cHostOpenErrors = need(env, lay, "HOST_OPEN_ERRORS");
-    L.cLinkRxErrors = need(env, lay, "LINK_RX_ERRORS");
-    L.cLinkTxErrors = need(env, lay, "LINK_TX_ERRORS");
-    L.cLinkMalformed = need(env, lay, "LINK_MALFORMED");
-    L.cLinkPeers = need(env, lay, "LINK_PEERS");
-    L.cTcpShortWrites = need(env, lay, "TCP_SHORT_WRITES");
-    L.flowCapacity = need(env, lay, "FLOW_CAPACITY");
-    L.slotBytes = need(env, lay, "SLOT_BYTES");
+    ringFrom(L.rx, mem, lay::RX_CTRL, lay::RX_DESC_BASE, lay::RX_BUF_BASE, lay::RX_SLOTS);
+    ringFrom(L.tx, mem, lay::TX_CTRL, lay::TX_DESC_BASE, lay::TX_BUF_BASE, lay::TX_SLOTS);
+    ringFrom(L.in, mem, lay::IN_CTRL, lay::IN_DESC_BASE, lay::IN_BUF_BASE, lay::IN_SLOTS);
+    ringFrom(L.ev, mem, lay::EV_CTRL, lay::EV_DESC_BASE, lay::IN_BUF_BASE, lay::EV_SLOTS);  // no buffers
+    L.opsBase = lay::OPS_BASE;
+    L.opBytes = lay::OP_BYTES;
+    L.opsCountOff = lay::ST_OPS_COUNT;
+    L.opKind = lay::OP_KIND;
+    L.opFlow = lay::OP_FLOW;
+    L.opData = lay::OP_DATA;
+    L.opLen = lay::OP_LEN;
+    L.opFamily = lay::OP_FAMILY;
+    L.opPort = lay::OP_PORT;
+    L.opAddr = lay::OP_ADDR;
+    L.opOrig = lay::OP_ORIG;
+    L.cfgRedirectToken = lay::CFG_REDIRECT_TOKEN;
+    L.preambleBytes = lay::REDIRECT_PREAMBLE_BYTES;
+    L.origAdmitName = lay::ORIG_ADMIT_NAME;
+    L.opkUdpOpen = lay::OPK_UDP_OPEN;
+    L.opkUdpSend = lay::OPK_UDP_SEND;
+    L.opkClose = lay::OPK_CLOSE;
+    L.opkIcmpOpen = lay::OPK_ICMP_OPEN;
+    L.opkTcpConnect = lay::OPK_TCP_CONNECT;
+    L.opkTcpSend = lay::OPK_TCP_SEND;
+    L.opkTcpCredit = lay::OPK_TCP_CREDIT;
+    L.opkTcpAcked = lay::OPK_TCP_ACKED;
+    L.opkTcpRewind = lay::OPK_TCP_REWIND;
+    L.opkTcpShutdown = lay::OPK_TCP_SHUTDOWN;
+    L.opkTcpAbort = lay::OPK_TCP_ABORT;
+    L.opkAccept = lay::OPK_ACCEPT;
+    L.opkRefuse = lay::OPK_REFUSE;
+    L.inkAccept = lay::INK_ACCEPT;
+    L.accFamily = lay::ACC_FAMILY;
+    L.accProto = lay::ACC_PROTO;
+    L.accPort = lay::ACC_PORT;
+    L.accAddr = lay::ACC_ADDR;
+    L.accBytes = lay::ACC_BYTES;
+    L.pubMax = lay::PUB_MAX;
+    L.descLen = lay::DESC_LEN;
+    L.descFlags = lay::DESC_FLAGS;
+    L.descToken = lay::DESC_TOKEN;
+    L.descAux = lay::DESC_AUX;
+    L.inkUdpData = lay::INK_UDP_DATA;
+    L.inkFlowError = lay::INK_FLOW_ERROR;
+    L.inkOpenFailed = lay::INK_OPEN_FAILED;
+    L.inkTcpConnected = lay::INK_TCP_CONNECTED;
+    L.inkTcpData = lay::INK_TCP_DATA;
+    L.inkTcpSent = lay::INK_TCP_SENT;
+    L.inkTcpEof = lay::INK_TCP_EOF;
+    L.inkTcpReset = lay::INK_TCP_RESET;
+    L.inkTcpShutDone = lay::INK_TCP_SHUT_DONE;
+    L.inkTcpWritable = lay::INK_TCP_WRITABLE;
+    L.inkPartial = lay::INK_PARTIAL;
+    L.inkEpochShift = lay::INK_EPOCH_SHIFT;
+    L.countersBase = lay::COUNTERS_BASE;
+    L.cHostSendErrors = ctr::HOST_SEND_ERRORS;
+    L.cHostOpenErrors = ctr::HOST_OPEN_ERRORS;
+    L.cLinkRxErrors = ctr::LINK_RX_ERRORS;
+    L.cLinkTxErrors = ctr::LINK_TX_ERRORS;
+    L.cLinkMalformed = ctr::LINK_MALFORMED;
+    L.cLinkPeers = ctr::LINK_PEERS;
+    L.cTcpShortWrites = ctr::TCP_SHORT_WRITES;
+    L.flowCapacity = lay::FLOW_CAPACITY;
+    L.slotBytes = lay::SLOT_BYTES;
     L.memoryBytes = static_cast<uint32_t>(u8.ByteLength());
-    if (env.IsExceptionPending()) return;
     if (static_cast<uint64_t>(L.in.g.bufBase) + static_cast<uint64_t>(L.in.g.slots) * L.slotBytes > L.memoryBytes) {
-      Napi::RangeError::New(env, "layout does not fit the memory given").ThrowAsJavaScriptException();
+      Napi::RangeError::New(env, "the memory given is smaller than layout.gen.h says (a stale native build? npm run build:native)").ThrowAsJavaScriptException();
       return;
     }
     dp_ = std::make_unique<Datapath>(mem, L);

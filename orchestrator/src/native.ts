@@ -20,7 +20,7 @@ export interface NativeDatapath {
 
 export interface NativeModule {
   openTap(netnsPath: string, ifname: string): number;
-  Datapath: new (memory: Uint8Array, layout: Record<string, number>) => NativeDatapath;
+  Datapath: new (memory: Uint8Array) => NativeDatapath;
 }
 
 let cached: NativeModule | undefined;

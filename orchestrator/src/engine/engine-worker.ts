@@ -19,7 +19,7 @@ import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { instantiateEngine } from "./engine-module.js";
 import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-config.js";
-import { nativeLayout, layout } from "./layout.js";
+import { layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
@@ -102,7 +102,7 @@ const engine = instantiateEngine(data.memory);
 const mem = new Uint8Array(data.memory.buffer);
 writeEngineConfig(mem, data.config);
 engine.engineInit();
-const datapath = new native.Datapath(mem, nativeLayout());
+const datapath = new native.Datapath(mem);
 
 const auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
 let auditSeen = Atomics.load(auditTail, 0);

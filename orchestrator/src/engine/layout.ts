@@ -1,14 +1,11 @@
 // The engine's shared-memory layout and counter indexes, read from the same source files the
-// AssemblyScript engine is compiled from (engine-wasm/assembly/layout.ts, counters.ts).
+// AssemblyScript engine is compiled from (engine-wasm/assembly/layout.ts, counters.ts); native-vmm
+// compiles a header generated from them (native-vmm/gen-layout.mjs -> src/layout.gen.h).
 import * as layout from "../../../engine-wasm/assembly/layout.js";
 import * as counterIndex from "../../../engine-wasm/assembly/counters.js";
 
 export { layout, counterIndex };
 
-/** Everything native-vmm needs to know about the memory, by name (layout + counter indexes). */
-export function nativeLayout(): Record<string, number> {
-  return { ...layout, ...counterIndex };
-}
 
 /** Counter names in index order (COUNTER_COUNT excluded). */
 export const counterNames: ReadonlyArray<readonly [string, number]> = Object.entries(counterIndex)

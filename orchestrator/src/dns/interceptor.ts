@@ -35,10 +35,10 @@
 // canonical name (wire.ts), case-insensitive.
 import ipaddr from "ipaddr.js";
 import { carriedIPv4 } from "../policy/groups.js";
-import dnsPacket, { type Answer, type Packet } from "dns-packet";
+import dnsPacket from "dns-packet";
 import { ConfigError } from "../errors.js";
 import { UpstreamResolver } from "./upstream.js";
-import { HEADER_BYTES, RCODE, TYPE, displayName, localAnswer, readHeader, readQuestion, truncatedAnswer, withId, type QuestionInfo } from "./wire.js";
+import { RCODE, TYPE, displayName, localAnswer, readHeader, readQuestion, scanAnswer, truncatedAnswer, withId, type QuestionInfo, type ScannedRecord } from "./wire.js";
 
 export interface DnsSettings {
   /** Exact names to block: lower case, no final dot. */
@@ -181,18 +181,12 @@ export class DnsInterceptor {
     const formerr = (detail: string): DnsOutcome => ({ answer: localAnswer(query, null, RCODE.FORMERR), pins: [], event: { kind: "formerr", detail } });
     if (h.qdcount !== 1) return formerr(`${h.qdcount} questions (exactly one is supported)`);
     let q: QuestionInfo;
-    let qname: string; // as dns-packet spells it, to compare with the answer's records
-    let opts: Answer[] = [];
+    let opts: ScannedRecord[] = []; // OPT records (EDNS): the class is the guest's UDP payload size
     try {
       q = readQuestion(query);
-      if (h.ancount === 0 && h.nscount === 0 && h.arcount === 0 && q.end === query.length) {
-        // A plain query: nothing more to decode. The canonical name is dns-packet's spelling
-        // unless it holds escapes (or is the root): then ask dns-packet.
-        qname = q.name === "" || q.name.includes("\\") ? dnsPacket.name.decode(query, HEADER_BYTES).toLowerCase() : q.name;
-      } else {
-        const decoded: Packet = dnsPacket.decode(query);
-        qname = (decoded.questions![0]!.name ?? "").toLowerCase();
-        opts = (decoded.additionals ?? []).filter((r) => r.type === "OPT");
+      // A plain query (one question, nothing else) needs nothing more read.
+      if (h.ancount !== 0 || h.nscount !== 0 || h.arcount !== 0 || q.end !== query.length) {
+        opts = scanAnswer(query).records.filter((r) => r.type === TYPE.OPT);
       }
     } catch (e) {
       return formerr(`undecodable query: ${(e as Error).message}`);
@@ -233,28 +227,29 @@ export class DnsInterceptor {
     } finally {
       this.inFlight--;
     }
-    let answer: Packet;
+    let scan: ReturnType<typeof scanAnswer>;
     try {
-      answer = dnsPacket.decode(raw);
+      scan = scanAnswer(raw);
     } catch (e) {
       return refuse("upstream-failed", `undecodable answer: ${(e as Error).message}`, RCODE.SERVFAIL);
     }
 
-    // 6. What the answer says.
-    const records = answer.answers ?? [];
-    const chain = cnameChain(qname, records);
+    // 6. What the answer says (names in canonical text throughout: wire.ts).
+    const records = scan.records.filter((r) => r.section === 1);
+    const chain = cnameChain(name, records);
     for (const target of chain) {
-      if (target === qname) continue;
+      if (target === name) continue;
       const via = this.blockedBecause(target);
-      if (via) return refuse("blocked", `CNAME to ${target} (${via})`, blockedRcode);
+      if (via) return refuse("blocked", `CNAME to ${displayName(target)} (${via})`, blockedRcode);
     }
     if (this.settings.rebindProtection) {
-      for (const rr of [...records, ...(answer.additionals ?? [])]) {
+      for (const rr of scan.records) {
+        if (rr.section === 2) continue; // authority: names of servers, not answers
         const ip = addressOf(rr);
         if (ip === null) continue;
         for (const form of [ip, ip.includes(":") ? embeddedIPv4(ip) : null]) {
           const cls = form === null ? null : this.hooks.classify(form);
-          if (cls !== null && REBIND_CLASSES.has(cls)) return refuse("rebinding", `${rr.name} is ${ip} (${cls})`);
+          if (cls !== null && REBIND_CLASSES.has(cls)) return refuse("rebinding", `${displayName(rr.name)} is ${ip} (${cls})`);
         }
       }
     }
@@ -262,10 +257,11 @@ export class DnsInterceptor {
     // 7. Fit it to the guest.
     const final = withId(raw, h.id);
     if (ctx.protocol === "udp") {
-      let limit = opts.length ? clampUdp(opts[0]!.udpPayloadSize ?? 512) : 512;
+      let limit = opts.length ? clampUdp(opts[0]!.klass) : 512;
       if (ctx.maxUdpSize !== undefined) limit = Math.min(limit, Math.max(512, ctx.maxUdpSize));
       if (final.length > limit) {
-        const opt = (answer.additionals ?? []).find((r) => r.type === "OPT");
+        // Rare: the OPT record is taken from a full decode.
+        const opt = (dnsPacket.decode(raw).additionals ?? []).find((r) => r.type === "OPT");
         const optBytes = opts.length && opt ? dnsPacket.answer.encode({ ...opt, options: [] }) : null;
         return { answer: truncatedAnswer(query, q, final, optBytes), pins: [] };
       }
@@ -274,7 +270,7 @@ export class DnsInterceptor {
     // 8. Pins: only from the sandbox's own upstreams. An answer from a resolver the guest chose
     // is delivered (judged above like any other) but pins nothing: otherwise any resolver the
     // policy lets the guest reach could point an allowed name at any address it likes.
-    const pins = answer.rcode === "NOERROR" && ctx.toGateway ? this.pinsFor(name, chain, records) : [];
+    const pins = scan.rcode === RCODE.NOERROR && ctx.toGateway ? this.pinsFor(name, chain, records) : [];
     return { answer: final, pins };
   }
 
@@ -301,7 +297,7 @@ export class DnsInterceptor {
   private denySeen: { domains: string[]; suffixes: string[] } | undefined;
   private denyCache: { domains: [string, string][]; suffixes: string[] } = { domains: [], suffixes: [] };
 
-  private pinsFor(name: string, chain: ReadonlySet<string>, records: readonly Answer[]): DnsPin[] {
+  private pinsFor(name: string, chain: ReadonlySet<string>, records: readonly ScannedRecord[]): DnsPin[] {
     const keys = this.hooks.nameIds();
     const ids: number[] = [];
     keys.forEach((k, i) => {
@@ -311,23 +307,22 @@ export class DnsInterceptor {
     const ttl = new Map<string, number>();
     for (const rr of records) {
       const ip = addressOf(rr);
-      if (ip === null || !chain.has(rr.name.toLowerCase())) continue;
+      if (ip === null || !chain.has(rr.name)) continue;
       ttl.set(ip, Math.max(ttl.get(ip) ?? 0, rr.ttl ?? 0));
     }
     return [...ttl].map(([ip, t]) => ({ ip, name, nameIds: [...ids], ttlSec: Math.max(1, t) }));
   }
 }
 
-/** The names reachable from `qname` through CNAME records (qname included), lower case. */
-function cnameChain(qname: string, records: readonly Answer[]): Set<string> {
+/** The names reachable from `qname` through CNAME records (qname included), canonical. */
+function cnameChain(qname: string, records: readonly ScannedRecord[]): Set<string> {
   const chain = new Set([qname]);
   for (let hop = 0; hop < MAX_CNAME_HOPS; hop++) {
     let grew = false;
     for (const rr of records) {
-      if (rr.type !== "CNAME" || typeof rr.data !== "string" || !chain.has(rr.name.toLowerCase())) continue;
-      const target = rr.data.toLowerCase().replace(/\.$/, "");
-      if (!chain.has(target)) {
-        chain.add(target);
+      if (rr.type !== TYPE.CNAME || rr.data === null || !chain.has(rr.name)) continue;
+      if (!chain.has(rr.data)) {
+        chain.add(rr.data);
         grew = true;
       }
     }
@@ -336,15 +331,9 @@ function cnameChain(qname: string, records: readonly Answer[]): Set<string> {
   return chain;
 }
 
-/** The address of an IN A/AAAA record, in ipaddr.js's canonical text; else null. */
-function addressOf(rr: Answer): string | null {
-  if ((rr.type !== "A" && rr.type !== "AAAA") || (rr.class !== undefined && rr.class !== "IN") || typeof rr.data !== "string") return null;
-  if (rr.type === "A") return rr.data; // dns-packet writes A data as a plain dotted quad already
-  try {
-    return ipaddr.parse(rr.data).toString();
-  } catch {
-    return null;
-  }
+/** The address of an IN A/AAAA record (dotted quad, RFC 5952 IPv6); else null. */
+function addressOf(rr: ScannedRecord): string | null {
+  return (rr.type === TYPE.A || rr.type === TYPE.AAAA) && rr.klass === 1 ? rr.data : null;
 }
 
 /**

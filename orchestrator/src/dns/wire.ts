@@ -63,14 +63,14 @@ export interface QuestionInfo {
 }
 
 /**
- * Read the question at `offset` (12 for the first). Throws on anything malformed. Compression
- * pointers must point backwards to a name start after the header and before this name: a query's
- * first question can hold none, and no pointer can loop.
+ * Read the name at `offset` into canonical text; returns it and where the message continues after
+ * it. Throws on anything malformed. Compression pointers must point backwards, after the header
+ * and strictly before the label that points (so no pointer can loop), as every server writes them.
  */
-export function readQuestion(msg: Buffer, offset = HEADER_BYTES): QuestionInfo {
-  const labels: string[] = [];
+export function readName(msg: Buffer, offset: number): { name: string; end: number } {
+  let name = "";
   let pos = offset;
-  let end = -1; // where the question continues after the name (set at the first pointer)
+  let end = -1; // where the message continues after the name (set at the first pointer)
   let limit = offset; // pointers must land strictly before this
   let wire = 1;
   for (;;) {
@@ -93,15 +93,95 @@ export function readQuestion(msg: Buffer, offset = HEADER_BYTES): QuestionInfo {
     if (pos + 1 + len > msg.length) throw new Error("label runs past the end of the message");
     wire += len + 1;
     if (wire > 255) throw new Error("name longer than 255 bytes");
-    labels.push(labelText(msg, pos + 1, pos + 1 + len));
+    const label = labelText(msg, pos + 1, pos + 1 + len);
+    name = name === "" ? label : `${name}.${label}`;
     pos += 1 + len;
   }
-  if (end < 0) end = pos;
+  return { name, end: end < 0 ? pos : end };
+}
+
+/**
+ * Read the question at `offset` (12 for the first). Throws on anything malformed. Compression
+ * pointers must point backwards to a name start after the header and before this name: a query's
+ * first question can hold none, and no pointer can loop.
+ */
+export function readQuestion(msg: Buffer, offset = HEADER_BYTES): QuestionInfo {
+  const { name, end } = readName(msg, offset);
   if (end + 4 > msg.length) throw new Error("question runs past the end of the message");
-  return { name: labels.join("."), type: msg.readUInt16BE(end), klass: msg.readUInt16BE(end + 2), start: offset, end: end + 4 };
+  return { name, type: msg.readUInt16BE(end), klass: msg.readUInt16BE(end + 2), start: offset, end: end + 4 };
+}
+
+/** A record of an answer, as the interceptor judges it. */
+export interface ScannedRecord {
+  /** 1 answer, 2 authority, 3 additional. */
+  section: 1 | 2 | 3;
+  name: string;
+  type: number;
+  klass: number;
+  ttl: number;
+  /** A/AAAA: the address (dotted quad; IPv6 in RFC 5952 text); CNAME: the target's canonical name; else null. */
+  data: string | null;
+}
+
+/**
+ * The records of a DNS message, read without decoding what the interceptor never looks at (every
+ * name in canonical text, addresses and CNAME targets only). Throws on anything malformed: a
+ * message that does not parse is not passed to the guest.
+ */
+export function scanAnswer(msg: Buffer): { rcode: number; records: ScannedRecord[] } {
+  const h = readHeader(msg);
+  if (!h) throw new Error("shorter than a DNS header");
+  let pos = HEADER_BYTES;
+  for (let i = 0; i < h.qdcount; i++) pos = readQuestion(msg, pos).end;
+  const records: ScannedRecord[] = [];
+  const counts = [h.ancount, h.nscount, h.arcount];
+  for (let sec = 0; sec < 3; sec++) {
+    for (let i = 0; i < counts[sec]!; i++) {
+      const n = readName(msg, pos);
+      pos = n.end;
+      if (pos + 10 > msg.length) throw new Error("record runs past the end of the message");
+      const type = msg.readUInt16BE(pos);
+      const klass = msg.readUInt16BE(pos + 2);
+      const ttl = msg.readUInt32BE(pos + 4);
+      const rdlen = msg.readUInt16BE(pos + 8);
+      const rd = pos + 10;
+      if (rd + rdlen > msg.length) throw new Error("record data runs past the end of the message");
+      let data: string | null = null;
+      if (type === TYPE.A && rdlen === 4) data = `${msg[rd]}.${msg[rd + 1]}.${msg[rd + 2]}.${msg[rd + 3]}`;
+      else if (type === TYPE.AAAA && rdlen === 16) data = ipv6Text(msg, rd);
+      else if (type === TYPE.CNAME) data = readName(msg, rd).name;
+      else if (type === TYPE.A || type === TYPE.AAAA) throw new Error(`an address record of ${rdlen} bytes`);
+      records.push({ section: (sec + 1) as 1 | 2 | 3, name: n.name, type, klass, ttl, data });
+      pos = rd + rdlen;
+    }
+  }
+  return { rcode: h.rcode, records };
+}
+
+/** RFC 5952 text of the 16 bytes at `at` (the longest run of two or more zero groups as "::"). */
+function ipv6Text(msg: Buffer, at: number): string {
+  const g: number[] = [];
+  for (let i = 0; i < 8; i++) g.push(msg.readUInt16BE(at + 2 * i));
+  let best = -1, bestLen = 1;
+  for (let i = 0; i < 8;) {
+    if (g[i] !== 0) { i++; continue; }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) { best = i; bestLen = j - i; }
+    i = j;
+  }
+  const hex = (from: number, to: number) => g.slice(from, to).map((x) => x.toString(16)).join(":");
+  return best < 0 ? hex(0, 8) : `${hex(0, best)}::${hex(best + bestLen, 8)}`;
 }
 
 function labelText(msg: Buffer, from: number, to: number): string {
+  // Almost every label is plain ASCII without "." or "\": one slice, lower-cased.
+  let plain = true;
+  for (let i = from; i < to; i++) {
+    const c = msg[i]!;
+    if (c <= 0x20 || c >= 0x7f || c === 0x2e || c === 0x5c) { plain = false; break; }
+  }
+  if (plain) return msg.toString("latin1", from, to).toLowerCase();
   let s = "";
   for (let i = from; i < to; i++) {
     let c = msg[i]!;

@@ -20,6 +20,8 @@ export { ViolationAction, type SecretSpec } from "./secrets/secrets.js";
 export type { SecretViolationEvent } from "./gateway/gateway.js";
 export { Gateway, type GatewayOptions, type GatewayGuest } from "./gateway/gateway.js";
 export { GuestSandbox } from "./sandbox/sandbox.js";
+export { VmSandbox, type VmSandboxOptions, type VmOptions, type VmRunOptions, type VmLinkKind } from "./vm/vm-sandbox.js";
+export { serveGateway, type ServedGateway } from "./gateway/serve.js";
 export type { DnsOptions } from "./gateway/gateway.js";
 export { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "./sandbox/ports.js";
 export {

@@ -8,6 +8,7 @@
 // Every builder call only records a value; validation happens in create(), which reports the
 // first problem as a ConfigError.
 import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./netns-sandbox.js";
+import { VmSandbox, type VmOptions } from "../vm/vm-sandbox.js";
 import type { PortSpec } from "./ports.js";
 import type { Action } from "../policy/model.js";
 
@@ -75,10 +76,19 @@ export class NetworkBuilder {
   dnsRebindProtection(enabled: boolean): this { this.options.dns = { ...this.options.dns, rebindProtection: enabled }; return this; }
 }
 
-export class SandboxBuilder {
+export class SandboxBuilder<S extends NetnsSandbox | VmSandbox = NetnsSandbox> {
   private readonly net = new NetworkBuilder();
   private readonly ports: PortSpec[] = [];
+  private vmOptions: VmOptions | undefined;
   constructor(private readonly name: string) {}
+  /**
+   * Run the guest in a QEMU microVM instead of a network namespace:
+   * `.vm({ memoryMiB: 512, cpus: 2, link: "vhost-user" })`; `await sandbox.run(argv, { stdout, stderr })`.
+   */
+  vm(options: VmOptions = {}): SandboxBuilder<VmSandbox> {
+    this.vmOptions = { ...options };
+    return this as unknown as SandboxBuilder<VmSandbox>;
+  }
   /** Publish guest TCP port `guest` on 127.0.0.1:`host` (the reference's SandboxBuilder::port). */
   port(host: number, guest: number): this { this.ports.push({ host, guest, protocol: "tcp" }); return this; }
   /** Publish guest UDP port `guest` on 127.0.0.1:`host` (the reference's port_udp). */
@@ -89,9 +99,10 @@ export class SandboxBuilder {
     configure(this.net);
     return this;
   }
-  /** Create the sandbox (a network namespace served by a moat engine). */
-  create(): Promise<NetnsSandbox> {
-    return NetnsSandbox.create({ ...this.net.options, ports: [...(this.net.options.ports ?? []), ...this.ports], name: this.name });
+  /** Create the sandbox (a network namespace, or with vm() a microVM, served by a moat gateway). */
+  create(): Promise<S> {
+    const options = { ...this.net.options, ports: [...(this.net.options.ports ?? []), ...this.ports], name: this.name };
+    return (this.vmOptions ? VmSandbox.create({ ...options, vm: this.vmOptions }) : NetnsSandbox.create(options)) as Promise<S>;
   }
 }
 

@@ -112,6 +112,9 @@ function serve(): void {
   for (let round = 0; round < MAX_ROUNDS_PER_WAKEUP; round++) {
     const got = datapath.pump();
     const done = engine.engineRun(now);
+    // Guest DNS goes upstream before anything else is written: a query's latency is the
+    // gateway's whole contribution to a lookup.
+    if (round === 0) drainDnsQueries();
     const wrote = datapath.flush();
     if (got === 0 && done === 0 && wrote === 0) break;
   }
@@ -188,7 +191,10 @@ async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
       datapath.flush(); // the TX ring was full: drain it to the link and try once more
       engine.dnsAnswer();
     }
-    flushSoon();
+    // Other answers due soon go out with this one, after the loop's turn; the last one in flight
+    // (a lone lookup) goes at once.
+    if (dnsOutstanding === 0) datapath.flush();
+    else flushSoon();
   }
   if (out?.event) data.dnsPort.postMessage({ event: out.event } satisfies DnsEventMessage);
   drainDnsQueries(); // room again: queries may be waiting in the ring

@@ -14,13 +14,14 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable, type Writable } from "node:stream";
+import { PassThrough, Readable, type Writable } from "node:stream";
 import { addressesFor, leaseSlot, type SandboxAddresses } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { GuestSandbox } from "../sandbox/sandbox.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
 import { startVm, type Vm, type VmAccel } from "./qemu.js";
+import { VmError } from "./vm-error.js";
 
 export type VmLinkKind = "vhost-user" | "stream";
 
@@ -118,11 +119,12 @@ export class VmSandbox extends GuestSandbox {
 
   /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
   private async installTrust(pem: string): Promise<void> {
-    const sink = new (await import("node:stream")).PassThrough();
-    sink.resume();
+    const sink = new PassThrough();
+    let said = "";
+    sink.on("data", (d: Buffer) => { said += d.toString(); });
     const code = await this.vm!.exec(["sh", "-c", `mkdir -p /etc/ssl/certs && cat > ${GUEST_BUNDLE} && cp ${GUEST_BUNDLE} /etc/ssl/certs/moat-interception-ca.pem`],
       { stdin: Readable.from([pem]), stdout: sink, stderr: sink });
-    if (code !== 0) throw new ConfigError(`could not install moat's CA in the VM (status ${code})`);
+    if (code !== 0) throw new VmError(`could not install moat's CA in the VM (status ${code}): ${said.trim()}`);
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */

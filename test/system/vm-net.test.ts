@@ -38,7 +38,9 @@ before(async () => {
   world.startDnsServer();
   await world.startServer("tcp-source", 9001);
   await world.startServer("tcp-sink", 9002);
-  vhost = await vmScript(["--dns-nameserver", WORLD_IP4, "--dns-block", "blocked.test", "--deny-response", "reject", "--stats"], [
+  process.env.MOAT_VM_TEST_TOKEN = "vm-test-secret-value-0123456789";
+  vhost = await vmScript(["--dns-nameserver", WORLD_IP4, "--dns-block", "blocked.test", "--deny-response", "reject", "--stats",
+    "--tls-intercept", "--secret", "MOAT_VM_TEST_TOKEN@api.test"], [
     ["addr", "ip -4 addr show dev eth0; ip link show dev eth0; ip route; cat /etc/resolv.conf"],
     ["ping", "ping -c 2 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
     ["dns", "nslookup allowed.test"],
@@ -48,6 +50,8 @@ before(async () => {
     ["private", `echo x | nc -w 3 ${HOSTS.private} 9001`],
     ["metadata", `echo x | nc -w 3 ${HOSTS.metadata} 80`],
     ["stdout", "echo to-stdout; echo to-stderr >&2"],
+    ["trust", "head -1 /etc/ssl/certs/ca-certificates.crt; echo SSL_CERT_FILE=$SSL_CERT_FILE"],
+    ["secret", "echo TOKEN=$MOAT_VM_TEST_TOKEN; env | grep -c vm-test-secret-value"],
   ], 3);
   stream = await vmScript(["--vm-link", "stream", "--dns-nameserver", WORLD_IP4], [
     ["ping", "ping -c 1 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
@@ -101,6 +105,11 @@ test("public-only stops private and metadata addresses", { skip }, () => {
   assert.notEqual(vhost.out.get("metadata#status"), "0", ok(vhost, "metadata"));
   const stats = World.stats(vhost.run.stderr);
   assert.ok((stats.DROP_POLICY ?? 0) >= 2, JSON.stringify(stats));
+});
+
+test("TLS interception and secrets work in a VM: the guest trusts moat's CA, the command sees a placeholder", { skip }, () => {
+  assert.match(ok(vhost, "trust"), /-----BEGIN CERTIFICATE-----\nSSL_CERT_FILE=\/etc\/ssl\/certs\/ca-certificates\.crt/);
+  assert.match(ok(vhost, "secret"), /TOKEN=moat-ph-[A-Za-z0-9]+\n0\n/, "the value is nowhere in the guest's environment");
 });
 
 test("the stream link serves a VM too: ping, DNS, 8 MiB", { skip }, () => {

@@ -38,7 +38,7 @@ import { carriedIPv4 } from "../policy/groups.js";
 import dnsPacket from "dns-packet";
 import { ConfigError } from "../errors.js";
 import { UpstreamResolver } from "./upstream.js";
-import { RCODE, TYPE, displayName, localAnswer, readHeader, readQuestion, scanAnswer, truncatedAnswer, withId, type QuestionInfo, type ScannedRecord } from "./wire.js";
+import { RCODE, TYPE, displayName, localAnswer, readHeader, readQuestion, scanAnswer, truncatedAnswer, type QuestionInfo, type ScannedRecord } from "./wire.js";
 
 export interface DnsSettings {
   /** Exact names to block: lower case, no final dot. */
@@ -255,7 +255,7 @@ export class DnsInterceptor {
     }
 
     // 7. Fit it to the guest.
-    const final = withId(raw, h.id);
+    const final = raw; // the upstream resolver gives it back under the guest's ID
     if (ctx.protocol === "udp") {
       let limit = opts.length ? clampUdp(opts[0]!.klass) : 512;
       if (ctx.maxUdpSize !== undefined) limit = Math.min(limit, Math.max(512, ctx.maxUdpSize));

@@ -267,12 +267,15 @@ function reason(e: unknown): string {
 }
 
 /** Is `m` the answer to the query sent under `id` with `question`? */
-function isAnswerTo(m: Buffer, id: number, question: QuestionInfo | null): boolean {
+function isAnswerTo(m: Buffer, id: number, question: QuestionInfo | null, sent?: Buffer): boolean {
   if (m.length > MAX_MESSAGE) return false;
   const h = readHeader(m);
   if (!h || h.id !== id || !h.qr || h.opcode !== 0) return false;
   if (h.qdcount === 0) return question === null || h.rcode !== 0; // an error answer may omit the question
   if (question === null || h.qdcount !== 1) return false;
+  // Servers echo the question byte for byte: equal bytes need no reading (other case, or a
+  // compressed name, is read and compared below).
+  if (sent && m.length >= question.end && m.compare(sent, question.start, question.end, question.start, question.end) === 0) return true;
   try {
     const q = readQuestion(m);
     return q.name === question.name && q.type === question.type && q.klass === question.klass;
@@ -287,7 +290,7 @@ const POOL_SIZE = 8;
 const MAX_USES = 128;
 const IDLE_CLOSE_MS = 10_000;
 
-interface Pending { question: QuestionInfo | null; deadline: number; timeoutMs: number; done: (err: Error | null, answer?: Buffer) => void }
+interface Pending { question: QuestionInfo | null; sent: Buffer; deadline: number; timeoutMs: number; done: (err: Error | null, answer?: Buffer) => void }
 
 // Random 16-bit numbers (query IDs, socket picks) drawn from a buffer refilled from the CSPRNG:
 // a call into node:crypto per query costs more than the rest of the exchange's bookkeeping.
@@ -331,7 +334,7 @@ class PoolSocket {
     if (m.length < 12) return;
     const id = m.readUInt16BE(0);
     const p = this.pending.get(id);
-    if (!p || !isAnswerTo(m, id, p.question)) return; // not an answer we are waiting for: ignored
+    if (!p || !isAnswerTo(m, id, p.question, p.sent)) return; // not an answer we are waiting for: ignored
     this.pending.delete(id);
     p.done(null, m);
   }
@@ -373,9 +376,11 @@ class UdpPool {
   async exchange(message: Buffer, question: QuestionInfo | null, timeoutMs: number): Promise<Buffer> {
     const s = this.pick();
     const id = s.freeId();
+    const out = withId(message, id);
     const answer = new Promise<Buffer>((resolve, reject) => {
       s.pending.set(id, {
         question,
+        sent: out,
         deadline: performance.now() + timeoutMs,
         timeoutMs,
         done: (err, answer) => {
@@ -387,7 +392,6 @@ class UdpPool {
       this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS);
       // No send callback: it costs a request object per datagram. A send error surfaces as the
       // socket's 'error' event, which fails the socket's queries (PoolSocket.fail).
-      const out = withId(message, id);
       const send = (): void => {
         if (s.isDead) return; // failed meanwhile: its queries were failed with it
         try {

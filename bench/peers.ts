@@ -20,14 +20,13 @@
 //   - iperf3 host->guest and guest->host (-R), Gbit/s
 //   - connections per second through the published port (the same loop as outbound)
 // and printed with the ratios moat / each peer.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, existsSync, rmSync } from "node:fs";
-import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN } from "../test/testbed/world.js";
+import { option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, printTable } from "./harness.js";
 
-const args = process.argv.slice(2);
-const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
-const SECONDS = Number(opt("time", "5"));
-const ONLY = opt("only", "moat,slirp4netns,pasta,veth").split(",");
+const SECONDS = Number(option("time", "5"));
+const ONLY = option("only", "moat,slirp4netns,pasta,veth").split(",");
 
 // Published ports (inbound rows): host side 127.0.0.1:IN_IPERF / IN_ECHO -> guest 5201 / 7, for
 // clients on the host's loopback; and NET_HOST:NET_IPERF / NET_ECHO, for clients in the world
@@ -50,12 +49,10 @@ interface Contender {
 }
 
 function ip(...a: string[]): void { execFileSync("ip", a, { stdio: ["ignore", "ignore", "pipe"] }); }
-function sleep(ms: number) { return new Promise((r) => setTimeout(r, ms)); }
 function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
   return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks (USER_HZ = 100)
 }
-function killTree(p: ChildProcess | undefined): void { try { p?.kill("SIGTERM"); } catch { /* gone */ } }
 
 const nsExec = (ns: string) => (cmd: string[]) => ["ip", "netns", "exec", ns, ...cmd];
 
@@ -129,13 +126,8 @@ const contenders: Contender[] = [
   },
 ];
 
-function run(argv: string[], timeoutMs = 120000, input?: string): string {
-  return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"], input });
-}
-
 function iperf(exec: (c: string[]) => string[], reverse: boolean, target = WORLD_IP4, port = 5201): number {
-  const out = JSON.parse(run(exec(["iperf3", "-J", "-c", target, "-p", String(port), "-t", String(SECONDS), ...(reverse ? ["-R"] : [])]))) as { end: { sum_received: { bits_per_second: number } } };
-  return out.end.sum_received.bits_per_second / 1e9;
+  return iperfGbps(run(exec(iperfClient(target, port, SECONDS, reverse))));
 }
 
 interface InboundFigures { toGuest: number; fromGuest: number; crr: number }
@@ -155,7 +147,7 @@ async function measureInbound(world: World, env: Awaited<ReturnType<Contender["u
     const figures = (exec: (c: string[]) => string[], to: InboundAt): InboundFigures => ({
       toGuest: iperf(exec, false, to.host, to.iperf),
       fromGuest: iperf(exec, true, to.host, to.iperf),
-      crr: Number(/crr (\d+)/.exec(run(exec([process.execPath, `${TESTBED_JS}tcp-clients.js`, "crr", to.host, String(to.echo), String(Math.min(SECONDS, 3))])))![1]),
+      crr: crrRate(run(exec([process.execPath, `${TESTBED_JS}tcp-clients.js`, "crr", to.host, String(to.echo), String(Math.min(SECONDS, 3))]))),
     });
     return { loopback: figures(nsExec(world.host), at.loopback), net: figures(nsExec(world.world), at.net) };
   } finally {
@@ -175,7 +167,7 @@ async function measure(world: World, c: Contender): Promise<Row> {
     const down = iperf(env.exec, true);
     const wall = (performance.now() - t0) / 1000;
     const cores = env.pid ? (cpuSeconds(env.pid) - cpu0) / wall : undefined;
-    const crr = Number(/crr (\d+)/.exec(client("crr", String(Math.min(SECONDS, 3))))![1]);
+    const crr = crrRate(client("crr", String(Math.min(SECONDS, 3))));
     const rr = /p50=(\d+) p99=(\d+)/.exec(client("rr", "2000"))!;
     let bulkSeconds: number | undefined;
     try {
@@ -196,17 +188,9 @@ async function measure(world: World, c: Contender): Promise<Row> {
   }
 }
 
-const skip = systemTestSkipReason();
-if (skip) {
-  console.error(`peers: cannot run: ${skip}`);
-  process.exit(2);
-}
-const world = World.create();
+const world = await benchWorld("peers");
 const rows: Row[] = [];
 try {
-  await world.startServer("tcp-echo", 7);
-  execFileSync("ip", ["netns", "exec", world.world, "iperf3", "-s", "-D"]);
-  await sleep(300);
   for (const c of contenders.filter((c) => ONLY.includes(c.name))) {
     process.stderr.write(`peers: measuring ${c.name} (${SECONDS} s each way)...\n`);
     try {
@@ -216,11 +200,9 @@ try {
     }
   }
 } finally {
-  try { execFileSync("ip", ["netns", "exec", world.world, "pkill", "iperf3"]); } catch { /* none */ }
-  world.teardown();
+  endBenchWorld(world);
 }
 
-const fmt = (v: number | undefined, d = 2) => (v === undefined ? "-" : v.toFixed(d));
 const table = [["contender", "guest->world Gbit/s", "world->guest Gbit/s", "conn/s", "RR p50 us", "RR p99 us", "CPU cores per Gbit/s", "1000x1MiB echo s"]];
 for (const r of rows) table.push([r.name, fmt(r.up), fmt(r.down), fmt(r.crr, 0), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.coresPerGbit, 3), fmt(r.bulkSeconds)]);
 const moat = rows.find((r) => r.name === "moat");
@@ -251,7 +233,3 @@ console.log("");
 printTable(inTable);
 console.log("(lo: clients on the host namespace's loopback, to 127.0.0.1:PORT; net: clients in the world namespace, to the host's 203.0.113.1:PORT.\n veth: the guest's own address, no forwarding: the kernel's figure)");
 
-function printTable(t: string[][]): void {
-  const w = t[0]!.map((_, i) => Math.max(...t.map((row) => row[i]!.length)));
-  for (const row of t) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
-}

@@ -16,19 +16,25 @@
 //            busybox-static package) with its applet links; the DHCP script from
 //            native-vmm/guest/; and the kernel modules for virtio-pci, virtio-net and
 //            virtio-console, dependencies first (read from each module's modinfo), decompressed,
-//            listed in /etc/moat/modules for the agent to load.
+//            listed in /etc/moat/modules for the agent to load. Extra host programs when asked
+//            (extraBinaries, e.g. iperf3 for bench/vm.ts): each at /usr/bin/NAME (it shadows a
+//            busybox applet of that name), with the ELF interpreter and the shared libraries
+//            `ldd` resolves for it at their host paths (the guest's loader finds them in its
+//            default directories: there is no ld.so.cache).
 //   cache    CACHE = $MOAT_CACHE_DIR | $XDG_CACHE_HOME/moat | ~/.cache/moat, then vm/. An image
 //            lives in CACHE/vm/images/KVER-KEY, KEY a hash of everything that goes into it (kernel
 //            version and size, the guest sources, busybox, the module list, the command line,
-//            IMAGE_BUILDER_VERSION). Every build goes to a fresh temporary directory that is
-//            renamed into place, so concurrent builds cannot corrupt the cache (the loser of the
-//            rename uses the winner's). Images unused for a week are removed.
+//            IMAGE_BUILDER_VERSION; the extra programs and libraries, path and content, only
+//            when there are any, so the default image keeps its key). Every build goes to a
+//            fresh temporary directory that is renamed into place, so concurrent builds cannot
+//            corrupt the cache (the loser of the rename uses the winner's). Images unused for a
+//            week are removed.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
 import { HostRequirementError } from "../errors.js";
@@ -77,6 +83,12 @@ export interface VmImageOptions {
   onProgress?: (line: string) => void;
   /** Cache directory (default: vmCacheDir()). */
   cacheDir?: string;
+  /**
+   * Host programs to add (names looked up in PATH, or paths), at /usr/bin/NAME, with their ELF
+   * interpreter and shared libraries. Default: $MOAT_VM_EXTRA_BINARIES (colon-separated), which
+   * is how callers that go through VmSandbox or `moat run --vm` get them; else none.
+   */
+  extraBinaries?: string[];
 }
 
 /** CACHE/vm: $MOAT_CACHE_DIR, else $XDG_CACHE_HOME/moat, else ~/.cache/moat. */
@@ -92,30 +104,34 @@ const pending = new Map<string, Promise<VmImage>>();
 /** The guest's kernel and initramfs, built on first use and cached. */
 export function ensureVmImage(opts: VmImageOptions = {}): Promise<VmImage> {
   const cache = opts.cacheDir ?? vmCacheDir();
-  let p = pending.get(cache);
+  const extras = opts.extraBinaries ?? (process.env.MOAT_VM_EXTRA_BINARIES ?? "").split(":").filter(Boolean);
+  const id = JSON.stringify([cache, extras]);
+  let p = pending.get(id);
   if (!p) {
-    p = buildOrReuse(cache, opts.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`)));
-    pending.set(cache, p);
-    void p.then(() => pending.delete(cache), () => pending.delete(cache));
+    p = buildOrReuse(cache, extras, opts.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`)));
+    pending.set(id, p);
+    void p.then(() => pending.delete(id), () => pending.delete(id));
   }
   return p;
 }
 
-async function buildOrReuse(cache: string, progress: (line: string) => void): Promise<VmImage> {
+async function buildOrReuse(cache: string, extraBinaries: string[], progress: (line: string) => void): Promise<VmImage> {
   mkdirSync(join(cache, "images"), { recursive: true });
   const kernel = findHostKernel() ?? await downloadedKernel(cache, progress);
   const guest = guestSources();
   const busybox = findBusybox();
+  const extras = await resolveExtraBinaries(extraBinaries);
   const key = hash(JSON.stringify({
     builder: IMAGE_BUILDER_VERSION, kernel: kernel.version, vmlinuzBytes: statSync(kernel.vmlinuz).size,
     guest: Object.fromEntries(Object.entries(guest).map(([k, v]) => [k, hash(readFileSync(v))])),
     busybox: hash(readFileSync(busybox)), modules: GUEST_MODULES, cmdline: KERNEL_CMDLINE,
+    ...(extras.length ? { extra: extras.map((f) => [f.path, hash(f.data)]) } : {}),
   })).slice(0, 16);
   const dir = join(cache, "images", `${kernel.version}-${key}`);
   if (!existsSync(join(dir, "image.json"))) {
     const tmp = mkdtempSync(join(cache, "images", ".tmp-"));
     try {
-      await buildImage(tmp, kernel, guest, busybox, progress);
+      await buildImage(tmp, kernel, guest, busybox, extras, progress);
       publish(tmp, dir);
     } finally {
       rmSync(tmp, { recursive: true, force: true });
@@ -240,16 +256,53 @@ function findBusybox(): string {
   return path;
 }
 
-async function buildImage(out: string, kernel: KernelSource, guest: ReturnType<typeof guestSources>, busybox: string,
+/** A file the image gets from the host: its path in the guest (no leading slash), its bytes. */
+interface ExtraFile { path: string; data: Buffer }
+
+/**
+ * The programs, at usr/bin/NAME, then the ELF interpreter and shared libraries they need, each
+ * once, at the host path `ldd` resolved it to (a static program needs none).
+ */
+async function resolveExtraBinaries(names: string[]): Promise<ExtraFile[]> {
+  const programs: ExtraFile[] = [];
+  const libs = new Map<string, ExtraFile>();
+  for (const name of names) {
+    const path = name.includes("/") ? name : findInPath(name);
+    if (!path || !existsSync(path)) {
+      throw new HostRequirementError("ERR_MISSING_TOOL", `${name}, asked for in the VM image, was not found${name.includes("/") ? "" : " in PATH"}`, `install it on the host, or leave it out`);
+    }
+    const data = readFileSync(path);
+    programs.push({ path: `usr/bin/${basename(path)}`, data });
+    if (![...elfProgramHeaders(data)].some((ph) => ph.type === 3 /* PT_INTERP */)) continue; // static, or a script
+    let listing: string;
+    try {
+      listing = (await run("ldd", [path])).stdout;
+    } catch (err) {
+      throw new HostRequirementError("ERR_MISSING_TOOL", `ldd ${path} failed: ${stderrOf(err)}`, "install ldd (Debian: libc-bin)");
+    }
+    for (const line of listing.split("\n")) {
+      // "libx.so.1 => /lib/.../libx.so.1 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)", "linux-vdso.so.1 (0x...)"
+      if (/=>\s*not found/.test(line)) throw new VmError(`${path} needs ${line.trim().split(" ")[0]}, which the host's loader does not find`);
+      const lib = /(?:=>\s*|^\s*)(\/\S+)\s+\(0x/.exec(line)?.[1];
+      if (lib && !libs.has(lib)) libs.set(lib, { path: lib.slice(1), data: readFileSync(lib) });
+    }
+  }
+  return [...programs, ...libs.values()];
+}
+
+async function buildImage(out: string, kernel: KernelSource, guest: ReturnType<typeof guestSources>, busybox: string, extras: ExtraFile[],
   progress: (line: string) => void): Promise<void> {
   progress(`building the VM image for kernel ${kernel.version}`);
   const agent = await compileAgent(guest.agent, out);
   const modules = await resolveModules(kernel.modulesDir, GUEST_MODULES);
 
   const cpio = new CpioWriter();
-  for (const d of ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "var", "etc", "etc/moat", "lib", "lib/modules"]) {
-    cpio.dir(d, d === "tmp" ? 0o1777 : 0o755);
-  }
+  const dirs = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "var", "etc", "etc/moat", "lib", "lib/modules"];
+  for (const d of dirs) cpio.dir(d, d === "tmp" ? 0o1777 : 0o755);
+  // The extra files' directories, parents first (a parent sorts before its children).
+  const extraDirs = new Set<string>();
+  for (const f of extras) for (let d = dirname(f.path); d !== "."; d = dirname(d)) if (!dirs.includes(d)) extraDirs.add(d);
+  for (const d of [...extraDirs].sort()) cpio.dir(d);
   cpio.charDevice("dev/console", 5, 1); // the kernel opens it for init's stdio before devtmpfs is mounted
   cpio.file("sbin/moat-agent", agent, 0o755);
   cpio.symlink("init", "/sbin/moat-agent"); // the agent sets the guest up as PID 1
@@ -262,8 +315,10 @@ async function buildImage(out: string, kernel: KernelSource, guest: ReturnType<t
   cpio.file("bin/busybox", readFileSync(busybox), 0o755);
   // No modprobe: the image has no modules.dep, and the kernel's request_module() would spawn it
   // in vain during boot (the agent loads the modules the guest needs itself).
-  const applets = (await run(busybox, ["--list-full"])).stdout.split("\n").filter((a) => a && a !== "bin/busybox" && a !== "sbin/modprobe");
+  const shadowed = new Set(extras.filter((f) => f.path.startsWith("usr/bin/")).map((f) => basename(f.path)));
+  const applets = (await run(busybox, ["--list-full"])).stdout.split("\n").filter((a) => a && a !== "bin/busybox" && a !== "sbin/modprobe" && !shadowed.has(basename(a)));
   for (const a of applets) cpio.symlink(a, "/bin/busybox");
+  for (const f of extras) cpio.file(f.path, f.data, 0o755);
   writeFileSync(join(out, "initrd"), cpio.finish());
 
   const bzImage = readFileSync(kernel.vmlinuz);

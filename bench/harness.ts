@@ -1,0 +1,91 @@
+// harness.ts — what the side-by-side network benchmarks (peers.ts, vm.ts) share: command-line
+// options, the test world with its servers, iperf3 and the connection-rate figure, and the
+// printed tables.
+//
+// The world (test/testbed/world.ts) keeps all traffic on this machine: an iperf3 server
+// (`iperf3 -s -D`, port 5201) and a TCP echo server (port 7) run at WORLD_IP4 in the world
+// namespace, reached through a host namespace that has no route off the machine.
+import { execFileSync, type ChildProcess } from "node:child_process";
+import { readFileSync, rmSync } from "node:fs";
+import { World, systemTestSkipReason } from "../test/testbed/world.js";
+
+/** `--NAME VALUE` from this process's arguments, or dflt. */
+export function option(name: string, dflt: string): string {
+  const args = process.argv.slice(2);
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : dflt;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function killTree(p: ChildProcess | undefined): void {
+  try { p?.kill("SIGTERM"); } catch { /* gone */ }
+}
+
+/** Runs argv to its end; its stdout (throws on a non-zero exit, with stderr in the error). */
+export function run(argv: string[], timeoutMs = 120000, input?: string): string {
+  return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"], input });
+}
+
+/** The iperf3 client command: SECONDS toward target:port, JSON out; reverse (-R): the server sends. */
+export function iperfClient(target: string, port: number, seconds: number, reverse: boolean): string[] {
+  return ["iperf3", "-J", "-c", target, "-p", String(port), "-t", String(seconds), ...(reverse ? ["-R"] : [])];
+}
+
+/** Gbit/s at the receiver, from iperf3 -J's output. */
+export function iperfGbps(json: string): number {
+  const out = JSON.parse(json) as { end: { sum_received: { bits_per_second: number } } };
+  return out.end.sum_received.bits_per_second / 1e9;
+}
+
+/** Connections per second from a connection-rate client's "crr N/s" line. */
+export function crrRate(out: string): number {
+  const m = /crr (\d+)\/s/.exec(out);
+  if (!m) throw new Error(`no "crr N/s" in the client's output: ${out.trim()}`);
+  return Number(m[1]);
+}
+
+/**
+ * The test world with the iperf3 server and the TCP echo server running in it; exits (status 2)
+ * saying why when system tests cannot run here.
+ */
+export async function benchWorld(bench: string): Promise<World> {
+  const skip = systemTestSkipReason();
+  if (skip) {
+    console.error(`${bench}: cannot run: ${skip}`);
+    process.exit(2);
+  }
+  const world = World.create();
+  try {
+    await world.startServer("tcp-echo", 7);
+    execFileSync("ip", ["netns", "exec", world.world, "iperf3", "-s", "-D", "-I", iperfPidFile(world)]);
+    await sleep(300);
+  } catch (e) {
+    endBenchWorld(world);
+    throw e;
+  }
+  return world;
+}
+
+const iperfPidFile = (world: World) => `/tmp/moat-bench-iperf3-${world.world}.pid`;
+
+export function endBenchWorld(world: World): void {
+  try {
+    process.kill(Number(readFileSync(iperfPidFile(world), "utf8")), "SIGTERM");
+    rmSync(iperfPidFile(world), { force: true });
+  } catch { /* not started, or gone */ }
+  world.teardown();
+}
+
+/** A figure with d decimals, "-" when there is none. */
+export function fmt(v: number | undefined, d = 2): string {
+  return v === undefined || !Number.isFinite(v) ? "-" : v.toFixed(d);
+}
+
+/** Columns padded to their widest cell; the first row is the header. */
+export function printTable(t: string[][]): void {
+  const w = t[0]!.map((_, i) => Math.max(...t.map((row) => row[i]!.length)));
+  for (const row of t) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
+}

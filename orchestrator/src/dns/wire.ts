@@ -135,9 +135,14 @@ export function scanAnswer(msg: Buffer): { rcode: number; records: ScannedRecord
   for (let i = 0; i < h.qdcount; i++) pos = readQuestion(msg, pos).end;
   const records: ScannedRecord[] = [];
   const counts = [h.ancount, h.nscount, h.arcount];
+  // Most owner names are one pointer to a name read already (the question's): read once.
+  const seen = new Map<number, string>();
   for (let sec = 0; sec < 3; sec++) {
     for (let i = 0; i < counts[sec]!; i++) {
-      const n = readName(msg, pos);
+      const ptr = pos + 1 < msg.length && (msg[pos]! & 0xc0) === 0xc0 ? msg.readUInt16BE(pos) & 0x3fff : -1;
+      const known = ptr >= 0 && ptr < pos ? seen.get(ptr) : undefined;
+      const n = known !== undefined ? { name: known, end: pos + 2 } : readName(msg, pos);
+      if (ptr >= 0 && known === undefined) seen.set(ptr, n.name);
       pos = n.end;
       if (pos + 10 > msg.length) throw new Error("record runs past the end of the message");
       const type = msg.readUInt16BE(pos);

@@ -217,3 +217,34 @@ test("moat serve: a missing or doubled link is a clear error", { skip }, async (
   assert.equal(badDir.code, 1);
   assert.match(badDir.stderr, /stream link at \/nonexistent\/dir\/x\.sock: listen on .*No such file or directory/);
 });
+
+test("moat serve --tap attaches to an existing TAP device: its kernel side takes a DHCP lease and pings the gateway", { skip }, async () => {
+  const { execFileSync } = await import("node:child_process");
+  const ns = `mt-tap-${process.pid}`;
+  const sh = (args: string[]) => execFileSync("ip", args, { stdio: "pipe", encoding: "utf8" });
+  try { sh(["netns", "del", ns]); } catch { /* none */ }
+  sh(["netns", "add", ns]);
+  sh(["-n", ns, "tuntap", "add", "dev", "mtap0", "mode", "tap"]);
+  const child = spawn("ip", ["netns", "exec", ns, process.execPath, new URL("../../../bin/moat.js", import.meta.url).pathname, "serve", "--tap", "mtap0", "--dns-forward", "none"], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => { stderr += d; });
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  try {
+    const start = Date.now();
+    while (!/serving tap/.test(stderr) && Date.now() - start < 10000) await new Promise((r) => setTimeout(r, 50));
+    assert.match(stderr, /moat: serving tap mtap0: guest (172\.30\.\d+\.\d+)\/30 \(DHCP\)/, stderr);
+    sh(["-n", ns, "link", "set", "mtap0", "up"]);
+    const dhcp = execFileSync("ip", ["netns", "exec", ns, "sh", "-c", "busybox udhcpc -i mtap0 -q -n -t 5 -T 1 -s /bin/true 2>&1"], { encoding: "utf8" });
+    const lease = /lease of (172\.30\.\d+\.\d+) obtained/.exec(dhcp)?.[1];
+    assert.equal(lease, /guest (172\.30\.\d+\.\d+)/.exec(stderr)![1], dhcp);
+    sh(["-n", ns, "addr", "add", `${lease}/30`, "dev", "mtap0"]);
+    const gw = /gateway (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
+    const ping = execFileSync("ip", ["netns", "exec", ns, "ping", "-c", "1", "-W", "2", gw], { encoding: "utf8" });
+    assert.match(ping, /1 received/);
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0, stderr);
+  } finally {
+    child.kill("SIGKILL");
+    try { sh(["netns", "del", ns]); } catch { /* gone */ }
+  }
+});

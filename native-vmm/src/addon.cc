@@ -56,6 +56,10 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
                         InstanceMethod("liveSockets", &DatapathWrap::LiveSockets),
                         InstanceMethod("listen", &DatapathWrap::Listen),
                         InstanceMethod("unlisten", &DatapathWrap::Unlisten),
+                        InstanceMethod("dnsOpen", &DatapathWrap::DnsOpen),
+                        InstanceMethod("dnsClose", &DatapathWrap::DnsClose),
+                        InstanceMethod("dnsSend", &DatapathWrap::DnsSend),
+                        InstanceMethod("dnsTake", &DatapathWrap::DnsTake),
                         InstanceMethod("close", &DatapathWrap::Close)});
   }
 
@@ -220,6 +224,39 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     const int r = dp_->listenOn(info[0].As<Napi::Number>().Uint32Value(), proto == "tcp", info[2].As<Napi::Number>().Uint32Value(),
                                 info[3].As<Napi::Uint8Array>().Data(), info[4].As<Napi::Number>().Uint32Value());
     return Napi::Number::New(env, r);
+  }
+  // dnsOpen(family 4|6, addr: Uint8Array(16), port) -> id | -errno
+  Napi::Value DnsOpen(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsNumber() || info[1].As<Napi::Uint8Array>().ByteLength() != 16) {
+      Napi::TypeError::New(env, "dnsOpen(family: 4|6, addr: Uint8Array(16), port: number)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, dp_->dnsOpen(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::Uint8Array>().Data(), info[2].As<Napi::Number>().Uint32Value()));
+  }
+  Napi::Value DnsClose(const Napi::CallbackInfo& info) {
+    if (dp_ && info.Length() >= 1 && info[0].IsNumber()) dp_->dnsClose(info[0].As<Napi::Number>().Uint32Value());
+    return info.Env().Undefined();
+  }
+  // dnsSend(id, data: Uint8Array) -> 0 | -errno
+  Napi::Value DnsSend(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray()) {
+      Napi::TypeError::New(env, "dnsSend(id: number, data: Uint8Array)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto data = info[1].As<Napi::Uint8Array>();
+    return Napi::Number::New(env, dp_->dnsSend(info[0].As<Napi::Number>().Uint32Value(), data.Data(), static_cast<uint32_t>(data.ByteLength())));
+  }
+  // dnsTake(out: Uint8Array) -> bytes of entries written
+  Napi::Value DnsTake(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || info.Length() < 1 || !info[0].IsTypedArray()) {
+      Napi::TypeError::New(env, "dnsTake(out: Uint8Array)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto out = info[0].As<Napi::Uint8Array>();
+    return Napi::Number::New(env, dp_->dnsTake(out.Data(), static_cast<uint32_t>(out.ByteLength())));
   }
   Napi::Value Unlisten(const Napi::CallbackInfo& info) {
     if (dp_ && info.Length() >= 1 && info[0].IsNumber()) dp_->unlisten(info[0].As<Napi::Number>().Uint32Value());

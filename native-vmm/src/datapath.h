@@ -53,6 +53,15 @@ class Datapath {
   int listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port);
   // Stop listener `id`: its waiting peer is refused; its UDP peers' flows lose their socket.
   void unlisten(uint32_t id);
+  // Upstream DNS (the worker's interceptor): a connected UDP socket to (addr16, port). Returns its
+  // id, or -errno. Answers are read in pump() and handed over by dnsTake().
+  int dnsOpen(uint32_t family, const uint8_t* addr16, uint32_t port);
+  void dnsClose(uint32_t id);
+  // Send one datagram on socket `id`: 0, or -errno.
+  int dnsSend(uint32_t id, const uint8_t* data, uint32_t len);
+  // Move the datagrams read since the last call into `out` as entries [u16 id][u16 len][len bytes]
+  // (len 0xffff: an error, followed by u16 errno and no bytes); returns the bytes written.
+  uint32_t dnsTake(uint8_t* out, uint32_t cap);
   // Close the link and every host socket. A TCP socket whose guest stream did not end with the
   // guest's FIN is aborted (RST, by its SO_LINGER): a connection cut short must never look like a
   // clean end.
@@ -143,6 +152,9 @@ class Datapath {
   std::vector<Listener> listeners_;  // by listener id
   std::vector<uint32_t> pausedListeners_;  // stopped for lack of inbound ring room: re-armed at the next pump
   std::unordered_map<PeerKey, uint32_t, PeerKeyHash> udpPeers_;  // published UDP ports: peer -> flow
+  void readDns(uint32_t id);
+  std::vector<int> dnsSocks_;       // by id; -1 = free
+  std::vector<uint8_t> dnsStage_;   // datagrams read, not yet taken (bounded: DNS_STAGE_MAX)
 };
 
 }  // namespace moat

@@ -15,6 +15,13 @@ export interface NativeDatapath {
   /** Published ports (datapath.cc): the port bound, or -errno. */
   listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number): number;
   unlisten(id: number): void;
+  /** Upstream DNS for the worker's interceptor (datapath.cc, "upstream DNS"): a connected UDP socket's id, or -errno. */
+  dnsOpen(family: 4 | 6, addr: Uint8Array, port: number): number;
+  dnsClose(id: number): void;
+  /** 0, or -errno. */
+  dnsSend(id: number, data: Uint8Array): number;
+  /** Datagrams read since the last call, as [u16 id][u16 len][bytes] entries (len 0xffff: [u16 errno]); the bytes written. */
+  dnsTake(out: Uint8Array): number;
   close(): void;
 }
 

@@ -307,27 +307,70 @@ function random16(): number {
 /** How often a pool looks for queries past their deadline (one timer per pool, not per query). */
 const SWEEP_MS = 25;
 
+/**
+ * How pool sockets reach their server: Node's dgram by default; the engine worker plugs in
+ * native-vmm's upstream sockets (setDatagramTransport), which answer within the worker's own
+ * wake-ups instead of a libuv callback per datagram.
+ */
+export interface DatagramTransport {
+  /** A connected UDP channel to `server`; `onMessage` gets its datagrams, `onError` its failure (once). */
+  open(server: Nameserver, onMessage: (m: Buffer) => void, onError: (e: Error) => void): DatagramChannel;
+}
+export interface DatagramChannel {
+  /** Resolves once datagrams can be sent (dgram: after connect). */
+  readonly ready: Promise<void>;
+  readonly isReady: boolean;
+  send(m: Buffer): void;
+  close(): void;
+}
+
+/** Node's dgram: the default, and the fallback for what native sockets do not take (zoned addresses). */
+export const dgramTransport: DatagramTransport = {
+  open(server, onMessage, onError) {
+    const sock = dgram.createSocket(net.isIPv6(stripZone(server.ip)) ? "udp6" : "udp4");
+    sock.unref(); // an idle pool never holds the process open
+    sock.on("message", onMessage);
+    sock.on("error", onError);
+    const ch = {
+      isReady: false,
+      // A connect that fails (no route, a bad address) reports to its callback, not to 'error'.
+      ready: new Promise<void>((resolve) => sock.connect(server.port, server.ip, (err?: Error) => {
+        if (err) onError(err);
+        else ch.isReady = true;
+        resolve();
+      })),
+      // No send callback: it costs a request object per datagram. A send error surfaces as the
+      // socket's 'error' event.
+      send: (m: Buffer) => sock.send(m),
+      close: () => { try { sock.close(); } catch { /* closed */ } },
+    };
+    return ch;
+  },
+};
+
+let transport: DatagramTransport = dgramTransport;
+
+/** Use `t` for the pool sockets opened from now on (in this thread). */
+export function setDatagramTransport(t: DatagramTransport): void {
+  transport = t;
+}
+
 /** One connected UDP socket and the queries in flight on it, by ID. */
 class PoolSocket {
-  readonly sock: dgram.Socket;
+  private readonly ch: DatagramChannel;
   readonly pending = new Map<number, Pending>();
   uses = 0;
-  connected = false;
-  ready: Promise<void>;
   private dead = false;
   get isDead(): boolean { return this.dead; }
+  get connected(): boolean { return this.ch.isReady; }
+  get ready(): Promise<void> { return this.ch.ready; }
 
   constructor(server: Nameserver, private readonly onDead: (s: PoolSocket) => void) {
-    this.sock = dgram.createSocket(net.isIPv6(stripZone(server.ip)) ? "udp6" : "udp4");
-    this.sock.unref(); // an idle pool never holds the process open
-    this.sock.on("message", (m) => this.onMessage(m));
-    this.sock.on("error", (e) => this.fail(e));
-    // A connect that fails (no route, a bad address) reports to its callback, not to 'error'.
-    this.ready = new Promise((resolve) => this.sock.connect(server.port, server.ip, (err?: Error) => {
-      if (err) this.fail(err);
-      else this.connected = true;
-      resolve();
-    }));
+    this.ch = transport.open(server, (m) => this.onMessage(m), (e) => this.fail(e));
+  }
+
+  send(m: Buffer): void {
+    this.ch.send(m);
   }
 
   private onMessage(m: Buffer): void {
@@ -346,13 +389,13 @@ class PoolSocket {
     this.onDead(this);
     for (const p of this.pending.values()) p.done(e);
     this.pending.clear();
-    try { this.sock.close(); } catch { /* closed */ }
+    this.ch.close();
   }
 
   close(): void {
     if (this.dead) return;
     this.dead = true;
-    try { this.sock.close(); } catch { /* closed */ }
+    this.ch.close();
   }
 
   /** An ID free on this socket (random; at most 64 Ki in flight, far above what the interceptor allows). */
@@ -395,7 +438,7 @@ class UdpPool {
       const send = (): void => {
         if (s.isDead) return; // failed meanwhile: its queries were failed with it
         try {
-          s.sock.send(out);
+          s.send(out);
         } catch (e) {
           s.fail(e as Error);
         }

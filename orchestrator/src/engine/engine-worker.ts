@@ -23,7 +23,8 @@ import { layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
-import { UpstreamResolver, type Nameserver } from "../dns/upstream.js";
+import { UpstreamResolver, setDatagramTransport, dgramTransport, type Nameserver, type DatagramChannel } from "../dns/upstream.js";
+import { getSystemErrorName } from "node:util";
 import { classifyAddress } from "../policy/groups.js";
 import { enginePins } from "./engine-config.js";
 import ipaddr from "ipaddr.js";
@@ -124,6 +125,66 @@ function serve(): void {
     data.auditPort.postMessage(0);
   }
   drainDnsQueries();
+  takeDnsAnswers();
+}
+
+// ---- DNS: the interceptor's upstream sockets are native-vmm's, in this worker's epoll set ----
+const dnsChannels = new Map<number, { onMessage: (m: Buffer) => void; onError: (e: Error) => void }>();
+const dnsTakeBuf = new Uint8Array(576 * 1024); // > native's staging bound: one take empties it
+
+function socketError(errno: number): Error {
+  let name: string;
+  try { name = getSystemErrorName(-errno); } catch { name = `errno ${errno}`; }
+  return Object.assign(new Error(`upstream socket: ${name}`), { code: name });
+}
+
+setDatagramTransport({
+  open(server, onMessage, onError): DatagramChannel {
+    if (server.ip.includes("%")) return dgramTransport.open(server, onMessage, onError); // a zone: Node's sockets know it
+    const a = ipaddr.parse(server.ip);
+    const v4 = a.kind() === "ipv4";
+    const addr = Uint8Array.from(v4 ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());
+    const id = datapath.dnsOpen(v4 ? 4 : 6, addr, server.port);
+    let open = id >= 0;
+    const fail = (errno: number) => queueMicrotask(() => onError(socketError(errno)));
+    if (open) dnsChannels.set(id, { onMessage, onError });
+    else fail(-id);
+    return {
+      isReady: open,
+      ready: Promise.resolve(),
+      send(m: Buffer): void {
+        const r = open ? datapath.dnsSend(id, m) : 0;
+        if (r < 0) fail(-r);
+      },
+      close(): void {
+        if (!open) return;
+        open = false;
+        dnsChannels.delete(id);
+        datapath.dnsClose(id);
+      },
+    };
+  },
+});
+
+/** Upstream answers (and socket errors) read by this wake-up's pumps, to their pool sockets. */
+function takeDnsAnswers(): void {
+  for (;;) {
+    const n = datapath.dnsTake(dnsTakeBuf);
+    if (n === 0) return;
+    for (let at = 0; at < n;) {
+      const id = dnsTakeBuf[at]! | dnsTakeBuf[at + 1]! << 8;
+      const len = dnsTakeBuf[at + 2]! | dnsTakeBuf[at + 3]! << 8;
+      const ch = dnsChannels.get(id); // gone: a socket closed with datagrams still staged
+      if (len === 0xffff) {
+        ch?.onError(socketError(dnsTakeBuf[at + 4]! | dnsTakeBuf[at + 5]! << 8));
+        at += 6;
+        continue;
+      }
+      // A copy: the answer outlives this buffer (it is judged after the resolver's promise settles).
+      if (ch) ch.onMessage(Buffer.from(dnsTakeBuf.subarray(at + 4, at + 4 + len)));
+      at += 4 + len;
+    }
+  }
 }
 
 // ---- DNS: queries from the engine's ring through the interceptor, answers back into the engine ----

@@ -43,7 +43,7 @@ import { fileURLToPath } from "node:url";
 import { Writable } from "node:stream";
 import { WORLD_IP4, hasTool } from "../test/testbed/world.js";
 import { ensureVmImage } from "../orchestrator/src/vm/image.js";
-import { startVm, type VmAccel } from "../orchestrator/src/vm/qemu.js";
+import { startVm, qemuValue, type VmAccel } from "../orchestrator/src/vm/qemu.js";
 import { VmSandbox } from "../orchestrator/src/vm/vm-sandbox.js";
 import { option, sleep, killTree, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, printTable } from "./harness.js";
 
@@ -170,7 +170,7 @@ async function passtGuest(): Promise<Guest> {
   try {
     for (let i = 0; i < 50 && !existsSync(socket); i++) await sleep(100);
     if (!existsSync(socket)) throw new Error(`passt did not create ${socket}`);
-    const g = await qemuGuest(["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${socket}`]);
+    const g = await qemuGuest(["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${qemuValue(socket)}`]);
     return { ...g, stop: async () => { await g.stop(); stop(); } };
   } catch (e) {
     stop();

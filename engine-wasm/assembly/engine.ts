@@ -185,10 +185,11 @@ export function processFrame(frame: usize, len: u32): void {
   }
   if (len > load<u32>(CFG_MTU) + 14) { count(DROP_OVERSIZE); return; }
   // Replies go to the MAC the guest sends from (a VMM moat does not run chooses it): learned from
-  // its frames. One guest per link, so this only decides which frames its NIC will take.
+  // its unicast, non-zero source addresses. One guest per link, so this only decides which frames
+  // its NIC will take.
   const src4 = load<u32>(frame + 6);
   const src2 = load<u16>(frame + 10);
-  if ((src4 != load<u32>(CFG_GUEST_MAC) || src2 != load<u16>(CFG_GUEST_MAC + 4)) && (load<u8>(frame + 6) & 1) == 0) {
+  if ((src4 != load<u32>(CFG_GUEST_MAC) || src2 != load<u16>(CFG_GUEST_MAC + 4)) && (load<u8>(frame + 6) & 1) == 0 && (src4 | src2) != 0) {
     store<u32>(CFG_GUEST_MAC, src4);
     store<u16>(CFG_GUEST_MAC + 4, src2);
   }

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -21,13 +22,32 @@ int listenUnix(const std::string& path, std::string& err) {
     return -ENAMETOOLONG;
   }
   memcpy(sa.sun_path, path.data(), path.size());
+  // Something at the path already: only a socket nobody listens on (left by a moat that died)
+  // is replaced. A file is never deleted, and a live socket is never taken over.
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      err = path + " exists and is not a socket (moat will not delete it)";
+      return -EEXIST;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool live = probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+    const int e = errno;
+    if (probe >= 0) ::close(probe);
+    if (live || (e != ECONNREFUSED && e != ENOENT)) {
+      err = path + (live ? " is a socket something is listening on (another moat?)" : std::string(" is a socket moat cannot probe: ") + strerror(e));
+      return -EADDRINUSE;
+    }
+    unlink(path.c_str());
+  }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     err = std::string("socket: ") + strerror(errno);
     return -errno;
   }
-  unlink(path.c_str());  // a stale socket file from an earlier run
-  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+  // Owner only, whatever the umask: whoever connects becomes the guest's NIC (the newest
+  // connection wins). Set before listen(), so nobody connects in between.
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0 || chmod(path.c_str(), 0600) < 0 || listen(fd, 4) < 0) {
     const int e = errno;
     err = "listen on " + path + ": " + strerror(e);
     ::close(fd);
@@ -75,7 +95,10 @@ void ListeningLink::dropPeer() {
 
 void ListeningLink::close() {
   dropPeer();
-  if (lfd_ >= 0) ::close(lfd_);  // its epoll registration goes with it
+  if (lfd_ >= 0) {
+    ::close(lfd_);  // its epoll registration goes with it
+    if (!path_.empty()) unlink(path_.c_str());
+  }
   lfd_ = -1;
 }
 
@@ -145,7 +168,7 @@ class StreamLink final : public ListeningLink {
   static constexpr size_t RBUF = 4 * (MAX_FRAME + 4);
   static constexpr size_t WBUF = 8 * (MAX_FRAME + 4);
 
-  explicit StreamLink(int lfd) : ListeningLink(lfd), rbuf_(RBUF), wbuf_(WBUF) {}
+  StreamLink(int lfd, const std::string& path) : ListeningLink(lfd, path), rbuf_(RBUF), wbuf_(WBUF) {}
   ~StreamLink() override { close(); }
 
   uint32_t event(uint32_t sub, uint32_t events) override {
@@ -285,7 +308,7 @@ class StreamLink final : public ListeningLink {
 Link* newStreamLink(const std::string& path, std::string& err) {
   int fd = listenUnix(path, err);
   if (fd < 0) return nullptr;
-  return new StreamLink(fd);
+  return new StreamLink(fd, path);
 }
 
 }  // namespace moat

@@ -17,6 +17,7 @@
 // as LINK_TX_ERRORS.
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace moat {
 
@@ -71,7 +72,7 @@ void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token);
 class ListeningLink : public Link {
  public:
   enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1 };  // sub-tokens; a link's own start at 2
-  explicit ListeningLink(int lfd) : lfd_(lfd) {}
+  ListeningLink(int lfd, std::string path) : lfd_(lfd), path_(std::move(path)) {}
   void watch(int epfd, uint64_t base) override;
   bool connected() const override { return pfd_ >= 0; }
   void close() override;
@@ -86,6 +87,7 @@ class ListeningLink : public Link {
   virtual void peerAccepted() {}
 
   int lfd_;
+  std::string path_;  // the socket file, removed at close
   int pfd_ = -1;
   int epfd_ = -1;
   uint64_t base_ = 0;
@@ -101,8 +103,8 @@ Link* newStreamLink(const std::string& path, std::string& err);
 // reset and the next one is waited for. Returns nullptr with `err`.
 Link* newVhostUserLink(const std::string& path, uint32_t mtu, std::string& err);
 
-// Listen on a unix stream socket at `path` (an old socket file there is replaced). Returns the
-// non-blocking fd, or -errno with a description in `err`.
+// Listen on a unix stream socket at `path`, mode 0600. A stale socket there (nobody listening) is
+// replaced; anything else there is an error. Returns the non-blocking fd, or -errno with `err`.
 int listenUnix(const std::string& path, std::string& err);
 
 }  // namespace moat

@@ -188,7 +188,7 @@ class VhostUserLink final : public ListeningLink {
   enum : uint32_t { SUB_KICK = 2 };  // + queue index (after ListeningLink's)
   enum : uint32_t { RXQ = 0, TXQ = 1 };
 
-  VhostUserLink(int lfd, uint32_t mtu) : ListeningLink(lfd), mtu_(mtu) {
+  VhostUserLink(int lfd, const std::string& path, uint32_t mtu) : ListeningLink(lfd, path), mtu_(mtu) {
     segs_.reserve(64);
     chains_.reserve(64);
   }
@@ -308,7 +308,8 @@ class VhostUserLink final : public ListeningLink {
       q.lastAvail++;
       const size_t firstSeg = segs_.size();
       uint64_t chainBytes = 0;
-      if (!walkChain(q, head, true, UINT64_MAX, chainBytes)) {
+      // A chain that holds no bytes is as bad as a broken one: taken and counted, never walked again.
+      if (!walkChain(q, head, true, UINT64_MAX, chainBytes) || chainBytes == 0) {
         counters.bump(counters.malformed);
         segs_.resize(firstSeg);
         if (chains_.empty()) {  // nothing of this frame taken yet: return it alone, go on
@@ -861,7 +862,9 @@ class VhostUserLink final : public ListeningLink {
       const Desc d = readDesc(table, i);
       if (d.flags & DESC_F_INDIRECT) {
         if (indirect || !(features_ & bit(F_INDIRECT_DESC)) || (d.flags & DESC_F_NEXT)) return false;
-        if (d.len == 0 || d.len % DESC_BYTES || d.len / DESC_BYTES > MAX_QUEUE_SIZE) return false;
+        // No longer than the queue (virtio: a chain never is), so a table costs at most what a
+        // direct chain does.
+        if (d.len == 0 || d.len % DESC_BYTES || d.len / DESC_BYTES > q.num) return false;
         table = translate(d.addr, d.len, false);
         if (!table) return false;
         indirect = true;
@@ -920,7 +923,7 @@ class VhostUserLink final : public ListeningLink {
 Link* newVhostUserLink(const std::string& path, uint32_t mtu, std::string& err) {
   int fd = listenUnix(path, err);
   if (fd < 0) return nullptr;
-  return new VhostUserLink(fd, mtu);
+  return new VhostUserLink(fd, path, mtu);
 }
 
 }  // namespace moat

@@ -248,3 +248,28 @@ test("moat serve --tap attaches to an existing TAP device: its kernel side takes
     try { sh(["netns", "del", ns]); } catch { /* gone */ }
   }
 });
+
+test("the socket path: a file there is never deleted, a live socket never taken over; the socket is 0600 whatever the umask, and gone at stop", { skip }, async () => {
+  const { writeFileSync, readFileSync, statSync, existsSync } = await import("node:fs");
+  const file = join(dir, "precious.txt");
+  writeFileSync(file, "precious\n");
+  await assert.rejects(serveGateway({ dnsForward: "none" }, { kind: "stream", path: file }), /precious\.txt exists and is not a socket \(moat will not delete it\)/);
+  assert.equal(readFileSync(file, "utf8"), "precious\n");
+  await assert.rejects(serveGateway({ dnsForward: "none" }, { kind: "vhost-user", path: join(dir, "net.sock") }), /net\.sock is a socket something is listening on/);
+  const old = process.umask(0);
+  let second: ServedGateway | undefined;
+  try {
+    second = await serveGateway({ dnsForward: "none", exitGraceMs: 0 }, { kind: "stream", path: join(dir, "second.sock") });
+  } finally {
+    process.umask(old);
+  }
+  assert.equal(statSync(join(dir, "second.sock")).mode & 0o777, 0o600);
+  await second.stop();
+  assert.equal(existsSync(join(dir, "second.sock")), false, "the socket file is removed at stop");
+  // A stale socket (bound, nobody listening: a moat that died) is replaced.
+  const { execFileSync } = await import("node:child_process");
+  execFileSync("python3", ["-c", "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", join(dir, "stale.sock")]);
+  assert.ok(statSync(join(dir, "stale.sock")).isSocket());
+  const third = await serveGateway({ dnsForward: "none", exitGraceMs: 0 }, { kind: "stream", path: join(dir, "stale.sock") });
+  await third.stop();
+});

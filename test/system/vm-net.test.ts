@@ -168,3 +168,14 @@ test("moat serve --vhost-user: a QEMU the caller runs is served, and a second on
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("block-and-terminate: a VM that sends a secret's placeholder away is killed at once, moat exits 125", { skip }, async () => {
+  process.env.MOAT_VM_TEST_TOKEN = "vm-test-secret-value-0123456789";
+  const start = Date.now();
+  const r = await world.moat(["run", "--vm", "--dns-nameserver", WORLD_IP4, "--secret", "MOAT_VM_TEST_TOKEN@api.test", "--secret-violation", "block-and-terminate", "--",
+    "sh", "-c", "nslookup $MOAT_VM_TEST_TOKEN.allowed.test; sleep 30; echo still-running"], 300000);
+  assert.equal(r.code, 125, r.stderr);
+  assert.match(r.stderr, /sandbox terminated: secret MOAT_VM_TEST_TOKEN's placeholder was sent to DNS/);
+  assert.doesNotMatch(r.stdout, /still-running/);
+  assert.ok(Date.now() - start < 25000, "the guest was not left to finish its sleep");
+});

@@ -340,9 +340,17 @@ async function cmdServe(args: string[]): Promise<number> {
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-  const signal = await new Promise<NodeJS.Signals>((resolve) => { for (const s of sigs) process.once(s, resolve); });
-  process.stderr.write(`moat: ${signal}: stopping\n`);
+  let onSignal: (s: NodeJS.Signals) => void = () => {};
+  const signal = new Promise<NodeJS.Signals>((resolve) => { onSignal = resolve; });
+  for (const s of sigs) process.on(s, onSignal); // kept until the end: a second signal during the stop is not fatal
+  const why = await Promise.race([signal, served.terminated.then((reason) => ({ reason }))]);
   if (flags.get("stats")) process.stderr.write(`moat: engine counters: ${JSON.stringify(served.gateway.counters(true))}\n`);
+  if (typeof why === "object") {
+    await served.stop({ graceMs: 0 });
+    process.stderr.write(`moat: guest cut off: ${why.reason} (--secret-violation block-and-terminate)\n`);
+    return 125;
+  }
+  process.stderr.write(`moat: ${why}: stopping\n`);
   await served.stop();
   return 0;
 }
@@ -369,6 +377,9 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   let status: number;
   try {
     status = await sandbox.run(command, { stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
+  } catch (e) {
+    if (!sandbox.terminatedBy) throw e;
+    status = 125; // the VM was killed for a secret violation: said below
   } finally {
     for (const s of sigs) process.removeListener(s, forward);
     process.stdin.pause();

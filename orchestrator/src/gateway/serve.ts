@@ -8,8 +8,10 @@ import { ConfigError } from "../errors.js";
 
 export interface ServedGateway {
   gateway: Gateway;
-  /** Drain (the exitGraceMs option), stop the gateway, release the address lease. Idempotent. */
-  stop(): Promise<void>;
+  /** Drain (the exitGraceMs option, or `graceMs`), stop the gateway, release the address lease. Idempotent. */
+  stop(options?: { graceMs?: number }): Promise<void>;
+  /** Resolves with the reason if a secret violation (block-and-terminate) cut the guest off. */
+  terminated: Promise<string>;
 }
 
 /** Serve `link` with a gateway built from `options` until stop(). */
@@ -19,15 +21,18 @@ export async function serveGateway(options: GatewayOptions, link: LinkSpec): Pro
   const { slot, release } = leaseSlot(o.ipv4Pool);
   const name = options.name ?? `moat-serve-${slot}`;
   let gateway: Gateway;
+  let onTerminated: (reason: string) => void = () => {};
+  const terminated = new Promise<string>((resolve) => { onTerminated = resolve; });
   try {
     gateway = await Gateway.start(o, {
       name,
       addresses: addressesFor(slot, name, o.ipv4Pool),
       link,
-      // The guest's processes are not ours to kill: without network it can do no more harm.
+      // The guest's processes are not ours to kill: its network is cut at once (no grace: the
+      // engine stops serving now), which is all the harm it could still do through moat.
       terminate: (reason) => {
-        process.stderr.write(`moat: ${name}: ${reason}: the guest's network is cut\n`);
-        void stop();
+        void stop({ graceMs: 0 });
+        onTerminated(reason);
       },
     });
   } catch (e) {
@@ -35,10 +40,10 @@ export async function serveGateway(options: GatewayOptions, link: LinkSpec): Pro
     throw e;
   }
   let stopping: Promise<void> | undefined;
-  const stop = () => (stopping ??= (async () => {
-    await gateway.drain();
+  const stop = (options: { graceMs?: number } = {}) => (stopping ??= (async () => {
+    await gateway.drain(options.graceMs);
     await gateway.stop();
     release();
   })());
-  return { gateway, stop };
+  return { gateway, stop, terminated };
 }

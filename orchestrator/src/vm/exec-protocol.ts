@@ -60,23 +60,65 @@ export function execFrame(argv: string[], env: string[], cwd: string): Buffer {
   return frame(Msg.EXEC, payload);
 }
 
-/** Cuts a byte stream into frames. */
+/**
+ * Cuts a byte stream into frames. Bytes are kept as the chunks they came in and joined once per
+ * frame (never re-copied per chunk: a guest dribbling a 16 MiB frame in small writes costs one
+ * copy of it, not one per write).
+ */
 export class FrameDecoder {
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private bytes = 0;
 
   /** The complete frames now available; a partial one is kept for the next push. */
   push(data: Buffer): { type: number; payload: Buffer }[] {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, data]) : data;
-    const frames: { type: number; payload: Buffer }[] = [];
-    let at = 0;
-    while (this.buf.length - at >= 5) {
-      const len = this.buf.readUInt32BE(at + 1);
-      if (len > MAX_FRAME_BYTES) throw new RangeError(`a frame of ${len} bytes from the guest`);
-      if (this.buf.length - at - 5 < len) break;
-      frames.push({ type: this.buf[at]!, payload: this.buf.subarray(at + 5, at + 5 + len) });
-      at += 5 + len;
+    if (data.length) {
+      this.chunks.push(data);
+      this.bytes += data.length;
     }
-    this.buf = this.buf.subarray(at);
+    const frames: { type: number; payload: Buffer }[] = [];
+    for (;;) {
+      if (this.bytes < 5) break;
+      const head = this.peek(5);
+      const len = head.readUInt32BE(1);
+      if (len > MAX_FRAME_BYTES) throw new RangeError(`a frame of ${len} bytes from the guest`);
+      if (this.bytes < 5 + len) break;
+      const whole = this.take(5 + len);
+      frames.push({ type: whole[0]!, payload: whole.subarray(5) });
+    }
     return frames;
+  }
+
+  /** The first `n` bytes (n <= this.bytes), without consuming them. */
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!;
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    for (const c of this.chunks) {
+      at += c.copy(out, at, 0, Math.min(c.length, n - at));
+      if (at === n) break;
+    }
+    return out;
+  }
+
+  /** Consume the first `n` bytes (n <= this.bytes) as one buffer. */
+  private take(n: number): Buffer {
+    this.bytes -= n;
+    const first = this.chunks[0]!;
+    if (first.length >= n) { // the common case: the frame is inside one chunk
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - at);
+      c.copy(out, at, 0, k);
+      at += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
   }
 }

@@ -104,6 +104,11 @@ const GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
 const TAIL_BYTES = 16 << 10;
 
 /** Starts QEMU on `image`; await `vm.ready` before the first exec (exec waits for it too). */
+/** A value inside a QEMU option list: a comma in it (a path under a TMPDIR with one) is doubled, or it would start another option. */
+export function qemuValue(v: string): string {
+  return v.replace(/,/g, ",,");
+}
+
 export async function startVm(opts: StartVmOptions): Promise<Vm> {
   const qemu = opts.qemu ?? findInPath("qemu-system-x86_64");
   if (!qemu) {
@@ -120,6 +125,7 @@ class QemuVm implements Vm {
   readonly ready: Promise<{ bootMs: number; guestUptimeMs: number }>;
   readonly exited: Promise<VmExit>;
   private readonly decoder = new FrameDecoder();
+  private paused = false; // the exec connection is paused for an output stream that is full
   private conn: Socket | undefined;
   private running: { stdout: Writable; stderr: Writable; done: (status: number) => void; fail: (err: Error) => void } | undefined;
   private exitInfo: VmExit | undefined;
@@ -277,9 +283,17 @@ class QemuVm implements Vm {
         this.resolveReady({ bootMs: Date.now() - started, guestUptimeMs: Number(payload.toString()) });
       } else if (type === Msg.STDOUT || type === Msg.STDERR) {
         const out = type === Msg.STDOUT ? this.running?.stdout : this.running?.stderr;
-        if (out && !out.write(payload)) {
-          this.conn!.pause(); // back-pressure through QEMU to the agent
-          out.once("drain", () => this.conn?.resume());
+        if (out && !out.destroyed && !out.write(payload) && !this.paused) {
+          // Back-pressure through QEMU to the agent: paused once, resumed when the stream drains
+          // or goes away (a destroyed stream never drains; its output is dropped from then on).
+          this.paused = true;
+          this.conn!.pause();
+          const resume = () => {
+            out.off("drain", resume).off("close", resume).off("error", resume);
+            this.paused = false;
+            this.conn?.resume();
+          };
+          out.on("drain", resume).on("close", resume).on("error", resume);
         }
       } else if (type === Msg.EXIT && payload.length >= 4) {
         this.running?.done(payload.readUInt32BE(0));
@@ -334,9 +348,9 @@ function qemuArgs(qemu: string, accel: VmAccel, opts: StartVmOptions, dir: strin
     ...(existsSync(qboot) ? ["-bios", qboot] : []),
     "-kernel", image.kernel, "-initrd", image.initrd,
     "-append", [image.cmdline, opts.extraKernelArgs].filter(Boolean).join(" "),
-    "-chardev", `file,id=console,path=${join(dir, "console.log")}`, "-serial", "chardev:console",
+    "-chardev", `file,id=console,path=${qemuValue(join(dir, "console.log"))}`, "-serial", "chardev:console",
     "-device", "virtio-serial-pci,id=vs",
-    "-chardev", `socket,id=exec,path=${join(dir, "exec.sock")},server=off`,
+    "-chardev", `socket,id=exec,path=${qemuValue(join(dir, "exec.sock"))},server=off`,
     "-device", "virtserialport,bus=vs.0,chardev=exec,name=moat.exec",
     ...(opts.netdev ?? ["-nic", "none"]),
   ];

@@ -20,7 +20,7 @@ import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from
 import { GuestSandbox } from "../sandbox/sandbox.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
-import { startVm, type Vm, type VmAccel } from "./qemu.js";
+import { startVm, qemuValue, type Vm, type VmAccel } from "./qemu.js";
 import { VmError } from "./vm-error.js";
 
 export type VmLinkKind = "vhost-user" | "stream";
@@ -95,7 +95,12 @@ export class VmSandbox extends GuestSandbox {
         name,
         addresses,
         link: link === "stream" ? { kind: "stream", path: socket } : { kind: "vhost-user", path: socket },
-        terminate: () => { void sandbox.destroy({ graceMs: 0 }); },
+        // A secret violation to terminate on: QEMU is killed now (no power-off, no grace: the
+        // guest gets no more time on the network), then the rest is torn down.
+        terminate: () => {
+          sandbox.killGuest();
+          void sandbox.destroy({ graceMs: 0 });
+        },
       });
       const image = await ensureVmImage({ onProgress: progress });
       // The NIC: QEMU connects to the gateway's socket (listening already). vectors=0: QEMU 7.2
@@ -103,8 +108,8 @@ export class VmSandbox extends GuestSandbox {
       // host_mtu: the guest learns the MTU from the device (DHCP says it too).
       const device = ["-device", `virtio-net-pci,netdev=n0,mac=${addresses.guestMac},host_mtu=${o.mtu},vectors=0`];
       const nic = o.policy.offline ? null : link === "stream"
-        ? ["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${socket}`, ...device]
-        : ["-chardev", `socket,id=c0,path=${socket},reconnect=1`, "-netdev", "vhost-user,id=n0,chardev=c0", ...device];
+        ? ["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${qemuValue(socket)}`, ...device]
+        : ["-chardev", `socket,id=c0,path=${qemuValue(socket)},reconnect=1`, "-netdev", "vhost-user,id=n0,chardev=c0", ...device];
       sandbox.vm = await startVm({ image, memoryMiB, cpus, netdev: nic, accel: v.accel ?? "auto" });
       void sandbox.vm.exited.then(() => { sandbox.vmExited = true; });
       const ready = await sandbox.vm.ready;
@@ -141,6 +146,11 @@ export class VmSandbox extends GuestSandbox {
     this.vm?.signal(signo);
   }
 
+  /** Kill QEMU at once. */
+  private killGuest(): void {
+    if (this.vm && !this.vmExited) try { process.kill(this.vm.pid, "SIGKILL"); } catch { /* gone */ }
+  }
+
   /** The guest powers off (killed if it has not within 3 s). */
   protected async stopGuest(): Promise<void> {
     await this.vm?.shutdown(3000);
@@ -148,7 +158,7 @@ export class VmSandbox extends GuestSandbox {
 
   /** @internal Kill QEMU (from the exit hook: no time for a power-off) and remove the run directory. */
   protected removeGuest(): void {
-    if (this.vm && !this.vmExited) try { process.kill(this.vm.pid, "SIGKILL"); } catch { /* gone */ }
+    this.killGuest();
     rmSync(this.runDir, { recursive: true, force: true });
   }
 }

@@ -113,6 +113,7 @@ constexpr uint64_t VRING_IDX_MASK = 0xff, VRING_NOFD = 0x100;
 constexpr uint32_t MAX_QUEUE_SIZE = 32768;
 
 constexpr uint64_t bit(unsigned n) { return 1ull << n; }
+constexpr uint64_t MAX_GUEST_MEMORY = 1ull << 40;  // 1 TiB of guest memory per front-end, mapped
 constexpr unsigned F_NET_MTU = 3, F_MRG_RXBUF = 15, F_INDIRECT_DESC = 28, F_EVENT_IDX = 29, F_PROTOCOL_FEATURES = 30,
                    F_VERSION_1 = 32;
 constexpr uint64_t OFFERED_FEATURES = bit(F_VERSION_1) | bit(F_PROTOCOL_FEATURES) | bit(F_MRG_RXBUF) | bit(F_NET_MTU) |
@@ -613,6 +614,7 @@ class VhostUserLink final : public ListeningLink {
     if (n == 0 || n > MAX_REGIONS || size != 8 + n * REGION_BYTES || fds_.size() != n) return Outcome::Malformed;
     std::vector<Region> fresh;
     fresh.reserve(n);
+    uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++) {
       const uint8_t* r = p + 8 + i * REGION_BYTES;
       Region g;
@@ -620,7 +622,10 @@ class VhostUserLink final : public ListeningLink {
       g.size = u64At(r, 8);
       g.uva = u64At(r, 16);
       const uint64_t off = u64At(r, 24);
-      if (!mapRegion(g, off, fds_[i])) {
+      // Address space is shared by every engine of the process: a front-end gets what a guest
+      // could use (MAX_GUEST_MEMORY in all), not what it asks for.
+      total += g.size > MAX_GUEST_MEMORY ? MAX_GUEST_MEMORY + 1 : g.size;
+      if (total > MAX_GUEST_MEMORY || !mapRegion(g, off, fds_[i])) {
         unmapAll(fresh);
         return Outcome::Malformed;
       }
@@ -652,11 +657,14 @@ class VhostUserLink final : public ListeningLink {
       if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < end) return false;  // shrunk meanwhile
     }
     if (end > SIZE_MAX) return false;
-    void* m = mmap(nullptr, static_cast<size_t>(end), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    // Only the region is mapped (from the page its offset lies in), not the file before it.
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t base = off & ~(page - 1);
+    void* m = mmap(nullptr, static_cast<size_t>(end - base), PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(base));
     if (m == MAP_FAILED) return false;
     g.map = m;
-    g.mapLen = static_cast<size_t>(end);
-    g.host = static_cast<uint8_t*>(m) + off;
+    g.mapLen = static_cast<size_t>(end - base);
+    g.host = static_cast<uint8_t*>(m) + (off - base);
     return true;
   }
 

@@ -3,12 +3,12 @@
 // a NIC (or none).
 //
 // Theory of operation
-//   start    A temporary directory holds the exec socket and the console log. We listen on the
+//   start    A temporary directory holds the exec socket. We listen on the
 //            unix socket and QEMU connects to it (`-chardev socket,server=off`) while it starts,
 //            before the guest runs, so nothing the agent writes can be lost. Guest RAM is a
 //            shared memfd (`memory-backend-memfd,share=on`): a vhost-user backend must map it.
-//            The serial console goes to the log file, QEMU's own stderr to memory; both tails are
-//            quoted when the VM fails.
+//            The serial console (on QEMU's stdout) and QEMU's own stderr are read into memory, their
+//            last TAIL_BYTES kept; both tails are quoted when the VM fails.
 //   ready    The agent's READY frame resolves `ready` (bootMs: from spawning QEMU to READY). No
 //            READY within readyTimeoutMs, or QEMU gone first, rejects it with the console tail,
 //            and QEMU is killed.
@@ -22,7 +22,7 @@
 //            (some hosts expose a KVM that hangs a stock kernel); the probe result is remembered in
 //            the cache per kernel version, host kernel and whether the host is itself a VM.
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, fstatSync, writeFileSync } from "node:fs";
+import { closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -82,7 +82,7 @@ export interface Vm {
   readonly accel: VmAccel;
   /** QEMU's process id. */
   readonly pid: number;
-  /** The temporary directory with the exec socket and console.log; removed when QEMU exits. */
+  /** The temporary directory with the exec socket; removed when QEMU exits. */
   readonly runDir: string;
   /** Resolves when the agent is up (bootMs: QEMU spawn to READY; guestUptimeMs: the guest's clock then). */
   readonly ready: Promise<{ bootMs: number; guestUptimeMs: number }>;
@@ -130,6 +130,7 @@ class QemuVm implements Vm {
   private running: { stdout: Writable; stderr: Writable; done: (status: number) => void; fail: (err: Error) => void } | undefined;
   private exitInfo: VmExit | undefined;
   private stderrTail = "";
+  private consoleText = "";
   private readyState: "booting" | "ready" | "failed" = "booting";
   private resolveReady!: (r: { bootMs: number; guestUptimeMs: number }) => void;
   private rejectReady!: (err: Error) => void;
@@ -147,7 +148,7 @@ class QemuVm implements Vm {
       rmSync(dir, { recursive: true, force: true });
       throw new VmError(`cannot listen on ${join(dir, "exec.sock")}: ${(err as Error).message}`);
     }
-    const child = spawn(qemu, qemuArgs(qemu, accel, opts, dir), { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(qemu, qemuArgs(qemu, accel, opts, dir), { stdio: ["ignore", "pipe", "pipe"] });
     return new QemuVm(child, accel, dir, server, opts.readyTimeoutMs ?? (accel === "kvm" ? 10_000 : 30_000));
   }
 
@@ -169,6 +170,11 @@ class QemuVm implements Vm {
 
     child.stderr!.setEncoding("utf8").on("data", (s: string) => {
       this.stderrTail = (this.stderrTail + s).slice(-TAIL_BYTES);
+    });
+    // The serial console comes on QEMU's stdout and only its tail is kept: a guest writing to its
+    // console without end costs nothing but this read (a console file would fill the disk).
+    child.stdout!.setEncoding("utf8").on("data", (s: string) => {
+      this.consoleText = (this.consoleText + s).slice(-TAIL_BYTES);
     });
     server.on("connection", (conn) => {
       if (this.conn) {
@@ -262,7 +268,7 @@ class QemuVm implements Vm {
   }
 
   consoleTail(lines = 30): string {
-    const console = readTail(join(this.runDir, "console.log"));
+    const console = this.consoleText;
     const parts = [console && `console:\n${lastLines(console, lines)}`, this.stderrTail.trim() && `QEMU:\n${lastLines(this.stderrTail, lines)}`];
     return parts.filter(Boolean).join("\n") || "(no console output)";
   }
@@ -348,7 +354,7 @@ function qemuArgs(qemu: string, accel: VmAccel, opts: StartVmOptions, dir: strin
     ...(existsSync(qboot) ? ["-bios", qboot] : []),
     "-kernel", image.kernel, "-initrd", image.initrd,
     "-append", [image.cmdline, opts.extraKernelArgs].filter(Boolean).join(" "),
-    "-chardev", `file,id=console,path=${qemuValue(join(dir, "console.log"))}`, "-serial", "chardev:console",
+    "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
     "-device", "virtio-serial-pci,id=vs",
     "-chardev", `socket,id=exec,path=${qemuValue(join(dir, "exec.sock"))},server=off`,
     "-device", "virtserialport,bus=vs.0,chardev=exec,name=moat.exec",
@@ -393,19 +399,6 @@ async function kvmBoots(qemu: string, opts: StartVmOptions): Promise<boolean> {
 }
 
 // ---- console tail -------------------------------------------------------------------------------
-
-function readTail(path: string): string {
-  if (!existsSync(path)) return "";
-  const fd = openSync(path, "r");
-  try {
-    const size = fstatSync(fd).size;
-    const buf = Buffer.alloc(Math.min(size, TAIL_BYTES));
-    readSync(fd, buf, 0, buf.length, size - buf.length);
-    return buf.toString("utf8");
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function lastLines(text: string, n: number): string {
   return text.replace(/\r/g, "").trimEnd().split("\n").slice(-n).map((l) => "  " + l).join("\n");

@@ -119,11 +119,14 @@ export abstract class GuestSandbox {
 
   private async teardown(options: { graceMs?: number }): Promise<void> {
     if (this.destroyed) return;
-    await this.drain(options.graceMs ?? this.exitGraceMs);
-    if (this.destroyed) return;
-    await this.stopGuest();
-    await this.gateway?.stop();
-    this.destroySync();
+    try {
+      await this.drain(options.graceMs ?? this.exitGraceMs);
+      if (this.destroyed) return;
+      await this.stopGuest();
+      await this.gateway?.stop();
+    } finally {
+      this.destroySync(); // whatever failed above, nothing is left behind
+    }
   }
 
   /** @internal Remove everything at once (also from the process's exit hook). */

@@ -63,7 +63,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
 
 const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
-  { name: "stream", kind: "string", metavar: "PATH", help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix,\naddr.path=PATH, server=off, reconnect=1): 4-byte length + frame" },
+  { name: "stream", kind: "string", metavar: "PATH", help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix,\naddr.path=PATH, server=off): 4-byte length + frame" },
   { name: "tap", kind: "string", metavar: "IFNAME", help: "attach to the existing TAP device IFNAME (e.g. Firecracker's tap)" },
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
@@ -72,8 +72,9 @@ const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filt
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
 Usage:
-  moat run [OPTIONS] [--] COMMAND [ARGS...]   run COMMAND in a fresh network namespace
-                                              whose network is served by moat's engine
+  moat run [OPTIONS] [--] COMMAND [ARGS...]   run COMMAND in a fresh network namespace (or,
+                                              with --vm, a QEMU microVM) whose network is
+                                              served by moat's engine
   moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects), until SIGTERM
@@ -88,7 +89,8 @@ const RUN_HELP = `Usage: moat run [OPTIONS] [--] COMMAND [ARGS...]
 Creates a network namespace whose only interface, eth0, is a TAP device served by the moat
 engine, and runs COMMAND inside it with your stdin/stdout/stderr. moat exits with COMMAND's exit
 status (128+N if it was killed by signal N) and removes the namespace afterwards, also when
-interrupted.
+interrupted. With --vm, COMMAND runs in a QEMU microVM instead (its own kernel and a busybox
+userland, eth0 configured by DHCP from the same gateway); everything below applies to both.
 
 Inside the sandbox:
   address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
@@ -133,6 +135,7 @@ Examples:
   OPENAI_API_KEY=sk-... moat run --secret OPENAI_API_KEY@api.openai.com -- python3 agent.py
   moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
   moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
+  moat run --vm --vm-memory 512 -- sh -c 'uname -r; nslookup example.com'   # a microVM
 `;
 
 const SERVE_HELP = `Usage: moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
@@ -146,7 +149,9 @@ reconnect (a guest reboot, a VMM restart); moat keeps serving until SIGTERM or S
 Link (exactly one):
 ${flagHelp(SERVE_LINK_FLAGS)}
 
-The guest's addresses are printed at start (one /30 of --ipv4-pool; IPv6 by router adverts).
+The socket is created mode 0600 (whoever connects is the guest's NIC); a stale socket at PATH
+is replaced, anything else there is an error. The guest's addresses are printed at start (one
+/30 of --ipv4-pool; IPv6 by router adverts).
 With --secret, the placeholders the guest must be given are printed as NAME=PLACEHOLDER lines on
 stdout; with --tls-intercept, give the guest the CA from --tls-ca-out.
 
@@ -157,7 +162,7 @@ Examples:
   qemu-system-x86_64 -accel kvm -m 512 \\
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \\
     -chardev socket,id=c0,path=/run/vm1.sock,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \\
-    -device virtio-net-pci,netdev=n0 ...
+    -device virtio-net-pci,netdev=n0 ...      # under TCG, QEMU 7.2 needs vectors=0 on the device
   moat serve --stream /run/vm2.sock --net-default-egress deny --net-rule allow@api.example.com:tcp:443
   moat serve --tap tap0 --audit-log /var/log/vm3-denied.jsonl
 `;

@@ -7,7 +7,7 @@
 // that configured itself by DHCP.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { World, WORLD_IP4, HOSTS, systemTestSkipReason, hasTool, type RunResult } from "../testbed/world.js";
+import { World, WORLD_IP4, WORLD_IP6, HOSTS, systemTestSkipReason, hasTool, type RunResult } from "../testbed/world.js";
 import { streamHash } from "../testbed/stream-data.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
@@ -43,6 +43,7 @@ before(async () => {
     "--tls-intercept", "--secret", "MOAT_VM_TEST_TOKEN@api.test"], [
     ["addr", "ip -4 addr show dev eth0; ip link show dev eth0; ip route; cat /etc/resolv.conf"],
     ["ping", "ping -c 2 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
+    ["ipv6", `ip -6 addr show dev eth0 scope global; ping -6 -c 1 -W 3 fe80::1%eth0 && echo ${1 << 20} | nc ${WORLD_IP6} 9001 | sha256sum`],
     ["dns", "nslookup allowed.test"],
     ["blocked", "nslookup blocked.test"],
     ["download", `echo ${MIB64} | nc ${WORLD_IP4} 9001 | sha256sum`],
@@ -83,6 +84,14 @@ test("the guest takes its address, route, MTU and resolver by DHCP from the gate
 test("the guest pings the gateway", { skip }, () => {
   assert.equal(vhost.out.get("ping#status"), "0", ok(vhost, "ping"));
   assert.match(ok(vhost, "ping"), /2 packets received/);
+});
+
+test("the guest has its IPv6 address and route, pings the gateway and fetches over IPv6", { skip }, () => {
+  const out = ok(vhost, "ipv6");
+  assert.match(out, /inet6 fd6d:6f61:7400:[0-9a-f:]*::?2\/64/);
+  assert.equal((out.match(/inet6 /g) ?? []).length, 1, "only moat's address: none made up from the router advert");
+  assert.match(out, /1 packets received/);
+  assert.match(out, new RegExp(streamHash(1 << 20)));
 });
 
 test("names resolve through moat's DNS; a blocked name is refused", { skip }, () => {

@@ -90,8 +90,8 @@ Creates a network namespace whose only interface, eth0, is a TAP device served b
 engine, and runs COMMAND inside it with your stdin/stdout/stderr. moat exits with COMMAND's exit
 status (128+N if it was killed by signal N) and removes the namespace afterwards, also when
 interrupted. With --vm, COMMAND runs in a QEMU microVM instead (its own kernel and a busybox
-userland, eth0 configured over IPv4 by DHCP from the same gateway; IPv6 is set up in
-namespaces only so far); the policy, DNS, port, TLS and secret options apply to both.
+userland, eth0 configured by DHCP from the same gateway, IPv6 as below); the policy, DNS,
+port, TLS and secret options apply to both.
 
 Inside the sandbox:
   address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)

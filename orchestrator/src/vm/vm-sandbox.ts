@@ -114,6 +114,7 @@ export class VmSandbox extends GuestSandbox {
       void sandbox.vm.exited.then(() => { sandbox.vmExited = true; });
       const ready = await sandbox.vm.ready;
       sandbox.bootMs = ready.bootMs;
+      if (!o.policy.offline) await sandbox.configureIpv6();
       if (o.tls) await sandbox.installTrust(o.tls.ca.certPem);
       return sandbox;
     } catch (e) {
@@ -122,14 +123,28 @@ export class VmSandbox extends GuestSandbox {
     }
   }
 
-  /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
-  private async installTrust(pem: string): Promise<void> {
+  /**
+   * IPv6 as in a namespace sandbox: the guest's address (the engine's IPv6 expects this one
+   * source; an address the guest made up from the router advert would be dropped as spoofed) and
+   * the gateway's link-local address as the default route. DHCP did IPv4.
+   */
+  private async configureIpv6(): Promise<void> {
+    const a = this.addresses;
+    await this.guestShell(`c=/proc/sys/net/ipv6/conf/eth0; echo 0 > $c/autoconf; echo 0 > $c/accept_dad; ip -6 addr flush dev eth0 scope global; ip -6 addr add ${a.guestIp6}/64 dev eth0 && ip -6 route replace default via ${a.gatewayLl6} dev eth0`, "configure IPv6");
+  }
+
+  /** Run a setup script in the guest; a failure is an error naming what it was for and what the guest said. */
+  private async guestShell(script: string, what: string, stdin: Readable | null = null): Promise<void> {
     const sink = new PassThrough();
     let said = "";
     sink.on("data", (d: Buffer) => { said += d.toString(); });
-    const code = await this.vm!.exec(["sh", "-c", `mkdir -p /etc/ssl/certs && cat > ${GUEST_BUNDLE} && cp ${GUEST_BUNDLE} /etc/ssl/certs/moat-interception-ca.pem`],
-      { stdin: Readable.from([pem]), stdout: sink, stderr: sink });
-    if (code !== 0) throw new VmError(`could not install moat's CA in the VM (status ${code}): ${said.trim()}`);
+    const code = await this.vm!.exec(["sh", "-c", script], { stdin, stdout: sink, stderr: sink });
+    if (code !== 0) throw new VmError(`could not ${what} in the VM (status ${code}): ${said.trim()}`);
+  }
+
+  /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
+  private async installTrust(pem: string): Promise<void> {
+    await this.guestShell(`mkdir -p /etc/ssl/certs && cat > ${GUEST_BUNDLE} && cp ${GUEST_BUNDLE} /etc/ssl/certs/moat-interception-ca.pem`, "install moat's CA", Readable.from([pem]));
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */

@@ -2,6 +2,7 @@
 #include "link.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -65,6 +66,10 @@ void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token) {
 
 // ---- links a VMM connects to ----------------------------------------------------------------------
 
+ListeningLink::ListeningLink(int lfd, std::string path) : lfd_(lfd), path_(std::move(path)) {
+  spare_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
 void ListeningLink::watch(int epfd, uint64_t base) {
   epfd_ = epfd;
   base_ = base;
@@ -75,6 +80,16 @@ bool ListeningLink::acceptPeers() {
   bool took = false;
   for (;;) {
     int fd = accept4(lfd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && spare_ >= 0) {
+      // Out of fds: the connection would stay queued and the listening socket readable, and the
+      // data path would spin on it. Refuse it with the fd kept for this, then keep one again.
+      ::close(spare_);
+      int drop = accept4(lfd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (drop >= 0) ::close(drop);
+      spare_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      counters.bump(counters.rxErrors);
+      continue;
+    }
     if (fd < 0) return took;
     dropPeer();
     pfd_ = fd;
@@ -95,6 +110,8 @@ void ListeningLink::dropPeer() {
 
 void ListeningLink::close() {
   dropPeer();
+  if (spare_ >= 0) ::close(spare_);
+  spare_ = -1;
   if (lfd_ >= 0) {
     ::close(lfd_);  // its epoll registration goes with it
     if (!path_.empty()) unlink(path_.c_str());

@@ -72,7 +72,7 @@ void epollSet(int epfd, int op, int fd, uint32_t events, uint64_t token);
 class ListeningLink : public Link {
  public:
   enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1 };  // sub-tokens; a link's own start at 2
-  ListeningLink(int lfd, std::string path) : lfd_(lfd), path_(std::move(path)) {}
+  ListeningLink(int lfd, std::string path);
   void watch(int epfd, uint64_t base) override;
   bool connected() const override { return pfd_ >= 0; }
   void close() override;
@@ -88,6 +88,7 @@ class ListeningLink : public Link {
 
   int lfd_;
   std::string path_;  // the socket file, removed at close
+  int spare_ = -1;    // an fd held back to refuse a connection when the process is out of fds
   int pfd_ = -1;
   int epfd_ = -1;
   uint64_t base_ = 0;

@@ -36,6 +36,8 @@ export interface VmOptions {
   accel?: VmAccel | "auto";
   /** Progress of slow steps (image download and build, boot), one line each (default: stderr). */
   onProgress?: (line: string) => void;
+  /** Host programs to add to the guest image with their libraries, e.g. ["iperf3"] (default: $MOAT_VM_EXTRA_BINARIES). */
+  extraBinaries?: string[];
 }
 
 export interface VmSandboxOptions extends GatewayOptions {
@@ -102,7 +104,7 @@ export class VmSandbox extends GuestSandbox {
           void sandbox.destroy({ graceMs: 0 });
         },
       });
-      const image = await ensureVmImage({ onProgress: progress });
+      const image = await ensureVmImage({ onProgress: progress, extraBinaries: v.extraBinaries });
       // The NIC: QEMU connects to the gateway's socket (listening already). vectors=0: QEMU 7.2
       // under TCG crashes in its MSI-X setup when a vhost-user device starts (any back-end);
       // host_mtu: the guest learns the MTU from the device (DHCP says it too).

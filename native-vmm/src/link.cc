@@ -137,12 +137,10 @@ class TapLink final : public Link {
     return r;
   }
   uint32_t recv(uint8_t* buf, uint32_t cap) override {
-    for (;;) {
-      ssize_t len = read(fd_, buf, cap);
-      if (len > 0) return static_cast<uint32_t>(len);
-      if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
-      return 0;
-    }
+    ssize_t len = read(fd_, buf, cap);
+    if (len > 0) return static_cast<uint32_t>(len);
+    if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
+    return 0;
   }
   bool send(const uint8_t* frame, uint32_t len) override {
     if (write(fd_, frame, len) >= 0) return true;
@@ -154,7 +152,6 @@ class TapLink final : public Link {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
   }
-  bool connected() const override { return fd_ >= 0; }
 
  private:
   void watchOut(bool on) {

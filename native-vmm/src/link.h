@@ -55,8 +55,6 @@ class Link {
   virtual void sendDone() {}
   // Close every fd (the epoll set is closed by the data path).
   virtual void close() = 0;
-  // A peer (the guest's NIC) is attached: frames can flow.
-  virtual bool connected() const = 0;
 
   LinkCounters counters;
 };
@@ -74,7 +72,6 @@ class ListeningLink : public Link {
   enum : uint32_t { SUB_LISTEN = 0, SUB_PEER = 1 };  // sub-tokens; a link's own start at 2
   ListeningLink(int lfd, std::string path);
   void watch(int epfd, uint64_t base) override;
-  bool connected() const override { return pfd_ >= 0; }
   void close() override;
 
  protected:

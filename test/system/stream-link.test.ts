@@ -6,10 +6,10 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { spawn } from "node:child_process";
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { serveGateway, type ServedGateway } from "../../orchestrator/src/gateway/serve.js";
 import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
 import { eth, ipv4, icmpEcho, arpRequest } from "../helpers/frames.js";
@@ -176,33 +176,46 @@ test("the newest VMM connection wins (a VMM restarting before its old socket clo
   }
 });
 
+const MOAT = new URL("../../../bin/moat.js", import.meta.url).pathname;
+
+/**
+ * `moat serve` started by `argv` (node MOAT serve ..., or through `ip netns exec`), waited for
+ * until it says it serves `kind`: the guest's and the gateway's addresses it printed.
+ */
+async function startServe(argv: string[], kind: string): Promise<{ child: ChildProcess; stderr: () => string; exited: Promise<number | null>; guest: string; gateway: string }> {
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr!.on("data", (d) => { stderr += d; });
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const start = Date.now();
+  while (!stderr.includes(`serving ${kind}`) && Date.now() - start < 10000) await new Promise((r) => setTimeout(r, 50));
+  const m = new RegExp(`moat: serving ${kind} .*: guest (172\\.30\\.\\d+\\.\\d+)/30 \\(DHCP\\).*gateway (172\\.30\\.\\d+\\.\\d+)`).exec(stderr);
+  if (!m) {
+    child.kill("SIGKILL");
+    assert.fail(`moat serve did not start serving ${kind}:\n${stderr}`);
+  }
+  return { child, stderr: () => stderr, exited, guest: m[1]!, gateway: m[2]! };
+}
+
 test("moat serve --stream serves a VMM and stops cleanly on SIGTERM", { skip }, async () => {
   const path = join(dir, "serve.sock");
-  const child = spawn(process.execPath, [new URL("../../../bin/moat.js", import.meta.url).pathname, "serve", "--stream", path, "--dns-forward", "none"], { stdio: ["ignore", "pipe", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d) => { stderr += d; });
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const served = await startServe([process.execPath, MOAT, "serve", "--stream", path, "--dns-forward", "none"], "stream");
   try {
-    const start = Date.now();
-    while (!/serving stream/.test(stderr) && Date.now() - start < 10000) await new Promise((r) => setTimeout(r, 50));
-    assert.match(stderr, /moat: serving stream .*: guest (172\.30\.\d+\.\d+)\/30 \(DHCP\)/);
-    const guest = /guest (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
-    const gw = /gateway (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
     const vmm = await Vmm.open(path);
-    vmm.send(eth(BCAST, GUEST_MAC, ETH_ARP, arpRequest(GUEST_MAC, guest, gw)));
+    vmm.send(eth(BCAST, GUEST_MAC, ETH_ARP, arpRequest(GUEST_MAC, served.guest, served.gateway)));
     await vmm.next(isArpReply);
-    child.kill("SIGTERM");
-    assert.equal(await exited, 0, stderr);
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0, served.stderr());
     await vmm.whenClosed();
-    assert.match(stderr, /SIGTERM: stopping/);
+    assert.match(served.stderr(), /SIGTERM: stopping/);
   } finally {
-    child.kill("SIGKILL");
+    served.child.kill("SIGKILL");
   }
 });
 
 test("moat serve: a missing or doubled link is a clear error", { skip }, async () => {
   const run = (args: string[]) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, [new URL("../../../bin/moat.js", import.meta.url).pathname, "serve", ...args], { stdio: ["ignore", "ignore", "pipe"] });
+    const c = spawn(process.execPath, [MOAT, "serve", ...args], { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     c.stderr.on("data", (d) => { stderr += d; });
     c.once("exit", (code) => resolve({ code, stderr }));
@@ -219,38 +232,30 @@ test("moat serve: a missing or doubled link is a clear error", { skip }, async (
 });
 
 test("moat serve --tap attaches to an existing TAP device: its kernel side takes a DHCP lease and pings the gateway", { skip }, async () => {
-  const { execFileSync } = await import("node:child_process");
   const ns = `mt-tap-${process.pid}`;
   const sh = (args: string[]) => execFileSync("ip", args, { stdio: "pipe", encoding: "utf8" });
   try { sh(["netns", "del", ns]); } catch { /* none */ }
   sh(["netns", "add", ns]);
   sh(["-n", ns, "tuntap", "add", "dev", "mtap0", "mode", "tap"]);
-  const child = spawn("ip", ["netns", "exec", ns, process.execPath, new URL("../../../bin/moat.js", import.meta.url).pathname, "serve", "--tap", "mtap0", "--dns-forward", "none"], { stdio: ["ignore", "pipe", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d) => { stderr += d; });
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const served = await startServe(["ip", "netns", "exec", ns, process.execPath, MOAT, "serve", "--tap", "mtap0", "--dns-forward", "none"], "tap");
   try {
-    const start = Date.now();
-    while (!/serving tap/.test(stderr) && Date.now() - start < 10000) await new Promise((r) => setTimeout(r, 50));
-    assert.match(stderr, /moat: serving tap mtap0: guest (172\.30\.\d+\.\d+)\/30 \(DHCP\)/, stderr);
+    assert.match(served.stderr(), /moat: serving tap mtap0: guest 172\.30\.\d+\.\d+\/30 \(DHCP\)/);
     sh(["-n", ns, "link", "set", "mtap0", "up"]);
     const dhcp = execFileSync("ip", ["netns", "exec", ns, "sh", "-c", "busybox udhcpc -i mtap0 -q -n -t 5 -T 1 -s /bin/true 2>&1"], { encoding: "utf8" });
     const lease = /lease of (172\.30\.\d+\.\d+) obtained/.exec(dhcp)?.[1];
-    assert.equal(lease, /guest (172\.30\.\d+\.\d+)/.exec(stderr)![1], dhcp);
+    assert.equal(lease, served.guest, dhcp);
     sh(["-n", ns, "addr", "add", `${lease}/30`, "dev", "mtap0"]);
-    const gw = /gateway (172\.30\.\d+\.\d+)/.exec(stderr)![1]!;
-    const ping = execFileSync("ip", ["netns", "exec", ns, "ping", "-c", "1", "-W", "2", gw], { encoding: "utf8" });
+    const ping = execFileSync("ip", ["netns", "exec", ns, "ping", "-c", "1", "-W", "2", served.gateway], { encoding: "utf8" });
     assert.match(ping, /1 received/);
-    child.kill("SIGTERM");
-    assert.equal(await exited, 0, stderr);
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0, served.stderr());
   } finally {
-    child.kill("SIGKILL");
+    served.child.kill("SIGKILL");
     try { sh(["netns", "del", ns]); } catch { /* gone */ }
   }
 });
 
 test("the socket path: a file there is never deleted, a live socket never taken over; the socket is 0600 whatever the umask, and gone at stop", { skip }, async () => {
-  const { writeFileSync, readFileSync, statSync, existsSync } = await import("node:fs");
   const file = join(dir, "precious.txt");
   writeFileSync(file, "precious\n");
   await assert.rejects(serveGateway({ dnsForward: "none" }, { kind: "stream", path: file }), /precious\.txt exists and is not a socket \(moat will not delete it\)/);
@@ -267,7 +272,6 @@ test("the socket path: a file there is never deleted, a live socket never taken 
   await second.stop();
   assert.equal(existsSync(join(dir, "second.sock")), false, "the socket file is removed at stop");
   // A stale socket (bound, nobody listening: a moat that died) is replaced.
-  const { execFileSync } = await import("node:child_process");
   execFileSync("python3", ["-c", "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", join(dir, "stale.sock")]);
   assert.ok(statSync(join(dir, "stale.sock")).isSocket());
   const third = await serveGateway({ dnsForward: "none", exitGraceMs: 0 }, { kind: "stream", path: join(dir, "stale.sock") });

@@ -4,6 +4,7 @@ import { execFileSync } from "node:child_process";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
 import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
+import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError } from "../errors.js";
 import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
@@ -271,10 +272,7 @@ async function cmdRun(args: string[]): Promise<number> {
   if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
   if (flags.get("vm")) return runInVm(flags, options, rest);
   const sandbox = await NetnsSandbox.create(options);
-  // A port the kernel chose is worth saying; one the user named is not.
-  sandbox.ports.forEach((p, i) => {
-    if (options.ports?.[i]?.host === 0) process.stderr.write(`moat: published ${describePort(p)} -> sandbox port ${p.guest}\n`);
-  });
+  reportChosenPorts(sandbox, options);
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
     child = sandbox.spawn(rest);
@@ -303,9 +301,25 @@ async function cmdRun(args: string[]): Promise<number> {
     child.once("exit", (code, signal) => resolve(code ?? 128 + signalNumber(signal ?? "SIGKILL")));
   });
   for (const s of sigs) process.removeListener(s, forward);
+  return finishRun(sandbox, flags, options, status);
+}
+
+/** A port the kernel chose is worth saying; one the user named is not. */
+function reportChosenPorts(sandbox: GuestSandbox, options: NetnsSandboxOptions): void {
+  sandbox.ports.forEach((p, i) => {
+    if (options.ports?.[i]?.host === 0) process.stderr.write(`moat: published ${describePort(p)} -> sandbox port ${p.guest}\n`);
+  });
+}
+
+/**
+ * After the command (of either kind of sandbox): its connections drained, --stats, the sandbox
+ * removed; moat's exit status (125 when a secret violation terminated it).
+ */
+async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, status: number): Promise<number> {
   // The command is gone, but its kernel may still hold data for its connections: serve them to
   // their end (or the grace), then cut what is left with resets. A signal now ends the wait
   // (and the cleanup still runs): nobody should have to wait out a grace to get their prompt.
+  const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const stopWaiting = new AbortController();
   const onSignal = () => stopWaiting.abort();
   for (const s of sigs) process.on(s, onSignal);
@@ -374,9 +388,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
     },
   });
   process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
-  sandbox.ports.forEach((p, i) => {
-    if (options.ports?.[i]?.host === 0) process.stderr.write(`moat: published ${describePort(p)} -> sandbox port ${p.guest}\n`);
-  });
+  reportChosenPorts(sandbox, options);
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const forward = (sig: NodeJS.Signals) => sandbox.signal(signalNumber(sig));
   for (const s of sigs) process.on(s, forward);
@@ -385,22 +397,12 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
     status = await sandbox.run(command, { stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
   } catch (e) {
     if (!sandbox.terminatedBy) throw e;
-    status = 125; // the VM was killed for a secret violation: said below
+    status = 125; // the VM was killed for a secret violation: said by finishRun
   } finally {
     for (const s of sigs) process.removeListener(s, forward);
     process.stdin.pause();
   }
-  if (flags.get("stats")) {
-    process.stderr.write(`moat: engine counters: ${JSON.stringify(sandbox.counters(true))}\n`);
-    const d = sandbox.flowDecisions();
-    process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
-  }
-  await sandbox.destroy();
-  if (sandbox.terminatedBy) {
-    process.stderr.write(`moat: sandbox terminated: ${sandbox.terminatedBy} (--secret-violation block-and-terminate)\n`);
-    return 125;
-  }
-  return status;
+  return finishRun(sandbox, flags, options, status);
 }
 
 function runGraceText(grace: number): string {

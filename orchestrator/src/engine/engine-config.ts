@@ -42,12 +42,12 @@ function writeMac(mem: Uint8Array, off: number, mac: string): void {
   mem.set(parts, off);
 }
 
-/** 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d */
 /** The interceptor's pins as the engine takes them: one per (address, rule name), TTL floored at 1 s. */
 export function enginePins(pins: readonly DnsPin[]): { addr: Uint8Array; nameId: number; ttlMs: number }[] {
   return pins.flatMap((p) => p.nameIds.map((nameId) => ({ addr: addr16(p.ip), nameId, ttlMs: Math.max(1, p.ttlSec) * 1000 })));
 }
 
+/** 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d */
 export function addr16(ip: string): Uint8Array {
   const a = ipaddr.parse(ip);
   return Uint8Array.from(a.kind() === "ipv4" ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());

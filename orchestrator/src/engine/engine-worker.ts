@@ -26,7 +26,8 @@ import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interc
 import { UpstreamResolver, setDatagramTransport, dgramTransport, type Nameserver, type DatagramChannel } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
 import { classifyAddress } from "../policy/groups.js";
-import { enginePins } from "./engine-config.js";
+import { enginePins, addr16 } from "./engine-config.js";
+import { isIPv4 } from "node:net";
 import ipaddr from "ipaddr.js";
 import { placeholderInName } from "../secrets/secrets.js";
 
@@ -141,10 +142,7 @@ function socketError(errno: number): Error {
 setDatagramTransport({
   open(server, onMessage, onError): DatagramChannel {
     if (server.ip.includes("%")) return dgramTransport.open(server, onMessage, onError); // a zone: Node's sockets know it
-    const a = ipaddr.parse(server.ip);
-    const v4 = a.kind() === "ipv4";
-    const addr = Uint8Array.from(v4 ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());
-    const id = datapath.dnsOpen(v4 ? 4 : 6, addr, server.port);
+    const id = datapath.dnsOpen(isIPv4(server.ip) ? 4 : 6, addr16(server.ip), server.port);
     let open = id >= 0;
     const fail = (errno: number) => queueMicrotask(() => onError(socketError(errno)));
     if (open) dnsChannels.set(id, { onMessage, onError });

@@ -14,7 +14,8 @@ import ipaddr from "ipaddr.js";
 import type { SandboxAddresses } from "../sandbox/addressing.js";
 import { DEFAULT_POOL4 } from "../sandbox/addressing.js";
 import { EngineHost } from "../engine/engine-host.js";
-import { enginePins, type EngineConfig, type EngineCounters } from "../engine/engine-config.js";
+import { addr16, enginePins, type EngineConfig, type EngineCounters } from "../engine/engine-config.js";
+import { isIPv4 } from "node:net";
 import { ConfigError, MoatError } from "../errors.js";
 import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape, type Action } from "../policy/model.js";
 import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
@@ -29,7 +30,7 @@ import { layout as L } from "../engine/layout.js";
 import type { LinkSpec } from "../links/link.js";
 import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
-import { validateTls, tlsRequested, PinnedNames, ruleCovers, processCertificateAuthority, matchesPattern, type TlsOptions, type ValidTls } from "../tls/setup.js";
+import { validateTls, tlsRequested, PinnedNames, ruleCovers, processCertificateAuthority, matchesPattern, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
 
 /** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
@@ -321,10 +322,7 @@ export class Gateway {
     let id = this.nextListener;
     while (this.published.has(id)) id = (id + 1) % L.PUB_MAX;
     this.nextListener = (id + 1) % L.PUB_MAX;
-    const a = ipaddr.parse(want.bind);
-    const family = a.kind() === "ipv4" ? 4 : 6;
-    const addr = Uint8Array.from(a.kind() === "ipv4" ? (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray() : a.toByteArray());
-    const r = await this.engine.listen(id, want.protocol, family, addr, want.host, want.guest);
+    const r = await this.engine.listen(id, want.protocol, isIPv4(want.bind) ? 4 : 6, addr16(want.bind), want.host, want.guest);
     if (r < 0) {
       const errno = -r;
       const inUse = errno === 98; // EADDRINUSE
@@ -509,10 +507,11 @@ export class Gateway {
   /**
    * The environment a guest command runs with: placeholders for the secrets (the values, under
    * any variable, never go in) and, with TLS interception, the variables that point clients at
-   * a bundle trusting moat's CA (`bundle`, `caFile`: where the guest has them).
+   * the bundle trusting moat's CA (GUEST_TRUST: where every kind of guest has it).
    */
-  commandEnv(env: NodeJS.ProcessEnv, trust = { bundle: "/etc/ssl/certs/ca-certificates.crt", caFile: "/etc/ssl/certs/moat-interception-ca.pem" }): NodeJS.ProcessEnv {
-    const vars = this.options.tls ? { SSL_CERT_FILE: trust.bundle, REQUESTS_CA_BUNDLE: trust.bundle, CURL_CA_BUNDLE: trust.bundle, NODE_EXTRA_CA_CERTS: trust.caFile } : {};
+  commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+    const b = GUEST_TRUST.bundle;
+    const vars = this.options.tls ? { SSL_CERT_FILE: b, REQUESTS_CA_BUNDLE: b, CURL_CA_BUNDLE: b, NODE_EXTRA_CA_CERTS: GUEST_TRUST.caFile } : {};
     const out: NodeJS.ProcessEnv = { ...env, ...vars };
     for (const x of this.options.secrets) {
       for (const [k, v] of Object.entries(out)) if (v !== undefined && v.includes(x.value)) delete out[k];

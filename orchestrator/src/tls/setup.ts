@@ -1,6 +1,7 @@
 // setup.ts — TLS interception settings (the reference's TlsBuilder), checked once; the CA a
 // process intercepts with; the names DNS pinned to addresses (what an SNI is held to); the trust
 // bundle a namespace sandbox sees.
+import { basename } from "node:path";
 import { readFileSync, writeFileSync, mkdirSync, cpSync, existsSync, appendFileSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
@@ -149,17 +150,21 @@ export function ruleCovers(key: string, sni: string): boolean {
 }
 
 /**
+ * Where a guest of any kind finds moat's interception CA: in the system bundle (with the roots it
+ * had) and alone. Commands get both in their environment (Gateway.commandEnv).
+ */
+export const GUEST_TRUST = { bundle: "/etc/ssl/certs/ca-certificates.crt", caFile: "/etc/ssl/certs/moat-interception-ca.pem" } as const;
+
+/**
  * The trust store a namespace sandbox sees: `ip netns exec` mounts /etc/netns/NAME/ssl over
  * /etc/ssl for the command, so the copy here (the host's, plus moat's CA in the bundle) is what
- * OpenSSL, curl and Python find at the system paths inside the sandbox only. The host's own
- * store is never changed. Returns the bundle's path as seen inside the sandbox.
+ * OpenSSL, curl and Python find at the system paths (GUEST_TRUST) inside the sandbox only. The
+ * host's own store is never changed.
  */
-export function writeTrustBundle(netnsEtc: string, caPem: string): string {
-  const ssl = `${netnsEtc}/ssl`;
-  mkdirSync(`${ssl}/certs`, { recursive: true });
-  if (existsSync("/etc/ssl")) cpSync("/etc/ssl", ssl, { recursive: true, verbatimSymlinks: true, force: true, filter: (src) => !src.startsWith("/etc/ssl/private") });
-  const bundle = `${ssl}/certs/ca-certificates.crt`;
-  appendFileSync(bundle, `\n# moat TLS interception CA\n${caPem}`);
-  writeFileSync(`${ssl}/certs/moat-interception-ca.pem`, caPem);
-  return "/etc/ssl/certs/ca-certificates.crt";
+export function writeTrustBundle(netnsEtc: string, caPem: string): void {
+  const certs = `${netnsEtc}/ssl/certs`; // /etc/ssl/certs inside the sandbox
+  mkdirSync(certs, { recursive: true });
+  if (existsSync("/etc/ssl")) cpSync("/etc/ssl", `${netnsEtc}/ssl`, { recursive: true, verbatimSymlinks: true, force: true, filter: (src) => !src.startsWith("/etc/ssl/private") });
+  appendFileSync(`${certs}/${basename(GUEST_TRUST.bundle)}`, `\n# moat TLS interception CA\n${caPem}`);
+  writeFileSync(`${certs}/${basename(GUEST_TRUST.caFile)}`, caPem);
 }

@@ -13,13 +13,14 @@
 // namespace sandbox uses: nothing about the network depends on the kind of guest.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { PassThrough, Readable, type Writable } from "node:stream";
 import { addressesFor, leaseSlot, type SandboxAddresses } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { GuestSandbox } from "../sandbox/sandbox.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
+import { GUEST_TRUST } from "../tls/setup.js";
 import { startVm, qemuValue, type Vm, type VmAccel } from "./qemu.js";
 import { VmError } from "./vm-error.js";
 
@@ -52,9 +53,6 @@ export interface VmRunOptions {
   env?: Record<string, string>;
   cwd?: string;
 }
-
-/** Where the guest finds the CA bundle that trusts moat's interception CA. */
-const GUEST_BUNDLE = "/etc/ssl/certs/ca-certificates.crt";
 
 export class VmSandbox extends GuestSandbox {
   private vm: Vm | undefined;
@@ -146,7 +144,8 @@ export class VmSandbox extends GuestSandbox {
 
   /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
   private async installTrust(pem: string): Promise<void> {
-    await this.guestShell(`mkdir -p /etc/ssl/certs && cat > ${GUEST_BUNDLE} && cp ${GUEST_BUNDLE} /etc/ssl/certs/moat-interception-ca.pem`, "install moat's CA", Readable.from([pem]));
+    const { bundle, caFile } = GUEST_TRUST;
+    await this.guestShell(`mkdir -p ${dirname(bundle)} ${dirname(caFile)} && cat > ${bundle} && cp ${bundle} ${caFile}`, "install moat's CA", Readable.from([pem]));
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */
@@ -154,7 +153,7 @@ export class VmSandbox extends GuestSandbox {
     if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
     const base = o.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" };
-    const env = this.gateway ? this.gateway.commandEnv(base, { bundle: GUEST_BUNDLE, caFile: "/etc/ssl/certs/moat-interception-ca.pem" }) : base;
+    const env = this.gateway ? this.gateway.commandEnv(base) : base;
     return this.vm.exec(command, { env: env as Record<string, string>, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout, stderr: o.stderr });
   }
 

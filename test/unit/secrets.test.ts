@@ -51,7 +51,7 @@ test("the scanner finds a placeholder split across writes, and holds back only w
 });
 
 function filter(hosts = ["api.example.test"], sni = "api.example.test", pinned = true, extra = {}) {
-  return new RequestFilter([secret(hosts, extra)], sni, pinned);
+  return new RequestFilter([secret(hosts, extra)], { sni, pinned });
 }
 const feed = (f: RequestFilter, ...parts: string[]) => {
   const out: string[] = [];
@@ -68,7 +68,7 @@ test("substitution in headers and Basic auth, only where Host equals the SNI and
   const r = feed(filter(), `GET /x HTTP/1.1\r\nHost: API.example.test:443\r\nAuthorization: Basic ${basic}\r\nX-Key: k=${P};\r\n\r\n`);
   assert.equal(r.violation, undefined);
   assert.match(r.out, new RegExp(`Authorization: Basic ${Buffer.from("u:VALUE-123").toString("base64")}\r\n`));
-  assert.match(r.out, /X-Key: k=VALUE-123;\r\n\r\n$/);
+  assert.match(r.out, /X-Key: k=VALUE-123;\r\nAccept-Encoding: identity\r\n\r\n$/, "a substituted request asks for an uncompressed answer (it is scanned)");
   const mismatch = feed(filter(), `GET / HTTP/1.1\r\nHost: other.test\r\nX-Key: ${P}\r\n\r\n`);
   assert.match(mismatch.violation?.where ?? "", /Host other\.test is not the SNI/);
   assert.equal(mismatch.out, "", "nothing of the request left");
@@ -79,25 +79,25 @@ test("substitution in headers and Basic auth, only where Host equals the SNI and
 });
 
 test("the query string, when the secret allows it: substituted percent-encoded, in the query only", () => {
-  const f = new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "a b&c" })[0]!], "api.example.test", true);
+  const f = new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "a b&c" })[0]!], { sni: "api.example.test", pinned: true });
   const r = feed(f, `GET /v1?key=${P}&x=1 HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
   assert.equal(r.violation, undefined);
   assert.match(r.out, /^GET \/v1\?key=a%20b%26c&x=1 HTTP\/1\.1\r\n/);
-  const inPath = feed(new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "v" })[0]!], "api.example.test", true),
+  const inPath = feed(new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { query: true } }], { K: "v" })[0]!], { sni: "api.example.test", pinned: true }),
     `GET /${P}/x HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
   assert.match(inPath.violation?.where ?? "", /the request line/, "in the path it stays a violation");
 });
 
 test("bodies, when the secret allows it: held whole, substituted, framed by Content-Length; compressed ones are not touched", () => {
-  const body = () => new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { body: true } }], { K: "REAL-VALUE" })[0]!], "api.example.test", true);
+  const body = () => new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { body: true } }], { K: "REAL-VALUE" })[0]!], { sni: "api.example.test", pinned: true });
   const payload = `{"key":"${P}"}`;
   const cl = feed(body(), `POST /a HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${payload.length}\r\n\r\n${payload.slice(0, 10)}`, payload.slice(10), `GET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
   assert.equal(cl.violation, undefined);
-  assert.equal(cl.out, `POST /a HTTP/1.1\r\nContent-Length: 20\r\nHost: api.example.test\r\n\r\n{"key":"REAL-VALUE"}GET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  assert.equal(cl.out, `POST /a HTTP/1.1\r\nContent-Length: 20\r\nHost: api.example.test\r\nAccept-Encoding: identity\r\n\r\n{"key":"REAL-VALUE"}GET /next HTTP/1.1\r\nHost: api.example.test\r\nAccept-Encoding: identity\r\n\r\n`);
   const chunked = feed(body(), `POST /c HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"k":\r\n`, `${(payload.length - 5).toString(16)}\r\n${payload.slice(5)}\r\n0\r\n\r\n`);
   assert.equal(chunked.violation, undefined);
   // (the chunks are `{"k":` and the rest of the payload from its sixth byte)
-  assert.equal(chunked.out, `POST /c HTTP/1.1\r\nContent-Length: 20\r\nHost: api.example.test\r\n\r\n{"k":":"REAL-VALUE"}`);
+  assert.equal(chunked.out, `POST /c HTTP/1.1\r\nContent-Length: 20\r\nHost: api.example.test\r\nAccept-Encoding: identity\r\n\r\n{"k":":"REAL-VALUE"}`);
   const gz = feed(body(), `POST /z HTTP/1.1\r\nHost: api.example.test\r\nContent-Encoding: gzip\r\nContent-Length: 40\r\n\r\n${P}xxxxxxxx`);
   assert.match(gz.violation?.where ?? "", /a request body/, "a compressed body is scanned, never rewritten");
 });
@@ -107,7 +107,7 @@ test("bodies (Content-Length and chunked) are followed to the next request; a pl
   const two = feed(f, "POST /a HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhel", `lo`, `GET /b HTTP/1.1\r\nHost: api.example.test\r\nX: ${P}\r\n\r\n`);
   assert.equal(two.violation, undefined);
   assert.match(two.out, /hello GET \/b|hello/);
-  assert.match(two.out, /X: VALUE-123\r\n\r\n$/, "the pipelined second request was judged (and substituted) too");
+  assert.match(two.out, /X: VALUE-123\r\nAccept-Encoding: identity\r\n\r\n$/, "the pipelined second request was judged (and substituted) too");
   const chunked = feed(filter(), "POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", `GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ${P}\r\n\r\n`);
   assert.equal(chunked.violation, undefined);
   assert.match(chunked.out, /X: VALUE-123/);
@@ -166,7 +166,7 @@ test("HTTP/2: header blocks are substituted through HPACK (also across CONTINUAT
   };
   const b1 = req([{ name: "authorization", value: `Bearer ${P}` }]);
   const b2 = req([{ name: "authorization", value: `Bearer ${P}` }]); // now from the guest's dynamic table
-  const f = new Http2RequestFilter([secret()], "api.example.test", true);
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
   const input = Buffer.concat([PREFACE, h2frame(4, 0, 0, Buffer.alloc(0)),
     h2frame(1, 0x1 | 0x4, 1, b1),
     h2frame(1, 0x1, 3, b2.subarray(0, 5)), h2frame(9, 0x4, 3, b2.subarray(5))]);
@@ -178,22 +178,76 @@ test("HTTP/2: header blocks are substituted through HPACK (also across CONTINUAT
   for (const hs of reqs) assert.equal(hs.find((h) => h.name === "authorization")?.value, "Bearer VALUE-123");
   assert.doesNotMatch(out.toString("latin1"), /moat-ph-/);
   // Another :authority on the same connection: a violation, with its stream.
-  const bad = f.push(h2frame(1, 0x5, 5, (() => { enc.write([{ name: ":method", value: "GET" }, { name: ":authority", value: "other.test" }, { name: ":path", value: "/" }, { name: "x", value: P }]); return enc.read(); })()));
+  const bad = f.push(h2frame(1, 0x5, 5, (() => { enc.write([{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "other.test" }, { name: ":path", value: "/" }, { name: "x", value: P }]); return enc.read(); })()));
   assert.equal(bad.stream, 5);
   assert.match(bad.violation?.where ?? "", /:authority other\.test is not the SNI/);
 });
 
 test("HTTP/2: a placeholder in DATA or :path is a violation; garbage is refused (thrown, the proxy resets)", () => {
   const enc = hpack.compressor.create({ table: { size: 4096 } });
-  enc.write([{ name: ":method", value: "POST" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/" }]);
-  const f = new Http2RequestFilter([secret()], "api.example.test", true);
+  enc.write([{ name: ":method", value: "POST" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/" }]);
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
   assert.equal(f.push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, enc.read())])).violation, undefined);
   const data = f.push(h2frame(0, 0x1, 1, Buffer.from(`k=${P}`)));
   assert.match(data.violation?.where ?? "", /a request body/);
-  const g = new Http2RequestFilter([secret()], "api.example.test", true);
+  const g = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
   const enc2 = hpack.compressor.create({ table: { size: 4096 } }); // a new connection: a new table
-  enc2.write([{ name: ":method", value: "GET" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: `/?k=${P}` }]);
+  enc2.write([{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: `/?k=${P}` }]);
   assert.match(g.push(Buffer.concat([PREFACE, h2frame(1, 0x5, 1, enc2.read())])).violation?.where ?? "", /the request's path/);
-  assert.throws(() => new Http2RequestFilter([secret()], "a.test", true).push(Buffer.from("GET / HTTP/1.1\r\n\r\nxxxxxxxx")));
-  assert.throws(() => new Http2RequestFilter([secret()], "a.test", true).push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]))])));
+  assert.throws(() => new Http2RequestFilter([secret()], { sni: "a.test", pinned: true }).push(Buffer.from("GET / HTTP/1.1\r\n\r\nxxxxxxxx")));
+  assert.throws(() => new Http2RequestFilter([secret()], { sni: "a.test", pinned: true }).push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]))])));
+});
+
+test("HTTP/2: every stream's authority is held to the domain rule; malformed requests are refused on their stream", () => {
+  const bind = (h: string) => (h === "api.example.test" ? null : `${h} is not covered`);
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  const block = (hs: { name: string; value: string }[]) => { enc.write(hs); return enc.read() as Buffer; };
+  const base = (authority: string) => [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: authority }, { name: ":path", value: "/" }];
+  const f = new Http2RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  assert.equal(f.push(Buffer.concat([PREFACE, h2frame(1, 0x5, 1, block(base("api.example.test")))])).refusal, undefined);
+  const second = f.push(h2frame(1, 0x5, 3, block(base("tenant.evil.test"))));
+  assert.equal(second.refusal?.status, 403, "a second stream's :authority");
+  assert.equal(second.stream, 3);
+  const cases: [string, { name: string; value: string }[], number][] = [
+    ["host differs from :authority", [...base("api.example.test"), { name: "host", value: "tenant.evil.test" }], 403],
+    ["CONNECT", [{ name: ":method", value: "CONNECT" }, { name: ":authority", value: "tenant.evil.test:443" }], 405],
+    ["a pseudo-header after a field", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: "x", value: "1" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/" }], 400],
+    ["transfer-encoding", [...base("api.example.test"), { name: "transfer-encoding", value: "chunked" }], 400],
+    ["CRLF in a value", [...base("api.example.test"), { name: "x", value: "a\r\nHost: tenant.evil.test" }], 400],
+    ["an upper-case name", [...base("api.example.test"), { name: "X-Up", value: "1" }], 400],
+    ["no :authority nor host", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":path", value: "/" }], 400],
+  ];
+  for (const [name, hs, status] of cases) {
+    const g = new Http2RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+    const e = hpack.compressor.create({ table: { size: 4096 } });
+    e.write(hs);
+    assert.equal(g.push(Buffer.concat([PREFACE, h2frame(1, 0x5, 1, e.read())])).refusal?.status, status, name);
+  }
+});
+
+test("HTTP/2: a 16 MiB DATA frame is streamed, never held; a placeholder split across DATA frames is still caught", () => {
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  enc.write([{ name: ":method", value: "POST" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/" }]);
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  f.push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, enc.read())]));
+  const len = 16 * 1024 * 1024 - 1;
+  const head = h2frame(0, 0, 1, Buffer.alloc(0));
+  head.writeUIntBE(len, 0, 3);
+  let out = f.push(head).out.reduce((n, b) => n + b.length, 0);
+  const piece = Buffer.alloc(65536, 0x61);
+  for (let sent = 0; sent < len - 1; sent += piece.length) {
+    const p = piece.subarray(0, Math.min(piece.length, len - 1 - sent));
+    const r = f.push(p);
+    const n = r.out.reduce((k, b) => k + b.length, 0);
+    assert.equal(n, p.length, "each piece goes on as it comes");
+    out += n;
+  }
+  assert.equal(out, 9 + len - 1, "everything but the frame's last byte has gone on");
+  // A placeholder begun at the end of one DATA frame and ended in the next.
+  const g = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  const e2 = hpack.compressor.create({ table: { size: 4096 } });
+  e2.write([{ name: ":method", value: "POST" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "other.test" }, { name: ":path", value: "/" }]);
+  g.push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, e2.read())]));
+  assert.equal(g.push(h2frame(0, 0, 1, Buffer.from(`x=${P.slice(0, 12)}`))).violation, undefined);
+  assert.match(g.push(h2frame(0, 0x1, 1, Buffer.from(P.slice(12)))).violation?.where ?? "", /a request body/);
 });

@@ -24,7 +24,7 @@ import { classifyAddress, hostSet, type HostSet } from "../policy/groups.js";
 import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
 import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interceptor.js";
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
-import { DnsTcpServer } from "../dns/tcp-proxy.js";
+import { DnsTcpServer, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import type { DnsWorkerSetup } from "../engine/engine-worker.js";
 import { layout as L } from "../engine/layout.js";
 import type { LinkSpec } from "../links/link.js";
@@ -452,16 +452,10 @@ export class Gateway {
       // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
       // this sandbox's DNS answered with that address and that the rule covers. A connection a
       // CIDR or group rule admitted is not constrained by its SNI.
-      checkSni: (origin, sni) => {
-        if (!origin.admitNameId) return null;
-        const key = this.names.names[origin.admitNameId - 1];
-        if (key === undefined) return "admitted by a rule that is no longer in force";
-        const rule = key.startsWith(".") ? `*${key}` : key;
-        if (!sni) return `no SNI, but ${origin.ip} was admitted only as ${rule}`;
-        if (!ruleCovers(key, sni)) return `SNI ${sni} is not covered by the rule that admitted ${origin.ip} (${rule})`;
-        if (!this.pinnedNames.has(origin.ip, sni)) return `this sandbox's DNS never answered ${sni} with ${origin.ip}`;
-        return null;
-      },
+      checkSni: (origin, sni) => this.boundName(origin, sni, "SNI"),
+      // And every HTTP request's authority on such a connection (Host, :authority, an
+      // absolute-form target): a shared front routes by it, not by the SNI.
+      checkAuthority: (origin, host) => this.boundName(origin, host, "the request's authority"),
       // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
       dnsQuery: async (query, origin) => {
         const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
@@ -479,6 +473,22 @@ export class Gateway {
     return { ip: a.address, port: a.port };
   }
 
+  /**
+   * A connection a domain rule admitted may name (in its SNI, in each request's authority) only a
+   * name that rule covers and that this sandbox's DNS answered with the connection's address; why
+   * not, or null. A connection a CIDR or group rule admitted is not held to names.
+   */
+  private boundName(origin: RedirectOrigin, name: string | undefined, what: string): string | null {
+    if (!origin.admitNameId) return null;
+    const key = this.names.names[origin.admitNameId - 1];
+    if (key === undefined) return "admitted by a rule that is no longer in force";
+    const rule = key.startsWith(".") ? `*${key}` : key;
+    if (!name) return `no ${what}, but ${origin.ip} was admitted only as ${rule}`;
+    if (!ruleCovers(key, name)) return `${what} ${name} is not covered by the rule that admitted ${origin.ip} (${rule})`;
+    if (!this.pinnedNames.has(origin.ip, name)) return `this sandbox's DNS never answered ${name} with ${origin.ip}`;
+    return null;
+  }
+
   /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */
   private afterTls(e: TlsEvent): void {
     this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: e.kind, name: e.sni, detail: `${e.destination}: ${e.detail}` }]);
@@ -487,7 +497,7 @@ export class Gateway {
 
   /** What the TLS proxy has done (zeros without interception). */
   tlsStats(): TlsProxy["stats"] {
-    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
+    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0 };
   }
 
   /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */

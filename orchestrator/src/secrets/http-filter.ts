@@ -1,39 +1,64 @@
 // http-filter.ts — the guest's side of an intercepted TLS connection, filtered on its way to the
-// server: placeholders become secret values where they may, and are violations everywhere else.
+// server: placeholders become secret values where they may, and are violations everywhere else;
+// on a connection a domain rule admitted, every request's authority is held to that rule.
 //
 // Theory of operation
-// A connection to a host that some secret is for (SNI matches the secret's patterns and this
-// sandbox's DNS pinned that name to the address) is parsed as HTTP/1.1, request by request
-// (pipelined and kept-alive requests each judged):
-//   head    bytes up to the blank line (at most MAX_HEAD): request line and header fields. Each
-//           header value's placeholders are replaced by the value of a secret that is allowed for
-//           this host, and `Authorization: Basic` is decoded, substituted and encoded again — but
-//           only when the request's Host equals the SNI. Any placeholder left (another secret's,
-//           one in the request line, a Host that is not the SNI) is a violation, and the request
-//           never leaves.
-//   body    Content-Length or chunked framing followed to the next request; the bytes are
-//           scanned, not changed (substitution in bodies is not supported: a placeholder there is
-//           a violation).
-//   opaque  after an Upgrade (WebSocket), or a head over MAX_HEAD: scanned like any other stream.
-// Any other connection is opaque from the start. Scanning holds back a tail that could be the
-// start of a placeholder form, so a violation is caught before any of the placeholder's bytes
-// leave, however it is split across writes.
+// A connection is parsed as HTTP/1.1, request by request (pipelined and kept-alive requests each
+// judged), when a secret is for its SNI (substitution) or a domain rule admitted it (binding):
+//   head    bytes up to the blank line (at most MAX_HEAD), read by http1-head.ts as the strictest
+//           server reads them; whatever another parser could read differently (a bare LF, two
+//           Hosts, Transfer-Encoding with Content-Length, an absolute-form target naming another
+//           host, ...) is refused with a status and a reason, and the connection ends. Then the
+//           request's authority is judged (`authority`: the domain rule's names and this
+//           sandbox's pins). Placeholders in header values become the value of a secret allowed
+//           for this host, `Authorization: Basic` is decoded, substituted and encoded again — only
+//           when the authority is the SNI, the address pinned to it, and the method not TRACE.
+//           Any placeholder left (another secret's, one in the request line, another authority)
+//           is a violation, and the request never leaves.
+//   body    Content-Length or chunked framing (strict chunk lines, CRLF after each chunk, trailer
+//           fields checked like headers) followed to the next request; the bytes are scanned
+//           with a carry, or held whole (at most MAX_BODY) for secrets substituted in bodies.
+//   opaque  after an Upgrade (WebSocket): scanned like any other stream.
+// Any other connection is opaque from the start: scanned for placeholders only. Scanning holds
+// back a tail that could be the start of a placeholder form, so a violation is caught before any
+// of the placeholder's bytes leave, however it is split across writes. Memory per connection:
+// one head (64 KiB), one held body (1 MiB, only for inject.body secrets), the scanner's carry.
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
+import { HeadError, badLineEnding, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
 
 export const MAX_HEAD = 65536;
 
 export interface Violation { secret: Secret; where: string; form: string; http: boolean }
 
+/** A request moat will not forward: answered with `status` and `reason`, the connection closed. */
+export interface Refusal { status: number; reason: string }
+
 export interface FilterResult {
   /** Bytes to send upstream now. */
   out: Buffer[];
   violation?: Violation;
+  refusal?: Refusal;
+}
+
+/** What a filter knows of its connection. */
+export interface FilterContext {
+  sni: string | undefined;
+  /** This sandbox's DNS pinned the destination address to the SNI. */
+  pinned: boolean;
+  /**
+   * Set on a connection a domain rule admitted: why a request for `host` may not go (not covered
+   * by the rule, or not pinned to the destination), or null. Every request is then parsed.
+   */
+  authority?(host: string): string | null;
+  /** Each request forwarded, in order (the response side follows them). */
+  onRequest?(method: string, http10: boolean): void;
 }
 
 type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "trailers" | "opaque" | "buffer";
 
 /** Largest request body held to substitute a secret in it; over it, a body with a placeholder is a violation. */
 export const MAX_BODY = 1 << 20;
+const MAX_LINE = 8192;
 
 export class RequestFilter {
   private state: State;
@@ -46,14 +71,23 @@ export class RequestFilter {
   private readonly scanner: PlaceholderScanner;
   /** Secrets whose value may be put into requests on this connection. */
   private readonly allowed: Secret[];
+  private readonly sni: string | undefined;
+  /** Whether any value was put into a request on this connection (its responses are scrubbed). */
+  substituted = false;
 
-  constructor(secrets: readonly Secret[], private readonly sni: string | undefined, pinned: boolean) {
-    this.allowed = secretsFor(secrets, sni, pinned);
-    this.state = this.allowed.length ? "head" : "opaque";
+  constructor(secrets: readonly Secret[], private readonly ctx: FilterContext) {
+    this.sni = ctx.sni;
+    this.allowed = secretsFor(secrets, ctx.sni, ctx.pinned);
+    this.state = this.allowed.length || ctx.authority ? "head" : "opaque";
     this.scanner = new PlaceholderScanner(secrets);
   }
 
-  /** Whether this connection parses HTTP/1.1 (a host some secret is for). */
+  /** Whether this connection parses HTTP/1.1 (a host some secret is for, or a domain rule's). */
+  get parsing(): boolean {
+    return this.allowed.length > 0 || this.ctx.authority !== undefined;
+  }
+
+  /** Whether a value may be substituted on this connection. */
   get substituting(): boolean {
     return this.allowed.length > 0;
   }
@@ -70,21 +104,28 @@ export class RequestFilter {
         const prev = this.head.length;
         this.head = prev ? Buffer.concat([this.head, b]) : b;
         const end = this.head.indexOf("\r\n\r\n", Math.max(0, prev - 3));
+        const limit = end < 0 ? this.head.length : end + 4;
+        // A bare LF ends a line (or a head) for some servers: refused as soon as it is seen.
+        if (badLineEnding(this.head.subarray(0, limit), prev) >= 0) return this.refuse(out, 400, "a bare LF or CR in the request head (lines end in CRLF)");
         if (end < 0) {
-          if (this.head.length > MAX_HEAD) {
-            // Too big to judge as a whole: from here on, a stream like any other.
-            const h = this.head;
-            this.head = Buffer.alloc(0);
-            this.state = "opaque";
-            return this.scan(h, out, "an oversized request head", true);
-          }
+          if (this.head.length > MAX_HEAD) return this.refuse(out, 431, `a request head over ${MAX_HEAD} bytes`);
           return { out };
         }
         const head = this.head.subarray(0, end + 4);
         b = this.head.subarray(end + 4);
         this.head = Buffer.alloc(0);
-        const r = this.judgeHead(head.toString("latin1"));
+        let parsed: RequestHead;
+        try {
+          parsed = parseRequestHead(head);
+        } catch (e) {
+          if (e instanceof HeadError) return this.refuse(out, e.status, e.message);
+          throw e;
+        }
+        const why = this.ctx.authority?.(parsed.host);
+        if (why) return this.refuse(out, 403, why);
+        const r = this.judgeHead(parsed, head.toString("latin1"));
         if ("violation" in r) return { out, violation: r.violation };
+        this.ctx.onRequest?.(parsed.method, parsed.version === "HTTP/1.0");
         if (r.head) out.push(Buffer.from(r.head, "latin1"));
         continue;
       }
@@ -95,15 +136,14 @@ export class RequestFilter {
         b = Buffer.alloc(0);
         const raw = Buffer.concat(h.raw);
         h.raw = [raw];
-        const body = h.chunked ? dechunk(raw) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
+        let body: { payload: Buffer; used: number } | null;
+        try {
+          body = h.chunked ? dechunk(raw) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
+        } catch (e) {
+          return this.refuse(out, 400, (e as Error).message);
+        }
         if (!body) {
-          if (h.size > MAX_BODY + 65536) {
-            // Too big to hold: judged as a stream from here (a placeholder in it is a violation).
-            this.held = undefined;
-            this.state = "opaque";
-            out.push(Buffer.from(`${h.lines.join("\r\n")}\r\n\r\n`, "latin1"));
-            return this.scan(raw, out, "an oversized request body", true);
-          }
+          if (h.size > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`);
           return { out };
         }
         this.held = undefined;
@@ -129,37 +169,54 @@ export class RequestFilter {
       }
       if (this.state === "chunk-crlf") {
         const n = Math.min(this.remaining, b.length);
+        const expect = this.remaining === 2 ? "\r\n" : "\n";
+        if (b.toString("latin1", 0, n) !== expect.slice(0, n)) return this.refuse(out, 400, "a chunk not followed by CRLF");
         out.push(b.subarray(0, n));
         this.remaining -= n;
         b = b.subarray(n);
         if (this.remaining === 0) this.state = "chunk-size";
         continue;
       }
-      // chunk-size and trailers: line by line.
+      // chunk-size and trailers: line by line, each line whole before any of it goes.
       const nl = b.indexOf("\n");
       const take = nl < 0 ? b.length : nl + 1;
       this.line += b.toString("latin1", 0, take);
-      out.push(b.subarray(0, take));
       b = b.subarray(take);
-      if (this.line.length > 8192) { this.state = "opaque"; this.line = ""; continue; } // not chunked framing after all: just scan
+      if (this.line.length > MAX_LINE) return this.refuse(out, 400, "a chunk line or trailer over 8 KiB");
       if (nl < 0) continue;
-      const line = this.line.trim();
+      const raw = this.line;
       this.line = "";
+      if (!raw.endsWith("\r\n") || raw.slice(0, -2).includes("\r")) return this.refuse(out, 400, "a bare LF or CR in chunked framing");
+      const line = raw.slice(0, -2);
       if (this.state === "chunk-size") {
-        const size = parseInt(line.split(";")[0]!, 16);
-        if (!Number.isFinite(size) || size < 0) { this.state = "opaque"; continue; }
+        const size = parseChunkSize(line);
+        if (size === null) return this.refuse(out, 400, "a malformed chunk size line");
+        out.push(Buffer.from(raw, "latin1"));
         if (size === 0) this.state = "trailers";
         else { this.state = "chunk-data"; this.remaining = size; }
       } else if (line === "") {
+        out.push(Buffer.from(raw, "latin1"));
         this.state = "head"; // trailers ended: the next request
+      } else {
+        if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(line)) return this.refuse(out, 400, "a malformed trailer field");
+        const found = this.scanner.find(line);
+        if (found) return { out, violation: this.violation(found, "a trailer", true) };
+        out.push(Buffer.from(raw, "latin1"));
       }
     }
     return { out };
   }
 
-  /** The guest's stream ended: what was held back goes. */
+  /** The guest's stream ended: what was held back goes (an unfinished head never does). */
   end(): Buffer[] {
-    return [this.head, this.scanner.flush()].filter((b) => b.length);
+    const rest = [this.scanner.flush()];
+    if (!this.parsing && this.head.length) rest.unshift(this.head);
+    return rest.filter((b) => b.length);
+  }
+
+  private refuse(out: Buffer[], status: number, reason: string): FilterResult {
+    this.state = "opaque";
+    return { out, refusal: { status, reason: `${reason}${this.sni ? ` (to ${this.sni})` : ""}` } };
   }
 
   private scan(b: Buffer, out: Buffer[], where: string, http: boolean): FilterResult {
@@ -174,55 +231,53 @@ export class RequestFilter {
   }
 
   /** One request head: substituted where allowed; a violation if a placeholder would remain. */
-  private judgeHead(text: string): { head: string } | { violation: Violation } {
-    const lines = text.slice(0, -4).split("\r\n");
+  private judgeHead(h: RequestHead, text: string): { head: string } | { violation: Violation } {
+    this.frame(h);
     // No placeholder in any form anywhere (most requests) and no body to substitute in: the head
     // goes as it is.
-    if (!this.allowed.some((x) => x.body) && !this.scanner.find(text)) {
-      this.frame(lines);
-      return { head: text };
-    }
-    const requestLine = lines[0] ?? "";
-    const fields = lines.slice(1).map((l) => {
-      const c = l.indexOf(":");
-      return c < 0 ? { name: "", value: l, raw: l } : { name: l.slice(0, c).trim().toLowerCase(), value: l.slice(c + 1).trim(), raw: l };
-    });
-    const host = fields.find((f) => f.name === "host")?.value.toLowerCase().replace(/:\d+$/, "").replace(/\.$/, "");
-    const hostOk = host !== undefined && host === this.sni;
+    if (!this.allowed.some((x) => x.body) && !this.scanner.find(text)) return { head: text };
+    const hostOk = h.host === this.sni && h.method !== "TRACE" && this.allowed.length > 0;
     const checkRest = (s: string, where: string): Violation | undefined => {
       const found = this.scanner.find(s);
       return found ? this.violation(found, where, true) : undefined;
     };
-    let line = requestLine;
+    let line = `${h.method} ${h.target} ${h.version}`;
     if (hostOk) {
-      // METHOD SP target SP version: the query of the target, for secrets that allow it.
-      const [method, target, version] = line.split(" ");
-      if (target !== undefined && version !== undefined) {
-        let t = target;
-        for (const s of this.allowed) if (s.query) t = substituteQuery(s, t);
-        line = `${method} ${t} ${version}`;
-      }
+      let t = h.target;
+      for (const s of this.allowed) if (s.query) t = substituteQuery(s, t);
+      if (t !== h.target) this.substituted = true;
+      line = `${h.method} ${t} ${h.version}`;
     }
     const inLine = checkRest(line, "the request line");
     if (inLine) return { violation: inLine };
     const outLines = [line];
-    for (const f of fields) {
+    const why = hostOk ? "" : h.method === "TRACE" ? " (TRACE echoes it back)" : ` (Host ${h.host} is not the SNI)`;
+    for (const f of h.fields) {
       let value = f.value;
-      if (hostOk && f.name) value = substituteHeader(this.allowed, f.name, value);
-      const v = checkRest(`${f.name}: ${value}`, `header ${f.name || "(malformed)"}${hostOk ? "" : host === undefined ? " (no Host)" : ` (Host ${host} is not the SNI)`}`);
+      if (hostOk) value = substituteHeader(this.allowed, f.name, value);
+      const v = checkRest(`${f.name}: ${value}`, `header ${f.name}${why}`);
       if (v) return { violation: v };
-      outLines.push(f.name && value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);
+      if (value !== f.value) this.substituted = true;
+      outLines.push(value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);
     }
-    this.frame(lines);
     const bodySecrets = hostOk && this.allowed.some((x) => x.body);
-    const encoded = fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
+    const encoded = h.fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
     if (bodySecrets && !encoded && (this.state === "length" || this.state === "chunk-size")) {
       // Hold the body whole: its head goes out with the substituted body's length.
       this.held = { lines: outLines, chunked: this.state === "chunk-size", length: this.remaining, raw: [], size: 0 };
       this.state = "buffer";
       return { head: "" };
     }
-    return { head: `${outLines.join("\r\n")}\r\n\r\n` };
+    return { head: `${this.identity(outLines).join("\r\n")}\r\n\r\n` };
+  }
+
+  /** Once a value went out on this connection, what comes back is scanned: ask for it uncompressed. */
+  private identity(lines: string[]): string[] {
+    if (!this.substituted) return lines;
+    const i = lines.findIndex((l, k) => k > 0 && /^accept-encoding\s*:/i.test(l));
+    if (i > 0) lines[i] = "Accept-Encoding: identity";
+    else lines.push("Accept-Encoding: identity");
+    return lines;
   }
 
   /** A held request: its body substituted, framed by Content-Length; a violation if a placeholder is left. */
@@ -231,32 +286,17 @@ export class RequestFilter {
     for (const s of this.allowed) if (s.body) body = body.split(s.placeholder).join(Buffer.from(s.value, "utf8").toString("latin1"));
     const found = this.scanner.find(body);
     if (found) return { violation: this.violation(found, "a request body", true) };
-    const head = lines.filter((l) => !/^(content-length|transfer-encoding)\s*:/i.test(l));
+    if (body !== payload.toString("latin1")) this.substituted = true;
+    const head = this.identity(lines.filter((l) => !/^(content-length|transfer-encoding)\s*:/i.test(l)));
     head.splice(1, 0, `Content-Length: ${Buffer.byteLength(body, "latin1")}`);
     return { request: Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`, "latin1"), Buffer.from(body, "latin1")]) };
   }
 
-  /** The body's framing from a head's lines: chunked wins over Content-Length (RFC 9112 §6.3). */
-  private frame(lines: string[]): void {
-    let te = "";
-    let cl: string | undefined;
-    let upgrade = false;
-    let connection = "";
-    for (let i = 1; i < lines.length; i++) {
-      const l = lines[i]!;
-      const c = l.indexOf(":");
-      if (c < 0) continue;
-      const name = l.slice(0, c).trim().toLowerCase();
-      const value = l.slice(c + 1).trim();
-      if (name === "transfer-encoding") te = value.toLowerCase();
-      else if (name === "content-length") cl = value;
-      else if (name === "upgrade") upgrade = true;
-      else if (name === "connection") connection = value;
-    }
-    if ((upgrade && /upgrade/i.test(connection)) || /^connect /i.test(lines[0] ?? "")) this.state = "opaque";
-    else if (te.includes("chunked")) this.state = "chunk-size";
-    else if (cl !== undefined && /^\d+$/.test(cl) && Number(cl) > 0) { this.state = "length"; this.remaining = Number(cl); }
-    else if (cl !== undefined && !/^\d+$/.test(cl)) this.state = "opaque"; // unparseable framing: just scan
+  /** The body's framing, from the strictly parsed head. */
+  private frame(h: RequestHead): void {
+    if (h.upgrade) this.state = "opaque";
+    else if (h.body.kind === "chunked") this.state = "chunk-size";
+    else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
     else this.state = "head";
   }
 }
@@ -266,21 +306,28 @@ export function forbiddenText(v: Violation): string {
   return `moat: blocked: the placeholder of secret ${v.secret.env} (${v.form}) in ${v.where}; it may be sent only to ${v.secret.hosts.join(", ")}\n`;
 }
 
+/** The answer a refused HTTP/1.1 request gets: its status and why; the connection closes. */
+export function refusedHttp(r: Refusal): Buffer {
+  const body = `moat: refused: ${r.reason}\n`;
+  const text = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 413: "Content Too Large", 431: "Request Header Fields Too Large", 501: "Not Implemented" }[r.status] ?? "Refused";
+  return Buffer.from(`HTTP/1.1 ${r.status} ${text}\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+}
+
 /** The answer a blocked HTTP/1.1 request gets: 403 and why. */
 export function forbidden(v: Violation): Buffer {
   const body = forbiddenText(v);
   return Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
-/** A complete chunked body at the start of `raw` (RFC 9112 §7.1): its payload and the bytes it used; null if incomplete. */
+/** A complete chunked body at the start of `raw` (RFC 9112 §7.1, strictly): its payload and the bytes it used; null if incomplete. */
 function dechunk(raw: Buffer): { payload: Buffer; used: number } | null {
   const parts: Buffer[] = [];
   let o = 0;
   for (;;) {
     const nl = raw.indexOf("\r\n", o);
     if (nl < 0) return null;
-    const size = parseInt(raw.toString("latin1", o, nl).split(";")[0]!.trim(), 16);
-    if (!Number.isFinite(size) || size < 0) throw new Error("a malformed chunk size");
+    const size = parseChunkSize(raw.toString("latin1", o, nl));
+    if (size === null) throw new Error("a malformed chunk size line");
     o = nl + 2;
     if (size === 0) {
       // Trailers, up to the blank line.
@@ -288,11 +335,13 @@ function dechunk(raw: Buffer): { payload: Buffer; used: number } | null {
         const end = raw.indexOf("\r\n", o);
         if (end < 0) return null;
         const blank = end === o;
+        if (!blank && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(raw.toString("latin1", o, end))) throw new Error("a malformed trailer field");
         o = end + 2;
         if (blank) return { payload: Buffer.concat(parts), used: o };
       }
     }
     if (raw.length < o + size + 2) return null;
+    if (raw[o + size] !== 0x0d || raw[o + size + 1] !== 0x0a) throw new Error("a chunk not followed by CRLF");
     parts.push(raw.subarray(o, o + size));
     o += size + 2;
   }

@@ -156,6 +156,11 @@ export class PlaceholderScanner {
     return this.forms.length > 0;
   }
 
+  /** The longest form's length (what a carry across chunks must keep, less one). */
+  get maxFormLength(): number {
+    return this.maxLen;
+  }
+
   /** A form in `text` (no history), if any. */
   find(text: string): Found | undefined {
     for (const f of this.forms) {

@@ -27,12 +27,12 @@ import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../d
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
 import { matchesPattern } from "./setup.js";
-import { RequestFilter, forbidden, forbiddenText, type Violation, type FilterResult } from "../secrets/http-filter.js";
-import { Http2RequestFilter, forbiddenH2 } from "../secrets/http2-filter.js";
+import { RequestFilter, forbidden, forbiddenText, refusedHttp, type Violation, type Refusal, type FilterContext } from "../secrets/http-filter.js";
+import { Http2RequestFilter, forbiddenH2, type H2Result } from "../secrets/http2-filter.js";
 import type { Secret } from "../secrets/secrets.js";
 
 export interface TlsEvent {
-  kind: "tls-sni-denied" | "tls-upstream-failed" | "tls-bad-hello";
+  kind: "tls-sni-denied" | "tls-upstream-failed" | "tls-bad-hello" | "http-refused";
   sni: string | undefined;
   destination: string; // ip:port
   detail: string;
@@ -50,6 +50,11 @@ export interface TlsProxyOptions {
   upstreamCa: readonly string[];
   /** A reason to refuse the guest's SNI for this connection, or null (the pins check). */
   checkSni(origin: RedirectOrigin, sni: string | undefined): string | null;
+  /**
+   * On a connection a domain rule admitted: a reason to refuse a request for `host` (the rule does
+   * not cover it, or this sandbox's DNS did not pin it to the destination), or null.
+   */
+  checkAuthority?(origin: RedirectOrigin, host: string): string | null;
   /** DoT: a DNS query from the guest (over TLS to port 853), answered by the interceptor. */
   dnsQuery?(query: Buffer, origin: RedirectOrigin): Promise<Buffer | null>;
   onEvent?(e: TlsEvent): void;
@@ -65,6 +70,8 @@ export interface TlsProxyOptions {
   denyReason?(rule: number): string;
   helloTimeoutMs?: number;
   upstreamTimeoutMs?: number;
+  /** How long the guest has to finish its TLS handshake once its upstream is open (default 10 s). */
+  handshakeTimeoutMs?: number;
 }
 
 /** What the proxy has done (for counters and tests). */
@@ -76,6 +83,8 @@ export interface TlsProxyStats {
   badHello: number;
   sniDenied: number;
   upstreamFailed: number;
+  /** HTTP requests refused: malformed, ambiguous, or for an authority the domain rule does not bind. */
+  httpRefused: number;
 }
 
 // A TLS record: alert (21), version 3.3, length 2: level fatal (2), access_denied (49).
@@ -113,7 +122,7 @@ function upstreamContextFor(extra: readonly string[]): tls.SecureContext {
 export class TlsProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0 };
+  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0 };
 
   constructor(private readonly o: TlsProxyOptions) {
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
@@ -217,28 +226,32 @@ export class TlsProxy {
       serveDenyPage(guest, Buffer.alloc(0), (host) => this.denyText(origin, host ?? sni));
       return;
     }
-    if (origin.port !== 853 && sni && matchesPattern(sni, this.o.bypass)) {
-      this.stats.bypassed++;
-      return this.splice(sock, origin);
-    }
+    // The pins first: a bypassed name is still held to the domain rule that admitted it.
     const refusal = this.o.checkSni(origin, sni);
     if (refusal) {
       this.stats.sniDenied++;
       this.o.onEvent?.({ kind: "tls-sni-denied", sni, destination: dest(origin), detail: refusal });
       return this.refuseHandshake(sock);
     }
+    if (origin.port !== 853 && sni && matchesPattern(sni, this.o.bypass)) {
+      this.stats.bypassed++;
+      return this.splice(sock, origin);
+    }
     const leafName = sni ?? origin.ip;
     if (origin.port === 853 && this.o.dnsQuery) {
       this.stats.dot++;
       const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(leafName) });
       guest.on("error", () => guest.destroy());
+      this.handshakeDeadline(guest);
       return this.serveDot(guest, origin);
     }
-    // With secrets, an intercepted connection offers only what the filters read: HTTP/1.1 and
-    // HTTP/2 (whose header blocks are decoded from HPACK). A host some secret is for gets
-    // substitution; every other host's requests are scanned.
+    // With secrets, or admitted by a domain rule, an intercepted connection offers only what the
+    // filters read: HTTP/1.1 and HTTP/2 (whose header blocks are decoded from HPACK). A host some
+    // secret is for gets substitution; a domain rule binds every request's authority; every other
+    // host's requests are scanned.
     const secrets = this.o.secrets ?? [];
-    if (secrets.length) alpn = alpn.filter((p) => p === "h2" || p === "http/1.1");
+    const bound = origin.admitNameId !== 0 && this.o.checkAuthority !== undefined;
+    if (secrets.length || bound) alpn = alpn.filter((p) => p === "h2" || p === "http/1.1");
     let upstream: tls.TLSSocket;
     try {
       upstream = await this.connectUpstream(origin, sni, alpn);
@@ -254,10 +267,34 @@ export class TlsProxy {
       secureContext: this.o.ca.contextFor(leafName),
       ALPNProtocols: chosen ? [chosen] : undefined,
     });
-    if (!secrets.length) return join(guest, upstream);
-    const pinned = sni !== undefined && (this.o.pinned?.(origin.ip, sni) ?? false);
-    const filter = chosen === "h2" ? new Http2RequestFilter(secrets, sni, pinned) : new RequestFilter(secrets, sni, pinned);
-    joinFiltered(guest, upstream, filter, (v) => this.o.onViolation?.(v, dest(origin)));
+    this.handshakeDeadline(guest, upstream);
+    if (!secrets.length && !bound) return join(guest, upstream);
+    const ctx: FilterContext = {
+      sni,
+      pinned: sni !== undefined && (this.o.pinned?.(origin.ip, sni) ?? false),
+      authority: bound ? (host) => this.o.checkAuthority!(origin, host) : undefined,
+    };
+    const filter = chosen === "h2" ? new Http2RequestFilter(secrets, ctx) : new RequestFilter(secrets, ctx);
+    joinFiltered(guest, upstream, filter, chosen === "h2", {
+      violation: (v) => this.o.onViolation?.(v, dest(origin)),
+      refusal: (r) => {
+        this.stats.httpRefused++;
+        this.o.onEvent?.({ kind: "http-refused", sni, destination: dest(origin), detail: r.reason });
+      },
+    });
+  }
+
+  /**
+   * The guest must finish its handshake in time: a guest that sends a ClientHello and nothing
+   * more would otherwise hold its upstream connection open for ever.
+   */
+  private handshakeDeadline(guest: tls.TLSSocket, upstream?: net.Socket): void {
+    const timer = setTimeout(() => {
+      guest.destroy();
+      upstream?.destroy();
+    }, this.o.handshakeTimeoutMs ?? 10_000);
+    guest.once("secure", () => clearTimeout(timer));
+    guest.once("close", () => clearTimeout(timer));
   }
 
   // Upstream TLS sessions, resumed on the next connection to the same server and name (a
@@ -377,41 +414,128 @@ function serveDenyPage(sock: net.Socket, first: Buffer, text: (host: string | un
 const rawSockets = new WeakMap<tls.TLSSocket, net.Socket>();
 
 /**
- * As join(), with the guest's bytes passed through `filter` on their way up. A violation stops the
- * request: the upstream connection is reset before any of the placeholder's bytes reach it; an
- * HTTP client gets a 403 saying why, any other stream a reset.
+ * Where the server's HTTP/2 frames end, in the bytes relayed to the guest: moat may add frames of
+ * its own (a refusal) only between two of the server's.
  */
-function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter | Http2RequestFilter, onViolation: (v: Violation) => void): void {
-  upstream.pipe(guest);
+class H2FrameEdge {
+  private left = 0; // bytes of the current frame still to come (-n: n bytes of a 9-byte header seen)
+  private head = Buffer.alloc(0);
+  sent = 0;
+
+  /** How many bytes of `chunk` reach the next frame boundary (chunk.length if none is in it). */
+  toBoundary(chunk: Buffer): number {
+    let o = 0;
+    while (o < chunk.length) {
+      if (this.left > 0) {
+        const n = Math.min(this.left, chunk.length - o);
+        this.left -= n;
+        o += n;
+        if (this.left === 0) return o;
+        continue;
+      }
+      const need = 9 - this.head.length;
+      const take = chunk.subarray(o, o + need);
+      this.head = Buffer.concat([this.head, take]);
+      o += take.length;
+      if (this.head.length === 9) {
+        this.left = this.head.readUIntBE(0, 3);
+        this.head = Buffer.alloc(0);
+        if (this.left === 0) return o;
+      }
+    }
+    return o;
+  }
+
+  get atBoundary(): boolean {
+    return this.left === 0 && this.head.length === 0;
+  }
+
+  /** Account for bytes relayed (every chunk passes through here). */
+  relay(chunk: Buffer): void {
+    let o = 0;
+    while (o < chunk.length) o += this.toBoundary(chunk.subarray(o));
+    this.sent += chunk.length;
+  }
+}
+
+interface FilterEvents {
+  violation(v: Violation): void;
+  refusal(r: Refusal): void;
+}
+
+/**
+ * As join(), with the guest's bytes passed through `filter` on their way up. A violation or a
+ * refusal stops the connection: the upstream connection is reset before any of the offending
+ * request's bytes reach it; an HTTP client gets a status saying why (HTTP/2: on its stream, after
+ * the server's frame in flight), any other stream a reset.
+ */
+function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter | Http2RequestFilter, h2: boolean, events: FilterEvents): void {
+  const edge = h2 ? new H2FrameEdge() : undefined;
   let stopped = false;
+  let answer: Buffer | undefined; // what the guest gets once the server's current frame is through
   const kill = () => { guest.destroy(); upstream.destroy(); };
+  const resetUpstream = () => {
+    const raw = rawSockets.get(upstream);
+    if (raw) raw.resetAndDestroy();
+    else upstream.destroy();
+  };
+  const finish = () => {
+    resetUpstream();
+    if (answer) guest.end(answer);
+    else guest.destroy();
+  };
+  upstream.on("data", (chunk: Buffer) => {
+    if (stopped) {
+      // Relay up to the end of the server's frame in flight, then our answer.
+      if (!edge || !answer) return;
+      const n = edge.toBoundary(chunk);
+      guest.write(chunk.subarray(0, n));
+      if (edge.atBoundary) finish();
+      return;
+    }
+    edge?.relay(chunk);
+    if (!guest.write(chunk)) {
+      upstream.pause();
+      guest.once("drain", () => upstream.resume());
+    }
+  });
+  upstream.on("end", () => { if (!stopped) guest.end(); });
   guest.on("error", kill);
   upstream.on("error", kill);
   upstream.on("close", () => { if (!guest.writableEnded && !stopped) guest.destroy(); });
   guest.on("close", () => { if (!upstream.writableEnded) upstream.destroy(); });
+  const stop = (a: Buffer | undefined) => {
+    stopped = true;
+    answer = a;
+    if (!edge || edge.atBoundary) return finish();
+    // Nothing more goes upstream; the guest's answer waits for the end of the server's frame.
+    setTimeout(() => { if (!guest.destroyed && !guest.writableEnded) kill(); }, 2000).unref();
+  };
   guest.on("data", (chunk: Buffer) => {
     if (stopped) return;
-    let r: FilterResult & { stream?: number };
+    let r: H2Result;
     try {
       r = filter.push(chunk);
     } catch {
-      stopped = true; // a filter bug must not take the process down: fail closed
-      rawSockets.get(upstream)?.resetAndDestroy();
+      stopped = true; // a filter error (malformed framing, or a bug): fail closed
+      resetUpstream();
       kill();
       return;
     }
     let ok = true;
     for (const b of r.out) if (b.length) ok = upstream.write(b) && ok;
     if (r.violation) {
-      stopped = true;
-      upstream.unpipe(guest);
-      const raw = rawSockets.get(upstream);
-      if (raw) raw.resetAndDestroy();
-      else upstream.destroy();
-      onViolation(r.violation);
-      if (!r.violation.http) guest.destroy();
-      else if (r.stream !== undefined) guest.end(forbiddenH2(r.stream, forbiddenText(r.violation)));
-      else guest.end(forbidden(r.violation));
+      events.violation(r.violation);
+      const text = forbiddenText(r.violation);
+      if (!r.violation.http) stop(undefined);
+      else if (h2) stop(forbiddenH2(r.stream ?? 0, text, 403, edge!.sent === 0));
+      else stop(forbidden(r.violation));
+      return;
+    }
+    if (r.refusal) {
+      events.refusal(r.refusal);
+      if (h2) stop(forbiddenH2(r.stream ?? 0, `moat: refused: ${r.refusal.reason}\n`, r.refusal.status, edge!.sent === 0));
+      else stop(refusedHttp(r.refusal));
       return;
     }
     if (!ok) {

@@ -1,0 +1,151 @@
+// http1-head.ts — an HTTP/1.1 request head read as the strictest server reads it (RFC 9112), so
+// that what moat judges (the authority a request is for, where its body ends) is what every
+// server behind it will act on. Anything two parsers could read differently is refused, not
+// guessed at: a parser differential is where a request smuggles past the proxy (RFC 9112 §11).
+//
+// Refused (each with a reason the guest is told):
+//   line endings   a bare LF or bare CR anywhere in the head (§2.2: some servers end lines at LF)
+//   request line   not exactly `token SP target SP HTTP/1.x`; a target with controls, spaces,
+//                  non-ASCII or a fragment; CONNECT (authority-form: a tunnel moat cannot judge);
+//                  `*` except for OPTIONS; an absolute-form target with userinfo, or whose
+//                  authority is not the Host field's (§3.2.2: servers act on the target's)
+//   fields         obs-fold (§5.2), whitespace before the colon (§5.1), a name that is not a
+//                  token, a value with controls (§5.5)
+//   Host           missing, repeated, or not a host[:port] (§3.2)
+//   framing        Transfer-Encoding with Content-Length, Transfer-Encoding that is not exactly
+//                  `chunked`, repeated, or in HTTP/1.0; Content-Length not digits, or repeated (§6)
+// The checks are llhttp's strict mode (Node's own parser) or stricter; test/unit/http1-head.test.ts
+// holds the two side by side.
+
+export type BodyFraming = { kind: "none" } | { kind: "length"; length: number } | { kind: "chunked" };
+
+export interface Field { name: string; value: string; raw: string }
+
+export interface RequestHead {
+  method: string;
+  target: string;
+  version: "HTTP/1.1" | "HTTP/1.0";
+  fields: Field[];
+  /** The authority the request is for, lower-case, without port or final dot (target's, else Host). */
+  host: string;
+  /** Whether the target is absolute-form (scheme://authority/...). */
+  absolute: boolean;
+  body: BodyFraming;
+  /** Connection: upgrade with Upgrade: after this request the connection may stop being HTTP. */
+  upgrade: boolean;
+}
+
+export class HeadError extends Error {
+  constructor(readonly status: 400 | 403 | 405 | 431 | 501, message: string) {
+    super(message);
+  }
+}
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+// Field values: VCHAR, obs-text, SP and HTAB inside (OWS trimmed at both ends).
+const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+// A request target: visible ASCII, no fragment.
+const TARGET = /^[\x21-\x22\x24-\x7e]+$/;
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(:[0-9]{0,5})?$/;
+const MAX_LENGTH_DIGITS = 15;
+
+/**
+ * Where the bytes of `buf` first break the line-ending rule (a bare LF or CR), or -1. `from` is
+ * where new bytes start; the byte before it (if any) is taken into account.
+ */
+export function badLineEnding(buf: Buffer, from = 0): number {
+  for (let i = Math.max(0, from - 1); i < buf.length; i++) {
+    const c = buf[i]!;
+    if (c === 0x0a && (i === 0 || buf[i - 1] !== 0x0d)) return i;
+    if (c === 0x0d && i + 1 < buf.length && buf[i + 1] !== 0x0a) return i;
+  }
+  return -1;
+}
+
+/** The host of an authority (host[:port]): lower-case, no port, no final dot; null if malformed. */
+export function hostOf(authority: string): string | null {
+  if (!HOST_PORT.test(authority)) return null;
+  const h = authority.startsWith("[") ? authority.slice(0, authority.indexOf("]") + 1) : authority.replace(/:[0-9]*$/, "");
+  if (h === "" || h.includes("%")) return null;
+  return h.toLowerCase().replace(/\.$/, "");
+}
+
+/** Parse a complete request head (through its blank line). Throws HeadError. */
+export function parseRequestHead(head: Buffer): RequestHead {
+  const bad = badLineEnding(head);
+  if (bad >= 0) throw new HeadError(400, `a bare ${head[bad] === 0x0a ? "LF" : "CR"} in the request head (lines end in CRLF)`);
+  const text = head.toString("latin1");
+  if (!text.endsWith("\r\n\r\n")) throw new HeadError(400, "the request head does not end in a blank line");
+  const lines = text.slice(0, -4).split("\r\n");
+  const requestLine = lines[0]!;
+  if (requestLine === "") throw new HeadError(400, "an empty line before the request line");
+  const parts = requestLine.split(" ");
+  if (parts.length !== 3) throw new HeadError(400, "the request line is not METHOD SP TARGET SP VERSION");
+  const [method, target, version] = parts as [string, string, string];
+  if (!TOKEN.test(method)) throw new HeadError(400, "the method is not a token");
+  if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw new HeadError(version.startsWith("HTTP/") ? 501 : 400, `HTTP version ${JSON.stringify(version.slice(0, 16))} is not HTTP/1.1 or HTTP/1.0`);
+  if (!TARGET.test(target)) throw new HeadError(400, "the request target holds a control, space, fragment or non-ASCII byte");
+  if (method === "CONNECT") throw new HeadError(405, "CONNECT opens a tunnel moat cannot judge");
+
+  const fields: Field[] = [];
+  for (let i = 1; i < lines.length; i++) {
+    const raw = lines[i]!;
+    if (raw.startsWith(" ") || raw.startsWith("\t")) throw new HeadError(400, "a folded header line (obs-fold)");
+    const c = raw.indexOf(":");
+    if (c <= 0) throw new HeadError(400, "a header line without a name and a colon");
+    const name = raw.slice(0, c);
+    if (!TOKEN.test(name)) throw new HeadError(400, `header name ${JSON.stringify(name.slice(0, 40))} is not a token (whitespace before the colon?)`);
+    const value = raw.slice(c + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+    if (!FIELD_VALUE.test(value)) throw new HeadError(400, `header ${name} holds a control character`);
+    fields.push({ name: name.toLowerCase(), value, raw });
+  }
+  const all = (n: string) => fields.filter((f) => f.name === n);
+
+  const hosts = all("host");
+  if (hosts.length !== 1) throw new HeadError(400, hosts.length ? "more than one Host field" : "no Host field");
+  const hostValue = hosts[0]!.value;
+  const host = hostOf(hostValue);
+  if (host === null) throw new HeadError(400, `Host ${JSON.stringify(hostValue.slice(0, 80))} is not host[:port]`);
+
+  let absolute = false;
+  if (target === "*") {
+    if (method !== "OPTIONS") throw new HeadError(400, "the target * is only for OPTIONS");
+  } else if (!target.startsWith("/")) {
+    const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)/.exec(target);
+    if (!m || !/^https?$/i.test(m[1]!)) throw new HeadError(400, "the request target is neither a path nor an http(s) URL");
+    const authority = m[2]!;
+    if (authority.includes("@")) throw new HeadError(400, "userinfo in the request target");
+    const targetHost = hostOf(authority);
+    if (targetHost === null) throw new HeadError(400, "the request target's authority is not host[:port]");
+    if (targetHost !== host) throw new HeadError(403, `the request target names ${targetHost}, its Host field ${host}: a server acts on the target`);
+    absolute = true;
+  }
+
+  const te = all("transfer-encoding");
+  const cl = all("content-length");
+  let body: BodyFraming = { kind: "none" };
+  if (te.length) {
+    if (version === "HTTP/1.0") throw new HeadError(400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (cl.length) throw new HeadError(400, "both Transfer-Encoding and Content-Length");
+    if (te.length > 1 || te[0]!.value.toLowerCase() !== "chunked") throw new HeadError(501, `Transfer-Encoding ${JSON.stringify(te.map((f) => f.value).join(", ").slice(0, 60))} is not exactly chunked`);
+    body = { kind: "chunked" };
+  } else if (cl.length) {
+    if (cl.length > 1) throw new HeadError(400, "more than one Content-Length field");
+    const v = cl[0]!.value;
+    if (!/^[0-9]+$/.test(v) || v.length > MAX_LENGTH_DIGITS) throw new HeadError(400, `Content-Length ${JSON.stringify(v.slice(0, 20))} is not a number`);
+    const length = Number(v);
+    if (length > 0) body = { kind: "length", length };
+  }
+  const connection = all("connection").map((f) => f.value.toLowerCase()).join(",");
+  const upgrade = all("upgrade").length > 0 && /(^|[\s,])upgrade($|[\s,])/.test(connection);
+  return { method, target, version, fields, host, absolute, body, upgrade };
+}
+
+/**
+ * One chunk-size line (RFC 9112 §7.1) without its CRLF: the size, or null if malformed. Extensions
+ * must be `;token[=token|quoted-string]` with no whitespace.
+ */
+export function parseChunkSize(line: string): number | null {
+  const m = /^([0-9A-Fa-f]{1,15})((?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"[\t\x20\x21\x23-\x5b\x5d-\x7e]*"))?)*)$/.exec(line);
+  return m ? parseInt(m[1]!, 16) : null;
+}

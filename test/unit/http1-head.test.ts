@@ -1,0 +1,157 @@
+// http1-head.test.ts — moat reads an HTTP/1.1 request as the strictest server does: every request
+// it accepts, Node's own parser (llhttp, strict by default) reads the same way (method, target,
+// Host, body), and every ambiguity a smuggler uses is refused before a byte leaves.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import net from "node:net";
+import { parseRequestHead, HeadError, parseChunkSize, hostOf } from "../../orchestrator/src/secrets/http1-head.js";
+import { RequestFilter } from "../../orchestrator/src/secrets/http-filter.js";
+import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
+
+const P = "moat-ph-abcdefghijklmnopqrstuvwx";
+const secrets = () => validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P }], { KEY: "VALUE-123" });
+
+/** What moat's filter does with a request stream: refused (status), or what it forwards. */
+function moat(raw: string, authority?: (h: string) => string | null): { refused?: number; out: string } {
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true, authority });
+  const r = f.push(Buffer.from(raw, "latin1"));
+  const out = r.out.map((b) => b.toString("latin1")).join("");
+  return r.refusal ? { refused: r.refusal.status, out } : { out };
+}
+
+// Node's parser, on a real socket: what it read of each request, or that it refused the bytes.
+let server: http.Server;
+let port = 0;
+let seen: { method: string; url: string; host: string | undefined; body: string }[] = [];
+before(async () => {
+  server = http.createServer((req, res) => {
+    const body: Buffer[] = [];
+    req.on("data", (d: Buffer) => body.push(d));
+    req.on("end", () => {
+      seen.push({ method: req.method!, url: req.url!, host: req.headers.host, body: Buffer.concat(body).toString("latin1") });
+      res.end("ok");
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  port = (server.address() as net.AddressInfo).port;
+});
+after(() => server.close());
+
+async function node(raw: string): Promise<{ status: number[]; requests: typeof seen }> {
+  seen = [];
+  const answer = await new Promise<string>((resolve) => {
+    const s = net.connect(port, "127.0.0.1", () => s.end(raw, "latin1"));
+    let text = "";
+    s.on("data", (d) => (text += d.toString("latin1")));
+    s.on("close", () => resolve(text));
+    s.on("error", () => resolve(text));
+  });
+  return { status: [...answer.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1])), requests: seen };
+}
+
+const CORPUS: [string, string][] = [
+  ["plain GET", "GET /a?b=c HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+  ["POST with a length", "POST /p HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhello"],
+  ["chunked with an extension and a trailer", "POST /c HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"],
+  ["absolute-form to its own Host", "GET http://api.example.test/x HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+  ["absolute-form to another host", "GET https://tenant.evil.test/ HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+  ["bare LF head with a smuggled request in its body", "POST / HTTP/1.1\nHost: api.example.test\nContent-Length: 61\n\nGET /s HTTP/1.1\r\nHost: api.example.test\r\nX-K: " + P + "\r\n\r\n"],
+  ["bare LF in one header line", "GET / HTTP/1.1\r\nHost: api.example.test\nX: y\r\n\r\n"],
+  ["bare CR", "GET / HTTP/1.1\r\nHost: api.example.test\rX: y\r\n\r\n"],
+  ["obs-fold", "GET / HTTP/1.1\r\nHost: api.example.test\r\nX: a\r\n b\r\n\r\n"],
+  ["space before the colon", "GET / HTTP/1.1\r\nHost : api.example.test\r\n\r\n"],
+  ["two Hosts", "GET / HTTP/1.1\r\nHost: api.example.test\r\nHost: tenant.evil.test\r\n\r\n"],
+  ["no Host", "GET / HTTP/1.1\r\n\r\n"],
+  ["Transfer-Encoding and Content-Length", "POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+  ["Transfer-Encoding not chunked", "POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"],
+  ["two Content-Lengths", "POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"],
+  ["a signed Content-Length", "POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: +1\r\n\r\nx"],
+  ["CONNECT", "CONNECT tenant.evil.test:443 HTTP/1.1\r\nHost: tenant.evil.test:443\r\n\r\n"],
+  ["a chunk size with whitespace", "POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n"],
+  ["a chunk without its CRLF", "POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"],
+  ["a NUL in a header", "GET / HTTP/1.1\r\nHost: api.example.test\r\nX: a\0b\r\n\r\n"],
+  ["a space in the target", "GET /a b HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+  ["HTTP/1.0 with chunked", "POST / HTTP/1.0\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+  ["a leading empty line", "\r\nGET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+  ["HTTP/2.0 on an HTTP/1 connection", "GET / HTTP/2.0\r\nHost: api.example.test\r\n\r\n"],
+  ["userinfo in an absolute target", "GET http://api.example.test@tenant.evil.test/ HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+  ["two pipelined requests", "GET /1 HTTP/1.1\r\nHost: api.example.test\r\n\r\nGET /2 HTTP/1.1\r\nHost: api.example.test\r\n\r\n"],
+];
+
+test("every request moat accepts, Node's strict parser reads the same way (method, target, Host, body)", async () => {
+  let accepted = 0;
+  for (const [name, raw] of CORPUS) {
+    const m = moat(raw);
+    if (m.refused) continue;
+    accepted++;
+    const n = await node(m.out);
+    assert.ok(n.requests.length > 0 && !n.status.includes(400), `${name}: moat forwarded what Node refuses (${n.status})`);
+    const ours = await node(raw);
+    assert.deepEqual(n.requests.map((r) => [r.method, r.url, r.host, r.body.length]), ours.requests.map((r) => [r.method, r.url, r.host, r.body.length]), `${name}: read differently`);
+  }
+  assert.ok(accepted >= 5, "the well-formed requests pass");
+});
+
+test("what a smuggler needs is refused, with a status and the reason", () => {
+  const refused = (name: string) => moat(CORPUS.find(([n]) => n === name)![1]);
+  const cases: [string, number][] = [
+    ["absolute-form to another host", 403], ["bare LF head with a smuggled request in its body", 400], ["bare LF in one header line", 400],
+    ["bare CR", 400], ["obs-fold", 400], ["space before the colon", 400], ["two Hosts", 400], ["no Host", 400],
+    ["Transfer-Encoding and Content-Length", 400], ["Transfer-Encoding not chunked", 501], ["two Content-Lengths", 400],
+    ["a signed Content-Length", 400], ["CONNECT", 405], ["a chunk size with whitespace", 400], ["a chunk without its CRLF", 400],
+    ["a NUL in a header", 400], ["a space in the target", 400], ["HTTP/1.0 with chunked", 400], ["a leading empty line", 400],
+    ["HTTP/2.0 on an HTTP/1 connection", 501], ["userinfo in an absolute target", 400],
+  ];
+  for (const [name, status] of cases) {
+    const r = refused(name);
+    assert.equal(r.refused, status, `${name}: ${JSON.stringify(r)}`);
+    assert.doesNotMatch(r.out, /VALUE-123/, `${name}: no value went out`);
+  }
+  // The bare-LF smuggle: nothing at all of it leaves (it is refused at its first bare LF).
+  assert.equal(refused("bare LF head with a smuggled request in its body").out, "");
+});
+
+test("a bare LF is refused as soon as it arrives, not when a CRLF CRLF finally comes", () => {
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true });
+  assert.equal(f.push(Buffer.from("POST / HTTP/1.1\r\nHost: api.example.test\r")).refusal, undefined);
+  assert.equal(f.push(Buffer.from("\nX: 1\n")).refusal?.status, 400);
+});
+
+test("a domain rule binds every request: an authority it does not cover is refused, pipelined ones too", () => {
+  const bind = (h: string) => (h === "api.example.test" ? null : `${h} is not covered`);
+  assert.equal(moat("GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n", bind).refused, undefined);
+  const second = moat("GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\nGET / HTTP/1.1\r\nHost: tenant.evil.test\r\n\r\n", bind);
+  assert.equal(second.refused, 403);
+  assert.equal(second.out, "GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n", "the first went, the second never");
+  // Without secrets at all, a bound connection is still parsed.
+  const f = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  assert.equal(f.push(Buffer.from("GET / HTTP/1.1\r\nHost: tenant.evil.test\r\n\r\n")).refusal?.status, 403);
+  assert.equal(new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind }).push(Buffer.from("\x16\x03\x01 not http at all\r\n\r\n")).refusal?.status, 400);
+});
+
+test("TRACE never carries a value; substitution asks for an uncompressed answer", () => {
+  const t = moat(`TRACE / HTTP/1.1\r\nHost: api.example.test\r\nX: ${P}\r\n\r\n`);
+  assert.equal(t.refused, undefined);
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true });
+  const trace = f.push(Buffer.from(`TRACE / HTTP/1.1\r\nHost: api.example.test\r\nX: ${P}\r\n\r\n`));
+  assert.match(trace.violation?.where ?? "", /TRACE/);
+  const g = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true });
+  const ok = g.push(Buffer.from(`GET / HTTP/1.1\r\nHost: api.example.test\r\nAccept-Encoding: gzip, br\r\nX: ${P}\r\n\r\n`));
+  const text = ok.out.map((b) => b.toString()).join("");
+  assert.match(text, /X: VALUE-123\r\n/);
+  assert.match(text, /Accept-Encoding: identity\r\n/);
+  assert.doesNotMatch(text, /gzip/);
+  assert.equal(g.substituted, true);
+});
+
+test("the pieces: chunk lines, hosts, heads", () => {
+  assert.equal(parseChunkSize("1f"), 31);
+  assert.equal(parseChunkSize("1f;a=b;c"), 31);
+  assert.equal(parseChunkSize("1f;a=\"x y\""), 31);
+  for (const bad of ["", " 1", "1 ", "-1", "0x1", "1;", "1;a b", "1234567890abcdef0"]) assert.equal(parseChunkSize(bad), null, bad);
+  assert.equal(hostOf("API.Example.test.:443"), "api.example.test");
+  assert.equal(hostOf("[::1]:80"), "[::1]");
+  for (const bad of ["", "a b", "a@b", "a/b", "a%2fb"]) assert.equal(hostOf(bad), null, bad);
+  assert.throws(() => parseRequestHead(Buffer.from("GET / HTTP/1.1\r\nHost: a\r\n")), HeadError);
+});

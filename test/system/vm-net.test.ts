@@ -34,6 +34,10 @@ let stream: Checked;
 
 before(async () => {
   if (skip) return;
+  // The guest image first, here, where the package archive is reachable: moat itself runs in the
+  // test world, which has no route off this machine (a fresh machine has no image cached yet).
+  const { ensureVmImage } = await import("../../orchestrator/src/vm/image.js");
+  await ensureVmImage({ onProgress: () => {} });
   world = World.create();
   world.startDnsServer();
   await world.startServer("tcp-source", 9001);

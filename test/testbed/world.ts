@@ -146,7 +146,7 @@ export class World {
   /**
    * A real DNS server (dnsmasq) in the world on WORLD_IP4:53, logging every query it receives to
    * the returned file. Records: allowed.test and alias.test (CNAME) -> WORLD_IP4, other.test ->
-   * 198.51.100.10, evil.test -> a private address, big.test with TXT records too large for 512
+   * 198.51.100.10 (and every name under front.test: a shared front), evil.test -> a private address, big.test with TXT records too large for 512
    * bytes, every name under bench.test -> WORLD_IP4 (benchmarks); every answer's TTL is 2 s.
    */
   startDnsServer(): string {
@@ -154,7 +154,7 @@ export class World {
     const big = Array.from({ length: 12 }, (_, i) => `--txt-record=big.test,${"x".repeat(60)}${i}`);
     execFileSync("ip", ["netns", "exec", this.world, "dnsmasq", "--port=53", "--listen-address=" + WORLD_IP4, "--bind-interfaces",
       "--no-resolv", "--no-hosts", "--conf-file=/dev/null", `--pid-file=/tmp/moat-dnsmasq-${process.pid}.pid`, "--local-ttl=2",
-      `--host-record=allowed.test,${WORLD_IP4}`, `--address=/other.test/${HOSTS.public2}`, `--address=/evil.test/${HOSTS.private}`,
+      `--host-record=allowed.test,${WORLD_IP4}`, `--address=/other.test/${HOSTS.public2}`, `--address=/front.test/${HOSTS.public2}`, `--address=/evil.test/${HOSTS.private}`,
       `--address=/ads.example/${WORLD_IP4}`, `--address=/bench.test/${WORLD_IP4}`, `--address=/blocked.test/${WORLD_IP4}`, "--cname=alias.test,allowed.test",
       ...big, "--log-queries", `--log-facility=${log}`]);
     this.cleanups.push(() => {

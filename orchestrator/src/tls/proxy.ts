@@ -484,7 +484,12 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     if (answer) guest.end(answer);
     else guest.destroy();
   };
+  let draining = false; // HTTP/1.1 refusal: the answers to requests already sent come first
   upstream.on("data", (chunk: Buffer) => {
+    if (draining) {
+      guest.write(chunk);
+      return;
+    }
     if (stopped) {
       // Relay up to the end of the server's frame in flight, then our answer.
       if (!edge || !answer) return;
@@ -499,10 +504,16 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
       guest.once("drain", () => upstream.resume());
     }
   });
-  upstream.on("end", () => { if (!stopped) guest.end(); });
+  upstream.on("end", () => {
+    if (draining) finish();
+    else if (!stopped) guest.end();
+  });
   guest.on("error", kill);
   upstream.on("error", kill);
-  upstream.on("close", () => { if (!guest.writableEnded && !stopped) guest.destroy(); });
+  upstream.on("close", () => {
+    if (draining && !guest.writableEnded) finish();
+    else if (!guest.writableEnded && !stopped) guest.destroy();
+  });
   guest.on("close", () => { if (!upstream.writableEnded) upstream.destroy(); });
   const stop = (a: Buffer | undefined) => {
     stopped = true;
@@ -534,8 +545,14 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     }
     if (r.refusal) {
       events.refusal(r.refusal);
-      if (h2) stop(forbiddenH2(r.stream ?? 0, `moat: refused: ${r.refusal.reason}\n`, r.refusal.status, edge!.sent === 0));
-      else stop(refusedHttp(r.refusal));
+      if (h2) return stop(forbiddenH2(r.stream ?? 0, `moat: refused: ${r.refusal.reason}\n`, r.refusal.status, edge!.sent === 0));
+      // Nothing of the refused request left: the server answers what it was sent before it (its
+      // end of the connection follows ours), then the guest gets the refusal.
+      stopped = true;
+      draining = true;
+      answer = refusedHttp(r.refusal);
+      upstream.end();
+      setTimeout(() => { if (!guest.writableEnded) finish(); }, 2000).unref();
       return;
     }
     if (!ok) {

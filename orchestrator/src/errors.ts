@@ -12,7 +12,8 @@ export type MoatErrorCode =
   | "ERR_ENGINE"
   | "ERR_ADDRESS_POOL"
   | "ERR_PORT"
-  | "ERR_VM";
+  | "ERR_VM"
+  | "ERR_NAME_IN_USE";
 
 export class MoatError extends Error {
   readonly code: MoatErrorCode;

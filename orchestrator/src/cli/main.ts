@@ -1,6 +1,5 @@
 // main.ts — the `moat` command line.
 import { readFileSync } from "node:fs";
-import { execFileSync } from "node:child_process";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
 import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
@@ -13,6 +12,7 @@ import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
 import { serveGateway } from "../gateway/serve.js";
+import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import type { LinkSpec } from "../links/link.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -79,7 +79,8 @@ Usage:
   moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects), until SIGTERM
-  moat cleanup                                remove namespaces left by moat processes that died
+  moat cleanup                                remove what moat processes that died left
+                                              (namespaces, leases, directories), any pool
   moat --version | --help
 
 Run \`moat run --help\` or \`moat serve --help\` for their options.
@@ -409,32 +410,11 @@ function runGraceText(grace: number): string {
   return `${grace} ms without progress (--exit-grace-ms)`;
 }
 
-function cmdCleanup(): number {
-  let removed = 0;
-  let names: string[] = [];
-  try {
-    names = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).filter((n) => /^moat-\d+$/.test(n));
-  } catch (e) {
-    throw new MoatError("ERR_NETNS", `cannot list namespaces: ${(e as Error).message}`, "run as root with iproute2 installed");
-  }
-  for (const name of names) {
-    const slot = name.slice(5);
-    let owner = NaN;
-    try {
-      owner = Number(readFileSync(`/run/moat/leases/172_30_0_0_16-${slot}`, "utf8"));
-    } catch {
-      // no lease: stale
-    }
-    let alive = false;
-    if (owner > 0) {
-      try { process.kill(owner, 0); alive = true; } catch { alive = false; }
-    }
-    if (alive) continue;
-    execFileSync("ip", ["netns", "del", name]);
-    process.stdout.write(`removed ${name}\n`);
-    removed++;
-  }
-  process.stdout.write(`${removed} namespace(s) removed\n`);
+function cmdCleanup(args: string[]): number {
+  if (args.length) throw new ConfigError(`cleanup: unexpected argument "${args[0]}"`, "moat cleanup takes no arguments");
+  const removed = cleanupLeftovers();
+  for (const line of removed) process.stdout.write(`removed ${line}\n`);
+  process.stdout.write(`${removed.length} leftover(s) removed\n`);
   return 0;
 }
 
@@ -459,7 +439,7 @@ export async function main(argv: string[]): Promise<number> {
       case "serve":
         return await cmdServe(args);
       case "cleanup":
-        return cmdCleanup();
+        return cmdCleanup(args);
       default:
         process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve and cleanup; see moat --help\n`);
         return 2;

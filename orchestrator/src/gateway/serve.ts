@@ -18,7 +18,9 @@ export interface ServedGateway {
 export async function serveGateway(options: GatewayOptions, link: LinkSpec): Promise<ServedGateway> {
   const o = validateOptions(options);
   if (o.policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so there is nothing to serve", "choose another policy");
-  const { slot, release } = leaseSlot(o.ipv4Pool);
+  const lease = leaseSlot(o.ipv4Pool, { name: options.name });
+  const { slot } = lease;
+  const release = () => lease.release();
   const name = options.name ?? `moat-serve-${slot}`;
   let gateway: Gateway;
   let onTerminated: (reason: string) => void = () => {};

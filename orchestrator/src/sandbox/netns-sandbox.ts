@@ -1,7 +1,8 @@
 // netns-sandbox.ts — the default sandbox: a fresh network namespace whose only NIC is a TAP
 // device served by a moat gateway (DESIGN §9).
 //
-// Lifecycle: lease an address slot -> create namespace moat-<slot> -> start the gateway, whose
+// Lifecycle: lease an address slot -> create namespace moat-<pool tag>-<slot> (addressing.ts;
+// the sandbox's name is the caller's, or that) -> start the gateway, whose
 // engine creates the TAP device `eth0` inside it -> configure the guest side (MAC, MTU, addresses,
 // default routes via the gateway, resolv.conf, the TLS trust bundle) -> run commands in it ->
 // destroy: the gateway drained and stopped, the namespace and its /etc/netns directory deleted,
@@ -11,7 +12,8 @@ import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } f
 import { promisify } from "node:util";
 import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { checkNetnsHost, findInPath } from "./host-checks.js";
-import { addressesFor, leaseSlot, type SandboxAddresses } from "./addressing.js";
+import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "./addressing.js";
+import { removeNetns } from "./leftovers.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { writeTrustBundle } from "../tls/setup.js";
@@ -34,30 +36,42 @@ export class NetnsSandbox extends GuestSandbox {
 
   private constructor(
     name: string,
+    /** The network namespace: moat-<pool tag>-<slot>, whatever the sandbox's name. */
+    readonly netns: string,
     addresses: SandboxAddresses,
     private readonly options: ValidOptions,
     private readonly ipPath: string,
-    releaseSlot: () => void,
+    release: () => void,
   ) {
-    super(name, addresses, options.mtu, options.exitGraceMs, releaseSlot);
+    super(name, addresses, options.mtu, options.exitGraceMs, release);
   }
 
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
     const ip = checkNetnsHost();
-    const { slot, release } = leaseSlot(o.ipv4Pool);
-    const name = `moat-${slot}`;
-    const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new NetnsSandbox(name, addresses, o, ip, release);
+    const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
+    let lease: SlotLease;
     try {
-      // A namespace of that name can only be left over from a moat that died: remove it.
-      if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
-      await sandbox.ip(["netns", "add", name]);
-      await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
+      lease = leaseSlot(o.ipv4Pool, { name: options.name });
+    } catch (e) {
+      releaseName();
+      throw e;
+    }
+    const netns = netnsName(o.ipv4Pool, lease.slot);
+    const name = options.name ?? netns;
+    lease.record({ netns }); // before it exists: whoever finds the lease stale knows what to remove
+    const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
+    const sandbox = new NetnsSandbox(name, netns, addresses, o, ip, () => { lease.release(); releaseName(); });
+    try {
+      // A namespace of this name (the pool's and the slot's: only the lease's holder ever creates
+      // it) can only be left over.
+      removeNetns(netns, ip);
+      await sandbox.ip(["netns", "add", netns]);
+      await sandbox.ip(["-n", netns, "link", "set", "lo", "up"]);
       sandbox.gateway = await Gateway.start(o, {
         name,
         addresses,
-        link: { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" },
+        link: { kind: "tap", netnsPath: `/run/netns/${netns}`, ifname: "eth0" },
         terminate: () => {
           sandbox.killAll();
           void sandbox.destroy({ graceMs: 0 });
@@ -75,7 +89,7 @@ export class NetnsSandbox extends GuestSandbox {
   private killAll(): void {
     for (const c of this.children) c.kill("SIGKILL");
     try {
-      const pids = execFileSync(this.ipPath, ["netns", "pids", this.name], { encoding: "utf8" }).split("\n").map(Number).filter((p) => p > 0);
+      const pids = execFileSync(this.ipPath, ["netns", "pids", this.netns], { encoding: "utf8" }).split("\n").map(Number).filter((p) => p > 0);
       for (const pid of pids) {
         try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
       }
@@ -94,7 +108,7 @@ export class NetnsSandbox extends GuestSandbox {
 
   private async configureGuest(): Promise<void> {
     const a = this.addresses;
-    const n = ["-n", this.name];
+    const n = ["-n", this.netns];
     await this.ip([...n, "link", "set", "eth0", "address", a.guestMac, "mtu", String(this.mtu)]);
     await this.ip([...n, "addr", "add", `${a.guestIp4}/${a.prefixLen4}`, "dev", "eth0"]);
     await this.ip([...n, "-6", "addr", "add", `${a.guestIp6}/64`, "dev", "eth0", "nodad"]);
@@ -102,13 +116,13 @@ export class NetnsSandbox extends GuestSandbox {
     await this.ip([...n, "route", "add", "default", "via", a.gatewayIp4, "dev", "eth0"]);
     await this.ip([...n, "-6", "route", "add", "default", "via", a.gatewayLl6, "dev", "eth0"]);
     // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/* for the command it runs.
-    mkdirSync(`/etc/netns/${this.name}`, { recursive: true });
-    writeFileSync(`/etc/netns/${this.name}/resolv.conf`,
+    mkdirSync(`/etc/netns/${this.netns}`, { recursive: true });
+    writeFileSync(`/etc/netns/${this.netns}/resolv.conf`,
       `# written by moat for sandbox ${this.name}: DNS goes to the gateway\nnameserver ${a.gatewayIp4}\noptions edns0\n`);
-    if (this.options.tls) writeTrustBundle(`/etc/netns/${this.name}`, this.options.tls.ca.certPem);
+    if (this.options.tls) writeTrustBundle(`/etc/netns/${this.netns}`, this.options.tls.ca.certPem);
   }
 
-  /** Run a command inside the sandbox (as `ip netns exec NAME CMD...`). */
+  /** Run a command inside the sandbox (as `ip netns exec NETNS CMD...`). */
   spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env): ChildProcess {
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ping -c1 172.30.0.1");
     const exe = command[0]!;
@@ -118,7 +132,7 @@ export class NetnsSandbox extends GuestSandbox {
     // Secrets as placeholders; with TLS interception, clients pointed at the bundle that trusts
     // moat's CA (the system path inside the sandbox is that bundle already).
     const childEnv = this.gateway ? this.gateway.commandEnv(env) : env;
-    const child = spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env: childEnv });
+    const child = spawn(this.ipPath, ["netns", "exec", this.netns, ...command], { stdio, env: childEnv });
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));
     return child;
@@ -131,10 +145,10 @@ export class NetnsSandbox extends GuestSandbox {
   /** @internal Delete the namespace and its /etc/netns directory. */
   protected removeGuest(): void {
     try {
-      execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
+      execFileSync(this.ipPath, ["netns", "del", this.netns], { stdio: "ignore" });
     } catch {
       // not created, or already gone
     }
-    rmSync(`/etc/netns/${this.name}`, { recursive: true, force: true });
+    rmSync(`/etc/netns/${this.netns}`, { recursive: true, force: true });
   }
 }

@@ -59,6 +59,8 @@ export interface StartVmOptions {
   qemu?: string;
   /** Where the KVM probe result is remembered (default vmCacheDir()). */
   cacheDir?: string;
+  /** A directory to create for QEMU's files (removed when QEMU exits); default: a new one in the temporary directory. */
+  dir?: string;
 }
 
 export interface VmExecOptions {
@@ -137,7 +139,8 @@ class QemuVm implements Vm {
   private cleanedUp = false;
 
   static async start(qemu: string, accel: VmAccel, opts: StartVmOptions): Promise<QemuVm> {
-    const dir = mkdtempSync(join(tmpdir(), "moat-vm-"));
+    const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "moat-vm-"));
+    if (opts.dir) mkdirSync(dir, { mode: 0o700 });
     const server = createServer();
     try {
       await new Promise<void>((resolve, reject) => {

@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { PassThrough, Readable, type Writable } from "node:stream";
-import { addressesFor, leaseSlot, type SandboxAddresses } from "../sandbox/addressing.js";
+import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { GuestSandbox } from "../sandbox/sandbox.js";
 import { ConfigError } from "../errors.js";
@@ -85,10 +85,26 @@ export class VmSandbox extends GuestSandbox {
     const cpus = v.cpus ?? 1;
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw new ConfigError(`VM vCPUs ${v.cpus} is out of range`, "use 1 to 64");
     const progress = v.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`));
-    const { slot, release } = leaseSlot(o.ipv4Pool);
-    const name = options.name ?? `moat-vm-${slot}`;
-    const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new VmSandbox(name, addresses, o, mkdtempSync(join(tmpdir(), "moat-vm-")), release);
+    const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
+    let lease: SlotLease;
+    try {
+      lease = leaseSlot(o.ipv4Pool, { name: options.name });
+    } catch (e) {
+      releaseName();
+      throw e;
+    }
+    const release = () => { lease.release(); releaseName(); };
+    const name = options.name ?? netnsName(o.ipv4Pool, lease.slot);
+    const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
+    let runDir: string;
+    try {
+      runDir = mkdtempSync(join(tmpdir(), "moat-vm-"));
+      lease.record({ dirs: [runDir] }); // whoever finds the lease stale removes it
+    } catch (e) {
+      release();
+      throw e;
+    }
+    const sandbox = new VmSandbox(name, addresses, o, runDir, release);
     try {
       const socket = join(sandbox.runDir, "net.sock");
       sandbox.gateway = await Gateway.start(o, {
@@ -110,7 +126,7 @@ export class VmSandbox extends GuestSandbox {
       const nic = o.policy.offline ? null : link === "stream"
         ? ["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${qemuValue(socket)}`, ...device]
         : ["-chardev", `socket,id=c0,path=${qemuValue(socket)},reconnect=1`, "-netdev", "vhost-user,id=n0,chardev=c0", ...device];
-      sandbox.vm = await startVm({ image, memoryMiB, cpus, netdev: nic, accel: v.accel ?? "auto" });
+      sandbox.vm = await startVm({ image, memoryMiB, cpus, netdev: nic, accel: v.accel ?? "auto", dir: join(sandbox.runDir, "qemu") });
       void sandbox.vm.exited.then(() => { sandbox.vmExited = true; });
       const ready = await sandbox.vm.ready;
       sandbox.bootMs = ready.bootMs;

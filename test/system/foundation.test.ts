@@ -107,7 +107,7 @@ test("a command that does not exist exits 127 with a clear message, and nothing 
 
 test("an audit log that cannot be written is refused before anything starts", { skip }, async () => {
   const r = await world.moat(["run", "--audit-log", "/nonexistent-dir/audit.jsonl", "--", "true"]);
-  assert.equal(r.code, 2);
+  assert.equal(r.code, 125);
   assert.match(r.stderr, /cannot write the audit log \/nonexistent-dir\/audit\.jsonl/);
   assert.equal(r.stdout, "");
 });

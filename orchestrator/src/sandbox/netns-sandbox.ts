@@ -10,14 +10,15 @@
 // handlers (destroySync), so nothing is left behind when moat is interrupted or crashes.
 import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from "node:child_process";
 import { promisify } from "node:util";
-import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
-import { checkNetnsHost, findInPath } from "./host-checks.js";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { checkNetnsHost, resolveCommand } from "./host-checks.js";
+import { constants as osConstants } from "node:os";
 import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "./addressing.js";
 import { removeNetns } from "./leftovers.js";
-import { ConfigError, MoatError } from "../errors.js";
+import { CommandError, ConfigError, MoatError } from "../errors.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { writeTrustBundle } from "../tls/setup.js";
-import { GuestSandbox } from "./sandbox.js";
+import { GuestSandbox, type RunOptions } from "./sandbox.js";
 
 export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/gateway.js";
 
@@ -122,20 +123,68 @@ export class NetnsSandbox extends GuestSandbox {
     if (this.options.tls) writeTrustBundle(`/etc/netns/${this.netns}`, this.options.tls.ca.certPem);
   }
 
-  /** Run a command inside the sandbox (as `ip netns exec NETNS CMD...`). */
-  spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env): ChildProcess {
-    if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ping -c1 172.30.0.1");
-    const exe = command[0]!;
-    if (!exe.includes("/") ? !findInPath(exe) : !existsSync(exe)) {
-      throw new MoatError("ERR_BAD_ARGUMENT", `command not found: ${exe}`, "check the spelling, or give its full path");
-    }
+  /**
+   * Start a command inside the sandbox (as `ip netns exec NETNS CMD...`) and return its process.
+   * Throws a CommandError when the command is not found (status 127) or not executable (126).
+   * run() is the way that works for every kind of sandbox.
+   */
+  spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env, cwd?: string): ChildProcess {
+    if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ip addr");
+    resolveCommand(command[0]!, env.PATH, cwd);
     // Secrets as placeholders; with TLS interception, clients pointed at the bundle that trusts
     // moat's CA (the system path inside the sandbox is that bundle already).
     const childEnv = this.gateway ? this.gateway.commandEnv(env) : env;
-    const child = spawn(this.ipPath, ["netns", "exec", this.netns, ...command], { stdio, env: childEnv });
+    const child = spawn(this.ipPath, ["netns", "exec", this.netns, ...command], { stdio, env: childEnv, cwd });
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));
     return child;
+  }
+
+  /**
+   * Run a command in the sandbox: its status (128+N for signal N; 127 not found and 126 not
+   * executable, said on `stderr`), as VmSandbox.run. Output goes to the streams given (default:
+   * this process's); env is the command's whole environment (default: this process's).
+   */
+  async run(command: string[], o: RunOptions = {}): Promise<number> {
+    const stdout = o.stdout ?? process.stdout;
+    const stderr = o.stderr ?? process.stderr;
+    let child: ChildProcess;
+    try {
+      child = this.spawn(command, [o.stdin ? "pipe" : "ignore", "pipe", "pipe"], o.env ?? process.env, o.cwd);
+    } catch (e) {
+      if (!(e instanceof CommandError)) throw e;
+      stderr.write(`moat: ${e.message}\n`);
+      return e.status;
+    }
+    if (o.stdin) {
+      child.stdin!.on("error", () => {}); // the command may exit without reading it all
+      o.stdin.pipe(child.stdin!);
+    }
+    child.stdout!.pipe(stdout, { end: false });
+    child.stderr!.pipe(stderr, { end: false });
+    return new Promise<number>((resolve, reject) => {
+      let status: number | undefined;
+      const done = () => {
+        o.stdin?.unpipe(child.stdin!);
+        child.stdout!.unpipe(stdout);
+        child.stderr!.unpipe(stderr);
+        resolve(status!);
+      };
+      child.once("error", reject);
+      child.once("exit", (code, signal) => {
+        status = code ?? 128 + ((osConstants.signals as Record<string, number>)[signal ?? "SIGKILL"] ?? 9);
+        // Its output is read to the end, unless something it left behind holds it open.
+        setTimeout(done, 500).unref();
+      });
+      child.once("close", () => { if (status !== undefined) done(); });
+    });
+  }
+
+  /** Deliver a signal to the commands running in the sandbox (those spawn() and run() started). */
+  signal(signo: number): void {
+    for (const c of this.children) {
+      try { c.kill(signo); } catch { /* gone */ }
+    }
   }
 
   protected async stopGuest(): Promise<void> {

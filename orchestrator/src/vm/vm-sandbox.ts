@@ -14,10 +14,10 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { PassThrough, Readable, type Writable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
-import { GuestSandbox } from "../sandbox/sandbox.js";
+import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
 import { GUEST_TRUST } from "../tls/setup.js";
@@ -45,14 +45,8 @@ export interface VmSandboxOptions extends GatewayOptions {
   vm?: VmOptions;
 }
 
-export interface VmRunOptions {
-  stdin?: Readable | null;
-  stdout: Writable;
-  stderr: Writable;
-  /** The command's environment (default PATH, HOME); secrets' placeholders are added. */
-  env?: Record<string, string>;
-  cwd?: string;
-}
+/** run()'s options: those of every sandbox (RunOptions). */
+export type VmRunOptions = RunOptions;
 
 export class VmSandbox extends GuestSandbox {
   private vm: Vm | undefined;
@@ -165,12 +159,12 @@ export class VmSandbox extends GuestSandbox {
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */
-  run(command: string[], o: VmRunOptions): Promise<number> {
+  async run(command: string[], o: VmRunOptions = {}): Promise<number> {
     if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
     const base = o.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" };
-    const env = this.gateway ? this.gateway.commandEnv(base) : base;
-    return this.vm.exec(command, { env: env as Record<string, string>, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout, stderr: o.stderr });
+    const env = Object.fromEntries(Object.entries(this.gateway ? this.gateway.commandEnv(base) : base).filter((e): e is [string, string] => e[1] !== undefined));
+    return this.vm.exec(command, { env, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout ?? process.stdout, stderr: o.stderr ?? process.stderr });
   }
 
   /** Deliver a signal to the running command. */

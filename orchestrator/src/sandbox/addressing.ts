@@ -12,6 +12,7 @@ import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { NETNS_NAME_RE, removeLeftovers } from "./leftovers.js";
+import { register } from "./guard.js";
 import { acquireOwned, removeOwned, rewriteOwned, thisOwner, type OwnedRecord } from "./ownership.js";
 
 export interface SandboxAddresses {
@@ -108,6 +109,8 @@ export interface SlotLease {
   readonly slot: number;
   readonly pool: string;
   readonly path: string;
+  /** What tells this lease's file from any other (its owner's token). */
+  readonly token: string;
   /** The record of a dead owner whose lease was taken over (its leftovers were removed). */
   readonly previous: LeaseRecord | undefined;
   /** Add to what the lease records (a namespace, directories), before creating them. */
@@ -135,11 +138,13 @@ export function leaseSlot(pool4 = DEFAULT_POOL4, fields: { name?: string } = {})
     if (!got.acquired) continue;
     // What a dead owner of the slot left (its namespace, its directories) is ours to remove now.
     if (got.previous) removeLeftovers(got.previous as LeaseRecord);
+    const unregister = register({ kind: "owned", path, token: record.token }); // removed if this process ends holding it
     let released = false;
     return {
       slot,
       pool: pool4,
       path,
+      token: record.token,
       previous: got.previous as LeaseRecord | undefined,
       record(more) {
         record = { ...record, ...more };
@@ -149,6 +154,7 @@ export function leaseSlot(pool4 = DEFAULT_POOL4, fields: { name?: string } = {})
         if (released) return;
         released = true;
         removeOwned(path, record.token);
+        unregister();
       },
     };
   }
@@ -193,7 +199,11 @@ export function claimName(name: string): () => void {
     throw new MoatError("ERR_NAME_IN_USE", `the sandbox name "${name}" is in use${got.holder ? ` by process ${got.holder.pid}` : ""}`,
       "choose another name, or stop that sandbox first");
   }
-  return () => removeOwned(path, record.token);
+  const unregister = register({ kind: "owned", path, token: record.token });
+  return () => {
+    removeOwned(path, record.token);
+    unregister();
+  };
 }
 
 /** Every name file: its path. */

@@ -15,6 +15,7 @@ import { checkNetnsHost, resolveCommand } from "./host-checks.js";
 import { constants as osConstants } from "node:os";
 import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "./addressing.js";
 import { removeNetns } from "./leftovers.js";
+import { diesWithMoat, register } from "./guard.js";
 import { CommandError, ConfigError, MoatError } from "../errors.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { writeTrustBundle } from "../tls/setup.js";
@@ -43,6 +44,8 @@ export class NetnsSandbox extends GuestSandbox {
     private readonly options: ValidOptions,
     private readonly ipPath: string,
     release: () => void,
+    /** Forget the janitor's registration of the namespace (removeGuest removed it). */
+    private readonly unregisterNetns: () => void,
   ) {
     super(name, addresses, options.mtu, options.exitGraceMs, release);
   }
@@ -62,7 +65,9 @@ export class NetnsSandbox extends GuestSandbox {
     const name = options.name ?? netns;
     lease.record({ netns }); // before it exists: whoever finds the lease stale knows what to remove
     const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
-    const sandbox = new NetnsSandbox(name, netns, addresses, o, ip, () => { lease.release(); releaseName(); });
+    // If this process ends before destroy(), the janitor removes the namespace (guard.ts).
+    const unregister = register({ kind: "netns", name: netns, lease: lease.path, token: lease.token });
+    const sandbox = new NetnsSandbox(name, netns, addresses, o, ip, () => { lease.release(); releaseName(); }, unregister);
     try {
       // A namespace of this name (the pool's and the slot's: only the lease's holder ever creates
       // it) can only be left over.
@@ -134,7 +139,8 @@ export class NetnsSandbox extends GuestSandbox {
     // Secrets as placeholders; with TLS interception, clients pointed at the bundle that trusts
     // moat's CA (the system path inside the sandbox is that bundle already).
     const childEnv = this.gateway ? this.gateway.commandEnv(env) : env;
-    const child = spawn(this.ipPath, ["netns", "exec", this.netns, ...command], { stdio, env: childEnv, cwd });
+    // In a PID namespace whose init dies with moat: the command and all it starts end with moat.
+    const child = spawn(this.ipPath, ["netns", "exec", this.netns, ...diesWithMoat(command, { pidns: true })], { stdio, env: childEnv, cwd });
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));
     return child;
@@ -199,5 +205,6 @@ export class NetnsSandbox extends GuestSandbox {
       // not created, or already gone
     }
     rmSync(`/etc/netns/${this.netns}`, { recursive: true, force: true });
+    this.unregisterNetns();
   }
 }

@@ -18,6 +18,7 @@ import { PassThrough, Readable } from "node:stream";
 import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
+import { register } from "../sandbox/guard.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
 import { GUEST_TRUST } from "../tls/setup.js";
@@ -98,7 +99,8 @@ export class VmSandbox extends GuestSandbox {
       release();
       throw e;
     }
-    const sandbox = new VmSandbox(name, addresses, o, runDir, release);
+    const unregister = register({ kind: "tree", path: runDir }); // removed by the janitor if this process ends first (guard.ts)
+    const sandbox = new VmSandbox(name, addresses, o, runDir, () => { release(); unregister(); });
     try {
       const socket = join(sandbox.runDir, "net.sock");
       sandbox.gateway = await Gateway.start(o, {
@@ -177,9 +179,9 @@ export class VmSandbox extends GuestSandbox {
     if (this.vm && !this.vmExited) try { process.kill(this.vm.pid, "SIGKILL"); } catch { /* gone */ }
   }
 
-  /** The guest powers off (killed if it has not within 3 s). */
+  /** QEMU is killed: the guest has nothing to save (its filesystem is the initramfs), so a power-off would only wait. */
   protected async stopGuest(): Promise<void> {
-    await this.vm?.shutdown(3000);
+    await this.vm?.kill();
   }
 
   /** @internal Kill QEMU (from the exit hook: no time for a power-off) and remove the run directory. */

@@ -5,11 +5,12 @@
 //     The process dies with moat: PR_SET_PDEATHSIG(SIGKILL), set here, after the fork from moat's
 //     main thread (where Node spawns children), then CMD is executed in its place. If moat (PPID)
 //     is already gone, nothing runs. With --pidns, CMD runs in a new PID namespace under an init
-//     (this program) that dies with moat too: when a namespace's init dies, the kernel kills every
-//     process in it, so whatever CMD started, daemons included, ends with it. The init passes on
-//     the signals sent to it (kill(2), not the terminal's, which reach CMD directly), reaps
-//     orphans, and ends when CMD does, with CMD's status: the same exit code, or the same signal.
-//     A CMD that cannot be executed: a message on stderr, status 127 (not found) or 126.
+//     (this program) that dies with moat too (it watches moat's pidfd): when a namespace's init
+//     dies, the kernel kills every process in it, so whatever CMD started, daemons included, ends
+//     with moat. This process passes on the signals sent to it (kill(2), not the terminal's, which
+//     reach CMD directly) and ends when CMD does, with CMD's status: the same exit code, or the
+//     same signal. What CMD left running stays (its connections get moat's exit grace) until moat
+//     kills it or dies. A CMD that cannot be executed: a message on stderr, 127 (not found) or 126.
 //
 //   moat-helper janitor
 //     Removes what a moat process created if it ends without doing so itself. Started by moat
@@ -35,6 +36,8 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -79,22 +82,52 @@ static void end_like(int status) {
   _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 125);
 }
 
-// Wait for `child`, passing on the signals sent to us (not the terminal's: si_code SI_KERNEL);
-// reap any other child (as a namespace's init). Returns child's wait status.
-static int supervise(pid_t child, const sigset_t* set) {
+static int open_pidfd(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+static int sent_by_process(const struct signalfd_siginfo* si) {
+  return si->ssi_code == SI_USER || si->ssi_code == SI_QUEUE || si->ssi_code == SI_TKILL;
+}
+
+// init of the PID namespace: runs CMD, passes signals on, reaps orphans. CMD's wait status goes
+// out through `st` as soon as CMD ends; init itself stays while anything else runs in the
+// namespace (moat drains those processes' connections, then kills them), and ends — killing all
+// that is left — when moat dies (its pidfd `moat` becomes readable; without pidfds, init dies with
+// the outer helper instead, at CMD's end).
+static void run_init(char** cmd, const sigset_t* set, const sigset_t* oldmask, int moat, int st) {
+  pid_t c = fork();
+  if (c < 0) _exit(125);
+  if (c == 0) exec_or_die(cmd, oldmask);
+  int sfd = signalfd(-1, set, SFD_CLOEXEC);
+  if (sfd < 0) _exit(125);
+  int cmd_done = 0;
   for (;;) {
-    siginfo_t si;
-    int sig = sigwaitinfo(set, &si);
-    if (sig < 0) continue;
-    if (sig == SIGCHLD) {
-      int status;
-      pid_t p;
-      while ((p = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (p == child) return status;
-      }
+    struct pollfd pf[2] = {{sfd, POLLIN, 0}, {moat, POLLIN, 0}};
+    if (poll(pf, moat >= 0 ? 2 : 1, -1) < 0) continue;
+    if (moat >= 0 && pf[1].revents) _exit(125);  // moat is gone: everything in here goes too
+    struct signalfd_siginfo si;
+    if (read(sfd, &si, sizeof si) != sizeof si) continue;
+    if ((int)si.ssi_signo != SIGCHLD) {
+      if (sent_by_process(&si)) kill(cmd_done ? -1 : c, (int)si.ssi_signo);
       continue;
     }
-    if (si.si_code == SI_USER || si.si_code == SI_QUEUE || si.si_code == SI_TKILL) kill(child, sig);
+    int status;
+    pid_t p;
+    while ((p = waitpid(-1, &status, WNOHANG)) > 0) {
+      if (p != c) continue;
+      cmd_done = 1;
+      if (write(st, &status, sizeof status) != sizeof status) { /* the outer helper is gone */ }
+      close(st);
+      if (moat < 0) _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WIFEXITED(status) ? WEXITSTATUS(status) : 125);
+    }
+    if (cmd_done && p < 0 && errno == ECHILD) _exit(0);  // nothing runs in the namespace any more
   }
 }
 
@@ -117,9 +150,12 @@ static int cmd_exec(int argc, char** argv) {
   forwarded_set(&set);
   sigprocmask(SIG_BLOCK, &set, &oldmask);
   if (!pidns || unshare(CLONE_NEWPID) != 0) exec_or_die(cmd, &oldmask);  // no PID namespace (not allowed here): pdeathsig only
-  // The next child is init (pid 1) of the new namespace; a pipe tells it if we die before it set
-  // its own pdeathsig (its getppid() is 0: the parent is outside the namespace).
-  // Another carries CMD's wait status out of it (init cannot die of CMD's signal).
+  // moat's pidfd, for init to watch (it cannot see moat's pid from inside its namespace); checked
+  // to be moat's by asking for the parent again after opening it.
+  int moat = ppid > 0 ? open_pidfd(ppid) : -1;
+  if (moat >= 0 && getppid() != ppid) _exit(125);
+  // The next child is init (pid 1) of the new namespace; `life` tells it if we die before it is
+  // set up, `st` carries CMD's wait status out of it.
   int life[2], st[2];
   if (pipe2(life, O_CLOEXEC) != 0 || pipe2(st, O_CLOEXEC) != 0) exec_or_die(cmd, &oldmask);
   pid_t init = fork();
@@ -127,24 +163,30 @@ static int cmd_exec(int argc, char** argv) {
   if (init == 0) {
     close(life[1]);
     close(st[0]);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (moat < 0) prctl(PR_SET_PDEATHSIG, SIGKILL);
     struct pollfd pf = {life[0], POLLIN, 0};
     if (poll(&pf, 1, 0) > 0) _exit(125);  // the outer helper is gone already (EOF)
     close(life[0]);
-    pid_t c = fork();
-    if (c < 0) _exit(125);
-    if (c == 0) exec_or_die(cmd, &oldmask);
-    int status = supervise(c, &set);
-    if (write(st[1], &status, sizeof status) != sizeof status) { /* the outer helper is gone */ }
-    _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WIFEXITED(status) ? WEXITSTATUS(status) : 125);
-    // init's end kills whatever is left in the namespace.
+    run_init(cmd, &set, &oldmask, moat, st[1]);
   }
   close(life[0]);
   close(st[1]);
-  int status = supervise(init, &set);
-  int cmd_status;
-  if (read(st[0], &cmd_status, sizeof cmd_status) == sizeof cmd_status) status = cmd_status;
-  end_like(status);
+  if (moat >= 0) close(moat);
+  // Until CMD's status arrives (or init ends without one): signals sent to us go to init.
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  for (;;) {
+    struct pollfd pf[2] = {{st[0], POLLIN, 0}, {sfd, POLLIN, 0}};
+    if (poll(pf, sfd >= 0 ? 2 : 1, -1) < 0) continue;
+    if (pf[0].revents) {
+      int status;
+      if (read(st[0], &status, sizeof status) == sizeof status) end_like(status);
+      int s;
+      waitpid(init, &s, 0);  // init ended without a status
+      end_like(s);
+    }
+    struct signalfd_siginfo si;
+    if (sfd >= 0 && pf[1].revents && read(sfd, &si, sizeof si) == sizeof si && (int)si.ssi_signo != SIGCHLD && sent_by_process(&si)) kill(init, (int)si.ssi_signo);
+  }
   return 125;
 }
 

@@ -197,8 +197,10 @@ export class NetnsSandbox extends GuestSandbox {
     // The namespace's processes are the caller's (the command has ended, or is ending).
   }
 
-  /** @internal Delete the namespace and its /etc/netns directory. */
+  /** @internal Kill what runs in the namespace, delete it and its /etc/netns directory. */
   protected removeGuest(): void {
+    // What the command left running had its connections' grace (drain): it ends now.
+    this.killAll();
     try {
       execFileSync(this.ipPath, ["netns", "del", this.netns], { stdio: "ignore" });
     } catch {

@@ -7,6 +7,12 @@
       "defines": ["NAPI_VERSION=9", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "cflags_cc!": ["-fno-exceptions"]
+    },
+    {
+      "target_name": "moat-helper",
+      "type": "executable",
+      "sources": ["src/helper.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -145,7 +145,11 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     dp_ = std::make_unique<Datapath>(mem, L);
   }
 
-  ~DatapathWrap() override { stopPoll(); }
+  // Without close() (the process or the worker exiting: the object is finalized during the
+  // environment's teardown), the handle is closed without a callback and its few bytes are left:
+  // by the time the loop runs close callbacks, this addon may be unloaded, and a callback in it
+  // would be a jump into unmapped code (exit status 139 for an embedder calling process.exit()).
+  ~DatapathWrap() override { stopPoll(false); }
 
  private:
   Napi::Value AttachTap(const Napi::CallbackInfo& info) {
@@ -268,12 +272,13 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     return info.Env().Undefined();
   }
 
-  void stopPoll() {
+  void stopPoll(bool freeHandle = true) {
     if (!poll_) return;
     uv_poll_stop(poll_);
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    if (freeHandle) uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    else uv_close(reinterpret_cast<uv_handle_t*>(poll_), nullptr);
     poll_ = nullptr;
-    onReady_.Reset();
+    if (freeHandle) onReady_.Reset();
   }
 
   std::unique_ptr<Datapath> dp_;

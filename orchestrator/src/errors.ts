@@ -12,7 +12,10 @@ export type MoatErrorCode =
   | "ERR_ENGINE"
   | "ERR_ADDRESS_POOL"
   | "ERR_PORT"
-  | "ERR_VM";
+  | "ERR_VM"
+  | "ERR_NAME_IN_USE"
+  | "ERR_COMMAND_NOT_FOUND"
+  | "ERR_COMMAND_NOT_EXECUTABLE";
 
 export class MoatError extends Error {
   readonly code: MoatErrorCode;
@@ -38,5 +41,15 @@ export class HostRequirementError extends MoatError {
   constructor(code: "ERR_NOT_ROOT" | "ERR_NO_TUN" | "ERR_MISSING_TOOL", message: string, hint: string) {
     super(code, message, hint);
     this.name = "HostRequirementError";
+  }
+}
+
+/** The command to run in a sandbox cannot be: `status` is what a shell (and docker) exits with for it. */
+export class CommandError extends MoatError {
+  readonly status: 126 | 127;
+  constructor(code: "ERR_COMMAND_NOT_FOUND" | "ERR_COMMAND_NOT_EXECUTABLE", message: string, hint: string) {
+    super(code, message, hint);
+    this.name = "CommandError";
+    this.status = code === "ERR_COMMAND_NOT_FOUND" ? 127 : 126;
   }
 }

@@ -7,7 +7,8 @@
 //   await sandbox.destroy();
 export { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "./sandbox/netns-sandbox.js";
 export { parseNameserverAddress, hostResolvers } from "./dns/upstream.js";
-export { addressesFor, type SandboxAddresses } from "./sandbox/addressing.js";
+export { addressesFor, netnsName, poolTag, type SandboxAddresses } from "./sandbox/addressing.js";
+export { cleanupLeftovers } from "./sandbox/cleanup.js";
 export { EngineHost } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
 export type { LinkSpec, TapLinkSpec, StreamLinkSpec, VhostUserLinkSpec, Link } from "./links/link.js";

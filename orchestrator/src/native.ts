@@ -39,8 +39,8 @@ export function loadNative(): NativeModule {
   try {
     cached = require(path) as NativeModule;
   } catch (cause) {
-    throw new MoatError("ERR_ENGINE", `cannot load the native addon at ${path}`,
-      "run `npm install` (or `npm run build:native`) in the moat checkout to build it", { cause });
+    throw new MoatError("ERR_ENGINE", `cannot load the native addon at ${path}: ${(cause as Error).message.split("\n")[0]}`,
+      "build it: `npm rebuild moat` where moat is installed (needs g++, make and python3), or `npm run build:native` in a checkout", { cause });
   }
   return cached;
 }

@@ -86,7 +86,7 @@ test("moat run -p: a port in use is an error before the command starts", { skip 
   // Something listens on 127.0.0.1:18080 in the host namespace first (until teardown).
   await world.startProcess(["python3", "-c", "import socket,time;s=socket.socket();s.bind(('127.0.0.1',18080));s.listen();print('ready',flush=True);time.sleep(600)"], "host");
   const r = await world.moat(["run", "-p", "18080:80", "--", "touch", marker]);
-  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /cannot publish 127\.0\.0\.1:18080\/tcp: the port is already in use/);
   assert.equal(existsSync(marker), false, "the command ran anyway");
 });

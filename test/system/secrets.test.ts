@@ -171,10 +171,10 @@ test("block-and-terminate: the command is killed, the sandbox destroyed, moat ex
 test("a secret's value must come from moat's environment, and a secret host cannot be bypassed", { skip }, async () => {
   delete process.env.NO_SUCH_KEY;
   const missing = await world.moat(["run", "--secret", "NO_SUCH_KEY@allowed.test", "--", "true"]);
-  assert.equal(missing.code, 2);
+  assert.equal(missing.code, 125);
   assert.match(missing.stderr, /moat's environment has no NO_SUCH_KEY/);
   const bypassed = await run("true", ["--tls-bypass", "*.test"]);
-  assert.equal(bypassed.code, 2);
+  assert.equal(bypassed.code, 125);
   assert.match(bypassed.stderr, /secret API_KEY is for allowed\.test, which --tls-bypass passes through untouched/);
 });
 

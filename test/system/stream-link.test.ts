@@ -221,13 +221,13 @@ test("moat serve: a missing or doubled link is a clear error", { skip }, async (
     c.once("exit", (code) => resolve({ code, stderr }));
   });
   const none = await run([]);
-  assert.equal(none.code, 2);
+  assert.equal(none.code, 125);
   assert.match(none.stderr, /serve: no link given[\s\S]*hint: give exactly one of --vhost-user PATH, --stream PATH, --tap IFNAME/);
   const two = await run(["--stream", "/tmp/a", "--tap", "tap0"]);
-  assert.equal(two.code, 2);
+  assert.equal(two.code, 125);
   assert.match(two.stderr, /--stream and --tap both given/);
   const badDir = await run(["--stream", "/nonexistent/dir/x.sock"]);
-  assert.equal(badDir.code, 1);
+  assert.equal(badDir.code, 125);
   assert.match(badDir.stderr, /stream link at \/nonexistent\/dir\/x\.sock: listen on .*No such file or directory/);
 });
 

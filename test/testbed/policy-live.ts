@@ -7,7 +7,7 @@ import { Sandbox, NetworkPolicy } from "../../orchestrator/src/index.js";
 const [host, port] = process.argv.slice(2);
 const sandbox = await Sandbox.builder("live").network((n) => n.policy(NetworkPolicy.publicOnly()).denyResponse("reject").dnsForward("none")).create();
 const probe = () => {
-  const r = spawnSync("ip", ["netns", "exec", sandbox.name, process.execPath, new URL("./tcp-clients.js", import.meta.url).pathname, "connect", host!, port!, "3000"], { encoding: "utf8" });
+  const r = spawnSync("ip", ["netns", "exec", sandbox.netns, process.execPath, new URL("./tcp-clients.js", import.meta.url).pathname, "connect", host!, port!, "3000"], { encoding: "utf8" });
   return r.stdout.trim();
 };
 const before = probe();

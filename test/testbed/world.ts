@@ -179,7 +179,8 @@ export class World {
   }
 }
 
-/** Namespaces named moat-* that exist right now. */
-export function moatNamespaces(): string[] {
-  return execFileSync("ip", ["netns", "list"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).split("\n").map((l) => l.split(" ")[0]!).filter((n) => /^moat-\d+$/.test(n));
+/** Namespaces moat creates (moat-<pool tag>-<slot>) that exist right now; with `tag`, only that pool's. */
+export function moatNamespaces(tag?: string): string[] {
+  return execFileSync("ip", ["netns", "list"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).split("\n").map((l) => l.split(" ")[0]!)
+    .filter((n) => /^moat-[0-9a-f]{8}-\d+$/.test(n) && (tag === undefined || n.startsWith(`moat-${tag}-`)));
 }

@@ -1,11 +1,10 @@
 // main.ts — the `moat` command line.
 import { readFileSync } from "node:fs";
-import { execFileSync } from "node:child_process";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
 import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
 import type { GuestSandbox } from "../sandbox/sandbox.js";
-import { MoatError, ConfigError } from "../errors.js";
+import { MoatError, ConfigError, CommandError } from "../errors.js";
 import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile } from "../policy/config-file.js";
@@ -13,6 +12,7 @@ import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
 import { serveGateway } from "../gateway/serve.js";
+import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import type { LinkSpec } from "../links/link.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -58,6 +58,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "vm-cpus", kind: "int", metavar: "N", min: 1, max: 64, help: "guest vCPUs (default 1)" },
   { name: "vm-link", kind: "string", metavar: "KIND", choices: ["vhost-user", "stream"], help: "how the guest's NIC reaches moat: vhost-user (default: virtqueues in\nshared memory) or stream (QEMU -netdev stream, portable)" },
   { name: "vm-accel", kind: "string", metavar: "ACCEL", choices: ["auto", "kvm", "tcg"], help: "auto (default: KVM where the guest boots on it, else TCG), kvm or tcg" },
+  { name: "name", kind: "string", metavar: "NAME", help: "the sandbox's name (audit events, MAC addresses), unique among this host's\nlive sandboxes (default moat-<pool tag>-<slot>, the namespace's name)" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
@@ -79,7 +80,8 @@ Usage:
   moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects), until SIGTERM
-  moat cleanup                                remove namespaces left by moat processes that died
+  moat cleanup                                remove what moat processes that died left
+                                              (namespaces, leases, directories), any pool
   moat --version | --help
 
 Run \`moat run --help\` or \`moat serve --help\` for their options.
@@ -88,15 +90,19 @@ Run \`moat run --help\` or \`moat serve --help\` for their options.
 const RUN_HELP = `Usage: moat run [OPTIONS] [--] COMMAND [ARGS...]
 
 Creates a network namespace whose only interface, eth0, is a TAP device served by the moat
-engine, and runs COMMAND inside it with your stdin/stdout/stderr. moat exits with COMMAND's exit
-status (128+N if it was killed by signal N) and removes the namespace afterwards, also when
-interrupted. With --vm, COMMAND runs in a QEMU microVM instead (its own kernel and a busybox
+engine, and runs COMMAND inside it with your stdin/stdout/stderr. moat removes the namespace
+afterwards, also when interrupted, and exits as docker does: with COMMAND's exit status (128+N
+if it was killed by signal N), 127 if COMMAND was not found, 126 if it could not be executed,
+125 if moat itself failed (a bad option included). With --vm, COMMAND runs in a QEMU microVM instead (its own kernel and a busybox
 userland, eth0 configured by DHCP from the same gateway, IPv6 as below); the policy, DNS,
 port, TLS and secret options apply to both.
 
 Inside the sandbox:
-  address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
-  gateway      172.30.N.1 and fe80::1 — answers ARP, NDP, DHCP, router solicitations and ping
+  address      the second address of slot N's /30 of the pool — 172.30.0.(4N+2)/30 in the
+               default pool, e.g. 172.30.0.2, 172.30.0.6 (N: the first free slot) — and
+               fd6d:6f61:7400:N::2/64
+  gateway      the first: 172.30.0.(4N+1), and fe80::1 — answers ARP, NDP, DHCP, router
+               solicitations and ping (\`ip route\` in the sandbox shows it)
   ports        -p publishes a sandbox port on this machine: connections to it come into
                the sandbox from the gateway's address (the host's loopback cannot be
                shown to a guest as a source), judged by ingress rules
@@ -126,7 +132,7 @@ ${flagHelp(RUN_FLAGS)}
 Requirements: Linux, root, /dev/net/tun, iproute2 (\`ip\`).
 
 Examples:
-  moat run -- ping -c1 172.30.0.1
+  moat run -- ip -4 addr show eth0      # its address; \`ip route\` shows the gateway
   moat run --net allow-all -- curl http://10.0.0.5/
   moat run --net-rule allow@group:private:tcp:5432 --audit-log /tmp/denied.jsonl -- psql -h 10.1.2.3
   moat run --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443 -- curl https://203.0.113.7/
@@ -173,14 +179,20 @@ function signalNumber(sig: NodeJS.Signals): number {
   return (osConstants.signals as Record<string, number>)[sig] ?? 0;
 }
 
+/**
+ * Exit statuses, as docker's: 125 moat's own failure (bad flags included), 126 the command cannot
+ * be executed, 127 it was not found; otherwise the command's status (128+N for signal N).
+ */
+const EXIT_MOAT_FAILED = 125;
+
 function report(e: unknown): number {
   if (e instanceof MoatError) {
     process.stderr.write(`moat: ${e.message}\n`);
     if (e.hint) process.stderr.write(`moat: hint: ${e.hint}\n`);
-    return e.code === "ERR_BAD_CONFIG" || e.code === "ERR_BAD_ARGUMENT" ? 2 : 1;
+    return e instanceof CommandError ? e.status : EXIT_MOAT_FAILED;
   }
   process.stderr.write(`moat: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
-  return 1;
+  return EXIT_MOAT_FAILED;
 }
 
 /**
@@ -228,6 +240,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
     maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
     ipv4Pool: flags.get("ipv4-pool") as string | undefined,
+    name: flags.get("name") as string | undefined,
     exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
     ports: [...(file.ports ?? []), ...(lists.get("publish") ?? []).map((t) => parsePublish(t, "-p"))],
     tls: tlsOptions(flags, lists, file.tls),
@@ -265,7 +278,7 @@ async function cmdRun(args: string[]): Promise<number> {
     return 0;
   }
   if (rest.length === 0) {
-    throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
+    throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ip addr");
   }
   const options = runOptions(flags, lists);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
@@ -278,11 +291,7 @@ async function cmdRun(args: string[]): Promise<number> {
     child = sandbox.spawn(rest);
   } catch (e) {
     await sandbox.destroy();
-    if (e instanceof MoatError && e.code === "ERR_BAD_ARGUMENT") {
-      report(e);
-      return 127; // as a shell does for a command it cannot find
-    }
-    throw e;
+    throw e; // a CommandError: 127 or 126, as a shell (and docker) say
   }
   // Signals meant for the command are passed on; moat cleans up once the command has ended.
   let forwarded = 0;
@@ -296,7 +305,7 @@ async function cmdRun(args: string[]): Promise<number> {
   const status = await new Promise<number>((resolve) => {
     child.once("error", (e) => {
       process.stderr.write(`moat: cannot start ${rest[0]}: ${e.message}\n`);
-      resolve(127);
+      resolve(EXIT_MOAT_FAILED);
     });
     child.once("exit", (code, signal) => resolve(code ?? 128 + signalNumber(signal ?? "SIGKILL")));
   });
@@ -335,7 +344,7 @@ async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | numb
   for (const s of sigs) process.removeListener(s, onSignal);
   if (sandbox.terminatedBy) {
     process.stderr.write(`moat: sandbox terminated: ${sandbox.terminatedBy} (--secret-violation block-and-terminate)\n`);
-    return 125;
+    return EXIT_MOAT_FAILED;
   }
   return status;
 }
@@ -368,7 +377,7 @@ async function cmdServe(args: string[]): Promise<number> {
   if (typeof why === "object") {
     await served.stop({ graceMs: 0 });
     process.stderr.write(`moat: guest cut off: ${why.reason} (--secret-violation block-and-terminate)\n`);
-    return 125;
+    return EXIT_MOAT_FAILED;
   }
   process.stderr.write(`moat: ${why}: stopping\n`);
   await served.stop();
@@ -397,7 +406,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
     status = await sandbox.run(command, { stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
   } catch (e) {
     if (!sandbox.terminatedBy) throw e;
-    status = 125; // the VM was killed for a secret violation: said by finishRun
+    status = EXIT_MOAT_FAILED; // the VM was killed for a secret violation: said by finishRun
   } finally {
     for (const s of sigs) process.removeListener(s, forward);
     process.stdin.pause();
@@ -409,32 +418,11 @@ function runGraceText(grace: number): string {
   return `${grace} ms without progress (--exit-grace-ms)`;
 }
 
-function cmdCleanup(): number {
-  let removed = 0;
-  let names: string[] = [];
-  try {
-    names = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).filter((n) => /^moat-\d+$/.test(n));
-  } catch (e) {
-    throw new MoatError("ERR_NETNS", `cannot list namespaces: ${(e as Error).message}`, "run as root with iproute2 installed");
-  }
-  for (const name of names) {
-    const slot = name.slice(5);
-    let owner = NaN;
-    try {
-      owner = Number(readFileSync(`/run/moat/leases/172_30_0_0_16-${slot}`, "utf8"));
-    } catch {
-      // no lease: stale
-    }
-    let alive = false;
-    if (owner > 0) {
-      try { process.kill(owner, 0); alive = true; } catch { alive = false; }
-    }
-    if (alive) continue;
-    execFileSync("ip", ["netns", "del", name]);
-    process.stdout.write(`removed ${name}\n`);
-    removed++;
-  }
-  process.stdout.write(`${removed} namespace(s) removed\n`);
+function cmdCleanup(args: string[]): number {
+  if (args.length) throw new ConfigError(`cleanup: unexpected argument "${args[0]}"`, "moat cleanup takes no arguments");
+  const removed = cleanupLeftovers();
+  for (const line of removed) process.stdout.write(`removed ${line}\n`);
+  process.stdout.write(`${removed.length} leftover(s) removed\n`);
   return 0;
 }
 
@@ -448,8 +436,12 @@ export async function main(argv: string[]): Promise<number> {
       case "help":
         if (cmd === "help" && args[0] === "run") { process.stdout.write(RUN_HELP); return 0; }
         if (cmd === "help" && args[0] === "serve") { process.stdout.write(SERVE_HELP); return 0; }
+        if (cmd === undefined) {
+          process.stderr.write(MAIN_HELP);
+          return EXIT_MOAT_FAILED;
+        }
         process.stdout.write(MAIN_HELP);
-        return cmd === undefined ? 2 : 0;
+        return 0;
       case "-V":
       case "--version":
         process.stdout.write(`moat ${VERSION}\n`);
@@ -459,10 +451,10 @@ export async function main(argv: string[]): Promise<number> {
       case "serve":
         return await cmdServe(args);
       case "cleanup":
-        return cmdCleanup();
+        return cmdCleanup(args);
       default:
         process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve and cleanup; see moat --help\n`);
-        return 2;
+        return EXIT_MOAT_FAILED;
     }
   } catch (e) {
     return report(e);

@@ -55,7 +55,10 @@ export class EngineHost {
     });
     dns.port1.unref();
     const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns };
-    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2, dns.port2] });
+    // The worker takes this process's Node options, but those that only a main script may have
+    // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
+    const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));
+    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2, dns.port2], execArgv });
     let failure: Error | undefined;
     const exitPromise = new Promise<number>((resolve) => {
       worker.once("error", (err) => { failure = err; });
@@ -73,8 +76,10 @@ export class EngineHost {
     } catch (err) {
       await host.stop();
       if (err instanceof MoatError) throw err;
-      const e = err as Error;
-      throw new MoatError("ERR_ENGINE", `engine failed to start: ${e.message}`, undefined, { cause: err });
+      // An error thrown in the worker arrives as a plain Error: a MoatError's code and hint are
+      // its own properties still, and are kept.
+      const e = err as Error & { hint?: unknown };
+      throw new MoatError("ERR_ENGINE", `engine failed to start: ${e.message}`, typeof e.hint === "string" ? e.hint : undefined, { cause: err });
     }
     return host;
   }

@@ -1,7 +1,7 @@
 // serve.ts — a gateway for a guest moat does not run (`moat serve`, DESIGN §9 "Embedding"): the
 // caller's VMM connects to the link (vhost-user or stream socket) or owns the TAP device, and the
 // guest configures itself by DHCP from the gateway. moat owns only the address lease.
-import { leaseSlot, addressesFor } from "../sandbox/addressing.js";
+import { leaseSlot, addressesFor, claimName, type SlotLease } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions } from "./gateway.js";
 import type { LinkSpec } from "../links/link.js";
 import { ConfigError } from "../errors.js";
@@ -18,7 +18,16 @@ export interface ServedGateway {
 export async function serveGateway(options: GatewayOptions, link: LinkSpec): Promise<ServedGateway> {
   const o = validateOptions(options);
   if (o.policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so there is nothing to serve", "choose another policy");
-  const { slot, release } = leaseSlot(o.ipv4Pool);
+  const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
+  let lease: SlotLease;
+  try {
+    lease = leaseSlot(o.ipv4Pool, { name: options.name });
+  } catch (e) {
+    releaseName();
+    throw e;
+  }
+  const { slot } = lease;
+  const release = () => { lease.release(); releaseName(); };
   const name = options.name ?? `moat-serve-${slot}`;
   let gateway: Gateway;
   let onTerminated: (reason: string) => void = () => {};

@@ -3,13 +3,17 @@
 // The IPv4 pool (default 172.30.0.0/16) is carved into /30s: slot N's gateway is the first usable
 // address, the guest the second. IPv6: slot N gets the /64 <ula48>:N::/64, gateway ::1, guest ::2,
 // and the gateway's link-local address is fe80::1. Slots are leased between concurrent moat
-// processes with exclusive-create lock files under /run/moat/leases (stale ones, whose process
-// has died, are taken over). MACs are derived from the sandbox name, so they are stable.
+// processes with ownership files under /run/moat/leases named by the pool and the slot (stale ones,
+// whose owner is provably dead, are taken over: ownership.ts). MACs are derived from the sandbox
+// name, so they are stable.
 import { createHash } from "node:crypto";
-import { mkdirSync, openSync, closeSync, writeSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ConfigError, MoatError } from "../errors.js";
+import { NETNS_NAME_RE, removeLeftovers } from "./leftovers.js";
+import { register } from "./guard.js";
+import { acquireOwned, removeOwned, rewriteOwned, thisOwner, type OwnedRecord } from "./ownership.js";
 
 export interface SandboxAddresses {
   slot: number;
@@ -27,15 +31,6 @@ export interface SandboxAddresses {
 export const DEFAULT_POOL4 = "172.30.0.0/16";
 export const DEFAULT_ULA48 = "fd6d:6f61:7400::"; // "moat" in the ULA's global ID
 const LEASE_DIR = "/run/moat/leases";
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 export function parsePool4(pool: string): { base: number; slots: number } {
   let parsed: [ipaddr.IPv4 | ipaddr.IPv6, number];
@@ -85,32 +80,137 @@ export function addressesFor(slot: number, name: string, pool4 = DEFAULT_POOL4, 
   };
 }
 
-/** Lease a free slot of the pool for this process. Returns the slot and a release function. */
-export function leaseSlot(pool4 = DEFAULT_POOL4): { slot: number; release: () => void } {
+/** A short tag naming the pool: its network and length, hashed (8 hex digits). */
+export function poolTag(pool4 = DEFAULT_POOL4): string {
+  const { base, slots } = parsePool4(pool4);
+  return createHash("sha256").update(`${v4(base)}/${32 - Math.log2(slots * 4)}`).digest("hex").slice(0, 8);
+}
+
+/** The network namespace of slot `slot` of a pool: moat-<pool tag>-<slot>. */
+export function netnsName(pool4: string, slot: number): string {
+  return `moat-${poolTag(pool4)}-${slot}`;
+}
+
+export { NETNS_NAME_RE };
+
+/** What a slot's lease file records (besides its owner): enough for another process to remove what a dead owner left. */
+export interface LeaseRecord extends OwnedRecord {
+  pool: string;
+  slot: number;
+  /** The sandbox's name. */
+  name?: string;
+  /** The network namespace created for the slot (namespace sandboxes). */
+  netns?: string;
+  /** Directories the owner created (a VM's run directory). */
+  dirs?: string[];
+}
+
+export interface SlotLease {
+  readonly slot: number;
+  readonly pool: string;
+  readonly path: string;
+  /** What tells this lease's file from any other (its owner's token). */
+  readonly token: string;
+  /** The record of a dead owner whose lease was taken over (its leftovers were removed). */
+  readonly previous: LeaseRecord | undefined;
+  /** Add to what the lease records (a namespace, directories), before creating them. */
+  record(fields: Partial<Pick<LeaseRecord, "name" | "netns" | "dirs">>): void;
+  /** Give the slot up (idempotent). */
+  release(): void;
+}
+
+export function leasePath(pool4: string, slot: number): string {
+  return join(LEASE_DIR, `${poolTag(pool4)}-${slot}`);
+}
+
+/**
+ * Lease a free slot of the pool for this process: the first slot whose lease file is absent, or
+ * whose owner is provably dead (ownership.ts). The lease file, /run/moat/leases/<pool tag>-<slot>,
+ * names the owner (pid, start time, PID namespace), the pool and what the owner creates for it.
+ */
+export function leaseSlot(pool4 = DEFAULT_POOL4, fields: { name?: string } = {}): SlotLease {
   const { slots } = parsePool4(pool4);
   mkdirSync(LEASE_DIR, { recursive: true });
-  const tag = pool4.replace(/[^0-9a-z]/gi, "_");
   for (let slot = 0; slot < slots; slot++) {
-    const path = join(LEASE_DIR, `${tag}-${slot}`);
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const fd = openSync(path, "wx");
-        writeSync(fd, String(process.pid));
-        closeSync(fd);
-        return { slot, release: () => rmSync(path, { force: true }) };
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-        let owner = NaN;
-        try {
-          owner = Number(readFileSync(path, "utf8"));
-        } catch {
-          // vanished meanwhile: retry
-        }
-        if (Number.isInteger(owner) && owner > 0 && pidAlive(owner)) break; // in use
-        rmSync(path, { force: true }); // stale: take it over
-      }
-    }
+    const path = leasePath(pool4, slot);
+    let record: LeaseRecord = { ...thisOwner(), pool: pool4, slot, ...fields };
+    const got = acquireOwned(path, record);
+    if (!got.acquired) continue;
+    // What a dead owner of the slot left (its namespace, its directories) is ours to remove now.
+    if (got.previous) removeLeftovers(got.previous as LeaseRecord);
+    const unregister = register({ kind: "owned", path, token: record.token }); // removed if this process ends holding it
+    let released = false;
+    return {
+      slot,
+      pool: pool4,
+      path,
+      token: record.token,
+      previous: got.previous as LeaseRecord | undefined,
+      record(more) {
+        record = { ...record, ...more };
+        rewriteOwned(path, record);
+      },
+      release() {
+        if (released) return;
+        released = true;
+        removeOwned(path, record.token);
+        unregister();
+      },
+    };
   }
   throw new MoatError("ERR_ADDRESS_POOL", `no free sandbox slot in address pool ${pool4} (${slots} slots)`,
     "stop other sandboxes or choose a larger pool with --ipv4-pool");
+}
+
+/** Every lease file of this format: its path, pool tag and slot. */
+export function leaseFiles(): { path: string; tag: string; slot: number }[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(LEASE_DIR);
+  } catch {
+    return [];
+  }
+  return names.flatMap((f) => {
+    const m = /^([0-9a-f]{8})-(\d+)$/.exec(f);
+    return m ? [{ path: join(LEASE_DIR, f), tag: m[1]!, slot: Number(m[2]) }] : [];
+  });
+}
+
+export { LEASE_DIR };
+
+const NAME_DIR = "/run/moat/names";
+/** A sandbox name (the option `name`, `moat run --name`): as docker's container names. */
+export const SANDBOX_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+/**
+ * Reserve a sandbox name given by the caller among every live moat on this host (an ownership
+ * file /run/moat/names/NAME; a dead owner's is taken over). Returns its release.
+ */
+export function claimName(name: string): () => void {
+  if (!SANDBOX_NAME_RE.test(name)) {
+    throw new ConfigError(`sandbox name "${name}" is not valid`, "use letters, digits, _ . and - (up to 128 characters), starting with a letter or digit");
+  }
+  if (NETNS_NAME_RE.test(name)) throw new ConfigError(`sandbox name "${name}" is reserved (moat's own names look like that)`, "choose another name");
+  mkdirSync(NAME_DIR, { recursive: true });
+  const path = join(NAME_DIR, name);
+  const record: OwnedRecord = { ...thisOwner(), name };
+  const got = acquireOwned(path, record);
+  if (!got.acquired) {
+    throw new MoatError("ERR_NAME_IN_USE", `the sandbox name "${name}" is in use${got.holder ? ` by process ${got.holder.pid}` : ""}`,
+      "choose another name, or stop that sandbox first");
+  }
+  const unregister = register({ kind: "owned", path, token: record.token });
+  return () => {
+    removeOwned(path, record.token);
+    unregister();
+  };
+}
+
+/** Every name file: its path. */
+export function nameFiles(): string[] {
+  try {
+    return readdirSync(NAME_DIR).filter((f) => SANDBOX_NAME_RE.test(f)).map((f) => join(NAME_DIR, f));
+  } catch {
+    return [];
+  }
 }

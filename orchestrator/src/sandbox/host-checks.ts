@@ -1,8 +1,8 @@
 // host-checks.ts — what a netns sandbox needs from the host, checked up front so a newcomer gets
 // one clear sentence instead of a stack trace from deep inside.
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { delimiter, join } from "node:path";
-import { HostRequirementError } from "../errors.js";
+import { CommandError, HostRequirementError } from "../errors.js";
 
 export function findInPath(tool: string): string | undefined {
   for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(delimiter).concat(["/usr/sbin", "/sbin"])) {
@@ -37,4 +37,32 @@ export function checkNetnsHost(): string {
       "install it: `apt-get install iproute2` (Debian/Ubuntu) or `dnf install iproute`");
   }
   return ip;
+}
+
+/**
+ * Where `exe` is (looked up in `path` when it has no slash, as execvp does), or a CommandError:
+ * not found (127) or not executable (126: no permission, a directory).
+ */
+export function resolveCommand(exe: string, path = process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin", cwd = process.cwd()): string {
+  const candidates = exe.includes("/") ? [exe.startsWith("/") ? exe : join(cwd, exe)] : path.split(delimiter).map((d) => join(d || ".", exe));
+  let unusable: string | undefined;
+  for (const c of candidates) {
+    let st;
+    try {
+      st = statSync(c);
+    } catch {
+      continue;
+    }
+    try {
+      if (!st.isDirectory()) {
+        accessSync(c, constants.X_OK);
+        return c;
+      }
+    } catch {
+      // not executable
+    }
+    unusable ??= c;
+  }
+  if (unusable) throw new CommandError("ERR_COMMAND_NOT_EXECUTABLE", `cannot run ${exe}: ${unusable} is ${statSync(unusable).isDirectory() ? "a directory" : "not executable"}`, "give a program with execute permission");
+  throw new CommandError("ERR_COMMAND_NOT_FOUND", `command not found: ${exe}`, exe.includes("/") ? "check the path" : "check the spelling, or give its full path");
 }

@@ -12,7 +12,25 @@ import type { EngineCounters } from "../engine/engine-config.js";
 import type { PortSpec, PublishedPort, PortProtocol } from "./ports.js";
 import type { SandboxAddresses } from "./addressing.js";
 import type { TlsProxy } from "../tls/proxy.js";
+import type { Readable, Writable } from "node:stream";
 import { MoatError } from "../errors.js";
+
+/** How run() runs a command, in every kind of sandbox. */
+export interface RunOptions {
+  /** Streamed to the command's stdin, then EOF; null or absent: its stdin is empty. */
+  stdin?: Readable | null;
+  /** Where its stdout goes (default: this process's stdout; the stream is not ended). */
+  stdout?: Writable;
+  /** Where its stderr goes (default: this process's stderr; the stream is not ended). */
+  stderr?: Writable;
+  /**
+   * The command's whole environment (default: in a namespace, this process's; in a VM, PATH and
+   * HOME). Secrets' placeholders are added.
+   */
+  env?: Record<string, string | undefined>;
+  /** Its working directory (default: in a namespace, this process's; in a VM, /). */
+  cwd?: string;
+}
 
 // Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
 // listener for all of them (a listener each would trip Node's MaxListeners warning at 11).
@@ -138,6 +156,14 @@ export abstract class GuestSandbox {
     this.removeGuest();
     this.releaseSlot();
   }
+
+  /**
+   * Run `command` in the guest; resolves with its exit status: the command's own, 128+N if signal
+   * N killed it, 127 if it was not found and 126 if it could not be executed (both said on stderr).
+   */
+  abstract run(command: string[], options?: RunOptions): Promise<number>;
+  /** Deliver signal `signo` to the running command(s). */
+  abstract signal(signo: number): void;
 
   /** Let the guest end in order (a VM powers off), before its gateway stops. */
   protected abstract stopGuest(): Promise<void>;

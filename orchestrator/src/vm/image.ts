@@ -39,11 +39,24 @@ import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
 import { HostRequirementError } from "../errors.js";
 import { findInPath } from "../sandbox/host-checks.js";
+import { diesWithMoat, register } from "../sandbox/guard.js";
 import { CpioWriter } from "./cpio.js";
 import { elfProgramHeaders, extractVmlinux } from "./vmlinux.js";
 import { VmError } from "./vm-error.js";
 
-const run = promisify(execFile);
+const execFileP = promisify(execFile);
+/** A build step that dies with moat (moat-helper: PR_SET_PDEATHSIG): an interrupted build leaves nothing running. */
+const run = ((file: string, args: string[], opts?: object) => {
+  const [helper, ...rest] = diesWithMoat([file, ...args]);
+  return execFileP(helper!, rest, opts);
+}) as typeof execFileP;
+
+/** A temporary directory the janitor removes if this process ends before `remove` (guard.ts). */
+function tempDir(parent: string): { path: string; remove: () => void } {
+  const path = mkdtempSync(join(parent, ".tmp-"));
+  const unregister = register({ kind: "tree", path });
+  return { path, remove: () => { rmSync(path, { recursive: true, force: true }); unregister(); } };
+}
 
 /** Bump when the image layout changes in a way the other key inputs do not show. */
 export const IMAGE_BUILDER_VERSION = 3;
@@ -129,12 +142,12 @@ async function buildOrReuse(cache: string, extraBinaries: string[], progress: (l
   })).slice(0, 16);
   const dir = join(cache, "images", `${kernel.version}-${key}`);
   if (!existsSync(join(dir, "image.json"))) {
-    const tmp = mkdtempSync(join(cache, "images", ".tmp-"));
+    const tmp = tempDir(join(cache, "images"));
     try {
-      await buildImage(tmp, kernel, guest, busybox, extras, progress);
-      publish(tmp, dir);
+      await buildImage(tmp.path, kernel, guest, busybox, extras, progress);
+      publish(tmp.path, dir);
     } finally {
-      rmSync(tmp, { recursive: true, force: true });
+      tmp.remove();
     }
     pruneUnused(join(cache, "images"), dir);
   }
@@ -189,7 +202,8 @@ async function downloadedKernel(cache: string, progress: (line: string) => void)
     }
   }
   mkdirSync(kernels, { recursive: true });
-  const tmp = mkdtempSync(join(kernels, ".tmp-"));
+  const t = tempDir(kernels);
+  const tmp = t.path;
   try {
     progress(`downloading the VM kernel (${pkg}, about 27 MB) with apt-get download`);
     await run("apt-get", ["download", pkg], { cwd: tmp }).catch((err) => {
@@ -202,7 +216,7 @@ async function downloadedKernel(cache: string, progress: (line: string) => void)
     if (!existsSync(kernelFrom(join(tmp, "root"), version).vmlinuz)) throw new VmError(`${deb} has no boot/vmlinuz-${version}`);
     publish(join(tmp, "root"), dir);
   } finally {
-    rmSync(tmp, { recursive: true, force: true });
+    t.remove();
   }
   return kernelFrom(dir, version);
 }

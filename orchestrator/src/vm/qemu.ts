@@ -29,6 +29,7 @@ import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { HostRequirementError } from "../errors.js";
 import { findInPath } from "../sandbox/host-checks.js";
+import { diesWithMoat, register } from "../sandbox/guard.js";
 import { Msg, FrameDecoder, frame, execFrame, u32Frame, STDIN_CHUNK_BYTES } from "./exec-protocol.js";
 import { vmCacheDir, type VmImage } from "./image.js";
 import { VmError } from "./vm-error.js";
@@ -59,6 +60,8 @@ export interface StartVmOptions {
   qemu?: string;
   /** Where the KVM probe result is remembered (default vmCacheDir()). */
   cacheDir?: string;
+  /** A directory to create for QEMU's files (removed when QEMU exits); default: a new one in the temporary directory. */
+  dir?: string;
 }
 
 export interface VmExecOptions {
@@ -137,7 +140,9 @@ class QemuVm implements Vm {
   private cleanedUp = false;
 
   static async start(qemu: string, accel: VmAccel, opts: StartVmOptions): Promise<QemuVm> {
-    const dir = mkdtempSync(join(tmpdir(), "moat-vm-"));
+    const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "moat-vm-"));
+    if (opts.dir) mkdirSync(dir, { mode: 0o700 });
+    const unregister = register({ kind: "tree", path: dir }); // if this process ends before cleanupSync
     const server = createServer();
     try {
       await new Promise<void>((resolve, reject) => {
@@ -146,14 +151,17 @@ class QemuVm implements Vm {
       });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
+      unregister();
       throw new VmError(`cannot listen on ${join(dir, "exec.sock")}: ${(err as Error).message}`);
     }
-    const child = spawn(qemu, qemuArgs(qemu, accel, opts, dir), { stdio: ["ignore", "pipe", "pipe"] });
-    return new QemuVm(child, accel, dir, server, opts.readyTimeoutMs ?? (accel === "kvm" ? 10_000 : 30_000));
+    // QEMU dies with moat (PR_SET_PDEATHSIG, through moat-helper), whatever ends moat.
+    const [file, ...args] = diesWithMoat([qemu, ...qemuArgs(qemu, accel, opts, dir)]);
+    const child = spawn(file!, args, { stdio: ["ignore", "pipe", "pipe"] });
+    return new QemuVm(child, accel, dir, server, opts.readyTimeoutMs ?? (accel === "kvm" ? 10_000 : 30_000), unregister);
   }
 
   private constructor(private readonly child: ChildProcess, readonly accel: VmAccel, readonly runDir: string,
-    private readonly server: Server, readyTimeoutMs: number) {
+    private readonly server: Server, readyTimeoutMs: number, private readonly unregisterDir: () => void) {
     const started = Date.now();
     liveVms.add(this);
     if (liveVms.size === 1) process.on("exit", cleanupLiveVms);
@@ -324,6 +332,7 @@ class QemuVm implements Vm {
     this.conn?.destroy();
     this.server.close();
     rmSync(this.runDir, { recursive: true, force: true });
+    this.unregisterDir();
   }
 }
 

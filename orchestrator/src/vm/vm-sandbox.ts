@@ -14,10 +14,11 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { PassThrough, Readable, type Writable } from "node:stream";
-import { addressesFor, leaseSlot, type SandboxAddresses } from "../sandbox/addressing.js";
+import { PassThrough, Readable } from "node:stream";
+import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
-import { GuestSandbox } from "../sandbox/sandbox.js";
+import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
+import { register } from "../sandbox/guard.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
 import { GUEST_TRUST } from "../tls/setup.js";
@@ -45,14 +46,8 @@ export interface VmSandboxOptions extends GatewayOptions {
   vm?: VmOptions;
 }
 
-export interface VmRunOptions {
-  stdin?: Readable | null;
-  stdout: Writable;
-  stderr: Writable;
-  /** The command's environment (default PATH, HOME); secrets' placeholders are added. */
-  env?: Record<string, string>;
-  cwd?: string;
-}
+/** run()'s options: those of every sandbox (RunOptions). */
+export type VmRunOptions = RunOptions;
 
 export class VmSandbox extends GuestSandbox {
   private vm: Vm | undefined;
@@ -85,10 +80,27 @@ export class VmSandbox extends GuestSandbox {
     const cpus = v.cpus ?? 1;
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw new ConfigError(`VM vCPUs ${v.cpus} is out of range`, "use 1 to 64");
     const progress = v.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`));
-    const { slot, release } = leaseSlot(o.ipv4Pool);
-    const name = options.name ?? `moat-vm-${slot}`;
-    const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new VmSandbox(name, addresses, o, mkdtempSync(join(tmpdir(), "moat-vm-")), release);
+    const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
+    let lease: SlotLease;
+    try {
+      lease = leaseSlot(o.ipv4Pool, { name: options.name });
+    } catch (e) {
+      releaseName();
+      throw e;
+    }
+    const release = () => { lease.release(); releaseName(); };
+    const name = options.name ?? netnsName(o.ipv4Pool, lease.slot);
+    const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
+    let runDir: string;
+    try {
+      runDir = mkdtempSync(join(tmpdir(), "moat-vm-"));
+      lease.record({ dirs: [runDir] }); // whoever finds the lease stale removes it
+    } catch (e) {
+      release();
+      throw e;
+    }
+    const unregister = register({ kind: "tree", path: runDir }); // removed by the janitor if this process ends first (guard.ts)
+    const sandbox = new VmSandbox(name, addresses, o, runDir, () => { release(); unregister(); });
     try {
       const socket = join(sandbox.runDir, "net.sock");
       sandbox.gateway = await Gateway.start(o, {
@@ -110,7 +122,7 @@ export class VmSandbox extends GuestSandbox {
       const nic = o.policy.offline ? null : link === "stream"
         ? ["-netdev", `stream,id=n0,server=off,addr.type=unix,addr.path=${qemuValue(socket)}`, ...device]
         : ["-chardev", `socket,id=c0,path=${qemuValue(socket)},reconnect=1`, "-netdev", "vhost-user,id=n0,chardev=c0", ...device];
-      sandbox.vm = await startVm({ image, memoryMiB, cpus, netdev: nic, accel: v.accel ?? "auto" });
+      sandbox.vm = await startVm({ image, memoryMiB, cpus, netdev: nic, accel: v.accel ?? "auto", dir: join(sandbox.runDir, "qemu") });
       void sandbox.vm.exited.then(() => { sandbox.vmExited = true; });
       const ready = await sandbox.vm.ready;
       sandbox.bootMs = ready.bootMs;
@@ -149,12 +161,12 @@ export class VmSandbox extends GuestSandbox {
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */
-  run(command: string[], o: VmRunOptions): Promise<number> {
+  async run(command: string[], o: VmRunOptions = {}): Promise<number> {
     if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
     const base = o.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" };
-    const env = this.gateway ? this.gateway.commandEnv(base) : base;
-    return this.vm.exec(command, { env: env as Record<string, string>, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout, stderr: o.stderr });
+    const env = Object.fromEntries(Object.entries(this.gateway ? this.gateway.commandEnv(base) : base).filter((e): e is [string, string] => e[1] !== undefined));
+    return this.vm.exec(command, { env, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout ?? process.stdout, stderr: o.stderr ?? process.stderr });
   }
 
   /** Deliver a signal to the running command. */
@@ -167,9 +179,9 @@ export class VmSandbox extends GuestSandbox {
     if (this.vm && !this.vmExited) try { process.kill(this.vm.pid, "SIGKILL"); } catch { /* gone */ }
   }
 
-  /** The guest powers off (killed if it has not within 3 s). */
+  /** QEMU is killed: the guest has nothing to save (its filesystem is the initramfs), so a power-off would only wait. */
   protected async stopGuest(): Promise<void> {
-    await this.vm?.shutdown(3000);
+    await this.vm?.kill();
   }
 
   /** @internal Kill QEMU (from the exit hook: no time for a power-off) and remove the run directory. */

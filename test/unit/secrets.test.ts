@@ -251,3 +251,28 @@ test("HTTP/2: a 16 MiB DATA frame is streamed, never held; a placeholder split a
   assert.equal(g.push(h2frame(0, 0, 1, Buffer.from(`x=${P.slice(0, 12)}`))).violation, undefined);
   assert.match(g.push(h2frame(0, 0x1, 1, Buffer.from(P.slice(12)))).violation?.where ?? "", /a request body/);
 });
+
+test("a placeholder percent-encoded in part is found, also split across writes; DNS queries carry none in split labels or EDNS options", async () => {
+  const { placeholderInName } = await import("../../orchestrator/src/secrets/secrets.js");
+  const mixed = P.slice(0, 10) + [...P.slice(10, 14)].map((c) => `%${c.charCodeAt(0).toString(16)}`).join("") + P.slice(14);
+  const sc = new PlaceholderScanner([secret()]);
+  assert.equal(sc.find(`x=${mixed}`)?.form, "percent-encoded");
+  const split = new PlaceholderScanner([secret()]);
+  const cut = mixed.indexOf("%") + 2;
+  const a = split.push(Buffer.from(`body x=${mixed.slice(0, cut)}`));
+  assert.equal(a.found, undefined);
+  assert.doesNotMatch(a.release.toString(), /moat-ph/, "held back while an escape could complete it");
+  assert.equal(split.push(Buffer.from(mixed.slice(cut))).found?.form, "percent-encoded");
+  const s = [{ env: "KEY", placeholder: P }];
+  assert.equal(placeholderInName(s, `${P.slice(0, 12)}.${P.slice(12)}.evil.test`), "KEY", "split over two labels");
+  assert.equal(placeholderInName(s, "innocent.test", Buffer.concat([Buffer.from("\0\0\0\0"), Buffer.from(P.toUpperCase())])), "KEY", "in the query's other bytes");
+  assert.equal(placeholderInName(s, "innocent.test", Buffer.from(Buffer.from(`xx${P}`).toString("base64"))), "KEY", "base64 in an EDNS option");
+  assert.equal(placeholderInName(s, "innocent.test", Buffer.from("nothing here")), undefined);
+});
+
+test("a violation says why the value could not go there: another host, or an address DNS never returned", () => {
+  const unpinned = feed(filter(["api.example.test"], "api.example.test", false), `GET / HTTP/1.1\r\nHost: api.example.test\r\nX-Key: ${P}\r\n\r\n`);
+  assert.match(unpinned.violation?.where ?? "", /an address this sandbox's DNS never returned for api\.example\.test/);
+  const other = feed(filter(), `GET / HTTP/1.1\r\nHost: other.test\r\nX-Key: ${P}\r\n\r\n`);
+  assert.match(other.violation?.where ?? "", /Host other\.test is not the SNI/);
+});

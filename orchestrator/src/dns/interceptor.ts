@@ -106,7 +106,8 @@ export interface DnsHooks {
   resolverAllowed(ip: string, port: number, protocol: "udp" | "tcp"): boolean;
   classify(ip: string): AddressClass;
   /** The secret (its variable name) whose placeholder the name carries, if any: never sent upstream. */
-  secretIn?(name: string): string | undefined;
+  /** The secret whose placeholder a query carries: in its name (also split over labels) or anywhere in its bytes (EDNS options, extra records). */
+  secretIn?(name: string, query: Uint8Array): string | undefined;
   /** Report every answered (name, address), not only those of domain rules (as pins without ids): TLS interception holds SNIs to them. */
   recordAnswers?(): boolean;
 }
@@ -199,7 +200,7 @@ export class DnsInterceptor {
     const blockedRcode = this.settings.blockedResponse === "nxdomain" ? RCODE.NXDOMAIN : RCODE.REFUSED;
 
     // 2. A secret's placeholder in the name (exfiltration through DNS), blocked names, zone transfers.
-    const secret = this.hooks.secretIn?.(name);
+    const secret = this.hooks.secretIn?.(name, query);
     if (secret) return refuse("secret-violation", `the name carries the placeholder of secret ${secret}`);
     const why = this.blockedBecause(name);
     if (why) return refuse("blocked", why, blockedRcode);

@@ -197,7 +197,7 @@ const interceptor = data.dns && new DnsInterceptor(data.dns.settings, new Upstre
   denyNames: () => dnsDeny,
   resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
   classify: (ip) => classifyAddress(ip, dnsHost),
-  secretIn: (name) => placeholderInName(data.dns?.placeholders ?? [], name),
+  secretIn: (name, query) => placeholderInName(data.dns?.placeholders ?? [], name, query),
   recordAnswers: () => data.dns?.reportAnswers === true,
 });
 

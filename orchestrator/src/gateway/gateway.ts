@@ -411,7 +411,7 @@ export class Gateway {
       denyNames: () => this.denyNames(),
       resolverAllowed: () => true, // the engine judged the resolver before handing the query over
       classify: (ip) => classifyAddress(ip, this.hostAddresses),
-      secretIn: (name) => placeholderInName(this.options.secrets, name),
+      secretIn: (name, query) => placeholderInName(this.options.secrets, name, query),
       recordAnswers: () => this.options.tls !== undefined,
     });
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
@@ -534,6 +534,10 @@ export class Gateway {
   private secretViolation(secret: string, destination: string, where: string, form: string): void {
     const action = this.options.onSecretViolation;
     const event: SecretViolationEvent = { secret, destination, where, form, action };
+    if (action !== "block" && !this.auditLog) {
+      // No audit file: the operator still learns of it (one line, never the value).
+      process.stderr.write(`moat: secret ${secret}: its placeholder (${form}) in ${where} (${destination}) was blocked${action === "block-and-terminate" ? "; the sandbox is terminated" : ""}\n`);
+    }
     if (action !== "block") {
       this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: "secret-violation", name: secret, detail: `${form} placeholder in ${where} (${destination}); ${action}` }]);
     }

@@ -23,6 +23,7 @@
 // back a tail that could be the start of a placeholder form, so a violation is caught before any
 // of the placeholder's bytes leave, however it is split across writes. Memory per connection:
 // one head (64 KiB), one held body (1 MiB, only for inject.body secrets), the scanner's carry.
+import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
 import { HeadError, badLineEnding, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
 
@@ -80,7 +81,12 @@ export class RequestFilter {
     this.allowed = secretsFor(secrets, ctx.sni, ctx.pinned);
     this.state = this.allowed.length || ctx.authority ? "head" : "opaque";
     this.scanner = new PlaceholderScanner(secrets);
+    // A secret is for this name, but the address was not one DNS gave this sandbox for it.
+    const sni = ctx.sni;
+    this.unpinned = !ctx.pinned && sni !== undefined && secrets.some((s) => matchesPattern(sni, s.hosts));
   }
+
+  private readonly unpinned: boolean;
 
   /** Whether this connection parses HTTP/1.1 (a host some secret is for, or a domain rule's). */
   get parsing(): boolean {
@@ -227,7 +233,9 @@ export class RequestFilter {
   }
 
   private violation(f: Found, where: string, http: boolean): Violation {
-    return { secret: f.secret, where: `${where}${this.sni ? ` to ${this.sni}` : ""}`, form: f.form, http };
+    // (a head's own text says why already)
+    const note = this.unpinned && !where.includes(" (") ? ` (an address this sandbox's DNS never returned for ${this.sni})` : "";
+    return { secret: f.secret, where: `${where}${note}${this.sni ? ` to ${this.sni}` : ""}`, form: f.form, http };
   }
 
   /** One request head: substituted where allowed; a violation if a placeholder would remain. */
@@ -251,7 +259,7 @@ export class RequestFilter {
     const inLine = checkRest(line, "the request line");
     if (inLine) return { violation: inLine };
     const outLines = [line];
-    const why = hostOk ? "" : h.method === "TRACE" ? " (TRACE echoes it back)" : ` (Host ${h.host} is not the SNI)`;
+    const why = hostOk ? "" : h.method === "TRACE" ? " (TRACE echoes it back)" : notHere(h.host, this.sni, this.unpinned, "Host");
     for (const f of h.fields) {
       let value = f.value;
       if (hostOk) value = substituteHeader(this.allowed, f.name, value);
@@ -299,6 +307,16 @@ export class RequestFilter {
     else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
     else this.state = "head";
   }
+}
+
+/**
+ * Why no value may go into a request for `host` on a connection to `sni` (" (...)"), or "" when
+ * the secret is simply not for this host (the violation's text names the hosts it is for).
+ */
+export function notHere(host: string, sni: string | undefined, unpinned: boolean, field: string): string {
+  if (host !== sni) return ` (${field} ${host} is not the SNI)`;
+  if (unpinned) return ` (an address this sandbox's DNS never returned for ${sni})`;
+  return "";
 }
 
 /** Why a request was blocked (never the value). */

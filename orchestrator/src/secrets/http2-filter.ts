@@ -19,8 +19,9 @@
 // Memory per connection: one frame header, one non-DATA frame, one header block (64 KiB), a
 // placeholder-length tail per open stream.
 import hpack from "hpack.js";
+import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
-import type { FilterContext, FilterResult, Violation } from "./http-filter.js";
+import { notHere, type FilterContext, type FilterResult, type Violation } from "./http-filter.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const MAX_CONTROL_FRAME = 65536;
@@ -61,8 +62,13 @@ export class Http2RequestFilter {
     this.sni = ctx.sni;
     this.allowed = secretsFor(secrets, ctx.sni, ctx.pinned);
     this.scanner = new PlaceholderScanner(secrets);
-    this.tailLen = Math.max(0, this.scanner.maxFormLength - 1);
+    this.tailLen = Math.max(0, 3 * this.scanner.maxFormLength - 1); // (a form spread by %XX escapes)
+    const sni = ctx.sni;
+    this.unpinned = !ctx.pinned && sni !== undefined && secrets.some((s) => matchesPattern(sni, s.hosts));
   }
+
+  /** A secret is for the SNI, but the address was not one this sandbox's DNS returned for it. */
+  private readonly unpinned: boolean;
 
   push(chunk: Buffer): H2Result {
     const out: Buffer[] = [];
@@ -234,7 +240,7 @@ export class Http2RequestFilter {
       if (hostOk && h.name === ":path") for (const s of this.allowed) if (s.query) h.value = substituteQuery(s, h.value);
       if (hostOk && !h.name.startsWith(":")) h.value = substituteHeader(this.allowed, h.name, h.value);
       if (h.value !== before) changed = true;
-      const where = h.name === ":path" ? "the request's path" : `${trailers ? "trailer" : "header"} ${h.name}${hostOk || trailers ? "" : host === undefined ? " (no :authority, or TRACE)" : ` (:authority ${host} is not the SNI)`}`;
+      const where = h.name === ":path" ? "the request's path" : `${trailers ? "trailer" : "header"} ${h.name}${hostOk || trailers ? "" : host === undefined ? " (no :authority, or TRACE)" : notHere(host, this.sni, this.unpinned, ":authority")}`;
       const bad = v(where, `${h.name}: ${h.value}`);
       if (bad) return { violation: bad };
     }

@@ -127,6 +127,20 @@ export function placeholderForms(placeholder: string): string[] {
 /** Which secret's placeholder a stream carried, and in what form. */
 export interface Found { secret: Secret; form: string }
 
+const placeholderFormCache = new Map<string, string[]>();
+function formsOfPlaceholder(p: string): string[] {
+  let f = placeholderFormCache.get(p);
+  if (!f) placeholderFormCache.set(p, (f = placeholderForms(p)));
+  return f;
+}
+
+/** `text` with every %XX decoded (latin1), or undefined when it holds none. */
+function percentDecoded(text: string): string | undefined {
+  if (!text.includes("%")) return undefined;
+  const d = text.replace(/%([0-9A-Fa-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+  return d === text ? undefined : d;
+}
+
 /** Every form of every secret, computed once per secret. */
 const formCache = new WeakMap<Secret, string[]>();
 function formsOf(secret: Secret): string[] {
@@ -161,10 +175,17 @@ export class PlaceholderScanner {
     return this.maxLen;
   }
 
-  /** A form in `text` (no history), if any. */
+  /**
+   * A form in `text` (no history), if any; also after decoding every %XX in it, so a placeholder
+   * percent-encoded in part (`moat-ph-ab%63d...`) is found too.
+   */
   find(text: string): Found | undefined {
     for (const f of this.forms) {
       if (text.includes(f.text)) return { secret: f.secret, form: describeForm(f.text, f.secret.placeholder) };
+    }
+    const decoded = this.forms.length ? percentDecoded(text) : undefined;
+    if (decoded !== undefined) {
+      for (const f of this.forms) if (decoded.includes(f.text)) return { secret: f.secret, form: "percent-encoded" };
     }
     return undefined;
   }
@@ -182,6 +203,10 @@ export class PlaceholderScanner {
       const tail = hay.slice(p);
       if (this.forms.some((f) => f.text.startsWith(tail))) keep = hay.length - p;
     }
+    // Where %XX escapes are about, a form may be spread over up to three times its length.
+    const wide = 3 * this.maxLen;
+    const pct = hay.lastIndexOf("%");
+    if (pct >= 0 && pct >= hay.length - wide) keep = Math.max(keep, Math.min(hay.length, wide - 1));
     if (!keep && !this.carry) {
       return { release: chunk };
     }
@@ -222,11 +247,20 @@ export function substituteHeader(allowed: readonly Secret[], name: string, value
   return value;
 }
 
-/** The variable name of the secret whose placeholder a DNS name carries (compared in lower case: names are case-insensitive). */
-export function placeholderInName(secrets: readonly { env: string; placeholder: string }[], name: string): string | undefined {
+/**
+ * The variable name of the secret whose placeholder a DNS query carries: in its name, compared in
+ * lower case (names are case-insensitive) and with the dots taken out (a placeholder split over
+ * labels), or in any form anywhere in the query's bytes (EDNS options, additional records).
+ */
+export function placeholderInName(secrets: readonly { env: string; placeholder: string }[], name: string, query?: Uint8Array): string | undefined {
   if (secrets.length === 0) return undefined; // (every guest query asks)
   const n = name.toLowerCase();
-  return secrets.find((s) => n.includes(s.placeholder.toLowerCase()))?.env;
+  const joined = n.replace(/\./g, "");
+  const hit = secrets.find((s) => n.includes(s.placeholder.toLowerCase()) || joined.includes(s.placeholder.toLowerCase()));
+  if (hit || !query) return hit?.env;
+  const raw = Buffer.from(query.buffer, query.byteOffset, query.byteLength).toString("latin1");
+  const lower = raw.toLowerCase();
+  return secrets.find((s) => lower.includes(s.placeholder.toLowerCase()) || formsOfPlaceholder(s.placeholder).some((f) => raw.includes(f)))?.env;
 }
 
 /**

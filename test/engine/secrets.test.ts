@@ -79,3 +79,26 @@ test("a UDP datagram with a placeholder is dropped; without secrets nothing is s
   const c = open(none);
   assert.ok(c.write(`X-Key: ${P}\r\n`).ops.some((o) => o.kind === L.OPK_TCP_SEND), "no secrets: passes");
 });
+
+test("a placeholder split over consecutive UDP datagrams, or in an ICMP echo payload, is stopped", () => {
+  const h = harness();
+  const dgram = (text: string) => eth(testConfig.gatewayMac, testConfig.guestMac, 0x0800, ipv4(testConfig.guestIp4, REMOTE, 17, udp(testConfig.guestIp4, REMOTE, 5000, 9, [...Buffer.from(text)])));
+  h.send(dgram(`part one ${P.slice(0, 15)}`));
+  assert.equal(h.takeOps().filter((o) => o.kind === L.OPK_UDP_SEND).length, 1, "half a placeholder is not one");
+  const before = h.counters();
+  h.send(dgram(`${P.slice(15)} part two`));
+  assert.equal(h.takeOps().filter((o) => o.kind === L.OPK_UDP_SEND).length, 0, "the datagram completing it is not sent");
+  assert.equal(counterDelta(before, h.counters()).SECRET_VIOLATIONS, 1);
+  // ICMP echo: type 8, code 0, checksum, id, seq, payload.
+  const payload = [...Buffer.from(`ping ${P}`)];
+  const icmp = [8, 0, 0, 0, 0x12, 0x34, 0, 1, ...payload];
+  let sum = 0;
+  for (let i = 0; i < icmp.length; i += 2) sum += (icmp[i]! << 8) + (icmp[i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  icmp[2] = (~sum >> 8) & 0xff;
+  icmp[3] = ~sum & 0xff;
+  const b2 = h.counters();
+  h.send(eth(testConfig.gatewayMac, testConfig.guestMac, 0x0800, ipv4(testConfig.guestIp4, REMOTE, 1, icmp)));
+  assert.equal(h.takeOps().filter((o) => o.kind === L.OPK_UDP_SEND).length, 0, "the echo request is not sent");
+  assert.equal(counterDelta(b2, h.counters()).SECRET_VIOLATIONS, 1);
+});

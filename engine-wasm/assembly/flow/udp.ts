@@ -23,7 +23,7 @@ import {
 } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
 import { admitNewFlow, auditSecret } from "../policy/admit";
-import { secretsActive, secretInDatagram, secretOfForm } from "../policy/secrets";
+import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
 import { checksum } from "../wire/checksum";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
@@ -74,9 +74,11 @@ function datagramFlowOpen(proto: u32, openOp: u32, hash: u32, family: u32, dial:
 /** A guest datagram (or echo request) for flow `idx`: sent on its host socket. */
 export function udpOnFlow(idx: u32, data: usize, len: u32, family: u32): void {
   const rec = flowRecord(idx);
-  if (secretsActive() && load<u8>(rec) == 17) {
-    const f = secretInDatagram(data, len);
-    if (f) { auditSecret(17, family, <u32>load<u16>(rec, 6), secretOfForm(f)); return; } // dropped
+  if (secretsActive()) {
+    // UDP and ICMP echo alike, with the flow's carry: a placeholder split over consecutive
+    // datagrams is found in the one that completes it, which is not sent.
+    const f = secretInStream(idx, data, len);
+    if (f) { auditSecret(<u32>load<u8>(rec), family, <u32>load<u16>(rec, 6), secretOfForm(f)); return; } // dropped
   }
   if (!opPush(OPK_UDP_SEND, idx, data, len, family, 0, 0)) return;
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);

@@ -2,10 +2,10 @@
 //
 // The value of a secret reaches only requests the TLS proxy judged; its placeholder headed
 // anywhere else is a violation. The proxy and the DNS interceptor judge what passes through them;
-// this scan covers the rest: the payload of every guest TCP segment (not redirected to a service)
-// and UDP datagram, while SECRET_FORM_COUNT > 0 (nothing is scanned without secrets). A TCP flow
-// carries the tail of what it sent before (SECRET_CARRY_*), so a placeholder split across
-// segments is found in the segment that completes it, which is then not sent.
+// this scan covers the rest: the payload of every guest TCP segment (not redirected to a service),
+// UDP datagram and ICMP echo request, while SECRET_FORM_COUNT > 0 (nothing is scanned without
+// secrets). Every flow carries the tail of what it sent before (SECRET_CARRY_*), so a placeholder
+// split across segments or datagrams is found in the one that completes it, which is not sent.
 //
 // Cost: one table lookup per byte (SECRET_FIRST), and a comparison only where a form could begin.
 
@@ -37,11 +37,6 @@ function scan(p: usize, len: u32): u32 {
 /** The secret index of form `f1 - 1`. */
 export function secretOfForm(f1: u32): u32 {
   return load<u32>(SECRET_FORMS_BASE + <usize>(f1 - 1) * SECRET_FORM_BYTES, 4);
-}
-
-/** A datagram (no history): the form found + 1, or 0. */
-export function secretInDatagram(p: usize, len: u32): u32 {
-  return scan(p, len);
 }
 
 /**

@@ -155,3 +155,37 @@ test("the pieces: chunk lines, hosts, heads", () => {
   for (const bad of ["", "a b", "a@b", "a/b", "a%2fb"]) assert.equal(hostOf(bad), null, bad);
   assert.throws(() => parseRequestHead(Buffer.from("GET / HTTP/1.1\r\nHost: a\r\n")), HeadError);
 });
+
+test("after a WebSocket upgrade, each masked frame is unmasked and scanned, a placeholder split over frames too; a non-HTTP stream to another host is scanned as before", () => {
+  const upgrade = "GET /ws HTTP/1.1\r\nHost: other.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+  const frame = (text: string, fin = true) => {
+    const p = Buffer.from(text, "latin1");
+    const mask = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
+    const head = p.length < 126 ? Buffer.from([fin ? 0x81 : 0x01, 0x80 | p.length]) : Buffer.from([fin ? 0x81 : 0x01, 0x80 | 126, p.length >> 8, p.length & 255]);
+    return Buffer.concat([head, mask, Buffer.from(p.map((b, i) => b ^ mask[i & 3]!))]);
+  };
+  const f = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
+  assert.equal(f.push(Buffer.from(upgrade)).violation, undefined);
+  const clean = f.push(frame("hello ".repeat(30)));
+  assert.equal(clean.violation, undefined);
+  assert.equal(Buffer.concat(clean.out).length, frame("hello ".repeat(30)).length, "frames go on unchanged");
+  assert.equal(f.push(frame(`x ${P.slice(0, 9)}`, false)).violation, undefined);
+  // The next frame's header byte by byte, then its payload.
+  const next = frame(`${P.slice(9)} y`);
+  let v;
+  for (let i = 0; i < next.length && !v; i++) v = f.push(next.subarray(i, i + 1)).violation;
+  assert.match(v?.where ?? "", /a WebSocket message to other\.test/);
+  // Not HTTP at all, to a host no secret is for: scanned as an opaque stream, not refused.
+  const g = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
+  const r = g.push(Buffer.from("\x00\x01binary protocol\n\n"));
+  assert.equal(r.refusal, undefined);
+  assert.equal(Buffer.concat(r.out).toString("latin1"), "\x00\x01binary protocol\n\n");
+  assert.ok(g.push(Buffer.from(`more ${P}`)).violation);
+});
+
+test("a binary protocol to a host no secret is for is not held back waiting for a blank line", () => {
+  const g = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
+  assert.equal(Buffer.concat(g.push(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])).out).length, 10);
+  const h = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
+  assert.equal(Buffer.concat(h.push(Buffer.from("GET /partial")).out).length, 0, "what looks like a request line waits for its head");
+});

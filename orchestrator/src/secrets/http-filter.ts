@@ -55,7 +55,7 @@ export interface FilterContext {
   onRequest?(method: string, http10: boolean): void;
 }
 
-type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "trailers" | "opaque" | "buffer";
+type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "trailers" | "opaque" | "buffer" | "ws";
 
 /** Largest request body held to substitute a secret in it; over it, a body with a placeholder is a violation. */
 export const MAX_BODY = 1 << 20;
@@ -79,7 +79,10 @@ export class RequestFilter {
   constructor(secrets: readonly Secret[], private readonly ctx: FilterContext) {
     this.sni = ctx.sni;
     this.allowed = secretsFor(secrets, ctx.sni, ctx.pinned);
-    this.state = this.allowed.length || ctx.authority ? "head" : "opaque";
+    // Every connection with secrets is read as HTTP where it is HTTP (so a WebSocket's masked
+    // frames are unmasked before scanning); only the ones moat must judge refuse what is not.
+    this.strict = this.allowed.length > 0 || ctx.authority !== undefined;
+    this.state = secrets.length || ctx.authority ? "head" : "opaque";
     this.scanner = new PlaceholderScanner(secrets);
     // A secret is for this name, but the address was not one DNS gave this sandbox for it.
     const sni = ctx.sni;
@@ -87,6 +90,8 @@ export class RequestFilter {
   }
 
   private readonly unpinned: boolean;
+  private readonly strict: boolean;
+  private ws: { hdr: Buffer; left: number; mask: Buffer; off: number; tail: string } | undefined;
 
   /** Whether this connection parses HTTP/1.1 (a host some secret is for, or a domain rule's). */
   get parsing(): boolean {
@@ -102,6 +107,7 @@ export class RequestFilter {
     const out: Buffer[] = [];
     let b = chunk;
     while (b.length) {
+      if (this.state === "ws") return this.wsScan(b, out);
       if (this.state === "opaque") {
         this.http ??= /^[A-Z]{3,10} \S+ HTTP\/1\.[01]\r?\n/.test(b.toString("latin1", 0, 2048));
         return this.scan(b, out, this.http ? "a request" : "the stream", this.http);
@@ -109,12 +115,15 @@ export class RequestFilter {
       if (this.state === "head") {
         const prev = this.head.length;
         this.head = prev ? Buffer.concat([this.head, b]) : b;
+        // Not the start of a request line at all (a binary protocol): judged at once rather than
+        // after a blank line that will never come.
+        if (!/^[A-Z]{1,20}(?: |$)/.test(this.head.toString("latin1", 0, 21))) return this.refuse(out, 400, "not an HTTP/1.1 request", this.takeHead());
         const end = this.head.indexOf("\r\n\r\n", Math.max(0, prev - 3));
         const limit = end < 0 ? this.head.length : end + 4;
         // A bare LF ends a line (or a head) for some servers: refused as soon as it is seen.
-        if (badLineEnding(this.head.subarray(0, limit), prev) >= 0) return this.refuse(out, 400, "a bare LF or CR in the request head (lines end in CRLF)");
+        if (badLineEnding(this.head.subarray(0, limit), prev) >= 0) return this.refuse(out, 400, "a bare LF or CR in the request head (lines end in CRLF)", this.takeHead());
         if (end < 0) {
-          if (this.head.length > MAX_HEAD) return this.refuse(out, 431, `a request head over ${MAX_HEAD} bytes`);
+          if (this.head.length > MAX_HEAD) return this.refuse(out, 431, `a request head over ${MAX_HEAD} bytes`, this.takeHead());
           return { out };
         }
         const head = this.head.subarray(0, end + 4);
@@ -124,11 +133,11 @@ export class RequestFilter {
         try {
           parsed = parseRequestHead(head);
         } catch (e) {
-          if (e instanceof HeadError) return this.refuse(out, e.status, e.message);
+          if (e instanceof HeadError) return this.refuse(out, e.status, e.message, Buffer.concat([head, b]));
           throw e;
         }
         const why = this.ctx.authority?.(parsed.host);
-        if (why) return this.refuse(out, 403, why);
+        if (why) return this.refuse(out, 403, why, Buffer.alloc(0));
         const r = this.judgeHead(parsed, head.toString("latin1"));
         if ("violation" in r) return { out, violation: r.violation };
         this.ctx.onRequest?.(parsed.method, parsed.version === "HTTP/1.0");
@@ -146,10 +155,10 @@ export class RequestFilter {
         try {
           body = h.chunked ? dechunk(raw) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
         } catch (e) {
-          return this.refuse(out, 400, (e as Error).message);
+          return this.refuse(out, 400, (e as Error).message, Buffer.alloc(0));
         }
         if (!body) {
-          if (h.size > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`);
+          if (h.size > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`, Buffer.alloc(0));
           return { out };
         }
         this.held = undefined;
@@ -176,7 +185,7 @@ export class RequestFilter {
       if (this.state === "chunk-crlf") {
         const n = Math.min(this.remaining, b.length);
         const expect = this.remaining === 2 ? "\r\n" : "\n";
-        if (b.toString("latin1", 0, n) !== expect.slice(0, n)) return this.refuse(out, 400, "a chunk not followed by CRLF");
+        if (b.toString("latin1", 0, n) !== expect.slice(0, n)) return this.refuse(out, 400, "a chunk not followed by CRLF", b);
         out.push(b.subarray(0, n));
         this.remaining -= n;
         b = b.subarray(n);
@@ -188,15 +197,15 @@ export class RequestFilter {
       const take = nl < 0 ? b.length : nl + 1;
       this.line += b.toString("latin1", 0, take);
       b = b.subarray(take);
-      if (this.line.length > MAX_LINE) return this.refuse(out, 400, "a chunk line or trailer over 8 KiB");
+      if (this.line.length > MAX_LINE) return this.refuse(out, 400, "a chunk line or trailer over 8 KiB", Buffer.concat([this.takeLine(), b]));
       if (nl < 0) continue;
       const raw = this.line;
       this.line = "";
-      if (!raw.endsWith("\r\n") || raw.slice(0, -2).includes("\r")) return this.refuse(out, 400, "a bare LF or CR in chunked framing");
+      if (!raw.endsWith("\r\n") || raw.slice(0, -2).includes("\r")) return this.refuse(out, 400, "a bare LF or CR in chunked framing", Buffer.concat([Buffer.from(raw, "latin1"), b]));
       const line = raw.slice(0, -2);
       if (this.state === "chunk-size") {
         const size = parseChunkSize(line);
-        if (size === null) return this.refuse(out, 400, "a malformed chunk size line");
+        if (size === null) return this.refuse(out, 400, "a malformed chunk size line", Buffer.concat([Buffer.from(raw, "latin1"), b]));
         out.push(Buffer.from(raw, "latin1"));
         if (size === 0) this.state = "trailers";
         else { this.state = "chunk-data"; this.remaining = size; }
@@ -204,11 +213,54 @@ export class RequestFilter {
         out.push(Buffer.from(raw, "latin1"));
         this.state = "head"; // trailers ended: the next request
       } else {
-        if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(line)) return this.refuse(out, 400, "a malformed trailer field");
+        if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(line)) return this.refuse(out, 400, "a malformed trailer field", Buffer.concat([Buffer.from(raw, "latin1"), b]));
         const found = this.scanner.find(line);
         if (found) return { out, violation: this.violation(found, "a trailer", true) };
         out.push(Buffer.from(raw, "latin1"));
       }
+    }
+    return { out };
+  }
+
+  /**
+   * WebSocket frames from the guest (RFC 6455 §5.2): each frame's payload unmasked and scanned
+   * with a tail carried across frames (a placeholder split over frames is caught in the frame
+   * that completes it); the frames themselves go on unchanged.
+   */
+  private wsScan(b: Buffer, out: Buffer[]): FilterResult {
+    const ws = this.ws!;
+    while (b.length) {
+      if (ws.left === 0) {
+        // A frame header: 2 bytes, then 2 or 8 bytes of length, then the 4-byte mask key.
+        const before = ws.hdr.length;
+        const take = Math.min(b.length, 14 - before);
+        ws.hdr = Buffer.concat([ws.hdr, b.subarray(0, take)]);
+        if (ws.hdr.length < 2) return { out };
+        const len7 = ws.hdr[1]! & 0x7f;
+        const masked = (ws.hdr[1]! & 0x80) !== 0;
+        const need = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (masked ? 4 : 0);
+        if (ws.hdr.length < need) return { out }; // (all of b went into the header)
+        const headBytes = ws.hdr.subarray(0, need);
+        out.push(headBytes);
+        b = b.subarray(need - before);
+        const len = len7 === 126 ? headBytes.readUInt16BE(2) : len7 === 127 ? Number(headBytes.readBigUInt64BE(2)) : len7;
+        ws.mask = masked ? Buffer.from(headBytes.subarray(need - 4, need)) : Buffer.alloc(4);
+        ws.off = 0;
+        ws.left = len;
+        ws.hdr = Buffer.alloc(0);
+        if (len === 0) continue;
+      }
+      const piece = b.subarray(0, Math.min(ws.left, b.length));
+      b = b.subarray(piece.length);
+      const plain = Buffer.allocUnsafe(piece.length);
+      for (let i = 0; i < piece.length; i++) plain[i] = piece[i]! ^ ws.mask[(ws.off + i) & 3]!;
+      ws.off += piece.length;
+      ws.left -= piece.length;
+      const hay = ws.tail + plain.toString("latin1");
+      const found = this.scanner.find(hay);
+      if (found) return { out, violation: this.violation(found, "a WebSocket message", false) };
+      ws.tail = hay.slice(-(3 * this.scanner.maxFormLength));
+      out.push(piece);
     }
     return { out };
   }
@@ -220,9 +272,30 @@ export class RequestFilter {
     return rest.filter((b) => b.length);
   }
 
-  private refuse(out: Buffer[], status: number, reason: string): FilterResult {
+  /**
+   * Bytes that break HTTP's rules: on a connection moat must judge (substitution, a domain rule)
+   * the request is refused; on any other the bytes (`pending`, none of them sent) are scanned as
+   * an opaque stream from here on, as before parsing was tried.
+   */
+  private refuse(out: Buffer[], status: number, reason: string, pending: Buffer): FilterResult {
     this.state = "opaque";
+    if (!this.strict) {
+      this.http = true;
+      return pending.length ? this.scan(pending, out, "a request", true) : { out };
+    }
     return { out, refusal: { status, reason: `${reason}${this.sni ? ` (to ${this.sni})` : ""}` } };
+  }
+
+  private takeHead(): Buffer {
+    const h = this.head;
+    this.head = Buffer.alloc(0);
+    return h;
+  }
+
+  private takeLine(): Buffer {
+    const l = Buffer.from(this.line, "latin1");
+    this.line = "";
+    return l;
   }
 
   private scan(b: Buffer, out: Buffer[], where: string, http: boolean): FilterResult {
@@ -302,7 +375,10 @@ export class RequestFilter {
 
   /** The body's framing, from the strictly parsed head. */
   private frame(h: RequestHead): void {
-    if (h.upgrade) this.state = "opaque";
+    if (h.upgrade && h.fields.some((f) => f.name === "upgrade" && /(^|[\s,])websocket($|[\s,])/i.test(f.value))) {
+      this.state = "ws";
+      this.ws = { hdr: Buffer.alloc(0), left: 0, mask: Buffer.alloc(4), off: 0, tail: "" };
+    } else if (h.upgrade) this.state = "opaque";
     else if (h.body.kind === "chunked") this.state = "chunk-size";
     else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
     else this.state = "head";

@@ -311,7 +311,9 @@ function handleIp6(frame: usize, len: u32): void {
     return;
   }
   if (!guestSrc6(src)) { count(DROP_IP_SPOOFED); return; }
-  if (load<u8>(dst) == 0xff) {
+  // IPv6 multicast, and IPv4 multicast or broadcast spelled ::ffff:a.b.c.d (a host socket would
+  // send that as IPv4), are not routed either.
+  if (load<u8>(dst) == 0xff || (familyOf(dst) == 4 && (load<u8>(dst, 12) & 0xf0) >= 0xe0)) {
     count(DROP_MULTICAST);
     const ports = (nh == PROTO_UDP || nh == PROTO_TCP) && l4len >= 4;
     writeKey6(nh, ip, ports ? rd16(l4) : 0, ports ? rd16(l4 + 2) : 0);

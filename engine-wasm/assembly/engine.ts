@@ -311,7 +311,9 @@ function handleIp6(frame: usize, len: u32): void {
     return;
   }
   if (!guestSrc6(src)) { count(DROP_IP_SPOOFED); return; }
-  if (load<u8>(dst) == 0xff) {
+  // IPv6 multicast, and IPv4 multicast or broadcast spelled ::ffff:a.b.c.d (a host socket would
+  // send that as IPv4), are not routed either.
+  if (load<u8>(dst) == 0xff || (familyOf(dst) == 4 && (load<u8>(dst, 12) & 0xf0) >= 0xe0)) {
     count(DROP_MULTICAST);
     const ports = (nh == PROTO_UDP || nh == PROTO_TCP) && l4len >= 4;
     writeKey6(nh, ip, ports ? rd16(l4) : 0, ports ? rd16(l4 + 2) : 0);
@@ -451,7 +453,8 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   let dial = dialFor(family, dstIsGateway, dport);
   if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
   let route = dial == CFG_DNS_FWD_IP ? ROUTE_SERVICE : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE;
-  if (route != ROUTE_SERVICE && (tlsPort(dport) || (dport == 853 && load<u32>(CFG_TLS_PROXY_PORT) != 0))) {
+  const dot = dport == 853 && load<u32>(CFG_TLS_PROXY_PORT) != 0;
+  if (route != ROUTE_SERVICE && (tlsPort(dport) || dot)) {
     // TLS interception: to the orchestrator's proxy, which learns the original destination
     // from the redirect preamble. Policy judges that destination, as for any flow.
     dial = CFG_TLS_PROXY_IP;
@@ -459,7 +462,11 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
     route = ROUTE_SERVICE;
     count(TLS_REDIRECTED);
   }
-  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), familyOf(dial), dstIsGateway && dport == 53, route);
+  // DNS to the gateway is the gateway's own service, not Group Host traffic: over TCP/53 and, when
+  // the proxy terminates it, over TLS (DoT, TCP/853) alike, whatever the policy says of Host (the
+  // reference's strict setup denies TCP/853 "to anything except the gateway").
+  const gatewayService = dstIsGateway && (dport == 53 || dot);
+  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), familyOf(dial), gatewayService, route);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);

@@ -5,7 +5,7 @@
 //                                             memory's layout is layout.gen.h (gen-layout.mjs)
 //     .attachTap(fd) .attachStream(path) .attachVhostUser(path, mtu)
 //     .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
-//     .listen(id, proto, family, addr16, port) -> bound port | -errno   .unlisten(id)
+//     .listen(id, proto, family, addr16, port, dualStack) -> bound port | -errno   .unlisten(id)
 //
 // Datapath.start() watches the data path's epoll fd with a uv_poll handle on the calling
 // thread's event loop (a worker's), and calls onReady() when anything is readable. The shared
@@ -216,17 +216,17 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
   Napi::Value LiveSockets(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), dp_ ? dp_->liveSockets() : 0);
   }
-  // listen(id, "tcp"|"udp", family 4|6, addr: Uint8Array(16), port) -> bound port, or -errno
+  // listen(id, "tcp"|"udp", family 4|6, addr: Uint8Array(16), port, dualStack) -> bound port, or -errno
   Napi::Value Listen(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!dp_ || info.Length() < 5 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
-        !info[4].IsNumber() || info[3].As<Napi::Uint8Array>().ByteLength() != 16) {
-      Napi::TypeError::New(env, "listen(id: number, proto: 'tcp'|'udp', family: 4|6, addr: Uint8Array(16), port: number)").ThrowAsJavaScriptException();
+    if (!dp_ || info.Length() < 6 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
+        !info[4].IsNumber() || !info[5].IsBoolean() || info[3].As<Napi::Uint8Array>().ByteLength() != 16) {
+      Napi::TypeError::New(env, "listen(id: number, proto: 'tcp'|'udp', family: 4|6, addr: Uint8Array(16), port: number, dualStack: boolean)").ThrowAsJavaScriptException();
       return env.Undefined();
     }
     const std::string proto = info[1].As<Napi::String>();
     const int r = dp_->listenOn(info[0].As<Napi::Number>().Uint32Value(), proto == "tcp", info[2].As<Napi::Number>().Uint32Value(),
-                                info[3].As<Napi::Uint8Array>().Data(), info[4].As<Napi::Number>().Uint32Value());
+                                info[3].As<Napi::Uint8Array>().Data(), info[4].As<Napi::Number>().Uint32Value(), info[5].As<Napi::Boolean>().Value());
     return Napi::Number::New(env, r);
   }
   // dnsOpen(family 4|6, addr: Uint8Array(16), port) -> id | -errno

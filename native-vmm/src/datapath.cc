@@ -615,7 +615,7 @@ static void peerKeyFrom(const sockaddr_storage& ss, uint8_t* addr16, uint16_t& p
   }
 }
 
-int Datapath::listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port) {
+int Datapath::listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port, bool dualStack) {
   if (id >= listeners_.size() || listeners_[id].fd >= 0) return -EBUSY;
   sockaddr_storage ss;
   socklen_t slen = 0;
@@ -626,7 +626,10 @@ int Datapath::listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* ad
   // TCP: rebinding over connections in TIME_WAIT is fine (a second listener is still refused).
   // UDP: no SO_REUSEADDR, which would let two sockets share the port.
   if (tcp) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  // An IPv6 listener takes IPv6 only, whatever net.ipv6.bindv6only says, unless the orchestrator
+  // asks for dual-stack ([::]: IPv4 peers then arrive as ::ffff:a.b.c.d, the engine's own form).
+  const int v6only = dualStack ? 0 : 1;
+  if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), slen) != 0 || (tcp && ::listen(fd, 1024) != 0)) {
     const int err = errno;
     close(fd);

@@ -50,7 +50,7 @@ class Datapath {
   int liveSockets() const { return live_; }
   // Published ports: listen on (addr16, port) for listener `id` (< PUB_MAX). Returns the bound
   // port, or -errno (EADDRINUSE, EACCES, ...).
-  int listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port);
+  int listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* addr16, uint32_t port, bool dualStack);
   // Stop listener `id`: its waiting peer is refused; its UDP peers' flows lose their socket.
   void unlisten(uint32_t id);
   // Upstream DNS (the worker's interceptor): a connected UDP socket to (addr16, port). Returns its

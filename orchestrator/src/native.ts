@@ -12,8 +12,8 @@ export interface NativeDatapath {
   pump(): number;
   flush(): number;
   liveSockets(): number;
-  /** Published ports (datapath.cc): the port bound, or -errno. */
-  listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number): number;
+  /** Published ports (datapath.cc): the port bound, or -errno. `dualStack`: an IPv6 listener takes IPv4 too. */
+  listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, dualStack: boolean): number;
   unlisten(id: number): void;
   /** Upstream DNS for the worker's interceptor (datapath.cc, "upstream DNS"): a connected UDP socket's id, or -errno. */
   dnsOpen(family: 4 | 6, addr: Uint8Array, port: number): number;

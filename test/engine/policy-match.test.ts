@@ -15,6 +15,7 @@ import { EngineHarness, testConfig } from "../helpers/engine-harness.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type Protocol } from "../../orchestrator/src/policy/model.js";
 import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
+import { SPECIAL_PURPOSE } from "../../orchestrator/src/policy/special-purpose.js";
 import { writeHostAddresses } from "../../orchestrator/src/policy/host-addresses.js";
 
 interface PolicyExports {
@@ -175,6 +176,109 @@ test("classify: routable IPv4 (including documentation ranges) is public", () =>
   ], groupOf);
 });
 
+/**
+ * The IANA special-purpose registries (RFC 6890 and its updates), range by range: first and
+ * last address and just outside, written out here rather than derived from the table
+ * (orchestrator/src/policy/special-purpose.ts) they test. Not globally reachable is private,
+ * globally reachable carve-outs are public, and the four documentation ranges test worlds use
+ * as the internet stay public.
+ */
+const SPECIAL_IPV4: ReadonlyArray<readonly [string, Group]> = [
+  ["0.0.0.0", "loopback"], ["0.255.255.255", "loopback"], // "this network"
+  // 192.0.0.0/24 IETF Protocol Assignments, with its globally reachable anycast addresses
+  ["191.255.255.255", "public"], ["192.0.0.0", "private"], ["192.0.0.7", "private"], ["192.0.0.8", "private"],
+  ["192.0.0.9", "public"], ["192.0.0.10", "public"], ["192.0.0.11", "private"], ["192.0.0.170", "private"],
+  ["192.0.0.171", "private"], ["192.0.0.255", "private"], ["192.0.1.0", "public"],
+  // documentation: public stand-ins for the internet
+  ["192.0.2.0", "public"], ["192.0.2.255", "public"], ["198.51.100.0", "public"], ["198.51.100.255", "public"],
+  ["203.0.113.0", "public"], ["203.0.113.255", "public"],
+  // globally reachable special-purpose blocks: AS112, AMT
+  ["192.31.196.1", "public"], ["192.52.193.1", "public"], ["192.175.48.1", "public"],
+  // 192.88.99.0/24 deprecated 6to4 relay anycast, and 6a44 inside it
+  ["192.88.98.255", "public"], ["192.88.99.0", "private"], ["192.88.99.1", "private"], ["192.88.99.2", "private"],
+  ["192.88.99.255", "private"], ["192.88.100.0", "public"],
+  // 198.18.0.0/15 benchmarking
+  ["198.17.255.255", "public"], ["198.18.0.0", "private"], ["198.19.255.255", "private"], ["198.20.0.0", "public"],
+  // 100.64.0.0/10 shared address space
+  ["100.63.255.255", "public"], ["100.64.0.0", "private"], ["100.127.255.255", "private"], ["100.128.0.0", "public"],
+  // 240.0.0.0/4 reserved and the limited broadcast address
+  ["239.255.255.255", "multicast"], ["240.0.0.0", "private"], ["255.255.255.254", "private"], ["255.255.255.255", "private"],
+];
+
+const SPECIAL_IPV6: ReadonlyArray<readonly [string, Group]> = [
+  ["::", "loopback"], ["::1", "loopback"],
+  // 100::/64 discard-only, 100:0:0:1::/64 dummy prefix
+  ["100::", "private"], ["100::ffff:ffff:ffff:ffff", "private"], ["100:0:0:1::", "private"],
+  ["100:0:0:1:ffff:ffff:ffff:ffff", "private"],
+  // 2001::/23 IETF protocol assignments, with its globally reachable carve-outs
+  ["2001:1::", "private"], ["2001:1::1", "public"], ["2001:1::2", "public"], ["2001:1::3", "public"], ["2001:1::4", "private"],
+  ["2001:2::", "private"], ["2001:2:0:ffff:ffff:ffff:ffff:ffff", "private"], ["2001:2:1::", "private"],
+  ["2001:3::", "public"], ["2001:3:ffff:ffff:ffff:ffff:ffff:ffff", "public"],
+  ["2001:4:111:ffff:ffff:ffff:ffff:ffff", "private"], ["2001:4:112::", "public"], ["2001:4:112:ffff:ffff:ffff:ffff:ffff", "public"],
+  ["2001:4:113::", "private"],
+  ["2001:10::", "private"], ["2001:1f:ffff:ffff:ffff:ffff:ffff:ffff", "private"], // deprecated ORCHID
+  ["2001:20::", "public"], ["2001:2f:ffff:ffff:ffff:ffff:ffff:ffff", "public"], // ORCHIDv2
+  ["2001:30::", "public"], ["2001:3f:ffff:ffff:ffff:ffff:ffff:ffff", "public"], // DETs
+  ["2001:40::", "private"], ["2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff", "private"], ["2001:200::", "public"],
+  // documentation: 2001:db8::/32 a public stand-in, 3fff::/20 (RFC 9637) not
+  ["2001:db8::", "public"], ["2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "public"],
+  ["3ffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "public"], ["3fff::", "private"], ["3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", "private"],
+  ["3fff:1000::", "public"],
+  ["2620:4f:8000::1", "public"], // AS112 direct delegation
+  ["5f00::", "private"], ["5f00:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "private"], // SRv6 SIDs
+  // outside global unicast 2000::/3: reserved by the IETF
+  ["1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "private"], ["2000::", "public"],
+  ["3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "public"], ["4000::", "private"], ["fec0::1", "private"],
+  ["fc00::", "private"], ["fe80::2", "link-local"], ["ff00::", "multicast"], ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "multicast"],
+];
+
+/** `v4` in every IPv6 form that carries it: mapped, compatible, SIIT, NAT64, 6to4, Teredo. */
+function carriedForms(v4: string): string[] {
+  const o = ipaddr.IPv4.parse(v4).octets;
+  const h = (a: number, b: number) => ((a << 8) | b).toString(16);
+  return [
+    `::ffff:${v4}`, `::${v4}`, `::ffff:0:${v4}`, `64:ff9b::${v4}`,
+    `2002:${h(o[0]!, o[1]!)}:${h(o[2]!, o[3]!)}::1`,
+    `2001:0:4136:e378:8000:63bf:${h(o[0]! ^ 0xff, o[1]! ^ 0xff)}:${h(o[2]! ^ 0xff, o[3]! ^ 0xff)}`,
+  ];
+}
+
+test("classify: the IANA special-purpose ranges (IPv4), in the engine and in classifyAddress alike", () => {
+  expectAll(SPECIAL_IPV4, groupOf, "engine ");
+  expectAll(SPECIAL_IPV4, (a) => classifyAddress(a, []), "classifyAddress ");
+});
+
+test("classify: the IANA special-purpose ranges (IPv6), in the engine and in classifyAddress alike", () => {
+  expectAll(SPECIAL_IPV6, groupOf, "engine ");
+  expectAll(SPECIAL_IPV6, (a) => classifyAddress(a, []), "classifyAddress ");
+});
+
+test("classify: the IPv4 special-purpose ranges in every IPv6 form that carries them are judged as the IPv4 address", () => {
+  const rows = SPECIAL_IPV4.flatMap(([v4, g]) => carriedForms(v4).map((a) => [a, g] as const));
+  expectAll(rows, groupOf, "engine ");
+  expectAll(rows, (a) => classifyAddress(a, []), "classifyAddress ");
+});
+
+test("classify: the engine's compiled table and classifyAddress agree at every edge of every range", () => {
+  const edges: string[] = [];
+  for (const e of SPECIAL_PURPOSE) {
+    const [net, bits] = ipaddr.parseCIDR(e.prefix);
+    const b = net.toByteArray();
+    const last = b.map((x, i) => x | (0xff >> Math.min(8, Math.max(0, bits - i * 8))));
+    const step = (bytes: number[], d: number) => {
+      const out = [...bytes];
+      for (let i = out.length - 1; i >= 0; i--) {
+        out[i] = (out[i]! + d) & 0xff;
+        if (out[i] !== (d > 0 ? 0 : 0xff)) break;
+      }
+      return out;
+    };
+    for (const a of [b, last, step(b, -1), step(last, 1)]) edges.push(ipaddr.fromByteArray(a).toString());
+  }
+  const gateway = [testConfig.gatewayIp4, testConfig.gatewayIp6, testConfig.gatewayLl6];
+  expectAll(edges.map((a) => [a, classifyAddress(a, gateway)] as const), groupOf);
+});
+
 test("classify: the gateway's IPv4 address is host, the guest's own /30 neighbour is private", () => {
   expectAll<Group>([
     ["172.30.0.1", "host"],
@@ -194,14 +298,16 @@ test("classify: IPv6 loopback, host (gateway ULA and link-local), link-local fe8
     ["fe80::2", "link-local"],
     ["febf:ffff::", "link-local"],
     ["febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "link-local"],
-    ["fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "public"],
-    ["fec0::", "public"],
+    // Either side: IPv6 outside global unicast, reserved by the IETF (fec0::/10 the deprecated
+    // site-local block): private.
+    ["fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "private"],
+    ["fec0::", "private"],
   ], groupOf);
 });
 
-test("classify: IPv6 ULA fc00::/7 is private, fd00:ec2::254 metadata, ff00::/8 multicast, the rest public", () => {
+test("classify: IPv6 ULA fc00::/7 is private, fd00:ec2::254 metadata, ff00::/8 multicast, global unicast public", () => {
   expectAll<Group>([
-    ["fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "public"],
+    ["fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "private"], // outside 2000::/3: reserved
     ["fc00::1", "private"],
     ["fdff::1", "private"],
     ["fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "private"],
@@ -250,12 +356,14 @@ const CARRIED_IPV4: ReadonlyArray<readonly [string, Group]> = [
   ["64:ff9b:1::a9fe:a9fe", "private"],
   ["64:ff9b:1:a9fe:a9:fe00::", "private"],
   ["64:ff9b:1:ffff:ffff:ffff:ffff:ffff", "private"],
-  // Just outside each prefix: ordinary public addresses
-  ["64:ff9b:0:0:1::a9fe:a9fe", "public"],
-  ["64:ff9b:2::a9fe:a9fe", "public"],
+  // Just outside each prefix: judged as themselves, never by the IPv4 they seem to hold —
+  // reserved space outside 2000::/3, IETF protocol assignments 2001::/23, or global unicast
+  ["64:ff9b:0:0:1::a9fe:a9fe", "private"],
+  ["64:ff9b:2::a9fe:a9fe", "private"],
   ["2003:a9fe:a9fe::1", "public"],
-  ["2001:1::a9fe:a9fe", "public"],
-  ["::fffe:0:a9fe:a9fe", "public"],
+  ["2001:1::a9fe:a9fe", "private"],
+  ["2001:200::a9fe:a9fe", "public"],
+  ["::fffe:0:a9fe:a9fe", "private"],
 ];
 
 test("classify: every IPv6 form carrying IPv4 is judged by that IPv4 address, in the engine and in classifyAddress alike", () => {
@@ -280,8 +388,8 @@ test("classify: IPv6 addresses carrying IPv4 (mapped, compatible, NAT64) are jud
     ["64:ff9b::10.0.0.1", "private"],
     ["64:ff9b::127.0.0.1", "loopback"],
     ["64:ff9b::224.0.0.1", "multicast"],
-    // Just outside the NAT64 /96: an ordinary public address.
-    ["64:ff9b:0:0:1::a9fe:a9fe", "public"],
+    // Just outside the NAT64 /96: reserved space, judged as itself.
+    ["64:ff9b:0:0:1::a9fe:a9fe", "private"],
   ], groupOf);
 });
 
@@ -306,7 +414,7 @@ test("classify: the host's own addresses are host while the table lists them, in
     ], groupOf);
     // A prefix the host treats as local as a whole (AnyIP): every address in it is the host.
     writeHostAddresses(h.mem, ["198.18.0.0/24", "2001:db8:77::1"]);
-    expectAll<Group>([["198.18.0.5", "host"], ["198.18.1.5", "public"], ["2002:c612:5::", "host"]], groupOf);
+    expectAll<Group>([["198.18.0.5", "host"], ["198.18.1.5", "private"], ["2002:c612:5::", "host"]], groupOf);
     // The table is replaced whole: an address the host lost is an ordinary address again.
     writeHostAddresses(h.mem, ["2001:db8:77::1"]);
     expectAll<Group>([["203.0.113.1", "public"], ["2001:db8:77::1", "host"]], groupOf);
@@ -372,6 +480,18 @@ test("evaluate: publicOnly allows public by rule 0 and denies every other group 
     ...one("::10.0.0.1", "deny by default"),
     ...one("fc00::1", "deny by default"),
     ...one("240.0.0.1", "deny by default"),
+    ...one("198.18.0.1", "deny by default"),
+    ...one("192.0.0.170", "deny by default"),
+    ...one("192.88.99.1", "deny by default"),
+    ...one("::ffff:198.18.0.1", "deny by default"),
+    ...one("64:ff9b::c612:1", "deny by default"),
+    ...one("2001:2::1", "deny by default"),
+    ...one("100::1", "deny by default"),
+    ...one("5f00::1", "deny by default"),
+    ...one("192.0.0.9", "allow by rule 0"),
+    ...one("2001:1::1", "allow by rule 0"),
+    ...one("192.0.2.1", "allow by rule 0"),
+    ...one("2001:db8::1", "allow by rule 0"),
     ...one("169.254.0.1", "deny by default"),
     ...one("fe80::2", "deny by default"),
     ...one("224.0.0.1", "deny by default"),

@@ -115,3 +115,86 @@ test("moat run -p serves curl on the host; a wildcard bind warns", { skip }, asy
   assert.equal(body, "served through -p\n");
   assert.match(stderr, /warning: publishing 0\.0\.0\.0:18081\/tcp exposes sandbox port 8000\/tcp to every network this machine is on/);
 });
+
+// ---- [::] binds: dual-stack --------------------------------------------------------------------
+
+/** Inside the sandbox: TCP 8000 greets, UDP 9000 echoes with a prefix. */
+const GUEST_SERVERS = `import socket, threading
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8000)); s.listen()
+    while True:
+        c, _ = s.accept(); c.sendall(b'tcp from the sandbox'); c.close()
+threading.Thread(target=tcp, daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 9000))
+while True:
+    d, a = u.recvfrom(2000); u.sendto(b'udp:' + d, a)
+`;
+
+/** On the host: what each (proto, address, port) answers, retried until the sandbox is up. */
+const HOST_CLIENT = `import json, socket, sys, time
+def ask(proto, host, port):
+    fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM if proto == 'tcp' else socket.SOCK_DGRAM); s.settimeout(1)
+    if proto == 'tcp': s.connect((host, port))
+    else: s.sendto(('hi ' + host).encode(), (host, port))
+    return s.recv(100).decode()
+out = {}
+for spec in sys.argv[1:]:
+    proto, host, port = spec.split(',')
+    deadline = time.time() + 20
+    while True:
+        try: out[spec] = ask(proto, host, int(port)); break
+        except Exception as e:
+            if time.time() > deadline: out[spec] = type(e).__name__; break
+            time.sleep(0.2)
+print(json.dumps(out))
+`;
+
+/** moat run ARGS around the guest servers; the host client's answers for `asks`, and moat's stderr. */
+async function publishAndAsk(args: string[], asks: string[]): Promise<{ answers: Record<string, string>; stderr: string }> {
+  const dir = mkdtempSync("/tmp/moat-dual-");
+  writeFileSync(`${dir}/guest.py`, GUEST_SERVERS);
+  writeFileSync(`${dir}/client.py`, HOST_CLIENT);
+  const p = world.spawnMoat(["run", ...args, "--", "python3", `${dir}/guest.py`]);
+  let stderr = "";
+  p.stderr!.on("data", (d) => (stderr += d));
+  const exited = new Promise((r) => p.once("exit", r));
+  let out: string;
+  try {
+    out = execFileSync("ip", ["netns", "exec", world.host, "python3", `${dir}/client.py`, ...asks], { encoding: "utf8" });
+  } finally {
+    p.kill("SIGTERM");
+    await exited; // (and its stderr read: execFileSync held the event loop)
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return { answers: JSON.parse(out) as Record<string, string>, stderr };
+}
+
+test("-p [::]:H:G listens dual-stack: 127.0.0.1:H and [::1]:H both reach guest port G, over TCP and UDP", { skip }, async () => {
+  const { answers, stderr } = await publishAndAsk(["-p", "[::]:18082:8000", "-p", "[::]:18082:9000/udp"],
+    ["tcp,127.0.0.1,18082", "tcp,::1,18082", "udp,127.0.0.1,18082", "udp,::1,18082"]);
+  assert.deepEqual(answers, {
+    "tcp,127.0.0.1,18082": "tcp from the sandbox",
+    "tcp,::1,18082": "tcp from the sandbox",
+    "udp,127.0.0.1,18082": "udp:hi 127.0.0.1",
+    "udp,::1,18082": "udp:hi ::1",
+  }, stderr);
+  assert.doesNotMatch(stderr, /IPv6 only/);
+});
+
+test("-p [::]:H:G where IPv4 port H is taken listens on IPv6 only and says so", { skip }, async () => {
+  await world.startProcess(["python3", "-c", "import socket,time;s=socket.socket();s.bind(('127.0.0.1',18084));s.listen();print('ready',flush=True)\nwhile True:\n  c,_=s.accept();c.sendall(b'another program');c.close()"], "host");
+  const { answers, stderr } = await publishAndAsk(["-p", "[::]:18084:8000"], ["tcp,::1,18084", "tcp,127.0.0.1,18084"]);
+  assert.deepEqual(answers, { "tcp,::1,18084": "tcp from the sandbox", "tcp,127.0.0.1,18084": "another program" }, stderr);
+  assert.match(stderr, /warning: publishing \[::\]:18084\/tcp \(IPv6 only\): IPv4 port 18084\/tcp is taken on this machine, so only IPv6 peers reach sandbox port 8000 \(127\.0\.0\.1:18084 does not\)/);
+});
+
+test("-p [::]:H with an IPv4 -p of H: IPv4 first serves both (the IPv6 one quietly IPv6 only); [::] first is an error saying why", { skip }, async () => {
+  const { answers, stderr } = await publishAndAsk(["-p", "127.0.0.1:18086:9000/udp", "-p", "[::]:18086:9000/udp"], ["udp,127.0.0.1,18086", "udp,::1,18086"]);
+  assert.deepEqual(answers, { "udp,127.0.0.1,18086": "udp:hi 127.0.0.1", "udp,::1,18086": "udp:hi ::1" }, stderr);
+  assert.doesNotMatch(stderr, /is taken on this machine/);
+  const r = await world.moat(["run", "-p", "[::]:18085:8000", "-p", "127.0.0.1:18085:8000", "--", "true"]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /cannot publish 127\.0\.0\.1:18085\/tcp: this sandbox's \[::\]:18085\/tcp listens on IPv4 too \(dual-stack\)/);
+  assert.match(r.stderr, /hint: publish 127\.0\.0\.1:18085\/tcp before \[::\]/);
+});

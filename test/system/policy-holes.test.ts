@@ -68,12 +68,12 @@ test("addresses on a down interface and local (AnyIP) prefixes of the host are G
   const ns = ["-n", world.host];
   execFileSync("ip", [...ns, "link", "add", "dv0", "type", "veth", "peer", "name", "dv1"]); // left down
   execFileSync("ip", [...ns, "addr", "add", "203.0.113.88/32", "dev", "dv0"]);
-  execFileSync("ip", [...ns, "route", "add", "local", "198.18.0.0/24", "dev", "lo"]);
+  execFileSync("ip", [...ns, "route", "add", "local", "198.51.100.128/25", "dev", "lo"]); // public, but the host's
   try {
-    const out = await inSandbox(REJECT, `${connect("203.0.113.88")}; ${connect("198.18.0.5")}`);
+    const out = await inSandbox(REJECT, `${connect("203.0.113.88")}; ${connect("198.51.100.130")}`);
     assert.deepEqual(out, ["refused", "refused"]);
   } finally {
-    execFileSync("ip", [...ns, "route", "del", "local", "198.18.0.0/24", "dev", "lo"]);
+    execFileSync("ip", [...ns, "route", "del", "local", "198.51.100.128/25", "dev", "lo"]);
     execFileSync("ip", [...ns, "link", "del", "dv0"]);
   }
 });

@@ -138,6 +138,34 @@ test("DoT is answered by moat's DNS: names resolve, blocked names are refused", 
   assert.match(r.stdout, /status: REFUSED/);
 });
 
+// The reference recommends "a network policy denying egress UDP/53, TCP/53, and TCP/853 to
+// anything except the gateway": DoT to the gateway is the gateway's own DNS, answered under every
+// preset, however the policy treats Group Host, over IPv4 and IPv6.
+test("DoT to the gateway is answered under every preset, also with TCP/853 denied everywhere else", { skip }, async () => {
+  const gw4 = "$(ip -4 route show default | cut -d' ' -f3)";
+  const gw6 = "$(ip -6 addr show dev eth0 scope global | sed -n 's/.*inet6 \\(.*\\)::2\\/64.*/\\1::1/p')";
+  const script = `dig +tls +short +tries=1 +timeout=3 @${gw4} allowed.test; dig +tls +short +tries=1 +timeout=3 @${gw6} allowed.test`;
+  for (const preset of [
+    [],
+    ["--net", "allow-all"],
+    ["--net-default-egress", "deny", "--net-rule", "allow@allowed.test:tcp:443"],
+    ["--net-rule", "deny@any:tcp:853", "--net-rule", "deny@any:tcp:53", "--net-rule", "deny@any:udp:53"],
+    ["--net-rule", "deny@group:host"],
+  ]) {
+    const r = await run(["--tls-intercept", ...preset], script);
+    assert.equal(r.code, 0, `${preset.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stdout, `${WORLD_IP4}\n${WORLD_IP4}\n`, `${preset.join(" ") || "public-only"}: ${r.stdout}`);
+  }
+});
+
+test("without TLS interception DoT to the gateway is refused at once (a reset), as to any resolver", { skip }, async () => {
+  const t0 = Date.now();
+  const r = await run([], `dig +tls +tries=1 +timeout=5 @$(ip -4 route show default | cut -d' ' -f3) allowed.test; echo exit=$?`);
+  assert.match(r.stdout, /connection refused|connection reset|end of file|failure/i, r.stdout);
+  assert.match(r.stdout, /exit=(?!0)/);
+  assert.ok(Date.now() - t0 < 4500, `refused, not timed out (${Date.now() - t0} ms)`);
+});
+
 test("200 concurrent intercepted connections all complete", { skip }, async () => {
   writeFileSync(`${dir}/many.js`, `const https = require('https');
 Promise.all(Array.from({ length: 200 }, () => new Promise((res) => https.get('https://allowed.test/hello', { agent: false }, (r) => { let b = ''; r.on('data', (d) => b += d); r.on('end', () => res(b.startsWith('hello over tls'))); }).on('error', () => res(false)))))

@@ -14,6 +14,7 @@ import dnsPacket, { type Packet } from "dns-packet";
 import { DnsInterceptor, decodeName, keyMatches, type DnsHooks, type DnsQueryContext, type DnsSettings, type AddressClass } from "../../orchestrator/src/dns/interceptor.js";
 import { UpstreamResolver } from "../../orchestrator/src/dns/upstream.js";
 import { DnsTcpServer } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
 import { query, deadPort, startDnsmasq, dnsmasqSkip } from "../helpers/dns.js";
 
 const skip = dnsmasqSkip;
@@ -91,6 +92,16 @@ before(async () => {
     "--host-record=v6.test,2001:db8::10",
     "--address=/evil.test/10.0.0.5",
     "--address=/mapped.test/::ffff:127.0.0.1",
+    // The IANA special-purpose ranges, as the gateway judges them (policy/special-purpose.ts).
+    "--host-record=bench.test,198.18.0.5",
+    "--host-record=ietf.test,192.0.0.170",
+    "--host-record=relay.test,192.88.99.1",
+    "--host-record=bench6.test,2001:2::5",
+    "--host-record=srv6.test,5f00::5",
+    "--host-record=nat64bench.test,64:ff9b::c612:5",
+    "--host-record=pcp.test,192.0.0.9",
+    "--host-record=amt6.test,2001:3::5",
+    "--host-record=doc.test,192.0.2.5",
     "--cname=alias.test,allowed.test",
     ...BIG.map((t) => `--txt-record=big.test,"${t}"`),
   ]);
@@ -220,6 +231,30 @@ test("rebinding: an answer with a private address is rewritten to REFUSED; off, 
   assert.deepEqual(decode(out2.answer).answers!.map((r) => r.data), ["10.0.0.5"]);
   assert.equal(out2.event, undefined);
   assert.deepEqual(out2.pins, [{ ip: "10.0.0.5", name: "evil.test", nameIds: [6], ttlSec: 1 }]);
+});
+
+test("rebinding judges the IANA special-purpose ranges as policy does: not globally reachable is refused, documentation and reachable anycast pass", { skip }, async () => {
+  const { dns } = rig({}, undefined, { classify: (ip) => classifyAddress(ip, ["172.30.0.1"]) });
+  const answer = async (name: string, type: "A" | "AAAA") => {
+    const out = await dns.handle(query(name, type), GW);
+    const a = decode(out.answer);
+    return a.rcode === "NOERROR" ? (a.answers ?? []).map((r) => r.data).join(",") : `${a.rcode} ${out.event?.detail ?? ""}`;
+  };
+  const got = Object.fromEntries(await Promise.all(([
+    ["bench.test", "A"], ["ietf.test", "A"], ["relay.test", "A"], ["bench6.test", "AAAA"], ["srv6.test", "AAAA"],
+    ["nat64bench.test", "AAAA"], ["pcp.test", "A"], ["amt6.test", "AAAA"], ["doc.test", "A"],
+  ] as const).map(async ([n, t]) => [n, await answer(n, t)])));
+  assert.deepEqual(got, {
+    "bench.test": "REFUSED bench.test is 198.18.0.5 (private)",
+    "ietf.test": "REFUSED ietf.test is 192.0.0.170 (private)",
+    "relay.test": "REFUSED relay.test is 192.88.99.1 (private)",
+    "bench6.test": "REFUSED bench6.test is 2001:2::5 (private)",
+    "srv6.test": "REFUSED srv6.test is 5f00::5 (private)",
+    "nat64bench.test": "REFUSED nat64bench.test is 64:ff9b::c612:5 (private)",
+    "pcp.test": "192.0.0.9",
+    "amt6.test": "2001:3::5",
+    "doc.test": "192.0.2.5",
+  });
 });
 
 // --- sizes --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
 import { loadConfigFile, parseConfig, type MoatConfig } from "../../orchestrator/src/policy/config-file.js";
-import { NetworkPolicy, type Rule } from "../../orchestrator/src/policy/model.js";
+import { NetworkPolicy, Rule, Destination, validatePolicy } from "../../orchestrator/src/policy/model.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 
 // --- parseRule: what must parse ------------------------------------------------------------------
@@ -48,6 +48,15 @@ const GOOD: ReadonlyArray<readonly [string, Rule]> = [
     { action: "deny", direction: "outbound", destination: { kind: "domain", name: "api.example.com" } }],
   ["allow@metadata.",
     { action: "allow", direction: "outbound", destination: { kind: "domain", name: "metadata" } }],
+  // Multicast may be denied, and named in allows wider than it; only an allow of nothing else is refused.
+  ["deny@group:multicast",
+    { action: "deny", direction: "outbound", destination: { kind: "group", group: "multicast" } }],
+  ["deny@224.0.0.251:udp:5353",
+    { action: "deny", direction: "outbound", destination: { kind: "cidr", cidr: "224.0.0.251/32" }, protocol: "udp", ports: { start: 5353, end: 5353 } }],
+  ["allow@192.0.0.0/2",
+    { action: "allow", direction: "outbound", destination: { kind: "cidr", cidr: "192.0.0.0/2" } }],
+  ["allow@[fe00::]/7",
+    { action: "allow", direction: "outbound", destination: { kind: "cidr", cidr: "fe00::/7" } }],
 ];
 
 for (const [text, expected] of GOOD) {
@@ -97,6 +106,15 @@ const BAD: ReadonlyArray<readonly [string, string, string]> = [
   ["bad ports", "allow@any:udp:53-", `bad ports "53-"`],
   ["empty ports", "allow@any:udp:", "missing ports"],
   ["trailing garbage", "allow@any:tcp:80:extra", `unexpected "extra"`],
+  // Multicast and broadcast are never forwarded: an allow of them alone could never take effect.
+  ["an allow of group multicast", "allow@group:multicast", "never forwarded: group:multicast is multicast"],
+  ["an allow of group multicast with ports", "allow@group:multicast:udp:5353", "never forwarded: group:multicast"],
+  ["an allow of an IPv4 multicast group", "allow@224.0.0.251:udp:5353", "224.0.0.251/32 is multicast (224.0.0.0/4)"],
+  ["an allow of IPv4 multicast space", "allow@239.0.0.0/8", "239.0.0.0/8 is multicast (224.0.0.0/4)"],
+  ["an allow of the broadcast address", "allow@255.255.255.255:udp:67", "255.255.255.255/32 is reserved and broadcast space (240.0.0.0/4)"],
+  ["an allow of 224.0.0.0/3", "allow@224.0.0.0/3", "224.0.0.0/3 is multicast and broadcast (224.0.0.0/3)"],
+  ["an allow of an IPv6 multicast group", "allow@[ff02::fb]:udp:5353", "ff02::fb/128 is multicast (ff00::/8)"],
+  ["an allow of IPv4 multicast spelled IPv4-mapped", "allow@[::ffff:224.0.0.251]", "::ffff:e000:fb/128 is multicast (224.0.0.0/4)"],
 ];
 
 for (const [what, text, fragment] of BAD) {
@@ -110,6 +128,18 @@ for (const [what, text, fragment] of BAD) {
     });
   });
 }
+
+test("an allow of multicast says what, where, and what to do instead — also through the API (validatePolicy)", () => {
+  assert.throws(() => parseRule("allow@224.0.0.251:udp:5353"), {
+    name: "ConfigError",
+    message: `--net-rule "allow@224.0.0.251:udp:5353": this allows what is never forwarded: 224.0.0.251/32 is multicast (224.0.0.0/4)`,
+    hint: "moat never carries multicast or broadcast out of a sandbox (they would reach every host on the host's network): " +
+      "drop the rule, and reach the service at its unicast address, e.g. allow@192.168.1.20:udp:5353",
+  });
+  const api = NetworkPolicy.publicOnly().withRules(Rule.denyOutbound(Destination.any()), Rule.allowOutbound(Destination.group("multicast")));
+  assert.throws(() => validatePolicy(api), { name: "ConfigError", message: "policy.rules[1] allows what is never forwarded: group:multicast is multicast (224.0.0.0/4, ff00::/8)" });
+  assert.doesNotThrow(() => validatePolicy(NetworkPolicy.publicOnly().withRules(Rule.denyOutbound(Destination.group("multicast")))));
+});
 
 test("parseRule: errors start with the flag name and show the expected form", () => {
   assert.throws(() => parseRule("alow@any"), {
@@ -280,6 +310,9 @@ const BAD_RULES: ReadonlyArray<readonly [string, unknown, string[]]> = [
   ["ports that are not numbers", { action: "allow", direction: "outbound", destination: { kind: "any" }, protocol: "tcp", ports: { start: "80", end: 80 } },
     ["network.policy.rules[1].ports.start", "not a number"]],
   ["a rule that is a number", 42, ["network.policy.rules[1]", "not an object"]],
+  ["an allow of multicast (a string)", "allow@[ff02::fb]", ["network.policy.rules[1]", `"allow@[ff02::fb]"`, "never forwarded", "ff02::fb/128 is multicast"]],
+  ["an allow of multicast (an object)", { action: "allow", direction: "outbound", destination: { kind: "group", group: "multicast" } },
+    ["network.policy.rules[1]", "never forwarded", "group:multicast"]],
 ];
 for (const [what, bad, fragments] of BAD_RULES) {
   test(`config: ${what} is rejected with its rules[i] path`, () => {

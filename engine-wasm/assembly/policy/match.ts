@@ -16,11 +16,11 @@
 //   ::ffff:a.b.c.d mapped · ::a.b.c.d compatible · ::ffff:0:a.b.c.d SIIT (RFC 6145)
 //   64:ff9b::a.b.c.d NAT64 (RFC 6052) · 2002:AABB:CCDD::/48 6to4 (RFC 3056, the /48's IPv4)
 //   2001:0::/32 Teredo (RFC 4380: the client's IPv4, stored inverted in the last 32 bits)
-// The local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) may embed its IPv4 at any of several
-// offsets, so which IPv4 it reaches is ambiguous: it is Private (denied under public-only).
-// Unroutable
-// addresses fail closed: 0.0.0.0/8 and :: (which Linux treats as "this host") are Loopback,
-// 240.0.0.0/4 is Private.
+// Every group but Host comes from one table, the IANA special-purpose registries with their
+// sources (orchestrator/src/policy/special-purpose.ts, which also says which group each range
+// falls into and why), compiled into comparisons by engine-wasm/gen-groups.mjs (groups.gen.ts);
+// the orchestrator's classifyAddress reads the same table. The local-use NAT64 prefix
+// 64:ff9b:1::/48 is there as Private: it may embed its IPv4 at any of several offsets.
 //
 // Domain and DomainSuffix rules match through the pin set (DNS answers this sandbox received),
 // which the DNS interceptor fills; without a pin they match nothing: a hard-coded IP never
@@ -29,12 +29,12 @@
 import {
   ST_POLICY_ACTIVE, POLICY_BASE, POLICY_SLOT_BYTES, POLICY_HEADER_BYTES, POLICY_RULE_BYTES,
   PR_ACTION, PR_DIRECTION, PR_PROTO, PR_KIND, PR_GROUP, PR_PREFIX, PR_PORT_LO, PR_PORT_HI, PR_NAME,
-  PR_ADDR, PR_HAS_PORTS, POLICY_ADDR_SCRATCH, GROUP_HOST, GROUP_METADATA, GROUP_LOOPBACK, GROUP_PRIVATE, GROUP_LINK_LOCAL,
-  GROUP_MULTICAST, GROUP_PUBLIC, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
+  PR_ADDR, PR_HAS_PORTS, POLICY_ADDR_SCRATCH, GROUP_HOST, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   HOST_ADDR_ACTIVE, HOST_ADDR_BASE, HOST_ADDR_SLOT_BYTES, HOST_ADDR_MAX, HOST_ADDR_ENTRY_BYTES,
 } from "../layout";
 import { eq16 } from "../wire/bytes";
 import { pinMatches } from "./pinset";
+import { tableGroup4, tableGroup6 } from "./groups.gen";
 
 export const ACTION_ALLOW: u32 = 0;
 export const ACTION_DENY: u32 = 1;
@@ -43,19 +43,6 @@ const KIND_CIDR: u32 = 1;
 const KIND_DOMAIN: u32 = 2;
 const KIND_SUFFIX: u32 = 3;
 const KIND_GROUP: u32 = 4;
-
-/** Group of an IPv4 address given as a u32 in network byte order (first octet in the low byte). */
-@inline function group4(a: u32): u32 {
-  const o0 = a & 255;
-  const o1 = (a >> 8) & 255;
-  if (a == 0xfea9fea9) return GROUP_METADATA; // 169.254.169.254
-  if (o0 == 127 || o0 == 0) return GROUP_LOOPBACK;
-  if (o0 == 10 || (o0 == 172 && (o1 & 0xf0) == 16) || (o0 == 192 && o1 == 168) || (o0 == 100 && (o1 & 0xc0) == 64)) return GROUP_PRIVATE;
-  if (o0 == 169 && o1 == 254) return GROUP_LINK_LOCAL;
-  if ((o0 & 0xf0) == 224) return GROUP_MULTICAST;
-  if ((o0 & 0xf0) == 240) return GROUP_PRIVATE; // reserved, and the broadcast address
-  return GROUP_PUBLIC;
-}
 
 /**
  * Write the canonical form of `addr` at `out`: an IPv6 address that carries an IPv4 address
@@ -112,19 +99,10 @@ export function classify(addr: usize): u32 {
   const v4 = load<u32>(addr, 12);
   if (hi == 0 && w2 == 0xffff0000) { // ::ffff:a.b.c.d
     if (v4 == load<u32>(CFG_GATEWAY_IP4) || isHostAddress(addr)) return GROUP_HOST;
-    return group4(v4);
+    return tableGroup4(bswap<u32>(v4));
   }
   if (eq16(addr, CFG_GATEWAY_IP6) || eq16(addr, CFG_GATEWAY_LL6) || isHostAddress(addr)) return GROUP_HOST;
-  if (hi == 0 && w2 == 0 && (v4 == 0 || v4 == 0x01000000)) return GROUP_LOOPBACK; // :: and ::1
-  const b0 = <u32>load<u8>(addr);
-  const b1 = <u32>load<u8>(addr, 1);
-  // fd00:ec2::254, the AWS IPv6 metadata endpoint
-  if (hi == 0x00000000c20e00fd && w2 == 0 && v4 == 0x54020000) return GROUP_METADATA;
-  if ((b0 & 0xfe) == 0xfc) return GROUP_PRIVATE;
-  if ((hi & 0xffffffffffff) == 0x01009bff6400) return GROUP_PRIVATE; // 64:ff9b:1::/48, ambiguous
-  if (b0 == 0xfe && (b1 & 0xc0) == 0x80) return GROUP_LINK_LOCAL;
-  if (b0 == 0xff) return GROUP_MULTICAST;
-  return GROUP_PUBLIC;
+  return tableGroup6(bswap<u64>(hi), bswap<u64>(load<u64>(addr, 8)));
 }
 
 /** The group of any spelling of an address (tests and tools; the engine canonicalises once). */

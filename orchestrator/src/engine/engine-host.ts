@@ -107,8 +107,8 @@ export class EngineHost {
   }
 
   /** Listener `id` on (addr, port) toward `guestPort` (engine-worker.ts, listen): the port bound, or -errno. */
-  async listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number): Promise<number> {
-    return this.control.listen(id, protocol, family, addr, port, guestPort);
+  async listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number, dualStack = false): Promise<number> {
+    return this.control.listen(id, protocol, family, addr, port, guestPort, dualStack);
   }
 
   async unlisten(id: number): Promise<void> {

@@ -84,10 +84,10 @@ export interface EngineControl {
   /** The engine's counters by name (also readable straight from the shared memory). */
   counters(): Record<string, number>;
   /**
-   * Publish a port: listener `id` (< PUB_MAX) on (addr, port), leading to `guestPort`. Returns
-   * the port bound, or -errno.
+   * Publish a port: listener `id` (< PUB_MAX) on (addr, port), leading to `guestPort`; an IPv6
+   * listener takes IPv4 peers too when `dualStack`. Returns the port bound, or -errno.
    */
-  listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number): number;
+  listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number, dualStack: boolean): number;
   /** Withdraw listener `id`: new peers are refused from now on; connections already made go on. */
   unlisten(id: number): void;
   /** Stop serving, close the link and every host socket. */
@@ -305,12 +305,12 @@ const control: EngineControl = {
   ready: () => readyPromise,
   liveSockets: () => datapath.liveSockets(),
   counters: () => readCounters(mem, true),
-  listen(id, protocol, family, addr, port, guestPort) {
+  listen(id, protocol, family, addr, port, guestPort, dualStack) {
     // The entry first: a peer accepted the moment the socket listens is judged against it.
     const e = layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES;
     dv.setUint16(e + layout.PUB_GUEST_PORT, guestPort, true);
     mem[e + layout.PUB_PROTO] = protocol === "tcp" ? 6 : 17;
-    const r = datapath.listen(id, protocol, family, addr, port);
+    const r = datapath.listen(id, protocol, family, addr, port, dualStack);
     if (r < 0) mem[e + layout.PUB_PROTO] = 0;
     return r;
   },

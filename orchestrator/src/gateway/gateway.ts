@@ -10,6 +10,7 @@
 //
 // Lifecycle: Gateway.start() -> (the guest runs) -> drain() -> stop(). stop() is idempotent.
 import { randomBytes } from "node:crypto";
+import { constants as osConstants } from "node:os";
 import ipaddr from "ipaddr.js";
 import type { SandboxAddresses } from "../sandbox/addressing.js";
 import { DEFAULT_POOL4 } from "../sandbox/addressing.js";
@@ -114,6 +115,7 @@ export interface SecretViolationEvent { secret: string; destination: string; whe
 
 /** The longest drain() waits for connections that keep moving data, in grace periods. */
 const EXIT_GRACE_TOTAL_FACTOR = 30;
+const { EADDRINUSE } = osConstants.errno;
 
 export const DEFAULT_MTU = 65520;
 
@@ -322,18 +324,42 @@ export class Gateway {
     let id = this.nextListener;
     while (this.published.has(id)) id = (id + 1) % L.PUB_MAX;
     this.nextListener = (id + 1) % L.PUB_MAX;
-    const r = await this.engine.listen(id, want.protocol, isIPv4(want.bind) ? 4 : 6, addr16(want.bind), want.host, want.guest);
-    if (r < 0) {
-      const errno = -r;
-      const inUse = errno === 98; // EADDRINUSE
-      throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${inUse ? "the port is already in use" : errno === 99 ? "that address is not on this machine" : errno === 13 ? "permission denied" : `error ${errno}`}`,
-        inUse ? `choose another host port, or stop what listens on ${want.host} (ss -lntup 'sport = :${want.host}')` : undefined);
+    // [::] listens dual-stack, so 127.0.0.1:H and [::1]:H both reach the guest (IPv4 peers
+    // arrive as ::ffff:a.b.c.d, judged by ingress rules as the IPv4 address they are). Where IPv4
+    // port H is taken already — by another program, or by this sandbox's own IPv4 publish of H —
+    // it listens on IPv6 only, and says so unless this sandbox serves the IPv4 side itself.
+    const family = isIPv4(want.bind) ? 4 : 6;
+    const wildcard6 = want.bind === "::";
+    let r = await this.engine.listen(id, want.protocol, family, addr16(want.bind), want.host, want.guest, wildcard6);
+    let ipv6Only = false;
+    if (wildcard6 && r === -EADDRINUSE) {
+      r = await this.engine.listen(id, want.protocol, family, addr16(want.bind), want.host, want.guest, false);
+      ipv6Only = r >= 0;
     }
-    const p: PublishedPort = { ...want, host: r };
+    if (r < 0) throw this.publishError(want, -r);
+    const p: PublishedPort = { ...want, host: r, ...(ipv6Only ? { ipv6Only } : {}) };
+    const ownIPv4 = [...this.published.values()].some((o) => o.host === p.host && o.protocol === p.protocol && isIPv4(o.bind));
     this.published.set(id, p);
+    if (ipv6Only && !ownIPv4) {
+      this.options.onWarning(`publishing ${describePort(p)}: IPv4 port ${p.host}/${p.protocol} is taken on this machine, so only IPv6 peers reach sandbox port ${p.guest} (127.0.0.1:${p.host} does not)`);
+    }
     const warning = exposureWarning(p);
     if (warning) this.options.onWarning(warning);
     return { ...p };
+  }
+
+  /** Why `want` could not be published (errno from the listener's bind). */
+  private publishError(want: PublishedPort, errno: number): MoatError {
+    const inUse = errno === EADDRINUSE;
+    const dual = inUse && isIPv4(want.bind)
+      ? [...this.published.values()].find((o) => o.bind === "::" && !o.ipv6Only && o.host === want.host && o.protocol === want.protocol)
+      : undefined;
+    if (dual) {
+      return new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: this sandbox's ${describePort(dual)} listens on IPv4 too (dual-stack)`,
+        `publish ${describePort(want)} before [::] (which then listens on IPv6 only), or leave it out: ${describePort(dual)} already takes IPv4 peers to sandbox port ${dual.guest}`);
+    }
+    return new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${inUse ? "the port is already in use" : errno === 99 ? "that address is not on this machine" : errno === 13 ? "permission denied" : `error ${errno}`}`,
+      inUse ? `choose another host port, or stop what listens on ${want.host} (ss -lntup 'sport = :${want.host}')` : undefined);
   }
 
   /**

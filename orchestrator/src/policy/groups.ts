@@ -1,11 +1,39 @@
 // groups.ts — the destination group of an address, in TypeScript, for the slow paths (the DNS
 // interceptor's rebinding protection). The engine has its own for new flows
-// (engine-wasm/assembly/policy/match.ts); test/engine/policy-match.test.ts holds both to the
-// same table.
+// (engine-wasm/assembly/policy/match.ts); both take every group but Host from one table, the
+// special-purpose ranges of special-purpose.ts (the engine's compiled from it at build time),
+// and test/engine/policy-match.test.ts holds both to every range in it.
 import ipaddr from "ipaddr.js";
 import type { Group } from "./model.js";
+import { SPECIAL_PURPOSE } from "./special-purpose.js";
 
-const METADATA = new Set(["169.254.169.254", "fd00:ec2::254"]);
+interface TableEntry { bytes: number[]; bits: number; group: Exclude<Group, "host"> }
+
+/** The table's ranges of one family, longest prefix first: the first that matches decides. */
+function tableOf(v6: boolean): TableEntry[] {
+  return SPECIAL_PURPOSE
+    .filter((e) => e.group !== "carried" && e.prefix.includes(":") === v6)
+    .map((e) => {
+      const [net, bits] = ipaddr.parseCIDR(e.prefix);
+      return { bytes: net.toByteArray(), bits, group: e.group as Exclude<Group, "host"> };
+    })
+    .sort((a, b) => b.bits - a.bits);
+}
+const TABLE4 = tableOf(false);
+const TABLE6 = tableOf(true);
+
+function inPrefix(b: readonly number[], e: TableEntry): boolean {
+  const whole = e.bits >> 3;
+  for (let i = 0; i < whole; i++) if (b[i] !== e.bytes[i]) return false;
+  const rest = e.bits & 7;
+  return rest === 0 || ((b[whole]! ^ e.bytes[whole]!) & (0xff00 >> rest) & 0xff) === 0;
+}
+
+/** The group the table gives the address `b` (4 or 16 bytes): its longest matching prefix's, else Public. */
+function tableGroup(b: readonly number[]): Group {
+  for (const e of b.length === 4 ? TABLE4 : TABLE6) if (inPrefix(b, e)) return e.group;
+  return "public";
+}
 
 /** The four octets of a canonical dotted quad ("10.0.0.1", no leading zeros), else null. */
 function dottedQuad(s: string): number[] | null {
@@ -74,25 +102,11 @@ export function classifyAddress(ip: string, host: readonly string[] | HostSet = 
   const text = a.toString();
   if (a.kind() === "ipv4") return group4(text, (a as ipaddr.IPv4).octets, hosts);
   if (hosts.has(text)) return "host";
-  if (METADATA.has(text)) return "metadata";
-  const b = (a as ipaddr.IPv6).toByteArray();
-  if (b.every((x, i) => (i === 15 ? x <= 1 : x === 0))) return "loopback"; // :: and ::1
-  if ((b[0]! & 0xfe) === 0xfc) return "private";
-  if (b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && b[4] === 0 && b[5] === 1) return "private"; // 64:ff9b:1::/48: ambiguous
-  if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return "link-local";
-  if (b[0] === 0xff) return "multicast";
-  return "public";
+  return tableGroup((a as ipaddr.IPv6).toByteArray());
 }
 
 /** The group of an IPv4 address: `text` canonical, `octets` its four numbers. */
 function group4(text: string, octets: readonly number[], hosts: HostSet): Group {
   if (hosts.has(text)) return "host";
-  if (METADATA.has(text)) return "metadata";
-  const [o0, o1] = octets as [number, number];
-  if (o0 === 127 || o0 === 0) return "loopback";
-  if (o0 === 10 || (o0 === 172 && (o1 & 0xf0) === 16) || (o0 === 192 && o1 === 168) || (o0 === 100 && (o1 & 0xc0) === 64)) return "private";
-  if (o0 === 169 && o1 === 254) return "link-local";
-  if ((o0 & 0xf0) === 224) return "multicast";
-  if ((o0 & 0xf0) === 240) return "private";
-  return "public";
+  return tableGroup(octets);
 }

@@ -152,6 +152,46 @@ export function validatePolicy(p: NetworkPolicyShape, where = "policy"): Network
   return new NetworkPolicy(p.defaultAction, rules, p.offline === true);
 }
 
+/**
+ * Why an outbound allow rule could never take effect because everything it names is multicast
+ * or broadcast — group:multicast, or a CIDR inside 224.0.0.0/3 or ff00::/8 (also as
+ * ::ffff:a.b.c.d) — else undefined. The engine never forwards those (engine.ts: counted as
+ * DROP_MULTICAST and audited as not-routed, whatever the policy), so such a rule is refused
+ * where it is written rather than accepted and silently ineffective.
+ *
+ * Why not forward it instead: a host socket sending to a group speaks on the host's own network
+ * segment, on an interface and with a TTL the host's configuration decides, to every listener
+ * there (the other VMs and the LAN moat exists to keep a sandbox away from); answers come from
+ * unicast addresses the flow never named, which a flow table of one remote per flow cannot
+ * match to the request; and receiving needs group membership on the host's interfaces. The
+ * protocols that use it inside a sandbox — mDNS, LLMNR, SSDP — are the ones DESIGN §7 refuses
+ * so stubs fall back to unicast DNS. A service is reached at its unicast address.
+ */
+export function neverForwarded(r: Rule): string | undefined {
+  if (r.action !== "allow" || r.direction !== "outbound") return undefined;
+  const d = r.destination;
+  if (d.kind === "group") return d.group === "multicast" ? "group:multicast is multicast (224.0.0.0/4, ff00::/8)" : undefined;
+  if (d.kind !== "cidr") return undefined;
+  const [net, len] = ipaddr.parseCIDR(d.cidr);
+  let b = net.toByteArray();
+  let v4len = len;
+  if (b.length === 16) {
+    if (b[0] === 0xff && len >= 8) return `${d.cidr} is multicast (ff00::/8)`;
+    const mapped = b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff && len >= 96;
+    if (!mapped) return undefined;
+    b = b.slice(12);
+    v4len = len - 96;
+  }
+  if (b[0]! >= 240) return `${d.cidr} is reserved and broadcast space (240.0.0.0/4)`;
+  if (b[0]! >= 224) return v4len >= 4 ? `${d.cidr} is multicast (224.0.0.0/4)` : `${d.cidr} is multicast and broadcast (224.0.0.0/3)`;
+  return undefined;
+}
+
+/** The hint of the error for a rule neverForwarded() refuses. */
+export const NEVER_FORWARDED_HINT =
+  "moat never carries multicast or broadcast out of a sandbox (they would reach every host on the host's network): " +
+  "drop the rule, and reach the service at its unicast address, e.g. allow@192.168.1.20:udp:5353";
+
 export function validateRule(r: Rule, where: string): Rule {
   if (typeof r !== "object" || r === null) throw new ConfigError(`${where} is not a rule object`, "expected { action, direction, destination, protocol?, ports? }");
   if (r.action !== "allow" && r.action !== "deny") throw new ConfigError(`${where}.action is ${JSON.stringify(r.action)}`, `expected "allow" or "deny"`);
@@ -187,5 +227,8 @@ export function validateRule(r: Rule, where: string): Rule {
       throw new ConfigError(`${where} has ports but protocol ${r.protocol ?? "any"}`, "ports apply to tcp or udp: give protocol \"tcp\" or \"udp\"");
     }
   }
-  return { action: r.action, direction: r.direction, destination, ...(r.protocol ? { protocol: r.protocol } : {}), ...(ports ? { ports } : {}) };
+  const rule: Rule = { action: r.action, direction: r.direction, destination, ...(r.protocol ? { protocol: r.protocol } : {}), ...(ports ? { ports } : {}) };
+  const unforwarded = neverForwarded(rule);
+  if (unforwarded) throw new ConfigError(`${where} allows what is never forwarded: ${unforwarded}`, NEVER_FORWARDED_HINT);
+  return rule;
 }

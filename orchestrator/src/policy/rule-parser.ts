@@ -16,7 +16,7 @@
 // brackets because its colons would otherwise be taken for the separators above.
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
-import { Destination, GROUPS, PortRange, type Direction, type Group, type Protocol, type Rule } from "./model.js";
+import { Destination, GROUPS, NEVER_FORWARDED_HINT, PortRange, neverForwarded, type Direction, type Group, type Protocol, type Rule } from "./model.js";
 
 const FORM = "ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]]";
 
@@ -83,7 +83,12 @@ export function parseRule(text: string, context = "--net-rule"): Rule {
 
   // [:PROTO[:PORTS]]
   const rule: Rule = { action, direction, destination };
-  if (targetEnd < 0) return rule;
+  const checked = (r: Rule): Rule => {
+    const unforwarded = neverForwarded(r);
+    if (unforwarded) fail(`this allows what is never forwarded: ${unforwarded}`, NEVER_FORWARDED_HINT);
+    return r;
+  };
+  if (targetEnd < 0) return checked(rule);
   const tail = rest.slice(targetEnd + 1).split(":");
   const protoText = tail[0]!;
   const proto = PROTOCOLS[protoText.toLowerCase()];
@@ -92,7 +97,7 @@ export function parseRule(text: string, context = "--net-rule"): Rule {
       "expected tcp, udp, icmp, icmpv6 or any, e.g. allow@any:udp:53");
   }
   if (proto !== "any") rule.protocol = proto;
-  if (tail.length === 1) return rule;
+  if (tail.length === 1) return checked(rule);
   if (tail.length > 2) fail(`unexpected "${tail.slice(2).join(":")}" after the ports`, `PORTS is the last part: N or N-M, e.g. allow@.example.com:tcp:80-90`);
   const portsText = tail[1]!;
   if (proto !== "tcp" && proto !== "udp") {
@@ -109,7 +114,7 @@ export function parseRule(text: string, context = "--net-rule"): Rule {
     if (!(e instanceof ConfigError)) throw e;
     fail(`ports "${portsText}": ${e.message}`, `${e.hint ?? "ports are integers from 0 to 65535"}${e.hint?.includes("e.g.") ? "" : ", e.g. allow@any:tcp:443 or allow@any:tcp:8000-8080"}`);
   }
-  return rule;
+  return checked(rule);
 }
 
 function parseTarget(target: string, fail: Fail): Destination {

@@ -11,7 +11,7 @@ export type PortProtocol = "tcp" | "udp";
 
 /** A port to publish, as given (API and config file). */
 export interface PortSpec {
-  /** Host address to listen on (default "127.0.0.1"; "::1", "0.0.0.0", "::"). */
+  /** Host address to listen on (default "127.0.0.1"; "::1", "0.0.0.0", "::" — IPv4 and IPv6 both). */
   bind?: string;
   /** Host port (0: any free one). */
   host: number;
@@ -21,12 +21,16 @@ export interface PortSpec {
   protocol?: PortProtocol;
 }
 
-/** A port being served: `host` is the port actually bound. */
+/**
+ * A port being served: `host` is the port actually bound. A "::" bind listens dual-stack (IPv4
+ * peers too) unless `ipv6Only`: IPv4 port `host` was taken when it was published.
+ */
 export interface PublishedPort {
   bind: string;
   host: number;
   guest: number;
   protocol: PortProtocol;
+  ipv6Only?: boolean;
 }
 
 export const DEFAULT_BIND = "127.0.0.1";
@@ -93,5 +97,5 @@ export function exposureWarning(p: PublishedPort): string | undefined {
 }
 
 export function describePort(p: PublishedPort): string {
-  return `${p.bind.includes(":") ? `[${p.bind}]` : p.bind}:${p.host}/${p.protocol}`;
+  return `${p.bind.includes(":") ? `[${p.bind}]` : p.bind}:${p.host}/${p.protocol}${p.ipv6Only ? " (IPv6 only)" : ""}`;
 }

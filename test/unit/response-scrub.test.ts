@@ -1,0 +1,339 @@
+// response-scrub.test.ts — secret values a server reflects (CORS, /echo, TRACE) go back to the
+// guest as placeholders: the value scanner, the HTTP/1.1 response scrubber, the HTTP/2 one.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import net from "node:net";
+import zlib from "node:zlib";
+import { once } from "node:events";
+import { validateSecrets, type Secret } from "../../orchestrator/src/secrets/secrets.js";
+import { ValueScanner, SecretValues, type ValueFound } from "../../orchestrator/src/secrets/value-scanner.js";
+import { ResponseScrubber } from "../../orchestrator/src/secrets/response-filter.js";
+
+const P = "moat-ph-abcdefghijklmnopqrstuvwx";
+const V = "sk-Live_9f8e7d6c5b4a3210ZYXWvu";
+const secret = (value = V, placeholder = P): Secret =>
+  validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder }], { KEY: value })[0]!;
+const S = secret();
+
+/** Everything a scanner gives for `parts`, and what it found. */
+function scanAll(sc: ValueScanner, parts: (string | Buffer)[]): { text: string; found: ValueFound[] } {
+  const found: ValueFound[] = [];
+  const out: Buffer[] = [];
+  for (const p of parts) out.push(...sc.push(typeof p === "string" ? Buffer.from(p, "latin1") : p, found));
+  out.push(...sc.flush(found));
+  return { text: Buffer.concat(out).toString("latin1"), found };
+}
+
+const pct = (s: string, upper = true) => [...Buffer.from(s, "latin1")].map((b) => `%${b.toString(16).padStart(2, "0")[upper ? "toUpperCase" : "toLowerCase"]()}`).join("");
+const uesc = (s: string, upper = false) => [...Buffer.from(s, "latin1")].map((b) => `\\u00${b.toString(16).padStart(2, "0")[upper ? "toUpperCase" : "toLowerCase"]()}`).join("");
+
+test("value scanner: raw, base64 (3 alignments, both alphabets), %XX and \\u00XX in either case, partly encoded", () => {
+  const cases: [string, string, RegExp][] = [
+    [`a ${V} b`, "raw", new RegExp(`^a ${P} b$`)],
+    [pct(V), "percent-encoded", new RegExp(`^${pct(P).replace(/%/g, "%")}$`)],
+    [pct(V, false), "percent-encoded", /^(%[0-9A-F]{2})+$/],
+    [`${V.slice(0, 5)}${pct(V.slice(5, 9), false)}${V.slice(9)}`, "percent-encoded", /^(%[0-9A-F]{2})+$/],
+    [`"${uesc(V)}"`, "JSON-escaped", /^"(\\u00[0-9a-f]{2})+"$/],
+    [`"${uesc(V, true)}"`, "JSON-escaped", /^"(\\u00[0-9a-f]{2})+"$/],
+    [`"${uesc(V.slice(0, 3))}${V.slice(3)}"`, "JSON-escaped", /^"(\\u00[0-9a-f]{2})+"$/],
+  ];
+  for (const [input, form, want] of cases) {
+    const r = scanAll(new ValueScanner([S]), [input]);
+    assert.match(r.text, want, input);
+    assert.equal(r.found[0]?.form, form, input);
+    assert.ok(!r.text.includes(V) && !r.text.includes("Live_9f8"), input);
+  }
+  for (let k = 0; k < 3; k++) {
+    for (const enc of ["base64", "base64url"] as const) {
+      const text = Buffer.from("xyz".slice(0, k) + V + "tail").toString(enc);
+      const r = scanAll(new ValueScanner([S]), [text]);
+      assert.equal(r.found.length, 1, `${enc} at alignment ${k}`);
+      assert.ok(!Buffer.from(r.text, enc).toString("latin1").includes("Live_9f8"), `${enc} at alignment ${k}: the value does not decode out`);
+      assert.ok(Buffer.from(r.text, enc).toString("latin1").includes("ph-abcdefghijklmnopqrstu"), `${enc} ${k}: the placeholder's core took its place`);
+    }
+  }
+  const none = scanAll(new ValueScanner([S]), ["nothing %41%zz \\u0041 \\x sk-Live_ here"]);
+  assert.equal(none.found.length, 0);
+  assert.equal(none.text, "nothing %41%zz \\u0041 \\x sk-Live_ here");
+});
+
+test("value scanner: JSON short escapes and '+' for a space; a value holding '%' and '\\' itself", () => {
+  const odd = secret('a/b"c d%41\\e-0123456789');
+  const inJson = JSON.stringify({ k: odd.value }).replace("/", "\\/");
+  const r = scanAll(new ValueScanner([odd]), [inJson]);
+  assert.equal(r.text, `{"k":"${P}"}`);
+  const form = scanAll(new ValueScanner([odd]), [`k=${encodeURIComponent(odd.value).replace("%20", "+")}&x=1`]);
+  assert.equal(form.text, `k=${pct(P)}&x=1`);
+  const raw = scanAll(new ValueScanner([odd]), [`[${odd.value}]`]);
+  assert.equal(raw.text, `[${P}]`);
+});
+
+test("value scanner: split at every boundary, the carry bounded, clean chunks passed as they came", () => {
+  const sv = new SecretValues([S]);
+  for (const input of [`<p>${V}</p>`, `<p>${pct(V)}</p>`, `<p>${uesc(V)}</p>`, `<${Buffer.from("q" + V).toString("base64")}>`]) {
+    for (let i = 0; i <= input.length; i++) {
+      for (const j of [i, Math.min(input.length, i + 3)]) {
+        const sc = new ValueScanner(sv);
+        const r = scanAll(sc, [input.slice(0, i), input.slice(i, j), input.slice(j)]);
+        assert.equal(r.found.length, 1, `${input} split at ${i},${j}`);
+        assert.ok(!r.text.includes("Live_9f8") && !r.text.includes(pct("Live")) && !r.text.includes(uesc("Live")), `${input} split at ${i},${j}: ${r.text}`);
+      }
+    }
+  }
+  const sc = new ValueScanner(sv);
+  const found: ValueFound[] = [];
+  const clean = Buffer.from("HTTP/1.1 200 OK, nothing secret in here at all");
+  const out = sc.push(clean, found);
+  assert.equal(out.length, 1);
+  assert.equal(out[0], clean, "the same buffer, not a copy");
+  // Held back: at most the longest form's length − 1, whatever is fed.
+  const evil = new ValueScanner(sv);
+  for (let k = 0; k < 200; k++) {
+    evil.push(Buffer.from(`%73%6b%2d${"\\u004c"}`), found);
+    assert.ok(evil.held < sv.maxLength, `held ${evil.held} < ${sv.maxLength}`);
+  }
+});
+
+test("value scanner: sameLength mode never changes a length; a value cut at a stream's end is replaced", () => {
+  const sv = new SecretValues([S, secret("short-secret-42", "moat-ph-0123456789abcdef")]);
+  for (const input of [`x${V}y`, `x${pct(V)}y`, "a short-secret-42 b", `${uesc("short-secret-42")}`]) {
+    const r = scanAll(new ValueScanner(sv, true), [input]);
+    assert.equal(r.text.length, input.length, input);
+    assert.equal(r.found.length, 1, input);
+    assert.ok(!r.text.includes("Live_9f8") && !r.text.includes("short-secret"), r.text);
+  }
+  const cut = scanAll(new ValueScanner([S]), [`body ends with ${V.slice(0, 12)}`]);
+  assert.equal(cut.text, `body ends with ${P}`);
+  const shortTail = scanAll(new ValueScanner([S]), ["ends with sk-"]);
+  assert.equal(shortTail.text, "ends with sk-", "a few bytes that begin the value are not the value");
+});
+
+// ---------------------------------------------------------------- HTTP/1.1
+
+interface H1Run { text: string; scrubbed: ValueFound[]; error?: string; close?: boolean }
+function h1(parts: (string | Buffer)[], requests: [string, boolean][] = [["GET", false]], secrets: Secret[] = [S]): H1Run {
+  const s = new ResponseScrubber(secrets);
+  for (const [m, v10] of requests) s.request(m, v10);
+  const out: Buffer[] = [];
+  const scrubbed: ValueFound[] = [];
+  for (const p of parts) {
+    const r = s.push(typeof p === "string" ? Buffer.from(p, "latin1") : p);
+    out.push(...r.out);
+    scrubbed.push(...r.scrubbed);
+    if (r.error) return { text: Buffer.concat(out).toString("latin1"), scrubbed, error: r.error };
+    if (r.close) return { text: Buffer.concat(out).toString("latin1"), scrubbed, close: true };
+  }
+  out.push(...s.end());
+  return { text: Buffer.concat(out).toString("latin1"), scrubbed };
+}
+
+/** The body of a chunked message (after its head), checking the framing. */
+function dechunk(text: string): { body: string; rest: string; trailers: string } {
+  let body = "";
+  let t = text;
+  for (;;) {
+    const m = /^([0-9a-f]+)\r\n/.exec(t);
+    assert.ok(m, `a chunk size at ${JSON.stringify(t.slice(0, 20))}`);
+    const n = parseInt(m[1]!, 16);
+    t = t.slice(m[0].length);
+    if (n === 0) {
+      const end = t.indexOf("\r\n\r\n") >= 0 && !t.startsWith("\r\n") ? t.indexOf("\r\n\r\n") + 4 : 2;
+      return { body, trailers: t.slice(0, end - 2), rest: t.slice(end) };
+    }
+    body += t.slice(0, n);
+    assert.equal(t.slice(n, n + 2), "\r\n");
+    t = t.slice(n + 2);
+  }
+}
+const splitHead = (text: string) => {
+  const i = text.indexOf("\r\n\r\n");
+  return { head: text.slice(0, i + 4), rest: text.slice(i + 4) };
+};
+
+test("HTTP/1.1: a CORS header reflecting the value goes back as the placeholder", () => {
+  const r = h1([`HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: https://x.test/${V}\r\nVary: Origin\r\n\r\n`]);
+  assert.equal(r.error, undefined);
+  assert.equal(r.text, `HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: https://x.test/${P}\r\nVary: Origin\r\n\r\n`);
+  assert.deepEqual(r.scrubbed.map((f) => [f.secret.env, f.form]), [["KEY", "raw"]]);
+});
+
+test("HTTP/1.1: a Content-Length body holding the value, split at every boundary, is re-framed chunked", () => {
+  const body = `{"echo":"${V}","n":1}`;
+  const resp = `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+  const want = `{"echo":"${P}","n":1}`;
+  for (let i = 0; i <= resp.length; i++) {
+    const r = h1([resp.slice(0, i), resp.slice(i)]);
+    assert.equal(r.error, undefined, `split at ${i}`);
+    const { head, rest } = splitHead(r.text);
+    assert.equal(head, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    const d = dechunk(rest);
+    assert.equal(d.body, want, `split at ${i}`);
+    assert.equal(d.rest, "");
+    assert.equal(r.scrubbed.length, 1);
+  }
+});
+
+test("HTTP/1.1: a chunked body with the value across chunks, and trailers scrubbed too", () => {
+  const resp = `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab${V.slice(0, 3)}\r\n${(V.length - 3).toString(16)};ext=1\r\n${V.slice(3)}\r\n0\r\nX-Trailer: ${V}\r\n\r\n`;
+  for (let i = 0; i <= resp.length; i += 3) {
+    const r = h1([resp.slice(0, i), resp.slice(i)]);
+    assert.equal(r.error, undefined);
+    const d = dechunk(splitHead(r.text).rest);
+    assert.equal(d.body, `ab${P}`, `split at ${i}`);
+    assert.equal(d.trailers, `X-Trailer: ${P}\r\n`);
+    assert.equal(d.rest, "");
+  }
+});
+
+test("HTTP/1.1: HEAD, 204, 304 and 1xx have no body; pipelined responses each framed; 101 turns opaque", () => {
+  const r = h1([
+    `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n`,
+    `HTTP/1.1 304 Not Modified\r\nETag: "${V}"\r\n\r\n`,
+    `HTTP/1.1 200 OK\r\nContent-Length: ${V.length}\r\n\r\n${V}`,
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x20${V.slice(0, 7)}`, `${V.slice(7)}`,
+  ], [["HEAD", false], ["GET", false], ["POST", false], ["GET", false]]);
+  assert.equal(r.error, undefined);
+  assert.equal(r.text, [
+    "HTTP/1.1 100 Continue\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", // HEAD: its Content-Length describes the GET's body
+    `HTTP/1.1 304 Not Modified\r\nETag: "${P}"\r\n\r\n`,
+    `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${P.length.toString(16)}\r\n${P}\r\n0\r\n\r\n`,
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x20${P}`,
+  ].join(""));
+  assert.equal(r.scrubbed.length, 3);
+});
+
+test("HTTP/1.1: to an HTTP/1.0 request the body is close-delimited and the connection ends after it", () => {
+  const r = h1([`HTTP/1.1 200 OK\r\nContent-Length: ${V.length + 2}\r\nConnection: keep-alive\r\n\r\n<${V}>HTTP/1.1 200 OK\r\n`], [["GET", true], ["GET", true]]);
+  assert.equal(r.error, undefined);
+  assert.equal(r.close, true);
+  assert.equal(r.text, `HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n<${P}>`);
+  const eof = h1([`HTTP/1.0 200 OK\r\n\r\nuntil the end ${V.slice(0, 10)}`, V.slice(10)], [["GET", false]]);
+  assert.equal(eof.text, `HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nuntil the end ${P}`);
+  const eof11 = h1([`HTTP/1.1 200 OK\r\n\r\nuntil the end ${V}`], [["GET", false]]);
+  assert.equal(dechunk(splitHead(eof11.text).rest).body, `until the end ${P}`, "a close-delimited body to an HTTP/1.1 client: chunked, ended");
+});
+
+test("HTTP/1.1: gzip, deflate and br bodies are decoded, scrubbed and sent decoded; bombs and unknown codings refused", () => {
+  const plain = Buffer.from(`${"lorem ipsum ".repeat(5000)}${V}${" dolor".repeat(3000)}`);
+  for (const [coding, data] of [["gzip", zlib.gzipSync(plain)], ["x-gzip", zlib.gzipSync(plain)], ["deflate", zlib.deflateSync(plain)], ["deflate", zlib.deflateRawSync(plain)], ["br", zlib.brotliCompressSync(plain)]] as const) {
+    const head = `HTTP/1.1 200 OK\r\nContent-Encoding: ${coding}\r\nContent-Length: ${data.length}\r\n\r\n`;
+    const parts: Buffer[] = [Buffer.from(head)];
+    for (let o = 0; o < data.length; o += 777) parts.push(data.subarray(o, o + 777));
+    const r = h1(parts);
+    assert.equal(r.error, undefined, coding);
+    const { head: h, rest } = splitHead(r.text);
+    assert.doesNotMatch(h, /Content-Encoding/i);
+    const body = dechunk(rest).body;
+    assert.equal(body, plain.toString().replace(V, P), coding);
+    assert.equal(r.scrubbed.length, 1);
+  }
+  const bomb = zlib.gzipSync(Buffer.alloc(300 << 20), { level: 9 });
+  const b = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: ${bomb.length}\r\n\r\n`, bomb]);
+  assert.match(b.error ?? "", /compression bomb/);
+  const unknown = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: zstd\r\nContent-Length: 4\r\n\r\nabcd`]);
+  assert.match(unknown.error ?? "", /Content-Encoding "zstd", which cannot be scanned/);
+  assert.equal(unknown.text, "", "nothing of it went");
+  const corrupt = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot-a-gzip`]);
+  assert.match(corrupt.error ?? "", /does not decode/);
+});
+
+test("HTTP/1.1: malformed or ambiguous responses are errors, and nothing unjudged passes", () => {
+  const bad: [string, RegExp][] = [
+    ["HTTP/1.1 200 OK\nContent-Length: 0\n\n", /bare LF/],
+    ["HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 0\r\n\r\n", /obs-fold/],
+    ["HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", /both Transfer-Encoding and Content-Length/],
+    ["HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", /conflicting Content-Length/],
+    ["HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", /not a number/],
+    ["HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", /other than chunked/],
+    ["HTTP/1.1 200 OK\r\nX : y\r\n\r\n", /not "name: value"/],
+    ["HTTP/2 200 OK\r\n\r\n", /not HTTP\/1\.x/],
+    [`HTTP/1.1 200 OK\r\nX: ${"a".repeat(70000)}\r\n\r\n`, /over 65536 bytes/],
+  ];
+  for (const [resp, want] of bad) {
+    const r = h1([resp]);
+    assert.match(r.error ?? "", want, JSON.stringify(resp.slice(0, 50)));
+    assert.equal(r.text, "", "nothing of a bad head goes out");
+  }
+  // Bad chunked framing: the head (judged) went, nothing after it.
+  for (const [body, want] of [["zz\r\n", /not hexadecimal/], ["3\r\nabcXY", /not followed by CRLF/], ["3\nabc", /bare LF/], [`${"1".repeat(5000)}`, /over 4096 bytes/]] as const) {
+    const r = h1([`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${body}`]);
+    assert.match(r.error ?? "", want, body);
+    assert.ok(r.text.startsWith("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    assert.doesNotMatch(r.text, /XY|zz|111/, "nothing after the bad framing");
+  }
+  const noRequest = h1(["HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]);
+  assert.match(noRequest.error ?? "", /to no request/, "a response nobody asked for (smuggled) is refused");
+  const s = new ResponseScrubber([S]);
+  s.request("GET", false);
+  assert.ok(s.push(Buffer.from("junk\r\n\r\n")).error);
+  assert.ok(s.push(Buffer.from("HTTP/1.1 200 OK\r\n\r\n")).error, "after an error, everything is refused");
+});
+
+test("HTTP/1.1 end to end: node http server reflecting the value, through the scrubber, to node's http client", async (t) => {
+  const server = http.createServer((req, res) => {
+    const got = String(req.headers["x-key"] ?? "");
+    const body = Buffer.from(JSON.stringify({ youSent: got, path: req.url }));
+    if (req.url === "/gz") {
+      res.writeHead(200, { "access-control-allow-origin": got, "content-encoding": "gzip" });
+      res.end(zlib.gzipSync(body));
+    } else {
+      res.writeHead(200, { "access-control-allow-origin": got, "content-length": body.length });
+      res.end(body);
+    }
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const proxy = net.createServer((guest) => {
+    const upstream = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+    const scrub = new ResponseScrubber([S]);
+    guest.on("data", (b: Buffer) => {
+      // (the request side: substitution already done by the test client; each request head announced)
+      for (const m of b.toString("latin1").matchAll(/^([A-Z]+) \S+ HTTP\/1\.([01])\r$/gm)) scrub.request(m[1]!, m[2] === "0");
+      upstream.write(b);
+    });
+    upstream.on("data", (b: Buffer) => {
+      const r = scrub.push(b);
+      for (const o of r.out) guest.write(o);
+      if (r.error || r.close) { guest.end(); upstream.destroy(); }
+    });
+    upstream.on("end", () => { for (const o of scrub.end()) guest.write(o); guest.end(); });
+    guest.on("close", () => upstream.destroy());
+    upstream.on("error", () => guest.destroy());
+  });
+  proxy.listen(0, "127.0.0.1");
+  await once(proxy, "listening");
+  t.after(() => { server.close(); proxy.close(); server.closeAllConnections(); });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const get = (path: string) => new Promise<{ headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+    const req = http.get({ host: "127.0.0.1", port: (proxy.address() as net.AddressInfo).port, path, agent, headers: { "x-key": V } }, (res) => {
+      const parts: Buffer[] = [];
+      res.on("data", (d: Buffer) => parts.push(d));
+      res.on("end", () => resolve({ headers: res.headers, body: Buffer.concat(parts).toString() }));
+    });
+    req.on("error", reject);
+  });
+  for (const path of ["/a", "/gz", "/b"]) {
+    const r = await get(path);
+    assert.equal(r.headers["access-control-allow-origin"], P, path);
+    assert.deepEqual(JSON.parse(r.body), { youSent: P, path }, path);
+    assert.ok(!JSON.stringify(r).includes(V));
+  }
+  agent.destroy();
+});
+
+test("HTTP/1.1 throughput without occurrences (printed, not asserted)", () => {
+  const s = new ResponseScrubber([S, secret("another-secret-value-0001", "moat-ph-zyxwvutsrqponmlk")]);
+  s.request("GET", false);
+  const total = 64 << 20;
+  const chunk = Buffer.alloc(65536);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = 0x20 + ((i * 7919) % 95); // printable, '%' and '\' among them
+  let bytes = 0;
+  const t0 = process.hrtime.bigint();
+  bytes += s.push(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${total}\r\n\r\n`)).out.reduce((n, b) => n + b.length, 0);
+  for (let sent = 0; sent < total; sent += chunk.length) bytes += s.push(chunk).out.reduce((n, b) => n + b.length, 0);
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  assert.ok(bytes > total);
+  console.log(`# ResponseScrubber: 64 MiB body, no occurrences: ${(total / 1048576 / secs).toFixed(0)} MiB/s`);
+});

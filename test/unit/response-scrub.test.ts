@@ -3,12 +3,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
+import http2 from "node:http2";
 import net from "node:net";
 import zlib from "node:zlib";
 import { once } from "node:events";
+import hpack from "hpack.js";
 import { validateSecrets, type Secret } from "../../orchestrator/src/secrets/secrets.js";
 import { ValueScanner, SecretValues, type ValueFound } from "../../orchestrator/src/secrets/value-scanner.js";
 import { ResponseScrubber } from "../../orchestrator/src/secrets/response-filter.js";
+import { Http2ResponseScrubber } from "../../orchestrator/src/secrets/http2-response-filter.js";
 
 const P = "moat-ph-abcdefghijklmnopqrstuvwx";
 const V = "sk-Live_9f8e7d6c5b4a3210ZYXWvu";
@@ -336,4 +339,268 @@ test("HTTP/1.1 throughput without occurrences (printed, not asserted)", () => {
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   assert.ok(bytes > total);
   console.log(`# ResponseScrubber: 64 MiB body, no occurrences: ${(total / 1048576 / secs).toFixed(0)} MiB/s`);
+});
+
+// ---------------------------------------------------------------- HTTP/2
+
+interface Frame { type: number; flags: number; stream: number; payload: Buffer }
+function frame(type: number, flags: number, stream: number, payload: Buffer | string): Buffer {
+  const p = typeof payload === "string" ? Buffer.from(payload, "latin1") : payload;
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(p.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream, 5);
+  return Buffer.concat([h, p]);
+}
+function parseFrames(b: Buffer): Frame[] {
+  const out: Frame[] = [];
+  let o = 0;
+  while (o < b.length) {
+    assert.ok(b.length - o >= 9, "a whole frame header");
+    const len = b.readUIntBE(o, 3);
+    assert.ok(b.length - o - 9 >= len, "a whole frame");
+    out.push({ type: b[o + 3]!, flags: b[o + 4]!, stream: b.readUInt32BE(o + 5) & 0x7fffffff, payload: b.subarray(o + 9, o + 9 + len) });
+    o += 9 + len;
+  }
+  return out;
+}
+/** What a guest makes of the scrubbed frames: headers per stream (a fresh HPACK decoder), data per stream, flow-control bytes. */
+function guestView(frames: Frame[]) {
+  const dec = hpack.decompressor.create({ table: { maxSize: 4096 } } as never);
+  const headers: { stream: number; list: [string, string][] }[] = [];
+  const data = new Map<number, string>();
+  let flow = 0;
+  let block: Buffer[] = [];
+  for (const f of frames) {
+    assert.ok(f.payload.length <= 16384, "frames fit the smallest SETTINGS_MAX_FRAME_SIZE");
+    if (f.type === 0) {
+      flow += f.payload.length;
+      let p = f.payload;
+      if (f.flags & 0x8) p = p.subarray(1, p.length - p[0]!);
+      data.set(f.stream, (data.get(f.stream) ?? "") + p.toString("latin1"));
+    }
+    if (f.type === 1 || f.type === 9) {
+      let p = f.payload;
+      if (f.type === 1 && f.flags & 0x20) p = p.subarray(5);
+      block.push(p);
+      if (f.flags & 0x4) {
+        dec.write(Buffer.concat(block));
+        dec.execute();
+        const list: [string, string][] = [];
+        for (let h = dec.read(); h; h = dec.read()) { list.push([h.name, h.value]); assert.ok(h.neverIndex, "re-encoded as never indexed"); }
+        headers.push({ stream: f.stream, list });
+        block = [];
+      }
+    }
+  }
+  return { headers, data, flow };
+}
+
+test("HTTP/2: reflected header values and DATA across frames (padded too) are scrubbed; flow-control bytes unchanged", () => {
+  const enc = hpack.compressor.create({ table: { maxSize: 4096 } } as never);
+  const block = (hs: [string, string][]) => { enc.write(hs.map(([name, value]) => ({ name, value }))); return enc.read(); };
+  const b1 = block([[":status", "200"], ["access-control-allow-origin", `https://o.test/${V}`], ["x-echo", V]]);
+  const trailers = block([["x-trailer", `${pct(V)}`]]);
+  const b2 = block([[":status", "200"], ["access-control-allow-origin", `https://o.test/${V}`], ["x-echo", V]]); // indexed the second time
+  const pad = (p: string, n: number) => Buffer.concat([Buffer.from([n]), Buffer.from(p, "latin1"), Buffer.alloc(n)]);
+  const input = Buffer.concat([
+    frame(4, 0, 0, ""), // SETTINGS
+    frame(1, 0x4, 1, b1),
+    frame(0, 0, 1, `{"k":"${V.slice(0, 10)}`),
+    frame(0, 0x8, 1, pad(V.slice(10, 20), 7)),
+    frame(0, 0, 1, `${V.slice(20)}"}`),
+    frame(1, 0x4 | 0x1, 1, trailers),
+    frame(1, 0x20, 3, Buffer.concat([Buffer.from([0, 0, 0, 0, 16]), b2.subarray(0, 5)])),
+    frame(9, 0x4, 3, b2.subarray(5)),
+    frame(0, 0x1 | 0x8, 3, pad(`[${V.slice(0, 25)}`, 3)),
+    frame(7, 0, 0, Buffer.concat([Buffer.alloc(8), Buffer.from(`bye ${V}`)])),
+  ]);
+  const inputFlow = parseFrames(input).filter((f) => f.type === 0).reduce((n, f) => n + f.payload.length, 0);
+  for (const step of [input.length, 1, 7, 64]) {
+    const s = new Http2ResponseScrubber([S]);
+    const out: Buffer[] = [];
+    const scrubbed: ValueFound[] = [];
+    for (let o = 0; o < input.length; o += step) {
+      const r = s.push(input.subarray(o, o + step));
+      assert.equal(r.error, undefined);
+      out.push(...r.out);
+      scrubbed.push(...r.scrubbed);
+    }
+    out.push(...s.end());
+    const all = Buffer.concat(out);
+    assert.ok(!all.toString("latin1").includes("Live_9f8"), `step ${step}: no value anywhere`);
+    const frames = parseFrames(all);
+    const g = guestView(frames);
+    assert.equal(g.flow, inputFlow, `step ${step}: the guest receives as many flow-controlled bytes as the server sent`);
+    assert.deepEqual(g.headers[0], { stream: 1, list: [[":status", "200"], ["access-control-allow-origin", `https://o.test/${P}`], ["x-echo", P]] });
+    assert.deepEqual(g.headers[1], { stream: 1, list: [["x-trailer", pct(P)]] });
+    assert.deepEqual(g.headers[2], { stream: 3, list: [[":status", "200"], ["access-control-allow-origin", `https://o.test/${P}`], ["x-echo", P]] });
+    assert.equal(g.data.get(1), `{"k":"${P.slice(0, V.length)}"}`, "same length: the placeholder cut to the value's length");
+    assert.equal(g.data.get(3), `[${P.slice(0, 25)}`, "a value cut by END_STREAM is replaced too");
+    const prio = frames.find((f) => f.type === 1 && f.stream === 3)!;
+    assert.ok(prio.flags & 0x20 && prio.payload.subarray(0, 5).equals(Buffer.from([0, 0, 0, 0, 16])), "priority fields kept");
+    const es = frames.filter((f) => f.flags & 0x1 && (f.type === 0 || f.type === 1)).map((f) => `${f.type}:${f.stream}`);
+    assert.deepEqual(es, ["1:1", "0:3"], "END_STREAM where the server put it");
+    const trailersAt = frames.findIndex((f) => f.type === 1 && f.stream === 1 && f.flags & 0x1);
+    assert.ok(frames.slice(trailersAt).every((f) => !(f.type === 0 && f.stream === 1)), "no DATA after the trailers");
+    const goaway = frames.find((f) => f.type === 7)!;
+    assert.equal(goaway.payload.subarray(8).toString(), `bye ${P}`);
+    assert.ok(scrubbed.length >= 7);
+  }
+});
+
+test("HTTP/2: malformed frames and oversized header blocks are errors", () => {
+  const enc = hpack.compressor.create({ table: { maxSize: 4096 } } as never);
+  enc.write([{ name: ":status", value: "200" }]);
+  const ok = enc.read();
+  const bad: [Buffer, RegExp][] = [
+    [frame(9, 0x4, 1, ok), /CONTINUATION on stream 1 without HEADERS/],
+    [Buffer.concat([frame(1, 0, 1, ok), frame(0, 0, 1, "x")]), /DATA frame inside the header block/],
+    [Buffer.concat([frame(1, 0, 1, ok), frame(9, 0x4, 3, "")]), /inside the header block of stream 1/],
+    [Buffer.concat([frame(1, 0, 1, ok), ...Array.from({ length: 5 }, () => frame(9, 0, 1, Buffer.alloc(16000, 0x41)))]), /header block over 65536/],
+    [frame(0, 0x8, 1, Buffer.from([9, 1, 2])), /padding longer than the frame/],
+    [frame(0, 0, 0, "x"), /DATA on stream 0/],
+    [frame(1, 0x4, 1, Buffer.from([0xff, 0xff, 0xff, 0xff])), /does not decode/],
+    [frame(4, 0, 0, Buffer.alloc(70000)), /at most 65536/],
+  ];
+  for (const [input, want] of bad) {
+    const s = new Http2ResponseScrubber([S]);
+    const r = s.push(input);
+    assert.match(r.error ?? "", want);
+    assert.ok(s.push(frame(4, 0, 0, "")).error, "and stays failed");
+  }
+  // Extension frames are dropped, their payload never forwarded.
+  const s = new Http2ResponseScrubber([S]);
+  const r = s.push(Buffer.concat([frame(0xa, 0, 0, `\x00\x05o.test h3=":443"; ${V}`), frame(6, 0, 0, Buffer.alloc(8))]));
+  assert.equal(r.error, undefined);
+  assert.deepEqual(parseFrames(Buffer.concat(r.out)).map((f) => f.type), [6]);
+});
+
+test("HTTP/2: a 16 MiB DATA frame streams through in bounded memory", () => {
+  const s = new Http2ResponseScrubber([S]);
+  const total = 16 * 1024 * 1024 - 1;
+  const piece = Buffer.alloc(65536, 0x61);
+  // The value straddles two reads in the middle.
+  const mid = Buffer.from(piece);
+  mid.write(V.slice(0, 9), mid.length - 9, "latin1");
+  const mid2 = Buffer.from(piece);
+  mid2.write(V.slice(9), 0, "latin1");
+  globalThis.gc?.();
+  const rss0 = process.memoryUsage().rss;
+  let peak = rss0;
+  let flow = 0;
+  let seen = "";
+  const count = (out: Buffer[]) => {
+    for (const f of parseFrames(Buffer.concat(out))) {
+      if (f.type !== 0) continue;
+      flow += f.payload.length;
+      const t = f.payload.toString("latin1");
+      if (/[^a]/.test(t)) seen += t.replace(/a/g, "");
+    }
+  };
+  const hdr = Buffer.alloc(9);
+  hdr.writeUIntBE(total, 0, 3); // DATA, END_STREAM, stream 1: the largest frame there can be
+  hdr[4] = 0x1;
+  hdr.writeUInt32BE(1, 5);
+  count(s.push(hdr).out);
+  let sent = 0;
+  for (let k = 0; sent < total; k++) {
+    const b = (k === 100 ? mid : k === 101 ? mid2 : piece).subarray(0, Math.min(65536, total - sent));
+    sent += b.length;
+    const r = s.push(b);
+    assert.equal(r.error, undefined);
+    count(r.out);
+    if (k % 16 === 0) peak = Math.max(peak, process.memoryUsage().rss);
+    if (k === 16) assert.ok(flow >= sent - 200, `streamed, not held: ${flow} of ${sent} bytes out`);
+  }
+  assert.equal(flow, total, "every byte went on, no more");
+  assert.equal(seen, `${P.slice(0, V.length)}`.replace(/a/g, ""), "the value replaced, across the two reads");
+  const growth = (peak - rss0) / 1048576;
+  console.log(`# 16 MiB DATA frame: RSS growth ${growth.toFixed(1)} MiB`);
+  assert.ok(growth < 32, `RSS grew ${growth.toFixed(1)} MiB`);
+});
+
+test("HTTP/2 end to end: node http2 server reflecting the value, through the scrubber, to a node http2 client; 10 MiB after", async (t) => {
+  const server = http2.createServer();
+  server.on("stream", (stream, headers) => {
+    const got = String(headers["x-key"] ?? "");
+    const path = String(headers[":path"]);
+    stream.respond({ ":status": 200, "access-control-allow-origin": got, "x-echo": `v=${got}` });
+    if (path === "/big") {
+      const chunk = Buffer.alloc(1 << 20, 0x62);
+      let n = 0;
+      const more = () => {
+        while (n < 10) {
+          n++;
+          if (n === 10) { stream.end(chunk); return; }
+          if (!stream.write(chunk)) { stream.once("drain", more); return; }
+        }
+      };
+      more();
+      return;
+    }
+    // The value across DATA frames: written in pieces, a pause between them.
+    const pieces = [`{"echo":"${got.slice(0, 7)}`, got.slice(7, 15), `${got.slice(15)}","n":1}`];
+    let i = 0;
+    const next = () => {
+      if (i === pieces.length - 1) { stream.end(pieces[i]); return; }
+      stream.write(pieces[i++]);
+      setTimeout(next, 15);
+    };
+    next();
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  let frames = 0;
+  const raw: Buffer[] = [];
+  const proxy = net.createServer((guest) => {
+    const upstream = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+    const scrub = new Http2ResponseScrubber([S]);
+    guest.pipe(upstream);
+    upstream.on("data", (b: Buffer) => {
+      const r = scrub.push(b);
+      frames++;
+      if (raw.length < 64) raw.push(b);
+      for (const o of r.out) guest.write(o);
+      if (r.error) { guest.destroy(); upstream.destroy(); }
+    });
+    upstream.on("end", () => { for (const o of scrub.end()) guest.write(o); guest.end(); });
+    guest.on("error", () => upstream.destroy());
+    upstream.on("error", () => guest.destroy());
+  });
+  proxy.listen(0, "127.0.0.1");
+  await once(proxy, "listening");
+  const client = http2.connect(`http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`);
+  t.after(() => { client.close(); server.close(); proxy.close(); });
+  const get = (path: string) => new Promise<{ headers: http2.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+    const req = client.request({ ":path": path, "x-key": V });
+    let headers: http2.IncomingHttpHeaders = {};
+    req.on("response", (h) => { headers = h; });
+    const parts: Buffer[] = [];
+    req.on("data", (d: Buffer) => parts.push(d));
+    req.on("end", () => resolve({ headers, body: Buffer.concat(parts) }));
+    req.on("error", reject);
+  });
+  for (const path of ["/a", "/b"]) {
+    const r = await get(path);
+    assert.equal(r.headers["access-control-allow-origin"], P, path);
+    assert.equal(r.headers["x-echo"], `v=${P}`, path);
+    assert.equal(r.body.toString(), `{"echo":"${P.slice(0, V.length)}","n":1}`, path);
+  }
+  // The server did split the value across DATA frames (what the scrubber had to join).
+  const early = Buffer.concat(raw);
+  const dataPayloads: string[] = [];
+  for (let o = 0; o + 9 <= early.length;) {
+    const len = early.readUIntBE(o, 3);
+    if (o + 9 + len > early.length) break;
+    if (early[o + 3] === 0) dataPayloads.push(early.toString("latin1", o + 9, o + 9 + len));
+    o += 9 + len;
+  }
+  assert.ok(dataPayloads.includes(`{"echo":"${V.slice(0, 7)}`) && dataPayloads.includes(V.slice(7, 15)), `frames: ${JSON.stringify(dataPayloads)}`);
+  const [big, again] = await Promise.all([get("/big"), get("/c")]);
+  assert.equal(big.body.length, 10 << 20, "10 MiB through: flow control intact");
+  assert.ok(big.body.every((x) => x === 0x62));
+  assert.equal(again.headers["x-echo"], `v=${P}`);
+  assert.ok(frames > 10);
 });

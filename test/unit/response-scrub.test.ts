@@ -222,8 +222,8 @@ test("HTTP/1.1: gzip, deflate and br bodies are decoded, scrubbed and sent decod
   const plain = Buffer.from(`${"lorem ipsum ".repeat(5000)}${V}${" dolor".repeat(3000)}`);
   for (const [coding, data] of [["gzip", zlib.gzipSync(plain)], ["x-gzip", zlib.gzipSync(plain)], ["deflate", zlib.deflateSync(plain)], ["deflate", zlib.deflateRawSync(plain)], ["br", zlib.brotliCompressSync(plain)]] as const) {
     const head = `HTTP/1.1 200 OK\r\nContent-Encoding: ${coding}\r\nContent-Length: ${data.length}\r\n\r\n`;
-    const parts: Buffer[] = [Buffer.from(head)];
-    for (let o = 0; o < data.length; o += 777) parts.push(data.subarray(o, o + 777));
+    const parts: Buffer[] = [Buffer.from(head), data.subarray(0, 1)]; // a first read of one byte (deflate is told apart by two)
+    for (let o = 1; o < data.length; o += 777) parts.push(data.subarray(o, o + 777));
     const r = h1(parts);
     assert.equal(r.error, undefined, coding);
     const { head: h, rest } = splitHead(r.text);
@@ -232,6 +232,27 @@ test("HTTP/1.1: gzip, deflate and br bodies are decoded, scrubbed and sent decod
     assert.equal(body, plain.toString().replace(V, P), coding);
     assert.equal(r.scrubbed.length, 1);
   }
+  // Compressed data over many reads (the decoder keeps its state between them), and the edges.
+  const big = Buffer.from(Array.from({ length: 40000 }, (_, i) => `${(i * 2654435761) >>> 0}${i % 997 === 0 ? V : ""}`).join(","));
+  for (const coding of ["gzip", "br"] as const) {
+    const data = coding === "br" ? zlib.brotliCompressSync(big) : zlib.gzipSync(big);
+    assert.ok(data.length > 100000);
+    const parts: Buffer[] = [Buffer.from(`HTTP/1.1 200 OK\r\nContent-Encoding: ${coding}\r\nTransfer-Encoding: chunked\r\n\r\n`)];
+    for (let o = 0; o < data.length; o += 5000) parts.push(Buffer.from(`${Math.min(5000, data.length - o).toString(16)}\r\n`), data.subarray(o, o + 5000), Buffer.from("\r\n"));
+    parts.push(Buffer.from("0\r\n\r\n"));
+    const r = h1(parts);
+    assert.equal(r.error, undefined, coding);
+    assert.equal(dechunk(splitHead(r.text).rest).body, big.toString().split(V).join(P), `${coding} over many reads`);
+    assert.equal(r.scrubbed.length, 41);
+  }
+  const gz = zlib.gzipSync(`hello ${V}`);
+  const cut = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: ${gz.length - 4}\r\n\r\n`, gz.subarray(0, gz.length - 4)]);
+  assert.match(cut.error ?? "", /does not decode: unexpected end of file/, "a coded stream cut short is not passed as whole");
+  const junk = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: ${gz.length + 5}\r\n\r\n`, gz, "junk!"]);
+  assert.ok(junk.error, "bytes after the coded stream are refused");
+  const empty = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n`]);
+  assert.equal(empty.error, undefined);
+  assert.equal(empty.text, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
   const bomb = zlib.gzipSync(Buffer.alloc(300 << 20), { level: 9 });
   const b = h1([`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: ${bomb.length}\r\n\r\n`, bomb]);
   assert.match(b.error ?? "", /compression bomb/);

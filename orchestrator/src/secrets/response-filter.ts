@@ -29,8 +29,7 @@ import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js"
 export const MAX_HEAD = 65536;
 const MAX_LINE = 4096; // a chunk-size line
 const MAX_TRAILERS = 65536;
-const SLICE = 4096; // compressed bytes given to zlib at once
-const SLICE_OUT = 4 << 20; // the most one slice may expand to
+const SLICE = 16384; // compressed bytes given to the decoder at once
 const MAX_EXPANSION = 64;
 const MAX_DECODED = 256 << 20;
 
@@ -49,8 +48,66 @@ type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "t
 
 interface Pending { method: string; http10: boolean }
 
-/** node:zlib's synchronous step (what zlib.gunzipSync uses): not in its typings. */
-interface SyncZlib { _processChunk(chunk: Buffer, flush: number): Buffer; close(): void; _handle: unknown }
+/**
+ * A zlib/brotli decoder driven synchronously, chunk by chunk, in bounded steps. node:zlib has no
+ * public API for that (its *Sync functions are one-shot: they close the stream after one chunk),
+ * so this drives the native handle the way node's own processChunkSync does, without the close:
+ * handle.writeSync(flush, in, inOff, inLen, out, outOff, outLen) leaves [availOut, availIn] in
+ * _writeState; errors arrive through the stream (errored). Stable since node 12; checked at start.
+ */
+interface ZlibHandle { writeSync(flush: number, input: Buffer, inOff: number, inLen: number, out: Buffer, outOff: number, outLen: number): void }
+interface ZlibInternals { _handle: ZlibHandle | null; _writeState: Uint32Array; errored: Error | null; close(): void; on(e: "error", f: () => void): void }
+const OUT_STEP = 65536;
+
+class SyncDecoder {
+  private readonly z: ZlibInternals;
+  ended = false;
+  constructor(kind: "gzip" | "deflate" | "deflate-raw" | "br") {
+    const z = (kind === "br" ? zlib.createBrotliDecompress() : kind === "deflate" ? zlib.createInflate() : kind === "deflate-raw" ? zlib.createInflateRaw() : zlib.createGunzip()) as unknown as ZlibInternals;
+    if (typeof z._handle?.writeSync !== "function" || !(z._writeState instanceof Uint32Array)) throw new ResponseError("this node's zlib cannot be driven synchronously: compressed responses cannot be scanned");
+    z.on("error", () => {}); // (reported through `errored`, synchronously)
+    this.z = z;
+    this.flush = kind === "br" ? zlib.constants.BROTLI_OPERATION_PROCESS : zlib.constants.Z_NO_FLUSH;
+    this.finish = kind === "br" ? zlib.constants.BROTLI_OPERATION_FINISH : zlib.constants.Z_FINISH;
+    this.br = kind === "br";
+  }
+  private readonly flush: number;
+  private readonly finish: number;
+  private readonly br: boolean;
+
+  /** Decode `input`; each output piece is handed to `sink` as it comes (at most OUT_STEP bytes). */
+  write(input: Buffer, final: boolean, sink: (b: Buffer) => void): void {
+    const z = this.z;
+    const h = z._handle;
+    if (!h) throw new ResponseError("the decoder was closed");
+    let inOff = 0;
+    let inLen = input.length;
+    for (;;) {
+      const out = Buffer.allocUnsafe(OUT_STEP);
+      h.writeSync(final ? this.finish : this.flush, input, inOff, inLen, out, 0, OUT_STEP);
+      if (z.errored) throw z.errored;
+      const availOut = z._writeState[0]!;
+      const availIn = z._writeState[1]!;
+      const have = OUT_STEP - availOut;
+      if (have) sink(out.subarray(0, have));
+      inOff += inLen - availIn;
+      inLen = availIn;
+      if (availOut !== 0) {
+        // Output room left: the decoder took all it could. A zlib stream that ended leaves input
+        // unread (what follows its end); brotli reports it by an error.
+        if (inLen && !this.br) {
+          this.ended = true;
+          throw new ResponseError("data after the end of the coded stream");
+        }
+        return;
+      }
+    }
+  }
+
+  close(): void {
+    this.z.close();
+  }
+}
 
 export class ResponseScrubber {
   private readonly values: SecretValues;
@@ -65,8 +122,9 @@ export class ResponseScrubber {
   /** Output framing of the current body. */
   private chunkedOut = false;
   private closeAfter = false;
-  private inflater: SyncZlib | undefined;
+  private inflater: SyncDecoder | undefined;
   private codingName = "";
+  private codedStart: Buffer = Buffer.alloc(0);
   private inTotal = 0;
   private outTotal = 0;
   private failed: string | undefined;
@@ -272,6 +330,7 @@ export class ResponseScrubber {
     const ce = get("content-encoding").flatMap((f) => f.value.split(",")).map((s) => s.trim().toLowerCase()).filter((s) => s && s !== "identity");
     if (ce.length > 1) throw new ResponseError(`a response body in ${ce.length} content codings (${ce.join(", ")}): only one can be scanned`);
     this.inflater = undefined;
+    this.codedStart = Buffer.alloc(0);
     this.codingName = ce[0] ?? "";
     if (this.codingName && !["gzip", "x-gzip", "deflate", "br"].includes(this.codingName)) {
       throw new ResponseError(`a response body in Content-Encoding ${JSON.stringify(this.codingName)}, which cannot be scanned for secret values`);
@@ -318,40 +377,34 @@ export class ResponseScrubber {
 
   private decode(b: Buffer, plain: Buffer[], last: boolean): void {
     if (!this.inflater) {
-      if (!b.length && !last) return;
-      const opts = { maxOutputLength: SLICE_OUT };
+      // "deflate" is told apart (zlib-wrapped or raw) by its first two bytes: wait for them.
+      if (this.codedStart.length) { b = Buffer.concat([this.codedStart, b]); this.codedStart = Buffer.alloc(0); }
+      if (b.length < 2 && !last) { this.codedStart = Buffer.from(b); return; }
       const c = this.codingName;
       // "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2); some servers send it raw.
       const zlibWrapped = b.length >= 2 && (b[0]! & 0x0f) === 8 && ((b[0]! << 8) | b[1]!) % 31 === 0;
-      this.inflater = (c === "br" ? zlib.createBrotliDecompress(opts) : c === "deflate" ? (zlibWrapped ? zlib.createInflate(opts) : zlib.createInflateRaw(opts)) : zlib.createGunzip(opts)) as unknown as SyncZlib;
+      this.inflater = new SyncDecoder(c === "br" ? "br" : c === "deflate" ? (zlibWrapped ? "deflate" : "deflate-raw") : "gzip");
     }
     const z = this.inflater;
-    const flush = this.codingName === "br" ? zlib.constants.BROTLI_OPERATION_FLUSH : zlib.constants.Z_SYNC_FLUSH;
-    const finish = this.codingName === "br" ? zlib.constants.BROTLI_OPERATION_FINISH : zlib.constants.Z_FINISH;
-    for (let off = 0; off < b.length || (last && off === b.length); off += SLICE) {
+    if (!b.length && !last) return;
+    if (!b.length && this.inTotal === 0) return; // an empty body: nothing was coded
+    // Fed in slices, so that what one slice expands to is checked before the next is decoded.
+    for (let off = 0; off < b.length || (last && off === 0); off += SLICE) {
       const slice = b.subarray(off, off + SLICE);
       const end = last && off + SLICE >= b.length;
-      if (!z._handle) {
-        // The coded stream has ended (zlib closes itself there): only an empty remainder is fine.
-        if (slice.length) throw new ResponseError(`data after the end of a ${this.codingName} response body`);
-        break;
-      }
-      let o: Buffer;
       try {
-        o = z._processChunk(slice, end ? finish : flush);
+        z.write(slice, end, (o) => {
+          this.outTotal += o.length;
+          if (this.outTotal > MAX_DECODED || this.outTotal > (this.inTotal + slice.length) * MAX_EXPANSION + (1 << 20)) {
+            throw new ResponseError(`a ${this.codingName} response body expanding more than ${MAX_EXPANSION}× (or beyond ${MAX_DECODED >> 20} MiB): refused as a compression bomb`);
+          }
+          plain.push(Buffer.from(o));
+        });
       } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === "ERR_BUFFER_TOO_LARGE") throw new ResponseError(`a ${this.codingName} response body expanding beyond ${SLICE_OUT >> 20} MiB from ${SLICE} bytes (a compression bomb?)`);
-        if (end && code === "Z_BUF_ERROR") break; // a body that ended early: what came out has gone
+        if (e instanceof ResponseError) throw new ResponseError(e.message.startsWith("data after") ? `${e.message} (${this.codingName} response body)` : e.message);
         throw new ResponseError(`a ${this.codingName} response body that does not decode: ${(e as Error).message}`);
       }
       this.inTotal += slice.length;
-      this.outTotal += o.length;
-      if (this.outTotal > MAX_DECODED || this.outTotal > this.inTotal * MAX_EXPANSION + (1 << 20)) {
-        throw new ResponseError(`a ${this.codingName} response body expanding more than ${MAX_EXPANSION}× (or beyond ${MAX_DECODED >> 20} MiB): refused as a compression bomb`);
-      }
-      if (o.length) plain.push(o);
-      if (end) break;
     }
   }
 }

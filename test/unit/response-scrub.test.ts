@@ -108,6 +108,9 @@ test("value scanner: sameLength mode never changes a length; a value cut at a st
   }
   const cut = scanAll(new ValueScanner([S]), [`body ends with ${V.slice(0, 12)}`]);
   assert.equal(cut.text, `body ends with ${P}`);
+  const cut64 = scanAll(new ValueScanner([S]), [`ends with ${Buffer.from(V).toString("base64").slice(0, 20)}`]);
+  assert.equal(cut64.found[0]?.form, "base64", "a base64 value cut at the end too");
+  assert.ok(!Buffer.from(cut64.text.slice(10), "base64").toString("latin1").includes("Live"));
   const shortTail = scanAll(new ValueScanner([S]), ["ends with sk-"]);
   assert.equal(shortTail.text, "ends with sk-", "a few bytes that begin the value are not the value");
 });
@@ -155,10 +158,13 @@ const splitHead = (text: string) => {
 };
 
 test("HTTP/1.1: a CORS header reflecting the value goes back as the placeholder", () => {
-  const r = h1([`HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: https://x.test/${V}\r\nVary: Origin\r\n\r\n`]);
+  const r = h1([`HTTP/1.1 204 No ${V}\r\nAccess-Control-Allow-Origin: https://x.test/${V}\r\nVary: Origin\r\n\r\n`]);
   assert.equal(r.error, undefined);
-  assert.equal(r.text, `HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: https://x.test/${P}\r\nVary: Origin\r\n\r\n`);
-  assert.deepEqual(r.scrubbed.map((f) => [f.secret.env, f.form]), [["KEY", "raw"]]);
+  assert.equal(r.text, `HTTP/1.1 204 No ${P}\r\nAccess-Control-Allow-Origin: https://x.test/${P}\r\nVary: Origin\r\n\r\n`);
+  assert.deepEqual(r.scrubbed.map((f) => [f.secret.env, f.form]), [["KEY", "raw"], ["KEY", "raw"]]);
+  const basic = h1([`HTTP/1.1 200 OK\r\nX-Echo-Authorization: Basic ${Buffer.from(`user:${V}`).toString("base64")}\r\nContent-Length: 0\r\n\r\n`]);
+  assert.ok(!Buffer.from(/Basic (\S+)/.exec(basic.text)![1]!, "base64").toString("latin1").includes("Live_9f8"), "a reflected Basic credential does not decode to the value");
+  assert.equal(basic.scrubbed[0]?.form, "base64");
 });
 
 test("HTTP/1.1: a Content-Length body holding the value, split at every boundary, is re-framed chunked", () => {
@@ -401,9 +407,10 @@ function guestView(frames: Frame[]) {
       if (f.flags & 0x8) p = p.subarray(1, p.length - p[0]!);
       data.set(f.stream, (data.get(f.stream) ?? "") + p.toString("latin1"));
     }
-    if (f.type === 1 || f.type === 9) {
+    if (f.type === 1 || f.type === 9 || f.type === 5) {
       let p = f.payload;
       if (f.type === 1 && f.flags & 0x20) p = p.subarray(5);
+      if (f.type === 5) p = p.subarray(4);
       block.push(p);
       if (f.flags & 0x4) {
         dec.write(Buffer.concat(block));
@@ -424,6 +431,7 @@ test("HTTP/2: reflected header values and DATA across frames (padded too) are sc
   const b1 = block([[":status", "200"], ["access-control-allow-origin", `https://o.test/${V}`], ["x-echo", V]]);
   const trailers = block([["x-trailer", `${pct(V)}`]]);
   const b2 = block([[":status", "200"], ["access-control-allow-origin", `https://o.test/${V}`], ["x-echo", V]]); // indexed the second time
+  const pushBlock = block([[":method", "GET"], [":path", `/echo?k=${encodeURIComponent(V)}`], [":authority", "api.example.test"], [":scheme", "https"]]);
   const pad = (p: string, n: number) => Buffer.concat([Buffer.from([n]), Buffer.from(p, "latin1"), Buffer.alloc(n)]);
   const input = Buffer.concat([
     frame(4, 0, 0, ""), // SETTINGS
@@ -435,6 +443,7 @@ test("HTTP/2: reflected header values and DATA across frames (padded too) are sc
     frame(1, 0x20, 3, Buffer.concat([Buffer.from([0, 0, 0, 0, 16]), b2.subarray(0, 5)])),
     frame(9, 0x4, 3, b2.subarray(5)),
     frame(0, 0x1 | 0x8, 3, pad(`[${V.slice(0, 25)}`, 3)),
+    frame(5, 0x4 | 0x8, 1, Buffer.concat([Buffer.from([2, 0, 0, 0, 2]), pushBlock, Buffer.alloc(2)])),
     frame(7, 0, 0, Buffer.concat([Buffer.alloc(8), Buffer.from(`bye ${V}`)])),
   ]);
   const inputFlow = parseFrames(input).filter((f) => f.type === 0).reduce((n, f) => n + f.payload.length, 0);
@@ -465,6 +474,9 @@ test("HTTP/2: reflected header values and DATA across frames (padded too) are sc
     assert.deepEqual(es, ["1:1", "0:3"], "END_STREAM where the server put it");
     const trailersAt = frames.findIndex((f) => f.type === 1 && f.stream === 1 && f.flags & 0x1);
     assert.ok(frames.slice(trailersAt).every((f) => !(f.type === 0 && f.stream === 1)), "no DATA after the trailers");
+    assert.deepEqual(g.headers[3], { stream: 1, list: [[":method", "GET"], [":path", `/echo?k=${P}`], [":authority", "api.example.test"], [":scheme", "https"]] });
+    const push = frames.find((f) => f.type === 5)!;
+    assert.ok(push.payload.subarray(0, 4).equals(Buffer.from([0, 0, 0, 2])) && !(push.flags & 0x8), "the promised stream kept, the padding dropped");
     const goaway = frames.find((f) => f.type === 7)!;
     assert.equal(goaway.payload.subarray(8).toString(), `bye ${P}`);
     assert.ok(scrubbed.length >= 7);
@@ -491,6 +503,16 @@ test("HTTP/2: malformed frames and oversized header blocks are errors", () => {
     assert.match(r.error ?? "", want);
     assert.ok(s.push(frame(4, 0, 0, "")).error, "and stays failed");
   }
+  // The server's encoder resizing its table (as the client's SETTINGS allow): followed; beyond the limit, refused.
+  const resized = hpack.compressor.create({ table: { maxSize: 1024 } } as never);
+  resized.write([{ name: "x-echo", value: V }, { name: "x-pad", value: "p".repeat(900) }, { name: "x-echo2", value: V }]);
+  const sizeUpdate = Buffer.from([0x3f, 0xe1, 0x07]); // dynamic table size update to 1024 (RFC 7541 §6.3)
+  const s1 = new Http2ResponseScrubber([S]);
+  const r1 = s1.push(Buffer.concat([frame(1, 0x4, 1, Buffer.concat([sizeUpdate, resized.read()]))]));
+  assert.equal(r1.error, undefined);
+  assert.deepEqual(guestView(parseFrames(Buffer.concat(r1.out))).headers[0]!.list.map(([n, v]) => [n, v.slice(0, 12)]), [["x-echo", P.slice(0, 12)], ["x-pad", "pppppppppppp"], ["x-echo2", P.slice(0, 12)]]);
+  const tooBig = new Http2ResponseScrubber([S]);
+  assert.match(tooBig.push(frame(1, 0x4, 1, Buffer.from([0x3f, 0xe1, 0xff, 0x7f]))).error ?? "", /does not decode/, "a table larger than any client allows");
   // Extension frames are dropped, their payload never forwarded.
   const s = new Http2ResponseScrubber([S]);
   const r = s.push(Buffer.concat([frame(0xa, 0, 0, `\x00\x05o.test h3=":443"; ${V}`), frame(6, 0, 0, Buffer.alloc(8))]));

@@ -124,8 +124,14 @@ export class SecretValues {
         const n = e.bytes.length;
         const avail = Math.min(n, h.length - i);
         if (h.compare(e.bytes, 0, avail, i, i + avail) !== 0) continue;
-        if (avail < n) { partial = true; continue; }
-        if (!best || i + n > best.end) best = { end: i + n, replacement: e.replacement, found: { secret: e.secret, form: e.form } };
+        let end = i + n;
+        if (avail < n) {
+          if (!final) { partial = true; continue; }
+          // The stream ends inside an encoded value: replaced if it holds MIN_TAIL bytes' worth.
+          if (avail < Math.ceil((MIN_TAIL * 8) / 6)) continue;
+          end = h.length;
+        }
+        if (!best || end > best.end) best = { end, replacement: e.replacement, found: { secret: e.secret, form: e.form } };
       }
     }
     for (const d of this.decoded) {

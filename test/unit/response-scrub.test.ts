@@ -115,6 +115,30 @@ test("value scanner: sameLength mode never changes a length; a value cut at a st
   assert.equal(shortTail.text, "ends with sk-", "a few bytes that begin the value are not the value");
 });
 
+test("value scanner: releaseHeld lets a paused stream go on, and the rest of a value is still replaced", () => {
+  const found: ValueFound[] = [];
+  const text = (bs: Buffer[]) => Buffer.concat(bs).toString("latin1");
+  // A message ending in a byte that could begin the value: held, then released on idle.
+  const sc = new ValueScanner([S]);
+  assert.equal(text(sc.push(Buffer.from("event 1: s"), found)), "event 1: ");
+  assert.equal(sc.held, 1);
+  assert.equal(text(sc.releaseHeld(found)), "s");
+  assert.equal(sc.held, 0);
+  assert.equal(text(sc.push(Buffer.from("ome more"), found)), "ome more", "ordinary text after it goes on as it came");
+  // The server paused inside the value: the rest of it is still replaced.
+  const paused = new ValueScanner([S]);
+  let all = text(paused.push(Buffer.from(`x ${V.slice(0, 3)}`), found)) + text(paused.releaseHeld(found));
+  all += text(paused.push(Buffer.from(`${V.slice(3)} tail`), found)) + text(paused.flush(found));
+  assert.equal(all, `x sk-${P.slice(3)} tail`, "three bytes of the value's start went, never the rest");
+  // Paused after MIN_TAIL bytes of it: those are replaced at once, and the rest later.
+  const long = new ValueScanner([S], true);
+  const input = [`x ${V.slice(0, 9)}`, `${V.slice(9)} tail`];
+  let out = text(long.push(Buffer.from(input[0]!), found)) + text(long.releaseHeld(found));
+  out += text(long.push(Buffer.from(input[1]!), found)) + text(long.flush(found));
+  assert.equal(out.length, input.join("").length, "sameLength: no byte more or less");
+  assert.equal(out, `x ${P.slice(0, V.length)} tail`);
+});
+
 // ---------------------------------------------------------------- HTTP/1.1
 
 interface H1Run { text: string; scrubbed: ValueFound[]; error?: string; close?: boolean }
@@ -301,6 +325,19 @@ test("HTTP/1.1: malformed or ambiguous responses are errors, and nothing unjudge
   assert.ok(s.push(Buffer.from("HTTP/1.1 200 OK\r\n\r\n")).error, "after an error, everything is refused");
 });
 
+test("HTTP/1.1: a streamed body paused on a byte that could begin a value goes on at idle()", () => {
+  const s = new ResponseScrubber([S]);
+  s.request("GET", false);
+  const a = s.push(Buffer.from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n8\r\ndata: as\r\n"));
+  assert.equal(Buffer.concat(a.out).toString(), "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n7\r\ndata: a\r\n");
+  assert.equal(Buffer.concat(s.idle().out).toString(), "1\r\ns\r\n", "the held byte, as a chunk of its own");
+  assert.equal(s.idle().out.length, 0, "nothing more to release");
+  const b = s.push(Buffer.from(`${(V.length - 1).toString(16)}\r\n${V.slice(1)}\r\n0\r\n\r\n`));
+  const rest = Buffer.concat(b.out).toString();
+  assert.ok(!rest.includes(V.slice(1)), "the rest of a value that began before the pause is replaced");
+  assert.match(rest, /0\r\n\r\n$/);
+});
+
 test("HTTP/1.1 end to end: node http server reflecting the value, through the scrubber, to node's http client", async (t) => {
   const server = http.createServer((req, res) => {
     const got = String(req.headers["x-key"] ?? "");
@@ -481,6 +518,19 @@ test("HTTP/2: reflected header values and DATA across frames (padded too) are sc
     assert.equal(goaway.payload.subarray(8).toString(), `bye ${P}`);
     assert.ok(scrubbed.length >= 7);
   }
+});
+
+test("HTTP/2: a stream paused on a byte that could begin a value goes on at idle(); the flow-control total still matches", () => {
+  const s = new Http2ResponseScrubber([S]);
+  const a = parseFrames(Buffer.concat(s.push(frame(0, 0, 5, "chunk 1 ends in s")).out));
+  assert.deepEqual(a.map((f) => f.payload.toString()), ["chunk 1 ends in "]);
+  const b = parseFrames(Buffer.concat(s.idle().out));
+  assert.deepEqual(b.map((f) => [f.type, f.stream, f.payload.toString()]), [[0, 5, "s"]]);
+  const c = parseFrames(Buffer.concat(s.push(frame(0, 1, 5, `${V.slice(1)}!`)).out));
+  const body = [...a, ...b, ...c].map((f) => f.payload.toString("latin1")).join("");
+  assert.equal(body.length, "chunk 1 ends in s".length + V.length, "as many bytes as the server sent");
+  assert.ok(!body.includes(V.slice(1)));
+  assert.ok(c.at(-1)!.flags & 0x1, "END_STREAM kept");
 });
 
 test("HTTP/2: malformed frames and oversized header blocks are errors", () => {

@@ -83,6 +83,19 @@ export class Http2ResponseScrubber {
     return { out, scrubbed };
   }
 
+  /**
+   * The server has sent nothing for a while (call it after ~50 ms of quiet): what streams hold
+   * back because it could begin a value goes out now as DATA (a streaming response, gRPC, is not
+   * stalled on it). See ValueScanner.releaseHeld.
+   */
+  idle(): ScrubResult {
+    const out: Buffer[] = [];
+    const scrubbed: ValueFound[] = [];
+    if (this.failed) return { out, scrubbed };
+    for (const [id, sc] of this.streams) if (sc.held) out.push(...dataFrames(id, sc.releaseHeld(scrubbed), 0, -1));
+    return { out, scrubbed };
+  }
+
   /** The server closed: what streams hold back goes, if we are between frames. */
   end(): Buffer[] {
     if (this.failed || this.phase !== "header" || this.head.length) return [];

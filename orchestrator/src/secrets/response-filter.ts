@@ -153,6 +153,23 @@ export class ResponseScrubber {
     return this.state === "done" ? { out, scrubbed, close: true } : { out, scrubbed };
   }
 
+  /**
+   * The server has sent nothing for a while (call it after ~50 ms of quiet): bytes the scanner
+   * holds back because they could begin a value go out now, so a streamed response (server-sent
+   * events, long polling) is not stalled on them. See ValueScanner.releaseHeld.
+   */
+  idle(): ScrubResult {
+    const out: Buffer[] = [];
+    const scrubbed: ValueFound[] = [];
+    if (this.failed || this.scanner.held === 0) return { out, scrubbed };
+    const released = this.scanner.releaseHeld(scrubbed);
+    const n = released.reduce((k, b) => k + b.length, 0);
+    if (!n) return { out, scrubbed };
+    if (this.state === "opaque" || !this.chunkedOut) out.push(...released);
+    else out.push(Buffer.from(`${n.toString(16)}\r\n`), ...released, Buffer.from("\r\n"));
+    return { out, scrubbed };
+  }
+
   /** The server closed: what is held back, and the end of a close-delimited body. */
   end(): Buffer[] {
     if (this.failed) return [];

@@ -277,6 +277,8 @@ const toUrl = (s: string) => s.replace(/\+/g, "-").replace(/\//g, "_");
  */
 export class ValueScanner {
   private carry: Buffer = Buffer.alloc(0);
+  /** How many leading bytes of `carry` were already released (by releaseHeld): kept only as context. */
+  private carrySent = 0;
   readonly values: SecretValues;
 
   constructor(secrets: readonly Secret[] | SecretValues, private readonly sameLength = false) {
@@ -287,37 +289,59 @@ export class ValueScanner {
     return this.values.active;
   }
 
-  /** Bytes held back now (at most maxLength − 1). */
+  /** Bytes held back now, not yet released (fewer than maxLength). */
   get held(): number {
-    return this.carry.length;
+    return this.carry.length - this.carrySent;
   }
 
   push(chunk: Buffer, found: ValueFound[]): Buffer[] {
     if (!this.values.active) return chunk.length ? [chunk] : [];
     const h = this.carry.length ? Buffer.concat([this.carry, chunk]) : chunk;
-    return this.scan(h, false, found);
+    return this.scan(h, false, found, this.carrySent);
   }
 
+  /** The stream ended: what is held goes (a tail holding MIN_TAIL bytes of a value replaced). */
   flush(found: ValueFound[]): Buffer[] {
     if (!this.carry.length) return [];
-    return this.scan(this.carry, true, found);
+    return this.scan(this.carry, true, found, this.carrySent);
+  }
+
+  /**
+   * Nothing more has come for a while (a streaming response paused on a byte that could begin a
+   * value): release what is held as flush() would, but keep it as context, so that when the
+   * stream goes on with the rest of a value, the rest is still replaced. At most MIN_TAIL − 1
+   * bytes of a value's beginning can go out this way (and only if the server paused inside it).
+   */
+  releaseHeld(found: ValueFound[]): Buffer[] {
+    if (this.held === 0) return [];
+    const ctx = this.carry;
+    const out = this.scan(ctx, true, found, this.carrySent);
+    this.carry = ctx;
+    this.carrySent = ctx.length;
+    return out;
   }
 
   /** A whole text (a header value, a head), no history: occurrences replaced. */
   scrub(text: Buffer, found: ValueFound[]): Buffer {
     if (!this.values.active) return text;
     const saved = this.carry;
-    this.carry = Buffer.alloc(0);
-    const out = this.scan(text, true, found);
+    const savedSent = this.carrySent;
+    const out = this.scan(text, true, found, 0);
     this.carry = saved;
+    this.carrySent = savedSent;
     return out.length === 1 ? out[0]! : Buffer.concat(out);
   }
 
-  private scan(h: Buffer, final: boolean, found: ValueFound[]): Buffer[] {
+  /** Scan h, whose first `sent` bytes went out already (context only). */
+  private scan(h: Buffer, final: boolean, found: ValueFound[], sent: number): Buffer[] {
     const out: Buffer[] = [];
     const first = this.values.first;
     const pair = this.values.pair;
     const len = h.length;
+    const emit = (from: number, to: number) => {
+      const f = Math.max(from, sent);
+      if (to > f) out.push(f === 0 && to === len ? h : h.subarray(f, to));
+    };
     let last = 0;
     let i = 0;
     for (;;) {
@@ -335,18 +359,21 @@ export class ValueScanner {
       if (i >= len || (i === len - 1 && first[h[i]!] === 0)) break;
       const r = this.values.matchAt(h, i, final, this.sameLength);
       if (r === PARTIAL) {
-        if (i > last) out.push(h.subarray(last, i));
+        emit(last, i);
         this.carry = Buffer.from(h.subarray(i)); // a copy: never pins the caller's chunk
+        this.carrySent = Math.max(0, sent - i);
         return out;
       }
       if (r === NONE) { i++; continue; }
-      if (i > last) out.push(h.subarray(last, i));
-      out.push(r.replacement);
+      emit(last, i);
+      // An occurrence that began in what already went out: the rest of its replacement.
+      if (r.end > sent) out.push(i >= sent ? r.replacement : r.replacement.subarray(Math.min(sent - i, r.replacement.length)));
       found.push(r.found);
       i = last = r.end;
     }
-    if (last < len) out.push(last === 0 ? h : h.subarray(last));
+    emit(last, len);
     this.carry = Buffer.alloc(0);
+    this.carrySent = 0;
     return out;
   }
 }

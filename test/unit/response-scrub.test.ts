@@ -533,6 +533,50 @@ test("HTTP/2: a stream paused on a byte that could begin a value goes on at idle
   assert.ok(c.at(-1)!.flags & 0x1, "END_STREAM kept");
 });
 
+test("HTTP/2: a coded (gzip, br) body passes unchanged when clean; a value inside one closes the connection before it leaves", () => {
+  const clean = Buffer.from(`{"items":[${Array.from({ length: 3000 }, (_, i) => i * 7).join(",")}],"note":"sk-not-it"}`);
+  for (const coding of ["gzip", "br", "deflate"] as const) {
+    // (a fresh HPACK encoder for each connection: a new scrubber is a new connection)
+    const head = (stream: number) => {
+      const enc = hpack.compressor.create({ table: { maxSize: 4096 } } as never);
+      enc.write([{ name: ":status", value: "200" }, { name: "content-encoding", value: coding }]);
+      return frame(1, 0x4, stream, enc.read());
+    };
+    const code = (b: Buffer) => (coding === "br" ? zlib.brotliCompressSync(b) : coding === "gzip" ? zlib.gzipSync(b) : zlib.deflateSync(b));
+    const okBody = code(clean);
+    const frames = [head(1)];
+    for (let o = 0; o < okBody.length; o += 1000) frames.push(frame(0, o + 1000 >= okBody.length ? 0x1 : 0, 1, okBody.subarray(o, o + 1000)));
+    const s = new Http2ResponseScrubber([S]);
+    const out: Buffer[] = [];
+    for (const f of frames) {
+      const r = s.push(f);
+      assert.equal(r.error, undefined, coding);
+      out.push(...r.out);
+    }
+    const data = Buffer.concat(parseFrames(Buffer.concat(out)).filter((f) => f.type === 0).map((f) => f.payload));
+    assert.ok(data.equals(okBody), `${coding}: the coded bytes as they came`);
+    // The value inside the coding, its bytes split across frames.
+    const bad = code(Buffer.from(`${clean.toString().slice(0, 5000)}"echo":"${V}"${clean.toString().slice(5000)}`));
+    const s2 = new Http2ResponseScrubber([S]);
+    const sent: Buffer[] = [];
+    let error: string | undefined;
+    s2.push(head(3));
+    for (let o = 0; o < bad.length && !error; o += 50) {
+      const r = s2.push(frame(0, o + 50 >= bad.length ? 0x1 : 0, 3, bad.subarray(o, o + 50)));
+      sent.push(...r.out);
+      error = r.error;
+    }
+    assert.match(error ?? "", new RegExp(`value of secret KEY .* in a ${coding}-coded response body on stream 3`));
+    const got = Buffer.concat(parseFrames(Buffer.concat(sent)).filter((f) => f.type === 0).map((f) => f.payload));
+    assert.ok(got.length > 100, `${coding}: what came before the value went on (${got.length} bytes)`);
+    const decoded = (coding === "br" ? zlib.brotliDecompressSync : coding === "gzip" ? zlib.gunzipSync : zlib.inflateSync)(got, { finishFlush: coding === "br" ? zlib.constants.BROTLI_OPERATION_FLUSH : zlib.constants.Z_SYNC_FLUSH } as never);
+    assert.ok(!decoded.toString("latin1").includes(V.slice(0, 4)), `${coding}: what went out decodes to no part of the value (${decoded.length} bytes)`);
+  }
+  const enc = hpack.compressor.create({ table: { maxSize: 4096 } } as never);
+  enc.write([{ name: ":status", value: "200" }, { name: "content-encoding", value: "zstd" }]);
+  assert.match(new Http2ResponseScrubber([S]).push(frame(1, 0x4, 1, enc.read())).error ?? "", /Content-Encoding "zstd", which cannot be scanned/);
+});
+
 test("HTTP/2: malformed frames and oversized header blocks are errors", () => {
   const enc = hpack.compressor.create({ table: { maxSize: 4096 } } as never);
   enc.write([{ name: ":status", value: "200" }]);

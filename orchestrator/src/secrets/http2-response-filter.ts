@@ -20,6 +20,11 @@
 //           an input frame is re-emitted as the padding of an output frame, so the guest receives
 //           (and acknowledges with WINDOW_UPDATE) exactly the bytes the server sent, less what is
 //           held back at that moment; nothing is ever added or lost.
+//   coded   a response whose Content-Encoding is gzip, deflate or br: its DATA is decoded on the
+//           side and scanned (bounded like response-filter.ts's), and passed on unchanged; the
+//           coded bytes are held while the decoded text ends in what could begin a value. A value
+//           found there cannot be replaced inside the coding: an error (the proxy closes) before
+//           any byte that carries it leaves. Any other Content-Encoding is an error.
 //   GOAWAY  its debug data (which a client may show) is scrubbed.
 //   SETTINGS, PING, WINDOW_UPDATE, PRIORITY, RST_STREAM  pass (at most MAX_SMALL bytes).
 //   other   extension frames (ALTSVC, ORIGIN, ...) are dropped: a receiver must ignore unknown
@@ -28,15 +33,29 @@
 import hpack from "hpack.js";
 import type { Secret } from "./secrets.js";
 import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js";
-import type { ScrubResult } from "./response-filter.js";
+import { decoderFor, MAX_DECODED, MAX_EXPANSION, type ScrubResult, type SyncDecoder } from "./response-filter.js";
 
 export const MAX_BLOCK = 65536;
 const MAX_SMALL = 65536;
+/** Coded DATA held while its decoded text ends in what could begin a value. */
+const MAX_CODED_HELD = 1 << 18;
 const OUT_FRAME = 16384;
 const T_DATA = 0, T_HEADERS = 1, T_PRIORITY = 2, T_RST = 3, T_SETTINGS = 4, T_PUSH = 5, T_PING = 6, T_GOAWAY = 7, T_WINDOW = 8, T_CONTINUATION = 9;
 const F_END_STREAM = 0x1, F_END_HEADERS = 0x4, F_PADDED = 0x8, F_PRIORITY = 0x20;
 
 type Phase = "header" | "pad-length" | "data" | "padding" | "collect" | "skip";
+
+/** A response body in a Content-Encoding: decoded on the side to be scanned, passed as it came. */
+interface Coded {
+  coding: string;
+  dec: SyncDecoder | undefined;
+  start: Buffer; // the first bytes, until there are two (deflate: zlib or raw)
+  queue: Buffer[]; // coded bytes not yet forwarded: their decoded text ends in a possible value's start
+  queued: number;
+  detect: ValueScanner;
+  inTotal: number;
+  outTotal: number;
+}
 
 export interface Http2ScrubOptions {
   /** The largest HPACK table the server's encoder may use: the client's SETTINGS_HEADER_TABLE_SIZE (default 65536). */
@@ -47,6 +66,7 @@ export class Http2ResponseScrubber {
   private readonly values: SecretValues;
   private readonly whole: ValueScanner;
   private readonly streams = new Map<number, ValueScanner>();
+  private readonly coded = new Map<number, Coded>();
   private readonly decoder;
   private phase: Phase = "header";
   private head: Buffer = Buffer.alloc(0);
@@ -131,8 +151,9 @@ export class Http2ResponseScrubber {
           const n = Math.min(this.left, b.length);
           if (n) {
             this.left -= n;
-            const sc = this.scanner(this.stream);
-            out.push(...dataFrames(this.stream, sc.push(b.subarray(0, n), found), 0, -1));
+            const coded = this.coded.get(this.stream);
+            if (coded) this.codedData(coded, this.stream, b.subarray(0, n), false, out, found);
+            else out.push(...dataFrames(this.stream, this.scanner(this.stream).push(b.subarray(0, n), found), 0, -1));
             b = b.subarray(n);
           }
           if (this.left === 0) {
@@ -210,6 +231,7 @@ export class Http2ResponseScrubber {
     const es = (this.flags & F_END_STREAM) !== 0;
     const padded = (this.flags & F_PADDED) !== 0;
     let tail: Buffer[] = [];
+    if (es) this.endCoded(this.stream, out, found);
     if (es) {
       const sc = this.streams.get(this.stream);
       if (sc) { tail = sc.flush(found); this.streams.delete(this.stream); }
@@ -217,8 +239,61 @@ export class Http2ResponseScrubber {
     if (padded || es) out.push(...dataFrames(this.stream, tail, es ? F_END_STREAM : 0, padded ? this.pad : -1));
   }
 
+  /**
+   * Coded DATA: decoded on the side and scanned; the coded bytes go on unchanged once their
+   * decoded text is known not to end inside a value. A value found in it cannot be replaced inside
+   * the coding: the connection is refused (an error) before any of the bytes that carry it leave.
+   */
+  private codedData(c: Coded, stream: number, bytes: Buffer, final: boolean, out: Buffer[], found: ValueFound[]): void {
+    if (bytes.length) { c.queue.push(Buffer.from(bytes)); c.queued += bytes.length; }
+    let input = bytes;
+    if (!c.dec) {
+      c.start = c.start.length ? Buffer.concat([c.start, bytes]) : Buffer.from(bytes);
+      if (c.start.length < 2 && !final) return;
+      if (!c.start.length) { c.queue = []; c.queued = 0; return; } // an empty body: nothing was coded
+      c.dec = decoderFor(c.coding, c.start)!;
+      input = c.start;
+      c.start = Buffer.alloc(0);
+    }
+    const hits: ValueFound[] = [];
+    try {
+      c.dec.write(input, final, (o) => {
+        c.outTotal += o.length;
+        if (c.outTotal > MAX_DECODED || c.outTotal > (c.inTotal + input.length) * MAX_EXPANSION + (1 << 20)) {
+          throw new H2Error(`a ${c.coding} response body on stream ${stream} expanding more than ${MAX_EXPANSION}× (or beyond ${MAX_DECODED >> 20} MiB): refused as a compression bomb`);
+        }
+        c.detect.push(o, hits);
+      });
+      if (final) c.detect.flush(hits);
+    } catch (e) {
+      if (e instanceof H2Error) throw e;
+      throw new H2Error(`a ${c.coding} response body on stream ${stream} that does not decode: ${(e as Error).message}`);
+    }
+    c.inTotal += input.length;
+    if (hits.length) {
+      found.push(...hits);
+      throw new H2Error(`the value of secret ${hits[0]!.secret.env} (${hits[0]!.form}) in a ${c.coding}-coded response body on stream ${stream}: it cannot be replaced inside the coding, so the connection is closed`);
+    }
+    if (final || c.detect.held === 0) {
+      out.push(...dataFrames(stream, c.queue, 0, -1));
+      c.queue = [];
+      c.queued = 0;
+    } else if (c.queued > MAX_CODED_HELD) {
+      throw new H2Error(`over ${MAX_CODED_HELD} bytes of a ${c.coding} response body on stream ${stream} held waiting to tell whether a value begins`);
+    }
+  }
+
+  /** A coded body's end: the last of it decoded and judged, and what was held let go. */
+  private endCoded(stream: number, out: Buffer[], found: ValueFound[]): void {
+    const c = this.coded.get(stream);
+    if (!c) return;
+    this.coded.delete(stream);
+    this.codedData(c, stream, Buffer.alloc(0), true, out, found);
+  }
+
   /** What a stream holds back, released (before its trailers or its reset). */
   private release(stream: number, out: Buffer[], found: ValueFound[]): void {
+    this.endCoded(stream, out, found);
     const sc = this.streams.get(stream);
     if (!sc) return;
     this.streams.delete(stream);
@@ -259,10 +334,14 @@ export class Http2ResponseScrubber {
         out.push(frameHeader(8 + debug.length, T_GOAWAY, flags, 0), p.subarray(0, 8), debug);
         return;
       }
-      case T_RST:
+      case T_RST: {
+        // Reset: a coded body's held bytes are not judged further; zeros stand in for them (flow control).
+        const c = this.coded.get(stream);
+        if (c) { this.coded.delete(stream); if (c.queued) out.push(...dataFrames(stream, [Buffer.alloc(c.queued)], 0, -1)); }
         this.release(stream, out, found);
         out.push(frameHeader(p.length, type, flags, stream), p);
         return;
+      }
       case T_SETTINGS:
       case T_PING:
       case T_WINDOW:
@@ -281,6 +360,14 @@ export class Http2ResponseScrubber {
     }
     // A HEADERS after DATA ends the body (trailers): what the stream held back goes first.
     if (blk.type === T_HEADERS) this.release(blk.stream, out, found);
+    // A response head: a coded body is decoded on the side to be judged.
+    if (blk.type === T_HEADERS && headers.some((h) => h.name === ":status")) {
+      const codings = headers.filter((h) => h.name === "content-encoding").flatMap((h) => h.value.split(",")).map((v) => v.trim().toLowerCase()).filter((v) => v && v !== "identity");
+      if (codings.length > 1 || (codings.length === 1 && !["gzip", "x-gzip", "deflate", "br"].includes(codings[0]!))) {
+        throw new H2Error(`a response body on stream ${blk.stream} in Content-Encoding ${JSON.stringify(codings.join(", "))}, which cannot be scanned for secret values`);
+      }
+      if (codings.length === 1) this.coded.set(blk.stream, { coding: codings[0]!, dec: undefined, start: Buffer.alloc(0), queue: [], queued: 0, detect: new ValueScanner(this.values), inTotal: 0, outTotal: 0 });
+    }
     const encoded = encodeNeverIndexed(headers);
     out.push(...headerFrames(blk.type, blk.stream, blk.prefix, encoded, blk.type === T_HEADERS ? (blk.flags & (F_END_STREAM | F_PRIORITY)) : 0));
   }

@@ -30,8 +30,9 @@ export const MAX_HEAD = 65536;
 const MAX_LINE = 4096; // a chunk-size line
 const MAX_TRAILERS = 65536;
 const SLICE = 16384; // compressed bytes given to the decoder at once
-const MAX_EXPANSION = 64;
-const MAX_DECODED = 256 << 20;
+/** A coded body may expand to at most this many times its size (+ 1 MiB), and to at most MAX_DECODED. */
+export const MAX_EXPANSION = 64;
+export const MAX_DECODED = 256 << 20;
 
 export interface ScrubResult {
   /** Bytes for the guest now. */
@@ -59,12 +60,23 @@ interface ZlibHandle { writeSync(flush: number, input: Buffer, inOff: number, in
 interface ZlibInternals { _handle: ZlibHandle | null; _writeState: Uint32Array; errored: Error | null; close(): void; on(e: "error", f: () => void): void }
 const OUT_STEP = 65536;
 
-class SyncDecoder {
+/** The decoder for a Content-Encoding (gzip, x-gzip, deflate — zlib or raw, told by `start` — br), or undefined. */
+export function decoderFor(coding: string, start: Buffer): SyncDecoder | undefined {
+  const zlibWrapped = start.length >= 2 && (start[0]! & 0x0f) === 8 && ((start[0]! << 8) | start[1]!) % 31 === 0;
+  switch (coding) {
+    case "gzip": case "x-gzip": return new SyncDecoder("gzip");
+    case "deflate": return new SyncDecoder(zlibWrapped ? "deflate" : "deflate-raw");
+    case "br": return new SyncDecoder("br");
+    default: return undefined;
+  }
+}
+
+export class SyncDecoder {
   private readonly z: ZlibInternals;
   ended = false;
   constructor(kind: "gzip" | "deflate" | "deflate-raw" | "br") {
     const z = (kind === "br" ? zlib.createBrotliDecompress() : kind === "deflate" ? zlib.createInflate() : kind === "deflate-raw" ? zlib.createInflateRaw() : zlib.createGunzip()) as unknown as ZlibInternals;
-    if (typeof z._handle?.writeSync !== "function" || !(z._writeState instanceof Uint32Array)) throw new ResponseError("this node's zlib cannot be driven synchronously: compressed responses cannot be scanned");
+    if (typeof z._handle?.writeSync !== "function" || !(z._writeState instanceof Uint32Array)) throw new Error("this node's zlib cannot be driven synchronously: compressed responses cannot be scanned");
     z.on("error", () => {}); // (reported through `errored`, synchronously)
     this.z = z;
     this.flush = kind === "br" ? zlib.constants.BROTLI_OPERATION_PROCESS : zlib.constants.Z_NO_FLUSH;
@@ -79,7 +91,7 @@ class SyncDecoder {
   write(input: Buffer, final: boolean, sink: (b: Buffer) => void): void {
     const z = this.z;
     const h = z._handle;
-    if (!h) throw new ResponseError("the decoder was closed");
+    if (!h) throw new Error("the decoder was closed");
     let inOff = 0;
     let inLen = input.length;
     for (;;) {
@@ -97,7 +109,7 @@ class SyncDecoder {
         // unread (what follows its end); brotli reports it by an error.
         if (inLen && !this.br) {
           this.ended = true;
-          throw new ResponseError("data after the end of the coded stream");
+          throw new Error("data after the end of the coded stream");
         }
         return;
       }
@@ -397,12 +409,10 @@ export class ResponseScrubber {
       // "deflate" is told apart (zlib-wrapped or raw) by its first two bytes: wait for them.
       if (this.codedStart.length) { b = Buffer.concat([this.codedStart, b]); this.codedStart = Buffer.alloc(0); }
       if (b.length < 2 && !last) { this.codedStart = Buffer.from(b); return; }
-      const c = this.codingName;
       // "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2); some servers send it raw.
-      const zlibWrapped = b.length >= 2 && (b[0]! & 0x0f) === 8 && ((b[0]! << 8) | b[1]!) % 31 === 0;
-      this.inflater = new SyncDecoder(c === "br" ? "br" : c === "deflate" ? (zlibWrapped ? "deflate" : "deflate-raw") : "gzip");
+      this.inflater = decoderFor(this.codingName, b);
     }
-    const z = this.inflater;
+    const z = this.inflater!;
     if (!b.length && !last) return;
     if (!b.length && this.inTotal === 0) return; // an empty body: nothing was coded
     // Fed in slices, so that what one slice expands to is checked before the next is decoded.
@@ -418,7 +428,7 @@ export class ResponseScrubber {
           plain.push(Buffer.from(o));
         });
       } catch (e) {
-        if (e instanceof ResponseError) throw new ResponseError(e.message.startsWith("data after") ? `${e.message} (${this.codingName} response body)` : e.message);
+        if (e instanceof ResponseError) throw e;
         throw new ResponseError(`a ${this.codingName} response body that does not decode: ${(e as Error).message}`);
       }
       this.inTotal += slice.length;

@@ -232,9 +232,19 @@ test("HTTP/1.1: HEAD, 204, 304 and 1xx have no body; pipelined responses each fr
     "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", // HEAD: its Content-Length describes the GET's body
     `HTTP/1.1 304 Not Modified\r\nETag: "${P}"\r\n\r\n`,
     `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${P.length.toString(16)}\r\n${P}\r\n0\r\n\r\n`,
-    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x20${P}`,
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x20${P.slice(0, V.length)}`, // a WebSocket frame: its length kept
   ].join(""));
   assert.equal(r.scrubbed.length, 3);
+});
+
+test("HTTP/1.1: opaque() (the request side stopped following HTTP) scans what comes in sameLength mode, a partial head included", () => {
+  const s = new ResponseScrubber([S]);
+  s.request("GET", false);
+  assert.deepEqual(s.push(Buffer.from(`HTTP/1.1 200 OK\r\nX: ${V.slice(0, 10)}`)).out, []);
+  const found: ValueFound[] = [];
+  const a = Buffer.concat(s.opaque(found)).toString("latin1");
+  const b = Buffer.concat(s.push(Buffer.from(`${V.slice(10)}\r\n\r\nrest`)).out).toString("latin1") + Buffer.concat(s.end()).toString("latin1");
+  assert.equal(a + b, `HTTP/1.1 200 OK\r\nX: ${P.slice(0, V.length)}\r\n\r\nrest`);
 });
 
 test("HTTP/1.1: to an HTTP/1.0 request the body is close-delimited and the connection ends after it", () => {

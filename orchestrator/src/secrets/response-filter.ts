@@ -11,7 +11,8 @@
 //            fields "name: value", CRLF only — a bare LF, an obs-fold, a bad or conflicting
 //            Content-Length / Transfer-Encoding is an error (the proxy closes: bytes it cannot
 //            judge never pass). The head is scrubbed whole (header values are where CORS reflects).
-//   1xx      no body; 101 (and 2xx to CONNECT) → everything after is an opaque stream, scanned.
+//   1xx      no body; 101 (and 2xx to CONNECT) → everything after is an opaque stream, scanned in
+//            sameLength mode (WebSocket and other framings count bytes); opaque() does the same.
 //   body     HEAD, 204, 304: none. Otherwise chunked, Content-Length or close-delimited, streamed
 //            through a ValueScanner (a bounded carry, never the whole body). A replacement changes
 //            the length, so bodies are re-framed: to an HTTP/1.1 request as chunked (new chunk
@@ -144,6 +145,22 @@ export class ResponseScrubber {
   constructor(secrets: readonly Secret[]) {
     this.values = new SecretValues(secrets);
     this.scanner = new ValueScanner(this.values);
+  }
+
+  /**
+   * From here on the server's bytes are an opaque stream (after 101 Switching Protocols, a
+   * CONNECT tunnel, or when the request side stopped parsing HTTP): scanned in sameLength mode,
+   * since whatever framing it has (WebSocket frames, ...) counts bytes. Returns what a partly
+   * received head held, scanned the same way. (Called mid-body, the guest sees the rest of that
+   * body unframed: for a connection whose HTTP can no longer be followed.)
+   */
+  opaque(found: ValueFound[] = []): Buffer[] {
+    if (this.state === "opaque" || this.failed) return [];
+    this.scanner = new ValueScanner(this.values, true);
+    this.state = "opaque";
+    const held = this.head;
+    this.head = Buffer.alloc(0);
+    return held.length ? this.scanner.push(held, found) : [];
   }
 
   /** A request head was forwarded (in order): its method, and whether it was HTTP/1.0. */
@@ -326,12 +343,12 @@ export class ResponseScrubber {
     // Interim responses: no body; the final one follows. 101: the connection becomes something else.
     if (code < 200) {
       out.push(this.scanner.scrub(head, found));
-      if (code === 101) this.state = "opaque";
+      if (code === 101) this.opaque(found);
       return;
     }
     if (req.method === "CONNECT" && code < 300) {
       out.push(this.scanner.scrub(head, found));
-      this.state = "opaque";
+      this.opaque(found);
       return;
     }
     const noBody = req.method === "HEAD" || code === 204 || code === 304;

@@ -74,7 +74,6 @@ export function decoderFor(coding: string, start: Buffer): SyncDecoder | undefin
 
 export class SyncDecoder {
   private readonly z: ZlibInternals;
-  ended = false;
   constructor(kind: "gzip" | "deflate" | "deflate-raw" | "br") {
     const z = (kind === "br" ? zlib.createBrotliDecompress() : kind === "deflate" ? zlib.createInflate() : kind === "deflate-raw" ? zlib.createInflateRaw() : zlib.createGunzip()) as unknown as ZlibInternals;
     if (typeof z._handle?.writeSync !== "function" || !(z._writeState instanceof Uint32Array)) throw new Error("this node's zlib cannot be driven synchronously: compressed responses cannot be scanned");
@@ -109,7 +108,6 @@ export class SyncDecoder {
         // Output room left: the decoder took all it could. A zlib stream that ended leaves input
         // unread (what follows its end); brotli reports it by an error.
         if (inLen && !this.br) {
-          this.ended = true;
           throw new Error("data after the end of the coded stream");
         }
         return;

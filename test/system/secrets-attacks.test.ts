@@ -12,6 +12,10 @@ import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") && hasTool("openssl", "version") && hasTool("python3", "--version") ? undefined : "curl, openssl or python3 is not installed");
 const VALUE = "sk-live-THE-REAL-VALUE-0123456789";
 process.env.REAL_KEY = VALUE; // inherited by moat, never by the sandbox
+// A second value as long as a placeholder: HTTP/2 DATA keeps its length (flow control), so a
+// value is replaced by its placeholder cut or padded to the value's length.
+const VALUE2 = "sk-live-SECOND-0123456789abcdefg";
+process.env.REAL_KEY2 = VALUE2;
 let world: World;
 let dir = "";
 let frontLog = "";
@@ -89,14 +93,17 @@ test("a head ended by bare LFs cannot smuggle a substituted request into another
 
 test("the real value never comes back: reflected headers and bodies are scrubbed to the placeholder; TRACE gets no value", { skip }, async () => {
   const from = lines(frontLog).length;
-  const r = await run(`curl -sS -i -H "Origin: https://$API_KEY.example" -H "Authorization: Bearer $API_KEY" https://cdn.front.test/echo; echo; echo "PH=$API_KEY"; curl -sS -i -X TRACE -H "Authorization: Bearer $API_KEY" https://cdn.front.test/trace`);
+  const r = await run(`curl -sS -i -H "Origin: https://$API_KEY.example" -H "Authorization: Bearer $API_KEY" https://cdn.front.test/echo; echo; echo "PH=$API_KEY"; curl -sS -i -X TRACE -H "Authorization: Bearer $API_KEY" https://cdn.front.test/trace; echo; curl -sS --http2 -w ' %{http_version}' -H "X-K: $H2_KEY" https://allowed.test:8443/echo-h2; echo; echo "PH2=$H2_KEY"`,
+    ["--secret", "H2_KEY=REAL_KEY2@allowed.test"]);
   assert.equal(r.code, 0, r.stderr);
   const ph = /PH=(moat-ph-[a-z0-9]{24})/.exec(r.stdout)?.[1];
   assert.ok(ph, r.stdout);
-  assert.doesNotMatch(r.stdout, new RegExp(VALUE), `the guest received the value:\n${r.stdout}`);
+  assert.doesNotMatch(r.stdout, new RegExp(`${VALUE}|${VALUE2}`), `the guest received a value:\n${r.stdout}`);
   assert.match(r.stdout, new RegExp(`access-control-allow-origin: https://${ph}\\.example`, "i"), "the reflected header carries the placeholder");
   assert.match(r.stdout, new RegExp(`"Authorization": "Bearer ${ph}"`), "the reflected body carries the placeholder");
   assert.match(r.stdout, /HTTP\/1\.1 403[\s\S]*TRACE/, "TRACE carrying a placeholder is a violation");
+  const ph2 = /PH2=(moat-ph-[a-z0-9]{24})/.exec(r.stdout)?.[1];
+  assert.match(r.stdout, new RegExp(`"x-k":"${ph2}"[^\\n]*\\} 2\\n`), "over HTTP/2 too, the echoed value comes back as the placeholder");
   const seen = lines(frontLog).slice(from);
   assert.equal(seen.filter((x) => x.method === "GET").length, 1);
   assert.match(JSON.stringify(seen), new RegExp(VALUE), "the allowed tenant did get the value");

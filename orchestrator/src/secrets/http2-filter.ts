@@ -50,13 +50,24 @@ export class Http2RequestFilter {
   private dataEnd = false;
   private readonly tails = new Map<number, string>(); // per stream: the last bytes of its DATA, for a placeholder split across frames
   private readonly opened = new Set<number>(); // streams whose request headers were seen (a second block is trailers)
-  private readonly decoder = hpack.decompressor.create({ table: { size: 4096 } });
+  // The guest's encoder table: 4096 bytes (RFC 7541's default) until the guest's own size update,
+  // which may raise it to what the server allowed, capped here at 64 KiB (more is refused).
+  private readonly decoder = (() => {
+    const d = hpack.decompressor.create({ table: { maxSize: 65536 } });
+    d.updateTableSize(4096);
+    return d;
+  })();
   private readonly scanner: PlaceholderScanner;
   private readonly allowed: Secret[];
   private readonly sni: string | undefined;
   private readonly tailLen: number;
-  /** Whether any value was put into a request on this connection (its responses are scrubbed). */
+  /** Whether any value was put into a request on this connection. */
   substituted = false;
+
+  /** Whether a value may be substituted on this connection (its responses are then scrubbed). */
+  get substituting(): boolean {
+    return this.allowed.length > 0;
+  }
 
   constructor(secrets: readonly Secret[], private readonly ctx: FilterContext) {
     this.sni = ctx.sni;

@@ -85,7 +85,7 @@ export class Http2ResponseScrubber {
   constructor(secrets: readonly Secret[], options: Http2ScrubOptions = {}) {
     this.values = new SecretValues(secrets);
     this.whole = new ValueScanner(this.values);
-    this.decoder = hpack.decompressor.create({ table: { maxSize: options.maxTableSize ?? 65536 } } as unknown as { table: { size: number } });
+    this.decoder = hpack.decompressor.create({ table: { maxSize: options.maxTableSize ?? 65536 } });
     // The server's encoder starts at the protocol's default; its size updates arrive in its blocks.
     (this.decoder as unknown as { updateTableSize(n: number): void }).updateTableSize(4096);
   }

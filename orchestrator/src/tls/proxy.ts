@@ -29,10 +29,13 @@ import type { CertificateAuthority } from "./ca.js";
 import { matchesPattern } from "./setup.js";
 import { RequestFilter, forbidden, forbiddenText, refusedHttp, type Violation, type Refusal, type FilterContext } from "../secrets/http-filter.js";
 import { Http2RequestFilter, forbiddenH2, type H2Result } from "../secrets/http2-filter.js";
+import { ResponseScrubber, type ScrubResult } from "../secrets/response-filter.js";
+import { Http2ResponseScrubber } from "../secrets/http2-response-filter.js";
+import type { ValueFound } from "../secrets/value-scanner.js";
 import type { Secret } from "../secrets/secrets.js";
 
 export interface TlsEvent {
-  kind: "tls-sni-denied" | "tls-upstream-failed" | "tls-bad-hello" | "http-refused";
+  kind: "tls-sni-denied" | "tls-upstream-failed" | "tls-bad-hello" | "http-refused" | "secret-scrubbed" | "response-refused";
   sni: string | undefined;
   destination: string; // ip:port
   detail: string;
@@ -85,6 +88,8 @@ export interface TlsProxyStats {
   upstreamFailed: number;
   /** HTTP requests refused: malformed, ambiguous, or for an authority the domain rule does not bind. */
   httpRefused: number;
+  /** Secret values found in responses and replaced by their placeholders. */
+  scrubbed: number;
 }
 
 // A TLS record: alert (21), version 3.3, length 2: level fatal (2), access_denied (49).
@@ -122,7 +127,7 @@ function upstreamContextFor(extra: readonly string[]): tls.SecureContext {
 export class TlsProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0 };
+  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0 };
 
   constructor(private readonly o: TlsProxyOptions) {
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
@@ -275,7 +280,22 @@ export class TlsProxy {
       authority: bound ? (host) => this.o.checkAuthority!(origin, host) : undefined,
     };
     const filter = chosen === "h2" ? new Http2RequestFilter(secrets, ctx) : new RequestFilter(secrets, ctx);
-    joinFiltered(guest, upstream, filter, chosen === "h2", {
+    // Where a value may go up, what comes down is scrubbed of it (an API reflecting a header, an
+    // echo endpoint): the guest never holds a real value.
+    let scrubber: ResponseScrubber | Http2ResponseScrubber | undefined;
+    if (filter.substituting) {
+      if (chosen === "h2") scrubber = new Http2ResponseScrubber(secrets);
+      else {
+        const s1 = (scrubber = new ResponseScrubber(secrets));
+        ctx.onRequest = (method, http10) => s1.request(method, http10);
+      }
+    }
+    joinFiltered(guest, upstream, filter, chosen === "h2", scrubber, {
+      scrubbed: (found) => {
+        this.stats.scrubbed += found.length;
+        for (const f of found) this.o.onEvent?.({ kind: "secret-scrubbed", sni, destination: dest(origin), detail: `the value of secret ${f.secret.env} (${f.form}) in a response was replaced by its placeholder` });
+      },
+      responseRefused: (why) => this.o.onEvent?.({ kind: "response-refused", sni, destination: dest(origin), detail: why }),
       violation: (v) => this.o.onViolation?.(v, dest(origin)),
       refusal: (r) => {
         this.stats.httpRefused++;
@@ -461,6 +481,9 @@ class H2FrameEdge {
 interface FilterEvents {
   violation(v: Violation): void;
   refusal(r: Refusal): void;
+  scrubbed(found: ValueFound[]): void;
+  /** A response the scrubber could not judge: the connection was closed. */
+  responseRefused(why: string): void;
 }
 
 /**
@@ -469,7 +492,8 @@ interface FilterEvents {
  * request's bytes reach it; an HTTP client gets a status saying why (HTTP/2: on its stream, after
  * the server's frame in flight), any other stream a reset.
  */
-function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter | Http2RequestFilter, h2: boolean, events: FilterEvents): void {
+function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter | Http2RequestFilter, h2: boolean,
+  scrubber: ResponseScrubber | Http2ResponseScrubber | undefined, events: FilterEvents): void {
   const edge = h2 ? new H2FrameEdge() : undefined;
   let stopped = false;
   let answer: Buffer | undefined; // what the guest gets once the server's current frame is through
@@ -485,19 +509,60 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     else guest.destroy();
   };
   let draining = false; // HTTP/1.1 refusal: the answers to requests already sent come first
-  upstream.on("data", (chunk: Buffer) => {
+  // The server's bytes, scrubbed of secret values where a value may have gone up (what is held
+  // back while it could be the start of one goes after a short pause of the server's).
+  let idleTimer: NodeJS.Timeout | undefined;
+  const scrubbed = (r: ScrubResult): Buffer | null => {
+    if (r.scrubbed.length) events.scrubbed(r.scrubbed);
+    const out = r.out.length === 1 ? r.out[0]! : Buffer.concat(r.out);
+    if (r.error) {
+      // Bytes it cannot judge never reach the guest.
+      events.responseRefused(r.error);
+      if (out.length) guest.write(out);
+      stopped = true;
+      resetUpstream();
+      guest.destroy();
+      return null;
+    }
+    if (r.close) {
+      if (out.length) guest.write(out);
+      stopped = true;
+      upstream.destroy();
+      guest.end();
+      return null;
+    }
+    return out;
+  };
+  const fromServer = (chunk: Buffer): Buffer | null => {
+    if (!scrubber) return chunk;
+    clearTimeout(idleTimer);
+    const out = scrubbed(scrubber.push(chunk));
+    idleTimer = setTimeout(() => {
+      if (guest.destroyed || stopped) return;
+      const rest = scrubbed(scrubber.idle());
+      if (rest?.length) { edge?.relay(rest); guest.write(rest); }
+    }, 50);
+    idleTimer.unref();
+    return out;
+  };
+  upstream.on("data", (raw: Buffer) => {
     if (draining) {
-      guest.write(chunk);
+      const c = fromServer(raw);
+      if (c?.length) guest.write(c);
       return;
     }
     if (stopped) {
       // Relay up to the end of the server's frame in flight, then our answer.
       if (!edge || !answer) return;
-      const n = edge.toBoundary(chunk);
-      guest.write(chunk.subarray(0, n));
+      const c = fromServer(raw);
+      if (!c) return;
+      const n = edge.toBoundary(c);
+      guest.write(c.subarray(0, n));
       if (edge.atBoundary) finish();
       return;
     }
+    const chunk = fromServer(raw);
+    if (!chunk || !chunk.length) return;
     edge?.relay(chunk);
     if (!guest.write(chunk)) {
       upstream.pause();
@@ -505,6 +570,8 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     }
   });
   upstream.on("end", () => {
+    clearTimeout(idleTimer);
+    if (scrubber && (!stopped || draining)) for (const b of scrubber.end()) if (b.length) guest.write(b);
     if (draining) finish();
     else if (!stopped) guest.end();
   });

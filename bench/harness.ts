@@ -89,3 +89,21 @@ export function printTable(t: string[][]): void {
   const w = t[0]!.map((_, i) => Math.max(...t.map((row) => row[i]!.length)));
   for (const row of t) console.log(row.map((c, i) => c.padEnd(w[i]!)).join("  "));
 }
+
+/**
+ * The network namespace of the sandbox that moat process `pid` created, read from its slot lease
+ * (never "the first moat namespace there is": a concurrent run would be measured by mistake).
+ */
+export async function sandboxNetns(pid: number, timeoutMs = 15000): Promise<string> {
+  const { leaseFiles } = await import("../orchestrator/src/sandbox/addressing.js");
+  const { readOwned } = await import("../orchestrator/src/sandbox/ownership.js");
+  const { existsSync } = await import("node:fs");
+  for (const end = Date.now() + timeoutMs; Date.now() < end;) {
+    for (const f of leaseFiles()) {
+      const r = readOwned(f.path);
+      if (r && r.pid === pid && typeof r.netns === "string" && existsSync(`/run/netns/${r.netns}`)) return r.netns;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`moat (pid ${pid}) made no sandbox namespace in ${timeoutMs} ms`);
+}

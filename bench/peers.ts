@@ -21,9 +21,9 @@
 //   - connections per second through the published port (the same loop as outbound)
 // and printed with the ratios moat / each peer.
 import { execFileSync, spawn } from "node:child_process";
-import { readFileSync, existsSync, rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN } from "../test/testbed/world.js";
-import { option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, printTable } from "./harness.js";
+import { option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, printTable, sandboxNetns } from "./harness.js";
 
 const SECONDS = Number(option("time", "5"));
 const ONLY = option("only", "moat,slirp4netns,pasta,veth").split(",");
@@ -70,10 +70,8 @@ const contenders: Contender[] = [
       const p = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "-p", `${IN_IPERF}:5201`, "-p", `${IN_ECHO}:7`,
         "-p", `${NET_HOST}:${NET_IPERF}:5201`, "-p", `${NET_HOST}:${NET_ECHO}:7`, "--", "sleep", "3600"], { stdio: "ignore" });
       try {
-        for (let i = 0; i < 50 && !existsSync("/run/netns/moat-0"); i++) await sleep(100);
+        const ns = await sandboxNetns(p.pid!);
         await sleep(500);
-        const ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
-        if (!ns) throw new Error("moat's sandbox did not appear");
         // nsenter execs the command: the process is moat itself.
         return { pid: p.pid, stop: () => killTree(p), exec: nsExec(ns), inbound: PUBLISHED };
       } catch (e) {

@@ -20,6 +20,7 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 import { CertificateAuthority } from "../orchestrator/src/tls/ca.js";
+import { sandboxNetns } from "./harness.js";
 import { makeCa, makeServerCert } from "../test/testbed/test-pki.js";
 
 const args = process.argv.slice(2);
@@ -92,12 +93,7 @@ try {
     moat = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
       ...(withSecret ? ["--config", `${dir}/secrets.json`] : []),
       "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/moat-ca.pem`, "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
-    let ns: string | undefined;
-    for (let i = 0; i < 100 && !ns; i++) {
-      await sleep(100);
-      ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").map((l) => l.split(" ")[0]!).find((n) => /^moat-\d+$/.test(n));
-    }
-    if (!ns) throw new Error("moat's sandbox did not appear");
+    const ns = await sandboxNetns(moat.pid!);
     await sleep(500);
     // The CA file alone, as for the others (curl parses its CA file on every handshake: the system
     // bundle the sandbox sees by default costs the client ~20 ms a handshake, whoever intercepts).

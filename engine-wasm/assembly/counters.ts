@@ -87,5 +87,5 @@ export const DROP_QUIC = 78; // UDP to an intercepted TLS port (QUIC) while TLS 
 export const TLS_REDIRECTED = 79; // new TCP connections sent to the TLS proxy (intercepted ports and DoT); counted before admission
 export const SECRET_VIOLATIONS = 80; // guest TCP streams reset and UDP datagrams dropped for carrying a secret's placeholder
 export const LINK_MALFORMED = 81; // malformed input from the guest's side of the link (bad descriptor chain, impossible frame length): dropped
-export const LINK_PEERS = 82; // VMMs that connected to a stream or vhost-user link
+export const LINK_PEERS = 82; // VMMs that connected to a stream or vhost-user link, or took up an attached interface (its carrier came up)
 export const COUNTER_COUNT = 83;

@@ -1,9 +1,11 @@
 // addon.cc — the Node-API surface of native-vmm.
 //
-//   openTap(netnsPath, ifname) -> fd          create a TAP device inside a network namespace
+//   openTap(netnsPath, ifname, create) -> fd  create (or, create false, only attach to) a TAP
+//                                             device inside a network namespace
+//   interfaceInfo(ifname) -> {index, mtu, up, running, ethernet, driver}   an interface of ours
 //   new Datapath(memoryU8)                    the data path of one engine (see datapath.cc); the
 //                                             memory's layout is layout.gen.h (gen-layout.mjs)
-//     .attachTap(fd) .attachStream(path) .attachVhostUser(path, mtu)
+//     .attachTap(fd) .attachStream(path) .attachVhostUser(path, mtu) .attachPacket(ifname, mtu)
 //     .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
 //     .listen(id, proto, family, addr16, port, dualStack) -> bound port | -errno   .unlisten(id)
 //
@@ -50,6 +52,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
                        {InstanceMethod("attachTap", &DatapathWrap::AttachTap),
                         InstanceMethod("attachStream", &DatapathWrap::AttachStream),
                         InstanceMethod("attachVhostUser", &DatapathWrap::AttachVhostUser),
+                        InstanceMethod("attachPacket", &DatapathWrap::AttachPacket),
                         InstanceMethod("start", &DatapathWrap::Start),
                         InstanceMethod("pump", &DatapathWrap::Pump),
                         InstanceMethod("flush", &DatapathWrap::Flush),
@@ -178,6 +181,15 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     std::string err;
     return attached(info.Env(), moat::newVhostUserLink(info[0].As<Napi::String>(), info[1].As<Napi::Number>().Uint32Value(), err), err);
   }
+  // attachPacket(ifname, mtu): serve an interface someone else holds from its kernel side.
+  Napi::Value AttachPacket(const Napi::CallbackInfo& info) {
+    if (!dp_ || !info[0].IsString() || !info[1].IsNumber()) {
+      Napi::TypeError::New(info.Env(), "attachPacket(ifname: string, mtu: number)").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    std::string err;
+    return attached(info.Env(), moat::newPacketLink(info[0].As<Napi::String>(), info[1].As<Napi::Number>().Uint32Value(), err), err);
+  }
   Napi::Value attached(Napi::Env env, moat::Link* link, const std::string& err) {
     if (!link) Napi::Error::New(env, err).ThrowAsJavaScriptException();
     else dp_->setLink(link);
@@ -290,12 +302,12 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
 
 Napi::Value OpenTap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
-    Napi::TypeError::New(env, "openTap(netnsPath: string, ifname: string)").ThrowAsJavaScriptException();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsBoolean()) {
+    Napi::TypeError::New(env, "openTap(netnsPath: string, ifname: string, create: boolean)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::string err;
-  int fd = moat::openTapInNetns(info[0].As<Napi::String>(), info[1].As<Napi::String>(), err);
+  int fd = moat::openTapInNetns(info[0].As<Napi::String>(), info[1].As<Napi::String>(), info[2].As<Napi::Boolean>().Value(), err);
   if (fd < 0) {
     Napi::Error e = Napi::Error::New(env, err);
     e.Set("errno", Napi::Number::New(env, -fd));
@@ -305,8 +317,34 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+Napi::Value InterfaceInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "interfaceInfo(ifname: string)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string err;
+  moat::InterfaceInfo i;
+  const int r = moat::interfaceInfo(info[0].As<Napi::String>(), i, err);
+  if (r < 0) {
+    Napi::Error e = Napi::Error::New(env, err);
+    e.Set("errno", Napi::Number::New(env, -r));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("index", Napi::Number::New(env, i.index));
+  o.Set("mtu", Napi::Number::New(env, i.mtu));
+  o.Set("up", Napi::Boolean::New(env, i.up));
+  o.Set("running", Napi::Boolean::New(env, i.running));
+  o.Set("ethernet", Napi::Boolean::New(env, i.ethernet));
+  o.Set("driver", Napi::String::New(env, i.driver));
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTap", Napi::Function::New(env, OpenTap));
+  exports.Set("interfaceInfo", Napi::Function::New(env, InterfaceInfo));
   exports.Set("Datapath", DatapathWrap::Init(env));
   return exports;
 }

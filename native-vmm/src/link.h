@@ -10,6 +10,7 @@
 //   tap           read(2) straight into the slot            write(2) straight from the slot
 //   stream        4-byte BE length + frame, batched reads   framed into a batch, one write per flush
 //   vhost-user    guest TX descriptor chains, copied        guest RX buffers, copied (vhost-user.cc)
+//   attach        an AF_PACKET ring frame, copied            sendmmsg straight from the slots (packet.cc)
 //
 // Malformed input from the guest or its VMM (a frame longer than a slot, an impossible length, a
 // bad descriptor chain) is dropped and counted (LINK_MALFORMED), never fatal. A link whose peer
@@ -100,6 +101,22 @@ Link* newStreamLink(const std::string& path, std::string& err);
 // offering `mtu` (vhost-user.cc). The newest front-end is served; when it goes, device state is
 // reset and the next one is waited for. Returns nullptr with `err`.
 Link* newVhostUserLink(const std::string& path, uint32_t mtu, std::string& err);
+
+// An interface whose other side someone else holds (the TAP a VMM opened, a veth end), served
+// from its kernel side with an AF_PACKET socket (packet.cc); `mtu` is the gateway's (at most the
+// interface's). The interface must exist; it is brought up. Returns nullptr with `err`.
+Link* newPacketLink(const std::string& ifname, uint32_t mtu, std::string& err);
+
+// What moat needs to know of a network interface in the caller's namespace before serving it.
+struct InterfaceInfo {
+  int index = 0;
+  uint32_t mtu = 0;
+  bool up = false, running = false;  // IFF_UP, IFF_RUNNING (a TAP: up and held by a process)
+  bool ethernet = false;             // ARPHRD_ETHER (a TUN device, layer 3, is not)
+  std::string driver;                // ethtool's: "tun" for TAP and TUN, "veth", ...
+};
+// 0, or -errno with `err` (-ENODEV: no such interface).
+int interfaceInfo(const std::string& name, InterfaceInfo& out, std::string& err);
 
 // Listen on a unix stream socket at `path`, mode 0600. A stale socket there (nobody listening) is
 // replaced; anything else there is an error. Returns the non-blocking fd, or -errno with `err`.

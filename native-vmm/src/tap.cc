@@ -7,6 +7,7 @@
 #include "tap.h"
 
 #include <fcntl.h>
+#include <net/if.h>  // before linux/if.h, which then leaves glibc's definitions be
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <sched.h>
@@ -19,7 +20,7 @@
 
 namespace moat {
 
-int openTapInNetns(const std::string& netnsPath, const std::string& ifname, std::string& err) {
+int openTapInNetns(const std::string& netnsPath, const std::string& ifname, bool create, std::string& err) {
   if (ifname.size() >= IFNAMSIZ) {
     err = "interface name '" + ifname + "' is longer than " + std::to_string(IFNAMSIZ - 1) + " characters";
     return -EINVAL;
@@ -41,6 +42,12 @@ int openTapInNetns(const std::string& netnsPath, const std::string& ifname, std:
       }
       close(ns);
     }
+    if (!create && if_nametoindex(ifname.c_str()) == 0) {
+      result = -ENODEV;
+      err = "no TAP device " + ifname + " in " + (netnsPath.empty() ? std::string("this network namespace") : netnsPath) +
+            " (moat attaches to an existing one and creates none)";
+      return;
+    }
     int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
       result = -errno;
@@ -54,8 +61,12 @@ int openTapInNetns(const std::string& netnsPath, const std::string& ifname, std:
     strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
     if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
       result = -errno;
-      err = "cannot create TAP device " + ifname + ": " + strerror(errno) +
-            (errno == EPERM ? " (needs CAP_NET_ADMIN: run as root)" : "");
+      const int e = errno;
+      err = std::string(create ? "cannot create TAP device " : "cannot attach to TAP device ") + ifname + ": " + strerror(e) +
+            (e == EPERM ? " (needs CAP_NET_ADMIN: run as root)"
+             : e == EBUSY ? " (another process holds it, e.g. the VMM: serve it from its kernel side with moat serve --attach " + ifname + ")"
+             : e == EINVAL ? " (it is not a TAP device: for a veth or a TAP that is held, use moat serve --attach " + ifname + ")"
+             : "");
       close(fd);
       return;
     }

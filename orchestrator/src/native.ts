@@ -8,6 +8,8 @@ export interface NativeDatapath {
   attachStream(path: string): void;
   /** Listen at a unix socket path as a vhost-user-net backend offering `mtu` (native-vmm/src/vhost-user.cc). */
   attachVhostUser(path: string, mtu: number): void;
+  /** Serve interface `ifname` (ours, existing) from its kernel side: AF_PACKET (native-vmm/src/packet.cc). */
+  attachPacket(ifname: string, mtu: number): void;
   start(onReady: () => void): void;
   pump(): number;
   flush(): number;
@@ -25,8 +27,24 @@ export interface NativeDatapath {
   close(): void;
 }
 
+/** A network interface of this process's namespace, as native-vmm sees it. */
+export interface InterfaceInfo {
+  index: number;
+  mtu: number;
+  /** IFF_UP; IFF_RUNNING (a TAP: up and held by a process; a veth: its peer up). */
+  up: boolean;
+  running: boolean;
+  /** An Ethernet interface (ARPHRD_ETHER): a TAP or veth is, a TUN device is not. */
+  ethernet: boolean;
+  /** The driver ethtool reports: "tun" (TAP and TUN devices), "veth", ... */
+  driver: string;
+}
+
 export interface NativeModule {
-  openTap(netnsPath: string, ifname: string): number;
+  /** create false: attach to an existing TAP device only (a missing one is an error). */
+  openTap(netnsPath: string, ifname: string, create: boolean): number;
+  /** Throws (with errno; ENODEV: no such interface) when it cannot be looked at. */
+  interfaceInfo(ifname: string): InterfaceInfo;
   Datapath: new (memory: Uint8Array) => NativeDatapath;
 }
 

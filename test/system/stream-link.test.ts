@@ -222,7 +222,7 @@ test("moat serve: a missing or doubled link is a clear error", { skip }, async (
   });
   const none = await run([]);
   assert.equal(none.code, 125);
-  assert.match(none.stderr, /serve: no link given[\s\S]*hint: give exactly one of --vhost-user PATH, --stream PATH, --tap IFNAME/);
+  assert.match(none.stderr, /serve: no link given[\s\S]*hint: give exactly one of --vhost-user PATH, --stream PATH, --attach IFNAME, --tap IFNAME/);
   const two = await run(["--stream", "/tmp/a", "--tap", "tap0"]);
   assert.equal(two.code, 125);
   assert.match(two.stderr, /--stream and --tap both given/);

@@ -66,7 +66,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
 const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
   { name: "stream", kind: "string", metavar: "PATH", help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix,\naddr.path=PATH, server=off): 4-byte length + frame" },
-  { name: "tap", kind: "string", metavar: "IFNAME", help: "attach to the existing TAP device IFNAME (e.g. Firecracker's tap)" },
+  { name: "attach", kind: "string", metavar: "IFNAME", help: "serve interface IFNAME from its kernel side (AF_PACKET): the TAP device a VMM\nholds (Firecracker's host_dev_name, cloud-hypervisor's or QEMU's tap), or\na veth end whose peer is the guest's. It must exist; moat brings it up" },
+  { name: "tap", kind: "string", metavar: "IFNAME", help: "open the existing TAP device IFNAME as its one holder (the kernel side\nis the guest's). It must exist and not be held: a TAP a VMM holds is\n--attach's" },
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
 const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms"].includes(f.name))];
@@ -77,9 +78,9 @@ Usage:
   moat run [OPTIONS] [--] COMMAND [ARGS...]   run COMMAND in a fresh network namespace (or,
                                               with --vm, a QEMU microVM) whose network is
                                               served by moat's engine
-  moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
+  moat serve (--vhost-user PATH | --stream PATH | --attach IFNAME | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
-                                              VMM connects), until SIGTERM
+                                              VMM connects, or holds the TAP), until SIGTERM
   moat cleanup                                remove what moat processes that died left
                                               (namespaces, leases, directories), any pool
   moat --version | --help
@@ -146,7 +147,7 @@ Examples:
   moat run --vm --vm-memory 512 -- sh -c 'uname -r; nslookup example.com'   # a microVM
 `;
 
-const SERVE_HELP = `Usage: moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
+const SERVE_HELP = `Usage: moat serve (--vhost-user PATH | --stream PATH | --attach IFNAME | --tap IFNAME) [OPTIONS]
 
 Serves the network interface of a guest that moat does not run: your own QEMU, cloud-hypervisor
 or Firecracker VM. moat is the guest's whole network, as in \`moat run\`: its gateway answers
@@ -160,6 +161,17 @@ ${flagHelp(SERVE_LINK_FLAGS)}
 The socket is created mode 0600 (whoever connects is the guest's NIC); a stale socket at PATH
 is replaced, anything else there is an error. The guest's addresses are printed at start (one
 /30 of --ipv4-pool; IPv6 by router adverts).
+
+--attach IFNAME: IFNAME is an interface of moat's network namespace: a TAP device (a VMM holds
+its fd; what the guest sends arrives on IFNAME, what moat sends on it goes to the guest) or a
+veth end. Only point-to-point links: anything else (a bridge, a NIC) is refused. Leave IFNAME
+without addresses: moat is the guest's gateway, not the host. Frames are up to IFNAME's MTU,
+which is also the gateway's (given to the guest by DHCP) unless --mtu asks for less; a TAP's
+is 1500 unless raised (ip link set IFNAME mtu 9000, before moat starts). The guest may use
+checksum and TCP segmentation offloads (moat completes and cuts them). When the VMM goes
+away moat keeps serving, and if IFNAME is deleted and created again (a TAP that was not
+persistent, the VMM restarted), the new one is served.
+
 With --secret, the placeholders the guest must be given are printed as NAME=PLACEHOLDER lines on
 stdout; with --tls-intercept, give the guest the CA from --tls-ca-out.
 
@@ -172,7 +184,9 @@ Examples:
     -chardev socket,id=c0,path=/run/vm1.sock,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \\
     -device virtio-net-pci,netdev=n0 ...      # under TCG, QEMU 7.2 needs vectors=0 on the device
   moat serve --stream /run/vm2.sock --net-default-egress deny --net-rule allow@api.example.com:tcp:443
-  moat serve --tap tap0 --audit-log /var/log/vm3-denied.jsonl
+  ip tuntap add dev tap0 mode tap      # Firecracker: "network-interfaces": [{"iface_id": "eth0",
+  moat serve --attach tap0 &           #   "host_dev_name": "tap0"}]; the guest runs a DHCP client
+  moat serve --tap tap1 --audit-log /var/log/vm3-denied.jsonl   # moat holds tap1
 `;
 
 function signalNumber(sig: NodeJS.Signals): number {
@@ -359,11 +373,12 @@ async function cmdServe(args: string[]): Promise<number> {
   const links = SERVE_LINK_FLAGS.filter((f) => flags.has(f.name));
   if (links.length !== 1) {
     throw new ConfigError(links.length ? `serve: --${links[0]!.name} and --${links[1]!.name} both given` : "serve: no link given",
-      "give exactly one of --vhost-user PATH, --stream PATH, --tap IFNAME");
+      "give exactly one of --vhost-user PATH, --stream PATH, --attach IFNAME, --tap IFNAME");
   }
   const value = flags.get(links[0]!.name) as string;
-  const link: LinkSpec = links[0]!.name === "tap" ? { kind: "tap", netnsPath: "", ifname: value }
-    : links[0]!.name === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
+  const kind = links[0]!.name;
+  const link: LinkSpec = kind === "tap" ? { kind: "tap", netnsPath: "", ifname: value } : kind === "attach" ? { kind: "attach", ifname: value }
+    : kind === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
   const served = await serveGateway(runOptions(flags, lists), link);
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);

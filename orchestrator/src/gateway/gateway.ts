@@ -253,8 +253,8 @@ export class Gateway {
         tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
         denyPage: o.denyResponse === "http" ? tlsProxy : undefined,
       };
-      // A vhost-user guest is offered the gateway's MTU.
-      const link: LinkSpec = guest.link.kind === "vhost-user" ? { mtu: o.mtu, ...guest.link } : guest.link;
+      // A vhost-user guest is offered the gateway's MTU; an attached interface carries frames of it.
+      const link: LinkSpec = guest.link.kind === "vhost-user" || guest.link.kind === "attach" ? { mtu: o.mtu, ...guest.link } : guest.link;
       gw.engine = await EngineHost.start(config, link, {
         prepare: (mem) => {
           installPolicy(mem, gw.policy, gw.denyResponse, gw.names, true, o.defaultIngress);

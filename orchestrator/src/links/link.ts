@@ -6,11 +6,13 @@
 //   tap         a TAP device in a network namespace (namespace sandboxes, `moat serve --tap`)
 //   stream      a unix socket a VMM connects to: QEMU -netdev stream, 4-byte BE length + frame
 //   vhost-user  a unix socket a VMM connects to: virtqueues in the guest's shared memory
+//   attach      an interface whose other side someone else holds (the TAP Firecracker opened, a
+//               veth end), served from its kernel side with an AF_PACKET socket (`moat serve --attach`)
 import type { NativeDatapath, NativeModule } from "../native.js";
 import { MoatError } from "../errors.js";
 
 /** Where a link comes from: serialisable, so it can travel to the worker in workerData. */
-export type LinkSpec = TapLinkSpec | StreamLinkSpec | VhostUserLinkSpec;
+export type LinkSpec = TapLinkSpec | StreamLinkSpec | VhostUserLinkSpec | AttachLinkSpec;
 
 export interface TapLinkSpec {
   kind: "tap";
@@ -18,6 +20,8 @@ export interface TapLinkSpec {
   netnsPath: string;
   /** Interface name inside that namespace. */
   ifname: string;
+  /** Create the device when it does not exist (default true); false: a missing one is an error. */
+  create?: boolean;
 }
 
 /** moat listens at `path`; the VMM (QEMU `-netdev stream,server=off,addr.type=unix,addr.path=…`)
@@ -33,6 +37,16 @@ export interface VhostUserLinkSpec {
   kind: "vhost-user";
   path: string;
   /** The MTU the guest is offered (default: the gateway's). */
+  mtu?: number;
+}
+
+/** An existing interface of moat's network namespace whose other side someone else holds: a TAP
+ * device a VMM opened (Firecracker's `host_dev_name`), or a veth end. Frames are read and sent on
+ * its kernel side (native-vmm/src/packet.cc); it is brought up, never created. */
+export interface AttachLinkSpec {
+  kind: "attach";
+  ifname: string;
+  /** The gateway's MTU (at most the interface's; set by the gateway). */
   mtu?: number;
 }
 
@@ -52,6 +66,18 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
       return socketLink(spec, (dp) => dp.attachStream(spec.path));
     case "vhost-user":
       return socketLink(spec, (dp) => dp.attachVhostUser(spec.path, spec.mtu ?? 65520));
+    case "attach":
+      return {
+        spec,
+        attach(datapath: NativeDatapath): void {
+          try {
+            datapath.attachPacket(spec.ifname, spec.mtu ?? 1500);
+          } catch (cause) {
+            const msg = cause instanceof Error ? cause.message : String(cause);
+            throw new MoatError("ERR_LINK", `attach link ${spec.ifname}: ${msg}`, undefined, { cause });
+          }
+        },
+      };
   }
 }
 

@@ -12,7 +12,7 @@ export class TapLink implements Link {
 
   static open(spec: TapLinkSpec, native: NativeModule): TapLink {
     try {
-      return new TapLink(spec, native.openTap(spec.netnsPath, spec.ifname));
+      return new TapLink(spec, native.openTap(spec.netnsPath, spec.ifname, spec.create ?? true));
     } catch (cause) {
       const msg = cause instanceof Error ? cause.message : String(cause);
       throw new MoatError("ERR_LINK", `tap link ${spec.ifname} in ${spec.netnsPath || "this namespace"}: ${msg}`, undefined, { cause });

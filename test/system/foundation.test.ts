@@ -88,7 +88,12 @@ test("the engine keeps serving after a burst of malformed frames from the guest"
   assert.equal(reply, "still-here");
   const c = World.stats(r.stderr);
   const drops = Object.entries(c).filter(([k]) => k.startsWith("DROP_")).reduce((a, [, v]) => a + v, 0);
-  assert.ok(drops >= Number(sent) * 0.9, `only ${drops} of ${sent} malformed frames were counted as drops: ${JSON.stringify(c)}`);
+  // Every malformed frame the engine received is counted as a drop. (On a loaded machine the
+  // kernel's TAP queue may overflow before the engine reads it: those never reach the engine.
+  // The few good frames of the script are ping, ARP and one UDP exchange.)
+  const seen = (c.RX_FRAMES ?? 0) - 20;
+  assert.ok(seen >= Math.min(1000, Number(sent) * 0.2), `the engine saw only ${c.RX_FRAMES} of ${sent} frames: ${JSON.stringify(c)}`);
+  assert.ok(drops >= seen * 0.95, `only ${drops} of the ${seen} malformed frames the engine received were counted as drops: ${JSON.stringify(c)}`);
 });
 
 test("DHCP hands the guest its address (busybox udhcpc)", { skip: skip ?? (existsSync("/bin/busybox") ? undefined : "busybox is not installed") }, async () => {

@@ -194,7 +194,7 @@ test("-p [::]:H with an IPv4 -p of H: IPv4 first serves both (the IPv6 one quiet
   assert.deepEqual(answers, { "udp,127.0.0.1,18086": "udp:hi 127.0.0.1", "udp,::1,18086": "udp:hi ::1" }, stderr);
   assert.doesNotMatch(stderr, /is taken on this machine/);
   const r = await world.moat(["run", "-p", "[::]:18085:8000", "-p", "127.0.0.1:18085:8000", "--", "true"]);
-  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /cannot publish 127\.0\.0\.1:18085\/tcp: this sandbox's \[::\]:18085\/tcp listens on IPv4 too \(dual-stack\)/);
   assert.match(r.stderr, /hint: publish 127\.0\.0\.1:18085\/tcp before \[::\]/);
 });

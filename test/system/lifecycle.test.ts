@@ -124,6 +124,10 @@ for (const how of ["exit", "throw", "sigterm"] as const) {
 // ---- VM sandboxes (QEMU; under TCG, slow: few cases) --------------------------------------------
 
 test("VM: warm-up (the guest image is built once)", { skip: vmSkip, timeout: 600000 }, async () => {
+  // Built here, where the package archive is reachable (the test world has no route off this
+  // machine: on a fresh one, moat could not fetch the guest's kernel from inside it).
+  const { ensureVmImage } = await import("../../orchestrator/src/vm/image.js");
+  await ensureVmImage({ onProgress: () => {} });
   const r = await world.moat(["run", "--vm", "--", "true"], 600000);
   assert.equal(r.code, 0, r.stderr);
 });

@@ -11,7 +11,7 @@
 //                        namespace, a directory, a lease). register() returns the unregistration
 //                        moat calls once it removed the thing itself.
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, writeSync } from "node:fs";
 import { MoatError } from "../errors.js";
 
 let cachedHelper: string | undefined;
@@ -74,11 +74,28 @@ export function register(r: Registration): () => void {
   const j = janitorProcess();
   if (!j) return () => {};
   const id = String(++nextId);
-  j.stdin!.write(`+${id}\t${r.kind}\t${fields.join("\t")}\n`);
+  send(j, `+${id}\t${r.kind}\t${fields.join("\t")}\n`);
   let done = false;
   return () => {
     if (done) return;
     done = true;
-    if (!janitorBroken && j.stdin!.writable) j.stdin!.write(`-${id}\n`);
+    if (!janitorBroken && j.stdin!.writable) send(j, `-${id}\n`);
   };
+}
+
+/**
+ * A line to the janitor, in the pipe before this returns: a stream write is queued for a later
+ * turn of the loop, and a process that exits (a signal's default action, process.exit) in between
+ * loses it — the janitor would never learn of the lease it must remove.
+ */
+function send(j: ChildProcess, line: string): void {
+  const fd = (j.stdin as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd !== undefined && fd >= 0) {
+    try {
+      if (writeSync(fd, line) === Buffer.byteLength(line)) return;
+    } catch {
+      // EAGAIN (a full pipe): queued below
+    }
+  }
+  j.stdin!.write(line);
 }

@@ -7,6 +7,12 @@
       "defines": ["NAPI_VERSION=9", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "cflags_cc!": ["-fno-exceptions"]
+    },
+    {
+      "target_name": "moat-sandbox",
+      "type": "executable",
+      "sources": ["sandbox/moat-sandbox.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -4,8 +4,8 @@
 // QUIC blocking, SNI held to the DNS pins, DoT, concurrency, hostile ClientHellos.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { World, sandboxReadableDir, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
 import { streamHash } from "../testbed/stream-data.js";
 import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
@@ -17,7 +17,7 @@ const MiB = 1 << 20;
 
 before(async () => {
   if (skip) return;
-  dir = mkdtempSync("/tmp/moat-tls-");
+  dir = sandboxReadableDir("moat-tls-");
   makeCa(dir, "world-ca", "world test CA");
   makeCa(dir, "user-ca", "user interception CA");
   makeServerCert(dir, "world-ca", ["DNS:allowed.test", "DNS:other.test", `IP:${WORLD_IP4}`]);
@@ -97,7 +97,7 @@ test("a user's CA intercepts; a key that does not belong to it is an error befor
 
 test("64 MiB download and upload through interception, hash-checked", { skip }, async () => {
   const r = await run(["--tls-intercept", ...trustWorld()],
-    `curl -sS https://allowed.test/bytes/${64 * MiB} | sha256sum; head -c ${64 * MiB} /dev/urandom > ${dir}/up.bin; sha256sum < ${dir}/up.bin; curl -sS --data-binary @${dir}/up.bin https://allowed.test/sink`, 120000);
+    `curl -sS https://allowed.test/bytes/${64 * MiB} | sha256sum; head -c ${64 * MiB} /dev/urandom > /tmp/up.bin; sha256sum < /tmp/up.bin; curl -sS --data-binary @/tmp/up.bin https://allowed.test/sink`, 120000);
   assert.equal(r.code, 0, r.stderr);
   const [down, upLocal, upServer] = r.stdout.trim().split("\n");
   assert.equal(down!.split(" ")[0], streamHash(64 * MiB));

@@ -10,7 +10,7 @@
 // treats as Public. moat is started inside the host namespace, so its host sockets can only
 // reach the world namespace.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { once } from "node:events";
 
 export const WORLD_IP4 = "203.0.113.10";
@@ -36,6 +36,17 @@ export function systemTestSkipReason(): string | undefined {
   if (!existsSync("/dev/net/tun")) return "/dev/net/tun is missing";
   if (!hasTool("ip", "-V")) return "iproute2 (ip) is not installed";
   return undefined;
+}
+
+/**
+ * A fresh directory for files a sandboxed command reads (scripts, data to upload). Not under
+ * /tmp: a namespace sandbox's /tmp is its own empty tmpfs. Readable by all: the sandbox's root is
+ * an unprivileged host uid (nobody when the tests run as root without sudo).
+ */
+export function sandboxReadableDir(prefix: string): string {
+  const dir = mkdtempSync(`/var/tmp/${prefix}`);
+  chmodSync(dir, 0o755);
+  return dir;
 }
 
 /** Whether `cmd ARGS` runs here (a tool a test needs: curl, socat, openssl, ...). */

@@ -1,5 +1,5 @@
 // main.ts — the `moat` command line.
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
@@ -53,6 +53,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
   { name: "secret", kind: "string", metavar: "NAME@HOSTS", repeat: true, help: "NAME[=ENVVAR]@HOST[,HOST...]: the command sees NAME as a placeholder;\nmoat puts the real value (its own environment variable NAME, or ENVVAR)\ninto HTTP headers and Basic auth of requests to HOST (a name or *.suffix)\nover intercepted TLS, where DNS, SNI and Host agree. The placeholder\nheaded anywhere else (another host, DNS names, request bodies; raw,\nbase64, %XX, JSON-escaped) is blocked. Implies --tls-intercept" },
   { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
+  { name: "user", kind: "string", metavar: "UID[:GID]", help: "the host uid (and gid) the sandbox's root is: its processes and whatever\nthey may touch on the host are that uid's. Default: under sudo, the user\nwho ran sudo (SUDO_UID, SUDO_GID), else nobody (65534). Never 0. GID\ndefaults to the uid's primary group. Namespace sandboxes only" },
   { name: "vm", kind: "bool", help: "run COMMAND in a QEMU microVM instead of a namespace: its own kernel and\nfilesystem (moat's initramfs: busybox), its NIC served by moat over\nvhost-user, stdin/stdout/stderr and the exit status carried over\nvirtio-serial. The guest image is built from Debian's packages on first use\n(cached in ~/.cache/moat)" },
   { name: "vm-memory", kind: "int", metavar: "MiB", min: 64, max: 65536, help: "guest RAM (default 256)" },
   { name: "vm-cpus", kind: "int", metavar: "N", min: 1, max: 64, help: "guest vCPUs (default 1)" },
@@ -68,7 +69,7 @@ const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "tap", kind: "string", metavar: "IFNAME", help: "attach to the existing TAP device IFNAME (e.g. Firecracker's tap)" },
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
-const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms"].includes(f.name))];
+const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms", "user"].includes(f.name))];
 
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
@@ -188,7 +189,8 @@ function report(e: unknown): number {
  * the file's policy), then --net-rule rules in front of the preset's own, then the default.
  */
 function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): NetnsSandboxOptions {
-  const file = flags.has("config") ? loadConfigFile(flags.get("config") as string).network ?? {} : {};
+  const config = flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
+  const file = config.network ?? {};
   let preset = flags.get("net") as string | undefined;
   if (flags.get("no-net")) {
     if (preset !== undefined && preset !== "none") throw new ConfigError(`--no-net contradicts --net ${preset}`, "give one of them");
@@ -234,6 +236,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     secrets: [...(file.secrets ?? []), ...(lists.get("secret") ?? []).map(parseSecretFlag)],
     onSecretViolation: (flags.get("secret-violation") as ViolationAction | undefined) ?? file.secretViolation,
     defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
+    user: (flags.get("user") as string | undefined) ?? config.sandbox?.user,
   };
 }
 
@@ -270,6 +273,7 @@ async function cmdRun(args: string[]): Promise<number> {
   const options = runOptions(flags, lists);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
   if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
+  if (flags.has("user") && flags.get("vm")) throw new ConfigError("run: --user is for namespace sandboxes", "a VM's command runs as root of its own kernel: drop --user");
   if (flags.get("vm")) return runInVm(flags, options, rest);
   const sandbox = await NetnsSandbox.create(options);
   reportChosenPorts(sandbox, options);
@@ -431,6 +435,7 @@ function cmdCleanup(): number {
     }
     if (alive) continue;
     execFileSync("ip", ["netns", "del", name]);
+    rmSync(`/etc/netns/${name}`, { recursive: true, force: true }); // what the sandbox saw over /etc
     process.stdout.write(`removed ${name}\n`);
     removed++;
   }

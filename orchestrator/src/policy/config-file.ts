@@ -22,6 +22,9 @@
 //       "defaultIngress": "allow",              // peers on published ports no ingress rule matched
 //       "dns": { "blockDomains": [], "blockDomainSuffixes": [], "nameservers": [], "queryTimeoutMs": 2000,
 //                "rebindProtection": true, "blockedResponse": "nxdomain" }
+//     },
+//     "sandbox": {
+//       "user": "1000:1000"                     // the host uid[:gid] a namespace sandbox's root is
 //     }
 //   }
 import { readFileSync } from "node:fs";
@@ -33,6 +36,7 @@ import type { DnsOptions } from "../gateway/gateway.js";
 import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
+import { parseUser, type SandboxUser } from "../sandbox/containment.js";
 
 /** The config file's "dns" section: the same settings as the library's DnsOptions. */
 export type DnsConfig = DnsOptions;
@@ -53,6 +57,10 @@ export interface MoatConfig {
     secrets?: SecretSpec[];
     secretViolation?: ViolationAction;
   };
+  sandbox?: {
+    /** The host uid and gid a namespace sandbox's root is. */
+    user?: SandboxUser;
+  };
 }
 
 export type Preset = "none" | "public-only" | "allow-all";
@@ -62,7 +70,8 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
   "allow-all": NetworkPolicy.allowAll,
 };
 
-const TOP_KEYS = ["network"] as const;
+const TOP_KEYS = ["network", "sandbox"] as const;
+const SANDBOX_KEYS = ["user"] as const;
 const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
 const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
 const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut"] as const;
@@ -106,6 +115,13 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
 
   const top = object(ctx, json, "", "the top level", TOP_KEYS, `e.g. { "network": { "policy": { "preset": "public-only" } } }`);
   const config: MoatConfig = {};
+  if (top.sandbox !== undefined) {
+    const sb = object(ctx, top.sandbox, "sandbox", "sandbox", SANDBOX_KEYS, `e.g. "sandbox": { "user": "1000:1000" }`);
+    if (sb.user !== undefined) {
+      if (typeof sb.user !== "string") fail("sandbox.user", `is ${describe(sb.user)}, not "UID[:GID]"`, `e.g. "user": "1000:1000"`);
+      config.sandbox = { user: parseUser(sb.user as string, `${source}: sandbox.user`) };
+    }
+  }
   if (top.network === undefined) return config;
 
   const net = object(ctx, top.network, "network", "network", NETWORK_KEYS, `e.g. "network": { "policy": { "preset": "public-only" } }`);

@@ -1,16 +1,22 @@
 // netns-sandbox.ts — the default sandbox: a fresh network namespace whose only NIC is a TAP
-// device served by a moat gateway (DESIGN §9).
+// device served by a moat gateway (DESIGN §9), and whose commands are contained (containment.ts:
+// their own user, PID and mount namespaces, root inside an unprivileged uid outside).
 //
-// Lifecycle: lease an address slot -> create namespace moat-<slot> -> start the gateway, whose
-// engine creates the TAP device `eth0` inside it -> configure the guest side (MAC, MTU, addresses,
-// default routes via the gateway, resolv.conf, the TLS trust bundle) -> run commands in it ->
-// destroy: the gateway drained and stopped, the namespace and its /etc/netns directory deleted,
-// the slot released. destroy() is idempotent and also runs synchronously from process exit
-// handlers (destroySync), so nothing is left behind when moat is interrupted or crashes.
-import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from "node:child_process";
+// Lifecycle: lease an address slot -> write the files the guest sees under /etc (resolv.conf, the
+// TLS trust bundle) in /etc/netns/NAME -> start the holder of the sandbox's namespaces, whose
+// network namespace is bound at /run/netns/NAME -> start the gateway, whose engine creates the TAP
+// device `eth0` inside it -> configure eth0 (MAC, MTU, addresses, default routes via the gateway)
+// -> run commands in it -> destroy: the gateway drained and stopped, the holder killed (and with
+// it every process of the sandbox), the namespace and its /etc/netns directory deleted, the slot
+// released. destroy() is idempotent and also runs synchronously from process exit handlers
+// (destroySync), so nothing is left behind when moat is interrupted or crashes; killed outright,
+// moat takes the sandbox's processes with it (containment.ts), and `moat cleanup` removes the
+// namespace's name.
+import { execFile, execFileSync, type ChildProcess, type StdioOptions } from "node:child_process";
 import { promisify } from "node:util";
 import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { checkNetnsHost, findInPath } from "./host-checks.js";
+import { Containment, sandboxUser } from "./containment.js";
 import { addressesFor, leaseSlot, type SandboxAddresses } from "./addressing.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
@@ -19,8 +25,14 @@ import { GuestSandbox } from "./sandbox.js";
 
 export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/gateway.js";
 
-/** A namespace sandbox takes every gateway option. */
-export type NetnsSandboxOptions = GatewayOptions;
+/** A namespace sandbox takes every gateway option, and who its commands are on the host. */
+export interface NetnsSandboxOptions extends GatewayOptions {
+  /**
+   * The host uid (and gid) the sandbox's root is: { uid, gid } or "UID[:GID]". Default: under
+   * sudo the user who ran it (SUDO_UID), else nobody (65534). Never 0.
+   */
+  user?: { uid: number; gid?: number } | string;
+}
 
 const run = promisify(execFile);
 
@@ -31,6 +43,7 @@ function ipErr(args: string[], e: unknown): MoatError {
 
 export class NetnsSandbox extends GuestSandbox {
   private readonly children = new Set<ChildProcess>();
+  private containment: Containment | undefined;
 
   private constructor(
     name: string,
@@ -44,6 +57,7 @@ export class NetnsSandbox extends GuestSandbox {
 
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
+    const user = sandboxUser(options.user);
     const ip = checkNetnsHost();
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
@@ -52,8 +66,9 @@ export class NetnsSandbox extends GuestSandbox {
     try {
       // A namespace of that name can only be left over from a moat that died: remove it.
       if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
-      await sandbox.ip(["netns", "add", name]);
-      await sandbox.ip(["-n", name, "link", "set", "lo", "up"]);
+      // The holder brings lo up and binds what is in etcDir over /etc inside.
+      const etcDir = sandbox.writeEtc();
+      sandbox.containment = await Containment.start({ user, netnsName: name, etcDir });
       sandbox.gateway = await Gateway.start(o, {
         name,
         addresses,
@@ -71,46 +86,64 @@ export class NetnsSandbox extends GuestSandbox {
     }
   }
 
-  /** Kill every process in the sandbox's network namespace (the command and all it started). */
+  /** Kill every process of the sandbox (the commands and all they started) at once. */
   private killAll(): void {
     for (const c of this.children) c.kill("SIGKILL");
-    try {
-      const pids = execFileSync(this.ipPath, ["netns", "pids", this.name], { encoding: "utf8" }).split("\n").map(Number).filter((p) => p > 0);
-      for (const pid of pids) {
-        try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
-      }
-    } catch {
-      // the namespace is gone already
-    }
+    this.containment?.kill();
   }
 
-  private async ip(args: string[]): Promise<void> {
+  private async ip(args: string[], input?: string): Promise<void> {
     try {
-      await run(this.ipPath, args);
+      if (input === undefined) {
+        await run(this.ipPath, args);
+        return;
+      }
+      await new Promise<void>((resolve, reject) => {
+        const p = execFile(this.ipPath, args, (e, _stdout, stderr) => e ? reject(Object.assign(e, { stderr })) : resolve());
+        p.stdin!.end(input);
+      });
     } catch (e) {
       throw ipErr(args, e);
     }
   }
 
-  private async configureGuest(): Promise<void> {
-    const a = this.addresses;
-    const n = ["-n", this.name];
-    await this.ip([...n, "link", "set", "eth0", "address", a.guestMac, "mtu", String(this.mtu)]);
-    await this.ip([...n, "addr", "add", `${a.guestIp4}/${a.prefixLen4}`, "dev", "eth0"]);
-    await this.ip([...n, "-6", "addr", "add", `${a.guestIp6}/64`, "dev", "eth0", "nodad"]);
-    await this.ip([...n, "link", "set", "eth0", "up"]);
-    await this.ip([...n, "route", "add", "default", "via", a.gatewayIp4, "dev", "eth0"]);
-    await this.ip([...n, "-6", "route", "add", "default", "via", a.gatewayLl6, "dev", "eth0"]);
-    // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/* for the command it runs.
-    mkdirSync(`/etc/netns/${this.name}`, { recursive: true });
-    writeFileSync(`/etc/netns/${this.name}/resolv.conf`,
-      `# written by moat for sandbox ${this.name}: DNS goes to the gateway\nnameserver ${a.gatewayIp4}\noptions edns0\n`);
-    if (this.options.tls) writeTrustBundle(`/etc/netns/${this.name}`, this.options.tls.ca.certPem);
+  /**
+   * The files the guest sees over /etc (the holder binds each entry of the directory over its
+   * name, as `ip netns exec` does with /etc/netns/NAME): resolv.conf pointing at the gateway and,
+   * with TLS interception, the trust store that holds moat's CA.
+   */
+  private writeEtc(): string {
+    const dir = `/etc/netns/${this.name}`;
+    rmSync(dir, { recursive: true, force: true }); // left by a moat that died
+    mkdirSync(dir, { recursive: true });
+    if (this.options.policy.offline) return dir;
+    writeFileSync(`${dir}/resolv.conf`,
+      `# written by moat for sandbox ${this.name}: DNS goes to the gateway\nnameserver ${this.addresses.gatewayIp4}\noptions edns0\n`);
+    if (this.options.tls) writeTrustBundle(dir, this.options.tls.ca.certPem);
+    return dir;
   }
 
-  /** Run a command inside the sandbox (as `ip netns exec NAME CMD...`). */
+  /** eth0 as the engine expects it: one `ip` process for all of it. */
+  private async configureGuest(): Promise<void> {
+    const a = this.addresses;
+    await this.ip(["-n", this.name, "-batch", "-"], [
+      `link set eth0 address ${a.guestMac} mtu ${this.mtu}`,
+      `addr add ${a.guestIp4}/${a.prefixLen4} dev eth0`,
+      `addr add ${a.guestIp6}/64 dev eth0 nodad`,
+      "link set eth0 up",
+      `route add default via ${a.gatewayIp4} dev eth0`,
+      `route add default via inet6 ${a.gatewayLl6} dev eth0`,
+    ].join("\n") + "\n");
+  }
+
+  /**
+   * Run a command inside the sandbox, contained (containment.ts): root of the sandbox's user
+   * namespace, its own PID namespace and /proc, the host's filesystem read-only. It starts in
+   * this process's working directory where the sandbox's uid can reach it, else in /.
+   */
   spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env): ChildProcess {
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ping -c1 172.30.0.1");
+    if (!this.containment) throw new MoatError("ERR_NETNS", `sandbox ${this.name} is not running`);
     const exe = command[0]!;
     if (!exe.includes("/") ? !findInPath(exe) : !existsSync(exe)) {
       throw new MoatError("ERR_BAD_ARGUMENT", `command not found: ${exe}`, "check the spelling, or give its full path");
@@ -118,7 +151,7 @@ export class NetnsSandbox extends GuestSandbox {
     // Secrets as placeholders; with TLS interception, clients pointed at the bundle that trusts
     // moat's CA (the system path inside the sandbox is that bundle already).
     const childEnv = this.gateway ? this.gateway.commandEnv(env) : env;
-    const child = spawn(this.ipPath, ["netns", "exec", this.name, ...command], { stdio, env: childEnv });
+    const child = this.containment.spawn(command, stdio, childEnv);
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));
     return child;
@@ -128,8 +161,9 @@ export class NetnsSandbox extends GuestSandbox {
     // The namespace's processes are the caller's (the command has ended, or is ending).
   }
 
-  /** @internal Delete the namespace and its /etc/netns directory. */
+  /** @internal Kill the sandbox's processes; delete the namespace and its /etc/netns directory. */
   protected removeGuest(): void {
+    this.containment?.kill();
     try {
       execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
     } catch {

@@ -171,3 +171,53 @@ test("killed outright (SIGKILL), moat takes the sandbox's processes with it", { 
   const c = await world.moat(["cleanup"]);
   assert.equal(c.code, 0, c.stderr);
 });
+
+test("the command's environment is clean: PATH, HOME, TERM, LANG; moat's other variables only when passed with -e", { skip }, async () => {
+  process.env.MOAT_TEST_OUTER = "from-moat";
+  process.env.MOAT_TEST_OTHER = "also-from-moat";
+  const saved = { TERM: process.env.TERM, LANG: process.env.LANG };
+  process.env.TERM = "xterm-test";
+  process.env.LANG = "C.UTF-8";
+  try {
+    const bare = await run("env");
+    assert.equal(bare.code, 0, bare.stderr);
+    const names = bare.stdout.trim().split("\n").map((l) => l.split("=")[0]!).sort();
+    assert.deepEqual(names.filter((n) => !["PWD", "SHLVL", "_", "OLDPWD"].includes(n)), ["HOME", "LANG", "PATH", "TERM"], bare.stdout);
+    assert.match(bare.stdout, /^TERM=xterm-test$/m);
+    assert.match(bare.stdout, new RegExp(`^PATH=${process.env.PATH!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`, "m"));
+
+    const passed = await run("env", ["-e", "MOAT_TEST_OUTER", "-e", "NEW_ONE=a=b c", "-e", "MOAT_TEST_UNSET_HERE", "--env", "HOME=/nowhere"]);
+    assert.equal(passed.code, 0, passed.stderr);
+    assert.match(passed.stdout, /^MOAT_TEST_OUTER=from-moat$/m);
+    assert.match(passed.stdout, /^NEW_ONE=a=b c$/m);
+    assert.match(passed.stdout, /^HOME=\/nowhere$/m);
+    assert.doesNotMatch(passed.stdout, /MOAT_TEST_OTHER|MOAT_TEST_UNSET_HERE/);
+  } finally {
+    for (const k of ["MOAT_TEST_OUTER", "MOAT_TEST_OTHER"]) delete process.env[k];
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  }
+});
+
+test("--env-file gives NAME=VALUE and NAME lines, skips comments; -e wins; a secret's value is never passed", { skip }, async () => {
+  const file = `${dir}/vars.env`;
+  writeFileSync(file, "# a comment\n\nFROM_FILE=one two\n  INDENTED=\"quoted\"\nMOAT_TEST_FROM_ENV\nOVERRIDDEN=file\n");
+  const value = `sk-contained-${randomBytes(12).toString("hex")}`;
+  process.env.MOAT_TEST_FROM_ENV = "env value";
+  process.env.CONTAINED_KEY = value;
+  try {
+    const r = await run("env", ["--env-file", file, "-e", "OVERRIDDEN=flag", "-e", "CONTAINED_KEY", "-e", "COPY=" + value, "--secret", "API_KEY=CONTAINED_KEY@allowed.test"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^FROM_FILE=one two$/m);
+    assert.match(r.stdout, /^INDENTED="quoted"$/m);
+    assert.match(r.stdout, /^MOAT_TEST_FROM_ENV=env value$/m);
+    assert.match(r.stdout, /^OVERRIDDEN=flag$/m);
+    assert.match(r.stdout, /^API_KEY=moat-ph-/m);
+    assert.ok(!r.stdout.includes(value), "a variable holding the secret's value reached the command");
+    const bad = await run("true", ["--env-file", `${dir}/no-such-file`]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--env-file .*no-such-file: cannot read it: ENOENT/);
+  } finally {
+    delete process.env.MOAT_TEST_FROM_ENV;
+    delete process.env.CONTAINED_KEY;
+  }
+});

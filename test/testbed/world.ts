@@ -111,7 +111,7 @@ export class World {
 
   /** Run `moat ARGS...` inside the host namespace; resolves with its exit and output. */
   moat(args: string[], timeoutMs = 60000): Promise<RunResult> {
-    return this.runInHost([process.execPath, MOAT_BIN, ...args], timeoutMs);
+    return this.runInHost([process.execPath, "--", MOAT_BIN, ...args], timeoutMs); // "--": as bin/moat.js's shebang
   }
 
   /**
@@ -144,7 +144,7 @@ export class World {
 
   /** Spawn moat without waiting (for signal tests). */
   spawnMoat(args: string[]): ChildProcess {
-    return spawn("ip", ["netns", "exec", this.host, process.execPath, MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    return spawn("ip", ["netns", "exec", this.host, process.execPath, "--", MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   }
 
   /** The `--stats` counters printed by moat on stderr. */

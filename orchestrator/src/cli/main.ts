@@ -8,7 +8,7 @@ import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError } from "../errors.js";
 import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
-import { loadConfigFile } from "../policy/config-file.js";
+import { loadConfigFile, type MoatConfig } from "../policy/config-file.js";
 import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
@@ -53,6 +53,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
   { name: "secret", kind: "string", metavar: "NAME@HOSTS", repeat: true, help: "NAME[=ENVVAR]@HOST[,HOST...]: the command sees NAME as a placeholder;\nmoat puts the real value (its own environment variable NAME, or ENVVAR)\ninto HTTP headers and Basic auth of requests to HOST (a name or *.suffix)\nover intercepted TLS, where DNS, SNI and Host agree. The placeholder\nheaded anywhere else (another host, DNS names, request bodies; raw,\nbase64, %XX, JSON-escaped) is blocked. Implies --tls-intercept" },
   { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
+  { name: "env", short: "e", kind: "string", metavar: "NAME[=VALUE]", repeat: true, help: "give COMMAND the variable NAME: =VALUE, or without it NAME's value in\nmoat's environment (left out when unset there). COMMAND's environment is\notherwise clean: PATH, HOME, TERM and LANG (a VM: its own PATH and HOME),\nmoat's own variables (placeholders, CA bundle), nothing else of moat's" },
+  { name: "env-file", kind: "string", metavar: "FILE", repeat: true, help: "read variables from FILE: NAME=VALUE or NAME lines as for -e (the value\nis everything after the =, quotes included), # comments, blank lines;\n-e wins over a file, a later file over an earlier one" },
   { name: "user", kind: "string", metavar: "UID[:GID]", help: "the host uid (and gid) the sandbox's root is: its processes and whatever\nthey may touch on the host are that uid's. Default: under sudo, the user\nwho ran sudo (SUDO_UID, SUDO_GID), else nobody (65534). Never 0. GID\ndefaults to the uid's primary group. Namespace sandboxes only" },
   { name: "vm", kind: "bool", help: "run COMMAND in a QEMU microVM instead of a namespace: its own kernel and\nfilesystem (moat's initramfs: busybox), its NIC served by moat over\nvhost-user, stdin/stdout/stderr and the exit status carried over\nvirtio-serial. The guest image is built from Debian's packages on first use\n(cached in ~/.cache/moat)" },
   { name: "vm-memory", kind: "int", metavar: "MiB", min: 64, max: 65536, help: "guest RAM (default 256)" },
@@ -188,8 +190,7 @@ function report(e: unknown): number {
  * The sandbox options from the flags, over the --config file if one was given: the preset (or
  * the file's policy), then --net-rule rules in front of the preset's own, then the default.
  */
-function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): NetnsSandboxOptions {
-  const config = flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
+function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, config: MoatConfig): NetnsSandboxOptions {
   const file = config.network ?? {};
   let preset = flags.get("net") as string | undefined;
   if (flags.get("no-net")) {
@@ -240,6 +241,35 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
   };
 }
 
+/**
+ * The variables asked for COMMAND (config "sandbox.env", then --env-file FILE..., then -e), as
+ * docker reads them: NAME=VALUE literally; a bare NAME takes moat's own value, if it has one.
+ */
+function commandEnv(lists: Map<string, string[]>, fromConfig: Record<string, string> | undefined): Record<string, string> {
+  const env: Record<string, string> = { ...fromConfig };
+  const add = (text: string, where: string) => {
+    const eq = text.indexOf("=");
+    const name = eq < 0 ? text : text.slice(0, eq);
+    if (!/^[^\s=]+$/.test(name)) throw new ConfigError(`${where}: "${text}" is not NAME or NAME=VALUE`, "e.g. -e LOG_LEVEL=debug, or -e HOME to pass moat's own");
+    if (eq >= 0) env[name] = text.slice(eq + 1);
+    else if (process.env[name] !== undefined) env[name] = process.env[name]!;
+  };
+  for (const file of lists.get("env-file") ?? []) {
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (e) {
+      throw new ConfigError(`--env-file ${file}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "give the path of a file of NAME=VALUE lines");
+    }
+    text.split(/\r?\n/).forEach((line, i) => {
+      const l = line.trimStart();
+      if (l !== "" && !l.startsWith("#")) add(l, `--env-file ${file}:${i + 1}`);
+    });
+  }
+  for (const e of lists.get("env") ?? []) add(e, "-e");
+  return env;
+}
+
 /** --tls-* over the config file's tls section; undefined when nothing asks for interception. */
 function tlsOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, file: TlsOptions | undefined): TlsOptions | undefined {
   const ports = lists.get("tls-port")?.map((p) => {
@@ -270,16 +300,18 @@ async function cmdRun(args: string[]): Promise<number> {
   if (rest.length === 0) {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
   }
-  const options = runOptions(flags, lists);
+  const config = flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
+  const options = runOptions(flags, lists, config);
+  const env = commandEnv(lists, config.sandbox?.env);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
   if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
   if (flags.has("user") && flags.get("vm")) throw new ConfigError("run: --user is for namespace sandboxes", "a VM's command runs as root of its own kernel: drop --user");
-  if (flags.get("vm")) return runInVm(flags, options, rest);
+  if (flags.get("vm")) return runInVm(flags, options, rest, env);
   const sandbox = await NetnsSandbox.create(options);
   reportChosenPorts(sandbox, options);
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
-    child = sandbox.spawn(rest);
+    child = sandbox.spawn(rest, "inherit", env);
   } catch (e) {
     await sandbox.destroy();
     if (e instanceof MoatError && e.code === "ERR_BAD_ARGUMENT") {
@@ -359,7 +391,7 @@ async function cmdServe(args: string[]): Promise<number> {
   const value = flags.get(links[0]!.name) as string;
   const link: LinkSpec = links[0]!.name === "tap" ? { kind: "tap", netnsPath: "", ifname: value }
     : links[0]!.name === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
-  const served = await serveGateway(runOptions(flags, lists), link);
+  const served = await serveGateway(runOptions(flags, lists, flags.has("config") ? loadConfigFile(flags.get("config") as string) : {}), link);
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
@@ -380,7 +412,7 @@ async function cmdServe(args: string[]): Promise<number> {
 }
 
 /** `moat run --vm`: the command in a QEMU microVM, with this process's stdio; its exit status. */
-async function runInVm(flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, command: string[]): Promise<number> {
+async function runInVm(flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, command: string[], env: Record<string, string>): Promise<number> {
   const { VmSandbox } = await import("../vm/vm-sandbox.js");
   const sandbox = await VmSandbox.create({
     ...options,
@@ -398,7 +430,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   for (const s of sigs) process.on(s, forward);
   let status: number;
   try {
-    status = await sandbox.run(command, { stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
+    status = await sandbox.run(command, { env, stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
   } catch (e) {
     if (!sandbox.terminatedBy) throw e;
     status = 125; // the VM was killed for a secret violation: said by finishRun

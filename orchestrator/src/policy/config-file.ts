@@ -24,7 +24,8 @@
 //                "rebindProtection": true, "blockedResponse": "nxdomain" }
 //     },
 //     "sandbox": {
-//       "user": "1000:1000"                     // the host uid[:gid] a namespace sandbox's root is
+//       "user": "1000:1000",                    // the host uid[:gid] a namespace sandbox's root is
+//       "env": { "LOG_LEVEL": "debug" }         // variables for the command (besides PATH, HOME, TERM, LANG)
 //     }
 //   }
 import { readFileSync } from "node:fs";
@@ -60,6 +61,8 @@ export interface MoatConfig {
   sandbox?: {
     /** The host uid and gid a namespace sandbox's root is. */
     user?: SandboxUser;
+    /** Variables for the command, over its clean environment (-e and --env-file win). */
+    env?: Record<string, string>;
   };
 }
 
@@ -71,7 +74,7 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
 };
 
 const TOP_KEYS = ["network", "sandbox"] as const;
-const SANDBOX_KEYS = ["user"] as const;
+const SANDBOX_KEYS = ["user", "env"] as const;
 const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
 const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
 const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut"] as const;
@@ -117,9 +120,18 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
   const config: MoatConfig = {};
   if (top.sandbox !== undefined) {
     const sb = object(ctx, top.sandbox, "sandbox", "sandbox", SANDBOX_KEYS, `e.g. "sandbox": { "user": "1000:1000" }`);
+    config.sandbox = {};
     if (sb.user !== undefined) {
       if (typeof sb.user !== "string") fail("sandbox.user", `is ${describe(sb.user)}, not "UID[:GID]"`, `e.g. "user": "1000:1000"`);
-      config.sandbox = { user: parseUser(sb.user as string, `${source}: sandbox.user`) };
+      config.sandbox.user = parseUser(sb.user as string, `${source}: sandbox.user`);
+    }
+    if (sb.env !== undefined) {
+      const env = sb.env as Record<string, unknown>;
+      if (typeof env !== "object" || env === null || Array.isArray(env)) fail("sandbox.env", `is ${describe(sb.env)}, not an object`, `e.g. "env": { "LOG_LEVEL": "debug" }`);
+      for (const [k, v] of Object.entries(env)) {
+        if (!/^[^\s=]+$/.test(k) || typeof v !== "string") fail(`sandbox.env.${k}`, `is ${describe(v)}`, `names without spaces or "=", values strings: "LOG_LEVEL": "debug"`);
+      }
+      config.sandbox.env = { ...env } as Record<string, string>;
     }
   }
   if (top.network === undefined) return config;

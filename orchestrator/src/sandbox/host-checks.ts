@@ -4,8 +4,9 @@ import { accessSync, constants, existsSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { HostRequirementError } from "../errors.js";
 
-export function findInPath(tool: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(delimiter).concat(["/usr/sbin", "/sbin"])) {
+/** Where `tool` is in `path` (default: this process's PATH), or in /usr/sbin or /sbin. */
+export function findInPath(tool: string, path = process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"): string | undefined {
+  for (const dir of path.split(delimiter).concat(["/usr/sbin", "/sbin"])) {
     const p = join(dir, tool);
     try {
       accessSync(p, constants.X_OK);

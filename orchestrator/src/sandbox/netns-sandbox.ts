@@ -36,6 +36,9 @@ export interface NetnsSandboxOptions extends GatewayOptions {
 
 const run = promisify(execFile);
 
+/** A command's PATH where moat has none. */
+const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 function ipErr(args: string[], e: unknown): MoatError {
   const stderr = (e as { stderr?: string }).stderr?.trim();
   return new MoatError("ERR_NETNS", `ip ${args.join(" ")} failed: ${stderr || (e as Error).message}`);
@@ -139,18 +142,18 @@ export class NetnsSandbox extends GuestSandbox {
   /**
    * Run a command inside the sandbox, contained (containment.ts): root of the sandbox's user
    * namespace, its own PID namespace and /proc, the host's filesystem read-only. It starts in
-   * this process's working directory where the sandbox's uid can reach it, else in /.
+   * this process's working directory where the sandbox's uid can reach it, else in /. Its
+   * environment is a clean one (GuestSandbox.commandEnv: this process's PATH, HOME, TERM and
+   * LANG, moat's own variables) with `env` added.
    */
-  spawn(command: string[], stdio: StdioOptions = "inherit", env: NodeJS.ProcessEnv = process.env): ChildProcess {
+  spawn(command: string[], stdio: StdioOptions = "inherit", env: Record<string, string | undefined> = {}): ChildProcess {
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run -- ping -c1 172.30.0.1");
     if (!this.containment) throw new MoatError("ERR_NETNS", `sandbox ${this.name} is not running`);
+    const childEnv = this.commandEnv(env, { PATH: process.env.PATH ?? DEFAULT_PATH, HOME: process.env.HOME ?? "/root" });
     const exe = command[0]!;
-    if (!exe.includes("/") ? !findInPath(exe) : !existsSync(exe)) {
+    if (!exe.includes("/") ? !findInPath(exe, childEnv.PATH) : !existsSync(exe)) {
       throw new MoatError("ERR_BAD_ARGUMENT", `command not found: ${exe}`, "check the spelling, or give its full path");
     }
-    // Secrets as placeholders; with TLS interception, clients pointed at the bundle that trusts
-    // moat's CA (the system path inside the sandbox is that bundle already).
-    const childEnv = this.gateway ? this.gateway.commandEnv(env) : env;
     const child = this.containment.spawn(command, stdio, childEnv);
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));

@@ -49,7 +49,11 @@ export interface VmRunOptions {
   stdin?: Readable | null;
   stdout: Writable;
   stderr: Writable;
-  /** The command's environment (default PATH, HOME); secrets' placeholders are added. */
+  /**
+   * Variables for the command, over its clean environment (the guest's PATH and HOME, this
+   * process's TERM and LANG; GuestSandbox.commandEnv); moat's own (secrets' placeholders, the
+   * trust bundle) are added.
+   */
   env?: Record<string, string>;
   cwd?: string;
 }
@@ -152,9 +156,8 @@ export class VmSandbox extends GuestSandbox {
   run(command: string[], o: VmRunOptions): Promise<number> {
     if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
-    const base = o.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" };
-    const env = this.gateway ? this.gateway.commandEnv(base) : base;
-    return this.vm.exec(command, { env: env as Record<string, string>, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout, stderr: o.stderr });
+    const env = this.commandEnv(o.env ?? {}, { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" });
+    return this.vm.exec(command, { env, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout, stderr: o.stderr });
   }
 
   /** Deliver a signal to the running command. */

@@ -9,6 +9,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { World, WORLD_IP4, WORLD_IP6, HOSTS, systemTestSkipReason, hasTool, type RunResult } from "../testbed/world.js";
 import { streamHash } from "../testbed/stream-data.js";
+import { existsSync } from "node:fs";
 
 const skip = systemTestSkipReason() ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
 const MIB64 = 64 << 20;
@@ -52,7 +53,7 @@ before(async () => {
     ["private", `echo x | nc -w 3 ${HOSTS.private} 9001`],
     ["metadata", `echo x | nc -w 3 ${HOSTS.metadata} 80`],
     ["stdout", "echo to-stdout; echo to-stderr >&2"],
-    ["trust", "head -1 /etc/ssl/certs/ca-certificates.crt; echo SSL_CERT_FILE=$SSL_CERT_FILE"],
+    ["trust", "head -1 /etc/ssl/certs/ca-certificates.crt; echo SSL_CERT_FILE=$SSL_CERT_FILE; grep -c BEGIN /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/moat-interception-ca.pem"],
     ["secret", "echo TOKEN=$MOAT_VM_TEST_TOKEN; env | grep -c vm-test-secret-value"],
     ["env", "env | cut -d= -f1 | sort | tr '\\n' ' '; echo; echo PASSED=$MOAT_VM_PASSED"],
   ], 3);
@@ -120,6 +121,10 @@ test("public-only stops private and metadata addresses", { skip }, () => {
 
 test("TLS interception and secrets work in a VM: the guest trusts moat's CA, the command sees a placeholder", { skip }, () => {
   assert.match(ok(vhost, "trust"), /-----BEGIN CERTIFICATE-----\nSSL_CERT_FILE=\/etc\/ssl\/certs\/ca-certificates\.crt/);
+  // The bundle: the distribution's CA set and moat's CA (where the host has the set); moat's CA alone in its file.
+  const count = (file: string) => Number(new RegExp(`${file}:(\\d+)`).exec(ok(vhost, "trust"))?.[1]);
+  assert.ok(count("ca-certificates.crt") > (existsSync("/usr/share/ca-certificates/mozilla") ? 1 : 0), ok(vhost, "trust"));
+  assert.equal(count("moat-interception-ca.pem"), 1);
   assert.match(ok(vhost, "secret"), /TOKEN=moat-ph-[A-Za-z0-9]+\n0\n/, "the value is nowhere in the guest's environment");
 });
 

@@ -51,6 +51,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "tls-upstream-ca", kind: "string", metavar: "FILE", repeat: true, help: "also trust this CA (PEM) for upstream servers, besides the host's roots" },
   { name: "tls-no-verify-upstream", kind: "bool", help: "do not verify upstream servers' certificates" },
   { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
+  { name: "tls-trust-host-cas", kind: "bool", help: "the sandbox trusts this host's whole CA store besides moat's CA. Default:\nthe distribution's CA set (Debian: /usr/share/ca-certificates/mozilla)\nand moat's CA, not CAs added on the host (/usr/local/share/ca-certificates):\nwith this, a CA planted on the host is trusted in every sandbox" },
   { name: "secret", kind: "string", metavar: "NAME@HOSTS", repeat: true, help: "NAME[=ENVVAR]@HOST[,HOST...]: the command sees NAME as a placeholder;\nmoat puts the real value (its own environment variable NAME, or ENVVAR)\ninto HTTP headers and Basic auth of requests to HOST (a name or *.suffix)\nover intercepted TLS, where DNS, SNI and Host agree. The placeholder\nheaded anywhere else (another host, DNS names, request bodies; raw,\nbase64, %XX, JSON-escaped) is blocked. Implies --tls-intercept" },
   { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
   { name: "env", short: "e", kind: "string", metavar: "NAME[=VALUE]", repeat: true, help: "give COMMAND the variable NAME: =VALUE, or without it NAME's value in\nmoat's environment (left out when unset there). COMMAND's environment is\notherwise clean: PATH, HOME, TERM and LANG (a VM: its own PATH and HOME),\nmoat's own variables (placeholders, CA bundle), nothing else of moat's" },
@@ -287,6 +288,7 @@ function tlsOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     ...(lists.get("tls-upstream-ca") ? { upstreamCa: [...(file?.upstreamCa ?? []), ...lists.get("tls-upstream-ca")!] } : {}),
     ...(flags.get("tls-no-verify-upstream") ? { verifyUpstream: false } : {}),
     ...(flags.get("tls-no-block-quic") ? { blockQuic: false } : {}),
+    ...(flags.get("tls-trust-host-cas") ? { trustHostCas: true } : {}),
   };
   return Object.keys(o).length ? o : undefined;
 }

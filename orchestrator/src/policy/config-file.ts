@@ -77,7 +77,7 @@ const TOP_KEYS = ["network", "sandbox"] as const;
 const SANDBOX_KEYS = ["user", "env"] as const;
 const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
 const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
-const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut"] as const;
+const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut", "trustHostCas"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
 const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
 const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
@@ -156,7 +156,7 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
   if (net.tls !== undefined) {
     const t = object(ctx, net.tls, "network.tls", "network.tls", TLS_KEYS, `e.g. "tls": { "intercept": true, "bypass": ["*.pinned.example"] }`);
     const tlsOut: TlsOptions = {};
-    for (const k of ["intercept", "verifyUpstream", "blockQuic"] as const) {
+    for (const k of ["intercept", "verifyUpstream", "blockQuic", "trustHostCas"] as const) {
       if (t[k] !== undefined) {
         if (typeof t[k] !== "boolean") fail(`network.tls.${k}`, `is ${describe(t[k])}, not true or false`, `e.g. "${k}": true`);
         tlsOut[k] = t[k] as boolean;

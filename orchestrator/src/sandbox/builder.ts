@@ -37,6 +37,8 @@ export class TlsBuilder {
   verifyUpstream(enabled: boolean): this { this.options.verifyUpstream = enabled; return this; }
   blockQuic(enabled: boolean): this { this.options.blockQuic = enabled; return this; }
   caOut(path: string): this { this.options.caOut = path; return this; }
+  /** The guest trusts the host's whole CA store besides moat's CA (default: the distribution's CA set and moat's CA). */
+  trustHostCas(enabled = true): this { this.options.trustHostCas = enabled; return this; }
 }
 import type { DenyResponse } from "../policy/compile.js";
 import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";

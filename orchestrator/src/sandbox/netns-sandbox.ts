@@ -20,7 +20,7 @@ import { Containment, sandboxUser } from "./containment.js";
 import { addressesFor, leaseSlot, type SandboxAddresses } from "./addressing.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
-import { writeTrustBundle } from "../tls/setup.js";
+import { writeTrustBundle, hasDistroCas, HOST_TRUST } from "../tls/setup.js";
 import { GuestSandbox } from "./sandbox.js";
 
 export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/gateway.js";
@@ -122,7 +122,11 @@ export class NetnsSandbox extends GuestSandbox {
     if (this.options.policy.offline) return dir;
     writeFileSync(`${dir}/resolv.conf`,
       `# written by moat for sandbox ${this.name}: DNS goes to the gateway\nnameserver ${this.addresses.gatewayIp4}\noptions edns0\n`);
-    if (this.options.tls) writeTrustBundle(dir, this.options.tls.ca.certPem);
+    const tls = this.options.tls;
+    if (tls) {
+      if (!tls.trustHostCas && !hasDistroCas()) this.options.onWarning(`no distribution CA set at ${HOST_TRUST.distroDir}: sandbox ${this.name} trusts moat's CA alone (--tls-trust-host-cas: the host's store besides)`);
+      writeTrustBundle(dir, tls.ca.certPem, tls.trustHostCas);
+    }
     return dir;
   }
 

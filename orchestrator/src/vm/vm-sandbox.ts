@@ -20,7 +20,7 @@ import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from
 import { GuestSandbox } from "../sandbox/sandbox.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
-import { GUEST_TRUST } from "../tls/setup.js";
+import { GUEST_TRUST, MOAT_CA_MARKER, trustBundle, type ValidTls } from "../tls/setup.js";
 import { startVm, qemuValue, type Vm, type VmAccel } from "./qemu.js";
 import { VmError } from "./vm-error.js";
 
@@ -119,7 +119,7 @@ export class VmSandbox extends GuestSandbox {
       const ready = await sandbox.vm.ready;
       sandbox.bootMs = ready.bootMs;
       if (!o.policy.offline) await sandbox.configureIpv6();
-      if (o.tls) await sandbox.installTrust(o.tls.ca.certPem);
+      if (o.tls) await sandbox.installTrust(o.tls);
       return sandbox;
     } catch (e) {
       await sandbox.destroy({ graceMs: 0 });
@@ -146,10 +146,15 @@ export class VmSandbox extends GuestSandbox {
     if (code !== 0) throw new VmError(`could not ${what} in the VM (status ${code}): ${said.trim()}`);
   }
 
-  /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
-  private async installTrust(pem: string): Promise<void> {
+  /**
+   * With TLS interception, the guest's CA bundle (the image has no roots of its own): the
+   * distribution's CA set, or the host's whole store with trustHostCas, then moat's CA; and
+   * moat's CA alone in its own file.
+   */
+  private async installTrust(tls: ValidTls): Promise<void> {
     const { bundle, caFile } = GUEST_TRUST;
-    await this.guestShell(`mkdir -p ${dirname(bundle)} ${dirname(caFile)} && cat > ${bundle} && cp ${bundle} ${caFile}`, "install moat's CA", Readable.from([pem]));
+    await this.guestShell(`mkdir -p ${dirname(bundle)} ${dirname(caFile)} && cat > ${bundle} && sed -n '/^${MOAT_CA_MARKER}$/,$p' ${bundle} | tail -n +2 > ${caFile}`,
+      "install moat's CA", Readable.from([trustBundle(tls.ca.certPem, tls.trustHostCas)]));
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */

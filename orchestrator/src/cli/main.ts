@@ -99,6 +99,18 @@ userland, eth0 configured by DHCP from the same gateway, IPv6 as below); the pol
 port, TLS and secret options apply to both.
 
 Inside the sandbox:
+  who          (a namespace; a VM's command is root of its own kernel) root, with no
+               privilege on this host: uid 0 inside is an unprivileged uid outside (--user; default: the user who ran sudo, else nobody), with Docker's
+               default capabilities over the sandbox's own namespaces only (none to
+               reconfigure eth0 or undo mounts), no_new_privs, a session of its own
+  processes    its own PID namespace and /proc: only the sandbox's processes (PID 1 is
+               moat's holder); moat's and the host's cannot be seen, signalled or joined
+  files        the host's filesystem read-only, as that uid; /tmp, /run and /dev/shm empty
+               and private to the sandbox (the host's sockets there out of reach); a minimal
+               /dev; /etc/resolv.conf and /etc/ssl moat's. The command starts in the current
+               directory where that uid can reach it, else in /
+  environment  PATH, HOME, TERM and LANG, what -e and --env-file give, and moat's own
+               variables (placeholders, SSL_CERT_FILE & co.); nothing else of moat's
   address      172.30.N.2/30 and fd6d:6f61:7400:N::2/64 (N: a free slot of the pool)
   gateway      172.30.N.1 and fe80::1 — answers ARP, NDP, DHCP, router solicitations and ping
   ports        -p publishes a sandbox port on this machine: connections to it come into
@@ -106,8 +118,9 @@ Inside the sandbox:
                shown to a guest as a source), judged by ingress rules
   TLS          with --tls-intercept (or --secret): port 443 (--tls-port) is terminated by
                moat with a certificate from its CA, which the sandbox trusts (/etc/ssl and
-               SSL_CERT_FILE & co. inside it; the host's store is untouched), and
-               re-originated to the original address, verified
+               SSL_CERT_FILE & co. inside it: the distribution's CA set and moat's CA, not
+               CAs added on this host unless --tls-trust-host-cas; the host's store is
+               untouched), and re-originated to the original address, verified
   secrets      --secret NAME@HOST: the command sees NAME as a placeholder; moat puts the
                value into requests to HOST only, and stops the placeholder anywhere else
   DNS          /etc/resolv.conf points at the gateway. Every query on port 53, to any
@@ -127,7 +140,7 @@ Inside the sandbox:
 Options:
 ${flagHelp(RUN_FLAGS)}
 
-Requirements: Linux, root, /dev/net/tun, iproute2 (\`ip\`).
+Requirements: Linux 5.12 or later with user namespaces, root, /dev/net/tun, iproute2 (\`ip\`).
 
 Examples:
   moat run -- ping -c1 172.30.0.1
@@ -139,6 +152,7 @@ Examples:
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
   moat run --tls-intercept --tls-bypass '*.pinned.example' -- curl https://example.com/
   OPENAI_API_KEY=sk-... moat run --secret OPENAI_API_KEY@api.openai.com -- python3 agent.py
+  sudo moat run -e LOG_LEVEL=debug --env-file agent.env -- python3 agent.py   # runs as you, contained
   moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
   moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
   moat run --vm --vm-memory 512 -- sh -c 'uname -r; nslookup example.com'   # a microVM

@@ -49,6 +49,14 @@
  *     outside its PID namespace (getppid() is 0); nothing of the host's is named in its /proc.
  *     It starts in DIR (resolved inside the sandbox), or in / when DIR is not reachable there.
  *
+ *   moat-sandbox rootless --ppid P -- COMMAND [ARGS...]
+ *     For moat started by an ordinary user: a user namespace of its own in which the user is
+ *     root (uid 0 inside = the user outside, setgroups denied), everything else left as it was
+ *     (the host's network, so moat's sockets are the user's), then COMMAND (moat again) is
+ *     executed in it. There moat creates sandboxes as above, each a user namespace nested in this
+ *     one (its root again the user), opens their TAP devices and configures them: it is root
+ *     over what it created and nothing else. It dies with P (parent-death signal).
+ *
  * Errors before the command runs are reported on stderr as "moat: ..." with exit status 125; a
  * command that cannot be executed exits 127 (not found) or 126 (anything else), as in a shell.
  */
@@ -490,6 +498,29 @@ static int exec_main(int proc_fd, const char *cwd, char **argv) {
   _exit(128 + sig);
 }
 
+/* ---- rootless: moat itself in a user namespace of its own -------------------------------------- */
+
+static int rootless_main(pid_t ppid, char **argv) {
+  uid_t uid = getuid();
+  gid_t gid = getgid();
+  if (unshare(CLONE_NEWUSER) != 0) {
+    int e = errno;
+    fail(EXIT_SETUP, e, "cannot create a user namespace as uid %u%s", (unsigned)uid, e == EPERM || e == ENOSPC || e == EUSERS
+         ? " (unprivileged user namespaces are forbidden or exhausted here: see user.max_user_namespaces, kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)" : "");
+  }
+  char map[64];
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+  if (write_file("/proc/self/setgroups", "deny") != 0 || write_file("/proc/self/uid_map", map) != 0) fail(EXIT_SETUP, errno, "cannot map uid %u to root of moat's user namespace", (unsigned)uid);
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+  if (write_file("/proc/self/gid_map", map) != 0) fail(EXIT_SETUP, errno, "cannot map gid %u to root of moat's user namespace", (unsigned)gid);
+  /* After the credential change, which clears it; exec keeps it. */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail(EXIT_SETUP, errno, "cannot set the parent-death signal");
+  if (getppid() != ppid) _exit(EXIT_SETUP);
+  execvp(argv[0], argv);
+  int e = errno;
+  fail(e == ENOENT ? 127 : 126, e, "%s", argv[0]);
+}
+
 /* ---- arguments --------------------------------------------------------------------------------- */
 
 static unsigned long number(const char *flag, const char *text, unsigned long max) {
@@ -503,7 +534,8 @@ static unsigned long number(const char *flag, const char *text, unsigned long ma
 static void usage(void) __attribute__((noreturn));
 static void usage(void) {
   fail(EXIT_SETUP, 0, "usage: moat-sandbox create --uid U --gid G --ppid P [--netns-name NAME] [--etc DIR]\n"
-                      "       moat-sandbox exec --proc-fd N [--cwd DIR] -- COMMAND [ARGS...]");
+                      "       moat-sandbox exec --proc-fd N [--cwd DIR] -- COMMAND [ARGS...]\n"
+                      "       moat-sandbox rootless --ppid P -- COMMAND [ARGS...]");
 }
 
 int main(int argc, char **argv) {
@@ -533,6 +565,10 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "create")) {
     if (co.uid == (unsigned long)-1 || co.gid == (unsigned long)-1 || co.ppid <= 0 || i != argc) usage();
     return create_main(&co);
+  }
+  if (!strcmp(mode, "rootless")) {
+    if (co.ppid <= 0 || i >= argc) usage();
+    return rootless_main(co.ppid, argv + i);
   }
   if (!strcmp(mode, "exec")) {
     if (proc_fd < 0 || i >= argc) usage();

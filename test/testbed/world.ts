@@ -10,7 +10,7 @@
 // treats as Public. moat is started inside the host namespace, so its host sockets can only
 // reach the world namespace.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { once } from "node:events";
 
 export const WORLD_IP4 = "203.0.113.10";
@@ -26,6 +26,8 @@ export const HOSTS = {
 } as const;
 const repo = new URL("../../../", import.meta.url).pathname;
 export const MOAT_BIN = `${repo}bin/moat.js`;
+/** The ordinary user rootless tests run moat as. */
+export const NOBODY = 65534;
 export const TESTBED_JS = `${repo}dist/test/testbed/`;
 /** The testbed's non-TypeScript helpers (Python servers, frame injectors). */
 export const TESTBED_SRC = `${repo}test/testbed/`;
@@ -140,6 +142,23 @@ export class World {
       const timer = setTimeout(() => { p.kill("SIGKILL"); reject(new Error(`${argv.join(" ")} timed out\n${stderr}`)); }, timeoutMs);
       p.on("exit", (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
     });
+  }
+
+  /**
+   * Run `moat ARGS...` as an ordinary user (nobody) inside the host namespace, so moat runs
+   * rootless (rootless.ts), with exactly `env` (and PATH, HOME, the user's XDG_RUNTIME_DIR).
+   * /dev/net/tun is the same device in mode `tunMode`, bound over the host's node in a mount
+   * namespace of this run alone (`ip netns exec` makes one): the host's node keeps its mode.
+   */
+  moatAsUser(args: string[], o: { env?: Record<string, string>; tunMode?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+    const runtime = mkdtempSync("/tmp/moat-xdg-");
+    chownSync(runtime, NOBODY, NOBODY);
+    chmodSync(runtime, 0o700);
+    const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/nonexistent", XDG_RUNTIME_DIR: runtime, ...o.env };
+    const script = `d=$(mktemp -d /var/tmp/moat-tun-XXXXXX) && mknod "$d/tun" c 10 200 && chmod ${o.tunMode ?? "0666"} "$d/tun" && mount --bind "$d/tun" /dev/net/tun && rm -r "$d" &&
+      exec setpriv --reuid=${NOBODY} --regid=${NOBODY} --clear-groups env -i "$@"`;
+    return this.runInHost(["sh", "-c", script, "sh", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, "--", MOAT_BIN, ...args], o.timeoutMs ?? 60000)
+      .finally(() => rmSync(runtime, { recursive: true, force: true }));
   }
 
   /** Spawn moat without waiting (for signal tests). */

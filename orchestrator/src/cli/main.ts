@@ -13,6 +13,7 @@ import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
 import { serveGateway } from "../gateway/serve.js";
+import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
 import type { LinkSpec } from "../links/link.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -84,6 +85,7 @@ Usage:
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects), until SIGTERM
   moat cleanup                                remove namespaces left by moat processes that died
+                                              (as root: without root none are left)
   moat --version | --help
 
 Run \`moat run --help\` or \`moat serve --help\` for their options.
@@ -140,7 +142,10 @@ Inside the sandbox:
 Options:
 ${flagHelp(RUN_FLAGS)}
 
-Requirements: Linux 5.12 or later with user namespaces, root, /dev/net/tun, iproute2 (\`ip\`).
+Requirements: Linux 5.12 or later with user namespaces, /dev/net/tun, iproute2 (\`ip\`), and
+root; or, run by an ordinary user (moat then runs itself in a user namespace of yours, and the
+sandbox's root is you): unprivileged user namespaces allowed and a /dev/net/tun you can open
+(Debian's default mode 0666). moat says what is missing. --vm needs neither root nor these.
 
 Examples:
   moat run -- ping -c1 172.30.0.1
@@ -316,6 +321,9 @@ async function cmdRun(args: string[]): Promise<number> {
   if (rest.length === 0) {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ping -c1 172.30.0.1");
   }
+  // An ordinary user: moat again, in a user namespace of the user's own (rootless.ts). A VM
+  // needs none: QEMU and vhost-user run as the user.
+  if (!flags.get("vm") && process.getuid?.() !== 0) return reexecRootless(["run", ...args]);
   const config = flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
   const options = runOptions(flags, lists, config);
   const env = commandEnv(lists, config.sandbox?.env);
@@ -462,6 +470,10 @@ function runGraceText(grace: number): string {
 }
 
 function cmdCleanup(): number {
+  if (!hostRoot()) {
+    process.stdout.write("0 namespace(s) removed: without root, a sandbox's namespaces die with its moat and leave no name behind\n");
+    return 0;
+  }
   let removed = 0;
   let names: string[] = [];
   try {

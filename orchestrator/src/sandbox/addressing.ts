@@ -3,13 +3,14 @@
 // The IPv4 pool (default 172.30.0.0/16) is carved into /30s: slot N's gateway is the first usable
 // address, the guest the second. IPv6: slot N gets the /64 <ula48>:N::/64, gateway ::1, guest ::2,
 // and the gateway's link-local address is fe80::1. Slots are leased between concurrent moat
-// processes with exclusive-create lock files under /run/moat/leases (stale ones, whose process
-// has died, are taken over). MACs are derived from the sandbox name, so they are stable.
+// processes with exclusive-create lock files under /run/moat/leases (a rootless moat's under the
+// user's runtime directory: rootless.ts; stale ones, whose process has died, are taken over). MACs are derived from the sandbox name, so they are stable.
 import { createHash } from "node:crypto";
 import { mkdirSync, openSync, closeSync, writeSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ConfigError, MoatError } from "../errors.js";
+import { runtimeDir } from "./rootless.js";
 
 export interface SandboxAddresses {
   slot: number;
@@ -26,7 +27,6 @@ export interface SandboxAddresses {
 
 export const DEFAULT_POOL4 = "172.30.0.0/16";
 export const DEFAULT_ULA48 = "fd6d:6f61:7400::"; // "moat" in the ULA's global ID
-const LEASE_DIR = "/run/moat/leases";
 
 function pidAlive(pid: number): boolean {
   try {
@@ -88,10 +88,11 @@ export function addressesFor(slot: number, name: string, pool4 = DEFAULT_POOL4, 
 /** Lease a free slot of the pool for this process. Returns the slot and a release function. */
 export function leaseSlot(pool4 = DEFAULT_POOL4): { slot: number; release: () => void } {
   const { slots } = parsePool4(pool4);
-  mkdirSync(LEASE_DIR, { recursive: true });
+  const leaseDir = join(runtimeDir(), "leases");
+  mkdirSync(leaseDir, { recursive: true });
   const tag = pool4.replace(/[^0-9a-z]/gi, "_");
   for (let slot = 0; slot < slots; slot++) {
-    const path = join(LEASE_DIR, `${tag}-${slot}`);
+    const path = join(leaseDir, `${tag}-${slot}`);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fd = openSync(path, "wx");

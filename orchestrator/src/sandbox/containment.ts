@@ -61,9 +61,17 @@ function checkUser(u: SandboxUser, what: string): SandboxUser {
 
 /**
  * The host uid a sandbox's root maps to: the one asked for; else, under sudo, the user who ran
- * sudo (SUDO_UID, SUDO_GID); else nobody (65534).
+ * sudo (SUDO_UID, SUDO_GID); else nobody (65534). Rootless (moat run by `rootless`), always that
+ * user: an ordinary user can map no one else.
  */
-export function sandboxUser(asked: { uid: number; gid?: number } | string | undefined, env: NodeJS.ProcessEnv = process.env): SandboxUser {
+export function sandboxUser(asked: { uid: number; gid?: number } | string | undefined, env: NodeJS.ProcessEnv = process.env, rootless?: SandboxUser): SandboxUser {
+  if (rootless) {
+    const u = typeof asked === "string" ? parseUser(asked) : asked;
+    if (u && (u.uid !== rootless.uid || (u.gid !== undefined && u.gid !== rootless.gid))) {
+      throw new ConfigError(`without root the sandbox's root is you (uid ${rootless.uid}, gid ${rootless.gid}): it cannot be uid ${u.uid}`, "drop --user, or run moat as root");
+    }
+    return rootless;
+  }
   if (typeof asked === "string") return parseUser(asked);
   if (asked !== undefined) return checkUser({ uid: asked.uid, gid: asked.gid ?? primaryGroup(asked.uid) ?? asked.uid }, "user");
   const sudoUid = Number(env.SUDO_UID);
@@ -75,7 +83,7 @@ export function sandboxUser(asked: { uid: number; gid?: number } | string | unde
 }
 
 /** The helper binary, built with the native addon. */
-function helperPath(): string {
+export function helperPath(): string {
   const path = new URL("../../../../native-vmm/build/Release/moat-sandbox", import.meta.url).pathname;
   if (!existsSync(path)) {
     throw new MoatError("ERR_MISSING_TOOL", `moat's sandbox helper was not found at ${path}`,
@@ -85,7 +93,11 @@ function helperPath(): string {
 }
 
 export interface ContainmentOptions {
-  user: SandboxUser;
+  /**
+   * The uid and gid the sandbox's root is, as moat's own user namespace names them: the host's
+   * (SandboxUser) when moat is root, 0 (the user) when moat runs rootless.
+   */
+  mapTo: SandboxUser;
   /** Bind the sandbox's network namespace at /run/netns/NAME (root only). */
   netnsName?: string;
   /** A directory whose entries are bound over /etc/ENTRY inside (resolv.conf, ssl). */
@@ -97,7 +109,7 @@ export class Containment {
     private readonly helper: string,
     private readonly supervisor: ChildProcess,
     /** The holder's PID on the host. */
-    readonly holderPid: number,
+    private readonly holderPid: number,
     /** The holder's /proc directory: every command joins the namespaces through it. */
     private procFd: number,
   ) {}
@@ -105,7 +117,7 @@ export class Containment {
   /** Start the holder; resolves once the sandbox's namespaces and mounts are ready. */
   static async start(o: ContainmentOptions): Promise<Containment> {
     const helper = helperPath();
-    const args = ["create", "--uid", String(o.user.uid), "--gid", String(o.user.gid), "--ppid", String(process.pid)];
+    const args = ["create", "--uid", String(o.mapTo.uid), "--gid", String(o.mapTo.gid), "--ppid", String(process.pid)];
     if (o.netnsName) args.push("--netns-name", o.netnsName);
     if (o.etcDir) args.push("--etc", o.etcDir);
     // Nothing of moat's environment reaches the holder (its /proc entries are closed anyway).
@@ -136,6 +148,11 @@ export class Containment {
       throw new MoatError("ERR_NETNS", `the sandbox's holder (pid ${holderPid}) is gone: ${(e as Error).message}`);
     }
     return new Containment(helper, supervisor, holderPid, procFd);
+  }
+
+  /** The sandbox's network namespace, for whoever joins it from outside (the engine, `ip`). */
+  get netnsPath(): string {
+    return `/proc/${this.holderPid}/ns/net`;
   }
 
   /**

@@ -25,8 +25,8 @@ export function checkNetnsHost(): string {
       "run moat on a Linux host or VM");
   }
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
-    throw new HostRequirementError("ERR_NOT_ROOT", "creating a sandbox needs root (network namespaces and TAP devices)",
-      "run it as root, e.g. `sudo moat run -- CMD` (rootless mode is planned)");
+    throw new HostRequirementError("ERR_NOT_ROOT", "creating a namespace sandbox from a program needs root (network namespaces and TAP devices)",
+      "run it as root; `moat run` itself also works as an ordinary user (it runs in a user namespace of yours)");
   }
   if (!existsSync("/dev/net/tun")) {
     throw new HostRequirementError("ERR_NO_TUN", "/dev/net/tun does not exist",

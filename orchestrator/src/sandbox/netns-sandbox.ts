@@ -17,8 +17,10 @@ import { promisify } from "node:util";
 import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { checkNetnsHost, findInPath } from "./host-checks.js";
 import { Containment, sandboxUser } from "./containment.js";
+import { rootlessUser, runtimeDir } from "./rootless.js";
+import { join } from "node:path";
 import { addressesFor, leaseSlot, type SandboxAddresses } from "./addressing.js";
-import { ConfigError, MoatError } from "../errors.js";
+import { ConfigError, HostRequirementError, MoatError } from "../errors.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { writeTrustBundle, hasDistroCas, HOST_TRUST } from "../tls/setup.js";
 import { GuestSandbox } from "./sandbox.js";
@@ -54,28 +56,34 @@ export class NetnsSandbox extends GuestSandbox {
     private readonly options: ValidOptions,
     private readonly ipPath: string,
     releaseSlot: () => void,
+    /** Run by an ordinary user (rootless.ts): nothing is bound on the host, files under the runtime directory. */
+    private readonly rootless: boolean,
   ) {
     super(name, addresses, options.mtu, options.exitGraceMs, releaseSlot);
   }
 
   static async create(options: NetnsSandboxOptions = {}): Promise<NetnsSandbox> {
     const o = validateOptions(options);
-    const user = sandboxUser(options.user);
+    const rootless = rootlessUser();
+    const user = sandboxUser(options.user, process.env, rootless);
     const ip = checkNetnsHost();
+    if (rootless && !findInPath("nsenter")) throw new HostRequirementError("ERR_MISSING_TOOL", "nsenter (util-linux) was not found in PATH", "install it: `apt-get install util-linux`");
     const { slot, release } = leaseSlot(o.ipv4Pool);
     const name = `moat-${slot}`;
     const addresses = addressesFor(slot, name, o.ipv4Pool);
-    const sandbox = new NetnsSandbox(name, addresses, o, ip, release);
+    const sandbox = new NetnsSandbox(name, addresses, o, ip, release, rootless !== undefined);
     try {
       // A namespace of that name can only be left over from a moat that died: remove it.
-      if (existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
-      // The holder brings lo up and binds what is in etcDir over /etc inside.
+      if (!rootless && existsSync(`/run/netns/${name}`)) await sandbox.ip(["netns", "del", name]).catch(() => {});
+      // The holder brings lo up and binds what is in etcDir over /etc inside. Rootless, the
+      // sandbox's root is the user (uid 0 of moat's own user namespace) and nothing is bound on
+      // the host: the namespace is reached through the holder.
       const etcDir = sandbox.writeEtc();
-      sandbox.containment = await Containment.start({ user, netnsName: name, etcDir });
+      sandbox.containment = await Containment.start(rootless ? { mapTo: { uid: 0, gid: 0 }, etcDir } : { mapTo: user, netnsName: name, etcDir });
       sandbox.gateway = await Gateway.start(o, {
         name,
         addresses,
-        link: { kind: "tap", netnsPath: `/run/netns/${name}`, ifname: "eth0" },
+        link: { kind: "tap", netnsPath: sandbox.netnsPath, ifname: "eth0" },
         terminate: () => {
           sandbox.killAll();
           void sandbox.destroy({ graceMs: 0 });
@@ -95,14 +103,26 @@ export class NetnsSandbox extends GuestSandbox {
     this.containment?.kill();
   }
 
+  /** The sandbox's network namespace, for the engine and `ip`. */
+  private get netnsPath(): string {
+    return this.rootless ? this.containment!.netnsPath : `/run/netns/${this.name}`;
+  }
+
+  /** Where the files the guest sees over /etc are written. */
+  private get etcDir(): string {
+    return this.rootless ? join(runtimeDir(), "netns", this.name) : `/etc/netns/${this.name}`;
+  }
+
+  /** `ip ARGS` (rootless: in the sandbox's network namespace, entered by nsenter), `input` its stdin. */
   private async ip(args: string[], input?: string): Promise<void> {
+    const [program, argv] = this.rootless ? [findInPath("nsenter")!, [`--net=${this.netnsPath}`, "--", this.ipPath, ...args]] : [this.ipPath, args];
     try {
       if (input === undefined) {
-        await run(this.ipPath, args);
+        await run(program, argv);
         return;
       }
       await new Promise<void>((resolve, reject) => {
-        const p = execFile(this.ipPath, args, (e, _stdout, stderr) => e ? reject(Object.assign(e, { stderr })) : resolve());
+        const p = execFile(program, argv, (e, _stdout, stderr) => e ? reject(Object.assign(e, { stderr })) : resolve());
         p.stdin!.end(input);
       });
     } catch (e) {
@@ -116,7 +136,7 @@ export class NetnsSandbox extends GuestSandbox {
    * with TLS interception, the trust store that holds moat's CA.
    */
   private writeEtc(): string {
-    const dir = `/etc/netns/${this.name}`;
+    const dir = this.etcDir;
     rmSync(dir, { recursive: true, force: true }); // left by a moat that died
     mkdirSync(dir, { recursive: true });
     if (this.options.policy.offline) return dir;
@@ -130,10 +150,10 @@ export class NetnsSandbox extends GuestSandbox {
     return dir;
   }
 
-  /** eth0 as the engine expects it: one `ip` process for all of it. */
+  /** eth0 as the engine expects it: one `ip` process for all of it (rootless, entered by nsenter). */
   private async configureGuest(): Promise<void> {
     const a = this.addresses;
-    await this.ip(["-n", this.name, "-batch", "-"], [
+    await this.ip(this.rootless ? ["-batch", "-"] : ["-n", this.name, "-batch", "-"], [
       `link set eth0 address ${a.guestMac} mtu ${this.mtu}`,
       `addr add ${a.guestIp4}/${a.prefixLen4} dev eth0`,
       `addr add ${a.guestIp6}/64 dev eth0 nodad`,
@@ -168,14 +188,16 @@ export class NetnsSandbox extends GuestSandbox {
     // The namespace's processes are the caller's (the command has ended, or is ending).
   }
 
-  /** @internal Kill the sandbox's processes; delete the namespace and its /etc/netns directory. */
+  /** @internal Kill the sandbox's processes; delete the namespace's name and its /etc files. */
   protected removeGuest(): void {
     this.containment?.kill();
-    try {
-      execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
-    } catch {
-      // not created, or already gone
+    if (!this.rootless) {
+      try {
+        execFileSync(this.ipPath, ["netns", "del", this.name], { stdio: "ignore" });
+      } catch {
+        // not created, or already gone
+      }
     }
-    rmSync(`/etc/netns/${this.name}`, { recursive: true, force: true });
+    rmSync(this.etcDir, { recursive: true, force: true });
   }
 }

@@ -9,6 +9,7 @@ import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, rmSync, writeFileSync, chownSync, statSync } from "node:fs";
 import { World, sandboxReadableDir, systemTestSkipReason, hasTool, HOSTS } from "../testbed/world.js";
+import { NOBODY } from "../../orchestrator/src/sandbox/containment.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("nsenter", "--version") ? undefined : "nsenter (util-linux) is not installed");
 let world: World;
@@ -86,7 +87,7 @@ test("nsenter into moat's namespaces fails; the command cannot reconfigure or le
 test("the host's filesystem is read-only: root-owned files and the sandbox uid's own files alike", { skip }, async () => {
   const own = `${dir}/owned-by-nobody`;
   writeFileSync(own, "before\n");
-  chownSync(own, 65534, 65534);
+  chownSync(own, NOBODY.uid, NOBODY.gid);
   const before = readFileSync("/etc/hostname", "utf8");
   const r = await run([
     "echo x >> /etc/hostname",
@@ -164,7 +165,7 @@ test("killed outright (SIGKILL), moat takes the sandbox's processes with it", { 
   for (let i = 0; i < 100 && running() < 2; i++) await new Promise((r) => setTimeout(r, 50));
   assert.equal(running(), 2, "the command did not start");
   const uid = statSync(`/proc/${execFileSync("pgrep", ["-f", `^sleep ${marker}$`], { encoding: "utf8" }).split("\n")[0]}`).uid;
-  assert.equal(uid, 65534, "the command runs as nobody on the host");
+  assert.equal(uid, NOBODY.uid, "the command runs as nobody on the host");
   p.kill("SIGKILL");
   for (let i = 0; i < 100 && running() > 0; i++) await new Promise((r) => setTimeout(r, 50));
   assert.equal(running(), 0, "the sandbox's processes outlived moat");

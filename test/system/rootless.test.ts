@@ -8,15 +8,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, readdirSync, rmSync, mkdtempSync, cpSync, chownSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, rmSync, mkdtempSync, cpSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { World, WORLD_IP4, HOSTS, NOBODY, TESTBED_JS, sandboxReadableDir, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { World, WORLD_IP4, HOSTS, TESTBED_JS, sandboxReadableDir, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { NOBODY } from "../../orchestrator/src/sandbox/containment.js";
 import { makeCa, makeServerCert } from "../testbed/test-pki.js";
-import { rootlessProblem } from "../../orchestrator/src/sandbox/rootless.js";
+import { rootlessProblem, REAL_HOST } from "../../orchestrator/src/sandbox/rootless.js";
 import { vmCacheDir } from "../../orchestrator/src/vm/image.js";
 
 // Unprivileged user namespaces must be allowed here (the TAP device is arranged per run).
-const userns = rootlessProblem({ sysctl: (n) => { try { return readFileSync(`/proc/sys/${n.replace(/\./g, "/")}`, "utf8").trim(); } catch { return undefined; } }, tun: () => ({ openable: true, mode: "0666" }) });
+const userns = rootlessProblem({ ...REAL_HOST, tun: () => ({ openable: true, mode: "0666" }) });
 const skip = systemTestSkipReason() ?? (userns ? `unprivileged user namespaces are not allowed here: ${userns.message}` : undefined)
   ?? (hasTool("setpriv", "--version") && hasTool("curl", "--version") && hasTool("dig", "-v") && hasTool("openssl", "version") ? undefined : "setpriv, curl, dig or openssl is missing");
 let world: World;
@@ -66,7 +67,7 @@ test("as an ordinary user: ping the gateway, UDP and TCP (HTTPS) to a world host
   assert.equal(done.code, 0, done.stderr);
   assert.match(done.stdout, /^1\nhello-rootless\nhello over tls \(h2\)\n$/);
   assert.ok(seen.length >= 4, `the run's processes were not seen: ${JSON.stringify(seen)}`);
-  for (const p of seen) assert.equal(p.uid, NOBODY, `process ${p.pid} is uid ${p.uid} on the host`);
+  for (const p of seen) assert.equal(p.uid, NOBODY.uid, `process ${p.pid} is uid ${p.uid} on the host`);
 });
 
 test("as an ordinary user: a denied address stays denied", { skip }, async () => {
@@ -120,7 +121,7 @@ test("as an ordinary user, a /dev/net/tun only root can open is an error that sa
   assert.match(r.stderr, /hint: as root: chmod 0666 \/dev\/net\/tun \(Debian's default/);
   const other = await run(["--user", "1000"], "true");
   assert.equal(other.code, 2);
-  assert.match(other.stderr, new RegExp(`without root the sandbox's root is you \\(uid ${NOBODY}`));
+  assert.match(other.stderr, new RegExp(`without root the sandbox's root is you \\(uid ${NOBODY.uid}`));
 });
 
 const vmSkip = skip ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed");
@@ -129,8 +130,7 @@ test("as an ordinary user, a VM sandbox boots and its guest pings the gateway", 
   const cache = mkdtempSync("/var/tmp/moat-rootless-cache-");
   try {
     if (existsSync(vmCacheDir())) cpSync(vmCacheDir(), `${cache}/vm`, { recursive: true });
-    execFileSync("chown", ["-R", `${NOBODY}:${NOBODY}`, cache]);
-    chownSync(cache, NOBODY, NOBODY);
+    execFileSync("chown", ["-R", `${NOBODY.uid}:${NOBODY.gid}`, cache]);
     const r = await world.moatAsUser(["run", "--vm", "--", "sh", "-c", `ping -c1 -W3 ${gw} >/dev/null && echo pong`], { env: { MOAT_CACHE_DIR: cache }, timeoutMs: 600000 });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, "pong\n");

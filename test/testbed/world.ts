@@ -12,6 +12,7 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { once } from "node:events";
+import { NOBODY } from "../../orchestrator/src/sandbox/containment.js";
 
 export const WORLD_IP4 = "203.0.113.10";
 export const WORLD_IP6 = "2001:db8:77::10";
@@ -26,8 +27,6 @@ export const HOSTS = {
 } as const;
 const repo = new URL("../../../", import.meta.url).pathname;
 export const MOAT_BIN = `${repo}bin/moat.js`;
-/** The ordinary user rootless tests run moat as. */
-export const NOBODY = 65534;
 export const TESTBED_JS = `${repo}dist/test/testbed/`;
 /** The testbed's non-TypeScript helpers (Python servers, frame injectors). */
 export const TESTBED_SRC = `${repo}test/testbed/`;
@@ -152,11 +151,11 @@ export class World {
    */
   moatAsUser(args: string[], o: { env?: Record<string, string>; tunMode?: string; timeoutMs?: number } = {}): Promise<RunResult> {
     const runtime = mkdtempSync("/tmp/moat-xdg-");
-    chownSync(runtime, NOBODY, NOBODY);
+    chownSync(runtime, NOBODY.uid, NOBODY.gid);
     chmodSync(runtime, 0o700);
     const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/nonexistent", XDG_RUNTIME_DIR: runtime, ...o.env };
     const script = `d=$(mktemp -d /var/tmp/moat-tun-XXXXXX) && mknod "$d/tun" c 10 200 && chmod ${o.tunMode ?? "0666"} "$d/tun" && mount --bind "$d/tun" /dev/net/tun && rm -r "$d" &&
-      exec setpriv --reuid=${NOBODY} --regid=${NOBODY} --clear-groups env -i "$@"`;
+      exec setpriv --reuid=${NOBODY.uid} --regid=${NOBODY.gid} --clear-groups env -i "$@"`;
     return this.runInHost(["sh", "-c", script, "sh", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, "--", MOAT_BIN, ...args], o.timeoutMs ?? 60000)
       .finally(() => rmSync(runtime, { recursive: true, force: true }));
   }

@@ -206,6 +206,11 @@ function report(e: unknown): number {
   return 1;
 }
 
+/** The --config file, checked (nothing without the flag). */
+function configFile(flags: Map<string, string | number | boolean>): MoatConfig {
+  return flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
+}
+
 /**
  * The sandbox options from the flags, over the --config file if one was given: the preset (or
  * the file's policy), then --net-rule rules in front of the preset's own, then the default.
@@ -324,7 +329,7 @@ async function cmdRun(args: string[]): Promise<number> {
   // An ordinary user: moat again, in a user namespace of the user's own (rootless.ts). A VM
   // needs none: QEMU and vhost-user run as the user.
   if (!flags.get("vm") && process.getuid?.() !== 0) return reexecRootless(["run", ...args]);
-  const config = flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
+  const config = configFile(flags);
   const options = runOptions(flags, lists, config);
   const env = commandEnv(lists, config.sandbox?.env);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
@@ -415,7 +420,7 @@ async function cmdServe(args: string[]): Promise<number> {
   const value = flags.get(links[0]!.name) as string;
   const link: LinkSpec = links[0]!.name === "tap" ? { kind: "tap", netnsPath: "", ifname: value }
     : links[0]!.name === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
-  const served = await serveGateway(runOptions(flags, lists, flags.has("config") ? loadConfigFile(flags.get("config") as string) : {}), link);
+  const served = await serveGateway(runOptions(flags, lists, configFile(flags)), link);
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);

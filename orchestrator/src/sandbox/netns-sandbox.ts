@@ -11,7 +11,8 @@
 // released. destroy() is idempotent and also runs synchronously from process exit handlers
 // (destroySync), so nothing is left behind when moat is interrupted or crashes; killed outright,
 // moat takes the sandbox's processes with it (containment.ts), and `moat cleanup` removes the
-// namespace's name.
+// namespace's name. Run by an ordinary user (rootless.ts), nothing is bound on the host: the
+// namespace is reached through the holder, the /etc files live in the user's runtime directory.
 import { execFile, execFileSync, type ChildProcess, type StdioOptions } from "node:child_process";
 import { promisify } from "node:util";
 import { mkdirSync, rmSync, writeFileSync, existsSync } from "node:fs";

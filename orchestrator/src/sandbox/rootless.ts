@@ -62,7 +62,8 @@ export interface RootlessHost {
   tun(): { openable: boolean; mode: string };
 }
 
-const realHost: RootlessHost = {
+/** This host, as /proc/sys and /dev say. */
+export const REAL_HOST: RootlessHost = {
   sysctl(name) {
     try { return readFileSync(`/proc/sys/${name.replace(/\./g, "/")}`, "utf8").trim(); } catch { return undefined; }
   },
@@ -79,7 +80,7 @@ const realHost: RootlessHost = {
  * user.max_user_namespaces, Ubuntu's AppArmor restriction) or /dev/net/tun not openable by the
  * user (mode 0600 on some hosts; Debian's default is 0666). Undefined when nothing does.
  */
-export function rootlessProblem(host: RootlessHost = realHost): HostRequirementError | undefined {
+export function rootlessProblem(host: RootlessHost = REAL_HOST): HostRequirementError | undefined {
   if (host.sysctl("kernel.unprivileged_userns_clone") === "0") {
     return new HostRequirementError("ERR_NO_USERNS", "this host forbids unprivileged user namespaces (kernel.unprivileged_userns_clone = 0), which moat needs without root",
       "as root: sysctl -w kernel.unprivileged_userns_clone=1 (persistently: a line in /etc/sysctl.d/), or run moat as root");

@@ -125,8 +125,11 @@ test("the sandbox's root is nobody on the host by default, the sudo user under s
   assert.match(root.stderr, /cannot be the host's root/);
 });
 
-test("the command has no capability beyond its namespaces: no CAP_SYS_ADMIN, no CAP_NET_ADMIN, no_new_privs", { skip }, async () => {
-  const r = await run("grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; umount /proc 2>/dev/null; echo \"umount $?\"");
+test("the command has no capability beyond its namespaces: no CAP_SYS_ADMIN, no CAP_NET_ADMIN, no_new_privs; the mounts cannot be undone", { skip }, async () => {
+  // Also from a user namespace of its own, where it holds every capability: the mounts it was
+  // given come locked, so the host's /proc under the sandbox's stays covered.
+  const r = await run(`grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; umount /proc 2>/dev/null; echo "umount $?"
+    unshare -Urm sh -c 'umount /proc 2>/dev/null || umount -l /proc 2>/dev/null; echo "nested umount $?"; cat /proc/1/comm'`);
   assert.equal(r.code, 0, r.stderr);
   const field = (k: string) => BigInt(`0x${new RegExp(`^${k}:\\s*([0-9a-f]+)`, "m").exec(r.stdout)![1]}`);
   const eff = field("CapEff");
@@ -137,6 +140,7 @@ test("the command has no capability beyond its namespaces: no CAP_SYS_ADMIN, no 
   assert.equal(field("CapAmb"), 0n);
   assert.match(r.stdout, /^NoNewPrivs:\s*1$/m);
   assert.match(r.stdout, /^umount [1-9]/m);
+  assert.match(r.stdout, /^nested umount [1-9]\d*\nmoat-sandbox$/m);
 });
 
 test("/tmp and /run are the sandbox's own: the host's files there are not seen, the sandbox's stay inside", { skip }, async () => {

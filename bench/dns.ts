@@ -20,7 +20,7 @@ const OUTSTANDING = opt("outstanding", "16");
 const skip = systemTestSkipReason() ?? (() => { try { execFileSync("dnsperf", ["-h"], { stdio: "ignore" }); return undefined; } catch { return "dnsperf is not installed (apt-get install dnsperf)"; } })();
 if (skip) { console.error(`dns bench: ${skip}`); process.exit(2); }
 
-const QUERIES = `/tmp/moat-dnsperf-${process.pid}.txt`;
+const QUERIES = `/var/tmp/moat-dnsperf-${process.pid}.txt`; // read inside the sandbox, whose /tmp is its own
 const FWD_PID = `/tmp/moat-dnsmasq-fwd-${process.pid}.pid`;
 // Distinct names, each answered NOERROR with an A record (the world's dnsmasq answers every
 // name under bench.test): a forwarder folds identical questions in flight into one, which would

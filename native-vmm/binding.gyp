@@ -13,6 +13,12 @@
       "type": "executable",
       "sources": ["src/helper.c"],
       "cflags": ["-O2", "-Wall", "-Wextra"]
+    },
+    {
+      "target_name": "moat-sandbox",
+      "type": "executable",
+      "sources": ["sandbox/moat-sandbox.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// install.mjs — the package's `install` script: make sure the native addon (moat_native.node) and
-// moat-helper work on this machine.
+// install.mjs — the package's `install` script: make sure the native addon (moat_native.node),
+// moat-helper and moat-sandbox work on this machine.
 //
 // The package ships both prebuilt for linux-x64 (built by `npm pack` from a checkout, Node-API 9:
 // one build serves every Node version moat supports) and their sources. If the prebuilt ones load
@@ -19,6 +19,7 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const release = join(root, "native-vmm", "build", "Release");
 const addon = join(release, "moat_native.node");
 const helper = join(release, "moat-helper");
+const sandboxHelper = join(release, "moat-sandbox");
 
 if (existsSync(join(root, "engine-wasm", "assembly"))) process.exit(0);
 
@@ -26,6 +27,7 @@ function works() {
   try {
     createRequire(import.meta.url)(addon);
     execFileSync(helper, ["--version"], { stdio: "ignore" });
+    accessSync(sandboxHelper, constants.X_OK);
     return true;
   } catch {
     return false;

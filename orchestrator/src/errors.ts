@@ -4,6 +4,7 @@
 export type MoatErrorCode =
   | "ERR_NOT_ROOT"
   | "ERR_NO_TUN"
+  | "ERR_NO_USERNS"
   | "ERR_MISSING_TOOL"
   | "ERR_BAD_ARGUMENT"
   | "ERR_BAD_CONFIG"
@@ -36,9 +37,9 @@ export class ConfigError extends MoatError {
   }
 }
 
-/** The host lacks something moat needs (root, /dev/net/tun, iproute2). */
+/** The host lacks something moat needs (root, /dev/net/tun, user namespaces, iproute2). */
 export class HostRequirementError extends MoatError {
-  constructor(code: "ERR_NOT_ROOT" | "ERR_NO_TUN" | "ERR_MISSING_TOOL", message: string, hint: string) {
+  constructor(code: "ERR_NOT_ROOT" | "ERR_NO_TUN" | "ERR_NO_USERNS" | "ERR_MISSING_TOOL", message: string, hint: string) {
     super(code, message, hint);
     this.name = "HostRequirementError";
   }

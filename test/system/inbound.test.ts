@@ -4,8 +4,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, rmSync, mkdtempSync, writeFileSync } from "node:fs";
-import { World, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { rmSync, writeFileSync } from "node:fs";
+import { World, sandboxReadableDir, systemTestSkipReason, hasTool } from "../testbed/world.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") ? undefined : "curl is not installed");
 let world: World;
@@ -81,18 +81,16 @@ test("afterwards the flow table and the host sockets are empty", { skip }, () =>
 });
 
 test("moat run -p: a port in use is an error before the command starts", { skip }, async () => {
-  const marker = `/tmp/moat-started-${process.pid}`;
-  rmSync(marker, { force: true });
   // Something listens on 127.0.0.1:18080 in the host namespace first (until teardown).
   await world.startProcess(["python3", "-c", "import socket,time;s=socket.socket();s.bind(('127.0.0.1',18080));s.listen();print('ready',flush=True);time.sleep(600)"], "host");
-  const r = await world.moat(["run", "-p", "18080:80", "--", "touch", marker]);
+  const r = await world.moat(["run", "-p", "18080:80", "--", "echo", "the command ran"]);
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /cannot publish 127\.0\.0\.1:18080\/tcp: the port is already in use/);
-  assert.equal(existsSync(marker), false, "the command ran anyway");
+  assert.equal(r.stdout, "", "the command ran anyway");
 });
 
 test("moat run -p serves curl on the host; a wildcard bind warns", { skip }, async () => {
-  const dir = mkdtempSync("/tmp/moat-http-");
+  const dir = sandboxReadableDir("moat-http-");
   writeFileSync(`${dir}/hello.txt`, "served through -p\n");
   const p = world.spawnMoat(["run", "-p", "0.0.0.0:18081:8000", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", dir, "8000"]);
   let stderr = "";
@@ -152,7 +150,7 @@ print(json.dumps(out))
 
 /** moat run ARGS around the guest servers; the host client's answers for `asks`, and moat's stderr. */
 async function publishAndAsk(args: string[], asks: string[]): Promise<{ answers: Record<string, string>; stderr: string }> {
-  const dir = mkdtempSync("/tmp/moat-dual-");
+  const dir = sandboxReadableDir("moat-dual-");
   writeFileSync(`${dir}/guest.py`, GUEST_SERVERS);
   writeFileSync(`${dir}/client.py`, HOST_CLIENT);
   const p = world.spawnMoat(["run", ...args, "--", "python3", `${dir}/guest.py`]);

@@ -5,8 +5,8 @@
 // request on a connection, not only its SNI; a hostile client must not grow moat without bound.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { World, WORLD_IP4, HOSTS, TESTBED_JS, TESTBED_SRC, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { World, WORLD_IP4, HOSTS, TESTBED_JS, TESTBED_SRC, systemTestSkipReason, hasTool, sandboxReadableDir } from "../testbed/world.js";
 import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") && hasTool("openssl", "version") && hasTool("python3", "--version") ? undefined : "curl, openssl or python3 is not installed");
@@ -23,7 +23,7 @@ let h2Log = "";
 
 before(async () => {
   if (skip) return;
-  dir = mkdtempSync("/tmp/moat-attacks-");
+  dir = sandboxReadableDir("moat-attacks-"); // the sandbox reads its scripts here (its /tmp is its own)
   frontLog = `${dir}/front.jsonl`;
   h2Log = `${dir}/h2.cjsonl`;
   makeCa(dir, "ca", "world test CA");

@@ -4,8 +4,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { World, sandboxReadableDir, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
 import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") && hasTool("openssl", "version") ? undefined : "curl or openssl is not installed");
@@ -17,7 +17,7 @@ let record = "";
 
 before(async () => {
   if (skip) return;
-  dir = mkdtempSync("/tmp/moat-secrets-");
+  dir = sandboxReadableDir("moat-secrets-");
   record = `${dir}/record.jsonl`;
   makeCa(dir, "ca", "world test CA");
   makeServerCert(dir, "ca", ["DNS:allowed.test", "DNS:other.test", `IP:${WORLD_IP4}`]);

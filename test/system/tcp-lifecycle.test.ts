@@ -11,7 +11,7 @@ import { World, WORLD_IP4, TESTBED_JS, TESTBED_SRC, systemTestSkipReason, hasToo
 const skip = systemTestSkipReason() ?? (hasTool("socat", "-V") ? undefined : "socat is not installed");
 const MiB = 1 << 20;
 const RECORD = `/tmp/moat-record-${process.pid}.log`;
-const UPLOAD = `/tmp/moat-upload-${process.pid}.bin`;
+const UPLOAD = `/var/tmp/moat-upload-${process.pid}.bin`; // read inside the sandbox, whose /tmp is its own
 let world: World;
 
 

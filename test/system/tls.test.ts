@@ -4,8 +4,9 @@
 // QUIC blocking, SNI held to the DNS pins, DoT, concurrency, hostile ClientHellos.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { writeFileSync, readFileSync, rmSync, existsSync, readdirSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { World, sandboxReadableDir, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
 import { streamHash } from "../testbed/stream-data.js";
 import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
@@ -17,7 +18,7 @@ const MiB = 1 << 20;
 
 before(async () => {
   if (skip) return;
-  dir = mkdtempSync("/tmp/moat-tls-");
+  dir = sandboxReadableDir("moat-tls-");
   makeCa(dir, "world-ca", "world test CA");
   makeCa(dir, "user-ca", "user interception CA");
   makeServerCert(dir, "world-ca", ["DNS:allowed.test", "DNS:other.test", `IP:${WORLD_IP4}`]);
@@ -68,6 +69,36 @@ test("a bypassed name is spliced untouched: the client sees the world's own cert
   assert.match(r.stdout, /hello over tls/);
 });
 
+/** The SHA-256 fingerprints of every certificate in PEM text. */
+function fingerprints(pem: string): Set<string> {
+  return new Set([...pem.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)].map((m) => new X509Certificate(m[0]).fingerprint256));
+}
+
+const MOZILLA = "/usr/share/ca-certificates/mozilla";
+test("a sandbox that intercepts trusts the distribution's CA set and moat's CA, not CAs added on the host; --tls-trust-host-cas adds the host's store", { skip: skip ?? (existsSync(MOZILLA) ? undefined : `no ${MOZILLA} (Debian's ca-certificates)`) }, async () => {
+  // The distribution's set as update-ca-certificates selected it ("!" deselects), read here.
+  const deselected = new Set(readFileSync("/etc/ca-certificates.conf", "utf8").split("\n").filter((l) => l.startsWith("!mozilla/")).map((l) => l.slice(9).trim()));
+  const distro = fingerprints(readdirSync(MOZILLA).filter((n) => n.endsWith(".crt") && !deselected.has(n)).map((n) => readFileSync(`${MOZILLA}/${n}`, "utf8")).join("\n"));
+  const hostStore = fingerprints(readFileSync("/etc/ssl/certs/ca-certificates.crt", "utf8"));
+  const script = "cat /etc/ssl/certs/ca-certificates.crt; echo @@; cat /etc/ssl/certs/moat-interception-ca.pem; echo @@; ls /etc/ssl/certs | grep -c '^[0-9a-f]*\\.[0-9]$'";
+  for (const trustHost of [false, true]) {
+    const r = await run(["--tls-intercept", ...(trustHost ? ["--tls-trust-host-cas"] : [])], script);
+    assert.equal(r.code, 0, r.stderr);
+    const [bundle, moatCa, hashLinks] = r.stdout.split("@@\n");
+    const inside = fingerprints(bundle!);
+    const moat = [...fingerprints(moatCa!)];
+    assert.equal(moat.length, 1);
+    assert.ok(inside.has(moat[0]!), "moat's CA is in the bundle");
+    inside.delete(moat[0]!);
+    assert.deepEqual([...inside].sort(), [...(trustHost ? hostStore : distro)].sort());
+    if (!trustHost) {
+      const added = [...hostStore].filter((f) => !distro.has(f));
+      for (const f of added) assert.ok(!inside.has(f), `a CA added on the host (${f}) is trusted inside`);
+      assert.ok(Number(hashLinks) >= distro.size, "OpenSSL's hashed links to the distribution's set are there");
+    }
+  }
+});
+
 test("an upstream that fails verification reaches the client as a TLS alert and an audit event; --tls-no-verify-upstream lets it through", { skip }, async () => {
   const audit = `${dir}/audit-verify.jsonl`;
   const r = await run(["--tls-intercept", "--audit-log", audit], "curl -sS https://allowed.test/hello; echo exit=$?");
@@ -97,7 +128,7 @@ test("a user's CA intercepts; a key that does not belong to it is an error befor
 
 test("64 MiB download and upload through interception, hash-checked", { skip }, async () => {
   const r = await run(["--tls-intercept", ...trustWorld()],
-    `curl -sS https://allowed.test/bytes/${64 * MiB} | sha256sum; head -c ${64 * MiB} /dev/urandom > ${dir}/up.bin; sha256sum < ${dir}/up.bin; curl -sS --data-binary @${dir}/up.bin https://allowed.test/sink`, 120000);
+    `curl -sS https://allowed.test/bytes/${64 * MiB} | sha256sum; head -c ${64 * MiB} /dev/urandom > /tmp/up.bin; sha256sum < /tmp/up.bin; curl -sS --data-binary @/tmp/up.bin https://allowed.test/sink`, 120000);
   assert.equal(r.code, 0, r.stderr);
   const [down, upLocal, upServer] = r.stdout.trim().split("\n");
   assert.equal(down!.split(" ")[0], streamHash(64 * MiB));

@@ -9,6 +9,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { World, WORLD_IP4, WORLD_IP6, HOSTS, systemTestSkipReason, hasTool, type RunResult } from "../testbed/world.js";
 import { streamHash } from "../testbed/stream-data.js";
+import { existsSync } from "node:fs";
 
 const skip = systemTestSkipReason() ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
 const MIB64 = 64 << 20;
@@ -43,8 +44,9 @@ before(async () => {
   await world.startServer("tcp-source", 9001);
   await world.startServer("tcp-sink", 9002);
   process.env.MOAT_VM_TEST_TOKEN = "vm-test-secret-value-0123456789";
+  process.env.MOAT_VM_NOT_PASSED = "moat's own";
   vhost = await vmScript(["--dns-nameserver", WORLD_IP4, "--dns-block", "blocked.test", "--deny-response", "reject", "--stats",
-    "--tls-intercept", "--secret", "MOAT_VM_TEST_TOKEN@api.test"], [
+    "--tls-intercept", "--secret", "MOAT_VM_TEST_TOKEN@api.test", "-e", "MOAT_VM_PASSED=yes"], [
     ["addr", "ip -4 addr show dev eth0; ip link show dev eth0; ip route; cat /etc/resolv.conf"],
     ["ping", "ping -c 2 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
     ["ipv6", `ip -6 addr show dev eth0 scope global; ping -6 -c 1 -W 3 fe80::1%eth0 && echo ${1 << 20} | nc ${WORLD_IP6} 9001 | sha256sum`],
@@ -55,8 +57,9 @@ before(async () => {
     ["private", `echo x | nc -w 3 ${HOSTS.private} 9001`],
     ["metadata", `echo x | nc -w 3 ${HOSTS.metadata} 80`],
     ["stdout", "echo to-stdout; echo to-stderr >&2"],
-    ["trust", "head -1 /etc/ssl/certs/ca-certificates.crt; echo SSL_CERT_FILE=$SSL_CERT_FILE"],
+    ["trust", "head -1 /etc/ssl/certs/ca-certificates.crt; echo SSL_CERT_FILE=$SSL_CERT_FILE; grep -c BEGIN /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/moat-interception-ca.pem"],
     ["secret", "echo TOKEN=$MOAT_VM_TEST_TOKEN; env | grep -c vm-test-secret-value"],
+    ["env", "env | cut -d= -f1 | sort | tr '\\n' ' '; echo; echo PASSED=$MOAT_VM_PASSED"],
   ], 3);
   stream = await vmScript(["--vm-link", "stream", "--dns-nameserver", WORLD_IP4], [
     ["ping", "ping -c 1 -W 3 $(ip route | sed -n 's/default via \\([0-9.]*\\).*/\\1/p')"],
@@ -122,7 +125,18 @@ test("public-only stops private and metadata addresses", { skip }, () => {
 
 test("TLS interception and secrets work in a VM: the guest trusts moat's CA, the command sees a placeholder", { skip }, () => {
   assert.match(ok(vhost, "trust"), /-----BEGIN CERTIFICATE-----\nSSL_CERT_FILE=\/etc\/ssl\/certs\/ca-certificates\.crt/);
+  // The bundle: the distribution's CA set and moat's CA (where the host has the set); moat's CA alone in its file.
+  const count = (file: string) => Number(new RegExp(`${file}:(\\d+)`).exec(ok(vhost, "trust"))?.[1]);
+  assert.ok(count("ca-certificates.crt") > (existsSync("/usr/share/ca-certificates/mozilla") ? 1 : 0), ok(vhost, "trust"));
+  assert.equal(count("moat-interception-ca.pem"), 1);
   assert.match(ok(vhost, "secret"), /TOKEN=moat-ph-[A-Za-z0-9]+\n0\n/, "the value is nowhere in the guest's environment");
+});
+
+test("a VM's command gets a clean environment: the guest's PATH and HOME, moat's own variables, and what -e passed", { skip }, () => {
+  const [names, passed] = ok(vhost, "env").trim().split("\n");
+  const expected = ["CURL_CA_BUNDLE", "HOME", "MOAT_VM_PASSED", "MOAT_VM_TEST_TOKEN", "NODE_EXTRA_CA_CERTS", "PATH", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"];
+  assert.deepEqual(names!.trim().split(" ").filter((n) => !["PWD", "SHLVL", "TERM", "LANG"].includes(n)), expected);
+  assert.equal(passed, "PASSED=yes");
 });
 
 test("the stream link serves a VM too: ping, DNS, 8 MiB", { skip }, () => {

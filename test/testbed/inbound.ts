@@ -25,11 +25,12 @@ import { createConnection, type Socket } from "node:net";
 import { createSocket } from "node:dgram";
 import { createHash, randomBytes } from "node:crypto";
 import { execFileSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { writeFileSync, rmSync } from "node:fs";
 import { NetnsSandbox, NetworkPolicy } from "../../orchestrator/src/index.js";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
 import type { DenyEvent } from "../../orchestrator/src/policy/audit.js";
 import { CHUNK, streamHash } from "./stream-data.js";
+import { sandboxReadableDir } from "./world.js";
 
 const MiB = 1 << 20;
 const SERVERS = new URL("./servers.js", import.meta.url).pathname;
@@ -115,7 +116,7 @@ try {
   await guestServer(sb, "tcp-echo", 9003);
   await guestServer(sb, "tcp-reset", 9004);
   await guestServer(sb, "udp-echo", 9006);
-  const dir = mkdtempSync("/tmp/moat-http-");
+  const dir = sandboxReadableDir("moat-http-");
   writeFileSync(`${dir}/hello.txt`, "hello from inside the sandbox\n");
   children.push(sb.spawn(["python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", dir, "8000"], "ignore"));
 

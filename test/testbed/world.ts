@@ -10,8 +10,9 @@
 // treats as Public. moat is started inside the host namespace, so its host sockets can only
 // reach the world namespace.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { once } from "node:events";
+import { NOBODY } from "../../orchestrator/src/sandbox/containment.js";
 
 export const WORLD_IP4 = "203.0.113.10";
 export const WORLD_IP6 = "2001:db8:77::10";
@@ -36,6 +37,17 @@ export function systemTestSkipReason(): string | undefined {
   if (!existsSync("/dev/net/tun")) return "/dev/net/tun is missing";
   if (!hasTool("ip", "-V")) return "iproute2 (ip) is not installed";
   return undefined;
+}
+
+/**
+ * A fresh directory for files a sandboxed command reads (scripts, data to upload). Not under
+ * /tmp: a namespace sandbox's /tmp is its own empty tmpfs. Readable by all: the sandbox's root is
+ * an unprivileged host uid (nobody when the tests run as root without sudo).
+ */
+export function sandboxReadableDir(prefix: string): string {
+  const dir = mkdtempSync(`/var/tmp/${prefix}`);
+  chmodSync(dir, 0o755);
+  return dir;
 }
 
 /** Whether `cmd ARGS` runs here (a tool a test needs: curl, socat, openssl, ...). */
@@ -100,7 +112,7 @@ export class World {
 
   /** Run `moat ARGS...` inside the host namespace; resolves with its exit and output. */
   moat(args: string[], timeoutMs = 60000): Promise<RunResult> {
-    return this.runInHost([process.execPath, MOAT_BIN, ...args], timeoutMs);
+    return this.runInHost([process.execPath, "--", MOAT_BIN, ...args], timeoutMs); // "--": as bin/moat.js's shebang
   }
 
   /**
@@ -131,9 +143,26 @@ export class World {
     });
   }
 
+  /**
+   * Run `moat ARGS...` as an ordinary user (nobody) inside the host namespace, so moat runs
+   * rootless (rootless.ts), with exactly `env` (and PATH, HOME, the user's XDG_RUNTIME_DIR).
+   * /dev/net/tun is the same device in mode `tunMode`, bound over the host's node in a mount
+   * namespace of this run alone (`ip netns exec` makes one): the host's node keeps its mode.
+   */
+  moatAsUser(args: string[], o: { env?: Record<string, string>; tunMode?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+    const runtime = mkdtempSync("/tmp/moat-xdg-");
+    chownSync(runtime, NOBODY.uid, NOBODY.gid);
+    chmodSync(runtime, 0o700);
+    const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/nonexistent", XDG_RUNTIME_DIR: runtime, ...o.env };
+    const script = `d=$(mktemp -d /var/tmp/moat-tun-XXXXXX) && mknod "$d/tun" c 10 200 && chmod ${o.tunMode ?? "0666"} "$d/tun" && mount --bind "$d/tun" /dev/net/tun && rm -r "$d" &&
+      exec setpriv --reuid=${NOBODY.uid} --regid=${NOBODY.gid} --clear-groups env -i "$@"`;
+    return this.runInHost(["sh", "-c", script, "sh", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, "--", MOAT_BIN, ...args], o.timeoutMs ?? 60000)
+      .finally(() => rmSync(runtime, { recursive: true, force: true }));
+  }
+
   /** Spawn moat without waiting (for signal tests). */
   spawnMoat(args: string[]): ChildProcess {
-    return spawn("ip", ["netns", "exec", this.host, process.execPath, MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    return spawn("ip", ["netns", "exec", this.host, process.execPath, "--", MOAT_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   }
 
   /** The `--stats` counters printed by moat on stderr. */

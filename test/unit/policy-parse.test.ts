@@ -365,3 +365,13 @@ test("config: a missing file names the path and the OS error", () => {
   const path = join(dir, "does-not-exist.json");
   throwsConfig(() => loadConfigFile(path), path, "ENOENT");
 });
+
+test("config: the sandbox section gives the namespace sandbox's user and the command's variables", () => {
+  const c = parseConfig({ sandbox: { user: "1234:2345", env: { LOG_LEVEL: "debug", EMPTY: "" } } }, "moat.json");
+  assert.deepEqual(c.sandbox, { user: { uid: 1234, gid: 2345 }, env: { LOG_LEVEL: "debug", EMPTY: "" } });
+  throwsConfig(() => parseConfig({ sandbox: { user: "0" } }, "moat.json"), "moat.json", "cannot be the host's root");
+  throwsConfig(() => parseConfig({ sandbox: { user: 1000 } }, "moat.json"), "sandbox.user", "not \"UID[:GID]\"");
+  throwsConfig(() => parseConfig({ sandbox: { env: { "A B": "x" } } }, "moat.json"), "sandbox.env.A B", "");
+  throwsConfig(() => parseConfig({ sandbox: { env: { N: 1 } } }, "moat.json"), "sandbox.env.N", "1");
+  throwsConfig(() => parseConfig({ sandbox: { uid: 1 } }, "moat.json"), "sandbox", "uid");
+});

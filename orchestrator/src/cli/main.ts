@@ -7,12 +7,13 @@ import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError, CommandError } from "../errors.js";
 import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
-import { loadConfigFile } from "../policy/config-file.js";
+import { loadConfigFile, type MoatConfig } from "../policy/config-file.js";
 import { parsePublish, describePort } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
 import { serveGateway } from "../gateway/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
+import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
 import type { LinkSpec } from "../links/link.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -51,8 +52,12 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "tls-upstream-ca", kind: "string", metavar: "FILE", repeat: true, help: "also trust this CA (PEM) for upstream servers, besides the host's roots" },
   { name: "tls-no-verify-upstream", kind: "bool", help: "do not verify upstream servers' certificates" },
   { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
+  { name: "tls-trust-host-cas", kind: "bool", help: "the sandbox trusts this host's whole CA store besides moat's CA. Default:\nthe distribution's CA set (Debian: /usr/share/ca-certificates/mozilla)\nand moat's CA, not CAs added on the host (/usr/local/share/ca-certificates):\nwith this, a CA planted on the host is trusted in every sandbox" },
   { name: "secret", kind: "string", metavar: "NAME@HOSTS", repeat: true, help: "NAME[=ENVVAR]@HOST[,HOST...]: the command sees NAME as a placeholder;\nmoat puts the real value (its own environment variable NAME, or ENVVAR)\ninto HTTP headers and Basic auth of requests to HOST (a name or *.suffix)\nover intercepted TLS, where DNS, SNI and Host agree. The placeholder\nheaded anywhere else (another host, DNS names, request bodies; raw,\nbase64, %XX, JSON-escaped) is blocked. Implies --tls-intercept" },
   { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
+  { name: "env", short: "e", kind: "string", metavar: "NAME[=VALUE]", repeat: true, help: "give COMMAND the variable NAME: =VALUE, or without it NAME's value in\nmoat's environment (left out when unset there). COMMAND's environment is\notherwise clean: PATH, HOME, TERM and LANG (a VM: its own PATH and HOME),\nmoat's own variables (placeholders, CA bundle), nothing else of moat's" },
+  { name: "env-file", kind: "string", metavar: "FILE", repeat: true, help: "read variables from FILE: NAME=VALUE or NAME lines as for -e (the value\nis everything after the =, quotes included), # comments, blank lines;\n-e wins over a file, a later file over an earlier one" },
+  { name: "user", kind: "string", metavar: "UID[:GID]", help: "the host uid (and gid) the sandbox's root is: its processes and whatever\nthey may touch on the host are that uid's. Default: under sudo, the user\nwho ran sudo (SUDO_UID, SUDO_GID), else nobody (65534). Never 0. GID\ndefaults to the uid's primary group. Namespace sandboxes only" },
   { name: "vm", kind: "bool", help: "run COMMAND in a QEMU microVM instead of a namespace: its own kernel and\nfilesystem (moat's initramfs: busybox), its NIC served by moat over\nvhost-user, stdin/stdout/stderr and the exit status carried over\nvirtio-serial. The guest image is built from Debian's packages on first use\n(cached in ~/.cache/moat)" },
   { name: "vm-memory", kind: "int", metavar: "MiB", min: 64, max: 65536, help: "guest RAM (default 256)" },
   { name: "vm-cpus", kind: "int", metavar: "N", min: 1, max: 64, help: "guest vCPUs (default 1)" },
@@ -70,7 +75,7 @@ const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "tap", kind: "string", metavar: "IFNAME", help: "open the existing TAP device IFNAME as its one holder (the kernel side\nis the guest's). It must exist and not be held: a TAP a VMM holds is\n--attach's" },
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
-const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms"].includes(f.name))];
+const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms", "user"].includes(f.name))];
 
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
@@ -99,6 +104,18 @@ userland, eth0 configured by DHCP from the same gateway, IPv6 as below); the pol
 port, TLS and secret options apply to both.
 
 Inside the sandbox:
+  who          (a namespace; a VM's command is root of its own kernel) root, with no
+               privilege on this host: uid 0 inside is an unprivileged uid outside (--user; default: the user who ran sudo, else nobody), with Docker's
+               default capabilities over the sandbox's own namespaces only (none to
+               reconfigure eth0 or undo mounts), no_new_privs, a session of its own
+  processes    its own PID namespace and /proc: only the sandbox's processes (PID 1 is
+               moat's holder); moat's and the host's cannot be seen, signalled or joined
+  files        the host's filesystem read-only, as that uid; /tmp, /run and /dev/shm empty
+               and private to the sandbox (the host's sockets there out of reach); a minimal
+               /dev; /etc/resolv.conf and /etc/ssl moat's. The command starts in the current
+               directory where that uid can reach it, else in /
+  environment  PATH, HOME, TERM and LANG, what -e and --env-file give, and moat's own
+               variables (placeholders, SSL_CERT_FILE & co.); nothing else of moat's
   address      the second address of slot N's /30 of the pool — 172.30.0.(4N+2)/30 in the
                default pool, e.g. 172.30.0.2, 172.30.0.6 (N: the first free slot) — and
                fd6d:6f61:7400:N::2/64
@@ -109,8 +126,9 @@ Inside the sandbox:
                shown to a guest as a source), judged by ingress rules
   TLS          with --tls-intercept (or --secret): port 443 (--tls-port) is terminated by
                moat with a certificate from its CA, which the sandbox trusts (/etc/ssl and
-               SSL_CERT_FILE & co. inside it; the host's store is untouched), and
-               re-originated to the original address, verified
+               SSL_CERT_FILE & co. inside it: the distribution's CA set and moat's CA, not
+               CAs added on this host unless --tls-trust-host-cas; the host's store is
+               untouched), and re-originated to the original address, verified
   secrets      --secret NAME@HOST: the command sees NAME as a placeholder; moat puts the
                value into requests to HOST only, and stops the placeholder anywhere else
   DNS          /etc/resolv.conf points at the gateway. Every query on port 53, to any
@@ -130,7 +148,10 @@ Inside the sandbox:
 Options:
 ${flagHelp(RUN_FLAGS)}
 
-Requirements: Linux, root, /dev/net/tun, iproute2 (\`ip\`).
+Requirements: Linux 5.12 or later with user namespaces, /dev/net/tun, iproute2 (\`ip\`), and
+root; or, run by an ordinary user (moat then runs itself in a user namespace of yours, and the
+sandbox's root is you): unprivileged user namespaces allowed and a /dev/net/tun you can open
+(Debian's default mode 0666). moat says what is missing. --vm needs neither root nor these.
 
 Examples:
   moat run -- ip -4 addr show eth0      # its address; \`ip route\` shows the gateway
@@ -142,6 +163,7 @@ Examples:
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
   moat run --tls-intercept --tls-bypass '*.pinned.example' -- curl https://example.com/
   OPENAI_API_KEY=sk-... moat run --secret OPENAI_API_KEY@api.openai.com -- python3 agent.py
+  sudo moat run -e LOG_LEVEL=debug --env-file agent.env -- python3 agent.py   # runs as you, contained
   moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
   moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
   moat run --vm --vm-memory 512 -- sh -c 'uname -r; nslookup example.com'   # a microVM
@@ -209,12 +231,17 @@ function report(e: unknown): number {
   return EXIT_MOAT_FAILED;
 }
 
+/** The --config file, checked (nothing without the flag). */
+function configFile(flags: Map<string, string | number | boolean>): MoatConfig {
+  return flags.has("config") ? loadConfigFile(flags.get("config") as string) : {};
+}
+
 /**
  * The sandbox options from the flags, over the --config file if one was given: the preset (or
  * the file's policy), then --net-rule rules in front of the preset's own, then the default.
  */
-function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): NetnsSandboxOptions {
-  const file = flags.has("config") ? loadConfigFile(flags.get("config") as string).network ?? {} : {};
+function runOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, config: MoatConfig): NetnsSandboxOptions {
+  const file = config.network ?? {};
   let preset = flags.get("net") as string | undefined;
   if (flags.get("no-net")) {
     if (preset !== undefined && preset !== "none") throw new ConfigError(`--no-net contradicts --net ${preset}`, "give one of them");
@@ -261,7 +288,37 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     secrets: [...(file.secrets ?? []), ...(lists.get("secret") ?? []).map(parseSecretFlag)],
     onSecretViolation: (flags.get("secret-violation") as ViolationAction | undefined) ?? file.secretViolation,
     defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
+    user: (flags.get("user") as string | undefined) ?? config.sandbox?.user,
   };
+}
+
+/**
+ * The variables asked for COMMAND (config "sandbox.env", then --env-file FILE..., then -e), as
+ * docker reads them: NAME=VALUE literally; a bare NAME takes moat's own value, if it has one.
+ */
+function commandEnv(lists: Map<string, string[]>, fromConfig: Record<string, string> | undefined): Record<string, string> {
+  const env: Record<string, string> = { ...fromConfig };
+  const add = (text: string, where: string) => {
+    const eq = text.indexOf("=");
+    const name = eq < 0 ? text : text.slice(0, eq);
+    if (!/^[^\s=]+$/.test(name)) throw new ConfigError(`${where}: "${text}" is not NAME or NAME=VALUE`, "e.g. -e LOG_LEVEL=debug, or -e HOME to pass moat's own");
+    if (eq >= 0) env[name] = text.slice(eq + 1);
+    else if (process.env[name] !== undefined) env[name] = process.env[name]!;
+  };
+  for (const file of lists.get("env-file") ?? []) {
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (e) {
+      throw new ConfigError(`--env-file ${file}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "give the path of a file of NAME=VALUE lines");
+    }
+    text.split(/\r?\n/).forEach((line, i) => {
+      const l = line.trimStart();
+      if (l !== "" && !l.startsWith("#")) add(l, `--env-file ${file}:${i + 1}`);
+    });
+  }
+  for (const e of lists.get("env") ?? []) add(e, "-e");
+  return env;
 }
 
 /** --tls-* over the config file's tls section; undefined when nothing asks for interception. */
@@ -281,6 +338,7 @@ function tlsOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     ...(lists.get("tls-upstream-ca") ? { upstreamCa: [...(file?.upstreamCa ?? []), ...lists.get("tls-upstream-ca")!] } : {}),
     ...(flags.get("tls-no-verify-upstream") ? { verifyUpstream: false } : {}),
     ...(flags.get("tls-no-block-quic") ? { blockQuic: false } : {}),
+    ...(flags.get("tls-trust-host-cas") ? { trustHostCas: true } : {}),
   };
   return Object.keys(o).length ? o : undefined;
 }
@@ -294,15 +352,21 @@ async function cmdRun(args: string[]): Promise<number> {
   if (rest.length === 0) {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ip addr");
   }
-  const options = runOptions(flags, lists);
+  // An ordinary user: moat again, in a user namespace of the user's own (rootless.ts). A VM
+  // needs none: QEMU and vhost-user run as the user.
+  if (!flags.get("vm") && process.getuid?.() !== 0) return reexecRootless(["run", ...args]);
+  const config = configFile(flags);
+  const options = runOptions(flags, lists, config);
+  const env = commandEnv(lists, config.sandbox?.env);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
   if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
-  if (flags.get("vm")) return runInVm(flags, options, rest);
+  if (flags.has("user") && flags.get("vm")) throw new ConfigError("run: --user is for namespace sandboxes", "a VM's command runs as root of its own kernel: drop --user");
+  if (flags.get("vm")) return runInVm(flags, options, rest, env);
   const sandbox = await NetnsSandbox.create(options);
   reportChosenPorts(sandbox, options);
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
-    child = sandbox.spawn(rest);
+    child = sandbox.spawn(rest, "inherit", env);
   } catch (e) {
     await sandbox.destroy();
     throw e; // a CommandError: 127 or 126, as a shell (and docker) say
@@ -379,7 +443,7 @@ async function cmdServe(args: string[]): Promise<number> {
   const kind = links[0]!.name;
   const link: LinkSpec = kind === "tap" ? { kind: "tap", netnsPath: "", ifname: value } : kind === "attach" ? { kind: "attach", ifname: value }
     : kind === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
-  const served = await serveGateway(runOptions(flags, lists), link);
+  const served = await serveGateway(runOptions(flags, lists, configFile(flags)), link);
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
@@ -400,7 +464,7 @@ async function cmdServe(args: string[]): Promise<number> {
 }
 
 /** `moat run --vm`: the command in a QEMU microVM, with this process's stdio; its exit status. */
-async function runInVm(flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, command: string[]): Promise<number> {
+async function runInVm(flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, command: string[], env: Record<string, string>): Promise<number> {
   const { VmSandbox } = await import("../vm/vm-sandbox.js");
   const sandbox = await VmSandbox.create({
     ...options,
@@ -418,7 +482,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   for (const s of sigs) process.on(s, forward);
   let status: number;
   try {
-    status = await sandbox.run(command, { stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
+    status = await sandbox.run(command, { env, stdin: process.stdin.isTTY ? null : process.stdin, stdout: process.stdout, stderr: process.stderr });
   } catch (e) {
     if (!sandbox.terminatedBy) throw e;
     status = EXIT_MOAT_FAILED; // the VM was killed for a secret violation: said by finishRun
@@ -435,6 +499,10 @@ function runGraceText(grace: number): string {
 
 function cmdCleanup(args: string[]): number {
   if (args.length) throw new ConfigError(`cleanup: unexpected argument "${args[0]}"`, "moat cleanup takes no arguments");
+  if (!hostRoot()) {
+    process.stdout.write("0 leftover(s) removed: without root, a sandbox's namespaces die with its moat and leave no name behind\n");
+    return 0;
+  }
   const removed = cleanupLeftovers();
   for (const line of removed) process.stdout.write(`removed ${line}\n`);
   process.stdout.write(`${removed.length} leftover(s) removed\n`);

@@ -541,9 +541,10 @@ export class Gateway {
   }
 
   /**
-   * The environment a guest command runs with: placeholders for the secrets (the values, under
-   * any variable, never go in) and, with TLS interception, the variables that point clients at
-   * the bundle trusting moat's CA (GUEST_TRUST: where every kind of guest has it).
+   * `env` (a command's environment, GuestSandbox.commandEnv) with moat's own variables:
+   * placeholders for the secrets (the values, under any variable, never go in) and, with TLS
+   * interception, the variables that point clients at the bundle trusting moat's CA
+   * (GUEST_TRUST: where every kind of guest has it).
    */
   commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
     const b = GUEST_TRUST.bundle;

@@ -22,6 +22,10 @@
 //       "defaultIngress": "allow",              // peers on published ports no ingress rule matched
 //       "dns": { "blockDomains": [], "blockDomainSuffixes": [], "nameservers": [], "queryTimeoutMs": 2000,
 //                "rebindProtection": true, "blockedResponse": "nxdomain" }
+//     },
+//     "sandbox": {
+//       "user": "1000:1000",                    // the host uid[:gid] a namespace sandbox's root is
+//       "env": { "LOG_LEVEL": "debug" }         // variables for the command (besides PATH, HOME, TERM, LANG)
 //     }
 //   }
 import { readFileSync } from "node:fs";
@@ -33,6 +37,7 @@ import type { DnsOptions } from "../gateway/gateway.js";
 import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
+import { parseUser, type SandboxUser } from "../sandbox/containment.js";
 
 /** The config file's "dns" section: the same settings as the library's DnsOptions. */
 export type DnsConfig = DnsOptions;
@@ -53,6 +58,12 @@ export interface MoatConfig {
     secrets?: SecretSpec[];
     secretViolation?: ViolationAction;
   };
+  sandbox?: {
+    /** The host uid and gid a namespace sandbox's root is. */
+    user?: SandboxUser;
+    /** Variables for the command, over its clean environment (-e and --env-file win). */
+    env?: Record<string, string>;
+  };
 }
 
 export type Preset = "none" | "public-only" | "allow-all";
@@ -62,10 +73,11 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
   "allow-all": NetworkPolicy.allowAll,
 };
 
-const TOP_KEYS = ["network"] as const;
+const TOP_KEYS = ["network", "sandbox"] as const;
+const SANDBOX_KEYS = ["user", "env"] as const;
 const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
 const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
-const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut"] as const;
+const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut", "trustHostCas"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
 const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
 const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
@@ -106,6 +118,22 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
 
   const top = object(ctx, json, "", "the top level", TOP_KEYS, `e.g. { "network": { "policy": { "preset": "public-only" } } }`);
   const config: MoatConfig = {};
+  if (top.sandbox !== undefined) {
+    const sb = object(ctx, top.sandbox, "sandbox", "sandbox", SANDBOX_KEYS, `e.g. "sandbox": { "user": "1000:1000" }`);
+    config.sandbox = {};
+    if (sb.user !== undefined) {
+      if (typeof sb.user !== "string") fail("sandbox.user", `is ${describe(sb.user)}, not "UID[:GID]"`, `e.g. "user": "1000:1000"`);
+      config.sandbox.user = parseUser(sb.user as string, `${source}: sandbox.user`);
+    }
+    if (sb.env !== undefined) {
+      const env = sb.env as Record<string, unknown>;
+      if (typeof env !== "object" || env === null || Array.isArray(env)) fail("sandbox.env", `is ${describe(sb.env)}, not an object`, `e.g. "env": { "LOG_LEVEL": "debug" }`);
+      for (const [k, v] of Object.entries(env)) {
+        if (!/^[^\s=]+$/.test(k) || typeof v !== "string") fail(`sandbox.env.${k}`, `is ${describe(v)}`, `names without spaces or "=", values strings: "LOG_LEVEL": "debug"`);
+      }
+      config.sandbox.env = { ...env } as Record<string, string>;
+    }
+  }
   if (top.network === undefined) return config;
 
   const net = object(ctx, top.network, "network", "network", NETWORK_KEYS, `e.g. "network": { "policy": { "preset": "public-only" } }`);
@@ -128,7 +156,7 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
   if (net.tls !== undefined) {
     const t = object(ctx, net.tls, "network.tls", "network.tls", TLS_KEYS, `e.g. "tls": { "intercept": true, "bypass": ["*.pinned.example"] }`);
     const tlsOut: TlsOptions = {};
-    for (const k of ["intercept", "verifyUpstream", "blockQuic"] as const) {
+    for (const k of ["intercept", "verifyUpstream", "blockQuic", "trustHostCas"] as const) {
       if (t[k] !== undefined) {
         if (typeof t[k] !== "boolean") fail(`network.tls.${k}`, `is ${describe(t[k])}, not true or false`, `e.g. "${k}": true`);
         tlsOut[k] = t[k] as boolean;

@@ -3,9 +3,10 @@
 // The IPv4 pool (default 172.30.0.0/16) is carved into /30s: slot N's gateway is the first usable
 // address, the guest the second. IPv6: slot N gets the /64 <ula48>:N::/64, gateway ::1, guest ::2,
 // and the gateway's link-local address is fe80::1. Slots are leased between concurrent moat
-// processes with ownership files under /run/moat/leases named by the pool and the slot (stale ones,
-// whose owner is provably dead, are taken over: ownership.ts). MACs are derived from the sandbox
-// name, so they are stable.
+// processes with ownership files named by the pool and the slot under /run/moat/leases (a
+// rootless moat's under the user's runtime directory: rootless.ts); stale ones, whose owner is
+// provably dead, are taken over (ownership.ts). MACs are derived from the sandbox name, so they
+// are stable.
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -14,6 +15,7 @@ import { ConfigError, MoatError } from "../errors.js";
 import { NETNS_NAME_RE, removeLeftovers } from "./leftovers.js";
 import { register } from "./guard.js";
 import { acquireOwned, removeOwned, rewriteOwned, thisOwner, type OwnedRecord } from "./ownership.js";
+import { runtimeDir } from "./rootless.js";
 
 export interface SandboxAddresses {
   slot: number;
@@ -30,7 +32,11 @@ export interface SandboxAddresses {
 
 export const DEFAULT_POOL4 = "172.30.0.0/16";
 export const DEFAULT_ULA48 = "fd6d:6f61:7400::"; // "moat" in the ULA's global ID
-const LEASE_DIR = "/run/moat/leases";
+
+/** Where slot leases live: /run/moat/leases, or a rootless moat's runtime directory's. */
+export function leaseDir(): string {
+  return join(runtimeDir(), "leases");
+}
 
 export function parsePool4(pool: string): { base: number; slots: number } {
   let parsed: [ipaddr.IPv4 | ipaddr.IPv6, number];
@@ -120,7 +126,7 @@ export interface SlotLease {
 }
 
 export function leasePath(pool4: string, slot: number): string {
-  return join(LEASE_DIR, `${poolTag(pool4)}-${slot}`);
+  return join(leaseDir(), `${poolTag(pool4)}-${slot}`);
 }
 
 /**
@@ -130,7 +136,7 @@ export function leasePath(pool4: string, slot: number): string {
  */
 export function leaseSlot(pool4 = DEFAULT_POOL4, fields: { name?: string } = {}): SlotLease {
   const { slots } = parsePool4(pool4);
-  mkdirSync(LEASE_DIR, { recursive: true });
+  mkdirSync(leaseDir(), { recursive: true });
   for (let slot = 0; slot < slots; slot++) {
     const path = leasePath(pool4, slot);
     let record: LeaseRecord = { ...thisOwner(), pool: pool4, slot, ...fields };
@@ -166,19 +172,21 @@ export function leaseSlot(pool4 = DEFAULT_POOL4, fields: { name?: string } = {})
 export function leaseFiles(): { path: string; tag: string; slot: number }[] {
   let names: string[] = [];
   try {
-    names = readdirSync(LEASE_DIR);
+    names = readdirSync(leaseDir());
   } catch {
     return [];
   }
   return names.flatMap((f) => {
     const m = /^([0-9a-f]{8})-(\d+)$/.exec(f);
-    return m ? [{ path: join(LEASE_DIR, f), tag: m[1]!, slot: Number(m[2]) }] : [];
+    return m ? [{ path: join(leaseDir(), f), tag: m[1]!, slot: Number(m[2]) }] : [];
   });
 }
 
-export { LEASE_DIR };
 
-const NAME_DIR = "/run/moat/names";
+/** Where sandbox names are reserved: /run/moat/names, or a rootless moat's runtime directory's. */
+export function nameDir(): string {
+  return join(runtimeDir(), "names");
+}
 /** A sandbox name (the option `name`, `moat run --name`): as docker's container names. */
 export const SANDBOX_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
@@ -191,8 +199,8 @@ export function claimName(name: string): () => void {
     throw new ConfigError(`sandbox name "${name}" is not valid`, "use letters, digits, _ . and - (up to 128 characters), starting with a letter or digit");
   }
   if (NETNS_NAME_RE.test(name)) throw new ConfigError(`sandbox name "${name}" is reserved (moat's own names look like that)`, "choose another name");
-  mkdirSync(NAME_DIR, { recursive: true });
-  const path = join(NAME_DIR, name);
+  mkdirSync(nameDir(), { recursive: true });
+  const path = join(nameDir(), name);
   const record: OwnedRecord = { ...thisOwner(), name };
   const got = acquireOwned(path, record);
   if (!got.acquired) {
@@ -209,7 +217,7 @@ export function claimName(name: string): () => void {
 /** Every name file: its path. */
 export function nameFiles(): string[] {
   try {
-    return readdirSync(NAME_DIR).filter((f) => SANDBOX_NAME_RE.test(f)).map((f) => join(NAME_DIR, f));
+    return readdirSync(nameDir()).filter((f) => SANDBOX_NAME_RE.test(f)).map((f) => join(nameDir(), f));
   } catch {
     return [];
   }

@@ -10,6 +10,7 @@
 import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./netns-sandbox.js";
 import { VmSandbox, type VmOptions } from "../vm/vm-sandbox.js";
 import type { PortSpec } from "./ports.js";
+import { ConfigError } from "../errors.js";
 import type { Action } from "../policy/model.js";
 
 export class DnsBuilder {
@@ -36,6 +37,8 @@ export class TlsBuilder {
   verifyUpstream(enabled: boolean): this { this.options.verifyUpstream = enabled; return this; }
   blockQuic(enabled: boolean): this { this.options.blockQuic = enabled; return this; }
   caOut(path: string): this { this.options.caOut = path; return this; }
+  /** The guest trusts the host's whole CA store besides moat's CA (default: the distribution's CA set and moat's CA). */
+  trustHostCas(enabled = true): this { this.options.trustHostCas = enabled; return this; }
 }
 import type { DenyResponse } from "../policy/compile.js";
 import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";
@@ -80,7 +83,16 @@ export class SandboxBuilder<S extends NetnsSandbox | VmSandbox = NetnsSandbox> {
   private readonly net = new NetworkBuilder();
   private readonly ports: PortSpec[] = [];
   private vmOptions: VmOptions | undefined;
+  private sandboxUser: { uid: number; gid?: number } | undefined;
   constructor(private readonly name: string) {}
+  /**
+   * The host uid (and gid; default: the uid's primary group) a namespace sandbox's root is.
+   * Default: under sudo the user who ran it, else nobody (65534). Not for VM sandboxes.
+   */
+  user(uid: number, gid?: number): this {
+    this.sandboxUser = { uid, gid };
+    return this;
+  }
   /**
    * Run the guest in a QEMU microVM instead of a network namespace:
    * `.vm({ memoryMiB: 512, cpus: 2, link: "vhost-user" })`; `await sandbox.run(argv, { stdout, stderr })`.
@@ -102,7 +114,8 @@ export class SandboxBuilder<S extends NetnsSandbox | VmSandbox = NetnsSandbox> {
   /** Create the sandbox (a network namespace, or with vm() a microVM, served by a moat gateway). */
   create(): Promise<S> {
     const options = { ...this.net.options, ports: [...(this.net.options.ports ?? []), ...this.ports], name: this.name };
-    return (this.vmOptions ? VmSandbox.create({ ...options, vm: this.vmOptions }) : NetnsSandbox.create(options)) as Promise<S>;
+    if (this.vmOptions && this.sandboxUser) return Promise.reject(new ConfigError("user() is for namespace sandboxes", "a VM's command runs as root of its own kernel: drop user()"));
+    return (this.vmOptions ? VmSandbox.create({ ...options, vm: this.vmOptions }) : NetnsSandbox.create({ ...options, user: this.sandboxUser })) as Promise<S>;
   }
 }
 

@@ -10,7 +10,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { LEASE_DIR, leaseFiles, nameFiles, type LeaseRecord } from "./addressing.js";
+import { leaseDir, nameDir, leaseFiles, nameFiles, type LeaseRecord } from "./addressing.js";
 import { NETNS_NAME_RE, removeLeftovers, removeNetns } from "./leftovers.js";
 import { acquireOwned, ownerAlive, readOwned, removeOwned, thisOwner } from "./ownership.js";
 import { findInPath } from "./host-checks.js";
@@ -50,7 +50,7 @@ export function cleanupLeftovers(): string[] {
   const nsNames = new Set([...namespaces(ip), ...dirEntries("/etc/netns")].filter((n) => NETNS_NAME_RE.test(n)));
   for (const name of nsNames) {
     const [, tag, slot] = NETNS_NAME_RE.exec(name)!;
-    const path = join(LEASE_DIR, `${tag}-${slot}`);
+    const path = join(leaseDir(), `${tag}-${slot}`);
     if (existsSync(path)) continue; // a live owner's (or one we could not take)
     const mine = { ...thisOwner(), slot: Number(slot) };
     const got = acquireOwned(path, mine);
@@ -69,7 +69,7 @@ export function cleanupLeftovers(): string[] {
       done.push(`name ${rec.name as string} (process ${rec.pid}, gone)`);
     }
   }
-  for (const dir of [LEASE_DIR, "/run/moat/names"]) {
+  for (const dir of [leaseDir(), nameDir()]) {
     for (const f of dirEntries(dir).filter((n) => n.endsWith(".tmp") || n.endsWith(".takeover"))) {
       const rec = readOwned(join(dir, f));
       if (rec && !ownerAlive(rec)) removeOwned(join(dir, f), rec.token);
@@ -85,12 +85,12 @@ function cleanupLegacy(ip: string): string[] {
   const livePid = (pid: number) => {
     try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === "EPERM"; }
   };
-  const legacyLeases = dirEntries(LEASE_DIR).flatMap((f) => {
+  const legacyLeases = dirEntries(leaseDir()).flatMap((f) => {
     const m = /^([0-9a-z_]+_\d+)-(\d+)$/i.exec(f);
     if (!m || /^[0-9a-f]{8}$/.test(m[1]!)) return [];
     let pid = NaN;
-    try { pid = Number(readFileSync(join(LEASE_DIR, f), "utf8")); } catch { /* gone */ }
-    return [{ path: join(LEASE_DIR, f), slot: Number(m[2]), pid }];
+    try { pid = Number(readFileSync(join(leaseDir(), f), "utf8")); } catch { /* gone */ }
+    return [{ path: join(leaseDir(), f), slot: Number(m[2]), pid }];
   });
   for (const name of namespaces(ip).filter((n) => /^moat-\d+$/.test(n))) {
     const slot = Number(name.slice(5));

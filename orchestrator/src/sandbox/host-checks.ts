@@ -4,8 +4,9 @@ import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { CommandError, HostRequirementError } from "../errors.js";
 
-export function findInPath(tool: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(delimiter).concat(["/usr/sbin", "/sbin"])) {
+/** Where `tool` is in `path` (default: this process's PATH), or in /usr/sbin or /sbin. */
+export function findInPath(tool: string, path = process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"): string | undefined {
+  for (const dir of path.split(delimiter).concat(["/usr/sbin", "/sbin"])) {
     const p = join(dir, tool);
     try {
       accessSync(p, constants.X_OK);
@@ -24,8 +25,8 @@ export function checkNetnsHost(): string {
       "run moat on a Linux host or VM");
   }
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
-    throw new HostRequirementError("ERR_NOT_ROOT", "creating a sandbox needs root (network namespaces and TAP devices)",
-      "run it as root, e.g. `sudo moat run -- CMD` (rootless mode is planned)");
+    throw new HostRequirementError("ERR_NOT_ROOT", "creating a namespace sandbox from a program needs root (network namespaces and TAP devices)",
+      "run it as root; `moat run` itself also works as an ordinary user (it runs in a user namespace of yours)");
   }
   if (!existsSync("/dev/net/tun")) {
     throw new HostRequirementError("ERR_NO_TUN", "/dev/net/tun does not exist",

@@ -24,13 +24,16 @@ export interface RunOptions {
   /** Where its stderr goes (default: this process's stderr; the stream is not ended). */
   stderr?: Writable;
   /**
-   * The command's whole environment (default: in a namespace, this process's; in a VM, PATH and
-   * HOME). Secrets' placeholders are added.
+   * Variables added to the command's clean environment (GuestSandbox.commandEnv: PATH, HOME,
+   * TERM, LANG and moat's own variables; secrets' placeholders always win).
    */
   env?: Record<string, string | undefined>;
   /** Its working directory (default: in a namespace, this process's; in a VM, /). */
   cwd?: string;
 }
+
+/** What a command's environment takes from moat's, besides the PATH and HOME of its kind. */
+const PASSED_THROUGH = ["TERM", "LANG"] as const;
 
 // Sandboxes not yet destroyed, removed synchronously if the process exits first: one `exit`
 // listener for all of them (a listener each would trip Node's MaxListeners warning at 11).
@@ -95,6 +98,20 @@ export abstract class GuestSandbox {
   /** The placeholders the command sees, by variable name. */
   get placeholders(): Record<string, string> {
     return this.gateway?.placeholders ?? {};
+  }
+
+  /**
+   * A command's environment, as docker gives one: PATH and HOME (`base`: the host's for a
+   * namespace, the guest's own for a VM), TERM and LANG from this process, then `env` (what the
+   * caller asked for: -e, --env-file, the API's env), then moat's own variables (the secrets'
+   * placeholders, where the trust bundle is), which win. Nothing else of this process's
+   * environment goes in, and no variable that holds a secret's value.
+   */
+  protected commandEnv(env: Record<string, string | undefined>, base: { PATH: string; HOME: string }): Record<string, string> {
+    const out: Record<string, string> = { ...base };
+    for (const k of PASSED_THROUGH) if (process.env[k] !== undefined) out[k] = process.env[k]!;
+    for (const [k, v] of Object.entries(env)) if (v !== undefined) out[k] = v;
+    return (this.gateway ? this.gateway.commandEnv(out) : out) as Record<string, string>;
   }
 
   /** Why the sandbox was terminated by a secret violation (block-and-terminate), if it was. */

@@ -1,8 +1,8 @@
 // setup.ts — TLS interception settings (the reference's TlsBuilder), checked once; the CA a
 // process intercepts with; the names DNS pinned to addresses (what an SNI is held to); the trust
-// bundle a namespace sandbox sees.
-import { basename } from "node:path";
-import { readFileSync, writeFileSync, mkdirSync, cpSync, existsSync, appendFileSync } from "node:fs";
+// store a sandbox that intercepts sees.
+import { basename, join } from "node:path";
+import { readFileSync, writeFileSync, mkdirSync, cpSync, existsSync, readdirSync, readlinkSync, realpathSync, lstatSync, statSync, symlinkSync, rmSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
 import { CertificateAuthority } from "./ca.js";
@@ -26,6 +26,12 @@ export interface TlsOptions {
   blockQuic?: boolean;
   /** Write the CA certificate (what clients must trust) to this file. */
   caOut?: string;
+  /**
+   * The sandbox trusts the host's whole trust store (CAs an operator added included) besides
+   * moat's CA, instead of the distribution's CA set and moat's CA (default false: a CA planted
+   * on the host would be trusted inside every sandbox).
+   */
+  trustHostCas?: boolean;
 }
 
 export interface ValidTls {
@@ -36,6 +42,7 @@ export interface ValidTls {
   verifyUpstream: boolean;
   blockQuic: boolean;
   caOut?: string;
+  trustHostCas: boolean;
 }
 
 export const MAX_TLS_PORTS = 16;
@@ -101,7 +108,7 @@ export function validateTls(o: TlsOptions): ValidTls {
       throw new ConfigError(`--tls-ca-out ${o.caOut}: cannot write: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, "give a writable path");
     }
   }
-  return { ports: [...new Set(ports)], bypass, ca, upstreamCa, verifyUpstream: o.verifyUpstream ?? true, blockQuic: o.blockQuic ?? true, caOut: o.caOut };
+  return { ports: [...new Set(ports)], bypass, ca, upstreamCa, verifyUpstream: o.verifyUpstream ?? true, blockQuic: o.blockQuic ?? true, caOut: o.caOut, trustHostCas: o.trustHostCas ?? false };
 }
 
 /**
@@ -155,16 +162,102 @@ export function ruleCovers(key: string, sni: string): boolean {
  */
 export const GUEST_TRUST = { bundle: "/etc/ssl/certs/ca-certificates.crt", caFile: "/etc/ssl/certs/moat-interception-ca.pem" } as const;
 
+/** Where a host's trust store and its distribution's CA set are (Debian's layout). */
+export interface TrustSources {
+  /** The host's OpenSSL directory: certs/ca-certificates.crt (everything trusted) and its links. */
+  sslDir: string;
+  /** The distribution's CA certificates, one file each (Debian: the Mozilla set). */
+  distroDir: string;
+  /** update-ca-certificates' selection (paths relative to distroDir's parent; "!" deselects). */
+  distroConf: string;
+}
+
+/** The line before moat's CA in a guest's bundle (what follows it is moat's CA alone). */
+export const MOAT_CA_MARKER = "# moat TLS interception CA";
+
+export const HOST_TRUST: TrustSources = { sslDir: "/etc/ssl", distroDir: "/usr/share/ca-certificates/mozilla", distroConf: "/etc/ca-certificates.conf" };
+
+interface DistroSet { key: string; pem: string; realPaths: Set<string>; links: [string, string][] }
+let distroCache: DistroSet | undefined;
+
 /**
- * The trust store a namespace sandbox sees: `ip netns exec` mounts /etc/netns/NAME/ssl over
- * /etc/ssl for the command, so the copy here (the host's, plus moat's CA in the bundle) is what
- * OpenSSL, curl and Python find at the system paths (GUEST_TRUST) inside the sandbox only. The
- * host's own store is never changed.
+ * The distribution's CA set as the host selected it: every certificate of distroDir but those
+ * deselected in distroConf; its PEM text, and the links of the host's certs directory that lead
+ * to one of them (OpenSSL's hashed names and the per-CA links), not those that lead anywhere
+ * else (/usr/local/share/ca-certificates, a file dropped in by hand). Read once, again when the
+ * directory, the selection or the links change. Empty when there is no distroDir.
  */
-export function writeTrustBundle(netnsEtc: string, caPem: string): void {
-  const certs = `${netnsEtc}/ssl/certs`; // /etc/ssl/certs inside the sandbox
+function distroSet(s: TrustSources): DistroSet {
+  const mtime = (p: string) => { try { return statSync(p).mtimeMs; } catch { return 0; } };
+  const key = `${s.sslDir}|${s.distroDir}|${s.distroConf}|${mtime(s.distroDir)}|${mtime(s.distroConf)}|${mtime(`${s.sslDir}/certs`)}`;
+  if (distroCache?.key === key) return distroCache;
+  let names: string[] = [];
+  try {
+    names = readdirSync(s.distroDir).filter((n) => n.endsWith(".crt")).sort();
+  } catch {
+    // no distribution set here
+  }
+  let conf = "";
+  try { conf = readFileSync(s.distroConf, "utf8"); } catch { /* every certificate selected */ }
+  const prefix = `${basename(s.distroDir)}/`;
+  const deselected = new Set(conf.split("\n").filter((l) => l.startsWith(`!${prefix}`)).map((l) => l.slice(prefix.length + 1).trim()));
+  const files = names.filter((n) => !deselected.has(n)).map((n) => join(s.distroDir, n));
+  const realPaths = new Set(files.map((f) => realpathSync.native(f)));
+  const links: [string, string][] = [];
+  const certs = `${s.sslDir}/certs`;
+  for (const entry of existsSync(certs) ? readdirSync(certs) : []) {
+    const path = join(certs, entry);
+    try {
+      if (lstatSync(path).isSymbolicLink() && realPaths.has(realpathSync.native(path))) links.push([entry, readlinkSync(path)]);
+    } catch {
+      // a dangling link: not one of them
+    }
+  }
+  const pem = files.map((f) => readFileSync(f, "utf8").trimEnd() + "\n").join("");
+  return (distroCache = { key, pem, realPaths, links });
+}
+
+/** Whether the host has a distribution CA set where `s` says (else a sandbox's bundle holds moat's CA alone). */
+export function hasDistroCas(s: TrustSources = HOST_TRUST): boolean {
+  return distroSet(s).realPaths.size > 0;
+}
+
+/**
+ * The CA bundle of a guest that intercepts: the distribution's CA set (or, with trustHostCas,
+ * the host's whole bundle), then moat's CA.
+ */
+export function trustBundle(caPem: string, trustHostCas: boolean, s: TrustSources = HOST_TRUST): string {
+  let roots = "";
+  if (trustHostCas) {
+    try { roots = readFileSync(`${s.sslDir}/certs/${basename(GUEST_TRUST.bundle)}`, "utf8"); } catch { /* no host bundle */ }
+  } else {
+    roots = distroSet(s).pem;
+  }
+  return `${roots}${roots && !roots.endsWith("\n") ? "\n" : ""}${MOAT_CA_MARKER}\n${caPem}`;
+}
+
+/**
+ * The trust store a namespace sandbox sees at /etc/ssl (the sandbox binds NETNS_ETC/ssl over
+ * it), so OpenSSL, curl and Python find it at the system paths (GUEST_TRUST) inside the sandbox
+ * only; the host's own store is never changed. By default it holds the distribution's CA set
+ * (the host's links to them and the bundle made of them) and moat's CA: a CA an operator added
+ * on the host is not trusted inside. With trustHostCas it is a copy of the host's /etc/ssl
+ * (but its private keys) whose bundle has moat's CA added.
+ */
+export function writeTrustBundle(netnsEtc: string, caPem: string, trustHostCas: boolean, s: TrustSources = HOST_TRUST): void {
+  const ssl = `${netnsEtc}/ssl`;
+  const certs = `${ssl}/certs`; // /etc/ssl/certs inside the sandbox
+  if (trustHostCas && existsSync(s.sslDir)) {
+    cpSync(s.sslDir, ssl, { recursive: true, verbatimSymlinks: true, force: true, filter: (src) => !src.startsWith(`${s.sslDir}/private`) });
+  }
   mkdirSync(certs, { recursive: true });
-  if (existsSync("/etc/ssl")) cpSync("/etc/ssl", `${netnsEtc}/ssl`, { recursive: true, verbatimSymlinks: true, force: true, filter: (src) => !src.startsWith("/etc/ssl/private") });
-  appendFileSync(`${certs}/${basename(GUEST_TRUST.bundle)}`, `\n# moat TLS interception CA\n${caPem}`);
-  writeFileSync(`${certs}/${basename(GUEST_TRUST.caFile)}`, caPem);
+  if (!trustHostCas) {
+    if (existsSync(`${s.sslDir}/openssl.cnf`)) cpSync(`${s.sslDir}/openssl.cnf`, `${ssl}/openssl.cnf`);
+    for (const [name, target] of distroSet(s).links) symlinkSync(target, `${certs}/${name}`);
+  }
+  // Unlinked first: copied from the host, either could be a link into the host's own store.
+  for (const [file, text] of [[GUEST_TRUST.bundle, trustBundle(caPem, trustHostCas, s)], [GUEST_TRUST.caFile, caPem]] as const) {
+    rmSync(`${certs}/${basename(file)}`, { force: true });
+    writeFileSync(`${certs}/${basename(file)}`, text);
+  }
 }

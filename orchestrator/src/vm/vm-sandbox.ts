@@ -21,7 +21,7 @@ import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
 import { register } from "../sandbox/guard.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
-import { GUEST_TRUST } from "../tls/setup.js";
+import { GUEST_TRUST, MOAT_CA_MARKER, trustBundle, type ValidTls } from "../tls/setup.js";
 import { startVm, qemuValue, type Vm, type VmAccel } from "./qemu.js";
 import { VmError } from "./vm-error.js";
 
@@ -127,7 +127,7 @@ export class VmSandbox extends GuestSandbox {
       const ready = await sandbox.vm.ready;
       sandbox.bootMs = ready.bootMs;
       if (!o.policy.offline) await sandbox.configureIpv6();
-      if (o.tls) await sandbox.installTrust(o.tls.ca.certPem);
+      if (o.tls) await sandbox.installTrust(o.tls);
       return sandbox;
     } catch (e) {
       await sandbox.destroy({ graceMs: 0 });
@@ -154,18 +154,22 @@ export class VmSandbox extends GuestSandbox {
     if (code !== 0) throw new VmError(`could not ${what} in the VM (status ${code}): ${said.trim()}`);
   }
 
-  /** With TLS interception, the guest's CA bundle is moat's CA (the image has no other roots). */
-  private async installTrust(pem: string): Promise<void> {
+  /**
+   * With TLS interception, the guest's CA bundle (the image has no roots of its own): the
+   * distribution's CA set, or the host's whole store with trustHostCas, then moat's CA; and
+   * moat's CA alone in its own file.
+   */
+  private async installTrust(tls: ValidTls): Promise<void> {
     const { bundle, caFile } = GUEST_TRUST;
-    await this.guestShell(`mkdir -p ${dirname(bundle)} ${dirname(caFile)} && cat > ${bundle} && cp ${bundle} ${caFile}`, "install moat's CA", Readable.from([pem]));
+    await this.guestShell(`mkdir -p ${dirname(bundle)} ${dirname(caFile)} && cat > ${bundle} && sed -n '/^${MOAT_CA_MARKER}$/,$p' ${bundle} | tail -n +2 > ${caFile}`,
+      "install moat's CA", Readable.from([trustBundle(tls.ca.certPem, tls.trustHostCas)]));
   }
 
   /** Run a command in the guest; resolves with its exit status (128+N for signal N). */
   async run(command: string[], o: VmRunOptions = {}): Promise<number> {
     if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
-    const base = o.env ?? { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" };
-    const env = Object.fromEntries(Object.entries(this.gateway ? this.gateway.commandEnv(base) : base).filter((e): e is [string, string] => e[1] !== undefined));
+    const env = this.commandEnv(o.env ?? {}, { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" });
     return this.vm.exec(command, { env, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout ?? process.stdout, stderr: o.stderr ?? process.stderr });
   }
 

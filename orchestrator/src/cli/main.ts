@@ -14,6 +14,7 @@ import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
 import { serveGateway } from "../gateway/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import type { LinkSpec } from "../links/link.js";
+import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } from "../gateway/metrics.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -60,6 +61,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "vm-accel", kind: "string", metavar: "ACCEL", choices: ["auto", "kvm", "tcg"], help: "auto (default: KVM where the guest boots on it, else TCG), kvm or tcg" },
   { name: "name", kind: "string", metavar: "NAME", help: "the sandbox's name (audit events, MAC addresses), unique among this host's\nlive sandboxes (default moat-<pool tag>-<slot>, the namespace's name)" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
+  { name: "stats-interval", kind: "int", metavar: "SECONDS", min: 1, max: 86400, help: "also print the counters of --metrics every SECONDS as one JSON line on\nstderr ({\"v\":1,\"kind\":\"stats\",\"sandbox\":...,\"counters\":{...},\"dns\":...})" },
+  { name: "metrics", kind: "string", metavar: "[ADDR:]PORT", help: "serve Prometheus metrics (text format 0.0.4) at http://ADDR:PORT/metrics\n(ADDR default 127.0.0.1; PORT 0 picks one, printed): flows, bytes and\npackets, drops by reason, DNS, TLS, secrets, policy; a sandbox label each" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
 
@@ -281,15 +284,24 @@ async function cmdRun(args: string[]): Promise<number> {
     throw new MoatError("ERR_BAD_ARGUMENT", "run: no command given", "put the command after the options, e.g. moat run -- ip addr");
   }
   const options = runOptions(flags, lists);
+  checkObserverFlags(flags);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
   if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
   if (flags.get("vm")) return runInVm(flags, options, rest);
   const sandbox = await NetnsSandbox.create(options);
   reportChosenPorts(sandbox, options);
+  let stopObservers: () => Promise<void>;
+  try {
+    stopObservers = await startObservers(flags, async () => [await sandbox.sample()]);
+  } catch (e) {
+    await sandbox.destroy({ graceMs: 0 });
+    throw e;
+  }
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
     child = sandbox.spawn(rest);
   } catch (e) {
+    await stopObservers();
     await sandbox.destroy();
     throw e; // a CommandError: 127 or 126, as a shell (and docker) say
   }
@@ -310,7 +322,44 @@ async function cmdRun(args: string[]): Promise<number> {
     child.once("exit", (code, signal) => resolve(code ?? 128 + signalNumber(signal ?? "SIGKILL")));
   });
   for (const s of sigs) process.removeListener(s, forward);
-  return finishRun(sandbox, flags, options, status);
+  return finishRun(sandbox, flags, options, status, stopObservers);
+}
+
+/**
+ * --metrics and --stats-interval for whatever serves guests (`sample` gives each one's figures);
+ * the returned function stops both. The address is checked by checkObserverFlags, before.
+ */
+async function startObservers(flags: Map<string, string | number | boolean>, sample: () => Promise<GatewaySample[]>): Promise<() => Promise<void>> {
+  const stops: (() => Promise<void>)[] = [];
+  if (flags.has("metrics")) {
+    const { host, port } = parseListenAddress(flags.get("metrics") as string, "--metrics");
+    const m = await serveMetrics(host, port, async () => renderMetrics(await sample()));
+    process.stderr.write(`moat: metrics on http://${host.includes(":") ? `[${host}]` : host}:${m.port}/metrics\n`);
+    stops.push(() => m.close());
+  }
+  const interval = flags.get("stats-interval") as number | undefined;
+  if (interval) {
+    const timer = setInterval(() => {
+      void sample().then((all) => {
+        for (const s of all) process.stderr.write(statsLine(s) + "\n");
+      }, () => {});
+    }, interval * 1000);
+    timer.unref();
+    stops.push(async () => clearInterval(timer));
+  }
+  return async () => { for (const s of stops) await s(); };
+}
+
+/** One --stats-interval line: the figures of --metrics as JSON (engine counters that are not zero). */
+function statsLine(s: GatewaySample): string {
+  const counters = Object.fromEntries(Object.entries(s.counters).filter(([, v]) => v !== 0));
+  const { latencyBuckets: _b, ...dns } = s.dns;
+  return JSON.stringify({ v: 1, time: new Date().toISOString(), sandbox: s.sandbox, kind: "stats", counters, flows: s.flows, dns, tls: s.tls, events: s.events });
+}
+
+/** --metrics's address is checked before anything starts. */
+function checkObserverFlags(flags: Map<string, string | number | boolean>): void {
+  if (flags.has("metrics")) parseListenAddress(flags.get("metrics") as string, "--metrics");
 }
 
 /** A port the kernel chose is worth saying; one the user named is not. */
@@ -324,7 +373,7 @@ function reportChosenPorts(sandbox: GuestSandbox, options: NetnsSandboxOptions):
  * After the command (of either kind of sandbox): its connections drained, --stats, the sandbox
  * removed; moat's exit status (125 when a secret violation terminated it).
  */
-async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, status: number): Promise<number> {
+async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, status: number, stopObservers: () => Promise<void>): Promise<number> {
   // The command is gone, but its kernel may still hold data for its connections: serve them to
   // their end (or the grace), then cut what is left with resets. A signal now ends the wait
   // (and the cleanup still runs): nobody should have to wait out a grace to get their prompt.
@@ -340,6 +389,8 @@ async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | numb
     process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
     if (options.tls) process.stderr.write(`moat: tls ${JSON.stringify(sandbox.tlsStats())}\n`);
   }
+  if (flags.has("stats-interval")) process.stderr.write(statsLine(await sandbox.sample()) + "\n");
+  await stopObservers();
   await sandbox.destroy({ graceMs: 0 });
   for (const s of sigs) process.removeListener(s, onSignal);
   if (sandbox.terminatedBy) {
@@ -364,7 +415,16 @@ async function cmdServe(args: string[]): Promise<number> {
   const value = flags.get(links[0]!.name) as string;
   const link: LinkSpec = links[0]!.name === "tap" ? { kind: "tap", netnsPath: "", ifname: value }
     : links[0]!.name === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
-  const served = await serveGateway(runOptions(flags, lists), link);
+  const serveOptions = runOptions(flags, lists);
+  checkObserverFlags(flags);
+  const served = await serveGateway(serveOptions, link);
+  let stopObservers: () => Promise<void>;
+  try {
+    stopObservers = await startObservers(flags, async () => [await served.gateway.sample()]);
+  } catch (e) {
+    await served.stop({ graceMs: 0 });
+    throw e;
+  }
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
@@ -374,6 +434,7 @@ async function cmdServe(args: string[]): Promise<number> {
   for (const s of sigs) process.on(s, onSignal); // kept until the end: a second signal during the stop is not fatal
   const why = await Promise.race([signal, served.terminated.then((reason) => ({ reason }))]);
   if (flags.get("stats")) process.stderr.write(`moat: engine counters: ${JSON.stringify(served.gateway.counters(true))}\n`);
+  await stopObservers();
   if (typeof why === "object") {
     await served.stop({ graceMs: 0 });
     process.stderr.write(`moat: guest cut off: ${why.reason} (--secret-violation block-and-terminate)\n`);
@@ -398,6 +459,13 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   });
   process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
   reportChosenPorts(sandbox, options);
+  let stopObservers: () => Promise<void>;
+  try {
+    stopObservers = await startObservers(flags, async () => [await sandbox.sample()]);
+  } catch (e) {
+    await sandbox.destroy({ graceMs: 0 });
+    throw e;
+  }
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const forward = (sig: NodeJS.Signals) => sandbox.signal(signalNumber(sig));
   for (const s of sigs) process.on(s, forward);
@@ -411,7 +479,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
     for (const s of sigs) process.removeListener(s, forward);
     process.stdin.pause();
   }
-  return finishRun(sandbox, flags, options, status);
+  return finishRun(sandbox, flags, options, status, stopObservers);
 }
 
 function runGraceText(grace: number): string {

@@ -15,6 +15,8 @@ import { serveGateway } from "../gateway/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import type { LinkSpec } from "../links/link.js";
 import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } from "../gateway/metrics.js";
+import { ControlServer, defaultControlPath, type ControlEntry, type ControlHooks } from "../control/server.js";
+import { expectOk, stream as streamCall } from "../control/client.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -66,13 +68,19 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "help", kind: "bool", help: "show this help" },
 ];
 
+const CONTROL_FLAG: FlagSpec = { name: "control", kind: "string", metavar: "PATH", help: "the control socket (default /run/moat/control.sock as root, else\n$XDG_RUNTIME_DIR/moat/control.sock)" };
+
+/** What `moat policy` and PUT /v1/sandboxes/NAME/policy take: the policy flags of run. */
+const POLICY_FLAG_NAMES = ["net", "net-rule", "net-default-egress", "deny-response", "config"];
+
 const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
   { name: "stream", kind: "string", metavar: "PATH", help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix,\naddr.path=PATH, server=off): 4-byte length + frame" },
   { name: "tap", kind: "string", metavar: "IFNAME", help: "attach to the existing TAP device IFNAME (e.g. Firecracker's tap)" },
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
-const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms"].includes(f.name))];
+const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms"].includes(f.name)),
+  { ...CONTROL_FLAG, help: "also serve a control socket at PATH (0600; docs/control-api.yaml): inspect,\npolicy, ports, events and metrics of this guest (moat ps/inspect/policy)" }];
 
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
@@ -83,6 +91,16 @@ Usage:
   moat serve (--vhost-user PATH | --stream PATH | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects), until SIGTERM
+  moat daemon [--control PATH] [--metrics [ADDR:]PORT]
+                                              own many sandboxes, driven over a control
+                                              socket (HTTP/1.1 + JSON, docs/control-api.yaml),
+                                              until SIGTERM (which removes them all)
+  moat create [--control PATH] [RUN OPTIONS]   a sandbox in the daemon (--name NAME; --vm)
+  moat ps | inspect NAME | rm NAME            list, describe, remove the daemon's sandboxes
+  moat exec NAME -- COMMAND [ARGS...]         run COMMAND in a sandbox; its output and status
+  moat policy NAME [--net ...] [--net-rule RULE ...] [--net-default-egress ACTION]
+                                              replace a sandbox's policy (new connections)
+  moat publish NAME [BIND:]HOST:GUEST[/udp] | moat unpublish NAME HOSTPORT[/udp]
   moat cleanup                                remove what moat processes that died left
                                               (namespaces, leases, directories), any pool
   moat --version | --help
@@ -428,6 +446,21 @@ async function cmdServe(args: string[]): Promise<number> {
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
+  let control: ControlServer | undefined;
+  if (flags.has("control")) {
+    try {
+      control = await ControlServer.listen(flags.get("control") as string, {
+        policyFromArgs,
+        createRefused: "moat serve serves one guest; moat daemon creates sandboxes",
+      });
+      control.add(served.gateway.name, { kind: "served", created: new Date().toISOString(), target: served.gateway });
+      process.stderr.write(`moat: control socket ${control.path}\n`);
+    } catch (e) {
+      await stopObservers();
+      await served.stop({ graceMs: 0 });
+      throw e;
+    }
+  }
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   let onSignal: (s: NodeJS.Signals) => void = () => {};
   const signal = new Promise<NodeJS.Signals>((resolve) => { onSignal = resolve; });
@@ -435,6 +468,7 @@ async function cmdServe(args: string[]): Promise<number> {
   const why = await Promise.race([signal, served.terminated.then((reason) => ({ reason }))]);
   if (flags.get("stats")) process.stderr.write(`moat: engine counters: ${JSON.stringify(served.gateway.counters(true))}\n`);
   await stopObservers();
+  await control?.close();
   if (typeof why === "object") {
     await served.stop({ graceMs: 0 });
     process.stderr.write(`moat: guest cut off: ${why.reason} (--secret-violation block-and-terminate)\n`);
@@ -486,6 +520,169 @@ function runGraceText(grace: number): string {
   return `${grace} ms without progress (--exit-grace-ms)`;
 }
 
+/** The policy and deny response of run's policy flags, alone (moat policy, the control socket's PUT policy). */
+function policyFromArgs(args: string[]): { policy: NetworkPolicy; denyResponse?: "drop" | "reject" | "http" } {
+  const specs = RUN_FLAGS.filter((f) => POLICY_FLAG_NAMES.includes(f.name));
+  const { flags, lists, rest } = parseFlags(args, specs, "policy");
+  if (rest.length) throw new ConfigError(`policy: unexpected argument "${rest[0]}"`, "give only --net, --net-rule, --net-default-egress, --deny-response or --config");
+  if (flags.size === 0 && lists.size === 0) throw new ConfigError("policy: no policy given", "e.g. --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443");
+  const o = runOptions(flags, lists);
+  return { policy: o.policy as NetworkPolicy, denyResponse: o.denyResponse };
+}
+
+/** `moat daemon`: sandboxes created, driven and removed over the control socket, until SIGTERM. */
+async function cmdDaemon(args: string[]): Promise<number> {
+  const specs: FlagSpec[] = [CONTROL_FLAG, RUN_FLAGS.find((f) => f.name === "metrics")!, RUN_FLAGS.find((f) => f.name === "stats-interval")!, { name: "help", kind: "bool", help: "show this help" }];
+  const { flags, rest } = parseFlags(args, specs, "daemon");
+  if (flags.get("help")) {
+    process.stdout.write(`Usage: moat daemon [OPTIONS]\n\nOwns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON; docs/control-api.yaml)\nby moat create/ps/inspect/exec/policy/publish/rm or any HTTP client. Sandboxes outlive the\nclients that made them; SIGTERM or SIGINT removes them all and exits.\n\nOptions:\n${flagHelp(specs)}\n`);
+    return 0;
+  }
+  if (rest.length) throw new ConfigError(`daemon: unexpected argument "${rest[0]}"`, "see moat daemon --help");
+  checkObserverFlags(flags);
+  const path = (flags.get("control") as string | undefined) ?? defaultControlPath();
+  const hooks: ControlHooks = {
+    policyFromArgs,
+    create: async ({ name, args: createArgs, vm }) => {
+      const specs = RUN_FLAGS.filter((f) => !["stats", "stats-interval", "metrics", "help", "tls-ca-out"].includes(f.name));
+      const parsed = parseFlags(createArgs, specs, "create");
+      if (parsed.rest.length) throw new ConfigError(`create: unexpected argument "${parsed.rest[0]}"`, "a sandbox of the daemon runs no command at creation: moat exec runs them");
+      if (name !== undefined) parsed.flags.set("name", name);
+      const options = runOptions(parsed.flags, parsed.lists);
+      const created = new Date().toISOString();
+      if (vm || parsed.flags.get("vm")) {
+        const { VmSandbox } = await import("../vm/vm-sandbox.js");
+        const sandbox = await VmSandbox.create({ ...options, vm: {
+          memoryMiB: parsed.flags.get("vm-memory") as number | undefined, cpus: parsed.flags.get("vm-cpus") as number | undefined,
+          link: parsed.flags.get("vm-link") as "vhost-user" | "stream" | undefined, accel: parsed.flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined, onProgress: () => {},
+        } });
+        return { kind: "vm", created, target: sandbox, args: createArgs, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
+      }
+      const sandbox = await NetnsSandbox.create(options);
+      return { kind: "namespace", created, target: sandbox, args: createArgs, extra: { netns: sandbox.netns }, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
+    },
+  };
+  const control = await ControlServer.listen(path, hooks);
+  const stopObservers = await startObservers(flags, () => Promise.all(control.names.map((n) => control.entry(n)!.target.sample())));
+  process.stderr.write(`moat: daemon listening at ${path}; SIGTERM removes every sandbox and stops\n`);
+  const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  let onSignal: (s: NodeJS.Signals) => void = () => {};
+  const signal = new Promise<NodeJS.Signals>((resolve) => { onSignal = resolve; });
+  for (const s of sigs) process.on(s, onSignal);
+  // The daemon lives until a signal, whatever its clients do; the socket keeps the loop alive.
+  const why = await signal;
+  process.stderr.write(`moat: ${why}: removing ${control.names.length} sandbox(es)\n`);
+  await stopObservers();
+  const names = control.names;
+  await Promise.all(names.map(async (n) => {
+    try {
+      await control.entry(n)!.destroy?.();
+    } catch (e) {
+      process.stderr.write(`moat: removing ${n}: ${(e as Error).message}\n`);
+    }
+  }));
+  // The event streams see every sandbox-destroyed before they end.
+  for (const n of names) control.remove(n);
+  await control.close();
+  return 0;
+}
+
+/** Client commands' flags: --control, and for each its own. */
+function clientArgs(cmd: string, args: string[], extra: readonly FlagSpec[] = []): { path: string; name: string | undefined; flags: Map<string, string | number | boolean>; lists: Map<string, string[]>; rest: string[] } {
+  const specs = [CONTROL_FLAG, ...extra];
+  const first = parseFlags(args, specs, cmd);
+  const name = first.rest[0] === "--" ? undefined : first.rest[0];
+  // Flags may come after NAME too (moat policy NAME --net-rule ...).
+  const second = name === undefined ? { flags: new Map(), lists: new Map(), rest: first.rest } : parseFlags(first.rest.slice(1), specs, cmd);
+  const flags = new Map([...first.flags, ...second.flags]);
+  const lists = new Map<string, string[]>([...first.lists]);
+  for (const [k, v] of second.lists) lists.set(k, [...(lists.get(k) ?? []), ...v]);
+  const path = (flags.get("control") as string | undefined) ?? defaultControlPath();
+  flags.delete("control");
+  return { path, name, flags, lists, rest: second.rest };
+}
+
+function needName(cmd: string, name: string | undefined): string {
+  if (!name) throw new ConfigError(`${cmd}: no sandbox name given`, `e.g. moat ${cmd} NAME (moat ps lists them)`);
+  return encodeURIComponent(name);
+}
+
+/** Flags as given again (for the server, which parses them with the same specs). */
+function flagArgs(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): string[] {
+  const out: string[] = [];
+  for (const [k, v] of flags) out.push(...(v === true ? [`--${k}`] : [`--${k}`, String(v)]));
+  for (const [k, vs] of lists) for (const v of vs) out.push(`--${k}`, v);
+  return out;
+}
+
+async function cmdClient(cmd: string, args: string[]): Promise<number> {
+  switch (cmd) {
+    case "ps": {
+      const { path, name } = clientArgs(cmd, args);
+      if (name) throw new ConfigError(`ps: unexpected argument "${name}"`, "moat ps takes no arguments (moat inspect NAME describes one)");
+      const list = await expectOk(path, "GET", "/v1/sandboxes") as { name: string; kind: string; created: string; guest: { ipv4: string }; ports: { bind: string; host: number; guest: number; protocol: string }[] }[];
+      const rows = [["NAME", "KIND", "GUEST", "PORTS", "CREATED"], ...list.map((s) => [s.name, s.kind, s.guest.ipv4, s.ports.map((p) => `${p.bind}:${p.host}->${p.guest}/${p.protocol}`).join(",") || "-", s.created])];
+      const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+      for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]! + 2))).join("") + "\n");
+      return 0;
+    }
+    case "inspect": {
+      const { path, name } = clientArgs(cmd, args);
+      process.stdout.write(JSON.stringify(await expectOk(path, "GET", `/v1/sandboxes/${needName(cmd, name)}`), null, 2) + "\n");
+      return 0;
+    }
+    case "rm": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      for (const n of [name, ...rest]) await expectOk(path, "DELETE", `/v1/sandboxes/${needName(cmd, n)}`);
+      return 0;
+    }
+    case "create": {
+      const { path, flags, lists, rest, name } = clientArgs(cmd, [...args], RUN_FLAGS.filter((f) => !["stats", "stats-interval", "metrics", "tls-ca-out"].includes(f.name)));
+      if (flags.get("help")) {
+        process.stdout.write(`Usage: moat create [--control PATH] [--name NAME] [OPTIONS of moat run]\n\nCreates a sandbox in the daemon and prints its description (moat inspect). Commands run in it\nwith moat exec.\n`);
+        return 0;
+      }
+      if (name !== undefined || rest.length) throw new ConfigError(`create: unexpected argument "${name ?? rest[0]}"`, "a sandbox is created without a command: moat exec NAME -- COMMAND runs one");
+      process.stdout.write(JSON.stringify(await expectOk(path, "POST", "/v1/sandboxes", { args: flagArgs(flags, lists) }), null, 2) + "\n");
+      return 0;
+    }
+    case "exec": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      const command = rest[0] === "--" ? rest.slice(1) : rest;
+      if (command.length === 0) throw new ConfigError("exec: no command given", "e.g. moat exec NAME -- ip addr");
+      let status = 125;
+      await streamCall(path, "POST", `/v1/sandboxes/${needName(cmd, name)}/exec`, { command, stream: true, env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" } }, (v) => {
+        if (typeof v.status === "number") status = v.status;
+        else if (typeof v.data === "string") (v.stream === "stderr" ? process.stderr : process.stdout).write(Buffer.from(v.data, "base64"));
+      });
+      return status;
+    }
+    case "policy": {
+      const { path, name, flags, lists, rest } = clientArgs(cmd, args, RUN_FLAGS.filter((f) => POLICY_FLAG_NAMES.includes(f.name)));
+      if (rest.length) throw new ConfigError(`policy: unexpected argument "${rest[0]}"`, "e.g. moat policy NAME --net-default-egress deny --net-rule allow@api.example.com:tcp:443");
+      const n = needName(cmd, name);
+      const p = flags.size || lists.size ? await expectOk(path, "PUT", `/v1/sandboxes/${n}/policy`, { args: flagArgs(flags, lists) }) : await expectOk(path, "GET", `/v1/sandboxes/${n}/policy`);
+      process.stdout.write(JSON.stringify(p, null, 2) + "\n");
+      return 0;
+    }
+    case "publish": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      if (rest.length !== 1) throw new ConfigError("publish: give NAME and one [BIND:]HOST:GUEST[/udp]", "e.g. moat publish web 8080:80");
+      const p = await expectOk(path, "POST", `/v1/sandboxes/${needName(cmd, name)}/ports`, { spec: rest[0] }) as { bind: string; host: number; guest: number; protocol: string };
+      process.stdout.write(`${p.bind.includes(":") ? `[${p.bind}]` : p.bind}:${p.host} -> ${p.guest}/${p.protocol}\n`);
+      return 0;
+    }
+    case "unpublish": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      const m = rest.length === 1 ? /^(\d{1,5})(?:\/(tcp|udp))?$/.exec(rest[0]!) : null;
+      if (!m) throw new ConfigError("unpublish: give NAME and HOSTPORT[/tcp|/udp]", "e.g. moat unpublish web 8080");
+      await expectOk(path, "DELETE", `/v1/sandboxes/${needName(cmd, name)}/ports/${m[1]}${m[2] ? `?protocol=${m[2]}` : ""}`);
+      return 0;
+    }
+  }
+  throw new Error(`unreachable: ${cmd}`);
+}
+
 function cmdCleanup(args: string[]): number {
   if (args.length) throw new ConfigError(`cleanup: unexpected argument "${args[0]}"`, "moat cleanup takes no arguments");
   const removed = cleanupLeftovers();
@@ -520,8 +717,19 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdServe(args);
       case "cleanup":
         return cmdCleanup(args);
+      case "daemon":
+        return await cmdDaemon(args);
+      case "ps":
+      case "inspect":
+      case "rm":
+      case "create":
+      case "exec":
+      case "policy":
+      case "publish":
+      case "unpublish":
+        return await cmdClient(cmd, args);
       default:
-        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve and cleanup; see moat --help\n`);
+        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve, daemon, create, ps, inspect, exec, policy, publish, unpublish, rm and cleanup; see moat --help\n`);
         return EXIT_MOAT_FAILED;
     }
   } catch (e) {

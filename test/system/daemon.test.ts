@@ -235,3 +235,38 @@ test("the socket refuses what it cannot judge, and keeps other users out", { ski
   assert.match(none.stderr, /cannot reach the control socket .*no moat is listening there/);
   assert.match(none.stderr, /hint: start one with moat daemon/);
 });
+
+test("moat serve --control: its one guest is listed, inspected and re-policed over the socket; no commands, creation or removal", { skip }, async () => {
+  const link = `${dir}/serve-stream.sock`;
+  const csock = `${dir}/serve-control.sock`;
+  const served = world.spawnMoat(["serve", "--stream", link, "--name", "served-guest", "--dns-forward", "none", "--control", csock]);
+  let err = "";
+  served.stderr!.on("data", (d) => (err += d));
+  const exited = new Promise<number | null>((r) => served.once("exit", (c) => r(c)));
+  try {
+    for (let t = 0; t < 10000 && !/control socket/.test(err); t += 50) await new Promise((r) => setTimeout(r, 50));
+    assert.match(err, /moat: control socket .*serve-control\.sock/);
+    assert.equal(statSync(csock).mode & 0o777, 0o600);
+    const ps = await world.moat(["ps", "--control", csock]);
+    assert.match(ps.stdout, /^served-guest\s+served\s+172\.30\./m, ps.stdout + ps.stderr);
+    const pol = await world.moat(["policy", "served-guest", "--control", csock, "--net-rule", "deny@192.0.2.0/24"]);
+    assert.equal(pol.code, 0, pol.stderr);
+    const inspected = JSON.parse((await world.moat(["inspect", "served-guest", "--control", csock])).stdout) as { kind: string; policy: { rules: string[] } };
+    assert.equal(inspected.kind, "served");
+    assert.match(inspected.policy.rules[0]!, /deny:egress@192\.0\.2\.0\/24/);
+    const ex = await world.moat(["exec", "served-guest", "--control", csock, "--", "true"]);
+    assert.equal(ex.code, 125);
+    assert.match(ex.stderr, /runs no commands for moat/);
+    const rm = await world.moat(["rm", "served-guest", "--control", csock]);
+    assert.equal(rm.code, 125);
+    assert.match(rm.stderr, /cannot be removed over the control socket[^]*hint: it is the guest of moat serve/);
+    const cr = await world.moat(["create", "--control", csock]);
+    assert.equal(cr.code, 125);
+    assert.match(cr.stderr, /does not create sandboxes/);
+    served.kill("SIGTERM");
+    assert.equal(await exited, 0, err);
+    assert.ok(!existsSync(csock), "the control socket is removed");
+  } finally {
+    served.kill("SIGKILL");
+  }
+});

@@ -132,7 +132,7 @@ test("--metrics serves an exposition promtool accepts during traffic; a denial, 
     `socat -u /dev/null TCP:${HOSTS.private}:80,connect-timeout=1 2>/dev/null`,
     "dig +short +tries=1 +time=2 blocked.test >/dev/null",
     "dig +short +tries=1 +time=2 allowed.test >/dev/null",
-    "curl -sS -o /dev/null https://allowed.test/hello",
+    'curl -sS -o /dev/null -H "Authorization: Bearer $API_KEY" https://allowed.test/hello',
     `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | socat -t2 - TCP:${WORLD_IP4}:443 >/dev/null 2>&1`, // not TLS: a refusal
     "dig +short +tries=1 +time=2 $API_KEY.other.test >/dev/null",
     `echo hello | socat - TCP:${WORLD_IP4}:7 >/dev/null`,
@@ -166,6 +166,7 @@ test("--metrics serves an exposition promtool accepts during traffic; a denial, 
     assert.ok((metric(text, "moat_tcp_payload_bytes_total", { ...sb, direction: "egress" }) ?? 0) > 65536, "bytes each way");
     assert.equal(metric(text, "moat_flows_open", { ...sb, protocol: "tcp" }), 1, "the stream's flow is open");
     assert.ok((metric(text, "moat_tls_leaves_minted_total", sb) ?? 0) >= 1);
+    assert.equal(metric(text, "moat_secret_substituted_connections_total", sb), 1, "a substitution");
     for (const line of text.split("\n").filter((l) => l && !l.startsWith("#"))) assert.match(line, /\{sandbox="metrics-test"[,}]/, line);
     if (promtool) {
       const c = promtoolCheck(text);

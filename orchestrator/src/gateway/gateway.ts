@@ -591,7 +591,7 @@ export class Gateway {
 
   /** What the TLS proxy has done (zeros without interception). */
   tlsStats(): TlsProxy["stats"] {
-    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0 };
+    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, substituted: 0 };
   }
 
   /** Everything metrics and --stats report about this gateway, sampled now. */

@@ -135,6 +135,7 @@ export function renderMetrics(samples: GatewaySample[]): string {
     for (const action of ["block", "block-and-log", "block-and-terminate"]) {
       x.add("moat_secret_violations_total", "counter", "Secret placeholders stopped on their way to a destination not allowed for them, by action", { ...sb, action: action.replace(/-/g, "_") }, s.events[`secret-violation:${action}`] ?? 0);
     }
+    x.add("moat_secret_substituted_connections_total", "counter", "Intercepted connections on which a secret's value was put into a request (counted when they close)", sb, t.substituted);
     // Events, by kind (what the audit log and the event stream carried).
     for (const [kind, n] of Object.entries(s.events)) {
       if (!kind.startsWith("secret-violation:")) x.add("moat_events_total", "counter", "Gateway events emitted, by kind (gateway/events.ts)", { ...sb, kind: kind.replace(/-/g, "_") }, n);

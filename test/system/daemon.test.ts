@@ -11,6 +11,7 @@ import { spawnSync, type ChildProcess } from "node:child_process";
 import { World, WORLD_IP4, systemTestSkipReason, hasTool, moatNamespaces } from "../testbed/world.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("socat", "-V") ? undefined : "socat is not installed");
+const vmSkip = skip ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed");
 let world: World;
 let dir = "";
 let sock = "";
@@ -69,6 +70,18 @@ async function until(what: string, cond: () => boolean, ms = 10000): Promise<voi
   assert.ok(cond(), `${what} (daemon stderr:\n${daemonErr})`);
 }
 
+/** A daemon of this test's own (the one before is stopped: a test that failed may have left it). */
+async function freshDaemon(): Promise<void> {
+  if (daemon && daemon.exitCode === null) {
+    daemon.kill("SIGTERM");
+    await new Promise((r) => daemon.once("exit", r));
+  }
+  daemonErr = "";
+  daemon = world.spawnMoat(["daemon", "--control", sock]);
+  daemon.stderr!.on("data", (d) => (daemonErr += d));
+  await until("the daemon listens", () => /daemon listening/.test(daemonErr));
+}
+
 before(async () => {
   if (skip) return;
   dir = mkdtempSync("/tmp/moat-daemon-");
@@ -76,9 +89,6 @@ before(async () => {
   sock = `${dir}/control.sock`;
   world = World.create();
   await world.startServer("tcp-echo", 7);
-  daemon = world.spawnMoat(["daemon", "--control", sock]);
-  daemon.stderr!.on("data", (d) => (daemonErr += d));
-  await until("the daemon listens", () => /daemon listening/.test(daemonErr));
 });
 after(() => {
   if (daemon && daemon.exitCode === null) daemon.kill("SIGKILL");
@@ -87,6 +97,7 @@ after(() => {
 });
 
 test("two sandboxes over the socket: ps lists them, exec runs in each, a policy change holds for the next connection, /events streams the denial, rm and SIGTERM leave nothing", { skip }, async () => {
+  await freshDaemon();
   assert.equal(statSync(sock).mode & 0o777, 0o600, "the socket is 0600");
   const events = eventStream();
   const a = await call("POST", "/v1/sandboxes", { name: "alpha", args: [] });
@@ -175,15 +186,7 @@ test("two sandboxes over the socket: ps lists them, exec runs in each, a policy 
 });
 
 test("the socket refuses what it cannot judge, and keeps other users out", { skip }, async () => {
-  // A fresh daemon (the first test's is gone, or is stopped now if that test failed).
-  if (daemon.exitCode === null) {
-    daemon.kill("SIGTERM");
-    await new Promise((r) => daemon.once("exit", r));
-  }
-  daemonErr = "";
-  daemon = world.spawnMoat(["daemon", "--control", sock]);
-  daemon.stderr!.on("data", (d) => (daemonErr += d));
-  await until("the daemon listens", () => /daemon listening/.test(daemonErr));
+  await freshDaemon();
   try {
     const notJson = await call("POST", "/v1/sandboxes", undefined, { data: "{nope", type: "application/json" });
     assert.equal(notJson.status, 400);
@@ -268,5 +271,31 @@ test("moat serve --control: its one guest is listed, inspected and re-policed ov
     assert.ok(!existsSync(csock), "the control socket is removed");
   } finally {
     served.kill("SIGKILL");
+  }
+});
+
+test("a VM sandbox over the socket: created, exec'd (collected and streamed), inspected, removed", { skip: vmSkip, timeout: 180000 }, async (t) => {
+  await freshDaemon();
+  try {
+    const c = await call("POST", "/v1/sandboxes", { name: "vmbox", vm: true, args: ["--vm-accel", "tcg"] });
+    const code = (c.body as { code?: string }).code;
+    if (c.status !== 201 && (code === "ERR_MISSING_TOOL" || code === "ERR_VM")) return t.skip(`no VM here: ${JSON.stringify(c.body)}`);
+    assert.equal(c.status, 201, JSON.stringify(c.body));
+    const d = c.body as { kind: string; addresses: { guest: { ipv4: string } } };
+    assert.equal(d.kind, "vm");
+    const r = await call("POST", "/v1/sandboxes/vmbox/exec", { command: ["sh", "-c", "echo $((6*7)); ip -4 addr show eth0 | grep -c 'inet 172'; exit 4"] });
+    assert.deepEqual(r.body, { status: 4, stdout: "42\n1\n", stderr: "" });
+    const e = await world.moat(["exec", "--control", sock, "vmbox", "--", "sh", "-c", "uname -s; echo err >&2"]);
+    assert.equal(e.code, 0, e.stderr);
+    assert.equal(e.stdout, "Linux\n");
+    assert.equal(e.stderr, "err\n");
+    const ps = await world.moat(["ps", "--control", sock]);
+    assert.match(ps.stdout, /^vmbox\s+vm\s+172\.30\./m);
+    const rm = await world.moat(["rm", "--control", sock, "vmbox"]);
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.deepEqual((await call("GET", "/v1/sandboxes")).body, []);
+  } finally {
+    daemon.kill("SIGTERM");
+    await new Promise((r) => (daemon.exitCode !== null ? r(null) : daemon.once("exit", r)));
   }
 });

@@ -221,6 +221,14 @@ test("the socket refuses what it cannot judge, and keeps other users out", { ski
     assert.equal(second.code, 125);
     assert.match(second.stderr, /another moat is listening at control socket/);
     assert.equal((await call("GET", "/v1/sandboxes")).status, 200);
+    // moat create: the flags of moat run, no command.
+    const made = await world.moat(["create", "--control", sock, "--name", "gamma", "--net", "none"]);
+    assert.equal(made.code, 0, made.stderr);
+    assert.equal((JSON.parse(made.stdout) as { name: string; policy: { offline: boolean } }).policy.offline, true);
+    const withCmd = await world.moat(["create", "--control", sock, "--name", "delta", "--", "sh"]);
+    assert.equal(withCmd.code, 125);
+    assert.match(withCmd.stderr, /create: unexpected argument/);
+    assert.equal((await world.moat(["rm", "--control", sock, "gamma"])).code, 0);
   } finally {
     daemon.kill("SIGTERM");
     await new Promise((r) => (daemon.exitCode !== null ? r(null) : daemon.once("exit", r)));

@@ -30,7 +30,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject", "http"], help: "drop (default: silence, as on a firewalled network), reject (TCP\nreset, ICMP administratively prohibited: fails fast), or http (reject,\nand a denied HTTP request on port 80 — or HTTPS, when intercepted — gets\n403 naming the host and the rule, so an agent learns why)" },
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
-  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow (and DNS block/rebinding event) as a JSON line to FILE" },
+  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every event (denied flows, DNS blocks and rewrites, TLS refusals,\nsecret violations, ports, lifecycle, limits) as a JSON line to FILE\n({\"v\":1,\"time\":…,\"sandbox\":…,\"kind\":…}; README, Events)" },
   { name: "audit-log-max-bytes", kind: "int", metavar: "N", min: 4096, max: 2 ** 50, help: "stop writing the audit log at N bytes, with a last line saying so (default\n64 MiB)" },
   { name: "audit-log-interval-ms", kind: "int", metavar: "MS", min: 1, max: 86400000, help: "repeats of one event (same rule, destination, port) within MS after its\nfirst are counted and written as one summary line (default 10000)" },
   { name: "dns-block", kind: "string", metavar: "NAME", repeat: true, help: "answer NAME locally as blocked (REFUSED), never asking upstream" },
@@ -95,7 +95,7 @@ Usage:
                                               own many sandboxes, driven over a control
                                               socket (HTTP/1.1 + JSON, docs/control-api.yaml),
                                               until SIGTERM (which removes them all)
-  moat create [--control PATH] [RUN OPTIONS]   a sandbox in the daemon (--name NAME; --vm)
+  moat create [--control PATH] [RUN OPTIONS]  a sandbox in the daemon (--name NAME; --vm)
   moat ps | inspect NAME | rm NAME            list, describe, remove the daemon's sandboxes
   moat exec NAME -- COMMAND [ARGS...]         run COMMAND in a sandbox; its output and status
   moat policy NAME [--net ...] [--net-rule RULE ...] [--net-default-egress ACTION]

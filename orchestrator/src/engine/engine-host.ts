@@ -105,7 +105,11 @@ export class EngineHost {
 
   /** What the worker's DNS interceptor (guest DNS over UDP) answered. */
   async dnsStats(): Promise<DnsStatsSnapshot> {
-    return this.exited ? DnsStats.empty() : this.control.dnsStats();
+    if (this.exited || this.stopping) return DnsStats.empty();
+    // A worker that is going away may never answer: a scrape must not hang on it.
+    let got: DnsStatsSnapshot | undefined;
+    await within(this.control.dnsStats().then((s) => { got = s; }), 1000);
+    return got ?? DnsStats.empty();
   }
 
   async liveSockets(): Promise<number> {

@@ -180,6 +180,7 @@ test("two sandboxes over the socket: ps lists them, exec runs in each, a policy 
   assert.equal(code, 0, daemonErr);
   await events.ended;
   assert.deepEqual(events.lines.filter((e) => e.kind === "sandbox-destroyed").map((e) => e.sandbox).sort(), ["alpha", "beta"]);
+  assert.deepEqual(events.lines.filter((e) => e.kind === "sandbox-created").map((e) => e.sandbox).sort(), ["alpha", "beta"], "creation is streamed too");
   assert.ok(!moatNamespaces().includes(beta.netns), "beta's namespace is gone");
   assert.ok(!existsSync(sock), "the socket is removed");
   assert.ok(!existsSync("/run/moat/names/alpha") && !existsSync("/run/moat/names/beta"), "the names are released");

@@ -17,6 +17,7 @@ import type { LinkSpec } from "../links/link.js";
 import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } from "../gateway/metrics.js";
 import { ControlServer, defaultControlPath, type ControlEntry, type ControlHooks } from "../control/server.js";
 import { expectOk, stream as streamCall } from "../control/client.js";
+import type { GatewayEvent } from "../gateway/events.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -548,7 +549,11 @@ async function cmdDaemon(args: string[]): Promise<number> {
       const parsed = parseFlags(createArgs, specs, "create");
       if (parsed.rest.length) throw new ConfigError(`create: unexpected argument "${parsed.rest[0]}"`, "a sandbox of the daemon runs no command at creation: moat exec runs them");
       if (name !== undefined) parsed.flags.set("name", name);
-      const options = runOptions(parsed.flags, parsed.lists);
+      // What the sandbox emits before the control socket subscribes (sandbox-created, ports
+      // published at creation) is held for its event streams.
+      let early: GatewayEvent[] | undefined = [];
+      const takeEarlyEvents = () => { const e = early ?? []; early = undefined; return e; };
+      const options = { ...runOptions(parsed.flags, parsed.lists), onEvent: (e: GatewayEvent) => { early?.push(e); } };
       const created = new Date().toISOString();
       if (vm || parsed.flags.get("vm")) {
         const { VmSandbox } = await import("../vm/vm-sandbox.js");
@@ -556,10 +561,10 @@ async function cmdDaemon(args: string[]): Promise<number> {
           memoryMiB: parsed.flags.get("vm-memory") as number | undefined, cpus: parsed.flags.get("vm-cpus") as number | undefined,
           link: parsed.flags.get("vm-link") as "vhost-user" | "stream" | undefined, accel: parsed.flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined, onProgress: () => {},
         } });
-        return { kind: "vm", created, target: sandbox, args: createArgs, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
+        return { kind: "vm", created, target: sandbox, args: createArgs, takeEarlyEvents, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
       }
       const sandbox = await NetnsSandbox.create(options);
-      return { kind: "namespace", created, target: sandbox, args: createArgs, extra: { netns: sandbox.netns }, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
+      return { kind: "namespace", created, target: sandbox, args: createArgs, takeEarlyEvents, extra: { netns: sandbox.netns }, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
     },
   };
   const control = await ControlServer.listen(path, hooks);

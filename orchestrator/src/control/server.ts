@@ -49,6 +49,8 @@ export interface ControlEntry {
   args?: string[];
   /** More for inspect (e.g. the namespace's name). */
   extra?: Record<string, unknown>;
+  /** Events the sandbox emitted before it was added (sandbox-created): streamed at add(), once. */
+  takeEarlyEvents?: () => GatewayEvent[];
 }
 
 /** How the owner creates sandboxes and reads policy flags (the CLI's parsers: one meaning of each flag). */
@@ -120,6 +122,7 @@ export class ControlServer {
       // A sandbox that ended by itself (a secret violation's block-and-terminate) leaves the registry.
       if (e.kind === "sandbox-destroyed" && entry.kind !== "served" && this.entries.get(name) === entry) setImmediate(() => this.remove(name));
     }));
+    for (const e of entry.takeEarlyEvents?.() ?? []) for (const s of this.streams) s(e);
   }
 
   /** Take a sandbox off the registry (after its sandbox-destroyed event reached the streams). */

@@ -110,6 +110,7 @@ test("the audit log has one JSON shape, v 1, for denials, DNS blocks, TLS refusa
   assert.equal(r.code, 0, r.stderr);
   const events = readFileSync(audit, "utf8").trim().split("\n").map((l) => JSON.parse(l) as Ev);
   for (const e of events) envelopeOk(e, "audit-shape");
+  assert.deepEqual(events.slice(0, 2).map((e) => e.kind), ["sandbox-created", "port-published"], "created first, then its ports");
   const kinds = new Set(events.map((e) => e.kind));
   for (const k of ["sandbox-created", "port-published", "flow-denied", "dns-blocked", "tls-upstream-failed", "secret-violation", "sandbox-destroyed"]) {
     assert.ok(kinds.has(k), `${k} in ${JSON.stringify(events)}`);

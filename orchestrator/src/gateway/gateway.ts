@@ -349,11 +349,11 @@ export class Gateway {
         // Fail closed and loud: the guest has no network from here on.
         process.stderr.write(`moat: sandbox ${gw.name}: ${reason}; its network is down\n`);
       };
-      // Before the guest runs: a port in use is an error now, not a surprise later.
-      for (const p of o.ports) await gw.publish(p);
       gw.limitTimer = setInterval(() => gw.checkLimits(), 1000);
       gw.limitTimer.unref();
-      gw.emitCreated();
+      gw.emitCreated(); // before its ports' events (and, if one fails, before sandbox-destroyed)
+      // Before the guest runs: a port in use is an error now, not a surprise later.
+      for (const p of o.ports) await gw.publish(p);
       return gw;
     } catch (e) {
       await gw.stop();

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, statSync, existsSync, writeFileSync, readFileSync, chmodSync } from "node:fs";
 import { request } from "node:http";
 import { spawnSync, type ChildProcess } from "node:child_process";
-import { World, WORLD_IP4, systemTestSkipReason, hasTool, moatNamespaces } from "../testbed/world.js";
+import { World, WORLD_IP4, MOAT_BIN, systemTestSkipReason, hasTool, moatNamespaces } from "../testbed/world.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("socat", "-V") ? undefined : "socat is not installed");
 const vmSkip = skip ?? (hasTool("qemu-system-x86_64", "--version") ? undefined : "qemu-system-x86_64 is not installed");
@@ -126,6 +126,8 @@ test("two sandboxes over the socket: ps lists them, exec runs in each, a policy 
   assert.equal(eb.code, 3);
   assert.equal(eb.stdout.trim(), `${beta.addresses.guest.ipv4.split("/")[0]}/`);
   assert.equal(eb.stderr, "oops\n");
+  const piped = spawnSync("ip", ["netns", "exec", world.host, process.execPath, MOAT_BIN, "exec", "-i", "--control", sock, "beta", "--", "tr", "a-z", "A-Z"], { input: "shout\n", encoding: "utf8" });
+  assert.equal(piped.stdout, "SHOUT\n", piped.stderr);
   const collected = await call("POST", "/v1/sandboxes/beta/exec", { command: ["sh", "-c", "cat; echo to-err >&2"], stdin: "from stdin\n" });
   assert.deepEqual(collected.body, { status: 0, stdout: "from stdin\n", stderr: "to-err\n" });
 

@@ -98,7 +98,7 @@ Usage:
                                               until SIGTERM (which removes them all)
   moat create [--control PATH] [RUN OPTIONS]  a sandbox in the daemon (--name NAME; --vm)
   moat ps | inspect NAME | rm NAME            list, describe, remove the daemon's sandboxes
-  moat exec NAME -- COMMAND [ARGS...]         run COMMAND in a sandbox; its output and status
+  moat exec [-i] NAME -- COMMAND [ARGS...]    run COMMAND in a sandbox; its output and status
   moat policy NAME [--net ...] [--net-rule RULE ...] [--net-default-egress ACTION]
                                               replace a sandbox's policy (new connections)
   moat publish NAME [BIND:]HOST:GUEST[/udp] | moat unpublish NAME HOSTPORT[/udp]
@@ -652,11 +652,22 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
       return 0;
     }
     case "exec": {
-      const { path, name, rest } = clientArgs(cmd, args);
+      const { path, name, rest, flags } = clientArgs(cmd, args, [{ name: "interactive", short: "i", kind: "bool", help: "send this process's stdin to the command (read to its end first, at most 768 KiB)" }]);
       const command = rest[0] === "--" ? rest.slice(1) : rest;
       if (command.length === 0) throw new ConfigError("exec: no command given", "e.g. moat exec NAME -- ip addr");
+      let stdin: string | undefined;
+      if (flags.get("interactive")) {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        for await (const c of process.stdin) {
+          size += (c as Buffer).length;
+          if (size > 768 * 1024) throw new ConfigError("exec -i: stdin is over 768 KiB", "give the command its input another way (a file in the sandbox's view, a published port)");
+          chunks.push(c as Buffer);
+        }
+        stdin = Buffer.concat(chunks).toString("utf8");
+      }
       let status = 125;
-      await streamCall(path, "POST", `/v1/sandboxes/${needName(cmd, name)}/exec`, { command, stream: true, env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" } }, (v) => {
+      await streamCall(path, "POST", `/v1/sandboxes/${needName(cmd, name)}/exec`, { command, stream: true, env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" }, ...(stdin !== undefined ? { stdin } : {}) }, (v) => {
         if (typeof v.status === "number") status = v.status;
         else if (typeof v.data === "string") (v.stream === "stderr" ? process.stderr : process.stdout).write(Buffer.from(v.data, "base64"));
       });

@@ -255,8 +255,7 @@ export class ControlServer {
     if (name !== undefined) this.creating.add(name);
     try {
       const entry = await this.hooks.create({ name, args, vm });
-      this.add(entry.target.name, entry);
-      res.on("close", () => {}); // the client may be gone: the sandbox stays (it belongs to the daemon)
+      this.add(entry.target.name, entry); // the client may be gone by now: the sandbox stays (it is the daemon's)
       json(res, 201, await this.inspect(entry.target.name, entry));
     } finally {
       if (name !== undefined) this.creating.delete(name);

@@ -71,13 +71,13 @@ async function until(what: string, cond: () => boolean, ms = 10000): Promise<voi
 }
 
 /** A daemon of this test's own (the one before is stopped: a test that failed may have left it). */
-async function freshDaemon(): Promise<void> {
+async function freshDaemon(extra: string[] = []): Promise<void> {
   if (daemon && daemon.exitCode === null) {
     daemon.kill("SIGTERM");
     await new Promise((r) => daemon.once("exit", r));
   }
   daemonErr = "";
-  daemon = world.spawnMoat(["daemon", "--control", sock]);
+  daemon = world.spawnMoat(["daemon", "--control", sock, ...extra]);
   daemon.stderr!.on("data", (d) => (daemonErr += d));
   await until("the daemon listens", () => /daemon listening/.test(daemonErr));
 }
@@ -189,8 +189,13 @@ test("two sandboxes over the socket: ps lists them, exec runs in each, a policy 
 });
 
 test("the socket refuses what it cannot judge, and keeps other users out", { skip }, async () => {
-  await freshDaemon();
+  await freshDaemon(["--metrics", "127.0.0.1:0"]);
   try {
+    // (--metrics on the daemon: every sandbox's series, none yet.)
+    const port = /metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(daemonErr)?.[1];
+    assert.ok(port, daemonErr);
+    const scrape = spawnSync("ip", ["netns", "exec", world.host, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{content_type}", `http://127.0.0.1:${port}/metrics`], { encoding: "utf8" });
+    assert.equal(scrape.stdout, "200 text/plain; version=0.0.4; charset=utf-8", scrape.stderr);
     const notJson = await call("POST", "/v1/sandboxes", undefined, { data: "{nope", type: "application/json" });
     assert.equal(notJson.status, 400);
     assert.match((notJson.body as { error: string }).error, /not JSON/);

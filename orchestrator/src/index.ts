@@ -31,3 +31,9 @@ export {
 } from "./policy/model.js";
 export type { DenyResponse } from "./policy/compile.js";
 export type { DenyEvent } from "./policy/audit.js";
+export {
+  EVENT_VERSION,
+  type GatewayEvent, type GatewayEventKind, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent,
+  type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent,
+} from "./gateway/events.js";
+export { renderMetrics, type GatewaySample } from "./gateway/metrics.js";

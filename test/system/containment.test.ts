@@ -121,7 +121,7 @@ test("the sandbox's root is nobody on the host by default, the sudo user under s
     delete process.env.SUDO_GID;
   }
   const root = await run("true", ["--user", "0"]);
-  assert.equal(root.code, 2);
+  assert.equal(root.code, 125);
   assert.match(root.stderr, /cannot be the host's root/);
 });
 
@@ -219,7 +219,7 @@ test("--env-file gives NAME=VALUE and NAME lines, skips comments; -e wins; a sec
     assert.match(r.stdout, /^API_KEY=moat-ph-/m);
     assert.ok(!r.stdout.includes(value), "a variable holding the secret's value reached the command");
     const bad = await run("true", ["--env-file", `${dir}/no-such-file`]);
-    assert.equal(bad.code, 2);
+    assert.equal(bad.code, 125);
     assert.match(bad.stderr, /--env-file .*no-such-file: cannot read it: ENOENT/);
   } finally {
     delete process.env.MOAT_TEST_FROM_ENV;

@@ -163,8 +163,8 @@ test("past maxKeys, new keys are counted in one overflow summary per kind", () =
   const overflow = lines(path).slice(100);
   const detail = (kind: string) => `limit of 100 distinct events per 10000 ms reached; further ${kind} events are counted, not written`;
   assert.deepEqual(overflow, [
-    { time: deny(100).time, kind: "audit-log-overflow", of: "deny", detail: detail("deny"), repeated: 900, until: deny(999).time },
-    { time: deny(2000).time, kind: "audit-log-overflow", of: "dns-blocked", detail: detail("dns-blocked"), repeated: 10, until: deny(2009).time },
+    { v: 1, time: deny(100).time, sandbox: "sb", kind: "audit-log-overflow", of: "flow-denied", detail: detail("flow-denied"), repeated: 900, until: deny(999).time },
+    { v: 1, time: deny(2000).time, sandbox: "sb", kind: "audit-log-overflow", of: "dns-blocked", detail: detail("dns-blocked"), repeated: 10, until: deny(2009).time },
   ]);
   assert.equal(eventsWritten(path), 1010);
   assert.equal(log.heldKeys, 0);

@@ -15,6 +15,10 @@ import { serveGateway } from "../gateway/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
 import type { LinkSpec } from "../links/link.js";
+import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } from "../gateway/metrics.js";
+import { ControlServer, defaultControlPath, type ControlEntry, type ControlHooks } from "../control/server.js";
+import { expectOk, stream as streamCall } from "../control/client.js";
+import type { GatewayEvent } from "../gateway/events.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -28,7 +32,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject", "http"], help: "drop (default: silence, as on a firewalled network), reject (TCP\nreset, ICMP administratively prohibited: fails fast), or http (reject,\nand a denied HTTP request on port 80 — or HTTPS, when intercepted — gets\n403 naming the host and the rule, so an agent learns why)" },
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
-  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every denied flow (and DNS block/rebinding event) as a JSON line to FILE" },
+  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every event (denied flows, DNS blocks and rewrites, TLS refusals,\nsecret violations, ports, lifecycle, limits) as a JSON line to FILE\n({\"v\":1,\"time\":…,\"sandbox\":…,\"kind\":…}; README, Events)" },
   { name: "audit-log-max-bytes", kind: "int", metavar: "N", min: 4096, max: 2 ** 50, help: "stop writing the audit log at N bytes, with a last line saying so (default\n64 MiB)" },
   { name: "audit-log-interval-ms", kind: "int", metavar: "MS", min: 1, max: 86400000, help: "repeats of one event (same rule, destination, port) within MS after its\nfirst are counted and written as one summary line (default 10000)" },
   { name: "dns-block", kind: "string", metavar: "NAME", repeat: true, help: "answer NAME locally as blocked (REFUSED), never asking upstream" },
@@ -65,8 +69,15 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "vm-accel", kind: "string", metavar: "ACCEL", choices: ["auto", "kvm", "tcg"], help: "auto (default: KVM where the guest boots on it, else TCG), kvm or tcg" },
   { name: "name", kind: "string", metavar: "NAME", help: "the sandbox's name (audit events, MAC addresses), unique among this host's\nlive sandboxes (default moat-<pool tag>-<slot>, the namespace's name)" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
+  { name: "stats-interval", kind: "int", metavar: "SECONDS", min: 1, max: 86400, help: "also print the counters of --metrics every SECONDS as one JSON line on\nstderr ({\"v\":1,\"kind\":\"stats\",\"sandbox\":...,\"counters\":{...},\"dns\":...})" },
+  { name: "metrics", kind: "string", metavar: "[ADDR:]PORT", help: "serve Prometheus metrics (text format 0.0.4) at http://ADDR:PORT/metrics\n(ADDR default 127.0.0.1; PORT 0 picks one, printed): flows, bytes and\npackets, drops by reason, DNS, TLS, secrets, policy; a sandbox label each" },
   { name: "help", kind: "bool", help: "show this help" },
 ];
+
+const CONTROL_FLAG: FlagSpec = { name: "control", kind: "string", metavar: "PATH", help: "the control socket (default /run/moat/control.sock as root, else\n$XDG_RUNTIME_DIR/moat/control.sock)" };
+
+/** What `moat policy` and PUT /v1/sandboxes/NAME/policy take: the policy flags of run. */
+const POLICY_FLAG_NAMES = ["net", "net-rule", "net-default-egress", "deny-response", "config"];
 
 const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
@@ -75,7 +86,8 @@ const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "tap", kind: "string", metavar: "IFNAME", help: "open the existing TAP device IFNAME as its one holder (the kernel side\nis the guest's). It must exist and not be held: a TAP a VMM holds is\n--attach's" },
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
-const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms", "user"].includes(f.name))];
+const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms", "user"].includes(f.name)),
+  { ...CONTROL_FLAG, help: "also serve a control socket at PATH (0600; docs/control-api.yaml): inspect,\npolicy, ports, events and metrics of this guest (moat ps/inspect/policy)" }];
 
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
@@ -86,6 +98,16 @@ Usage:
   moat serve (--vhost-user PATH | --stream PATH | --attach IFNAME | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects, or holds the TAP), until SIGTERM
+  moat daemon [--control PATH] [--metrics [ADDR:]PORT]
+                                              own many sandboxes, driven over a control
+                                              socket (HTTP/1.1 + JSON, docs/control-api.yaml),
+                                              until SIGTERM (which removes them all)
+  moat create [--control PATH] [RUN OPTIONS]  a sandbox in the daemon (--name NAME; --vm)
+  moat ps | inspect NAME | rm NAME            list, describe, remove the daemon's sandboxes
+  moat exec [-i] NAME -- COMMAND [ARGS...]    run COMMAND in a sandbox; its output and status
+  moat policy NAME [--net ...] [--net-rule RULE ...] [--net-default-egress ACTION]
+                                              replace a sandbox's policy (new connections)
+  moat publish NAME [BIND:]HOST:GUEST[/udp] | moat unpublish NAME HOSTPORT[/udp]
   moat cleanup                                remove what moat processes that died left
                                               (namespaces, leases, directories), any pool
   moat --version | --help
@@ -358,16 +380,25 @@ async function cmdRun(args: string[]): Promise<number> {
   const config = configFile(flags);
   const options = runOptions(flags, lists, config);
   const env = commandEnv(lists, config.sandbox?.env);
+  checkObserverFlags(flags);
   const vmFlags = ["vm-memory", "vm-cpus", "vm-link", "vm-accel"].filter((f) => flags.has(f));
   if (vmFlags.length && !flags.get("vm")) throw new ConfigError(`run: --${vmFlags[0]} needs --vm`, "add --vm to run the command in a microVM");
   if (flags.has("user") && flags.get("vm")) throw new ConfigError("run: --user is for namespace sandboxes", "a VM's command runs as root of its own kernel: drop --user");
   if (flags.get("vm")) return runInVm(flags, options, rest, env);
   const sandbox = await NetnsSandbox.create(options);
   reportChosenPorts(sandbox, options);
+  let stopObservers: () => Promise<void>;
+  try {
+    stopObservers = await startObservers(flags, async () => [await sandbox.sample()]);
+  } catch (e) {
+    await sandbox.destroy({ graceMs: 0 });
+    throw e;
+  }
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
     child = sandbox.spawn(rest, "inherit", env);
   } catch (e) {
+    await stopObservers();
     await sandbox.destroy();
     throw e; // a CommandError: 127 or 126, as a shell (and docker) say
   }
@@ -388,7 +419,44 @@ async function cmdRun(args: string[]): Promise<number> {
     child.once("exit", (code, signal) => resolve(code ?? 128 + signalNumber(signal ?? "SIGKILL")));
   });
   for (const s of sigs) process.removeListener(s, forward);
-  return finishRun(sandbox, flags, options, status);
+  return finishRun(sandbox, flags, options, status, stopObservers);
+}
+
+/**
+ * --metrics and --stats-interval for whatever serves guests (`sample` gives each one's figures);
+ * the returned function stops both. The address is checked by checkObserverFlags, before.
+ */
+async function startObservers(flags: Map<string, string | number | boolean>, sample: () => Promise<GatewaySample[]>): Promise<() => Promise<void>> {
+  const stops: (() => Promise<void>)[] = [];
+  if (flags.has("metrics")) {
+    const { host, port } = parseListenAddress(flags.get("metrics") as string, "--metrics");
+    const m = await serveMetrics(host, port, async () => renderMetrics(await sample()));
+    process.stderr.write(`moat: metrics on http://${host.includes(":") ? `[${host}]` : host}:${m.port}/metrics\n`);
+    stops.push(() => m.close());
+  }
+  const interval = flags.get("stats-interval") as number | undefined;
+  if (interval) {
+    const timer = setInterval(() => {
+      void sample().then((all) => {
+        for (const s of all) process.stderr.write(statsLine(s) + "\n");
+      }, () => {});
+    }, interval * 1000);
+    timer.unref();
+    stops.push(async () => clearInterval(timer));
+  }
+  return async () => { for (const s of stops) await s(); };
+}
+
+/** One --stats-interval line: the figures of --metrics as JSON (engine counters that are not zero). */
+function statsLine(s: GatewaySample): string {
+  const counters = Object.fromEntries(Object.entries(s.counters).filter(([, v]) => v !== 0));
+  const { latencyBuckets: _b, ...dns } = s.dns;
+  return JSON.stringify({ v: 1, time: new Date().toISOString(), sandbox: s.sandbox, kind: "stats", counters, flows: s.flows, dns, tls: s.tls, events: s.events });
+}
+
+/** --metrics's address is checked before anything starts. */
+function checkObserverFlags(flags: Map<string, string | number | boolean>): void {
+  if (flags.has("metrics")) parseListenAddress(flags.get("metrics") as string, "--metrics");
 }
 
 /** A port the kernel chose is worth saying; one the user named is not. */
@@ -402,7 +470,7 @@ function reportChosenPorts(sandbox: GuestSandbox, options: NetnsSandboxOptions):
  * After the command (of either kind of sandbox): its connections drained, --stats, the sandbox
  * removed; moat's exit status (125 when a secret violation terminated it).
  */
-async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, status: number): Promise<number> {
+async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, status: number, stopObservers: () => Promise<void>): Promise<number> {
   // The command is gone, but its kernel may still hold data for its connections: serve them to
   // their end (or the grace), then cut what is left with resets. A signal now ends the wait
   // (and the cleanup still runs): nobody should have to wait out a grace to get their prompt.
@@ -418,6 +486,8 @@ async function finishRun(sandbox: GuestSandbox, flags: Map<string, string | numb
     process.stderr.write(`moat: flows allowed ${d.allowed}, denied ${d.denied}\n`);
     if (options.tls) process.stderr.write(`moat: tls ${JSON.stringify(sandbox.tlsStats())}\n`);
   }
+  if (flags.has("stats-interval")) process.stderr.write(statsLine(await sandbox.sample()) + "\n");
+  await stopObservers();
   await sandbox.destroy({ graceMs: 0 });
   for (const s of sigs) process.removeListener(s, onSignal);
   if (sandbox.terminatedBy) {
@@ -443,16 +513,42 @@ async function cmdServe(args: string[]): Promise<number> {
   const kind = links[0]!.name;
   const link: LinkSpec = kind === "tap" ? { kind: "tap", netnsPath: "", ifname: value } : kind === "attach" ? { kind: "attach", ifname: value }
     : kind === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
-  const served = await serveGateway(runOptions(flags, lists, configFile(flags)), link);
+  const serveOptions = runOptions(flags, lists, configFile(flags));
+  checkObserverFlags(flags);
+  const served = await serveGateway(serveOptions, link);
+  let stopObservers: () => Promise<void>;
+  try {
+    stopObservers = await startObservers(flags, async () => [await served.gateway.sample()]);
+  } catch (e) {
+    await served.stop({ graceMs: 0 });
+    throw e;
+  }
   const a = served.gateway.addresses;
   process.stderr.write(`moat: serving ${link.kind} ${value}: guest ${a.guestIp4}/${a.prefixLen4} (DHCP) and ${a.guestIp6}, gateway ${a.gatewayIp4}, MTU ${served.gateway.mtu}; SIGTERM stops\n`);
   for (const [k, v] of Object.entries(served.gateway.placeholders)) process.stdout.write(`${k}=${v}\n`);
+  let control: ControlServer | undefined;
+  if (flags.has("control")) {
+    try {
+      control = await ControlServer.listen(flags.get("control") as string, {
+        policyFromArgs,
+        createRefused: "moat serve serves one guest; moat daemon creates sandboxes",
+      });
+      control.add(served.gateway.name, { kind: "served", created: new Date().toISOString(), target: served.gateway });
+      process.stderr.write(`moat: control socket ${control.path}\n`);
+    } catch (e) {
+      await stopObservers();
+      await served.stop({ graceMs: 0 });
+      throw e;
+    }
+  }
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   let onSignal: (s: NodeJS.Signals) => void = () => {};
   const signal = new Promise<NodeJS.Signals>((resolve) => { onSignal = resolve; });
   for (const s of sigs) process.on(s, onSignal); // kept until the end: a second signal during the stop is not fatal
   const why = await Promise.race([signal, served.terminated.then((reason) => ({ reason }))]);
   if (flags.get("stats")) process.stderr.write(`moat: engine counters: ${JSON.stringify(served.gateway.counters(true))}\n`);
+  await stopObservers();
+  await control?.close();
   if (typeof why === "object") {
     await served.stop({ graceMs: 0 });
     process.stderr.write(`moat: guest cut off: ${why.reason} (--secret-violation block-and-terminate)\n`);
@@ -477,6 +573,13 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   });
   process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
   reportChosenPorts(sandbox, options);
+  let stopObservers: () => Promise<void>;
+  try {
+    stopObservers = await startObservers(flags, async () => [await sandbox.sample()]);
+  } catch (e) {
+    await sandbox.destroy({ graceMs: 0 });
+    throw e;
+  }
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const forward = (sig: NodeJS.Signals) => sandbox.signal(signalNumber(sig));
   for (const s of sigs) process.on(s, forward);
@@ -490,11 +593,189 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
     for (const s of sigs) process.removeListener(s, forward);
     process.stdin.pause();
   }
-  return finishRun(sandbox, flags, options, status);
+  return finishRun(sandbox, flags, options, status, stopObservers);
 }
 
 function runGraceText(grace: number): string {
   return `${grace} ms without progress (--exit-grace-ms)`;
+}
+
+/** The policy and deny response of run's policy flags, alone (moat policy, the control socket's PUT policy). */
+function policyFromArgs(args: string[]): { policy: NetworkPolicy; denyResponse?: "drop" | "reject" | "http" } {
+  const specs = RUN_FLAGS.filter((f) => POLICY_FLAG_NAMES.includes(f.name));
+  const { flags, lists, rest } = parseFlags(args, specs, "policy");
+  if (rest.length) throw new ConfigError(`policy: unexpected argument "${rest[0]}"`, "give only --net, --net-rule, --net-default-egress, --deny-response or --config");
+  if (flags.size === 0 && lists.size === 0) throw new ConfigError("policy: no policy given", "e.g. --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443");
+  const o = runOptions(flags, lists, configFile(flags));
+  return { policy: o.policy as NetworkPolicy, denyResponse: o.denyResponse };
+}
+
+/** `moat daemon`: sandboxes created, driven and removed over the control socket, until SIGTERM. */
+async function cmdDaemon(args: string[]): Promise<number> {
+  const specs: FlagSpec[] = [CONTROL_FLAG, RUN_FLAGS.find((f) => f.name === "metrics")!, RUN_FLAGS.find((f) => f.name === "stats-interval")!, { name: "help", kind: "bool", help: "show this help" }];
+  const { flags, rest } = parseFlags(args, specs, "daemon");
+  if (flags.get("help")) {
+    process.stdout.write(`Usage: moat daemon [OPTIONS]\n\nOwns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON; docs/control-api.yaml)\nby moat create/ps/inspect/exec/policy/publish/rm or any HTTP client. Sandboxes outlive the\nclients that made them; SIGTERM or SIGINT removes them all and exits.\n\nOptions:\n${flagHelp(specs)}\n`);
+    return 0;
+  }
+  if (rest.length) throw new ConfigError(`daemon: unexpected argument "${rest[0]}"`, "see moat daemon --help");
+  checkObserverFlags(flags);
+  const path = (flags.get("control") as string | undefined) ?? defaultControlPath();
+  const hooks: ControlHooks = {
+    policyFromArgs,
+    create: async ({ name, args: createArgs, vm }) => {
+      const specs = RUN_FLAGS.filter((f) => !["stats", "stats-interval", "metrics", "help", "tls-ca-out"].includes(f.name));
+      const parsed = parseFlags(createArgs, specs, "create");
+      if (parsed.rest.length) throw new ConfigError(`create: unexpected argument "${parsed.rest[0]}"`, "a sandbox of the daemon runs no command at creation: moat exec runs them");
+      if (name !== undefined) parsed.flags.set("name", name);
+      // What the sandbox emits before the control socket subscribes (sandbox-created, ports
+      // published at creation) is held for its event streams.
+      let early: GatewayEvent[] | undefined = [];
+      const takeEarlyEvents = () => { const e = early ?? []; early = undefined; return e; };
+      const options = { ...runOptions(parsed.flags, parsed.lists, configFile(parsed.flags)), onEvent: (e: GatewayEvent) => { early?.push(e); } };
+      const created = new Date().toISOString();
+      if (vm || parsed.flags.get("vm")) {
+        const { VmSandbox } = await import("../vm/vm-sandbox.js");
+        const sandbox = await VmSandbox.create({ ...options, vm: {
+          memoryMiB: parsed.flags.get("vm-memory") as number | undefined, cpus: parsed.flags.get("vm-cpus") as number | undefined,
+          link: parsed.flags.get("vm-link") as "vhost-user" | "stream" | undefined, accel: parsed.flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined, onProgress: () => {},
+        } });
+        return { kind: "vm", created, target: sandbox, args: createArgs, takeEarlyEvents, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
+      }
+      const sandbox = await NetnsSandbox.create(options);
+      return { kind: "namespace", created, target: sandbox, args: createArgs, takeEarlyEvents, extra: { netns: sandbox.netns }, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
+    },
+  };
+  const control = await ControlServer.listen(path, hooks);
+  const stopObservers = await startObservers(flags, () => Promise.all(control.names.map((n) => control.entry(n)!.target.sample())));
+  process.stderr.write(`moat: daemon listening at ${path}; SIGTERM removes every sandbox and stops\n`);
+  const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  let onSignal: (s: NodeJS.Signals) => void = () => {};
+  const signal = new Promise<NodeJS.Signals>((resolve) => { onSignal = resolve; });
+  for (const s of sigs) process.on(s, onSignal);
+  // The daemon lives until a signal, whatever its clients do; the socket keeps the loop alive.
+  const why = await signal;
+  process.stderr.write(`moat: ${why}: removing ${control.names.length} sandbox(es)\n`);
+  await stopObservers();
+  const names = control.names;
+  await Promise.all(names.map(async (n) => {
+    try {
+      await control.entry(n)!.destroy?.();
+    } catch (e) {
+      process.stderr.write(`moat: removing ${n}: ${(e as Error).message}\n`);
+    }
+  }));
+  // The event streams see every sandbox-destroyed before they end.
+  for (const n of names) control.remove(n);
+  await control.close();
+  return 0;
+}
+
+/** Client commands' flags: --control, and for each its own. */
+function clientArgs(cmd: string, args: string[], extra: readonly FlagSpec[] = []): { path: string; name: string | undefined; flags: Map<string, string | number | boolean>; lists: Map<string, string[]>; rest: string[] } {
+  const specs = [CONTROL_FLAG, ...extra];
+  const first = parseFlags(args, specs, cmd);
+  const name = first.rest[0] === "--" ? undefined : first.rest[0];
+  // Flags may come after NAME too (moat policy NAME --net-rule ...).
+  const second = name === undefined ? { flags: new Map(), lists: new Map(), rest: first.rest } : parseFlags(first.rest.slice(1), specs, cmd);
+  const flags = new Map([...first.flags, ...second.flags]);
+  const lists = new Map<string, string[]>([...first.lists]);
+  for (const [k, v] of second.lists) lists.set(k, [...(lists.get(k) ?? []), ...v]);
+  const path = (flags.get("control") as string | undefined) ?? defaultControlPath();
+  flags.delete("control");
+  return { path, name, flags, lists, rest: second.rest };
+}
+
+function needName(cmd: string, name: string | undefined): string {
+  if (!name) throw new ConfigError(`${cmd}: no sandbox name given`, `e.g. moat ${cmd} NAME (moat ps lists them)`);
+  return encodeURIComponent(name);
+}
+
+/** Flags as given again (for the server, which parses them with the same specs). */
+function flagArgs(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>): string[] {
+  const out: string[] = [];
+  for (const [k, v] of flags) out.push(...(v === true ? [`--${k}`] : [`--${k}`, String(v)]));
+  for (const [k, vs] of lists) for (const v of vs) out.push(`--${k}`, v);
+  return out;
+}
+
+async function cmdClient(cmd: string, args: string[]): Promise<number> {
+  switch (cmd) {
+    case "ps": {
+      const { path, name } = clientArgs(cmd, args);
+      if (name) throw new ConfigError(`ps: unexpected argument "${name}"`, "moat ps takes no arguments (moat inspect NAME describes one)");
+      const list = await expectOk(path, "GET", "/v1/sandboxes") as { name: string; kind: string; created: string; guest: { ipv4: string }; ports: { bind: string; host: number; guest: number; protocol: string }[] }[];
+      const rows = [["NAME", "KIND", "GUEST", "PORTS", "CREATED"], ...list.map((s) => [s.name, s.kind, s.guest.ipv4, s.ports.map((p) => `${p.bind}:${p.host}->${p.guest}/${p.protocol}`).join(",") || "-", s.created])];
+      const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+      for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]! + 2))).join("") + "\n");
+      return 0;
+    }
+    case "inspect": {
+      const { path, name } = clientArgs(cmd, args);
+      process.stdout.write(JSON.stringify(await expectOk(path, "GET", `/v1/sandboxes/${needName(cmd, name)}`), null, 2) + "\n");
+      return 0;
+    }
+    case "rm": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      for (const n of [name, ...rest]) await expectOk(path, "DELETE", `/v1/sandboxes/${needName(cmd, n)}`);
+      return 0;
+    }
+    case "create": {
+      const { path, flags, lists, rest, name } = clientArgs(cmd, [...args], RUN_FLAGS.filter((f) => !["stats", "stats-interval", "metrics", "tls-ca-out"].includes(f.name)));
+      if (flags.get("help")) {
+        process.stdout.write(`Usage: moat create [--control PATH] [--name NAME] [OPTIONS of moat run]\n\nCreates a sandbox in the daemon and prints its description (moat inspect). Commands run in it\nwith moat exec.\n`);
+        return 0;
+      }
+      if (name !== undefined || rest.length) throw new ConfigError(`create: unexpected argument "${name ?? rest[0]}"`, "a sandbox is created without a command: moat exec NAME -- COMMAND runs one");
+      process.stdout.write(JSON.stringify(await expectOk(path, "POST", "/v1/sandboxes", { args: flagArgs(flags, lists) }), null, 2) + "\n");
+      return 0;
+    }
+    case "exec": {
+      const { path, name, rest, flags } = clientArgs(cmd, args, [{ name: "interactive", short: "i", kind: "bool", help: "send this process's stdin to the command (read to its end first, at most 768 KiB)" }]);
+      const command = rest[0] === "--" ? rest.slice(1) : rest;
+      if (command.length === 0) throw new ConfigError("exec: no command given", "e.g. moat exec NAME -- ip addr");
+      let stdin: string | undefined;
+      if (flags.get("interactive")) {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        for await (const c of process.stdin) {
+          size += (c as Buffer).length;
+          if (size > 768 * 1024) throw new ConfigError("exec -i: stdin is over 768 KiB", "give the command its input another way (a file in the sandbox's view, a published port)");
+          chunks.push(c as Buffer);
+        }
+        stdin = Buffer.concat(chunks).toString("utf8");
+      }
+      let status = 125;
+      await streamCall(path, "POST", `/v1/sandboxes/${needName(cmd, name)}/exec`, { command, stream: true, env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" }, ...(stdin !== undefined ? { stdin } : {}) }, (v) => {
+        if (typeof v.status === "number") status = v.status;
+        else if (typeof v.data === "string") (v.stream === "stderr" ? process.stderr : process.stdout).write(Buffer.from(v.data, "base64"));
+      });
+      return status;
+    }
+    case "policy": {
+      const { path, name, flags, lists, rest } = clientArgs(cmd, args, RUN_FLAGS.filter((f) => POLICY_FLAG_NAMES.includes(f.name)));
+      if (rest.length) throw new ConfigError(`policy: unexpected argument "${rest[0]}"`, "e.g. moat policy NAME --net-default-egress deny --net-rule allow@api.example.com:tcp:443");
+      const n = needName(cmd, name);
+      const p = flags.size || lists.size ? await expectOk(path, "PUT", `/v1/sandboxes/${n}/policy`, { args: flagArgs(flags, lists) }) : await expectOk(path, "GET", `/v1/sandboxes/${n}/policy`);
+      process.stdout.write(JSON.stringify(p, null, 2) + "\n");
+      return 0;
+    }
+    case "publish": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      if (rest.length !== 1) throw new ConfigError("publish: give NAME and one [BIND:]HOST:GUEST[/udp]", "e.g. moat publish web 8080:80");
+      const p = await expectOk(path, "POST", `/v1/sandboxes/${needName(cmd, name)}/ports`, { spec: rest[0] }) as { bind: string; host: number; guest: number; protocol: string };
+      process.stdout.write(`${p.bind.includes(":") ? `[${p.bind}]` : p.bind}:${p.host} -> ${p.guest}/${p.protocol}\n`);
+      return 0;
+    }
+    case "unpublish": {
+      const { path, name, rest } = clientArgs(cmd, args);
+      const m = rest.length === 1 ? /^(\d{1,5})(?:\/(tcp|udp))?$/.exec(rest[0]!) : null;
+      if (!m) throw new ConfigError("unpublish: give NAME and HOSTPORT[/tcp|/udp]", "e.g. moat unpublish web 8080");
+      await expectOk(path, "DELETE", `/v1/sandboxes/${needName(cmd, name)}/ports/${m[1]}${m[2] ? `?protocol=${m[2]}` : ""}`);
+      return 0;
+    }
+  }
+  throw new Error(`unreachable: ${cmd}`);
 }
 
 function cmdCleanup(args: string[]): number {
@@ -535,8 +816,19 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdServe(args);
       case "cleanup":
         return cmdCleanup(args);
+      case "daemon":
+        return await cmdDaemon(args);
+      case "ps":
+      case "inspect":
+      case "rm":
+      case "create":
+      case "exec":
+      case "policy":
+      case "publish":
+      case "unpublish":
+        return await cmdClient(cmd, args);
       default:
-        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve and cleanup; see moat --help\n`);
+        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve, daemon, create, ps, inspect, exec, policy, publish, unpublish, rm and cleanup; see moat --help\n`);
         return EXIT_MOAT_FAILED;
     }
   } catch (e) {

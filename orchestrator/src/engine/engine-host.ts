@@ -7,6 +7,7 @@ import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } f
 import type { EngineControl, EngineWorkerData, DnsAnswerMessage, DnsWorkerSetup, DnsUpdate, DnsEventMessage } from "./engine-worker.js";
 import type { LinkSpec } from "../links/link.js";
 import { MoatError } from "../errors.js";
+import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 
 
 export class EngineHost {
@@ -100,6 +101,15 @@ export class EngineHost {
   /** New inputs for the worker's DNS interceptor (after a policy or host address change). */
   updateDns(update: DnsUpdate): void {
     if (!this.exited) this.dnsPort.postMessage(update);
+  }
+
+  /** What the worker's DNS interceptor (guest DNS over UDP) answered. */
+  async dnsStats(): Promise<DnsStatsSnapshot> {
+    if (this.exited || this.stopping) return DnsStats.empty();
+    // A worker that is going away may never answer: a scrape must not hang on it.
+    let got: DnsStatsSnapshot | undefined;
+    await within(this.control.dnsStats().then((s) => { got = s; }), 1000);
+    return got ?? DnsStats.empty();
   }
 
   async liveSockets(): Promise<number> {

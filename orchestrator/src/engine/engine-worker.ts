@@ -23,6 +23,7 @@ import { layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
+import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 import { UpstreamResolver, setDatagramTransport, dgramTransport, type Nameserver, type DatagramChannel } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
 import { classifyAddress } from "../policy/groups.js";
@@ -83,6 +84,8 @@ export interface EngineControl {
   liveSockets(): number;
   /** The engine's counters by name (also readable straight from the shared memory). */
   counters(): Record<string, number>;
+  /** What this worker's DNS interceptor (guest DNS over UDP) answered, for metrics. */
+  dnsStats(): DnsStatsSnapshot;
   /**
    * Publish a port: listener `id` (< PUB_MAX) on (addr, port), leading to `guestPort`; an IPv6
    * listener takes IPv4 peers too when `dualStack`. Returns the port bound, or -errno.
@@ -221,8 +224,11 @@ function drainDnsQueries(): void {
   Atomics.store(dnsCtrl, layout.RING_CTRL_HEAD / 4, head | 0);
 }
 
+const dnsStats = new DnsStats();
+
 async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
   let out: DnsOutcome | null = null;
+  const started = performance.now();
   try {
     if (interceptor) {
       const u32 = (off: number) => header[off]! | header[off + 1]! << 8 | header[off + 2]! << 16 | header[off + 3]! << 24;
@@ -235,6 +241,7 @@ async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
   } catch {
     out = null; // no answer: the stub retries
   }
+  if (interceptor) dnsStats.record("udp", (performance.now() - started) / 1000, out);
   dnsOutstanding--;
   if (stopped) return;
   // Pins first: the guest may connect the moment it reads the answer.
@@ -305,6 +312,7 @@ const control: EngineControl = {
   ready: () => readyPromise,
   liveSockets: () => datapath.liveSockets(),
   counters: () => readCounters(mem, true),
+  dnsStats: () => dnsStats.snapshot(),
   listen(id, protocol, family, addr, port, guestPort, dualStack) {
     // The entry first: a peer accepted the moment the socket listens is judged against it.
     const e = layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES;

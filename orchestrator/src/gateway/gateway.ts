@@ -33,6 +33,9 @@ import { validatePort, exposureWarning, describePort, type PortSpec, type Publis
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, ruleCovers, processCertificateAuthority, matchesPattern, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
+import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
+import { DnsStats } from "../dns/dns-stats.js";
+import { renderMetrics, type GatewaySample } from "./metrics.js";
 
 /** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
 export interface DnsOptions {
@@ -66,8 +69,15 @@ export interface GatewayOptions {
   auditLog?: string;
   /** Bounds of the audit log: aggregation interval, size cap, keys held (policy/audit.ts). */
   auditLogOptions?: AuditLogOptions;
-  /** Called with every denial (after it was written to the audit log). */
+  /** Called with every denial (after it was written to the audit log). onEvent sees these and every other event. */
   onDeny?: (event: DenyEvent) => void;
+  /**
+   * Called with every event of the gateway (gateway/events.ts: flow denied, DNS blocked or
+   * rewritten, TLS refused, secret violation, port published/unpublished, sandbox created/
+   * destroyed, limit hit), in the shape the audit log writes. gateway.on("event", fn) and
+   * sandbox.on("event", fn) subscribe later.
+   */
+  onEvent?: (event: GatewayEvent) => void;
   /** MTU of the guest link (default 65520, the largest a TAP/Ethernet frame allows here). */
   mtu?: number;
   /** IPv4 pool carved into /30 per sandbox (default 172.30.0.0/16). */
@@ -119,8 +129,8 @@ const { EADDRINUSE } = osConstants.errno;
 
 export const DEFAULT_MTU = 65520;
 
-export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent">> & { dns: DnsOptions } &
-  Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
+export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent">> & { dns: DnsOptions } &
+  Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
 
 /** Check every option (before anything is created) and fill in the defaults. */
 export function validateOptions(o: GatewayOptions): ValidOptions {
@@ -179,7 +189,7 @@ export function validateOptions(o: GatewayOptions): ValidOptions {
       if (tls && matchesPattern(h.replace(/^\*\./, ""), tls.bypass)) throw new ConfigError(`secret ${sec.env} is for ${h}, which --tls-bypass passes through untouched`, "a bypassed host's requests cannot carry a secret: drop the bypass for it");
     }
   }
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
+  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onEvent: o.onEvent, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
 }
 
 /** What the guest's owner gives a gateway. */
@@ -209,7 +219,65 @@ export class Gateway {
     this.name = guest.name;
     this.addresses = guest.addresses;
     this.auditLog = options.auditLog ? new AuditLog(options.auditLog, options.auditLogOptions) : undefined; // a bad path fails here, before anything runs
+    const log = this.auditLog;
+    // A violation whose action is "block" is the request's business alone: the audit log has it
+    // only with block-and-log or block-and-terminate (listeners and metrics see every one).
+    if (log) this.sink.on((e) => { if (!(e.kind === "secret-violation" && e.action === "block")) log.write([e]); });
+    this.sink.on((e) => this.countEvent(e));
+    if (options.onEvent) this.sink.on(options.onEvent);
   }
+
+  // ---- events (gateway/events.ts) -------------------------------------------------------------------
+  private readonly sink = new EventSink();
+  /** Events emitted so far, by kind (secret violations also by action): what metrics report. */
+  readonly eventCounts = new Map<string, number>();
+  /** DNS queries answered on this thread (DNS over TCP, DoT); the worker counts UDP's. */
+  readonly dnsStats = new DnsStats();
+
+  /** Subscribe to every event of this gateway (the shape the audit log writes); returns an unsubscribe. */
+  on(name: "event", fn: (event: GatewayEvent) => void): () => void {
+    if (name !== "event") throw new ConfigError(`unknown gateway event "${String(name)}"`, `subscribe with on("event", fn): one event type, told apart by its kind`);
+    return this.sink.on(fn);
+  }
+
+  off(name: "event", fn: (event: GatewayEvent) => void): void {
+    this.sink.off(fn);
+  }
+
+  private get eventName(): string {
+    return this.options.name ?? this.name;
+  }
+
+  private emit<E extends GatewayEvent>(fields: Parameters<typeof makeEvent<E>>[1]): E {
+    const e = makeEvent<E>(this.eventName, fields);
+    this.sink.emit(e);
+    return e;
+  }
+
+  private countEvent(e: GatewayEvent): void {
+    const key = e.kind === "secret-violation" ? `secret-violation:${e.action}` : e.kind;
+    this.eventCounts.set(key, (this.eventCounts.get(key) ?? 0) + 1);
+  }
+
+  /** Limits hit since the last look (engine counters): one limit-hit event per limit that moved. */
+  private lastLimits: Record<string, number> = {};
+  private checkLimits(): void {
+    if (!this.engine) return;
+    const c = this.counters();
+    const limits: [string, string, string][] = [
+      ["max-connections", "DROP_FLOW_LIMIT", `new flows refused: the sandbox holds its most connections (${this.options.maxConnections}, --max-connections)`],
+      ["flow-table", "DROP_FLOW_TABLE_FULL", "new flows refused: the flow table is full"],
+      ["dns-in-flight", "DROP_DNS_OVERLOAD", "DNS queries dropped: too many in flight"],
+    ];
+    for (const [limit, counter, detail] of limits) {
+      const now = c[counter] ?? 0;
+      const delta = now - (this.lastLimits[counter] ?? 0);
+      this.lastLimits[counter] = now;
+      if (delta > 0) this.emit<LimitEvent>({ kind: "limit-hit", limit, count: delta, detail });
+    }
+  }
+
+  private limitTimer: NodeJS.Timeout | undefined;
 
   get mtu(): number {
     return this.options.mtu;
@@ -223,7 +291,10 @@ export class Gateway {
   /** Start serving the guest's link (NetworkPolicy.none(): nothing to serve, no engine). */
   static async start(o: ValidOptions, guest: GatewayGuest): Promise<Gateway> {
     const gw = new Gateway(o, guest);
-    if (o.policy.offline) return gw;
+    if (o.policy.offline) {
+      gw.emitCreated();
+      return gw;
+    }
     try {
       const addresses = guest.addresses;
       const { listener: dnsTcp, setup: dnsSetup } = await gw.startDns(o);
@@ -280,6 +351,9 @@ export class Gateway {
         // Fail closed and loud: the guest has no network from here on.
         process.stderr.write(`moat: sandbox ${gw.name}: ${reason}; its network is down\n`);
       };
+      gw.limitTimer = setInterval(() => gw.checkLimits(), 1000);
+      gw.limitTimer.unref();
+      gw.emitCreated(); // before its ports' events (and, if one fails, before sandbox-destroyed)
       // Before the guest runs: a port in use is an error now, not a surprise later.
       for (const p of o.ports) await gw.publish(p);
       return gw;
@@ -287,6 +361,18 @@ export class Gateway {
       await gw.stop();
       throw e;
     }
+  }
+
+  private created = false;
+  private emitCreated(): void {
+    this.created = true;
+    const a = this.addresses;
+    this.emit<LifecycleEvent>({ kind: "sandbox-created", ...(this.offline ? {} : { guest: { ipv4: a.guestIp4, ipv6: a.guestIp6 }, gateway: { ipv4: a.gatewayIp4, ipv6: a.gatewayLl6 } }) });
+  }
+
+  /** The policy in force: its default, its rules as text (first match wins), the deny response. */
+  policyInForce(): { defaultAction: string; rules: string[]; denyResponse: string; offline: boolean } {
+    return { defaultAction: this.policy.defaultAction, rules: this.policy.rules.map((r) => describeRule(r)), denyResponse: this.denyResponse, offline: this.policy.offline };
   }
 
   /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
@@ -343,6 +429,7 @@ export class Gateway {
     if (ipv6Only && !ownIPv4) {
       this.options.onWarning(`publishing ${describePort(p)}: IPv4 port ${p.host}/${p.protocol} is taken on this machine, so only IPv6 peers reach sandbox port ${p.guest} (127.0.0.1:${p.host} does not)`);
     }
+    this.emit<PortEvent>({ kind: "port-published", ...p });
     const warning = exposureWarning(p);
     if (warning) this.options.onWarning(warning);
     return { ...p };
@@ -369,9 +456,10 @@ export class Gateway {
   async unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
     const hit = [...this.published].filter(([, p]) => p.host === hostPort && (protocol === undefined || p.protocol === protocol));
     if (hit.length === 0) throw new MoatError("ERR_PORT", `host port ${hostPort}${protocol ? `/${protocol}` : ""} is not published by sandbox ${this.name}`, `published: ${this.ports.map(describePort).join(", ") || "none"}`);
-    for (const [id] of hit) {
+    for (const [id, p] of hit) {
       this.published.delete(id);
       await this.engine?.unlisten(id);
+      this.emit<PortEvent>({ kind: "port-unpublished", ...p });
     }
   }
 
@@ -393,14 +481,16 @@ export class Gateway {
     const all = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
       (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
     // A secret's placeholder in the guest's own TCP or UDP: a violation, not a policy denial.
-    const events = all.filter((e) => e.secret === undefined);
     for (const e of all) {
-      if (e.secret === undefined) continue;
-      const env = this.options.secrets[e.secret]?.env ?? "?";
-      this.secretViolation(env, `${e.destination.includes(":") ? `[${e.destination}]` : e.destination}:${e.port}`, e.protocol === "udp" ? "a UDP datagram" : "a TCP stream", "raw or encoded");
+      if (e.secret !== undefined) {
+        const env = this.options.secrets[e.secret]?.env ?? "?";
+        this.secretViolation(env, `${e.destination.includes(":") ? `[${e.destination}]` : e.destination}:${e.port}`, e.protocol === "udp" ? "a UDP datagram" : "a TCP stream", "raw or encoded");
+        continue;
+      }
+      const { time, direction, protocol, source, destination, port, rule } = e;
+      const event = this.emit<FlowDeniedEvent>({ time, kind: "flow-denied", direction, protocol, source, destination, port, rule, action: "deny" });
+      this.options.onDeny?.(event);
     }
-    this.auditLog?.write(events);
-    if (this.options.onDeny) for (const e of events) this.options.onDeny(e);
   }
 
   private dns: DnsInterceptor | undefined;
@@ -446,7 +536,9 @@ export class Gateway {
     this.dnsTcp = new DnsTcpServer(async (query, peer) => {
       const dest = peer.dest ?? { ip: this.addresses.gatewayIp4, port: 53 };
       const toGateway = gateway.has(ipaddr.parse(dest.ip).toString());
+      const started = performance.now();
       const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
+      this.dnsStats.record("tcp", (performance.now() - started) / 1000, out);
       this.afterDns(out);
       this.applyPins(out.pins);
       return out.answer;
@@ -484,7 +576,9 @@ export class Gateway {
       checkAuthority: (origin, host) => this.boundName(origin, host, "the request's authority"),
       // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
       dnsQuery: async (query, origin) => {
+        const started = performance.now();
         const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
+        this.dnsStats.record("tcp", (performance.now() - started) / 1000, out);
         this.afterDns(out);
         this.applyPins(out.pins);
         return out.answer;
@@ -517,13 +611,31 @@ export class Gateway {
 
   /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */
   private afterTls(e: TlsEvent): void {
-    this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: e.kind, name: e.sni, detail: `${e.destination}: ${e.detail}` }]);
+    this.emit<TlsRefusedEvent>({ kind: e.kind, ...(e.sni !== undefined ? { name: e.sni } : {}), destination: e.destination, detail: `${e.destination}: ${e.detail}` });
     this.options.onTlsEvent?.(e);
   }
 
   /** What the TLS proxy has done (zeros without interception). */
   tlsStats(): TlsProxy["stats"] {
-    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0 };
+    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0, substituted: 0 };
+  }
+
+  /** Everything metrics and --stats report about this gateway, sampled now. */
+  async sample(): Promise<GatewaySample> {
+    const worker = this.engine ? await this.engine.dnsStats().catch(() => DnsStats.empty()) : DnsStats.empty();
+    return {
+      sandbox: this.eventName,
+      counters: this.counters(),
+      flows: this.flowStats(),
+      dns: DnsStats.add(worker, this.dnsStats.snapshot()),
+      tls: { ...this.tlsStats(), leavesMinted: this.options.tls?.ca.minted ?? 0 },
+      events: Object.fromEntries(this.eventCounts),
+    };
+  }
+
+  /** This gateway's metrics in the Prometheus text exposition format 0.0.4 (gateway/metrics.ts). */
+  async metrics(): Promise<string> {
+    return renderMetrics([await this.sample()]);
   }
 
   /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */
@@ -565,9 +677,7 @@ export class Gateway {
       // No audit file: the operator still learns of it (one line, never the value).
       process.stderr.write(`moat: secret ${secret}: its placeholder (${form}) in ${where} (${destination}) was blocked${action === "block-and-terminate" ? "; the sandbox is terminated" : ""}\n`);
     }
-    if (action !== "block") {
-      this.auditLog?.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: "secret-violation", name: secret, detail: `${form} placeholder in ${where} (${destination}); ${action}` }]);
-    }
+    this.emit<SecretViolationGatewayEvent>({ kind: "secret-violation", name: secret, destination, where, form, action, detail: `${form} placeholder in ${where} (${destination}); ${action}` });
     this.options.onSecretEvent?.(event);
     if (action === "block-and-terminate" && !this.terminatedBy) {
       this.terminatedBy = `secret ${secret}'s placeholder was sent to ${destination} (${where})`;
@@ -588,8 +698,9 @@ export class Gateway {
       const env = /secret (\w+)/.exec(out.event.detail ?? "")?.[1] ?? "?";
       return this.secretViolation(env, "DNS", `the query name ${out.event.name ?? ""}`, "raw");
     }
-    if (!out.event || !this.auditLog) return;
-    this.auditLog.writeRecords([{ time: new Date().toISOString(), sandbox: this.options.name ?? this.name, kind: `dns-${out.event.kind}`, name: out.event.name, detail: out.event.detail }]);
+    if (!out.event) return;
+    const { kind, name, detail } = out.event;
+    this.emit<DnsEvent>({ kind: `dns-${kind}` as DnsEvent["kind"], ...(name !== undefined ? { name } : {}), ...(detail !== undefined ? { detail } : {}) });
   }
 
   /** Flows the policy allowed and denied so far. */
@@ -647,7 +758,10 @@ export class Gateway {
   private stopping: Promise<void> | undefined;
 
   private async teardown(): Promise<void> {
-    if (this.engine) this.drainAudit();
+    if (this.engine) {
+      this.drainAudit();
+      this.checkLimits();
+    }
     await this.engine?.stop();
     this.engine = undefined;
     this.stopSync();
@@ -659,6 +773,8 @@ export class Gateway {
   stopSync(): void {
     if (this.stopped) return;
     this.stopped = true;
+    clearInterval(this.limitTimer);
+    if (this.created) this.emit<LifecycleEvent>({ kind: "sandbox-destroyed" });
     this.unwatchHost?.();
     this.auditLog?.close(); // pending summaries of repeated events are written now
   }

@@ -8,8 +8,8 @@
 // - Aggregation: the first event of a key is written at once; repeats within the key's interval
 //   (default 10 s, from that first event) are counted, and when the interval ends one summary is
 //   written: the first repeat's fields plus "repeated" (how many) and "until" (the last one's
-//   time). Keys: deny events by sandbox, direction, protocol, destination, port and rule (not the
-//   source port); other records by sandbox, kind, name and detail. At most maxKeys (default 4096)
+//   time). Keys: every field of the event but its time and its source (so a connect loop's new
+//   source ports do not split it). At most maxKeys (default 4096)
 //   keys are held; past that, new keys of a kind are counted in one "audit-log-overflow" summary.
 // - Size cap: at maxBytes (default 64 MiB, counting the file's size at open) one "audit-log-full"
 //   line is written, then nothing more; the events not written are counted in `dropped`.
@@ -144,16 +144,17 @@ export class AuditLog {
     return this.intervals.size;
   }
 
-  write(events: DenyEvent[]): void {
-    this.add(events, (e) => ["deny", e.sandbox, e.direction, e.protocol, e.destination, e.port, e.rule]);
+  /** Events (gateway/events.ts GatewayEvent; a DenyEvent without a kind counts as "flow-denied"). */
+  write(events: object[]): void {
+    this.add(events, (r) => {
+      const { time: _t, source: _s, v: _v, kind, ...rest } = r as Record<string, unknown>;
+      return [String(kind ?? "flow-denied"), ...Object.entries(rest)];
+    });
   }
 
-  /** Any audit record (DNS events have their own shape: kind, name, detail). */
+  /** The same as write() (kept for callers of the time when records had two shapes). */
   writeRecords(records: object[]): void {
-    this.add(records, (r) => {
-      const { sandbox, kind, name, detail } = r as Record<string, unknown>;
-      return [String(kind), sandbox, name, detail];
-    });
+    this.write(records);
   }
 
   /** Write every pending summary now and stop the timer. */
@@ -191,7 +192,7 @@ export class AuditLog {
           overflow.repeated++;
           overflow.until = timeOf(r);
         } else {
-          const first = { time: timeOf(r), kind: "audit-log-overflow", of: kind, detail: `limit of ${this.maxKeys} distinct events per ${this.intervalMs} ms reached; further ${kind} events are counted, not written` };
+          const first = { v: 1, time: timeOf(r), sandbox: (r as { sandbox?: unknown }).sandbox, kind: "audit-log-overflow", of: kind, detail: `limit of ${this.maxKeys} distinct events per ${this.intervalMs} ms reached; further ${kind} events are counted, not written` };
           this.intervals.set(kind, { end: now + this.intervalMs, first, repeated: 1, until: first.time });
         }
       }
@@ -235,7 +236,7 @@ export class AuditLog {
     if (this.bytes + size > this.maxBytes) {
       this.full = true;
       this.droppedEvents += events;
-      this.lines.push(JSON.stringify({ time: new Date().toISOString(), kind: "audit-log-full", detail: `size cap of ${this.maxBytes} bytes reached; further events are counted, not written` }) + "\n");
+      this.lines.push(JSON.stringify({ v: 1, time: new Date().toISOString(), kind: "audit-log-full", detail: `size cap of ${this.maxBytes} bytes reached; further events are counted, not written` }) + "\n");
       return;
     }
     this.bytes += size;

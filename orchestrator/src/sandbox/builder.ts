@@ -42,6 +42,7 @@ export class TlsBuilder {
 }
 import type { DenyResponse } from "../policy/compile.js";
 import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";
+import type { GatewayEvent } from "../gateway/events.js";
 
 export class NetworkBuilder {
   /** @internal */ readonly options: NetnsSandboxOptions = {};
@@ -53,6 +54,8 @@ export class NetworkBuilder {
   /** At destroy(), how long the guest's connections may go without moving data before they are reset (default 5000 ms). */
   exitGraceMs(ms: number): this { this.options.exitGraceMs = ms; return this; }
   onDeny(listener: (event: DenyEvent) => void): this { this.options.onDeny = listener; return this; }
+  /** Every event of the sandbox (gateway/events.ts), from its creation on. */
+  onEvent(listener: (event: GatewayEvent) => void): this { this.options.onEvent = listener; return this; }
   mtu(bytes: number): this { this.options.mtu = bytes; return this; }
   dnsForward(address: string): this { this.options.dnsForward = address; return this; }
   /** DNS interception: n.dns(d => d.blockDomain("x.example").nameservers(["192.0.2.53"])) */

@@ -6,6 +6,8 @@
 // checks depends on the kind of sandbox. The kinds implement only the guest: creating it,
 // running commands in it, stopping it.
 import type { Gateway } from "../gateway/gateway.js";
+import type { GatewayEvent } from "../gateway/events.js";
+import type { GatewaySample } from "../gateway/metrics.js";
 import type { NetworkPolicyShape } from "../policy/model.js";
 import type { DenyResponse } from "../policy/compile.js";
 import type { EngineCounters } from "../engine/engine-config.js";
@@ -65,6 +67,24 @@ export abstract class GuestSandbox {
     return this.gw.offline;
   }
 
+  /**
+   * Subscribe to the sandbox's events (gateway/events.ts: flow denied, DNS blocked, TLS refused,
+   * secret violation, ports, lifecycle, limits), in the audit log's shape; returns an unsubscribe.
+   * Events from creation on: the onEvent option.
+   */
+  on(name: "event", fn: (event: GatewayEvent) => void): () => void {
+    return this.gw.on(name, fn);
+  }
+
+  off(name: "event", fn: (event: GatewayEvent) => void): void {
+    this.gateway?.off(name, fn);
+  }
+
+  /** The policy in force (Gateway.policyInForce). */
+  policyInForce(): { defaultAction: string; rules: string[]; denyResponse: string; offline: boolean } {
+    return this.gw.policyInForce();
+  }
+
   /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
   setPolicy(policy: NetworkPolicyShape, denyResponse?: DenyResponse): void {
     this.gw.setPolicy(policy, denyResponse);
@@ -122,6 +142,16 @@ export abstract class GuestSandbox {
   /** Flows the policy allowed and denied so far. */
   flowDecisions(): { allowed: number; denied: number } {
     return this.gateway?.flowDecisions() ?? { allowed: 0, denied: 0 };
+  }
+
+  /** The sandbox's metrics in the Prometheus text exposition format (Gateway.metrics). */
+  metrics(): Promise<string> {
+    return this.gw.metrics();
+  }
+
+  /** What metrics and --stats report, sampled now (Gateway.sample). */
+  sample(): Promise<GatewaySample> {
+    return this.gw.sample();
   }
 
   counters(nonZero = false): EngineCounters {

@@ -90,6 +90,8 @@ export interface TlsProxyStats {
   httpRefused: number;
   /** Secret values found in responses and replaced by their placeholders. */
   scrubbed: number;
+  /** Connections on which a secret's value was put into a request (counted when they close). */
+  substituted: number;
 }
 
 // A TLS record: alert (21), version 3.3, length 2: level fatal (2), access_denied (49).
@@ -127,7 +129,7 @@ function upstreamContextFor(extra: readonly string[]): tls.SecureContext {
 export class TlsProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0 };
+  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0, substituted: 0 };
 
   constructor(private readonly o: TlsProxyOptions) {
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
@@ -280,6 +282,7 @@ export class TlsProxy {
       authority: bound ? (host) => this.o.checkAuthority!(origin, host) : undefined,
     };
     const filter = chosen === "h2" ? new Http2RequestFilter(secrets, ctx) : new RequestFilter(secrets, ctx);
+    guest.once("close", () => { if (filter.substituted) this.stats.substituted++; });
     // Where a value may go up, what comes down is scrubbed of it (an API reflecting a header, an
     // echo endpoint): the guest never holds a real value.
     let scrubber: ResponseScrubber | Http2ResponseScrubber | undefined;

@@ -1,0 +1,139 @@
+// events.ts — one event type for everything a gateway judges or does (DESIGN §13: "one typed
+// event union and one sink").
+//
+// Every event has the same envelope — { v, time, sandbox, kind } — and kind-specific fields.
+// The audit log writes them as they are (one JSON line each, aggregated: policy/audit.ts), the
+// library's listeners (GatewayOptions.onEvent, gateway.on("event")) get the same objects, and the
+// control socket streams them as NDJSON (GET /events). `v` is the version of this shape: a field
+// removed or changing meaning bumps it; a field or a kind added does not.
+//
+// Invariants: an event never carries a secret's value (only its name); `time` is ISO 8601 UTC.
+import { EventEmitter } from "node:events";
+import type { TlsEvent } from "../tls/proxy.js";
+
+/** The version of the event shape (the `v` field). */
+export const EVENT_VERSION = 1;
+
+interface Envelope {
+  v: typeof EVENT_VERSION;
+  /** ISO 8601, UTC. */
+  time: string;
+  /** The sandbox's name. */
+  sandbox: string;
+}
+
+/** A flow the policy (or a fixed rule: multicast, QUIC) denied; from the engine's audit ring. */
+export interface FlowDeniedEvent extends Envelope {
+  kind: "flow-denied";
+  direction: "outbound" | "inbound";
+  protocol: "tcp" | "udp" | "icmpv4" | "icmpv6" | string;
+  /** ip:port ([v6]:port) */
+  source: string;
+  destination: string;
+  port: number;
+  /** "rules[3] deny:egress@group:private", "default", or a fixed reason ("not-routed: ...", "quic: ..."). */
+  rule: string;
+  action: "deny";
+}
+
+/** What DNS interception refused or rewrote (dns/interceptor.ts DnsEventKind, prefixed "dns-"). */
+export interface DnsEvent extends Envelope {
+  kind: "dns-blocked" | "dns-rebinding" | "dns-upstream-failed" | "dns-formerr" | "dns-denied-resolver" | "dns-overloaded";
+  /** The query name, when there was one. */
+  name?: string;
+  detail?: string;
+}
+
+/** A TLS connection or an HTTP request over it that the TLS proxy refused, and why. */
+export interface TlsRefusedEvent extends Envelope {
+  kind: TlsEvent["kind"];
+  /** The SNI, when the client sent one. */
+  name?: string;
+  /** ip:port */
+  destination: string;
+  /** "<destination>: <why>" */
+  detail: string;
+}
+
+/** A secret's placeholder headed where it may not go (never the value). */
+export interface SecretViolationGatewayEvent extends Envelope {
+  kind: "secret-violation";
+  /** The secret's name (its variable). */
+  name: string;
+  destination: string;
+  /** Where the placeholder was: "header x-k", "a TCP stream", "the query name ...". */
+  where: string;
+  /** raw, base64, percent-encoded, JSON-escaped, ... */
+  form: string;
+  action: "block" | "block-and-log" | "block-and-terminate";
+  detail: string;
+}
+
+/** A port published on, or withdrawn from, the sandbox. */
+export interface PortEvent extends Envelope {
+  kind: "port-published" | "port-unpublished";
+  bind: string;
+  host: number;
+  guest: number;
+  protocol: "tcp" | "udp";
+}
+
+/** The sandbox's gateway started serving, or stopped. */
+export interface LifecycleEvent extends Envelope {
+  kind: "sandbox-created" | "sandbox-destroyed";
+  /** sandbox-created: the guest's and gateway's addresses. */
+  guest?: { ipv4: string; ipv6: string };
+  gateway?: { ipv4: string; ipv6: string };
+}
+
+/** A limit was hit: new flows refused (max connections, flow table), DNS queries dropped. */
+export interface LimitEvent extends Envelope {
+  kind: "limit-hit";
+  /** "max-connections", "flow-table", "dns-in-flight", "udp-flows" */
+  limit: string;
+  /** How many were refused since the previous limit-hit event of this limit. */
+  count: number;
+  detail: string;
+}
+
+export type GatewayEvent = FlowDeniedEvent | DnsEvent | TlsRefusedEvent | SecretViolationGatewayEvent | PortEvent | LifecycleEvent | LimitEvent;
+export type GatewayEventKind = GatewayEvent["kind"];
+
+type Fields<E> = E extends Envelope ? Omit<E, keyof Envelope> & { time?: string } : never;
+
+/** An event with its envelope filled in. */
+export function makeEvent<E extends GatewayEvent>(sandbox: string, fields: Fields<E>): E {
+  const { time, ...rest } = fields as { time?: string };
+  return { v: EVENT_VERSION, time: time ?? new Date().toISOString(), sandbox, ...rest } as unknown as E;
+}
+
+/**
+ * The sink: whoever wants a gateway's events subscribes here (the audit log, the library's
+ * listener, metrics, the control socket). A listener that throws does not stop the others, nor
+ * the gateway: its error is reported once on stderr.
+ */
+export class EventSink {
+  private readonly emitter = new EventEmitter();
+  constructor() {
+    this.emitter.setMaxListeners(0); // one per control-socket client: no arbitrary cap
+  }
+
+  on(fn: (e: GatewayEvent) => void): () => void {
+    this.emitter.on("event", fn);
+    return () => this.emitter.off("event", fn);
+  }
+
+  off(fn: (e: GatewayEvent) => void): void {
+    this.emitter.off("event", fn);
+  }
+
+  emit(e: GatewayEvent): void {
+    for (const fn of this.emitter.listeners("event") as ((e: GatewayEvent) => void)[]) {
+      try {
+        fn(e);
+      } catch (err) {
+        process.stderr.write(`moat: an event listener threw on a ${e.kind} event: ${(err as Error)?.message ?? String(err)}\n`);
+      }
+    }
+  }
+}

@@ -1,0 +1,185 @@
+// metrics.ts — gateways' counters in the Prometheus text exposition format (version 0.0.4), and
+// the HTTP listener that serves them (`--metrics [ADDR:]PORT`, the control socket's /metrics).
+//
+// Every series has a `sandbox` label. Families follow Prometheus' conventions: counters end in
+// _total, units are base units in the name (_bytes, _seconds), each family has one HELP and one
+// TYPE line and all its series together (several sandboxes' series are grouped per family).
+// Every engine counter is exported (engine-wasm/assembly/counters.ts): DROP_* as
+// moat_drops_total{reason}, the others as moat_engine_<name>_total; the families above them are
+// the ones an operator looks at first (flows, bytes, packets, DNS, TLS, secrets, policy).
+//
+// Cost: a scrape reads the counters straight from each engine's shared memory and asks each
+// engine worker once for its DNS statistics; nothing is counted on the packet path for it.
+import { createServer, type Server } from "node:http";
+import { isIP } from "node:net";
+import { ConfigError, MoatError } from "../errors.js";
+import { DNS_LATENCY_BUCKETS, type DnsStatsSnapshot } from "../dns/dns-stats.js";
+import type { EngineCounters } from "../engine/engine-config.js";
+import type { TlsProxyStats } from "../tls/proxy.js";
+
+/** What one gateway reports when scraped (Gateway.sample()). */
+export interface GatewaySample {
+  sandbox: string;
+  counters: EngineCounters;
+  flows: { flows: number; udp: number; tcp: number };
+  dns: DnsStatsSnapshot;
+  tls: TlsProxyStats & { leavesMinted: number };
+  /** Events emitted, by kind (secret violations as "secret-violation:<action>"). */
+  events: Record<string, number>;
+}
+
+export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+type Labels = Record<string, string>;
+interface Family { help: string; type: "counter" | "gauge" | "histogram"; lines: string[] }
+
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n");
+}
+
+function labelText(l: Labels): string {
+  const parts = Object.entries(l).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+function num(v: number): string {
+  return Number.isFinite(v) ? String(v) : v > 0 ? "+Inf" : v < 0 ? "-Inf" : "NaN";
+}
+
+/** Families in the order first added; each family's series from every sandbox together. */
+class Exposition {
+  private readonly families = new Map<string, Family>();
+
+  private family(name: string, type: Family["type"], help: string): Family {
+    let f = this.families.get(name);
+    if (!f) this.families.set(name, (f = { help, type, lines: [] }));
+    return f;
+  }
+
+  add(name: string, type: "counter" | "gauge", help: string, labels: Labels, value: number): void {
+    this.family(name, type, help).lines.push(`${name}${labelText(labels)} ${num(value)}`);
+  }
+
+  histogram(name: string, help: string, labels: Labels, bounds: readonly number[], buckets: number[], sum: number, count: number): void {
+    const f = this.family(name, "histogram", help);
+    let cumulative = 0;
+    bounds.forEach((le, i) => {
+      cumulative += buckets[i] ?? 0;
+      f.lines.push(`${name}_bucket${labelText({ ...labels, le: String(le) })} ${cumulative}`);
+    });
+    f.lines.push(`${name}_bucket${labelText({ ...labels, le: "+Inf" })} ${count}`);
+    f.lines.push(`${name}_sum${labelText(labels)} ${num(sum)}`);
+    f.lines.push(`${name}_count${labelText(labels)} ${count}`);
+  }
+
+  text(): string {
+    let out = "";
+    for (const [name, f] of this.families) {
+      out += `# HELP ${name} ${f.help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")}\n# TYPE ${name} ${f.type}\n${f.lines.join("\n")}\n`;
+    }
+    return out;
+  }
+}
+
+/** The exposition of `samples` (one per sandbox). */
+export function renderMetrics(samples: GatewaySample[]): string {
+  const x = new Exposition();
+  for (const s of samples) {
+    const sb = { sandbox: s.sandbox };
+    const c = (name: string) => s.counters[name] ?? 0;
+    x.add("moat_sandbox_up", "gauge", "1 for every sandbox this moat serves", sb, 1);
+    // Flows.
+    x.add("moat_flows_open", "gauge", "Flows open now, by protocol", { ...sb, protocol: "tcp" }, s.flows.tcp);
+    x.add("moat_flows_open", "gauge", "Flows open now, by protocol", { ...sb, protocol: "udp" }, s.flows.udp);
+    x.add("moat_flows_opened_total", "counter", "Flows opened, by protocol (TCP: guest SYNs dialled; UDP: flows created; ICMP: echo requests forwarded)", { ...sb, protocol: "tcp" }, c("TCP_FLOWS_OPENED"));
+    x.add("moat_flows_opened_total", "counter", "Flows opened, by protocol (TCP: guest SYNs dialled; UDP: flows created; ICMP: echo requests forwarded)", { ...sb, protocol: "udp" }, c("UDP_FLOWS_OPENED"));
+    x.add("moat_flows_opened_total", "counter", "Flows opened, by protocol (TCP: guest SYNs dialled; UDP: flows created; ICMP: echo requests forwarded)", { ...sb, protocol: "icmp" }, c("ICMP_ECHO_FORWARDED"));
+    // Bytes and packets each way, on the guest's link and per protocol.
+    x.add("moat_link_frames_total", "counter", "Ethernet frames on the guest's link: rx from the guest, tx to it", { ...sb, direction: "rx" }, c("RX_FRAMES"));
+    x.add("moat_link_frames_total", "counter", "Ethernet frames on the guest's link: rx from the guest, tx to it", { ...sb, direction: "tx" }, c("TX_FRAMES"));
+    x.add("moat_link_bytes_total", "counter", "Bytes of Ethernet frames on the guest's link: rx from the guest, tx to it", { ...sb, direction: "rx" }, c("RX_BYTES"));
+    x.add("moat_link_bytes_total", "counter", "Bytes of Ethernet frames on the guest's link: rx from the guest, tx to it", { ...sb, direction: "tx" }, c("TX_BYTES"));
+    x.add("moat_tcp_payload_bytes_total", "counter", "TCP payload bytes carried: egress from the guest to hosts, ingress from hosts to the guest", { ...sb, direction: "egress" }, c("TCP_BYTES_TO_HOST"));
+    x.add("moat_tcp_payload_bytes_total", "counter", "TCP payload bytes carried: egress from the guest to hosts, ingress from hosts to the guest", { ...sb, direction: "ingress" }, c("TCP_BYTES_TO_GUEST"));
+    x.add("moat_udp_datagrams_total", "counter", "UDP datagrams carried: egress from the guest to hosts, ingress from hosts to the guest", { ...sb, direction: "egress" }, c("UDP_TO_HOST"));
+    x.add("moat_udp_datagrams_total", "counter", "UDP datagrams carried: egress from the guest to hosts, ingress from hosts to the guest", { ...sb, direction: "ingress" }, c("UDP_FROM_HOST"));
+    // Policy.
+    x.add("moat_policy_denials_total", "counter", "New flows (or datagrams) the policy denied", sb, c("DROP_POLICY"));
+    x.add("moat_policy_allowed_total", "counter", "New flows the policy let through", sb, c("FLOWS_ALLOWED"));
+    // Every drop, by reason (each dropped frame is counted under exactly one).
+    for (const [name, v] of Object.entries(s.counters)) {
+      if (name.startsWith("DROP_")) x.add("moat_drops_total", "counter", "Frames dropped, by reason (engine-wasm/assembly/counters.ts DROP_*)", { ...sb, reason: name.slice(5).toLowerCase() }, v);
+    }
+    // DNS.
+    const d = s.dns;
+    x.add("moat_dns_queries_total", "counter", "Guest DNS queries answered by the interceptor, by transport", { ...sb, transport: "udp" }, d.queries.udp);
+    x.add("moat_dns_queries_total", "counter", "Guest DNS queries answered by the interceptor, by transport", { ...sb, transport: "tcp" }, d.queries.tcp);
+    x.add("moat_dns_blocked_total", "counter", "DNS queries answered locally as blocked (block lists, deny domain rules)", sb, d.blocked);
+    x.add("moat_dns_rebinding_rewritten_total", "counter", "DNS answers rewritten to REFUSED by rebinding protection", sb, d.rebinding);
+    x.add("moat_dns_upstream_failures_total", "counter", "DNS queries no upstream answered", sb, d.upstreamFailures);
+    x.histogram("moat_dns_query_duration_seconds", "Time from a guest's DNS query to its answer", sb, DNS_LATENCY_BUCKETS, d.latencyBuckets, d.latencySum, d.latencyCount);
+    // TLS.
+    const t = s.tls;
+    const hs = "TLS connections handled by the proxy, by outcome (intercepted: terminated and re-originated; bypassed: spliced; dot: DNS over TLS)";
+    x.add("moat_tls_handshakes_total", "counter", hs, { ...sb, outcome: "intercepted" }, t.intercepted);
+    x.add("moat_tls_handshakes_total", "counter", hs, { ...sb, outcome: "bypassed" }, t.bypassed);
+    x.add("moat_tls_handshakes_total", "counter", hs, { ...sb, outcome: "dot" }, t.dot);
+    x.add("moat_tls_leaves_minted_total", "counter", "Leaf certificates minted by the sandbox's CA (the process's ephemeral CA is shared by its sandboxes)", sb, t.leavesMinted);
+    const rf = "TLS connections and HTTP requests over them the proxy refused, by reason";
+    x.add("moat_tls_refusals_total", "counter", rf, { ...sb, reason: "sni_denied" }, t.sniDenied);
+    x.add("moat_tls_refusals_total", "counter", rf, { ...sb, reason: "upstream_failed" }, t.upstreamFailed);
+    x.add("moat_tls_refusals_total", "counter", rf, { ...sb, reason: "bad_hello" }, t.badHello);
+    x.add("moat_tls_refusals_total", "counter", rf, { ...sb, reason: "http_refused" }, t.httpRefused);
+    x.add("moat_tls_deny_pages_total", "counter", "403 pages served for denied connections (--deny-response http)", sb, t.denyPages);
+    // Secrets.
+    for (const action of ["block", "block-and-log", "block-and-terminate"]) {
+      x.add("moat_secret_violations_total", "counter", "Secret placeholders stopped on their way to a destination not allowed for them, by action", { ...sb, action: action.replace(/-/g, "_") }, s.events[`secret-violation:${action}`] ?? 0);
+    }
+    x.add("moat_secret_substituted_connections_total", "counter", "Intercepted connections on which a secret's value was put into a request (counted when they close)", sb, t.substituted);
+    // Events, by kind (what the audit log and the event stream carried).
+    for (const [kind, n] of Object.entries(s.events)) {
+      if (!kind.startsWith("secret-violation:")) x.add("moat_events_total", "counter", "Gateway events emitted, by kind (gateway/events.ts)", { ...sb, kind: kind.replace(/-/g, "_") }, n);
+    }
+    // Every other engine counter, as it is named in the engine.
+    for (const [name, v] of Object.entries(s.counters)) {
+      if (name.startsWith("DROP_")) continue;
+      const m = `moat_engine_${name.toLowerCase()}_total`;
+      x.add(m, "counter", `Engine counter ${name} (engine-wasm/assembly/counters.ts)`, sb, v);
+    }
+  }
+  return x.text();
+}
+
+/** Parse `[ADDR:]PORT` (ADDR an IPv4 address or [IPv6]; default 127.0.0.1). */
+export function parseListenAddress(text: string, flag: string): { host: string; port: number } {
+  const m = /^(?:(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):)?(\d{1,5})$/.exec(text);
+  const host = m?.[1] ? m[1].replace(/^\[|\]$/g, "") : "127.0.0.1";
+  const port = Number(m?.[2]);
+  if (!m || port > 65535 || (host !== "localhost" && !isIP(host))) {
+    throw new ConfigError(`${flag} "${text}" is not [ADDR:]PORT`, `e.g. ${flag} 9464, ${flag} 127.0.0.1:9464 or ${flag} [::1]:9464 (PORT 0: any free port)`);
+  }
+  return { host, port };
+}
+
+/** Serve GET /metrics (the exposition of `render()`) on host:port; resolves once listening. */
+export async function serveMetrics(host: string, port: number, render: () => Promise<string>): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  const server = createServer((req, res) => {
+    if (req.method !== "GET" || (req.url !== "/metrics" && !req.url?.startsWith("/metrics?"))) {
+      res.writeHead(404, { "content-type": "text/plain" }).end("moat serves /metrics only\n");
+      return;
+    }
+    render().then((body) => {
+      res.writeHead(200, { "content-type": CONTENT_TYPE }).end(body);
+    }, (e: unknown) => {
+      res.writeHead(500, { "content-type": "text/plain" }).end(`moat: metrics failed: ${(e as Error)?.message ?? String(e)}\n`);
+    });
+  });
+  server.keepAliveTimeout = 65000;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (e: NodeJS.ErrnoException) => reject(new MoatError("ERR_PORT", `cannot serve metrics on ${host}:${port}: ${e.code === "EADDRINUSE" ? "the port is already in use" : e.message}`, "choose another --metrics port")));
+    server.listen(port, host, () => resolve());
+  });
+  server.unref();
+  const a = server.address();
+  return { server, port: typeof a === "object" && a ? a.port : port, close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }) };
+}

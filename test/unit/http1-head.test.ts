@@ -189,3 +189,36 @@ test("a binary protocol to a host no secret is for is not held back waiting for 
   const h = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
   assert.equal(Buffer.concat(h.push(Buffer.from("GET /partial")).out).length, 0, "what looks like a request line waits for its head");
 });
+
+test("an Upgrade the server may not take opens no way past the domain rule: unmasked bytes after it, an Upgrade with a body, h2c are refused", async () => {
+  const bind = (h: string) => (h === "api.example.test" ? null : `${h} is not covered`);
+  const ws = "GET /ws HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+  const evil = "GET /x HTTP/1.1\r\nHost: tenant.evil.test\r\n\r\n";
+  // A server with no WebSocket endpoint (Node without an 'upgrade' listener, nginx, Python)
+  // answers the upgrade request as an ordinary one and reads what follows as the next request.
+  seen = [];
+  await new Promise<void>((resolve) => {
+    const s = net.connect(port, "127.0.0.1", () => { s.write(`${ws}\r\n`); setTimeout(() => s.end(evil), 100); });
+    s.on("data", () => {});
+    s.on("close", () => resolve());
+  });
+  assert.deepEqual(seen.map((r) => r.host), ["api.example.test", "tenant.evil.test"], "Node reads a second request after an upgrade it did not take");
+  for (const [secretsToo, name] of [[false, "bound"], [true, "bound, with secrets"]] as const) {
+    const f = new RequestFilter(secretsToo ? secrets() : [], { sni: "api.example.test", pinned: true, authority: bind });
+    const r1 = f.push(Buffer.from(`${ws}\r\n`));
+    assert.equal(r1.refusal, undefined, `${name}: the upgrade request itself goes`);
+    const r2 = f.push(Buffer.from(evil));
+    assert.ok(r2.refusal, `${name}: a plain request after an upgrade is refused, not passed as WebSocket frames`);
+    assert.equal(Buffer.concat(r2.out).length, 0);
+  }
+  // A body on the upgrade request: a server that does not upgrade reads it as a body, then the next request.
+  const frameHead = Buffer.from([0x82, 0x80 | 126, 0x03, 0xe8, 1, 2, 3, 4]); // a masked frame "of 1000 bytes"
+  const g = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  const withBody = g.push(Buffer.concat([Buffer.from(`${ws}Content-Length: ${frameHead.length}\r\n\r\n`), frameHead, Buffer.from(evil)]));
+  assert.ok(withBody.refusal, "an upgrade request with a body is refused");
+  assert.doesNotMatch(Buffer.concat(withBody.out).toString("latin1"), /tenant\.evil\.test/);
+  // h2c: after a 101 the connection is HTTP/2, whose requests moat would not judge.
+  const h = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  const h2c = h.push(Buffer.from("GET / HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"));
+  assert.equal(h2c.refusal?.status, 501);
+});

@@ -138,6 +138,14 @@ export class RequestFilter {
         }
         const why = this.ctx.authority?.(parsed.host);
         if (why) return this.refuse(out, 403, why, Buffer.alloc(0));
+        // After an upgrade moat stops reading requests, but a server that does not take it (no
+        // 101: nginx, Node without an 'upgrade' listener, Python) reads on: what follows must be
+        // something no server reads as a request (masked WebSocket frames, wsScan), and nothing
+        // it might read first (a body, an HTTP/2 preface after h2c) may be left unjudged.
+        if (parsed.upgrade && this.strict) {
+          if (!isWebSocket(parsed)) return this.refuse(out, 501, `an Upgrade to ${JSON.stringify(parsed.fields.filter((f) => f.name === "upgrade").map((f) => f.value).join(", ").slice(0, 40))}: moat could not judge the requests after it (only WebSocket is upgraded to)`, Buffer.alloc(0));
+          if (parsed.body.kind !== "none") return this.refuse(out, 400, "an Upgrade request with a body (a server that does not upgrade reads requests after it)", Buffer.alloc(0));
+        }
         const r = this.judgeHead(parsed, head.toString("latin1"));
         if ("violation" in r) return { out, violation: r.violation };
         this.ctx.onRequest?.(parsed.method, parsed.version === "HTTP/1.0");
@@ -238,6 +246,10 @@ export class RequestFilter {
         if (ws.hdr.length < 2) return { out };
         const len7 = ws.hdr[1]! & 0x7f;
         const masked = (ws.hdr[1]! & 0x80) !== 0;
+        // A client masks every frame (RFC 6455 §5.1). Unmasked bytes would be a request to a
+        // server that answered the upgrade without 101 (no HTTP request has a byte over 0x7f
+        // second), unjudged: refused where moat judges requests.
+        if (!masked && this.strict) return this.refuse(out, 400, "an unmasked WebSocket frame from the client (after an upgrade the server may not have taken, it would be read as a request)", Buffer.alloc(0));
         const need = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (masked ? 4 : 0);
         if (ws.hdr.length < need) return { out }; // (all of b went into the header)
         const headBytes = ws.hdr.subarray(0, need);
@@ -375,7 +387,7 @@ export class RequestFilter {
 
   /** The body's framing, from the strictly parsed head. */
   private frame(h: RequestHead): void {
-    if (h.upgrade && h.fields.some((f) => f.name === "upgrade" && /(^|[\s,])websocket($|[\s,])/i.test(f.value))) {
+    if (isWebSocket(h)) {
       this.state = "ws";
       this.ws = { hdr: Buffer.alloc(0), left: 0, mask: Buffer.alloc(4), off: 0, tail: "" };
     } else if (h.upgrade) this.state = "opaque";
@@ -383,6 +395,11 @@ export class RequestFilter {
     else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
     else this.state = "head";
   }
+}
+
+/** A request upgrading its connection to WebSocket. */
+function isWebSocket(h: RequestHead): boolean {
+  return h.upgrade && h.fields.some((f) => f.name === "upgrade" && /(^|[\s,])websocket($|[\s,])/i.test(f.value));
 }
 
 /**

@@ -211,6 +211,14 @@ test("an Upgrade the server may not take opens no way past the domain rule: unma
     assert.ok(r2.refusal, `${name}: a plain request after an upgrade is refused, not passed as WebSocket frames`);
     assert.equal(Buffer.concat(r2.out).length, 0);
   }
+  // A masked frame Python's http.server still reads as a request: str.split() takes 0xA0 (NBSP)
+  // for whitespace, so `A0 A0 "GET " "/ HTTP/1.1\r\nHost: evil.tests\r\n\r\n"` (FIN+RSV2, masked,
+  // 32 bytes) is `GET / HTTP/1.1` for Host evil.tests. Its first byte is no WebSocket frame's.
+  const py = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  assert.equal(py.push(Buffer.from(`${ws}\r\n`)).refusal, undefined);
+  const nbsp = py.push(Buffer.concat([Buffer.from([0xa0, 0xa0]), Buffer.from("GET / HTTP/1.1\r\nHost: evil.tests\r\n\r\n")]));
+  assert.equal(nbsp.refusal?.status, 400, "a frame with reserved bits or opcode is refused");
+  assert.equal(Buffer.concat(nbsp.out).length, 0);
   // A body on the upgrade request: a server that does not upgrade reads it as a body, then the next request.
   const frameHead = Buffer.from([0x82, 0x80 | 126, 0x03, 0xe8, 1, 2, 3, 4]); // a masked frame "of 1000 bytes"
   const g = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });

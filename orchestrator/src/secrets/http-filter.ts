@@ -250,6 +250,11 @@ export class RequestFilter {
         // server that answered the upgrade without 101 (no HTTP request has a byte over 0x7f
         // second), unjudged: refused where moat judges requests.
         if (!masked && this.strict) return this.refuse(out, 400, "an unmasked WebSocket frame from the client (after an upgrade the server may not have taken, it would be read as a request)", Buffer.alloc(0));
+        // Nor its first byte: Python's http.server splits a request line at any Unicode space
+        // (0x85, 0xA0 too), so a "frame" opening A0 A0 "GET " is a request line to it. A frame's
+        // first byte has RSV2 and RSV3 clear (RSV1: permessage-deflate), a defined opcode, and
+        // FIN on a control frame: none of those is a space to any parser.
+        if (this.strict && !validFirstByte(ws.hdr[0]!)) return this.refuse(out, 400, `a WebSocket frame with reserved bits or opcode (first byte 0x${ws.hdr[0]!.toString(16)})`, Buffer.alloc(0));
         const need = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (masked ? 4 : 0);
         if (ws.hdr.length < need) return { out }; // (all of b went into the header)
         const headBytes = ws.hdr.subarray(0, need);
@@ -395,6 +400,14 @@ export class RequestFilter {
     else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
     else this.state = "head";
   }
+}
+
+/** A WebSocket frame's first byte (RFC 6455 §5.2): RSV2/RSV3 clear, a defined opcode, control frames FIN. */
+function validFirstByte(b: number): boolean {
+  const op = b & 0x0f;
+  if ((b & 0x30) !== 0) return false;
+  if (op <= 2) return true;
+  return op >= 8 && op <= 10 && (b & 0xc0) === 0x80; // control: FIN, never compressed
 }
 
 /** A request upgrading its connection to WebSocket. */

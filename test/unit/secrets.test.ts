@@ -276,3 +276,29 @@ test("a violation says why the value could not go there: another host, or an add
   const other = feed(filter(), `GET / HTTP/1.1\r\nHost: other.test\r\nX-Key: ${P}\r\n\r\n`);
   assert.match(other.violation?.where ?? "", /Host other\.test is not the SNI/);
 });
+
+test("HTTP/2: a header block that HPACK expands (one table entry indexed thousands of times) is refused, not decoded into hundreds of MB", () => {
+  const int = (n: number, bits: number, first: number) => {
+    const max = (1 << bits) - 1;
+    if (n < max) return [first | n];
+    const o = [first | max];
+    for (n -= max; n >= 128; n = Math.floor(n / 128)) o.push((n & 127) | 128);
+    o.push(n);
+    return o;
+  };
+  const lit = (name: string, value: string, first = 0x00) => Buffer.concat([Buffer.from([first]), Buffer.from(int(name.length, 7, 0)), Buffer.from(name), Buffer.from(int(value.length, 7, 0)), Buffer.from(value)]);
+  const pseudo = Buffer.concat([lit(":method", "GET"), lit(":scheme", "https"), lit(":authority", "api.example.test"), lit(":path", "/")]);
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  // A 4000-byte field into the guest's table (literal with incremental indexing)...
+  assert.equal(f.push(Buffer.concat([PREFACE, h2frame(1, 0x5, 1, Buffer.concat([pseudo, lit("x", "a".repeat(4000), 0x40)]))])).refusal, undefined);
+  // ... then a 64 KiB block of one-byte references to it (0xbe: dynamic entry 1): 256 MB decoded.
+  const bomb = Buffer.concat([pseudo, Buffer.alloc(60000, 0xbe)]);
+  const frames: Buffer[] = [];
+  for (let o = 0; o < bomb.length; o += 16384) frames.push(h2frame(o === 0 ? 1 : 9, (o === 0 ? 0x1 : 0) | (o + 16384 >= bomb.length ? 0x4 : 0), 3, bomb.subarray(o, o + 16384)));
+  const t0 = Date.now();
+  const r = f.push(Buffer.concat(frames));
+  assert.equal(r.refusal?.status, 431, "refused as too large");
+  assert.equal(r.stream, 3);
+  assert.ok(r.out.reduce((n, b) => n + b.length, 0) < 65536, "nothing of it goes on");
+  assert.ok(Date.now() - t0 < 1000, `judged in ${Date.now() - t0} ms`);
+});

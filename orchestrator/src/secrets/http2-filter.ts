@@ -16,8 +16,8 @@
 // streamed, never held: its header goes on at once and its payload is scanned as it arrives,
 // with a per-stream tail carried across frames (a placeholder split over frames is caught when
 // its last byte arrives). Every other frame (at most 64 KiB) is scanned and passed untouched.
-// Memory per connection: one frame header, one non-DATA frame, one header block (64 KiB), a
-// placeholder-length tail per open stream.
+// Memory per connection: one frame header, one non-DATA frame, one header block (64 KiB, and
+// 64 KiB of fields once decoded), a placeholder-length tail per open stream.
 import hpack from "hpack.js";
 import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
@@ -26,6 +26,8 @@ import { notHere, type FilterContext, type FilterResult, type Violation } from "
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const MAX_CONTROL_FRAME = 65536;
 const MAX_BLOCK = 65536;
+/** The largest header list (decoded, RFC 7541 §4.1 sizes) judged: an HTTP/1.1 head's limit. */
+export const MAX_HEADER_LIST = 65536;
 const MAX_STREAMS = 4096;
 const OUT_FRAME = 16384; // SETTINGS_MAX_FRAME_SIZE's default: what the server surely accepts
 const T_DATA = 0, T_HEADERS = 1, T_CONTINUATION = 9;
@@ -196,10 +198,22 @@ export class Http2RequestFilter {
   private judge(block: Buffer, stream: number): { block: Buffer } | { violation: Violation } | { refusal: { status: number; reason: string } } {
     this.decoder.write(block);
     this.decoder.execute();
-    const headers: Header[] = [];
-    for (let h = this.decoder.read(); h; h = this.decoder.read()) headers.push({ name: String(h.name), value: String(h.value) });
     const to = this.sni ? ` (to ${this.sni})` : "";
     const refuse = (status: number, reason: string) => ({ refusal: { status, reason: `${reason}${to}` } });
+    // HPACK lets a one-byte reference stand for a whole table entry: a 64 KiB block of them is
+    // gigabytes of fields. Their size is counted as they are read (RFC 7541 §4.1: name, value,
+    // 32 each) and held to what an HTTP/1.1 head may be; over it, nothing more is looked at.
+    const headers: Header[] = [];
+    let listSize = 0;
+    for (let h = this.decoder.read(); h; h = this.decoder.read()) {
+      const name = String(h.name), value = String(h.value);
+      listSize += name.length + value.length + 32;
+      if (listSize > MAX_HEADER_LIST) {
+        while (this.decoder.read()); // (drop the rest: the connection ends)
+        return refuse(431, `a header list over ${MAX_HEADER_LIST} bytes once decoded`);
+      }
+      headers.push({ name, value });
+    }
     const trailers = this.opened.has(stream);
     const seen = new Set<string>();
     let regular = false;

@@ -36,6 +36,8 @@ import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js"
 import { decoderFor, MAX_DECODED, MAX_EXPANSION, type ScrubResult, type SyncDecoder } from "./response-filter.js";
 
 export const MAX_BLOCK = 65536;
+/** The largest header list judged, decoded (curl takes 300 KiB of response headers). */
+export const MAX_HEADER_LIST = 1 << 20;
 const MAX_SMALL = 65536;
 /** Coded DATA held while its decoded text ends in what could begin a value. */
 const MAX_CODED_HELD = 1 << 18;
@@ -377,8 +379,17 @@ export class Http2ResponseScrubber {
     try {
       this.decoder.write(block);
       this.decoder.execute();
-      for (let h = this.decoder.read(); h; h = this.decoder.read()) headers.push({ name: String(h.name), value: String(h.value) });
+      // One-byte references to a table entry expand without bound: the fields are counted as
+      // they are read (RFC 7541 §4.1 sizes) and held to MAX_HEADER_LIST, more than clients take.
+      let size = 0;
+      for (let h = this.decoder.read(); h; h = this.decoder.read()) {
+        const name = String(h.name), value = String(h.value);
+        size += name.length + value.length + 32;
+        if (size > MAX_HEADER_LIST) throw new H2Error(`a header list over ${MAX_HEADER_LIST} bytes once decoded on stream ${stream}`);
+        headers.push({ name, value });
+      }
     } catch (e) {
+      if (e instanceof H2Error) throw e;
       throw new H2Error(`the server's header block on stream ${stream} does not decode (HPACK): ${(e as Error).message}`);
     }
     return headers;

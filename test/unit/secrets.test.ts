@@ -216,6 +216,11 @@ test("HTTP/2: every stream's authority is held to the domain rule; malformed req
     ["CRLF in a value", [...base("api.example.test"), { name: "x", value: "a\r\nHost: tenant.evil.test" }], 400],
     ["an upper-case name", [...base("api.example.test"), { name: "X-Up", value: "1" }], 400],
     ["no :authority nor host", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":path", value: "/" }], 400],
+    // RFC 9113 §8.3.1: origin-form only. A server that builds "GET <:path> HTTP/2.0" (Apache's
+    // mod_http2) or resolves it against a base URL reads an absolute :path's host, not :authority's.
+    ["an absolute-form :path", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "https://tenant.evil.test/" }], 400],
+    ["a space in :path", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/a HTTP/1.1" }], 400],
+    ["* for GET", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "*" }], 400],
   ];
   for (const [name, hs, status] of cases) {
     const g = new Http2RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });

@@ -241,7 +241,11 @@ export class Http2RequestFilter {
       const method = get(":method")[0];
       if (method === undefined) return refuse(400, "no :method");
       if (method === "CONNECT") return refuse(405, "CONNECT opens a tunnel moat cannot judge");
-      if (!get(":scheme").length || !get(":path")[0]) return refuse(400, "no :scheme or :path");
+      const path = get(":path")[0];
+      if (!get(":scheme").length || !path) return refuse(400, "no :scheme or :path");
+      // Origin-form only (RFC 9113 §8.3.1), as an HTTP/1.1 target is held to (http1-head.ts): a
+      // server that reads :path as a request line's target acts on an absolute one's host.
+      if (path === "*" ? method !== "OPTIONS" : !/^\/[\x21-\x22\x24-\x7e]*$/.test(path)) return refuse(400, `:path ${JSON.stringify(path.slice(0, 60))} is not a path (or * for OPTIONS)`);
       const authority = get(":authority")[0];
       const hostFields = get("host");
       if (hostFields.length > 1) return refuse(400, "more than one host field");

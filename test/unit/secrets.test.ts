@@ -307,3 +307,22 @@ test("HTTP/2: a header block that HPACK expands (one table entry indexed thousan
   assert.ok(r.out.reduce((n, b) => n + b.length, 0) < 65536, "nothing of it goes on");
   assert.ok(Date.now() - t0 < 1000, `judged in ${Date.now() - t0} ms`);
 });
+
+test("a placeholder split across chunks of a chunked body, or across padded HTTP/2 DATA frames, is still caught", () => {
+  // HTTP/1.1: the chunk boundary (CRLF, size line) is framing, not text: the body reads `x=${P}`.
+  const h1 = filter(["api.example.test"], "other.test");
+  const head = "POST / HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const a = `x=${P.slice(0, 12)}`, b = P.slice(12);
+  let v = h1.push(Buffer.from(`${head}${a.length.toString(16)}\r\n${a}\r\n`)).violation;
+  v ??= h1.push(Buffer.from(`${b.length.toString(16)}\r\n`)).violation;
+  for (let i = 0; i < b.length && !v; i++) v = h1.push(Buffer.from(b[i]!)).violation;
+  assert.match(v?.where ?? "", /a request body/, "split over two chunks");
+  // HTTP/2: a padded frame's pad length and padding are not the body's text.
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  enc.write([{ name: ":method", value: "POST" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "other.test" }, { name: ":path", value: "/" }]);
+  const g = new Http2RequestFilter([secret()], { sni: "other.test", pinned: true });
+  g.push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, enc.read())]));
+  const padded = (text: string, pad: number) => Buffer.concat([Buffer.from([pad]), Buffer.from(text), Buffer.alloc(pad)]);
+  assert.equal(g.push(h2frame(0, 0x8, 1, padded(`x=${P.slice(0, 12)}`, 7))).violation, undefined);
+  assert.match(g.push(h2frame(0, 0x8 | 0x1, 1, padded(P.slice(12), 3))).violation?.where ?? "", /a request body/, "split over two padded DATA frames");
+});

@@ -66,6 +66,7 @@ export class RequestFilter {
   private head: Buffer = Buffer.alloc(0);
   private remaining = 0; // body bytes left (length / chunk-data), or CRLF bytes left (chunk-crlf)
   private line = ""; // chunk-size and trailer lines
+  private chunkTail = ""; // the last bytes of a chunked body's data so far (a placeholder split over chunks)
   private http: boolean | undefined; // an opaque stream that began as an HTTP/1.x request (a violation gets a 403)
   // "buffer": a body held whole to substitute in it (secrets with inject.body), its head waiting
   private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer[]; size: number } | undefined;
@@ -179,6 +180,15 @@ export class RequestFilter {
       }
       if (this.state === "length" || this.state === "chunk-data") {
         const n = Math.min(this.remaining, b.length);
+        if (this.state === "chunk-data") {
+          // The scanner is flushed at each chunk's end (its held bytes must go before the CRLF):
+          // the last bytes of the body so far are kept, and where they meet the next chunk's
+          // data is looked at too (a placeholder split over chunks: the body a server reads).
+          const t = this.scanner.maxFormLength * 3;
+          const found = this.chunkTail ? this.scanner.find(this.chunkTail + b.toString("latin1", 0, Math.min(n, t))) : undefined;
+          if (found) return { out, violation: this.violation(found, "a request body", true) };
+          this.chunkTail = (this.chunkTail + b.toString("latin1", Math.max(0, n - t), n)).slice(-t);
+        }
         const r = this.scan(b.subarray(0, n), out, "a request body", true);
         if (r.violation) return r;
         this.remaining -= n;
@@ -396,7 +406,7 @@ export class RequestFilter {
       this.state = "ws";
       this.ws = { hdr: Buffer.alloc(0), left: 0, mask: Buffer.alloc(4), off: 0, tail: "" };
     } else if (h.upgrade) this.state = "opaque";
-    else if (h.body.kind === "chunked") this.state = "chunk-size";
+    else if (h.body.kind === "chunked") { this.state = "chunk-size"; this.chunkTail = ""; }
     else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
     else this.state = "head";
   }

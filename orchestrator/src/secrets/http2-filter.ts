@@ -50,6 +50,8 @@ export class Http2RequestFilter {
   private dataLeft = 0; // payload bytes of the current DATA frame still to come
   private dataStream = 0;
   private dataEnd = false;
+  private dataPadded = false;
+  private dataPad = -1; // a padded frame's pad length, once read
   private readonly tails = new Map<number, string>(); // per stream: the last bytes of its DATA, for a placeholder split across frames
   private readonly opened = new Set<number>(); // streams whose request headers were seen (a second block is trailers)
   // The guest's encoder table: 4096 bytes (RFC 7541's default) until the guest's own size update,
@@ -102,8 +104,20 @@ export class Http2RequestFilter {
       if (this.dataLeft > 0) {
         const piece = b.subarray(0, Math.min(this.dataLeft, b.length));
         b = b.subarray(piece.length);
+        // Of a padded frame only the data is the body's text: not its pad length, not its padding.
+        let text = piece;
+        if (this.dataPad >= 0 || this.dataPadded) {
+          let from = 0;
+          if (this.dataPadded && this.dataPad < 0) {
+            this.dataPad = piece[0]!;
+            if (this.dataPad > this.dataLeft - 1) throw new Error("DATA with padding longer than the frame");
+            from = 1;
+          }
+          const dataEnd = this.dataLeft - this.dataPad; // bytes of this frame before its padding, from piece[0]
+          text = piece.subarray(from, Math.max(from, Math.min(piece.length, dataEnd)));
+        }
         this.dataLeft -= piece.length;
-        const v = this.scanData(this.dataStream, piece);
+        const v = this.scanData(this.dataStream, text);
         if (v) return { out, violation: v, stream: this.dataStream };
         out.push(piece);
         if (this.dataLeft === 0 && this.dataEnd) this.closeStream(this.dataStream);
@@ -125,6 +139,9 @@ export class Http2RequestFilter {
         this.dataLeft = len;
         this.dataStream = stream;
         this.dataEnd = (flags & F_END_STREAM) !== 0;
+        this.dataPadded = (flags & F_PADDED) !== 0;
+        this.dataPad = -1;
+        if (this.dataPadded && len === 0) throw new Error("a padded DATA frame without its pad length");
         if (len === 0 && this.dataEnd) this.closeStream(stream);
         continue;
       }

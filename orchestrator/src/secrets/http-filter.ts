@@ -25,7 +25,7 @@
 // one head (64 KiB), one held body (1 MiB, only for inject.body secrets), the scanner's carry.
 import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
-import { HeadError, badLineEnding, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
+import { HeadError, badLineEnding, gather, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
 
 export const MAX_HEAD = 65536;
 
@@ -64,6 +64,7 @@ const MAX_LINE = 8192;
 export class RequestFilter {
   private state: State;
   private head: Buffer = Buffer.alloc(0);
+  private headStore: Buffer | undefined; // where `head` grows (gather)
   private remaining = 0; // body bytes left (length / chunk-data), or CRLF bytes left (chunk-crlf)
   private line = ""; // chunk-size and trailer lines
   private chunkTail = ""; // the last bytes of a chunked body's data so far (a placeholder split over chunks)
@@ -115,7 +116,7 @@ export class RequestFilter {
       }
       if (this.state === "head") {
         const prev = this.head.length;
-        this.head = prev ? Buffer.concat([this.head, b]) : b;
+        ({ view: this.head, store: this.headStore } = gather(this.head, b, this.headStore));
         // Not the start of a request line at all (a binary protocol): judged at once rather than
         // after a blank line that will never come.
         if (!/^[A-Z]{1,20}(?: |$)/.test(this.head.toString("latin1", 0, 21))) return this.refuse(out, 400, "not an HTTP/1.1 request", this.takeHead());

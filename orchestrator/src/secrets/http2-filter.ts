@@ -22,6 +22,7 @@ import hpack from "hpack.js";
 import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
 import { notHere, type FilterContext, type FilterResult, type Violation } from "./http-filter.js";
+import { gather } from "./http1-head.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const MAX_CONTROL_FRAME = 65536;
@@ -42,6 +43,7 @@ export interface H2Result extends FilterResult { stream?: number }
 
 export class Http2RequestFilter {
   private buf: Buffer = Buffer.alloc(0);
+  private bufStore: Buffer | undefined; // where `buf` grows (gather)
   private preface = false;
   private block: Buffer[] = [];
   private blockSize = 0;
@@ -124,7 +126,7 @@ export class Http2RequestFilter {
         continue;
       }
       // A frame header, and for frames other than DATA the whole frame.
-      this.buf = this.buf.length ? Buffer.concat([this.buf, b]) : b;
+      ({ view: this.buf, store: this.bufStore } = gather(this.buf, b, this.bufStore));
       b = Buffer.alloc(0);
       if (this.buf.length < 9) break;
       const len = this.buf.readUIntBE(0, 3);

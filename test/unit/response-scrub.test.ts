@@ -766,3 +766,14 @@ test("HTTP/2: a response header block HPACK expands (one table entry referenced 
   assert.ok(r.out.reduce((n, b) => n + b.length, 0) < 65536, "nothing of it reaches the guest");
   assert.ok(Date.now() - t0 < 1000, `judged in ${Date.now() - t0} ms`);
 });
+
+test("HTTP/2: a flood of empty CONTINUATION frames from the server is an error, not gathered without end", () => {
+  const s = new Http2ResponseScrubber([S]);
+  assert.equal(s.push(frame(1, 0, 1, Buffer.from([0x88]))).error, undefined);
+  const chunk = Buffer.concat(Array.from({ length: 1820 }, () => frame(9, 0, 1, Buffer.alloc(0))));
+  let sent = 0;
+  let error: string | undefined;
+  for (; sent < 64 << 20 && !error; sent += chunk.length) error = s.push(chunk).error;
+  assert.match(error ?? "", /header block over/);
+  assert.ok(sent <= 128 * 1024, `within 128 KiB of them, not after ${sent}`);
+});

@@ -348,3 +348,19 @@ test("a head or frame arriving a byte at a time costs linear time, not a copy of
   console.log(`# 64 KiB a byte at a time: ${ms1.toFixed(0)} ms (HTTP/1.1 head), ${ms2.toFixed(0)} ms (HTTP/2 frame) of CPU`);
   assert.ok(ms1 + ms2 < 250, `64 KiB a byte at a time: ${ms1.toFixed(0)} + ${ms2.toFixed(0)} ms of CPU`);
 });
+
+test("HTTP/2: a flood of empty CONTINUATION frames is refused, not gathered without end", () => {
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  f.push(Buffer.concat([PREFACE, h2frame(1, 0, 1, Buffer.from([0x82]))])); // HEADERS, no END_HEADERS
+  const empty = h2frame(9, 0, 1, Buffer.alloc(0));
+  const chunk = Buffer.concat(Array.from({ length: 1820 }, () => empty)); // ~16 KiB of frames
+  let threw: Error | undefined;
+  let sent = 0;
+  try {
+    for (; sent < 64 << 20 && !threw; sent += chunk.length) f.push(chunk);
+  } catch (e) {
+    threw = e as Error;
+  }
+  assert.match(threw?.message ?? "", /header block over/, `refused (after ${sent} bytes of empty CONTINUATION frames)`);
+  assert.ok(sent <= 128 * 1024, `refused within 128 KiB of them, not after ${sent}`);
+});

@@ -171,9 +171,12 @@ export class Http2RequestFilter {
         } else if (stream !== this.blockStream) {
           throw new Error("a CONTINUATION of another stream");
         }
-        this.block.push(p);
-        this.blockSize += p.length;
-        if (this.blockSize > MAX_BLOCK) throw new Error("a header block over 64 KiB");
+        // Each frame's header counts too: empty CONTINUATIONs would otherwise be gathered without
+        // end (a CONTINUATION flood), ten times their size in memory.
+        if (p.length) this.block.push(p);
+        else if (!this.block.length) this.block.push(p); // (an empty HEADERS still opens a block)
+        this.blockSize += 9 + p.length;
+        if (this.blockSize > MAX_BLOCK) throw new Error("a header block over 64 KiB (its frames' headers counted)");
         if (!(flags & F_END_HEADERS)) continue;
         const s = this.blockStream;
         const r = this.judge(Buffer.concat(this.block), s);

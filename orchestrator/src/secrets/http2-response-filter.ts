@@ -326,8 +326,9 @@ export class Http2ResponseScrubber {
       case T_CONTINUATION: {
         if (!this.block) throw new H2Error(`a CONTINUATION on stream ${stream} without HEADERS`);
         if (stream !== this.block.stream) throw new H2Error(`a CONTINUATION on stream ${stream} inside the header block of stream ${this.block.stream}`);
-        this.block.parts.push(Buffer.from(p));
-        this.block.size += p.length;
+        // Each frame's header counts: empty CONTINUATIONs would otherwise be gathered without end.
+        if (p.length) this.block.parts.push(Buffer.from(p));
+        this.block.size += 9 + p.length;
         break;
       }
       case T_GOAWAY: {

@@ -70,7 +70,7 @@ export class RequestFilter {
   private chunkTail = ""; // the last bytes of a chunked body's data so far (a placeholder split over chunks)
   private http: boolean | undefined; // an opaque stream that began as an HTTP/1.x request (a violation gets a 403)
   // "buffer": a body held whole to substitute in it (secrets with inject.body), its head waiting
-  private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer[]; size: number } | undefined;
+  private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer; store: Buffer | undefined; chunks: Dechunk } | undefined;
   private readonly scanner: PlaceholderScanner;
   /** Secrets whose value may be put into requests on this connection. */
   private readonly allowed: Secret[];
@@ -156,19 +156,19 @@ export class RequestFilter {
       }
       if (this.state === "buffer") {
         const h = this.held!;
-        h.raw.push(b);
-        h.size += b.length;
+        // Gathered in place and its chunks parsed from where the last piece left off: a body
+        // sent a byte at a time in tiny chunks costs linear time, not a re-parse per byte.
+        ({ view: h.raw, store: h.store } = gather(h.raw, b, h.store));
         b = Buffer.alloc(0);
-        const raw = Buffer.concat(h.raw);
-        h.raw = [raw];
+        const raw = h.raw;
         let body: { payload: Buffer; used: number } | null;
         try {
-          body = h.chunked ? dechunk(raw) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
+          body = h.chunked ? dechunk(raw, h.chunks) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
         } catch (e) {
           return this.refuse(out, 400, (e as Error).message, Buffer.alloc(0));
         }
         if (!body) {
-          if (h.size > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`, Buffer.alloc(0));
+          if (raw.length > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`, Buffer.alloc(0));
           return { out };
         }
         this.held = undefined;
@@ -373,7 +373,7 @@ export class RequestFilter {
     const encoded = h.fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
     if (bodySecrets && !encoded && (this.state === "length" || this.state === "chunk-size")) {
       // Hold the body whole: its head goes out with the substituted body's length.
-      this.held = { lines: outLines, chunked: this.state === "chunk-size", length: this.remaining, raw: [], size: 0 };
+      this.held = { lines: outLines, chunked: this.state === "chunk-size", length: this.remaining, raw: Buffer.alloc(0), store: undefined, chunks: { o: 0, spans: [], trailers: false } };
       this.state = "buffer";
       return { head: "" };
     }
@@ -454,30 +454,45 @@ export function forbidden(v: Violation): Buffer {
   return Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
-/** A complete chunked body at the start of `raw` (RFC 9112 §7.1, strictly): its payload and the bytes it used; null if incomplete. */
-function dechunk(raw: Buffer): { payload: Buffer; used: number } | null {
-  const parts: Buffer[] = [];
-  let o = 0;
+/** How far dechunk() got in a held body: the next line's offset, the chunks' data so far, whether in the trailers. */
+interface Dechunk { o: number; spans: [number, number][]; trailers: boolean; data?: [number, number] }
+
+/**
+ * A complete chunked body at the start of `raw` (RFC 9112 §7.1, strictly): its payload and the
+ * bytes it used; null if incomplete. Resumes at `st` (what earlier calls parsed of the same, longer
+ * `raw`), so each call costs what is new; a line over MAX_LINE is refused rather than searched again.
+ */
+function dechunk(raw: Buffer, st: Dechunk): { payload: Buffer; used: number } | null {
   for (;;) {
-    const nl = raw.indexOf("\r\n", o);
-    if (nl < 0) return null;
-    const size = parseChunkSize(raw.toString("latin1", o, nl));
-    if (size === null) throw new Error("a malformed chunk size line");
-    o = nl + 2;
-    if (size === 0) {
-      // Trailers, up to the blank line.
-      for (;;) {
-        const end = raw.indexOf("\r\n", o);
-        if (end < 0) return null;
-        const blank = end === o;
-        if (!blank && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(raw.toString("latin1", o, end))) throw new Error("a malformed trailer field");
-        o = end + 2;
-        if (blank) return { payload: Buffer.concat(parts), used: o };
-      }
+    if (st.data) {
+      // A chunk whose size line was read: its data and CRLF, once all here.
+      const [start, size] = st.data;
+      if (raw.length < start + size + 2) return null;
+      if (raw[start + size] !== 0x0d || raw[start + size + 1] !== 0x0a) throw new Error("a chunk not followed by CRLF");
+      st.spans.push([start, start + size]);
+      st.o = start + size + 2;
+      st.data = undefined;
+      continue;
     }
-    if (raw.length < o + size + 2) return null;
-    if (raw[o + size] !== 0x0d || raw[o + size + 1] !== 0x0a) throw new Error("a chunk not followed by CRLF");
-    parts.push(raw.subarray(o, o + size));
-    o += size + 2;
+    const nl = raw.indexOf("\r\n", st.o);
+    if (nl < 0) {
+      if (raw.length - st.o > MAX_LINE) throw new Error(`a chunk line or trailer over ${MAX_LINE} bytes`);
+      return null;
+    }
+    if (st.trailers) {
+      const blank = nl === st.o;
+      if (!blank && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(raw.toString("latin1", st.o, nl))) throw new Error("a malformed trailer field");
+      st.o = nl + 2;
+      if (blank) return { payload: Buffer.concat(st.spans.map(([a, z]) => raw.subarray(a, z))), used: st.o };
+      continue;
+    }
+    const size = parseChunkSize(raw.toString("latin1", st.o, nl));
+    if (size === null) throw new Error("a malformed chunk size line");
+    if (size === 0) {
+      st.trailers = true;
+      st.o = nl + 2;
+      continue;
+    }
+    st.data = [nl + 2, size];
   }
 }

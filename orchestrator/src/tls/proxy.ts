@@ -545,10 +545,18 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     idleTimer.unref();
     return out;
   };
+  // What goes to the guest as fast as the guest reads it: the server waits meanwhile.
+  const toGuest = (c: Buffer) => {
+    if (!guest.write(c)) {
+      upstream.pause();
+      guest.once("drain", () => upstream.resume());
+    }
+  };
   upstream.on("data", (raw: Buffer) => {
     if (draining) {
+      // (back-pressured too: a guest that stops reading would have moat hold all the server sends)
       const c = fromServer(raw);
-      if (c?.length) guest.write(c);
+      if (c?.length) toGuest(c);
       return;
     }
     if (stopped) {
@@ -564,10 +572,7 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     const chunk = fromServer(raw);
     if (!chunk || !chunk.length) return;
     edge?.relay(chunk);
-    if (!guest.write(chunk)) {
-      upstream.pause();
-      guest.once("drain", () => upstream.resume());
-    }
+    toGuest(chunk);
   });
   upstream.on("end", () => {
     clearTimeout(idleTimer);

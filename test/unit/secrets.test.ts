@@ -383,3 +383,13 @@ test("a body held to substitute in (inject.body), sent a byte at a time in tiny 
   // (re-parsing the whole held body per byte: seconds; resuming where the last piece ended: tens of ms)
   assert.ok(ms < 1000, `${req.length} bytes a byte at a time: ${ms.toFixed(0)} ms of CPU`);
 });
+
+test("HTTP/2: a PUSH_PROMISE from the client (whose header block, Huffman-coded, a raw scan would not read) is refused", () => {
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  enc.write([{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "tenant.evil.test" }, { name: ":path", value: "/" }, { name: "x", value: P }]);
+  const block = enc.read() as Buffer;
+  assert.ok(!block.toString("latin1").includes(P), "(the placeholder is Huffman-coded in the block)");
+  const f = new Http2RequestFilter([secret()], { sni: "other.test", pinned: true });
+  f.push(PREFACE);
+  assert.throws(() => f.push(h2frame(5, 0x4, 1, Buffer.concat([Buffer.from([0, 0, 0, 2]), block]))), /PUSH_PROMISE/);
+});

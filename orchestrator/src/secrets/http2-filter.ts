@@ -187,6 +187,8 @@ export class Http2RequestFilter {
         if (this.blockEndStream) this.closeStream(s);
         continue;
       }
+      // A client cannot push (RFC 9113 §8.4): its header block would go on undecoded, unjudged.
+      if (type === 5) throw new Error("a PUSH_PROMISE from the client");
       // Any other frame (SETTINGS, PING, GOAWAY's debug data, unknown types, ...): scanned whole.
       const found = len ? this.scanner.find(payload.toString("latin1")) : undefined;
       if (found) return { out, violation: { secret: found.secret, form: found.form, where: `an HTTP/2 frame of type ${type}${this.sni ? ` to ${this.sni}` : ""}`, http: false } };

@@ -393,3 +393,16 @@ test("HTTP/2: a PUSH_PROMISE from the client (whose header block, Huffman-coded,
   f.push(PREFACE);
   assert.throws(() => f.push(h2frame(5, 0x4, 1, Buffer.concat([Buffer.from([0, 0, 0, 2]), block]))), /PUSH_PROMISE/);
 });
+
+test("an unfinished head the guest ends its stream after is scanned, not released as it is", () => {
+  // To a host no secret is for and no domain rule binds: Python's http.server still acts on a
+  // head cut at the end of the stream (it reads header lines up to EOF).
+  const f = filter(["api.example.test"], "other.test");
+  assert.equal(f.push(Buffer.from(`GET /?k=${P} HTTP/1.1\r\nHost: other.test\r\n`)).out.length, 0);
+  const r = f.end();
+  assert.match(r.violation?.where ?? "", /a request to other\.test/);
+  assert.doesNotMatch(Buffer.concat(r.out).toString("latin1"), /moat-ph-/);
+  const clean = filter(["api.example.test"], "other.test");
+  clean.push(Buffer.from("GET / HTTP/1.1\r\nHost: other.test\r\n"));
+  assert.equal(Buffer.concat(clean.end().out).toString("latin1"), "GET / HTTP/1.1\r\nHost: other.test\r\n", "a clean one goes as before");
+});

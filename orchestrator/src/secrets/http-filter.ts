@@ -293,11 +293,20 @@ export class RequestFilter {
     return { out };
   }
 
-  /** The guest's stream ended: what was held back goes (an unfinished head never does). */
-  end(): Buffer[] {
-    const rest = [this.scanner.flush()];
-    if (!this.parsing && this.head.length) rest.unshift(this.head);
-    return rest.filter((b) => b.length);
+  /**
+   * The guest's stream ended: what was held back goes (an unfinished head never does where moat
+   * judges requests). Elsewhere an unfinished head is scanned like any other bytes: a server may
+   * still act on it (Python's http.server reads headers up to the end of the stream).
+   */
+  end(): FilterResult {
+    const out: Buffer[] = [];
+    if (!this.parsing && this.head.length) {
+      const r = this.scan(this.takeHead(), out, "a request", true);
+      if (r.violation) return r;
+    }
+    const rest = this.scanner.flush();
+    if (rest.length) out.push(rest);
+    return { out };
   }
 
   /**

@@ -198,8 +198,8 @@ export class Http2RequestFilter {
     return { out };
   }
 
-  end(): Buffer[] {
-    return [];
+  end(): H2Result {
+    return { out: [] };
   }
 
   private closeStream(stream: number): void {

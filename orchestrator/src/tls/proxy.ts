@@ -634,7 +634,12 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   });
   guest.on("end", () => {
     if (stopped) return;
-    for (const b of filter.end()) upstream.write(b);
+    const r = filter.end();
+    for (const b of r.out) if (b.length) upstream.write(b);
+    if (r.violation) {
+      events.violation(r.violation);
+      return stop(r.violation.http && !h2 ? forbidden(r.violation) : undefined);
+    }
     upstream.end();
   });
 }

@@ -230,3 +230,18 @@ test("an Upgrade the server may not take opens no way past the domain rule: unma
   const h2c = h.push(Buffer.from("GET / HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"));
   assert.equal(h2c.refusal?.status, 501);
 });
+
+test("WebSocket compression is never negotiated where secrets are: a compressed message would hide a value from the scrubber (or a placeholder from the scanner)", () => {
+  const up = "GET /ws HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nAuthorization: Bearer " + P + "\r\n\r\n";
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true });
+  const r = f.push(Buffer.from(up));
+  const text = Buffer.concat(r.out).toString("latin1");
+  assert.match(text, /Authorization: Bearer VALUE-123\r\n/);
+  assert.doesNotMatch(text, /sec-websocket-extensions/i, "the offer is taken out");
+  // Nor may the guest send a compressed frame (RSV1) anyway.
+  const compressed = Buffer.from([0xc1, 0x80 | 3, 1, 2, 3, 4, 0x61, 0x62, 0x63]);
+  assert.equal(f.push(compressed).refusal?.status, 400);
+  // To a host no secret is for, the offer is taken out too (the placeholder scan reads frames).
+  const g = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
+  assert.doesNotMatch(Buffer.concat(g.push(Buffer.from(up.replace("api.example.test", "other.test").replace(/Authorization[^\r]*\r\n/, ""))).out).toString("latin1"), /sec-websocket-extensions/i);
+});

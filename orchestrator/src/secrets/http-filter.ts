@@ -68,6 +68,11 @@ export class RequestFilter {
   private remaining = 0; // body bytes left (length / chunk-data), or CRLF bytes left (chunk-crlf)
   private line = ""; // chunk-size and trailer lines
   private chunkTail = ""; // the last bytes of a chunked body's data so far (a placeholder split over chunks)
+  // The start of a Content-Length body, held until its first line is whole (startsAsRequest).
+  private firstLine = false;
+  private first: Buffer = Buffer.alloc(0);
+  private firstStore: Buffer | undefined;
+  private firstContent = -1; // where its first byte other than CR/LF is
   private http: boolean | undefined; // an opaque stream that began as an HTTP/1.x request (a violation gets a 403)
   // "buffer": a body held whole to substitute in it (secrets with inject.body), its head waiting
   private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer; store: Buffer | undefined; chunks: Dechunk } | undefined;
@@ -175,8 +180,37 @@ export class RequestFilter {
         this.state = "head";
         const r = this.substituteBody(h.lines, body.payload);
         if ("violation" in r) return { out, violation: r.violation };
+        if ("refusal" in r) return this.refuse(out, r.refusal.status, r.refusal.reason, Buffer.alloc(0));
         out.push(r.request);
         b = raw.subarray(body.used); // the next request, pipelined
+        continue;
+      }
+      if (this.state === "length" && this.firstLine) {
+        // The start of a Content-Length body, held until its first line is whole (or it is too
+        // long to be a request line, or the body ends): a server that leaves the body unread
+        // (Python's http.server, for a handler that does not read it) parses it as the next
+        // request, for whatever Host it names.
+        const n = Math.min(this.remaining - this.first.length, b.length);
+        const before = this.first.length;
+        ({ view: this.first, store: this.firstStore } = gather(this.first, b.subarray(0, n), this.firstStore));
+        b = b.subarray(n);
+        // (a placeholder in what is held is a violation at once, as it would be were it streamed)
+        const found = this.scanner.find(this.first.toString("latin1", Math.max(0, before - 3 * this.scanner.maxFormLength)));
+        if (found) return { out, violation: this.violation(found, "a request body", true) };
+        // Done when a line with something in it has ended (leading blank lines skipped, as
+        // nginx and llhttp skip them), when it is longer than any server reads a request line
+        // (Python: 64 KiB), or when the body is all here. Looked for in the new bytes only.
+        if (this.firstContent < 0) {
+          for (let i = before; i < this.first.length; i++) if (this.first[i] !== 0x0d && this.first[i] !== 0x0a) { this.firstContent = i; break; }
+        }
+        const lineEnd = this.firstContent < 0 ? -1 : this.first.indexOf(0x0a, Math.max(this.firstContent, before));
+        if (lineEnd < 0 && this.first.length <= MAX_HEAD && this.first.length < this.remaining) continue;
+        this.firstContent = -1;
+        this.firstLine = false;
+        if (startsAsRequest(this.first.toString("latin1", 0, lineEnd < 0 ? this.first.length : lineEnd + 1))) return this.refuse(out, 400, "a request body that begins as a request line (a server that does not read the body would take it for the next request)", Buffer.alloc(0));
+        b = b.length ? Buffer.concat([this.first, b]) : this.first;
+        this.first = Buffer.alloc(0);
+        this.firstStore = undefined;
         continue;
       }
       if (this.state === "length" || this.state === "chunk-data") {
@@ -406,8 +440,12 @@ export class RequestFilter {
   }
 
   /** A held request: its body substituted, framed by Content-Length; a violation if a placeholder is left. */
-  private substituteBody(lines: string[], payload: Buffer): { request: Buffer } | { violation: Violation } {
+  private substituteBody(lines: string[], payload: Buffer): { request: Buffer } | { violation: Violation } | { refusal: Refusal } {
     let body = payload.toString("latin1");
+    // (a server that left it unread would send a value put into it to the Host it names)
+    if (!payload.length || startsAsRequest(body.slice(0, MAX_HEAD + 2))) {
+      if (payload.length) return { refusal: { status: 400, reason: "a request body that begins as a request line (a server that does not read the body would take it for the next request)" } };
+    }
     for (const s of this.allowed) if (s.body) body = body.split(s.placeholder).join(Buffer.from(s.value, "utf8").toString("latin1"));
     const found = this.scanner.find(body);
     if (found) return { violation: this.violation(found, "a request body", true) };
@@ -424,7 +462,7 @@ export class RequestFilter {
       this.ws = { hdr: Buffer.alloc(0), left: 0, mask: Buffer.alloc(4), off: 0, tail: "" };
     } else if (h.upgrade) this.state = "opaque";
     else if (h.body.kind === "chunked") { this.state = "chunk-size"; this.chunkTail = ""; }
-    else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
+    else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; this.firstLine = this.strict; }
     else this.state = "head";
   }
 }
@@ -435,6 +473,18 @@ function validFirstByte(b: number): boolean {
   if ((b & 0x30) !== 0) return false;
   if (op <= 2) return true;
   return op >= 8 && op <= 10 && (b & 0xc0) === 0x80; // control: FIN, never compressed
+}
+
+/**
+ * Whether body bytes begin as a request would, to a server that parses an unread body as the next
+ * request: after any CR/LF, a line of at least two words (split as Python's str.split() splits:
+ * any space, 0x85 and 0xA0 too) whose first is GET (HTTP/0.9, which Python serves) or whose last
+ * begins HTTP/.
+ */
+export function startsAsRequest(text: string): boolean {
+  const line = text.replace(/^[\r\n]+/, "").split("\n", 1)[0]!;
+  const words = line.split(/[\s\x1c-\x1f\x85]+/).filter(Boolean);
+  return words.length >= 2 && (words[0] === "GET" || words[words.length - 1]!.startsWith("HTTP/"));
 }
 
 /** A request upgrading its connection to WebSocket. */

@@ -777,3 +777,16 @@ test("HTTP/2: a flood of empty CONTINUATION frames from the server is an error, 
   assert.match(error ?? "", /header block over/);
   assert.ok(sent <= 128 * 1024, `within 128 KiB of them, not after ${sent}`);
 });
+
+test("why a response was refused never quotes a value (the reason goes to the audit log and the library)", () => {
+  const cases = [
+    `HTTP/1.1 200 OK\r\n${V}: x\r\nX-Bad ${V}\r\n\r\n`, // a malformed header line echoing the value
+    `HTTP/1.1 OK ${V}\r\n\r\n`, // a malformed status line
+    `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${V}\r\n`, // a chunk size line
+  ];
+  for (const c of cases) {
+    const r = h1([c]);
+    assert.ok(r.error, c);
+    assert.doesNotMatch(r.error!, new RegExp(V.slice(0, 12)), `the reason quotes the value: ${r.error}`);
+  }
+});

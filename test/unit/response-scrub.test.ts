@@ -751,3 +751,42 @@ test("HTTP/2 end to end: node http2 server reflecting the value, through the scr
   assert.equal(again.headers["x-echo"], `v=${P}`);
   assert.ok(frames > 10);
 });
+
+test("HTTP/2: a response header block HPACK expands (one table entry referenced thousands of times) is an error, not hundreds of MB to scrub", () => {
+  const entry = Buffer.concat([Buffer.from([0x40, 0x01]), Buffer.from("x"), Buffer.from([0x7f, 0xa1, 0x1e]), Buffer.alloc(4000, 0x61)]); // x: a×4000, indexed
+  const status = Buffer.from([0x88]); // :status 200
+  const s = new Http2ResponseScrubber([S]);
+  assert.equal(s.push(frame(1, 0x5, 1, Buffer.concat([status, entry]))).error, undefined);
+  const bomb = Buffer.concat([status, Buffer.alloc(60000, 0xbe)]);
+  const frames: Buffer[] = [];
+  for (let o = 0; o < bomb.length; o += 16384) frames.push(frame(o === 0 ? 1 : 9, (o === 0 ? 0x1 : 0) | (o + 16384 >= bomb.length ? 0x4 : 0), 3, bomb.subarray(o, o + 16384)));
+  const t0 = Date.now();
+  const r = s.push(Buffer.concat(frames));
+  assert.match(r.error ?? "", /header list over/);
+  assert.ok(r.out.reduce((n, b) => n + b.length, 0) < 65536, "nothing of it reaches the guest");
+  assert.ok(Date.now() - t0 < 1000, `judged in ${Date.now() - t0} ms`);
+});
+
+test("HTTP/2: a flood of empty CONTINUATION frames from the server is an error, not gathered without end", () => {
+  const s = new Http2ResponseScrubber([S]);
+  assert.equal(s.push(frame(1, 0, 1, Buffer.from([0x88]))).error, undefined);
+  const chunk = Buffer.concat(Array.from({ length: 1820 }, () => frame(9, 0, 1, Buffer.alloc(0))));
+  let sent = 0;
+  let error: string | undefined;
+  for (; sent < 64 << 20 && !error; sent += chunk.length) error = s.push(chunk).error;
+  assert.match(error ?? "", /header block over/);
+  assert.ok(sent <= 128 * 1024, `within 128 KiB of them, not after ${sent}`);
+});
+
+test("why a response was refused never quotes a value (the reason goes to the audit log and the library)", () => {
+  const cases = [
+    `HTTP/1.1 200 OK\r\n${V}: x\r\nX-Bad ${V}\r\n\r\n`, // a malformed header line echoing the value
+    `HTTP/1.1 OK ${V}\r\n\r\n`, // a malformed status line
+    `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${V}\r\n`, // a chunk size line
+  ];
+  for (const c of cases) {
+    const r = h1([c]);
+    assert.ok(r.error, c);
+    assert.doesNotMatch(r.error!, new RegExp(V.slice(0, 12)), `the reason quotes the value: ${r.error}`);
+  }
+});

@@ -216,6 +216,11 @@ test("HTTP/2: every stream's authority is held to the domain rule; malformed req
     ["CRLF in a value", [...base("api.example.test"), { name: "x", value: "a\r\nHost: tenant.evil.test" }], 400],
     ["an upper-case name", [...base("api.example.test"), { name: "X-Up", value: "1" }], 400],
     ["no :authority nor host", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":path", value: "/" }], 400],
+    // RFC 9113 §8.3.1: origin-form only. A server that builds "GET <:path> HTTP/2.0" (Apache's
+    // mod_http2) or resolves it against a base URL reads an absolute :path's host, not :authority's.
+    ["an absolute-form :path", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "https://tenant.evil.test/" }], 400],
+    ["a space in :path", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "/a HTTP/1.1" }], 400],
+    ["* for GET", [{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "api.example.test" }, { name: ":path", value: "*" }], 400],
   ];
   for (const [name, hs, status] of cases) {
     const g = new Http2RequestFilter([], { sni: "api.example.test", pinned: true, authority: bind });
@@ -275,4 +280,129 @@ test("a violation says why the value could not go there: another host, or an add
   assert.match(unpinned.violation?.where ?? "", /an address this sandbox's DNS never returned for api\.example\.test/);
   const other = feed(filter(), `GET / HTTP/1.1\r\nHost: other.test\r\nX-Key: ${P}\r\n\r\n`);
   assert.match(other.violation?.where ?? "", /Host other\.test is not the SNI/);
+});
+
+test("HTTP/2: a header block that HPACK expands (one table entry indexed thousands of times) is refused, not decoded into hundreds of MB", () => {
+  const int = (n: number, bits: number, first: number) => {
+    const max = (1 << bits) - 1;
+    if (n < max) return [first | n];
+    const o = [first | max];
+    for (n -= max; n >= 128; n = Math.floor(n / 128)) o.push((n & 127) | 128);
+    o.push(n);
+    return o;
+  };
+  const lit = (name: string, value: string, first = 0x00) => Buffer.concat([Buffer.from([first]), Buffer.from(int(name.length, 7, 0)), Buffer.from(name), Buffer.from(int(value.length, 7, 0)), Buffer.from(value)]);
+  const pseudo = Buffer.concat([lit(":method", "GET"), lit(":scheme", "https"), lit(":authority", "api.example.test"), lit(":path", "/")]);
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  // A 4000-byte field into the guest's table (literal with incremental indexing)...
+  assert.equal(f.push(Buffer.concat([PREFACE, h2frame(1, 0x5, 1, Buffer.concat([pseudo, lit("x", "a".repeat(4000), 0x40)]))])).refusal, undefined);
+  // ... then a 64 KiB block of one-byte references to it (0xbe: dynamic entry 1): 256 MB decoded.
+  const bomb = Buffer.concat([pseudo, Buffer.alloc(60000, 0xbe)]);
+  const frames: Buffer[] = [];
+  for (let o = 0; o < bomb.length; o += 16384) frames.push(h2frame(o === 0 ? 1 : 9, (o === 0 ? 0x1 : 0) | (o + 16384 >= bomb.length ? 0x4 : 0), 3, bomb.subarray(o, o + 16384)));
+  const t0 = Date.now();
+  const r = f.push(Buffer.concat(frames));
+  assert.equal(r.refusal?.status, 431, "refused as too large");
+  assert.equal(r.stream, 3);
+  assert.ok(r.out.reduce((n, b) => n + b.length, 0) < 65536, "nothing of it goes on");
+  assert.ok(Date.now() - t0 < 1000, `judged in ${Date.now() - t0} ms`);
+});
+
+test("a placeholder split across chunks of a chunked body, or across padded HTTP/2 DATA frames, is still caught", () => {
+  // HTTP/1.1: the chunk boundary (CRLF, size line) is framing, not text: the body reads `x=${P}`.
+  const h1 = filter(["api.example.test"], "other.test");
+  const head = "POST / HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const a = `x=${P.slice(0, 12)}`, b = P.slice(12);
+  let v = h1.push(Buffer.from(`${head}${a.length.toString(16)}\r\n${a}\r\n`)).violation;
+  v ??= h1.push(Buffer.from(`${b.length.toString(16)}\r\n`)).violation;
+  for (let i = 0; i < b.length && !v; i++) v = h1.push(Buffer.from(b[i]!)).violation;
+  assert.match(v?.where ?? "", /a request body/, "split over two chunks");
+  // HTTP/2: a padded frame's pad length and padding are not the body's text.
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  enc.write([{ name: ":method", value: "POST" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "other.test" }, { name: ":path", value: "/" }]);
+  const g = new Http2RequestFilter([secret()], { sni: "other.test", pinned: true });
+  g.push(Buffer.concat([PREFACE, h2frame(1, 0x4, 1, enc.read())]));
+  const padded = (text: string, pad: number) => Buffer.concat([Buffer.from([pad]), Buffer.from(text), Buffer.alloc(pad)]);
+  assert.equal(g.push(h2frame(0, 0x8, 1, padded(`x=${P.slice(0, 12)}`, 7))).violation, undefined);
+  assert.match(g.push(h2frame(0, 0x8 | 0x1, 1, padded(P.slice(12), 3))).violation?.where ?? "", /a request body/, "split over two padded DATA frames");
+});
+
+test("a head or frame arriving a byte at a time costs linear time, not a copy of all of it per byte", () => {
+  const h1 = filter();
+  const head = Buffer.from(`GET / HTTP/1.1\r\nHost: api.example.test\r\nX: ${"a".repeat(MAX_HEAD - 100)}\r\n\r\n`);
+  const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+  let t0 = cpu();
+  let out = 0;
+  for (let i = 0; i < head.length; i++) out += h1.push(head.subarray(i, i + 1)).out.reduce((n, b) => n + b.length, 0);
+  const ms1 = cpu() - t0;
+  assert.equal(out, head.length, "the head went on whole");
+  const h2 = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  h2.push(PREFACE);
+  const unknown = h2frame(0xf0, 0, 0, Buffer.alloc(65536, 0x61));
+  t0 = cpu();
+  out = 0;
+  for (let i = 0; i < unknown.length; i++) out += h2.push(unknown.subarray(i, i + 1)).out.reduce((n, b) => n + b.length, 0);
+  const ms2 = cpu() - t0;
+  assert.equal(out, unknown.length, "the frame went on whole");
+  // CPU time. Copying all so far per byte: 400 to 560 ms together here; appending: about 100 ms.
+  console.log(`# 64 KiB a byte at a time: ${ms1.toFixed(0)} ms (HTTP/1.1 head), ${ms2.toFixed(0)} ms (HTTP/2 frame) of CPU`);
+  assert.ok(ms1 + ms2 < 250, `64 KiB a byte at a time: ${ms1.toFixed(0)} + ${ms2.toFixed(0)} ms of CPU`);
+});
+
+test("HTTP/2: a flood of empty CONTINUATION frames is refused, not gathered without end", () => {
+  const f = new Http2RequestFilter([secret()], { sni: "api.example.test", pinned: true });
+  f.push(Buffer.concat([PREFACE, h2frame(1, 0, 1, Buffer.from([0x82]))])); // HEADERS, no END_HEADERS
+  const empty = h2frame(9, 0, 1, Buffer.alloc(0));
+  const chunk = Buffer.concat(Array.from({ length: 1820 }, () => empty)); // ~16 KiB of frames
+  let threw: Error | undefined;
+  let sent = 0;
+  try {
+    for (; sent < 64 << 20 && !threw; sent += chunk.length) f.push(chunk);
+  } catch (e) {
+    threw = e as Error;
+  }
+  assert.match(threw?.message ?? "", /header block over/, `refused (after ${sent} bytes of empty CONTINUATION frames)`);
+  assert.ok(sent <= 128 * 1024, `refused within 128 KiB of them, not after ${sent}`);
+});
+
+test("a body held to substitute in (inject.body), sent a byte at a time in tiny chunks, costs linear time", () => {
+  const f = new RequestFilter([validateSecrets([{ env: "K", allowedHosts: ["api.example.test"], placeholder: P, inject: { body: true } }], { K: "REAL-VALUE" })[0]!], { sni: "api.example.test", pinned: true });
+  const chunks = Array.from({ length: 2000 }, (_, i) => `1\r\n${String.fromCharCode(97 + (i % 26))}\r\n`).join("");
+  const req = Buffer.from(`POST / HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\n\r\n${chunks}0\r\n\r\n`);
+  const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+  const t0 = cpu();
+  const out: Buffer[] = [];
+  for (let i = 0; i < req.length; i++) {
+    const r = f.push(req.subarray(i, i + 1));
+    assert.equal(r.refusal ?? r.violation, undefined);
+    out.push(...r.out);
+  }
+  const ms = cpu() - t0;
+  const body = Array.from({ length: 2000 }, (_, i) => String.fromCharCode(97 + (i % 26))).join("");
+  assert.equal(Buffer.concat(out).toString("latin1"), `POST / HTTP/1.1\r\nContent-Length: 2000\r\nHost: api.example.test\r\n\r\n${body}`);
+  // (re-parsing the whole held body per byte: seconds; resuming where the last piece ended: tens of ms)
+  assert.ok(ms < 1000, `${req.length} bytes a byte at a time: ${ms.toFixed(0)} ms of CPU`);
+});
+
+test("HTTP/2: a PUSH_PROMISE from the client (whose header block, Huffman-coded, a raw scan would not read) is refused", () => {
+  const enc = hpack.compressor.create({ table: { size: 4096 } });
+  enc.write([{ name: ":method", value: "GET" }, { name: ":scheme", value: "https" }, { name: ":authority", value: "tenant.evil.test" }, { name: ":path", value: "/" }, { name: "x", value: P }]);
+  const block = enc.read() as Buffer;
+  assert.ok(!block.toString("latin1").includes(P), "(the placeholder is Huffman-coded in the block)");
+  const f = new Http2RequestFilter([secret()], { sni: "other.test", pinned: true });
+  f.push(PREFACE);
+  assert.throws(() => f.push(h2frame(5, 0x4, 1, Buffer.concat([Buffer.from([0, 0, 0, 2]), block]))), /PUSH_PROMISE/);
+});
+
+test("an unfinished head the guest ends its stream after is scanned, not released as it is", () => {
+  // To a host no secret is for and no domain rule binds: Python's http.server still acts on a
+  // head cut at the end of the stream (it reads header lines up to EOF).
+  const f = filter(["api.example.test"], "other.test");
+  assert.equal(f.push(Buffer.from(`GET /?k=${P} HTTP/1.1\r\nHost: other.test\r\n`)).out.length, 0);
+  const r = f.end();
+  assert.match(r.violation?.where ?? "", /a request to other\.test/);
+  assert.doesNotMatch(Buffer.concat(r.out).toString("latin1"), /moat-ph-/);
+  const clean = filter(["api.example.test"], "other.test");
+  clean.push(Buffer.from("GET / HTTP/1.1\r\nHost: other.test\r\n"));
+  assert.equal(Buffer.concat(clean.end().out).toString("latin1"), "GET / HTTP/1.1\r\nHost: other.test\r\n", "a clean one goes as before");
 });

@@ -25,7 +25,7 @@
 // one head (64 KiB), one held body (1 MiB, only for inject.body secrets), the scanner's carry.
 import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
-import { HeadError, badLineEnding, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
+import { HeadError, badLineEnding, gather, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
 
 export const MAX_HEAD = 65536;
 
@@ -64,11 +64,18 @@ const MAX_LINE = 8192;
 export class RequestFilter {
   private state: State;
   private head: Buffer = Buffer.alloc(0);
+  private headStore: Buffer | undefined; // where `head` grows (gather)
   private remaining = 0; // body bytes left (length / chunk-data), or CRLF bytes left (chunk-crlf)
   private line = ""; // chunk-size and trailer lines
+  private chunkTail = ""; // the last bytes of a chunked body's data so far (a placeholder split over chunks)
+  // The start of a Content-Length body, held until its first line is whole (startsAsRequest).
+  private firstLine = false;
+  private first: Buffer = Buffer.alloc(0);
+  private firstStore: Buffer | undefined;
+  private firstContent = -1; // where its first byte other than CR/LF is
   private http: boolean | undefined; // an opaque stream that began as an HTTP/1.x request (a violation gets a 403)
   // "buffer": a body held whole to substitute in it (secrets with inject.body), its head waiting
-  private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer[]; size: number } | undefined;
+  private held: { lines: string[]; chunked: boolean; length: number; raw: Buffer; store: Buffer | undefined; chunks: Dechunk } | undefined;
   private readonly scanner: PlaceholderScanner;
   /** Secrets whose value may be put into requests on this connection. */
   private readonly allowed: Secret[];
@@ -114,7 +121,7 @@ export class RequestFilter {
       }
       if (this.state === "head") {
         const prev = this.head.length;
-        this.head = prev ? Buffer.concat([this.head, b]) : b;
+        ({ view: this.head, store: this.headStore } = gather(this.head, b, this.headStore));
         // Not the start of a request line at all (a binary protocol): judged at once rather than
         // after a blank line that will never come.
         if (!/^[A-Z]{1,20}(?: |$)/.test(this.head.toString("latin1", 0, 21))) return this.refuse(out, 400, "not an HTTP/1.1 request", this.takeHead());
@@ -138,6 +145,14 @@ export class RequestFilter {
         }
         const why = this.ctx.authority?.(parsed.host);
         if (why) return this.refuse(out, 403, why, Buffer.alloc(0));
+        // After an upgrade moat stops reading requests, but a server that does not take it (no
+        // 101: nginx, Node without an 'upgrade' listener, Python) reads on: what follows must be
+        // something no server reads as a request (masked WebSocket frames, wsScan), and nothing
+        // it might read first (a body, an HTTP/2 preface after h2c) may be left unjudged.
+        if (parsed.upgrade && this.strict) {
+          if (!isWebSocket(parsed)) return this.refuse(out, 501, `an Upgrade to ${JSON.stringify(parsed.fields.filter((f) => f.name === "upgrade").map((f) => f.value).join(", ").slice(0, 40))}: moat could not judge the requests after it (only WebSocket is upgraded to)`, Buffer.alloc(0));
+          if (parsed.body.kind !== "none") return this.refuse(out, 400, "an Upgrade request with a body (a server that does not upgrade reads requests after it)", Buffer.alloc(0));
+        }
         const r = this.judgeHead(parsed, head.toString("latin1"));
         if ("violation" in r) return { out, violation: r.violation };
         this.ctx.onRequest?.(parsed.method, parsed.version === "HTTP/1.0");
@@ -146,31 +161,69 @@ export class RequestFilter {
       }
       if (this.state === "buffer") {
         const h = this.held!;
-        h.raw.push(b);
-        h.size += b.length;
+        // Gathered in place and its chunks parsed from where the last piece left off: a body
+        // sent a byte at a time in tiny chunks costs linear time, not a re-parse per byte.
+        ({ view: h.raw, store: h.store } = gather(h.raw, b, h.store));
         b = Buffer.alloc(0);
-        const raw = Buffer.concat(h.raw);
-        h.raw = [raw];
+        const raw = h.raw;
         let body: { payload: Buffer; used: number } | null;
         try {
-          body = h.chunked ? dechunk(raw) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
+          body = h.chunked ? dechunk(raw, h.chunks) : raw.length >= h.length ? { payload: raw.subarray(0, h.length), used: h.length } : null;
         } catch (e) {
           return this.refuse(out, 400, (e as Error).message, Buffer.alloc(0));
         }
         if (!body) {
-          if (h.size > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`, Buffer.alloc(0));
+          if (raw.length > MAX_BODY + 65536) return this.refuse(out, 413, `a request body to substitute in over ${MAX_BODY} bytes`, Buffer.alloc(0));
           return { out };
         }
         this.held = undefined;
         this.state = "head";
         const r = this.substituteBody(h.lines, body.payload);
         if ("violation" in r) return { out, violation: r.violation };
+        if ("refusal" in r) return this.refuse(out, r.refusal.status, r.refusal.reason, Buffer.alloc(0));
         out.push(r.request);
         b = raw.subarray(body.used); // the next request, pipelined
         continue;
       }
+      if (this.state === "length" && this.firstLine) {
+        // The start of a Content-Length body, held until its first line is whole (or it is too
+        // long to be a request line, or the body ends): a server that leaves the body unread
+        // (Python's http.server, for a handler that does not read it) parses it as the next
+        // request, for whatever Host it names.
+        const n = Math.min(this.remaining - this.first.length, b.length);
+        const before = this.first.length;
+        ({ view: this.first, store: this.firstStore } = gather(this.first, b.subarray(0, n), this.firstStore));
+        b = b.subarray(n);
+        // (a placeholder in what is held is a violation at once, as it would be were it streamed)
+        const found = this.scanner.find(this.first.toString("latin1", Math.max(0, before - 3 * this.scanner.maxFormLength)));
+        if (found) return { out, violation: this.violation(found, "a request body", true) };
+        // Done when a line with something in it has ended (leading blank lines skipped, as
+        // nginx and llhttp skip them), when it is longer than any server reads a request line
+        // (Python: 64 KiB), or when the body is all here. Looked for in the new bytes only.
+        if (this.firstContent < 0) {
+          for (let i = before; i < this.first.length; i++) if (this.first[i] !== 0x0d && this.first[i] !== 0x0a) { this.firstContent = i; break; }
+        }
+        const lineEnd = this.firstContent < 0 ? -1 : this.first.indexOf(0x0a, Math.max(this.firstContent, before));
+        if (lineEnd < 0 && this.first.length <= MAX_HEAD && this.first.length < this.remaining) continue;
+        this.firstContent = -1;
+        this.firstLine = false;
+        if (startsAsRequest(this.first.toString("latin1", 0, lineEnd < 0 ? this.first.length : lineEnd + 1))) return this.refuse(out, 400, "a request body that begins as a request line (a server that does not read the body would take it for the next request)", Buffer.alloc(0));
+        b = b.length ? Buffer.concat([this.first, b]) : this.first;
+        this.first = Buffer.alloc(0);
+        this.firstStore = undefined;
+        continue;
+      }
       if (this.state === "length" || this.state === "chunk-data") {
         const n = Math.min(this.remaining, b.length);
+        if (this.state === "chunk-data") {
+          // The scanner is flushed at each chunk's end (its held bytes must go before the CRLF):
+          // the last bytes of the body so far are kept, and where they meet the next chunk's
+          // data is looked at too (a placeholder split over chunks: the body a server reads).
+          const t = this.scanner.maxFormLength * 3;
+          const found = this.chunkTail ? this.scanner.find(this.chunkTail + b.toString("latin1", 0, Math.min(n, t))) : undefined;
+          if (found) return { out, violation: this.violation(found, "a request body", true) };
+          this.chunkTail = (this.chunkTail + b.toString("latin1", Math.max(0, n - t), n)).slice(-t);
+        }
         const r = this.scan(b.subarray(0, n), out, "a request body", true);
         if (r.violation) return r;
         this.remaining -= n;
@@ -238,6 +291,16 @@ export class RequestFilter {
         if (ws.hdr.length < 2) return { out };
         const len7 = ws.hdr[1]! & 0x7f;
         const masked = (ws.hdr[1]! & 0x80) !== 0;
+        // A client masks every frame (RFC 6455 §5.1). Unmasked bytes would be a request to a
+        // server that answered the upgrade without 101 (no HTTP request has a byte over 0x7f
+        // second), unjudged: refused where moat judges requests.
+        if (!masked && this.strict) return this.refuse(out, 400, "an unmasked WebSocket frame from the client (after an upgrade the server may not have taken, it would be read as a request)", Buffer.alloc(0));
+        // Nor its first byte: Python's http.server splits a request line at any Unicode space
+        // (0x85, 0xA0 too), so a "frame" opening A0 A0 "GET " is a request line to it. A frame's
+        // first byte has RSV2 and RSV3 clear (and RSV1: compression is never negotiated, see
+        // judgeHead), a defined opcode, and FIN on a control frame: none of those is a space to
+        // any parser.
+        if (this.strict && (!validFirstByte(ws.hdr[0]!) || (ws.hdr[0]! & 0x40) !== 0)) return this.refuse(out, 400, `a WebSocket frame with reserved bits or opcode (first byte 0x${ws.hdr[0]!.toString(16)})`, Buffer.alloc(0));
         const need = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (masked ? 4 : 0);
         if (ws.hdr.length < need) return { out }; // (all of b went into the header)
         const headBytes = ws.hdr.subarray(0, need);
@@ -265,11 +328,20 @@ export class RequestFilter {
     return { out };
   }
 
-  /** The guest's stream ended: what was held back goes (an unfinished head never does). */
-  end(): Buffer[] {
-    const rest = [this.scanner.flush()];
-    if (!this.parsing && this.head.length) rest.unshift(this.head);
-    return rest.filter((b) => b.length);
+  /**
+   * The guest's stream ended: what was held back goes (an unfinished head never does where moat
+   * judges requests). Elsewhere an unfinished head is scanned like any other bytes: a server may
+   * still act on it (Python's http.server reads headers up to the end of the stream).
+   */
+  end(): FilterResult {
+    const out: Buffer[] = [];
+    if (!this.parsing && this.head.length) {
+      const r = this.scan(this.takeHead(), out, "a request", true);
+      if (r.violation) return r;
+    }
+    const rest = this.scanner.flush();
+    if (rest.length) out.push(rest);
+    return { out };
   }
 
   /**
@@ -313,6 +385,12 @@ export class RequestFilter {
 
   /** One request head: substituted where allowed; a violation if a placeholder would remain. */
   private judgeHead(h: RequestHead, text: string): { head: string } | { violation: Violation } {
+    // WebSocket compression (permessage-deflate) would hide a value the server sends back from
+    // the scrubber, and a placeholder in the guest's frames from the scanner: never offered.
+    if (isWebSocket(h) && this.scanner.active && h.fields.some((f) => f.name === "sec-websocket-extensions")) {
+      h = { ...h, fields: h.fields.filter((f) => f.name !== "sec-websocket-extensions") };
+      text = `${[text.slice(0, text.indexOf("\r\n")), ...h.fields.map((f) => f.raw)].join("\r\n")}\r\n\r\n`;
+    }
     this.frame(h);
     // No placeholder in any form anywhere (most requests) and no body to substitute in: the head
     // goes as it is.
@@ -345,7 +423,7 @@ export class RequestFilter {
     const encoded = h.fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
     if (bodySecrets && !encoded && (this.state === "length" || this.state === "chunk-size")) {
       // Hold the body whole: its head goes out with the substituted body's length.
-      this.held = { lines: outLines, chunked: this.state === "chunk-size", length: this.remaining, raw: [], size: 0 };
+      this.held = { lines: outLines, chunked: this.state === "chunk-size", length: this.remaining, raw: Buffer.alloc(0), store: undefined, chunks: { o: 0, spans: [], trailers: false } };
       this.state = "buffer";
       return { head: "" };
     }
@@ -362,8 +440,12 @@ export class RequestFilter {
   }
 
   /** A held request: its body substituted, framed by Content-Length; a violation if a placeholder is left. */
-  private substituteBody(lines: string[], payload: Buffer): { request: Buffer } | { violation: Violation } {
+  private substituteBody(lines: string[], payload: Buffer): { request: Buffer } | { violation: Violation } | { refusal: Refusal } {
     let body = payload.toString("latin1");
+    // (a server that left it unread would send a value put into it to the Host it names)
+    if (!payload.length || startsAsRequest(body.slice(0, MAX_HEAD + 2))) {
+      if (payload.length) return { refusal: { status: 400, reason: "a request body that begins as a request line (a server that does not read the body would take it for the next request)" } };
+    }
     for (const s of this.allowed) if (s.body) body = body.split(s.placeholder).join(Buffer.from(s.value, "utf8").toString("latin1"));
     const found = this.scanner.find(body);
     if (found) return { violation: this.violation(found, "a request body", true) };
@@ -375,14 +457,39 @@ export class RequestFilter {
 
   /** The body's framing, from the strictly parsed head. */
   private frame(h: RequestHead): void {
-    if (h.upgrade && h.fields.some((f) => f.name === "upgrade" && /(^|[\s,])websocket($|[\s,])/i.test(f.value))) {
+    if (isWebSocket(h)) {
       this.state = "ws";
       this.ws = { hdr: Buffer.alloc(0), left: 0, mask: Buffer.alloc(4), off: 0, tail: "" };
     } else if (h.upgrade) this.state = "opaque";
-    else if (h.body.kind === "chunked") this.state = "chunk-size";
-    else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; }
+    else if (h.body.kind === "chunked") { this.state = "chunk-size"; this.chunkTail = ""; }
+    else if (h.body.kind === "length") { this.state = "length"; this.remaining = h.body.length; this.firstLine = this.strict; }
     else this.state = "head";
   }
+}
+
+/** A WebSocket frame's first byte (RFC 6455 §5.2): RSV2/RSV3 clear, a defined opcode, control frames FIN. */
+function validFirstByte(b: number): boolean {
+  const op = b & 0x0f;
+  if ((b & 0x30) !== 0) return false;
+  if (op <= 2) return true;
+  return op >= 8 && op <= 10 && (b & 0xc0) === 0x80; // control: FIN, never compressed
+}
+
+/**
+ * Whether body bytes begin as a request would, to a server that parses an unread body as the next
+ * request: after any CR/LF, a line of at least two words (split as Python's str.split() splits:
+ * any space, 0x85 and 0xA0 too) whose first is GET (HTTP/0.9, which Python serves) or whose last
+ * begins HTTP/.
+ */
+export function startsAsRequest(text: string): boolean {
+  const line = text.replace(/^[\r\n]+/, "").split("\n", 1)[0]!;
+  const words = line.split(/[\s\x1c-\x1f\x85]+/).filter(Boolean);
+  return words.length >= 2 && (words[0] === "GET" || words[words.length - 1]!.startsWith("HTTP/"));
+}
+
+/** A request upgrading its connection to WebSocket. */
+function isWebSocket(h: RequestHead): boolean {
+  return h.upgrade && h.fields.some((f) => f.name === "upgrade" && /(^|[\s,])websocket($|[\s,])/i.test(f.value));
 }
 
 /**
@@ -413,30 +520,45 @@ export function forbidden(v: Violation): Buffer {
   return Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
-/** A complete chunked body at the start of `raw` (RFC 9112 §7.1, strictly): its payload and the bytes it used; null if incomplete. */
-function dechunk(raw: Buffer): { payload: Buffer; used: number } | null {
-  const parts: Buffer[] = [];
-  let o = 0;
+/** How far dechunk() got in a held body: the next line's offset, the chunks' data so far, whether in the trailers. */
+interface Dechunk { o: number; spans: [number, number][]; trailers: boolean; data?: [number, number] }
+
+/**
+ * A complete chunked body at the start of `raw` (RFC 9112 §7.1, strictly): its payload and the
+ * bytes it used; null if incomplete. Resumes at `st` (what earlier calls parsed of the same, longer
+ * `raw`), so each call costs what is new; a line over MAX_LINE is refused rather than searched again.
+ */
+function dechunk(raw: Buffer, st: Dechunk): { payload: Buffer; used: number } | null {
   for (;;) {
-    const nl = raw.indexOf("\r\n", o);
-    if (nl < 0) return null;
-    const size = parseChunkSize(raw.toString("latin1", o, nl));
-    if (size === null) throw new Error("a malformed chunk size line");
-    o = nl + 2;
-    if (size === 0) {
-      // Trailers, up to the blank line.
-      for (;;) {
-        const end = raw.indexOf("\r\n", o);
-        if (end < 0) return null;
-        const blank = end === o;
-        if (!blank && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(raw.toString("latin1", o, end))) throw new Error("a malformed trailer field");
-        o = end + 2;
-        if (blank) return { payload: Buffer.concat(parts), used: o };
-      }
+    if (st.data) {
+      // A chunk whose size line was read: its data and CRLF, once all here.
+      const [start, size] = st.data;
+      if (raw.length < start + size + 2) return null;
+      if (raw[start + size] !== 0x0d || raw[start + size + 1] !== 0x0a) throw new Error("a chunk not followed by CRLF");
+      st.spans.push([start, start + size]);
+      st.o = start + size + 2;
+      st.data = undefined;
+      continue;
     }
-    if (raw.length < o + size + 2) return null;
-    if (raw[o + size] !== 0x0d || raw[o + size + 1] !== 0x0a) throw new Error("a chunk not followed by CRLF");
-    parts.push(raw.subarray(o, o + size));
-    o += size + 2;
+    const nl = raw.indexOf("\r\n", st.o);
+    if (nl < 0) {
+      if (raw.length - st.o > MAX_LINE) throw new Error(`a chunk line or trailer over ${MAX_LINE} bytes`);
+      return null;
+    }
+    if (st.trailers) {
+      const blank = nl === st.o;
+      if (!blank && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/.test(raw.toString("latin1", st.o, nl))) throw new Error("a malformed trailer field");
+      st.o = nl + 2;
+      if (blank) return { payload: Buffer.concat(st.spans.map(([a, z]) => raw.subarray(a, z))), used: st.o };
+      continue;
+    }
+    const size = parseChunkSize(raw.toString("latin1", st.o, nl));
+    if (size === null) throw new Error("a malformed chunk size line");
+    if (size === 0) {
+      st.trailers = true;
+      st.o = nl + 2;
+      continue;
+    }
+    st.data = [nl + 2, size];
   }
 }

@@ -149,3 +149,19 @@ export function parseChunkSize(line: string): number | null {
   const m = /^([0-9A-Fa-f]{1,15})((?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"[\t\x20\x21\x23-\x5b\x5d-\x7e]*"))?)*)$/.exec(line);
   return m ? parseInt(m[1]!, 16) : null;
 }
+
+/**
+ * `view` with `b` after it. Where `store` (a buffer `view` begins) has room, `b` is copied in there;
+ * otherwise into a new store twice the size: bytes gathered a few at a time (a head sent a byte
+ * per TLS record) cost linear time, not a copy of everything so far per piece.
+ */
+export function gather(view: Buffer, b: Buffer, store: Buffer | undefined): { view: Buffer; store: Buffer | undefined } {
+  const n = view.length;
+  if (n === 0) return { view: b, store: undefined };
+  if (!store || store.buffer !== view.buffer || store.byteOffset !== view.byteOffset || store.length < n + b.length) {
+    store = Buffer.allocUnsafe(Math.max(2 * (n + b.length), 4096));
+    view.copy(store);
+  }
+  b.copy(store, n);
+  return { view: store.subarray(0, n + b.length), store };
+}

@@ -16,16 +16,19 @@
 // streamed, never held: its header goes on at once and its payload is scanned as it arrives,
 // with a per-stream tail carried across frames (a placeholder split over frames is caught when
 // its last byte arrives). Every other frame (at most 64 KiB) is scanned and passed untouched.
-// Memory per connection: one frame header, one non-DATA frame, one header block (64 KiB), a
-// placeholder-length tail per open stream.
+// Memory per connection: one frame header, one non-DATA frame, one header block (64 KiB, and
+// 64 KiB of fields once decoded), a placeholder-length tail per open stream.
 import hpack from "hpack.js";
 import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
 import { notHere, type FilterContext, type FilterResult, type Violation } from "./http-filter.js";
+import { gather } from "./http1-head.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const MAX_CONTROL_FRAME = 65536;
 const MAX_BLOCK = 65536;
+/** The largest header list (decoded, RFC 7541 §4.1 sizes) judged: an HTTP/1.1 head's limit. */
+export const MAX_HEADER_LIST = 65536;
 const MAX_STREAMS = 4096;
 const OUT_FRAME = 16384; // SETTINGS_MAX_FRAME_SIZE's default: what the server surely accepts
 const T_DATA = 0, T_HEADERS = 1, T_CONTINUATION = 9;
@@ -40,6 +43,7 @@ export interface H2Result extends FilterResult { stream?: number }
 
 export class Http2RequestFilter {
   private buf: Buffer = Buffer.alloc(0);
+  private bufStore: Buffer | undefined; // where `buf` grows (gather)
   private preface = false;
   private block: Buffer[] = [];
   private blockSize = 0;
@@ -48,6 +52,8 @@ export class Http2RequestFilter {
   private dataLeft = 0; // payload bytes of the current DATA frame still to come
   private dataStream = 0;
   private dataEnd = false;
+  private dataPadded = false;
+  private dataPad = -1; // a padded frame's pad length, once read
   private readonly tails = new Map<number, string>(); // per stream: the last bytes of its DATA, for a placeholder split across frames
   private readonly opened = new Set<number>(); // streams whose request headers were seen (a second block is trailers)
   // The guest's encoder table: 4096 bytes (RFC 7541's default) until the guest's own size update,
@@ -100,15 +106,27 @@ export class Http2RequestFilter {
       if (this.dataLeft > 0) {
         const piece = b.subarray(0, Math.min(this.dataLeft, b.length));
         b = b.subarray(piece.length);
+        // Of a padded frame only the data is the body's text: not its pad length, not its padding.
+        let text = piece;
+        if (this.dataPad >= 0 || this.dataPadded) {
+          let from = 0;
+          if (this.dataPadded && this.dataPad < 0) {
+            this.dataPad = piece[0]!;
+            if (this.dataPad > this.dataLeft - 1) throw new Error("DATA with padding longer than the frame");
+            from = 1;
+          }
+          const dataEnd = this.dataLeft - this.dataPad; // bytes of this frame before its padding, from piece[0]
+          text = piece.subarray(from, Math.max(from, Math.min(piece.length, dataEnd)));
+        }
         this.dataLeft -= piece.length;
-        const v = this.scanData(this.dataStream, piece);
+        const v = this.scanData(this.dataStream, text);
         if (v) return { out, violation: v, stream: this.dataStream };
         out.push(piece);
         if (this.dataLeft === 0 && this.dataEnd) this.closeStream(this.dataStream);
         continue;
       }
       // A frame header, and for frames other than DATA the whole frame.
-      this.buf = this.buf.length ? Buffer.concat([this.buf, b]) : b;
+      ({ view: this.buf, store: this.bufStore } = gather(this.buf, b, this.bufStore));
       b = Buffer.alloc(0);
       if (this.buf.length < 9) break;
       const len = this.buf.readUIntBE(0, 3);
@@ -123,6 +141,9 @@ export class Http2RequestFilter {
         this.dataLeft = len;
         this.dataStream = stream;
         this.dataEnd = (flags & F_END_STREAM) !== 0;
+        this.dataPadded = (flags & F_PADDED) !== 0;
+        this.dataPad = -1;
+        if (this.dataPadded && len === 0) throw new Error("a padded DATA frame without its pad length");
         if (len === 0 && this.dataEnd) this.closeStream(stream);
         continue;
       }
@@ -150,9 +171,12 @@ export class Http2RequestFilter {
         } else if (stream !== this.blockStream) {
           throw new Error("a CONTINUATION of another stream");
         }
-        this.block.push(p);
-        this.blockSize += p.length;
-        if (this.blockSize > MAX_BLOCK) throw new Error("a header block over 64 KiB");
+        // Each frame's header counts too: empty CONTINUATIONs would otherwise be gathered without
+        // end (a CONTINUATION flood), ten times their size in memory.
+        if (p.length) this.block.push(p);
+        else if (!this.block.length) this.block.push(p); // (an empty HEADERS still opens a block)
+        this.blockSize += 9 + p.length;
+        if (this.blockSize > MAX_BLOCK) throw new Error("a header block over 64 KiB (its frames' headers counted)");
         if (!(flags & F_END_HEADERS)) continue;
         const s = this.blockStream;
         const r = this.judge(Buffer.concat(this.block), s);
@@ -163,6 +187,8 @@ export class Http2RequestFilter {
         if (this.blockEndStream) this.closeStream(s);
         continue;
       }
+      // A client cannot push (RFC 9113 §8.4): its header block would go on undecoded, unjudged.
+      if (type === 5) throw new Error("a PUSH_PROMISE from the client");
       // Any other frame (SETTINGS, PING, GOAWAY's debug data, unknown types, ...): scanned whole.
       const found = len ? this.scanner.find(payload.toString("latin1")) : undefined;
       if (found) return { out, violation: { secret: found.secret, form: found.form, where: `an HTTP/2 frame of type ${type}${this.sni ? ` to ${this.sni}` : ""}`, http: false } };
@@ -172,8 +198,8 @@ export class Http2RequestFilter {
     return { out };
   }
 
-  end(): Buffer[] {
-    return [];
+  end(): H2Result {
+    return { out: [] };
   }
 
   private closeStream(stream: number): void {
@@ -196,10 +222,22 @@ export class Http2RequestFilter {
   private judge(block: Buffer, stream: number): { block: Buffer } | { violation: Violation } | { refusal: { status: number; reason: string } } {
     this.decoder.write(block);
     this.decoder.execute();
-    const headers: Header[] = [];
-    for (let h = this.decoder.read(); h; h = this.decoder.read()) headers.push({ name: String(h.name), value: String(h.value) });
     const to = this.sni ? ` (to ${this.sni})` : "";
     const refuse = (status: number, reason: string) => ({ refusal: { status, reason: `${reason}${to}` } });
+    // HPACK lets a one-byte reference stand for a whole table entry: a 64 KiB block of them is
+    // gigabytes of fields. Their size is counted as they are read (RFC 7541 §4.1: name, value,
+    // 32 each) and held to what an HTTP/1.1 head may be; over it, nothing more is looked at.
+    const headers: Header[] = [];
+    let listSize = 0;
+    for (let h = this.decoder.read(); h; h = this.decoder.read()) {
+      const name = String(h.name), value = String(h.value);
+      listSize += name.length + value.length + 32;
+      if (listSize > MAX_HEADER_LIST) {
+        while (this.decoder.read()); // (drop the rest: the connection ends)
+        return refuse(431, `a header list over ${MAX_HEADER_LIST} bytes once decoded`);
+      }
+      headers.push({ name, value });
+    }
     const trailers = this.opened.has(stream);
     const seen = new Set<string>();
     let regular = false;
@@ -227,7 +265,11 @@ export class Http2RequestFilter {
       const method = get(":method")[0];
       if (method === undefined) return refuse(400, "no :method");
       if (method === "CONNECT") return refuse(405, "CONNECT opens a tunnel moat cannot judge");
-      if (!get(":scheme").length || !get(":path")[0]) return refuse(400, "no :scheme or :path");
+      const path = get(":path")[0];
+      if (!get(":scheme").length || !path) return refuse(400, "no :scheme or :path");
+      // Origin-form only (RFC 9113 §8.3.1), as an HTTP/1.1 target is held to (http1-head.ts): a
+      // server that reads :path as a request line's target acts on an absolute one's host.
+      if (path === "*" ? method !== "OPTIONS" : !/^\/[\x21-\x22\x24-\x7e]*$/.test(path)) return refuse(400, `:path ${JSON.stringify(path.slice(0, 60))} is not a path (or * for OPTIONS)`);
       const authority = get(":authority")[0];
       const hostFields = get("host");
       if (hostFields.length > 1) return refuse(400, "more than one host field");

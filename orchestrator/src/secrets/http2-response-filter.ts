@@ -36,6 +36,8 @@ import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js"
 import { decoderFor, MAX_DECODED, MAX_EXPANSION, type ScrubResult, type SyncDecoder } from "./response-filter.js";
 
 export const MAX_BLOCK = 65536;
+/** The largest header list judged, decoded (curl takes 300 KiB of response headers). */
+export const MAX_HEADER_LIST = 1 << 20;
 const MAX_SMALL = 65536;
 /** Coded DATA held while its decoded text ends in what could begin a value. */
 const MAX_CODED_HELD = 1 << 18;
@@ -324,8 +326,9 @@ export class Http2ResponseScrubber {
       case T_CONTINUATION: {
         if (!this.block) throw new H2Error(`a CONTINUATION on stream ${stream} without HEADERS`);
         if (stream !== this.block.stream) throw new H2Error(`a CONTINUATION on stream ${stream} inside the header block of stream ${this.block.stream}`);
-        this.block.parts.push(Buffer.from(p));
-        this.block.size += p.length;
+        // Each frame's header counts: empty CONTINUATIONs would otherwise be gathered without end.
+        if (p.length) this.block.parts.push(Buffer.from(p));
+        this.block.size += 9 + p.length;
         break;
       }
       case T_GOAWAY: {
@@ -364,7 +367,7 @@ export class Http2ResponseScrubber {
     if (blk.type === T_HEADERS && headers.some((h) => h.name === ":status")) {
       const codings = headers.filter((h) => h.name === "content-encoding").flatMap((h) => h.value.split(",")).map((v) => v.trim().toLowerCase()).filter((v) => v && v !== "identity");
       if (codings.length > 1 || (codings.length === 1 && !["gzip", "x-gzip", "deflate", "br"].includes(codings[0]!))) {
-        throw new H2Error(`a response body on stream ${blk.stream} in Content-Encoding ${JSON.stringify(codings.join(", "))}, which cannot be scanned for secret values`);
+        throw new H2Error(`a response body on stream ${blk.stream} in Content-Encoding ${JSON.stringify(this.whole.scrub(Buffer.from(codings.join(", "), "latin1"), []).toString("latin1").slice(0, 80))}, which cannot be scanned for secret values`);
       }
       if (codings.length === 1) this.coded.set(blk.stream, { coding: codings[0]!, dec: undefined, start: Buffer.alloc(0), queue: [], queued: 0, detect: new ValueScanner(this.values), inTotal: 0, outTotal: 0 });
     }
@@ -377,8 +380,17 @@ export class Http2ResponseScrubber {
     try {
       this.decoder.write(block);
       this.decoder.execute();
-      for (let h = this.decoder.read(); h; h = this.decoder.read()) headers.push({ name: String(h.name), value: String(h.value) });
+      // One-byte references to a table entry expand without bound: the fields are counted as
+      // they are read (RFC 7541 §4.1 sizes) and held to MAX_HEADER_LIST, more than clients take.
+      let size = 0;
+      for (let h = this.decoder.read(); h; h = this.decoder.read()) {
+        const name = String(h.name), value = String(h.value);
+        size += name.length + value.length + 32;
+        if (size > MAX_HEADER_LIST) throw new H2Error(`a header list over ${MAX_HEADER_LIST} bytes once decoded on stream ${stream}`);
+        headers.push({ name, value });
+      }
     } catch (e) {
+      if (e instanceof H2Error) throw e;
       throw new H2Error(`the server's header block on stream ${stream} does not decode (HPACK): ${(e as Error).message}`);
     }
     return headers;

@@ -285,7 +285,7 @@ export class ResponseScrubber {
           const text = line.slice(0, -2);
           if (this.state === "chunk-size") {
             const m = /^([0-9A-Fa-f]{1,12})[ \t]*(;.*)?$/.exec(text);
-            if (!m) throw new ResponseError(`a chunk size ${JSON.stringify(text.slice(0, 40))} that is not hexadecimal`);
+            if (!m) throw new ResponseError(`a chunk size ${this.quote(text, 40)} that is not hexadecimal`);
             const size = parseInt(m[1]!, 16);
             if (size === 0) { this.state = "trailers"; this.trailers = []; this.trailerSize = 0; continue; }
             this.state = "chunk-data";
@@ -311,6 +311,14 @@ export class ResponseScrubber {
     }
   }
 
+  /**
+   * The server's text quoted in a reason (for the audit log, the library's callback): its values
+   * replaced first, then cut, so no part of one is ever quoted.
+   */
+  private quote(text: string, n: number): string {
+    return JSON.stringify(new ValueScanner(this.values).scrub(Buffer.from(text, "latin1"), []).toString("latin1").slice(0, n));
+  }
+
   private checkBareLf(h: Buffer, from = 0): void {
     for (let i = h.indexOf(0x0a, from); i >= 0; i = h.indexOf(0x0a, i + 1)) {
       if (i === 0 || h[i - 1] !== 0x0d) throw new ResponseError("a bare LF in a response head (only CRLF ends a line)");
@@ -322,14 +330,14 @@ export class ResponseScrubber {
     this.checkBareLf(head);
     const lines = head.toString("latin1").slice(0, -4).split("\r\n");
     const status = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [^\r\n]*)?$/.exec(lines[0]!);
-    if (!status) throw new ResponseError(`a status line ${JSON.stringify(lines[0]!.slice(0, 60))} that is not HTTP/1.x`);
+    if (!status) throw new ResponseError(`a status line ${this.quote(lines[0]!, 60)} that is not HTTP/1.x`);
     const code = Number(status[2]);
     const respHttp10 = status[1] === "0";
     const fields: { name: string; value: string }[] = [];
     for (const l of lines.slice(1)) {
       if (/^[ \t]/.test(l)) throw new ResponseError("an obs-fold (a header line beginning with whitespace) in a response head");
       const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$/.exec(l);
-      if (!m) throw new ResponseError(`a response header line ${JSON.stringify(l.slice(0, 60))} that is not "name: value"`);
+      if (!m) throw new ResponseError(`a response header line ${this.quote(l, 60)} that is not "name: value"`);
       if (/[\0\r]/.test(m[2]!)) throw new ResponseError(`response header ${m[1]} holds a NUL or CR`);
       fields.push({ name: m[1]!, value: m[2]! });
     }
@@ -356,14 +364,14 @@ export class ResponseScrubber {
     if (te.length) {
       if (cl.length) throw new ResponseError("a response with both Transfer-Encoding and Content-Length");
       const codings = te.flatMap((f) => f.value.split(",")).map((s) => s.trim().toLowerCase()).filter(Boolean);
-      if (codings.length !== 1 || codings[0] !== "chunked") throw new ResponseError(`a response Transfer-Encoding ${JSON.stringify(te.map((f) => f.value).join(", "))} other than chunked`);
+      if (codings.length !== 1 || codings[0] !== "chunked") throw new ResponseError(`a response Transfer-Encoding ${this.quote(te.map((f) => f.value).join(", "), 80)} other than chunked`);
       if (respHttp10) throw new ResponseError("an HTTP/1.0 response with Transfer-Encoding");
       chunkedIn = true;
     } else if (cl.length) {
       const vals = new Set(cl.flatMap((f) => f.value.split(",")).map((s) => s.trim()));
       if (vals.size !== 1) throw new ResponseError("a response with conflicting Content-Length values");
       const v = [...vals][0]!;
-      if (!/^\d{1,15}$/.test(v)) throw new ResponseError(`a response Content-Length ${JSON.stringify(v.slice(0, 30))} that is not a number`);
+      if (!/^\d{1,15}$/.test(v)) throw new ResponseError(`a response Content-Length ${this.quote(v, 30)} that is not a number`);
       length = Number(v);
     }
     if (noBody) {
@@ -372,12 +380,12 @@ export class ResponseScrubber {
       return;
     }
     const ce = get("content-encoding").flatMap((f) => f.value.split(",")).map((s) => s.trim().toLowerCase()).filter((s) => s && s !== "identity");
-    if (ce.length > 1) throw new ResponseError(`a response body in ${ce.length} content codings (${ce.join(", ")}): only one can be scanned`);
+    if (ce.length > 1) throw new ResponseError(`a response body in ${ce.length} content codings (${this.quote(ce.join(", "), 80)}): only one can be scanned`);
     this.inflater = undefined;
     this.codedStart = Buffer.alloc(0);
     this.codingName = ce[0] ?? "";
     if (this.codingName && !["gzip", "x-gzip", "deflate", "br"].includes(this.codingName)) {
-      throw new ResponseError(`a response body in Content-Encoding ${JSON.stringify(this.codingName)}, which cannot be scanned for secret values`);
+      throw new ResponseError(`a response body in Content-Encoding ${this.quote(this.codingName, 80)}, which cannot be scanned for secret values`);
     }
     this.inTotal = this.outTotal = 0;
     this.scanner = new ValueScanner(this.values);

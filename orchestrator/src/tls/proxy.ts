@@ -516,15 +516,16 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   // back while it could be the start of one goes after a short pause of the server's).
   let idleTimer: NodeJS.Timeout | undefined;
   const scrubbed = (r: ScrubResult): Buffer | null => {
-    if (r.scrubbed.length) events.scrubbed(r.scrubbed);
+    // (events are told after the bytes are dealt with: a callback that throws stops nothing)
+    if (r.scrubbed.length) { const found = r.scrubbed; queueMicrotask(() => events.scrubbed(found)); }
     const out = r.out.length === 1 ? r.out[0]! : Buffer.concat(r.out);
     if (r.error) {
       // Bytes it cannot judge never reach the guest.
-      events.responseRefused(r.error);
       if (out.length) guest.write(out);
       stopped = true;
       resetUpstream();
       guest.destroy();
+      events.responseRefused(r.error);
       return null;
     }
     if (r.close) {
@@ -548,10 +549,18 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     idleTimer.unref();
     return out;
   };
+  // What goes to the guest as fast as the guest reads it: the server waits meanwhile.
+  const toGuest = (c: Buffer) => {
+    if (!guest.write(c)) {
+      upstream.pause();
+      guest.once("drain", () => upstream.resume());
+    }
+  };
   upstream.on("data", (raw: Buffer) => {
     if (draining) {
+      // (back-pressured too: a guest that stops reading would have moat hold all the server sends)
       const c = fromServer(raw);
-      if (c?.length) guest.write(c);
+      if (c?.length) toGuest(c);
       return;
     }
     if (stopped) {
@@ -567,10 +576,7 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     const chunk = fromServer(raw);
     if (!chunk || !chunk.length) return;
     edge?.relay(chunk);
-    if (!guest.write(chunk)) {
-      upstream.pause();
-      guest.once("drain", () => upstream.resume());
-    }
+    toGuest(chunk);
   });
   upstream.on("end", () => {
     clearTimeout(idleTimer);
@@ -605,17 +611,21 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     }
     let ok = true;
     for (const b of r.out) if (b.length) ok = upstream.write(b) && ok;
+    // The connection is stopped first, then the event told: a callback that throws must not
+    // leave it going.
     if (r.violation) {
-      events.violation(r.violation);
       const text = forbiddenText(r.violation);
       if (!r.violation.http) stop(undefined);
       else if (h2) stop(forbiddenH2(r.stream ?? 0, text, 403, edge!.sent === 0));
       else stop(forbidden(r.violation));
+      events.violation(r.violation);
       return;
     }
     if (r.refusal) {
-      events.refusal(r.refusal);
-      if (h2) return stop(forbiddenH2(r.stream ?? 0, `moat: refused: ${r.refusal.reason}\n`, r.refusal.status, edge!.sent === 0));
+      if (h2) {
+        stop(forbiddenH2(r.stream ?? 0, `moat: refused: ${r.refusal.reason}\n`, r.refusal.status, edge!.sent === 0));
+        return events.refusal(r.refusal);
+      }
       // Nothing of the refused request left: the server answers what it was sent before it (its
       // end of the connection follows ours), then the guest gets the refusal.
       stopped = true;
@@ -623,6 +633,7 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
       answer = refusedHttp(r.refusal);
       upstream.end();
       setTimeout(() => { if (!guest.writableEnded) finish(); }, 2000).unref();
+      events.refusal(r.refusal);
       return;
     }
     if (!ok) {
@@ -632,7 +643,12 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   });
   guest.on("end", () => {
     if (stopped) return;
-    for (const b of filter.end()) upstream.write(b);
+    const r = filter.end();
+    for (const b of r.out) if (b.length) upstream.write(b);
+    if (r.violation) {
+      stop(r.violation.http && !h2 ? forbidden(r.violation) : undefined);
+      return events.violation(r.violation);
+    }
     upstream.end();
   });
 }

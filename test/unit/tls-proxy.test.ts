@@ -1,0 +1,76 @@
+// tls-proxy.test.ts — the TLS proxy's joining of filter and sockets (proxy.ts joinFiltered), on
+// real loopback sockets: a guest speaking through the redirect preamble, an upstream TLS server of
+// a CA of its own. What must hold whatever else goes wrong: a stopped request never reaches the
+// server, and the connection is stopped before anything else runs.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { randomBytes } from "node:crypto";
+import { TlsProxy } from "../../orchestrator/src/tls/proxy.js";
+import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
+import { PREAMBLE_BYTES } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
+
+const P = "moat-ph-abcdefghijklmnopqrstuvwx";
+
+function preamble(token: Buffer, port: number): Buffer {
+  const b = Buffer.alloc(PREAMBLE_BYTES);
+  b.write("moat", 0, "latin1");
+  b[4] = 2;
+  b[5] = 4;
+  b.writeUInt16BE(port, 6);
+  Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]).copy(b, 8);
+  token.copy(b, 24);
+  b.writeUInt32BE(0, 40);
+  return b;
+}
+
+test("a violation whose callback throws still stops the connection: nothing more reaches the server", async () => {
+  const upstreamCa = new CertificateAuthority();
+  const received: string[] = [];
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.on("data", (d: Buffer) => received.push(d.toString("latin1")));
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority();
+  const secrets = validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P }], { KEY: "VALUE-123" });
+  const proxy = new TlsProxy({
+    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], checkSni: () => null, secrets, pinned: () => true,
+    onViolation: () => { throw new Error("a callback with a bug"); },
+  });
+  await proxy.listen();
+  const uncaught: Error[] = [];
+  const listeners = process.listeners("uncaughtException");
+  process.removeAllListeners("uncaughtException");
+  process.on("uncaughtException", (e) => uncaught.push(e));
+  try {
+    const raw = net.connect(proxy.address().port, "127.0.0.1");
+    await new Promise<void>((r) => raw.once("connect", () => r()));
+    raw.write(preamble(token, (server.address() as net.AddressInfo).port));
+    const guest = tls.connect({ socket: raw, servername: "api.example.test", ca: ca.certPem, ALPNProtocols: ["http/1.1"] });
+    await new Promise<void>((r) => guest.once("secureConnect", () => r()));
+    let answer = "";
+    guest.on("data", (d: Buffer) => (answer += d.toString("latin1")));
+    const closed = new Promise<void>((r) => guest.once("close", () => r()));
+    guest.on("error", () => {});
+    // A placeholder for another Host (a violation), and right after it a request that would be
+    // substituted and forwarded were the connection still going.
+    guest.write(`GET /a HTTP/1.1\r\nHost: other.test\r\nX-K: ${P}\r\n\r\n`);
+    await new Promise((r) => setTimeout(r, 100));
+    if (!guest.destroyed) guest.write(`GET /b HTTP/1.1\r\nHost: api.example.test\r\nX-K: ${P}\r\n\r\n`);
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 3000))]);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(guest.destroyed || guest.readableEnded, "the guest's connection was ended");
+    assert.match(answer, /^HTTP\/1\.1 403 Forbidden/, "the guest was told why");
+    assert.doesNotMatch(received.join(""), /GET \/[ab]|VALUE-123/, `the server received: ${JSON.stringify(received.join(""))}`);
+    assert.equal(uncaught.length, 1, "the callback's error is not swallowed");
+  } finally {
+    process.removeAllListeners("uncaughtException");
+    for (const l of listeners) process.on("uncaughtException", l);
+    await proxy.close();
+    server.close();
+  }
+});

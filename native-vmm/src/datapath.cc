@@ -87,6 +87,15 @@ void Datapath::setLink(Link* link) {
   link->watch(epfd_, LINK_TOKEN_BASE);
 }
 
+bool Datapath::wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap) {
+  if (!link_) return false;
+  Link* outer = wrap(link_.get(), epfd_, LINK_TOKEN_BASE);
+  if (!outer) return false;
+  link_.release();  // now the decorator's
+  link_.reset(outer);
+  return true;
+}
+
 // ---- rings toward the engine ----------------------------------------------------------------------
 
 bool Datapath::inboundFull() const { return L_.in.tail() - L_.in.head() >= L_.in.g.slots; }

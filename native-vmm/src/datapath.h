@@ -2,6 +2,7 @@
 #include <netinet/in.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -43,6 +44,10 @@ class Datapath {
   int epollFd() const { return epfd_; }
   // Attach the guest's link (takes ownership; replaces any earlier one).
   void setLink(Link* link);
+  // Put a decorator (link-middleware.h) around the attached link: `wrap` gets the link, the epoll
+  // fd and the link's token base, and returns the link used from then on, or nullptr to leave
+  // the link as it was (not taken). False when no link is attached or `wrap` refused.
+  bool wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap);
   // Returns the number of frames/datagrams/events placed in rings.
   int pump();
   // Returns the number of frames written to the link.

@@ -8,6 +8,10 @@ export interface NativeDatapath {
   attachStream(path: string): void;
   /** Listen at a unix socket path as a vhost-user-net backend offering `mtu` (native-vmm/src/vhost-user.cc). */
   attachVhostUser(path: string, mtu: number): void;
+  /** Record the attached link's frames in a pcap file (native-vmm/src/link-middleware.h); maxBytes 0 = no bound. */
+  capturePcap(path: string, maxBytes: number): void;
+  /** Inject faults at the attached link (tests). */
+  injectFaults(spec: { drop?: number; dup?: number; reorder?: number; delay?: number; corrupt?: number; delayMs?: number; seed?: number; toEngine?: boolean; toGuest?: boolean }): void;
   start(onReady: () => void): void;
   pump(): number;
   flush(): number;

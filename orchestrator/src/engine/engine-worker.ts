@@ -22,6 +22,7 @@ import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-con
 import { layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
+import { applyMiddleware, type LinkMiddleware } from "../links/middleware.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
 import { UpstreamResolver, setDatagramTransport, dgramTransport, type Nameserver, type DatagramChannel } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
@@ -35,6 +36,8 @@ export interface EngineWorkerData {
   memory: WebAssembly.Memory;
   config: EngineConfig;
   link: LinkSpec;
+  /** Decorators on the link: pcap capture, fault injection (links/middleware.ts). */
+  middleware?: LinkMiddleware;
   /** Told (an empty message) when the engine has recorded denials in the audit ring. */
   auditPort: MessagePort;
   /** DNS: inputs from the main thread (DnsUpdate, pins from DNS over TCP) in, events (DnsEventMessage) out. */
@@ -291,6 +294,7 @@ let stopped = false;
 const readyPromise = (async () => {
   const link = await openLink(data.link, native);
   link.attach(datapath);
+  applyMiddleware(datapath, data.middleware);
   datapath.start(serve);
 })();
 // Report a failed link through ready(), not as an unhandled rejection.

@@ -1,0 +1,83 @@
+// link-middleware.test.ts — the decorators at the link seam (native-vmm/src/link-middleware.h):
+// `--pcap` read back by tcpdump, its size bound, and TCP through the fault injector (loss,
+// reordering, duplication) checked end to end.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
+
+const skip = systemTestSkipReason();
+const noTcpdump = skip ?? (hasTool("tcpdump", "--version") ? undefined : "tcpdump is not installed (apt-get install tcpdump)");
+let world: World;
+let dir: string;
+const client = (...args: string[]) => [process.execPath, `${TESTBED_JS}tcp-clients.js`, ...args];
+
+before(async () => {
+  if (skip) return;
+  world = World.create();
+  await world.startServer("tcp-echo", 7);
+  await world.startServer("tcp-source", 19);
+  dir = mkdtempSync(join(tmpdir(), "moat-pcap-"));
+});
+after(() => world?.teardown());
+
+function tcpdump(file: string): string {
+  return execFileSync("tcpdump", ["-r", file, "-nn", "--nano"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+}
+
+test("--pcap: tcpdump reads the SYN, the data and the FIN of the command's connection, with nanosecond times", { skip: noTcpdump }, async () => {
+  const file = join(dir, "echo.pcap");
+  const r = await world.moat(["run", "--pcap", file, "--", ...client("halfclose", WORLD_IP4, "7")]);
+  assert.equal(r.code, 0, r.stderr);
+  const head = readFileSync(file).subarray(0, 24);
+  assert.equal(head.readUInt32LE(0), 0xa1b23c4d, "the nanosecond pcap magic");
+  assert.equal(head.readUInt32LE(20), 1, "LINKTYPE_ETHERNET");
+  assert.equal(statSync(file).mode & 0o777, 0o600, "the capture is the owner's only");
+  const out = tcpdump(file);
+  const guest = /IP (172\.30\.\d+\.\d+)\.(\d+) > 203\.0\.113\.10\.7: Flags \[S\]/.exec(out);
+  assert.ok(guest, `no SYN from the guest:\n${out}`);
+  const [, ip, port] = guest;
+  const g = `${ip}.${port}`;
+  const w = "203.0.113.10.7";
+  const has = (re: RegExp, what: string) => assert.match(out, re, `${what} missing:\n${out}`);
+  has(new RegExp(`${w} > ${g}: Flags \\[S\\.\\]`), "the SYN-ACK");
+  has(new RegExp(`${g} > ${w}: Flags \\[P\\.\\], seq 1:\\d+, ack 1, .*length [1-9]`), "the guest's data");
+  has(new RegExp(`${w} > ${g}: Flags \\[P\\.\\], seq 1:\\d+, .*length [1-9]`), "the echo");
+  has(new RegExp(`${g} > ${w}: Flags \\[F\\.\\]`), "the guest's FIN");
+  has(new RegExp(`${w} > ${g}: Flags \\[F\\.\\]`), "the gateway's FIN");
+  // Nanosecond timestamps: nine digits, not all of them a microsecond value padded with zeros.
+  const stamps = [...out.matchAll(/^\d\d:\d\d:\d\d\.(\d{9}) /gm)].map((m) => m[1]!);
+  assert.ok(stamps.length >= 8, out);
+  assert.ok(stamps.some((s) => !s.endsWith("000")), `timestamps look like microseconds: ${stamps.join(" ")}`);
+});
+
+test("--pcap-max-bytes: capture stops before the bound, says so once, and the file stays readable", { skip: noTcpdump }, async () => {
+  const file = join(dir, "bounded.pcap");
+  const r = await world.moat(["run", "--pcap", file, "--pcap-max-bytes", "20000", "--", ...client("download", WORLD_IP4, "19", String(4 << 20))]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^ok /m, "the capture's bound does not touch the traffic");
+  assert.equal(r.stderr.match(/reached its size bound/g)?.length, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`pcap ${file} reached its size bound \\(20000 bytes`));
+  const size = statSync(file).size;
+  assert.ok(size <= 20000 && size > 24, `file size ${size}`);
+  assert.match(tcpdump(file), /Flags \[S\]/);
+});
+
+test("--pcap refuses what it cannot use, before the command runs", { skip }, async () => {
+  const missing = await world.moat(["run", "--pcap", join(dir, "no-such-dir", "x.pcap"), "--", "true"]);
+  assert.equal(missing.code, 125);
+  assert.match(missing.stderr, /pcap: cannot create .*no-such-dir\/x\.pcap: its directory does not exist/);
+  assert.match(missing.stderr, /hint: check that the directory exists/);
+  const isDir = await world.moat(["run", "--pcap", dir, "--", "true"]);
+  assert.equal(isDir.code, 125);
+  assert.match(isDir.stderr, /is a directory/);
+  const alone = await world.moat(["run", "--pcap-max-bytes", "1000", "--", "true"]);
+  assert.equal(alone.code, 125);
+  assert.match(alone.stderr, /--pcap-max-bytes needs --pcap/);
+  const tiny = await world.moat(["run", "--pcap", join(dir, "t.pcap"), "--pcap-max-bytes", "10", "--", "true"]);
+  assert.equal(tiny.code, 125);
+  assert.match(tiny.stderr, /pcap size bound 10 is not usable/);
+});

@@ -22,7 +22,7 @@
 import {
   RX_CTRL, RX_DESC_BASE, RX_BUF_BASE, RX_SLOTS, IN_CTRL, IN_DESC_BASE, IN_BUF_BASE, IN_SLOTS,
   TX_CTRL, DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, RING_CTRL_TAIL,
-  ST_OPS_COUNT, ST_NOW_MS, ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE,
+  ST_OPS_COUNT, ST_NOW_MS, ST_RUN, ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE,
   ST_IP_ID, ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY,
   CFG_GATEWAY_MAC, CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
@@ -91,6 +91,7 @@ export function engineDiscardOps(): void {
  */
 export function engineRun(nowMs: f64): i32 {
   store<f64>(ST_NOW_MS, nowMs);
+  store<u32>(ST_RUN, load<u32>(ST_RUN) + 1); // reassembly slots released before now may be reused
   let done: i32 = 0;
 
   // Host -> guest first: events (no data), then data; both keep replies flowing.
@@ -486,6 +487,7 @@ export function internetChecksum(p: usize, len: u32): u32 {
 
 export { policyEvaluate, classifyAny as policyClassify } from "./policy/match";
 export { dnsAnswer } from "./dns";
+export { tcpInspect } from "./flow/tcp";
 
 /** Pin the address at PIN_SCRATCH under rule name `nameId` for `ttlMs` (the DNS interceptor's answers). */
 export function dnsPin(nameId: u32, ttlMs: f64, nowMs: f64): void {

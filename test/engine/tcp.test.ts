@@ -23,13 +23,14 @@ class Conn {
   gseq: number;
   rcvd = 0; // host bytes delivered to the guest in order (relative to iss + 1)
   epoch = 0; // rewinds native-vmm has executed: tags the host data it peeks
+  sackPermitted = false; // offer SACK-permitted in the SYN
   constructor(readonly h: EngineHarness, readonly sport = 40000, readonly dst = REMOTE, readonly dport = 80, readonly guestIss = 1000) {
     this.gseq = guestIss + 1;
   }
 
   /** Guest SYN (MSS 1460, window scale 7): returns the host operations it caused. */
   syn(): { frames: Uint8Array[]; ops: HostOp[] } {
-    const frames = this.h.send(segment(this.dst, { sport: this.sport, dport: this.dport, seq: this.guestIss, flags: SYN, options: [2, 4, ...u16(1460), 1, 3, 3, 7] }));
+    const frames = this.h.send(segment(this.dst, { sport: this.sport, dport: this.dport, seq: this.guestIss, flags: SYN, options: [2, 4, ...u16(1460), 1, 3, 3, 7, ...(this.sackPermitted ? [1, 1, 4, 2] : [])] }));
     const o = this.h.takeOps();
     const c = o.find((x) => x.kind === L.OPK_TCP_CONNECT);
     if (c) this.flow = c.flow;
@@ -367,4 +368,153 @@ test("a window update sent after a rewind carries the highest sequence number se
   const [update] = h.deliverEvent(c.flow, L.INK_TCP_WRITABLE, 0, 1 << 20).map(parse);
   assert.equal(update!.seq, (base + 3) >>> 0, "not the rewound snd_nxt, which the guest would take for an old segment");
   assert.ok(update!.window > 0);
+});
+
+// ---- reassembly and SACK (flow/tcp-reassembly.ts) -------------------------------------------------
+
+/** The SACK blocks of a segment the engine sent, relative to `base`. */
+function sackBlocks(s: Seg, base: number): [number, number][] {
+  const o = s.options;
+  for (let i = 0; i < o.length;) {
+    if (o[i] === 0) break;
+    if (o[i] === 1) { i++; continue; }
+    if (o[i] === 5) {
+      const out: [number, number][] = [];
+      for (let j = i + 2; j < i + o[i + 1]!; j += 8) {
+        const v = (k: number) => ((o[k]! << 24) | (o[k + 1]! << 16) | (o[k + 2]! << 8) | o[k + 3]!) >>> 0;
+        out.push([(v(j) - base) >>> 0, (v(j + 4) - base) >>> 0]);
+      }
+      return out;
+    }
+    i += o[i + 1]!;
+  }
+  return [];
+}
+
+/** The kinds of a segment's TCP options, in order. */
+function optionKinds(s: Seg): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < s.options.length;) {
+    const k = s.options[i]!;
+    if (k === 0) break;
+    out.push(k);
+    i += k === 1 ? 1 : s.options[i + 1]!;
+  }
+  return out;
+}
+
+const bytes = (from: number, n: number) => Uint8Array.from({ length: n }, (_, i) => (from + i) & 255);
+
+/** An open connection whose guest offered SACK-permitted. */
+function sackConn(h = harness(), sport = 40000): Conn {
+  const c = new Conn(h, sport);
+  c.sackPermitted = true;
+  return c.open();
+}
+
+test("SACK-permitted is answered only when the guest offers it", () => {
+  const h = harness();
+  const plain = new Conn(h, 40001);
+  plain.syn();
+  const [a] = h.deliverEvent(plain.flow, L.INK_TCP_CONNECTED).map(parse);
+  assert.deepEqual(optionKinds(a!).filter((k) => k !== 1), [2, 3], "MSS and window scale, no SACK-permitted");
+  const sack = new Conn(h, 40002);
+  sack.sackPermitted = true;
+  sack.syn();
+  const [b] = h.deliverEvent(sack.flow, L.INK_TCP_CONNECTED).map(parse);
+  assert.deepEqual(optionKinds(b!).filter((k) => k !== 1), [2, 3, 4], "MSS, window scale and SACK-permitted");
+  assert.equal(b!.options.length % 4, 0);
+  assert.equal(b!.mss, testConfig.mtu - 40);
+  assert.equal(b!.wscale, 7);
+});
+
+test("segments ahead of a gap are held and SACKed, then written in order once the gap fills", () => {
+  const h = harness();
+  const c = sackConn(h);
+  const base = c.gseq;
+  // Segment A (0..100) is lost; B (100..200) and C (200..300) arrive.
+  const [dupB] = c.send({ flags: ACK | PSH, seq: base + 100, data: bytes(100, 100) });
+  assert.equal(ops(h, L.OPK_TCP_SEND).length, 0, "nothing beyond the gap is written");
+  assert.equal(dupB!.ack, base, "a duplicate ACK at the gap");
+  assert.deepEqual(sackBlocks(dupB!, base), [[100, 200]]);
+  const [dupC] = c.send({ flags: ACK | PSH, seq: base + 200, data: bytes(200, 100) });
+  assert.deepEqual(sackBlocks(dupC!, base), [[100, 300]], "adjacent segments are one block");
+  h.takeOps();
+  assert.deepEqual({ state: h.tcp(c.flow).state, held: h.tcp(c.flow).held, wr: h.tcp(c.flow).rcvWr - base }, { state: "established", held: 2, wr: 0 });
+  // A disjoint one further on: its block goes first (the most recent arrival, RFC 2018 §4).
+  const [dupE] = c.send({ flags: ACK | PSH, seq: base + 400, data: bytes(400, 50) });
+  assert.deepEqual(sackBlocks(dupE!, base), [[400, 450], [100, 300]]);
+  h.takeOps();
+  // A arrives: A, B and C are written, in order, each from where its bytes are; E stays held.
+  c.send({ flags: ACK | PSH, seq: base, data: bytes(0, 100) });
+  const w = ops(h, L.OPK_TCP_SEND);
+  assert.deepEqual(w.map((o) => o.len), [100, 100, 100]);
+  assert.deepEqual(Array.from(Buffer.concat(w.map((o) => o.data))), Array.from(bytes(0, 300)));
+  const t = h.tcp(c.flow);
+  assert.deepEqual({ wr: t.rcvWr - base, held: t.held }, { wr: 300, held: 1 });
+  // The socket took them: the ACK covers 300 and still reports E.
+  const acks = h.deliverEvent(c.flow, L.INK_TCP_SENT, 300, 1 << 20).map(parse);
+  const last = acks[acks.length - 1]!;
+  assert.equal(last.ack, (base + 300) >>> 0);
+  assert.deepEqual(sackBlocks(last, base), [[400, 450]]);
+  assert.equal(h.counters().TCP_OOO_QUEUED, 3);
+  assert.equal(h.counters().TCP_OOO_FILLED, 2);
+  assert.equal(h.counters().DROP_TCP_OUT_OF_ORDER, undefined);
+});
+
+test("a held segment's FIN is passed on after its data; a duplicate of a held segment is held once", () => {
+  const h = harness();
+  const c = sackConn(h);
+  const base = c.gseq;
+  c.send({ flags: ACK | PSH | FIN, seq: base + 10, data: bytes(10, 10) });
+  c.send({ flags: ACK | PSH | FIN, seq: base + 10, data: bytes(10, 10) }); // the guest retransmits it
+  h.takeOps();
+  assert.equal(h.tcp(c.flow).held, 1);
+  c.send({ flags: ACK | PSH, seq: base, data: bytes(0, 10) });
+  const o = h.takeOps();
+  assert.deepEqual(o.map((x) => x.kind), [L.OPK_TCP_SEND, L.OPK_TCP_SEND, L.OPK_TCP_SHUTDOWN]);
+  assert.deepEqual(Array.from(o[1]!.data), Array.from(bytes(10, 10)));
+});
+
+test("a flow holds a bounded number of segments; the rest are dropped and duplicate-ACKed as before", () => {
+  const h = harness();
+  const c = sackConn(h);
+  const base = c.gseq;
+  for (let i = 1; i <= L.OOO_PER_FLOW_MAX + 3; i++) c.send({ flags: ACK | PSH, seq: base + i * 10, data: bytes(i * 10, 10) });
+  h.takeOps();
+  assert.equal(h.tcp(c.flow).held, L.OOO_PER_FLOW_MAX);
+  assert.equal(h.counters().DROP_TCP_OUT_OF_ORDER, 3);
+  // Removing the flow frees its slots: a second flow can hold as many.
+  h.send(segment(REMOTE, { sport: 40000, dport: 80, seq: base, flags: RST }));
+  assert.equal(h.flows().tcp, 0);
+  const d = sackConn(h, 40001);
+  for (let i = 1; i <= L.OOO_PER_FLOW_MAX; i++) d.send({ flags: ACK | PSH, seq: d.gseq + i * 10, data: bytes(i, 10) });
+  h.takeOps();
+  assert.equal(h.tcp(d.flow).held, L.OOO_PER_FLOW_MAX);
+});
+
+test("a slot written out in a batch is not reused in that batch (its bytes are read after it)", () => {
+  const h = harness();
+  const a = sackConn(h, 40001);
+  const b = sackConn(h, 40002);
+  a.send({ flags: ACK | PSH, seq: a.gseq + 5, data: bytes(50, 5) }); // held in some slot
+  h.takeOps();
+  // One batch: a's gap fills (its held bytes are written from their slot) and b holds a segment.
+  h.send(
+    segment(REMOTE, { sport: 40001, dport: 80, seq: a.gseq, ack: (a.iss + 1) >>> 0, flags: ACK | PSH, data: bytes(0, 5) }),
+    segment(REMOTE, { sport: 40002, dport: 80, seq: b.gseq + 5, ack: (b.iss + 1) >>> 0, flags: ACK | PSH, data: Uint8Array.from([9, 9, 9, 9, 9]) }),
+  );
+  const w = h.takeOps().filter((o) => o.kind === L.OPK_TCP_SEND);
+  assert.deepEqual(w.map((o) => Array.from(o.data)), [Array.from(bytes(0, 5)), Array.from(bytes(50, 5))]);
+  assert.equal(h.tcp(b.flow).held, 1);
+});
+
+test("without SACK-permitted, held segments still fill the gap (the ACKs carry no blocks)", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  const base = c.gseq;
+  const [dup] = c.send({ flags: ACK | PSH, seq: base + 3, data: bytes(3, 3) });
+  assert.equal(dup!.options.length, 0);
+  c.send({ flags: ACK | PSH, seq: base, data: bytes(0, 3) });
+  assert.deepEqual(Array.from(Buffer.concat(ops(h, L.OPK_TCP_SEND).map((o) => o.data))), Array.from(bytes(0, 6)));
 });

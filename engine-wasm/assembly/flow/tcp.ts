@@ -3,7 +3,9 @@
 //
 // Read first: RFC 9293 (TCP), RFC 7323 §2 (window scale), RFC 6298 (retransmission timer),
 // RFC 5681 §3.2 (fast retransmit). This is a deliberately small TCP: it talks only to one guest
-// over a lossless-ish virtual link, so it uses go-back-N retransmission, no SACK, no timestamps.
+// over a virtual link, so toward the guest it uses go-back-N retransmission, no timestamps. From
+// the guest, segments that arrive ahead of a gap (a frame lost or reordered on the way) are held
+// and SACKed (flow/tcp-reassembly.ts, RFC 2018), so the guest resends only what is missing.
 //
 // Theory of operation
 // The engine plays the server side toward the guest and lets the host kernel's TCP do the real
@@ -71,7 +73,7 @@
 // granted again from the tick, so a lost grant cannot stall a flow either.
 
 import {
-  KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
+  KEY_SCRATCH, SACK_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
   OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, CFG_TLS_PROXY_IP, CFG_DENY_PROXY_PORT, DENY_RULE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
@@ -80,8 +82,9 @@ import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
-  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT,
+  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT, TCP_OOO_QUEUED, TCP_OOO_FILLED,
 } from "../counters";
+import { oooHold, oooFirst, oooPop, oooClear, oooData, oooSeq, oooLen, oooFin, oooSackBlocks, T_OOO_COUNT } from "./tcp-reassembly";
 import {
   flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
   F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer,
@@ -131,6 +134,7 @@ const FL_FIN_SENT: u32 = 8;
 const FL_FIN_ACKED: u32 = 16;
 const FL_WND_SHUT: u32 = 32; // the last segment offered the guest less than a segment: an update is owed once it opens
 const FL_ACK_OWED: u32 = 64; // an ACK (acknowledgement, window update) found the TX ring full
+const FL_SACK_OK: u32 = 128; // the guest offered SACK-permitted: held segments are reported in SACK blocks
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -177,7 +181,12 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   const v4 = load<u8>(rec, 1) == 4;
   const ip = emitEth(out, CFG_GUEST_MAC, v4 ? 0x0800 : 0x86dd);
   const syn = (flags & TH_SYN) != 0;
-  const hlen: u32 = syn ? 28 : 20;
+  const sackOk = (load<u32>(rec, T_FLAGS) & FL_SACK_OK) != 0;
+  // SACK-permitted in our SYN (an inbound connection: offered), in a SYN-ACK only if the guest
+  // offered it; SACK blocks in any other segment while segments are held beyond a gap.
+  const synSack = syn && (sackOk || !(flags & TH_ACK));
+  const blocks: u32 = !syn && sackOk && !(flags & TH_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, 4) : 0;
+  const hlen: u32 = syn ? (synSack ? 32 : 28) : blocks ? 24 + 8 * blocks : 20;
   const t = v4 ? emitIp4(ip, 6, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, 6, rec + 24, rec + 8, hlen + dlen, 64);
   wr16(t, <u32>load<u16>(rec, 6));
   wr16(t + 2, <u32>load<u16>(rec, 4));
@@ -199,6 +208,10 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
     store<u8>(t + 20, 2); store<u8>(t + 21, 4); wr16(t + 22, mss > 0xffff ? 0xffff : mss);
     if (load<u8>(rec, T_OUR_WS)) { store<u8>(t + 24, 1); store<u8>(t + 25, 3); store<u8>(t + 26, 3); store<u8>(t + 27, <u8>OUR_WS); }
     else store<u32>(t + 24, 0x01010101); // NOPs
+    if (synSack) store<u32>(t + 28, 0x02040101); // NOP, NOP, SACK-permitted (kind 4, length 2)
+  } else if (blocks) {
+    store<u32>(t + 20, 0x00050101 | ((2 + 8 * blocks) << 24)); // NOP, NOP, SACK (kind 5), length
+    memory.copy(t + 24, SACK_SCRATCH, 8 * blocks);
   }
   if (dlen) memory.copy(t + hlen, data, dlen);
   if (v4) fillL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, 6);
@@ -233,6 +246,7 @@ function resetBoth(idx: u32, rec: usize, abortHost: bool): void {
 
 /** Remove a TCP flow; `closeOp` (0 = none) is queued for its host socket first. */
 function tcpRemove(idx: u32, closeOp: u32): void {
+  oooClear(flowRecord(idx));
   if (closeOp) opPush(closeOp, idx, 0, 0, 0, 0, 0);
   if (load<u32>(flowRecord(idx), F_STATE) != TS_LINGER) store<u32>(ST_TCP_LIVE, load<u32>(ST_TCP_LIVE) - 1);
   count(TCP_FLOWS_CLOSED);
@@ -400,11 +414,16 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
       if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, 0, 0)) {
         store<u32>(rec, wr + dlen, T_RCV_WR);
         store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);
+        // The gap before held segments may have closed: write what the stream now reaches.
+        if (oooFirst(rec) && !(flags & TH_FIN) && !writeHeld(idx, rec)) return;
       }
     } else if (seqLe(seq + dlen, wr)) {
       emitAck(rec); // an old duplicate: tell the guest where we are
     } else {
-      count(DROP_TCP_OUT_OF_ORDER); // a gap: drop and duplicate-ACK so the guest retransmits
+      // Ahead of a gap: held (and SACKed) within the largest window we offer, else dropped; either
+      // way a duplicate ACK tells the guest where the gap is.
+      if (seq + dlen - wr <= (0xffff << OUR_WS) && oooHold(idx, rec, seq, data, dlen, (flags & TH_FIN) != 0)) count(TCP_OOO_QUEUED);
+      else count(DROP_TCP_OUT_OF_ORDER);
       emitAck(rec);
       return;
     }
@@ -412,16 +431,57 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
   if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
     emitAck(rec); // an unacceptable segment, e.g. a zero-window probe: answer with where we are
   }
-  if (flags & TH_FIN) {
-    const finSeq = seq + dlen;
-    const f2 = load<u32>(rec, T_FLAGS);
-    if (f2 & FL_GUEST_FIN) emitAck(rec); // retransmitted FIN: our ACK was lost
-    else if (!(f2 & FL_SHUT_PENDING) && finSeq == load<u32>(rec, T_RCV_WR)) {
-      if (opPush(OPK_TCP_SHUTDOWN, idx, 0, 0, 0, 0, 0)) store<u32>(rec, f2 | FL_SHUT_PENDING, T_FLAGS);
-    }
-  }
+  if (flags & TH_FIN) guestFin(idx, rec, seq + dlen);
   maybeFinished(idx, rec);
   return;
+}
+
+/** The guest's FIN at `finSeq`: passed on once every byte before it was issued to the socket. */
+function guestFin(idx: u32, rec: usize, finSeq: u32): void {
+  const f2 = load<u32>(rec, T_FLAGS);
+  if (f2 & FL_GUEST_FIN) emitAck(rec); // retransmitted FIN: our ACK was lost
+  else if (!(f2 & FL_SHUT_PENDING) && finSeq == load<u32>(rec, T_RCV_WR)) {
+    if (opPush(OPK_TCP_SHUTDOWN, idx, 0, 0, 0, 0, 0)) store<u32>(rec, f2 | FL_SHUT_PENDING, T_FLAGS);
+  }
+}
+
+/**
+ * Write the held segments (flow/tcp-reassembly.ts) that rcv_wr now reaches, in order, straight
+ * from their pool slots; a held FIN is passed on after its data. Stops at the next gap, or when
+ * the host-op list is full (what is left stays held; the guest's retransmission brings it back
+ * here). False when the flow was reset (a secret's placeholder in the held bytes).
+ */
+function writeHeld(idx: u32, rec: usize): bool {
+  let h = oooFirst(rec);
+  while (h) {
+    const s = h - 1;
+    const seq = oooSeq(s);
+    const end = seq + oooLen(s);
+    const wr = load<u32>(rec, T_RCV_WR);
+    if (seqLt(wr, seq)) break; // still a gap before it
+    if (seqLt(wr, end)) {
+      if (load<u32>(rec, T_FLAGS) & (FL_SHUT_PENDING | FL_GUEST_FIN)) { oooClear(rec); break; }
+      const data = oooData(s) + <usize>(wr - seq);
+      const n = end - wr;
+      if (secretsActive() && load<u8>(rec, F_ROUTE) != ROUTE_SERVICE) {
+        const f = secretInStream(idx, data, n);
+        if (f) {
+          auditSecret(6, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
+          resetBoth(idx, rec, true);
+          return false;
+        }
+      }
+      if (!opPush(OPK_TCP_SEND, idx, data, n, 0, 0, 0)) break;
+      store<u32>(rec, end, T_RCV_WR);
+      store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + n, F_BYTES_OUT);
+      count(TCP_OOO_FILLED);
+    }
+    const fin = oooFin(s);
+    oooPop(rec);
+    if (fin && end == load<u32>(rec, T_RCV_WR)) guestFin(idx, rec, end);
+    h = oooFirst(rec);
+  }
+  return true;
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */
@@ -485,6 +545,7 @@ function takeSynOptions(rec: usize, l4: usize): void {
     if (olen < 2 || o + olen > end) break;
     if (kind == 2 && olen == 4) mss = rd16(o + 2);
     if (kind == 3 && olen == 3) guestWs = <i32>min<u32>(load<u8>(o + 2), 14);
+    if (kind == 4 && olen == 2) store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_SACK_OK, T_FLAGS);
     o += olen;
   }
   const linkMax = linkMss(v4);
@@ -583,6 +644,24 @@ function rewind(idx: u32, rec: usize): void {
   store<u32>(rec, 0, T_DUPACKS);
   count(TCP_RETRANSMITS);
   armTimer(rec);
+}
+
+/**
+ * A TCP flow's state for tests (test/helpers/engine-harness.ts, tcpState): `what` 0 state (TS_*,
+ * 0 when the flow is not TCP), 1 rcv_nxt, 2 rcv_wr, 3 snd_una, 4 snd_nxt, 5 segments held beyond
+ * a gap, 6 flags (FL_*), 7 the delayed-ACK deadline (ms, 0 = none).
+ */
+export function tcpInspect(idx: u32, what: u32): f64 {
+  const rec = flowRecord(idx);
+  if (load<u8>(rec) != 6) return 0;
+  if (what == 0) return <f64>load<u32>(rec, F_STATE);
+  if (what == 1) return <f64>load<u32>(rec, T_RCV_NXT);
+  if (what == 2) return <f64>load<u32>(rec, T_RCV_WR);
+  if (what == 3) return <f64>load<u32>(rec, T_SND_UNA);
+  if (what == 4) return <f64>load<u32>(rec, T_SND_NXT);
+  if (what == 5) return <f64>load<u32>(rec, T_OOO_COUNT);
+  if (what == 6) return <f64>load<u32>(rec, T_FLAGS);
+  return 0;
 }
 
 // ---- events from the host socket -----------------------------------------------------------------

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineHarness, testConfig, counterDelta, type HostOp } from "../helpers/engine-harness.js";
 import { eth, ipv4, withL4Checksum } from "../helpers/frames.js";
-import { GUEST, REMOTE, FIN, SYN, RST, PSH, ACK, u16, segment, parse, type Seg } from "../helpers/tcp-frames.js";
+import { GUEST, REMOTE, FIN, SYN, RST, PSH, ACK, u16, u32, segment, parse, type Seg } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
 
@@ -517,4 +517,53 @@ test("without SACK-permitted, held segments still fill the gap (the ACKs carry n
   assert.equal(dup!.options.length, 0);
   c.send({ flags: ACK | PSH, seq: base, data: bytes(0, 3) });
   assert.deepEqual(Array.from(Buffer.concat(ops(h, L.OPK_TCP_SEND).map((o) => o.data))), Array.from(bytes(0, 6)));
+});
+
+/** SACK option bytes for blocks [left, right) relative to `base`. */
+const sackOption = (base: number, ...blocks: [number, number][]) =>
+  [1, 1, 5, 2 + 8 * blocks.length, ...blocks.flatMap(([l, r]) => [...u32((base + l) >>> 0), ...u32((base + r) >>> 0)])];
+
+test("fast retransmit with SACK resends only the hole, then resumes where the guest's ACK points", () => {
+  const h = harness();
+  const c = sackConn(h);
+  const base = c.iss + 1;
+  c.hostData(base, Array.from(bytes(0, 10)));
+  c.hostData(base + 10, Array.from(bytes(10, 10)));
+  c.hostData(base + 20, Array.from(bytes(20, 10)));
+  h.takeOps();
+  // The first segment was lost: two duplicate ACKs SACK the other two.
+  const before = h.counters();
+  c.send({ flags: ACK, options: sackOption(base, [10, 20]) });
+  assert.deepEqual(ops(h, L.OPK_TCP_REWIND), [], "one duplicate is not enough");
+  c.send({ flags: ACK, options: sackOption(base, [10, 30]) });
+  const [rw] = ops(h, L.OPK_TCP_REWIND);
+  assert.equal(rw?.arg, base, "the hole is peeked again");
+  assert.equal(counterDelta(before, h.counters()).TCP_RETRANSMITS, 1);
+  // native-vmm peeks from the hole on; only the hole goes to the guest.
+  c.epoch++;
+  const [again] = c.hostData(base, Array.from(bytes(0, 10)));
+  assert.equal(again!.seq, base);
+  assert.deepEqual(c.hostData(base + 10, Array.from(bytes(10, 10))), [], "what the guest holds is not sent again");
+  // The guest now has everything: sending resumes at its ACK (native-vmm peeked past it meanwhile).
+  c.rcvd = 30;
+  c.send({ flags: ACK });
+  const [resume] = ops(h, L.OPK_TCP_REWIND);
+  assert.equal(resume?.arg, (base + 30) >>> 0);
+  assert.equal(h.tcp(c.flow).sndNxt, (base + 30) >>> 0);
+  c.epoch++;
+  const [next] = c.hostData(base + 30, [1, 2, 3]);
+  assert.equal(next!.seq, (base + 30) >>> 0, "new data flows again");
+});
+
+test("a guest echoing data gets its lost segment resent on SACKs riding on its own data", () => {
+  const h = harness();
+  const c = sackConn(h);
+  const base = c.iss + 1;
+  c.hostData(base, Array.from(bytes(0, 10)));
+  c.hostData(base + 10, Array.from(bytes(10, 10)));
+  h.takeOps();
+  // Its data segments (window changing) carry the SACK for everything sent after the hole.
+  c.write([1, 2, 3]);
+  c.send({ flags: ACK | PSH, data: Uint8Array.from([4]), window: 1000, options: sackOption(base, [10, 20]) });
+  assert.equal(ops(h, L.OPK_TCP_REWIND)[0]?.arg, base, "the tail loss is resent without waiting for the RTO");
 });

@@ -3,7 +3,9 @@
 //
 // Read first: RFC 9293 (TCP), RFC 7323 §2 (window scale), RFC 6298 (retransmission timer),
 // RFC 5681 §3.2 (fast retransmit). This is a deliberately small TCP: it talks only to one guest
-// over a virtual link, so toward the guest it uses go-back-N retransmission, no timestamps. From
+// over a virtual link, so toward the guest it uses go-back-N retransmission on a timeout, and on
+// three duplicate ACKs resends only the hole the guest's SACK blocks show (one segment without
+// them) until its ACK moves (RFC 6675 in spirit, one hole at a time); no timestamps. From
 // the guest, segments that arrive ahead of a gap (a frame lost or reordered on the way) are held
 // and SACKed (flow/tcp-reassembly.ts, RFC 2018), so the guest resends only what is missing.
 //
@@ -135,6 +137,8 @@ const FL_FIN_ACKED: u32 = 16;
 const FL_WND_SHUT: u32 = 32; // the last segment offered the guest less than a segment: an update is owed once it opens
 const FL_ACK_OWED: u32 = 64; // an ACK (acknowledgement, window update) found the TX ring full
 const FL_SACK_OK: u32 = 128; // the guest offered SACK-permitted: held segments are reported in SACK blocks
+const FL_RECOVERY: u32 = 256; // fast recovery: only the hole before T_RECOVER_END is resent until the guest's ACK moves
+const T_RECOVER_END = 244; // u32: in fast recovery, where the hole the guest reported ends (its first SACK block)
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -366,7 +370,18 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     // Absolute: native-vmm discards up to this sequence number, so a lost op is made good by the
     // next one instead of leaving the socket's queue out of step with snd_una for good.
     if (acked) opPush(OPK_TCP_ACKED, idx, f & FL_FIN_ACKED ? load<u32>(rec, T_FIN_SEQ) : ack, acked, 0, 0, 0);
-    if (seqLt(nxt, ack)) {
+    if (f & FL_RECOVERY) {
+      // The resent hole arrived. Everything the guest holds beyond it is now acknowledged; what
+      // it still lacks starts at ack: the next hole (its first SACK block shows where it ends),
+      // or, without blocks, everything from ack (go-back-N). Either way sending resumes at ack
+      // (native-vmm peeked past the hole meanwhile, and that data was not sent).
+      const hole = sackHoleEnd(l4, doff, ack, max);
+      if (ack == max || hole == ack) store<u32>(rec, f & ~FL_RECOVERY, T_FLAGS);
+      else store<u32>(rec, hole, T_RECOVER_END);
+      // (Also at max: data peeked past the hole, new data included, was held back, not sent.)
+      if (!(f & FL_FIN_ACKED) && pushRewind(idx, rec, ack)) store<u32>(rec, ack, T_SND_NXT);
+      else if (seqLt(nxt, ack)) store<u32>(rec, ack, T_SND_NXT);
+    } else if (seqLt(nxt, ack)) {
       // The guest had received more than a rewind assumed: carry on from what it acknowledged.
       store<u32>(rec, ack, T_SND_NXT);
       if (!(f & FL_FIN_ACKED)) pushRewind(idx, rec, ack);
@@ -376,10 +391,24 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
     if (ack == max) store<f64>(rec, 0, T_TIMER_AT);
     else armTimer(rec);
-  } else if (ack == una && una != nxt && dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) {
+  } else if (ack == una && una != max && !(load<u32>(rec, T_FLAGS) & FL_RECOVERY) &&
+             ((dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) || sackHoleEnd(l4, doff, una, max) != una)) {
+    // A duplicate ACK: a pure one (RFC 5681), or any segment whose SACK blocks report data above
+    // a hole (RFC 6675: an echoing guest's ACKs ride on its data, and its window moves).
     const d = load<u32>(rec, T_DUPACKS) + 1;
     store<u32>(rec, d, T_DUPACKS);
-    if (d == 3) rewind(idx, rec); // fast retransmit
+    // Three of them; two that SACK data above the hole (on this link a segment overtaken by two
+    // others is lost, not late); or one whose SACKs reach everything sent (a loss at the tail of
+    // a burst brings no more duplicates: it would wait for the RTO).
+    const top = sackTop(l4, doff);
+    if (d == 3 || (top != 0 && (d >= 2 || top == max))) {
+      // Fast retransmit: resend the hole the guest reports, then wait for its ACK.
+      const hole = sackHoleEnd(l4, doff, una, max);
+      rewind(idx, rec);
+      const f = load<u32>(rec, T_FLAGS);
+      store<u32>(rec, f | FL_RECOVERY, T_FLAGS);
+      store<u32>(rec, hole != una ? hole : una + load<u32>(rec, T_GUEST_MSS), T_RECOVER_END);
+    }
   } else if (seqLt(max, ack)) {
     count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
     emitAck(rec);
@@ -634,13 +663,63 @@ function pushRewind(idx: u32, rec: usize, seq: u32): bool {
   return true;
 }
 
+/**
+ * Where the hole after `from` ends by the guest's SACK blocks in the segment at `l4`: the lowest
+ * left edge above `from` (and not beyond `max`), or `from` when the segment reports none.
+ */
+function sackHoleEnd(l4: usize, doff: u32, from: u32, max: u32): u32 {
+  let o = l4 + 20;
+  const end = l4 + doff;
+  let best = from;
+  while (o < end) {
+    const kind = <u32>load<u8>(o);
+    if (kind == 0) break;
+    if (kind == 1) { o++; continue; }
+    if (o + 1 >= end) break;
+    const olen = <u32>load<u8>(o + 1);
+    if (olen < 2 || o + olen > end) break;
+    if (kind == 5) {
+      for (let b = o + 2; b + 8 <= o + olen; b += 8) {
+        const left = rd32(b);
+        if (seqLt(from, left) && seqLe(left, max) && (best == from || seqLt(left, best))) best = left;
+      }
+    }
+    o += olen;
+  }
+  return best;
+}
+
+/** The highest right edge among the SACK blocks of the segment at `l4` (0 when it has none). */
+function sackTop(l4: usize, doff: u32): u32 {
+  let o = l4 + 20;
+  const end = l4 + doff;
+  let top: u32 = 0;
+  while (o < end) {
+    const kind = <u32>load<u8>(o);
+    if (kind == 0) break;
+    if (kind == 1) { o++; continue; }
+    if (o + 1 >= end) break;
+    const olen = <u32>load<u8>(o + 1);
+    if (olen < 2 || o + olen > end) break;
+    if (kind == 5) {
+      for (let b = o + 2; b + 8 <= o + olen; b += 8) {
+        const right = rd32(b + 4);
+        if (top == 0 || seqLt(top, right)) top = right;
+      }
+    }
+    o += olen;
+  }
+  return top;
+}
+
 /** Go-back-N: resend everything from snd_una (and our FIN, if it was sent). */
 function rewind(idx: u32, rec: usize): void {
   const una = load<u32>(rec, T_SND_UNA);
   if (!pushRewind(idx, rec, una)) return;
   store<u32>(rec, una, T_SND_NXT);
   const f = load<u32>(rec, T_FLAGS);
-  if ((f & FL_FIN_SENT) && !(f & FL_FIN_ACKED)) store<u32>(rec, f & ~FL_FIN_SENT, T_FLAGS);
+  // (A timeout ends fast recovery: everything from snd_una goes again.)
+  store<u32>(rec, (f & FL_FIN_SENT) && !(f & FL_FIN_ACKED) ? f & ~(FL_FIN_SENT | FL_RECOVERY) : f & ~FL_RECOVERY, T_FLAGS);
   store<u32>(rec, 0, T_DUPACKS);
   count(TCP_RETRANSMITS);
   armTimer(rec);
@@ -680,6 +759,8 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
       count(TCP_STALE_DATA);
       return true;
     }
+    const fr = load<u32>(rec, T_FLAGS);
+    if ((fr & FL_RECOVERY) && !seqLt(arg, load<u32>(rec, T_RECOVER_END))) return true; // beyond the hole: after the guest's ACK
     if (!emitSegment(rec, TH_ACK | TH_PSH, arg, buf, len)) return false;
     store<u32>(rec, arg + len, T_SND_NXT);
     if (seqLt(load<u32>(rec, T_SND_MAX), arg + len)) store<u32>(rec, arg + len, T_SND_MAX);

@@ -197,7 +197,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
       Napi::Error::New(env, err).ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  // injectFaults({drop, dup, reorder, delay, corrupt: 0..1, delayMs, seed, toEngine, toGuest}).
+  // injectFaults({drop, dup, reorder, delay, corrupt: 0..1, delayMs, blackoutMs, seed, toEngine, toGuest}).
   Napi::Value InjectFaults(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!dp_ || !info[0].IsObject()) {
@@ -220,6 +220,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     rate("delay", f.delay);
     rate("corrupt", f.corrupt);
     if (o.Get("delayMs").IsNumber()) f.delayMs = o.Get("delayMs").As<Napi::Number>().Uint32Value();
+    if (o.Get("blackoutMs").IsNumber()) f.blackoutMs = o.Get("blackoutMs").As<Napi::Number>().Uint32Value();
     if (o.Get("seed").IsNumber()) f.seed = static_cast<uint64_t>(o.Get("seed").As<Napi::Number>().DoubleValue());
     if (o.Get("toEngine").IsBoolean()) f.toEngine = o.Get("toEngine").As<Napi::Boolean>();
     if (o.Get("toGuest").IsBoolean()) f.toGuest = o.Get("toGuest").As<Napi::Boolean>();

@@ -168,6 +168,8 @@ Link* newPcapLink(Link* inner, const std::string& path, uint64_t maxBytes, std::
 // (one byte past the Ethernet header XORed with a non-zero value, so the frame still reaches the
 // engine or the guest's stack and its checksum must catch it); duplicate (delivered twice in a
 // row); reorder (held until the next frame has passed, or REORDER_MAX_NS); delay (held delayMs).
+// A blackout (blackoutMs after the decorator went on) drops everything from then on: the guest,
+// as far as the world can tell, has vanished.
 // Held frames are released by a timerfd in the link's epoll range. Back-pressure is kept: a frame
 // the inner link refuses stays in the data path's TX ring (send returns false), and released
 // frames the inner link cannot take wait in order, ahead of new ones.
@@ -179,6 +181,7 @@ class FaultLink final : public Link {
   static constexpr uint64_t REORDER_MAX_NS = 10000000;  // 10 ms
 
   FaultLink(Link* inner, const FaultSpec& spec, int epfd, uint64_t base) : in_(inner), spec_(spec), epfd_(epfd) {
+    if (spec.blackoutMs) blackoutAt_ = nowNs(CLOCK_MONOTONIC) + static_cast<uint64_t>(spec.blackoutMs) * 1000000ull;
     counters = inner->counters;
     rng_[0] = mix(spec.seed ^ 0x6d6f6174ull);
     rng_[1] = mix(spec.seed ^ 0x67756573ull);
@@ -309,6 +312,7 @@ class FaultLink final : public Link {
 
   Verdict decide(int dir, uint8_t* frame, uint32_t len) {
     Dir& d = dir_[dir];
+    if (blackoutAt_ && nowNs(CLOCK_MONOTONIC) >= blackoutAt_) return DROPPED;
     if (roll(dir, spec_.drop)) return DROPPED;
     if (len > 14 && roll(dir, spec_.corrupt)) {
       const uint64_t r = next(dir);
@@ -400,6 +404,7 @@ class FaultLink final : public Link {
   int epfd_;
   int tfd_ = -1;
   uint64_t rng_[2];
+  uint64_t blackoutAt_ = 0;
   Dir dir_[2];
   std::vector<uint8_t> scratch_;
 };

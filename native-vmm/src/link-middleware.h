@@ -31,6 +31,7 @@ struct FaultSpec {
   // Probabilities in [0, 1] per frame and direction.
   double drop = 0, dup = 0, reorder = 0, delay = 0, corrupt = 0;
   uint32_t delayMs = 20;   // how long a delayed frame is held
+  uint32_t blackoutMs = 0; // from this long after the decorator is put on, every frame is dropped (0: never): a peer that vanishes
   uint64_t seed = 1;
   bool toEngine = true;    // faults on frames from the guest (recv)
   bool toGuest = true;     // faults on frames to the guest (send)

@@ -11,7 +11,7 @@ export interface NativeDatapath {
   /** Record the attached link's frames in a pcap file (native-vmm/src/link-middleware.h); maxBytes 0 = no bound. */
   capturePcap(path: string, maxBytes: number): void;
   /** Inject faults at the attached link (tests). */
-  injectFaults(spec: { drop?: number; dup?: number; reorder?: number; delay?: number; corrupt?: number; delayMs?: number; seed?: number; toEngine?: boolean; toGuest?: boolean }): void;
+  injectFaults(spec: { drop?: number; dup?: number; reorder?: number; delay?: number; corrupt?: number; delayMs?: number; blackoutMs?: number; seed?: number; toEngine?: boolean; toGuest?: boolean }): void;
   start(onReady: () => void): void;
   pump(): number;
   flush(): number;

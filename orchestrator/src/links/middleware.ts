@@ -32,6 +32,8 @@ export interface FaultOptions {
   /** One byte past the Ethernet header changed: the receiver's checksum must catch it. */
   corrupt?: number;
   delayMs?: number;
+  /** From this long after the link started, every frame is dropped: the guest vanishes. */
+  blackoutMs?: number;
   seed?: number;
   /** Which frames: "both" (default), "to-engine" (from the guest), "to-guest". */
   direction?: "both" | "to-engine" | "to-guest";
@@ -67,17 +69,17 @@ export function validatePcap(o: string | PcapOptions): { path: string; maxBytes:
 
 const RATES = ["drop", "dup", "reorder", "delay", "corrupt"] as const;
 
-/** MOAT_FAULTS: "drop=0.01,reorder=0.01,dup=0.005,corrupt=0,delay=0.01,delay-ms=20,seed=7,direction=both". */
+/** MOAT_FAULTS: "drop=0.01,reorder=0.01,dup=0.005,corrupt=0,delay=0.01,delay-ms=20,blackout-ms=0,seed=7,direction=both". */
 export function parseFaults(text: string, where = "MOAT_FAULTS"): FaultOptions {
   const o: Record<string, unknown> = {};
   for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
     const eq = part.indexOf("=");
     const key = eq < 0 ? part : part.slice(0, eq);
     const value = eq < 0 ? "" : part.slice(eq + 1);
-    const name = key === "delay-ms" ? "delayMs" : key;
+    const name = key === "delay-ms" ? "delayMs" : key === "blackout-ms" ? "blackoutMs" : key;
     if (name === "direction") o.direction = value;
-    else if ([...RATES, "delayMs", "seed"].includes(name) && value !== "" && Number.isFinite(Number(value))) o[name] = Number(value);
-    else throw new ConfigError(`${where}: "${part}" is not a fault setting`, `use KEY=VALUE pairs separated by commas: ${RATES.join(", ")} (0..1), delay-ms, seed, direction (both|to-engine|to-guest); e.g. drop=0.01,reorder=0.01,seed=7`);
+    else if ([...RATES, "delayMs", "blackoutMs", "seed"].includes(name) && value !== "" && Number.isFinite(Number(value))) o[name] = Number(value);
+    else throw new ConfigError(`${where}: "${part}" is not a fault setting`, `use KEY=VALUE pairs separated by commas: ${RATES.join(", ")} (0..1), delay-ms, blackout-ms, seed, direction (both|to-engine|to-guest); e.g. drop=0.01,reorder=0.01,seed=7`);
   }
   return validateFaults(o as FaultOptions, where);
 }
@@ -88,6 +90,7 @@ export function validateFaults(o: FaultOptions, where = "faults"): FaultOptions 
     if (v !== undefined && !(typeof v === "number" && v >= 0 && v <= 1)) throw new ConfigError(`${where}: ${k} ${String(v)} is not a probability`, "use a number from 0 to 1, e.g. 0.01 for 1%");
   }
   if (o.delayMs !== undefined && !(Number.isInteger(o.delayMs) && o.delayMs >= 0 && o.delayMs <= 60000)) throw new ConfigError(`${where}: delay-ms ${o.delayMs} is out of range`, "use 0 to 60000");
+  if (o.blackoutMs !== undefined && !(Number.isInteger(o.blackoutMs) && o.blackoutMs >= 0 && o.blackoutMs <= 2 ** 31)) throw new ConfigError(`${where}: blackout-ms ${o.blackoutMs} is out of range`, "use a whole number of milliseconds, e.g. blackout-ms=3000");
   if (o.seed !== undefined && !(Number.isSafeInteger(o.seed) && o.seed >= 0)) throw new ConfigError(`${where}: seed ${o.seed} is not a non-negative integer`, "e.g. seed=7");
   if (o.direction !== undefined && !["both", "to-engine", "to-guest"].includes(o.direction)) throw new ConfigError(`${where}: direction "${o.direction}" is unknown`, "use both, to-engine or to-guest");
   return { ...o };

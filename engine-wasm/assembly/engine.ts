@@ -50,7 +50,7 @@ import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } fr
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
 import { auditNotRouted, auditQuic, tlsPort } from "./policy/admit";
-import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
+import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, tcpFlushAcks, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
 import { inboundAccept } from "./flow/inbound";
 import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
@@ -488,6 +488,13 @@ export function internetChecksum(p: usize, len: u32): u32 {
 export { policyEvaluate, classifyAny as policyClassify } from "./policy/match";
 export { dnsAnswer } from "./dns";
 export { tcpInspect } from "./flow/tcp";
+
+/** The delayed-ACK timer (ST_ACK_DUE): send the ACKs due by `nowMs`, published at once. */
+export function engineFlushAcks(nowMs: f64): i32 {
+  const n = tcpFlushAcks(nowMs);
+  if (n) txPublish();
+  return n;
+}
 
 /** Pin the address at PIN_SCRATCH under rule name `nameId` for `ttlMs` (the DNS interceptor's answers). */
 export function dnsPin(nameId: u32, ttlMs: f64, nowMs: f64): void {

@@ -58,6 +58,11 @@ export const PKT_L4 = PKT_SCRATCH + 8; // u32 L4 header offset
 export const PKT_L4LEN = PKT_SCRATCH + 12; // u32 L4 bytes
 export const PKT_FAMILY = PKT_SCRATCH + 16; // u32 4 or 6
 export const SACK_SCRATCH = STATE_BASE + 192; // 32 bytes: SACK blocks being put into a segment (flow/tcp-reassembly.ts)
+// Delayed ACKs (flow/tcp.ts): flows owing the guest an ACK, and when the first is due.
+export const ST_ACK_DUE = STATE_BASE + 224; // f64: earliest delayed-ACK deadline (ms), 0 = none; the worker sets a timer for it
+export const ST_DELACK_COUNT = STATE_BASE + 232; // u32: entries in DELACK_LIST
+export const DELACK_MAX = 512;
+export const DELACK_LIST = STATE_BASE + 256; // DELACK_MAX x u32 flow index
 
 // ---- configuration written by the orchestrator before engineInit ----------------------------
 export const CFG_BASE = 12288;

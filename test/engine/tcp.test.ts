@@ -120,7 +120,9 @@ test("guest data is written straight from the RX slot and ACKed only as far as t
   const c = new Conn(h).open();
   const [w] = c.write([1, 2, 3, 4, 5]);
   assert.deepEqual(Array.from(w!.data), [1, 2, 3, 4, 5]);
-  const [ack] = h.deliverEvent(c.flow, L.INK_TCP_SENT, 5, 1 << 20).map(parse);
+  assert.deepEqual(h.deliverEvent(c.flow, L.INK_TCP_SENT, 5, 1 << 20), [], "one segment: the ACK is delayed");
+  h.now += 40;
+  const [ack] = h.flushAcks().map(parse);
   assert.equal(ack!.ack, c.gseq);
   // A short write: three duplicate ACKs at what was taken make the guest resend the rest now.
   c.write([6, 7, 8, 9]);
@@ -453,7 +455,8 @@ test("segments ahead of a gap are held and SACKed, then written in order once th
   const t = h.tcp(c.flow);
   assert.deepEqual({ wr: t.rcvWr - base, held: t.held }, { wr: 300, held: 1 });
   // The socket took them: the ACK covers 300 and still reports E.
-  const acks = h.deliverEvent(c.flow, L.INK_TCP_SENT, 300, 1 << 20).map(parse);
+  h.deliverEvent(c.flow, L.INK_TCP_SENT, 100, 1 << 20);
+  const acks = h.deliverEvent(c.flow, L.INK_TCP_SENT, 200, 1 << 20).map(parse); // two segments: at once
   const last = acks[acks.length - 1]!;
   assert.equal(last.ack, (base + 300) >>> 0);
   assert.deepEqual(sackBlocks(last, base), [[400, 450]]);
@@ -566,4 +569,70 @@ test("a guest echoing data gets its lost segment resent on SACKs riding on its o
   c.write([1, 2, 3]);
   c.send({ flags: ACK | PSH, data: Uint8Array.from([4]), window: 1000, options: sackOption(base, [10, 20]) });
   assert.equal(ops(h, L.OPK_TCP_REWIND)[0]?.arg, base, "the tail loss is resent without waiting for the RTO");
+});
+
+// ---- delayed ACK (RFC 9293 §3.8.6.3) ----------------------------------------------------------------
+
+test("delayed ACK: one written segment is acknowledged within 40 ms, by the timer the engine asks for", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.write([1, 2, 3]);
+  assert.deepEqual(h.deliverEvent(c.flow, L.INK_TCP_SENT, 3, 1 << 20), []);
+  assert.equal(h.tcp(c.flow).ackDueMs, h.now + 40, "the flow owes an ACK, due in 40 ms");
+  assert.equal(h.ackDue(), h.now + 40, "and the worker is told when");
+  h.now += 39;
+  assert.deepEqual(h.flushAcks(), [], "not before it is due");
+  h.now += 1;
+  const [ack] = h.flushAcks().map(parse);
+  assert.equal(ack!.flags, ACK);
+  assert.equal(ack!.ack, c.gseq);
+  assert.equal(h.counters().TCP_DELAYED_ACKS, 1);
+  assert.equal(h.ackDue(), 0);
+  assert.equal(h.tcp(c.flow).ackDueMs, 0);
+});
+
+test("delayed ACK: the echo carries the acknowledgement, and no ACK of its own is sent", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.write([1, 2, 3]);
+  h.deliverEvent(c.flow, L.INK_TCP_SENT, 3, 1 << 20);
+  const [echo] = c.hostData(c.iss + 1, [1, 2, 3]);
+  assert.deepEqual(Array.from(echo!.data), [1, 2, 3]);
+  assert.equal(echo!.ack, c.gseq, "the echo acknowledges the request");
+  assert.equal(h.tcp(c.flow).ackDueMs, 0);
+  h.now += 100;
+  assert.deepEqual(h.flushAcks(), [], "nothing left to acknowledge");
+  assert.equal(h.counters().TCP_DELAYED_ACKS, undefined);
+});
+
+test("delayed ACK: never with two segments unacknowledged, for a FIN, or when our window is closing", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.write([1]);
+  assert.deepEqual(h.deliverEvent(c.flow, L.INK_TCP_SENT, 1, 1 << 20), []);
+  c.write([2]);
+  const [two] = h.deliverEvent(c.flow, L.INK_TCP_SENT, 1, 1 << 20).map(parse);
+  assert.equal(two!.ack, c.gseq, "the second segment is acknowledged at once");
+  // The window left is under two segments: the guest must hear it now.
+  c.write([3]);
+  const [tight] = h.deliverEvent(c.flow, L.INK_TCP_SENT, 1, 1000).map(parse);
+  assert.equal(tight!.ack, c.gseq);
+  // The guest's FIN: passed on, and its ACK goes as soon as the socket is shut.
+  c.send({ flags: ACK | FIN });
+  c.gseq++;
+  assert.deepEqual(h.takeOps().map((o) => o.kind), [L.OPK_TCP_SHUTDOWN]);
+  const [finAck] = h.deliverEvent(c.flow, L.INK_TCP_SHUT_DONE).map(parse);
+  assert.equal(finAck!.ack, c.gseq);
+});
+
+test("delayed ACK: a flow that goes away leaves nothing owed", () => {
+  const h = harness();
+  const c = new Conn(h).open();
+  c.write([1]);
+  h.deliverEvent(c.flow, L.INK_TCP_SENT, 1, 1 << 20);
+  h.deliverEvent(c.flow, L.INK_TCP_RESET, 0, 104);
+  assert.equal(h.flows().tcp, 0);
+  h.now += 40;
+  assert.deepEqual(h.flushAcks(), []);
+  assert.equal(h.ackDue(), 0);
 });

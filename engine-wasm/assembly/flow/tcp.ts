@@ -75,7 +75,7 @@
 // granted again from the tick, so a lost grant cannot stall a flow either.
 
 import {
-  KEY_SCRATCH, SACK_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
+  KEY_SCRATCH, SACK_SCRATCH, ST_ACK_DUE, ST_DELACK_COUNT, DELACK_MAX, DELACK_LIST, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
   OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, CFG_TLS_PROXY_IP, CFG_DENY_PROXY_PORT, DENY_RULE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
@@ -84,7 +84,7 @@ import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
-  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT, TCP_OOO_QUEUED, TCP_OOO_FILLED,
+  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT, TCP_OOO_QUEUED, TCP_OOO_FILLED, TCP_DELAYED_ACKS,
 } from "../counters";
 import { oooHold, oooFirst, oooPop, oooClear, oooData, oooSeq, oooLen, oooFin, oooSackBlocks, T_OOO_COUNT } from "./tcp-reassembly";
 import {
@@ -128,6 +128,8 @@ const T_PROBES = 212; // u32: probes sent (persist or keepalive) since the guest
 const T_PROBE_AT = 216; // f64: next persist / keepalive probe (0 = to be computed by the tick)
 const T_PERSIST_MS = 224; // u32: persist interval, doubling while the guest's window stays shut
 const T_EPOCH = 228; // u8: OPK_TCP_REWINDs issued (mod 256): the peek epoch current data must carry
+const T_ACK_SEGS = 229; // u8: guest segments written since our last ACK
+const T_ACK_AT = 248; // f64: when a delayed ACK is due (FL_ACK_DELAYED)
 
 const FL_SHUT_PENDING: u32 = 1; // OPK_TCP_SHUTDOWN issued for the guest's FIN
 const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
@@ -139,6 +141,8 @@ const FL_ACK_OWED: u32 = 64; // an ACK (acknowledgement, window update) found th
 const FL_SACK_OK: u32 = 128; // the guest offered SACK-permitted: held segments are reported in SACK blocks
 const FL_RECOVERY: u32 = 256; // fast recovery: only the hole before T_RECOVER_END is resent until the guest's ACK moves
 const T_RECOVER_END = 244; // u32: in fast recovery, where the hole the guest reported ends (its first SACK block)
+const FL_ACK_DELAYED: u32 = 512; // an ACK is owed and held back (on DELACK_LIST) until T_ACK_AT or a segment carries it
+const DELACK_MS: f64 = 40; // RFC 9293 §3.8.6.3 allows 500; Linux waits 40 at least
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -203,8 +207,9 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   wr16(t + 14, field);
   // Less than a segment offered: a bulk sender waits (sender-side silly-window avoidance) on its
   // probe timer, which backs off to minutes; the tick sends the update once a segment fits.
-  const f = load<u32>(rec, T_FLAGS);
+  let f = load<u32>(rec, T_FLAGS);
   const small = !syn && (<u32>field << load<u8>(rec, T_OUR_WS)) < load<u32>(rec, T_GUEST_MSS);
+  if (flags & TH_ACK) { f &= ~FL_ACK_DELAYED; store<u8>(rec, 0, T_ACK_SEGS); } // this segment carries the ACK owed
   store<u32>(rec, small ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
   store<u32>(t + 16, 0); // checksum, urgent pointer
   if (syn) {
@@ -240,6 +245,58 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   // for this ACK (or the window it carries) would otherwise sit on its own timers.
   store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_ACK_OWED, T_FLAGS);
   return false;
+}
+
+/**
+ * Acknowledge guest data that was just written (RFC 9293 §3.8.6.3): at once when two segments are
+ * unacknowledged, else within DELACK_MS, so that the next segment we send anyway (an echo, our
+ * FIN) carries it instead of a frame of its own (each one an interrupt in a VM guest).
+ */
+function ackSoon(idx: u32, rec: usize): void {
+  const segs = <u32>load<u8>(rec, T_ACK_SEGS) + 1;
+  const f = load<u32>(rec, T_FLAGS);
+  if (segs >= 2 || (f & FL_ACK_OWED)) { emitAck(rec); return; }
+  store<u8>(rec, <u8>segs, T_ACK_SEGS);
+  if (f & FL_ACK_DELAYED) return;
+  const n = load<u32>(ST_DELACK_COUNT);
+  if (n >= <u32>DELACK_MAX) { emitAck(rec); return; } // the list is full: no delay
+  store<u32>(DELACK_LIST + (<usize>n << 2), idx);
+  store<u32>(ST_DELACK_COUNT, n + 1);
+  const due = now() + DELACK_MS;
+  store<f64>(rec, due, T_ACK_AT);
+  store<u32>(rec, f | FL_ACK_DELAYED, T_FLAGS);
+  const first = load<f64>(ST_ACK_DUE);
+  if (first == 0 || due < first) store<f64>(ST_ACK_DUE, due);
+}
+
+/**
+ * Send the delayed ACKs due by `t` (the worker calls this at ST_ACK_DUE; the tick also does, as a
+ * safety net). Returns how many went out.
+ */
+export function tcpFlushAcks(t: f64): i32 {
+  store<f64>(ST_NOW_MS, t);
+  const n = load<u32>(ST_DELACK_COUNT);
+  let keep: u32 = 0;
+  let sent: i32 = 0;
+  let next: f64 = 0;
+  for (let i: u32 = 0; i < n; i++) {
+    const idx = load<u32>(DELACK_LIST + (<usize>i << 2));
+    const rec = flowRecord(idx);
+    // Gone, reused, or already carried by a segment: nothing owed by this entry.
+    if (load<u8>(rec) != 6 || !(load<u32>(rec, T_FLAGS) & FL_ACK_DELAYED)) continue;
+    const due = load<f64>(rec, T_ACK_AT);
+    if (due <= t) {
+      if (emitAck(rec)) { count(TCP_DELAYED_ACKS); sent++; continue; }
+      store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_ACK_DELAYED, T_FLAGS); // FL_ACK_OWED: the tick retries
+      continue;
+    }
+    store<u32>(DELACK_LIST + (<usize>keep << 2), idx);
+    keep++;
+    if (next == 0 || due < next) next = due;
+  }
+  store<u32>(ST_DELACK_COUNT, keep);
+  store<f64>(ST_ACK_DUE, next);
+  return sent;
 }
 
 /** A RST to the guest for a flow, then the flow is gone (the host socket closed or aborted). */
@@ -740,6 +797,7 @@ export function tcpInspect(idx: u32, what: u32): f64 {
   if (what == 4) return <f64>load<u32>(rec, T_SND_NXT);
   if (what == 5) return <f64>load<u32>(rec, T_OOO_COUNT);
   if (what == 6) return <f64>load<u32>(rec, T_FLAGS);
+  if (what == 7) return load<u32>(rec, T_FLAGS) & FL_ACK_DELAYED ? load<f64>(rec, T_ACK_AT) : 0;
   return 0;
 }
 
@@ -782,8 +840,12 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
       store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_SHUT_PENDING, T_FLAGS);
       emitAck(rec);
       emitAck(rec);
+      emitAck(rec);
+      return true;
     }
-    emitAck(rec); // if the TX ring is full the guest's next segment is answered instead
+    // Our window is closing (less than two segments left): say so now, or the guest stalls.
+    if (advWindow(rec) < 2 * linkMss(load<u8>(rec, 1) == 4)) emitAck(rec);
+    else ackSoon(idx, rec);
     return true;
   }
   if (kind == INK_TCP_WRITABLE) {
@@ -863,7 +925,8 @@ export function tcpTick(idx: u32, t: f64): bool {
   // full): sent from here, or the guest waits for its own persist timer, up to minutes.
   if (state == TS_ESTABLISHED) {
     const fl = load<u32>(rec, T_FLAGS);
-    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && advWindow(rec) >= load<u32>(rec, T_GUEST_MSS))) emitAck(rec);
+    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && advWindow(rec) >= load<u32>(rec, T_GUEST_MSS)) ||
+        ((fl & FL_ACK_DELAYED) && load<f64>(rec, T_ACK_AT) <= t)) emitAck(rec); // (a delayed ACK the timer missed)
   }
   const at = load<f64>(rec, T_TIMER_AT);
   if (at == 0) return state == TS_ESTABLISHED ? probeTick(idx, rec, t) : false;

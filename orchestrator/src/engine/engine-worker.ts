@@ -123,6 +123,7 @@ function serve(): void {
     const wrote = datapath.flush();
     if (got === 0 && done === 0 && wrote === 0) break;
   }
+  armAckTimer();
   const t = Atomics.load(auditTail, 0);
   if (t !== auditSeen) {
     auditSeen = t;
@@ -130,6 +131,23 @@ function serve(): void {
   }
   drainDnsQueries();
   takeDnsAnswers();
+}
+
+// Delayed ACKs (flow/tcp.ts): the engine leaves the earliest deadline at ST_ACK_DUE; a timer set
+// for it sends them, unless the segments that carry them went first.
+let ackTimer: NodeJS.Timeout | undefined;
+let ackTimerAt = 0;
+function armAckTimer(): void {
+  const due = dv.getFloat64(layout.ST_ACK_DUE, true);
+  if (due === 0 || stopped || (ackTimer && ackTimerAt <= due)) return;
+  clearTimeout(ackTimer);
+  ackTimerAt = due;
+  ackTimer = setTimeout(() => {
+    ackTimer = undefined;
+    if (stopped) return;
+    if (engine.engineFlushAcks(performance.now()) > 0) datapath.flush();
+    armAckTimer();
+  }, Math.max(0, due - performance.now()));
 }
 
 // ---- DNS: the interceptor's upstream sockets are native-vmm's, in this worker's epoll set ----
@@ -328,6 +346,7 @@ const control: EngineControl = {
     if (stopped) return;
     stopped = true;
     clearInterval(ticker);
+    clearTimeout(ackTimer);
     datapath.close();
     data.auditPort.close();
     data.dnsPort.close();

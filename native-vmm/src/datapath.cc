@@ -917,6 +917,7 @@ uint32_t Datapath::dnsTake(uint8_t* out, uint32_t cap) {
     if (at + entry > cap) break;
     at += entry;
   }
+  if (at == 0) return 0;  // (an empty vector's data() may be null, which memcpy must not get)
   memcpy(out, dnsStage_.data(), at);
   dnsStage_.erase(dnsStage_.begin(), dnsStage_.begin() + static_cast<std::ptrdiff_t>(at));
   return static_cast<uint32_t>(at);

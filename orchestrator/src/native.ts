@@ -39,7 +39,8 @@ let cached: NativeModule | undefined;
 export function loadNative(): NativeModule {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
-  const path = new URL("../../../native-vmm/build/Release/moat_native.node", import.meta.url).pathname;
+  // MOAT_NATIVE_ADDON: another build of the same addon (the sanitized one, native-vmm/build-asan.mjs).
+  const path = process.env.MOAT_NATIVE_ADDON || new URL("../../../native-vmm/build/Release/moat_native.node", import.meta.url).pathname;
   try {
     cached = require(path) as NativeModule;
   } catch (cause) {

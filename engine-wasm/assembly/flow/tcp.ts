@@ -193,7 +193,11 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   // SACK-permitted in our SYN (an inbound connection: offered), in a SYN-ACK only if the guest
   // offered it; SACK blocks in any other segment while segments are held beyond a gap.
   const synSack = syn && (sackOk || !(flags & TH_ACK));
-  const blocks: u32 = !syn && sackOk && !(flags & TH_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, 4) : 0;
+  // (Options count against the segment size: a full data segment carries no blocks, or its frame
+  // would outgrow the guest's MTU and the TX slot.)
+  const segMax = load<u32>(rec, T_GUEST_MSS);
+  const room: u32 = dlen == 0 ? 4 : dlen + 12 <= segMax ? min<u32>(4, (segMax - dlen - 4) >> 3) : 0;
+  const blocks: u32 = !syn && sackOk && room && !(flags & TH_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, room) : 0;
   const hlen: u32 = syn ? (synSack ? 32 : 28) : blocks ? 24 + 8 * blocks : 20;
   const t = v4 ? emitIp4(ip, 6, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, 6, rec + 24, rec + 8, hlen + dlen, 64);
   wr16(t, <u32>load<u16>(rec, 6));
@@ -497,7 +501,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
           return;
         }
       }
-      if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, 0, 0)) {
+      if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, wr, 0)) {
         store<u32>(rec, wr + dlen, T_RCV_WR);
         store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);
         // The gap before held segments may have closed: write what the stream now reaches.
@@ -557,7 +561,7 @@ function writeHeld(idx: u32, rec: usize): bool {
           return false;
         }
       }
-      if (!opPush(OPK_TCP_SEND, idx, data, n, 0, 0, 0)) break;
+      if (!opPush(OPK_TCP_SEND, idx, data, n, 0, wr, 0)) break;
       store<u32>(rec, end, T_RCV_WR);
       store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + n, F_BYTES_OUT);
       count(TCP_OOO_FILLED);

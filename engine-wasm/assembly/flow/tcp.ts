@@ -66,6 +66,8 @@
 //                                  its FIN)                           gone answers the probe with RST
 //                                                                     (FIN_WAIT_2 orphans, lost RSTs)
 //   LINGER                         2 s                                removed
+//   ESTABLISHED, guest data written delayed ACK: 40 ms (the worker's    a pure ACK, unless a segment
+//   and not yet acknowledged       timer at ST_ACK_DUE; the tick too) carried it first
 //   ESTABLISHED, our window under  every tick, once a segment fits    a window update (the one sent
 //   a segment, or an ACK lost to                                      when it reopened can be lost)
 //   a full TX ring

@@ -467,10 +467,11 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     if (d == 3 || (top != 0 && (d >= 2 || top == max))) {
       // Fast retransmit: resend the hole the guest reports, then wait for its ACK.
       const hole = sackHoleEnd(l4, doff, una, max);
-      rewind(idx, rec);
-      const f = load<u32>(rec, T_FLAGS);
-      store<u32>(rec, f | FL_RECOVERY, T_FLAGS);
-      store<u32>(rec, hole != una ? hole : una + load<u32>(rec, T_GUEST_MSS), T_RECOVER_END);
+      // (No room for the rewind: the next duplicate or the RTO tries again; no recovery without it.)
+      if (rewind(idx, rec)) {
+        store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_RECOVERY, T_FLAGS);
+        store<u32>(rec, hole != una ? hole : una + load<u32>(rec, T_GUEST_MSS), T_RECOVER_END);
+      }
     }
   } else if (seqLt(max, ack)) {
     count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
@@ -776,9 +777,9 @@ function sackTop(l4: usize, doff: u32): u32 {
 }
 
 /** Go-back-N: resend everything from snd_una (and our FIN, if it was sent). */
-function rewind(idx: u32, rec: usize): void {
+function rewind(idx: u32, rec: usize): bool {
   const una = load<u32>(rec, T_SND_UNA);
-  if (!pushRewind(idx, rec, una)) return;
+  if (!pushRewind(idx, rec, una)) return false;
   store<u32>(rec, una, T_SND_NXT);
   const f = load<u32>(rec, T_FLAGS);
   // (A timeout ends fast recovery: everything from snd_una goes again.)
@@ -786,6 +787,7 @@ function rewind(idx: u32, rec: usize): void {
   store<u32>(rec, 0, T_DUPACKS);
   count(TCP_RETRANSMITS);
   armTimer(rec);
+  return true;
 }
 
 /**

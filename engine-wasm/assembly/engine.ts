@@ -22,7 +22,7 @@
 import {
   RX_CTRL, RX_DESC_BASE, RX_BUF_BASE, RX_SLOTS, IN_CTRL, IN_DESC_BASE, IN_BUF_BASE, IN_SLOTS,
   TX_CTRL, DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, RING_CTRL_TAIL,
-  ST_OPS_COUNT, ST_NOW_MS, ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE,
+  ST_OPS_COUNT, ST_NOW_MS, ST_RUN, ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE,
   ST_IP_ID, ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY,
   CFG_GATEWAY_MAC, CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
@@ -50,7 +50,7 @@ import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } fr
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
 import { auditNotRouted, auditQuic, tlsPort } from "./policy/admit";
-import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
+import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, tcpFlushAcks, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
 import { inboundAccept } from "./flow/inbound";
 import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
@@ -91,6 +91,7 @@ export function engineDiscardOps(): void {
  */
 export function engineRun(nowMs: f64): i32 {
   store<f64>(ST_NOW_MS, nowMs);
+  store<u32>(ST_RUN, load<u32>(ST_RUN) + 1); // reassembly slots released before now may be reused
   let done: i32 = 0;
 
   // Host -> guest first: events (no data), then data; both keep replies flowing.
@@ -493,6 +494,14 @@ export function internetChecksum(p: usize, len: u32): u32 {
 
 export { policyEvaluate, classifyAny as policyClassify } from "./policy/match";
 export { dnsAnswer } from "./dns";
+export { tcpInspect } from "./flow/tcp";
+
+/** The delayed-ACK timer (ST_ACK_DUE): send the ACKs due by `nowMs`, published at once. */
+export function engineFlushAcks(nowMs: f64): i32 {
+  const n = tcpFlushAcks(nowMs);
+  if (n) txPublish();
+  return n;
+}
 
 /** Pin the address at PIN_SCRATCH under rule name `nameId` for `ttlMs` (the DNS interceptor's answers). */
 export function dnsPin(nameId: u32, ttlMs: f64, nowMs: f64): void {

@@ -46,6 +46,7 @@ export const ST_NOW_MS = STATE_BASE + 32; // f64: time of the current batch
 export const ST_DHCP_LEASED = STATE_BASE + 40; // u32: 1 once the guest took its lease
 export const ST_FLOW_FREE_TAIL = STATE_BASE + 48; // u32: free-index queue, next place to return one
 export const ST_POLICY_ACTIVE = STATE_BASE + 52; // u32: which policy slot (0/1) is in force; the orchestrator flips it
+export const ST_RUN = STATE_BASE + 60; // u32: engineRun calls (free-running): reassembly slots freed in a run are reused only after it
 export const ST_TX_NEXT = STATE_BASE + 44; // u32: TX tail being filled (published at batch end)
 export const KEY_SCRATCH = STATE_BASE + 64; // 40 bytes: the flow key being looked up
 export const DIAL_SCRATCH = STATE_BASE + 112; // 16 bytes: a dial address other than the remote
@@ -56,6 +57,12 @@ export const PKT_IP = PKT_SCRATCH + 4; // u32 L3 header offset
 export const PKT_L4 = PKT_SCRATCH + 8; // u32 L4 header offset
 export const PKT_L4LEN = PKT_SCRATCH + 12; // u32 L4 bytes
 export const PKT_FAMILY = PKT_SCRATCH + 16; // u32 4 or 6
+export const SACK_SCRATCH = STATE_BASE + 192; // 32 bytes: SACK blocks being put into a segment (flow/tcp-reassembly.ts)
+// Delayed ACKs (flow/tcp.ts): flows owing the guest an ACK, and when the first is due.
+export const ST_ACK_DUE = STATE_BASE + 224; // f64: earliest delayed-ACK deadline (ms), 0 = none; the worker sets a timer for it
+export const ST_DELACK_COUNT = STATE_BASE + 232; // u32: entries in DELACK_LIST
+export const DELACK_MAX = 512;
+export const DELACK_LIST = STATE_BASE + 256; // DELACK_MAX x u32 flow index
 
 // ---- configuration written by the orchestrator before engineInit ----------------------------
 export const CFG_BASE = 12288;
@@ -297,7 +304,16 @@ export const SECRET_SCRATCH = SECRET_FORMS_BASE + SECRET_FORMS_MAX * SECRET_FORM
 export const SECRET_CARRY_BYTES = 256; // per flow: u32 length, then the last bytes sent (< SECRET_FORM_MAX_LEN)
 export const SECRET_CARRY_BASE = SECRET_SCRATCH + 512;
 
-export const BENCH_BASE = SECRET_CARRY_BASE + FLOW_CAPACITY * SECRET_CARRY_BYTES; // 1 MiB scratch for benchmarks and tests
+// ---- TCP reassembly: guest segments that arrived ahead of a gap (flow/tcp-reassembly.ts) ------------
+// A pool shared by all flows, each flow holding at most OOO_PER_FLOW_MAX; a segment that finds no
+// room is dropped as before (DROP_TCP_OUT_OF_ORDER) and the guest retransmits it.
+export const OOO_SLOTS = 128;
+export const OOO_PER_FLOW_MAX = 32;
+export const OOO_META_BYTES = 32; // u32 owner flow + 1 (0 = free), u32 seq, u32 len, u32 FIN, u32 next slot + 1, u32 run freed in
+export const OOO_META_BASE = SECRET_CARRY_BASE + FLOW_CAPACITY * SECRET_CARRY_BYTES;
+export const OOO_BUF_BASE = OOO_META_BASE + OOO_SLOTS * OOO_META_BYTES; // OOO_SLOTS x SLOT_BYTES
+
+export const BENCH_BASE = OOO_BUF_BASE + OOO_SLOTS * SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;

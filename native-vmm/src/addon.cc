@@ -8,6 +8,8 @@
 //     .attachTap(fd) .attachStream(path) .attachVhostUser(path, mtu) .attachPacket(ifname, mtu)
 //     .start(onReady)  .pump()  .flush()  .liveSockets()  .close()
 //     .listen(id, proto, family, addr16, port, dualStack) -> bound port | -errno   .unlisten(id)
+//     .capturePcap(path, maxBytes)  .injectFaults(spec)   decorators on the attached link
+//                                                         (link-middleware.h)
 //
 // Datapath.start() watches the data path's epoll fd with a uv_poll handle on the calling
 // thread's event loop (a worker's), and calls onReady() when anything is readable. The shared
@@ -21,6 +23,7 @@
 #include <memory>
 
 #include "datapath.h"
+#include "link-middleware.h"
 #include "layout.gen.h"
 #include "tap.h"
 
@@ -53,6 +56,8 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
                         InstanceMethod("attachStream", &DatapathWrap::AttachStream),
                         InstanceMethod("attachVhostUser", &DatapathWrap::AttachVhostUser),
                         InstanceMethod("attachPacket", &DatapathWrap::AttachPacket),
+                        InstanceMethod("capturePcap", &DatapathWrap::CapturePcap),
+                        InstanceMethod("injectFaults", &DatapathWrap::InjectFaults),
                         InstanceMethod("start", &DatapathWrap::Start),
                         InstanceMethod("pump", &DatapathWrap::Pump),
                         InstanceMethod("flush", &DatapathWrap::Flush),
@@ -189,6 +194,55 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     }
     std::string err;
     return attached(info.Env(), moat::newPacketLink(info[0].As<Napi::String>(), info[1].As<Napi::Number>().Uint32Value(), err), err);
+  }
+  // capturePcap(path, maxBytes): record the attached link's frames (0 = no bound).
+  Napi::Value CapturePcap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || !info[0].IsString() || !info[1].IsNumber() || info[1].As<Napi::Number>().DoubleValue() < 0) {
+      Napi::TypeError::New(env, "capturePcap(path: string, maxBytes: number >= 0)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    const std::string path = info[0].As<Napi::String>();
+    const uint64_t max = static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue());
+    std::string err = "no link is attached";
+    if (!dp_->wrapLink([&](moat::Link* in, int, uint64_t) { return moat::newPcapLink(in, path, max, err); }))
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // injectFaults({drop, dup, reorder, delay, corrupt: 0..1, delayMs, blackoutMs, seed, toEngine, toGuest}).
+  Napi::Value InjectFaults(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!dp_ || !info[0].IsObject()) {
+      Napi::TypeError::New(env, "injectFaults(spec: object)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    moat::FaultSpec f;
+    bool bad = false;
+    auto rate = [&](const char* k, double& out) {
+      Napi::Value v = o.Get(k);
+      if (v.IsUndefined()) return;
+      const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= 1)) bad = true;
+      else out = d;
+    };
+    rate("drop", f.drop);
+    rate("dup", f.dup);
+    rate("reorder", f.reorder);
+    rate("delay", f.delay);
+    rate("corrupt", f.corrupt);
+    if (o.Get("delayMs").IsNumber()) f.delayMs = o.Get("delayMs").As<Napi::Number>().Uint32Value();
+    if (o.Get("blackoutMs").IsNumber()) f.blackoutMs = o.Get("blackoutMs").As<Napi::Number>().Uint32Value();
+    if (o.Get("seed").IsNumber()) f.seed = static_cast<uint64_t>(o.Get("seed").As<Napi::Number>().DoubleValue());
+    if (o.Get("toEngine").IsBoolean()) f.toEngine = o.Get("toEngine").As<Napi::Boolean>();
+    if (o.Get("toGuest").IsBoolean()) f.toGuest = o.Get("toGuest").As<Napi::Boolean>();
+    if (bad) {
+      Napi::RangeError::New(env, "injectFaults: rates are numbers from 0 to 1").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (!dp_->wrapLink([&](moat::Link* in, int epfd, uint64_t base) { return moat::newFaultLink(in, f, epfd, base); }))
+      Napi::Error::New(env, "no link is attached").ThrowAsJavaScriptException();
+    return env.Undefined();
   }
   Napi::Value attached(Napi::Env env, moat::Link* link, const std::string& err) {
     if (!link) Napi::Error::New(env, err).ThrowAsJavaScriptException();

@@ -87,6 +87,15 @@ void Datapath::setLink(Link* link) {
   link->watch(epfd_, LINK_TOKEN_BASE);
 }
 
+bool Datapath::wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap) {
+  if (!link_) return false;
+  Link* outer = wrap(link_.get(), epfd_, LINK_TOKEN_BASE);
+  if (!outer) return false;
+  link_.release();  // now the decorator's
+  link_.reset(outer);
+  return true;
+}
+
 // ---- rings toward the engine ----------------------------------------------------------------------
 
 bool Datapath::inboundFull() const { return L_.in.tail() - L_.in.head() >= L_.in.g.slots; }
@@ -403,13 +412,20 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
 }
 
-void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len) {
+void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq) {
   Sock& s = socks_[flow];
   if (s.fd < 0 || s.dead || s.connecting || data + static_cast<uint64_t>(len) > L_.memoryBytes) return;
   // After a short write every later write of this batch would leave a hole in the stream: skip
   // them (the engine rewound to what was written and the guest retransmits).
   if (s.writeBlocked) return;
-  ssize_t n = send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  // A write that would not continue the stream exactly where the socket is (the engine's view of
+  // its guest's stream out of step with what was written) would corrupt it: it is refused as a
+  // short write of nothing, so the engine goes back to what was written and the guest resends.
+  ssize_t n = s.wrKnown && seq != s.wrSeq ? 0 : send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n >= 0) {
+    s.wrSeq = seq + static_cast<uint32_t>(n);
+    s.wrKnown = true;
+  }
   if (n < 0) {
     if (errno != EAGAIN && errno != EINTR) {
       s.dead = true;
@@ -486,7 +502,7 @@ int Datapath::execOps() {
     if (flow >= socks_.size()) continue;
     Sock& s = socks_[flow];
     if (kind == L_.opkTcpSend) {
-      tcpSend(flow, field(L_.opData), field(L_.opLen));
+      tcpSend(flow, field(L_.opData), field(L_.opLen), field(L_.opPort));
     } else if (kind == L_.opkTcpAcked) {
       // Discard what the guest acknowledged, up to the sequence number in DATA. The kernel moves
       // the peek offset back by what is consumed but clamps it at zero: had fewer bytes been
@@ -911,6 +927,7 @@ uint32_t Datapath::dnsTake(uint8_t* out, uint32_t cap) {
     if (at + entry > cap) break;
     at += entry;
   }
+  if (at == 0) return 0;  // (an empty vector's data() may be null, which memcpy must not get)
   memcpy(out, dnsStage_.data(), at);
   dnsStage_.erase(dnsStage_.begin(), dnsStage_.begin() + static_cast<std::ptrdiff_t>(at));
   return static_cast<uint32_t>(at);

@@ -2,6 +2,7 @@
 #include <netinet/in.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -43,6 +44,10 @@ class Datapath {
   int epollFd() const { return epfd_; }
   // Attach the guest's link (takes ownership; replaces any earlier one).
   void setLink(Link* link);
+  // Put a decorator (link-middleware.h) around the attached link: `wrap` gets the link, the epoll
+  // fd and the link's token base, and returns the link used from then on, or nullptr to leave
+  // the link as it was (not taken). False when no link is attached or `wrap` refused.
+  bool wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap);
   // Returns the number of frames/datagrams/events placed in rings.
   int pump();
   // Returns the number of frames written to the link.
@@ -89,6 +94,8 @@ class Datapath {
     bool redirect = false;     // a redirect: the preamble goes out first, once connected
     uint8_t preamble[44];      // layout.ts, REDIRECT_PREAMBLE_BYTES
     uint32_t spaceEstimate = 0;  // send space measured, less what was written since
+    uint32_t wrSeq = 0;          // the guest's sequence number of the next byte the socket takes (once wrKnown)
+    bool wrKnown = false;
     uint32_t sendsSinceMeasure = 0;
     // A UDP peer of a published port: the fd is the listener's (never closed here), datagrams
     // go back with sendto to `peer`.
@@ -130,7 +137,7 @@ class Datapath {
   void pushEvent(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags);
   int execOps();
   void tcpConnect(uint32_t flow, const uint8_t* op);
-  void tcpSend(uint32_t flow, uint32_t data, uint32_t len);
+  void tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq);
   uint32_t sendSpace(int fd);
   void setTcpEvents(uint32_t flow);
   void closeSock(uint32_t flow, bool abort);

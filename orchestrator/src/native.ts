@@ -10,6 +10,10 @@ export interface NativeDatapath {
   attachVhostUser(path: string, mtu: number): void;
   /** Serve interface `ifname` (ours, existing) from its kernel side: AF_PACKET (native-vmm/src/packet.cc). */
   attachPacket(ifname: string, mtu: number): void;
+  /** Record the attached link's frames in a pcap file (native-vmm/src/link-middleware.h); maxBytes 0 = no bound. */
+  capturePcap(path: string, maxBytes: number): void;
+  /** Inject faults at the attached link (tests). */
+  injectFaults(spec: { drop?: number; dup?: number; reorder?: number; delay?: number; corrupt?: number; delayMs?: number; blackoutMs?: number; seed?: number; toEngine?: boolean; toGuest?: boolean }): void;
   start(onReady: () => void): void;
   pump(): number;
   flush(): number;
@@ -53,7 +57,8 @@ let cached: NativeModule | undefined;
 export function loadNative(): NativeModule {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
-  const path = new URL("../../../native-vmm/build/Release/moat_native.node", import.meta.url).pathname;
+  // MOAT_NATIVE_ADDON: another build of the same addon (the sanitized one, native-vmm/build-asan.mjs).
+  const path = process.env.MOAT_NATIVE_ADDON || new URL("../../../native-vmm/build/Release/moat_native.node", import.meta.url).pathname;
   try {
     cached = require(path) as NativeModule;
   } catch (cause) {

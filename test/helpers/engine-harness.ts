@@ -154,6 +154,22 @@ export class EngineHarness {
     return this.engine.engineTick(this.now, budget);
   }
 
+  /** A TCP flow's state, read from the engine (flow/tcp.ts, tcpInspect). */
+  tcp(flow: number): { state: "none" | "dialing" | "syn-rcvd" | "established" | "linger" | "syn-sent"; rcvNxt: number; rcvWr: number; sndUna: number; sndNxt: number; held: number; flags: number; ackDueMs: number } {
+    const at = (w: number) => this.engine.tcpInspect(flow, w);
+    const states = ["none", "none", "dialing", "syn-rcvd", "established", "linger", "syn-sent"] as const;
+    return { state: states[at(0)] ?? "none", rcvNxt: at(1), rcvWr: at(2), sndUna: at(3), sndNxt: at(4), held: at(5), flags: at(6), ackDueMs: at(7) };
+  }
+
+  /** The delayed-ACK timer firing at the harness's clock: the frames sent. */
+  flushAcks(): Uint8Array[] {
+    this.engine.engineFlushAcks(this.now);
+    return this.takeTx();
+  }
+
+  /** When the next delayed ACK is due (0: none), as the worker reads it. */
+  ackDue(): number { return this.dv.getFloat64(L.ST_ACK_DUE, true); }
+
   counters(): Record<string, number> {
     return readCounters(this.mem, true);
   }

@@ -4,9 +4,9 @@
 // says the same statuses through the library.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason } from "../testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, sandboxReadableDir } from "../testbed/world.js";
 import { poolTag } from "../../orchestrator/src/sandbox/addressing.js";
 import { processStat } from "../../orchestrator/src/sandbox/ownership.js";
 
@@ -17,7 +17,7 @@ let dir: string;
 before(async () => {
   if (skip) return;
   world = World.create();
-  dir = mkdtempSync("/tmp/moat-exit-codes-");
+  dir = sandboxReadableDir("moat-exit-codes-"); // the sandbox watches a file here (its /tmp is its own)
   writeFileSync(join(dir, "not-executable"), "#!/bin/sh\necho hi\n");
   chmodSync(join(dir, "not-executable"), 0o644);
   mkdirSync(join(dir, "a-directory"));

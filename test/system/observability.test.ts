@@ -3,9 +3,9 @@
 // promtool accepts and whose series move with what happened; --stats-interval's JSON lines.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, existsSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
-import { World, WORLD_IP4, HOSTS, TESTBED_JS, systemTestSkipReason, hasTool } from "../testbed/world.js";
+import { World, WORLD_IP4, HOSTS, TESTBED_JS, systemTestSkipReason, hasTool, sandboxReadableDir } from "../testbed/world.js";
 import { makeCa, makeServerCert } from "../testbed/test-pki.js";
 
 const skip = systemTestSkipReason() ?? (hasTool("curl", "--version") && hasTool("openssl", "version") && hasTool("socat", "-V") ? undefined : "curl, openssl or socat is not installed");
@@ -16,7 +16,7 @@ let dir = "";
 before(async () => {
   if (skip) return;
   process.env.API_KEY = "sk-obs-test-0123456789abcdef"; // the secret's value, in moat's environment
-  dir = mkdtempSync("/tmp/moat-obs-");
+  dir = sandboxReadableDir("moat-obs-"); // the sandbox watches a file here (its /tmp is its own)
   makeCa(dir, "world-ca", "world test CA");
   makeServerCert(dir, "world-ca", ["DNS:allowed.test", "DNS:other.test", `IP:${WORLD_IP4}`]);
   world = World.create();
@@ -125,9 +125,7 @@ test("the audit log has one JSON shape, v 1, for denials, DNS blocks, TLS refusa
 });
 
 test("--metrics serves an exposition promtool accepts during traffic; a denial, a DNS block, a TLS refusal and a secret violation each move their series; --stats-interval prints JSON lines", { skip }, async () => {
-  const ready = `${dir}/traffic-done`;
   const go = `${dir}/may-exit`;
-  rmSync(ready, { force: true });
   rmSync(go, { force: true });
   const script = [
     `socat -u /dev/null TCP:${HOSTS.private}:80,connect-timeout=1 2>/dev/null`,
@@ -137,18 +135,21 @@ test("--metrics serves an exposition promtool accepts during traffic; a denial, 
     `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | socat -t2 - TCP:${WORLD_IP4}:443 >/dev/null 2>&1`, // not TLS: a refusal
     "dig +short +tries=1 +time=2 $API_KEY.other.test >/dev/null",
     `echo hello | socat - TCP:${WORLD_IP4}:7 >/dev/null`,
-    `touch ${ready}`,
+    "echo traffic-done", // (the sandbox cannot write the host's files: it says so on stdout)
     // Traffic goes on while the test scrapes: a stream to the echo server until told to stop.
     `(while [ ! -e ${go} ]; do head -c 65536 /dev/zero; sleep 0.05; done) | socat - TCP:${WORLD_IP4}:7 >/dev/null`,
   ].join("; ");
   const child = world.spawnMoat(["run", "--name", "metrics-test", "--metrics", "127.0.0.1:0", "--stats-interval", "1", "--dns-nameserver", WORLD_IP4,
     "--dns-block", "blocked.test", "--tls-upstream-ca", `${dir}/world-ca.pem`, "--secret", "API_KEY@allowed.test", "--", "sh", "-c", script]);
   let stderr = "";
+  let stdout = "";
   child.stderr!.on("data", (d) => (stderr += d));
+  child.stdout!.on("data", (d) => (stdout += d));
+  const ready = () => stdout.includes("traffic-done");
   const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
   try {
-    for (let i = 0; i < 300 && !existsSync(ready); i++) await new Promise((r) => setTimeout(r, 100));
-    assert.ok(existsSync(ready), `the traffic did not finish:\n${stderr}`);
+    for (let i = 0; i < 300 && !ready(); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(ready(), `the traffic did not finish:\n${stderr}`);
     const port = /metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(stderr)?.[1];
     assert.ok(port, stderr);
     await new Promise((r) => setTimeout(r, 1500)); // the stream is flowing; a --stats-interval line is due

@@ -3,9 +3,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, moatNamespaces } from "../testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, moatNamespaces, sandboxReadableDir } from "../testbed/world.js";
 import { poolTag, netnsName } from "../../orchestrator/src/sandbox/addressing.js";
 import { processStat } from "../../orchestrator/src/sandbox/ownership.js";
 
@@ -20,7 +20,7 @@ before(async () => {
   if (skip) return;
   world = World.create();
   await world.startServer("udp-echo", 7);
-  dir = mkdtempSync("/tmp/moat-ownership-");
+  dir = sandboxReadableDir("moat-ownership-"); // the sandboxes watch a file here (their /tmp is their own)
 });
 after(() => {
   world?.teardown();

@@ -3,7 +3,11 @@
 //
 // Read first: RFC 9293 (TCP), RFC 7323 §2 (window scale), RFC 6298 (retransmission timer),
 // RFC 5681 §3.2 (fast retransmit). This is a deliberately small TCP: it talks only to one guest
-// over a lossless-ish virtual link, so it uses go-back-N retransmission, no SACK, no timestamps.
+// over a virtual link, so toward the guest it uses go-back-N retransmission on a timeout, and on
+// three duplicate ACKs resends only the hole the guest's SACK blocks show (one segment without
+// them) until its ACK moves (RFC 6675 in spirit, one hole at a time); no timestamps. From
+// the guest, segments that arrive ahead of a gap (a frame lost or reordered on the way) are held
+// and SACKed (flow/tcp-reassembly.ts, RFC 2018), so the guest resends only what is missing.
 //
 // Theory of operation
 // The engine plays the server side toward the guest and lets the host kernel's TCP do the real
@@ -62,6 +66,8 @@
 //                                  its FIN)                           gone answers the probe with RST
 //                                                                     (FIN_WAIT_2 orphans, lost RSTs)
 //   LINGER                         2 s                                removed
+//   ESTABLISHED, guest data written delayed ACK: 40 ms (the worker's    a pure ACK, unless a segment
+//   and not yet acknowledged       timer at ST_ACK_DUE; the tick too) carried it first
 //   ESTABLISHED, our window under  every tick, once a segment fits    a window update (the one sent
 //   a segment, or an ACK lost to                                      when it reopened can be lost)
 //   a full TX ring
@@ -71,7 +77,7 @@
 // granted again from the tick, so a lost grant cannot stall a flow either.
 
 import {
-  KEY_SCRATCH, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
+  KEY_SCRATCH, SACK_SCRATCH, ST_ACK_DUE, ST_DELACK_COUNT, DELACK_MAX, DELACK_LIST, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
   OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, CFG_TLS_PROXY_IP, CFG_DENY_PROXY_PORT, DENY_RULE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
@@ -80,8 +86,9 @@ import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
-  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT,
+  TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT, TCP_OOO_QUEUED, TCP_OOO_FILLED, TCP_DELAYED_ACKS,
 } from "../counters";
+import { oooHold, oooFirst, oooPop, oooClear, oooData, oooSeq, oooLen, oooFin, oooSackBlocks, T_OOO_COUNT } from "./tcp-reassembly";
 import {
   flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
   F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer,
@@ -123,6 +130,8 @@ const T_PROBES = 212; // u32: probes sent (persist or keepalive) since the guest
 const T_PROBE_AT = 216; // f64: next persist / keepalive probe (0 = to be computed by the tick)
 const T_PERSIST_MS = 224; // u32: persist interval, doubling while the guest's window stays shut
 const T_EPOCH = 228; // u8: OPK_TCP_REWINDs issued (mod 256): the peek epoch current data must carry
+const T_ACK_SEGS = 229; // u8: guest segments written since our last ACK
+const T_ACK_AT = 248; // f64: when a delayed ACK is due (FL_ACK_DELAYED)
 
 const FL_SHUT_PENDING: u32 = 1; // OPK_TCP_SHUTDOWN issued for the guest's FIN
 const FL_GUEST_FIN: u32 = 2; // guest's FIN written through (rcv_nxt counts it)
@@ -131,6 +140,11 @@ const FL_FIN_SENT: u32 = 8;
 const FL_FIN_ACKED: u32 = 16;
 const FL_WND_SHUT: u32 = 32; // the last segment offered the guest less than a segment: an update is owed once it opens
 const FL_ACK_OWED: u32 = 64; // an ACK (acknowledgement, window update) found the TX ring full
+const FL_SACK_OK: u32 = 128; // the guest offered SACK-permitted: held segments are reported in SACK blocks
+const FL_RECOVERY: u32 = 256; // fast recovery: only the hole before T_RECOVER_END is resent until the guest's ACK moves
+const T_RECOVER_END = 244; // u32: in fast recovery, where the hole the guest reported ends (its first SACK block)
+const FL_ACK_DELAYED: u32 = 512; // an ACK is owed and held back (on DELACK_LIST) until T_ACK_AT or a segment carries it
+const DELACK_MS: f64 = 40; // RFC 9293 §3.8.6.3 allows 500; Linux waits 40 at least
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -177,7 +191,16 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   const v4 = load<u8>(rec, 1) == 4;
   const ip = emitEth(out, CFG_GUEST_MAC, v4 ? 0x0800 : 0x86dd);
   const syn = (flags & TH_SYN) != 0;
-  const hlen: u32 = syn ? 28 : 20;
+  const sackOk = (load<u32>(rec, T_FLAGS) & FL_SACK_OK) != 0;
+  // SACK-permitted in our SYN (an inbound connection: offered), in a SYN-ACK only if the guest
+  // offered it; SACK blocks in any other segment while segments are held beyond a gap.
+  const synSack = syn && (sackOk || !(flags & TH_ACK));
+  // (Options count against the segment size: a full data segment carries no blocks, or its frame
+  // would outgrow the guest's MTU and the TX slot.)
+  const segMax = load<u32>(rec, T_GUEST_MSS);
+  const room: u32 = dlen == 0 ? 4 : dlen + 12 <= segMax ? min<u32>(4, (segMax - dlen - 4) >> 3) : 0;
+  const blocks: u32 = !syn && sackOk && room && !(flags & TH_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, room) : 0;
+  const hlen: u32 = syn ? (synSack ? 32 : 28) : blocks ? 24 + 8 * blocks : 20;
   const t = v4 ? emitIp4(ip, 6, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, 6, rec + 24, rec + 8, hlen + dlen, 64);
   wr16(t, <u32>load<u16>(rec, 6));
   wr16(t + 2, <u32>load<u16>(rec, 4));
@@ -190,8 +213,9 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   wr16(t + 14, field);
   // Less than a segment offered: a bulk sender waits (sender-side silly-window avoidance) on its
   // probe timer, which backs off to minutes; the tick sends the update once a segment fits.
-  const f = load<u32>(rec, T_FLAGS);
+  let f = load<u32>(rec, T_FLAGS);
   const small = !syn && (<u32>field << load<u8>(rec, T_OUR_WS)) < load<u32>(rec, T_GUEST_MSS);
+  if (flags & TH_ACK) { f &= ~FL_ACK_DELAYED; store<u8>(rec, 0, T_ACK_SEGS); } // this segment carries the ACK owed
   store<u32>(rec, small ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
   store<u32>(t + 16, 0); // checksum, urgent pointer
   if (syn) {
@@ -199,6 +223,10 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
     store<u8>(t + 20, 2); store<u8>(t + 21, 4); wr16(t + 22, mss > 0xffff ? 0xffff : mss);
     if (load<u8>(rec, T_OUR_WS)) { store<u8>(t + 24, 1); store<u8>(t + 25, 3); store<u8>(t + 26, 3); store<u8>(t + 27, <u8>OUR_WS); }
     else store<u32>(t + 24, 0x01010101); // NOPs
+    if (synSack) store<u32>(t + 28, 0x02040101); // NOP, NOP, SACK-permitted (kind 4, length 2)
+  } else if (blocks) {
+    store<u32>(t + 20, 0x00050101 | ((2 + 8 * blocks) << 24)); // NOP, NOP, SACK (kind 5), length
+    memory.copy(t + 24, SACK_SCRATCH, 8 * blocks);
   }
   if (dlen) memory.copy(t + hlen, data, dlen);
   if (v4) fillL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, 6);
@@ -225,6 +253,58 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   return false;
 }
 
+/**
+ * Acknowledge guest data that was just written (RFC 9293 §3.8.6.3): at once when two segments are
+ * unacknowledged, else within DELACK_MS, so that the next segment we send anyway (an echo, our
+ * FIN) carries it instead of a frame of its own (each one an interrupt in a VM guest).
+ */
+function ackSoon(idx: u32, rec: usize): void {
+  const segs = <u32>load<u8>(rec, T_ACK_SEGS) + 1;
+  const f = load<u32>(rec, T_FLAGS);
+  if (segs >= 2 || (f & FL_ACK_OWED)) { emitAck(rec); return; }
+  store<u8>(rec, <u8>segs, T_ACK_SEGS);
+  if (f & FL_ACK_DELAYED) return;
+  const n = load<u32>(ST_DELACK_COUNT);
+  if (n >= <u32>DELACK_MAX) { emitAck(rec); return; } // the list is full: no delay
+  store<u32>(DELACK_LIST + (<usize>n << 2), idx);
+  store<u32>(ST_DELACK_COUNT, n + 1);
+  const due = now() + DELACK_MS;
+  store<f64>(rec, due, T_ACK_AT);
+  store<u32>(rec, f | FL_ACK_DELAYED, T_FLAGS);
+  const first = load<f64>(ST_ACK_DUE);
+  if (first == 0 || due < first) store<f64>(ST_ACK_DUE, due);
+}
+
+/**
+ * Send the delayed ACKs due by `t` (the worker calls this at ST_ACK_DUE; the tick also does, as a
+ * safety net). Returns how many went out.
+ */
+export function tcpFlushAcks(t: f64): i32 {
+  store<f64>(ST_NOW_MS, t);
+  const n = load<u32>(ST_DELACK_COUNT);
+  let keep: u32 = 0;
+  let sent: i32 = 0;
+  let next: f64 = 0;
+  for (let i: u32 = 0; i < n; i++) {
+    const idx = load<u32>(DELACK_LIST + (<usize>i << 2));
+    const rec = flowRecord(idx);
+    // Gone, reused, or already carried by a segment: nothing owed by this entry.
+    if (load<u8>(rec) != 6 || !(load<u32>(rec, T_FLAGS) & FL_ACK_DELAYED)) continue;
+    const due = load<f64>(rec, T_ACK_AT);
+    if (due <= t) {
+      if (emitAck(rec)) { count(TCP_DELAYED_ACKS); sent++; continue; }
+      store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_ACK_DELAYED, T_FLAGS); // FL_ACK_OWED: the tick retries
+      continue;
+    }
+    store<u32>(DELACK_LIST + (<usize>keep << 2), idx);
+    keep++;
+    if (next == 0 || due < next) next = due;
+  }
+  store<u32>(ST_DELACK_COUNT, keep);
+  store<f64>(ST_ACK_DUE, next);
+  return sent;
+}
+
 /** A RST to the guest for a flow, then the flow is gone (the host socket closed or aborted). */
 function resetBoth(idx: u32, rec: usize, abortHost: bool): void {
   emitSegment(rec, TH_RST | TH_ACK, load<u32>(rec, T_SND_NXT), 0, 0);
@@ -233,6 +313,7 @@ function resetBoth(idx: u32, rec: usize, abortHost: bool): void {
 
 /** Remove a TCP flow; `closeOp` (0 = none) is queued for its host socket first. */
 function tcpRemove(idx: u32, closeOp: u32): void {
+  oooClear(flowRecord(idx));
   if (closeOp) opPush(closeOp, idx, 0, 0, 0, 0, 0);
   if (load<u32>(flowRecord(idx), F_STATE) != TS_LINGER) store<u32>(ST_TCP_LIVE, load<u32>(ST_TCP_LIVE) - 1);
   count(TCP_FLOWS_CLOSED);
@@ -352,7 +433,18 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     // Absolute: native-vmm discards up to this sequence number, so a lost op is made good by the
     // next one instead of leaving the socket's queue out of step with snd_una for good.
     if (acked) opPush(OPK_TCP_ACKED, idx, f & FL_FIN_ACKED ? load<u32>(rec, T_FIN_SEQ) : ack, acked, 0, 0, 0);
-    if (seqLt(nxt, ack)) {
+    if (f & FL_RECOVERY) {
+      // The resent hole arrived. Everything the guest holds beyond it is now acknowledged; what
+      // it still lacks starts at ack: the next hole (its first SACK block shows where it ends),
+      // or, without blocks, everything from ack (go-back-N). Either way sending resumes at ack
+      // (native-vmm peeked past the hole meanwhile, and that data was not sent).
+      const hole = sackHoleEnd(l4, doff, ack, max);
+      if (ack == max || hole == ack) store<u32>(rec, f & ~FL_RECOVERY, T_FLAGS);
+      else store<u32>(rec, hole, T_RECOVER_END);
+      // (Also at max: data peeked past the hole, new data included, was held back, not sent.)
+      if (!(f & FL_FIN_ACKED) && pushRewind(idx, rec, ack)) store<u32>(rec, ack, T_SND_NXT);
+      else if (seqLt(nxt, ack)) store<u32>(rec, ack, T_SND_NXT);
+    } else if (seqLt(nxt, ack)) {
       // The guest had received more than a rewind assumed: carry on from what it acknowledged.
       store<u32>(rec, ack, T_SND_NXT);
       if (!(f & FL_FIN_ACKED)) pushRewind(idx, rec, ack);
@@ -362,10 +454,25 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     store<u32>(rec, RTO_MIN_MS, T_RTO_MS);
     if (ack == max) store<f64>(rec, 0, T_TIMER_AT);
     else armTimer(rec);
-  } else if (ack == una && una != nxt && dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) {
+  } else if (ack == una && una != max && !(load<u32>(rec, T_FLAGS) & FL_RECOVERY) &&
+             ((dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) || sackHoleEnd(l4, doff, una, max) != una)) {
+    // A duplicate ACK: a pure one (RFC 5681), or any segment whose SACK blocks report data above
+    // a hole (RFC 6675: an echoing guest's ACKs ride on its data, and its window moves).
     const d = load<u32>(rec, T_DUPACKS) + 1;
     store<u32>(rec, d, T_DUPACKS);
-    if (d == 3) rewind(idx, rec); // fast retransmit
+    // Three of them; two that SACK data above the hole (on this link a segment overtaken by two
+    // others is lost, not late); or one whose SACKs reach everything sent (a loss at the tail of
+    // a burst brings no more duplicates: it would wait for the RTO).
+    const top = sackTop(l4, doff);
+    if (d == 3 || (top != 0 && (d >= 2 || top == max))) {
+      // Fast retransmit: resend the hole the guest reports, then wait for its ACK.
+      const hole = sackHoleEnd(l4, doff, una, max);
+      // (No room for the rewind: the next duplicate or the RTO tries again; no recovery without it.)
+      if (rewind(idx, rec)) {
+        store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_RECOVERY, T_FLAGS);
+        store<u32>(rec, hole != una ? hole : una + load<u32>(rec, T_GUEST_MSS), T_RECOVER_END);
+      }
+    }
   } else if (seqLt(max, ack)) {
     count(DROP_TCP_OUT_OF_WINDOW); // acknowledges what we never sent
     emitAck(rec);
@@ -397,14 +504,19 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
           return;
         }
       }
-      if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, 0, 0)) {
+      if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, wr, 0)) {
         store<u32>(rec, wr + dlen, T_RCV_WR);
         store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);
+        // The gap before held segments may have closed: write what the stream now reaches.
+        if (oooFirst(rec) && !(flags & TH_FIN) && !writeHeld(idx, rec)) return;
       }
     } else if (seqLe(seq + dlen, wr)) {
       emitAck(rec); // an old duplicate: tell the guest where we are
     } else {
-      count(DROP_TCP_OUT_OF_ORDER); // a gap: drop and duplicate-ACK so the guest retransmits
+      // Ahead of a gap: held (and SACKed) within the largest window we offer, else dropped; either
+      // way a duplicate ACK tells the guest where the gap is.
+      if (seq + dlen - wr <= (0xffff << OUR_WS) && oooHold(idx, rec, seq, data, dlen, (flags & TH_FIN) != 0)) count(TCP_OOO_QUEUED);
+      else count(DROP_TCP_OUT_OF_ORDER);
       emitAck(rec);
       return;
     }
@@ -412,16 +524,57 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
   if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
     emitAck(rec); // an unacceptable segment, e.g. a zero-window probe: answer with where we are
   }
-  if (flags & TH_FIN) {
-    const finSeq = seq + dlen;
-    const f2 = load<u32>(rec, T_FLAGS);
-    if (f2 & FL_GUEST_FIN) emitAck(rec); // retransmitted FIN: our ACK was lost
-    else if (!(f2 & FL_SHUT_PENDING) && finSeq == load<u32>(rec, T_RCV_WR)) {
-      if (opPush(OPK_TCP_SHUTDOWN, idx, 0, 0, 0, 0, 0)) store<u32>(rec, f2 | FL_SHUT_PENDING, T_FLAGS);
-    }
-  }
+  if (flags & TH_FIN) guestFin(idx, rec, seq + dlen);
   maybeFinished(idx, rec);
   return;
+}
+
+/** The guest's FIN at `finSeq`: passed on once every byte before it was issued to the socket. */
+function guestFin(idx: u32, rec: usize, finSeq: u32): void {
+  const f2 = load<u32>(rec, T_FLAGS);
+  if (f2 & FL_GUEST_FIN) emitAck(rec); // retransmitted FIN: our ACK was lost
+  else if (!(f2 & FL_SHUT_PENDING) && finSeq == load<u32>(rec, T_RCV_WR)) {
+    if (opPush(OPK_TCP_SHUTDOWN, idx, 0, 0, 0, 0, 0)) store<u32>(rec, f2 | FL_SHUT_PENDING, T_FLAGS);
+  }
+}
+
+/**
+ * Write the held segments (flow/tcp-reassembly.ts) that rcv_wr now reaches, in order, straight
+ * from their pool slots; a held FIN is passed on after its data. Stops at the next gap, or when
+ * the host-op list is full (what is left stays held; the guest's retransmission brings it back
+ * here). False when the flow was reset (a secret's placeholder in the held bytes).
+ */
+function writeHeld(idx: u32, rec: usize): bool {
+  let h = oooFirst(rec);
+  while (h) {
+    const s = h - 1;
+    const seq = oooSeq(s);
+    const end = seq + oooLen(s);
+    const wr = load<u32>(rec, T_RCV_WR);
+    if (seqLt(wr, seq)) break; // still a gap before it
+    if (seqLt(wr, end)) {
+      if (load<u32>(rec, T_FLAGS) & (FL_SHUT_PENDING | FL_GUEST_FIN)) { oooClear(rec); break; }
+      const data = oooData(s) + <usize>(wr - seq);
+      const n = end - wr;
+      if (secretsActive() && load<u8>(rec, F_ROUTE) != ROUTE_SERVICE) {
+        const f = secretInStream(idx, data, n);
+        if (f) {
+          auditSecret(6, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
+          resetBoth(idx, rec, true);
+          return false;
+        }
+      }
+      if (!opPush(OPK_TCP_SEND, idx, data, n, 0, wr, 0)) break;
+      store<u32>(rec, end, T_RCV_WR);
+      store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + n, F_BYTES_OUT);
+      count(TCP_OOO_FILLED);
+    }
+    const fin = oooFin(s);
+    oooPop(rec);
+    if (fin && end == load<u32>(rec, T_RCV_WR)) guestFin(idx, rec, end);
+    h = oooFirst(rec);
+  }
+  return true;
 }
 
 /** A guest SYN for a new connection: create the flow and dial. */
@@ -485,6 +638,7 @@ function takeSynOptions(rec: usize, l4: usize): void {
     if (olen < 2 || o + olen > end) break;
     if (kind == 2 && olen == 4) mss = rd16(o + 2);
     if (kind == 3 && olen == 3) guestWs = <i32>min<u32>(load<u8>(o + 2), 14);
+    if (kind == 4 && olen == 2) store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_SACK_OK, T_FLAGS);
     o += olen;
   }
   const linkMax = linkMss(v4);
@@ -573,16 +727,86 @@ function pushRewind(idx: u32, rec: usize, seq: u32): bool {
   return true;
 }
 
+/**
+ * Where the hole after `from` ends by the guest's SACK blocks in the segment at `l4`: the lowest
+ * left edge above `from` (and not beyond `max`), or `from` when the segment reports none.
+ */
+function sackHoleEnd(l4: usize, doff: u32, from: u32, max: u32): u32 {
+  let o = l4 + 20;
+  const end = l4 + doff;
+  let best = from;
+  while (o < end) {
+    const kind = <u32>load<u8>(o);
+    if (kind == 0) break;
+    if (kind == 1) { o++; continue; }
+    if (o + 1 >= end) break;
+    const olen = <u32>load<u8>(o + 1);
+    if (olen < 2 || o + olen > end) break;
+    if (kind == 5) {
+      for (let b = o + 2; b + 8 <= o + olen; b += 8) {
+        const left = rd32(b);
+        if (seqLt(from, left) && seqLe(left, max) && (best == from || seqLt(left, best))) best = left;
+      }
+    }
+    o += olen;
+  }
+  return best;
+}
+
+/** The highest right edge among the SACK blocks of the segment at `l4` (0 when it has none). */
+function sackTop(l4: usize, doff: u32): u32 {
+  let o = l4 + 20;
+  const end = l4 + doff;
+  let top: u32 = 0;
+  while (o < end) {
+    const kind = <u32>load<u8>(o);
+    if (kind == 0) break;
+    if (kind == 1) { o++; continue; }
+    if (o + 1 >= end) break;
+    const olen = <u32>load<u8>(o + 1);
+    if (olen < 2 || o + olen > end) break;
+    if (kind == 5) {
+      for (let b = o + 2; b + 8 <= o + olen; b += 8) {
+        const right = rd32(b + 4);
+        if (top == 0 || seqLt(top, right)) top = right;
+      }
+    }
+    o += olen;
+  }
+  return top;
+}
+
 /** Go-back-N: resend everything from snd_una (and our FIN, if it was sent). */
-function rewind(idx: u32, rec: usize): void {
+function rewind(idx: u32, rec: usize): bool {
   const una = load<u32>(rec, T_SND_UNA);
-  if (!pushRewind(idx, rec, una)) return;
+  if (!pushRewind(idx, rec, una)) return false;
   store<u32>(rec, una, T_SND_NXT);
   const f = load<u32>(rec, T_FLAGS);
-  if ((f & FL_FIN_SENT) && !(f & FL_FIN_ACKED)) store<u32>(rec, f & ~FL_FIN_SENT, T_FLAGS);
+  // (A timeout ends fast recovery: everything from snd_una goes again.)
+  store<u32>(rec, (f & FL_FIN_SENT) && !(f & FL_FIN_ACKED) ? f & ~(FL_FIN_SENT | FL_RECOVERY) : f & ~FL_RECOVERY, T_FLAGS);
   store<u32>(rec, 0, T_DUPACKS);
   count(TCP_RETRANSMITS);
   armTimer(rec);
+  return true;
+}
+
+/**
+ * A TCP flow's state for tests (test/helpers/engine-harness.ts, tcpState): `what` 0 state (TS_*,
+ * 0 when the flow is not TCP), 1 rcv_nxt, 2 rcv_wr, 3 snd_una, 4 snd_nxt, 5 segments held beyond
+ * a gap, 6 flags (FL_*), 7 the delayed-ACK deadline (ms, 0 = none).
+ */
+export function tcpInspect(idx: u32, what: u32): f64 {
+  const rec = flowRecord(idx);
+  if (load<u8>(rec) != 6) return 0;
+  if (what == 0) return <f64>load<u32>(rec, F_STATE);
+  if (what == 1) return <f64>load<u32>(rec, T_RCV_NXT);
+  if (what == 2) return <f64>load<u32>(rec, T_RCV_WR);
+  if (what == 3) return <f64>load<u32>(rec, T_SND_UNA);
+  if (what == 4) return <f64>load<u32>(rec, T_SND_NXT);
+  if (what == 5) return <f64>load<u32>(rec, T_OOO_COUNT);
+  if (what == 6) return <f64>load<u32>(rec, T_FLAGS);
+  if (what == 7) return load<u32>(rec, T_FLAGS) & FL_ACK_DELAYED ? load<f64>(rec, T_ACK_AT) : 0;
+  return 0;
 }
 
 // ---- events from the host socket -----------------------------------------------------------------
@@ -601,6 +825,8 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
       count(TCP_STALE_DATA);
       return true;
     }
+    const fr = load<u32>(rec, T_FLAGS);
+    if ((fr & FL_RECOVERY) && !seqLt(arg, load<u32>(rec, T_RECOVER_END))) return true; // beyond the hole: after the guest's ACK
     if (!emitSegment(rec, TH_ACK | TH_PSH, arg, buf, len)) return false;
     store<u32>(rec, arg + len, T_SND_NXT);
     if (seqLt(load<u32>(rec, T_SND_MAX), arg + len)) store<u32>(rec, arg + len, T_SND_MAX);
@@ -622,8 +848,12 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
       store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_SHUT_PENDING, T_FLAGS);
       emitAck(rec);
       emitAck(rec);
+      emitAck(rec);
+      return true;
     }
-    emitAck(rec); // if the TX ring is full the guest's next segment is answered instead
+    // Our window is closing (less than two segments left): say so now, or the guest stalls.
+    if (advWindow(rec) < 2 * linkMss(load<u8>(rec, 1) == 4)) emitAck(rec);
+    else ackSoon(idx, rec);
     return true;
   }
   if (kind == INK_TCP_WRITABLE) {
@@ -703,7 +933,8 @@ export function tcpTick(idx: u32, t: f64): bool {
   // full): sent from here, or the guest waits for its own persist timer, up to minutes.
   if (state == TS_ESTABLISHED) {
     const fl = load<u32>(rec, T_FLAGS);
-    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && advWindow(rec) >= load<u32>(rec, T_GUEST_MSS))) emitAck(rec);
+    if ((fl & FL_ACK_OWED) || ((fl & FL_WND_SHUT) && advWindow(rec) >= load<u32>(rec, T_GUEST_MSS)) ||
+        ((fl & FL_ACK_DELAYED) && load<f64>(rec, T_ACK_AT) <= t)) emitAck(rec); // (a delayed ACK the timer missed)
   }
   const at = load<f64>(rec, T_TIMER_AT);
   if (at == 0) return state == TS_ESTABLISHED ? probeTick(idx, rec, t) : false;

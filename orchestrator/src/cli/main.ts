@@ -68,6 +68,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "vm-link", kind: "string", metavar: "KIND", choices: ["vhost-user", "stream"], help: "how the guest's NIC reaches moat: vhost-user (default: virtqueues in\nshared memory) or stream (QEMU -netdev stream, portable)" },
   { name: "vm-accel", kind: "string", metavar: "ACCEL", choices: ["auto", "kvm", "tcg"], help: "auto (default: KVM where the guest boots on it, else TCG), kvm or tcg" },
   { name: "name", kind: "string", metavar: "NAME", help: "the sandbox's name (audit events, MAC addresses), unique among this host's\nlive sandboxes (default moat-<pool tag>-<slot>, the namespace's name)" },
+  { name: "pcap", kind: "string", metavar: "FILE", help: "write every frame at the sandbox's link to FILE (pcap, nanosecond\ntimestamps, Ethernet: tcpdump -r FILE, wireshark)" },
+  { name: "pcap-max-bytes", kind: "int", metavar: "N", min: 0, max: 2 ** 50, help: "stop capturing (saying so once) before FILE exceeds N bytes (default\n256 MiB; 0: no bound)" },
   { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
   { name: "stats-interval", kind: "int", metavar: "SECONDS", min: 1, max: 86400, help: "also print the counters of --metrics every SECONDS as one JSON line on\nstderr ({\"v\":1,\"kind\":\"stats\",\"sandbox\":...,\"counters\":{...},\"dns\":...})" },
   { name: "metrics", kind: "string", metavar: "[ADDR:]PORT", help: "serve Prometheus metrics (text format 0.0.4) at http://ADDR:PORT/metrics\n(ADDR default 127.0.0.1; PORT 0 picks one, printed): flows, bytes and\npackets, drops by reason, DNS, TLS, secrets, policy; a sandbox label each" },
@@ -311,6 +313,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     onSecretViolation: (flags.get("secret-violation") as ViolationAction | undefined) ?? file.secretViolation,
     defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
     user: (flags.get("user") as string | undefined) ?? config.sandbox?.user,
+    pcap: pcapOption(flags),
   };
 }
 
@@ -341,6 +344,15 @@ function commandEnv(lists: Map<string, string[]>, fromConfig: Record<string, str
   }
   for (const e of lists.get("env") ?? []) add(e, "-e");
   return env;
+}
+
+function pcapOption(flags: Map<string, string | number | boolean>): { path: string; maxBytes?: number } | undefined {
+  const maxBytes = flags.get("pcap-max-bytes") as number | undefined;
+  if (!flags.has("pcap")) {
+    if (maxBytes !== undefined) throw new ConfigError("--pcap-max-bytes needs --pcap", "add --pcap FILE");
+    return undefined;
+  }
+  return { path: flags.get("pcap") as string, maxBytes };
 }
 
 /** --tls-* over the config file's tls section; undefined when nothing asks for interception. */

@@ -6,6 +6,7 @@ import { createEngineMemory } from "./engine-module.js";
 import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } from "./engine-config.js";
 import type { EngineControl, EngineWorkerData, DnsAnswerMessage, DnsWorkerSetup, DnsUpdate, DnsEventMessage } from "./engine-worker.js";
 import type { LinkSpec } from "../links/link.js";
+import type { LinkMiddleware } from "../links/middleware.js";
 import { MoatError } from "../errors.js";
 import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 
@@ -43,6 +44,8 @@ export class EngineHost {
     onDnsEvent?: (e: NonNullable<DnsEventMessage["event"]>) => void;
     /** Names pinned to addresses by the worker's interceptor (with DnsWorkerSetup.reportAnswers). */
     onDnsAnswered?: (a: NonNullable<DnsEventMessage["answered"]>) => void;
+    /** Decorators on the link (pcap, faults). */
+    middleware?: LinkMiddleware;
   } = {}): Promise<EngineHost> {
     const memory = createEngineMemory();
     hooks.prepare?.(new Uint8Array(memory.buffer));
@@ -55,7 +58,7 @@ export class EngineHost {
       if (m.answered) hooks.onDnsAnswered?.(m.answered);
     });
     dns.port1.unref();
-    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns };
+    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns, middleware: hooks.middleware };
     // The worker takes this process's Node options, but those that only a main script may have
     // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
     const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));

@@ -24,6 +24,10 @@ export interface EngineExports {
   dnsAnswer(): number;
   /** Pin the address at PIN_SCRATCH under a rule name id. */
   dnsPin(nameId: number, ttlMs: number, nowMs: number): void;
+  /** Tests: a TCP flow's state (flow/tcp.ts, tcpInspect). */
+  tcpInspect(idx: number, what: number): number;
+  /** Send the delayed ACKs due by nowMs (flow/tcp.ts); the next deadline is at layout.ST_ACK_DUE. */
+  engineFlushAcks(nowMs: number): number;
 }
 
 /** Pages of the engine memory; the module was compiled for exactly this (asconfig.json). */

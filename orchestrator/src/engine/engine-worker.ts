@@ -22,6 +22,7 @@ import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-con
 import { layout } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
+import { applyMiddleware, type LinkMiddleware } from "../links/middleware.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
 import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 import { UpstreamResolver, setDatagramTransport, dgramTransport, type Nameserver, type DatagramChannel } from "../dns/upstream.js";
@@ -36,6 +37,8 @@ export interface EngineWorkerData {
   memory: WebAssembly.Memory;
   config: EngineConfig;
   link: LinkSpec;
+  /** Decorators on the link: pcap capture, fault injection (links/middleware.ts). */
+  middleware?: LinkMiddleware;
   /** Told (an empty message) when the engine has recorded denials in the audit ring. */
   auditPort: MessagePort;
   /** DNS: inputs from the main thread (DnsUpdate, pins from DNS over TCP) in, events (DnsEventMessage) out. */
@@ -123,6 +126,7 @@ function serve(): void {
     const wrote = datapath.flush();
     if (got === 0 && done === 0 && wrote === 0) break;
   }
+  armAckTimer();
   const t = Atomics.load(auditTail, 0);
   if (t !== auditSeen) {
     auditSeen = t;
@@ -130,6 +134,23 @@ function serve(): void {
   }
   drainDnsQueries();
   takeDnsAnswers();
+}
+
+// Delayed ACKs (flow/tcp.ts): the engine leaves the earliest deadline at ST_ACK_DUE; a timer set
+// for it sends them, unless the segments that carry them went first.
+let ackTimer: NodeJS.Timeout | undefined;
+let ackTimerAt = 0;
+function armAckTimer(): void {
+  const due = dv.getFloat64(layout.ST_ACK_DUE, true);
+  if (due === 0 || stopped || (ackTimer && ackTimerAt <= due)) return;
+  clearTimeout(ackTimer);
+  ackTimerAt = due;
+  ackTimer = setTimeout(() => {
+    ackTimer = undefined;
+    if (stopped) return;
+    if (engine.engineFlushAcks(performance.now()) > 0) datapath.flush();
+    armAckTimer();
+  }, Math.max(0, due - performance.now()));
 }
 
 // ---- DNS: the interceptor's upstream sockets are native-vmm's, in this worker's epoll set ----
@@ -298,6 +319,7 @@ let stopped = false;
 const readyPromise = (async () => {
   const link = await openLink(data.link, native);
   link.attach(datapath);
+  applyMiddleware(datapath, data.middleware);
   datapath.start(serve);
 })();
 // Report a failed link through ready(), not as an unhandled rejection.
@@ -332,6 +354,7 @@ const control: EngineControl = {
     if (stopped) return;
     stopped = true;
     clearInterval(ticker);
+    clearTimeout(ackTimer);
     datapath.close();
     data.auditPort.close();
     data.dnsPort.close();

@@ -29,6 +29,7 @@ import { DnsTcpServer, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import type { DnsWorkerSetup } from "../engine/engine-worker.js";
 import { layout as L } from "../engine/layout.js";
 import type { LinkSpec } from "../links/link.js";
+import { validatePcap, validateFaults, parseFaults, type PcapOptions, type FaultOptions, type LinkMiddleware } from "../links/middleware.js";
 import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, ruleCovers, processCertificateAuthority, matchesPattern, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
@@ -118,6 +119,13 @@ export interface GatewayOptions {
   onSecretViolation?: ViolationAction;
   /** Called with every secret violation (never with the value). */
   onSecretEvent?: (event: SecretViolationEvent) => void;
+  /** Record every frame at the guest's link in a pcap file (a path, or { path, maxBytes }: default bound 256 MiB). */
+  pcap?: string | PcapOptions;
+  /**
+   * Testing only: faults injected at the guest's link (links/middleware.ts). Without it, the
+   * MOAT_FAULTS environment variable ("drop=0.01,reorder=0.01,dup=0.005,seed=7") is read.
+   */
+  faults?: FaultOptions | string;
 }
 
 /** A secret's placeholder headed where it may not go (the value never appears here). */
@@ -129,8 +137,8 @@ const { EADDRINUSE } = osConstants.errno;
 
 export const DEFAULT_MTU = 65520;
 
-export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent">> & { dns: DnsOptions } &
-  Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
+export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent" | "pcap" | "faults">> & { dns: DnsOptions } &
+  Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { middleware: LinkMiddleware } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
 
 /** Check every option (before anything is created) and fill in the defaults. */
 export function validateOptions(o: GatewayOptions): ValidOptions {
@@ -189,7 +197,10 @@ export function validateOptions(o: GatewayOptions): ValidOptions {
       if (tls && matchesPattern(h.replace(/^\*\./, ""), tls.bypass)) throw new ConfigError(`secret ${sec.env} is for ${h}, which --tls-bypass passes through untouched`, "a bypassed host's requests cannot carry a secret: drop the bypass for it");
     }
   }
-  return { mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onEvent: o.onEvent, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
+  const faultText = o.faults === undefined ? process.env.MOAT_FAULTS : undefined;
+  const faults = typeof o.faults === "string" ? parseFaults(o.faults, "faults") : o.faults ? validateFaults(o.faults) : faultText ? parseFaults(faultText) : undefined;
+  const middleware: LinkMiddleware = { pcap: o.pcap !== undefined ? validatePcap(o.pcap) : undefined, faults };
+  return { middleware, mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onEvent: o.onEvent, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
 }
 
 /** What the guest's owner gives a gateway. */
@@ -344,6 +355,7 @@ export class Gateway {
         dns: dnsSetup,
         onDnsEvent: (event) => gw.afterDns({ answer: null, pins: [], event }),
         onDnsAnswered: (answered) => { for (const a of answered) gw.pinnedNames.add(a.ip, a.name, a.ttlMs); },
+        middleware: o.middleware,
       });
       // Host addresses that changed while the worker was starting reached no worker: send the set now.
       gw.engine.updateDns({ host: [...gw.hostAddresses] });

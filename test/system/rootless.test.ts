@@ -116,7 +116,7 @@ test("as an ordinary user, contained as with root: no secret in /proc, only the 
 
 test("as an ordinary user, a /dev/net/tun only root can open is an error that says what to change", { skip }, async () => {
   const r = await world.moatAsUser(["run", "--", "true"], { tunMode: "0600" });
-  assert.equal(r.code, 1);
+  assert.equal(r.code, 125);
   assert.match(r.stderr, /\/dev\/net\/tun cannot be opened by you \(mode 0600 here\)/);
   assert.match(r.stderr, /hint: as root: chmod 0666 \/dev\/net\/tun \(Debian's default/);
   const other = await run(["--user", "1000"], "true");

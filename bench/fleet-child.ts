@@ -1,0 +1,45 @@
+// fleet-child.ts — one process holding N idle namespace sandboxes, as an embedder's fleet would
+// (run by fleet.ts inside the test world's host namespace). Prints one JSON line:
+//   { n, rssBaseMiB, rssMiB, threadsBase, threads, createMs: [...], pings, destroyMs: [...] }
+//   node fleet-child.js N
+import { readFileSync } from "node:fs";
+import { Writable } from "node:stream";
+import { NetnsSandbox } from "../orchestrator/src/index.js";
+
+const n = Number(process.argv[2] ?? 10);
+
+function status(): { rss: number; threads: number } {
+  const s = readFileSync("/proc/self/status", "utf8");
+  return { rss: Number(/VmRSS:\s+(\d+)/.exec(s)![1]) / 1024, threads: Number(/Threads:\s+(\d+)/.exec(s)![1]) };
+}
+
+// Warm: the engine module compiled, the first worker's cost paid (a fleet's steady state).
+const warm = await NetnsSandbox.create({ dnsForward: "none" });
+await warm.destroy();
+global.gc?.();
+const base = status();
+
+const boxes: NetnsSandbox[] = [];
+const createMs: number[] = [];
+for (let i = 0; i < n; i++) {
+  const t0 = performance.now();
+  boxes.push(await NetnsSandbox.create({ dnsForward: "none" }));
+  createMs.push(performance.now() - t0);
+}
+await new Promise((r) => setTimeout(r, 1000)); // idle: what the fleet costs at rest
+global.gc?.();
+const full = status();
+
+let pings = 0;
+const nowhere = () => new Writable({ write: (_c, _e, cb) => cb() });
+for (const b of boxes) {
+  if ((await b.run(["ping", "-c", "1", "-W", "2", b.addresses.gatewayIp4], { stdout: nowhere(), stderr: nowhere() })) === 0) pings++;
+}
+
+const destroyMs: number[] = [];
+for (const b of boxes) {
+  const t0 = performance.now();
+  await b.destroy();
+  destroyMs.push(performance.now() - t0);
+}
+process.stdout.write(`${JSON.stringify({ n, rssBaseMiB: base.rss, rssMiB: full.rss, threadsBase: base.threads, threads: full.threads, createMs, pings, destroyMs })}\n`);

@@ -121,6 +121,17 @@ for (const how of ["exit", "throw", "sigterm"] as const) {
   });
 }
 
+test("an embedder run with V8 options (node --expose-gc --max-old-space-size=512) still gets its sandboxes", { skip }, async () => {
+  // A worker refuses V8 and process-wide options in its execArgv: the engine's must go without them.
+  const { pool, marker, dir } = fresh();
+  const m = start(["--expose-gc", "--max-old-space-size=512", `${TESTBED_JS}embedder-exit.js`, "exit", pool, marker], dir);
+  await until(() => m.stdout().includes("up"), 20000, "the sandbox");
+  const { code } = await m.exited;
+  assert.equal(code, 3, m.stderr());
+  assert.doesNotMatch(m.stderr(), /ERR_WORKER_INVALID_EXEC_ARGV/);
+  assert.deepEqual(await nothingLeftWithin(2000, pool, marker, dir), []);
+});
+
 // ---- VM sandboxes (QEMU; under TCG, slow: few cases) --------------------------------------------
 
 test("VM: warm-up (the guest image is built once)", { skip: vmSkip, timeout: 600000 }, async () => {

@@ -62,7 +62,19 @@ export class EngineHost {
     // The worker takes this process's Node options, but those that only a main script may have
     // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
     const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));
-    const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData, transferList: [audit.port2, dns.port2], execArgv });
+    const workerUrl = new URL("./engine-worker.js", import.meta.url);
+    let worker: Worker;
+    try {
+      worker = new Worker(workerUrl, { workerData, transferList: [audit.port2, dns.port2], execArgv });
+    } catch (e) {
+      // V8 and process-wide options (--expose-gc, --max-old-space-size, ...) are refused in a
+      // worker's execArgv, and Node names them: the worker goes without those (they are the
+      // process's already).
+      const m = /invalid execArgv flags: (.*)$/m.exec((e as Error).message);
+      if ((e as NodeJS.ErrnoException).code !== "ERR_WORKER_INVALID_EXEC_ARGV" || !m) throw e;
+      const refused = new Set(m[1]!.split(/,\s*/).map((f) => f.trim()));
+      worker = new Worker(workerUrl, { workerData, transferList: [audit.port2, dns.port2], execArgv: execArgv.filter((a) => !refused.has(a) && !refused.has(a.split("=")[0]!)) });
+    }
     let failure: Error | undefined;
     const exitPromise = new Promise<number>((resolve) => {
       worker.once("error", (err) => { failure = err; });

@@ -44,6 +44,25 @@ function run(script: string, extra: string[] = [], timeoutMs = 60000) {
     "--secret", "API_KEY=REAL_KEY@cdn.front.test", ...extra, "--", "sh", "-c", script], timeoutMs);
 }
 
+/** moat run (intercepting, with the secret) to its end, and the highest RSS it reached. */
+async function moatWithPeakRss(args: string[]): Promise<{ code: number | null; out: string; err: string; peak: number }> {
+  const p = world.spawnMoat(["run", "--dns-nameserver", WORLD_IP4, "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-intercept", "--secret", "API_KEY=REAL_KEY@cdn.front.test", ...args]);
+  let out = "";
+  let err = "";
+  let peak = 0;
+  p.stdout!.on("data", (d) => (out += d));
+  p.stderr!.on("data", (d) => (err += d));
+  const sample = setInterval(() => {
+    try {
+      const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
+      peak = Math.max(peak, rss);
+    } catch { /* gone */ }
+  }, 100);
+  const code = await new Promise<number | null>((resolve) => p.on("exit", (c) => resolve(c)));
+  clearInterval(sample);
+  return { code, out, err, peak };
+}
+
 const lines = (f: string) => (existsSync(f) ? readFileSync(f, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
 
 /** A Python client in the sandbox: raw requests over one TLS connection to HOST:PORT with SNI. */
@@ -167,21 +186,7 @@ import urllib.request
 print('other', urllib.request.urlopen('https://allowed.test:8443/hello', context=ssl.create_default_context()).read().decode().strip(), '%.3f' % (time.time() - t0), flush=True)
 time.sleep(0.5)
 `);
-  const p = world.spawnMoat(["run", "--dns-nameserver", WORLD_IP4, "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-intercept", "--tls-port", "8443",
-    "--secret", "API_KEY=REAL_KEY@cdn.front.test", "--", "sh", "-c", `python3 ${dir}/flood.py`]);
-  let out = "";
-  let err = "";
-  let peak = 0;
-  p.stdout!.on("data", (d) => (out += d));
-  p.stderr!.on("data", (d) => (err += d));
-  const sample = setInterval(() => {
-    try {
-      const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
-      peak = Math.max(peak, rss);
-    } catch { /* gone */ }
-  }, 100);
-  const code = await new Promise<number | null>((resolve) => p.on("exit", (c) => resolve(c)));
-  clearInterval(sample);
+  const { code, out, err, peak } = await moatWithPeakRss(["--tls-port", "8443", "--", "sh", "-c", `python3 ${dir}/flood.py`]);
   assert.equal(code, 0, err);
   assert.match(out, /held (\d+) ended (\d+)/);
   const [, held, ended] = /held (\d+) ended (\d+)/.exec(out)!;
@@ -248,21 +253,7 @@ ts = [threading.Thread(target=one) for _ in range(3)]
 print('sent', len(socks), flush=True)
 time.sleep(6)
 `);
-  const p = world.spawnMoat(["run", "--dns-nameserver", WORLD_IP4, "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-intercept", "--tls-port", "443",
-    "--secret", "API_KEY=REAL_KEY@cdn.front.test", "--", "sh", "-c", `python3 ${dir}/drain.py`]);
-  let out = "";
-  let err = "";
-  let peak = 0;
-  p.stdout!.on("data", (d) => (out += d));
-  p.stderr!.on("data", (d) => (err += d));
-  const sample = setInterval(() => {
-    try {
-      const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
-      peak = Math.max(peak, rss);
-    } catch { /* gone */ }
-  }, 100);
-  const code = await new Promise<number | null>((resolve) => p.on("exit", (c) => resolve(c)));
-  clearInterval(sample);
+  const { code, out, err, peak } = await moatWithPeakRss(["--tls-port", "443", "--", "sh", "-c", `python3 ${dir}/drain.py`]);
   assert.equal(code, 0, err);
   assert.match(out, /sent 3/);
   console.log(`# peak RSS ${(peak / 2 ** 20).toFixed(0)} MiB with 3 × 32 MB answers unread`);

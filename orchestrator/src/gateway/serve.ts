@@ -3,7 +3,7 @@
 // moat serves from its kernel side (attach), or moat holds the TAP device whose kernel side is
 // the guest's (tap); the guest configures itself by DHCP from the gateway. moat owns only the
 // address lease: an interface is never created here.
-import { leaseSlot, addressesFor, claimName, type SlotLease } from "../sandbox/addressing.js";
+import { leaseNamed, addressesFor } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions } from "./gateway.js";
 import type { LinkSpec } from "../links/link.js";
 import { ConfigError, MoatError } from "../errors.js";
@@ -23,16 +23,9 @@ export async function serveGateway(options: GatewayOptions, link: LinkSpec): Pro
   link = served.link;
   const o = validateOptions({ ...options, mtu: served.mtu });
   if (o.policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so there is nothing to serve", "choose another policy");
-  const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
-  let lease: SlotLease;
-  try {
-    lease = leaseSlot(o.ipv4Pool, { name: options.name });
-  } catch (e) {
-    releaseName();
-    throw e;
-  }
+  const lease = leaseNamed(o.ipv4Pool, options.name);
   const { slot } = lease;
-  const release = () => { lease.release(); releaseName(); };
+  const release = lease.releaseAll;
   const name = options.name ?? `moat-serve-${slot}`;
   let gateway: Gateway;
   let onTerminated: (reason: string) => void = () => {};

@@ -168,6 +168,22 @@ export function leaseSlot(pool4 = DEFAULT_POOL4, fields: { name?: string } = {})
     "stop other sandboxes or choose a larger pool with --ipv4-pool");
 }
 
+/**
+ * A slot of the pool, and the caller's sandbox name (if given) reserved host-wide with it; the
+ * name is given back if no slot is free. Its `release` gives up both.
+ */
+export function leaseNamed(pool4: string, name: string | undefined): SlotLease & { releaseAll(): void } {
+  const releaseName = name !== undefined ? claimName(name) : () => {};
+  let lease: SlotLease;
+  try {
+    lease = leaseSlot(pool4, { name });
+  } catch (e) {
+    releaseName();
+    throw e;
+  }
+  return Object.assign(lease, { releaseAll: () => { lease.release(); releaseName(); } });
+}
+
 /** Every lease file of this format: its path, pool tag and slot. */
 export function leaseFiles(): { path: string; tag: string; slot: number }[] {
   let names: string[] = [];

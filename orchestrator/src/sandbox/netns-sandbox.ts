@@ -22,7 +22,7 @@ import { checkNetnsHost, findInPath, resolveCommand } from "./host-checks.js";
 import { Containment, sandboxUser } from "./containment.js";
 import { rootlessUser, runtimeDir } from "./rootless.js";
 import { join } from "node:path";
-import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "./addressing.js";
+import { addressesFor, leaseNamed, netnsName, type SandboxAddresses } from "./addressing.js";
 import { removeNetns } from "./leftovers.js";
 import { register } from "./guard.js";
 import { CommandError, ConfigError, HostRequirementError, MoatError } from "../errors.js";
@@ -77,21 +77,14 @@ export class NetnsSandbox extends GuestSandbox {
     const user = sandboxUser(options.user, process.env, rootless);
     const ip = checkNetnsHost();
     if (rootless && !findInPath("nsenter")) throw new HostRequirementError("ERR_MISSING_TOOL", "nsenter (util-linux) was not found in PATH", "install it: `apt-get install util-linux`");
-    const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
-    let lease: SlotLease;
-    try {
-      lease = leaseSlot(o.ipv4Pool, { name: options.name });
-    } catch (e) {
-      releaseName();
-      throw e;
-    }
+    const lease = leaseNamed(o.ipv4Pool, options.name);
     const netns = netnsName(o.ipv4Pool, lease.slot);
     const name = options.name ?? netns;
     lease.record({ netns }); // before it exists: whoever finds the lease stale knows what to remove
     const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
     // If this process ends before destroy(), the janitor removes the namespace (guard.ts).
     const unregister = rootless ? () => {} : register({ kind: "netns", name: netns, lease: lease.path, token: lease.token });
-    const sandbox = new NetnsSandbox(name, netns, addresses, o, ip, () => { lease.release(); releaseName(); }, unregister, rootless !== undefined);
+    const sandbox = new NetnsSandbox(name, netns, addresses, o, ip, lease.releaseAll, unregister, rootless !== undefined);
     try {
       // A namespace of this name (the pool's and the slot's: only the lease's holder ever creates
       // it) can only be left over.

@@ -23,6 +23,7 @@ import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
 import { notHere, type FilterContext, type FilterResult, type Violation } from "./http-filter.js";
 import { gather } from "./http1-head.js";
+import { encodeNeverIndexed, frameHeader } from "./h2-wire.js";
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const MAX_CONTROL_FRAME = 65536;
@@ -306,37 +307,6 @@ export class Http2RequestFilter {
     }
     return { block: encodeNeverIndexed(headers) };
   }
-}
-
-/** A header block of literals never indexed, with literal names (RFC 7541 §6.2.3): no table state. */
-function encodeNeverIndexed(headers: Header[]): Buffer {
-  const parts: Buffer[] = [];
-  const str = (s: string) => {
-    const b = Buffer.from(s, "latin1");
-    return Buffer.concat([integer(b.length, 7, 0x00), b]);
-  };
-  for (const h of headers) parts.push(Buffer.from([0x10]), str(h.name), str(h.value));
-  return Buffer.concat(parts);
-}
-
-/** An HPACK integer with an N-bit prefix (RFC 7541 §5.1), `first` holding the bits above it. */
-function integer(n: number, bits: number, first: number): Buffer {
-  const max = (1 << bits) - 1;
-  if (n < max) return Buffer.from([first | n]);
-  const out = [first | max];
-  n -= max;
-  while (n >= 128) { out.push((n & 127) | 128); n = Math.floor(n / 128); }
-  out.push(n);
-  return Buffer.from(out);
-}
-
-function frameHeader(len: number, type: number, flags: number, stream: number): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(len, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return h;
 }
 
 /** HEADERS (+ CONTINUATION) frames carrying `block`. */

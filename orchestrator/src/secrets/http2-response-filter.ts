@@ -34,6 +34,7 @@ import hpack from "hpack.js";
 import type { Secret } from "./secrets.js";
 import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js";
 import { decoderFor, MAX_DECODED, MAX_EXPANSION, type ScrubResult, type SyncDecoder } from "./response-filter.js";
+import { encodeNeverIndexed, frameHeader } from "./h2-wire.js";
 
 export const MAX_BLOCK = 65536;
 /** The largest header list judged, decoded (curl takes 300 KiB of response headers). */
@@ -403,15 +404,6 @@ function frameName(t: number): string {
   return ["DATA", "HEADERS", "PRIORITY", "RST_STREAM", "SETTINGS", "PUSH_PROMISE", "PING", "GOAWAY", "WINDOW_UPDATE", "CONTINUATION"][t] ?? `type-${t}`;
 }
 
-function frameHeader(len: number, type: number, flags: number, stream: number): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(len, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return h;
-}
-
 /**
  * DATA frames of at most OUT_FRAME bytes carrying `pieces`; the last one carries `flags` and, when
  * pad >= 0, is PADDED with `pad` bytes (1 + pad bytes of flow control). No pieces and no flags or
@@ -468,24 +460,3 @@ function headerFrames(type: number, stream: number, prefix: Buffer, block: Buffe
   return out;
 }
 
-/** A header block of literals never indexed, with literal names (RFC 7541 §6.2.3): no table state. */
-function encodeNeverIndexed(headers: { name: string; value: string }[]): Buffer {
-  const parts: Buffer[] = [];
-  const str = (s: string) => {
-    const b = Buffer.from(s, "latin1");
-    return Buffer.concat([integer(b.length, 7, 0x00), b]);
-  };
-  for (const h of headers) parts.push(Buffer.from([0x10]), str(h.name), str(h.value));
-  return Buffer.concat(parts);
-}
-
-/** An HPACK integer with an N-bit prefix (RFC 7541 §5.1), `first` holding the bits above it. */
-function integer(n: number, bits: number, first: number): Buffer {
-  const max = (1 << bits) - 1;
-  if (n < max) return Buffer.from([first | n]);
-  const out = [first | max];
-  n -= max;
-  while (n >= 128) { out.push((n & 127) | 128); n = Math.floor(n / 128); }
-  out.push(n);
-  return Buffer.from(out);
-}

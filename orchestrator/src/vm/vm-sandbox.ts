@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { PassThrough, Readable } from "node:stream";
-import { addressesFor, claimName, leaseSlot, netnsName, type SandboxAddresses, type SlotLease } from "../sandbox/addressing.js";
+import { addressesFor, leaseNamed, netnsName, type SandboxAddresses } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
 import { register } from "../sandbox/guard.js";
@@ -80,15 +80,8 @@ export class VmSandbox extends GuestSandbox {
     const cpus = v.cpus ?? 1;
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw new ConfigError(`VM vCPUs ${v.cpus} is out of range`, "use 1 to 64");
     const progress = v.onProgress ?? ((line: string) => process.stderr.write(`moat: ${line}\n`));
-    const releaseName = options.name !== undefined ? claimName(options.name) : () => {};
-    let lease: SlotLease;
-    try {
-      lease = leaseSlot(o.ipv4Pool, { name: options.name });
-    } catch (e) {
-      releaseName();
-      throw e;
-    }
-    const release = () => { lease.release(); releaseName(); };
+    const lease = leaseNamed(o.ipv4Pool, options.name);
+    const release = lease.releaseAll;
     const name = options.name ?? netnsName(o.ipv4Pool, lease.slot);
     const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
     let runDir: string;

@@ -138,7 +138,7 @@ export class RequestFilter {
         this.head = Buffer.alloc(0);
         let parsed: RequestHead;
         try {
-          parsed = parseRequestHead(head);
+          parsed = parseRequestHead(head, true); // (its line endings were checked as they came)
         } catch (e) {
           if (e instanceof HeadError) return this.refuse(out, e.status, e.message, Buffer.concat([head, b]));
           throw e;

@@ -54,10 +54,14 @@ const MAX_LENGTH_DIGITS = 15;
  * where new bytes start; the byte before it (if any) is taken into account.
  */
 export function badLineEnding(buf: Buffer, from = 0): number {
-  for (let i = Math.max(0, from - 1); i < buf.length; i++) {
-    const c = buf[i]!;
-    if (c === 0x0a && (i === 0 || buf[i - 1] !== 0x0d)) return i;
-    if (c === 0x0d && i + 1 < buf.length && buf[i + 1] !== 0x0a) return i;
+  // (Buffer.indexOf is memchr: a head of a few hundred bytes costs a handful of calls, not a
+  // JavaScript loop over every byte.)
+  const start = Math.max(0, from - 1);
+  for (let i = buf.indexOf(0x0a, start); i >= 0; i = buf.indexOf(0x0a, i + 1)) {
+    if (i === 0 || buf[i - 1] !== 0x0d) return i;
+  }
+  for (let i = buf.indexOf(0x0d, start); i >= 0; i = buf.indexOf(0x0d, i + 1)) {
+    if (i + 1 < buf.length && buf[i + 1] !== 0x0a) return i;
   }
   return -1;
 }
@@ -71,8 +75,8 @@ export function hostOf(authority: string): string | null {
 }
 
 /** Parse a complete request head (through its blank line). Throws HeadError. */
-export function parseRequestHead(head: Buffer): RequestHead {
-  const bad = badLineEnding(head);
+export function parseRequestHead(head: Buffer, lineEndingsChecked = false): RequestHead {
+  const bad = lineEndingsChecked ? -1 : badLineEnding(head);
   if (bad >= 0) throw new HeadError(400, `a bare ${head[bad] === 0x0a ? "LF" : "CR"} in the request head (lines end in CRLF)`);
   const text = head.toString("latin1");
   if (!text.endsWith("\r\n\r\n")) throw new HeadError(400, "the request head does not end in a blank line");

@@ -539,14 +539,17 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   };
   const fromServer = (chunk: Buffer): Buffer | null => {
     if (!scrubber) return chunk;
-    clearTimeout(idleTimer);
     const out = scrubbed(scrubber.push(chunk));
-    idleTimer = setTimeout(() => {
-      if (guest.destroyed || stopped) return;
-      const rest = scrubbed(scrubber.idle());
-      if (rest?.length) { edge?.relay(rest); guest.write(rest); }
-    }, 50);
-    idleTimer.unref();
+    // One timer for the connection, pushed back on every chunk (refresh() re-arms a fired one).
+    if (idleTimer) idleTimer.refresh();
+    else {
+      idleTimer = setTimeout(() => {
+        if (guest.destroyed || stopped) return;
+        const rest = scrubbed(scrubber.idle());
+        if (rest?.length) { edge?.relay(rest); guest.write(rest); }
+      }, 50);
+      idleTimer.unref();
+    }
     return out;
   };
   // What goes to the guest as fast as the guest reads it: the server waits meanwhile.

@@ -184,6 +184,8 @@ export class VmSandbox extends GuestSandbox {
   /** @internal Kill QEMU (from the exit hook: no time for a power-off) and remove the run directory. */
   protected removeGuest(): void {
     this.killGuest();
-    rmSync(this.runDir, { recursive: true, force: true });
+    // QEMU, killed a moment ago, may still create a file in its directory (a boot interrupted at
+    // once): a removal that finds the directory not empty tries again.
+    rmSync(this.runDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
   }
 }

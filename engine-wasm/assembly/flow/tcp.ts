@@ -419,6 +419,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
   store<u32>(rec, wnd, T_SND_WND);
   if (wnd != 0) store<u32>(rec, RTO_MIN_MS, T_PERSIST_MS);
   const max = load<u32>(rec, T_SND_MAX);
+  const sack = sackOption(l4, doff); // (found once: both kinds of ACK below read it)
   if (seqLt(una, ack) && seqLe(ack, max)) {
     let acked = ack - una;
     let f = load<u32>(rec, T_FLAGS);
@@ -438,7 +439,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
       // it still lacks starts at ack: the next hole (its first SACK block shows where it ends),
       // or, without blocks, everything from ack (go-back-N). Either way sending resumes at ack
       // (native-vmm peeked past the hole meanwhile, and that data was not sent).
-      const hole = sackHoleEnd(l4, doff, ack, max);
+      const hole = sackHoleEnd(sack, ack, max);
       if (ack == max || hole == ack) store<u32>(rec, f & ~FL_RECOVERY, T_FLAGS);
       else store<u32>(rec, hole, T_RECOVER_END);
       // (Also at max: data peeked past the hole, new data included, was held back, not sent.)
@@ -455,7 +456,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     if (ack == max) store<f64>(rec, 0, T_TIMER_AT);
     else armTimer(rec);
   } else if (ack == una && una != max && !(load<u32>(rec, T_FLAGS) & FL_RECOVERY) &&
-             ((dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) || sackHoleEnd(l4, doff, una, max) != una)) {
+             ((dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) || sackHoleEnd(sack, una, max) != una)) {
     // A duplicate ACK: a pure one (RFC 5681), or any segment whose SACK blocks report data above
     // a hole (RFC 6675: an echoing guest's ACKs ride on its data, and its window moves).
     const d = load<u32>(rec, T_DUPACKS) + 1;
@@ -463,10 +464,10 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     // Three of them; two that SACK data above the hole (on this link a segment overtaken by two
     // others is lost, not late); or one whose SACKs reach everything sent (a loss at the tail of
     // a burst brings no more duplicates: it would wait for the RTO).
-    const top = sackTop(l4, doff);
+    const top = sackTop(sack);
     if (d == 3 || (top != 0 && (d >= 2 || top == max))) {
       // Fast retransmit: resend the hole the guest reports, then wait for its ACK.
-      const hole = sackHoleEnd(l4, doff, una, max);
+      const hole = sackHoleEnd(sack, una, max);
       // (No room for the rewind: the next duplicate or the RTO tries again; no recovery without it.)
       if (rewind(idx, rec)) {
         store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_RECOVERY, T_FLAGS);
@@ -727,14 +728,10 @@ function pushRewind(idx: u32, rec: usize, seq: u32): bool {
   return true;
 }
 
-/**
- * Where the hole after `from` ends by the guest's SACK blocks in the segment at `l4`: the lowest
- * left edge above `from` (and not beyond `max`), or `from` when the segment reports none.
- */
-function sackHoleEnd(l4: usize, doff: u32, from: u32, max: u32): u32 {
+/** The SACK option (kind 5) among the options of the segment at `l4`: its address, or 0. */
+function sackOption(l4: usize, doff: u32): usize {
   let o = l4 + 20;
   const end = l4 + doff;
-  let best = from;
   while (o < end) {
     const kind = <u32>load<u8>(o);
     if (kind == 0) break;
@@ -742,36 +739,35 @@ function sackHoleEnd(l4: usize, doff: u32, from: u32, max: u32): u32 {
     if (o + 1 >= end) break;
     const olen = <u32>load<u8>(o + 1);
     if (olen < 2 || o + olen > end) break;
-    if (kind == 5) {
-      for (let b = o + 2; b + 8 <= o + olen; b += 8) {
-        const left = rd32(b);
-        if (seqLt(from, left) && seqLe(left, max) && (best == from || seqLt(left, best))) best = left;
-      }
-    }
+    if (kind == 5) return o;
     o += olen;
+  }
+  return 0;
+}
+
+/**
+ * Where the hole after `from` ends by the SACK blocks of option `sack` (sackOption; 0: none):
+ * the lowest left edge above `from` (and not beyond `max`), or `from` when there is none.
+ */
+function sackHoleEnd(sack: usize, from: u32, max: u32): u32 {
+  let best = from;
+  if (!sack) return best;
+  const olen = <u32>load<u8>(sack + 1);
+  for (let b = sack + 2; b + 8 <= sack + olen; b += 8) {
+    const left = rd32(b);
+    if (seqLt(from, left) && seqLe(left, max) && (best == from || seqLt(left, best))) best = left;
   }
   return best;
 }
 
-/** The highest right edge among the SACK blocks of the segment at `l4` (0 when it has none). */
-function sackTop(l4: usize, doff: u32): u32 {
-  let o = l4 + 20;
-  const end = l4 + doff;
+/** The highest right edge among the SACK blocks of option `sack` (0 when there are none). */
+function sackTop(sack: usize): u32 {
   let top: u32 = 0;
-  while (o < end) {
-    const kind = <u32>load<u8>(o);
-    if (kind == 0) break;
-    if (kind == 1) { o++; continue; }
-    if (o + 1 >= end) break;
-    const olen = <u32>load<u8>(o + 1);
-    if (olen < 2 || o + olen > end) break;
-    if (kind == 5) {
-      for (let b = o + 2; b + 8 <= o + olen; b += 8) {
-        const right = rd32(b + 4);
-        if (top == 0 || seqLt(top, right)) top = right;
-      }
-    }
-    o += olen;
+  if (!sack) return top;
+  const olen = <u32>load<u8>(sack + 1);
+  for (let b = sack + 2; b + 8 <= sack + olen; b += 8) {
+    const right = rd32(b + 4);
+    if (top == 0 || seqLt(top, right)) top = right;
   }
   return top;
 }

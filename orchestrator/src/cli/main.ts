@@ -399,13 +399,7 @@ async function cmdRun(args: string[]): Promise<number> {
   if (flags.get("vm")) return runInVm(flags, options, rest, env);
   const sandbox = await NetnsSandbox.create(options);
   reportChosenPorts(sandbox, options);
-  let stopObservers: () => Promise<void>;
-  try {
-    stopObservers = await startObservers(flags, async () => [await sandbox.sample()]);
-  } catch (e) {
-    await sandbox.destroy({ graceMs: 0 });
-    throw e;
-  }
+  const stopObservers = await observe(flags, sandbox);
   let child: ReturnType<NetnsSandbox["spawn"]>;
   try {
     child = sandbox.spawn(rest, "inherit", env);
@@ -571,6 +565,16 @@ async function cmdServe(args: string[]): Promise<number> {
   return 0;
 }
 
+/** --metrics and --stats-interval for a sandbox just made (destroyed again if they cannot start). */
+async function observe(flags: Map<string, string | number | boolean>, sandbox: GuestSandbox): Promise<() => Promise<void>> {
+  try {
+    return await startObservers(flags, async () => [await sandbox.sample()]);
+  } catch (e) {
+    await sandbox.destroy({ graceMs: 0 });
+    throw e;
+  }
+}
+
 /** `moat run --vm`: the command in a QEMU microVM, with this process's stdio; its exit status. */
 async function runInVm(flags: Map<string, string | number | boolean>, options: NetnsSandboxOptions, command: string[], env: Record<string, string>): Promise<number> {
   const { VmSandbox } = await import("../vm/vm-sandbox.js");
@@ -585,13 +589,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   });
   process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
   reportChosenPorts(sandbox, options);
-  let stopObservers: () => Promise<void>;
-  try {
-    stopObservers = await startObservers(flags, async () => [await sandbox.sample()]);
-  } catch (e) {
-    await sandbox.destroy({ graceMs: 0 });
-    throw e;
-  }
+  const stopObservers = await observe(flags, sandbox);
   const sigs: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const forward = (sig: NodeJS.Signals) => sandbox.signal(signalNumber(sig));
   for (const s of sigs) process.on(s, forward);

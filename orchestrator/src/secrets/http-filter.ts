@@ -25,7 +25,7 @@
 // one head (64 KiB), one held body (1 MiB, only for inject.body secrets), the scanner's carry.
 import { matchesPattern } from "../tls/setup.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
-import { HeadError, badLineEnding, gather, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
+import { HeadError, badLineEnding, badLineEndingText, gather, nameIs, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
 
 export const MAX_HEAD = 65536;
 
@@ -124,11 +124,13 @@ export class RequestFilter {
         ({ view: this.head, store: this.headStore } = gather(this.head, b, this.headStore));
         // Not the start of a request line at all (a binary protocol): judged at once rather than
         // after a blank line that will never come.
-        if (!/^[A-Z]{1,20}(?: |$)/.test(this.head.toString("latin1", 0, 21))) return this.refuse(out, 400, "not an HTTP/1.1 request", this.takeHead());
+        if (!startsAsRequestLine(this.head)) return this.refuse(out, 400, "not an HTTP/1.1 request", this.takeHead());
         const end = this.head.indexOf("\r\n\r\n", Math.max(0, prev - 3));
         const limit = end < 0 ? this.head.length : end + 4;
-        // A bare LF ends a line (or a head) for some servers: refused as soon as it is seen.
-        if (badLineEnding(this.head.subarray(0, limit), prev) >= 0) return this.refuse(out, 400, "a bare LF or CR in the request head (lines end in CRLF)", this.takeHead());
+        // A bare LF ends a line (or a head) for some servers: refused as soon as it is seen. (A
+        // head that came whole, the common case, is read as text once and checked there.)
+        const text = end >= 0 && prev === 0 ? this.head.toString("latin1", 0, limit) : undefined;
+        if ((text !== undefined ? badLineEndingText(text) : badLineEnding(this.head.subarray(0, limit), prev)) >= 0) return this.refuse(out, 400, "a bare LF or CR in the request head (lines end in CRLF)", this.takeHead());
         if (end < 0) {
           if (this.head.length > MAX_HEAD) return this.refuse(out, 431, `a request head over ${MAX_HEAD} bytes`, this.takeHead());
           return { out };
@@ -138,7 +140,7 @@ export class RequestFilter {
         this.head = Buffer.alloc(0);
         let parsed: RequestHead;
         try {
-          parsed = parseRequestHead(head, true); // (its line endings were checked as they came)
+          parsed = parseRequestHead(head, true, text); // (its line endings were checked as they came)
         } catch (e) {
           if (e instanceof HeadError) return this.refuse(out, e.status, e.message, Buffer.concat([head, b]));
           throw e;
@@ -153,7 +155,7 @@ export class RequestFilter {
           if (!isWebSocket(parsed)) return this.refuse(out, 501, `an Upgrade to ${JSON.stringify(parsed.fields.filter((f) => f.name === "upgrade").map((f) => f.value).join(", ").slice(0, 40))}: moat could not judge the requests after it (only WebSocket is upgraded to)`, Buffer.alloc(0));
           if (parsed.body.kind !== "none") return this.refuse(out, 400, "an Upgrade request with a body (a server that does not upgrade reads requests after it)", Buffer.alloc(0));
         }
-        const r = this.judgeHead(parsed, head.toString("latin1"));
+        const r = this.judgeHead(parsed, parsed.text);
         if ("violation" in r) return { out, violation: r.violation };
         this.ctx.onRequest?.(parsed.method, parsed.version === "HTTP/1.0");
         if (r.head) out.push(Buffer.from(r.head, "latin1"));
@@ -396,10 +398,6 @@ export class RequestFilter {
     // goes as it is.
     if (!this.allowed.some((x) => x.body) && !this.scanner.find(text)) return { head: text };
     const hostOk = h.host === this.sni && h.method !== "TRACE" && this.allowed.length > 0;
-    const checkRest = (s: string, where: string): Violation | undefined => {
-      const found = this.scanner.find(s);
-      return found ? this.violation(found, where, true) : undefined;
-    };
     let line = `${h.method} ${h.target} ${h.version}`;
     if (hostOk) {
       let t = h.target;
@@ -407,17 +405,26 @@ export class RequestFilter {
       if (t !== h.target) this.substituted = true;
       line = `${h.method} ${t} ${h.version}`;
     }
-    const inLine = checkRest(line, "the request line");
-    if (inLine) return { violation: inLine };
     const outLines = [line];
-    const why = hostOk ? "" : h.method === "TRACE" ? " (TRACE echoes it back)" : notHere(h.host, this.sni, this.unpinned, "Host");
+    const values: string[] = [];
     for (const f of h.fields) {
-      let value = f.value;
-      if (hostOk) value = substituteHeader(this.allowed, f.name, value);
-      const v = checkRest(`${f.name}: ${value}`, `header ${f.name}${why}`);
-      if (v) return { violation: v };
+      const value = hostOk ? substituteHeader(this.allowed, f.name, f.value) : f.value;
+      values.push(value);
       if (value !== f.value) this.substituted = true;
       outLines.push(value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);
+    }
+    // A placeholder left anywhere in what would go (one search over the whole; no form spans a
+    // line), then, only if there is one, where: the first line holding it is what the guest is told.
+    if (this.scanner.find(outLines.join("\r\n"))) {
+      const why = hostOk ? "" : h.method === "TRACE" ? " (TRACE echoes it back)" : notHere(h.host, this.sni, this.unpinned, "Host");
+      const inLine = this.scanner.find(line);
+      if (inLine) return { violation: this.violation(inLine, "the request line", true) };
+      for (let i = 0; i < h.fields.length; i++) {
+        const f = h.fields[i]!;
+        const found = this.scanner.find(`${f.name}: ${values[i]}`);
+        if (found) return { violation: this.violation(found, `header ${f.name}${why}`, true) };
+      }
+      return { violation: this.violation(this.scanner.find(outLines.join("\r\n"))!, `the request head${why}`, true) };
     }
     const bodySecrets = hostOk && this.allowed.some((x) => x.body);
     const encoded = h.fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
@@ -433,7 +440,8 @@ export class RequestFilter {
   /** Once a value went out on this connection, what comes back is scanned: ask for it uncompressed. */
   private identity(lines: string[]): string[] {
     if (!this.substituted) return lines;
-    const i = lines.findIndex((l, k) => k > 0 && /^accept-encoding\s*:/i.test(l));
+    // (a field line's name is followed by its colon at once: parseRequestHead refuses a space there)
+    const i = lines.findIndex((l, k) => k > 0 && l.charCodeAt(15) === 0x3a && nameIs(l, 0, 15, "accept-encoding"));
     if (i > 0) lines[i] = "Accept-Encoding: identity";
     else lines.push("Accept-Encoding: identity");
     return lines;
@@ -488,6 +496,15 @@ export function startsAsRequest(text: string): boolean {
 }
 
 /** A request upgrading its connection to WebSocket. */
+/** Whether a head begins as a request line does: 1 to 20 capital letters, then a space (or nothing yet). */
+function startsAsRequestLine(b: Buffer): boolean {
+  const n = Math.min(b.length, 21);
+  let i = 0;
+  while (i < n && b[i]! >= 0x41 && b[i]! <= 0x5a) i++;
+  if (i === 0 || i > 20) return false;
+  return i === n || b[i] === 0x20;
+}
+
 function isWebSocket(h: RequestHead): boolean {
   return h.upgrade && h.fields.some((f) => f.name === "upgrade" && /(^|[\s,])websocket($|[\s,])/i.test(f.value));
 }

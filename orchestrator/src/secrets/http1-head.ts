@@ -33,6 +33,8 @@ export interface RequestHead {
   body: BodyFraming;
   /** Connection: upgrade with Upgrade: after this request the connection may stop being HTTP. */
   upgrade: boolean;
+  /** The head as parsed (latin1, through its blank line). */
+  text: string;
 }
 
 export class HeadError extends Error {
@@ -41,9 +43,58 @@ export class HeadError extends Error {
   }
 }
 
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-// Field values: VCHAR, obs-text, SP and HTAB inside (OWS trimmed at both ends).
-const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+// tchar (RFC 9110 §5.6.2) and field-value bytes (VCHAR, obs-text, SP, HTAB: §5.5), by byte.
+const TCHAR = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
+const FIELD_BYTE = new Uint8Array(256).fill(1, 0x20, 0x7f).fill(1, 0x80, 0x100);
+FIELD_BYTE[0x09] = 1;
+
+/** Whether text[from, to) is a token: one or more tchar. */
+export function isToken(text: string, from = 0, to = text.length): boolean {
+  if (to <= from) return false;
+  for (let i = from; i < to; i++) if (TCHAR[text.charCodeAt(i)] !== 1) return false;
+  return true;
+}
+
+/** Whether text[from, to) is `lower` (a lower-case name) in any case, without making a string. */
+export function nameIs(text: string, from: number, to: number, lower: string): boolean {
+  if (to - from !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) if ((text.charCodeAt(from + i) | 0x20) !== lower.charCodeAt(i)) return false;
+  return true;
+}
+
+/** Whether text[from, to) holds only field-value bytes (no controls but HTAB, no DEL). */
+function isFieldValue(text: string, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (FIELD_BYTE[text.charCodeAt(i)] !== 1) return false;
+  return true;
+}
+
+/**
+ * The header lines of a head's text (latin1, through its final CRLF CRLF), from `from` (the first
+ * field line): `each(nameEnd, valueStart, valueEnd, lineStart, lineEnd)` per line, the value's
+ * OWS trimmed. Line endings must have been checked (CRLF only). Throws `fail(reason)` for a line
+ * that is folded, has no colon, or whose name is not a token.
+ */
+export function eachFieldLine(text: string, from: number, fail: (why: "fold" | "colon" | "name", line: string) => Error,
+  each: (lineStart: number, nameEnd: number, valueStart: number, valueEnd: number, lineEnd: number) => void): void {
+  const end = text.length - 4;
+  for (let p = from; p <= end;) {
+    let e = text.indexOf("\r\n", p);
+    if (e < 0 || e > end) e = end;
+    const c0 = text.charCodeAt(p);
+    if (c0 === 0x20 || c0 === 0x09) throw fail("fold", text.slice(p, e));
+    const c = text.indexOf(":", p);
+    if (c < 0 || c >= e || c === p) throw fail("colon", text.slice(p, e));
+    if (!isToken(text, p, c)) throw fail("name", text.slice(p, e));
+    let vs = c + 1;
+    let ve = e;
+    while (vs < ve && (text.charCodeAt(vs) === 0x20 || text.charCodeAt(vs) === 0x09)) vs++;
+    while (ve > vs && (text.charCodeAt(ve - 1) === 0x20 || text.charCodeAt(ve - 1) === 0x09)) ve--;
+    each(p, c, vs, ve, e);
+    p = e + 2;
+  }
+}
+
 // A request target: visible ASCII, no fragment.
 const TARGET = /^[\x21-\x22\x24-\x7e]+$/;
 const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(:[0-9]{0,5})?$/;
@@ -66,6 +117,17 @@ export function badLineEnding(buf: Buffer, from = 0): number {
   return -1;
 }
 
+/** badLineEnding for a whole head read as text (latin1). */
+export function badLineEndingText(text: string): number {
+  for (let i = text.indexOf("\n"); i >= 0; i = text.indexOf("\n", i + 1)) {
+    if (i === 0 || text.charCodeAt(i - 1) !== 0x0d) return i;
+  }
+  for (let i = text.indexOf("\r"); i >= 0; i = text.indexOf("\r", i + 1)) {
+    if (i + 1 < text.length && text.charCodeAt(i + 1) !== 0x0a) return i;
+  }
+  return -1;
+}
+
 /** The host of an authority (host[:port]): lower-case, no port, no final dot; null if malformed. */
 export function hostOf(authority: string): string | null {
   if (!HOST_PORT.test(authority)) return null;
@@ -75,39 +137,47 @@ export function hostOf(authority: string): string | null {
 }
 
 /** Parse a complete request head (through its blank line). Throws HeadError. */
-export function parseRequestHead(head: Buffer, lineEndingsChecked = false): RequestHead {
+export function parseRequestHead(head: Buffer, lineEndingsChecked = false, text = head.toString("latin1")): RequestHead {
   const bad = lineEndingsChecked ? -1 : badLineEnding(head);
   if (bad >= 0) throw new HeadError(400, `a bare ${head[bad] === 0x0a ? "LF" : "CR"} in the request head (lines end in CRLF)`);
-  const text = head.toString("latin1");
   if (!text.endsWith("\r\n\r\n")) throw new HeadError(400, "the request head does not end in a blank line");
-  const lines = text.slice(0, -4).split("\r\n");
-  const requestLine = lines[0]!;
+  const last = text.length - 4;
+  let eol = text.indexOf("\r\n");
+  if (eol > last) eol = last;
+  const requestLine = text.slice(0, eol);
   if (requestLine === "") throw new HeadError(400, "an empty line before the request line");
   const parts = requestLine.split(" ");
   if (parts.length !== 3) throw new HeadError(400, "the request line is not METHOD SP TARGET SP VERSION");
   const [method, target, version] = parts as [string, string, string];
-  if (!TOKEN.test(method)) throw new HeadError(400, "the method is not a token");
+  if (!isToken(method)) throw new HeadError(400, "the method is not a token");
   if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw new HeadError(version.startsWith("HTTP/") ? 501 : 400, `HTTP version ${JSON.stringify(version.slice(0, 16))} is not HTTP/1.1 or HTTP/1.0`);
   if (!TARGET.test(target)) throw new HeadError(400, "the request target holds a control, space, fragment or non-ASCII byte");
   if (method === "CONNECT") throw new HeadError(405, "CONNECT opens a tunnel moat cannot judge");
 
   const fields: Field[] = [];
-  for (let i = 1; i < lines.length; i++) {
-    const raw = lines[i]!;
-    if (raw.startsWith(" ") || raw.startsWith("\t")) throw new HeadError(400, "a folded header line (obs-fold)");
-    const c = raw.indexOf(":");
-    if (c <= 0) throw new HeadError(400, "a header line without a name and a colon");
-    const name = raw.slice(0, c);
-    if (!TOKEN.test(name)) throw new HeadError(400, `header name ${JSON.stringify(name.slice(0, 40))} is not a token (whitespace before the colon?)`);
-    const value = raw.slice(c + 1).replace(/^[ \t]+|[ \t]+$/g, "");
-    if (!FIELD_VALUE.test(value)) throw new HeadError(400, `header ${name} holds a control character`);
-    fields.push({ name: name.toLowerCase(), value, raw });
-  }
-  const all = (n: string) => fields.filter((f) => f.name === n);
+  // What framing and routing read, gathered in the same pass.
+  let hostCount = 0, hostValue = "", connection = "", upgrades = 0;
+  const te: string[] = [];
+  const cl: string[] = [];
+  eachFieldLine(text, eol + 2, (why, line) => {
+    if (why === "fold") return new HeadError(400, "a folded header line (obs-fold)");
+    if (why === "colon") return new HeadError(400, "a header line without a name and a colon");
+    return new HeadError(400, `header name ${JSON.stringify(line.slice(0, line.indexOf(":")).slice(0, 40))} is not a token (whitespace before the colon?)`);
+  }, (ls, ne, vs, ve, le) => {
+    const name = text.slice(ls, ne).toLowerCase();
+    if (!isFieldValue(text, vs, ve)) throw new HeadError(400, `header ${text.slice(ls, ne)} holds a control character`);
+    const value = text.slice(vs, ve);
+    fields.push({ name, value, raw: text.slice(ls, le) });
+    switch (name) {
+      case "host": hostCount++; hostValue = value; break;
+      case "transfer-encoding": te.push(value); break;
+      case "content-length": cl.push(value); break;
+      case "connection": connection = connection ? `${connection},${value.toLowerCase()}` : value.toLowerCase(); break;
+      case "upgrade": upgrades++; break;
+    }
+  });
 
-  const hosts = all("host");
-  if (hosts.length !== 1) throw new HeadError(400, hosts.length ? "more than one Host field" : "no Host field");
-  const hostValue = hosts[0]!.value;
+  if (hostCount !== 1) throw new HeadError(400, hostCount ? "more than one Host field" : "no Host field");
   const host = hostOf(hostValue);
   if (host === null) throw new HeadError(400, `Host ${JSON.stringify(hostValue.slice(0, 80))} is not host[:port]`);
 
@@ -125,24 +195,21 @@ export function parseRequestHead(head: Buffer, lineEndingsChecked = false): Requ
     absolute = true;
   }
 
-  const te = all("transfer-encoding");
-  const cl = all("content-length");
   let body: BodyFraming = { kind: "none" };
   if (te.length) {
     if (version === "HTTP/1.0") throw new HeadError(400, "Transfer-Encoding in an HTTP/1.0 request");
     if (cl.length) throw new HeadError(400, "both Transfer-Encoding and Content-Length");
-    if (te.length > 1 || te[0]!.value.toLowerCase() !== "chunked") throw new HeadError(501, `Transfer-Encoding ${JSON.stringify(te.map((f) => f.value).join(", ").slice(0, 60))} is not exactly chunked`);
+    if (te.length > 1 || te[0]!.toLowerCase() !== "chunked") throw new HeadError(501, `Transfer-Encoding ${JSON.stringify(te.join(", ").slice(0, 60))} is not exactly chunked`);
     body = { kind: "chunked" };
   } else if (cl.length) {
     if (cl.length > 1) throw new HeadError(400, "more than one Content-Length field");
-    const v = cl[0]!.value;
+    const v = cl[0]!;
     if (!/^[0-9]+$/.test(v) || v.length > MAX_LENGTH_DIGITS) throw new HeadError(400, `Content-Length ${JSON.stringify(v.slice(0, 20))} is not a number`);
     const length = Number(v);
     if (length > 0) body = { kind: "length", length };
   }
-  const connection = all("connection").map((f) => f.value.toLowerCase()).join(",");
-  const upgrade = all("upgrade").length > 0 && /(^|[\s,])upgrade($|[\s,])/.test(connection);
-  return { method, target, version, fields, host, absolute, body, upgrade };
+  const upgrade = upgrades > 0 && /(^|[\s,])upgrade($|[\s,])/.test(connection);
+  return { method, target, version, fields, host, absolute, body, upgrade, text };
 }
 
 /**

@@ -237,6 +237,20 @@ test("HTTP/1.1: HEAD, 204, 304 and 1xx have no body; pipelined responses each fr
   assert.equal(r.scrubbed.length, 3);
 });
 
+test("HTTP/1.1: a whole Content-Length response with no value passes as it came; one with a value, or in pieces, is re-framed", () => {
+  const clean = `HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: sk-Live\r\n\r\nhello`;
+  const two = h1([clean + clean], [["GET", false], ["GET", true]]);
+  assert.equal(two.text, clean + clean, "both pipelined responses unchanged, Content-Length kept (to HTTP/1.0 too: the length is true)");
+  assert.equal(two.scrubbed.length, 0);
+  const valued = h1([`HTTP/1.1 200 OK\r\nContent-Length: ${V.length}\r\n\r\n${V}`]);
+  assert.equal(valued.text, `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${P.length.toString(16)}\r\n${P}\r\n0\r\n\r\n`);
+  const pieces = h1([clean.slice(0, -2), clean.slice(-2)]);
+  assert.match(pieces.text, /^HTTP\/1\.1 200 OK\r\nX-A: sk-Live\r\nTransfer-Encoding: chunked\r\n\r\n/);
+  assert.equal(dechunk(splitHead(pieces.text).rest).body, "hello");
+  const bad = h1([`HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: a\x00b\r\n\r\nhello`]);
+  assert.match(bad.error ?? "", /holds a NUL or CR/, "the lines are judged on the fast path too");
+});
+
 test("HTTP/1.1: opaque() (the request side stopped following HTTP) scans what comes in sameLength mode, a partial head included", () => {
   const s = new ResponseScrubber([S]);
   s.request("GET", false);

@@ -26,6 +26,7 @@
 import zlib from "node:zlib";
 import type { Secret } from "./secrets.js";
 import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js";
+import { eachFieldLine, nameIs } from "./http1-head.js";
 
 export const MAX_HEAD = 65536;
 const MAX_LINE = 4096; // a chunk-size line
@@ -34,6 +35,7 @@ const SLICE = 16384; // compressed bytes given to the decoder at once
 /** A coded body may expand to at most this many times its size (+ 1 MiB), and to at most MAX_DECODED. */
 export const MAX_EXPANSION = 64;
 export const MAX_DECODED = 256 << 20;
+const EMPTY = Buffer.alloc(0);
 
 export interface ScrubResult {
   /** Bytes for the guest now. */
@@ -244,8 +246,8 @@ export class ResponseScrubber {
           }
           const head = this.head.subarray(0, end + 4);
           b = this.head.subarray(end + 4);
-          this.head = Buffer.alloc(0);
-          this.response(head, out, found);
+          this.head = EMPTY;
+          b = b.subarray(this.response(head, b, out, found));
           continue;
         }
         case "length": {
@@ -325,37 +327,49 @@ export class ResponseScrubber {
     }
   }
 
-  /** A whole response head: judged, re-framed, scrubbed, sent; the body's state set. */
-  private response(head: Buffer, out: Buffer[], found: ValueFound[]): void {
+  /**
+   * A whole response head: judged, re-framed, scrubbed, sent; the body's state set. `rest` is what
+   * follows it in the same buffer: a Content-Length body there whole, with no value in it or in
+   * the head, goes as the server sent it (no re-framing: its length does not change). Returns how
+   * many bytes of `rest` it took.
+   */
+  private response(head: Buffer, rest: Buffer, out: Buffer[], found: ValueFound[]): number {
     this.checkBareLf(head);
-    const lines = head.toString("latin1").slice(0, -4).split("\r\n");
-    const status = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [^\r\n]*)?$/.exec(lines[0]!);
-    if (!status) throw new ResponseError(`a status line ${this.quote(lines[0]!, 60)} that is not HTTP/1.x`);
+    const text = head.toString("latin1");
+    const eol = text.indexOf("\r\n");
+    const statusLine = text.slice(0, eol);
+    const status = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [^\r\n]*)?$/.exec(statusLine);
+    if (!status) throw new ResponseError(`a status line ${this.quote(statusLine, 60)} that is not HTTP/1.x`);
     const code = Number(status[2]);
     const respHttp10 = status[1] === "0";
-    const fields: { name: string; value: string }[] = [];
-    for (const l of lines.slice(1)) {
-      if (/^[ \t]/.test(l)) throw new ResponseError("an obs-fold (a header line beginning with whitespace) in a response head");
-      const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$/.exec(l);
-      if (!m) throw new ResponseError(`a response header line ${this.quote(l, 60)} that is not "name: value"`);
-      if (/[\0\r]/.test(m[2]!)) throw new ResponseError(`response header ${m[1]} holds a NUL or CR`);
-      fields.push({ name: m[1]!, value: m[2]! });
-    }
-    const get = (name: string) => fields.filter((f) => f.name.toLowerCase() === name);
-    const te = get("transfer-encoding");
-    const cl = get("content-length");
+    // What framing needs, read without a string per field (the common response is passed as it
+    // came); every line judged all the same.
+    const te: string[] = [];
+    const cl: string[] = [];
+    const ceValues: string[] = [];
+    eachFieldLine(text, eol + 2, (why, line) => new ResponseError(why === "fold"
+      ? "an obs-fold (a header line beginning with whitespace) in a response head"
+      : `a response header line ${this.quote(line, 60)} that is not "name: value"`), (ls, ne, vs, ve) => {
+      for (let i = vs; i < ve; i++) {
+        const c = text.charCodeAt(i);
+        if (c === 0 || c === 0x0d) throw new ResponseError(`response header ${text.slice(ls, ne)} holds a NUL or CR`);
+      }
+      if (nameIs(text, ls, ne, "transfer-encoding")) te.push(text.slice(vs, ve));
+      else if (nameIs(text, ls, ne, "content-length")) cl.push(text.slice(vs, ve));
+      else if (nameIs(text, ls, ne, "content-encoding")) ceValues.push(text.slice(vs, ve));
+    });
     const req = code >= 200 || code === 101 ? this.pending.shift() : this.pending[0];
     if (!req) throw new ResponseError(`a response (${code}) to no request`);
     // Interim responses: no body; the final one follows. 101: the connection becomes something else.
     if (code < 200) {
       out.push(this.scanner.scrub(head, found));
       if (code === 101) this.opaque(found);
-      return;
+      return 0;
     }
     if (req.method === "CONNECT" && code < 300) {
       out.push(this.scanner.scrub(head, found));
       this.opaque(found);
-      return;
+      return 0;
     }
     const noBody = req.method === "HEAD" || code === 204 || code === 304;
     // Framing, judged strictly (RFC 9112 §6): conflicting framing is how responses get smuggled.
@@ -363,23 +377,23 @@ export class ResponseScrubber {
     let length = -1;
     if (te.length) {
       if (cl.length) throw new ResponseError("a response with both Transfer-Encoding and Content-Length");
-      const codings = te.flatMap((f) => f.value.split(",")).map((s) => s.trim().toLowerCase()).filter(Boolean);
-      if (codings.length !== 1 || codings[0] !== "chunked") throw new ResponseError(`a response Transfer-Encoding ${this.quote(te.map((f) => f.value).join(", "), 80)} other than chunked`);
+      const codings = te.flatMap((v) => v.split(",")).map((s) => s.trim().toLowerCase()).filter(Boolean);
+      if (codings.length !== 1 || codings[0] !== "chunked") throw new ResponseError(`a response Transfer-Encoding ${this.quote(te.join(", "), 80)} other than chunked`);
       if (respHttp10) throw new ResponseError("an HTTP/1.0 response with Transfer-Encoding");
       chunkedIn = true;
     } else if (cl.length) {
-      const vals = new Set(cl.flatMap((f) => f.value.split(",")).map((s) => s.trim()));
-      if (vals.size !== 1) throw new ResponseError("a response with conflicting Content-Length values");
-      const v = [...vals][0]!;
+      const vals = cl.length === 1 && !cl[0]!.includes(",") ? [cl[0]!] : [...new Set(cl.flatMap((v) => v.split(",")).map((s) => s.trim()))];
+      if (vals.length !== 1) throw new ResponseError("a response with conflicting Content-Length values");
+      const v = vals[0]!;
       if (!/^\d{1,15}$/.test(v)) throw new ResponseError(`a response Content-Length ${this.quote(v, 30)} that is not a number`);
       length = Number(v);
     }
     if (noBody) {
       out.push(this.scanner.scrub(head, found));
       this.state = "head";
-      return;
+      return 0;
     }
-    const ce = get("content-encoding").flatMap((f) => f.value.split(",")).map((s) => s.trim().toLowerCase()).filter((s) => s && s !== "identity");
+    const ce = !ceValues.length ? [] : ceValues.flatMap((v) => v.split(",")).map((s) => s.trim().toLowerCase()).filter((s) => s && s !== "identity");
     if (ce.length > 1) throw new ResponseError(`a response body in ${ce.length} content codings (${this.quote(ce.join(", "), 80)}): only one can be scanned`);
     this.inflater = undefined;
     this.codedStart = Buffer.alloc(0);
@@ -388,14 +402,28 @@ export class ResponseScrubber {
       throw new ResponseError(`a response body in Content-Encoding ${this.quote(this.codingName, 80)}, which cannot be scanned for secret values`);
     }
     this.inTotal = this.outTotal = 0;
+    if (!this.codingName && length >= 0 && rest.length >= length && rest.buffer === head.buffer && rest.byteOffset === head.byteOffset + head.length) {
+      // The whole response is here and the same length whatever the framing: when neither the
+      // head nor the body holds a value, it goes as it came (the common case, at no copy).
+      const whole = Buffer.from(head.buffer, head.byteOffset, head.length + length);
+      const seen: ValueFound[] = [];
+      if (this.scanner.scrub(whole, seen) === whole && seen.length === 0) {
+        out.push(whole);
+        this.state = "head";
+        return length;
+      }
+    }
     this.scanner = new ValueScanner(this.values);
     // The head, re-framed: the body's length may change.
     this.chunkedOut = !req.http10 && !respHttp10;
     this.closeAfter = !this.chunkedOut;
     const drop = new Set(["content-length", "transfer-encoding", ...(this.codingName ? ["content-encoding"] : []), ...(this.closeAfter ? ["connection", "keep-alive"] : [])]);
-    const kept = fields.filter((f) => !drop.has(f.name.toLowerCase())).map((f) => `${f.name}: ${f.value}`);
+    const kept: string[] = [];
+    eachFieldLine(text, eol + 2, () => new ResponseError("unreachable"), (ls, ne, vs, ve) => {
+      if (!drop.has(text.slice(ls, ne).toLowerCase())) kept.push(`${text.slice(ls, ne)}: ${text.slice(vs, ve)}`);
+    });
     kept.push(this.chunkedOut ? "Transfer-Encoding: chunked" : "Connection: close");
-    const rebuilt = Buffer.from(`${lines[0]}\r\n${kept.join("\r\n")}\r\n\r\n`, "latin1");
+    const rebuilt = Buffer.from(`${statusLine}\r\n${kept.join("\r\n")}\r\n\r\n`, "latin1");
     out.push(this.scanner.scrub(rebuilt, found));
     if (chunkedIn) this.state = "chunk-size";
     else if (length >= 0) {
@@ -403,6 +431,7 @@ export class ResponseScrubber {
       this.remaining = length;
       if (length === 0) { this.body(Buffer.alloc(0), out, found, true); this.bodyDone(out); }
     } else this.state = "eof";
+    return 0;
   }
 
   /** Body bytes (as the server framed them, the framing removed): decoded, scanned, framed for the guest. */

@@ -212,7 +212,7 @@ export class DnsInterceptor {
       if (!this.hooks.resolverAllowed(ctx.dest.ip, ctx.dest.port, ctx.protocol)) {
         return refuse("denied-resolver", `resolver ${ctx.dest.ip} port ${ctx.dest.port}/${ctx.protocol} is not allowed by policy`);
       }
-      resolver = new UpstreamResolver([{ ip: ctx.dest.ip, port: ctx.dest.port }], this.settings.queryTimeoutMs, { pooled: false });
+      resolver = new UpstreamResolver([{ ip: ctx.dest.ip, port: ctx.dest.port }], this.settings.queryTimeoutMs, { pooled: false, transport: this.upstream.transport });
     }
 
     // 4-5. Ask, within the in-flight bound.

@@ -56,7 +56,11 @@ export class UpstreamResolver {
    * with `pooled: false`, one socket per query closed with it, so no guest can make moat hold
    * sockets for arbitrary addresses.
    */
-  constructor(servers: readonly Nameserver[], timeoutMs: number, { pooled = true }: { pooled?: boolean } = {}) {
+  constructor(servers: readonly Nameserver[], timeoutMs: number, { pooled = true, transport }: {
+    pooled?: boolean;
+    /** How its sockets reach the servers (default: this thread's, setDatagramTransport); pools are per transport. */
+    transport?: DatagramTransport;
+  } = {}) {
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
       throw new ConfigError(`DNS query timeout ${timeoutMs} ms is not a positive number`, "e.g. 5000");
     }
@@ -67,10 +71,13 @@ export class UpstreamResolver {
     }
     this.servers = servers.map((s) => ({ ip: s.ip, port: s.port }));
     this.timeoutMs = timeoutMs;
-    this.pools = this.servers.map((s) => (pooled ? poolFor(s) : new UdpPool(s, () => {}, 1)));
+    const t = (this.transport = transport ?? defaultTransport);
+    this.pools = this.servers.map((s) => (pooled ? poolFor(s, t) : new UdpPool(s, t, () => {}, 1)));
   }
 
   private readonly pools: UdpPool[];
+  /** How its sockets reach the servers. */
+  readonly transport: DatagramTransport;
 
   /**
    * Send `message` (a DNS query) upstream; resolves with the answer under the query's own ID.
@@ -348,11 +355,11 @@ export const dgramTransport: DatagramTransport = {
   },
 };
 
-let transport: DatagramTransport = dgramTransport;
+let defaultTransport: DatagramTransport = dgramTransport;
 
-/** Use `t` for the pool sockets opened from now on (in this thread). */
+/** Use `t` for the pool sockets of resolvers made from now on without a transport of their own (in this thread). */
 export function setDatagramTransport(t: DatagramTransport): void {
-  transport = t;
+  defaultTransport = t;
 }
 
 /** One connected UDP socket and the queries in flight on it, by ID. */
@@ -365,7 +372,7 @@ class PoolSocket {
   get connected(): boolean { return this.ch.isReady; }
   get ready(): Promise<void> { return this.ch.ready; }
 
-  constructor(server: Nameserver, private readonly onDead: (s: PoolSocket) => void) {
+  constructor(server: Nameserver, transport: DatagramTransport, private readonly onDead: (s: PoolSocket) => void) {
     this.ch = transport.open(server, (m) => this.onMessage(m), (e) => this.fail(e));
   }
 
@@ -414,7 +421,7 @@ class UdpPool {
   private sweeper: NodeJS.Timeout | undefined;
 
   /** `maxUses`: queries per socket before it is retired (1: a socket per query). */
-  constructor(private readonly server: Nameserver, private readonly onIdle: () => void, private readonly maxUses = MAX_USES) {}
+  constructor(private readonly server: Nameserver, private readonly transport: DatagramTransport, private readonly onIdle: () => void, private readonly maxUses = MAX_USES) {}
 
   async exchange(message: Buffer, question: QuestionInfo | null, timeoutMs: number): Promise<Buffer> {
     const s = this.pick();
@@ -455,7 +462,7 @@ class UdpPool {
     clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
     if (this.active.length < POOL_SIZE) {
-      const s = new PoolSocket(this.server, (dead) => this.retire(dead));
+      const s = new PoolSocket(this.server, this.transport, (dead) => this.retire(dead));
       this.active.push(s);
       return s;
     }
@@ -503,13 +510,18 @@ class UdpPool {
   }
 }
 
-const pools = new Map<string, UdpPool>();
+// The pools of each transport (an engine worker's sandboxes each have their own: their sockets
+// live in that sandbox's data path), by server.
+const poolsOf = new WeakMap<DatagramTransport, Map<string, UdpPool>>();
 
-function poolFor(server: Nameserver): UdpPool {
+function poolFor(server: Nameserver, transport: DatagramTransport): UdpPool {
+  let pools = poolsOf.get(transport);
+  if (!pools) poolsOf.set(transport, (pools = new Map()));
   const key = `${server.ip}|${server.port}`;
   let p = pools.get(key);
   if (!p) {
-    p = new UdpPool(server, () => pools.delete(key));
+    const all = pools;
+    p = new UdpPool(server, transport, () => all.delete(key));
     pools.set(key, p);
   }
   return p;

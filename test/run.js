@@ -18,5 +18,8 @@ for (const s of suites) {
   }
   for (const f of readdirSync(dir).sort()) if (f.endsWith(".test.js")) files.push(join(dir, f));
 }
-const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--test-reporter=spec", ...files], { stdio: "inherit" });
+// One engine thread per process: every process that makes several sandboxes (the library's, the
+// daemon's) runs them on a shared worker, as a fleet would.
+const env = { ...process.env, MOAT_ENGINE_THREADS: process.env.MOAT_ENGINE_THREADS ?? "1" };
+const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--test-reporter=spec", ...files], { stdio: "inherit", env });
 process.exit(r.status ?? 1);

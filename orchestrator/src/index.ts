@@ -9,7 +9,7 @@ export { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "./sandbox/n
 export { parseNameserverAddress, hostResolvers } from "./dns/upstream.js";
 export { addressesFor, netnsName, poolTag, type SandboxAddresses } from "./sandbox/addressing.js";
 export { cleanupLeftovers } from "./sandbox/cleanup.js";
-export { EngineHost } from "./engine/engine-host.js";
+export { EngineHost, setEngineThreads, engineWorkers, MAX_ENGINE_THREADS } from "./engine/engine-host.js";
 export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
 export type { LinkSpec, TapLinkSpec, StreamLinkSpec, VhostUserLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";

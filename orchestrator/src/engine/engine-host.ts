@@ -1,36 +1,139 @@
-// engine-host.ts — starting, observing and stopping one engine worker from the orchestrator.
-import { Worker, MessageChannel } from "node:worker_threads";
+// engine-host.ts — the pool of engine worker threads, and one sandbox's engine on it.
+//
+// The pool starts a worker for each of the first `threads` sandboxes (default: one per core,
+// setEngineThreads / MOAT_ENGINE_THREADS), then gives each new sandbox to the worker serving the
+// fewest: a sandbox's create costs no thread and no isolate once the pool is up. A worker holds
+// the process open only while it serves a sandbox. If a worker dies, every sandbox it served
+// loses its network (onFailure); a sandbox whose own engine fails stops alone.
+import { Worker, MessageChannel, type MessagePort } from "node:worker_threads";
+import { availableParallelism } from "node:os";
 import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { createEngineMemory } from "./engine-module.js";
 import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } from "./engine-config.js";
-import type { EngineControl, EngineWorkerData, DnsAnswerMessage, DnsWorkerSetup, DnsUpdate, DnsEventMessage } from "./engine-worker.js";
+import type { EngineControl, EngineWorkerData, DnsAnswerMessage, DnsWorkerSetup, DnsUpdate, DnsEventMessage, AddSandboxMessage, InstanceStatus } from "./engine-worker.js";
 import type { LinkSpec } from "../links/link.js";
 import type { LinkMiddleware } from "../links/middleware.js";
-import { MoatError } from "../errors.js";
+import { MoatError, ConfigError } from "../errors.js";
 import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 
+/** The most engine threads a process may be given. */
+export const MAX_ENGINE_THREADS = 256;
+
+/** One worker thread of the pool. */
+class PoolWorker {
+  sandboxes = 0;
+  exited = false;
+  /** Told when the worker exits (each sandbox it serves listens). */
+  readonly exit: Promise<number>;
+  failure: Error | undefined;
+
+  constructor(readonly worker: Worker) {
+    this.exit = new Promise<number>((resolve) => {
+      worker.once("error", (err) => { this.failure = err; });
+      worker.once("exit", (code) => {
+        this.exited = true;
+        resolve(code);
+      });
+    });
+    worker.unref(); // held open only while it serves (take/release)
+  }
+
+  take(): void {
+    if (this.sandboxes++ === 0) this.worker.ref();
+  }
+
+  release(): void {
+    if (--this.sandboxes === 0) this.worker.unref();
+  }
+}
+
+function threadsFromEnv(): number {
+  const v = process.env.MOAT_ENGINE_THREADS;
+  if (v === undefined || v === "") return availableParallelism();
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_ENGINE_THREADS) {
+    throw new ConfigError(`MOAT_ENGINE_THREADS=${JSON.stringify(v)} is not a whole number from 1 to ${MAX_ENGINE_THREADS}`, "unset it for one engine thread per core");
+  }
+  return n;
+}
+
+const pool: PoolWorker[] = [];
+let poolThreads: number | undefined;
+
+/**
+ * How many engine worker threads serve this process's sandboxes (default: one per core, or
+ * MOAT_ENGINE_THREADS). Applies to sandboxes created from now on; workers already running go on
+ * serving theirs.
+ */
+export function setEngineThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_ENGINE_THREADS) {
+    throw new ConfigError(`engine threads ${n} is not a whole number from 1 to ${MAX_ENGINE_THREADS}`, "e.g. 2 (the default is one per core)");
+  }
+  poolThreads = n;
+}
+
+/** The pool's workers now: their thread ids and how many sandboxes each serves. */
+export function engineWorkers(): { threadId: number; sandboxes: number }[] {
+  return pool.filter((w) => !w.exited).map((w) => ({ threadId: w.worker.threadId, sandboxes: w.sandboxes }));
+}
+
+/** The worker for a new sandbox: a new one while the pool is short of its size, else the least busy. */
+function acquireWorker(): PoolWorker {
+  for (let i = pool.length - 1; i >= 0; i--) if (pool[i]!.exited) pool.splice(i, 1);
+  const threads = poolThreads ??= threadsFromEnv();
+  if (pool.length < threads) {
+    const w = new PoolWorker(spawnWorker());
+    pool.push(w);
+    return w;
+  }
+  return pool.reduce((a, b) => (b.sandboxes < a.sandboxes ? b : a));
+}
+
+function spawnWorker(): Worker {
+  // The worker takes this process's Node options, but those that only a main script may have
+  // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
+  const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));
+  const workerUrl = new URL("./engine-worker.js", import.meta.url);
+  try {
+    return new Worker(workerUrl, { execArgv });
+  } catch (e) {
+    // V8 and process-wide options (--expose-gc, --max-old-space-size, ...) are refused in a
+    // worker's execArgv, and Node names them: the worker goes without those (they are the
+    // process's already).
+    const m = /invalid execArgv flags: (.*)$/m.exec((e as Error).message);
+    if ((e as NodeJS.ErrnoException).code !== "ERR_WORKER_INVALID_EXEC_ARGV" || !m) throw e;
+    const refused = new Set(m[1]!.split(/,\s*/).map((f) => f.trim()));
+    return new Worker(workerUrl, { execArgv: execArgv.filter((a) => !refused.has(a) && !refused.has(a.split("=")[0]!)) });
+  }
+}
 
 export class EngineHost {
   private exited = false;
   private stopping = false;
-  /** Called if the worker dies while serving (not through stop()): the sandbox has lost its network. */
+  /** Called if the engine stops while serving (not through stop()): the sandbox has lost its network. */
   onFailure: ((reason: string) => void) | undefined;
   private constructor(
     readonly memory: WebAssembly.Memory,
-    private readonly worker: Worker,
+    private readonly pw: PoolWorker,
     private readonly control: Comlink.Remote<EngineControl>,
-    private readonly exitPromise: Promise<number>,
-    private readonly dnsPort: import("node:worker_threads").MessagePort,
+    private readonly controlPort: MessagePort,
+    exitPromise: Promise<string>,
+    private readonly dnsPort: MessagePort,
   ) {
-    void exitPromise.then((code) => {
+    void exitPromise.then((reason) => {
       this.exited = true;
-      if (!this.stopping) this.onFailure?.(`the engine worker exited with code ${code}`);
+      if (!this.stopping) this.onFailure?.(reason);
     });
   }
 
+  /** The thread serving this sandbox's engine. */
+  get threadId(): number {
+    return this.pw.worker.threadId;
+  }
+
   /**
-   * Spawn a worker serving `link` with `config`; resolves once frames are being served.
+   * Serve `link` with `config` on a worker of the pool; resolves once frames are being served.
    * `prepare` runs on the fresh memory before the engine starts (the policy is installed there,
    * so no frame is ever judged by an empty table); `onAudit` is called when denials are waiting
    * in the audit ring.
@@ -58,35 +161,25 @@ export class EngineHost {
       if (m.answered) hooks.onDnsAnswered?.(m.answered);
     });
     dns.port1.unref();
-    const workerData: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns, middleware: hooks.middleware };
-    // The worker takes this process's Node options, but those that only a main script may have
-    // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
-    const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));
-    const workerUrl = new URL("./engine-worker.js", import.meta.url);
-    let worker: Worker;
-    try {
-      worker = new Worker(workerUrl, { workerData, transferList: [audit.port2, dns.port2], execArgv });
-    } catch (e) {
-      // V8 and process-wide options (--expose-gc, --max-old-space-size, ...) are refused in a
-      // worker's execArgv, and Node names them: the worker goes without those (they are the
-      // process's already).
-      const m = /invalid execArgv flags: (.*)$/m.exec((e as Error).message);
-      if ((e as NodeJS.ErrnoException).code !== "ERR_WORKER_INVALID_EXEC_ARGV" || !m) throw e;
-      const refused = new Set(m[1]!.split(/,\s*/).map((f) => f.trim()));
-      worker = new Worker(workerUrl, { workerData, transferList: [audit.port2, dns.port2], execArgv: execArgv.filter((a) => !refused.has(a) && !refused.has(a.split("=")[0]!)) });
-    }
-    let failure: Error | undefined;
-    const exitPromise = new Promise<number>((resolve) => {
-      worker.once("error", (err) => { failure = err; });
-      worker.once("exit", resolve);
+    const ctl = new MessageChannel();
+    const status = new MessageChannel();
+    const pw = acquireWorker();
+    pw.take();
+    // This sandbox's engine ends when it fails on its own or when its worker dies.
+    const exitPromise = new Promise<string>((resolve) => {
+      status.port1.on("message", (m: InstanceStatus) => resolve(m.failed));
+      status.port1.unref();
+      void pw.exit.then((code) => resolve(pw.failure ? `the engine worker failed: ${pw.failure.message}` : `the engine worker exited with code ${code}`));
     });
-    const control = Comlink.wrap<EngineControl>(nodeEndpoint(worker));
-    const host = new EngineHost(memory, worker, control, exitPromise, dns.port1);
+    const add: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns, middleware: hooks.middleware, controlPort: ctl.port2, statusPort: status.port2 };
+    pw.worker.postMessage({ add } satisfies AddSandboxMessage, [audit.port2, dns.port2, ctl.port2, status.port2]);
+    const control = Comlink.wrap<EngineControl>(nodeEndpoint(ctl.port1));
+    const host = new EngineHost(memory, pw, control, ctl.port1, exitPromise, dns.port1);
     try {
       await Promise.race([
         control.ready(),
-        exitPromise.then((code) => {
-          throw failure ?? new MoatError("ERR_ENGINE", `engine worker exited with code ${code} during start`);
+        exitPromise.then((reason) => {
+          throw new MoatError("ERR_ENGINE", `${reason} during start`);
         }),
       ]);
     } catch (err) {
@@ -140,18 +233,21 @@ export class EngineHost {
     if (!this.exited) await this.control.unlisten(id);
   }
 
-  /** Stop the worker (closing its link and host sockets); idempotent. */
+  /** Stop this sandbox's engine (closing its link and host sockets) and leave the worker; idempotent. */
   async stop(): Promise<void> {
+    if (this.stopping) return;
     this.stopping = true;
-    if (this.exited) return;
-    try {
-      await within(this.control.stop(), 1000);
-    } catch {
-      // the worker may already be gone
+    if (!this.exited) {
+      try {
+        await within(this.control.stop(), 1000);
+      } catch {
+        // the worker may already be gone
+      }
     }
-    await within(this.exitPromise, 1000);
-    if (!this.exited) await this.worker.terminate();
     this.control[Comlink.releaseProxy]();
+    this.controlPort.close();
+    this.dnsPort.close();
+    this.pw.release();
   }
 }
 

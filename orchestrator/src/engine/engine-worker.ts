@@ -1,10 +1,16 @@
-// engine-worker.ts — the body of one engine worker thread.
+// engine-worker.ts — the body of an engine worker thread, which serves the links of many
+// sandboxes (engine-host.ts keeps a pool of these, one per core by default).
 //
-// It instantiates engine-wasm on the shared memory it was given, opens its link, and runs the
-// data-path loop whenever native-vmm reports the link or a host socket readable:
+// Each sandbox served is an EngineInstance: its own WebAssembly instance on its own shared memory
+// (flow table, policy, pins, rings, counters), its own native data path (link, host sockets,
+// epoll set), its own DNS interceptor and upstream sockets. Nothing of one sandbox's engine is
+// reachable from another's: a malformed frame, a full table or a trap in one stops that sandbox
+// alone (it reports `failed` and its network is down), never its neighbours. Per sandbox, the
+// loop runs whenever native-vmm reports its link or a host socket readable:
 //   pump (fds -> rings) -> engineRun (rings -> TX ring + host ops) -> flush (ops, TX -> link)
-// repeated until a round moves nothing (bounded, so timers and control calls still run).
-// The control channel to the orchestrator is comlink over the worker's parentPort.
+// repeated until a round moves nothing, at most MAX_ROUNDS_PER_WAKEUP rounds, so one busy
+// sandbox yields to the others' wake-ups (libuv serves ready data paths round-robin).
+// Each sandbox's control channel is comlink over a MessagePort of its own.
 //
 // Guest DNS over UDP is answered here, in the worker that owns the sandbox's engine: the DNS
 // interceptor (orchestrator/src/dns/interceptor.ts) runs on this thread, reads queries straight
@@ -13,11 +19,11 @@
 // shared by every sandbox of the process). The main thread sends policy-dependent inputs (domain
 // rule names, deny names, Group Host addresses) when they change, and hears of DNS events for
 // the audit log.
-import { parentPort, workerData, type MessagePort } from "node:worker_threads";
+import { parentPort, type MessagePort } from "node:worker_threads";
 import { performance } from "node:perf_hooks";
 import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
-import { instantiateEngine } from "./engine-module.js";
+import { instantiateEngine, type EngineExports } from "./engine-module.js";
 import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-config.js";
 import { layout } from "./layout.js";
 import { loadNative } from "../native.js";
@@ -25,7 +31,7 @@ import { openLink, type LinkSpec } from "../links/link.js";
 import { applyMiddleware, type LinkMiddleware } from "../links/middleware.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
 import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
-import { UpstreamResolver, setDatagramTransport, dgramTransport, type Nameserver, type DatagramChannel } from "../dns/upstream.js";
+import { UpstreamResolver, dgramTransport, type Nameserver, type DatagramChannel, type DatagramTransport } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
 import { classifyAddress } from "../policy/groups.js";
 import { enginePins, addr16 } from "./engine-config.js";
@@ -45,7 +51,17 @@ export interface EngineWorkerData {
   dnsPort: MessagePort;
   /** The interceptor's setup; without it guest DNS over UDP gets no answer. */
   dns?: DnsWorkerSetup;
+  /** The sandbox's control channel (comlink: EngineControl). */
+  controlPort: MessagePort;
+  /** Told `{ failed: reason }` if this sandbox's engine stops on its own (a trap, a link error). */
+  statusPort: MessagePort;
 }
+
+/** From the pool (engine-host.ts) to a worker: serve one more sandbox. */
+export interface AddSandboxMessage { add: EngineWorkerData }
+
+/** From an instance to its host (statusPort). */
+export interface InstanceStatus { failed: string }
 
 /** What the worker's DNS interceptor is built from (all of it structured-clonable). */
 export interface DnsWorkerSetup {
@@ -103,59 +119,11 @@ export interface EngineControl {
 const MAX_ROUNDS_PER_WAKEUP = 256;
 const TICK_INTERVAL_MS = 100;
 const TICK_SCAN_BUDGET = layout.FLOW_CAPACITY; // every flow, every tick: timers need 100 ms resolution
+const DNS_TAKE_BYTES = 576 * 1024; // > native's staging bound: one take empties it
 
-const data = workerData as EngineWorkerData;
 const native = loadNative();
-const engine = instantiateEngine(data.memory);
-const mem = new Uint8Array(data.memory.buffer);
-writeEngineConfig(mem, data.config);
-engine.engineInit();
-const datapath = new native.Datapath(mem);
-
-const auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
-let auditSeen = Atomics.load(auditTail, 0);
-
-function serve(): void {
-  const now = performance.now();
-  for (let round = 0; round < MAX_ROUNDS_PER_WAKEUP; round++) {
-    const got = datapath.pump();
-    const done = engine.engineRun(now);
-    // Guest DNS goes upstream before anything else is written: a query's latency is the
-    // gateway's whole contribution to a lookup.
-    if (round === 0) drainDnsQueries();
-    const wrote = datapath.flush();
-    if (got === 0 && done === 0 && wrote === 0) break;
-  }
-  armAckTimer();
-  const t = Atomics.load(auditTail, 0);
-  if (t !== auditSeen) {
-    auditSeen = t;
-    data.auditPort.postMessage(0);
-  }
-  drainDnsQueries();
-  takeDnsAnswers();
-}
-
-// Delayed ACKs (flow/tcp.ts): the engine leaves the earliest deadline at ST_ACK_DUE; a timer set
-// for it sends them, unless the segments that carry them went first.
-let ackTimer: NodeJS.Timeout | undefined;
-let ackTimerAt = 0;
-function armAckTimer(): void {
-  const due = dv.getFloat64(layout.ST_ACK_DUE, true);
-  if (due === 0 || stopped || (ackTimer && ackTimerAt <= due)) return;
-  clearTimeout(ackTimer);
-  ackTimerAt = due;
-  ackTimer = setTimeout(() => {
-    ackTimer = undefined;
-    if (stopped) return;
-    if (engine.engineFlushAcks(performance.now()) > 0) datapath.flush();
-    armAckTimer();
-  }, Math.max(0, due - performance.now()));
-}
-
-// ---- DNS: the interceptor's upstream sockets are native-vmm's, in this worker's epoll set ----
-const dnsChannels = new Map<number, { onMessage: (m: Buffer) => void; onError: (e: Error) => void }>();
-const dnsTakeBuf = new Uint8Array(576 * 1024); // > native's staging bound: one take empties it
+/** Shared by every instance of this thread (only one runs at a time): upstream answers, copied out. */
+const dnsTakeBuf = new Uint8Array(DNS_TAKE_BYTES);
 
 function socketError(errno: number): Error {
   let name: string;
@@ -163,203 +131,328 @@ function socketError(errno: number): Error {
   return Object.assign(new Error(`upstream socket: ${name}`), { code: name });
 }
 
-setDatagramTransport({
-  open(server, onMessage, onError): DatagramChannel {
-    if (server.ip.includes("%")) return dgramTransport.open(server, onMessage, onError); // a zone: Node's sockets know it
-    const id = datapath.dnsOpen(isIPv4(server.ip) ? 4 : 6, addr16(server.ip), server.port);
-    let open = id >= 0;
-    const fail = (errno: number) => queueMicrotask(() => onError(socketError(errno)));
-    if (open) dnsChannels.set(id, { onMessage, onError });
-    else fail(-id);
-    return {
-      isReady: open,
-      ready: Promise.resolve(),
-      send(m: Buffer): void {
-        const r = open ? datapath.dnsSend(id, m) : 0;
-        if (r < 0) fail(-r);
-      },
-      close(): void {
-        if (!open) return;
-        open = false;
-        dnsChannels.delete(id);
-        datapath.dnsClose(id);
-      },
-    };
-  },
-});
+/** One sandbox's engine, served by this thread. */
+class EngineInstance {
+  private readonly engine: EngineExports;
+  private readonly mem: Uint8Array;
+  private readonly dv: DataView;
+  private readonly datapath: InstanceType<ReturnType<typeof loadNative>["Datapath"]>;
+  private readonly auditTail: Int32Array;
+  private auditSeen: number;
+  private readonly dnsCtrl: Int32Array;
+  private stopped = false;
+  private readonly readyPromise: Promise<void>;
 
-/** Upstream answers (and socket errors) read by this wake-up's pumps, to their pool sockets. */
-function takeDnsAnswers(): void {
-  for (;;) {
-    const n = datapath.dnsTake(dnsTakeBuf);
-    if (n === 0) return;
-    for (let at = 0; at < n;) {
-      const id = dnsTakeBuf[at]! | dnsTakeBuf[at + 1]! << 8;
-      const len = dnsTakeBuf[at + 2]! | dnsTakeBuf[at + 3]! << 8;
-      const ch = dnsChannels.get(id); // gone: a socket closed with datagrams still staged
-      if (len === 0xffff) {
-        ch?.onError(socketError(dnsTakeBuf[at + 4]! | dnsTakeBuf[at + 5]! << 8));
-        at += 6;
-        continue;
+  constructor(private readonly data: EngineWorkerData) {
+    this.engine = instantiateEngine(data.memory);
+    this.mem = new Uint8Array(data.memory.buffer);
+    this.dv = new DataView(data.memory.buffer);
+    writeEngineConfig(this.mem, data.config);
+    this.engine.engineInit();
+    this.datapath = new native.Datapath(this.mem);
+    this.auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
+    this.auditSeen = Atomics.load(this.auditTail, 0);
+    this.dnsCtrl = new Int32Array(data.memory.buffer, layout.DNS_CTRL, layout.RING_CTRL_BYTES / 4);
+    this.dnsNames = data.dns?.update.names ?? [];
+    this.dnsDeny = data.dns?.update.deny ?? { domains: [], suffixes: [] };
+    this.dnsHost = new Set(data.dns?.update.host ?? []);
+    const dns = data.dns;
+    this.interceptor = dns && new DnsInterceptor(dns.settings, new UpstreamResolver(dns.upstreams, dns.settings.queryTimeoutMs, { transport: this.transport }), {
+      nameIds: () => this.dnsNames,
+      denyNames: () => this.dnsDeny,
+      resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
+      classify: (ip) => classifyAddress(ip, this.dnsHost),
+      secretIn: (name, query) => placeholderInName(dns.placeholders ?? [], name, query),
+      recordAnswers: () => dns.reportAnswers === true,
+    });
+    data.dnsPort.on("message", (m: DnsUpdate) => {
+      if (this.stopped) return;
+      if (m.names) this.dnsNames = m.names;
+      if (m.deny) this.dnsDeny = m.deny;
+      if (m.host) this.dnsHost = new Set(m.host);
+      if (m.pins?.length) this.guard(() => this.applyPins(m.pins!));
+    });
+    const dp = this.datapath;
+    this.readyPromise = (async () => {
+      const link = await openLink(data.link, native);
+      link.attach(dp);
+      applyMiddleware(dp, data.middleware);
+      dp.start(() => this.guard(() => this.serve()));
+    })();
+    // Report a failed link through ready(), not as an unhandled rejection.
+    this.readyPromise.catch(() => {});
+    Comlink.expose(this.control, nodeEndpoint(data.controlPort));
+  }
+
+  /**
+   * Run `f` for this sandbox; if it throws (a trap in the engine, a bug), this sandbox stops and
+   * says why, and the thread goes on serving the others.
+   */
+  private guard(f: () => void): void {
+    if (this.stopped) return;
+    try {
+      f();
+    } catch (e) {
+      this.fail(`the engine stopped: ${(e as Error).message}`);
+    }
+  }
+
+  private fail(reason: string): void {
+    if (this.stopped) return;
+    this.data.statusPort.postMessage({ failed: reason } satisfies InstanceStatus);
+    this.stop();
+  }
+
+  private serve(): void {
+    const now = performance.now();
+    const { datapath, engine } = this;
+    for (let round = 0; round < MAX_ROUNDS_PER_WAKEUP; round++) {
+      const got = datapath.pump();
+      const done = engine.engineRun(now);
+      // Guest DNS goes upstream before anything else is written: a query's latency is the
+      // gateway's whole contribution to a lookup.
+      if (round === 0) this.drainDnsQueries();
+      const wrote = datapath.flush();
+      if (got === 0 && done === 0 && wrote === 0) break;
+    }
+    this.armAckTimer();
+    const t = Atomics.load(this.auditTail, 0);
+    if (t !== this.auditSeen) {
+      this.auditSeen = t;
+      this.data.auditPort.postMessage(0);
+    }
+    this.drainDnsQueries();
+    this.takeDnsAnswers();
+  }
+
+  /** The thread's ticker, every TICK_INTERVAL_MS: flow timers (an idle sandbox returns at once). */
+  tick(): void {
+    this.guard(() => {
+      if (this.engine.engineTick(performance.now(), TICK_SCAN_BUDGET) > 0) this.datapath.flush();
+      this.serve();
+    });
+  }
+
+  // Delayed ACKs (flow/tcp.ts): the engine leaves the earliest deadline at ST_ACK_DUE; a timer set
+  // for it sends them, unless the segments that carry them went first.
+  private ackTimer: NodeJS.Timeout | undefined;
+  private ackTimerAt = 0;
+  private armAckTimer(): void {
+    const due = this.dv.getFloat64(layout.ST_ACK_DUE, true);
+    if (due === 0 || this.stopped || (this.ackTimer && this.ackTimerAt <= due)) return;
+    clearTimeout(this.ackTimer);
+    this.ackTimerAt = due;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      this.guard(() => {
+        if (this.engine.engineFlushAcks(performance.now()) > 0) this.datapath.flush();
+        this.armAckTimer();
+      });
+    }, Math.max(0, due - performance.now()));
+  }
+
+  // ---- DNS: the interceptor's upstream sockets are native-vmm's, in this sandbox's epoll set ----
+  private readonly dnsChannels = new Map<number, { onMessage: (m: Buffer) => void; onError: (e: Error) => void }>();
+
+  /** Upstream DNS sockets in this sandbox's data path (answered within its own wake-ups). */
+  private readonly transport: DatagramTransport = { open: (server, onMessage, onError) => this.openDns(server, onMessage, onError) };
+
+  private openDns(server: Nameserver, onMessage: (m: Buffer) => void, onError: (e: Error) => void): DatagramChannel {
+    {
+      if (server.ip.includes("%")) return dgramTransport.open(server, onMessage, onError); // a zone: Node's sockets know it
+      const id = this.stopped ? -9 /* EBADF */ : this.datapath.dnsOpen(isIPv4(server.ip) ? 4 : 6, addr16(server.ip), server.port);
+      let open = id >= 0;
+      const fail = (errno: number) => queueMicrotask(() => onError(socketError(errno)));
+      if (open) this.dnsChannels.set(id, { onMessage, onError });
+      else fail(-id);
+      const self = this;
+      return {
+        isReady: open,
+        ready: Promise.resolve(),
+        send(m: Buffer): void {
+          const r = open && !self.stopped ? self.datapath.dnsSend(id, m) : 0;
+          if (r < 0) fail(-r);
+        },
+        close(): void {
+          if (!open) return;
+          open = false;
+          self.dnsChannels.delete(id);
+          if (!self.stopped) self.datapath.dnsClose(id);
+        },
+      };
+    }
+  }
+
+  /** Upstream answers (and socket errors) read by this wake-up's pumps, to their pool sockets. */
+  private takeDnsAnswers(): void {
+    for (;;) {
+      const n = this.datapath.dnsTake(dnsTakeBuf);
+      if (n === 0) return;
+      for (let at = 0; at < n;) {
+        const id = dnsTakeBuf[at]! | dnsTakeBuf[at + 1]! << 8;
+        const len = dnsTakeBuf[at + 2]! | dnsTakeBuf[at + 3]! << 8;
+        const ch = this.dnsChannels.get(id); // gone: a socket closed with datagrams still staged
+        if (len === 0xffff) {
+          ch?.onError(socketError(dnsTakeBuf[at + 4]! | dnsTakeBuf[at + 5]! << 8));
+          at += 6;
+          continue;
+        }
+        // A copy: the answer outlives this buffer (it is judged after the resolver's promise settles).
+        if (ch) ch.onMessage(Buffer.from(dnsTakeBuf.subarray(at + 4, at + 4 + len)));
+        at += 4 + len;
       }
-      // A copy: the answer outlives this buffer (it is judged after the resolver's promise settles).
-      if (ch) ch.onMessage(Buffer.from(dnsTakeBuf.subarray(at + 4, at + 4 + len)));
-      at += 4 + len;
     }
   }
-}
 
-// ---- DNS: queries from the engine's ring through the interceptor, answers back into the engine ----
-const dnsCtrl = new Int32Array(data.memory.buffer, layout.DNS_CTRL, layout.RING_CTRL_BYTES / 4);
-const dv = new DataView(data.memory.buffer);
+  // ---- DNS: queries from the engine's ring through the interceptor, answers back into the engine ----
+  private dnsNames: readonly string[];
+  private dnsDeny: { domains: string[]; suffixes: string[] };
+  private dnsHost: ReadonlySet<string>;
+  private readonly interceptor: DnsInterceptor | undefined;
+  private readonly dnsStats = new DnsStats();
 
-let dnsNames: readonly string[] = data.dns?.update.names ?? [];
-let dnsDeny = data.dns?.update.deny ?? { domains: [], suffixes: [] };
-let dnsHost: ReadonlySet<string> = new Set(data.dns?.update.host ?? []);
-const interceptor = data.dns && new DnsInterceptor(data.dns.settings, new UpstreamResolver(data.dns.upstreams, data.dns.settings.queryTimeoutMs), {
-  nameIds: () => dnsNames,
-  denyNames: () => dnsDeny,
-  resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
-  classify: (ip) => classifyAddress(ip, dnsHost),
-  secretIn: (name, query) => placeholderInName(data.dns?.placeholders ?? [], name, query),
-  recordAnswers: () => data.dns?.reportAnswers === true,
-});
+  // Queries taken from the ring and not yet answered. Past DNS_SLOTS the ring is left to fill, and
+  // the engine drops further queries (DROP_DNS_OVERLOAD): what a guest can keep in flight stays
+  // bounded end to end, however slow the upstreams.
+  private dnsOutstanding = 0;
 
-// Queries taken from the ring and not yet answered. Past DNS_SLOTS the ring is left to fill, and
-// the engine drops further queries (DROP_DNS_OVERLOAD): what a guest can keep in flight stays
-// bounded end to end, however slow the upstreams.
-let dnsOutstanding = 0;
-
-function drainDnsQueries(): void {
-  let head = Atomics.load(dnsCtrl, layout.RING_CTRL_HEAD / 4) >>> 0;
-  const tail = Atomics.load(dnsCtrl, layout.RING_CTRL_TAIL / 4) >>> 0;
-  if (head === tail) return;
-  while (head !== tail && dnsOutstanding < layout.DNS_SLOTS) {
-    dnsOutstanding++;
-    const q = layout.DNS_BASE + (head & (layout.DNS_SLOTS - 1)) * layout.DNS_SLOT_BYTES;
-    const len = dv.getUint32(q + layout.DQ_LEN, true);
-    // Copies: the slot is reused once the head moves on, and the answer comes later.
-    void answerQuery(mem.slice(q, q + layout.DQ_PAYLOAD), Buffer.from(mem.subarray(q + layout.DQ_PAYLOAD, q + layout.DQ_PAYLOAD + len)));
-    head = (head + 1) >>> 0;
-  }
-  Atomics.store(dnsCtrl, layout.RING_CTRL_HEAD / 4, head | 0);
-}
-
-const dnsStats = new DnsStats();
-
-async function answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
-  let out: DnsOutcome | null = null;
-  const started = performance.now();
-  try {
-    if (interceptor) {
-      const u32 = (off: number) => header[off]! | header[off + 1]! << 8 | header[off + 2]! << 16 | header[off + 3]! << 24;
-      const a = layout.DQ_DEST_ADDR;
-      // (A typed array's join costs more than the rest of this function: the quad is built by hand.)
-      const ip = u32(layout.DQ_FAMILY) === 4 ? `${header[a + 12]}.${header[a + 13]}.${header[a + 14]}.${header[a + 15]}`
-        : ipaddr.fromByteArray(Array.from(header.subarray(a, a + 16))).toString();
-      out = await interceptor.handle(query, { protocol: "udp", toGateway: u32(layout.DQ_TO_GATEWAY) === 1, dest: { ip, port: u32(layout.DQ_DEST_PORT) } });
+  private drainDnsQueries(): void {
+    const { dnsCtrl, dv, mem } = this;
+    let head = Atomics.load(dnsCtrl, layout.RING_CTRL_HEAD / 4) >>> 0;
+    const tail = Atomics.load(dnsCtrl, layout.RING_CTRL_TAIL / 4) >>> 0;
+    if (head === tail) return;
+    while (head !== tail && this.dnsOutstanding < layout.DNS_SLOTS) {
+      this.dnsOutstanding++;
+      const q = layout.DNS_BASE + (head & (layout.DNS_SLOTS - 1)) * layout.DNS_SLOT_BYTES;
+      const len = dv.getUint32(q + layout.DQ_LEN, true);
+      // Copies: the slot is reused once the head moves on, and the answer comes later.
+      void this.answerQuery(mem.slice(q, q + layout.DQ_PAYLOAD), Buffer.from(mem.subarray(q + layout.DQ_PAYLOAD, q + layout.DQ_PAYLOAD + len)));
+      head = (head + 1) >>> 0;
     }
-  } catch {
-    out = null; // no answer: the stub retries
+    Atomics.store(dnsCtrl, layout.RING_CTRL_HEAD / 4, head | 0);
   }
-  if (interceptor) dnsStats.record("udp", (performance.now() - started) / 1000, out);
-  dnsOutstanding--;
-  if (stopped) return;
-  // Pins first: the guest may connect the moment it reads the answer.
-  if (out?.pins.length) {
-    applyPins(enginePins(out.pins));
-    if (data.dns?.reportAnswers) data.dnsPort.postMessage({ answered: out.pins.map((p) => ({ ip: p.ip, name: p.name, ttlMs: p.ttlSec * 1000 })) } satisfies DnsEventMessage);
-  }
-  if (out?.answer) {
-    mem.set(header, layout.DNS_ANSWER_BASE);
-    dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, out.answer.length, true);
-    mem.set(out.answer, layout.DNS_ANSWER_BASE + layout.DQ_PAYLOAD);
-    if (!engine.dnsAnswer()) {
-      datapath.flush(); // the TX ring was full: drain it to the link and try once more
-      engine.dnsAnswer();
+
+  private async answerQuery(header: Uint8Array, query: Buffer): Promise<void> {
+    let out: DnsOutcome | null = null;
+    const started = performance.now();
+    const interceptor = this.interceptor;
+    try {
+      if (interceptor) {
+        const u32 = (off: number) => header[off]! | header[off + 1]! << 8 | header[off + 2]! << 16 | header[off + 3]! << 24;
+        const a = layout.DQ_DEST_ADDR;
+        // (A typed array's join costs more than the rest of this function: the quad is built by hand.)
+        const ip = u32(layout.DQ_FAMILY) === 4 ? `${header[a + 12]}.${header[a + 13]}.${header[a + 14]}.${header[a + 15]}`
+          : ipaddr.fromByteArray(Array.from(header.subarray(a, a + 16))).toString();
+        out = await interceptor.handle(query, { protocol: "udp", toGateway: u32(layout.DQ_TO_GATEWAY) === 1, dest: { ip, port: u32(layout.DQ_DEST_PORT) } });
+      }
+    } catch {
+      out = null; // no answer: the stub retries
     }
-    // Other answers due soon go out with this one, after the loop's turn; the last one in flight
-    // (a lone lookup) goes at once.
-    if (dnsOutstanding === 0) datapath.flush();
-    else flushSoon();
+    if (interceptor) this.dnsStats.record("udp", (performance.now() - started) / 1000, out);
+    this.dnsOutstanding--;
+    if (this.stopped) return;
+    this.guard(() => this.answered(header, out));
   }
-  if (out?.event) data.dnsPort.postMessage({ event: out.event } satisfies DnsEventMessage);
-  drainDnsQueries(); // room again: queries may be waiting in the ring
-}
 
-// Answers that arrive in one turn of the event loop (a burst of upstream datagrams) go to the
-// link in one flush, after the turn: a write per answer would cost a wake-up of the guest each.
-let flushPending = false;
-function flushSoon(): void {
-  if (flushPending) return;
-  flushPending = true;
-  setImmediate(() => {
-    flushPending = false;
-    if (!stopped) datapath.flush();
-  });
-}
-
-data.dnsPort.on("message", (m: DnsUpdate) => {
-  if (stopped) return;
-  if (m.names) dnsNames = m.names;
-  if (m.deny) dnsDeny = m.deny;
-  if (m.host) dnsHost = new Set(m.host);
-  if (m.pins?.length) applyPins(m.pins);
-});
-
-function applyPins(pins: DnsAnswerMessage["pins"]): void {
-  const now = performance.now();
-  for (const p of pins) {
-    mem.set(p.addr, layout.PIN_SCRATCH);
-    engine.dnsPin(p.nameId, p.ttlMs, now);
+  private answered(header: Uint8Array, out: DnsOutcome | null): void {
+    const { mem, dv, engine, datapath } = this;
+    // Pins first: the guest may connect the moment it reads the answer.
+    if (out?.pins.length) {
+      this.applyPins(enginePins(out.pins));
+      if (this.data.dns?.reportAnswers) this.data.dnsPort.postMessage({ answered: out.pins.map((p) => ({ ip: p.ip, name: p.name, ttlMs: p.ttlSec * 1000 })) } satisfies DnsEventMessage);
+    }
+    if (out?.answer) {
+      mem.set(header, layout.DNS_ANSWER_BASE);
+      dv.setUint32(layout.DNS_ANSWER_BASE + layout.DQ_LEN, out.answer.length, true);
+      mem.set(out.answer, layout.DNS_ANSWER_BASE + layout.DQ_PAYLOAD);
+      if (!engine.dnsAnswer()) {
+        datapath.flush(); // the TX ring was full: drain it to the link and try once more
+        engine.dnsAnswer();
+      }
+      // Other answers due soon go out with this one, after the loop's turn; the last one in flight
+      // (a lone lookup) goes at once.
+      if (this.dnsOutstanding === 0) datapath.flush();
+      else this.flushSoon();
+    }
+    if (out?.event) this.data.dnsPort.postMessage({ event: out.event } satisfies DnsEventMessage);
+    this.drainDnsQueries(); // room again: queries may be waiting in the ring
   }
+
+  // Answers that arrive in one turn of the event loop (a burst of upstream datagrams) go to the
+  // link in one flush, after the turn: a write per answer would cost a wake-up of the guest each.
+  private flushPending = false;
+  private flushSoon(): void {
+    if (this.flushPending) return;
+    this.flushPending = true;
+    setImmediate(() => {
+      this.flushPending = false;
+      this.guard(() => this.datapath.flush());
+    });
+  }
+
+  private applyPins(pins: DnsAnswerMessage["pins"]): void {
+    const now = performance.now();
+    for (const p of pins) {
+      this.mem.set(p.addr, layout.PIN_SCRATCH);
+      this.engine.dnsPin(p.nameId, p.ttlMs, now);
+    }
+  }
+
+  private stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    instances.delete(this);
+    clearTimeout(this.ackTimer);
+    this.datapath.close();
+    this.data.auditPort.close();
+    this.data.dnsPort.close();
+    this.data.statusPort.close();
+    // (after comlink's answer to stop() has gone)
+    setImmediate(() => this.data.controlPort.close());
+  }
+
+  private readonly control: EngineControl = {
+    ready: () => this.readyPromise,
+    liveSockets: () => this.datapath.liveSockets(),
+    counters: () => readCounters(this.mem, true),
+    dnsStats: () => this.dnsStats.snapshot(),
+    listen: (id, protocol, family, addr, port, guestPort, dualStack) => {
+      const { mem, dv } = this;
+      // The entry first: a peer accepted the moment the socket listens is judged against it.
+      const e = layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES;
+      dv.setUint16(e + layout.PUB_GUEST_PORT, guestPort, true);
+      mem[e + layout.PUB_PROTO] = protocol === "tcp" ? 6 : 17;
+      const r = this.datapath.listen(id, protocol, family, addr, port, dualStack);
+      if (r < 0) mem[e + layout.PUB_PROTO] = 0;
+      return r;
+    },
+    unlisten: (id) => {
+      // The entry first: a peer that raced the withdrawal is refused by the engine.
+      this.mem[layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES + layout.PUB_PROTO] = 0;
+      this.datapath.unlisten(id);
+      this.flushSoon(); // refusals queued meanwhile go out
+    },
+    stop: () => this.stop(),
+  };
 }
 
-let stopped = false;
-const readyPromise = (async () => {
-  const link = await openLink(data.link, native);
-  link.attach(datapath);
-  applyMiddleware(datapath, data.middleware);
-  datapath.start(serve);
-})();
-// Report a failed link through ready(), not as an unhandled rejection.
-readyPromise.catch(() => {});
+const instances = new Set<EngineInstance>();
 
-const ticker = setInterval(() => {
-  if (engine.engineTick(performance.now(), TICK_SCAN_BUDGET) > 0) datapath.flush();
-  serve();
+// One ticker for the thread: an idle sandbox's tick returns at once (engine.ts, engineTick).
+setInterval(() => {
+  for (const i of instances) i.tick();
 }, TICK_INTERVAL_MS);
 
-const control: EngineControl = {
-  ready: () => readyPromise,
-  liveSockets: () => datapath.liveSockets(),
-  counters: () => readCounters(mem, true),
-  dnsStats: () => dnsStats.snapshot(),
-  listen(id, protocol, family, addr, port, guestPort, dualStack) {
-    // The entry first: a peer accepted the moment the socket listens is judged against it.
-    const e = layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES;
-    dv.setUint16(e + layout.PUB_GUEST_PORT, guestPort, true);
-    mem[e + layout.PUB_PROTO] = protocol === "tcp" ? 6 : 17;
-    const r = datapath.listen(id, protocol, family, addr, port, dualStack);
-    if (r < 0) mem[e + layout.PUB_PROTO] = 0;
-    return r;
-  },
-  unlisten(id) {
-    // The entry first: a peer that raced the withdrawal is refused by the engine.
-    mem[layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES + layout.PUB_PROTO] = 0;
-    datapath.unlisten(id);
-    flushSoon(); // refusals queued meanwhile go out
-  },
-  stop() {
-    if (stopped) return;
-    stopped = true;
-    clearInterval(ticker);
-    clearTimeout(ackTimer);
-    datapath.close();
-    data.auditPort.close();
-    data.dnsPort.close();
-    setImmediate(() => parentPort?.close());
-  },
-};
-
-Comlink.expose(control, nodeEndpoint(parentPort!));
+parentPort!.on("message", (m: AddSandboxMessage) => {
+  if (!m.add) return;
+  let inst: EngineInstance;
+  try {
+    inst = new EngineInstance(m.add);
+  } catch (e) {
+    // (its control port answers nothing: the host hears why on the status port)
+    m.add.statusPort.postMessage({ failed: `the engine could not start: ${(e as Error).message}` } satisfies InstanceStatus);
+    m.add.statusPort.close();
+    return;
+  }
+  instances.add(inst);
+});

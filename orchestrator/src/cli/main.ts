@@ -15,6 +15,7 @@ import { serveGateway } from "../gateway/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
 import type { LinkSpec } from "../links/link.js";
+import { setEngineThreads, MAX_ENGINE_THREADS } from "../engine/engine-host.js";
 import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } from "../gateway/metrics.js";
 import { ControlServer, defaultControlPath, type ControlEntry, type ControlHooks } from "../control/server.js";
 import { expectOk, stream as streamCall } from "../control/client.js";
@@ -100,7 +101,7 @@ Usage:
   moat serve (--vhost-user PATH | --stream PATH | --attach IFNAME | --tap IFNAME) [OPTIONS]
                                               serve the NIC of a VM someone else runs (their
                                               VMM connects, or holds the TAP), until SIGTERM
-  moat daemon [--control PATH] [--metrics [ADDR:]PORT]
+  moat daemon [--control PATH] [--metrics [ADDR:]PORT] [--engine-threads N]
                                               own many sandboxes, driven over a control
                                               socket (HTTP/1.1 + JSON, docs/control-api.yaml),
                                               until SIGTERM (which removes them all)
@@ -622,8 +623,11 @@ function policyFromArgs(args: string[]): { policy: NetworkPolicy; denyResponse?:
 
 /** `moat daemon`: sandboxes created, driven and removed over the control socket, until SIGTERM. */
 async function cmdDaemon(args: string[]): Promise<number> {
-  const specs: FlagSpec[] = [CONTROL_FLAG, RUN_FLAGS.find((f) => f.name === "metrics")!, RUN_FLAGS.find((f) => f.name === "stats-interval")!, { name: "help", kind: "bool", help: "show this help" }];
+  const specs: FlagSpec[] = [CONTROL_FLAG, RUN_FLAGS.find((f) => f.name === "metrics")!, RUN_FLAGS.find((f) => f.name === "stats-interval")!,
+    { name: "engine-threads", kind: "int", metavar: "N", min: 1, max: MAX_ENGINE_THREADS, help: "engine worker threads that serve all the sandboxes (default: one per core;\neach sandbox keeps its own engine memory, flow table and policy on it)" },
+    { name: "help", kind: "bool", help: "show this help" }];
   const { flags, rest } = parseFlags(args, specs, "daemon");
+  if (flags.has("engine-threads")) setEngineThreads(flags.get("engine-threads") as number);
   if (flags.get("help")) {
     process.stdout.write(`Usage: moat daemon [OPTIONS]\n\nOwns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON; docs/control-api.yaml)\nby moat create/ps/inspect/exec/policy/publish/rm or any HTTP client. Sandboxes outlive the\nclients that made them; SIGTERM or SIGINT removes them all and exits.\n\nOptions:\n${flagHelp(specs)}\n`);
     return 0;

@@ -11,6 +11,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 namespace moat {
@@ -149,8 +151,18 @@ class TapLink final : public Link {
     return true;
   }
   void close() override {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ < 0) return;
+    // Closing a TAP unregisters its device, which waits out an RCU grace period (10-30 ms): on
+    // a thread of its own, so the engine thread (shared by other sandboxes) and the sandbox's
+    // destroy do not wait for it. The fd leaves the epoll set first.
+    if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd_, nullptr);
+    const int fd = fd_;
     fd_ = -1;
+    try {
+      std::thread([fd] { ::close(fd); }).detach();
+    } catch (const std::system_error&) {
+      ::close(fd);  // no thread to be had: closed here, the slow way
+    }
   }
 
  private:

@@ -37,7 +37,7 @@ import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, 
 import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
 import { DnsStats } from "../dns/dns-stats.js";
 import { renderMetrics, type GatewaySample } from "./metrics.js";
-import { applyLimits, engineLimits, NO_LIMITS, type RateLimits, type ValidLimits } from "./limits.js";
+import { applyLimits, engineLimits, formatLimit, NO_LIMITS, type RateLimits, type ValidLimits } from "./limits.js";
 
 /** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
 export interface DnsOptions {
@@ -280,21 +280,35 @@ export class Gateway {
     this.eventCounts.set(key, (this.eventCounts.get(key) ?? 0) + 1);
   }
 
-  /** Limits hit since the last look (engine counters): one limit-hit event per limit that moved. */
+  /**
+   * Limits hit since the last look (engine counters): one limit-hit event per limit that moved,
+   * with what was refused or dropped (`count`) and, for the rate limits that hold traffic back
+   * rather than refuse it, how often they did (`delayed`).
+   */
   private lastLimits: Record<string, number> = {};
   private checkLimits(): void {
     if (!this.engine) return;
     const c = this.counters();
-    const limits: [string, string, string][] = [
-      ["max-connections", "DROP_FLOW_LIMIT", `new flows refused: the sandbox holds its most connections (${this.options.maxConnections}, --max-connections)`],
-      ["flow-table", "DROP_FLOW_TABLE_FULL", "new flows refused: the flow table is full"],
-      ["dns-in-flight", "DROP_DNS_OVERLOAD", "DNS queries dropped: too many in flight"],
+    const l = this.limits;
+    const limits: [limit: string, refused: string, delayed: string | undefined, detail: string][] = [
+      ["max-connections", "DROP_FLOW_LIMIT", undefined, `new flows refused: the sandbox holds its most connections (${this.options.maxConnections}, --max-connections)`],
+      ["flow-table", "DROP_FLOW_TABLE_FULL", undefined, "new flows refused: the flow table is full"],
+      ["dns-in-flight", "DROP_DNS_OVERLOAD", undefined, "DNS queries dropped: too many in flight"],
+      ["egress-rate", "DROP_RATE_EGRESS", "RATE_EGRESS_PACED", `traffic from the guest held to ${formatLimit(l.egress)} (--limit-egress): UDP/ICMP datagrams dropped (count), TCP windows held back (delayed)`],
+      ["ingress-rate", "DROP_RATE_INGRESS", "RATE_INGRESS_PACED", `traffic to the guest held to ${formatLimit(l.ingress)} (--limit-ingress): UDP/ICMP datagrams dropped (count), TCP reads held back (delayed)`],
+      ["conn-rate", "DROP_RATE_CONN", "RATE_CONN_DELAYED", `new connections held to ${formatLimit(l.connRate)} a second (--limit-conn-rate): UDP/ICMP flows dropped or TCP reset with the queue full (count), TCP connections held until the rate allowed (delayed)`],
+      ["dns-rate", "DNS_RATE_REFUSED", undefined, `DNS queries held to ${formatLimit(l.dnsRate)} a second (--limit-dns-rate): answered REFUSED`],
     ];
-    for (const [limit, counter, detail] of limits) {
+    const moved = (counter: string): number => {
       const now = c[counter] ?? 0;
       const delta = now - (this.lastLimits[counter] ?? 0);
       this.lastLimits[counter] = now;
-      if (delta > 0) this.emit<LimitEvent>({ kind: "limit-hit", limit, count: delta, detail });
+      return delta;
+    };
+    for (const [limit, refused, delayedBy, detail] of limits) {
+      const count = moved(refused);
+      const delayed = delayedBy ? moved(delayedBy) : 0;
+      if (count > 0 || delayed > 0) this.emit<LimitEvent>({ kind: "limit-hit", limit, count, ...(delayedBy ? { delayed } : {}), detail });
     }
   }
 
@@ -675,6 +689,7 @@ export class Gateway {
       dns: DnsStats.add(worker, this.dnsStats.snapshot()),
       tls: { ...this.tlsStats(), leavesMinted: this.options.tls?.ca.minted ?? 0 },
       events: Object.fromEntries(this.eventCounts),
+      limits: this.limits,
     };
   }
 

@@ -3,9 +3,13 @@
 // defaults, and the errors for what they do not take (the option, the value, the forms accepted).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 import { applyLimits, engineLimits, formatLimit, parseBandwidth, validateLimit, NO_LIMITS } from "../../orchestrator/src/gateway/limits.js";
 import { parseConfig } from "../../orchestrator/src/policy/config-file.js";
+import { MOAT_BIN } from "../testbed/world.js";
 
 test("bandwidth: RATE in tc's bit units (×1000), BURST in bytes (×1024), 100 ms of the rate by default, at least 256 KiB", () => {
   assert.deepEqual(parseBandwidth("50mbit", "--limit-egress"), { bitsPerSecond: 50e6, burstBytes: 625000 });
@@ -73,4 +77,24 @@ test("the config file's network.limits takes the same forms; a bad one names its
   assert.deepEqual(c.network?.limits, { egress: { bitsPerSecond: 50e6, burstBytes: 1048576 }, connRate: { perSecond: 20, burst: 2 }, dnsRate: { perSecond: 5, burst: 10 } });
   assert.throws(() => parseConfig({ network: { limits: { ingress: "1MB" } } }, "moat.json"), /^ConfigError: moat\.json: network\.limits\.ingress "1MB" is not a bandwidth/);
   assert.throws(() => parseConfig({ network: { limits: { bandwidth: "1mbit" } } }, "moat.json"), /unknown key "bandwidth" in network\.limits/);
+});
+
+test("moat run with a bad --limit-* value exits 125 saying what is wrong, before anything is created", () => {
+  const dir = mkdtempSync(`${tmpdir()}/moat-limits-`);
+  try {
+    const cfg = `${dir}/moat.json`;
+    writeFileSync(cfg, JSON.stringify({ network: { limits: { dnsRate: "lots" } } }));
+    for (const [args, want] of [
+      [["--limit-egress", "10mb"], /moat: --limit-egress "10mb" is not a bandwidth: moat's rates are bits per second/],
+      [["--limit-conn-rate", "fast"], /moat: --limit-conn-rate "fast" is not a rate/],
+      [["--config", cfg], /network\.limits\.dnsRate "lots" is not a rate/],
+    ] as const) {
+      const r = spawnSync(process.execPath, [MOAT_BIN, "run", ...args, "--", "true"], { encoding: "utf8" });
+      assert.equal(r.status, 125, r.stderr);
+      assert.match(r.stderr, want);
+      assert.match(r.stderr, /moat: hint: give /);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

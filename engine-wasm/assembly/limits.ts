@@ -65,8 +65,11 @@ export function bucketLevel(b: usize): f64 {
 }
 
 /** Take `n` tokens from bucket `b` if it limits (below zero is debt; a negative `n` gives back). */
-export function charge(b: usize, n: f64): void {
-  if (!limited(b)) return;
+@inline export function charge(b: usize, n: f64): void {
+  if (limited(b)) take(b, n); // (inline: without a limit, a load and a compare)
+}
+
+function take(b: usize, n: f64): void {
   const t = bucketLevel(b) - n;
   const burst = load<f64>(b, LB_BURST);
   store<f64>(b, t > burst ? burst : t, LB_TOKENS);

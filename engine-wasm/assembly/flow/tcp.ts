@@ -71,6 +71,10 @@
 //   ESTABLISHED, our window under  every tick, once a segment fits    a window update (the one sent
 //   a segment, or an ACK lost to                                      when it reopened can be lost)
 //   a full TX ring
+//   ESTABLISHED, held back by a    the limits' timer (ST_LIMIT_DUE,   a window update; more credit
+//   rate limit (FL_PACED)          tcpLimitWake; the tick too)
+//   DIALING, SYN held by the       the limits' timer, when the rate   the dial (the 30 s dial timeout
+//   connection rate (FL_CONN_HELD) allows                             runs from the SYN)
 // Probes carry snd_una - 1 and no data: an old sequence number that the guest must answer with
 // an ACK (its current window) or, if the connection is gone, a RST. Any segment from the guest
 // answers an outstanding probe. Peek credit that could not be granted (host-op list full) is

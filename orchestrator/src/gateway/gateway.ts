@@ -587,7 +587,8 @@ export class Gateway {
       classify: (ip) => classifyAddress(ip, this.hostAddresses),
       secretIn: (name, query) => placeholderInName(this.options.secrets, name, query),
       recordAnswers: () => this.options.tls !== undefined,
-      admit: () => (this.engine ? this.engine.dnsAdmit() : true), // the engine's bucket: DNS over UDP asks it too
+      // The engine's bucket, which DNS over UDP asks too (a round trip to the worker: only with a DNS rate).
+      admit: () => (this.engine && this.limitsNow.dnsRate ? this.engine.dnsAdmit() : true),
     });
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
     // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy

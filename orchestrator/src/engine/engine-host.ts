@@ -140,6 +140,16 @@ export class EngineHost {
     if (!this.exited) await this.control.unlisten(id);
   }
 
+  /** Set the rate limits (EngineConfig.limits' form); resolves once they are in force. */
+  async setLimits(limits: [ratePerMs: number, burst: number][]): Promise<void> {
+    if (!this.exited) await this.control.setLimits(limits);
+  }
+
+  /** May the guest's next DNS query be answered (the DNS rate; engine-wasm/assembly/limits.ts)? */
+  async dnsAdmit(): Promise<boolean> {
+    return this.exited || this.stopping ? true : this.control.dnsAdmit();
+  }
+
   /** Stop the worker (closing its link and host sockets); idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;

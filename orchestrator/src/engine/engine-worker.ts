@@ -96,6 +96,10 @@ export interface EngineControl {
   listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number, dualStack: boolean): number;
   /** Withdraw listener `id`: new peers are refused from now on; connections already made go on. */
   unlisten(id: number): void;
+  /** Set the rate limits (EngineConfig.limits' form); what they held and may now go on does. */
+  setLimits(limits: [ratePerMs: number, burst: number][]): void;
+  /** May the guest's next DNS query be answered (the DNS rate)? false: refuse it (counted). */
+  dnsAdmit(): boolean;
   /** Stop serving, close the link and every host socket. */
   stop(): void;
 }
@@ -110,6 +114,7 @@ const engine = instantiateEngine(data.memory);
 const mem = new Uint8Array(data.memory.buffer);
 writeEngineConfig(mem, data.config);
 engine.engineInit();
+setLimits(data.config.limits ?? []);
 const datapath = new native.Datapath(mem);
 
 const auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
@@ -126,7 +131,8 @@ function serve(): void {
     const wrote = datapath.flush();
     if (got === 0 && done === 0 && wrote === 0) break;
   }
-  armAckTimer();
+  ackDeadline.arm();
+  limitDeadline.arm();
   const t = Atomics.load(auditTail, 0);
   if (t !== auditSeen) {
     auditSeen = t;
@@ -136,21 +142,50 @@ function serve(): void {
   takeDnsAnswers();
 }
 
+/**
+ * A timer for a deadline the engine leaves in its memory at `dueAt` (an f64 of engine time, 0 =
+ * none): `fire` runs when it comes, unless the engine did the work first.
+ */
+class EngineDeadline {
+  private timer: NodeJS.Timeout | undefined;
+  private at = 0;
+  constructor(private readonly dueAt: number, private readonly fire: (now: number) => void) {}
+
+  /** Set (or bring forward) the timer for the deadline the engine left. */
+  arm(): void {
+    const due = dv.getFloat64(this.dueAt, true);
+    if (due === 0 || stopped || (this.timer && this.at <= due)) return;
+    clearTimeout(this.timer);
+    this.at = due;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (stopped) return;
+      this.fire(performance.now());
+      this.arm();
+    }, Math.max(0, due - performance.now()));
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+  }
+}
+
 // Delayed ACKs (flow/tcp.ts): the engine leaves the earliest deadline at ST_ACK_DUE; a timer set
 // for it sends them, unless the segments that carry them went first.
-let ackTimer: NodeJS.Timeout | undefined;
-let ackTimerAt = 0;
-function armAckTimer(): void {
-  const due = dv.getFloat64(layout.ST_ACK_DUE, true);
-  if (due === 0 || stopped || (ackTimer && ackTimerAt <= due)) return;
-  clearTimeout(ackTimer);
-  ackTimerAt = due;
-  ackTimer = setTimeout(() => {
-    ackTimer = undefined;
-    if (stopped) return;
-    if (engine.engineFlushAcks(performance.now()) > 0) datapath.flush();
-    armAckTimer();
-  }, Math.max(0, due - performance.now()));
+const ackDeadline = new EngineDeadline(layout.ST_ACK_DUE, (now) => {
+  if (engine.engineFlushAcks(now) > 0) datapath.flush();
+});
+// Rate limits (limits.ts): what a limit held back — a window, peek credit, a SYN — goes on when
+// the tokens come (ST_LIMIT_DUE), with or without a packet to carry it; serve() reads what the
+// credit and the dials bring.
+const limitDeadline = new EngineDeadline(layout.ST_LIMIT_DUE, (now) => {
+  engine.engineLimitWake(now);
+  serve();
+});
+
+function setLimits(limits: [number, number][]): void {
+  const now = performance.now();
+  for (let i = 0; i < 4; i++) engine.engineSetLimit(i, limits[i]?.[0] ?? 0, limits[i]?.[1] ?? 0, now);
 }
 
 // ---- DNS: the interceptor's upstream sockets are native-vmm's, in this worker's epoll set ----
@@ -223,6 +258,7 @@ const interceptor = data.dns && new DnsInterceptor(data.dns.settings, new Upstre
   classify: (ip) => classifyAddress(ip, dnsHost),
   secretIn: (name, query) => placeholderInName(data.dns?.placeholders ?? [], name, query),
   recordAnswers: () => data.dns?.reportAnswers === true,
+  admit: () => engine.engineDnsAdmit(performance.now()) === 1,
 });
 
 // Queries taken from the ring and not yet answered. Past DNS_SLOTS the ring is left to fill, and
@@ -350,11 +386,18 @@ const control: EngineControl = {
     datapath.unlisten(id);
     flushSoon(); // refusals queued meanwhile go out
   },
+  setLimits(limits) {
+    if (stopped) return;
+    setLimits(limits);
+    serve(); // what was released: dials, credit, window updates
+  },
+  dnsAdmit: () => engine.engineDnsAdmit(performance.now()) === 1,
   stop() {
     if (stopped) return;
     stopped = true;
     clearInterval(ticker);
-    clearTimeout(ackTimer);
+    ackDeadline.clear();
+    limitDeadline.clear();
     datapath.close();
     data.auditPort.close();
     data.dnsPort.close();

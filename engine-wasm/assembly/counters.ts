@@ -91,4 +91,12 @@ export const LINK_PEERS = 82; // VMMs that connected to a stream or vhost-user l
 export const TCP_OOO_QUEUED = 83; // guest segments that arrived ahead of a gap, held until it filled (flow/tcp-reassembly.ts)
 export const TCP_OOO_FILLED = 84; // held segments written once the gap before them filled
 export const TCP_DELAYED_ACKS = 85; // ACKs held back (RFC 9293 §3.8.6.3) and sent by the delayed-ACK timer
-export const COUNTER_COUNT = 86;
+// Rate limits (limits.ts, --limit-*): what was dropped or refused, and what was held back.
+export const DROP_RATE_EGRESS = 86; // guest UDP datagrams and echo requests over the egress limit
+export const DROP_RATE_INGRESS = 87; // host datagrams and echo replies over the ingress limit
+export const DROP_RATE_CONN = 88; // new flows over the connection rate: UDP/ICMP dropped; TCP reset when the held-SYN queue is full
+export const DNS_RATE_REFUSED = 89; // DNS queries over the DNS rate, answered REFUSED
+export const RATE_EGRESS_PACED = 90; // a TCP flow's window held under a segment by the egress limit
+export const RATE_INGRESS_PACED = 91; // a TCP flow's peek credit held back by the ingress limit
+export const RATE_CONN_DELAYED = 92; // TCP connections whose SYN was held until the rate allowed the dial
+export const COUNTER_COUNT = 93;

@@ -28,15 +28,17 @@ import {
   CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
   INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
   PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH, INK_ACCEPT,
-  CFG_TLS_PROXY_IP, CFG_TLS_PROXY_PORT, CFG_TLS_BLOCK_QUIC,
+  CFG_TLS_PROXY_IP, CFG_TLS_PROXY_PORT, CFG_TLS_BLOCK_QUIC, LIM_BASE, LIM_BUCKET_BYTES, LIM_DNS, LB_RATE, LB_BURST,
+  LB_TOKENS, LB_AT, ST_LIMIT_DUE, CONNQ_BASE,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
   DROP_IP4_CHECKSUM, DROP_IP_FRAGMENT, DROP_IP_SPOOFED, DROP_IP6_HEADER, DROP_IP6_EXT_HEADER,
   DROP_UDP_MALFORMED, DROP_TCP_MALFORMED, DROP_PROTOCOL, DROP_MULTICAST, DROP_OVERSIZE,
   DROP_DNS_NO_UPSTREAM, DROP_ICMP_UNHANDLED, DROP_ICMP_MALFORMED, TCP_RESETS_SENT, FLOW_ERRORS,
-  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED, DROP_QUIC, TLS_REDIRECTED,
+  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED, DROP_QUIC, TLS_REDIRECTED, DNS_RATE_REFUSED,
 } from "./counters";
+import { limited, bucketLevel, charge } from "./limits";
 import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
 import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16, familyOf } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
@@ -50,7 +52,7 @@ import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } fr
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
 import { auditNotRouted, auditQuic, tlsPort } from "./policy/admit";
-import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, tcpFlushAcks, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
+import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, tcpFlushAcks, tcpLimitWake, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
 import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
 import { inboundAccept } from "./flow/inbound";
 import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
@@ -72,6 +74,7 @@ export function engineInit(): void {
   store<u32>(ST_TX_NEXT, ringTail(TX_CTRL));
   store<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD, ringHead(RX_CTRL));
   memory.fill(COUNTERS_BASE, 0, COUNTERS_MAX * 8);
+  memory.fill(LIM_BASE, 0, CONNQ_BASE - LIM_BASE); // no limits (engineSetLimit sets them), nothing held
   store<u32>(ST_INITIALIZED, 1);
 }
 
@@ -128,6 +131,9 @@ export function engineRun(nowMs: f64): i32 {
     done++;
   }
   store<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD, rxHead);
+  // Something a rate limit held back may go on by now (the worker's timer would come later).
+  const due = load<f64>(ST_LIMIT_DUE);
+  if (due != 0 && due <= nowMs) done += tcpLimitWake(nowMs);
   txPublish();
   return done;
 }
@@ -467,7 +473,7 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   // the proxy terminates it, over TLS (DoT, TCP/853) alike, whatever the policy says of Host (the
   // reference's strict setup denies TCP/853 "to anything except the gateway").
   const gatewayService = dstIsGateway && (dport == 53 || dot);
-  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), familyOf(dial), gatewayService, route);
+  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), gatewayService, route);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);
@@ -501,6 +507,40 @@ export function engineFlushAcks(nowMs: f64): i32 {
   const n = tcpFlushAcks(nowMs);
   if (n) txPublish();
   return n;
+}
+
+/**
+ * Set rate limit `which` (0 egress, 1 ingress, 2 conn, 3 dns: layout.ts LIM_*) to `ratePerMs`
+ * tokens per millisecond in a bucket of `burst` (rate 0: no limit). A new limit starts with a
+ * full bucket; a changed one keeps its tokens (at most the new size). What waited goes on at once
+ * if it may now. Returns what moved (the caller flushes).
+ */
+export function engineSetLimit(which: u32, ratePerMs: f64, burst: f64, nowMs: f64): i32 {
+  store<f64>(ST_NOW_MS, nowMs);
+  const b = LIM_BASE + <usize>(which & 3) * LIM_BUCKET_BYTES;
+  const tokens = limited(b) ? bucketLevel(b) : burst;
+  store<f64>(b, ratePerMs, LB_RATE);
+  store<f64>(b, burst, LB_BURST);
+  store<f64>(b, tokens > burst ? burst : tokens, LB_TOKENS);
+  store<f64>(b, nowMs, LB_AT);
+  const moved = tcpLimitWake(nowMs);
+  if (moved) txPublish();
+  return moved;
+}
+
+/** The rate limits' timer (ST_LIMIT_DUE): what was held back and may go on now does. */
+export function engineLimitWake(nowMs: f64): i32 {
+  const moved = tcpLimitWake(nowMs);
+  if (moved) txPublish();
+  return moved;
+}
+
+/** May the guest's next DNS query be answered (the DNS rate)? 0: no, answer REFUSED (counted). */
+export function engineDnsAdmit(nowMs: f64): i32 {
+  store<f64>(ST_NOW_MS, nowMs);
+  if (limited(LIM_DNS) && bucketLevel(LIM_DNS) < 1) { count(DNS_RATE_REFUSED); return 0; }
+  charge(LIM_DNS, 1);
+  return 1;
 }
 
 /** Pin the address at PIN_SCRATCH under rule name `nameId` for `ttlMs` (the DNS interceptor's answers). */

@@ -313,7 +313,30 @@ export const OOO_META_BYTES = 32; // u32 owner flow + 1 (0 = free), u32 seq, u32
 export const OOO_META_BASE = SECRET_CARRY_BASE + FLOW_CAPACITY * SECRET_CARRY_BYTES;
 export const OOO_BUF_BASE = OOO_META_BASE + OOO_SLOTS * OOO_META_BYTES; // OOO_SLOTS x SLOT_BYTES
 
-export const BENCH_BASE = OOO_BUF_BASE + OOO_SLOTS * SLOT_BYTES; // 1 MiB scratch for benchmarks and tests
+// ---- rate limits (limits.ts): per-sandbox token buckets, the TCP flows they hold back, held SYNs --------
+// Four buckets: bytes from the guest (egress), bytes to the guest (ingress), new flows the guest
+// opens (conn) and DNS queries (dns). The orchestrator sets a bucket's rate and size through
+// engineSetLimit (on the worker's thread, between runs); a rate of 0 means no limit.
+export const LIM_BASE = OOO_BUF_BASE + OOO_SLOTS * SLOT_BYTES;
+export const LIM_BUCKET_BYTES = 32;
+export const LIM_EGRESS = LIM_BASE; // TCP payload written to host sockets, UDP/ICMP payload sent
+export const LIM_INGRESS = LIM_BASE + 32; // TCP payload sent to the guest, UDP/ICMP payload delivered
+export const LIM_CONN = LIM_BASE + 64; // flows the guest opens (TCP connections, UDP and ICMP flows)
+export const LIM_DNS = LIM_BASE + 96; // DNS queries (UDP, TCP, DoT), asked by the interceptors
+export const LB_RATE = 0; // f64: tokens per millisecond; 0 = no limit
+export const LB_BURST = 8; // f64: the bucket's size
+export const LB_TOKENS = 16; // f64: tokens now (below 0: debt, taken by flows that were offered more)
+export const LB_AT = 24; // f64: engine time of the last refill
+export const ST_LIMIT_DUE = LIM_BASE + 128; // f64: when a held-back flow or a held SYN can go on (0 = none); the worker sets a timer for it
+export const ST_PACED_COUNT = LIM_BASE + 136; // u32: entries in PACED_LIST
+export const ST_CONNQ_HEAD = LIM_BASE + 140; // u32: held SYNs, next to dial (free-running)
+export const ST_CONNQ_TAIL = LIM_BASE + 144; // u32: held SYNs, next place to hold one
+export const PACED_MAX = 1024; // beyond it a held-back flow is resumed by the tick alone (100 ms)
+export const PACED_LIST = LIM_BASE + 192; // PACED_MAX x u32 flow index: TCP flows held back by egress or ingress
+export const CONNQ_SLOTS = 1024; // power of two; a SYN over the rate with the queue full is reset
+export const CONNQ_BASE = PACED_LIST + PACED_MAX * 4; // CONNQ_SLOTS x u32 flow index
+
+export const BENCH_BASE = CONNQ_BASE + CONNQ_SLOTS * 4; // 1 MiB scratch for benchmarks and tests
 export const BENCH_BYTES = 1048576;
 export const MEMORY_END = BENCH_BASE + BENCH_BYTES;
 export const MEMORY_PAGES = (MEMORY_END + 65535) >> 16;

@@ -37,3 +37,4 @@ export {
   type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent,
 } from "./gateway/events.js";
 export { renderMetrics, type GatewaySample } from "./gateway/metrics.js";
+export type { RateLimits, ValidLimits, BandwidthLimit, EventRateLimit } from "./gateway/limits.js";

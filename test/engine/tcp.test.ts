@@ -4,69 +4,13 @@
 // host operations native-vmm would execute. No root, no sockets: the clock is the harness's.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { EngineHarness, testConfig, counterDelta, type HostOp } from "../helpers/engine-harness.js";
+import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harness.js";
 import { eth, ipv4, withL4Checksum } from "../helpers/frames.js";
-import { GUEST, REMOTE, FIN, SYN, RST, PSH, ACK, u16, u32, segment, parse, type Seg } from "../helpers/tcp-frames.js";
+import { GUEST, REMOTE, FIN, SYN, RST, PSH, ACK, u16, u32, segment, parse, Conn, opsOf, type Seg } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
 
-const ops = (h: EngineHarness, kind: number) => h.takeOps().filter((o) => o.kind === kind);
-
-/**
- * One guest connection through the harness. Sequence numbers: `gseq` is the guest's next byte,
- * `iss` the engine's initial sequence number (learned from the SYN-ACK), `una` what the guest
- * has acknowledged of ours.
- */
-class Conn {
-  flow = -1;
-  iss = 0;
-  gseq: number;
-  rcvd = 0; // host bytes delivered to the guest in order (relative to iss + 1)
-  epoch = 0; // rewinds native-vmm has executed: tags the host data it peeks
-  sackPermitted = false; // offer SACK-permitted in the SYN
-  constructor(readonly h: EngineHarness, readonly sport = 40000, readonly dst = REMOTE, readonly dport = 80, readonly guestIss = 1000) {
-    this.gseq = guestIss + 1;
-  }
-
-  /** Guest SYN (MSS 1460, window scale 7): returns the host operations it caused. */
-  syn(): { frames: Uint8Array[]; ops: HostOp[] } {
-    const frames = this.h.send(segment(this.dst, { sport: this.sport, dport: this.dport, seq: this.guestIss, flags: SYN, options: [2, 4, ...u16(1460), 1, 3, 3, 7, ...(this.sackPermitted ? [1, 1, 4, 2] : [])] }));
-    const o = this.h.takeOps();
-    const c = o.find((x) => x.kind === L.OPK_TCP_CONNECT);
-    if (c) this.flow = c.flow;
-    return { frames, ops: o };
-  }
-
-  /** SYN, dial succeeds, SYN-ACK, final ACK (offering `window` << 7): an established connection. */
-  open(window = 65535): this {
-    const { ops: o } = this.syn();
-    assert.ok(o.some((x) => x.kind === L.OPK_TCP_CONNECT), "the SYN is dialled");
-    const [synack] = this.h.deliverEvent(this.flow, L.INK_TCP_CONNECTED).map(parse);
-    assert.ok(synack);
-    this.iss = synack.seq;
-    this.send({ flags: ACK, window });
-    this.h.takeOps();
-    return this;
-  }
-
-  /** A segment from the guest on this connection (seq/ack default to where the guest is). */
-  send(s: Partial<Seg> = {}): Seg[] {
-    const frame = segment(this.dst, { sport: this.sport, dport: this.dport, seq: this.gseq, ack: (this.iss + 1 + this.rcvd) >>> 0, ...s });
-    return this.h.send(frame).map(parse);
-  }
-
-  /** The guest sends bytes; returns what the engine asks the host to write. */
-  write(bytes: number[] | Uint8Array): HostOp[] {
-    this.send({ flags: ACK | PSH, data: Uint8Array.from(bytes) });
-    this.gseq += bytes.length;
-    return ops(this.h, L.OPK_TCP_SEND);
-  }
-
-  /** Host bytes peeked from the socket at host sequence `seq` (absolute), in peek epoch `epoch`. */
-  hostData(seq: number, bytes: number[], epoch = this.epoch): Seg[] {
-    return this.h.deliverData(this.flow, L.INK_TCP_DATA | (epoch << L.INK_EPOCH_SHIFT), Uint8Array.from(bytes), seq >>> 0).map(parse);
-  }
-}
+const ops = opsOf;
 
 function harness(config: Partial<EngineConfig> = {}): EngineHarness {
   return new EngineHarness({ maxTcpFlows: 64, ...config });

@@ -170,6 +170,21 @@ export class EngineHarness {
   /** When the next delayed ACK is due (0: none), as the worker reads it. */
   ackDue(): number { return this.dv.getFloat64(L.ST_ACK_DUE, true); }
 
+  /** Rate limit `which` (0 egress, 1 ingress, 2 conn, 3 dns): `perSecond` tokens, a bucket of `burst` (0: none); the frames it released. */
+  setLimit(which: number, perSecond: number, burst: number): Uint8Array[] {
+    this.engine.engineSetLimit(which, perSecond / 1000, burst, this.now);
+    return this.takeTx();
+  }
+
+  /** The rate limits' timer firing at the harness's clock: the frames sent. */
+  limitWake(): Uint8Array[] {
+    this.engine.engineLimitWake(this.now);
+    return this.takeTx();
+  }
+
+  /** When something a rate limit held back may go on (0: nothing waits), as the worker reads it. */
+  limitDue(): number { return this.dv.getFloat64(L.ST_LIMIT_DUE, true); }
+
   counters(): Record<string, number> {
     return readCounters(this.mem, true);
   }

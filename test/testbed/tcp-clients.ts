@@ -9,7 +9,7 @@
 //   reset HOST PORT               write, expect the server's reset: prints "reset"
 //   halfclose HOST PORT           echo server: write, half-close, still read the echo to EOF
 //   crr HOST PORT SECONDS         connect-request-response-close loops against an echo server
-//                                 for SECONDS: prints "crr N/s"
+//                                 for SECONDS: prints "crr N/s (C connections in S s)"
 //   rr HOST PORT COUNT            COUNT 1-byte round trips on one connection: "rr p50=US p99=US"
 //   bulk HOST PORT N BYTES        N concurrent connections to an echo server, each sending BYTES
 //                                 (its own pattern, 64 KiB writes) while reading the echo; every
@@ -170,7 +170,8 @@ async function main(): Promise<string> {
         s.destroy();
         n++;
       }
-      return `crr ${(n / ((performance.now() - t0) / 1000)).toFixed(0)}/s`;
+      const seconds = (performance.now() - t0) / 1000;
+      return `crr ${(n / seconds).toFixed(0)}/s (${n} connections in ${seconds.toFixed(3)} s)`;
     }
     case "rr": {
       const s = await open();

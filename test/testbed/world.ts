@@ -11,7 +11,6 @@
 // reach the world namespace.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { once } from "node:events";
 import { NOBODY } from "../../orchestrator/src/sandbox/containment.js";
 
 export const WORLD_IP4 = "203.0.113.10";
@@ -100,14 +99,29 @@ export class World {
     await this.startProcess([process.execPath, `${TESTBED_JS}servers.js`, kind, String(port)], where);
   }
 
-  /** Start a server process (argv) in the world namespace and wait until it prints "ready". */
-  async startProcess(argv: string[], where: "world" | "host" = "world"): Promise<void> {
+  /**
+   * Start a server process (argv) in the world namespace and wait until it prints `ready` ("ready",
+   * the testbed's servers' word; another server's own, e.g. iperf3's "Server listening").
+   */
+  async startProcess(argv: string[], where: "world" | "host" = "world", ready = "ready"): Promise<void> {
     const kind = argv.slice(1).join(" ");
     const ns = where === "world" ? this.world : this.host;
     const p = spawn("ip", ["netns", "exec", ns, ...argv], { stdio: ["ignore", "pipe", "inherit"] });
     this.servers.push(p);
-    const [chunk] = (await Promise.race([once(p.stdout!, "data"), once(p, "exit").then(() => { throw new Error(`${kind} server exited`); })])) as [Buffer];
-    if (!chunk.toString().includes("ready")) throw new Error(`${kind} server did not start: ${chunk}`);
+    let seen = "";
+    await new Promise<void>((resolve, reject) => {
+      const onData = (d: Buffer) => {
+        seen += d;
+        if (seen.includes(ready)) { p.stdout!.off("data", onData); resolve(); } // (later output is discarded)
+      };
+      p.stdout!.on("data", onData);
+      p.once("exit", () => reject(new Error(`${kind} server exited before it was ready: ${seen}`)));
+    });
+  }
+
+  /** An iperf3 server in the world namespace on `port`, one test at a time. */
+  startIperf3(port = 5201): Promise<void> {
+    return this.startProcess(["iperf3", "-s", "-p", String(port), "--forceflush"], "world", "Server listening");
   }
 
   /** Run `moat ARGS...` inside the host namespace; resolves with its exit and output. */

@@ -46,6 +46,21 @@ test("several sandboxes: every family has one HELP and one TYPE and its series t
   assert.match(text, /^moat_dns_query_duration_seconds_count\{sandbox="a"\} 3$/m);
 });
 
+test("rate limits: the limits in force as gauges (only those set), what they dropped and held back as counters", () => {
+  const text = renderMetrics([
+    sample("a", { limits: { egress: { bitsPerSecond: 50e6, burstBytes: 625000 }, ingress: null, connRate: { perSecond: 20, burst: 2 }, dnsRate: null }, counters: { DROP_RATE_CONN: 3, RATE_EGRESS_PACED: 7, DNS_RATE_REFUSED: 4 } }),
+    sample("b"),
+  ]);
+  assert.match(text, /^moat_rate_limit_bytes_per_second\{sandbox="a",direction="egress"\} 6250000$/m);
+  assert.doesNotMatch(text, /moat_rate_limit_bytes_per_second\{sandbox="a",direction="ingress"\}/, "no limit, no gauge");
+  assert.match(text, /^moat_rate_limit_connections_per_second\{sandbox="a"\} 20$/m);
+  assert.doesNotMatch(text, /moat_rate_limit_dns_queries_per_second/);
+  assert.match(text, /^moat_rate_limit_drops_total\{sandbox="a",limit="conn"\} 3$/m);
+  assert.match(text, /^moat_rate_limit_drops_total\{sandbox="a",limit="dns"\} 4$/m);
+  assert.match(text, /^moat_rate_limit_delays_total\{sandbox="a",limit="egress"\} 7$/m);
+  assert.match(text, /^moat_rate_limit_drops_total\{sandbox="b",limit="egress"\} 0$/m, "every sandbox has the counters");
+});
+
 test("label values are escaped: a name cannot break out of its label", () => {
   const text = renderMetrics([sample('evil"} 1\nmoat_fake{x="\\')]);
   assert.ok(!/^moat_fake/m.test(text), "no injected series");
@@ -53,7 +68,8 @@ test("label values are escaped: a name cannot break out of its label", () => {
 });
 
 test("promtool accepts the exposition", { skip: hasTool("promtool", "--version") ? undefined : "promtool is not installed (Debian package prometheus)" }, () => {
-  const r = spawnSync("promtool", ["check", "metrics"], { input: renderMetrics([sample("a"), sample('we"ird\\name')]), encoding: "utf8" });
+  const limits = { egress: { bitsPerSecond: 1e7, burstBytes: 262144 }, ingress: { bitsPerSecond: 2e7, burstBytes: 262144 }, connRate: { perSecond: 20, burst: 2 }, dnsRate: { perSecond: 5, burst: 5 } };
+  const r = spawnSync("promtool", ["check", "metrics"], { input: renderMetrics([sample("a", { limits }), sample('we"ird\\name')]), encoding: "utf8" });
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
 

@@ -64,6 +64,11 @@ export function flowFromPeer(rec: usize, listener: u32, peer: usize, peerPort: u
   return FLOW_SLAB_BASE + <usize>idx * FLOW_RECORD_BYTES;
 }
 
+/** The index of the flow whose record is at `rec` (flowRecord's inverse). */
+@inline export function flowIndexOf(rec: usize): u32 {
+  return <u32>((rec - FLOW_SLAB_BASE) / FLOW_RECORD_BYTES);
+}
+
 export function flowTableInit(): void {
   memory.fill(FLOW_INDEX_BASE, 0, FLOW_INDEX_SLOTS * 4);
   for (let i: u32 = 0; i < <u32>FLOW_CAPACITY; i++) store<u32>(FLOW_FREE_BASE + (<usize>i << 2), i);

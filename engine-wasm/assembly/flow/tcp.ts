@@ -71,27 +71,43 @@
 //   ESTABLISHED, our window under  every tick, once a segment fits    a window update (the one sent
 //   a segment, or an ACK lost to                                      when it reopened can be lost)
 //   a full TX ring
+//   ESTABLISHED, held back by a    the limits' timer (ST_LIMIT_DUE,   a window update; more credit
+//   rate limit (FL_PACED)          tcpLimitWake; the tick too)
+//   DIALING, SYN held by the       the limits' timer, when the rate   the dial (the 30 s dial timeout
+//   connection rate (FL_CONN_HELD) allows                             runs from the SYN)
 // Probes carry snd_una - 1 and no data: an old sequence number that the guest must answer with
 // an ACK (its current window) or, if the connection is gone, a RST. Any segment from the guest
 // answers an outstanding probe. Peek credit that could not be granted (host-op list full) is
 // granted again from the tick, so a lost grant cannot stall a flow either.
+//
+// Rate limits (limits.ts) shape both halves without dropping a byte: the window offered to the
+// guest is at most the egress tokens (advWindow), the peek credit at most the ingress tokens
+// (grantCredit), and a flow held back that way is resumed by engineLimitWake (tcpLimitWake) when
+// the tokens come — a window update, more credit — with the tick as a safety net. A SYN over the
+// connection rate waits in DIALING, not dialled (FL_CONN_HELD), until tcpLimitWake dials it.
 
 import {
   KEY_SCRATCH, SACK_SCRATCH, ST_ACK_DUE, ST_DELACK_COUNT, DELACK_MAX, DELACK_LIST, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
   OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, CFG_TLS_PROXY_IP, CFG_DENY_PROXY_PORT, DENY_RULE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
+  LIM_EGRESS, LIM_INGRESS, LIM_CONN, ST_LIMIT_DUE, ST_PACED_COUNT, PACED_LIST,
 } from "../layout";
 import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
   TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT, TCP_OOO_QUEUED, TCP_OOO_FILLED, TCP_DELAYED_ACKS,
+  DROP_RATE_CONN, RATE_EGRESS_PACED, RATE_INGRESS_PACED, RATE_CONN_DELAYED,
 } from "../counters";
+import {
+  limited, bucketLevel, charge, readyAt, wakeAt, pacedPush, connQueueEmpty, connQueueFull, connQueuePush,
+  connQueuePeek, connQueuePop,
+} from "../limits";
 import { oooHold, oooFirst, oooPop, oooClear, oooData, oooSeq, oooLen, oooFin, oooSackBlocks, T_OOO_COUNT } from "./tcp-reassembly";
 import {
   flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
-  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer,
+  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer, flowIndexOf,
 } from "./table";
 import { rd16, rd32, wr16, wr32, copy16, familyOf } from "../wire/bytes";
 import { admitNewFlow, auditSecret, ADMIT_REFUSED, ADMIT_DENY_PAGE } from "../policy/admit";
@@ -145,6 +161,8 @@ const FL_RECOVERY: u32 = 256; // fast recovery: only the hole before T_RECOVER_E
 const T_RECOVER_END = 244; // u32: in fast recovery, where the hole the guest reported ends (its first SACK block)
 const FL_ACK_DELAYED: u32 = 512; // an ACK is owed and held back (on DELACK_LIST) until T_ACK_AT or a segment carries it
 const DELACK_MS: f64 = 40; // RFC 9293 §3.8.6.3 allows 500; Linux waits 40 at least
+const FL_PACED: u32 = 1024; // on PACED_LIST: held back by a rate limit (limits.ts) until tcpLimitWake
+const FL_CONN_HELD: u32 = 2048; // DIALING, not dialled: the SYN waits for the connection rate (limits.ts)
 
 const TH_FIN: u32 = 0x01;
 const TH_SYN: u32 = 0x02;
@@ -170,14 +188,43 @@ const ECONNREFUSED: u32 = 111;
 @inline function seqLe(a: u32, b: u32): bool { return <i32>(a - b) <= 0; }
 @inline function now(): f64 { return load<f64>(ST_NOW_MS); }
 
-/** Bytes the guest may send us: the socket's free space less what is written-but-unconfirmed. */
-function advWindow(rec: usize): u32 {
+/** What the host socket can take: its free space less what is written-but-unconfirmed. */
+function spaceWindow(rec: usize): u32 {
   const inFlight = load<u32>(rec, T_RCV_WR) - load<u32>(rec, T_RCV_NXT);
   const space = load<u32>(rec, T_SPACE);
-  let w = space > inFlight ? space - inFlight : 0;
+  return space > inFlight ? space - inFlight : 0;
+}
 
+/** Bytes the guest may send us: what the socket can take, and no more than the egress tokens. */
+function advWindow(rec: usize): u32 {
+  let w = spaceWindow(rec);
+  if (limited(LIM_EGRESS)) {
+    const t = bucketLevel(LIM_EGRESS);
+    if (t < <f64>w) w = t > 0 ? <u32>t : 0;
+  }
   const max: u32 = load<u8>(rec, T_OUR_WS) ? 0xffff << OUR_WS : 0xffff;
   return w > max ? max : w;
+}
+
+/**
+ * Tokens the egress bucket must hold before a window update is worth sending: a segment, rounded
+ * up to the window's granularity (a scaled window is said in units of 1 << our shift).
+ */
+@inline function egressNeed(rec: usize): f64 {
+  const ws = <u32>load<u8>(rec, T_OUR_WS);
+  return <f64>(((load<u32>(rec, T_GUEST_MSS) + (<u32>1 << ws) - 1) >> ws) << ws);
+}
+
+/**
+ * Flow `rec` waits for bucket `b` to hold `need` tokens: listed for tcpLimitWake (once) and
+ * counted under `counter`. A full list leaves it to the tick.
+ */
+function pace(rec: usize, b: usize, need: f64, counter: i32): void {
+  wakeAt(readyAt(b, need));
+  const f = load<u32>(rec, T_FLAGS);
+  if (f & FL_PACED) return;
+  count(counter);
+  if (pacedPush(flowIndexOf(rec))) store<u32>(rec, f | FL_PACED, T_FLAGS);
 }
 
 /**
@@ -217,6 +264,8 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   const small = !syn && (<u32>field << load<u8>(rec, T_OUR_WS)) < load<u32>(rec, T_GUEST_MSS);
   if (flags & TH_ACK) { f &= ~FL_ACK_DELAYED; store<u8>(rec, 0, T_ACK_SEGS); } // this segment carries the ACK owed
   store<u32>(rec, small ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
+  // Held under a segment by the egress limit, not by the socket: reopened when the tokens come.
+  if (small && limited(LIM_EGRESS) && spaceWindow(rec) >= load<u32>(rec, T_GUEST_MSS)) pace(rec, LIM_EGRESS, egressNeed(rec), RATE_EGRESS_PACED);
   store<u32>(t + 16, 0); // checksum, urgent pointer
   if (syn) {
     const mss = load<u32>(CFG_MTU) - (v4 ? 40 : 60);
@@ -324,12 +373,26 @@ function tcpRemove(idx: u32, closeOp: u32): void {
   store<f64>(rec, now() + <f64>load<u32>(rec, T_RTO_MS), T_TIMER_AT);
 }
 
-/** Grant native-vmm credit to peek host data up to snd_una + the guest's window. */
+/**
+ * Grant native-vmm credit to peek host data up to snd_una + the guest's window — and, under an
+ * ingress limit, no further past what was sent than the tokens reach (they are taken as data is
+ * sent), a segment at a time at least; short of that the flow waits for tcpLimitWake.
+ */
 function grantCredit(idx: u32, rec: usize): void {
-  const upto = load<u32>(rec, T_SND_UNA) + load<u32>(rec, T_SND_WND);
-  if (seqLt(load<u32>(rec, T_GRANTED), upto)) {
-    if (opPush(OPK_TCP_CREDIT, idx, upto, load<u32>(rec, T_GUEST_MSS), 0, 0, 0)) store<u32>(rec, upto, T_GRANTED);
+  const granted = load<u32>(rec, T_GRANTED);
+  let upto = load<u32>(rec, T_SND_UNA) + load<u32>(rec, T_SND_WND);
+  if (!seqLt(granted, upto)) return;
+  if (limited(LIM_INGRESS)) {
+    const offered = max<i32>(<i32>(granted - load<u32>(rec, T_SND_MAX)), 0); // granted, not sent yet
+    const room = bucketLevel(LIM_INGRESS) - <f64>offered;
+    const want = upto - granted;
+    if (<f64>want > room) {
+      const step = min<u32>(want, load<u32>(rec, T_GUEST_MSS));
+      if (room < <f64>step) { pace(rec, LIM_INGRESS, <f64>(offered + step), RATE_INGRESS_PACED); return; }
+      upto = granted + <u32>room;
+    }
   }
+  if (opPush(OPK_TCP_CREDIT, idx, upto, load<u32>(rec, T_GUEST_MSS), 0, 0, 0)) store<u32>(rec, upto, T_GRANTED);
 }
 
 /** Both FINs acknowledged: close the socket, linger, then be reaped by tcpTick. */
@@ -358,11 +421,11 @@ export const SEG_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_
  * `hash`): a SYN opens a connection, dialled to `dial`/`dialPort` (decided once, here). Returns
  * one of the SEG_* codes above.
  */
-export function tcpNew(hash: u32, l4: usize, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, route: u8): i32 {
+export function tcpNew(hash: u32, l4: usize, dial: usize, dialPort: u32, gatewayService: bool, route: u8): i32 {
   const flags = <u32>load<u8>(l4 + 13);
   if (flags & TH_RST) return SEG_STRAY_RST;
   if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return SEG_NO_FLOW;
-  return tcpOpen(hash, l4, rd32(l4 + 4), dial, dialPort, dialFamily, gatewayService, route) ? SEG_HANDLED : SEG_REFUSED;
+  return tcpOpen(hash, l4, rd32(l4 + 4), dial, dialPort, gatewayService, route) ? SEG_HANDLED : SEG_REFUSED;
 }
 
 /** A checked TCP segment from the guest for flow `idx` (whichever side opened it). */
@@ -507,6 +570,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
       }
       if (opPush(OPK_TCP_SEND, idx, data, dlen, 0, wr, 0)) {
         store<u32>(rec, wr + dlen, T_RCV_WR);
+        charge(LIM_EGRESS, <f64>dlen);
         store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);
         // The gap before held segments may have closed: write what the stream now reaches.
         if (oooFirst(rec) && !(flags & TH_FIN) && !writeHeld(idx, rec)) return;
@@ -567,6 +631,7 @@ function writeHeld(idx: u32, rec: usize): bool {
       }
       if (!opPush(OPK_TCP_SEND, idx, data, n, 0, wr, 0)) break;
       store<u32>(rec, end, T_RCV_WR);
+      charge(LIM_EGRESS, <f64>n);
       store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + n, F_BYTES_OUT);
       count(TCP_OOO_FILLED);
     }
@@ -578,18 +643,21 @@ function writeHeld(idx: u32, rec: usize): bool {
   return true;
 }
 
-/** A guest SYN for a new connection: create the flow and dial. */
-function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, dialFamily: u32, gatewayService: bool, route: u8): bool {
+/** A guest SYN for a new connection: create the flow and dial (or, over the connection rate, hold it). */
+function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): bool {
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
+  // Over the connection rate the SYN is held, behind those held already, and dialled when the
+  // rate allows (tcpLimitWake): the guest sees a slower network. Reset only when the queue is full.
+  const hold = limited(LIM_CONN) && (!connQueueEmpty() || bucketLevel(LIM_CONN) < 1);
+  if (hold && connQueueFull()) { count(DROP_RATE_CONN); return false; }
   const admitted = admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService);
   if (admitted == ADMIT_REFUSED) return true; // answered by admit
   if (admitted == ADMIT_DENY_PAGE) {
     // Denied, answered by the deny page: to the proxy, which reads the rule from the preamble.
     dial = CFG_TLS_PROXY_IP;
     dialPort = load<u32>(CFG_DENY_PROXY_PORT);
-    dialFamily = familyOf(dial);
     route = ROUTE_SERVICE;
   }
   const found = flowInsert(hash);
@@ -608,14 +676,72 @@ function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, dia
   store<u32>(rec, seq, T_IRS);
   store<u32>(rec, seq + 1, T_RCV_NXT);
   store<u32>(rec, seq + 1, T_RCV_WR);
+  if (hold) {
+    connQueuePush(idx);
+    store<u32>(rec, load<u32>(rec, T_FLAGS) | FL_CONN_HELD, T_FLAGS);
+    count(RATE_CONN_DELAYED);
+    wakeAt(readyAt(LIM_CONN, 1));
+    return true;
+  }
+  charge(LIM_CONN, 1);
+  if (!tcpDial(idx, rec)) {
+    charge(LIM_CONN, -1);
+    tcpRemove(idx, 0);
+  }
+  return true; // (no room for the dial: counted as DROP_HOST_OPS_FULL; the guest will retry its SYN)
+}
+
+/** Dial flow `idx` (DIALING) where it was decided to go; false when the host-op list is full. */
+function tcpDial(idx: u32, rec: usize): bool {
   // A redirect to an orchestrator service: native-vmm tells it the original destination (the
   // key's remote address and port) in a preamble (layout.ts, OP_ORIG).
-  if (!opPush(OPK_TCP_CONNECT, idx, iss + 1, load<u32>(rec, T_GUEST_MSS), dialFamily, dialPort, rec + F_DIAL_ADDR, route == ROUTE_SERVICE ? rec : 0)) {
-    tcpRemove(idx, 0);
-    return true; // counted as DROP_HOST_OPS_FULL; the guest will retry its SYN
-  }
+  const dial = rec + F_DIAL_ADDR;
+  if (!opPush(OPK_TCP_CONNECT, idx, load<u32>(rec, T_ISS) + 1, load<u32>(rec, T_GUEST_MSS), familyOf(dial), load<u32>(rec, F_DIAL_PORT), dial, load<u8>(rec, F_ROUTE) == ROUTE_SERVICE ? rec : 0)) return false;
   count(TCP_FLOWS_OPENED);
   return true;
+}
+
+/**
+ * The rate limits' wake-up (limits.ts; the worker's timer at ST_LIMIT_DUE, and engineRun): held
+ * SYNs dialled in order as the connection rate allows; flows held back by the egress or ingress
+ * limit get their window update or credit, or wait again. Returns how many things moved.
+ */
+export function tcpLimitWake(t: f64): i32 {
+  store<f64>(ST_NOW_MS, t);
+  store<f64>(ST_LIMIT_DUE, 0); // whatever still waits asks again
+  let moved: i32 = 0;
+  while (!connQueueEmpty()) {
+    const idx = connQueuePeek();
+    const rec = flowRecord(idx);
+    // Gone meanwhile (the guest gave up, the dial timed out): its place is skipped.
+    if (load<u8>(rec) != 6 || load<u32>(rec, F_STATE) != TS_DIALING || !(load<u32>(rec, T_FLAGS) & FL_CONN_HELD)) { connQueuePop(); continue; }
+    if (limited(LIM_CONN) && bucketLevel(LIM_CONN) < 1) { wakeAt(readyAt(LIM_CONN, 1)); break; }
+    if (!tcpDial(idx, rec)) { wakeAt(t + 1); break; } // the host-op list is full: soon
+    charge(LIM_CONN, 1);
+    store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_CONN_HELD, T_FLAGS);
+    connQueuePop();
+    moved++;
+  }
+  // The list is taken whole; a flow that must wait again is listed anew (at most once each, at a
+  // place already read).
+  const n = load<u32>(ST_PACED_COUNT);
+  store<u32>(ST_PACED_COUNT, 0);
+  for (let i: u32 = 0; i < n; i++) {
+    const idx = load<u32>(PACED_LIST + (<usize>i << 2));
+    const rec = flowRecord(idx);
+    const f = load<u32>(rec, T_FLAGS);
+    if (load<u8>(rec) != 6 || !(f & FL_PACED)) continue; // gone, or reused
+    store<u32>(rec, f & ~FL_PACED, T_FLAGS);
+    if (load<u32>(rec, F_STATE) != TS_ESTABLISHED) continue;
+    if (f & FL_WND_SHUT) {
+      if (<f64>advWindow(rec) >= egressNeed(rec)) { emitAck(rec); moved++; }
+      else if (limited(LIM_EGRESS) && spaceWindow(rec) >= load<u32>(rec, T_GUEST_MSS)) pace(rec, LIM_EGRESS, egressNeed(rec), RATE_EGRESS_PACED);
+    }
+    const granted = load<u32>(rec, T_GRANTED);
+    grantCredit(idx, rec);
+    if (load<u32>(rec, T_GRANTED) != granted) moved++;
+  }
+  return moved;
 }
 
 /** The segment size this link carries (MTU less the IP and TCP headers). */
@@ -825,7 +951,11 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
     if ((fr & FL_RECOVERY) && !seqLt(arg, load<u32>(rec, T_RECOVER_END))) return true; // beyond the hole: after the guest's ACK
     if (!emitSegment(rec, TH_ACK | TH_PSH, arg, buf, len)) return false;
     store<u32>(rec, arg + len, T_SND_NXT);
-    if (seqLt(load<u32>(rec, T_SND_MAX), arg + len)) store<u32>(rec, arg + len, T_SND_MAX);
+    const sent = load<u32>(rec, T_SND_MAX);
+    if (seqLt(sent, arg + len)) {
+      store<u32>(rec, arg + len, T_SND_MAX);
+      charge(LIM_INGRESS, <f64>(arg + len - sent)); // first sends only: a retransmission is free
+    }
     store<u64>(rec, load<u64>(rec, F_PKTS_IN) + 1, F_PKTS_IN);
     store<u64>(rec, load<u64>(rec, F_BYTES_IN) + len, F_BYTES_IN);
     countN(TCP_BYTES_TO_GUEST, len);
@@ -840,6 +970,8 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
       // The socket took only part: everything after it will be dropped as a gap. Three
       // duplicate ACKs make the guest retransmit from rcv_nxt now (RFC 5681 §3.2). A FIN queued
       // behind the lost part was skipped by native-vmm too: it comes again with the data.
+      // (The egress tokens of what was not written are given back: it will be sent again.)
+      charge(LIM_EGRESS, -<f64>(load<u32>(rec, T_RCV_WR) - load<u32>(rec, T_RCV_NXT)));
       store<u32>(rec, load<u32>(rec, T_RCV_NXT), T_RCV_WR);
       store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_SHUT_PENDING, T_FLAGS);
       emitAck(rec);

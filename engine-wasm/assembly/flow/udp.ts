@@ -8,15 +8,19 @@
 // demultiplexing on the way back. DNS sent to the gateway is dialled to the configured
 // forwarder instead, while the guest keeps seeing the gateway as its peer. A flow lives while it
 // carries traffic either way; engineTick expires it after CFG_UDP_IDLE_MS without any.
+// Rate limits (limits.ts): a datagram over the egress or ingress budget is dropped and counted,
+// and so is the first datagram of a flow over the connection rate.
 
 import {
   KEY_SCRATCH, CFG_MAX_UDP_FLOWS, ST_UDP_LIVE, ST_NOW_MS, CFG_GUEST_MAC, CFG_MTU,
-  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE, OPK_ICMP_OPEN, OPK_ACCEPT,
+  OPK_UDP_OPEN, OPK_UDP_SEND, OPK_CLOSE, OPK_ICMP_OPEN, OPK_ACCEPT, LIM_EGRESS, LIM_INGRESS, LIM_CONN,
 } from "../layout";
 import {
   UDP_FLOWS_OPENED, UDP_TO_HOST, UDP_FROM_HOST, DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL,
   DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED, ICMP_ECHO_FORWARDED, ICMP_ECHO_FROM_HOST,
+  DROP_RATE_EGRESS, DROP_RATE_INGRESS, DROP_RATE_CONN,
 } from "../counters";
+import { limited, lacks, charge, connQueueEmpty } from "../limits";
 import {
   keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN,
   F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ROUTE, ROUTE_REMOTE, flowFromPeer,
@@ -54,7 +58,10 @@ function datagramFlowOpen(proto: u32, openOp: u32, hash: u32, family: u32, dial:
   const live = load<u32>(ST_UDP_LIVE);
   if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return -1; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return -1; }
+  // Over the connection rate (or behind held TCP SYNs, which go first): the datagram is dropped.
+  if (lacks(LIM_CONN, 1) || (limited(LIM_CONN) && !connQueueEmpty())) { count(DROP_RATE_CONN); return -1; }
   if (!admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return -1;
+  charge(LIM_CONN, 1);
   const idx = flowInsert(hash);
   if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return -1; }
   const rec = flowRecord(<u32>idx);
@@ -80,7 +87,9 @@ export function udpOnFlow(idx: u32, data: usize, len: u32, family: u32): void {
     const f = secretInStream(idx, data, len);
     if (f) { auditSecret(<u32>load<u8>(rec), family, <u32>load<u16>(rec, 6), secretOfForm(f)); return; } // dropped
   }
+  if (lacks(LIM_EGRESS, <f64>len)) { count(DROP_RATE_EGRESS); return; }
   if (!opPush(OPK_UDP_SEND, idx, data, len, family, 0, 0)) return;
+  charge(LIM_EGRESS, <f64>len);
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
   store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + len, F_BYTES_OUT);
@@ -115,6 +124,7 @@ export function udpInboundOpen(hash: u32, listener: u32, peer: usize, peerPort: 
 export function udpToGuest(idx: u32, data: usize, len: u32): bool {
   const rec = flowRecord(idx);
   if (load<u32>(rec, F_STATE) != UDP_OPEN) { count(DROP_UDP_NO_FLOW); return true; }
+  if (lacks(LIM_INGRESS, <f64>len)) { count(DROP_RATE_INGRESS); return true; }
   const proto = <u32>load<u8>(rec);
   if (proto != 17) return echoToGuest(rec, proto, data, len);
   const family = <u32>load<u8>(rec, 1);
@@ -133,6 +143,7 @@ export function udpToGuest(idx: u32, data: usize, len: u32): bool {
   if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, 17);
   else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, 17);
   txCommit(<u32>(udp - out) + 8 + len);
+  charge(LIM_INGRESS, <f64>len);
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_IN) + 1, F_PKTS_IN);
   store<u64>(rec, load<u64>(rec, F_BYTES_IN) + len, F_BYTES_IN);
@@ -162,6 +173,7 @@ function echoToGuest(rec: usize, proto: u32, data: usize, len: u32): bool {
     fillL4Checksum(m, len, 2, ip + 8, ip + 24, 16, 58);
   }
   txCommit(<u32>(m - out) + len);
+  charge(LIM_INGRESS, <f64>len);
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   count(ICMP_ECHO_FROM_HOST);
   return true;

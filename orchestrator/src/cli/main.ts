@@ -20,6 +20,7 @@ import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } f
 import { ControlServer, defaultControlPath, type ControlEntry, type ControlHooks } from "../control/server.js";
 import { expectOk, stream as streamCall } from "../control/client.js";
 import type { GatewayEvent } from "../gateway/events.js";
+import { LIMIT_FLAGS, LIMIT_KEYS, validateLimit, type RateLimits } from "../gateway/limits.js";
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -32,6 +33,10 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "publish", short: "p", kind: "string", metavar: "[BIND:]HOST:GUEST", repeat: true, help: "publish guest port GUEST on this machine's HOST port: connections to\nBIND:HOST (default 127.0.0.1; [::1] for IPv6) reach the sandbox, coming\nfrom the gateway's address. /udp for UDP (default tcp). HOST 0 picks a free\nport (printed). Judged by ingress rules, e.g. deny:ingress@10.0.0.0/8.\nA bind beyond loopback (0.0.0.0, a LAN address) prints a warning" },
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject", "http"], help: "drop (default: silence, as on a firewalled network), reject (TCP\nreset, ICMP administratively prohibited: fails fast), or http (reject,\nand a denied HTTP request on port 80 — or HTTPS, when intercepted — gets\n403 naming the host and the rule, so an agent learns why)" },
   { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
+  { name: "limit-egress", kind: "string", metavar: "RATE[:BURST]", help: "most bandwidth from the sandbox: RATE in bit, kbit, mbit or gbit a second\n(×1000, as tc: 10mbit, 1.5gbit), BURST in bytes, a number or with k, m or g\n(×1024; default 100 ms of RATE, at least 256k; at least 64k): 50mbit:512k.\nTCP is paced by the window the guest is offered, never dropped; UDP and\nICMP over it are dropped. Payload bytes count. none: no limit" },
+  { name: "limit-ingress", kind: "string", metavar: "RATE[:BURST]", help: "most bandwidth to the sandbox, as --limit-egress: TCP is paced by reading\nthe host socket no faster (the sender's TCP slows down); UDP and ICMP over\nit are dropped" },
+  { name: "limit-conn-rate", kind: "string", metavar: "N[:BURST]", help: "most new connections (TCP, UDP and ICMP flows) the sandbox opens a second\n(20, or 0.5), BURST at once (default N/10, at least 1): 20:5. A TCP\nconnection over it waits (its SYN held; past 1024 held, reset); a new UDP\nor ICMP flow's datagram is dropped" },
+  { name: "limit-dns-rate", kind: "string", metavar: "N[:BURST]", help: "most DNS queries a second (UDP, TCP and DoT alike), BURST at once (default\nN, at least 1); those over it are answered REFUSED" },
   { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
   { name: "audit-log", kind: "string", metavar: "FILE", help: "append every event (denied flows, DNS blocks and rewrites, TLS refusals,\nsecret violations, ports, lifecycle, limits) as a JSON line to FILE\n({\"v\":1,\"time\":…,\"sandbox\":…,\"kind\":…}; README, Events)" },
   { name: "audit-log-max-bytes", kind: "int", metavar: "N", min: 4096, max: 2 ** 50, help: "stop writing the audit log at N bytes, with a last line saying so (default\n64 MiB)" },
@@ -81,6 +86,8 @@ const CONTROL_FLAG: FlagSpec = { name: "control", kind: "string", metavar: "PATH
 
 /** What `moat policy` and PUT /v1/sandboxes/NAME/policy take: the policy flags of run. */
 const POLICY_FLAG_NAMES = ["net", "net-rule", "net-default-egress", "deny-response", "config"];
+/** What `moat limit` takes: the --limit-* flags of run. */
+const LIMIT_FLAG_NAMES = LIMIT_KEYS.map((k) => LIMIT_FLAGS[k].slice(2));
 
 const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
   { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
@@ -90,7 +97,7 @@ const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
 ];
 // Everything about the network is shared with run; what only a command run by moat has is not.
 const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms", "user"].includes(f.name)),
-  { ...CONTROL_FLAG, help: "also serve a control socket at PATH (0600; docs/control-api.yaml): inspect,\npolicy, ports, events and metrics of this guest (moat ps/inspect/policy)" }];
+  { ...CONTROL_FLAG, help: "also serve a control socket at PATH (0600; docs/control-api.yaml): inspect,\npolicy, rate limits, ports, events and metrics of this guest (moat ps/\ninspect/policy/limit)" }];
 
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
@@ -110,6 +117,9 @@ Usage:
   moat exec [-i] NAME -- COMMAND [ARGS...]    run COMMAND in a sandbox; its output and status
   moat policy NAME [--net ...] [--net-rule RULE ...] [--net-default-egress ACTION]
                                               replace a sandbox's policy (new connections)
+  moat limit NAME [--limit-egress RATE[:BURST]|none] [--limit-ingress ...] [--limit-conn-rate N[:BURST]|none]
+       [--limit-dns-rate ...]                 change a sandbox's rate limits (open flows too);
+                                              without options, show them
   moat publish NAME [BIND:]HOST:GUEST[/udp] | moat unpublish NAME HOSTPORT[/udp]
   moat cleanup                                remove what moat processes that died left
                                               (namespaces, leases, directories), any pool
@@ -288,6 +298,7 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     policy,
     denyResponse: (flags.get("deny-response") as "drop" | "reject" | "http" | undefined) ?? file.denyResponse,
     maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
+    limits: { ...file.limits, ...limitFlags(flags) },
     auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
     auditLogOptions: {
       maxBytes: (flags.get("audit-log-max-bytes") as number | undefined) ?? file.auditLogMaxBytes,
@@ -316,6 +327,16 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
     user: (flags.get("user") as string | undefined) ?? config.sandbox?.user,
     pcap: pcapOption(flags),
   };
+}
+
+/** The --limit-* flags given, checked (an error names the flag, the value and the forms it takes); "none" is null. */
+function limitFlags(flags: Map<string, string | number | boolean>): RateLimits {
+  const out: Record<string, unknown> = {};
+  for (const k of LIMIT_KEYS) {
+    const text = flags.get(LIMIT_FLAGS[k].slice(2));
+    if (typeof text === "string") out[k] = validateLimit(k, text, LIMIT_FLAGS[k]);
+  }
+  return out as RateLimits;
 }
 
 /**
@@ -629,7 +650,7 @@ async function cmdDaemon(args: string[]): Promise<number> {
   const { flags, rest } = parseFlags(args, specs, "daemon");
   if (flags.has("engine-threads")) setEngineThreads(flags.get("engine-threads") as number);
   if (flags.get("help")) {
-    process.stdout.write(`Usage: moat daemon [OPTIONS]\n\nOwns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON; docs/control-api.yaml)\nby moat create/ps/inspect/exec/policy/publish/rm or any HTTP client. Sandboxes outlive the\nclients that made them; SIGTERM or SIGINT removes them all and exits.\n\nOptions:\n${flagHelp(specs)}\n`);
+    process.stdout.write(`Usage: moat daemon [OPTIONS]\n\nOwns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON; docs/control-api.yaml)\nby moat create/ps/inspect/exec/policy/limit/publish/rm or any HTTP client. Sandboxes outlive the\nclients that made them; SIGTERM or SIGINT removes them all and exits.\n\nOptions:\n${flagHelp(specs)}\n`);
     return 0;
   }
   if (rest.length) throw new ConfigError(`daemon: unexpected argument "${rest[0]}"`, "see moat daemon --help");
@@ -774,6 +795,15 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
       process.stdout.write(JSON.stringify(p, null, 2) + "\n");
       return 0;
     }
+    case "limit": {
+      const { path, name, flags, rest } = clientArgs(cmd, args, RUN_FLAGS.filter((f) => LIMIT_FLAG_NAMES.includes(f.name)));
+      if (rest.length) throw new ConfigError(`limit: unexpected argument "${rest[0]}"`, "e.g. moat limit NAME --limit-egress 10mbit --limit-conn-rate 20 (none removes a limit)");
+      const n = needName(cmd, name);
+      const change = limitFlags(flags); // checked here, so an error names the flag
+      const l = Object.keys(change).length ? await expectOk(path, "PUT", `/v1/sandboxes/${n}/limits`, change) : await expectOk(path, "GET", `/v1/sandboxes/${n}/limits`);
+      process.stdout.write(JSON.stringify(l, null, 2) + "\n");
+      return 0;
+    }
     case "publish": {
       const { path, name, rest } = clientArgs(cmd, args);
       if (rest.length !== 1) throw new ConfigError("publish: give NAME and one [BIND:]HOST:GUEST[/udp]", "e.g. moat publish web 8080:80");
@@ -838,11 +868,12 @@ export async function main(argv: string[]): Promise<number> {
       case "create":
       case "exec":
       case "policy":
+      case "limit":
       case "publish":
       case "unpublish":
         return await cmdClient(cmd, args);
       default:
-        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve, daemon, create, ps, inspect, exec, policy, publish, unpublish, rm and cleanup; see moat --help\n`);
+        process.stderr.write(`moat: unknown command "${cmd}"\nmoat: hint: the commands are run, serve, daemon, create, ps, inspect, exec, policy, limit, publish, unpublish, rm and cleanup; see moat --help\n`);
         return EXIT_MOAT_FAILED;
     }
   } catch (e) {

@@ -23,6 +23,7 @@ import type { DenyResponse } from "../policy/compile.js";
 import type { SandboxAddresses } from "../sandbox/addressing.js";
 import { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
 import type { RunOptions } from "../sandbox/sandbox.js";
+import type { RateLimits, ValidLimits } from "../gateway/limits.js";
 
 /** What the control socket needs of a sandbox (GuestSandbox and Gateway both have it). */
 export interface Controlled {
@@ -33,6 +34,8 @@ export interface Controlled {
   sample(): Promise<GatewaySample>;
   policyInForce(): { defaultAction: string; rules: string[]; denyResponse: string; offline: boolean };
   setPolicy(policy: NetworkPolicyShape, denyResponse?: DenyResponse): void;
+  readonly limits: ValidLimits;
+  setLimits(change: RateLimits): Promise<ValidLimits>;
   publish(spec: PortSpec): Promise<PublishedPort>;
   unpublish(hostPort: number, protocol?: PortProtocol): Promise<void>;
 }
@@ -205,6 +208,13 @@ export class ControlServer {
       }
       throw methodNotAllowed(m, url.pathname);
     }
+    if (sub === "limits" && arg === undefined) {
+      if (m === "GET") return json(res, 200, entry.target.limits);
+      // {egress?, ingress?, connRate?, dnsRate?}: a key given sets that limit, null removes it,
+      // a key left out keeps it (gateway/limits.ts checks every value).
+      if (m === "PUT") return json(res, 200, await entry.target.setLimits(await readJson(req) as RateLimits));
+      throw methodNotAllowed(m, url.pathname);
+    }
     if (sub === "ports") {
       if (arg === undefined && m === "GET") return json(res, 200, entry.target.ports);
       if (arg === undefined && m === "POST") {
@@ -240,6 +250,7 @@ export class ControlServer {
       name, kind: e.kind, created: e.created, args: e.args ?? [], ...e.extra,
       addresses: { guest: { ipv4: `${a.guestIp4}/${a.prefixLen4}`, ipv6: `${a.guestIp6}/64`, mac: a.guestMac }, gateway: { ipv4: a.gatewayIp4, ipv6: a.gatewayLl6, mac: a.gatewayMac } },
       policy: e.target.policyInForce(),
+      limits: e.target.limits,
       ports: e.target.ports,
       flows: s.flows, counters, dns, tls: s.tls, events: s.events,
     };

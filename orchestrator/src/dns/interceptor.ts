@@ -4,6 +4,8 @@
 //  1. Malformed: shorter than a header → dropped. A response (QR=1) → dropped (never answer an
 //     answer). Opcode other than QUERY → NOTIMP. Anything dns-packet cannot decode, no question,
 //     more than one question, more than one OPT → FORMERR (echoing the ID). Never forwarded.
+//     Over the sandbox's DNS rate (hooks.admit(): the engine's bucket, --limit-dns-rate) →
+//     REFUSED, and nothing more is done with it (the engine counts it; no event of its own).
 //  2. Blocked: the name is on the block list (exact, or equal to or under a blocked suffix), or is
 //     covered by a Deny domain/suffix rule of the policy in force (hooks.denyNames()) → answered
 //     here, REFUSED (or NXDOMAIN by setting), never sent upstream. Zone transfers (AXFR/IXFR) are
@@ -110,6 +112,8 @@ export interface DnsHooks {
   secretIn?(name: string, query: Uint8Array): string | undefined;
   /** Report every answered (name, address), not only those of domain rules (as pins without ids): TLS interception holds SNIs to them. */
   recordAnswers?(): boolean;
+  /** The DNS rate: may this query be answered? false: REFUSED. Absent: always. */
+  admit?(): boolean | Promise<boolean>;
 }
 
 /** Address classes an answer must not carry under rebinding protection. */
@@ -193,6 +197,7 @@ export class DnsInterceptor {
       return formerr(`undecodable query: ${(e as Error).message}`);
     }
     if (opts.length > 1) return formerr("more than one OPT record");
+    if (this.hooks.admit && !(await this.hooks.admit())) return { answer: localAnswer(query, q, RCODE.REFUSED), pins: [] };
     const name = q.name;
     const shown = displayName(name);
     const refuse = (kind: DnsEventKind, detail: string, rcode: number = RCODE.REFUSED): DnsOutcome =>

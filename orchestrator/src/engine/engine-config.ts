@@ -34,6 +34,8 @@ export interface EngineConfig {
   tls?: { proxy: { ip: string; port: number }; ports: number[]; blockQuic: boolean };
   /** The deny page (deny response "http"): where denied TCP to port 80 (and intercepted ports) goes. */
   denyPage?: { ip: string; port: number };
+  /** Rate limits: per bucket (egress, ingress, conn, dns) tokens per ms and size, [0, 0] = none (gateway/limits.ts engineLimits). */
+  limits?: [ratePerMs: number, burst: number][];
 }
 
 function writeMac(mem: Uint8Array, off: number, mac: string): void {

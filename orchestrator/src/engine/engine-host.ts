@@ -233,6 +233,16 @@ export class EngineHost {
     if (!this.exited) await this.control.unlisten(id);
   }
 
+  /** Set the rate limits (EngineConfig.limits' form); resolves once they are in force. */
+  async setLimits(limits: [ratePerMs: number, burst: number][]): Promise<void> {
+    if (!this.exited) await this.control.setLimits(limits);
+  }
+
+  /** May the guest's next DNS query be answered (the DNS rate; engine-wasm/assembly/limits.ts)? */
+  async dnsAdmit(): Promise<boolean> {
+    return this.exited || this.stopping ? true : this.control.dnsAdmit();
+  }
+
   /** Stop this sandbox's engine (closing its link and host sockets) and leave the worker; idempotent. */
   async stop(): Promise<void> {
     if (this.stopping) return;

@@ -28,6 +28,12 @@ export interface EngineExports {
   tcpInspect(idx: number, what: number): number;
   /** Send the delayed ACKs due by nowMs (flow/tcp.ts); the next deadline is at layout.ST_ACK_DUE. */
   engineFlushAcks(nowMs: number): number;
+  /** Rate limit `which` (0 egress, 1 ingress, 2 conn, 3 dns) to `ratePerMs` tokens per ms in a bucket of `burst` (rate 0: none); returns what moved. */
+  engineSetLimit(which: number, ratePerMs: number, burst: number, nowMs: number): number;
+  /** What a rate limit held back and may go on by nowMs does (limits.ts); the next deadline is at layout.ST_LIMIT_DUE. */
+  engineLimitWake(nowMs: number): number;
+  /** The DNS rate: 1 = answer the guest's next query, 0 = refuse it (counted as DNS_RATE_REFUSED). */
+  engineDnsAdmit(nowMs: number): number;
 }
 
 /** Pages of the engine memory; the module was compiled for exactly this (asconfig.json). */

@@ -112,6 +112,10 @@ export interface EngineControl {
   listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number, dualStack: boolean): number;
   /** Withdraw listener `id`: new peers are refused from now on; connections already made go on. */
   unlisten(id: number): void;
+  /** Set the rate limits (EngineConfig.limits' form); what they held and may now go on does. */
+  setLimits(limits: [ratePerMs: number, burst: number][]): void;
+  /** May the guest's next DNS query be answered (the DNS rate)? false: refuse it (counted). */
+  dnsAdmit(): boolean;
   /** Stop serving, close the link and every host socket. */
   stop(): void;
 }
@@ -149,6 +153,7 @@ class EngineInstance {
     this.dv = new DataView(data.memory.buffer);
     writeEngineConfig(this.mem, data.config);
     this.engine.engineInit();
+    this.setLimits(data.config.limits ?? []);
     this.datapath = new native.Datapath(this.mem);
     this.auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
     this.auditSeen = Atomics.load(this.auditTail, 0);
@@ -164,6 +169,7 @@ class EngineInstance {
       classify: (ip) => classifyAddress(ip, this.dnsHost),
       secretIn: (name, query) => placeholderInName(dns.placeholders ?? [], name, query),
       recordAnswers: () => dns.reportAnswers === true,
+      admit: () => this.engine.engineDnsAdmit(performance.now()) === 1,
     });
     data.dnsPort.on("message", (m: DnsUpdate) => {
       if (this.stopped) return;
@@ -215,7 +221,8 @@ class EngineInstance {
       const wrote = datapath.flush();
       if (got === 0 && done === 0 && wrote === 0) break;
     }
-    this.armAckTimer();
+    this.ackDeadline.arm();
+    this.limitDeadline.arm();
     const t = Atomics.load(this.auditTail, 0);
     if (t !== this.auditSeen) {
       this.auditSeen = t;
@@ -235,20 +242,34 @@ class EngineInstance {
 
   // Delayed ACKs (flow/tcp.ts): the engine leaves the earliest deadline at ST_ACK_DUE; a timer set
   // for it sends them, unless the segments that carry them went first.
-  private ackTimer: NodeJS.Timeout | undefined;
-  private ackTimerAt = 0;
-  private armAckTimer(): void {
-    const due = this.dv.getFloat64(layout.ST_ACK_DUE, true);
-    if (due === 0 || this.stopped || (this.ackTimer && this.ackTimerAt <= due)) return;
-    clearTimeout(this.ackTimer);
-    this.ackTimerAt = due;
-    this.ackTimer = setTimeout(() => {
-      this.ackTimer = undefined;
-      this.guard(() => {
-        if (this.engine.engineFlushAcks(performance.now()) > 0) this.datapath.flush();
-        this.armAckTimer();
-      });
-    }, Math.max(0, due - performance.now()));
+  private readonly ackDeadline = new EngineDeadline(this, layout.ST_ACK_DUE, (now) => {
+    if (this.engine.engineFlushAcks(now) > 0) this.datapath.flush();
+  });
+  // Rate limits (limits.ts): what a limit held back — a window, peek credit, a SYN — goes on when
+  // the tokens come (ST_LIMIT_DUE), with or without a packet to carry it; serve() reads what the
+  // credit and the dials bring.
+  private readonly limitDeadline = new EngineDeadline(this, layout.ST_LIMIT_DUE, (now) => {
+    this.engine.engineLimitWake(now);
+    this.serve();
+  });
+
+  private setLimits(limits: [number, number][]): void {
+    const now = performance.now();
+    for (let i = 0; i < 4; i++) this.engine.engineSetLimit(i, limits[i]?.[0] ?? 0, limits[i]?.[1] ?? 0, now);
+  }
+
+  /** The engine's f64 at `at` (its deadlines). */
+  readF64(at: number): number {
+    return this.dv.getFloat64(at, true);
+  }
+
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /** Run `f` for this sandbox, stopping it alone if it throws (see guard). */
+  run(f: () => void): void {
+    this.guard(f);
   }
 
   // ---- DNS: the interceptor's upstream sockets are native-vmm's, in this sandbox's epoll set ----
@@ -402,7 +423,8 @@ class EngineInstance {
     if (this.stopped) return;
     this.stopped = true;
     instances.delete(this);
-    clearTimeout(this.ackTimer);
+    this.ackDeadline.clear();
+    this.limitDeadline.clear();
     this.datapath.close();
     this.data.auditPort.close();
     this.data.dnsPort.close();
@@ -432,8 +454,44 @@ class EngineInstance {
       this.datapath.unlisten(id);
       this.flushSoon(); // refusals queued meanwhile go out
     },
+    setLimits: (limits) => {
+      this.guard(() => {
+        this.setLimits(limits);
+        this.serve(); // what was released: dials, credit, window updates
+      });
+    },
+    dnsAdmit: () => this.stopped || this.engine.engineDnsAdmit(performance.now()) === 1,
     stop: () => this.stop(),
   };
+}
+
+/**
+ * A timer for a deadline an instance's engine leaves in its memory at `dueAt` (an f64 of engine
+ * time, 0 = none): `fire` runs when it comes, unless the engine did the work first.
+ */
+class EngineDeadline {
+  private timer: NodeJS.Timeout | undefined;
+  private at = 0;
+  constructor(private readonly inst: EngineInstance, private readonly dueAt: number, private readonly fire: (now: number) => void) {}
+
+  /** Set (or bring forward) the timer for the deadline the engine left. */
+  arm(): void {
+    const due = this.inst.readF64(this.dueAt);
+    if (due === 0 || this.inst.isStopped || (this.timer && this.at <= due)) return;
+    clearTimeout(this.timer);
+    this.at = due;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.inst.run(() => {
+        this.fire(performance.now());
+        this.arm();
+      });
+    }, Math.max(0, due - performance.now()));
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+  }
 }
 
 const instances = new Set<EngineInstance>();

@@ -86,13 +86,21 @@ export interface LifecycleEvent extends Envelope {
   gateway?: { ipv4: string; ipv6: string };
 }
 
-/** A limit was hit: new flows refused (max connections, flow table), DNS queries dropped. */
+/**
+ * A limit was hit: new flows refused (max connections, flow table), DNS queries dropped, or a
+ * rate limit (--limit-*) dropped, refused or held back traffic. At most one a second per limit.
+ */
 export interface LimitEvent extends Envelope {
   kind: "limit-hit";
-  /** "max-connections", "flow-table", "dns-in-flight", "udp-flows" */
+  /** "max-connections", "flow-table", "dns-in-flight", "egress-rate", "ingress-rate", "conn-rate", "dns-rate" */
   limit: string;
-  /** How many were refused since the previous limit-hit event of this limit. */
+  /** How many were refused or dropped since the previous limit-hit event of this limit. */
   count: number;
+  /**
+   * The rate limits that hold traffic back instead (egress-rate, ingress-rate: times a TCP flow
+   * was held back; conn-rate: connections held until the rate allowed them), since the previous.
+   */
+  delayed?: number;
   detail: string;
 }
 

@@ -37,6 +37,7 @@ import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, 
 import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
 import { DnsStats } from "../dns/dns-stats.js";
 import { renderMetrics, type GatewaySample } from "./metrics.js";
+import { applyLimits, engineLimits, formatLimit, NO_LIMITS, type RateLimits, type ValidLimits } from "./limits.js";
 
 /** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
 export interface DnsOptions {
@@ -66,6 +67,13 @@ export interface GatewayOptions {
   denyResponse?: DenyResponse;
   /** Most TCP + UDP connections at once (default 4096). */
   maxConnections?: number;
+  /**
+   * Rate limits (gateway/limits.ts): egress and ingress bandwidth ("50mbit", "50mbit:512k"), new
+   * connections and DNS queries per second (20, "20:5"). TCP is paced, UDP and ICMP over a
+   * budget dropped, SYNs over the connection rate held, DNS over its rate refused. Changed
+   * later with setLimits().
+   */
+  limits?: RateLimits;
   /** Append every denial as a JSON line to this file. */
   auditLog?: string;
   /** Bounds of the audit log: aggregation interval, size cap, keys held (policy/audit.ts). */
@@ -137,7 +145,7 @@ const { EADDRINUSE } = osConstants.errno;
 
 export const DEFAULT_MTU = 65520;
 
-export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent" | "pcap" | "faults">> & { dns: DnsOptions } &
+export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent" | "pcap" | "faults" | "limits">> & { dns: DnsOptions; limits: ValidLimits } &
   Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { middleware: LinkMiddleware } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
 
 /** Check every option (before anything is created) and fill in the defaults. */
@@ -200,7 +208,8 @@ export function validateOptions(o: GatewayOptions): ValidOptions {
   const faultText = o.faults === undefined ? process.env.MOAT_FAULTS : undefined;
   const faults = typeof o.faults === "string" ? parseFaults(o.faults, "faults") : o.faults ? validateFaults(o.faults) : faultText ? parseFaults(faultText) : undefined;
   const middleware: LinkMiddleware = { pcap: o.pcap !== undefined ? validatePcap(o.pcap) : undefined, faults };
-  return { middleware, mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onEvent: o.onEvent, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
+  const limits = applyLimits(NO_LIMITS, o.limits ?? {}, (k) => `limits.${k}`);
+  return { limits, middleware, mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onEvent: o.onEvent, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
 }
 
 /** What the guest's owner gives a gateway. */
@@ -226,6 +235,7 @@ export class Gateway {
 
   private constructor(private readonly options: ValidOptions, private readonly guest: GatewayGuest) {
     this.policy = options.policy;
+    this.limitsNow = options.limits;
     this.denyResponse = options.denyResponse;
     this.name = guest.name;
     this.addresses = guest.addresses;
@@ -270,22 +280,57 @@ export class Gateway {
     this.eventCounts.set(key, (this.eventCounts.get(key) ?? 0) + 1);
   }
 
-  /** Limits hit since the last look (engine counters): one limit-hit event per limit that moved. */
+  /**
+   * Limits hit since the last look (engine counters): one limit-hit event per limit that moved,
+   * with what was refused or dropped (`count`) and, for the rate limits that hold traffic back
+   * rather than refuse it, how often they did (`delayed`).
+   */
   private lastLimits: Record<string, number> = {};
   private checkLimits(): void {
     if (!this.engine) return;
     const c = this.counters();
-    const limits: [string, string, string][] = [
-      ["max-connections", "DROP_FLOW_LIMIT", `new flows refused: the sandbox holds its most connections (${this.options.maxConnections}, --max-connections)`],
-      ["flow-table", "DROP_FLOW_TABLE_FULL", "new flows refused: the flow table is full"],
-      ["dns-in-flight", "DROP_DNS_OVERLOAD", "DNS queries dropped: too many in flight"],
+    const l = this.limits;
+    const limits: [limit: string, refused: string, delayed: string | undefined, detail: string][] = [
+      ["max-connections", "DROP_FLOW_LIMIT", undefined, `new flows refused: the sandbox holds its most connections (${this.options.maxConnections}, --max-connections)`],
+      ["flow-table", "DROP_FLOW_TABLE_FULL", undefined, "new flows refused: the flow table is full"],
+      ["dns-in-flight", "DROP_DNS_OVERLOAD", undefined, "DNS queries dropped: too many in flight"],
+      ["egress-rate", "DROP_RATE_EGRESS", "RATE_EGRESS_PACED", `traffic from the guest held to ${formatLimit(l.egress)} (--limit-egress): UDP/ICMP datagrams dropped (count), TCP windows held back (delayed)`],
+      ["ingress-rate", "DROP_RATE_INGRESS", "RATE_INGRESS_PACED", `traffic to the guest held to ${formatLimit(l.ingress)} (--limit-ingress): UDP/ICMP datagrams dropped (count), TCP reads held back (delayed)`],
+      ["conn-rate", "DROP_RATE_CONN", "RATE_CONN_DELAYED", `new connections held to ${formatLimit(l.connRate)} a second (--limit-conn-rate): UDP/ICMP flows dropped or TCP reset with the queue full (count), TCP connections held until the rate allowed (delayed)`],
+      ["dns-rate", "DNS_RATE_REFUSED", undefined, `DNS queries held to ${formatLimit(l.dnsRate)} a second (--limit-dns-rate): answered REFUSED`],
     ];
-    for (const [limit, counter, detail] of limits) {
+    const moved = (counter: string): number => {
       const now = c[counter] ?? 0;
       const delta = now - (this.lastLimits[counter] ?? 0);
       this.lastLimits[counter] = now;
-      if (delta > 0) this.emit<LimitEvent>({ kind: "limit-hit", limit, count: delta, detail });
+      return delta;
+    };
+    for (const [limit, refused, delayedBy, detail] of limits) {
+      const count = moved(refused);
+      const delayed = delayedBy ? moved(delayedBy) : 0;
+      if (count > 0 || delayed > 0) this.emit<LimitEvent>({ kind: "limit-hit", limit, count, ...(delayedBy ? { delayed } : {}), detail });
     }
+  }
+
+  // ---- rate limits (gateway/limits.ts) ------------------------------------------------------------
+  private limitsNow: ValidLimits = NO_LIMITS;
+
+  /** The rate limits in force (null: none). */
+  get limits(): ValidLimits {
+    return { ...this.limitsNow };
+  }
+
+  /**
+   * Change the rate limits of the running sandbox: a key given sets that limit ("50mbit", 20,
+   * { bitsPerSecond, burstBytes }, ...), null removes it, a key left out keeps it. In force for
+   * the flows already open too (a window, a credit, a held SYN) once this resolves; a new limit
+   * starts with a full bucket. Resolves with the limits in force.
+   */
+  async setLimits(change: RateLimits): Promise<ValidLimits> {
+    const next = applyLimits(this.limitsNow, change, (k) => `limits.${k}`);
+    this.limitsNow = next; // (a change made before this one resolves builds on it)
+    if (this.engine) await this.engine.setLimits(engineLimits(next));
+    return this.limits;
   }
 
   private limitTimer: NodeJS.Timeout | undefined;
@@ -334,6 +379,7 @@ export class Gateway {
         redirectToken: gw.redirectToken,
         tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
         denyPage: o.denyResponse === "http" ? tlsProxy : undefined,
+        limits: engineLimits(o.limits),
       };
       // A vhost-user guest is offered the gateway's MTU; an attached interface carries frames of it.
       const link: LinkSpec = guest.link.kind === "vhost-user" || guest.link.kind === "attach" ? { mtu: o.mtu, ...guest.link } : guest.link;
@@ -541,6 +587,8 @@ export class Gateway {
       classify: (ip) => classifyAddress(ip, this.hostAddresses),
       secretIn: (name, query) => placeholderInName(this.options.secrets, name, query),
       recordAnswers: () => this.options.tls !== undefined,
+      // The engine's bucket, which DNS over UDP asks too (a round trip to the worker: only with a DNS rate).
+      admit: () => (this.engine && this.limitsNow.dnsRate ? this.engine.dnsAdmit() : true),
     });
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
     // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
@@ -642,6 +690,7 @@ export class Gateway {
       dns: DnsStats.add(worker, this.dnsStats.snapshot()),
       tls: { ...this.tlsStats(), leavesMinted: this.options.tls?.ca.minted ?? 0 },
       events: Object.fromEntries(this.eventCounts),
+      limits: this.limits,
     };
   }
 

@@ -16,6 +16,7 @@ import { ConfigError, MoatError } from "../errors.js";
 import { DNS_LATENCY_BUCKETS, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 import type { EngineCounters } from "../engine/engine-config.js";
 import type { TlsProxyStats } from "../tls/proxy.js";
+import type { ValidLimits } from "./limits.js";
 
 /** What one gateway reports when scraped (Gateway.sample()). */
 export interface GatewaySample {
@@ -26,6 +27,8 @@ export interface GatewaySample {
   tls: TlsProxyStats & { leavesMinted: number };
   /** Events emitted, by kind (secret violations as "secret-violation:<action>"). */
   events: Record<string, number>;
+  /** The rate limits in force (gateway/limits.ts); absent: none. */
+  limits?: ValidLimits;
 }
 
 export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -136,6 +139,22 @@ export function renderMetrics(samples: GatewaySample[]): string {
       x.add("moat_secret_violations_total", "counter", "Secret placeholders stopped on their way to a destination not allowed for them, by action", { ...sb, action: action.replace(/-/g, "_") }, s.events[`secret-violation:${action}`] ?? 0);
     }
     x.add("moat_secret_substituted_connections_total", "counter", "Intercepted connections on which a secret's value was put into a request (counted when they close)", sb, t.substituted);
+    // Rate limits (--limit-*): those in force, and what they dropped or held back.
+    const lim = s.limits;
+    for (const d of ["egress", "ingress"] as const) {
+      const v = lim?.[d];
+      if (v) x.add("moat_rate_limit_bytes_per_second", "gauge", "Bandwidth limit in force (--limit-egress, --limit-ingress), payload bytes per second, by direction", { ...sb, direction: d }, v.bitsPerSecond / 8);
+    }
+    if (lim?.connRate) x.add("moat_rate_limit_connections_per_second", "gauge", "Limit in force on new connections the guest opens (--limit-conn-rate)", sb, lim.connRate.perSecond);
+    if (lim?.dnsRate) x.add("moat_rate_limit_dns_queries_per_second", "gauge", "Limit in force on the guest's DNS queries (--limit-dns-rate)", sb, lim.dnsRate.perSecond);
+    const dropped = "Traffic a rate limit dropped or refused, by limit: egress and ingress UDP/ICMP datagrams; conn new flows (UDP/ICMP dropped, TCP reset once the held-SYN queue is full); dns queries answered REFUSED";
+    for (const [limit, counter] of [["egress", "DROP_RATE_EGRESS"], ["ingress", "DROP_RATE_INGRESS"], ["conn", "DROP_RATE_CONN"], ["dns", "DNS_RATE_REFUSED"]] as const) {
+      x.add("moat_rate_limit_drops_total", "counter", dropped, { ...sb, limit }, c(counter));
+    }
+    const delayed = "Times a rate limit held traffic back rather than drop it, by limit: egress and ingress a TCP flow's window or reads paced; conn a TCP connection's SYN held until the rate allowed it";
+    for (const [limit, counter] of [["egress", "RATE_EGRESS_PACED"], ["ingress", "RATE_INGRESS_PACED"], ["conn", "RATE_CONN_DELAYED"]] as const) {
+      x.add("moat_rate_limit_delays_total", "counter", delayed, { ...sb, limit }, c(counter));
+    }
     // Events, by kind (what the audit log and the event stream carried).
     for (const [kind, n] of Object.entries(s.events)) {
       if (!kind.startsWith("secret-violation:")) x.add("moat_events_total", "counter", "Gateway events emitted, by kind (gateway/events.ts)", { ...sb, kind: kind.replace(/-/g, "_") }, n);

@@ -13,6 +13,7 @@
 //         ]
 //       },
 //       "maxConnections": 256,
+//       "limits": { "egress": "50mbit", "ingress": "100mbit:1m", "connRate": 20, "dnsRate": "50:100" },
 //       "denyResponse": "reject",             // or "drop"
 //       "auditLog": "/var/log/moat-audit.jsonl",
 //       "auditLogMaxBytes": 67108864,           // the audit log stops here (with a last line saying so)
@@ -38,6 +39,7 @@ import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
 import { parseUser, type SandboxUser } from "../sandbox/containment.js";
+import { LIMIT_KEYS, validateLimit, type RateLimits } from "../gateway/limits.js";
 
 /** The config file's "dns" section: the same settings as the library's DnsOptions. */
 export type DnsConfig = DnsOptions;
@@ -46,6 +48,8 @@ export interface MoatConfig {
   network?: {
     policy?: NetworkPolicy;
     maxConnections?: number;
+    /** Rate limits (gateway/limits.ts), checked. */
+    limits?: RateLimits;
     denyResponse?: "drop" | "reject" | "http";
     auditLog?: string;
     auditLogMaxBytes?: number;
@@ -75,7 +79,7 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
 
 const TOP_KEYS = ["network", "sandbox"] as const;
 const SANDBOX_KEYS = ["user", "env"] as const;
-const NETWORK_KEYS = ["policy", "maxConnections", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
+const NETWORK_KEYS = ["policy", "maxConnections", "limits", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
 const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
 const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut", "trustHostCas"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
@@ -140,6 +144,12 @@ export function parseConfig(json: unknown, source: string): MoatConfig {
   const network: NonNullable<MoatConfig["network"]> = {};
   if (net.policy !== undefined) network.policy = policy(ctx, net.policy);
   if (net.maxConnections !== undefined) network.maxConnections = positiveInteger(ctx, net.maxConnections, "network.maxConnections", "e.g. 256");
+  if (net.limits !== undefined) {
+    const l = object(ctx, net.limits, "network.limits", "network.limits", LIMIT_KEYS, `e.g. "limits": { "egress": "50mbit", "connRate": 20 }`);
+    const limits: Record<string, unknown> = {};
+    for (const k of LIMIT_KEYS) if (l[k] !== undefined) limits[k] = validateLimit(k, l[k], `${source}: network.limits.${k}`);
+    network.limits = limits as RateLimits;
+  }
   if (net.denyResponse !== undefined) network.denyResponse = oneOf(ctx, net.denyResponse, "network.denyResponse", ["drop", "reject", "http"] as const);
   if (net.auditLog !== undefined) {
     if (typeof net.auditLog !== "string" || net.auditLog === "") fail("network.auditLog", `is ${describe(net.auditLog)}, not a file path`, `e.g. "auditLog": "/var/log/moat-audit.jsonl"`);

@@ -12,6 +12,7 @@ import { VmSandbox, type VmOptions } from "../vm/vm-sandbox.js";
 import type { PortSpec } from "./ports.js";
 import { ConfigError } from "../errors.js";
 import type { Action } from "../policy/model.js";
+import type { RateLimits, BandwidthLimit } from "../gateway/limits.js";
 
 export class DnsBuilder {
   /** @internal */ readonly options: DnsOptions = {};
@@ -48,6 +49,16 @@ export class NetworkBuilder {
   /** @internal */ readonly options: NetnsSandboxOptions = {};
   policy(policy: NetworkPolicyShape): this { this.options.policy = policy; return this; }
   maxConnections(max: number): this { this.options.maxConnections = max; return this; }
+  /** Rate limits, all at once: { egress: "50mbit", ingress: "100mbit:1m", connRate: 20, dnsRate: 50 } (gateway/limits.ts). */
+  limits(limits: RateLimits): this { this.options.limits = { ...this.options.limits, ...limits }; return this; }
+  /** Most bandwidth from the guest: "50mbit", "50mbit:512k" (BURST in bytes), or { bitsPerSecond, burstBytes }. TCP is paced, UDP/ICMP over it dropped. */
+  limitEgress(rate: string | BandwidthLimit): this { return this.limits({ egress: rate }); }
+  /** Most bandwidth to the guest, as limitEgress. */
+  limitIngress(rate: string | BandwidthLimit): this { return this.limits({ ingress: rate }); }
+  /** Most new connections the guest opens a second (TCP SYNs over it wait; UDP/ICMP dropped); burst default perSecond/10. */
+  limitConnRate(perSecond: number, burst?: number): this { return this.limits({ connRate: { perSecond, burst } }); }
+  /** Most DNS queries a second (over it: REFUSED); burst default perSecond. */
+  limitDnsRate(perSecond: number, burst?: number): this { return this.limits({ dnsRate: { perSecond, burst } }); }
   denyResponse(response: DenyResponse): this { this.options.denyResponse = response; return this; }
   /** Append denials as JSON lines to `path`; `limits` bound it (aggregation interval, size cap). */
   auditLog(path: string, limits?: AuditLogOptions): this { this.options.auditLog = path; this.options.auditLogOptions = limits; return this; }

@@ -14,6 +14,7 @@ import type { EngineCounters } from "../engine/engine-config.js";
 import type { PortSpec, PublishedPort, PortProtocol } from "./ports.js";
 import type { SandboxAddresses } from "./addressing.js";
 import type { TlsProxy } from "../tls/proxy.js";
+import type { RateLimits, ValidLimits } from "../gateway/limits.js";
 import type { Readable, Writable } from "node:stream";
 import { MoatError } from "../errors.js";
 
@@ -88,6 +89,16 @@ export abstract class GuestSandbox {
   /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
   setPolicy(policy: NetworkPolicyShape, denyResponse?: DenyResponse): void {
     this.gw.setPolicy(policy, denyResponse);
+  }
+
+  /** The rate limits in force (Gateway.limits). */
+  get limits(): ValidLimits {
+    return this.gw.limits;
+  }
+
+  /** Change the rate limits of the running sandbox (Gateway.setLimits): null removes one, a key left out keeps it. */
+  setLimits(change: RateLimits): Promise<ValidLimits> {
+    return this.gw.setLimits(change);
   }
 
   /** The ports being served (host ports as bound: a requested 0 shows the port chosen). */

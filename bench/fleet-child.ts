@@ -3,6 +3,7 @@
 //   { n, rssBaseMiB, rssMiB, threadsBase, threads, createMs: [...], pings, destroyMs: [...] }
 //   node fleet-child.js N
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { Writable } from "node:stream";
 import { NetnsSandbox } from "../orchestrator/src/index.js";
 
@@ -13,9 +14,11 @@ function status(): { rss: number; threads: number } {
   return { rss: Number(/VmRSS:\s+(\d+)/.exec(s)![1]) / 1024, threads: Number(/Threads:\s+(\d+)/.exec(s)![1]) };
 }
 
-// Warm: the engine module compiled, the first worker's cost paid (a fleet's steady state).
-const warm = await NetnsSandbox.create({ dnsForward: "none" });
-await warm.destroy();
+// Warm: the engine module compiled, the pool's workers started (one per core: a fleet's steady
+// state; their threads and isolates are the process's, not any sandbox's).
+const warm: NetnsSandbox[] = [];
+for (let i = 0; i < availableParallelism(); i++) warm.push(await NetnsSandbox.create({ dnsForward: "none" }));
+for (const w of warm) await w.destroy();
 global.gc?.();
 const base = status();
 

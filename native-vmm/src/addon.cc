@@ -332,10 +332,14 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     if (dp_ && info.Length() >= 1 && info[0].IsNumber()) dp_->unlisten(info[0].As<Napi::Number>().Uint32Value());
     return info.Env().Undefined();
   }
+  // close() -> fds whose close was deferred (link.h, deferClose): the caller closes them
   Napi::Value Close(const Napi::CallbackInfo& info) {
     stopPoll();
     if (dp_) dp_->closeAll();
-    return info.Env().Undefined();
+    std::vector<int> fds = moat::takeDeferredCloses();
+    Napi::Array out = Napi::Array::New(info.Env(), fds.size());
+    for (uint32_t i = 0; i < fds.size(); i++) out.Set(i, Napi::Number::New(info.Env(), fds[i]));
+    return out;
   }
 
   void stopPoll(bool freeHandle = true) {

@@ -11,8 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
-#include <system_error>
-#include <thread>
+#include <mutex>
 #include <vector>
 
 namespace moat {
@@ -152,17 +151,12 @@ class TapLink final : public Link {
   }
   void close() override {
     if (fd_ < 0) return;
-    // Closing a TAP unregisters its device, which waits out an RCU grace period (10-30 ms): on
-    // a thread of its own, so the engine thread (shared by other sandboxes) and the sandbox's
+    // Closing a TAP unregisters its device, which waits out an RCU grace period (10-30 ms):
+    // deferred (deferClose), so the engine thread (shared by other sandboxes) and the sandbox's
     // destroy do not wait for it. The fd leaves the epoll set first.
     if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd_, nullptr);
-    const int fd = fd_;
+    deferClose(fd_);
     fd_ = -1;
-    try {
-      std::thread([fd] { ::close(fd); }).detach();
-    } catch (const std::system_error&) {
-      ::close(fd);  // no thread to be had: closed here, the slow way
-    }
   }
 
  private:
@@ -178,6 +172,23 @@ class TapLink final : public Link {
 };
 
 Link* newTapLink(int fd) { return new TapLink(fd); }
+
+namespace {
+std::mutex deferredMutex;
+std::vector<int> deferred;  // every engine thread's, taken by whichever asks next
+}  // namespace
+
+void deferClose(int fd) {
+  std::lock_guard<std::mutex> lock(deferredMutex);
+  deferred.push_back(fd);
+}
+
+std::vector<int> takeDeferredCloses() {
+  std::lock_guard<std::mutex> lock(deferredMutex);
+  std::vector<int> out;
+  out.swap(deferred);
+  return out;
+}
 
 // ---- stream -------------------------------------------------------------------------------------
 //

@@ -17,6 +17,7 @@
 // goes away (a VMM disconnecting) waits for the next one; frames meanwhile are dropped, counted
 // as LINK_TX_ERRORS.
 #include <cstdint>
+#include <vector>
 #include <string>
 #include <utility>
 
@@ -54,7 +55,8 @@ class Link {
   virtual bool send(const uint8_t* frame, uint32_t len) = 0;
   // After a batch of send(): write out what was batched, tell the guest.
   virtual void sendDone() {}
-  // Close every fd (the epoll set is closed by the data path).
+  // Close every fd (the epoll set is closed by the data path). An fd whose close is slow (a TAP's
+  // unregisters its device) may be handed to deferClose() instead.
   virtual void close() = 0;
 
   LinkCounters counters;
@@ -121,5 +123,11 @@ int interfaceInfo(const std::string& name, InterfaceInfo& out, std::string& err)
 // Listen on a unix stream socket at `path`, mode 0600. A stale socket there (nobody listening) is
 // replaced; anything else there is an error. Returns the non-blocking fd, or -errno with `err`.
 int listenUnix(const std::string& path, std::string& err);
+
+// fds to be closed off the engine thread (link.cc): closing a TAP waits out an RCU grace period
+// (10-30 ms). The engine worker takes them after Datapath.close() and closes them with Node's
+// fs.close, on libuv's thread pool (not on a thread of this library's, which Node may unload).
+void deferClose(int fd);
+std::vector<int> takeDeferredCloses();
 
 }  // namespace moat

@@ -28,7 +28,8 @@ export interface NativeDatapath {
   dnsSend(id: number, data: Uint8Array): number;
   /** Datagrams read since the last call, as [u16 id][u16 len][bytes] entries (len 0xffff: [u16 errno]); the bytes written. */
   dnsTake(out: Uint8Array): number;
-  close(): void;
+  /** Close everything; returns fds whose close was deferred (a TAP's is slow): close them with fs.close. */
+  close(): number[];
 }
 
 /** A network interface of this process's namespace, as native-vmm sees it. */

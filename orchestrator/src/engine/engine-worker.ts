@@ -33,6 +33,7 @@ import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interc
 import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 import { UpstreamResolver, dgramTransport, type Nameserver, type DatagramChannel, type DatagramTransport } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
+import { close as fsClose } from "node:fs";
 import { classifyAddress } from "../policy/groups.js";
 import { enginePins, addr16 } from "./engine-config.js";
 import { isIPv4 } from "node:net";
@@ -425,7 +426,8 @@ class EngineInstance {
     instances.delete(this);
     this.ackDeadline.clear();
     this.limitDeadline.clear();
-    this.datapath.close();
+    // (a TAP's close waits out the kernel's unregistering of its device: on libuv's pool)
+    for (const fd of this.datapath.close()) fsClose(fd, () => {});
     this.data.auditPort.close();
     this.data.dnsPort.close();
     this.data.statusPort.close();

@@ -95,8 +95,10 @@ function spawnWorker(): Worker {
   // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
   const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));
   const workerUrl = new URL("./engine-worker.js", import.meta.url);
+  // (fds the worker closes with fs.close were opened by native code: not Node's to track)
+  const base = { trackUnmanagedFds: false };
   try {
-    return new Worker(workerUrl, { execArgv });
+    return new Worker(workerUrl, { ...base, execArgv });
   } catch (e) {
     // V8 and process-wide options (--expose-gc, --max-old-space-size, ...) are refused in a
     // worker's execArgv, and Node names them: the worker goes without those (they are the
@@ -104,7 +106,7 @@ function spawnWorker(): Worker {
     const m = /invalid execArgv flags: (.*)$/m.exec((e as Error).message);
     if ((e as NodeJS.ErrnoException).code !== "ERR_WORKER_INVALID_EXEC_ARGV" || !m) throw e;
     const refused = new Set(m[1]!.split(/,\s*/).map((f) => f.trim()));
-    return new Worker(workerUrl, { execArgv: execArgv.filter((a) => !refused.has(a) && !refused.has(a.split("=")[0]!)) });
+    return new Worker(workerUrl, { ...base, execArgv: execArgv.filter((a) => !refused.has(a) && !refused.has(a.split("=")[0]!)) });
   }
 }
 

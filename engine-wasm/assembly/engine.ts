@@ -64,7 +64,11 @@ const LOOP4: u32 = 0x0100007f; // 127.0.0.1 in network order, read as a little-e
 
 /** Reset all engine state. The orchestrator has written the CFG_* block. */
 export function engineInit(): void {
-  flowTableInit();
+  // A memory the engine never ran on is zero throughout (WebAssembly's own guarantee): its
+  // tables need no clearing, and clearing them would make every page of them resident (4 MiB of
+  // flow records per sandbox, most of which an idle sandbox never touches).
+  const fresh = load<u32>(ST_INITIALIZED) == 0;
+  flowTableInit(fresh);
   store<u32>(ST_OPS_COUNT, 0);
   store<u32>(ST_UDP_LIVE, 0);
   store<u32>(ST_TCP_LIVE, 0);
@@ -73,8 +77,10 @@ export function engineInit(): void {
   store<u32>(ST_DHCP_LEASED, 0);
   store<u32>(ST_TX_NEXT, ringTail(TX_CTRL));
   store<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD, ringHead(RX_CTRL));
-  memory.fill(COUNTERS_BASE, 0, COUNTERS_MAX * 8);
-  memory.fill(LIM_BASE, 0, CONNQ_BASE - LIM_BASE); // no limits (engineSetLimit sets them), nothing held
+  if (!fresh) {
+    memory.fill(COUNTERS_BASE, 0, COUNTERS_MAX * 8);
+    memory.fill(LIM_BASE, 0, CONNQ_BASE - LIM_BASE); // no limits (engineSetLimit sets them), nothing held
+  }
   store<u32>(ST_INITIALIZED, 1);
 }
 

@@ -69,13 +69,14 @@ export function flowFromPeer(rec: usize, listener: u32, peer: usize, peerPort: u
   return <u32>((rec - FLOW_SLAB_BASE) / FLOW_RECORD_BYTES);
 }
 
-export function flowTableInit(): void {
-  memory.fill(FLOW_INDEX_BASE, 0, FLOW_INDEX_SLOTS * 4);
+/** Empty the flow table; `fresh`: the memory is all zero already (nothing to clear). */
+export function flowTableInit(fresh: bool): void {
+  if (!fresh) memory.fill(FLOW_INDEX_BASE, 0, FLOW_INDEX_SLOTS * 4);
   for (let i: u32 = 0; i < <u32>FLOW_CAPACITY; i++) store<u32>(FLOW_FREE_BASE + (<usize>i << 2), i);
   store<u32>(ST_FLOW_FREE_HEAD, 0);
   store<u32>(ST_FLOW_FREE_TAIL, FLOW_CAPACITY);
   store<u32>(ST_FLOWS_LIVE, 0);
-  memory.fill(FLOW_SLAB_BASE, 0, <usize>FLOW_CAPACITY * FLOW_RECORD_BYTES);
+  if (!fresh) memory.fill(FLOW_SLAB_BASE, 0, <usize>FLOW_CAPACITY * FLOW_RECORD_BYTES);
 }
 
 /** Hash of the key at KEY_SCRATCH (never 0). */

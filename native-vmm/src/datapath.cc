@@ -50,18 +50,18 @@ static inline bool seqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a
 
 Datapath::Datapath(uint8_t* mem, const Layout& layout) : mem_(mem), L_(layout) {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  socks_.assign(L_.flowCapacity, Sock{});
+  socks_.reset(L_.flowCapacity);
   listeners_.assign(L_.pubMax, Listener{});
 }
 
 Datapath::~Datapath() { closeAll(); }
 
 void Datapath::closeAll() {
-  for (auto& s : socks_) {
+  socks_.forEachMade([](Sock& s) {
     // A TCP socket resets on close until its guest stream ended (SO_LINGER, set in tcpConnect).
     if (s.fd >= 0 && !s.shared) close(s.fd);
     s = Sock{};
-  }
+  });
   pending_.clear();
   for (uint32_t id = 0; id < listeners_.size(); id++) unlisten(id);
   udpPeers_.clear();

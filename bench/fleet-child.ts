@@ -1,13 +1,31 @@
 // fleet-child.ts — one process holding N idle namespace sandboxes, as an embedder's fleet would
 // (run by fleet.ts inside the test world's host namespace). Prints one JSON line:
-//   { n, rssBaseMiB, rssMiB, threadsBase, threads, createMs: [...], pings, destroyMs: [...] }
+//   { n, rssBaseMiB, rssMiB, supervisorPssMiB, threadsBase, threads, createMs: [...], pings, destroyMs: [...] }
 //   node fleet-child.js N
-import { readFileSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { Writable } from "node:stream";
 import { NetnsSandbox } from "../orchestrator/src/index.js";
 
 const n = Number(process.argv[2] ?? 10);
+
+/**
+ * The proportional set size of this process's sandbox supervisors (moat-sandbox: each holds its
+ * sandbox's namespaces, containment.ts), in MiB: their own cost, shared pages split.
+ */
+function supervisorsPss(): number {
+  let kib = 0;
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const after = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(after[1]) !== process.pid || !stat.includes("(moat-sandbox)")) continue;
+      kib += Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))![1]);
+    } catch { /* gone */ }
+  }
+  return kib / 1024;
+}
 
 function status(): { rss: number; threads: number } {
   const s = readFileSync("/proc/self/status", "utf8");
@@ -32,6 +50,7 @@ for (let i = 0; i < n; i++) {
 await new Promise((r) => setTimeout(r, 1000)); // idle: what the fleet costs at rest
 global.gc?.();
 const full = status();
+const supervisorPssMiB = supervisorsPss();
 
 let pings = 0;
 const nowhere = () => new Writable({ write: (_c, _e, cb) => cb() });
@@ -45,4 +64,4 @@ for (const b of boxes) {
   await b.destroy();
   destroyMs.push(performance.now() - t0);
 }
-process.stdout.write(`${JSON.stringify({ n, rssBaseMiB: base.rss, rssMiB: full.rss, threadsBase: base.threads, threads: full.threads, createMs, pings, destroyMs })}\n`);
+process.stdout.write(`${JSON.stringify({ n, rssBaseMiB: base.rss, rssMiB: full.rss, supervisorPssMiB, threadsBase: base.threads, threads: full.threads, createMs, pings, destroyMs })}\n`);

@@ -48,10 +48,16 @@ static constexpr uint32_t SOCKET_READ_BUDGET = 16; // datagrams per UDP socket w
 
 static inline bool seqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
 
-Datapath::Datapath(uint8_t* mem, const Layout& layout) : mem_(mem), L_(layout) {
+Datapath::Datapath(uint8_t* mem, uint32_t memBytes)
+    : mem_(mem),
+      memBytes_(memBytes),
+      rx_{mem, lay::RX_CTRL, lay::RX_DESC_BASE, lay::RX_BUF_BASE, lay::RX_SLOTS},
+      tx_{mem, lay::TX_CTRL, lay::TX_DESC_BASE, lay::TX_BUF_BASE, lay::TX_SLOTS},
+      in_{mem, lay::IN_CTRL, lay::IN_DESC_BASE, lay::IN_BUF_BASE, lay::IN_SLOTS},
+      ev_{mem, lay::EV_CTRL, lay::EV_DESC_BASE, 0, lay::EV_SLOTS} {  // descriptors only
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  socks_.assign(L_.flowCapacity, Sock{});
-  listeners_.assign(L_.pubMax, Listener{});
+  socks_.assign(lay::FLOW_CAPACITY, Sock{});
+  listeners_.assign(lay::PUB_MAX, Listener{});
 }
 
 Datapath::~Datapath() { closeAll(); }
@@ -75,15 +81,15 @@ void Datapath::closeAll() {
 }
 
 void Datapath::count(uint32_t idx, uint64_t n) {
-  auto* c = reinterpret_cast<uint64_t*>(mem_ + L_.countersBase + 8 * idx);
+  auto* c = reinterpret_cast<uint64_t*>(mem_ + lay::COUNTERS_BASE + 8 * idx);
   *c += n;
 }
 
 void Datapath::setLink(Link* link) {
   if (link_) link_->close();  // its fds leave the epoll set as they close
   link_.reset(link);
-  auto* c = reinterpret_cast<uint64_t*>(mem_ + L_.countersBase);
-  link->counters = LinkCounters{c + L_.cLinkRxErrors, c + L_.cLinkTxErrors, c + L_.cLinkMalformed, c + L_.cLinkPeers};
+  auto* c = reinterpret_cast<uint64_t*>(mem_ + lay::COUNTERS_BASE);
+  link->counters = LinkCounters{c + ctr::LINK_RX_ERRORS, c + ctr::LINK_TX_ERRORS, c + ctr::LINK_MALFORMED, c + ctr::LINK_PEERS};
   link->watch(epfd_, LINK_TOKEN_BASE);
 }
 
@@ -98,28 +104,28 @@ bool Datapath::wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap) 
 
 // ---- rings toward the engine ----------------------------------------------------------------------
 
-bool Datapath::inboundFull() const { return L_.in.tail() - L_.in.head() >= L_.in.g.slots; }
+bool Datapath::inboundFull() const { return in_.tail() - in_.head() >= in_.slots; }
 
-static void writeDesc(uint8_t* d, const Layout& L, uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
-  *reinterpret_cast<uint32_t*>(d + L.descLen) = len;
-  *reinterpret_cast<uint32_t*>(d + L.descFlags) = flags;
-  *reinterpret_cast<uint32_t*>(d + L.descToken) = flow;
-  *reinterpret_cast<uint32_t*>(d + L.descAux) = kind;
+static void writeDesc(uint8_t* d, uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
+  *reinterpret_cast<uint32_t*>(d + lay::DESC_LEN) = len;
+  *reinterpret_cast<uint32_t*>(d + lay::DESC_FLAGS) = flags;
+  *reinterpret_cast<uint32_t*>(d + lay::DESC_TOKEN) = flow;
+  *reinterpret_cast<uint32_t*>(d + lay::DESC_AUX) = kind;
 }
 
 // The caller checked there is room and filled the slot's buffer.
 void Datapath::pushInbound(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
-  const uint32_t tail = L_.in.tail();
-  writeDesc(L_.in.desc(tail), L_, flow, kind, len, flags);
-  L_.in.publishTail(tail + 1);
+  const uint32_t tail = in_.tail();
+  writeDesc(in_.desc(tail), flow, kind, len, flags);
+  in_.publishTail(tail + 1);
   pushed_++;
 }
 
 void Datapath::pushEvent(uint32_t flow, uint32_t kind, uint32_t len, uint32_t flags) {
-  const uint32_t tail = L_.ev.tail();
-  if (tail - L_.ev.head() >= L_.ev.g.slots) return;  // cannot happen by sizing (layout.ts)
-  writeDesc(L_.ev.desc(tail), L_, flow, kind, len, flags);
-  L_.ev.publishTail(tail + 1);
+  const uint32_t tail = ev_.tail();
+  if (tail - ev_.head() >= ev_.slots) return;  // cannot happen by sizing (layout.ts)
+  writeDesc(ev_.desc(tail), flow, kind, len, flags);
+  ev_.publishTail(tail + 1);
   pushed_++;
 }
 
@@ -168,16 +174,16 @@ int Datapath::pump() {
 
 int Datapath::readLink(uint32_t budget) {
   if (!link_) return 0;
-  Ring& r = L_.rx;
+  Ring& r = rx_;
   uint32_t tail = r.tail();
   const uint32_t head = r.head();
   int got = 0;
-  while (budget-- > 0 && tail - head < r.g.slots) {
-    const uint32_t len = link_->recv(r.buf(tail), L_.slotBytes);
+  while (budget-- > 0 && tail - head < r.slots) {
+    const uint32_t len = link_->recv(r.buf(tail), lay::SLOT_BYTES);
     if (len == 0) break;
     uint8_t* d = r.desc(tail);
-    *reinterpret_cast<uint32_t*>(d + L_.descLen) = len;
-    *reinterpret_cast<uint32_t*>(d + L_.descFlags) = 0;
+    *reinterpret_cast<uint32_t*>(d + lay::DESC_LEN) = len;
+    *reinterpret_cast<uint32_t*>(d + lay::DESC_FLAGS) = 0;
     tail++;
     got++;
   }
@@ -193,16 +199,16 @@ int Datapath::readUdp(uint32_t flow, uint32_t budget) {
   if (s.fd < 0) return 0;
   int got = 0;
   while (budget-- > 0 && !inboundFull()) {  // full: the kernel keeps it; epoll reports it again
-    const uint32_t tail = L_.in.tail();
-    ssize_t len = recv(s.fd, L_.in.buf(tail), L_.slotBytes, MSG_DONTWAIT);
+    const uint32_t tail = in_.tail();
+    ssize_t len = recv(s.fd, in_.buf(tail), lay::SLOT_BYTES, MSG_DONTWAIT);
     if (len < 0) {
       if (errno == EAGAIN || errno == EINTR) break;
       // An ICMP error on a connected socket (e.g. port unreachable): tell the engine.
-      pushEvent(flow, L_.inkFlowError, 0, static_cast<uint32_t>(errno));
+      pushEvent(flow, lay::INK_FLOW_ERROR, 0, static_cast<uint32_t>(errno));
       got++;
       continue;
     }
-    pushInbound(flow, L_.inkUdpData, static_cast<uint32_t>(len), 0);
+    pushInbound(flow, lay::INK_UDP_DATA, static_cast<uint32_t>(len), 0);
     got++;
   }
   return got;
@@ -219,27 +225,27 @@ int Datapath::tcpReady(uint32_t flow, uint32_t events) {
     if (err) {
       s.dead = true;
       epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
-      pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
+      pushEvent(flow, lay::INK_OPEN_FAILED, 0, static_cast<uint32_t>(err));
       return 1;
     }
     s.connecting = false;
-    if (s.redirect && send(s.fd, s.preamble, L_.preambleBytes, MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(L_.preambleBytes)) {
+    if (s.redirect && send(s.fd, s.preamble, lay::REDIRECT_PREAMBLE_BYTES, MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(lay::REDIRECT_PREAMBLE_BYTES)) {
       // A fresh connection always takes the preamble; if not, the service is broken: fail the dial.
       s.dead = true;
       epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
-      pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(EPIPE));
+      pushEvent(flow, lay::INK_OPEN_FAILED, 0, static_cast<uint32_t>(EPIPE));
       return 1;
     }
     // The peer may have sent its data and FIN already: this event was the only one for them.
     if (events & (EPOLLRDHUP | EPOLLHUP)) s.peerClosed = true;
     setTcpEvents(flow);
-    pushEvent(flow, L_.inkTcpConnected, 0, 0);
+    pushEvent(flow, lay::INK_TCP_CONNECTED, 0, 0);
     return 1;
   }
   if ((events & EPOLLOUT) && s.writeWatch) {
     s.writeWatch = false;
     setTcpEvents(flow);
-    pushEvent(flow, L_.inkTcpWritable, 0, sendSpace(s.fd));
+    pushEvent(flow, lay::INK_TCP_WRITABLE, 0, sendSpace(s.fd));
   }
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
     s.drained = false;  // something arrived (data, FIN or an error)
@@ -269,11 +275,11 @@ int Datapath::readTcp(uint32_t flow) {
     }
     // No credit: stop. EOF and errors show up on the first peek once the guest's window opens.
     if (!seqLt(s.peekSeq, s.limitSeq)) break;
-    const uint32_t want = std::min({s.limitSeq - s.peekSeq, s.segBytes, L_.slotBytes});
-    const uint32_t tail = L_.in.tail();
-    ssize_t n = recv(s.fd, L_.in.buf(tail), want, MSG_PEEK | MSG_DONTWAIT);
+    const uint32_t want = std::min({s.limitSeq - s.peekSeq, s.segBytes, lay::SLOT_BYTES});
+    const uint32_t tail = in_.tail();
+    ssize_t n = recv(s.fd, in_.buf(tail), want, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) {
-      pushInbound(flow, L_.inkTcpData | (static_cast<uint32_t>(s.epoch) << L_.inkEpochShift), static_cast<uint32_t>(n), s.peekSeq);
+      pushInbound(flow, lay::INK_TCP_DATA | (static_cast<uint32_t>(s.epoch) << lay::INK_EPOCH_SHIFT), static_cast<uint32_t>(n), s.peekSeq);
       s.peekSeq += static_cast<uint32_t>(n);
       got++;
       // A short read means the queue is drained: peeking again would only return EAGAIN. Safe
@@ -285,7 +291,7 @@ int Datapath::readTcp(uint32_t flow) {
     if (n == 0) {
       if (!s.eofPosted) {
         s.eofPosted = true;
-        pushInbound(flow, L_.inkTcpEof | (static_cast<uint32_t>(s.epoch) << L_.inkEpochShift), 0, s.peekSeq);
+        pushInbound(flow, lay::INK_TCP_EOF | (static_cast<uint32_t>(s.epoch) << lay::INK_EPOCH_SHIFT), 0, s.peekSeq);
         got++;
       }
       break;
@@ -293,7 +299,7 @@ int Datapath::readTcp(uint32_t flow) {
     if (errno == EAGAIN || errno == EINTR) { s.drained = errno == EAGAIN; break; }
     s.dead = true;
     epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
-    pushInbound(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(errno));
+    pushInbound(flow, lay::INK_TCP_RESET, 0, static_cast<uint32_t>(errno));
     got++;
     break;
   }
@@ -355,12 +361,12 @@ void Datapath::tuneTcp(int fd) {
 
 void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(op + off); };
-  const uint32_t addr = field(L_.opAddr);
+  const uint32_t addr = field(lay::OP_ADDR);
   sockaddr_storage ss;
   socklen_t slen = 0;
   int err = 0;
   int fd = -1;
-  if (addr + 16ull > L_.memoryBytes || !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
+  if (addr + 16ull > memBytes_ || !sockaddrFor(mem_ + addr, field(lay::OP_PORT), field(lay::OP_FAMILY), ss, slen)) {
     err = EINVAL;
   } else if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
     err = errno;
@@ -373,15 +379,15 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
     }
   }
   if (err) {
-    count(L_.cHostOpenErrors);
-    pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
+    count(ctr::HOST_OPEN_ERRORS);
+    pushEvent(flow, lay::INK_OPEN_FAILED, 0, static_cast<uint32_t>(err));
     return;
   }
   closeSock(flow, false);
   Sock& s = socks_[flow];
   s = Sock{};
-  const uint32_t orig = field(L_.opOrig);
-  if (orig != 0 && orig + L_.origAdmitName + 4ull <= L_.memoryBytes && L_.preambleBytes == sizeof s.preamble) {
+  const uint32_t orig = field(lay::OP_ORIG);
+  if (orig != 0 && orig + lay::ORIG_ADMIT_NAME + 4ull <= memBytes_) {
     // The redirect preamble (layout.ts, OP_ORIG): where the guest was going, from the flow's key,
     // and the domain rule that admitted it, from the flow record.
     const uint8_t* key = mem_ + orig;
@@ -389,22 +395,22 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
     memcpy(&port, key + 6, 2);  // host order in the key
     port = htons(port);
     uint32_t admit;
-    memcpy(&admit, key + L_.origAdmitName, 4);
+    memcpy(&admit, key + lay::ORIG_ADMIT_NAME, 4);
     admit = htonl(admit);
     memcpy(s.preamble, "moat", 4);
     s.preamble[4] = 2;
     s.preamble[5] = key[1];
     memcpy(s.preamble + 6, &port, 2);
     memcpy(s.preamble + 8, key + 24, 16);
-    memcpy(s.preamble + 24, mem_ + L_.cfgRedirectToken, 16);
+    memcpy(s.preamble + 24, mem_ + lay::CFG_REDIRECT_TOKEN, 16);
     memcpy(s.preamble + 40, &admit, 4);
     s.redirect = true;
   }
   s.fd = fd;
   s.tcp = true;
   s.connecting = true;
-  s.headSeq = s.peekSeq = s.limitSeq = field(L_.opData);
-  s.segBytes = std::max<uint32_t>(field(L_.opLen), 64);
+  s.headSeq = s.peekSeq = s.limitSeq = field(lay::OP_DATA);
+  s.segBytes = std::max<uint32_t>(field(lay::OP_LEN), 64);
   live_++;
   struct epoll_event ev = {};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
@@ -414,7 +420,7 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
 
 void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq) {
   Sock& s = socks_[flow];
-  if (s.fd < 0 || s.dead || s.connecting || data + static_cast<uint64_t>(len) > L_.memoryBytes) return;
+  if (s.fd < 0 || s.dead || s.connecting || data + static_cast<uint64_t>(len) > memBytes_) return;
   // After a short write every later write of this batch would leave a hole in the stream: skip
   // them (the engine rewound to what was written and the guest retransmits).
   if (s.writeBlocked) return;
@@ -430,7 +436,7 @@ void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq)
     if (errno != EAGAIN && errno != EINTR) {
       s.dead = true;
       epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
-      pushEvent(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(errno));
+      pushEvent(flow, lay::INK_TCP_RESET, 0, static_cast<uint32_t>(errno));
       return;
     }
     n = 0;
@@ -449,7 +455,7 @@ void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq)
   }
   s.spaceEstimate = space;
   if (partial) {
-    count(L_.cTcpShortWrites);
+    count(ctr::TCP_SHORT_WRITES);
     s.writeBlocked = true;
   }
   // Too little room for another couple of segments: the window we offer is closing (after window
@@ -460,7 +466,7 @@ void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq)
     s.writeWatch = true;
     setTcpEvents(flow);
   }
-  pushEvent(flow, L_.inkTcpSent | (partial ? L_.inkPartial : 0), static_cast<uint32_t>(n), space);
+  pushEvent(flow, lay::INK_TCP_SENT | (partial ? lay::INK_PARTIAL : 0), static_cast<uint32_t>(n), space);
 }
 
 void Datapath::closeSock(uint32_t flow, bool abort) {
@@ -492,36 +498,36 @@ void Datapath::closeSock(uint32_t flow, bool abort) {
 }
 
 int Datapath::execOps() {
-  auto* countWord = reinterpret_cast<uint32_t*>(mem_ + L_.opsCountOff);
+  auto* countWord = reinterpret_cast<uint32_t*>(mem_ + lay::ST_OPS_COUNT);
   const uint32_t n = *countWord;
   for (uint32_t i = 0; i < n; i++) {
-    const uint8_t* op = mem_ + L_.opsBase + i * L_.opBytes;
+    const uint8_t* op = mem_ + lay::OPS_BASE + i * lay::OP_BYTES;
     auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(op + off); };
-    const uint32_t kind = field(L_.opKind);
-    const uint32_t flow = field(L_.opFlow);
+    const uint32_t kind = field(lay::OP_KIND);
+    const uint32_t flow = field(lay::OP_FLOW);
     if (flow >= socks_.size()) continue;
     Sock& s = socks_[flow];
-    if (kind == L_.opkTcpSend) {
-      tcpSend(flow, field(L_.opData), field(L_.opLen), field(L_.opPort));
-    } else if (kind == L_.opkTcpAcked) {
+    if (kind == lay::OPK_TCP_SEND) {
+      tcpSend(flow, field(lay::OP_DATA), field(lay::OP_LEN), field(lay::OP_PORT));
+    } else if (kind == lay::OPK_TCP_ACKED) {
       // Discard what the guest acknowledged, up to the sequence number in DATA. The kernel moves
       // the peek offset back by what is consumed but clamps it at zero: had fewer bytes been
       // peeked than are discarded (a rewind that peeked nothing yet), the offset now points at
       // the new head, and peekSeq must follow it or every later byte would be mislabelled.
-      const uint32_t upto = field(L_.opData);
+      const uint32_t upto = field(lay::OP_DATA);
       while (s.fd >= 0 && seqLt(s.headSeq, upto)) {
         ssize_t d = recv(s.fd, nullptr, upto - s.headSeq, MSG_TRUNC | MSG_DONTWAIT);
         if (d <= 0) break;
         s.headSeq += static_cast<uint32_t>(d);
       }
       if (seqLt(s.peekSeq, s.headSeq)) s.peekSeq = s.headSeq;
-    } else if (kind == L_.opkTcpCredit) {
-      s.limitSeq = field(L_.opData);
-      if (field(L_.opLen)) s.segBytes = std::max<uint32_t>(field(L_.opLen), 64);  // the guest's MSS, once known
+    } else if (kind == lay::OPK_TCP_CREDIT) {
+      s.limitSeq = field(lay::OP_DATA);
+      if (field(lay::OP_LEN)) s.segBytes = std::max<uint32_t>(field(lay::OP_LEN), 64);  // the guest's MSS, once known
       if (!s.drained || s.peerClosed) readTcp(flow);  // else the next arrival's epoll event reads
-    } else if (kind == L_.opkUdpSend) {
-      const uint32_t data = field(L_.opData), len = field(L_.opLen);
-      if (s.fd < 0 || data + static_cast<uint64_t>(len) > L_.memoryBytes) continue;
+    } else if (kind == lay::OPK_UDP_SEND) {
+      const uint32_t data = field(lay::OP_DATA), len = field(lay::OP_LEN);
+      if (s.fd < 0 || data + static_cast<uint64_t>(len) > memBytes_) continue;
       ssize_t sent;
       if (s.shared) {
         const socklen_t plen = s.peer.v4.sin_family == AF_INET ? sizeof s.peer.v4 : sizeof s.peer.v6;
@@ -529,18 +535,18 @@ int Datapath::execOps() {
       } else {
         sent = send(s.fd, mem_ + data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
       }
-      if (sent < 0) count(L_.cHostSendErrors);
-    } else if (kind == L_.opkTcpConnect) {
+      if (sent < 0) count(ctr::HOST_SEND_ERRORS);
+    } else if (kind == lay::OPK_TCP_CONNECT) {
       tcpConnect(flow, op);
-    } else if (kind == L_.opkAccept) {
-      acceptOp(flow, field(L_.opPort), field(L_.opData), field(L_.opLen));
-    } else if (kind == L_.opkRefuse) {
-      refuseOp(field(L_.opPort));
-    } else if (kind == L_.opkTcpRewind) {
+    } else if (kind == lay::OPK_ACCEPT) {
+      acceptOp(flow, field(lay::OP_PORT), field(lay::OP_DATA), field(lay::OP_LEN));
+    } else if (kind == lay::OPK_REFUSE) {
+      refuseOp(field(lay::OP_PORT));
+    } else if (kind == lay::OPK_TCP_REWIND) {
       if (s.fd < 0 || s.dead) continue;
       // Peek again from DATA (snd_una): bytes before it were discarded, so it is the queue's
       // head, and the peek offset restarts there.
-      const uint32_t from = field(L_.opData);
+      const uint32_t from = field(lay::OP_DATA);
       int off = seqLt(s.headSeq, from) ? static_cast<int>(from - s.headSeq) : 0;
       setsockopt(s.fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
       s.peekSeq = s.headSeq + static_cast<uint32_t>(off);
@@ -548,36 +554,36 @@ int Datapath::execOps() {
       s.eofPosted = false;
       s.drained = false;  // the rewound bytes are in the queue again
       readTcp(flow);
-    } else if (kind == L_.opkTcpShutdown) {
+    } else if (kind == lay::OPK_TCP_SHUTDOWN) {
       if (s.fd < 0 || s.dead || s.writeBlocked) continue;  // the guest retransmits its FIN
       if (shutdown(s.fd, SHUT_WR) == 0) {
         struct linger graceful = {0, 0};  // the stream is complete: a close from now on is a FIN
         setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &graceful, sizeof graceful);
-        pushEvent(flow, L_.inkTcpShutDone, 0, 0);
+        pushEvent(flow, lay::INK_TCP_SHUT_DONE, 0, 0);
       } else {
         // The connection is gone (the peer reset it after its own FIN, which the reads that
         // stopped at that EOF never saw): say so, or the guest's FIN would wait forever.
         const int err = errno;
         s.dead = true;
         epoll_ctl(epfd_, EPOLL_CTL_DEL, s.fd, nullptr);
-        pushEvent(flow, L_.inkTcpReset, 0, static_cast<uint32_t>(err));
+        pushEvent(flow, lay::INK_TCP_RESET, 0, static_cast<uint32_t>(err));
       }
-    } else if (kind == L_.opkTcpAbort) {
+    } else if (kind == lay::OPK_TCP_ABORT) {
       closeSock(flow, true);
-    } else if (kind == L_.opkClose) {
+    } else if (kind == lay::OPK_CLOSE) {
       closeSock(flow, false);
-    } else if (kind == L_.opkUdpOpen || kind == L_.opkIcmpOpen) {
+    } else if (kind == lay::OPK_UDP_OPEN || kind == lay::OPK_ICMP_OPEN) {
       // A connected UDP socket, or an unprivileged ICMP echo ("ping") socket: the kernel picks
       // the echo identifier and hands back only replies to it (net.ipv4.ping_group_range must
       // include our group, or socket() fails with EACCES and the flow is dropped).
-      const uint32_t addr = field(L_.opAddr);
+      const uint32_t addr = field(lay::OP_ADDR);
       sockaddr_storage ss;
       socklen_t slen = 0;
       int err = 0;
-      if (addr + 16ull > L_.memoryBytes || !sockaddrFor(mem_ + addr, field(L_.opPort), field(L_.opFamily), ss, slen)) {
+      if (addr + 16ull > memBytes_ || !sockaddrFor(mem_ + addr, field(lay::OP_PORT), field(lay::OP_FAMILY), ss, slen)) {
         err = EINVAL;
       } else {
-        const int proto = kind == L_.opkUdpOpen ? 0 : (ss.ss_family == AF_INET ? static_cast<int>(IPPROTO_ICMP) : static_cast<int>(IPPROTO_ICMPV6));
+        const int proto = kind == lay::OPK_UDP_OPEN ? 0 : (ss.ss_family == AF_INET ? static_cast<int>(IPPROTO_ICMP) : static_cast<int>(IPPROTO_ICMPV6));
         int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
         if (fd < 0) {
           err = errno;
@@ -595,14 +601,14 @@ int Datapath::execOps() {
         }
       }
       if (err) {
-        count(L_.cHostOpenErrors);
-        pushEvent(flow, L_.inkOpenFailed, 0, static_cast<uint32_t>(err));
+        count(ctr::HOST_OPEN_ERRORS);
+        pushEvent(flow, lay::INK_OPEN_FAILED, 0, static_cast<uint32_t>(err));
       }
     }
   }
   // Short writes block a flow only within one batch.
   for (uint32_t i = 0; i < n; i++) {
-    const uint32_t flow = *reinterpret_cast<const uint32_t*>(mem_ + L_.opsBase + i * L_.opBytes + L_.opFlow);
+    const uint32_t flow = *reinterpret_cast<const uint32_t*>(mem_ + lay::OPS_BASE + i * lay::OP_BYTES + lay::OP_FLOW);
     if (flow < socks_.size()) socks_[flow].writeBlocked = false;
   }
   *countWord = 0;
@@ -712,10 +718,10 @@ int Datapath::readListener(uint32_t id) {
   if (l.fd < 0 || l.waiting) return 0;
   auto header = [&](uint8_t* buf, const sockaddr_storage& ss, uint8_t proto) {
     uint16_t port = 0;
-    peerKeyFrom(ss, buf + L_.accAddr, port);
-    buf[L_.accFamily] = ss.ss_family == AF_INET ? 4 : 6;
-    buf[L_.accProto] = proto;
-    memcpy(buf + L_.accPort, &port, 2);  // host order, as the engine reads it
+    peerKeyFrom(ss, buf + lay::ACC_ADDR, port);
+    buf[lay::ACC_FAMILY] = ss.ss_family == AF_INET ? 4 : 6;
+    buf[lay::ACC_PROTO] = proto;
+    memcpy(buf + lay::ACC_PORT, &port, 2);  // host order, as the engine reads it
   };
   int got = 0;
   for (uint32_t budget = SOCKET_READ_BUDGET; budget > 0; budget--) {
@@ -724,8 +730,8 @@ int Datapath::readListener(uint32_t id) {
       pausedListeners_.push_back(id);
       break;
     }
-    const uint32_t tail = L_.in.tail();
-    uint8_t* buf = L_.in.buf(tail);
+    const uint32_t tail = in_.tail();
+    uint8_t* buf = in_.buf(tail);
     sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     if (l.tcp) {
@@ -734,7 +740,7 @@ int Datapath::readListener(uint32_t id) {
         // EAGAIN: nothing more. Out of descriptors or memory: count, and try again at the next
         // pump rather than spin on a listener that stays readable.
         if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-          count(L_.cHostOpenErrors);
+          count(ctr::HOST_OPEN_ERRORS);
           armListener(id, false);
           pausedListeners_.push_back(id);
         }
@@ -744,11 +750,11 @@ int Datapath::readListener(uint32_t id) {
       l.pendingFd = fd;
       l.waiting = true;
       armListener(id, false);
-      pushInbound(id, L_.inkAccept, L_.accBytes, 0);
+      pushInbound(id, lay::INK_ACCEPT, lay::ACC_BYTES, 0);
       got++;
       break;
     }
-    ssize_t n = recvfrom(l.fd, buf + L_.accBytes, L_.slotBytes - L_.accBytes, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), &sl);
+    ssize_t n = recvfrom(l.fd, buf + lay::ACC_BYTES, lay::SLOT_BYTES - lay::ACC_BYTES, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), &sl);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) break;
       continue;  // e.g. an ICMP error queued on the socket: skip it
@@ -757,7 +763,7 @@ int Datapath::readListener(uint32_t id) {
     peerKeyFrom(ss, k.addr, k.port);
     auto it = udpPeers_.find(k);
     if (it != udpPeers_.end()) {
-      pushInbound(it->second, L_.inkUdpData, static_cast<uint32_t>(n), L_.accBytes);
+      pushInbound(it->second, lay::INK_UDP_DATA, static_cast<uint32_t>(n), lay::ACC_BYTES);
       got++;
       continue;
     }
@@ -765,7 +771,7 @@ int Datapath::readListener(uint32_t id) {
     memcpy(&l.pendingPeer, &ss, ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
     l.waiting = true;
     armListener(id, false);
-    pushInbound(id, L_.inkAccept, L_.accBytes + static_cast<uint32_t>(n), 0);
+    pushInbound(id, lay::INK_ACCEPT, lay::ACC_BYTES + static_cast<uint32_t>(n), 0);
     got++;
     break;
   }
@@ -781,7 +787,7 @@ void Datapath::acceptOp(uint32_t flow, uint32_t id, uint32_t seq, uint32_t seg) 
   s = Sock{};
   if (l.fd < 0 || (l.tcp ? l.pendingFd < 0 : !l.waiting)) {
     // The port was withdrawn meanwhile: the flow has no socket.
-    pushEvent(flow, l.tcp ? L_.inkTcpReset : L_.inkOpenFailed, 0, static_cast<uint32_t>(ECONNABORTED));
+    pushEvent(flow, l.tcp ? lay::INK_TCP_RESET : lay::INK_OPEN_FAILED, 0, static_cast<uint32_t>(ECONNABORTED));
   } else if (l.tcp) {
     tuneTcp(l.pendingFd);
     s.fd = l.pendingFd;
@@ -822,12 +828,12 @@ void Datapath::refuseOp(uint32_t id) {
 }
 
 int Datapath::writeLink() {
-  Ring& r = L_.tx;
+  Ring& r = tx_;
   uint32_t head = r.head();
   const uint32_t tail = r.tail();
   int wrote = 0;
   while (head != tail && link_) {
-    const uint32_t len = *reinterpret_cast<uint32_t*>(r.desc(head) + L_.descLen);
+    const uint32_t len = *reinterpret_cast<uint32_t*>(r.desc(head) + lay::DESC_LEN);
     if (!link_->send(r.buf(head), len)) break;  // full: the link reports LINK_WRITABLE later
     head++;
     wrote++;
@@ -937,7 +943,7 @@ int Datapath::flush() {
   pushed_ = 0;
   execOps();
   // Host operations have read the RX slots they pointed into: release them.
-  L_.rx.publishHead(L_.rx.pendingHead());
+  rx_.publishHead(rx_.pendingHead());
   return writeLink() + pushed_;
 }
 

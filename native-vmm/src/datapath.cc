@@ -746,7 +746,7 @@ int Datapath::readListener(uint32_t id) {
         }
         break;
       }
-      header(buf, ss, 6);
+      header(buf, ss, wire::PROTO_TCP);
       l.pendingFd = fd;
       l.waiting = true;
       armListener(id, false);
@@ -767,7 +767,7 @@ int Datapath::readListener(uint32_t id) {
       got++;
       continue;
     }
-    header(buf, ss, 17);
+    header(buf, ss, wire::PROTO_UDP);
     memcpy(&l.pendingPeer, &ss, ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
     l.waiting = true;
     armListener(id, false);

@@ -11,11 +11,10 @@ import {
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST, SECRET_VIOLATIONS } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
 import { copy16, familyOf } from "../wire/bytes";
+import { PROTO_TCP } from "../wire/numbers";
 import { count } from "../emit";
 import { policyEvaluate, policyDenyResponse } from "./match";
 import { tcpReset, icmpProhibited } from "../reject";
-
-const PROTO_TCP: u32 = 6;
 
 /**
  * May the flow whose key is at KEY_SCRATCH (remote port `dport`) be created? Called once, when

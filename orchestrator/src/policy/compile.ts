@@ -3,13 +3,14 @@
 // reading the slot in force while the other is written, then ST_POLICY_ACTIVE flips, so a new
 // policy applies to the next new flow and never to a half-written table.
 import ipaddr from "ipaddr.js";
-import { layout as L } from "../engine/layout.js";
+import { layout as L, wire } from "../engine/layout.js";
 import { ConfigError } from "../errors.js";
-import { GROUPS, type Action, type NetworkPolicy, type Rule } from "./model.js";
+import { GROUPS, type Action, type NetworkPolicy, type Protocol, type Rule } from "./model.js";
 
 export type DenyResponse = "drop" | "reject" | "http";
 
-const PROTO: Record<string, number> = { tcp: 6, udp: 17, icmpv4: 1, icmpv6: 58 };
+/** A rule's protocol as the engine reads it (layout.ts PR_PROTO; 0 = any). */
+export const PROTOCOL_NUMBER: Readonly<Record<Protocol, number>> = { tcp: wire.PROTO_TCP, udp: wire.PROTO_UDP, icmpv4: wire.PROTO_ICMP, icmpv6: wire.PROTO_ICMP6 };
 const KIND = { any: 0, cidr: 1, domain: 2, "domain-suffix": 3, group: 4 } as const;
 
 /** Names used by domain rules get ids; the DNS interceptor pins answers under the same ids. */
@@ -51,7 +52,7 @@ export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPo
     const o = base + L.POLICY_HEADER_BYTES + i * L.POLICY_RULE_BYTES;
     mem[o + L.PR_ACTION] = r.action === "deny" ? 1 : 0;
     mem[o + L.PR_DIRECTION] = r.direction === "inbound" ? 1 : 0;
-    mem[o + L.PR_PROTO] = r.protocol ? PROTO[r.protocol]! : 0;
+    mem[o + L.PR_PROTO] = r.protocol ? PROTOCOL_NUMBER[r.protocol] : 0;
     mem[o + L.PR_KIND] = KIND[r.destination.kind];
     if (r.ports) {
       mem[o + L.PR_HAS_PORTS] = 1;

@@ -27,8 +27,8 @@ interface PolicyExports {
 const h = new EngineHarness();
 const engine = h.engine as unknown as PolicyExports;
 
-const OUT = 0;
-const IN = 1;
+const OUT = L.DIR_OUTBOUND;
+const IN = L.DIR_INBOUND;
 
 /**
  * The 16 bytes of an address. IPv4 becomes ::ffff:a.b.c.d. An IPv6 text with a trailing dotted

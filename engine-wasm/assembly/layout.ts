@@ -121,15 +121,19 @@ export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::
 export const OP_ORIG = 28; // OPK_TCP_CONNECT: u32 offset of the flow's key when the flow is redirected to an orchestrator service, else 0
 // A redirected TCP flow (DNS over TCP to any resolver, TLS to an intercepted port, DoT: dialled
 // to an orchestrator service) keeps where the guest was going: native-vmm writes this preamble on
-// the new connection before any guest byte, and the service reads it first:
-//   0 "moat"  4 u8 version 2  5 u8 family (4/6)  6 u16 port (big-endian)  8 16-byte address
-//   (IPv4 as ::ffff:a.b.c.d)  24 the 16-byte CFG_REDIRECT_TOKEN  40 u32 (big-endian): the name
-//   id of the domain rule that admitted the flow, 0 if no domain rule did (from the flow record,
-//   at OP_ORIG + ORIG_ADMIT_NAME)
+// the new connection before any guest byte, and the service reads it first (PRE_* fields).
 // The token, random per sandbox, proves the preamble came from the engine: anything else that
 // reaches the listener (a guest allowed to reach the host's loopback, say) cannot name a
 // destination of its choosing.
-export const REDIRECT_PREAMBLE_BYTES = 44;
+export const PRE_MAGIC = 0; // 4 bytes: "moat"
+export const PRE_VERSION = 4; // u8: REDIRECT_PREAMBLE_VERSION
+export const PRE_FAMILY = 5; // u8: 4 or 6
+export const PRE_PORT = 6; // u16 (big-endian): the port the guest dialled
+export const PRE_ADDR = 8; // 16 bytes: the address the guest dialled (IPv4 as ::ffff:a.b.c.d)
+export const PRE_TOKEN = 24; // 16 bytes: CFG_REDIRECT_TOKEN
+export const PRE_ADMIT_NAME = 40; // u32 (big-endian): the name id of the domain rule that admitted the flow, 0 if none did (the flow record's, at OP_ORIG + ORIG_ADMIT_NAME)
+export const REDIRECT_PREAMBLE_BYTES = PRE_ADMIT_NAME + 4;
+export const REDIRECT_PREAMBLE_VERSION = 2;
 export const ORIG_ADMIT_NAME = 116; // u32 in the flow record (flow/table.ts F_ADMIT_NAME)
 // op kinds
 export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow

@@ -397,13 +397,13 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
     uint32_t admit;
     memcpy(&admit, key + lay::ORIG_ADMIT_NAME, 4);
     admit = htonl(admit);
-    memcpy(s.preamble, "moat", 4);
-    s.preamble[4] = 2;
-    s.preamble[5] = key[1];
-    memcpy(s.preamble + 6, &port, 2);
-    memcpy(s.preamble + 8, key + 24, 16);
-    memcpy(s.preamble + 24, mem_ + lay::CFG_REDIRECT_TOKEN, 16);
-    memcpy(s.preamble + 40, &admit, 4);
+    memcpy(s.preamble + lay::PRE_MAGIC, "moat", 4);
+    s.preamble[lay::PRE_VERSION] = lay::REDIRECT_PREAMBLE_VERSION;
+    s.preamble[lay::PRE_FAMILY] = key[1];
+    memcpy(s.preamble + lay::PRE_PORT, &port, 2);
+    memcpy(s.preamble + lay::PRE_ADDR, key + 24, 16);
+    memcpy(s.preamble + lay::PRE_TOKEN, mem_ + lay::CFG_REDIRECT_TOKEN, 16);
+    memcpy(s.preamble + lay::PRE_ADMIT_NAME, &admit, 4);
     s.redirect = true;
   }
   s.fd = fd;

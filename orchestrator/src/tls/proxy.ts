@@ -23,7 +23,8 @@ import net from "node:net";
 import tls from "node:tls";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
-import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
+import { layout as L } from "../engine/layout.js";
+import { parseRedirectPreamble, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
 import { matchesPattern } from "./setup.js";
@@ -180,13 +181,13 @@ export class TlsProxy {
     const onData = (chunk: Buffer): void => {
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       if (!origin) {
-        if (buf.length < PREAMBLE_BYTES) return;
+        if (buf.length < L.REDIRECT_PREAMBLE_BYTES) return;
         origin = parseRedirectPreamble(buf, this.o.token);
         if (!origin) {
           sock.destroy(); // not from the engine
           return;
         }
-        buf = buf.subarray(PREAMBLE_BYTES);
+        buf = buf.subarray(L.REDIRECT_PREAMBLE_BYTES);
         if ((origin.admitNameId & DENIED_BIT) !== 0 && origin.port === 80) {
           // The deny page, in plain HTTP.
           handOn();

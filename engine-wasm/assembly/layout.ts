@@ -165,8 +165,13 @@ export const FLOW_SLAB_END = FLOW_SLAB_BASE + FLOW_CAPACITY * FLOW_RECORD_BYTES;
 
 // ---- rings --------------------------------------------------------------------------------------
 // Descriptor rings (16 B per slot) with one fixed buffer per slot: slot i always uses buffer i.
-// A frame is at most SLOT_BYTES (Ethernet header + MTU 65520 fits in 65536).
+// A frame is at most SLOT_BYTES (Ethernet header + MTU_MAX fits in 65536).
 export const SLOT_BYTES = 65536;
+// The guest link's MTU (IP bytes per frame, CFG_MTU): what the orchestrator accepts and announces.
+export const MTU_MIN = 1280; // IPv6's minimum (RFC 8200 §5)
+export const MTU_MAX = 65520; // the largest (passt's too): a frame of it fits a slot
+export const MTU_DEFAULT = MTU_MAX; // 64 KiB frames cut per-packet costs ~40x (DESIGN §3)
+export const MTU_ETHERNET = 1500; // an Ethernet interface's MTU unless raised
 export const DESC_BYTES = 16;
 export const DESC_LEN = 0; // u32 bytes in the buffer
 export const DESC_FLAGS = 4; // u32

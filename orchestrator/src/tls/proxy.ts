@@ -188,7 +188,7 @@ export class TlsProxy {
           return;
         }
         buf = buf.subarray(L.REDIRECT_PREAMBLE_BYTES);
-        if ((origin.admitNameId & DENIED_BIT) !== 0 && origin.port === 80) {
+        if ((origin.admitNameId & L.DENIED_BIT) !== 0 && origin.port === 80) {
           // The deny page, in plain HTTP.
           handOn();
           this.stats.denyPages++;
@@ -221,12 +221,12 @@ export class TlsProxy {
   }
 
   private denyText(origin: RedirectOrigin, sni: string | undefined): string {
-    const rule = this.o.denyReason?.(origin.admitNameId & 0x7fffffff) ?? "the policy";
+    const rule = this.o.denyReason?.(origin.admitNameId & ~L.DENIED_BIT) ?? "the policy";
     return `moat: denied: ${sni ?? "?"} (${dest(origin)}) by ${rule}\n`;
   }
 
   private async decide(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<void> {
-    if ((origin.admitNameId & DENIED_BIT) !== 0) {
+    if ((origin.admitNameId & L.DENIED_BIT) !== 0) {
       // The deny page, over TLS: our leaf, no upstream at all.
       this.stats.denyPages++;
       const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
@@ -403,8 +403,6 @@ export class TlsProxy {
 function dest(o: RedirectOrigin): string {
   return `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${o.port}`;
 }
-
-const DENIED_BIT = 0x80000000; // layout.ts DENIED_BIT, in the preamble's admit field
 
 /**
  * Answer the request arriving on `sock` (after `first`) with 403 and `text(host)`: read its head

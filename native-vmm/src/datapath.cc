@@ -257,10 +257,7 @@ int Datapath::tcpReady(uint32_t flow, uint32_t events) {
 
 void Datapath::setTcpEvents(uint32_t flow) {
   Sock& s = socks_[flow];
-  struct epoll_event ev = {};
-  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | ((s.connecting || s.writeWatch) ? static_cast<uint32_t>(EPOLLOUT) : 0u);
-  ev.data.u64 = flow;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, s.fd, &ev);
+  epollSet(epfd_, EPOLL_CTL_MOD, s.fd, EPOLLIN | EPOLLRDHUP | EPOLLET | ((s.connecting || s.writeWatch) ? static_cast<uint32_t>(EPOLLOUT) : 0u), flow);
 }
 
 // Peek host bytes into inbound slots, up to the credit and one segment per slot.
@@ -412,10 +409,7 @@ void Datapath::tcpConnect(uint32_t flow, const uint8_t* op) {
   s.headSeq = s.peekSeq = s.limitSeq = field(lay::OP_DATA);
   s.segBytes = std::max<uint32_t>(field(lay::OP_LEN), 64);
   live_++;
-  struct epoll_event ev = {};
-  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-  ev.data.u64 = flow;
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, flow);
 }
 
 void Datapath::tcpSend(uint32_t flow, uint32_t data, uint32_t len, uint32_t seq) {
@@ -594,10 +588,7 @@ int Datapath::execOps() {
           closeSock(flow, false);
           s.fd = fd;
           live_++;
-          struct epoll_event ev = {};
-          ev.events = EPOLLIN;
-          ev.data.u64 = flow;
-          epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+          epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN, flow);
         }
       }
       if (err) {
@@ -667,10 +658,7 @@ int Datapath::listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* ad
   l = Listener{};
   l.fd = fd;
   l.tcp = tcp;
-  struct epoll_event ev = {};
-  ev.events = 0;
-  ev.data.u64 = LISTEN_TOKEN_BASE + id;
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  epollSet(epfd_, EPOLL_CTL_ADD, fd, 0, LISTEN_TOKEN_BASE + id);
   armListener(id, true);
   return boundPort;
 }
@@ -678,10 +666,7 @@ int Datapath::listenOn(uint32_t id, bool tcp, uint32_t family, const uint8_t* ad
 void Datapath::armListener(uint32_t id, bool on) {
   Listener& l = listeners_[id];
   if (l.fd < 0 || l.armed == on || (on && l.waiting)) return;
-  struct epoll_event ev = {};
-  ev.events = on ? static_cast<uint32_t>(EPOLLIN) : 0u;
-  ev.data.u64 = LISTEN_TOKEN_BASE + id;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, l.fd, &ev);
+  epollSet(epfd_, EPOLL_CTL_MOD, l.fd, on ? static_cast<uint32_t>(EPOLLIN) : 0u, LISTEN_TOKEN_BASE + id);
   l.armed = on;
 }
 
@@ -796,10 +781,7 @@ void Datapath::acceptOp(uint32_t flow, uint32_t id, uint32_t seq, uint32_t seg) 
     s.segBytes = std::max<uint32_t>(seg, 64);
     l.pendingFd = -1;
     live_++;
-    struct epoll_event ev = {};
-    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-    ev.data.u64 = flow;
-    epoll_ctl(epfd_, EPOLL_CTL_ADD, s.fd, &ev);
+    epollSet(epfd_, EPOLL_CTL_ADD, s.fd, EPOLLIN | EPOLLRDHUP | EPOLLET, flow);
   } else {
     s.fd = l.fd;
     s.shared = true;
@@ -878,10 +860,7 @@ int Datapath::dnsOpen(uint32_t family, const uint8_t* addr16, uint32_t port) {
     close(fd);
     return -e;
   }
-  struct epoll_event ev = {};
-  ev.events = EPOLLIN;
-  ev.data.u64 = DNS_TOKEN_BASE + id;
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  epollSet(epfd_, EPOLL_CTL_ADD, fd, EPOLLIN, DNS_TOKEN_BASE + id);
   if (id == dnsSocks_.size()) dnsSocks_.push_back(fd);
   else dnsSocks_[id] = fd;
   return static_cast<int>(id);

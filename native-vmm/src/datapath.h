@@ -112,6 +112,20 @@ class Datapath {
     }
   };
 
+  // epoll tokens: a flow's host socket is filed under its index (< FLOW_CAPACITY), the rest above.
+  static constexpr uint64_t LINK_TOKEN_BASE = 0xffffff00ull;  // + link sub-token (< LINK_SUBS)
+  static constexpr uint64_t LISTEN_TOKEN_BASE = 1ull << 32;   // + listener id
+  static constexpr uint64_t DNS_TOKEN_BASE = 0xfff00000ull;   // + upstream DNS socket id
+  static constexpr uint32_t DNS_SOCKS_MAX = 1024;             // the interceptor bounds what is in flight far below
+  static constexpr size_t DNS_STAGE_MAX = 512 * 1024;         // answers read and not yet taken
+  static constexpr uint32_t LINK_READ_BUDGET = 64;            // frames per link wake-up
+  static constexpr uint32_t SOCKET_READ_BUDGET = 16;          // datagrams per UDP socket wake-up (fairness)
+
+  static bool seqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
+  // (addr16, port) of `family` (4: the address is ::ffff:a.b.c.d) as a socket address; false for
+  // another family.
+  static bool sockaddrFor(const uint8_t* addr16, uint32_t port, uint32_t family, sockaddr_storage& ss, socklen_t& len);
+
   void count(uint32_t idx, uint64_t n = 1);
   int readLink(uint32_t budget);
   int readUdp(uint32_t flow, uint32_t budget);

@@ -33,7 +33,7 @@ import { PROTO_TCP } from "../wire/numbers";
 import { count, opPush, txHasRoom } from "../emit";
 import { admitInbound } from "../policy/admit";
 import { tcpActiveOpen } from "./tcp";
-import { udpInboundOpen } from "./udp";
+import { udpInboundOpen } from "./datagram";
 
 const PORT_TRIES: u32 = 64; // source ports tried for the guest's view of a peer before giving up
 

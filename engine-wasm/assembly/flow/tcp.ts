@@ -96,7 +96,7 @@ import {
 import { rd16, rd32, wr16, wr32, copy16, familyOf } from "../wire/bytes";
 import { ETH_IP4, ETH_IP6, PROTO_TCP, TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK } from "../wire/numbers";
 import { admitNewFlow, auditSecret, ADMIT_REFUSED, ADMIT_DENY_PAGE } from "../policy/admit";
-import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
+import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
 // F_STATE values for TCP flows

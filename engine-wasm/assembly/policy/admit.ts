@@ -111,7 +111,7 @@ export function auditNotRouted(proto: u32, family: u32, dport: u32): void {
 }
 
 /**
- * A secret's placeholder in the guest's TCP stream or UDP datagram (policy/secrets.ts), key at
+ * A secret's placeholder in the guest's TCP stream or UDP datagram (policy/placeholder-scan.ts), key at
  * KEY_SCRATCH: counted and audited with reason AU_RULE_SECRET and the secret's index; the caller
  * stops the flow or drops the datagram.
  */

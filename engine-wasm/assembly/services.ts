@@ -1,4 +1,4 @@
-// gateway.ts — the services the gateway itself answers: ARP, DHCPv4, ICMPv4 echo, and for IPv6
+// services.ts — the services the gateway itself answers: ARP, DHCPv4, ICMPv4 echo, and for IPv6
 // neighbour discovery (NS -> NA), router advertisements (RS -> RA, with prefix, MTU and RDNSS)
 // and ICMPv6 echo. Every handler is given a frame already checked by engine.ts up to the layer
 // it names, checks the rest against the frame's length, and either queues exactly one reply

@@ -1,4 +1,4 @@
-// udp.ts — datagram flows: guest UDP datagrams and ICMP echo requests re-originated from host
+// datagram.ts — datagram flows: guest UDP datagrams and ICMP echo requests re-originated from host
 // sockets (UDP sockets; for echo, the kernel's unprivileged "ping" sockets, so the kernel keeps
 // the echo identifiers apart), replies turned back into frames.
 //
@@ -24,7 +24,7 @@ import {
 import { wr16, copy16 } from "../wire/bytes";
 import { ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_UDP, PROTO_ICMP6 } from "../wire/numbers";
 import { admitNewFlow, auditSecret } from "../policy/admit";
-import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
+import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { checksum } from "../wire/checksum";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 

@@ -15,7 +15,7 @@ import { Bench } from "tinybench";
 import ipaddr from "ipaddr.js";
 import { createEngineMemory, instantiateEngine } from "../orchestrator/src/engine/engine-module.js";
 import { writeEngineConfig } from "../orchestrator/src/engine/engine-config.js";
-import { layout as L } from "../orchestrator/src/engine/layout.js";
+import { layout as L, wire } from "../orchestrator/src/engine/layout.js";
 import { installPolicy, NameTable } from "../orchestrator/src/policy/compile.js";
 import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/policy/model.js";
 import { testConfig } from "../test/helpers/engine-harness.js";
@@ -25,9 +25,7 @@ type Evaluate = (proto: number, addr: number, port: number, direction: number) =
 const timeMs = Number(process.argv[process.argv.indexOf("--time") + 1] ?? 0) || 700;
 const CALLS = 1000;
 const RULE_COUNTS = [1, 32, L.POLICY_MAX_RULES];
-const PROTO_TCP = 6;
 const PORT = 443;
-const OUTBOUND = 0;
 const ADDR = L.BENCH_BASE;
 
 function policyOf(n: number): NetworkPolicy {
@@ -48,7 +46,7 @@ function engineWith(n: number): Evaluate {
   mem.set(ipaddr.IPv4.parse("8.8.8.8").toIPv4MappedAddress().toByteArray(), ADDR);
   const evaluate = (engine as unknown as { policyEvaluate: Evaluate }).policyEvaluate;
   // allow (bit 0 clear) by the last rule: ((n - 1) + 1) << 1
-  const got = evaluate(PROTO_TCP, ADDR, PORT, OUTBOUND);
+  const got = evaluate(wire.PROTO_TCP, ADDR, PORT, L.DIR_OUTBOUND);
   if (got !== n << 1) throw new Error(`${n} rules: policyEvaluate returned ${got}, expected ${n << 1} (allow by rule ${n - 1})`);
   return evaluate;
 }
@@ -71,7 +69,7 @@ let sink = 0;
 function loopOf(evaluate: Evaluate): () => void {
   return () => {
     let acc = 0;
-    for (let i = 0; i < CALLS; i++) acc = (acc + evaluate(PROTO_TCP, ADDR, PORT, OUTBOUND)) | 0;
+    for (let i = 0; i < CALLS; i++) acc = (acc + evaluate(wire.PROTO_TCP, ADDR, PORT, L.DIR_OUTBOUND)) | 0;
     sink = (sink + acc) | 0;
   };
 }

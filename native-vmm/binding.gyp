@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "moat_native",
-      "sources": ["src/addon.cc", "src/tap.cc", "src/datapath.cc", "src/link.cc", "src/vhost-user.cc", "src/packet.cc", "src/link-middleware.cc"],
+      "sources": ["src/addon.cc", "src/tap.cc", "src/datapath.cc", "src/host-sockets.cc", "src/listeners.cc", "src/dns-sockets.cc", "src/link.cc", "src/vhost-user.cc", "src/packet.cc", "src/link-middleware.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -15,6 +15,7 @@ import {
 import { DNS_QUERIES, DNS_ANSWERS, DROP_DNS_OVERLOAD, DROP_DNS_OVERSIZE, DROP_OVERSIZE } from "./counters";
 import { ringHead, ringTail, ringPublishTail } from "./ring";
 import { wr16, copy16 } from "./wire/bytes";
+import { ETH_IP4, ETH_IP6, PROTO_UDP } from "./wire/numbers";
 import { admitNewFlow } from "./policy/admit";
 import { count, txReserve, txCommit, txPublish, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
 
@@ -23,7 +24,7 @@ import { count, txReserve, txCommit, txPublish, emitEth, emitIp4, emitIp6, fillL
  * to a resolver other than the gateway is a flow to that resolver: policy decides first.
  */
 export function dnsQuery(data: usize, len: u32, family: u32, toGateway: bool): void {
-  if (!toGateway && !admitNewFlow(17, family, 53, false)) return;
+  if (!toGateway && !admitNewFlow(PROTO_UDP, family, 53, false)) return;
   if (len > <u32>DNS_MAX_QUERY) { count(DROP_DNS_OVERSIZE); return; }
   const tail = ringTail(DNS_CTRL);
   if (tail - ringHead(DNS_CTRL) >= <u32>DNS_SLOTS) { count(DROP_DNS_OVERLOAD); return; }
@@ -52,16 +53,16 @@ export function dnsAnswer(): bool {
   if (len + DQ_PAYLOAD > <u32>DNS_ANSWER_BYTES || len + (family == 4 ? 28 : 48) > load<u32>(CFG_MTU)) { count(DROP_OVERSIZE); return true; }
   const out = txReserve();
   if (!out) return false;
-  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? 0x0800 : 0x86dd);
+  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? ETH_IP4 : ETH_IP6);
   const udp = family == 4
-    ? emitIp4(ip, 17, a + DQ_DEST_ADDR + 12, a + DQ_GUEST_ADDR + 12, 8 + len)
-    : emitIp6(ip, 17, a + DQ_DEST_ADDR, a + DQ_GUEST_ADDR, 8 + len, 64);
+    ? emitIp4(ip, PROTO_UDP, a + DQ_DEST_ADDR + 12, a + DQ_GUEST_ADDR + 12, 8 + len)
+    : emitIp6(ip, PROTO_UDP, a + DQ_DEST_ADDR, a + DQ_GUEST_ADDR, 8 + len, 64);
   wr16(udp, load<u32>(a, DQ_DEST_PORT));
   wr16(udp + 2, load<u32>(a, DQ_GUEST_PORT));
   wr16(udp + 4, 8 + len);
   memory.copy(udp + 8, a + DQ_PAYLOAD, len);
-  if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, 17);
-  else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, 17);
+  if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, PROTO_UDP);
+  else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, PROTO_UDP);
   txCommit(<u32>(udp - out) + 8 + len);
   txPublish(); // called between runs: publish now, or the frame waits for the next run
   count(DNS_ANSWERS);

@@ -9,6 +9,7 @@ import {
 } from "./layout";
 import { ringHead, ringPublishTail, descAt, bufAt } from "./ring";
 import { wr16, wr32, copyMac, copy16 } from "./wire/bytes";
+import { PROTO_UDP } from "./wire/numbers";
 import { checksum, sumLE, pseudoSum, finish } from "./wire/checksum";
 import { TX_FRAMES, TX_BYTES, DROP_TX_RING_FULL, DROP_HOST_OPS_FULL } from "./counters";
 
@@ -114,7 +115,7 @@ export function emitIp6(ip: usize, nextHeader: u32, src: usize, dst: usize, payl
 export function fillL4Checksum(l4: usize, l4len: u32, csumOff: usize, src: usize, dst: usize, addrLen: usize, proto: u32): void {
   store<u16>(l4 + csumOff, 0);
   let c = finish(sumLE(l4, l4len, pseudoSum(src, dst, addrLen, proto, l4len)));
-  if (c == 0 && proto == 17) c = 0xffff;
+  if (c == 0 && proto == PROTO_UDP) c = 0xffff;
   wr16(l4 + csumOff, c);
 }
 

@@ -5,7 +5,7 @@
 // A run drains two input rings:
 //   - the inbound ring (IN_*): what host sockets received, turned into frames for the guest;
 //   - the RX ring: frames from the guest, parsed layer by layer with every length and offset
-//     checked against the frame, and either answered by the gateway (gateway.ts), turned into
+//     checked against the frame, and either answered by the gateway (services.ts), turned into
 //     host operations for a flow (flow/), or dropped and counted under exactly one reason.
 // Output goes to the TX ring (frames for the guest) and to the host-operation list (OPS_*),
 // which the worker hands to native-vmm after the run.
@@ -43,12 +43,11 @@ import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
 import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16, familyOf } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emitIp4, emitIp6, fillL4Checksum, l4ChecksumOk } from "./emit";
-import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./gateway";
+import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./services";
 import { tcpReset, icmpPortUnreachable } from "./reject";
 import { dnsQuery } from "./dns";
 import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
-import { icmpEchoFromGuest } from "./flow/udp";
-import { udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/udp";
+import { icmpEchoFromGuest, udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/datagram";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
 import { auditNotRouted, auditQuic, tlsPort } from "./policy/admit";

@@ -121,15 +121,19 @@ export const OP_ADDR = 24; // u32 offset of the 16-byte remote address (v4 as ::
 export const OP_ORIG = 28; // OPK_TCP_CONNECT: u32 offset of the flow's key when the flow is redirected to an orchestrator service, else 0
 // A redirected TCP flow (DNS over TCP to any resolver, TLS to an intercepted port, DoT: dialled
 // to an orchestrator service) keeps where the guest was going: native-vmm writes this preamble on
-// the new connection before any guest byte, and the service reads it first:
-//   0 "moat"  4 u8 version 2  5 u8 family (4/6)  6 u16 port (big-endian)  8 16-byte address
-//   (IPv4 as ::ffff:a.b.c.d)  24 the 16-byte CFG_REDIRECT_TOKEN  40 u32 (big-endian): the name
-//   id of the domain rule that admitted the flow, 0 if no domain rule did (from the flow record,
-//   at OP_ORIG + ORIG_ADMIT_NAME)
+// the new connection before any guest byte, and the service reads it first (PRE_* fields).
 // The token, random per sandbox, proves the preamble came from the engine: anything else that
 // reaches the listener (a guest allowed to reach the host's loopback, say) cannot name a
 // destination of its choosing.
-export const REDIRECT_PREAMBLE_BYTES = 44;
+export const PRE_MAGIC = 0; // 4 bytes: "moat"
+export const PRE_VERSION = 4; // u8: REDIRECT_PREAMBLE_VERSION
+export const PRE_FAMILY = 5; // u8: 4 or 6
+export const PRE_PORT = 6; // u16 (big-endian): the port the guest dialled
+export const PRE_ADDR = 8; // 16 bytes: the address the guest dialled (IPv4 as ::ffff:a.b.c.d)
+export const PRE_TOKEN = 24; // 16 bytes: CFG_REDIRECT_TOKEN
+export const PRE_ADMIT_NAME = 40; // u32 (big-endian): the name id of the domain rule that admitted the flow, 0 if none did (the flow record's, at OP_ORIG + ORIG_ADMIT_NAME)
+export const REDIRECT_PREAMBLE_BYTES = PRE_ADMIT_NAME + 4;
+export const REDIRECT_PREAMBLE_VERSION = 2;
 export const ORIG_ADMIT_NAME = 116; // u32 in the flow record (flow/table.ts F_ADMIT_NAME)
 // op kinds
 export const OPK_UDP_OPEN = 1; // create a UDP socket connected to (addr, port), token = flow
@@ -161,8 +165,13 @@ export const FLOW_SLAB_END = FLOW_SLAB_BASE + FLOW_CAPACITY * FLOW_RECORD_BYTES;
 
 // ---- rings --------------------------------------------------------------------------------------
 // Descriptor rings (16 B per slot) with one fixed buffer per slot: slot i always uses buffer i.
-// A frame is at most SLOT_BYTES (Ethernet header + MTU 65520 fits in 65536).
+// A frame is at most SLOT_BYTES (Ethernet header + MTU_MAX fits in 65536).
 export const SLOT_BYTES = 65536;
+// The guest link's MTU (IP bytes per frame, CFG_MTU): what the orchestrator accepts and announces.
+export const MTU_MIN = 1280; // IPv6's minimum (RFC 8200 §5)
+export const MTU_MAX = 65520; // the largest (passt's too): a frame of it fits a slot
+export const MTU_DEFAULT = MTU_MAX; // 64 KiB frames cut per-packet costs ~40x (DESIGN §3)
+export const MTU_ETHERNET = 1500; // an Ethernet interface's MTU unless raised
 export const DESC_BYTES = 16;
 export const DESC_LEN = 0; // u32 bytes in the buffer
 export const DESC_FLAGS = 4; // u32
@@ -183,15 +192,21 @@ export const TX_BUF_BASE = RX_BUF_BASE + RX_SLOTS * SLOT_BYTES;
 export const IN_BUF_BASE = TX_BUF_BASE + TX_SLOTS * SLOT_BYTES;
 // ---- policy (policy/match.ts): two slots, the orchestrator fills the idle one and flips ------
 export const POLICY_MAX_RULES = 1024;
-export const POLICY_HEADER_BYTES = 64; // u32 rule count, u32 default action, u32 deny response, u32 generation, u32 default inbound action
+export const POLICY_HEADER_BYTES = 64; // PH_* fields, then the rules
 export const POLICY_RULE_BYTES = 64;
 export const POLICY_SLOT_BYTES = POLICY_HEADER_BYTES + POLICY_MAX_RULES * POLICY_RULE_BYTES;
 export const POLICY_BASE = IN_BUF_BASE + IN_SLOTS * SLOT_BYTES;
+// slot header fields
+export const PH_RULE_COUNT = 0; // u32
+export const PH_DEFAULT_ACTION = 4; // u32: POLICY_ALLOW / POLICY_DENY, for outbound flows
+export const PH_DENY_RESPONSE = 8; // u32: DENY_*
+export const PH_GENERATION = 12; // u32: advanced at every write of the slot
+export const PH_DEFAULT_INBOUND = 16; // u32: POLICY_ALLOW / POLICY_DENY, for peers on published ports
 // rule record fields
-export const PR_ACTION = 0; // u8: 0 allow, 1 deny
-export const PR_DIRECTION = 1; // u8: 0 outbound, 1 inbound
-export const PR_PROTO = 2; // u8: 0 any, 1 ICMPv4, 6 TCP, 17 UDP, 58 ICMPv6
-export const PR_KIND = 3; // u8: 0 any, 1 cidr, 2 domain, 3 domain suffix, 4 group
+export const PR_ACTION = 0; // u8: POLICY_ALLOW / POLICY_DENY
+export const PR_DIRECTION = 1; // u8: DIR_OUTBOUND / DIR_INBOUND
+export const PR_PROTO = 2; // u8: 0 any, else the IP protocol number (wire/numbers.ts PROTO_*)
+export const PR_KIND = 3; // u8: RULE_*, what the destination is
 export const PR_GROUP = 4; // u8: group id (GROUP_*)
 export const PR_PREFIX = 5; // u8: prefix length over the 128-bit (v4-mapped) address
 export const PR_PORT_LO = 6; // u16
@@ -199,6 +214,20 @@ export const PR_PORT_HI = 8; // u16
 export const PR_HAS_PORTS = 10; // u8: 1 when the rule has a port range (port 0 alone is a range too)
 export const PR_NAME = 12; // u32: name id (domain rules), matched through the pin set
 export const PR_ADDR = 16; // 16 bytes: network address, masked; IPv4 as ::ffff:a.b.c.d
+// actions (also AU_ACTION), directions (also AU_DIRECTION), destination kinds
+export const POLICY_ALLOW = 0;
+export const POLICY_DENY = 1;
+export const DIR_OUTBOUND = 0; // flows the guest opens
+export const DIR_INBOUND = 1; // peers on published ports
+export const RULE_ANY = 0;
+export const RULE_CIDR = 1; // PR_ADDR / PR_PREFIX
+export const RULE_DOMAIN = 2; // PR_NAME, through the pin set
+export const RULE_DOMAIN_SUFFIX = 3; // PR_NAME, through the pin set
+export const RULE_GROUP = 4; // PR_GROUP
+// deny responses: what a denied guest sees (DESIGN §6)
+export const DENY_DROP = 0; // nothing (the reference semantics)
+export const DENY_REJECT = 1; // TCP RST, ICMP administratively prohibited
+export const DENY_HTTP = 2; // TCP to port 80 or an intercepted TLS port: the deny page (CFG_DENY_PROXY_PORT); else as DENY_REJECT
 export const GROUP_HOST = 0;
 export const GROUP_METADATA = 1;
 export const GROUP_LOOPBACK = 2;
@@ -220,8 +249,8 @@ export const AU_RULE_SECRET = -4; // not a policy decision: a secret's placehold
 export const AU_RULE_QUIC = -3; // not a policy decision: QUIC to an intercepted TLS port is dropped (CFG_TLS_BLOCK_QUIC)
 export const AU_PROTO = 12; // u8
 export const AU_FAMILY = 13; // u8
-export const AU_ACTION = 14; // u8: 1 deny (only denials are recorded)
-export const AU_DIRECTION = 15; // u8
+export const AU_ACTION = 14; // u8: POLICY_DENY (only denials are recorded)
+export const AU_DIRECTION = 15; // u8: DIR_*
 export const AU_SPORT = 16; // u16
 export const AU_DPORT = 18; // u16
 export const AU_SRC = 24; // 16 bytes

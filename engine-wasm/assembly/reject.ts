@@ -7,7 +7,7 @@ import { TCP_RESETS_SENT, ICMP_REJECTS_SENT } from "./counters";
 import { rd16, rd32, wr16, wr32, copy16 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
-import { ETH_IP4, ETH_IP6, PROTO_TCP } from "./wire/numbers";
+import { ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_ICMP6, TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK } from "./wire/numbers";
 
 
 // ---- TCP resets for segments that belong to no connection -------------------------------------
@@ -21,7 +21,7 @@ export function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len:
   const src = family == 4 ? ip + 12 : ip + 8;
   const dst = family == 4 ? ip + 16 : ip + 24;
   const flags = <u32>load<u8>(l4 + 13);
-  if (flags & 0x04) return; // never answer a RST
+  if (flags & TCP_RST) return; // never answer a RST
   const out = txReserve();
   if (!out) return;
   const rip = emitEth(out, frame + 6, family == 4 ? ETH_IP4 : ETH_IP6);
@@ -29,16 +29,16 @@ export function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len:
   wr16(t, rd16(l4 + 2));
   wr16(t + 2, rd16(l4));
   let segLen = l4len - doff;
-  if (flags & 0x02) segLen++;
-  if (flags & 0x01) segLen++;
-  if (flags & 0x10) {
+  if (flags & TCP_SYN) segLen++;
+  if (flags & TCP_FIN) segLen++;
+  if (flags & TCP_ACK) {
     wr32(t + 4, rd32(l4 + 8));
     wr32(t + 8, 0);
-    store<u8>(t + 13, 0x04);
+    store<u8>(t + 13, TCP_RST);
   } else {
     wr32(t + 4, 0);
     wr32(t + 8, rd32(l4 + 4) + segLen);
-    store<u8>(t + 13, 0x14);
+    store<u8>(t + 13, TCP_RST | TCP_ACK);
   }
   store<u8>(t + 12, 5 << 4);
   wr16(t + 14, 0);
@@ -71,7 +71,7 @@ function icmpUnreachable(frame: usize, ip: usize, family: u32, l4: usize, l4len:
     const hlen = <u32>(l4 - ip);
     const quote = hlen + (l4len < 8 ? l4len : 8);
     const rip = emitEth(out, frame + 6, ETH_IP4);
-    const m = emitIp4(rip, 1, CFG_GATEWAY_IP4, ip + 12, 8 + quote);
+    const m = emitIp4(rip, PROTO_ICMP, CFG_GATEWAY_IP4, ip + 12, 8 + quote);
     wr32(m, port ? 0x03030000 : 0x030d0000); // type 3, code 3 or 13, checksum 0
     wr32(m + 4, 0);
     memory.copy(m + 8, ip, quote);
@@ -81,11 +81,11 @@ function icmpUnreachable(frame: usize, ip: usize, family: u32, l4: usize, l4len:
     const total = <u32>(l4 - ip) + l4len;
     const quote = total > 1184 ? 1184 : total; // 40 + 8 + 1184 = 1232 bytes: fits the IPv6 minimum MTU
     const rip = emitEth(out, frame + 6, ETH_IP6);
-    const m = emitIp6(rip, 58, CFG_GATEWAY_IP6, ip + 8, 8 + quote, 64);
+    const m = emitIp6(rip, PROTO_ICMP6, CFG_GATEWAY_IP6, ip + 8, 8 + quote, 64);
     wr32(m, port ? 0x01040000 : 0x01010000); // type 1, code 4 or 1
     wr32(m + 4, 0);
     memory.copy(m + 8, ip, quote);
-    fillL4Checksum(m, 8 + quote, 2, rip + 8, rip + 24, 16, 58);
+    fillL4Checksum(m, 8 + quote, 2, rip + 8, rip + 24, 16, PROTO_ICMP6);
     txCommit(14 + 40 + 8 + quote);
   }
   if (!port) count(ICMP_REJECTS_SENT);

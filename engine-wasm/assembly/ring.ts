@@ -10,7 +10,7 @@
 // tail with an acquire load, process what is there, and release slots with one store of head.
 // Notification is the consumer's business: before sleeping it sets its sleep flag and re-reads
 // tail; a producer that sees the flag set after publishing notifies (Atomics.notify / futex).
-// The same protocol is implemented by orchestrator/src/engine/ring.ts (TypeScript) and
+// The same protocol is implemented by test/helpers/ring.ts (TypeScript, for tests) and
 // native-vmm/src/ring.h (C++); the three are tested against each other.
 
 import { RING_CTRL_HEAD, RING_CTRL_TAIL, RING_CTRL_SLEEP, DESC_BYTES, SLOT_BYTES } from "./layout";

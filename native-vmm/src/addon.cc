@@ -30,23 +30,7 @@
 namespace {
 
 using moat::Datapath;
-using moat::Layout;
 namespace lay = moat::lay;
-namespace ctr = moat::ctr;
-
-void ringFrom(moat::Ring& r, uint8_t* mem, uint32_t ctrl, uint32_t desc, uint32_t buf, uint32_t slots) {
-  r.mem = mem;
-  r.g.ctrl = ctrl;
-  r.g.descBase = desc;
-  r.g.bufBase = buf;
-  r.g.slots = slots;
-  r.headOff = lay::RING_CTRL_HEAD;
-  r.tailOff = lay::RING_CTRL_TAIL;
-  r.sleepOff = lay::RING_CTRL_SLEEP;
-  r.pendingOff = lay::RING_CTRL_PENDING_HEAD;
-  r.slotBytes = lay::SLOT_BYTES;
-  r.descBytes = lay::DESC_BYTES;
-}
 
 class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
  public:
@@ -80,77 +64,12 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
     auto u8 = info[0].As<Napi::Uint8Array>();
     memRef_ = Napi::Persistent(info[0].As<Napi::Object>());
     uint8_t* mem = u8.Data();
-    Layout L;
-    ringFrom(L.rx, mem, lay::RX_CTRL, lay::RX_DESC_BASE, lay::RX_BUF_BASE, lay::RX_SLOTS);
-    ringFrom(L.tx, mem, lay::TX_CTRL, lay::TX_DESC_BASE, lay::TX_BUF_BASE, lay::TX_SLOTS);
-    ringFrom(L.in, mem, lay::IN_CTRL, lay::IN_DESC_BASE, lay::IN_BUF_BASE, lay::IN_SLOTS);
-    ringFrom(L.ev, mem, lay::EV_CTRL, lay::EV_DESC_BASE, lay::IN_BUF_BASE, lay::EV_SLOTS);  // no buffers
-    L.opsBase = lay::OPS_BASE;
-    L.opBytes = lay::OP_BYTES;
-    L.opsCountOff = lay::ST_OPS_COUNT;
-    L.opKind = lay::OP_KIND;
-    L.opFlow = lay::OP_FLOW;
-    L.opData = lay::OP_DATA;
-    L.opLen = lay::OP_LEN;
-    L.opFamily = lay::OP_FAMILY;
-    L.opPort = lay::OP_PORT;
-    L.opAddr = lay::OP_ADDR;
-    L.opOrig = lay::OP_ORIG;
-    L.cfgRedirectToken = lay::CFG_REDIRECT_TOKEN;
-    L.preambleBytes = lay::REDIRECT_PREAMBLE_BYTES;
-    L.origAdmitName = lay::ORIG_ADMIT_NAME;
-    L.opkUdpOpen = lay::OPK_UDP_OPEN;
-    L.opkUdpSend = lay::OPK_UDP_SEND;
-    L.opkClose = lay::OPK_CLOSE;
-    L.opkIcmpOpen = lay::OPK_ICMP_OPEN;
-    L.opkTcpConnect = lay::OPK_TCP_CONNECT;
-    L.opkTcpSend = lay::OPK_TCP_SEND;
-    L.opkTcpCredit = lay::OPK_TCP_CREDIT;
-    L.opkTcpAcked = lay::OPK_TCP_ACKED;
-    L.opkTcpRewind = lay::OPK_TCP_REWIND;
-    L.opkTcpShutdown = lay::OPK_TCP_SHUTDOWN;
-    L.opkTcpAbort = lay::OPK_TCP_ABORT;
-    L.opkAccept = lay::OPK_ACCEPT;
-    L.opkRefuse = lay::OPK_REFUSE;
-    L.inkAccept = lay::INK_ACCEPT;
-    L.accFamily = lay::ACC_FAMILY;
-    L.accProto = lay::ACC_PROTO;
-    L.accPort = lay::ACC_PORT;
-    L.accAddr = lay::ACC_ADDR;
-    L.accBytes = lay::ACC_BYTES;
-    L.pubMax = lay::PUB_MAX;
-    L.descLen = lay::DESC_LEN;
-    L.descFlags = lay::DESC_FLAGS;
-    L.descToken = lay::DESC_TOKEN;
-    L.descAux = lay::DESC_AUX;
-    L.inkUdpData = lay::INK_UDP_DATA;
-    L.inkFlowError = lay::INK_FLOW_ERROR;
-    L.inkOpenFailed = lay::INK_OPEN_FAILED;
-    L.inkTcpConnected = lay::INK_TCP_CONNECTED;
-    L.inkTcpData = lay::INK_TCP_DATA;
-    L.inkTcpSent = lay::INK_TCP_SENT;
-    L.inkTcpEof = lay::INK_TCP_EOF;
-    L.inkTcpReset = lay::INK_TCP_RESET;
-    L.inkTcpShutDone = lay::INK_TCP_SHUT_DONE;
-    L.inkTcpWritable = lay::INK_TCP_WRITABLE;
-    L.inkPartial = lay::INK_PARTIAL;
-    L.inkEpochShift = lay::INK_EPOCH_SHIFT;
-    L.countersBase = lay::COUNTERS_BASE;
-    L.cHostSendErrors = ctr::HOST_SEND_ERRORS;
-    L.cHostOpenErrors = ctr::HOST_OPEN_ERRORS;
-    L.cLinkRxErrors = ctr::LINK_RX_ERRORS;
-    L.cLinkTxErrors = ctr::LINK_TX_ERRORS;
-    L.cLinkMalformed = ctr::LINK_MALFORMED;
-    L.cLinkPeers = ctr::LINK_PEERS;
-    L.cTcpShortWrites = ctr::TCP_SHORT_WRITES;
-    L.flowCapacity = lay::FLOW_CAPACITY;
-    L.slotBytes = lay::SLOT_BYTES;
-    L.memoryBytes = static_cast<uint32_t>(u8.ByteLength());
-    if (static_cast<uint64_t>(L.in.g.bufBase) + static_cast<uint64_t>(L.in.g.slots) * L.slotBytes > L.memoryBytes) {
+    const uint64_t bytes = u8.ByteLength();
+    if (lay::IN_BUF_BASE + static_cast<uint64_t>(lay::IN_SLOTS) * lay::SLOT_BYTES > bytes) {
       Napi::RangeError::New(env, "the memory given is smaller than layout.gen.h says (a stale native build? npm run build:native)").ThrowAsJavaScriptException();
       return;
     }
-    dp_ = std::make_unique<Datapath>(mem, L);
+    dp_ = std::make_unique<Datapath>(mem, static_cast<uint32_t>(bytes));
   }
 
   // Without close() (the process or the worker exiting: the object is finalized during the

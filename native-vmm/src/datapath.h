@@ -10,28 +10,11 @@
 
 #include <cstring>
 
+#include "layout.gen.h"
 #include "link.h"
 #include "ring.h"
 
 namespace moat {
-
-// Offsets and sizes from engine-wasm/assembly/layout.ts, handed over by the worker at attach.
-struct Layout {
-  Ring rx, tx, in, ev;
-  uint32_t opsBase = 0, opBytes = 0, opsCountOff = 0;
-  uint32_t opKind = 0, opFlow = 0, opData = 0, opLen = 0, opFamily = 0, opPort = 0, opAddr = 0, opOrig = 0;
-  uint32_t cfgRedirectToken = 0, preambleBytes = 0, origAdmitName = 0;
-  uint32_t opkUdpOpen = 0, opkUdpSend = 0, opkClose = 0, opkIcmpOpen = 0;
-  uint32_t opkTcpConnect = 0, opkTcpSend = 0, opkTcpCredit = 0, opkTcpAcked = 0, opkTcpRewind = 0,
-           opkTcpShutdown = 0, opkTcpAbort = 0, opkAccept = 0, opkRefuse = 0;
-  uint32_t descLen = 0, descFlags = 0, descToken = 0, descAux = 0;
-  uint32_t inkUdpData = 0, inkFlowError = 0, inkOpenFailed = 0;
-  uint32_t inkTcpConnected = 0, inkTcpData = 0, inkTcpSent = 0, inkTcpEof = 0, inkTcpReset = 0,
-           inkTcpShutDone = 0, inkTcpWritable = 0, inkPartial = 0, inkEpochShift = 0, inkAccept = 0;
-  uint32_t accFamily = 0, accProto = 0, accPort = 0, accAddr = 0, accBytes = 0, pubMax = 0;
-  uint32_t countersBase = 0, cHostSendErrors = 0, cHostOpenErrors = 0, cLinkRxErrors = 0, cLinkTxErrors = 0, cLinkMalformed = 0, cLinkPeers = 0, cTcpShortWrites = 0;
-  uint32_t flowCapacity = 0, slotBytes = 0, memoryBytes = 0;
-};
 
 // The data path of one engine: the guest's link (link.h) and the flows' host sockets, all in
 // one epoll set whose fd the worker's event loop watches. pump() moves what is readable into the
@@ -68,9 +51,11 @@ class ChunkedTable {
   std::vector<std::unique_ptr<T[]>> chunks_;
 };
 
+// The engine's memory is laid out as layout.gen.h says (engine-wasm/assembly/layout.ts).
 class Datapath {
  public:
-  Datapath(uint8_t* mem, const Layout& layout);
+  // `mem`: the engine's shared memory, `memBytes` long (at least MEMORY_END).
+  Datapath(uint8_t* mem, uint32_t memBytes);
   ~Datapath();
   int epollFd() const { return epfd_; }
   // Attach the guest's link (takes ownership; replaces any earlier one).
@@ -123,7 +108,7 @@ class Datapath {
     uint32_t headSeq = 0, peekSeq = 0, limitSeq = 0, segBytes = 0;
     uint8_t epoch = 0;  // rewinds executed: tags peeked data and EOF (layout.ts, INK_EPOCH_SHIFT)
     bool redirect = false;     // a redirect: the preamble goes out first, once connected
-    uint8_t preamble[44];      // layout.ts, REDIRECT_PREAMBLE_BYTES
+    uint8_t preamble[lay::REDIRECT_PREAMBLE_BYTES];
     uint32_t spaceEstimate = 0;  // send space measured, less what was written since
     uint32_t wrSeq = 0;          // the guest's sequence number of the next byte the socket takes (once wrKnown)
     bool wrKnown = false;
@@ -158,6 +143,20 @@ class Datapath {
     }
   };
 
+  // epoll tokens: a flow's host socket is filed under its index (< FLOW_CAPACITY), the rest above.
+  static constexpr uint64_t LINK_TOKEN_BASE = 0xffffff00ull;  // + link sub-token (< LINK_SUBS)
+  static constexpr uint64_t LISTEN_TOKEN_BASE = 1ull << 32;   // + listener id
+  static constexpr uint64_t DNS_TOKEN_BASE = 0xfff00000ull;   // + upstream DNS socket id
+  static constexpr uint32_t DNS_SOCKS_MAX = 1024;             // the interceptor bounds what is in flight far below
+  static constexpr size_t DNS_STAGE_MAX = 512 * 1024;         // answers read and not yet taken
+  static constexpr uint32_t LINK_READ_BUDGET = 64;            // frames per link wake-up
+  static constexpr uint32_t SOCKET_READ_BUDGET = 16;          // datagrams per UDP socket wake-up (fairness)
+
+  static bool seqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
+  // (addr16, port) of `family` (4: the address is ::ffff:a.b.c.d) as a socket address; false for
+  // another family.
+  static bool sockaddrFor(const uint8_t* addr16, uint32_t port, uint32_t family, sockaddr_storage& ss, socklen_t& len);
+
   void count(uint32_t idx, uint64_t n = 1);
   int readLink(uint32_t budget);
   int readUdp(uint32_t flow, uint32_t budget);
@@ -180,7 +179,8 @@ class Datapath {
   void tuneTcp(int fd);
 
   uint8_t* mem_;
-  Layout L_;
+  uint32_t memBytes_;
+  Ring rx_, tx_, in_, ev_;
   int epfd_ = -1;
   std::unique_ptr<Link> link_;
   int live_ = 0;

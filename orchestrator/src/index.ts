@@ -5,12 +5,15 @@
 //   const child = sandbox.spawn(["curl", "http://example.test"]);
 //   ...
 //   await sandbox.destroy();
+//
+// The public API only: what an embedder calls, and the types of its options, results and events.
+// Internals (the engine host, addressing and DNS helpers, the CLI's parsers) are not exported;
+// tests and benchmarks import them by path.
 export { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "./sandbox/netns-sandbox.js";
-export { parseNameserverAddress, hostResolvers } from "./dns/upstream.js";
-export { addressesFor, netnsName, poolTag, type SandboxAddresses } from "./sandbox/addressing.js";
+export type { SandboxAddresses } from "./sandbox/addressing.js";
 export { cleanupLeftovers } from "./sandbox/cleanup.js";
-export { EngineHost, setEngineThreads, engineWorkers, MAX_ENGINE_THREADS } from "./engine/engine-host.js";
-export type { EngineConfig, EngineCounters } from "./engine/engine-config.js";
+export { setEngineThreads, engineWorkers, MAX_ENGINE_THREADS } from "./engine/engine-host.js";
+export type { EngineCounters } from "./engine/engine-config.js";
 export type { LinkSpec, TapLinkSpec, StreamLinkSpec, VhostUserLinkSpec, Link } from "./links/link.js";
 export { MoatError, ConfigError, HostRequirementError, type MoatErrorCode } from "./errors.js";
 export { Sandbox, SandboxBuilder, NetworkBuilder, DnsBuilder, TlsBuilder } from "./sandbox/builder.js";
@@ -24,7 +27,7 @@ export { GuestSandbox } from "./sandbox/sandbox.js";
 export { VmSandbox, type VmSandboxOptions, type VmOptions, type VmRunOptions, type VmLinkKind } from "./vm/vm-sandbox.js";
 export { serveGateway, type ServedGateway } from "./gateway/serve.js";
 export type { DnsOptions } from "./gateway/gateway.js";
-export { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "./sandbox/ports.js";
+export type { PortSpec, PublishedPort, PortProtocol } from "./sandbox/ports.js";
 export {
   NetworkPolicy, Rule, Destination, PortRange, GROUPS,
   type Action, type Direction, type Protocol, type Group, type NetworkPolicyShape,

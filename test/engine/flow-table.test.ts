@@ -1,5 +1,5 @@
 // flow-table.test.ts — the flow table as seen through UDP flows (engine-wasm/assembly/flow/table.ts,
-// flow/udp.ts): the per-sandbox limit, the slab's capacity, idle expiry from engineTick, and
+// flow/datagram.ts): the per-sandbox limit, the slab's capacity, idle expiry from engineTick, and
 // lookups that stay correct through heavy insert/remove churn (open addressing with
 // backward-shift deletion: a wrong shift would make a live flow unreachable, or resolve a
 // datagram to another flow's index).

@@ -17,6 +17,7 @@ import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type P
 import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
 import { SPECIAL_PURPOSE } from "../../orchestrator/src/policy/special-purpose.js";
 import { writeHostAddresses } from "../../orchestrator/src/policy/host-addresses.js";
+import { PROTOCOL_NUMBER } from "../../orchestrator/src/policy/compile.js";
 
 interface PolicyExports {
   policyEvaluate(proto: number, addr: number, port: number, direction: number): number;
@@ -26,9 +27,8 @@ interface PolicyExports {
 const h = new EngineHarness();
 const engine = h.engine as unknown as PolicyExports;
 
-const PROTO = { tcp: 6, udp: 17, icmpv4: 1, icmpv6: 58 } as const;
-const OUT = 0;
-const IN = 1;
+const OUT = L.DIR_OUTBOUND;
+const IN = L.DIR_INBOUND;
 
 /**
  * The 16 bytes of an address. IPv4 becomes ::ffff:a.b.c.d. An IPv6 text with a trailing dotted
@@ -60,7 +60,7 @@ interface Flow { proto?: Protocol | number; port?: number; direction?: number }
 
 /** The raw result of policyEvaluate. */
 function raw(addr: string, f: Flow = {}): number {
-  const proto = typeof f.proto === "number" ? f.proto : PROTO[f.proto ?? "tcp"];
+  const proto = typeof f.proto === "number" ? f.proto : PROTOCOL_NUMBER[f.proto ?? "tcp"];
   return engine.policyEvaluate(proto, put(addr), f.port ?? 443, f.direction ?? OUT);
 }
 

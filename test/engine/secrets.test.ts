@@ -1,4 +1,4 @@
-// secrets.test.ts — the engine's placeholder scan (engine-wasm/assembly/policy/secrets.ts): guest
+// secrets.test.ts — the engine's placeholder scan (engine-wasm/assembly/policy/placeholder-scan.ts): guest
 // TCP segments and UDP datagrams carrying a secret's placeholder, in any of its forms and split
 // across segments, are stopped; everything else passes; without secrets nothing is scanned.
 import { test } from "node:test";

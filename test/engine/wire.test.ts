@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineHarness, testConfig, type HostOp, counterDelta } from "../helpers/engine-harness.js";
 import { refChecksum, eth, ipv4, ipv6, udp, icmpEcho, icmp6, tcpSyn, arpRequest, withL4Checksum, mac, ip } from "../helpers/frames.js";
-import { layout } from "../../orchestrator/src/engine/layout.js";
+import { layout, counterIndex, counterNames } from "../../orchestrator/src/engine/layout.js";
 import { prng } from "../helpers/prng.js";
 
 // ---- the test link -------------------------------------------------------------------------
@@ -154,6 +154,12 @@ function dhcpOptions(b: Uint8Array): Map<number, number[]> {
 
 // ---- counters and expectations ---------------------------------------------------------------
 
+test("counters are numbered from one list: indexes 0 .. COUNTER_COUNT - 1, each once, within COUNTERS_MAX", () => {
+  const indexes = counterNames.map(([, i]) => i);
+  assert.deepEqual(indexes, indexes.map((_, n) => n));
+  assert.equal(indexes.length, counterIndex.COUNTER_COUNT);
+  assert.ok(counterIndex.COUNTER_COUNT <= layout.COUNTERS_MAX);
+});
 
 /** Send one frame; return what came out and how the counters moved. */
 function exchange(h: EngineHarness, frame: Uint8Array): { out: Uint8Array[]; ops: HostOp[]; delta: Record<string, number> } {

@@ -17,7 +17,7 @@ export const testConfig: EngineConfig = {
   gatewayLl6: "fe80::1",
   guestIp6: "fd6d:6f61:7400::2",
   prefix6: "fd6d:6f61:7400::",
-  mtu: 65520,
+  mtu: L.MTU_DEFAULT,
   leaseSecs: 3600,
   udpIdleMs: 1000,
   maxUdpFlows: 8,
@@ -150,7 +150,7 @@ export class EngineHarness {
     return out;
   }
 
-  tick(budget = 16384): number {
+  tick(budget = L.FLOW_CAPACITY): number {
     return this.engine.engineTick(this.now, budget);
   }
 

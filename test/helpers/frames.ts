@@ -1,6 +1,7 @@
 // frames.ts — building test frames byte by byte, with a deliberately plain reference checksum
 // (RFC 1071, big-endian words) that the engine's SIMD checksum is tested against.
 import ipaddr from "ipaddr.js";
+import { wire } from "../../orchestrator/src/engine/layout.js";
 
 export function refChecksum(bytes: Uint8Array, initial = 0): number {
   let sum = initial;
@@ -50,7 +51,7 @@ export function withL4Checksum(seg: number[], csumOff: number, src: string, dst:
   seg[csumOff] = 0;
   seg[csumOff + 1] = 0;
   let c = refChecksum(Uint8Array.from(seg), pseudo(src, dst, proto, seg.length));
-  if (c === 0 && proto === 17) c = 0xffff;
+  if (c === 0 && proto === wire.PROTO_UDP) c = 0xffff;
   seg[csumOff] = c >> 8;
   seg[csumOff + 1] = c & 255;
   return seg;

@@ -5,10 +5,11 @@ import assert from "node:assert/strict";
 import { testConfig, type EngineHarness, type HostOp } from "./engine-harness.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import { eth, ipv4, withL4Checksum } from "./frames.js";
+import { wire } from "../../orchestrator/src/engine/layout.js";
 
 export const GUEST = testConfig.guestIp4;
 export const REMOTE = "198.51.100.7";
-export const FIN = 0x01, SYN = 0x02, RST = 0x04, PSH = 0x08, ACK = 0x10;
+export const { TCP_FIN: FIN, TCP_SYN: SYN, TCP_RST: RST, TCP_PSH: PSH, TCP_ACK: ACK } = wire;
 export const u16 = (v: number) => [(v >> 8) & 255, v & 255];
 export const u32 = (v: number) => [(v >>> 24) & 255, (v >>> 16) & 255, (v >>> 8) & 255, v & 255];
 

@@ -4,7 +4,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import dnsPacket from "dns-packet";
-import { DnsTcpServer, parseRedirectPreamble, PREAMBLE_BYTES, type DnsTcpHandler } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { DnsTcpServer, parseRedirectPreamble, type DnsTcpHandler } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { layout as L } from "../../orchestrator/src/engine/layout.js";
+import { redirectPreamble as preamble } from "../helpers/preamble.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -180,23 +182,11 @@ test("close() ends open connections", async () => {
 
 // --- the engine's redirect preamble ---------------------------------------------------------------
 
-function preamble(token: Buffer, family: 4 | 6, addr: number[], port: number, admitNameId = 0): Buffer {
-  const b = Buffer.alloc(PREAMBLE_BYTES);
-  b.write("moat", 0, "latin1");
-  b[4] = 2;
-  b[5] = family;
-  b.writeUInt16BE(port, 6);
-  Buffer.from(family === 4 ? [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...addr] : addr).copy(b, 8);
-  token.copy(b, 24);
-  b.writeUInt32BE(admitNameId, 40);
-  return b;
-}
-
 test("the preamble carries the admitting domain rule's name id; version 1 and other tokens are refused", () => {
   const token = Buffer.alloc(16, 7);
   assert.deepEqual(parseRedirectPreamble(preamble(token, 4, [192, 0, 2, 1], 443, 7), token), { ip: "192.0.2.1", port: 443, admitNameId: 7 });
   const v1 = preamble(token, 4, [192, 0, 2, 1], 443);
-  v1[4] = 1;
+  v1[L.PRE_VERSION] = 1;
   assert.equal(parseRedirectPreamble(v1, token), null);
   assert.equal(parseRedirectPreamble(preamble(Buffer.alloc(16, 1), 4, [192, 0, 2, 1], 443), token), null);
 });
@@ -222,9 +212,9 @@ test("with a redirect token: the preamble names the resolver the guest addressed
     await good6.wait(1);
     assert.deepEqual(seen, ["198.51.100.10:53", "2001:db8::35:5353"]);
 
-    for (const bad of [frame(query("c.test", 3)), preamble(Buffer.alloc(16, 8), 4, [10, 0, 0, 1], 53), Buffer.alloc(PREAMBLE_BYTES)]) {
+    for (const bad of [frame(query("c.test", 3)), preamble(Buffer.alloc(16, 8), 4, [10, 0, 0, 1], 53), Buffer.alloc(L.REDIRECT_PREAMBLE_BYTES)]) {
       const c = await connect(server.address().port);
-      c.sock.write(Buffer.concat([bad, frame(query("d.test", 4)), Buffer.alloc(PREAMBLE_BYTES)]));
+      c.sock.write(Buffer.concat([bad, frame(query("d.test", 4)), Buffer.alloc(L.REDIRECT_PREAMBLE_BYTES)]));
       await c.closed;
       assert.equal(c.answers.length, 0, "closed without an answer");
     }

@@ -6,7 +6,7 @@
 //   mode "frames": `count` copies of `template`, zero-padded by (i % 19) bytes (the engine's RX
 //                  ring takes Ethernet padding). Reports the total bytes sent.
 import { parentPort, workerData } from "node:worker_threads";
-import { RingView } from "../../orchestrator/src/engine/ring.js";
+import { RingView } from "../helpers/ring.js";
 
 export interface RingGeometryData {
   buffer: SharedArrayBuffer;

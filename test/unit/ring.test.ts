@@ -1,4 +1,4 @@
-// ring.test.ts — the TypeScript ring (orchestrator/src/engine/ring.ts): its protocol on one
+// ring.test.ts — the TypeScript ring (test/helpers/ring.ts): its protocol on one
 // thread, across two threads, and against the engine's AssemblyScript consumer and producer.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -6,7 +6,7 @@ import { Worker } from "node:worker_threads";
 import { once } from "node:events";
 import { performance } from "node:perf_hooks";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
-import { RingView, PUBLISH_BATCH, SLEEP_CONSUMER } from "../../orchestrator/src/engine/ring.js";
+import { RingView, PUBLISH_BATCH, SLEEP_CONSUMER } from "../helpers/ring.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import { EngineHarness, testConfig } from "../helpers/engine-harness.js";
 import { eth, arpRequest, mac } from "../helpers/frames.js";

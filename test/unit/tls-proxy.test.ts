@@ -9,22 +9,12 @@ import tls from "node:tls";
 import { randomBytes } from "node:crypto";
 import { TlsProxy } from "../../orchestrator/src/tls/proxy.js";
 import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
-import { PREAMBLE_BYTES } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { redirectPreamble } from "../helpers/preamble.js";
 import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
 
 const P = "moat-ph-abcdefghijklmnopqrstuvwx";
 
-function preamble(token: Buffer, port: number): Buffer {
-  const b = Buffer.alloc(PREAMBLE_BYTES);
-  b.write("moat", 0, "latin1");
-  b[4] = 2;
-  b[5] = 4;
-  b.writeUInt16BE(port, 6);
-  Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]).copy(b, 8);
-  token.copy(b, 24);
-  b.writeUInt32BE(0, 40);
-  return b;
-}
+const preamble = (token: Buffer, port: number): Buffer => redirectPreamble(token, 4, [127, 0, 0, 1], port);
 
 test("a violation whose callback throws still stops the connection: nothing more reaches the server", async () => {
   const upstreamCa = new CertificateAuthority();

@@ -29,10 +29,11 @@ import {
 import { INBOUND_ACCEPTED, INBOUND_REFUSED, DROP_FLOW_TABLE_FULL } from "../counters";
 import { keyHash, flowLookup, flowTableFull } from "./table";
 import { mapV4 } from "../wire/bytes";
+import { PROTO_TCP } from "../wire/numbers";
 import { count, opPush, txHasRoom } from "../emit";
 import { admitInbound } from "../policy/admit";
 import { tcpActiveOpen } from "./tcp";
-import { udpInboundOpen } from "./udp";
+import { udpInboundOpen } from "./datagram";
 
 const PORT_TRIES: u32 = 64; // source ports tried for the guest's view of a peer before giving up
 
@@ -70,7 +71,7 @@ export function inboundAccept(listener: u32, buf: usize, len: u32): bool {
     port = port >= 65535 ? 1024 : port + 1;
   }
   if (tries == PORT_TRIES) { count(DROP_FLOW_TABLE_FULL); return refuse(listener); }
-  const ok = proto == 6
+  const ok = proto == PROTO_TCP
     ? tcpActiveOpen(hash, listener, peer, peerPort)
     : udpInboundOpen(hash, listener, peer, peerPort, buf + ACC_BYTES, len - ACC_BYTES);
   if (!ok) return refuse(listener);

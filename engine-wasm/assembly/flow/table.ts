@@ -131,7 +131,7 @@ export function flowInsert(hash: u32): i32 {
   const rec = flowRecord(idx);
   memory.fill(rec, 0, FLOW_RECORD_BYTES);
   memory.copy(rec, KEY_SCRATCH, KEY_BYTES);
-  store<u32>(SECRET_CARRY_BASE + <usize>idx * SECRET_CARRY_BYTES, 0); // policy/secrets.ts: no history
+  store<u32>(SECRET_CARRY_BASE + <usize>idx * SECRET_CARRY_BYTES, 0); // policy/placeholder-scan.ts: no history
   store<u32>(rec, hash, F_HASH);
   // A flow admitted by a domain rule keeps its pin alive (DESIGN §6: "or in use by a live flow"),
   // and remembers the rule's name (the TLS proxy holds the SNI to it).

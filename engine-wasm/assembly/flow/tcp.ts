@@ -110,8 +110,9 @@ import {
   F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer, flowIndexOf,
 } from "./table";
 import { rd16, rd32, wr16, wr32, copy16, familyOf } from "../wire/bytes";
+import { ETH_IP4, ETH_IP6, PROTO_TCP, TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK } from "../wire/numbers";
 import { admitNewFlow, auditSecret, ADMIT_REFUSED, ADMIT_DENY_PAGE } from "../policy/admit";
-import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
+import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
 // F_STATE values for TCP flows
@@ -163,12 +164,6 @@ const FL_ACK_DELAYED: u32 = 512; // an ACK is owed and held back (on DELACK_LIST
 const DELACK_MS: f64 = 40; // RFC 9293 §3.8.6.3 allows 500; Linux waits 40 at least
 const FL_PACED: u32 = 1024; // on PACED_LIST: held back by a rate limit (limits.ts) until tcpLimitWake
 const FL_CONN_HELD: u32 = 2048; // DIALING, not dialled: the SYN waits for the connection rate (limits.ts)
-
-const TH_FIN: u32 = 0x01;
-const TH_SYN: u32 = 0x02;
-const TH_RST: u32 = 0x04;
-const TH_PSH: u32 = 0x08;
-const TH_ACK: u32 = 0x10;
 
 const OUR_WS: u32 = 7; // window shift we offer: windows up to 8 MiB
 const INITIAL_SPACE: u32 = 262144; // send space assumed until the socket reports its own
@@ -236,23 +231,23 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   const out = txReserve();
   if (!out) return false;
   const v4 = load<u8>(rec, 1) == 4;
-  const ip = emitEth(out, CFG_GUEST_MAC, v4 ? 0x0800 : 0x86dd);
-  const syn = (flags & TH_SYN) != 0;
+  const ip = emitEth(out, CFG_GUEST_MAC, v4 ? ETH_IP4 : ETH_IP6);
+  const syn = (flags & TCP_SYN) != 0;
   const sackOk = (load<u32>(rec, T_FLAGS) & FL_SACK_OK) != 0;
   // SACK-permitted in our SYN (an inbound connection: offered), in a SYN-ACK only if the guest
   // offered it; SACK blocks in any other segment while segments are held beyond a gap.
-  const synSack = syn && (sackOk || !(flags & TH_ACK));
+  const synSack = syn && (sackOk || !(flags & TCP_ACK));
   // (Options count against the segment size: a full data segment carries no blocks, or its frame
   // would outgrow the guest's MTU and the TX slot.)
   const segMax = load<u32>(rec, T_GUEST_MSS);
   const room: u32 = dlen == 0 ? 4 : dlen + 12 <= segMax ? min<u32>(4, (segMax - dlen - 4) >> 3) : 0;
-  const blocks: u32 = !syn && sackOk && room && !(flags & TH_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, room) : 0;
+  const blocks: u32 = !syn && sackOk && room && !(flags & TCP_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, room) : 0;
   const hlen: u32 = syn ? (synSack ? 32 : 28) : blocks ? 24 + 8 * blocks : 20;
-  const t = v4 ? emitIp4(ip, 6, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, 6, rec + 24, rec + 8, hlen + dlen, 64);
+  const t = v4 ? emitIp4(ip, PROTO_TCP, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, PROTO_TCP, rec + 24, rec + 8, hlen + dlen, 64);
   wr16(t, <u32>load<u16>(rec, 6));
   wr16(t + 2, <u32>load<u16>(rec, 4));
   wr32(t + 4, seq);
-  wr32(t + 8, (flags & TH_ACK) ? load<u32>(rec, T_RCV_NXT) : 0);
+  wr32(t + 8, (flags & TCP_ACK) ? load<u32>(rec, T_RCV_NXT) : 0);
   store<u8>(t + 12, <u8>((hlen >> 2) << 4));
   store<u8>(t + 13, <u8>flags);
   const w = advWindow(rec);
@@ -262,7 +257,7 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   // probe timer, which backs off to minutes; the tick sends the update once a segment fits.
   let f = load<u32>(rec, T_FLAGS);
   const small = !syn && (<u32>field << load<u8>(rec, T_OUR_WS)) < load<u32>(rec, T_GUEST_MSS);
-  if (flags & TH_ACK) { f &= ~FL_ACK_DELAYED; store<u8>(rec, 0, T_ACK_SEGS); } // this segment carries the ACK owed
+  if (flags & TCP_ACK) { f &= ~FL_ACK_DELAYED; store<u8>(rec, 0, T_ACK_SEGS); } // this segment carries the ACK owed
   store<u32>(rec, small ? f | FL_WND_SHUT : f & ~FL_WND_SHUT, T_FLAGS);
   // Held under a segment by the egress limit, not by the socket: reopened when the tokens come.
   if (small && limited(LIM_EGRESS) && spaceWindow(rec) >= load<u32>(rec, T_GUEST_MSS)) pace(rec, LIM_EGRESS, egressNeed(rec), RATE_EGRESS_PACED);
@@ -278,8 +273,8 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
     memory.copy(t + 24, SACK_SCRATCH, 8 * blocks);
   }
   if (dlen) memory.copy(t + hlen, data, dlen);
-  if (v4) fillL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, 6);
-  else fillL4Checksum(t, hlen + dlen, 16, ip + 8, ip + 24, 16, 6);
+  if (v4) fillL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, PROTO_TCP);
+  else fillL4Checksum(t, hlen + dlen, 16, ip + 8, ip + 24, 16, PROTO_TCP);
   txCommit(<u32>(t - out) + hlen + dlen);
   return true;
 }
@@ -292,7 +287,7 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
  * last heard "window 0" would wait for its own persist timer, backing off to minutes.
  */
 @inline function emitAck(rec: usize): bool {
-  if (emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_MAX), 0, 0)) {
+  if (emitSegment(rec, TCP_ACK, load<u32>(rec, T_SND_MAX), 0, 0)) {
     store<u32>(rec, load<u32>(rec, T_FLAGS) & ~FL_ACK_OWED, T_FLAGS);
     return true;
   }
@@ -338,7 +333,7 @@ export function tcpFlushAcks(t: f64): i32 {
     const idx = load<u32>(DELACK_LIST + (<usize>i << 2));
     const rec = flowRecord(idx);
     // Gone, reused, or already carried by a segment: nothing owed by this entry.
-    if (load<u8>(rec) != 6 || !(load<u32>(rec, T_FLAGS) & FL_ACK_DELAYED)) continue;
+    if (load<u8>(rec) != PROTO_TCP || !(load<u32>(rec, T_FLAGS) & FL_ACK_DELAYED)) continue;
     const due = load<f64>(rec, T_ACK_AT);
     if (due <= t) {
       if (emitAck(rec)) { count(TCP_DELAYED_ACKS); sent++; continue; }
@@ -356,7 +351,7 @@ export function tcpFlushAcks(t: f64): i32 {
 
 /** A RST to the guest for a flow, then the flow is gone (the host socket closed or aborted). */
 function resetBoth(idx: u32, rec: usize, abortHost: bool): void {
-  emitSegment(rec, TH_RST | TH_ACK, load<u32>(rec, T_SND_NXT), 0, 0);
+  emitSegment(rec, TCP_RST | TCP_ACK, load<u32>(rec, T_SND_NXT), 0, 0);
   tcpRemove(idx, abortHost ? OPK_TCP_ABORT : OPK_CLOSE);
 }
 
@@ -423,8 +418,8 @@ export const SEG_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_
  */
 export function tcpNew(hash: u32, l4: usize, dial: usize, dialPort: u32, gatewayService: bool, route: u8): i32 {
   const flags = <u32>load<u8>(l4 + 13);
-  if (flags & TH_RST) return SEG_STRAY_RST;
-  if ((flags & (TH_SYN | TH_ACK)) != TH_SYN) return SEG_NO_FLOW;
+  if (flags & TCP_RST) return SEG_STRAY_RST;
+  if ((flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) return SEG_NO_FLOW;
   return tcpOpen(hash, l4, rd32(l4 + 4), dial, dialPort, gatewayService, route) ? SEG_HANDLED : SEG_REFUSED;
 }
 
@@ -444,7 +439,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
   store<f64>(rec, 0, T_PROBE_AT);
 
   if (state == TS_SYN_SENT) { synSentSegment(idx, rec, l4, doff, flags, seq, ack); return; }
-  if (flags & TH_RST) {
+  if (flags & TCP_RST) {
     // RFC 5961 §3: accept only a RST at the expected sequence number (else it is ignored).
     if (state == TS_DIALING || seq == load<u32>(rec, T_RCV_NXT) || seq == load<u32>(rec, T_RCV_WR)) {
       count(TCP_GUEST_RESETS);
@@ -455,14 +450,14 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     return;
   }
   if (state == TS_DIALING) return; // a retransmitted SYN while we dial: the answer is coming
-  if (flags & TH_SYN) {
+  if (flags & TCP_SYN) {
     // A retransmitted SYN (our SYN-ACK was lost) gets the SYN-ACK again; in any later state a
     // SYN gets a challenge ACK (RFC 5961 §4).
-    if (state == TS_SYN_RCVD && !(flags & TH_ACK)) emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
+    if (state == TS_SYN_RCVD && !(flags & TCP_ACK)) emitSegment(rec, TCP_SYN | TCP_ACK, load<u32>(rec, T_ISS), 0, 0);
     else emitAck(rec);
     return;
   }
-  if (!(flags & TH_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return; }
+  if (!(flags & TCP_ACK)) { count(DROP_TCP_OUT_OF_WINDOW); return; }
 
   if (state == TS_SYN_RCVD) {
     if (ack != load<u32>(rec, T_ISS) + 1) { count(DROP_TCP_OUT_OF_WINDOW); return; }
@@ -519,7 +514,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
     if (ack == max) store<f64>(rec, 0, T_TIMER_AT);
     else armTimer(rec);
   } else if (ack == una && una != max && !(load<u32>(rec, T_FLAGS) & FL_RECOVERY) &&
-             ((dlen == 0 && !(flags & TH_FIN) && wnd == oldWnd) || sackHoleEnd(sack, una, max) != una)) {
+             ((dlen == 0 && !(flags & TCP_FIN) && wnd == oldWnd) || sackHoleEnd(sack, una, max) != una)) {
     // A duplicate ACK: a pure one (RFC 5681), or any segment whose SACK blocks report data above
     // a hole (RFC 6675: an echoing guest's ACKs ride on its data, and its window moves).
     const d = load<u32>(rec, T_DUPACKS) + 1;
@@ -563,7 +558,7 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
       if (secretsActive() && load<u8>(rec, F_ROUTE) != ROUTE_SERVICE) {
         const f = secretInStream(idx, data, dlen);
         if (f) {
-          auditSecret(6, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
+          auditSecret(PROTO_TCP, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
           resetBoth(idx, rec, true);
           return;
         }
@@ -573,23 +568,23 @@ export function tcpOnFlow(idx: u32, l4: usize, l4len: u32): void {
         charge(LIM_EGRESS, <f64>dlen);
         store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + dlen, F_BYTES_OUT);
         // The gap before held segments may have closed: write what the stream now reaches.
-        if (oooFirst(rec) && !(flags & TH_FIN) && !writeHeld(idx, rec)) return;
+        if (oooFirst(rec) && !(flags & TCP_FIN) && !writeHeld(idx, rec)) return;
       }
     } else if (seqLe(seq + dlen, wr)) {
       emitAck(rec); // an old duplicate: tell the guest where we are
     } else {
       // Ahead of a gap: held (and SACKed) within the largest window we offer, else dropped; either
       // way a duplicate ACK tells the guest where the gap is.
-      if (seq + dlen - wr <= (0xffff << OUR_WS) && oooHold(idx, rec, seq, data, dlen, (flags & TH_FIN) != 0)) count(TCP_OOO_QUEUED);
+      if (seq + dlen - wr <= (0xffff << OUR_WS) && oooHold(idx, rec, seq, data, dlen, (flags & TCP_FIN) != 0)) count(TCP_OOO_QUEUED);
       else count(DROP_TCP_OUT_OF_ORDER);
       emitAck(rec);
       return;
     }
   }
-  if (dlen == 0 && !(flags & TH_FIN) && seq != wr) {
+  if (dlen == 0 && !(flags & TCP_FIN) && seq != wr) {
     emitAck(rec); // an unacceptable segment, e.g. a zero-window probe: answer with where we are
   }
-  if (flags & TH_FIN) guestFin(idx, rec, seq + dlen);
+  if (flags & TCP_FIN) guestFin(idx, rec, seq + dlen);
   maybeFinished(idx, rec);
   return;
 }
@@ -624,7 +619,7 @@ function writeHeld(idx: u32, rec: usize): bool {
       if (secretsActive() && load<u8>(rec, F_ROUTE) != ROUTE_SERVICE) {
         const f = secretInStream(idx, data, n);
         if (f) {
-          auditSecret(6, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
+          auditSecret(PROTO_TCP, <u32>load<u8>(rec, 1), <u32>load<u16>(rec, 6), secretOfForm(f));
           resetBoth(idx, rec, true);
           return false;
         }
@@ -652,7 +647,7 @@ function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, gat
   // rate allows (tcpLimitWake): the guest sees a slower network. Reset only when the queue is full.
   const hold = limited(LIM_CONN) && (!connQueueEmpty() || bucketLevel(LIM_CONN) < 1);
   if (hold && connQueueFull()) { count(DROP_RATE_CONN); return false; }
-  const admitted = admitNewFlow(6, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService);
+  const admitted = admitNewFlow(PROTO_TCP, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService);
   if (admitted == ADMIT_REFUSED) return true; // answered by admit
   if (admitted == ADMIT_DENY_PAGE) {
     // Denied, answered by the deny page: to the proxy, which reads the rule from the preamble.
@@ -815,7 +810,7 @@ export function tcpActiveOpen(hash: u32, listener: u32, peer: usize, peerPort: u
   store<u32>(rec, iss + 1, T_SND_MAX);
   store<u32>(rec, iss + 1, T_GRANTED);
   opPush(OPK_ACCEPT, idx, iss + 1, load<u32>(rec, T_GUEST_MSS), 0, listener, 0);
-  emitSegment(rec, TH_SYN, iss, 0, 0); // a full TX ring: the RTO sends it
+  emitSegment(rec, TCP_SYN, iss, 0, 0); // a full TX ring: the RTO sends it
   armTimer(rec);
   return true;
 }
@@ -824,13 +819,13 @@ export function tcpActiveOpen(hash: u32, listener: u32, peer: usize, peerPort: u
 function synSentSegment(idx: u32, rec: usize, l4: usize, doff: u32, flags: u32, seq: u32, ack: u32): void {
   const iss = load<u32>(rec, T_ISS);
   // Only a segment acknowledging our SYN counts (RFC 9293 §3.10.7.3); anything else is stale.
-  if (!(flags & TH_ACK) || ack != iss + 1) { count(DROP_TCP_OUT_OF_WINDOW); return; }
-  if (flags & TH_RST) {
+  if (!(flags & TCP_ACK) || ack != iss + 1) { count(DROP_TCP_OUT_OF_WINDOW); return; }
+  if (flags & TCP_RST) {
     count(TCP_INBOUND_CLOSED_PORT);
     tcpRemove(idx, OPK_TCP_ABORT); // the peer sees "connection reset" at once, not a hang
     return;
   }
-  if (!(flags & TH_SYN)) { count(DROP_TCP_OUT_OF_WINDOW); return; }
+  if (!(flags & TCP_SYN)) { count(DROP_TCP_OUT_OF_WINDOW); return; }
   takeSynOptions(rec, l4);
   store<u32>(rec, seq, T_IRS);
   store<u32>(rec, seq + 1, T_RCV_NXT);
@@ -919,7 +914,7 @@ function rewind(idx: u32, rec: usize): bool {
  */
 export function tcpInspect(idx: u32, what: u32): f64 {
   const rec = flowRecord(idx);
-  if (load<u8>(rec) != 6) return 0;
+  if (load<u8>(rec) != PROTO_TCP) return 0;
   if (what == 0) return <f64>load<u32>(rec, F_STATE);
   if (what == 1) return <f64>load<u32>(rec, T_RCV_NXT);
   if (what == 2) return <f64>load<u32>(rec, T_RCV_WR);
@@ -940,7 +935,7 @@ export function tcpInspect(idx: u32, what: u32): f64 {
 export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, aux: u32): bool {
   const rec = flowRecord(idx);
   const state = load<u32>(rec, F_STATE);
-  if (load<u8>(rec) != 6 || state < TS_DIALING) return true; // the flow has gone meanwhile
+  if (load<u8>(rec) != PROTO_TCP || state < TS_DIALING) return true; // the flow has gone meanwhile
   const current = (aux >>> INK_EPOCH_SHIFT) == <u32>load<u8>(rec, T_EPOCH);
   if (kind == INK_TCP_DATA) {
     if (!current || state != TS_ESTABLISHED || arg != load<u32>(rec, T_SND_NXT) || (load<u32>(rec, T_FLAGS) & FL_FIN_SENT)) {
@@ -949,7 +944,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
     }
     const fr = load<u32>(rec, T_FLAGS);
     if ((fr & FL_RECOVERY) && !seqLt(arg, load<u32>(rec, T_RECOVER_END))) return true; // beyond the hole: after the guest's ACK
-    if (!emitSegment(rec, TH_ACK | TH_PSH, arg, buf, len)) return false;
+    if (!emitSegment(rec, TCP_ACK | TCP_PSH, arg, buf, len)) return false;
     store<u32>(rec, arg + len, T_SND_NXT);
     const sent = load<u32>(rec, T_SND_MAX);
     if (seqLt(sent, arg + len)) {
@@ -991,7 +986,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
   }
   if (kind == INK_TCP_CONNECTED) {
     if (state != TS_DIALING) return true;
-    if (!emitSegment(rec, TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0)) return false;
+    if (!emitSegment(rec, TCP_SYN | TCP_ACK, load<u32>(rec, T_ISS), 0, 0)) return false;
     store<u32>(rec, TS_SYN_RCVD, F_STATE);
     store<u32>(rec, load<u32>(rec, T_ISS) + 1, T_SND_NXT);
     store<u32>(rec, load<u32>(rec, T_ISS) + 1, T_SND_MAX);
@@ -1004,7 +999,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
     // (unreachable, timed out): silence, as on a real network.
     if (arg == ECONNREFUSED) {
       store<u32>(rec, load<u32>(rec, T_ISS), T_SND_NXT);
-      emitSegment(rec, TH_RST | TH_ACK, 0, 0, 0);
+      emitSegment(rec, TCP_RST | TCP_ACK, 0, 0, 0);
       count(TCP_REFUSED);
     } else {
       count(TCP_DIAL_FAILED);
@@ -1021,7 +1016,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
   if (kind == INK_TCP_EOF) {
     const f = load<u32>(rec, T_FLAGS);
     if (!current || state != TS_ESTABLISHED || (f & FL_FIN_SENT) || arg != load<u32>(rec, T_SND_NXT)) return true; // stale
-    if (!emitSegment(rec, TH_FIN | TH_ACK, arg, 0, 0)) return false;
+    if (!emitSegment(rec, TCP_FIN | TCP_ACK, arg, 0, 0)) return false;
     store<u32>(rec, f | FL_HOST_EOF | FL_FIN_SENT, T_FLAGS);
     store<u32>(rec, arg, T_FIN_SEQ);
     store<u32>(rec, arg + 1, T_SND_NXT);
@@ -1048,7 +1043,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
 /** Run flow `idx`'s timers if it is TCP. Returns true if the flow was removed. */
 export function tcpTick(idx: u32, t: f64): bool {
   const rec = flowRecord(idx);
-  if (load<u8>(rec) != 6) return false;
+  if (load<u8>(rec) != PROTO_TCP) return false;
   const state = load<u32>(rec, F_STATE);
   if (state < TS_DIALING) return false;
   if (state == TS_DIALING) {
@@ -1080,7 +1075,7 @@ export function tcpTick(idx: u32, t: f64): bool {
   const rto = load<u32>(rec, T_RTO_MS) << 1;
   store<u32>(rec, rto > RTO_MAX_MS ? RTO_MAX_MS : rto, T_RTO_MS);
   if (state == TS_SYN_RCVD || state == TS_SYN_SENT) {
-    emitSegment(rec, state == TS_SYN_SENT ? TH_SYN : TH_SYN | TH_ACK, load<u32>(rec, T_ISS), 0, 0);
+    emitSegment(rec, state == TS_SYN_SENT ? TCP_SYN : TCP_SYN | TCP_ACK, load<u32>(rec, T_ISS), 0, 0);
     armTimer(rec);
     return false;
   }
@@ -1110,7 +1105,7 @@ function probeTick(idx: u32, rec: usize, t: f64): bool {
     resetBoth(idx, rec, true); // the guest stopped answering
     return true;
   }
-  if (!emitSegment(rec, TH_ACK, load<u32>(rec, T_SND_UNA) - 1, 0, 0)) return false; // TX full: next tick
+  if (!emitSegment(rec, TCP_ACK, load<u32>(rec, T_SND_UNA) - 1, 0, 0)) return false; // TX full: next tick
   store<u32>(rec, probes, T_PROBES);
   count(TCP_PROBES);
   if (shut) {

@@ -7,15 +7,15 @@ import {
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
   AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, CFG_DENY_PROXY_PORT, CFG_TLS_PROXY_PORT, CFG_TLS_PORT_COUNT,
   CFG_TLS_PORTS, CFG_TLS_PORTS_MAX, DENIED_BIT, DENY_RULE, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, AU_RULE_SECRET, AU_DETAIL, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  POLICY_DENY, DIR_OUTBOUND, DIR_INBOUND, DENY_DROP, DENY_HTTP,
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST, SECRET_VIOLATIONS } from "../counters";
 import { ringHead, ringTail, ringPublishTail } from "../ring";
 import { copy16, familyOf } from "../wire/bytes";
+import { PROTO_TCP } from "../wire/numbers";
 import { count } from "../emit";
 import { policyEvaluate, policyDenyResponse } from "./match";
 import { tcpReset, icmpProhibited } from "../reject";
-
-const PROTO_TCP: u32 = 6;
 
 /**
  * May the flow whose key is at KEY_SCRATCH (remote port `dport`) be created? Called once, when
@@ -32,17 +32,17 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService
   store<u32>(PIN_MATCHED, 0);
   let result = ADMIT_OK;
   if (!gatewayService) {
-    const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, 0);
+    const verdict = policyEvaluate(proto, KEY_SCRATCH + 24, dport, DIR_OUTBOUND);
     if (verdict & 1) {
       store<u32>(PIN_MATCHED, 0); // a deny by a domain rule holds no pin
       count(DROP_POLICY);
-      audit(proto, family, dport, <i32>(verdict >> 1) - 1, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
+      audit(proto, family, dport, <i32>(verdict >> 1) - 1, DIR_OUTBOUND, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
       const response = policyDenyResponse();
-      if (response == 2 && proto == PROTO_TCP && denyPagePort(dport)) {
+      if (response == DENY_HTTP && proto == PROTO_TCP && denyPagePort(dport)) {
         store<u32>(DENY_RULE, DENIED_BIT | (verdict >> 1));
         result = ADMIT_DENY_PAGE;
       } else {
-        if (response != 0) refuse(proto, true);
+        if (response != DENY_DROP) refuse(proto, true);
         return ADMIT_REFUSED;
       }
     }
@@ -88,11 +88,11 @@ function overConnectionLimit(): bool {
  */
 export function admitInbound(proto: u32, peer: usize, peerPort: u32, guest: usize, guestPort: u32): bool {
   store<u32>(PIN_MATCHED, 0);
-  const verdict = policyEvaluate(proto, peer, guestPort, 1);
+  const verdict = policyEvaluate(proto, peer, guestPort, DIR_INBOUND);
   if (verdict & 1) {
     store<u32>(PIN_MATCHED, 0);
     count(DROP_POLICY);
-    audit(proto, familyOf(peer), guestPort, <i32>(verdict >> 1) - 1, 1, peer, peerPort, guest);
+    audit(proto, familyOf(peer), guestPort, <i32>(verdict >> 1) - 1, DIR_INBOUND, peer, peerPort, guest);
     return false;
   }
   store<u32>(PIN_MATCHED, 0); // inbound flows hold no pin
@@ -107,22 +107,22 @@ export function admitInbound(proto: u32, peer: usize, peerPort: u32, guest: usiz
  * mDNS or SSDP never vanishes without a trace. The key is at KEY_SCRATCH.
  */
 export function auditNotRouted(proto: u32, family: u32, dport: u32): void {
-  audit(proto, family, dport, AU_RULE_NOT_ROUTED, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
+  audit(proto, family, dport, AU_RULE_NOT_ROUTED, DIR_OUTBOUND, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
 }
 
 /**
- * A secret's placeholder in the guest's TCP stream or UDP datagram (policy/secrets.ts), key at
+ * A secret's placeholder in the guest's TCP stream or UDP datagram (policy/placeholder-scan.ts), key at
  * KEY_SCRATCH: counted and audited with reason AU_RULE_SECRET and the secret's index; the caller
  * stops the flow or drops the datagram.
  */
 export function auditSecret(proto: u32, family: u32, dport: u32, secret: u32): void {
   count(SECRET_VIOLATIONS);
-  audit(proto, family, dport, AU_RULE_SECRET, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24, secret);
+  audit(proto, family, dport, AU_RULE_SECRET, DIR_OUTBOUND, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24, secret);
 }
 
 /** QUIC to an intercepted TLS port, dropped (CFG_TLS_BLOCK_QUIC): audited with reason AU_RULE_QUIC. */
 export function auditQuic(proto: u32, family: u32, dport: u32): void {
-  audit(proto, family, dport, AU_RULE_QUIC, 0, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
+  audit(proto, family, dport, AU_RULE_QUIC, DIR_OUTBOUND, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
 }
 
 function refuse(proto: u32, icmpForUdp: bool): void {
@@ -144,7 +144,7 @@ function audit(proto: u32, family: u32, dport: u32, rule: i32, direction: u32, s
   store<i32>(r, rule, AU_RULE);
   store<u8>(r, <u8>proto, AU_PROTO);
   store<u8>(r, <u8>family, AU_FAMILY);
-  store<u8>(r, 1, AU_ACTION);
+  store<u8>(r, POLICY_DENY, AU_ACTION);
   store<u8>(r, <u8>direction, AU_DIRECTION);
   store<u16>(r, <u16>sport, AU_SPORT);
   store<u16>(r, <u16>dport, AU_DPORT);

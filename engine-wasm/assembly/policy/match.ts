@@ -31,18 +31,12 @@ import {
   PR_ACTION, PR_DIRECTION, PR_PROTO, PR_KIND, PR_GROUP, PR_PREFIX, PR_PORT_LO, PR_PORT_HI, PR_NAME,
   PR_ADDR, PR_HAS_PORTS, POLICY_ADDR_SCRATCH, GROUP_HOST, CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
   HOST_ADDR_ACTIVE, HOST_ADDR_BASE, HOST_ADDR_SLOT_BYTES, HOST_ADDR_MAX, HOST_ADDR_ENTRY_BYTES,
+  PH_RULE_COUNT, PH_DEFAULT_ACTION, PH_DENY_RESPONSE, PH_DEFAULT_INBOUND,
+  RULE_ANY, RULE_CIDR, RULE_DOMAIN, RULE_DOMAIN_SUFFIX, RULE_GROUP,
 } from "../layout";
 import { eq16 } from "../wire/bytes";
 import { pinMatches } from "./pinset";
 import { tableGroup4, tableGroup6 } from "./groups.gen";
-
-export const ACTION_ALLOW: u32 = 0;
-export const ACTION_DENY: u32 = 1;
-const KIND_ANY: u32 = 0;
-const KIND_CIDR: u32 = 1;
-const KIND_DOMAIN: u32 = 2;
-const KIND_SUFFIX: u32 = 3;
-const KIND_GROUP: u32 = 4;
 
 /**
  * Write the canonical form of `addr` at `out`: an IPv6 address that carries an IPv4 address
@@ -125,14 +119,14 @@ export function classifyAny(addr: usize): u32 {
 }
 
 /**
- * Evaluate the policy in force for a new flow: `proto` (6/17/1/58), remote address `addr`
- * (16 bytes), remote `port` (0 for ICMP), `direction` (0 outbound, 1 inbound). Returns
- * (rule index + 1) * 2 + action, i.e. bit 0 is the action (1 = deny) and the rest the rule that
+ * Evaluate the policy in force for a new flow: `proto` (PROTO_*), remote address `addr`
+ * (16 bytes), remote `port` (0 for ICMP), `direction` (DIR_*). Returns
+ * (rule index + 1) * 2 + action, i.e. bit 0 is the action (POLICY_DENY) and the rest the rule that
  * decided (0 = the default action).
  */
 export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u32): u32 {
   const slot = POLICY_BASE + <usize>(atomic.load<u32>(ST_POLICY_ACTIVE) & 1) * POLICY_SLOT_BYTES;
-  const n = load<u32>(slot);
+  const n = load<u32>(slot, PH_RULE_COUNT);
   // CIDR rules match the address as the guest wrote it or in its canonical form: a rule about
   // 2002::/16 or 64:ff9b::/96 itself still matches after the IPv4 inside was brought out.
   const r0 = bswap<u64>(load<u64>(addr));
@@ -151,24 +145,24 @@ export function policyEvaluate(proto: u32, addr: usize, port: u32, direction: u3
     const hi = <u32>load<u16>(r, PR_PORT_HI);
     if (load<u8>(r, PR_HAS_PORTS) && (port < lo || port > hi)) continue;
     const kind = <u32>load<u8>(r, PR_KIND);
-    if (kind == KIND_GROUP) {
+    if (kind == RULE_GROUP) {
       if (group == 0xff) group = classify(addr);
       if (group != <u32>load<u8>(r, PR_GROUP)) continue;
-    } else if (kind == KIND_CIDR) {
+    } else if (kind == RULE_CIDR) {
       const prefix = load<u8>(r, PR_PREFIX);
       if (!inPrefix(a0, a1, r + PR_ADDR, prefix) && !inPrefix(r0, r1, r + PR_ADDR, prefix)) continue;
-    } else if (kind == KIND_DOMAIN || kind == KIND_SUFFIX) {
+    } else if (kind == RULE_DOMAIN || kind == RULE_DOMAIN_SUFFIX) {
       if (!pinMatches(addr, load<u32>(r, PR_NAME))) continue;
-    } else if (kind != KIND_ANY) {
+    } else if (kind != RULE_ANY) {
       continue; // unknown kind from a newer compiler: never matches (fail closed for allows)
     }
     return ((i + 1) << 1) | <u32>load<u8>(r, PR_ACTION);
   }
-  return load<u32>(slot + (direction ? 16 : 4)) & 1; // the default outbound or inbound action
+  return load<u32>(slot + (direction ? PH_DEFAULT_INBOUND : PH_DEFAULT_ACTION)) & 1; // the default outbound or inbound action
 }
 
-/** The deny response of the policy in force: 0 drop silently, 1 reject (RST / ICMP). */
+/** The deny response of the policy in force (DENY_*). */
 export function policyDenyResponse(): u32 {
   const slot = POLICY_BASE + <usize>(atomic.load<u32>(ST_POLICY_ACTIVE) & 1) * POLICY_SLOT_BYTES;
-  return load<u32>(slot, 8);
+  return load<u32>(slot, PH_DENY_RESPONSE);
 }

@@ -5,6 +5,7 @@ import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
 import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
 import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError, CommandError } from "../errors.js";
+import { layout as L } from "../engine/layout.js";
 import { NetworkPolicy } from "../policy/model.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile, type MoatConfig } from "../policy/config-file.js";
@@ -32,7 +33,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "net-default-ingress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to a peer on a published port that no ingress rule matched\n(default allow: publishing a port is the permission)" },
   { name: "publish", short: "p", kind: "string", metavar: "[BIND:]HOST:GUEST", repeat: true, help: "publish guest port GUEST on this machine's HOST port: connections to\nBIND:HOST (default 127.0.0.1; [::1] for IPv6) reach the sandbox, coming\nfrom the gateway's address. /udp for UDP (default tcp). HOST 0 picks a free\nport (printed). Judged by ingress rules, e.g. deny:ingress@10.0.0.0/8.\nA bind beyond loopback (0.0.0.0, a LAN address) prints a warning" },
   { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject", "http"], help: "drop (default: silence, as on a firewalled network), reject (TCP\nreset, ICMP administratively prohibited: fails fast), or http (reject,\nand a denied HTTP request on port 80 — or HTTPS, when intercepted — gets\n403 naming the host and the rule, so an agent learns why)" },
-  { name: "max-connections", kind: "int", metavar: "N", min: 1, max: 16384, help: "most TCP + UDP connections at once (default 4096)" },
+  { name: "max-connections", kind: "int", metavar: "N", min: 1, max: L.FLOW_CAPACITY, help: "most TCP + UDP connections at once (default 4096)" },
   { name: "limit-egress", kind: "string", metavar: "RATE[:BURST]", help: "most bandwidth from the sandbox: RATE in bit, kbit, mbit or gbit a second\n(×1000, as tc: 10mbit, 1.5gbit), BURST in bytes, a number or with k, m or g\n(×1024; default 100 ms of RATE, at least 256k; at least 64k): 50mbit:512k.\nTCP is paced by the window the guest is offered, never dropped; UDP and\nICMP over it are dropped. Payload bytes count. none: no limit" },
   { name: "limit-ingress", kind: "string", metavar: "RATE[:BURST]", help: "most bandwidth to the sandbox, as --limit-egress: TCP is paced by reading\nthe host socket no faster (the sender's TCP slows down); UDP and ICMP over\nit are dropped" },
   { name: "limit-conn-rate", kind: "string", metavar: "N[:BURST]", help: "most new connections (TCP, UDP and ICMP flows) the sandbox opens a second\n(20, or 0.5), BURST at once (default N/10, at least 1): 20:5. A TCP\nconnection over it waits (its SYN held; past 1024 held, reset); a new UDP\nor ICMP flow's datagram is dropped" },
@@ -47,10 +48,10 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   { name: "dns-query-timeout-ms", kind: "int", metavar: "MS", min: 10, max: 60000, help: "per upstream attempt before failing over (default 5000)" },
   { name: "no-dns-rebind-protection", kind: "bool", help: "let answers carry private, loopback, link-local or metadata addresses" },
   { name: "dns-blocked-response", kind: "string", metavar: "RCODE", choices: ["refused", "nxdomain"], help: "the answer to a blocked name (default refused)" },
-  { name: "mtu", kind: "int", metavar: "BYTES", min: 1280, max: 65520, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
+  { name: "mtu", kind: "int", metavar: "BYTES", min: L.MTU_MIN, max: L.MTU_MAX, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
   { name: "dns-forward", kind: "string", metavar: "ADDR", help: "shorthand for the upstreams: host (every nameserver of the host's\n/etc/resolv.conf, in order, with failover; the default), none (DNS\nfails), or one IP, IP:PORT or [IPv6]:PORT" },
   { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
-  { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: 16384, help: "most UDP flows the sandbox may hold at once (default 4096)" },
+  { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: L.FLOW_CAPACITY, help: "most UDP flows the sandbox may hold at once (default 4096)" },
   { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
   { name: "exit-grace-ms", kind: "int", metavar: "MS", min: 0, max: 600000, help: "when COMMAND ends, keep serving the guest's TCP connections until they\nfinish or move no data for MS (default 5000; 0: cut at once). Connections\nstill open then are reset, so their peers never mistake them for complete" },
   { name: "tls-intercept", kind: "bool", help: "intercept TLS (DESIGN §8): connections to --tls-port ports are terminated\nwith a leaf certificate from moat's CA (which the sandbox trusts) and\nre-originated to the original address, verified; DoT is answered by moat's\nDNS; QUIC to those ports is dropped. Any other --tls-* option implies it" },

@@ -12,27 +12,31 @@
 //
 // With a redirect token, every connection must open with the engine's redirect preamble
 // (engine-wasm/assembly/layout.ts, OP_ORIG: the resolver the guest addressed, then the token); a
-// connection whose first PREAMBLE_BYTES bytes are anything else is closed unanswered.
+// connection whose first REDIRECT_PREAMBLE_BYTES bytes are anything else is closed unanswered.
 import net from "node:net";
 import type { AddressInfo } from "node:net";
 import { timingSafeEqual } from "node:crypto";
 import ipaddr from "ipaddr.js";
+import { layout as L } from "../engine/layout.js";
 
 /** Who sent a query: the TCP peer, and (redirected by the engine) where the guest was going. */
 export interface DnsTcpPeer { address: string; port: number; dest?: { ip: string; port: number } }
 export type DnsTcpHandler = (query: Buffer, peer: DnsTcpPeer) => Promise<Buffer | null>;
-
-export const PREAMBLE_BYTES = 44;
 
 /** What a redirect preamble says: the original destination, and the name id of the domain rule that admitted the flow (0: none). */
 export interface RedirectOrigin { ip: string; port: number; admitNameId: number }
 
 /** The redirect preamble (engine-wasm/assembly/layout.ts, OP_ORIG), or null if it is not one made with `token`. */
 export function parseRedirectPreamble(b: Buffer, token: Buffer): RedirectOrigin | null {
-  if (b.length < PREAMBLE_BYTES || b.toString("latin1", 0, 4) !== "moat" || b[4] !== 2 || (b[5] !== 4 && b[5] !== 6)) return null;
-  if (!timingSafeEqual(b.subarray(24, 40), token)) return null;
-  const a = ipaddr.fromByteArray(Array.from(b.subarray(8, 24))) as ipaddr.IPv6;
-  return { ip: b[5] === 4 && a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString(), port: b.readUInt16BE(6), admitNameId: b.readUInt32BE(40) };
+  if (b.length < L.REDIRECT_PREAMBLE_BYTES || b.toString("latin1", L.PRE_MAGIC, L.PRE_MAGIC + 4) !== "moat" || b[L.PRE_VERSION] !== L.REDIRECT_PREAMBLE_VERSION ||
+      (b[L.PRE_FAMILY] !== 4 && b[L.PRE_FAMILY] !== 6)) return null;
+  if (!timingSafeEqual(b.subarray(L.PRE_TOKEN, L.PRE_TOKEN + 16), token)) return null;
+  const a = ipaddr.fromByteArray(Array.from(b.subarray(L.PRE_ADDR, L.PRE_ADDR + 16))) as ipaddr.IPv6;
+  return {
+    ip: b[L.PRE_FAMILY] === 4 && a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString(),
+    port: b.readUInt16BE(L.PRE_PORT),
+    admitNameId: b.readUInt32BE(L.PRE_ADMIT_NAME),
+  };
 }
 
 export interface DnsTcpServerOptions {
@@ -147,7 +151,7 @@ export class DnsTcpServer {
       if (closing) return;
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       if (needPreamble) {
-        if (buf.length < PREAMBLE_BYTES) return;
+        if (buf.length < L.REDIRECT_PREAMBLE_BYTES) return;
         const dest = parseRedirectPreamble(buf, this.token!);
         if (!dest) {
           sock.destroy();
@@ -155,7 +159,7 @@ export class DnsTcpServer {
         }
         peer.dest = { ip: dest.ip, port: dest.port };
         needPreamble = false;
-        buf = buf.subarray(PREAMBLE_BYTES);
+        buf = buf.subarray(L.REDIRECT_PREAMBLE_BYTES);
       }
       while (buf.length >= 2) {
         const len = buf.readUInt16BE(0);

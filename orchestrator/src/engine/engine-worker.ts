@@ -25,7 +25,7 @@ import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { instantiateEngine, type EngineExports } from "./engine-module.js";
 import { writeEngineConfig, readCounters, type EngineConfig } from "./engine-config.js";
-import { layout } from "./layout.js";
+import { layout, wire } from "./layout.js";
 import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
 import { applyMiddleware, type LinkMiddleware } from "../links/middleware.js";
@@ -445,7 +445,7 @@ class EngineInstance {
       // The entry first: a peer accepted the moment the socket listens is judged against it.
       const e = layout.PUB_BASE + id * layout.PUB_ENTRY_BYTES;
       dv.setUint16(e + layout.PUB_GUEST_PORT, guestPort, true);
-      mem[e + layout.PUB_PROTO] = protocol === "tcp" ? 6 : 17;
+      mem[e + layout.PUB_PROTO] = protocol === "tcp" ? wire.PROTO_TCP : wire.PROTO_UDP;
       const r = this.datapath.listen(id, protocol, family, addr, port, dualStack);
       if (r < 0) mem[e + layout.PUB_PROTO] = 0;
       return r;

@@ -143,7 +143,7 @@ export interface SecretViolationEvent { secret: string; destination: string; whe
 const EXIT_GRACE_TOTAL_FACTOR = 30;
 const { EADDRINUSE } = osConstants.errno;
 
-export const DEFAULT_MTU = 65520;
+export const DEFAULT_MTU = L.MTU_DEFAULT;
 
 export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent" | "pcap" | "faults" | "limits">> & { dns: DnsOptions; limits: ValidLimits } &
   Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { middleware: LinkMiddleware } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
@@ -151,22 +151,22 @@ export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" |
 /** Check every option (before anything is created) and fill in the defaults. */
 export function validateOptions(o: GatewayOptions): ValidOptions {
   const mtu = o.mtu ?? DEFAULT_MTU;
-  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65520) {
-    throw new ConfigError(`MTU ${o.mtu} is out of range`, "use an integer from 1280 (the IPv6 minimum) to 65520");
+  if (!Number.isInteger(mtu) || mtu < L.MTU_MIN || mtu > L.MTU_MAX) {
+    throw new ConfigError(`MTU ${o.mtu} is out of range`, `use an integer from ${L.MTU_MIN} (the IPv6 minimum) to ${L.MTU_MAX}`);
   }
   const udpIdleMs = o.udpIdleMs ?? 60000;
   if (!Number.isInteger(udpIdleMs) || udpIdleMs < 100) throw new ConfigError(`UDP idle timeout ${o.udpIdleMs} ms is too small`, "use at least 100 ms");
   const maxUdpFlows = o.maxUdpFlows ?? 4096;
-  if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > 16384) {
-    throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, "use 1 to 16384");
+  if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > L.FLOW_CAPACITY) {
+    throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, `use 1 to ${L.FLOW_CAPACITY}`);
   }
   const exitGraceMs = o.exitGraceMs ?? 5000;
   if (!Number.isInteger(exitGraceMs) || exitGraceMs < 0 || exitGraceMs > 600000) {
     throw new ConfigError(`exit grace ${o.exitGraceMs} ms is out of range`, "use 0 (cut connections at once) to 600000 ms");
   }
   const maxConnections = o.maxConnections ?? 4096;
-  if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 16384) {
-    throw new ConfigError(`max connections ${o.maxConnections} is out of range`, "use 1 to 16384");
+  if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > L.FLOW_CAPACITY) {
+    throw new ConfigError(`max connections ${o.maxConnections} is out of range`, `use 1 to ${L.FLOW_CAPACITY}`);
   }
   const denyResponse = o.denyResponse ?? "drop";
   if (denyResponse !== "drop" && denyResponse !== "reject" && denyResponse !== "http") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop", "reject" or "http"`);
@@ -372,7 +372,7 @@ export class Gateway {
         leaseSecs: 86400,
         udpIdleMs: o.udpIdleMs,
         maxUdpFlows: o.maxUdpFlows,
-        maxTcpFlows: 16384,
+        maxTcpFlows: L.FLOW_CAPACITY,
         maxConnections: o.maxConnections,
         dnsForward: dnsTcp,
         dnsIntercept: true,

@@ -7,6 +7,7 @@ import { leaseNamed, addressesFor } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions } from "./gateway.js";
 import type { LinkSpec } from "../links/link.js";
 import { ConfigError, MoatError } from "../errors.js";
+import { layout as L } from "../engine/layout.js";
 import { loadNative, type InterfaceInfo } from "../native.js";
 
 export interface ServedGateway {
@@ -85,14 +86,14 @@ function servedLink(link: LinkSpec, mtu: number | undefined): { link: LinkSpec; 
     throw new MoatError("ERR_LINK", `attach link ${name}: a ${describe(info)} interface, and moat serves only point-to-point links: a TAP device or a veth end`,
       "on a shared segment (a bridge, a NIC) the gateway would answer DHCP and ARP for every host there: give the guest a TAP or veth of its own");
   }
-  if (info.mtu < 1280) {
-    throw new MoatError("ERR_LINK", `attach link ${name}: its MTU is ${info.mtu}, below the 1280 bytes IPv6 needs`, `raise it: ip link set ${name} mtu 1500`);
+  if (info.mtu < L.MTU_MIN) {
+    throw new MoatError("ERR_LINK", `attach link ${name}: its MTU is ${info.mtu}, below the ${L.MTU_MIN} bytes IPv6 needs`, `raise it: ip link set ${name} mtu ${L.MTU_ETHERNET}`);
   }
   if (mtu !== undefined && mtu > info.mtu) {
     throw new ConfigError(`--mtu ${mtu} is larger than ${name}'s MTU (${info.mtu}): the interface would not carry such frames`,
       `raise the interface's first (ip link set ${name} mtu ${mtu}), or leave --mtu out to use ${info.mtu}`);
   }
-  return { link, mtu: mtu ?? Math.min(info.mtu, 65520) };
+  return { link, mtu: mtu ?? Math.min(info.mtu, L.MTU_MAX) };
 }
 
 function lookUp(name: string, kind: "tap" | "attach", whatToDo: string): InterfaceInfo {

@@ -10,6 +10,7 @@
 //               veth end), served from its kernel side with an AF_PACKET socket (`moat serve --attach`)
 import type { NativeDatapath, NativeModule } from "../native.js";
 import { MoatError } from "../errors.js";
+import { layout as L } from "../engine/layout.js";
 
 /** Where a link comes from: serialisable, so it can travel to the worker in workerData. */
 export type LinkSpec = TapLinkSpec | StreamLinkSpec | VhostUserLinkSpec | AttachLinkSpec;
@@ -65,13 +66,13 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
     case "stream":
       return socketLink(spec, (dp) => dp.attachStream(spec.path));
     case "vhost-user":
-      return socketLink(spec, (dp) => dp.attachVhostUser(spec.path, spec.mtu ?? 65520));
+      return socketLink(spec, (dp) => dp.attachVhostUser(spec.path, spec.mtu ?? L.MTU_DEFAULT));
     case "attach":
       return {
         spec,
         attach(datapath: NativeDatapath): void {
           try {
-            datapath.attachPacket(spec.ifname, spec.mtu ?? 1500);
+            datapath.attachPacket(spec.ifname, spec.mtu ?? L.MTU_ETHERNET);
           } catch (cause) {
             const msg = cause instanceof Error ? cause.message : String(cause);
             throw new MoatError("ERR_LINK", `attach link ${spec.ifname}: ${msg}`, undefined, { cause });

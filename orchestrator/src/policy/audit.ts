@@ -17,6 +17,7 @@
 import { appendFileSync, statSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { layout as L } from "../engine/layout.js";
+import { PROTOCOL_NUMBER } from "./compile.js";
 import { ConfigError } from "../errors.js";
 
 export interface DenyEvent {
@@ -33,7 +34,7 @@ export interface DenyEvent {
   secret?: number;
 }
 
-const PROTO_NAME: Record<number, string> = { 6: "tcp", 17: "udp", 1: "icmpv4", 58: "icmpv6" };
+const PROTO_NAME: Record<number, string> = Object.fromEntries(Object.entries(PROTOCOL_NUMBER).map(([name, n]) => [n, name]));
 
 function addrText(bytes: Uint8Array): string {
   const a = ipaddr.fromByteArray(Array.from(bytes)) as ipaddr.IPv6;

@@ -3,14 +3,17 @@
 // reading the slot in force while the other is written, then ST_POLICY_ACTIVE flips, so a new
 // policy applies to the next new flow and never to a half-written table.
 import ipaddr from "ipaddr.js";
-import { layout as L } from "../engine/layout.js";
+import { layout as L, wire } from "../engine/layout.js";
 import { ConfigError } from "../errors.js";
-import { GROUPS, type Action, type NetworkPolicy, type Rule } from "./model.js";
+import { GROUPS, type Action, type NetworkPolicy, type Protocol, type Rule } from "./model.js";
 
 export type DenyResponse = "drop" | "reject" | "http";
 
-const PROTO: Record<string, number> = { tcp: 6, udp: 17, icmpv4: 1, icmpv6: 58 };
-const KIND = { any: 0, cidr: 1, domain: 2, "domain-suffix": 3, group: 4 } as const;
+/** A rule's protocol as the engine reads it (layout.ts PR_PROTO; 0 = any). */
+export const PROTOCOL_NUMBER: Readonly<Record<Protocol, number>> = { tcp: wire.PROTO_TCP, udp: wire.PROTO_UDP, icmpv4: wire.PROTO_ICMP, icmpv6: wire.PROTO_ICMP6 };
+const KIND = { any: L.RULE_ANY, cidr: L.RULE_CIDR, domain: L.RULE_DOMAIN, "domain-suffix": L.RULE_DOMAIN_SUFFIX, group: L.RULE_GROUP } as const;
+const DENY_RESPONSE: Readonly<Record<DenyResponse, number>> = { drop: L.DENY_DROP, reject: L.DENY_REJECT, http: L.DENY_HTTP };
+const actionOf = (a: Action): number => (a === "deny" ? L.POLICY_DENY : L.POLICY_ALLOW);
 
 /** Names used by domain rules get ids; the DNS interceptor pins answers under the same ids. */
 export class NameTable {
@@ -49,9 +52,9 @@ export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPo
   mem.fill(0, base, base + L.POLICY_HEADER_BYTES + policy.rules.length * L.POLICY_RULE_BYTES);
   policy.rules.forEach((r, i) => {
     const o = base + L.POLICY_HEADER_BYTES + i * L.POLICY_RULE_BYTES;
-    mem[o + L.PR_ACTION] = r.action === "deny" ? 1 : 0;
-    mem[o + L.PR_DIRECTION] = r.direction === "inbound" ? 1 : 0;
-    mem[o + L.PR_PROTO] = r.protocol ? PROTO[r.protocol]! : 0;
+    mem[o + L.PR_ACTION] = actionOf(r.action);
+    mem[o + L.PR_DIRECTION] = r.direction === "inbound" ? L.DIR_INBOUND : L.DIR_OUTBOUND;
+    mem[o + L.PR_PROTO] = r.protocol ? PROTOCOL_NUMBER[r.protocol] : 0;
     mem[o + L.PR_KIND] = KIND[r.destination.kind];
     if (r.ports) {
       mem[o + L.PR_HAS_PORTS] = 1;
@@ -75,11 +78,11 @@ export function writePolicySlot(mem: Uint8Array, slot: number, policy: NetworkPo
     if (d.kind === "domain") dv.setUint32(o + L.PR_NAME, names.idOf(d.name, false), true);
     if (d.kind === "domain-suffix") dv.setUint32(o + L.PR_NAME, names.idOf(d.suffix, true), true);
   });
-  dv.setUint32(base + 4, policy.defaultAction === "deny" ? 1 : 0, true);
-  dv.setUint32(base + 8, denyResponse === "reject" ? 1 : denyResponse === "http" ? 2 : 0, true);
-  dv.setUint32(base + 16, defaultIngress === "deny" ? 1 : 0, true);
-  dv.setUint32(base + 12, (dv.getUint32(base + 12, true) + 1) >>> 0, true);
-  dv.setUint32(base, policy.rules.length, true);
+  dv.setUint32(base + L.PH_DEFAULT_ACTION, actionOf(policy.defaultAction), true);
+  dv.setUint32(base + L.PH_DENY_RESPONSE, DENY_RESPONSE[denyResponse] ?? L.DENY_DROP, true);
+  dv.setUint32(base + L.PH_DEFAULT_INBOUND, actionOf(defaultIngress), true);
+  dv.setUint32(base + L.PH_GENERATION, (dv.getUint32(base + L.PH_GENERATION, true) + 1) >>> 0, true);
+  dv.setUint32(base + L.PH_RULE_COUNT, policy.rules.length, true);
 }
 
 /** Install `policy` on a running (or not yet started) engine: fill the idle slot, then flip. */

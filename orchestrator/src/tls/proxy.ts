@@ -23,7 +23,8 @@ import net from "node:net";
 import tls from "node:tls";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
-import { parseRedirectPreamble, PREAMBLE_BYTES, type RedirectOrigin } from "../dns/tcp-proxy.js";
+import { layout as L } from "../engine/layout.js";
+import { parseRedirectPreamble, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
 import { matchesPattern } from "./setup.js";
@@ -180,14 +181,14 @@ export class TlsProxy {
     const onData = (chunk: Buffer): void => {
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       if (!origin) {
-        if (buf.length < PREAMBLE_BYTES) return;
+        if (buf.length < L.REDIRECT_PREAMBLE_BYTES) return;
         origin = parseRedirectPreamble(buf, this.o.token);
         if (!origin) {
           sock.destroy(); // not from the engine
           return;
         }
-        buf = buf.subarray(PREAMBLE_BYTES);
-        if ((origin.admitNameId & DENIED_BIT) !== 0 && origin.port === 80) {
+        buf = buf.subarray(L.REDIRECT_PREAMBLE_BYTES);
+        if ((origin.admitNameId & L.DENIED_BIT) !== 0 && origin.port === 80) {
           // The deny page, in plain HTTP.
           handOn();
           this.stats.denyPages++;
@@ -220,12 +221,12 @@ export class TlsProxy {
   }
 
   private denyText(origin: RedirectOrigin, sni: string | undefined): string {
-    const rule = this.o.denyReason?.(origin.admitNameId & 0x7fffffff) ?? "the policy";
+    const rule = this.o.denyReason?.(origin.admitNameId & ~L.DENIED_BIT) ?? "the policy";
     return `moat: denied: ${sni ?? "?"} (${dest(origin)}) by ${rule}\n`;
   }
 
   private async decide(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<void> {
-    if ((origin.admitNameId & DENIED_BIT) !== 0) {
+    if ((origin.admitNameId & L.DENIED_BIT) !== 0) {
       // The deny page, over TLS: our leaf, no upstream at all.
       this.stats.denyPages++;
       const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
@@ -402,8 +403,6 @@ export class TlsProxy {
 function dest(o: RedirectOrigin): string {
   return `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${o.port}`;
 }
-
-const DENIED_BIT = 0x80000000; // layout.ts DENIED_BIT, in the preamble's admit field
 
 /**
  * Answer the request arriving on `sock` (after `first`) with 403 and `text(host)`: read its head

@@ -5,6 +5,7 @@ import { basename, join } from "node:path";
 import { readFileSync, writeFileSync, mkdirSync, cpSync, existsSync, readdirSync, readlinkSync, realpathSync, lstatSync, statSync, symlinkSync, rmSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
+import { layout as L } from "../engine/layout.js";
 import { CertificateAuthority } from "./ca.js";
 import { normalizeName } from "../policy/model.js";
 
@@ -45,8 +46,6 @@ export interface ValidTls {
   trustHostCas: boolean;
 }
 
-export const MAX_TLS_PORTS = 16;
-
 /** Is interception asked for at all? Any TLS setting turns it on. */
 export function tlsRequested(o: TlsOptions | undefined): boolean {
   if (!o) return false;
@@ -71,8 +70,8 @@ function readPem(path: string, what: string, flag: string): string {
 
 export function validateTls(o: TlsOptions): ValidTls {
   const ports = o.ports ?? [443];
-  if (!Array.isArray(ports) || ports.length === 0 || ports.length > MAX_TLS_PORTS) {
-    throw new ConfigError(`TLS ports ${JSON.stringify(o.ports)}`, `give 1 to ${MAX_TLS_PORTS} ports, e.g. [443, 8443]`);
+  if (!Array.isArray(ports) || ports.length === 0 || ports.length > L.CFG_TLS_PORTS_MAX) {
+    throw new ConfigError(`TLS ports ${JSON.stringify(o.ports)}`, `give 1 to ${L.CFG_TLS_PORTS_MAX} ports, e.g. [443, 8443]`);
   }
   for (const p of ports) {
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new ConfigError(`TLS port ${JSON.stringify(p)} is not a port`, "use 1 to 65535");

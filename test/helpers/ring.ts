@@ -1,5 +1,9 @@
 // ring.ts — the SPSC descriptor ring protocol of engine-wasm/assembly/ring.ts, in TypeScript.
 //
+// A test helper: the orchestrator never touches a ring's slots itself (the engine and native-vmm
+// do), but tests drive the engine's rings, and check the protocol across threads, with this third
+// implementation of it.
+//
 // Theory of operation
 // A ring is a control block (layout.ts RING_CTRL_*), an array of 16-byte descriptors and one
 // fixed slot buffer per descriptor (slot i always owns buffer i, so a descriptor never carries a
@@ -40,7 +44,7 @@
 // engine's own views: the wasm memory is little-endian, and so must the host be (checked below).
 
 import { performance } from "node:perf_hooks";
-import { layout } from "./layout.js";
+import { layout } from "../../orchestrator/src/engine/layout.js";
 
 /** Commits after which commit() publishes by itself. */
 export const PUBLISH_BATCH = 32;

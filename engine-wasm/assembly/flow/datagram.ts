@@ -1,4 +1,4 @@
-// udp.ts — datagram flows: guest UDP datagrams and ICMP echo requests re-originated from host
+// datagram.ts — datagram flows: guest UDP datagrams and ICMP echo requests re-originated from host
 // sockets (UDP sockets; for echo, the kernel's unprivileged "ping" sockets, so the kernel keeps
 // the echo identifiers apart), replies turned back into frames.
 //
@@ -26,8 +26,9 @@ import {
   F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ROUTE, ROUTE_REMOTE, flowFromPeer,
 } from "./table";
 import { wr16, copy16 } from "../wire/bytes";
+import { ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_UDP, PROTO_ICMP6 } from "../wire/numbers";
 import { admitNewFlow, auditSecret } from "../policy/admit";
-import { secretsActive, secretInStream, secretOfForm } from "../policy/secrets";
+import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { checksum } from "../wire/checksum";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
@@ -40,7 +41,7 @@ export const UDP_OPEN: u32 = 1;
  * `gatewayService`: the gateway's own DNS, which policy does not govern (DESIGN §6).
  */
 export function udpFromGuest(hash: u32, data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): void {
-  const idx = datagramFlowOpen(17, OPK_UDP_OPEN, hash, family, dial, dialPort, gatewayService, route);
+  const idx = datagramFlowOpen(PROTO_UDP, OPK_UDP_OPEN, hash, family, dial, dialPort, gatewayService, route);
   if (idx >= 0) udpOnFlow(<u32>idx, data, len, family);
 }
 
@@ -74,7 +75,7 @@ function datagramFlowOpen(proto: u32, openOp: u32, hash: u32, family: u32, dial:
     udpClose(<u32>idx, false);
     return -1;
   }
-  if (proto == 17) count(UDP_FLOWS_OPENED);
+  if (proto == PROTO_UDP) count(UDP_FLOWS_OPENED);
   return idx;
 }
 
@@ -93,7 +94,7 @@ export function udpOnFlow(idx: u32, data: usize, len: u32, family: u32): void {
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_OUT) + 1, F_PKTS_OUT);
   store<u64>(rec, load<u64>(rec, F_BYTES_OUT) + len, F_BYTES_OUT);
-  if (load<u8>(rec) == 17) count(UDP_TO_HOST);
+  if (load<u8>(rec) == PROTO_UDP) count(UDP_TO_HOST);
 }
 
 /**
@@ -126,22 +127,22 @@ export function udpToGuest(idx: u32, data: usize, len: u32): bool {
   if (load<u32>(rec, F_STATE) != UDP_OPEN) { count(DROP_UDP_NO_FLOW); return true; }
   if (lacks(LIM_INGRESS, <f64>len)) { count(DROP_RATE_INGRESS); return true; }
   const proto = <u32>load<u8>(rec);
-  if (proto != 17) return echoToGuest(rec, proto, data, len);
+  if (proto != PROTO_UDP) return echoToGuest(rec, proto, data, len);
   const family = <u32>load<u8>(rec, 1);
   const ipHdr: u32 = family == 4 ? 20 : 40;
   if (ipHdr + 8 + len > load<u32>(CFG_MTU)) { count(DROP_OVERSIZE); return true; }
   const out = txReserve();
   if (!out) return false;
-  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? 0x0800 : 0x86dd);
+  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? ETH_IP4 : ETH_IP6);
   let udp: usize;
-  if (family == 4) udp = emitIp4(ip, 17, rec + 24 + 12, rec + 8 + 12, 8 + len);
-  else udp = emitIp6(ip, 17, rec + 24, rec + 8, 8 + len, 64);
+  if (family == 4) udp = emitIp4(ip, PROTO_UDP, rec + 24 + 12, rec + 8 + 12, 8 + len);
+  else udp = emitIp6(ip, PROTO_UDP, rec + 24, rec + 8, 8 + len, 64);
   wr16(udp, <u32>load<u16>(rec, 6));
   wr16(udp + 2, <u32>load<u16>(rec, 4));
   wr16(udp + 4, 8 + len);
   memory.copy(udp + 8, data, len);
-  if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, 17);
-  else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, 17);
+  if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, PROTO_UDP);
+  else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, PROTO_UDP);
   txCommit(<u32>(udp - out) + 8 + len);
   charge(LIM_INGRESS, <f64>len);
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
@@ -157,20 +158,20 @@ export function udpToGuest(idx: u32, data: usize, len: u32): bool {
  */
 function echoToGuest(rec: usize, proto: u32, data: usize, len: u32): bool {
   const family = <u32>load<u8>(rec, 1);
-  const replyType: u32 = proto == 1 ? 0 : 129;
+  const replyType: u32 = proto == PROTO_ICMP ? 0 : 129;
   if (len < 8 || <u32>load<u8>(data) != replyType) { count(DROP_UDP_NO_FLOW); return true; }
   if ((family == 4 ? <u32>20 : <u32>40) + len > load<u32>(CFG_MTU)) { count(DROP_OVERSIZE); return true; }
   const out = txReserve();
   if (!out) return false;
-  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? 0x0800 : 0x86dd);
-  const m = family == 4 ? emitIp4(ip, 1, rec + 36, rec + 20, len) : emitIp6(ip, 58, rec + 24, rec + 8, len, 64);
+  const ip = emitEth(out, CFG_GUEST_MAC, family == 4 ? ETH_IP4 : ETH_IP6);
+  const m = family == 4 ? emitIp4(ip, PROTO_ICMP, rec + 36, rec + 20, len) : emitIp6(ip, PROTO_ICMP6, rec + 24, rec + 8, len, 64);
   memory.copy(m, data, len);
   wr16(m + 4, <u32>load<u16>(rec, 4)); // the guest's identifier
   if (family == 4) {
     store<u16>(m + 2, 0);
     wr16(m + 2, checksum(m, len));
   } else {
-    fillL4Checksum(m, len, 2, ip + 8, ip + 24, 16, 58);
+    fillL4Checksum(m, len, 2, ip + 8, ip + 24, 16, PROTO_ICMP6);
   }
   txCommit(<u32>(m - out) + len);
   charge(LIM_INGRESS, <f64>len);
@@ -190,7 +191,7 @@ export function udpClose(idx: u32, closeSocket: bool): void {
 export function udpExpire(idx: u32, nowMs: f64, idleMs: f64): bool {
   const rec = flowRecord(idx);
   const proto = <u32>load<u8>(rec);
-  if ((proto != 17 && proto != 1 && proto != 58) || load<u32>(rec, F_STATE) != UDP_OPEN) return false;
+  if ((proto != PROTO_UDP && proto != PROTO_ICMP && proto != PROTO_ICMP6) || load<u32>(rec, F_STATE) != UDP_OPEN) return false;
   if (nowMs - load<f64>(rec, F_LAST_MS) < idleMs) return false;
   udpClose(idx, true);
   count(UDP_FLOWS_EXPIRED);

@@ -1,4 +1,4 @@
-// secrets.ts — placeholders of secrets in the guest's own traffic (DESIGN §8).
+// placeholder-scan.ts — placeholders of secrets in the guest's own traffic (DESIGN §8).
 //
 // The value of a secret reaches only requests the TLS proxy judged; its placeholder headed
 // anywhere else is a violation. The proxy and the DNS interceptor judge what passes through them;

@@ -1,4 +1,4 @@
-// gateway.ts — the services the gateway itself answers: ARP, DHCPv4, ICMPv4 echo, and for IPv6
+// services.ts — the services the gateway itself answers: ARP, DHCPv4, ICMPv4 echo, and for IPv6
 // neighbour discovery (NS -> NA), router advertisements (RS -> RA, with prefix, MTU and RDNSS)
 // and ICMPv6 echo. Every handler is given a frame already checked by engine.ts up to the layer
 // it names, checks the rest against the frame's length, and either queues exactly one reply
@@ -15,7 +15,7 @@ import {
 import { rd16, wr16, wr32, rd32, copyMac, copy16, eq16 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
-import { ETH_ARP, ETH_IP4, ETH_IP6 } from "./wire/numbers";
+import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
 
 
 // ---- ARP (RFC 826) ---------------------------------------------------------------------------
@@ -58,7 +58,7 @@ export function handleIcmp4ToGateway(frame: usize, ip: usize, l4: usize, l4len: 
   const out = txReserve();
   if (!out) return;
   const rip = emitEth(out, frame + 6, ETH_IP4);
-  const ricmp = emitIp4(rip, 1, CFG_GATEWAY_IP4, ip + 12, l4len);
+  const ricmp = emitIp4(rip, PROTO_ICMP, CFG_GATEWAY_IP4, ip + 12, l4len);
   memory.copy(ricmp, l4, l4len);
   store<u8>(ricmp, 0); // echo reply
   store<u16>(ricmp + 2, 0);
@@ -146,8 +146,8 @@ export function handleDhcp(frame: usize, udp: usize, payloadLen: u32): void {
   wr16(udpOut, 67);
   wr16(udpOut + 2, 68);
   wr16(udpOut + 4, 8 + dlen);
-  emitIp4(ip, 17, CFG_GATEWAY_IP4, udpOut - 4, 8 + dlen);
-  fillL4Checksum(udpOut, 8 + dlen, 6, ip + 12, ip + 16, 4, 17);
+  emitIp4(ip, PROTO_UDP, CFG_GATEWAY_IP4, udpOut - 4, 8 + dlen);
+  fillL4Checksum(udpOut, 8 + dlen, 6, ip + 12, ip + 16, 4, PROTO_UDP);
   txCommit(14 + 20 + 8 + dlen);
   if (reply == 5 && msgType == 3) store<u32>(ST_DHCP_LEASED, 1);
   count(DHCP_REPLIES);
@@ -185,11 +185,11 @@ export function handleIcmp6(frame: usize, ip: usize, l4: usize, l4len: u32): voi
       store<u32>(out, 0x00003333); // 33:33:00:00:00:01
       store<u16>(out + 4, 0x0100);
       store<u64>(rip + 24, 0x02ff); store<u64>(rip + 32, 0x0100000000000000);
-      emitIp6(rip, 58, l4 + 8, rip + 24, 32, 255);
+      emitIp6(rip, PROTO_ICMP6, l4 + 8, rip + 24, 32, 255);
     } else {
-      emitIp6(rip, 58, l4 + 8, src, 32, 255);
+      emitIp6(rip, PROTO_ICMP6, l4 + 8, src, 32, 255);
     }
-    fillL4Checksum(r, 32, 2, rip + 8, rip + 24, 16, 58);
+    fillL4Checksum(r, 32, 2, rip + 8, rip + 24, 16, PROTO_ICMP6);
     txCommit(14 + 40 + 32);
     count(NDP_REPLIES);
     return;
@@ -203,10 +203,10 @@ export function handleIcmp6(frame: usize, ip: usize, l4: usize, l4len: u32): voi
     const out = txReserve();
     if (!out) return;
     const rip = emitEth(out, frame + 6, ETH_IP6);
-    const r = emitIp6(rip, 58, ip + 24, ip + 8, l4len, 64);
+    const r = emitIp6(rip, PROTO_ICMP6, ip + 24, ip + 8, l4len, 64);
     memory.copy(r, l4, l4len);
     store<u8>(r, 129);
-    fillL4Checksum(r, l4len, 2, rip + 8, rip + 24, 16, 58);
+    fillL4Checksum(r, l4len, 2, rip + 8, rip + 24, 16, PROTO_ICMP6);
     txCommit(14 + 40 + l4len);
     count(ICMP_ECHO_REPLIES);
     return;
@@ -242,9 +242,9 @@ function sendRouterAdvert(dstMac: usize, dstIp: usize): void {
   store<u8>(o, 25); store<u8>(o + 1, 3); wr16(o + 2, 0); wr32(o + 4, 1800); // RDNSS (RFC 8106)
   copy16(o + 8, CFG_GATEWAY_IP6); o += 24;
   const l4len = <u32>(o - r);
-  emitIp6(rip, 58, CFG_GATEWAY_LL6, rip + 24, l4len, 255);
+  emitIp6(rip, PROTO_ICMP6, CFG_GATEWAY_LL6, rip + 24, l4len, 255);
   // emitIp6 copied dst from rip+24 onto itself: harmless.
-  fillL4Checksum(r, l4len, 2, rip + 8, rip + 24, 16, 58);
+  fillL4Checksum(r, l4len, 2, rip + 8, rip + 24, 16, PROTO_ICMP6);
   txCommit(14 + 40 + l4len);
   count(ROUTER_ADVERTS);
 }

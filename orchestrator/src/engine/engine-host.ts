@@ -19,24 +19,36 @@ import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 
 /** The most engine threads a process may be given. */
 export const MAX_ENGINE_THREADS = 256;
+/** A sandbox's engine that is not serving by then has failed to start. */
+const START_TIMEOUT_MS = 15_000;
 
 /** One worker thread of the pool. */
 class PoolWorker {
   sandboxes = 0;
   exited = false;
-  /** Told when the worker exits (each sandbox it serves listens). */
-  readonly exit: Promise<number>;
   failure: Error | undefined;
+  /** Why it ended, for each sandbox it serves (a set, so a stopped sandbox's host is let go). */
+  readonly onExit = new Set<(reason: string) => void>();
 
   constructor(readonly worker: Worker) {
-    this.exit = new Promise<number>((resolve) => {
-      worker.once("error", (err) => { this.failure = err; });
-      worker.once("exit", (code) => {
-        this.exited = true;
-        resolve(code);
-      });
+    worker.once("error", (err) => { this.failure = err; });
+    worker.once("exit", (code) => {
+      this.exited = true;
+      const reason = this.failure ? `the engine worker failed: ${this.failure.message}` : `the engine worker exited with code ${code}`;
+      for (const f of this.onExit) f(reason);
+      this.onExit.clear();
     });
     worker.unref(); // held open only while it serves (take/release)
+  }
+
+  /**
+   * A worker that stopped answering (a stop not acknowledged in time): out of the pool, ended.
+   * Every sandbox it served hears that its engine is gone (their networks are down: fail closed).
+   */
+  terminate(): void {
+    const i = pool.indexOf(this);
+    if (i >= 0) pool.splice(i, 1);
+    void this.worker.terminate();
   }
 
   take(): void {
@@ -122,6 +134,8 @@ export class EngineHost {
     private readonly controlPort: MessagePort,
     exitPromise: Promise<string>,
     private readonly dnsPort: MessagePort,
+    /** Let go of the worker's and the ports' hold on this host (its memory, its gateway). */
+    private readonly detach: () => void,
   ) {
     void exitPromise.then((reason) => {
       this.exited = true;
@@ -166,22 +180,34 @@ export class EngineHost {
     const ctl = new MessageChannel();
     const status = new MessageChannel();
     const pw = acquireWorker();
-    pw.take();
     // This sandbox's engine ends when it fails on its own or when its worker dies.
+    let onExit: ((reason: string) => void) | undefined;
     const exitPromise = new Promise<string>((resolve) => {
       status.port1.on("message", (m: InstanceStatus) => resolve(m.failed));
       status.port1.unref();
-      void pw.exit.then((code) => resolve(pw.failure ? `the engine worker failed: ${pw.failure.message}` : `the engine worker exited with code ${code}`));
+      onExit = resolve;
+      pw.onExit.add(resolve);
     });
     const add: EngineWorkerData = { memory, config, link, auditPort: audit.port2, dnsPort: dns.port2, dns: hooks.dns, middleware: hooks.middleware, controlPort: ctl.port2, statusPort: status.port2 };
     pw.worker.postMessage({ add } satisfies AddSandboxMessage, [audit.port2, dns.port2, ctl.port2, status.port2]);
+    pw.take();
     const control = Comlink.wrap<EngineControl>(nodeEndpoint(ctl.port1));
-    const host = new EngineHost(memory, pw, control, ctl.port1, exitPromise, dns.port1);
+    const host = new EngineHost(memory, pw, control, ctl.port1, exitPromise, dns.port1, () => {
+      pw.onExit.delete(onExit!);
+      status.port1.close();
+      audit.port1.close();
+    });
     try {
+      let timer: NodeJS.Timeout | undefined;
       await Promise.race([
-        control.ready(),
+        control.ready().finally(() => clearTimeout(timer)),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new MoatError("ERR_ENGINE", `the engine did not start within ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS);
+          timer.unref();
+        }),
+        // The worker's own error (a MoatError's code and hint survive as its properties), else why.
         exitPromise.then((reason) => {
-          throw new MoatError("ERR_ENGINE", `${reason} during start`);
+          throw pw.exited && pw.failure ? pw.failure : new MoatError("ERR_ENGINE", `${reason} during start`);
         }),
       ]);
     } catch (err) {
@@ -223,11 +249,12 @@ export class EngineHost {
   }
 
   async liveSockets(): Promise<number> {
-    return this.control.liveSockets();
+    return this.exited || this.stopping ? 0 : this.control.liveSockets();
   }
 
   /** Listener `id` on (addr, port) toward `guestPort` (engine-worker.ts, listen): the port bound, or -errno. */
   async listen(id: number, protocol: "tcp" | "udp", family: 4 | 6, addr: Uint8Array, port: number, guestPort: number, dualStack = false): Promise<number> {
+    if (this.exited || this.stopping) return -5; // EIO: no engine to listen for
     return this.control.listen(id, protocol, family, addr, port, guestPort, dualStack);
   }
 
@@ -250,15 +277,19 @@ export class EngineHost {
     if (this.stopping) return;
     this.stopping = true;
     if (!this.exited) {
+      let answered = false;
       try {
-        await within(this.control.stop(), 1000);
+        await within(this.control.stop().then(() => { answered = true; }), 1000);
       } catch {
-        // the worker may already be gone
+        answered = true; // the worker is gone: nothing left to stop
       }
+      // A worker that does not answer is stuck, for every sandbox on it: ended, not handed more.
+      if (!answered && !this.pw.exited) this.pw.terminate();
     }
     this.control[Comlink.releaseProxy]();
     this.controlPort.close();
     this.dnsPort.close();
+    this.detach();
     this.pw.release();
   }
 }

@@ -254,7 +254,7 @@ class DatapathWrap : public Napi::ObjectWrap<DatapathWrap> {
   // close() -> fds whose close was deferred (link.h, deferClose): the caller closes them
   Napi::Value Close(const Napi::CallbackInfo& info) {
     stopPoll();
-    if (dp_) dp_->closeAll();
+    if (dp_) dp_->closeAll(true);
     std::vector<int> fds = moat::takeDeferredCloses();
     Napi::Array out = Napi::Array::New(info.Env(), fds.size());
     for (uint32_t i = 0; i < fds.size(); i++) out.Set(i, Napi::Number::New(info.Env(), fds[i]));

@@ -51,7 +51,7 @@ Datapath::Datapath(uint8_t* mem, uint32_t memBytes)
 
 Datapath::~Datapath() { closeAll(); }
 
-void Datapath::closeAll() {
+void Datapath::closeAll(bool deferSlow) {
   socks_.forEachMade([](Sock& s) {
     // A TCP socket resets on close until its guest stream ended (SO_LINGER, set in tcpConnect).
     if (s.fd >= 0 && !s.shared) close(s.fd);
@@ -63,7 +63,10 @@ void Datapath::closeAll() {
   for (uint32_t id = 0; id < dnsSocks_.size(); id++) dnsClose(id);
   dnsStage_.clear();
   live_ = 0;
-  if (link_) link_->close();
+  if (link_) {
+    if (deferSlow) link_->closeDeferring();
+    else link_->close();
+  }
   link_.reset();
   if (epfd_ >= 0) close(epfd_);
   epfd_ = -1;

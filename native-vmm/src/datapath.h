@@ -86,7 +86,8 @@ class Datapath {
   // Close the link and every host socket. A TCP socket whose guest stream did not end with the
   // guest's FIN is aborted (RST, by its SO_LINGER): a connection cut short must never look like a
   // clean end.
-  void closeAll();
+  // Close every socket and the link (`deferSlow`: the link may defer a slow fd, link.h).
+  void closeAll(bool deferSlow = false);
 
  private:
   // A flow's host socket. TCP sockets are edge-triggered; what could not be done for lack of

@@ -81,6 +81,10 @@ class PcapLink final : public Link {
     in_->sendDone();
     maybeFlush();
   }
+  void closeDeferring() override {
+    in_->closeDeferring();
+    close();  // (the inner link's close is a no-op now)
+  }
   void close() override {
     in_->close();
     if (fd_ >= 0) {
@@ -270,6 +274,10 @@ class FaultLink final : public Link {
     in_->sendDone();
   }
 
+  void closeDeferring() override {
+    in_->closeDeferring();
+    close();  // (the inner link's close is a no-op now)
+  }
   void close() override {
     in_->close();
     if (tfd_ >= 0) ::close(tfd_);  // leaves the epoll set with it

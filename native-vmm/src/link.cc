@@ -150,10 +150,14 @@ class TapLink final : public Link {
     return true;
   }
   void close() override {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  void closeDeferring() override {
     if (fd_ < 0) return;
     // Closing a TAP unregisters its device, which waits out an RCU grace period (10-30 ms):
-    // deferred (deferClose), so the engine thread (shared by other sandboxes) and the sandbox's
-    // destroy do not wait for it. The fd leaves the epoll set first.
+    // deferred, so the engine thread (shared by other sandboxes) and the sandbox's destroy do
+    // not wait for it. The fd leaves the epoll set first.
     if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd_, nullptr);
     deferClose(fd_);
     fd_ = -1;

@@ -55,9 +55,11 @@ class Link {
   virtual bool send(const uint8_t* frame, uint32_t len) = 0;
   // After a batch of send(): write out what was batched, tell the guest.
   virtual void sendDone() {}
-  // Close every fd (the epoll set is closed by the data path). An fd whose close is slow (a TAP's
-  // unregisters its device) may be handed to deferClose() instead.
+  // Close every fd (the epoll set is closed by the data path).
   virtual void close() = 0;
+  // close(), but an fd whose close is slow (a TAP's unregisters its device) may be handed to
+  // deferClose() instead, for the caller to close elsewhere (Datapath.close(), addon.cc).
+  virtual void closeDeferring() { close(); }
 
   LinkCounters counters;
 };
@@ -124,9 +126,10 @@ int interfaceInfo(const std::string& name, InterfaceInfo& out, std::string& err)
 // replaced; anything else there is an error. Returns the non-blocking fd, or -errno with `err`.
 int listenUnix(const std::string& path, std::string& err);
 
-// fds to be closed off the engine thread (link.cc): closing a TAP waits out an RCU grace period
-// (10-30 ms). The engine worker takes them after Datapath.close() and closes them with Node's
-// fs.close, on libuv's thread pool (not on a thread of this library's, which Node may unload).
+// fds to be closed off the engine thread (link.cc, closeDeferring): closing a TAP waits out an RCU
+// grace period (10-30 ms). Datapath.close() hands them straight back to the engine worker, which
+// closes them with Node's fs.close, on libuv's thread pool (not on a thread of this library's,
+// which Node may unload).
 void deferClose(int fd);
 std::vector<int> takeDeferredCloses();
 

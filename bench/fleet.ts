@@ -10,7 +10,7 @@
 // summed RSS of their N processes (one per sandbox, by their design) and their start time.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { World } from "../test/testbed/world.js";
+import { World, WORLD_IP4, TESTBED_JS } from "../test/testbed/world.js";
 import { option, sleep, fmt, printTable } from "./harness.js";
 import { systemTestSkipReason, hasTool } from "../test/testbed/world.js";
 
@@ -26,6 +26,9 @@ const rssMiB = (pid: number) => { try { return Number(/VmRSS:\s+(\d+)/.exec(read
 const childJs = new URL("./fleet-child.js", import.meta.url).pathname;
 
 interface MoatFigures { n: number; rssBaseMiB: number; rssMiB: number; supervisorPssMiB: number; threadsBase: number; threads: number; createMs: number[]; pings: number; destroyMs: number[] }
+
+interface Fairness { rrIdle: [number, number]; rrBesideFlood: [number, number]; aggregate: Record<string, number> }
+let fairness: Fairness | undefined;
 
 const world = World.create();
 const rows: string[][] = [["", "N", "MiB / sandbox", "+ supervisor PSS MiB", "threads / sandbox", "create ms p50 / p99", "destroy ms p50 / p99", "pings answered"]];
@@ -62,10 +65,25 @@ try {
       }
     }
   }
+  if (!process.argv.includes("--no-fairness")) {
+    // Eight sandboxes on ONE engine thread: a quiet one's round trips beside a flooding one, and
+    // what 1, 2 and 8 busy ones move together (fleet-fair.ts).
+    process.stderr.write("fleet bench: fairness on one engine thread...\n");
+    await world.startServer("tcp-echo", 7);
+    for (let i = 0; i < 8; i++) await world.startIperf3(5201 + i);
+    const out = execFileSync("ip", ["netns", "exec", world.host, process.execPath, new URL("./fleet-fair.js", import.meta.url).pathname, WORLD_IP4, `${TESTBED_JS}tcp-clients.js`], { encoding: "utf8", timeout: 180000 });
+    fairness = JSON.parse(out.trim().split("\n").pop()!) as Fairness;
+  }
 } finally {
   world.teardown();
 }
 printTable(rows);
+if (fairness) {
+  const f = fairness;
+  console.log(`\nOne engine thread, 8 sandboxes: a quiet sandbox's 1-byte round trip p50/p99 ${f.rrIdle[0]}/${f.rrIdle[1]} us alone, ` +
+    `${f.rrBesideFlood[0]}/${f.rrBesideFlood[1]} us beside a neighbour uploading flat out (${fmt(f.rrBesideFlood[0] / f.rrIdle[0], 2)}x p50); ` +
+    `aggregate upload Gbit/s with 1, 2, 8 busy: ${[1, 2, 8].map((b) => fmt(f.aggregate[b] ?? NaN, 2)).join(", ")}`);
+}
 console.log("(moat: RSS and threads added per idle sandbox in one embedder process, after warming the engine pool, and the PSS of each sandbox's supervisor process (its namespaces' holder); peers: the RSS of the process serving each namespace, start = until it serves)");
 
 /** slirp4netns serving a fresh network namespace (held by `unshare -n sleep`), until it is ready. */

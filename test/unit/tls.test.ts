@@ -46,6 +46,32 @@ test("the leaf cache is an LRU: a hit mints nothing, the bound holds", () => {
   assert.ok(ca.leafPem("a.test"));
 });
 
+test("a burst of new names is minted on the pool's threads: leaves as good, one mint per name, a lone name minted at once", async () => {
+  const ca = new CertificateAuthority();
+  const caCert = new X509Certificate(ca.certPem);
+  // A burst: 24 names at once, one of them asked for three times while it is being minted.
+  const names = Array.from({ length: 24 }, (_, i) => `n${i}.burst.test`);
+  const asked = [...names, "n3.burst.test", "n3.burst.test"];
+  const contexts = await Promise.all(asked.map((n) => ca.contextForAsync(n)));
+  assert.equal(ca.minted, 24, "one mint per name, however often it was asked for meanwhile");
+  assert.ok(ca.mintedOnPool >= 20, `the burst went to the pool's threads (${ca.mintedOnPool} of 24)`);
+  assert.equal(contexts[3], contexts[24], "the same context for the same name");
+  for (const n of names) {
+    const leaf = new X509Certificate(ca.leafPem(n)!);
+    assert.ok(leaf.verify(caCert.publicKey), `${n}: signed by the CA`);
+    assert.equal(leaf.subjectAltName, `DNS:${n}`);
+  }
+  // Cached now: no mint. A lone new name after a pause: minted here (no thread to wait for).
+  await ca.contextForAsync("n0.burst.test");
+  assert.equal(ca.minted, 24);
+  await new Promise((r) => setTimeout(r, 50));
+  const t0 = performance.now();
+  await ca.contextForAsync("alone.test");
+  assert.equal(ca.minted, 25);
+  assert.ok(new X509Certificate(ca.leafPem("alone.test")!).verify(caCert.publicKey));
+  assert.ok(performance.now() - t0 < 200, "a lone mint waits for no pool");
+});
+
 test("a user's CA: an RSA one mints leaves it verifies; a key of another certificate, or half a pair, is refused", () => {
   const dir = mkdtempSync(join(tmpdir(), "moat-ca-"));
   try {

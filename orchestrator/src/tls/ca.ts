@@ -15,6 +15,8 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, X509Certificate, createHash, type KeyObject } from "node:crypto";
 import { createSecureContext, type SecureContext } from "node:tls";
 import forge from "node-forge";
+import { Piscina } from "piscina";
+import { availableParallelism } from "node:os";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
 
@@ -37,6 +39,8 @@ const OID = {
 };
 
 const HOUR = 3600_000;
+/** Mints closer together than this are a burst: they go to the minting pool. */
+const BURST_MS = 20;
 
 export interface CaOptions {
   /** PEM certificate and key of the user's CA (both or neither). */
@@ -118,6 +122,7 @@ export class CertificateAuthority {
   /** The CA certificate (PEM): what a guest must trust. */
   readonly certPem: string;
   private readonly caKey: KeyObject;
+  private readonly caKeyPem: string; // for the minting pool's threads
   private readonly caSubject: Asn1;
   private readonly leafKeyPem: string;
   private readonly leafSpki: Buffer;
@@ -126,6 +131,8 @@ export class CertificateAuthority {
   private readonly lifetime: number;
   /** Leaves minted so far (cache misses and renewals). */
   minted = 0;
+  /** Of those, minted on a thread of the minting pool. */
+  mintedOnPool = 0;
 
   constructor(options: CaOptions = {}) {
     this.cacheSize = options.cacheSize ?? 1000;
@@ -167,6 +174,7 @@ export class CertificateAuthority {
       ]);
       this.certPem = signCertificate(tbs, this.caKey);
     }
+    this.caKeyPem = this.caKey.export({ type: "pkcs8", format: "pem" }) as string;
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
     this.leafKeyPem = privateKey.export({ type: "sec1", format: "pem" }) as string;
     this.leafSpki = createPublicKey(privateKey).export({ type: "spki", format: "der" });
@@ -182,13 +190,18 @@ export class CertificateAuthority {
       this.leaves.set(key, hit);
       return hit.context;
     }
-    const pem = this.mint(key, now);
+    this.lastMintAt = now;
+    return this.cache(key, this.mint(key, now), now).context;
+  }
+
+  /** A minted leaf (PEM) made into a secure context and cached. */
+  private cache(key: string, pem: string, now: number): Leaf {
     // ca: the CA itself, so the context does not load the whole default root store (~1 ms each).
     const leaf: Leaf = { context: createSecureContext({ key: this.leafKeyPem, cert: pem + this.certPem, ca: this.certPem }), renewAt: now + this.lifetime - HOUR, pem };
     this.leaves.delete(key);
     this.leaves.set(key, leaf);
     while (this.leaves.size > this.cacheSize) this.leaves.delete(this.leaves.keys().next().value!);
-    return leaf.context;
+    return leaf;
   }
 
   /** The leaf certificate (PEM) currently served for `host`, if one was minted. */
@@ -201,29 +214,80 @@ export class CertificateAuthority {
   }
 
   private mint(host: string, now: number): string {
-    const ip = ipaddr.isValid(host) ? ipaddr.parse(host) : undefined;
-    // subjectAltName: dNSName [2] or iPAddress [7] (4 or 16 bytes).
-    const san = ip
-      ? asn1.create(asn1.Class.CONTEXT_SPECIFIC, 7, false, Buffer.from(ip.toByteArray()).toString("binary"))
-      : asn1.create(asn1.Class.CONTEXT_SPECIFIC, 2, false, host);
-    const tbs = seq([
-      asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, true, [int(Buffer.from([2]))]),
-      int(serial()),
-      seq([]),
-      this.caSubject,
-      seq([time(new Date(now - HOUR)), time(new Date(now + this.lifetime))]),
-      name(host.length <= 64 ? host : host.slice(0, 64)),
-      fromDer(this.leafSpki),
-      asn1.create(asn1.Class.CONTEXT_SPECIFIC, 3, true, [seq([
-        extension(OID.basicConstraints, true, seq([])),
-        extension(OID.keyUsage, true, asn1.create(U, T.BITSTRING, false, "\x07\x80")), // digitalSignature
-        extension(OID.extKeyUsage, false, seq([oid(OID.serverAuth)])),
-        extension(OID.subjectAltName, false, seq([san])),
-        // No authorityKeyIdentifier: a user's CA may identify its key differently than we would
-        // compute it, and a mismatch makes verifiers miss the issuer; the issuer name suffices.
-      ])]),
-    ]);
     this.minted++;
-    return signCertificate(tbs, this.caKey);
+    return mintLeaf({ host, now, lifetime: this.lifetime, caSubjectDer: der(this.caSubject), leafSpki: this.leafSpki }, this.caKey);
   }
+
+  /**
+   * contextFor(), with a leaf that is not cached minted on a thread of the minting pool (piscina)
+   * while names come in a burst — another mint under way, or one done here in the last
+   * BURST_MS: minting then grows with cores, and the main thread, which serves every sandbox's
+   * TLS, is not held up. A lone mint is done here, at once (a pool thread's start would cost more
+   * than the mint).
+   */
+  async contextForAsync(host: string): Promise<SecureContext> {
+    const key = host.toLowerCase();
+    const hit = this.leaves.get(key);
+    if (hit && hit.renewAt > Date.now()) return this.contextFor(key);
+    const pending = this.minting.get(key);
+    if (pending) return pending;
+    const now = Date.now();
+    if (this.minting.size === 0 && now - this.lastMintAt > BURST_MS) return this.contextFor(key);
+    const p = mintPool().run({ host: key, now, lifetime: this.lifetime, caSubjectDer: der(this.caSubject), leafSpki: this.leafSpki, caKeyPem: this.caKeyPem } satisfies MintTask)
+      .then((pem: string) => {
+        this.minted++;
+        this.mintedOnPool++;
+        return this.cache(key, pem, now).context;
+      })
+      .finally(() => this.minting.delete(key));
+    this.minting.set(key, p);
+    return p;
+  }
+
+  private readonly minting = new Map<string, Promise<SecureContext>>();
+  private lastMintAt = 0;
+}
+
+/** What a leaf is minted from (all structured-clonable: it travels to a pool thread). */
+export interface LeafSpec { host: string; now: number; lifetime: number; caSubjectDer: Buffer; leafSpki: Buffer }
+export interface MintTask extends LeafSpec { caKeyPem: string }
+
+/** A leaf certificate (PEM) for `spec.host`, signed with `caKey`: the one thing minting is. */
+export function mintLeaf(spec: LeafSpec, caKey: KeyObject): string {
+  const { host, now } = spec;
+  const ip = ipaddr.isValid(host) ? ipaddr.parse(host) : undefined;
+  // subjectAltName: dNSName [2] or iPAddress [7] (4 or 16 bytes).
+  const san = ip
+    ? asn1.create(asn1.Class.CONTEXT_SPECIFIC, 7, false, Buffer.from(ip.toByteArray()).toString("binary"))
+    : asn1.create(asn1.Class.CONTEXT_SPECIFIC, 2, false, host);
+  const tbs = seq([
+    asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, true, [int(Buffer.from([2]))]),
+    int(serial()),
+    seq([]),
+    fromDer(Buffer.from(spec.caSubjectDer)),
+    seq([time(new Date(now - HOUR)), time(new Date(now + spec.lifetime))]),
+    name(host.length <= 64 ? host : host.slice(0, 64)),
+    fromDer(Buffer.from(spec.leafSpki)),
+    asn1.create(asn1.Class.CONTEXT_SPECIFIC, 3, true, [seq([
+      extension(OID.basicConstraints, true, seq([])),
+      extension(OID.keyUsage, true, asn1.create(U, T.BITSTRING, false, "\x07\x80")), // digitalSignature
+      extension(OID.extKeyUsage, false, seq([oid(OID.serverAuth)])),
+      extension(OID.subjectAltName, false, seq([san])),
+      // No authorityKeyIdentifier: a user's CA may identify its key differently than we would
+      // compute it, and a mismatch makes verifiers miss the issuer; the issuer name suffices.
+    ])]),
+  ]);
+  return signCertificate(tbs, caKey);
+}
+
+let pool: Piscina | undefined;
+/** The minting pool: up to a thread per core, started on the first burst, idle threads ending after a minute. */
+function mintPool(): Piscina {
+  pool ??= new Piscina({
+    filename: new URL("./mint-worker.js", import.meta.url).href,
+    minThreads: 0,
+    maxThreads: availableParallelism(),
+    idleTimeout: 60_000,
+  });
+  return pool;
 }

@@ -229,7 +229,7 @@ export class TlsProxy {
     if ((origin.admitNameId & L.DENIED_BIT) !== 0) {
       // The deny page, over TLS: our leaf, no upstream at all.
       this.stats.denyPages++;
-      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
+      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.o.ca.contextForAsync(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
       guest.on("error", () => guest.destroy());
       serveDenyPage(guest, Buffer.alloc(0), (host) => this.denyText(origin, host ?? sni));
       return;
@@ -248,7 +248,7 @@ export class TlsProxy {
     const leafName = sni ?? origin.ip;
     if (origin.port === 853 && this.o.dnsQuery) {
       this.stats.dot++;
-      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: this.o.ca.contextFor(leafName) });
+      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.o.ca.contextForAsync(leafName) });
       guest.on("error", () => guest.destroy());
       this.handshakeDeadline(guest);
       return this.serveDot(guest, origin);
@@ -272,7 +272,7 @@ export class TlsProxy {
     const chosen = upstream.alpnProtocol;
     const guest = new tls.TLSSocket(sock, {
       isServer: true,
-      secureContext: this.o.ca.contextFor(leafName),
+      secureContext: await this.o.ca.contextForAsync(leafName),
       ALPNProtocols: chosen ? [chosen] : undefined,
     });
     this.handshakeDeadline(guest, upstream);

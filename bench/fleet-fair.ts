@@ -31,9 +31,8 @@ const flooding = upload(flood, 8);
 await new Promise((r) => setTimeout(r, 1500)); // the flood at full rate
 const rrBesideFlood = await rr(quiet);
 await flooding;
-// Aggregate throughput with 1, 2 and 8 uploading at once, each to the world's one iperf3 server
-// in turn would serialise them: one at a time is what an iperf3 server takes, so each busy
-// sandbox gets its own server port.
+// Aggregate throughput with 1, 2 and 8 uploading at once. An iperf3 server takes one client at a
+// time, so each busy sandbox uploads to a server port of its own (fleet.ts starts eight).
 const aggregate: Record<string, number> = {};
 for (const busy of [1, 2, 8]) {
   const runs = await Promise.all(boxes.slice(0, busy).map((b, i) => out(b, ["iperf3", "-J", "-c", world, "-p", String(5201 + i), "-t", "4"])));

@@ -208,7 +208,7 @@ class EngineInstance {
    * Run `f` for this sandbox; if it throws (a trap in the engine, a bug), this sandbox stops and
    * says why, and the thread goes on serving the others.
    */
-  private guard(f: () => void): void {
+  guard(f: () => void): void {
     if (this.stopped) return;
     try {
       f();
@@ -280,11 +280,6 @@ class EngineInstance {
 
   get isStopped(): boolean {
     return this.stopped;
-  }
-
-  /** Run `f` for this sandbox, stopping it alone if it throws (see guard). */
-  run(f: () => void): void {
-    this.guard(f);
   }
 
   // ---- DNS: the interceptor's upstream sockets are native-vmm's, in this sandbox's epoll set ----
@@ -498,7 +493,7 @@ class EngineDeadline {
     this.at = due;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.inst.run(() => {
+      this.inst.guard(() => {
         this.fire(performance.now());
         this.arm();
       });

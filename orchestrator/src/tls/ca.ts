@@ -124,6 +124,7 @@ export class CertificateAuthority {
   private readonly caKey: KeyObject;
   private readonly caKeyPem: string; // for the minting pool's threads
   private readonly caSubject: Asn1;
+  private readonly caSubjectDer: Buffer; // the issuer of every leaf, encoded once
   private readonly leafKeyPem: string;
   private readonly leafSpki: Buffer;
   private readonly leaves = new Map<string, Leaf>(); // insertion order = LRU order
@@ -174,6 +175,7 @@ export class CertificateAuthority {
       ]);
       this.certPem = signCertificate(tbs, this.caKey);
     }
+    this.caSubjectDer = der(this.caSubject);
     this.caKeyPem = this.caKey.export({ type: "pkcs8", format: "pem" }) as string;
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
     this.leafKeyPem = privateKey.export({ type: "sec1", format: "pem" }) as string;
@@ -215,7 +217,7 @@ export class CertificateAuthority {
 
   private mint(host: string, now: number): string {
     this.minted++;
-    return mintLeaf({ host, now, lifetime: this.lifetime, caSubjectDer: der(this.caSubject), leafSpki: this.leafSpki }, this.caKey);
+    return mintLeaf({ host, now, lifetime: this.lifetime, caSubjectDer: this.caSubjectDer, leafSpki: this.leafSpki }, this.caKey);
   }
 
   /**
@@ -233,7 +235,7 @@ export class CertificateAuthority {
     if (pending) return pending;
     const now = Date.now();
     if (this.minting.size === 0 && now - this.lastMintAt > BURST_MS) return this.contextFor(key);
-    const p = mintPool().run({ host: key, now, lifetime: this.lifetime, caSubjectDer: der(this.caSubject), leafSpki: this.leafSpki, caKeyPem: this.caKeyPem } satisfies MintTask)
+    const p = mintPool().run({ host: key, now, lifetime: this.lifetime, caSubjectDer: this.caSubjectDer, leafSpki: this.leafSpki, caKeyPem: this.caKeyPem } satisfies MintTask)
       .then((pem: string) => {
         this.minted++;
         this.mintedOnPool++;

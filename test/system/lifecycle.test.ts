@@ -132,6 +132,26 @@ test("an embedder run with V8 options (node --expose-gc --max-old-space-size=512
   assert.deepEqual(await nothingLeftWithin(2000, pool, marker, dir), []);
 });
 
+test("a temporary directory is registered with the janitor before it exists: killed at any instant, moat leaves none", { skip }, async () => {
+  // A process making registered directories back to back, SIGKILLed at an arbitrary moment of
+  // it: one made but not yet registered (mkdtemp, then register) would be left.
+  for (let round = 0; round < 5; round++) {
+    const dir = mkdtempSync(join(tmp, "loop-"));
+    const p = spawn(process.execPath, [`${TESTBED_JS}tempdir-loop.js`, dir], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    p.stdout!.on("data", (d) => { out += d; });
+    const exited = new Promise((r) => p.once("exit", r));
+    await until(() => out.includes("up"), 10000, "the loop");
+    await new Promise((r) => setTimeout(r, 20 + Math.random() * 80));
+    p.kill("SIGKILL");
+    await exited;
+    const made = readdirSync(dir).length;
+    const deadline = Date.now() + 5000;
+    while (readdirSync(dir).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(readdirSync(dir), [], `round ${round}: ${made} directories when killed`);
+  }
+});
+
 // ---- VM sandboxes (QEMU; under TCG, slow: few cases) --------------------------------------------
 
 test("VM: warm-up (the guest image is built once)", { skip: vmSkip, timeout: 600000 }, async () => {

@@ -11,7 +11,8 @@
 //                        namespace, a directory, a lease). register() returns the unregistration
 //                        moat calls once it removed the thing itself.
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { accessSync, constants, mkdirSync, writeSync } from "node:fs";
 import { MoatError } from "../errors.js";
 
 let cachedHelper: string | undefined;
@@ -84,18 +85,49 @@ export function register(r: Registration): () => void {
 }
 
 /**
+ * A new private directory `prefix` + random characters (as mkdtemp names it), registered with the
+ * janitor and passed to `before` (a lease records it) before it exists: there is no moment at
+ * which this process can die leaving it behind unregistered (a signal's default action between a
+ * mkdtemp and the registration did, once). Returns its path and the unregistration.
+ */
+export function registeredTempDir(prefix: string, before: (path: string) => void = () => {}): { path: string; unregister: () => void } {
+  for (let attempt = 0; ; attempt++) {
+    const path = prefix + randomBytes(6).toString("base64url");
+    before(path);
+    const unregister = register({ kind: "tree", path });
+    try {
+      mkdirSync(path, { mode: 0o700 });
+      return { path, unregister };
+    } catch (e) {
+      unregister();
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 8) throw e;
+    }
+  }
+}
+
+/**
  * A line to the janitor, in the pipe before this returns: a stream write is queued for a later
  * turn of the loop, and a process that exits (a signal's default action, process.exit) in between
  * loses it — the janitor would never learn of the lease it must remove.
  */
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
 function send(j: ChildProcess, line: string): void {
   const fd = (j.stdin as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  let rest = Buffer.from(line);
   if (fd !== undefined && fd >= 0) {
-    try {
-      if (writeSync(fd, line) === Buffer.byteLength(line)) return;
-    } catch {
-      // EAGAIN (a full pipe): queued below
+    // A full pipe (EAGAIN) empties as the janitor reads: wait for it a moment rather than queue
+    // the line where an exit would lose it.
+    for (let waited = 0; rest.length > 0 && waited < 1000;) {
+      try {
+        rest = rest.subarray(writeSync(fd, rest));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EAGAIN") break;
+        Atomics.wait(pause, 0, 0, 1);
+        waited++;
+      }
     }
+    if (rest.length === 0) return;
   }
-  j.stdin!.write(line);
+  j.stdin!.write(rest);
 }

@@ -32,14 +32,14 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
 import { HostRequirementError } from "../errors.js";
 import { findInPath } from "../sandbox/host-checks.js";
-import { diesWithMoat, register } from "../sandbox/guard.js";
+import { diesWithMoat, registeredTempDir } from "../sandbox/guard.js";
 import { CpioWriter } from "./cpio.js";
 import { elfProgramHeaders, extractVmlinux } from "./vmlinux.js";
 import { VmError } from "./vm-error.js";
@@ -53,8 +53,7 @@ const run = ((file: string, args: string[], opts?: object) => {
 
 /** A temporary directory the janitor removes if this process ends before `remove` (guard.ts). */
 function tempDir(parent: string): { path: string; remove: () => void } {
-  const path = mkdtempSync(join(parent, ".tmp-"));
-  const unregister = register({ kind: "tree", path });
+  const { path, unregister } = registeredTempDir(join(parent, ".tmp-"));
   return { path, remove: () => { rmSync(path, { recursive: true, force: true }); unregister(); } };
 }
 

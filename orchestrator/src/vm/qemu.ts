@@ -22,14 +22,14 @@
 //            (some hosts expose a KVM that hangs a stock kernel); the probe result is remembered in
 //            the cache per kernel version, host kernel and whether the host is itself a VM.
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { HostRequirementError } from "../errors.js";
 import { findInPath } from "../sandbox/host-checks.js";
-import { diesWithMoat, register } from "../sandbox/guard.js";
+import { diesWithMoat, register, registeredTempDir } from "../sandbox/guard.js";
 import { Msg, FrameDecoder, frame, execFrame, u32Frame, STDIN_CHUNK_BYTES } from "./exec-protocol.js";
 import { vmCacheDir, type VmImage } from "./image.js";
 import { VmError } from "./vm-error.js";
@@ -140,9 +140,21 @@ class QemuVm implements Vm {
   private cleanedUp = false;
 
   static async start(qemu: string, accel: VmAccel, opts: StartVmOptions): Promise<QemuVm> {
-    const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "moat-vm-"));
-    if (opts.dir) mkdirSync(dir, { mode: 0o700 });
-    const unregister = register({ kind: "tree", path: dir }); // if this process ends before cleanupSync
+    // Registered with the janitor (removed if this process ends before cleanupSync) before it exists.
+    let dir: string;
+    let unregister: () => void;
+    if (opts.dir) {
+      dir = opts.dir;
+      unregister = register({ kind: "tree", path: dir });
+      try {
+        mkdirSync(dir, { mode: 0o700 });
+      } catch (e) {
+        unregister();
+        throw e;
+      }
+    } else {
+      ({ path: dir, unregister } = registeredTempDir(join(tmpdir(), "moat-vm-")));
+    }
     const server = createServer();
     try {
       await new Promise<void>((resolve, reject) => {

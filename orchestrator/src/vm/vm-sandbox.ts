@@ -11,14 +11,14 @@
 //
 // The policy, DNS, audit, TLS, secret and port behaviour is the gateway's, the same object a
 // namespace sandbox uses: nothing about the network depends on the kind of guest.
-import { mkdtempSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { PassThrough, Readable } from "node:stream";
 import { addressesFor, leaseNamed, netnsName, type SandboxAddresses } from "../sandbox/addressing.js";
 import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
 import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
-import { register } from "../sandbox/guard.js";
+import { registeredTempDir } from "../sandbox/guard.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
 import { GUEST_TRUST, MOAT_CA_MARKER, trustBundle, type ValidTls } from "../tls/setup.js";
@@ -85,14 +85,15 @@ export class VmSandbox extends GuestSandbox {
     const name = options.name ?? netnsName(o.ipv4Pool, lease.slot);
     const addresses = addressesFor(lease.slot, name, o.ipv4Pool);
     let runDir: string;
+    let unregister: () => void;
     try {
-      runDir = mkdtempSync(join(tmpdir(), "moat-vm-"));
-      lease.record({ dirs: [runDir] }); // whoever finds the lease stale removes it
+      // Recorded in the lease (whoever finds it stale removes the directory) and registered with
+      // the janitor (removed if this process ends first: guard.ts) before it exists.
+      ({ path: runDir, unregister } = registeredTempDir(join(tmpdir(), "moat-vm-"), (path) => lease.record({ dirs: [path] })));
     } catch (e) {
       release();
       throw e;
     }
-    const unregister = register({ kind: "tree", path: runDir }); // removed by the janitor if this process ends first (guard.ts)
     const sandbox = new VmSandbox(name, addresses, o, runDir, () => { release(); unregister(); });
     try {
       const socket = join(sandbox.runDir, "net.sock");

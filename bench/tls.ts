@@ -1,6 +1,6 @@
 // tls.ts — TLS interception side by side with mitmproxy, in one run.
 //
-//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M]
+//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--rows direct,moat,secret,mitmproxy]
 //
 // A world HTTPS server (test/testbed/servers.js https: HTTP/1.1 and HTTP/2, a certificate for
 // *.bench.test from a CA made here with openssl) at 203.0.113.10, every name under bench.test
@@ -17,7 +17,7 @@
 // minting per second (moat's CA alone, in this process). Ratios: moat / mitmproxy. (mitmproxy
 // runs with stream_large_bodies=1m, so it streams the bulk body instead of buffering it whole.)
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 import { CertificateAuthority } from "../orchestrator/src/tls/ca.js";
 import { sandboxNetns } from "./harness.js";
@@ -28,6 +28,7 @@ const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`
 const REQUESTS = Number(opt("requests", "2000"));
 const BULK_MIB = Number(opt("bulk-mib", "512"));
 const PARALLEL = 16;
+const ROWS = new Set(opt("rows", "direct,moat,secret,mitmproxy").split(","));
 
 const skip = systemTestSkipReason() ?? (existsSync("/usr/bin/mitmdump") ? undefined : "mitmproxy is not installed (apt-get install mitmproxy)");
 if (skip) {
@@ -70,6 +71,43 @@ function measure(exec: (c: string[]) => string[], extra: string[]): Figures {
   return { distinct: distinctRate, repeated: repeatedRate, keepalive, bulk, p50: times[Math.floor(times.length / 2)]! * 1e6 };
 }
 
+const METRICS_PORT = 19464;
+const PACED_RATE = 200;
+
+/**
+ * moat's main-thread event-loop delay (its --metrics gauges, reset at each scrape) while the guest
+ * opens PACED_RATE new intercepted connections a second for 10 s (one name: each a cached leaf).
+ */
+function loopDelayUnderLoad(inHost: (c: string[]) => string[], inSandbox: (c: string[]) => string[], pid: number): { p99: number; max: number; rate: number; busy: number } {
+  // The main thread's CPU time (its task's utime + stime, in clock ticks of 10 ms).
+  const cpu = () => readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).reduce((a, b) => a + Number(b), 0) * 10;
+  const scrape = () => {
+    const argv = inHost(["curl", "-sS", `http://127.0.0.1:${METRICS_PORT}/metrics`]);
+    return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+  };
+  const gauge = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+  // A client that starts a connection every 1/PACED_RATE s whatever the others do (curl's --rate
+  // waits for transfers in parallel mode), each a new TLS connection and one request.
+  writeFileSync(`${dir}/paced.cjs`, `const tls = require("tls"); const fs = require("fs");
+const ca = fs.readFileSync(process.argv[2]); const rate = Number(process.argv[3]); const n = rate * 10;
+let started = 0, done = 0, failed = 0; const t0 = Date.now();
+const one = () => { const s = tls.connect({ host: "www.bench.test", port: 443, servername: "www.bench.test", ca }, () => s.end("GET /hello HTTP/1.1\\r\\nHost: www.bench.test\\r\\nConnection: close\\r\\n\\r\\n"));
+  s.on("data", () => {}); s.on("error", () => { failed++; }); s.on("close", () => { if (++done === n) { console.log(JSON.stringify({ rate: n / ((Date.now() - t0) / 1000), failed })); } }); };
+const tick = () => { const due = Math.min(n, Math.floor((Date.now() - t0) * rate / 1000) + 1); while (started < due) { started++; one(); } if (started < n) setTimeout(tick, 2); };
+tick();`);
+  scrape(); // (resets the gauges)
+  const cpu0 = cpu();
+  const t0 = performance.now();
+  const argv = inSandbox([process.execPath, `${dir}/paced.cjs`, `${dir}/moat-ca.pem`, String(PACED_RATE)]);
+  const r = JSON.parse(execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: 120000 })) as { rate: number; failed: number };
+  if (r.failed) process.stderr.write(`tls bench: ${r.failed} paced connections failed\n`);
+  const rate = r.rate;
+  const busy = (cpu() - cpu0) / (performance.now() - t0);
+  const text = scrape();
+  return { p99: gauge(text, "moat_main_event_loop_delay_p99_seconds") * 1000, max: gauge(text, "moat_main_event_loop_delay_max_seconds") * 1000, rate, busy };
+}
+
+let loop: ReturnType<typeof loopDelayUnderLoad> | undefined;
 const world = World.create();
 const rows: [string, Figures][] = [];
 let moat: ChildProcess | undefined;
@@ -82,16 +120,19 @@ try {
   writeFileSync(`/etc/netns/${world.host}/resolv.conf`, `nameserver ${WORLD_IP4}\n`);
   const inHost = (c: string[]) => ["ip", "netns", "exec", world.host, ...c];
 
-  process.stderr.write("tls bench: direct...\n");
-  rows.push(["direct (no interception)", measure(inHost, ["--cacert", `${dir}/ca.pem`])]);
+  if (ROWS.has("direct")) {
+    process.stderr.write("tls bench: direct...\n");
+    rows.push(["direct (no interception)", measure(inHost, ["--cacert", `${dir}/ca.pem`])]);
+  }
 
   // moat, then moat with a secret substituted into every request (the cost of substitution).
   const PLACEHOLDER = "moat-ph-benchbenchbenchbenchbenc";
   writeFileSync(`${dir}/secrets.json`, JSON.stringify({ network: { secrets: [{ env: "BENCH_KEY", allowedHosts: ["*.bench.test"], placeholder: PLACEHOLDER }] } }));
   for (const withSecret of [false, true]) {
+    if (!ROWS.has(withSecret ? "secret" : "moat")) continue;
     process.stderr.write(`tls bench: moat${withSecret ? " with a secret" : ""}...\n`);
     moat = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
-      ...(withSecret ? ["--config", `${dir}/secrets.json`] : []),
+      ...(withSecret ? ["--config", `${dir}/secrets.json`] : ["--metrics", `127.0.0.1:${METRICS_PORT}`]),
       "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/moat-ca.pem`, "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
     const ns = await sandboxNetns(moat.pid!);
     await sleep(500);
@@ -100,18 +141,23 @@ try {
     const inSandbox = (c: string[]) => ["ip", "netns", "exec", ns!, ...c];
     // (Measured in full like the row above, so both processes are equally warm at the kept-alive run.)
     if (withSecret) rows.push(["moat, a secret substituted", measure(inSandbox, ["--cacert", `${dir}/moat-ca.pem`, "-H", `Authorization: Bearer ${PLACEHOLDER}`])]);
-    else rows.push(["moat", measure(inSandbox, ["--cacert", `${dir}/moat-ca.pem`, "-H", "Authorization: Bearer not-a-placeholder-000000000"])]);
+    else {
+      rows.push(["moat", measure(inSandbox, ["--cacert", `${dir}/moat-ca.pem`, "-H", "Authorization: Bearer not-a-placeholder-000000000"])]);
+      loop = loopDelayUnderLoad(inHost, inSandbox, moat.pid!);
+    }
     moat.kill("SIGTERM");
     await new Promise((r) => moat!.once("exit", r));
   }
 
-  process.stderr.write("tls bench: mitmproxy...\n");
-  mkdirSync(`${dir}/mitm`, { recursive: true });
-  mitm = spawn("ip", ["netns", "exec", world.host, "mitmdump", "-q", "--listen-host", "127.0.0.1", "--listen-port", "18080", "--set", `confdir=${dir}/mitm`,
-    "--set", `ssl_verify_upstream_trusted_ca=${dir}/ca.pem`, "--set", "stream_large_bodies=1m"], { stdio: "ignore" }); // streamed, not buffered whole
-  for (let i = 0; i < 100 && !existsSync(`${dir}/mitm/mitmproxy-ca-cert.pem`); i++) await sleep(100);
-  await sleep(1500);
-  rows.push(["mitmproxy", measure(inHost, ["-x", "http://127.0.0.1:18080", "--cacert", `${dir}/mitm/mitmproxy-ca-cert.pem`])]);
+  if (ROWS.has("mitmproxy")) {
+    process.stderr.write("tls bench: mitmproxy...\n");
+    mkdirSync(`${dir}/mitm`, { recursive: true });
+    mitm = spawn("ip", ["netns", "exec", world.host, "mitmdump", "-q", "--listen-host", "127.0.0.1", "--listen-port", "18080", "--set", `confdir=${dir}/mitm`,
+      "--set", `ssl_verify_upstream_trusted_ca=${dir}/ca.pem`, "--set", "stream_large_bodies=1m"], { stdio: "ignore" }); // streamed, not buffered whole
+    for (let i = 0; i < 100 && !existsSync(`${dir}/mitm/mitmproxy-ca-cert.pem`); i++) await sleep(100);
+    await sleep(1500);
+    rows.push(["mitmproxy", measure(inHost, ["-x", "http://127.0.0.1:18080", "--cacert", `${dir}/mitm/mitmproxy-ca-cert.pem`])]);
+  }
 } finally {
   moat?.kill("SIGTERM");
   mitm?.kill("SIGTERM");
@@ -140,5 +186,6 @@ const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
 for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
 console.log(`(${REQUESTS} requests per connection figure, ${PARALLEL} at a time, HTTP/1.1; bulk: one ${BULK_MIB} MiB download; ratios > 1 favour moat, latency as mitmproxy/moat)`);
 console.log(`leaf minting (moat's CA, distinct names): ${mintRate.toFixed(0)} leaves/s`);
+if (loop) console.log(`moat's main-thread event-loop delay at ${fmt(loop.rate)} new intercepted conn/s for 10 s: p99 ${fmt(loop.p99, 1)} ms, max ${fmt(loop.max, 1)} ms; the main thread busy ${fmt(loop.busy * 100)}% of the time`);
 const sec = rows.find((r) => r[0].startsWith("moat, a secret"))?.[1];
 if (m && sec) console.log(`secret substitution: kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);

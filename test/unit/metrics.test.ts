@@ -73,6 +73,22 @@ test("promtool accepts the exposition", { skip: hasTool("promtool", "--version")
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
 
+test("the main thread's event-loop delay since the last scrape: a 60 ms block shows in p99 and max, and is gone from the next", async () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  renderMetrics([]); // watching from here on
+  await sleep(40);
+  const until = performance.now() + 60;
+  while (performance.now() < until) { /* the main thread held */ }
+  await sleep(40);
+  const gauge = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+  const blocked = renderMetrics([]);
+  assert.ok(gauge(blocked, "moat_main_event_loop_delay_max_seconds") >= 0.05, blocked);
+  assert.ok(gauge(blocked, "moat_main_event_loop_delay_p99_seconds") >= 0.05, blocked);
+  await sleep(60);
+  const calm = renderMetrics([]);
+  assert.ok(gauge(calm, "moat_main_event_loop_delay_max_seconds") < 0.05, calm);
+});
+
 test("--metrics takes [ADDR:]PORT and refuses anything else with a hint", () => {
   assert.deepEqual(parseListenAddress("9464", "--metrics"), { host: "127.0.0.1", port: 9464 });
   assert.deepEqual(parseListenAddress("0.0.0.0:0", "--metrics"), { host: "0.0.0.0", port: 0 });

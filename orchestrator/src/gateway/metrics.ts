@@ -1,7 +1,8 @@
 // metrics.ts — gateways' counters in the Prometheus text exposition format (version 0.0.4), and
 // the HTTP listener that serves them (`--metrics [ADDR:]PORT`, the control socket's /metrics).
 //
-// Every series has a `sandbox` label. Families follow Prometheus' conventions: counters end in
+// Every series has a `sandbox` label but the process's own (moat_main_event_loop_delay_*: the
+// main thread, which all sandboxes share). Families follow Prometheus' conventions: counters end in
 // _total, units are base units in the name (_bytes, _seconds), each family has one HELP and one
 // TYPE line and all its series together (several sandboxes' series are grouped per family).
 // Every engine counter is exported (engine-wasm/assembly/counters.ts): DROP_* as
@@ -11,6 +12,7 @@
 // Cost: a scrape reads the counters straight from each engine's shared memory and asks each
 // engine worker once for its DNS statistics; nothing is counted on the packet path for it.
 import { createServer, type Server } from "node:http";
+import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { isIP } from "node:net";
 import { ConfigError, MoatError } from "../errors.js";
 import { DNS_LATENCY_BUCKETS, type DnsStatsSnapshot } from "../dns/dns-stats.js";
@@ -84,9 +86,29 @@ class Exposition {
   }
 }
 
-/** The exposition of `samples` (one per sandbox). */
+// The main thread's event-loop delay (what every sandbox's control, DNS over TCP and events wait
+// on), sampled every 10 ms from the first scrape or metrics listener on, reset at each scrape.
+let loopDelay: IntervalHistogram | undefined;
+
+function watchLoopDelay(): IntervalHistogram {
+  if (!loopDelay) {
+    loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
+  }
+  return loopDelay;
+}
+
+/** The exposition of `samples` (one per sandbox), and this process's own series. */
 export function renderMetrics(samples: GatewaySample[]): string {
   const x = new Exposition();
+  const h = watchLoopDelay();
+  if (h.count > 0) {
+    const help = (q: string) => `The main thread's event-loop delay since the last scrape: ${q} (sampled every 10 ms)`;
+    x.add("moat_main_event_loop_delay_p50_seconds", "gauge", help("the median"), {}, h.percentile(50) / 1e9);
+    x.add("moat_main_event_loop_delay_p99_seconds", "gauge", help("the 99th percentile"), {}, h.percentile(99) / 1e9);
+    x.add("moat_main_event_loop_delay_max_seconds", "gauge", help("the longest"), {}, h.max / 1e9);
+    h.reset();
+  }
   for (const s of samples) {
     const sb = { sandbox: s.sandbox };
     const c = (name: string) => s.counters[name] ?? 0;
@@ -182,6 +204,7 @@ export function parseListenAddress(text: string, flag: string): { host: string; 
 
 /** Serve GET /metrics (the exposition of `render()`) on host:port; resolves once listening. */
 export async function serveMetrics(host: string, port: number, render: () => Promise<string>): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  watchLoopDelay(); // the first scrape then covers the time since moat began serving
   const server = createServer((req, res) => {
     if (req.method !== "GET" || (req.url !== "/metrics" && !req.url?.startsWith("/metrics?"))) {
       res.writeHead(404, { "content-type": "text/plain" }).end("moat serves /metrics only\n");

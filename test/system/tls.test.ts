@@ -151,7 +151,7 @@ test("SNI is held to the DNS pins of the domain rule that admitted the address; 
   const audit = `${dir}/audit-sni.jsonl`;
   const script = `curl -sS https://allowed.test/hello; curl -sS --resolve other.test:443:${WORLD_IP4} https://other.test/hello; echo exit=$?`;
   const r = await run(["--net-default-egress", "deny", "--net-rule", "allow@allowed.test:tcp:443", "--tls-intercept", ...trustWorld(), "--audit-log", audit], script);
-  assert.match(r.stdout, /^hello over tls/, "the pinned name works");
+  assert.match(r.stdout, /^hello over tls/, `the pinned name works: ${r.stdout}${r.stderr}`);
   assert.match(r.stdout, /exit=35/, "another name on the pinned address is refused");
   const e = auditLines(audit).find((l) => l.kind === "tls-sni-denied");
   assert.ok(e);

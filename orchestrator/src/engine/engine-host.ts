@@ -90,23 +90,35 @@ export function engineWorkers(): { threadId: number; sandboxes: number }[] {
   return pool.filter((w) => !w.exited).map((w) => ({ threadId: w.worker.threadId, sandboxes: w.sandboxes }));
 }
 
-/** The worker for a new sandbox: a new one while the pool is short of its size, else the least busy. */
-function acquireWorker(): PoolWorker {
-  for (let i = pool.length - 1; i >= 0; i--) if (pool[i]!.exited) pool.splice(i, 1);
-  const threads = poolThreads ??= threadsFromEnv();
-  if (pool.length < threads) {
-    const w = new PoolWorker(spawnWorker());
-    pool.push(w);
-    return w;
-  }
-  return pool.reduce((a, b) => (b.sandboxes < a.sandboxes ? b : a));
+/** How many threads serve each of this process's pools (engine, TLS): setEngineThreads, else MOAT_ENGINE_THREADS, else one per core. */
+export function engineThreads(): number {
+  return (poolThreads ??= threadsFromEnv());
 }
 
-function spawnWorker(): Worker {
+/**
+ * From `workers` (those exited dropped): a new one (`make`) while it is short of engineThreads(),
+ * else the one serving least (`load`).
+ */
+export function leastBusy<W extends { exited: boolean }>(workers: W[], make: () => W, load: (w: W) => number): W {
+  for (let i = workers.length - 1; i >= 0; i--) if (workers[i]!.exited) workers.splice(i, 1);
+  if (workers.length < engineThreads()) {
+    const w = make();
+    workers.push(w);
+    return w;
+  }
+  return workers.reduce((a, b) => (load(b) < load(a) ? b : a));
+}
+
+/** The worker for a new sandbox. */
+function acquireWorker(): PoolWorker {
+  return leastBusy(pool, () => new PoolWorker(spawnWorker(new URL("./engine-worker.js", import.meta.url))), (w) => w.sandboxes);
+}
+
+/** A worker thread running `workerUrl`, with this process's Node options where a worker may have them. */
+export function spawnWorker(workerUrl: URL): Worker {
   // The worker takes this process's Node options, but those that only a main script may have
   // (`node --input-type=module -e ...` would otherwise fail every sandbox of that process).
   const execArgv = process.execArgv.filter((a, i, all) => !/^--input-type\b|^(-e|--eval|-p|--print)$/.test(a) && !/^(-e|--eval|-p|--print)$/.test(all[i - 1] ?? ""));
-  const workerUrl = new URL("./engine-worker.js", import.meta.url);
   // (fds the worker closes with fs.close were opened by native code: not Node's to track)
   const base = { trackUnmanagedFds: false };
   try {

@@ -31,8 +31,9 @@ import { layout as L } from "../engine/layout.js";
 import type { LinkSpec } from "../links/link.js";
 import { validatePcap, validateFaults, parseFaults, type PcapOptions, type FaultOptions, type LinkMiddleware } from "../links/middleware.js";
 import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
-import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
-import { validateTls, tlsRequested, PinnedNames, ruleCovers, processCertificateAuthority, matchesPattern, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
+import { tlsStatsOver, type TlsEvent, type TlsProxyStats } from "../tls/proxy.js";
+import { RemoteTlsProxy } from "../tls/tls-host.js";
+import { validateTls, tlsRequested, PinnedNames, nameBinding, unpinnedReason, processCertificateAuthority, matchesPattern, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
 import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
 import { DnsStats } from "../dns/dns-stats.js";
@@ -386,6 +387,7 @@ export class Gateway {
       gw.engine = await EngineHost.start(config, link, {
         prepare: (mem) => {
           installPolicy(mem, gw.policy, gw.denyResponse, gw.names, true, o.defaultIngress);
+          gw.tlsPolicy(); // the names just made, to the TLS worker's replica
           writeSecretForms(mem, o.secrets);
           // The host's own addresses are Group Host from the first frame on, and kept current.
           gw.unwatchHost = watchHostAddresses((addrs) => {
@@ -400,7 +402,10 @@ export class Gateway {
         onAudit: () => gw.drainAudit(),
         dns: dnsSetup,
         onDnsEvent: (event) => gw.afterDns({ answer: null, pins: [], event }),
-        onDnsAnswered: (answered) => { for (const a of answered) gw.pinnedNames.add(a.ip, a.name, a.ttlMs); },
+        onDnsAnswered: (answered) => {
+          for (const a of answered) gw.pinnedNames.add(a.ip, a.name, a.ttlMs);
+          gw.tlsProxy?.pins(answered);
+        },
         middleware: o.middleware,
       });
       // Host addresses that changed while the worker was starting reached no worker: send the set now.
@@ -444,6 +449,7 @@ export class Gateway {
     this.policy = p;
     this.denyResponse = denyResponse;
     this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
+    this.tlsPolicy();
   }
 
   // ---- published ports ----------------------------------------------------------------------------
@@ -610,47 +616,59 @@ export class Gateway {
   }
 
   // ---- TLS interception -----------------------------------------------------------------------------
-  private tlsProxy: TlsProxy | undefined;
+  private tlsProxy: RemoteTlsProxy | undefined;
   /** Names this sandbox's DNS answered with an address: what an SNI is held to. */
   private readonly pinnedNames = new PinnedNames();
 
   /** Start this sandbox's TLS proxy (DESIGN §8); returns where the engine sends intercepted flows. */
   private async startTls(t: ValidTls | undefined): Promise<{ ip: string; port: number }> {
-    const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
-    this.tlsProxy = new TlsProxy({
+    // On a TLS worker (tls/tls-host.ts): the names are checked there on a replica of this
+    // gateway's names and pins, and a name the replica refuses is asked of boundName here.
+    this.tlsProxy = await RemoteTlsProxy.open({
       token: this.redirectToken,
       ca: t?.ca ?? processCertificateAuthority(),
-      bypass: t?.bypass ?? [],
+      bypass: [...(t?.bypass ?? [])],
       verifyUpstream: t?.verifyUpstream ?? true,
-      upstreamCa: t?.upstreamCa ?? [],
+      upstreamCa: [...(t?.upstreamCa ?? [])],
       // TLS to the gateway itself (Group Host, where policy allows it) goes where the engine
       // sends the gateway's other traffic: the host's loopback.
-      upstreamAddress: (ip) => (ip === this.addresses.gatewayIp4 ? "127.0.0.1" : gateway.has(ipaddr.parse(ip).toString()) ? "::1" : ip),
-      denyReason: (rule) => (rule === 0 ? "the default action (deny)" : `rule ${this.policy.rules[rule - 1] ? describeRule(this.policy.rules[rule - 1]!) : rule - 1}`),
-      // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
-      // this sandbox's DNS answered with that address and that the rule covers. A connection a
-      // CIDR or group rule admitted is not constrained by its SNI.
-      checkSni: (origin, sni) => this.boundName(origin, sni, "SNI"),
-      // And every HTTP request's authority on such a connection (Host, :authority, an
-      // absolute-form target): a shared front routes by it, not by the SNI.
-      checkAuthority: (origin, host) => this.boundName(origin, host, "the request's authority"),
-      // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
-      dnsQuery: async (query, origin) => {
-        const started = performance.now();
-        const out = await this.dns!.handle(query, { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
-        this.dnsStats.record("tcp", (performance.now() - started) / 1000, out);
-        this.afterDns(out);
-        this.applyPins(out.pins);
-        return out.answer;
+      gatewayIp4: this.addresses.gatewayIp4,
+      gatewayOthers: [this.addresses.gatewayIp6, this.addresses.gatewayLl6],
+      secrets: [...this.options.secrets],
+      dot: true,
+      ...this.policyForTls(),
+      calls: {
+        // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
+        // this sandbox's DNS answered with that address and that the rule covers (and so every
+        // request's authority: a shared front routes by it). A CIDR or group rule's is not held.
+        check: (origin, name, what) => this.boundName(origin, name, what),
+        pinned: (ip, name) => this.pinnedNames.has(ip, name),
+        // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
+        dnsQuery: async (query, origin) => {
+          const started = performance.now();
+          const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
+          const out = await this.dns!.handle(Buffer.from(query.buffer, query.byteOffset, query.byteLength), { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
+          this.dnsStats.record("tcp", (performance.now() - started) / 1000, out);
+          this.afterDns(out);
+          this.applyPins(out.pins);
+          return out.answer;
+        },
+        event: (e) => this.afterTls(e),
+        violation: (v, destination) => this.secretViolation(v.secret, destination, v.where, v.form),
       },
-      onEvent: (e) => this.afterTls(e),
-      secrets: this.options.secrets,
-      pinned: (ip, name) => this.pinnedNames.has(ip, name),
-      onViolation: (v, destination) => this.secretViolation(v.secret.env, destination, v.where, v.form),
     });
-    await this.tlsProxy.listen();
     const a = this.tlsProxy.address();
     return { ip: a.address, port: a.port };
+  }
+
+  /** What the TLS worker's replica needs of the policy: the name table, and the rules described (the deny page says which). */
+  private policyForTls(): { names: string[]; rules: string[] } {
+    return { names: [...this.names.names], rules: this.policy.rules.map((r) => describeRule(r)) };
+  }
+
+  private tlsPolicy(): void {
+    const { names, rules } = this.policyForTls();
+    this.tlsProxy?.policy(names, rules);
   }
 
   /**
@@ -659,14 +677,9 @@ export class Gateway {
    * not, or null. A connection a CIDR or group rule admitted is not held to names.
    */
   private boundName(origin: RedirectOrigin, name: string | undefined, what: string): string | null {
-    if (!origin.admitNameId) return null;
-    const key = this.names.names[origin.admitNameId - 1];
-    if (key === undefined) return "admitted by a rule that is no longer in force";
-    const rule = key.startsWith(".") ? `*${key}` : key;
-    if (!name) return `no ${what}, but ${origin.ip} was admitted only as ${rule}`;
-    if (!ruleCovers(key, name)) return `${what} ${name} is not covered by the rule that admitted ${origin.ip} (${rule})`;
-    if (!this.pinnedNames.has(origin.ip, name)) return `this sandbox's DNS never answered ${name} with ${origin.ip}`;
-    return null;
+    const b = nameBinding(this.names.names, origin.admitNameId, origin.ip, name, what);
+    if (b !== "pin") return b;
+    return this.pinnedNames.has(origin.ip, name!) ? null : unpinnedReason(origin.ip, name!);
   }
 
   /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */
@@ -676,8 +689,8 @@ export class Gateway {
   }
 
   /** What the TLS proxy has done (zeros without interception). */
-  tlsStats(): TlsProxy["stats"] {
-    return this.tlsProxy ? { ...this.tlsProxy.stats } : { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0, substituted: 0 };
+  tlsStats(): TlsProxyStats {
+    return { ...(this.tlsProxy?.stats ?? tlsStatsOver()) };
   }
 
   /** Everything metrics and --stats report about this gateway, sampled now. */
@@ -688,7 +701,7 @@ export class Gateway {
       counters: this.counters(),
       flows: this.flowStats(),
       dns: DnsStats.add(worker, this.dnsStats.snapshot()),
-      tls: { ...this.tlsStats(), leavesMinted: this.options.tls?.ca.minted ?? 0 },
+      tls: this.tlsStats(),
       events: Object.fromEntries(this.eventCounts),
       limits: this.limits,
     };
@@ -751,6 +764,7 @@ export class Gateway {
     if (!pins.length) return;
     this.engine?.installPins(enginePins(pins));
     for (const p of pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
+    this.tlsProxy?.pins(pins.map((p) => ({ ip: p.ip, name: p.name, ttlMs: p.ttlSec * 1000 })));
   }
 
   /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */

@@ -10,8 +10,8 @@
 //
 // Minting never blocks the data path for long: every leaf shares one P-256 key made at start,
 // node-forge lays out the certificate (ASN.1 DER), and node:crypto signs it (one ECDSA or RSA
-// signature, well under a millisecond; `npm run bench:tls` measures leaves per second). The data
-// path itself runs in the engine workers, never on this thread.
+// signature, well under a millisecond; `npm run bench:tls` measures leaves per second). A CA is
+// made again on each TLS worker that serves it (share(), fromShare()): each has its own leaf cache.
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, X509Certificate, createHash, type KeyObject } from "node:crypto";
 import { createSecureContext, type SecureContext } from "node:tls";
 import forge from "node-forge";
@@ -50,7 +50,14 @@ export interface CaOptions {
   cacheSize?: number;
   /** Leaf validity; default 24 h. */
   leafLifetimeMs?: number;
+  /** @internal The leaves' key (PEM): the same CA on another thread (share()) serves the same key. */
+  leafKeyPem?: string;
+  /** @internal Where a burst's leaves are minted; default this process's minting pool (piscina). */
+  mintAsync?: (task: MintTask) => Promise<string>;
 }
+
+/** What another thread needs to act as the same CA (CertificateAuthority.share). */
+export interface CaShare { certPem: string; caKeyPem: string; leafKeyPem: string; cacheSize: number; lifetime: number }
 
 type Asn1 = forge.asn1.Asn1;
 
@@ -130,6 +137,7 @@ export class CertificateAuthority {
   private readonly leaves = new Map<string, Leaf>(); // insertion order = LRU order
   private readonly cacheSize: number;
   private readonly lifetime: number;
+  private readonly mintAsync: (task: MintTask) => Promise<string>;
   /** Leaves minted so far (cache misses and renewals). */
   minted = 0;
   /** Of those, minted on a thread of the minting pool. */
@@ -138,6 +146,7 @@ export class CertificateAuthority {
   constructor(options: CaOptions = {}) {
     this.cacheSize = options.cacheSize ?? 1000;
     this.lifetime = options.leafLifetimeMs ?? 24 * HOUR;
+    this.mintAsync = options.mintAsync ?? ((task) => mintPool().run(task));
     if ((options.certPem === undefined) !== (options.keyPem === undefined)) {
       throw new ConfigError("a TLS interception CA needs both its certificate and its key", "give both --tls-ca-cert and --tls-ca-key, or neither (an ephemeral CA is made)");
     }
@@ -177,9 +186,19 @@ export class CertificateAuthority {
     }
     this.caSubjectDer = der(this.caSubject);
     this.caKeyPem = this.caKey.export({ type: "pkcs8", format: "pem" }) as string;
-    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
-    this.leafKeyPem = privateKey.export({ type: "sec1", format: "pem" }) as string;
-    this.leafSpki = createPublicKey(privateKey).export({ type: "spki", format: "der" });
+    const leafKey = options.leafKeyPem !== undefined ? createPrivateKey(options.leafKeyPem) : generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    this.leafKeyPem = leafKey.export({ type: "sec1", format: "pem" }) as string;
+    this.leafSpki = createPublicKey(leafKey).export({ type: "spki", format: "der" });
+  }
+
+  /** This CA, to be made again on another thread (a TLS worker): its certificate and both keys. */
+  share(): CaShare {
+    return { certPem: this.certPem, caKeyPem: this.caKeyPem, leafKeyPem: this.leafKeyPem, cacheSize: this.cacheSize, lifetime: this.lifetime };
+  }
+
+  /** The CA a share() describes, its bursts minted by `mintAsync`. */
+  static fromShare(s: CaShare, mintAsync?: (task: MintTask) => Promise<string>): CertificateAuthority {
+    return new CertificateAuthority({ certPem: s.certPem, keyPem: s.caKeyPem, leafKeyPem: s.leafKeyPem, cacheSize: s.cacheSize, leafLifetimeMs: s.lifetime, mintAsync });
   }
 
   /** A TLS secure context presenting a leaf for `host` (a DNS name or an IP address), chained to the CA. */
@@ -223,22 +242,26 @@ export class CertificateAuthority {
   /**
    * contextFor(), with a leaf that is not cached minted on a thread of the minting pool (piscina)
    * while names come in a burst — another mint under way, or one done here in the last
-   * BURST_MS: minting then grows with cores, and the main thread, which serves every sandbox's
-   * TLS, is not held up. A lone mint is done here, at once (a pool thread's start would cost more
+   * BURST_MS: minting then grows with cores, and the thread serving the proxies (a TLS worker, its
+   * bursts sent through the main thread to the pool) is not held up. A lone mint is done here, at once (a pool thread's start would cost more
    * than the mint).
    */
-  async contextForAsync(host: string): Promise<SecureContext> {
+  async contextForAsync(host: string, onMint?: () => void): Promise<SecureContext> {
     const key = host.toLowerCase();
     const hit = this.leaves.get(key);
     if (hit && hit.renewAt > Date.now()) return this.contextFor(key);
     const pending = this.minting.get(key);
     if (pending) return pending;
     const now = Date.now();
-    if (this.minting.size === 0 && now - this.lastMintAt > BURST_MS) return this.contextFor(key);
-    const p = mintPool().run({ host: key, now, lifetime: this.lifetime, caSubjectDer: this.caSubjectDer, leafSpki: this.leafSpki, caKeyPem: this.caKeyPem } satisfies MintTask)
+    if (this.minting.size === 0 && now - this.lastMintAt > BURST_MS) {
+      onMint?.();
+      return this.contextFor(key);
+    }
+    const p = this.mintAsync({ host: key, now, lifetime: this.lifetime, caSubjectDer: this.caSubjectDer, leafSpki: this.leafSpki, caKeyPem: this.caKeyPem })
       .then((pem: string) => {
         this.minted++;
         this.mintedOnPool++;
+        onMint?.();
         return this.cache(key, pem, now).context;
       })
       .finally(() => this.minting.delete(key));
@@ -284,7 +307,7 @@ export function mintLeaf(spec: LeafSpec, caKey: KeyObject): string {
 
 let pool: Piscina | undefined;
 /** The minting pool: up to a thread per core, started on the first burst, idle threads ending after a minute. */
-function mintPool(): Piscina {
+export function mintPool(): Piscina {
   pool ??= new Piscina({
     filename: new URL("./mint-worker.js", import.meta.url).href,
     minThreads: 0,

@@ -53,7 +53,7 @@ export interface TlsProxyOptions {
   /** Extra trusted CAs for upstreams (PEM), besides the host's roots. */
   upstreamCa: readonly string[];
   /** A reason to refuse the guest's SNI for this connection, or null (the pins check). */
-  checkSni(origin: RedirectOrigin, sni: string | undefined): string | null;
+  checkSni(origin: RedirectOrigin, sni: string | undefined): string | null | Promise<string | null>;
   /**
    * On a connection a domain rule admitted: a reason to refuse a request for `host` (the rule does
    * not cover it, or this sandbox's DNS did not pin it to the destination), or null.
@@ -65,7 +65,7 @@ export interface TlsProxyOptions {
   /** Secrets: substituted in requests to their hosts, violations anywhere else (secrets/http-filter.ts). */
   secrets?: readonly Secret[];
   /** Did this sandbox's DNS answer `name` with `ip` (the pins)? Required with secrets. */
-  pinned?(ip: string, name: string): boolean;
+  pinned?(ip: string, name: string): boolean | Promise<boolean>;
   /** A placeholder headed where it may not go: the request was stopped. */
   onViolation?(v: Violation, destination: string): void;
   /** Where to connect for an original destination (the gateway's own addresses are the host's loopback); default: itself. */
@@ -76,23 +76,33 @@ export interface TlsProxyOptions {
   upstreamTimeoutMs?: number;
   /** How long the guest has to finish its TLS handshake once its upstream is open (default 10 s). */
   handshakeTimeoutMs?: number;
+  /** Where to count (tlsStatsOver: shared with another thread); default a fresh set. */
+  stats?: TlsProxyStats;
 }
 
-/** What the proxy has done (for counters and tests). */
-export interface TlsProxyStats {
-  denyPages: number;
-  intercepted: number;
-  bypassed: number;
-  dot: number;
-  badHello: number;
-  sniDenied: number;
-  upstreamFailed: number;
+/** What the proxy has done (for counters and tests), in this order in a shared TlsStatsBuffer. */
+export const TLS_STAT_NAMES = [
+  "denyPages", "intercepted", "bypassed", "dot", "badHello", "sniDenied", "upstreamFailed",
   /** HTTP requests refused: malformed, ambiguous, or for an authority the domain rule does not bind. */
-  httpRefused: number;
+  "httpRefused",
   /** Secret values found in responses and replaced by their placeholders. */
-  scrubbed: number;
+  "scrubbed",
   /** Connections on which a secret's value was put into a request (counted when they close). */
-  substituted: number;
+  "substituted",
+  /** Leaf certificates minted for this proxy's connections (cache misses and renewals). */
+  "leavesMinted",
+] as const;
+export type TlsProxyStats = Record<(typeof TLS_STAT_NAMES)[number], number>;
+
+/**
+ * The stats over `buffer` (a SharedArrayBuffer of TLS_STAT_NAMES.length doubles): a proxy on a TLS
+ * worker counts into it, and the gateway on the main thread reads it as it is, without a message.
+ */
+export function tlsStatsOver(buffer: SharedArrayBuffer = new SharedArrayBuffer(8 * TLS_STAT_NAMES.length)): TlsProxyStats {
+  const a = new Float64Array(buffer);
+  const stats = {} as TlsProxyStats;
+  TLS_STAT_NAMES.forEach((name, i) => Object.defineProperty(stats, name, { get: () => a[i]!, set: (v: number) => { a[i] = v; }, enumerable: true }));
+  return stats;
 }
 
 // A TLS record: alert (21), version 3.3, length 2: level fatal (2), access_denied (49).
@@ -130,9 +140,10 @@ function upstreamContextFor(extra: readonly string[]): tls.SecureContext {
 export class TlsProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  readonly stats: TlsProxyStats = { denyPages: 0, intercepted: 0, bypassed: 0, dot: 0, badHello: 0, sniDenied: 0, upstreamFailed: 0, httpRefused: 0, scrubbed: 0, substituted: 0 };
+  readonly stats: TlsProxyStats;
 
   constructor(private readonly o: TlsProxyOptions) {
+    this.stats = o.stats ?? tlsStatsOver();
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
     this.server.maxConnections = 16384;
   }
@@ -220,6 +231,12 @@ export class TlsProxy {
     });
   }
 
+  private readonly countMint = (): void => { this.stats.leavesMinted++; };
+
+  private leafFor(name: string): Promise<tls.SecureContext> {
+    return this.o.ca.contextForAsync(name, this.countMint);
+  }
+
   private denyText(origin: RedirectOrigin, sni: string | undefined): string {
     const rule = this.o.denyReason?.(origin.admitNameId & ~L.DENIED_BIT) ?? "the policy";
     return `moat: denied: ${sni ?? "?"} (${dest(origin)}) by ${rule}\n`;
@@ -229,13 +246,13 @@ export class TlsProxy {
     if ((origin.admitNameId & L.DENIED_BIT) !== 0) {
       // The deny page, over TLS: our leaf, no upstream at all.
       this.stats.denyPages++;
-      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.o.ca.contextForAsync(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
+      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.leafFor(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
       guest.on("error", () => guest.destroy());
       serveDenyPage(guest, Buffer.alloc(0), (host) => this.denyText(origin, host ?? sni));
       return;
     }
     // The pins first: a bypassed name is still held to the domain rule that admitted it.
-    const refusal = this.o.checkSni(origin, sni);
+    const refusal = await this.o.checkSni(origin, sni);
     if (refusal) {
       this.stats.sniDenied++;
       this.o.onEvent?.({ kind: "tls-sni-denied", sni, destination: dest(origin), detail: refusal });
@@ -248,7 +265,7 @@ export class TlsProxy {
     const leafName = sni ?? origin.ip;
     if (origin.port === 853 && this.o.dnsQuery) {
       this.stats.dot++;
-      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.o.ca.contextForAsync(leafName) });
+      const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.leafFor(leafName) });
       guest.on("error", () => guest.destroy());
       this.handshakeDeadline(guest);
       return this.serveDot(guest, origin);
@@ -260,6 +277,7 @@ export class TlsProxy {
     const secrets = this.o.secrets ?? [];
     const bound = origin.admitNameId !== 0 && this.o.checkAuthority !== undefined;
     if (secrets.length || bound) alpn = alpn.filter((p) => p === "h2" || p === "http/1.1");
+    const pinned = (secrets.length > 0 || bound) && sni !== undefined && ((await this.o.pinned?.(origin.ip, sni)) ?? false);
     let upstream: tls.TLSSocket;
     try {
       upstream = await this.connectUpstream(origin, sni, alpn);
@@ -272,14 +290,14 @@ export class TlsProxy {
     const chosen = upstream.alpnProtocol;
     const guest = new tls.TLSSocket(sock, {
       isServer: true,
-      secureContext: await this.o.ca.contextForAsync(leafName),
+      secureContext: await this.leafFor(leafName),
       ALPNProtocols: chosen ? [chosen] : undefined,
     });
     this.handshakeDeadline(guest, upstream);
     if (!secrets.length && !bound) return join(guest, upstream);
     const ctx: FilterContext = {
       sni,
-      pinned: sni !== undefined && (this.o.pinned?.(origin.ip, sni) ?? false),
+      pinned,
       authority: bound ? (host) => this.o.checkAuthority!(origin, host) : undefined,
     };
     const filter = chosen === "h2" ? new Http2RequestFilter(secrets, ctx) : new RequestFilter(secrets, ctx);

@@ -150,6 +150,27 @@ export function matchesPattern(name: string, patterns: readonly string[]): boole
   return false;
 }
 
+/**
+ * May `name` (an SNI, a request's authority) be used on a connection to `ip` that the domain rule
+ * with name id `admitNameId` admitted (`names`: the ids' keys, GatewayNames)? null: yes, or not
+ * held to names (a CIDR or group rule admitted it: id 0); a reason why not; or "pin" when only the
+ * pins remain to be asked — then unpinnedReason() says why not if this sandbox's DNS never answered
+ * `name` with `ip`.
+ */
+export function nameBinding(names: readonly string[], admitNameId: number, ip: string, name: string | undefined, what: string): string | null | "pin" {
+  if (!admitNameId) return null;
+  const key = names[admitNameId - 1];
+  if (key === undefined) return "admitted by a rule that is no longer in force";
+  const rule = key.startsWith(".") ? `*${key}` : key;
+  if (!name) return `no ${what}, but ${ip} was admitted only as ${rule}`;
+  if (!ruleCovers(key, name)) return `${what} ${name} is not covered by the rule that admitted ${ip} (${rule})`;
+  return "pin";
+}
+
+export function unpinnedReason(ip: string, name: string): string {
+  return `this sandbox's DNS never answered ${name} with ${ip}`;
+}
+
 /** Is `sni` covered by a domain rule's name key ("name" exactly, ".suffix" for the suffix and under)? */
 export function ruleCovers(key: string, sni: string): boolean {
   return key.startsWith(".") ? sni === key.slice(1) || sni.endsWith(key) : sni === key;

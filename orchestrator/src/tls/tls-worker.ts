@@ -1,0 +1,149 @@
+// tls-worker.ts — a TLS worker thread: serves the TLS proxies (proxy.ts) of the sandboxes the main
+// thread assigns to it (tls-host.ts), so interception and secret filtering run off the main
+// thread and grow with cores.
+//
+// Each proxy is opened by an `open` message carrying what it is made from (all structured-clonable:
+// the CA as its share, the secrets, the gateway's addresses, the policy's names and rules), a
+// SharedArrayBuffer its stats are counted into, and two MessagePorts: `control` (this side exposes
+// TlsWorkerControl through comlink) and `calls` (the main thread's TlsCalls: DoT queries, events,
+// violations, minting a burst's leaves, and the last word on a name the replica here refuses).
+//
+// Names are checked here, on a replica of the gateway's name table and DNS pins: pins come from the
+// main thread as the sandbox's DNS answers, and a name the replica does not know yet (a pin still
+// on its way) is asked of the main thread before a connection is refused (and learnt, if allowed).
+// A request's authority on a connection already open is judged by the replica alone (the filters
+// are synchronous): a name other than the SNI whose pin is still on its way is refused.
+import { parentPort } from "node:worker_threads";
+import * as Comlink from "comlink";
+import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
+import ipaddr from "ipaddr.js";
+import { CertificateAuthority, type CaShare, type MintTask } from "./ca.js";
+import { TlsProxy, tlsStatsOver, type TlsEvent } from "./proxy.js";
+import { PinnedNames, nameBinding, unpinnedReason } from "./setup.js";
+import type { RedirectOrigin } from "../dns/tcp-proxy.js";
+import type { Secret } from "../secrets/secrets.js";
+import type { MessagePort } from "node:worker_threads";
+
+/** What a proxy is made from (tls-host.ts sends it). */
+export interface TlsProxySetup {
+  token: Uint8Array;
+  ca: CaShare;
+  bypass: string[];
+  verifyUpstream: boolean;
+  upstreamCa: string[];
+  /** The gateway's IPv4 address (its TLS goes to the host's 127.0.0.1) and its others (to ::1). */
+  gatewayIp4: string;
+  gatewayOthers: string[];
+  secrets: Secret[];
+  /** DoT is answered (through TlsCalls.dnsQuery). */
+  dot: boolean;
+  /** The gateway's name table (index + 1 = name id) and the policy's rules, described. */
+  names: string[];
+  rules: string[];
+}
+
+export interface TlsOpenMessage {
+  open: { setup: TlsProxySetup; stats: SharedArrayBuffer; control: MessagePort; calls: MessagePort };
+}
+
+/** What the main thread answers for a proxy. */
+export interface TlsCalls {
+  dnsQuery(query: Uint8Array, origin: RedirectOrigin): Promise<Uint8Array | null>;
+  event(e: TlsEvent): void;
+  violation(v: { secret: string; where: string; form: string }, destination: string): void;
+  /** The authoritative name check (Gateway.boundName): a reason to refuse, or null. */
+  check(origin: RedirectOrigin, name: string | undefined, what: string): string | null;
+  /** The authoritative pin: did this sandbox's DNS answer `name` with `ip`? */
+  pinned(ip: string, name: string): boolean;
+  mint(task: MintTask): Promise<string>;
+}
+
+/** What the main thread can ask of a proxy here. */
+export interface TlsWorkerControl {
+  address(): Promise<{ address: string; port: number }>;
+  pins(list: { ip: string; name: string; ttlMs: number }[]): void;
+  policy(names: string[], rules: string[]): void;
+  close(): Promise<void>;
+}
+
+// One CA object per CA on this thread (the process's ephemeral one is shared by most sandboxes):
+// its leaf cache then serves every sandbox here.
+const cas = new Map<string, CertificateAuthority>();
+
+function open(m: TlsOpenMessage["open"]): void {
+  const { setup } = m;
+  const calls = Comlink.wrap<TlsCalls>(nodeEndpoint(m.calls));
+  let names = setup.names;
+  let rules = setup.rules;
+  const pins = new PinnedNames();
+  let ca = cas.get(setup.ca.certPem);
+  if (!ca) cas.set(setup.ca.certPem, (ca = CertificateAuthority.fromShare(setup.ca, (task) => calls.mint(task))));
+  const others = new Set(setup.gatewayOthers.map((a) => ipaddr.parse(a).toString()));
+  /** The replica's judgement: null, a reason, or "pin" (covered; the pin is the replica's to check). */
+  const local = (origin: RedirectOrigin, name: string | undefined, what: string): string | null => {
+    const b = nameBinding(names, origin.admitNameId, origin.ip, name, what);
+    if (b !== "pin") return b;
+    return pins.has(origin.ip, name!) ? null : unpinnedReason(origin.ip, name!);
+  };
+  /**
+   * At a connection's start: a refusal only on the main thread's word. A name it allows on a
+   * domain rule's connection is pinned to the address there: the replica learns the pin (the
+   * requests' authorities on this connection are judged here alone).
+   */
+  const checked = async (origin: RedirectOrigin, name: string | undefined, what: string): Promise<string | null> => {
+    if (local(origin, name, what) === null) return null;
+    const reason = await calls.check(origin, name, what);
+    if (reason === null && origin.admitNameId && name) pins.add(origin.ip, name, 0);
+    return reason;
+  };
+  const proxy = new TlsProxy({
+    token: Buffer.from(setup.token),
+    ca,
+    bypass: setup.bypass,
+    verifyUpstream: setup.verifyUpstream,
+    upstreamCa: setup.upstreamCa,
+    upstreamAddress: (ip) => (ip === setup.gatewayIp4 ? "127.0.0.1" : others.has(ipaddr.parse(ip).toString()) ? "::1" : ip),
+    denyReason: (rule) => (rule === 0 ? "the default action (deny)" : `rule ${rules[rule - 1] ?? rule - 1}`),
+    checkSni: (origin, sni) => checked(origin, sni, "SNI"),
+    checkAuthority: (origin, host) => local(origin, host, "the request's authority"),
+    dnsQuery: setup.dot ? async (query, origin) => {
+      const a = await calls.dnsQuery(query, origin);
+      return a && Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    } : undefined,
+    onEvent: (e) => void calls.event(e),
+    secrets: setup.secrets,
+    // Did this sandbox's DNS answer the SNI with the address (a secret's substitution needs it)?
+    pinned: async (ip, name) => {
+      if (pins.has(ip, name)) return true;
+      const yes = await calls.pinned(ip, name);
+      if (yes) pins.add(ip, name, 0);
+      return yes;
+    },
+    onViolation: (v, destination) => void calls.violation({ secret: v.secret.env, where: v.where, form: v.form }, destination),
+    stats: tlsStatsOver(m.stats),
+  });
+  const listening = proxy.listen();
+  listening.catch(() => {}); // told through address()
+  const control: TlsWorkerControl = {
+    async address() {
+      await listening;
+      const a = proxy.address();
+      return { address: a.address, port: a.port };
+    },
+    pins(list) {
+      for (const p of list) pins.add(p.ip, p.name, p.ttlMs);
+    },
+    policy(n, r) {
+      names = n;
+      rules = r;
+    },
+    async close() {
+      await proxy.close(); // (the main thread closes the ports once it has the answer)
+    },
+  };
+  Comlink.expose(control, nodeEndpoint(m.control));
+}
+
+parentPort!.on("message", (m: TlsOpenMessage) => {
+  if (m.open) open(m.open);
+});

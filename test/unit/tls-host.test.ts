@@ -1,0 +1,105 @@
+// tls-host.test.ts — a sandbox's TLS proxy on a TLS worker (tls/tls-host.ts, tls/tls-worker.ts):
+// real loopback sockets, a guest speaking through the redirect preamble, an upstream TLS server of
+// a CA of its own. The worker intercepts and substitutes; the main thread sees its stats without
+// asking, hears its events, and has the last word on a name the worker's replica refuses.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { randomBytes } from "node:crypto";
+import { RemoteTlsProxy, tlsWorkers } from "../../orchestrator/src/tls/tls-host.js";
+import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
+import type { TlsEvent } from "../../orchestrator/src/tls/proxy.js";
+import type { RedirectOrigin } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { redirectPreamble } from "../helpers/preamble.js";
+import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
+
+const P = "moat-ph-abcdefghijklmnopqrstuvwx";
+
+/** One request over a new intercepted connection naming `sni`; what the guest got back (or the error). */
+async function request(proxy: RemoteTlsProxy, token: Buffer, ca: string, port: number, sni: string, admitNameId: number, header = ""): Promise<string> {
+  const raw = net.connect(proxy.address().port, "127.0.0.1");
+  await new Promise<void>((r) => raw.once("connect", () => r()));
+  raw.write(redirectPreamble(token, 4, [127, 0, 0, 1], port, admitNameId));
+  const guest = tls.connect({ socket: raw, servername: sni, ca, ALPNProtocols: ["http/1.1"] });
+  return new Promise<string>((resolve) => {
+    let answer = "";
+    guest.on("data", (d: Buffer) => (answer += d.toString("latin1")));
+    guest.once("error", (e) => resolve(`error: ${e.message}`));
+    guest.once("close", () => resolve(answer));
+    guest.once("secureConnect", () => guest.write(`GET / HTTP/1.1\r\nHost: ${sni}\r\n${header}Connection: close\r\n\r\n`));
+  });
+}
+
+test("a TLS proxy on a worker thread: substitution there, stats and events here, a name the replica refuses decided here", async () => {
+  const upstreamCa = new CertificateAuthority();
+  const received: string[] = [];
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.on("data", (d: Buffer) => {
+      received.push(d.toString("latin1"));
+      s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n");
+    });
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority();
+  const secrets = validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P }], { KEY: "VALUE-123" });
+  const asked: string[] = [];
+  const events: TlsEvent[] = [];
+  const proxy = await RemoteTlsProxy.open({
+    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem],
+    gatewayIp4: "10.255.255.1", gatewayOthers: ["fd00::1", "fe80::1"], secrets, dot: false,
+    names: ["api.example.test", ".example.test"], rules: ["allow api.example.test", "allow *.example.test"],
+    calls: {
+      // This thread's word: api.example.test is pinned to 127.0.0.1, nothing else is.
+      check: (origin: RedirectOrigin, name: string | undefined, what: string) => {
+        asked.push(`${what} ${name}`);
+        return name === "api.example.test" ? null : `not ${name}`;
+      },
+      pinned: (_ip: string, name: string) => name === "api.example.test",
+      dnsQuery: async () => null,
+      event: (e: TlsEvent) => { events.push(e); },
+      violation: () => {},
+    },
+  });
+  try {
+    const workers = tlsWorkers();
+    assert.equal(workers.length, 1);
+    assert.ok(workers[0]!.threadId > 0 && workers[0]!.proxies === 1, JSON.stringify(workers));
+
+    // The pin not yet at the worker: the SNI is asked of this thread, which allows it (and the
+    // worker learns the pin: the request's authority, the same name, is judged there).
+    const first = await request(proxy, token, ca.certPem, port, "api.example.test", 1, `X-K: ${P}\r\n`);
+    assert.match(first, /^HTTP\/1\.1 200 OK/);
+    assert.deepEqual(asked, ["SNI api.example.test"]);
+    assert.match(received.join(""), /X-K: VALUE-123\r\n/, "substituted on the worker");
+    asked.length = 0;
+    assert.match(await request(proxy, token, ca.certPem, port, "api.example.test", 1, `X-K: ${P}\r\n`), /^HTTP\/1\.1 200 OK/);
+    assert.deepEqual(asked, [], "learnt");
+
+    // A pin sent to the worker as the DNS answered: nothing asked here (this thread would refuse it).
+    proxy.pins([{ ip: "127.0.0.1", name: "www.example.test", ttlMs: 60_000 }]);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.match(await request(proxy, token, ca.certPem, port, "www.example.test", 2), /^HTTP\/1\.1 200 OK/);
+    assert.deepEqual(asked, []);
+
+    // A name the rule does not cover: refused at the handshake, on this thread's word, an event here.
+    const refused = await request(proxy, token, ca.certPem, port, "other.example.test", 1);
+    assert.doesNotMatch(refused, /^HTTP/);
+    assert.deepEqual(asked, ["SNI other.example.test"]);
+    for (let i = 0; i < 50 && events.length < 1; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(events.map((e) => [e.kind, e.detail]), [["tls-sni-denied", "not other.example.test"]]);
+
+    // The worker's counters, read on this thread as they are.
+    assert.equal(proxy.stats.intercepted, 3);
+    assert.equal(proxy.stats.sniDenied, 1);
+    assert.equal(proxy.stats.substituted, 2);
+    assert.ok(proxy.stats.leavesMinted >= 1);
+  } finally {
+    await proxy.close();
+    server.close();
+  }
+  assert.equal(tlsWorkers()[0]?.proxies ?? 0, 0, "the worker serves nothing once the proxy closed");
+});

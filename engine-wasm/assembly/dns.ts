@@ -1,12 +1,12 @@
 // dns.ts — the engine's half of DNS interception (DESIGN §7): guest queries out to the
-// orchestrator's interceptor, its answers back in as frames, and the refusal of the other DNS
-// transports so stubs fall back to port 53.
+// orchestrator's interceptor, its answers back in as frames. (Which packets are DNS, and the
+// refusal of the other DNS transports so stubs fall back to port 53: flow/outbound.ts.)
 //
 // Every UDP datagram to port 53, whatever its destination, is copied into the DNS ring (the
 // worker hands it to the interceptor and returns the answer through dnsAnswer()); nothing is
 // forwarded by the engine itself. The ring has DNS_SLOTS entries: queries beyond that are
 // dropped and counted, which bounds what a guest can keep in flight. TCP/53 is terminated like
-// any TCP flow and dialled to the orchestrator's DNS-over-TCP listener (engine.ts, dialFor).
+// any TCP flow and dialled to the orchestrator's DNS-over-TCP listener (flow/outbound.ts).
 import {
   DNS_CTRL, DNS_BASE, DNS_SLOTS, DNS_SLOT_BYTES, DNS_MAX_QUERY, DQ_LEN, DQ_FAMILY, DQ_GUEST_PORT,
   DQ_DEST_PORT, DQ_GUEST_ADDR, DQ_DEST_ADDR, DQ_TO_GATEWAY, DQ_PAYLOAD, DNS_ANSWER_BASE, DNS_ANSWER_BYTES,
@@ -16,15 +16,16 @@ import { DNS_QUERIES, DNS_ANSWERS, DROP_DNS_OVERLOAD, DROP_DNS_OVERSIZE, DROP_OV
 import { ringHead, ringTail, ringPublishTail } from "./ring";
 import { wr16, copy16 } from "./wire/bytes";
 import { ETH_IP4, ETH_IP6, PROTO_UDP } from "./wire/numbers";
-import { admitNewFlow } from "./policy/admit";
+import { outboundAdmit } from "./flow/outbound";
 import { count, txReserve, txCommit, txPublish, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
 
 /**
- * A guest query (UDP payload of `len` bytes at `data`; the flow key is at KEY_SCRATCH). A query
- * to a resolver other than the gateway is a flow to that resolver: policy decides first.
+ * A guest query (UDP payload of `len` bytes at `data`; the flow key is at KEY_SCRATCH, and
+ * flow/outbound.ts decided it is one, SVC_DNS). A query to a resolver other than the gateway is
+ * a flow to that resolver: policy decides first.
  */
 export function dnsQuery(data: usize, len: u32, family: u32, toGateway: bool): void {
-  if (!toGateway && !admitNewFlow(PROTO_UDP, family, 53, false)) return;
+  if (!outboundAdmit()) return;
   if (len > <u32>DNS_MAX_QUERY) { count(DROP_DNS_OVERSIZE); return; }
   const tail = ringTail(DNS_CTRL);
   if (tail - ringHead(DNS_CTRL) >= <u32>DNS_SLOTS) { count(DROP_DNS_OVERLOAD); return; }

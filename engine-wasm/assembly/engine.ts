@@ -7,6 +7,8 @@
 //   - the RX ring: frames from the guest, parsed layer by layer with every length and offset
 //     checked against the frame, and either answered by the gateway (services.ts), turned into
 //     host operations for a flow (flow/), or dropped and counted under exactly one reason.
+// A packet for a flow is parsed, its key written (KEY_SCRATCH) and looked up, and dispatched:
+// to its flow, or, when it would start one, where flow/outbound.ts decides it goes.
 // Output goes to the TX ring (frames for the guest) and to the host-operation list (OPS_*),
 // which the worker hands to native-vmm after the run.
 //
@@ -20,44 +22,38 @@
 // Exports return plain integers; all state lives in the shared memory (layout.ts).
 
 import {
-  RX_CTRL, RX_DESC_BASE, RX_BUF_BASE, RX_SLOTS, IN_CTRL, IN_DESC_BASE, IN_BUF_BASE, IN_SLOTS,
-  TX_CTRL, DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, RING_CTRL_TAIL,
-  ST_OPS_COUNT, ST_NOW_MS, ST_RUN, ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE,
-  ST_IP_ID, ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY,
-  CFG_GATEWAY_MAC, CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6,
-  CFG_MTU, CFG_UDP_IDLE_MS, CFG_DNS_FWD_IP, CFG_DNS_FWD_PORT, SLOT_BYTES, INK_UDP_DATA,
-  INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS, PKT_FRAME, PKT_IP, PKT_L4,
-  PKT_L4LEN, PKT_FAMILY, DIAL_SCRATCH, DIAL_PORT_SCRATCH, CFG_DNS_INTERCEPT, PIN_SCRATCH, INK_ACCEPT,
-  CFG_TLS_PROXY_IP, CFG_TLS_PROXY_PORT, CFG_TLS_BLOCK_QUIC, LIM_BASE, LIM_BUCKET_BYTES, LIM_DNS, LB_RATE, LB_BURST,
-  LB_TOKENS, LB_AT, ST_LIMIT_DUE, CONNQ_BASE,
+  RX_CTRL, RX_DESC_BASE, RX_BUF_BASE, RX_SLOTS, IN_CTRL, IN_DESC_BASE, IN_BUF_BASE, IN_SLOTS, TX_CTRL,
+  DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, ST_OPS_COUNT, ST_NOW_MS, ST_RUN,
+  ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE, ST_IP_ID,
+  ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY, CFG_GATEWAY_MAC,
+  CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6, CFG_MTU,
+  CFG_UDP_IDLE_MS, SLOT_BYTES, INK_UDP_DATA, INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS,
+  PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY, PIN_SCRATCH, INK_ACCEPT, LIM_BASE, LIM_BUCKET_BYTES,
+  LIM_DNS, LB_RATE, LB_BURST, LB_TOKENS, LB_AT, ST_LIMIT_DUE, CONNQ_BASE,
 } from "./layout";
 import {
-  RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER,
-  DROP_IP4_CHECKSUM, DROP_IP_FRAGMENT, DROP_IP_SPOOFED, DROP_IP6_HEADER, DROP_IP6_EXT_HEADER,
-  DROP_UDP_MALFORMED, DROP_TCP_MALFORMED, DROP_PROTOCOL, DROP_MULTICAST, DROP_OVERSIZE,
-  DROP_DNS_NO_UPSTREAM, DROP_ICMP_UNHANDLED, DROP_ICMP_MALFORMED, TCP_RESETS_SENT, FLOW_ERRORS,
-  DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_ALT_REFUSED, DROP_QUIC, TLS_REDIRECTED, DNS_RATE_REFUSED,
+  RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER, DROP_IP4_CHECKSUM,
+  DROP_IP_FRAGMENT, DROP_IP_SPOOFED, DROP_IP6_HEADER, DROP_IP6_EXT_HEADER, DROP_UDP_MALFORMED,
+  DROP_TCP_MALFORMED, DROP_PROTOCOL, DROP_MULTICAST, DROP_OVERSIZE, DROP_ICMP_UNHANDLED, DROP_ICMP_MALFORMED,
+  FLOW_ERRORS, DROP_UDP_NO_FLOW, DROP_TCP_NO_FLOW, DNS_RATE_REFUSED, ICMP_ECHO_FORWARDED,
 } from "./counters";
 import { limited, bucketLevel, charge } from "./limits";
 import { ringHead, ringTail, ringPublishHead, descAt, bufAt } from "./ring";
-import { rd16, rd32, wr16, wr32, eq16, mapV4, copy16, familyOf } from "./wire/bytes";
+import { rd16, eq16, mapV4, copy16, familyOf } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
-import { count, countN, txReserve, txCommit, txPublish, txHasRoom, emitEth, emitIp4, emitIp6, fillL4Checksum, l4ChecksumOk } from "./emit";
+import { count, countN, txPublish, txHasRoom, l4ChecksumOk } from "./emit";
 import { handleArp, handleIcmp4ToGateway, handleDhcp, handleIcmp6 } from "./services";
-import { tcpReset, icmpPortUnreachable } from "./reject";
+import { tcpReset } from "./reject";
 import { dnsQuery } from "./dns";
-import { flowTableInit, flowRecord, F_STATE } from "./flow/table";
-import { icmpEchoFromGuest, udpFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/datagram";
+import { flowTableInit, flowRecord, keyHash, flowLookup, F_STATE } from "./flow/table";
+import { datagramFromGuest, udpOnFlow, udpToGuest, udpClose, udpExpire, UDP_OPEN } from "./flow/datagram";
 import { pinAdd } from "./policy/pinset";
 import { canonicalAt } from "./policy/match";
-import { auditNotRouted, auditQuic, tlsPort } from "./policy/admit";
+import { auditNotRouted } from "./policy/admit";
 import { tcpNew, tcpOnFlow, tcpEvent, tcpTick, tcpFlushAcks, tcpLimitWake, SEG_HANDLED, SEG_REFUSED, SEG_STRAY_RST } from "./flow/tcp";
-import { keyHash, flowLookup, ROUTE_REMOTE, ROUTE_HOST_LOOPBACK, ROUTE_DNS_FORWARDER, ROUTE_SERVICE } from "./flow/table";
 import { inboundAccept } from "./flow/inbound";
+import { outbound, outDial, SVC_NONE, SVC_DNS } from "./flow/outbound";
 import { ETH_ARP, ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6 } from "./wire/numbers";
-
-// Loopback as the dial address for traffic to the gateway itself (Group::Host).
-const LOOP4: u32 = 0x0100007f; // 127.0.0.1 in network order, read as a little-endian u32
 
 // ---- lifecycle ----------------------------------------------------------------------------
 
@@ -267,7 +263,7 @@ function handleIp4(frame: usize, len: u32): void {
     if (load<u8>(l4) != 8 || load<u8>(l4 + 1) != 0 || (dst & 0xf0) >= 0xe0) { count(DROP_ICMP_UNHANDLED); return; }
     writeKey4(PROTO_ICMP, ip, rd16(l4 + 4), 0);
     notePacket(frame, ip, 4, l4, l4len);
-    icmpEchoFromGuest(PROTO_ICMP, l4, l4len, 4);
+    echoFromGuest(PROTO_ICMP, l4, l4len, 4);
     return;
   }
   if (proto == PROTO_TCP) { tcpSegment(frame, ip, 4, l4, l4len, dstIsGateway); return; }
@@ -316,7 +312,7 @@ function handleIp6(frame: usize, len: u32): void {
         !eq16(dst, CFG_GATEWAY_IP6) && !eq16(dst, CFG_GATEWAY_LL6) && load<u16>(dst) != 0x80fe) {
       writeKey6(PROTO_ICMP6, ip, rd16(l4 + 4), 0);
       notePacket(frame, ip, 6, l4, l4len);
-      icmpEchoFromGuest(PROTO_ICMP6, l4, l4len, 6);
+      echoFromGuest(PROTO_ICMP6, l4, l4len, 6);
       return;
     }
     handleIcmp6(frame, ip, l4, l4len);
@@ -370,31 +366,6 @@ function handleIp6(frame: usize, len: u32): void {
 }
 
 
-/**
- * Where a new flow to (remote in the key, dport) is dialled from the host: the remote itself;
- * for the gateway, DNS goes to the forwarder and anything else to the host's loopback
- * (Group::Host). Returns the 16-byte address and leaves the port at DIAL_PORT_SCRATCH;
- * 0 when there is nowhere to go (no DNS forwarder).
- */
-function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
-  store<u32>(DIAL_PORT_SCRATCH, dport);
-  // With interception, DNS over TCP to any resolver goes to the orchestrator's listener, which
-  // learns the resolver the guest addressed from the redirect preamble (layout.ts, OP_ORIG).
-  const toForwarder = dport == 53 && (dstIsGateway || load<u32>(CFG_DNS_INTERCEPT) != 0);
-  if (!dstIsGateway && !toForwarder) return KEY_SCRATCH + 24;
-  if (toForwarder) {
-    const fwdPort = load<u32>(CFG_DNS_FWD_PORT);
-    if (fwdPort == 0) return 0;
-    store<u32>(DIAL_PORT_SCRATCH, fwdPort);
-    return CFG_DNS_FWD_IP;
-  }
-  store<u64>(DIAL_SCRATCH, 0);
-  if (family == 4) { store<u32>(DIAL_SCRATCH + 8, 0xffff0000); store<u32>(DIAL_SCRATCH + 12, LOOP4); }
-  else store<u64>(DIAL_SCRATCH + 8, 0x0100000000000000);
-  return DIAL_SCRATCH;
-}
-
-
 /** Remember the frame in hand, for replies built deeper down (policy/admit.ts). */
 @inline function notePacket(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
   store<u32>(PKT_FRAME, <u32>frame);
@@ -405,39 +376,27 @@ function dialFor(family: u32, dstIsGateway: bool, dport: u32): usize {
 }
 
 /**
- * DNS over other transports (DoQ UDP/853, mDNS 5353, LLMNR 5355, NetBIOS-NS 137; DoT TCP/853)
- * bypasses the interceptor: refuse it, so stubs fall back to port 53 (DESIGN §7).
- */
-@inline function altDnsPort(proto: u32, dport: u32): bool {
-  if (dport == 853) return proto == PROTO_UDP || load<u32>(CFG_TLS_PROXY_PORT) == 0; // DoT: to the TLS proxy when intercepting
-  return proto == PROTO_UDP && (dport == 5353 || dport == 5355 || dport == 137);
-}
-
-/**
- * Route a checked UDP datagram (key written) to its flow. A datagram of an existing flow goes
- * where the flow was sent when it was made (whichever side opened it); only a new one is judged.
+ * A checked UDP datagram (key written, packet noted) to its flow. A datagram of an existing flow
+ * goes where the flow was sent when it was made (whichever side opened it); a new one where
+ * flow/outbound.ts decides.
  */
 function udpFromGuestTo(udp: usize, ulen: u32, family: u32, dstIsGateway: bool, dport: u32): void {
   const hash = keyHash();
   const found = flowLookup(hash);
   if (found >= 0) { udpOnFlow(<u32>found, udp + 8, ulen - 8, family); return; }
-  if (load<u32>(CFG_DNS_INTERCEPT)) {
-    if (dport == 53) { dnsQuery(udp + 8, ulen - 8, family, dstIsGateway); return; }
-    if (altDnsPort(PROTO_UDP, dport)) {
-      count(DNS_ALT_REFUSED);
-      icmpPortUnreachable(<usize>load<u32>(PKT_FRAME), <usize>load<u32>(PKT_IP), family, udp, ulen);
-      return;
-    }
-  }
-  if (load<u32>(CFG_TLS_BLOCK_QUIC) && tlsPort(dport)) {
-    // QUIC would carry TLS past the interception: dropped (and audited), so clients use TCP.
-    count(DROP_QUIC);
-    auditQuic(PROTO_UDP, family, dport);
-    return;
-  }
-  const dial = dialFor(family, dstIsGateway, dport);
-  if (!dial) { count(DROP_DNS_NO_UPSTREAM); return; }
-  udpFromGuest(hash, udp + 8, ulen - 8, familyOf(dial), dial, load<u32>(DIAL_PORT_SCRATCH), dstIsGateway && dport == 53, dial == CFG_DNS_FWD_IP ? ROUTE_DNS_FORWARDER : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE);
+  const service = outbound(PROTO_UDP, family, dstIsGateway, dport);
+  if (service == SVC_NONE) return; // refused there (counted, answered)
+  if (service == SVC_DNS) dnsQuery(udp + 8, ulen - 8, family, dstIsGateway);
+  else datagramFromGuest(hash, udp + 8, ulen - 8, familyOf(outDial()));
+}
+
+/** An ICMP/ICMPv6 echo request (key written, packet noted) to its flow, or to a new one. */
+function echoFromGuest(proto: u32, l4: usize, l4len: u32, family: u32): void {
+  const hash = keyHash();
+  const found = flowLookup(hash);
+  if (found >= 0) udpOnFlow(<u32>found, l4, l4len, family);
+  else if (outbound(proto, family, false, 0) != SVC_NONE) datagramFromGuest(hash, l4, l4len, family);
+  count(ICMP_ECHO_FORWARDED);
 }
 
 /** A TCP segment from the guest: checked here, then handed to the connection (flow/tcp.ts). */
@@ -452,33 +411,12 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   if (family == 4) writeKey4(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   // A segment of an existing connection goes to it, whichever side opened it: where a flow goes
-  // was decided when it was made.
+  // was decided when it was made (flow/outbound.ts, flow/inbound.ts).
   const hash = keyHash();
   const found = flowLookup(hash);
   if (found >= 0) { tcpOnFlow(<u32>found, l4, l4len); return; }
-  if (load<u32>(CFG_DNS_INTERCEPT) && altDnsPort(PROTO_TCP, rd16(l4 + 2))) {
-    count(DNS_ALT_REFUSED);
-    tcpReset(frame, ip, family, l4, l4len);
-    return;
-  }
-  const dport = rd16(l4 + 2);
-  let dial = dialFor(family, dstIsGateway, dport);
-  if (!dial) { count(DROP_DNS_NO_UPSTREAM); tcpReset(frame, ip, family, l4, l4len); return; }
-  let route = dial == CFG_DNS_FWD_IP ? ROUTE_SERVICE : dstIsGateway ? ROUTE_HOST_LOOPBACK : ROUTE_REMOTE;
-  const dot = dport == 853 && load<u32>(CFG_TLS_PROXY_PORT) != 0;
-  if (route != ROUTE_SERVICE && (tlsPort(dport) || dot)) {
-    // TLS interception: to the orchestrator's proxy, which learns the original destination
-    // from the redirect preamble. Policy judges that destination, as for any flow.
-    dial = CFG_TLS_PROXY_IP;
-    store<u32>(DIAL_PORT_SCRATCH, load<u32>(CFG_TLS_PROXY_PORT));
-    route = ROUTE_SERVICE;
-    count(TLS_REDIRECTED);
-  }
-  // DNS to the gateway is the gateway's own service, not Group Host traffic: over TCP/53 and, when
-  // the proxy terminates it, over TLS (DoT, TCP/853) alike, whatever the policy says of Host (the
-  // reference's strict setup denies TCP/853 "to anything except the gateway").
-  const gatewayService = dstIsGateway && (dport == 53 || dot);
-  const verdict = tcpNew(hash, l4, dial, load<u32>(DIAL_PORT_SCRATCH), gatewayService, route);
+  if (outbound(PROTO_TCP, family, dstIsGateway, rd16(l4 + 2)) == SVC_NONE) return; // refused there (counted, reset)
+  const verdict = tcpNew(hash, l4);
   if (verdict == SEG_HANDLED) return;
   if (verdict != SEG_REFUSED) count(DROP_TCP_NO_FLOW);
   if (verdict != SEG_STRAY_RST) tcpReset(frame, ip, family, l4, l4len);

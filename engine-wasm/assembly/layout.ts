@@ -49,8 +49,15 @@ export const ST_POLICY_ACTIVE = STATE_BASE + 52; // u32: which policy slot (0/1)
 export const ST_RUN = STATE_BASE + 60; // u32: engineRun calls (free-running): reassembly slots freed in a run are reused only after it
 export const ST_TX_NEXT = STATE_BASE + 44; // u32: TX tail being filled (published at batch end)
 export const KEY_SCRATCH = STATE_BASE + 64; // 40 bytes: the flow key being looked up
-export const DIAL_SCRATCH = STATE_BASE + 112; // 16 bytes: a dial address other than the remote
-export const DIAL_PORT_SCRATCH = STATE_BASE + 128; // u32: the dial port
+// Where the new guest flow in hand goes (flow/outbound.ts): decided once per new flow, read by
+// whoever creates it.
+export const OUT_LOOPBACK = STATE_BASE + 112; // 16 bytes: the host's loopback, when that is the dial address
+export const OUT_PORT = STATE_BASE + 128; // u32: the dial port
+export const OUT_DIAL = STATE_BASE + 132; // u32: offset of the 16-byte dial address
+export const OUT_SERVICE = STATE_BASE + 136; // u32: the service (flow/outbound.ts SVC_*)
+export const OUT_ROUTE = STATE_BASE + 140; // u32: flow/table.ts ROUTE_*
+export const OUT_PROTO = STATE_BASE + 144; // u32: the flow's protocol
+export const OUT_GATEWAY = STATE_BASE + 148; // u32: 1: the gateway's own service (policy does not govern it)
 export const PKT_SCRATCH = STATE_BASE + 160; // the frame being handled, for replies built deep in a flow:
 export const PKT_FRAME = PKT_SCRATCH + 0; // u32 frame offset
 export const PKT_IP = PKT_SCRATCH + 4; // u32 L3 header offset

@@ -1,14 +1,34 @@
 // reject.ts — answers that refuse: TCP RST for a segment that has no connection (or that policy
-// or a limit refuses) and ICMP "administratively prohibited" for what policy rejects
-// (denyResponse "reject"). Each builds one frame toward the guest from the offending one.
+// or a limit refuses), ICMP "administratively prohibited" for what policy rejects (denyResponse
+// "reject") and ICMP port unreachable for DNS over the transports moat refuses. Each builds one
+// frame toward the guest from the offending one.
 
-import { CFG_GATEWAY_IP4, CFG_GATEWAY_IP6 } from "./layout";
+import { CFG_GATEWAY_IP4, CFG_GATEWAY_IP6, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY } from "./layout";
 import { TCP_RESETS_SENT, ICMP_REJECTS_SENT } from "./counters";
-import { rd16, rd32, wr16, wr32, copy16 } from "./wire/bytes";
+import { rd16, rd32, wr16, wr32 } from "./wire/bytes";
 import { checksum } from "./wire/checksum";
 import { count, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "./emit";
 import { ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_TCP, PROTO_ICMP6, TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK } from "./wire/numbers";
 
+
+// What refusePacket answers a packet other than TCP with.
+export const ICMP_NONE: u32 = 0; // nothing: the packet is dropped
+export const ICMP_PROHIBITED: u32 = 1;
+export const ICMP_PORT_UNREACHABLE: u32 = 2;
+
+/**
+ * Refuse the packet in hand (PKT_*, noted by engine.ts before a flow is judged): TCP with a
+ * reset, anything else with ICMP `icmp` (ICMP_NONE: silence).
+ */
+export function refusePacket(proto: u32, icmp: u32): void {
+  const frame = <usize>load<u32>(PKT_FRAME);
+  if (!frame) return;
+  const ip = <usize>load<u32>(PKT_IP);
+  const l4 = <usize>load<u32>(PKT_L4);
+  const family = load<u32>(PKT_FAMILY);
+  if (proto == PROTO_TCP) tcpReset(frame, ip, family, l4, load<u32>(PKT_L4LEN));
+  else if (icmp != ICMP_NONE) icmpUnreachable(frame, ip, family, l4, load<u32>(PKT_L4LEN), icmp == ICMP_PORT_UNREACHABLE);
+}
 
 // ---- TCP resets for segments that belong to no connection -------------------------------------
 
@@ -51,19 +71,11 @@ export function tcpReset(frame: usize, ip: usize, family: u32, l4: usize, l4len:
 
 
 /**
- * ICMP destination unreachable, "administratively prohibited" (v4 type 3 code 13, RFC 1812
- * §5.2.7.1; v6 type 1 code 1, RFC 4443 §3.1), quoting the offending packet: its IPv4 header
- * and 8 bytes, or for IPv6 as much as fits in the minimum MTU.
+ * ICMP destination unreachable, quoting the offending packet (its IPv4 header and 8 bytes, or for
+ * IPv6 as much as fits in the minimum MTU): "administratively prohibited" (v4 type 3 code 13,
+ * RFC 1812 §5.2.7.1; v6 type 1 code 1, RFC 4443 §3.1), or with `port` port unreachable (v4
+ * type 3 code 3, v6 type 1 code 4: "nobody listens here").
  */
-export function icmpProhibited(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
-  icmpUnreachable(frame, ip, family, l4, l4len, false);
-}
-
-/** ICMP port unreachable (v4 type 3 code 3, v6 type 1 code 4): "nobody listens here". */
-export function icmpPortUnreachable(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32): void {
-  icmpUnreachable(frame, ip, family, l4, l4len, true);
-}
-
 function icmpUnreachable(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32, port: bool): void {
   const out = txReserve();
   if (!out) return;

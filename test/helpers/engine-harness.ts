@@ -6,6 +6,8 @@ import { writeEngineConfig, readCounters, readFlowStats, type EngineConfig } fro
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import { installPolicy, NameTable, type DenyResponse } from "../../orchestrator/src/policy/compile.js";
 import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { parseRedirectPreamble, type RedirectOrigin } from "../../orchestrator/src/engine/redirect.js";
+import { redirectPreamble } from "./preamble.js";
 
 export const testConfig: EngineConfig = {
   gatewayMac: "02:6d:00:00:00:01",
@@ -27,8 +29,13 @@ export const testConfig: EngineConfig = {
   dnsForward: { ip: "192.0.2.53", port: 5353 },
 };
 
-/** A host operation as native-vmm would see it: `data` is the LEN bytes at DATA when DATA is an address; `arg` and `len` are the raw fields (DATA is a sequence number for TCP credit, acknowledgement and rewind). */
-export interface HostOp { kind: number; flow: number; data: Uint8Array; arg: number; len: number; family: number; port: number; addr: Uint8Array }
+/**
+ * A host operation as native-vmm would see it: `data` is the LEN bytes at DATA when DATA is an
+ * address; `arg` and `len` are the raw fields (DATA is a sequence number for TCP credit,
+ * acknowledgement and rewind). `origin`: for a dial redirected to an orchestrator service
+ * (OP_ORIG set), the redirect preamble native-vmm would write, as the service reads it; else null.
+ */
+export interface HostOp { kind: number; flow: number; data: Uint8Array; arg: number; len: number; family: number; port: number; addr: Uint8Array; origin: RedirectOrigin | null }
 
 export class EngineHarness {
   readonly memory = createEngineMemory();
@@ -130,9 +137,22 @@ export class EngineHarness {
         family: this.u32(op + L.OP_FAMILY),
         port: this.u32(op + L.OP_PORT),
         addr: addr ? this.mem.slice(addr, addr + 16) : new Uint8Array(16),
+        origin: this.origin(this.u32(op + L.OP_ORIG)),
       });
     }
     return out;
+  }
+
+  /** The preamble for OP_ORIG `orig` (the flow's key and record), built as native-vmm builds it (host-sockets.cc) and parsed as a service parses it. */
+  private origin(orig: number): RedirectOrigin | null {
+    if (!orig) return null;
+    const family = this.mem[orig + 1] === 4 ? 4 : 6;
+    const addr = Array.from(this.mem.subarray(orig + 24 + (family === 4 ? 12 : 0), orig + 40));
+    const port = this.dv.getUint16(orig + 6, true);
+    const token = Buffer.from(this.mem.slice(L.CFG_REDIRECT_TOKEN, L.CFG_REDIRECT_TOKEN + 16));
+    const origin = parseRedirectPreamble(redirectPreamble(token, family, addr, port, this.u32(orig + L.ORIG_ADMIT_NAME)), token);
+    if (!origin) throw new Error(`OP_ORIG ${orig} does not make a preamble`);
+    return origin;
   }
 
   private takeTx(): Uint8Array[] {

@@ -4,7 +4,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import dnsPacket from "dns-packet";
-import { DnsTcpServer, parseRedirectPreamble, type DnsTcpHandler } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { DnsTcpServer, type DnsTcpHandler } from "../../orchestrator/src/dns/tcp-proxy.js";
+import { parseRedirectPreamble } from "../../orchestrator/src/engine/redirect.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import { redirectPreamble as preamble } from "../helpers/preamble.js";
 

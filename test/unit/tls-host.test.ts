@@ -10,7 +10,7 @@ import { randomBytes } from "node:crypto";
 import { RemoteTlsProxy, tlsWorkers } from "../../orchestrator/src/tls/tls-host.js";
 import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
 import type { TlsEvent } from "../../orchestrator/src/tls/proxy.js";
-import type { RedirectOrigin } from "../../orchestrator/src/dns/tcp-proxy.js";
+import type { RedirectOrigin } from "../../orchestrator/src/engine/redirect.js";
 import { redirectPreamble } from "../helpers/preamble.js";
 import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
 

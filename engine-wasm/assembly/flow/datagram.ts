@@ -5,9 +5,10 @@
 // A flow is one (guest address, guest port, remote address, remote port). Its host socket is a
 // UDP socket *connected* to the remote (opened by native-vmm on OPK_UDP_OPEN, filed under the
 // flow's index), so the kernel hands it only that remote's replies and the flow needs no
-// demultiplexing on the way back. DNS sent to the gateway is dialled to the configured
-// forwarder instead, while the guest keeps seeing the gateway as its peer. A flow lives while it
-// carries traffic either way; engineTick expires it after CFG_UDP_IDLE_MS without any.
+// demultiplexing on the way back. Where a new flow's socket connects is flow/outbound.ts's
+// decision (DNS to the gateway without interception: the configured forwarder, while the guest
+// keeps seeing the gateway as its peer). A flow lives while it carries traffic either way;
+// engineTick expires it after CFG_UDP_IDLE_MS without any.
 // Rate limits (limits.ts): a datagram over the egress or ingress budget is dropped and counted,
 // and so is the first datagram of a flow over the connection rate.
 
@@ -17,17 +18,18 @@ import {
 } from "../layout";
 import {
   UDP_FLOWS_OPENED, UDP_TO_HOST, UDP_FROM_HOST, DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL,
-  DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED, ICMP_ECHO_FORWARDED, ICMP_ECHO_FROM_HOST,
+  DROP_UDP_NO_FLOW, DROP_OVERSIZE, UDP_FLOWS_EXPIRED, ICMP_ECHO_FROM_HOST,
   DROP_RATE_EGRESS, DROP_RATE_INGRESS, DROP_RATE_CONN,
 } from "../counters";
 import { limited, lacks, charge, connQueueEmpty } from "../limits";
 import {
-  keyHash, flowLookup, flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN,
-  F_BYTES_OUT, F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, F_ROUTE, ROUTE_REMOTE, flowFromPeer,
+  flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_PKTS_OUT, F_PKTS_IN, F_BYTES_OUT,
+  F_BYTES_IN, F_DIAL_ADDR, F_DIAL_PORT, flowFromPeer,
 } from "./table";
-import { wr16, copy16 } from "../wire/bytes";
+import { wr16 } from "../wire/bytes";
 import { ETH_IP4, ETH_IP6, PROTO_ICMP, PROTO_UDP, PROTO_ICMP6 } from "../wire/numbers";
-import { admitNewFlow, auditSecret } from "../policy/admit";
+import { auditSecret } from "../policy/admit";
+import { outboundAdmit, outboundRecord } from "./outbound";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { checksum } from "../wire/checksum";
 import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
@@ -35,43 +37,33 @@ import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Ch
 export const UDP_OPEN: u32 = 1;
 
 /**
- * A datagram from the guest for no existing flow, key at KEY_SCRATCH (hash `hash`). `dial`/
- * `dialPort` say where the host socket connects (the remote itself, or the DNS forwarder),
- * `route` which of those it is (table.ts ROUTE_*). Payload: `len` bytes at `data`.
- * `gatewayService`: the gateway's own DNS, which policy does not govern (DESIGN §6).
+ * A datagram from the guest for no existing flow — a UDP payload, or an ICMP/ICMPv6 echo
+ * request (the ICMP message), `len` bytes at `data` — key at KEY_SCRATCH (hash `hash`): a flow
+ * whose host socket (of `family`) connects where flow/outbound.ts decided, and the datagram sent
+ * on it.
  */
-export function udpFromGuest(hash: u32, data: usize, len: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): void {
-  const idx = datagramFlowOpen(PROTO_UDP, OPK_UDP_OPEN, hash, family, dial, dialPort, gatewayService, route);
+export function datagramFromGuest(hash: u32, data: usize, len: u32, family: u32): void {
+  const idx = datagramFlowOpen(hash, family);
   if (idx >= 0) udpOnFlow(<u32>idx, data, len, family);
-}
-
-/** An ICMP/ICMPv6 echo request (`len` bytes of ICMP message at `data`) to the remote in the key. */
-export function icmpEchoFromGuest(proto: u32, data: usize, len: u32, family: u32): void {
-  const hash = keyHash();
-  let idx = flowLookup(hash);
-  if (idx < 0) idx = datagramFlowOpen(proto, OPK_ICMP_OPEN, hash, family, KEY_SCRATCH + 24, 0, false, ROUTE_REMOTE);
-  if (idx >= 0) udpOnFlow(<u32>idx, data, len, family);
-  count(ICMP_ECHO_FORWARDED);
 }
 
 /** Judge and create a datagram flow (key at KEY_SCRATCH) and open its host socket; -1 if not. */
-function datagramFlowOpen(proto: u32, openOp: u32, hash: u32, family: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): i32 {
+function datagramFlowOpen(hash: u32, family: u32): i32 {
+  const proto = <u32>load<u8>(KEY_SCRATCH);
   const live = load<u32>(ST_UDP_LIVE);
   if (live >= load<u32>(CFG_MAX_UDP_FLOWS)) { count(DROP_FLOW_LIMIT); return -1; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return -1; }
   // Over the connection rate (or behind held TCP SYNs, which go first): the datagram is dropped.
   if (lacks(LIM_CONN, 1) || (limited(LIM_CONN) && !connQueueEmpty())) { count(DROP_RATE_CONN); return -1; }
-  if (!admitNewFlow(proto, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService)) return -1;
+  if (!outboundAdmit()) return -1;
   charge(LIM_CONN, 1);
   const idx = flowInsert(hash);
   if (idx < 0) { count(DROP_FLOW_TABLE_FULL); return -1; }
   const rec = flowRecord(<u32>idx);
   store<u32>(rec, UDP_OPEN, F_STATE);
-  store<u8>(rec, route, F_ROUTE);
-  copy16(rec + F_DIAL_ADDR, dial);
-  store<u32>(rec, dialPort, F_DIAL_PORT);
+  outboundRecord(rec);
   store<u32>(ST_UDP_LIVE, live + 1);
-  if (!opPush(openOp, <u32>idx, 0, 0, family, dialPort, rec + F_DIAL_ADDR)) {
+  if (!opPush(proto == PROTO_UDP ? OPK_UDP_OPEN : OPK_ICMP_OPEN, <u32>idx, 0, 0, family, load<u32>(rec, F_DIAL_PORT), rec + F_DIAL_ADDR)) {
     udpClose(<u32>idx, false);
     return -1;
   }

@@ -51,6 +51,14 @@ export const F_PROTO_STATE = 128; // protocol-specific state (TCP)
 
 export const KEY_BYTES = 40;
 
+/** A flow the guest opened: its host side goes where flow/outbound.ts decided (`route`, `dial`/`dialPort`). */
+export function flowToRemote(rec: usize, route: u8, dial: usize, dialPort: u32): void {
+  store<u8>(rec, ORIGIN_GUEST, F_ORIGIN);
+  store<u8>(rec, route, F_ROUTE);
+  copy16(rec + F_DIAL_ADDR, dial);
+  store<u32>(rec, dialPort, F_DIAL_PORT);
+}
+
 /** A flow a host peer opened on published port `listener`: where it came from is where it goes. */
 export function flowFromPeer(rec: usize, listener: u32, peer: usize, peerPort: u32): void {
   store<u8>(rec, ORIGIN_HOST, F_ORIGIN);

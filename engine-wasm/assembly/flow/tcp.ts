@@ -87,9 +87,9 @@
 // connection rate waits in DIALING, not dialled (FL_CONN_HELD), until tcpLimitWake dials it.
 
 import {
-  KEY_SCRATCH, SACK_SCRATCH, ST_ACK_DUE, ST_DELACK_COUNT, DELACK_MAX, DELACK_LIST, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
+  SACK_SCRATCH, ST_ACK_DUE, ST_DELACK_COUNT, DELACK_MAX, DELACK_LIST, CFG_GUEST_MAC, CFG_MTU, CFG_MAX_TCP_FLOWS, ST_TCP_LIVE, ST_NOW_MS,
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
-  OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, CFG_TLS_PROXY_IP, CFG_DENY_PROXY_PORT, DENY_RULE, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
+  OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
   LIM_EGRESS, LIM_INGRESS, LIM_CONN, ST_LIMIT_DUE, ST_PACED_COUNT, PACED_LIST,
 } from "../layout";
@@ -107,11 +107,12 @@ import {
 import { oooHold, oooFirst, oooPop, oooClear, oooData, oooSeq, oooLen, oooFin, oooSackBlocks, T_OOO_COUNT } from "./tcp-reassembly";
 import {
   flowInsert, flowTableFull, flowRemove, flowRecord, F_STATE, F_LAST_MS, F_DIAL_ADDR, F_DIAL_PORT, F_PKTS_OUT,
-  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, F_ADMIT_NAME, flowFromPeer, flowIndexOf,
+  F_PKTS_IN, F_BYTES_OUT, F_BYTES_IN, F_ROUTE, ROUTE_SERVICE, flowFromPeer, flowIndexOf,
 } from "./table";
-import { rd16, rd32, wr16, wr32, copy16, familyOf } from "../wire/bytes";
+import { rd16, rd32, wr16, wr32, familyOf } from "../wire/bytes";
 import { ETH_IP4, ETH_IP6, PROTO_TCP, TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK } from "../wire/numbers";
-import { admitNewFlow, auditSecret, ADMIT_REFUSED, ADMIT_DENY_PAGE } from "../policy/admit";
+import { auditSecret } from "../policy/admit";
+import { outboundAdmit, outboundRecord } from "./outbound";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
 
@@ -413,14 +414,14 @@ export const SEG_STRAY_RST: i32 = 3; // a RST for no connection: count DROP_TCP_
 
 /**
  * A checked TCP segment from the guest for no existing flow (key at KEY_SCRATCH, its hash
- * `hash`): a SYN opens a connection, dialled to `dial`/`dialPort` (decided once, here). Returns
- * one of the SEG_* codes above.
+ * `hash`), where flow/outbound.ts decided it goes: a SYN opens a connection, dialled there.
+ * Returns one of the SEG_* codes above.
  */
-export function tcpNew(hash: u32, l4: usize, dial: usize, dialPort: u32, gatewayService: bool, route: u8): i32 {
+export function tcpNew(hash: u32, l4: usize): i32 {
   const flags = <u32>load<u8>(l4 + 13);
   if (flags & TCP_RST) return SEG_STRAY_RST;
   if ((flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) return SEG_NO_FLOW;
-  return tcpOpen(hash, l4, rd32(l4 + 4), dial, dialPort, gatewayService, route) ? SEG_HANDLED : SEG_REFUSED;
+  return tcpOpen(hash, l4, rd32(l4 + 4)) ? SEG_HANDLED : SEG_REFUSED;
 }
 
 /** A checked TCP segment from the guest for flow `idx` (whichever side opened it). */
@@ -639,7 +640,7 @@ function writeHeld(idx: u32, rec: usize): bool {
 }
 
 /** A guest SYN for a new connection: create the flow and dial (or, over the connection rate, hold it). */
-function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, gatewayService: bool, route: u8): bool {
+function tcpOpen(hash: u32, l4: usize, seq: u32): bool {
   const live = load<u32>(ST_TCP_LIVE);
   if (live >= load<u32>(CFG_MAX_TCP_FLOWS)) { count(DROP_FLOW_LIMIT); return false; }
   if (flowTableFull()) { count(DROP_FLOW_TABLE_FULL); return false; }
@@ -647,24 +648,14 @@ function tcpOpen(hash: u32, l4: usize, seq: u32, dial: usize, dialPort: u32, gat
   // rate allows (tcpLimitWake): the guest sees a slower network. Reset only when the queue is full.
   const hold = limited(LIM_CONN) && (!connQueueEmpty() || bucketLevel(LIM_CONN) < 1);
   if (hold && connQueueFull()) { count(DROP_RATE_CONN); return false; }
-  const admitted = admitNewFlow(PROTO_TCP, <u32>load<u8>(KEY_SCRATCH, 1), <u32>load<u16>(KEY_SCRATCH, 6), gatewayService);
-  if (admitted == ADMIT_REFUSED) return true; // answered by admit
-  if (admitted == ADMIT_DENY_PAGE) {
-    // Denied, answered by the deny page: to the proxy, which reads the rule from the preamble.
-    dial = CFG_TLS_PROXY_IP;
-    dialPort = load<u32>(CFG_DENY_PROXY_PORT);
-    route = ROUTE_SERVICE;
-  }
+  if (!outboundAdmit()) return true; // answered by admission
   const found = flowInsert(hash);
   if (found < 0) { count(DROP_FLOW_TABLE_FULL); return false; }
   const idx = <u32>found;
   const rec = flowRecord(idx);
   store<u32>(ST_TCP_LIVE, live + 1);
   store<u32>(rec, TS_DIALING, F_STATE);
-  store<u8>(rec, route, F_ROUTE);
-  copy16(rec + F_DIAL_ADDR, dial);
-  store<u32>(rec, dialPort, F_DIAL_PORT);
-  if (admitted == ADMIT_DENY_PAGE) store<u32>(rec, load<u32>(DENY_RULE), F_ADMIT_NAME);
+  outboundRecord(rec);
   takeSynOptions(rec, l4);
   const iss = initSend(rec, hash);
   store<u32>(rec, iss + 1, T_GRANTED);

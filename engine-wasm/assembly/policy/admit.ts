@@ -6,7 +6,7 @@ import {
   KEY_SCRATCH, ST_NOW_MS, ST_TCP_LIVE, ST_UDP_LIVE, CFG_MAX_CONNECTIONS, AUDIT_CTRL, AUDIT_BASE,
   AUDIT_SLOTS, AUDIT_RECORD_BYTES, AU_TIME_MS, AU_RULE, AU_PROTO, AU_FAMILY, AU_ACTION,
   AU_DIRECTION, AU_SPORT, AU_DPORT, AU_SRC, AU_DST, CFG_DENY_PROXY_PORT, CFG_TLS_PROXY_PORT, CFG_TLS_PORT_COUNT,
-  CFG_TLS_PORTS, CFG_TLS_PORTS_MAX, DENIED_BIT, DENY_RULE, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, AU_RULE_SECRET, AU_DETAIL, PIN_MATCHED, PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY,
+  CFG_TLS_PORTS, CFG_TLS_PORTS_MAX, DENIED_BIT, DENY_RULE, AU_RULE_NOT_ROUTED, AU_RULE_QUIC, AU_RULE_SECRET, AU_DETAIL, PIN_MATCHED,
   POLICY_DENY, DIR_OUTBOUND, DIR_INBOUND, DENY_DROP, DENY_HTTP,
 } from "../layout";
 import { FLOWS_ALLOWED, DROP_POLICY, DROP_FLOW_LIMIT, AUDIT_LOST, SECRET_VIOLATIONS } from "../counters";
@@ -15,7 +15,7 @@ import { copy16, familyOf } from "../wire/bytes";
 import { PROTO_TCP } from "../wire/numbers";
 import { count } from "../emit";
 import { policyEvaluate, policyDenyResponse } from "./match";
-import { tcpReset, icmpProhibited } from "../reject";
+import { refusePacket, ICMP_NONE, ICMP_PROHIBITED } from "../reject";
 
 /**
  * May the flow whose key is at KEY_SCRATCH (remote port `dport`) be created? Called once, when
@@ -42,14 +42,14 @@ export function admitNewFlow(proto: u32, family: u32, dport: u32, gatewayService
         store<u32>(DENY_RULE, DENIED_BIT | (verdict >> 1));
         result = ADMIT_DENY_PAGE;
       } else {
-        if (response != DENY_DROP) refuse(proto, true);
+        if (response != DENY_DROP) refusePacket(proto, ICMP_PROHIBITED);
         return ADMIT_REFUSED;
       }
     }
   }
   if (overConnectionLimit()) {
     store<u32>(PIN_MATCHED, 0);
-    refuse(proto, false); // over the limit: TCP is refused at once, UDP dropped
+    refusePacket(proto, ICMP_NONE); // over the limit: TCP is refused at once, UDP dropped
     return ADMIT_REFUSED;
   }
   if (!gatewayService && result == ADMIT_OK) count(FLOWS_ALLOWED);
@@ -123,16 +123,6 @@ export function auditSecret(proto: u32, family: u32, dport: u32, secret: u32): v
 /** QUIC to an intercepted TLS port, dropped (CFG_TLS_BLOCK_QUIC): audited with reason AU_RULE_QUIC. */
 export function auditQuic(proto: u32, family: u32, dport: u32): void {
   audit(proto, family, dport, AU_RULE_QUIC, DIR_OUTBOUND, KEY_SCRATCH + 8, <u32>load<u16>(KEY_SCRATCH, 4), KEY_SCRATCH + 24);
-}
-
-function refuse(proto: u32, icmpForUdp: bool): void {
-  const frame = <usize>load<u32>(PKT_FRAME);
-  if (!frame) return;
-  const ip = <usize>load<u32>(PKT_IP);
-  const l4 = <usize>load<u32>(PKT_L4);
-  const family = load<u32>(PKT_FAMILY);
-  if (proto == PROTO_TCP) tcpReset(frame, ip, family, l4, load<u32>(PKT_L4LEN));
-  else if (icmpForUdp) icmpProhibited(frame, ip, family, l4, load<u32>(PKT_L4LEN));
 }
 
 /** Record a denial in the audit ring (bounded: when full, AUDIT_LOST counts what was not kept). */

@@ -11,33 +11,15 @@
 // half-closes still receives its outstanding answers.
 //
 // With a redirect token, every connection must open with the engine's redirect preamble
-// (engine-wasm/assembly/layout.ts, OP_ORIG: the resolver the guest addressed, then the token); a
-// connection whose first REDIRECT_PREAMBLE_BYTES bytes are anything else is closed unanswered.
-import net from "node:net";
-import type { AddressInfo } from "node:net";
-import { timingSafeEqual } from "node:crypto";
-import ipaddr from "ipaddr.js";
+// (engine/redirect.ts: the resolver the guest addressed, then the token); a connection whose
+// first REDIRECT_PREAMBLE_BYTES bytes are anything else is closed unanswered.
+import type net from "node:net";
 import { layout as L } from "../engine/layout.js";
+import { RedirectListener, parseRedirectPreamble } from "../engine/redirect.js";
 
 /** Who sent a query: the TCP peer, and (redirected by the engine) where the guest was going. */
 export interface DnsTcpPeer { address: string; port: number; dest?: { ip: string; port: number } }
 export type DnsTcpHandler = (query: Buffer, peer: DnsTcpPeer) => Promise<Buffer | null>;
-
-/** What a redirect preamble says: the original destination, and the name id of the domain rule that admitted the flow (0: none). */
-export interface RedirectOrigin { ip: string; port: number; admitNameId: number }
-
-/** The redirect preamble (engine-wasm/assembly/layout.ts, OP_ORIG), or null if it is not one made with `token`. */
-export function parseRedirectPreamble(b: Buffer, token: Buffer): RedirectOrigin | null {
-  if (b.length < L.REDIRECT_PREAMBLE_BYTES || b.toString("latin1", L.PRE_MAGIC, L.PRE_MAGIC + 4) !== "moat" || b[L.PRE_VERSION] !== L.REDIRECT_PREAMBLE_VERSION ||
-      (b[L.PRE_FAMILY] !== 4 && b[L.PRE_FAMILY] !== 6)) return null;
-  if (!timingSafeEqual(b.subarray(L.PRE_TOKEN, L.PRE_TOKEN + 16), token)) return null;
-  const a = ipaddr.fromByteArray(Array.from(b.subarray(L.PRE_ADDR, L.PRE_ADDR + 16))) as ipaddr.IPv6;
-  return {
-    ip: b[L.PRE_FAMILY] === 4 && a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString(),
-    port: b.readUInt16BE(L.PRE_PORT),
-    admitNameId: b.readUInt32BE(L.PRE_ADMIT_NAME),
-  };
-}
 
 export interface DnsTcpServerOptions {
   /** Close a connection idle this long with nothing outstanding; default 10000. */
@@ -52,56 +34,19 @@ export interface DnsTcpServerOptions {
 
 const MIN_MESSAGE = 12;
 
-export class DnsTcpServer {
-  private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
+export class DnsTcpServer extends RedirectListener {
   private readonly idleTimeoutMs: number;
   private readonly maxPipelined: number;
   private readonly token: Buffer | undefined;
 
   constructor(private readonly handler: DnsTcpHandler, options: DnsTcpServerOptions = {}) {
+    super(options.maxConnections ?? 256);
     this.idleTimeoutMs = options.idleTimeoutMs ?? 10_000;
     this.token = options.redirectToken;
     this.maxPipelined = options.maxPipelined ?? 32;
-    this.server = net.createServer({ allowHalfOpen: true }, (sock) => this.serve(sock));
-    this.server.maxConnections = options.maxConnections ?? 256;
   }
 
-  /** Listen on `host`:`port` (default 127.0.0.1, an ephemeral port). */
-  listen(port = 0, host = "127.0.0.1"): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onError = (e: Error): void => reject(e);
-      this.server.once("error", onError);
-      this.server.listen(port, host, () => {
-        this.server.off("error", onError);
-        resolve();
-      });
-    });
-  }
-
-  /** Where the server listens (after listen()). */
-  address(): AddressInfo {
-    const a = this.server.address();
-    if (a === null || typeof a === "string") throw new Error("the DNS TCP server is not listening");
-    return a;
-  }
-
-  /** Connections open now. */
-  get connections(): number {
-    return this.sockets.size;
-  }
-
-  /** Stop listening and close every connection. */
-  close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    return new Promise((resolve) => {
-      if (!this.server.listening) return resolve();
-      this.server.close(() => resolve());
-    });
-  }
-
-  private serve(sock: net.Socket): void {
-    this.sockets.add(sock);
+  protected serve(sock: net.Socket): void {
     const peer: DnsTcpPeer = { address: sock.remoteAddress ?? "", port: sock.remotePort ?? 0 };
     let needPreamble = this.token !== undefined;
     const queue: Promise<Buffer | null>[] = [];
@@ -110,14 +55,12 @@ export class DnsTcpServer {
     let ended = false;
     let closing = false; // answered null: no more queries are read, nothing more is written
 
-    sock.setNoDelay(true);
     sock.setTimeout(this.idleTimeoutMs);
     sock.on("timeout", () => {
       if (queue.length === 0) sock.destroy();
     });
     sock.on("error", () => sock.destroy());
     sock.on("close", () => {
-      this.sockets.delete(sock);
       queue.length = 0;
     });
     sock.on("end", () => {

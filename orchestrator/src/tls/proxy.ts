@@ -2,8 +2,9 @@
 //
 // Theory of operation
 // The engine redirects the guest's TCP connections to intercepted ports (and DoT, TCP/853) here,
-// each opening with the redirect preamble (engine-wasm/assembly/layout.ts, OP_ORIG): where the
-// guest was going, and the domain rule that admitted it. Then, per connection:
+// each opening with the redirect preamble (engine/redirect.ts): where the guest was going, and
+// the domain rule that admitted it (or denied it: the deny page, deny-page.ts, is served here
+// too). Then, per connection:
 //
 //   preamble ─► ClientHello (bounded, timed) ─► bypassed SNI? ──yes──► opaque splice to the
 //                                                   │                  original destination,
@@ -22,9 +23,9 @@
 import net from "node:net";
 import tls from "node:tls";
 import { readFileSync } from "node:fs";
-import type { AddressInfo } from "node:net";
 import { layout as L } from "../engine/layout.js";
-import { parseRedirectPreamble, type RedirectOrigin } from "../dns/tcp-proxy.js";
+import { RedirectListener, parseRedirectPreamble, originText as dest, type RedirectOrigin } from "../engine/redirect.js";
+import { denied, denyPageText, serveDenyPage } from "./deny-page.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
 import { matchesPattern } from "./setup.js";
@@ -137,43 +138,15 @@ function upstreamContextFor(extra: readonly string[]): tls.SecureContext {
 }
 
 
-export class TlsProxy {
-  private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
+export class TlsProxy extends RedirectListener {
   readonly stats: TlsProxyStats;
 
   constructor(private readonly o: TlsProxyOptions) {
+    super(16384);
     this.stats = o.stats ?? tlsStatsOver();
-    this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.serve(s));
-    this.server.maxConnections = 16384;
   }
 
-  listen(port = 0, host = "127.0.0.1"): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(port, host, () => {
-        this.server.off("error", reject);
-        resolve();
-      });
-    });
-  }
-
-  address(): AddressInfo {
-    return this.server.address() as AddressInfo;
-  }
-
-  get connections(): number {
-    return this.sockets.size;
-  }
-
-  close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    return new Promise((resolve) => (this.server.listening ? this.server.close(() => resolve()) : resolve()));
-  }
-
-  private serve(sock: net.Socket): void {
-    this.sockets.add(sock);
-    sock.on("close", () => this.sockets.delete(sock));
+  protected serve(sock: net.Socket): void {
     sock.on("error", () => sock.destroy());
     let buf: Buffer = Buffer.alloc(0);
     let origin: RedirectOrigin | null = null;
@@ -199,7 +172,7 @@ export class TlsProxy {
           return;
         }
         buf = buf.subarray(L.REDIRECT_PREAMBLE_BYTES);
-        if ((origin.admitNameId & L.DENIED_BIT) !== 0 && origin.port === 80) {
+        if (denied(origin) && origin.port === 80) {
           // The deny page, in plain HTTP.
           handOn();
           this.stats.denyPages++;
@@ -237,13 +210,12 @@ export class TlsProxy {
     return this.o.ca.contextForAsync(name, this.countMint);
   }
 
-  private denyText(origin: RedirectOrigin, sni: string | undefined): string {
-    const rule = this.o.denyReason?.(origin.admitNameId & ~L.DENIED_BIT) ?? "the policy";
-    return `moat: denied: ${sni ?? "?"} (${dest(origin)}) by ${rule}\n`;
+  private denyText(origin: RedirectOrigin, host: string | undefined): string {
+    return denyPageText(origin, host, this.o.denyReason);
   }
 
   private async decide(sock: net.Socket, origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<void> {
-    if ((origin.admitNameId & L.DENIED_BIT) !== 0) {
+    if (denied(origin)) {
       // The deny page, over TLS: our leaf, no upstream at all.
       this.stats.denyPages++;
       const guest = new tls.TLSSocket(sock, { isServer: true, secureContext: await this.leafFor(sni ?? origin.ip), ALPNProtocols: ["http/1.1"] });
@@ -416,38 +388,6 @@ export class TlsProxy {
     });
     guest.on("end", () => void chain.then(() => guest.end()));
   }
-}
-
-function dest(o: RedirectOrigin): string {
-  return `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${o.port}`;
-}
-
-/**
- * Answer the request arriving on `sock` (after `first`) with 403 and `text(host)`: read its head
- * (bounded, timed), reply, close. Nothing is sent anywhere else.
- */
-function serveDenyPage(sock: net.Socket, first: Buffer, text: (host: string | undefined) => string): void {
-  let head = first;
-  const timer = setTimeout(() => sock.destroy(), 10_000);
-  const reply = () => {
-    clearTimeout(timer);
-    sock.removeAllListeners("data");
-    const host = /\r\nhost:\s*([^\r\n:]+)/i.exec(head.toString("latin1"))?.[1]?.toLowerCase();
-    const body = text(host);
-    sock.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
-    sock.resume();
-  };
-  const check = () => {
-    if (head.includes("\r\n\r\n") || head.length > 65536) reply();
-  };
-  sock.on("data", (d: Buffer) => {
-    head = Buffer.concat([head, d]);
-    check();
-  });
-  sock.on("end", () => { if (!sock.writableEnded) reply(); });
-  sock.on("close", () => clearTimeout(timer));
-  check();
-  sock.resume();
 }
 
 /** The TCP socket under each upstream TLS socket (to reset it). */

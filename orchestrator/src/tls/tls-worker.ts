@@ -20,7 +20,7 @@ import ipaddr from "ipaddr.js";
 import { CertificateAuthority, type CaShare, type MintTask } from "./ca.js";
 import { TlsProxy, tlsStatsOver, type TlsEvent } from "./proxy.js";
 import { PinnedNames, nameBinding, unpinnedReason } from "./setup.js";
-import type { RedirectOrigin } from "../dns/tcp-proxy.js";
+import type { RedirectOrigin } from "../engine/redirect.js";
 import type { Secret } from "../secrets/secrets.js";
 import type { MessagePort } from "node:worker_threads";
 

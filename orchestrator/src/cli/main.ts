@@ -646,7 +646,7 @@ function policyFromArgs(args: string[]): { policy: NetworkPolicy; denyResponse?:
 /** `moat daemon`: sandboxes created, driven and removed over the control socket, until SIGTERM. */
 async function cmdDaemon(args: string[]): Promise<number> {
   const specs: FlagSpec[] = [CONTROL_FLAG, RUN_FLAGS.find((f) => f.name === "metrics")!, RUN_FLAGS.find((f) => f.name === "stats-interval")!,
-    { name: "engine-threads", kind: "int", metavar: "N", min: 1, max: MAX_ENGINE_THREADS, help: "engine worker threads that serve all the sandboxes (default: one per core;\neach sandbox keeps its own engine memory, flow table and policy on it)" },
+    { name: "engine-threads", kind: "int", metavar: "N", min: 1, max: MAX_ENGINE_THREADS, help: "engine worker threads that serve all the sandboxes, and as many TLS worker\nthreads for their interception (default: one per core; each sandbox keeps its\nown engine memory, flow table and policy on its engine thread)" },
     { name: "help", kind: "bool", help: "show this help" }];
   const { flags, rest } = parseFlags(args, specs, "daemon");
   if (flags.has("engine-threads")) setEngineThreads(flags.get("engine-threads") as number);

@@ -74,9 +74,9 @@ const pool: PoolWorker[] = [];
 let poolThreads: number | undefined;
 
 /**
- * How many engine worker threads serve this process's sandboxes (default: one per core, or
- * MOAT_ENGINE_THREADS). Applies to sandboxes created from now on; workers already running go on
- * serving theirs.
+ * How many engine worker threads serve this process's sandboxes, and how many TLS worker threads
+ * their interception (default: one per core, or MOAT_ENGINE_THREADS). Applies to sandboxes
+ * created from now on; workers already running go on serving theirs.
  */
 export function setEngineThreads(n: number): void {
   if (!Number.isInteger(n) || n < 1 || n > MAX_ENGINE_THREADS) {

@@ -17,7 +17,7 @@ import { createEngineMemory, instantiateEngine } from "../orchestrator/src/engin
 import { writeEngineConfig } from "../orchestrator/src/engine/engine-config.js";
 import { layout as L, wire } from "../orchestrator/src/engine/layout.js";
 import { installPolicy, NameTable } from "../orchestrator/src/policy/compile.js";
-import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/policy/model.js";
+import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/model/policy.js";
 import { testConfig } from "../test/helpers/engine-harness.js";
 
 type Evaluate = (proto: number, addr: number, port: number, direction: number) => number;

@@ -30,9 +30,8 @@ export type { DnsOptions } from "./gateway/gateway.js";
 export type { PortSpec, PublishedPort, PortProtocol } from "./sandbox/ports.js";
 export {
   NetworkPolicy, Rule, Destination, PortRange, GROUPS,
-  type Action, type Direction, type Protocol, type Group, type NetworkPolicyShape,
-} from "./policy/model.js";
-export type { DenyResponse } from "./policy/compile.js";
+  type Action, type Direction, type Protocol, type Group, type NetworkPolicyShape, type DenyResponse,
+} from "./model/policy.js";
 export type { DenyEvent } from "./policy/audit.js";
 export {
   EVENT_VERSION,

@@ -7,7 +7,7 @@ import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harne
 import { eth, ipv4, udp } from "../helpers/frames.js";
 import { SYN, RST, PSH, ACK, u16, segment, parse } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { NetworkPolicy } from "../../orchestrator/src/model/policy.js";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
 import { drainAudit } from "../../orchestrator/src/policy/audit.js";
 import { installPolicy } from "../../orchestrator/src/policy/compile.js";

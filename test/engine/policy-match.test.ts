@@ -13,9 +13,9 @@ import assert from "node:assert/strict";
 import ipaddr from "ipaddr.js";
 import { EngineHarness, testConfig } from "../helpers/engine-harness.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type Protocol } from "../../orchestrator/src/policy/model.js";
-import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
-import { SPECIAL_PURPOSE } from "../../orchestrator/src/policy/special-purpose.js";
+import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type Protocol } from "../../orchestrator/src/model/policy.js";
+import { classifyAddress } from "../../orchestrator/src/model/groups.js";
+import { SPECIAL_PURPOSE } from "../../orchestrator/src/model/special-purpose.js";
 import { writeHostAddresses } from "../../orchestrator/src/policy/host-addresses.js";
 import { PROTOCOL_NUMBER } from "../../orchestrator/src/policy/compile.js";
 
@@ -179,7 +179,7 @@ test("classify: routable IPv4 (including documentation ranges) is public", () =>
 /**
  * The IANA special-purpose registries (RFC 6890 and its updates), range by range: first and
  * last address and just outside, written out here rather than derived from the table
- * (orchestrator/src/policy/special-purpose.ts) they test. Not globally reachable is private,
+ * (orchestrator/src/model/special-purpose.ts) they test. Not globally reachable is private,
  * globally reachable carve-outs are public, and the four documentation ranges test worlds use
  * as the internet stay public.
  */

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
 import { loadConfigFile, parseConfig, type MoatConfig } from "../../orchestrator/src/policy/config-file.js";
-import { NetworkPolicy, Rule, Destination, validatePolicy } from "../../orchestrator/src/policy/model.js";
+import { NetworkPolicy, Rule, Destination, validatePolicy } from "../../orchestrator/src/model/policy.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 
 // --- parseRule: what must parse ------------------------------------------------------------------

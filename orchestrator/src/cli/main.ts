@@ -6,7 +6,7 @@ import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/
 import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError, CommandError } from "../errors.js";
 import { layout as L } from "../engine/layout.js";
-import { NetworkPolicy } from "../policy/model.js";
+import { NetworkPolicy } from "../model/policy.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile, type MoatConfig } from "../policy/config-file.js";
 import { parsePublish, describePort } from "../sandbox/ports.js";

@@ -36,7 +36,7 @@
 // while letting its apex resolve is what nobody means. Matching is on whole labels of the
 // canonical name (wire.ts), case-insensitive.
 import ipaddr from "ipaddr.js";
-import { carriedIPv4 } from "../policy/groups.js";
+import { carriedIPv4 } from "../model/groups.js";
 import dnsPacket from "dns-packet";
 import { ConfigError } from "../errors.js";
 import { UpstreamResolver } from "./upstream.js";
@@ -347,7 +347,7 @@ function addressOf(rr: ScannedRecord): string | null {
  * :: and ::1, NAT64 64:ff9b::/96), so rebinding protection judges it as that IPv4 address even if
  * the classify hook does not; else null.
  */
-/** The IPv4 address an IPv6 answer carries (every form policy/groups.ts knows), as text. */
+/** The IPv4 address an IPv6 answer carries (every form model/groups.ts knows), as text. */
 function embeddedIPv4(ip: string): string | null {
   const a = ipaddr.parse(ip);
   if (a.kind() !== "ipv6") return null;

@@ -34,11 +34,11 @@ import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 import { UpstreamResolver, dgramTransport, type Nameserver, type DatagramChannel, type DatagramTransport } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
 import { close as fsClose } from "node:fs";
-import { classifyAddress } from "../policy/groups.js";
+import { classifyAddress } from "../model/groups.js";
 import { enginePins, addr16 } from "./engine-config.js";
 import { isIPv4 } from "node:net";
 import ipaddr from "ipaddr.js";
-import { placeholderInName } from "../secrets/secrets.js";
+import { placeholderInName } from "../model/placeholders.js";
 
 export interface EngineWorkerData {
   memory: WebAssembly.Memory;
@@ -81,7 +81,7 @@ export interface DnsUpdate {
   names?: string[];
   /** Names covered by Deny domain rules. */
   deny?: { domains: string[]; suffixes: string[] };
-  /** Group Host addresses, normalised (policy/groups.ts, hostSet). */
+  /** Group Host addresses, normalised (model/groups.ts, hostSet). */
   host?: string[];
   /** Pins to set (answers that did not pass through here: DNS over TCP). */
   pins?: DnsAnswerMessage["pins"];

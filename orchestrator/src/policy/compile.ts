@@ -5,9 +5,7 @@
 import ipaddr from "ipaddr.js";
 import { layout as L, wire } from "../engine/layout.js";
 import { ConfigError } from "../errors.js";
-import { GROUPS, type Action, type NetworkPolicy, type Protocol, type Rule } from "./model.js";
-
-export type DenyResponse = "drop" | "reject" | "http";
+import { GROUPS, type Action, type DenyResponse, type NetworkPolicy, type Protocol } from "../model/policy.js";
 
 /** A rule's protocol as the engine reads it (layout.ts PR_PROTO; 0 = any). */
 export const PROTOCOL_NUMBER: Readonly<Record<Protocol, number>> = { tcp: wire.PROTO_TCP, udp: wire.PROTO_UDP, icmpv4: wire.PROTO_ICMP, icmpv6: wire.PROTO_ICMP6 };
@@ -29,14 +27,6 @@ export class NameTable {
     }
     return id;
   }
-}
-
-/** Human-readable form of a rule, for audit events and messages. */
-export function describeRule(r: Rule): string {
-  const d = r.destination;
-  const target = d.kind === "any" ? "any" : d.kind === "cidr" ? d.cidr : d.kind === "domain" ? d.name : d.kind === "domain-suffix" ? `*.${d.suffix}` : `group:${d.group}`;
-  const ports = r.ports ? `:${r.ports.start === r.ports.end ? r.ports.start : `${r.ports.start}-${r.ports.end}`}` : "";
-  return `${r.action}:${r.direction === "outbound" ? "egress" : "ingress"}@${target}${r.protocol ? `:${r.protocol}` : ""}${ports}`;
 }
 
 /**

@@ -32,7 +32,7 @@
 import { readFileSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
-import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "./model.js";
+import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "../model/policy.js";
 import { parseRule, strictCidr } from "./rule-parser.js";
 import type { DnsOptions } from "../gateway/gateway.js";
 import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";

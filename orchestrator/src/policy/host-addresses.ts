@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { layout as L } from "../engine/layout.js";
 import { addr16 } from "../engine/engine-config.js";
-import { carriedIPv4 } from "./groups.js";
+import { carriedIPv4 } from "../model/groups.js";
 
 const POLL_MS = 500;
 

@@ -11,7 +11,7 @@ import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./netns
 import { VmSandbox, type VmOptions } from "../vm/vm-sandbox.js";
 import type { PortSpec } from "./ports.js";
 import { ConfigError } from "../errors.js";
-import type { Action } from "../policy/model.js";
+import type { Action } from "../model/policy.js";
 import type { RateLimits, BandwidthLimit } from "../gateway/limits.js";
 
 export class DnsBuilder {
@@ -23,7 +23,7 @@ export class DnsBuilder {
   rebindProtection(enabled: boolean): this { this.options.rebindProtection = enabled; return this; }
   blockedResponse(rcode: "refused" | "nxdomain"): this { this.options.blockedResponse = rcode; return this; }
 }
-import type { NetworkPolicyShape } from "../policy/model.js";
+import type { NetworkPolicyShape } from "../model/policy.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
 
@@ -41,7 +41,7 @@ export class TlsBuilder {
   /** The guest trusts the host's whole CA store besides moat's CA (default: the distribution's CA set and moat's CA). */
   trustHostCas(enabled = true): this { this.options.trustHostCas = enabled; return this; }
 }
-import type { DenyResponse } from "../policy/compile.js";
+import type { DenyResponse } from "../model/policy.js";
 import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";
 import type { GatewayEvent } from "../gateway/events.js";
 

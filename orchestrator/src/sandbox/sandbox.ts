@@ -8,8 +8,8 @@
 import type { Gateway } from "../gateway/gateway.js";
 import type { GatewayEvent } from "../gateway/events.js";
 import type { GatewaySample } from "../gateway/metrics.js";
-import type { NetworkPolicyShape } from "../policy/model.js";
-import type { DenyResponse } from "../policy/compile.js";
+import type { NetworkPolicyShape } from "../model/policy.js";
+import type { DenyResponse } from "../model/policy.js";
 import type { EngineCounters } from "../engine/engine-config.js";
 import type { PortSpec, PublishedPort, PortProtocol } from "./ports.js";
 import type { SandboxAddresses } from "./addressing.js";

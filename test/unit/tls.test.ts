@@ -14,7 +14,7 @@ import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
 import { parseClientHello } from "../../orchestrator/src/tls/client-hello.js";
 import { matchesPattern, ruleCovers } from "../../orchestrator/src/model/names.js";
 import { PinnedNames, validateTls } from "../../orchestrator/src/tls/setup.js";
-import { parseConfig } from "../../orchestrator/src/policy/config-file.js";
+import { parseConfig } from "../../orchestrator/src/cli/config-file.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 
 test("leaves chain to the CA, name the host (DNS or IP SAN), are backdated and short-lived", () => {

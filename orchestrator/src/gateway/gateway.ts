@@ -12,8 +12,7 @@
 import { randomBytes } from "node:crypto";
 import { constants as osConstants } from "node:os";
 import ipaddr from "ipaddr.js";
-import type { SandboxAddresses } from "../sandbox/addressing.js";
-import { DEFAULT_POOL4 } from "../sandbox/addressing.js";
+import { DEFAULT_POOL4, type SandboxAddresses } from "./addressing.js";
 import { EngineHost } from "../engine/engine-host.js";
 import { addr16, enginePins, type EngineConfig, type EngineCounters } from "../engine/engine-config.js";
 import { isIPv4 } from "node:net";
@@ -30,7 +29,7 @@ import type { DnsWorkerSetup } from "../engine/engine-worker.js";
 import { layout as L } from "../engine/layout.js";
 import type { LinkSpec } from "../links/link.js";
 import { validatePcap, validateFaults, parseFaults, type PcapOptions, type FaultOptions, type LinkMiddleware } from "../links/middleware.js";
-import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
+import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, processCertificateAuthority, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { matchesPattern, ruleCovers } from "../model/names.js";

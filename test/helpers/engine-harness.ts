@@ -4,7 +4,7 @@
 import { createEngineMemory, instantiateEngine, type EngineExports } from "../../orchestrator/src/engine/engine-module.js";
 import { writeEngineConfig, readCounters, readFlowStats, type EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { installPolicy, NameTable } from "../../orchestrator/src/policy/compile.js";
+import { installPolicy, NameTable } from "../../orchestrator/src/engine/policy-table.js";
 import { NetworkPolicy, type DenyResponse } from "../../orchestrator/src/model/policy.js";
 
 export const testConfig: EngineConfig = {

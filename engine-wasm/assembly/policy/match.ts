@@ -1,7 +1,7 @@
 // match.ts — policy evaluation for new flows (DESIGN §6): first match wins.
 //
 // Theory of operation
-// The orchestrator compiles a policy (orchestrator/src/policy/compile.ts) into one of two slots
+// The orchestrator compiles a policy (orchestrator/src/engine/policy-table.ts) into one of two slots
 // at POLICY_BASE and then flips ST_POLICY_ACTIVE, so a running sandbox can be given a new policy
 // and the very next new flow sees it; the slot in force is never written. Evaluation runs once
 // per new flow (TCP SYN, first UDP datagram of a flow), never per established packet: a linear

@@ -18,10 +18,10 @@ import { addr16, enginePins, type EngineConfig, type EngineCounters } from "../e
 import { isIPv4 } from "node:net";
 import { ConfigError, MoatError } from "../errors.js";
 import { NetworkPolicy, validatePolicy, normalizeName, describeRule, type NetworkPolicyShape, type Action, type DenyResponse } from "../model/policy.js";
-import { installPolicy, NameTable } from "../policy/compile.js";
-import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
+import { NameTable } from "../engine/policy-table.js";
+import { AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
 import { classifyAddress, hostSet, type HostSet } from "../model/groups.js";
-import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
+import { watchHostAddresses } from "../policy/host-addresses.js";
 import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interceptor.js";
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
 import { DnsTcpServer, type RedirectOrigin } from "../dns/tcp-proxy.js";
@@ -34,7 +34,7 @@ import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, processCertificateAuthority, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { matchesPattern, ruleCovers } from "../model/names.js";
 import { placeholderInName } from "../model/placeholders.js";
-import { validateSecrets, writeSecretForms, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
+import { validateSecrets, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
 import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
 import { DnsStats } from "../dns/dns-stats.js";
 import { renderMetrics, type GatewaySample } from "./metrics.js";
@@ -228,7 +228,6 @@ export class Gateway {
   private readonly names = new NameTable();
   private policy: NetworkPolicy;
   private denyResponse: DenyResponse;
-  private readonly timeOrigin = performance.timeOrigin;
   private engine: EngineHost | undefined;
   private readonly auditLog: AuditLog | undefined;
   readonly name: string;
@@ -385,14 +384,14 @@ export class Gateway {
       // A vhost-user guest is offered the gateway's MTU; an attached interface carries frames of it.
       const link: LinkSpec = guest.link.kind === "vhost-user" || guest.link.kind === "attach" ? { mtu: o.mtu, ...guest.link } : guest.link;
       gw.engine = await EngineHost.start(config, link, {
-        prepare: (mem) => {
-          installPolicy(mem, gw.policy, gw.denyResponse, gw.names, true, o.defaultIngress);
-          writeSecretForms(mem, o.secrets);
+        prepare: (tables) => {
+          tables.installPolicy(gw.policy, gw.denyResponse, gw.names, o.defaultIngress);
+          tables.setSecretForms(o.secrets.map((x) => x.placeholder));
           // The host's own addresses are Group Host from the first frame on, and kept current.
           gw.unwatchHost = watchHostAddresses((addrs) => {
             // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
             gw.hostAddresses = hostSet([addresses.gatewayIp4, addresses.gatewayIp6, addresses.gatewayLl6, ...addrs.filter((a) => !a.includes("/"))]);
-            writeHostAddresses(mem, addrs);
+            tables.setHostAddresses(addrs);
             gw.engine?.updateDns({ host: [...gw.hostAddresses] });
           });
           // The worker's interceptor starts from the policy and addresses just installed.
@@ -441,7 +440,7 @@ export class Gateway {
     if (p.offline !== this.policy.offline) {
       throw new ConfigError("a running sandbox cannot switch to or from NetworkPolicy.none()", "none() decides whether the sandbox has an interface at all: choose it at creation");
     }
-    if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names, false, this.options.defaultIngress);
+    this.engine?.tables.installPolicy(p, denyResponse, this.names, this.options.defaultIngress);
     this.policy = p;
     this.denyResponse = denyResponse;
     this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
@@ -537,8 +536,7 @@ export class Gateway {
   /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
   private drainAudit(): void {
     if (!this.engine) return;
-    const all = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
-      (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
+    const all = this.engine.tables.drainDenials((i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"));
     // A secret's placeholder in the guest's own TCP or UDP: a violation, not a policy denial.
     for (const e of all) {
       if (e.secret !== undefined) {

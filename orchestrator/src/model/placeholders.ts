@@ -1,7 +1,7 @@
 // placeholders.ts — a secret's placeholder and the forms it may travel in (secrets/secrets.ts has
 // the theory): the raw text, base64 at each of the three alignments (standard and url
 // alphabets), %XX (both cases) and JSON \u00XX. The engine watches the guest's own TCP and UDP
-// for these forms (secrets/secrets.ts, writeSecretForms), the DNS interceptor refuses a query that
+// for these forms (engine/tables.ts, setSecretForms), the DNS interceptor refuses a query that
 // carries one (placeholderInName), the TLS proxy's filters scan requests for them.
 /** The byte strings a placeholder may travel as (latin1 text). */
 export function placeholderForms(placeholder: string): string[] {

@@ -15,7 +15,6 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { normalizeName } from "../model/policy.js";
-import { layout as L } from "../engine/layout.js";
 import { matchesPattern } from "../model/names.js";
 import { placeholderForms } from "../model/placeholders.js";
 
@@ -218,26 +217,6 @@ export function substituteHeader(allowed: readonly Secret[], name: string, value
     if (s.headers && value.includes(s.placeholder)) value = value.split(s.placeholder).join(s.value);
   }
   return value;
-}
-
-/**
- * Give the engine the placeholder forms to look for in the guest's own TCP and UDP payloads
- * (engine-wasm/assembly/policy/secrets.ts): every form of every secret, with the secret's index.
- */
-export function writeSecretForms(mem: Uint8Array, secrets: readonly Secret[]): void {
-  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
-  const forms = secrets.flatMap((s, i) => placeholderForms(s.placeholder).map((f) => ({ f: Buffer.from(f, "latin1"), i })));
-  if (forms.length > L.SECRET_FORMS_MAX) throw new ConfigError(`${secrets.length} secrets are more than the engine can watch for`, `at most ${Math.floor(L.SECRET_FORMS_MAX / 11)}`);
-  mem.fill(0, L.SECRET_FIRST, L.SECRET_FIRST + 256);
-  forms.forEach(({ f, i }, k) => {
-    if (f.length > L.SECRET_FORM_MAX_LEN) throw new ConfigError(`a placeholder of ${secrets[i]!.placeholder.length} characters is too long for the engine`, "use at most 40 characters");
-    const o = L.SECRET_FORMS_BASE + k * L.SECRET_FORM_BYTES;
-    dv.setUint32(o, f.length, true);
-    dv.setUint32(o + 4, i, true);
-    mem.set(f, o + 8);
-    mem[L.SECRET_FIRST + f[0]!] = 1;
-  });
-  dv.setUint32(L.SECRET_FORM_COUNT, forms.length, true);
 }
 
 /** `target` (a request path) with the placeholder replaced in its query string only, percent-encoded. */

@@ -1,9 +1,10 @@
-// compile.ts — a NetworkPolicy, compiled into the engine's policy table (engine-wasm/assembly/
+// policy-table.ts — a NetworkPolicy, compiled into the engine's policy table (engine-wasm/assembly/
 // policy/match.ts reads it; layout.ts PR_* gives the record). Two slots: a running engine keeps
 // reading the slot in force while the other is written, then ST_POLICY_ACTIVE flips, so a new
-// policy applies to the next new flow and never to a half-written table.
+// policy applies to the next new flow and never to a half-written table. The gateway installs
+// one through EngineHost.installPolicy (tables.ts).
 import ipaddr from "ipaddr.js";
-import { layout as L, wire } from "../engine/layout.js";
+import { layout as L, wire } from "./layout.js";
 import { ConfigError } from "../errors.js";
 import { GROUPS, type Action, type DenyResponse, type NetworkPolicy, type Protocol } from "../model/policy.js";
 

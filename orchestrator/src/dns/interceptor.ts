@@ -94,7 +94,8 @@ export interface DnsOutcome {
   answer: Buffer | null;
   /** What the guest was told, for domain rules. */
   pins: DnsPin[];
-  event?: { kind: DnsEventKind; name?: string; detail?: string };
+  /** `secret`: with a secret-violation, the secret's name (its variable; never the value). */
+  event?: { kind: DnsEventKind; name?: string; detail?: string; secret?: string };
 }
 
 export type AddressClass = "host" | "metadata" | "loopback" | "private" | "link-local" | "multicast" | "public";
@@ -206,7 +207,10 @@ export class DnsInterceptor {
 
     // 2. A secret's placeholder in the name (exfiltration through DNS), blocked names, zone transfers.
     const secret = this.hooks.secretIn?.(name, query);
-    if (secret) return refuse("secret-violation", `the name carries the placeholder of secret ${secret}`);
+    if (secret) {
+      const out = refuse("secret-violation", `the name carries the placeholder of secret ${secret}`);
+      return { ...out, event: { ...out.event!, secret } };
+    }
     const why = this.blockedBecause(name);
     if (why) return refuse("blocked", why, blockedRcode);
     if (q.type === TYPE.AXFR || q.type === TYPE.IXFR) return refuse("blocked", "zone transfers are not forwarded");

@@ -20,9 +20,10 @@ import { ConfigError, MoatError } from "../errors.js";
 import { NetworkPolicy, validatePolicy, normalizeName, describeRule, type NetworkPolicyShape, type Action, type DenyResponse } from "../model/policy.js";
 import { NameTable } from "../engine/policy-table.js";
 import { AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
-import { classifyAddress, hostSet, type HostSet } from "../model/groups.js";
+import { hostSet } from "../model/groups.js";
 import { watchHostAddresses } from "../policy/host-addresses.js";
 import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interceptor.js";
+import { SandboxDnsHooks, type DnsInputs } from "../dns/hooks.js";
 import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
 import { DnsTcpServer, type RedirectOrigin } from "../dns/tcp-proxy.js";
 import type { DnsWorkerSetup } from "../engine/engine-worker.js";
@@ -33,7 +34,6 @@ import { validatePort, exposureWarning, describePort, type PortSpec, type Publis
 import { TlsProxy, type TlsEvent } from "../tls/proxy.js";
 import { validateTls, tlsRequested, PinnedNames, processCertificateAuthority, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
 import { matchesPattern, ruleCovers } from "../model/names.js";
-import { placeholderInName } from "../model/placeholders.js";
 import { validateSecrets, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
 import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
 import { DnsStats } from "../dns/dns-stats.js";
@@ -239,6 +239,9 @@ export class Gateway {
     this.denyResponse = options.denyResponse;
     this.name = guest.name;
     this.addresses = guest.addresses;
+    this.dnsHooks = new SandboxDnsHooks({}, options.secrets, options.tls !== undefined,
+      // The engine's bucket, which DNS over UDP asks too (a round trip to the worker: only with a DNS rate).
+      () => (this.engine && this.limitsNow.dnsRate ? this.engine.dnsAdmit() : true));
     this.auditLog = options.auditLog ? new AuditLog(options.auditLog, options.auditLogOptions) : undefined; // a bad path fails here, before anything runs
     const log = this.auditLog;
     // A violation whose action is "block" is the request's business alone: the audit log has it
@@ -390,12 +393,13 @@ export class Gateway {
           // The host's own addresses are Group Host from the first frame on, and kept current.
           gw.unwatchHost = watchHostAddresses((addrs) => {
             // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
-            gw.hostAddresses = hostSet([addresses.gatewayIp4, addresses.gatewayIp6, addresses.gatewayLl6, ...addrs.filter((a) => !a.includes("/"))]);
+            gw.hostAddresses = [...hostSet([addresses.gatewayIp4, addresses.gatewayIp6, addresses.gatewayLl6, ...addrs.filter((a) => !a.includes("/"))])];
             tables.setHostAddresses(addrs);
-            gw.engine?.updateDns({ host: [...gw.hostAddresses] });
+            gw.updateDns({ host: gw.hostAddresses });
           });
           // The worker's interceptor starts from the policy and addresses just installed.
-          dnsSetup.update = { names: [...gw.names.names], deny: denyNames(gw.policy), host: [...gw.hostAddresses] };
+          dnsSetup.update = { names: [...gw.names.names], deny: denyNames(gw.policy), host: gw.hostAddresses };
+          gw.dnsHooks.update(dnsSetup.update);
         },
         onAudit: () => gw.drainAudit(),
         dns: dnsSetup,
@@ -404,7 +408,7 @@ export class Gateway {
         middleware: o.middleware,
       });
       // Host addresses that changed while the worker was starting reached no worker: send the set now.
-      gw.engine.updateDns({ host: [...gw.hostAddresses] });
+      gw.engine.updateDns({ host: gw.hostAddresses });
       gw.engine.onFailure = (reason) => {
         // Fail closed and loud: the guest has no network from here on.
         process.stderr.write(`moat: sandbox ${gw.name}: ${reason}; its network is down\n`);
@@ -443,7 +447,7 @@ export class Gateway {
     this.engine?.tables.installPolicy(p, denyResponse, this.names, this.options.defaultIngress);
     this.policy = p;
     this.denyResponse = denyResponse;
-    this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
+    this.updateDns({ names: [...this.names.names], deny: denyNames(p) });
   }
 
   // ---- published ports ----------------------------------------------------------------------------
@@ -521,17 +525,11 @@ export class Gateway {
     }
   }
 
-  /** The policy's deny names, worked out once per policy (the interceptor normalizes them once per object). */
-  private denyNames(): { domains: string[]; suffixes: string[] } {
-    if (this.denyFor !== this.policy) {
-      this.denyFor = this.policy;
-      this.denyList = denyNames(this.policy);
-    }
-    return this.denyList;
+  /** New inputs for both DNS interceptors: this thread's and the worker's (dns/hooks.ts). */
+  private updateDns(u: DnsInputs): void {
+    this.dnsHooks.update(u);
+    this.engine?.updateDns(u);
   }
-
-  private denyFor: NetworkPolicy | undefined;
-  private denyList: { domains: string[]; suffixes: string[] } = { domains: [], suffixes: [] };
 
   /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
   private drainAudit(): void {
@@ -553,7 +551,9 @@ export class Gateway {
   private dns: DnsInterceptor | undefined;
   private dnsTcp: DnsTcpServer | undefined;
   /** Group Host for DNS rebinding protection: the gateway's addresses and the host's own. */
-  private hostAddresses: HostSet = new Set();
+  private hostAddresses: string[] = [];
+  /** What this thread's interceptor reads; the worker's is made from the same inputs. */
+  private readonly dnsHooks: SandboxDnsHooks;
   /** Proves a redirect preamble came from this sandbox's engine (layout.ts, OP_ORIG). */
   private readonly redirectToken = randomBytes(16);
   private unwatchHost: (() => void) | undefined;
@@ -579,16 +579,7 @@ export class Gateway {
       queryTimeoutMs: d.queryTimeoutMs ?? 5000,
       maxInFlight: 64,
     };
-    this.dns = new DnsInterceptor(settings, upstream, {
-      nameIds: () => this.names.names,
-      denyNames: () => this.denyNames(),
-      resolverAllowed: () => true, // the engine judged the resolver before handing the query over
-      classify: (ip) => classifyAddress(ip, this.hostAddresses),
-      secretIn: (name, query) => placeholderInName(this.options.secrets, name, query),
-      recordAnswers: () => this.options.tls !== undefined,
-      // The engine's bucket, which DNS over UDP asks too (a round trip to the worker: only with a DNS rate).
-      admit: () => (this.engine && this.limitsNow.dnsRate ? this.engine.dnsAdmit() : true),
-    });
+    this.dns = new DnsInterceptor(settings, upstream, this.dnsHooks);
     // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
     // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
     // admitted that connection), pinning nothing.
@@ -755,8 +746,7 @@ export class Gateway {
   /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
   private afterDns(out: DnsOutcome): void {
     if (out.event?.kind === "secret-violation") {
-      const env = /secret (\w+)/.exec(out.event.detail ?? "")?.[1] ?? "?";
-      return this.secretViolation(env, "DNS", `the query name ${out.event.name ?? ""}`, "raw");
+      return this.secretViolation(out.event.secret ?? "?", "DNS", `the query name ${out.event.name ?? ""}`, "raw");
     }
     if (!out.event) return;
     const { kind, name, detail } = out.event;

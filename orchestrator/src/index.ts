@@ -21,12 +21,11 @@ export type { TlsOptions } from "./tls/setup.js";
 export type { TlsEvent } from "./tls/proxy.js";
 export { CertificateAuthority } from "./tls/ca.js";
 export { ViolationAction, type SecretSpec } from "./secrets/secrets.js";
-export type { SecretViolationEvent } from "./gateway/gateway.js";
-export { Gateway, type GatewayOptions, type GatewayGuest } from "./gateway/gateway.js";
+export { Gateway, type GatewayGuest } from "./gateway/gateway.js";
+export type { GatewayOptions, DnsOptions, SecretViolationEvent } from "./gateway/options.js";
 export { GuestSandbox } from "./sandbox/sandbox.js";
 export { VmSandbox, type VmSandboxOptions, type VmOptions, type VmRunOptions, type VmLinkKind } from "./vm/vm-sandbox.js";
 export { serveGateway, type ServedGateway } from "./sandbox/serve.js";
-export type { DnsOptions } from "./gateway/gateway.js";
 export type { PortSpec, PublishedPort, PortProtocol } from "./gateway/ports.js";
 export {
   NetworkPolicy, Rule, Destination, PortRange, GROUPS,

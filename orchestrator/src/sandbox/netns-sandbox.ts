@@ -27,11 +27,12 @@ import { addressesFor, type SandboxAddresses } from "../gateway/addressing.js";
 import { removeNetns } from "./leftovers.js";
 import { register } from "./guard.js";
 import { CommandError, ConfigError, HostRequirementError, MoatError } from "../errors.js";
-import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
+import { Gateway } from "../gateway/gateway.js";
+import { validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/options.js";
 import { writeTrustBundle, hasDistroCas, HOST_TRUST } from "../tls/setup.js";
 import { GuestSandbox, type RunOptions } from "./sandbox.js";
 
-export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/gateway.js";
+export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/options.js";
 
 /** A namespace sandbox takes every gateway option, and who its commands are on the host. */
 export interface NetnsSandboxOptions extends GatewayOptions {

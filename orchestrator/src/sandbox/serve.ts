@@ -5,7 +5,8 @@
 // address lease: an interface is never created here.
 import { leaseNamed } from "./leases.js";
 import { addressesFor } from "../gateway/addressing.js";
-import { Gateway, validateOptions, type GatewayOptions } from "../gateway/gateway.js";
+import { Gateway } from "../gateway/gateway.js";
+import { validateOptions, type GatewayOptions } from "../gateway/options.js";
 import type { LinkSpec } from "../links/link.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { layout as L } from "../engine/layout.js";

@@ -7,7 +7,7 @@ import { classifyAddress, type HostSet } from "../model/groups.js";
 import { placeholderInName } from "../model/placeholders.js";
 import type { AddressClass, DnsHooks } from "./interceptor.js";
 
-/** The policy-dependent inputs of the hooks, sent again whenever they change (structured-clonable). */
+/** The hooks' policy-dependent inputs, sent again whenever they change (structured-clonable). */
 export interface DnsInputs {
   /** NameTable.names (id = index + 1). */
   names?: string[];

@@ -1,11 +1,20 @@
 // ports.ts — published ports: parsing and validating what the user asked for (`-p`, the config
-// file's `ports`, the builder's port()/portUdp()), and the messages that go with them.
+// file's `ports`, the builder's port()/portUdp()), the messages that go with them, and the ports a
+// gateway serves (PublishedPorts: a listener each in its engine, published and withdrawn live).
 //
 //   [BIND:]HOSTPORT:GUESTPORT[/tcp|/udp]      BIND defaults to 127.0.0.1; IPv6 as [::1]:8080:80
 //
 // A host port of 0 lets the kernel choose one (sandbox.ports tells which).
+import { isIPv4 } from "node:net";
+import { constants as osConstants } from "node:os";
 import ipaddr from "ipaddr.js";
-import { ConfigError } from "../errors.js";
+import { ConfigError, MoatError } from "../errors.js";
+import { layout as L } from "../engine/layout.js";
+import { addr16 } from "../engine/engine-config.js";
+import type { EngineHost } from "../engine/engine-host.js";
+import type { Emit, PortEvent } from "./events.js";
+
+const { EADDRINUSE } = osConstants.errno;
 
 export type PortProtocol = "tcp" | "udp";
 
@@ -98,4 +107,96 @@ export function exposureWarning(p: PublishedPort): string | undefined {
 
 export function describePort(p: PublishedPort): string {
   return `${p.bind.includes(":") ? `[${p.bind}]` : p.bind}:${p.host}/${p.protocol}${p.ipv6Only ? " (IPv6 only)" : ""}`;
+}
+
+/** What a gateway's published ports need of it. */
+export interface PortWiring {
+  /** The engine that listens; none: the sandbox has no network. */
+  engine(): EngineHost | undefined;
+  /** The gateway has stopped (said when publishing fails). */
+  stopped(): boolean;
+  /** The sandbox's name (in messages). */
+  readonly name: string;
+  readonly onWarning: (message: string) => void;
+  readonly emit: Emit;
+}
+
+/** The ports a gateway serves, by listener id (< PUB_MAX) in its engine. */
+export class PublishedPorts {
+  private readonly published = new Map<number, PublishedPort>(); // by listener id
+  private nextListener = 0;
+
+  constructor(private readonly gw: PortWiring) {}
+
+  /** The ports being served (host ports as bound: a requested 0 shows the port chosen). */
+  get ports(): PublishedPort[] {
+    return [...this.published.values()].map((p) => ({ ...p }));
+  }
+
+  /**
+   * Publish a port on the running sandbox: `publish(8080, 80)`, `publish(5353, 53, "udp")` or
+   * `publish({ bind, host, guest, protocol })`. Resolves with the port as bound (host 0: the
+   * kernel's choice) once it accepts connections; a port in use rejects with ERR_PORT.
+   */
+  async publish(spec: PortSpec | number, guest?: number, protocol: PortProtocol = "tcp"): Promise<PublishedPort> {
+    const want = validatePort(typeof spec === "number" ? { host: spec, guest: guest as number, protocol } : spec);
+    const engine = this.gw.engine();
+    if (!engine) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: the sandbox has no network${this.gw.stopped() ? " (stopped)" : ""}`);
+    if (this.published.size >= L.PUB_MAX) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${L.PUB_MAX} ports are published already`, "unpublish one first");
+    // Listener ids rotate, so a decision still in flight for a withdrawn port never meets a new one.
+    let id = this.nextListener;
+    while (this.published.has(id)) id = (id + 1) % L.PUB_MAX;
+    this.nextListener = (id + 1) % L.PUB_MAX;
+    // [::] listens dual-stack, so 127.0.0.1:H and [::1]:H both reach the guest (IPv4 peers
+    // arrive as ::ffff:a.b.c.d, judged by ingress rules as the IPv4 address they are). Where IPv4
+    // port H is taken already — by another program, or by this sandbox's own IPv4 publish of H —
+    // it listens on IPv6 only, and says so unless this sandbox serves the IPv4 side itself.
+    const family = isIPv4(want.bind) ? 4 : 6;
+    const wildcard6 = want.bind === "::";
+    let r = await engine.listen(id, want.protocol, family, addr16(want.bind), want.host, want.guest, wildcard6);
+    let ipv6Only = false;
+    if (wildcard6 && r === -EADDRINUSE) {
+      r = await engine.listen(id, want.protocol, family, addr16(want.bind), want.host, want.guest, false);
+      ipv6Only = r >= 0;
+    }
+    if (r < 0) throw this.publishError(want, -r);
+    const p: PublishedPort = { ...want, host: r, ...(ipv6Only ? { ipv6Only } : {}) };
+    const ownIPv4 = [...this.published.values()].some((o) => o.host === p.host && o.protocol === p.protocol && isIPv4(o.bind));
+    this.published.set(id, p);
+    if (ipv6Only && !ownIPv4) {
+      this.gw.onWarning(`publishing ${describePort(p)}: IPv4 port ${p.host}/${p.protocol} is taken on this machine, so only IPv6 peers reach sandbox port ${p.guest} (127.0.0.1:${p.host} does not)`);
+    }
+    this.gw.emit<PortEvent>({ kind: "port-published", ...p });
+    const warning = exposureWarning(p);
+    if (warning) this.gw.onWarning(warning);
+    return { ...p };
+  }
+
+  /** Why `want` could not be published (errno from the listener's bind). */
+  private publishError(want: PublishedPort, errno: number): MoatError {
+    const inUse = errno === EADDRINUSE;
+    const dual = inUse && isIPv4(want.bind)
+      ? [...this.published.values()].find((o) => o.bind === "::" && !o.ipv6Only && o.host === want.host && o.protocol === want.protocol)
+      : undefined;
+    if (dual) {
+      return new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: this sandbox's ${describePort(dual)} listens on IPv4 too (dual-stack)`,
+        `publish ${describePort(want)} before [::] (which then listens on IPv6 only), or leave it out: ${describePort(dual)} already takes IPv4 peers to sandbox port ${dual.guest}`);
+    }
+    return new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${inUse ? "the port is already in use" : errno === 99 ? "that address is not on this machine" : errno === 13 ? "permission denied" : `error ${errno}`}`,
+      inUse ? `choose another host port, or stop what listens on ${want.host} (ss -lntup 'sport = :${want.host}')` : undefined);
+  }
+
+  /**
+   * Withdraw a published port (by host port, and protocol if both are published): new peers are
+   * refused from now on; connections already made carry on until they end.
+   */
+  async unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
+    const hit = [...this.published].filter(([, p]) => p.host === hostPort && (protocol === undefined || p.protocol === protocol));
+    if (hit.length === 0) throw new MoatError("ERR_PORT", `host port ${hostPort}${protocol ? `/${protocol}` : ""} is not published by sandbox ${this.gw.name}`, `published: ${this.ports.map(describePort).join(", ") || "none"}`);
+    for (const [id, p] of hit) {
+      this.published.delete(id);
+      await this.gw.engine()?.unlisten(id);
+      this.gw.emit<PortEvent>({ kind: "port-unpublished", ...p });
+    }
+  }
 }

@@ -95,7 +95,7 @@ export function printTable(t: string[][]): void {
  * (never "the first moat namespace there is": a concurrent run would be measured by mistake).
  */
 export async function sandboxNetns(pid: number, timeoutMs = 15000): Promise<string> {
-  const { leaseFiles } = await import("../orchestrator/src/sandbox/addressing.js");
+  const { leaseFiles } = await import("../orchestrator/src/sandbox/leases.js");
   const { readOwned } = await import("../orchestrator/src/sandbox/ownership.js");
   const { existsSync } = await import("node:fs");
   for (const end = Date.now() + timeoutMs; Date.now() < end;) {

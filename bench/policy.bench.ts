@@ -16,8 +16,8 @@ import ipaddr from "ipaddr.js";
 import { createEngineMemory, instantiateEngine } from "../orchestrator/src/engine/engine-module.js";
 import { writeEngineConfig } from "../orchestrator/src/engine/engine-config.js";
 import { layout as L, wire } from "../orchestrator/src/engine/layout.js";
-import { installPolicy, NameTable } from "../orchestrator/src/policy/compile.js";
-import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/policy/model.js";
+import { installPolicy, NameTable } from "../orchestrator/src/engine/policy-table.js";
+import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/model/policy.js";
 import { testConfig } from "../test/helpers/engine-harness.js";
 
 type Evaluate = (proto: number, addr: number, port: number, direction: number) => number;

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // gen-groups.mjs — writes engine-wasm/assembly/policy/groups.gen.ts, the engine's address groups
 // (all but Host), from the one table of special-purpose ranges in
-// orchestrator/src/policy/special-purpose.ts, which the orchestrator's classifyAddress reads too.
+// orchestrator/src/model/special-purpose.ts, which the orchestrator's classifyAddress reads too.
 // The table becomes straight-line comparisons, longest prefix first, so the first that matches is
 // the most specific entry: no table in memory (the engine has no data segments, layout.ts) and
 // no loop. Run by `npm run build:wasm` before asc.
@@ -10,7 +10,7 @@ import ts from "typescript";
 import ipaddr from "ipaddr.js";
 
 const root = new URL("../", import.meta.url).pathname;
-const source = "orchestrator/src/policy/special-purpose.ts";
+const source = "orchestrator/src/model/special-purpose.ts";
 const out = `${root}engine-wasm/assembly/policy/groups.gen.ts`;
 
 // The table file is data only (see its header): transpiled alone, it loads without the rest.

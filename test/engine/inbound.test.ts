@@ -7,10 +7,10 @@ import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harne
 import { eth, ipv4, udp } from "../helpers/frames.js";
 import { SYN, RST, PSH, ACK, u16, segment, parse } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { NetworkPolicy } from "../../orchestrator/src/model/policy.js";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
-import { drainAudit } from "../../orchestrator/src/policy/audit.js";
-import { installPolicy } from "../../orchestrator/src/policy/compile.js";
+import { EngineTables } from "../../orchestrator/src/engine/tables.js";
+import { installPolicy } from "../../orchestrator/src/engine/policy-table.js";
 import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
 
 const GATEWAY = testConfig.gatewayIp4;
@@ -127,7 +127,7 @@ test("an ingress deny rule refuses the peer (OPK_REFUSE) and records an inbound 
   const d = counterDelta(before, h.counters());
   assert.equal(d.DROP_POLICY, 1);
   assert.equal(d.INBOUND_REFUSED, 1);
-  const [e] = drainAudit(h.mem, "t", () => "rule", 0);
+  const [e] = new EngineTables(h.mem).drainDenials(() => "rule", 0);
   assert.equal(e?.direction, "inbound");
   assert.equal(e?.source, "127.0.0.9:45000");
   assert.equal(e?.destination, testConfig.guestIp4);

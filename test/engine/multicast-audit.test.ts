@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harness.js";
 import { eth, ipv4, ipv6, udp, tcpSyn } from "../helpers/frames.js";
-import { drainAudit } from "../../orchestrator/src/policy/audit.js";
+import { EngineTables } from "../../orchestrator/src/engine/tables.js";
 
 test("a multicast datagram (IPv4 and IPv6) is dropped, counted and audited as not routed", () => {
   const h = new EngineHarness();
@@ -17,7 +17,7 @@ test("a multicast datagram (IPv4 and IPv6) is dropped, counted and audited as no
   ), []);
   assert.deepEqual(h.takeOps(), [], "nothing is forwarded");
   assert.equal(counterDelta(before, h.counters()).DROP_MULTICAST, 2);
-  const events = drainAudit(h.mem, "t", () => "?", 0);
+  const events = new EngineTables(h.mem).drainDenials(() => "?", 0);
   assert.deepEqual(events.map((e) => [e.protocol, e.destination, e.port, e.rule]), [
     ["udp", "224.0.0.251", 5353, "not-routed: multicast and broadcast are never forwarded"],
     ["udp", "ff02::fb", 5353, "not-routed: multicast and broadcast are never forwarded"],
@@ -38,7 +38,7 @@ test("IPv4 multicast and broadcast spelled as IPv4-mapped IPv6 are not forwarded
   }
   assert.deepEqual(h.takeOps(), [], "nothing is forwarded");
   assert.equal(counterDelta(before, h.counters()).DROP_MULTICAST, 6);
-  const events = drainAudit(h.mem, "t", () => "?", 0);
+  const events = new EngineTables(h.mem).drainDenials(() => "?", 0);
   assert.deepEqual(events.map((e) => [e.protocol, e.destination, e.port]).slice(0, 2), [
     ["udp", "224.0.0.251", 5353],
     ["tcp", "224.0.0.251", 80],

@@ -10,10 +10,9 @@ import { EngineHarness, testConfig, counterDelta, type HostOp } from "../helpers
 import { eth, ipv4, ipv6, udp, tcpSyn, icmpEcho } from "../helpers/frames.js";
 import { SYN, RST, ACK, segment, parse } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { NetworkPolicy, type DenyResponse } from "../../orchestrator/src/model/policy.js";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
 import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
-import type { DenyResponse } from "../../orchestrator/src/policy/compile.js";
 
 const GW4 = testConfig.gatewayIp4;
 const GW6 = testConfig.gatewayIp6;

@@ -4,8 +4,8 @@
 //
 // Addresses are written as 16 bytes (IPv4 as ::ffff:a.b.c.d) into the engine's scratch area at
 // layout.BENCH_BASE and handed to the exported policyClassify / policyEvaluate. Policies are
-// compiled into the engine by the real compiler (orchestrator/src/policy/compile.ts) through the
-// harness. Each test is one table; a failing test lists every row that disagrees, not only the
+// compiled into the engine by the real compiler (orchestrator/src/engine/policy-table.ts) through
+// the harness. Each test is one table; a failing test lists every row that disagrees, not only the
 // first.
 //
 import { test } from "node:test";
@@ -13,11 +13,11 @@ import assert from "node:assert/strict";
 import ipaddr from "ipaddr.js";
 import { EngineHarness, testConfig } from "../helpers/engine-harness.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type Protocol } from "../../orchestrator/src/policy/model.js";
-import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
-import { SPECIAL_PURPOSE } from "../../orchestrator/src/policy/special-purpose.js";
-import { writeHostAddresses } from "../../orchestrator/src/policy/host-addresses.js";
-import { PROTOCOL_NUMBER } from "../../orchestrator/src/policy/compile.js";
+import { NetworkPolicy, Rule, Destination, PortRange, GROUPS, type Group, type Protocol } from "../../orchestrator/src/model/policy.js";
+import { classifyAddress } from "../../orchestrator/src/model/groups.js";
+import { SPECIAL_PURPOSE } from "../../orchestrator/src/model/special-purpose.js";
+import { EngineTables } from "../../orchestrator/src/engine/tables.js";
+import { PROTOCOL_NUMBER } from "../../orchestrator/src/engine/policy-table.js";
 
 interface PolicyExports {
   policyEvaluate(proto: number, addr: number, port: number, direction: number): number;
@@ -179,7 +179,7 @@ test("classify: routable IPv4 (including documentation ranges) is public", () =>
 /**
  * The IANA special-purpose registries (RFC 6890 and its updates), range by range: first and
  * last address and just outside, written out here rather than derived from the table
- * (orchestrator/src/policy/special-purpose.ts) they test. Not globally reachable is private,
+ * (orchestrator/src/model/special-purpose.ts) they test. Not globally reachable is private,
  * globally reachable carve-outs are public, and the four documentation ranges test worlds use
  * as the internet stay public.
  */
@@ -402,7 +402,8 @@ test("classify: the gateway's IPv4 address spelled as compatible or NAT64 IPv6 i
 });
 
 test("classify: the host's own addresses are host while the table lists them, in every spelling", () => {
-  writeHostAddresses(h.mem, ["203.0.113.1", "2001:db8:77::1"]);
+  const tables = new EngineTables(h.mem);
+  tables.setHostAddresses(["203.0.113.1", "2001:db8:77::1"]);
   try {
     expectAll<Group>([
       ["203.0.113.1", "host"],
@@ -413,13 +414,13 @@ test("classify: the host's own addresses are host while the table lists them, in
       ["2001:db8:77::2", "public"],
     ], groupOf);
     // A prefix the host treats as local as a whole (AnyIP): every address in it is the host.
-    writeHostAddresses(h.mem, ["198.18.0.0/24", "2001:db8:77::1"]);
+    tables.setHostAddresses(["198.18.0.0/24", "2001:db8:77::1"]);
     expectAll<Group>([["198.18.0.5", "host"], ["198.18.1.5", "private"], ["2002:c612:5::", "host"]], groupOf);
     // The table is replaced whole: an address the host lost is an ordinary address again.
-    writeHostAddresses(h.mem, ["2001:db8:77::1"]);
+    tables.setHostAddresses(["2001:db8:77::1"]);
     expectAll<Group>([["203.0.113.1", "public"], ["2001:db8:77::1", "host"]], groupOf);
   } finally {
-    writeHostAddresses(h.mem, []);
+    tables.setHostAddresses([]);
   }
   expectAll<Group>([["2001:db8:77::1", "public"]], groupOf);
 });

@@ -7,14 +7,13 @@ import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harne
 import { eth, ipv4, udp } from "../helpers/frames.js";
 import { SYN, RST, PSH, ACK, u16, segment, parse, REMOTE } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { writeSecretForms, validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
-import { drainAudit } from "../../orchestrator/src/policy/audit.js";
+import { EngineTables } from "../../orchestrator/src/engine/tables.js";
 
 const P = "moat-ph-0123456789abcdefghijklmn";
 
 function harness(withSecret = true): EngineHarness {
   const h = new EngineHarness({ maxTcpFlows: 64 });
-  if (withSecret) writeSecretForms(h.mem, validateSecrets([{ env: "K", allowedHosts: ["a.test"], placeholder: P }], { K: "v" }));
+  if (withSecret) new EngineTables(h.mem).setSecretForms([P]);
   return h;
 }
 
@@ -48,7 +47,7 @@ test("a placeholder in a TCP segment: not sent, both sides reset, counted and au
   assert.ok(bad.ops.some((o) => o.kind === L.OPK_TCP_ABORT && o.flow === c.flow), "the host side is reset");
   assert.ok(bad.frames.some((f) => f.flags & RST), "the guest is reset");
   assert.equal(counterDelta(before, h.counters()).SECRET_VIOLATIONS, 1);
-  const [e] = drainAudit(h.mem, "t", () => "?", 0);
+  const [e] = new EngineTables(h.mem).drainDenials(() => "?", 0);
   assert.equal(e?.secret, 0, "audited with the secret's index");
   assert.equal(e?.port, 80);
   assert.equal(h.flows().tcp, 0);

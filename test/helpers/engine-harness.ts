@@ -4,8 +4,8 @@
 import { createEngineMemory, instantiateEngine, type EngineExports } from "../../orchestrator/src/engine/engine-module.js";
 import { writeEngineConfig, readCounters, readFlowStats, type EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
-import { installPolicy, NameTable, type DenyResponse } from "../../orchestrator/src/policy/compile.js";
-import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { installPolicy, NameTable } from "../../orchestrator/src/engine/policy-table.js";
+import { NetworkPolicy, type DenyResponse } from "../../orchestrator/src/model/policy.js";
 import { parseRedirectPreamble, type RedirectOrigin } from "../../orchestrator/src/engine/redirect.js";
 import { redirectPreamble } from "./preamble.js";
 

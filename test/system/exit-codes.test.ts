@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, sandboxReadableDir } from "../testbed/world.js";
-import { poolTag } from "../../orchestrator/src/sandbox/addressing.js";
+import { poolTag } from "../../orchestrator/src/gateway/addressing.js";
 import { processStat } from "../../orchestrator/src/sandbox/ownership.js";
 
 const skip = systemTestSkipReason();

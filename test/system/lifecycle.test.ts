@@ -8,7 +8,7 @@ import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { World, MOAT_BIN, TESTBED_JS, systemTestSkipReason, moatNamespaces, hasTool } from "../testbed/world.js";
-import { poolTag } from "../../orchestrator/src/sandbox/addressing.js";
+import { poolTag } from "../../orchestrator/src/gateway/addressing.js";
 import { vmCacheDir } from "../../orchestrator/src/vm/image.js";
 
 const skip = systemTestSkipReason();

@@ -6,7 +6,8 @@ import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { World, WORLD_IP4, TESTBED_JS, systemTestSkipReason, moatNamespaces, sandboxReadableDir } from "../testbed/world.js";
-import { poolTag, netnsName } from "../../orchestrator/src/sandbox/addressing.js";
+import { netnsName } from "../../orchestrator/src/sandbox/leases.js";
+import { poolTag } from "../../orchestrator/src/gateway/addressing.js";
 import { processStat } from "../../orchestrator/src/sandbox/ownership.js";
 
 const skip = systemTestSkipReason();

@@ -10,8 +10,8 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, existsSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
-import { serveGateway, type ServedGateway } from "../../orchestrator/src/gateway/serve.js";
-import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { serveGateway, type ServedGateway } from "../../orchestrator/src/sandbox/serve.js";
+import { NetworkPolicy } from "../../orchestrator/src/model/policy.js";
 import { eth, ipv4, icmpEcho, arpRequest } from "../helpers/frames.js";
 import { systemTestSkipReason } from "../testbed/world.js";
 

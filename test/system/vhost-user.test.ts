@@ -10,8 +10,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execFile } from "node:child_process";
-import { serveGateway, type ServedGateway } from "../../orchestrator/src/gateway/serve.js";
-import { NetworkPolicy } from "../../orchestrator/src/policy/model.js";
+import { serveGateway, type ServedGateway } from "../../orchestrator/src/sandbox/serve.js";
+import { NetworkPolicy } from "../../orchestrator/src/model/policy.js";
 import { systemTestSkipReason, hasTool } from "../testbed/world.js";
 
 const skip = systemTestSkipReason()

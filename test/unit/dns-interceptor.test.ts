@@ -14,7 +14,7 @@ import dnsPacket, { type Packet } from "dns-packet";
 import { DnsInterceptor, decodeName, keyMatches, type DnsHooks, type DnsQueryContext, type DnsSettings, type AddressClass } from "../../orchestrator/src/dns/interceptor.js";
 import { UpstreamResolver } from "../../orchestrator/src/dns/upstream.js";
 import { DnsTcpServer } from "../../orchestrator/src/dns/tcp-proxy.js";
-import { classifyAddress } from "../../orchestrator/src/policy/groups.js";
+import { classifyAddress } from "../../orchestrator/src/model/groups.js";
 import { query, deadPort, startDnsmasq, dnsmasqSkip } from "../helpers/dns.js";
 
 const skip = dnsmasqSkip;
@@ -92,7 +92,7 @@ before(async () => {
     "--host-record=v6.test,2001:db8::10",
     "--address=/evil.test/10.0.0.5",
     "--address=/mapped.test/::ffff:127.0.0.1",
-    // The IANA special-purpose ranges, as the gateway judges them (policy/special-purpose.ts).
+    // The IANA special-purpose ranges, as the gateway judges them (model/special-purpose.ts).
     "--host-record=bench.test,198.18.0.5",
     "--host-record=ietf.test,192.0.0.170",
     "--host-record=relay.test,192.88.99.1",

@@ -1,13 +1,13 @@
 // policy-parse.test.ts — the text forms of the network policy: `--net-rule` strings
-// (orchestrator/src/policy/rule-parser.ts) and the JSON config file (config-file.ts).
+// (orchestrator/src/policy/rule-parser.ts) and the JSON config file (cli/config-file.ts).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseRule } from "../../orchestrator/src/policy/rule-parser.js";
-import { loadConfigFile, parseConfig, type MoatConfig } from "../../orchestrator/src/policy/config-file.js";
-import { NetworkPolicy, Rule, Destination, validatePolicy } from "../../orchestrator/src/policy/model.js";
+import { loadConfigFile, parseConfig, type MoatConfig } from "../../orchestrator/src/cli/config-file.js";
+import { NetworkPolicy, Rule, Destination, validatePolicy } from "../../orchestrator/src/model/policy.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 
 // --- parseRule: what must parse ------------------------------------------------------------------

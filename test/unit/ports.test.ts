@@ -2,8 +2,8 @@
 // and the errors and warnings they get.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { parsePublish, validatePort, exposureWarning } from "../../orchestrator/src/sandbox/ports.js";
-import { parseConfig } from "../../orchestrator/src/policy/config-file.js";
+import { parsePublish, validatePort, exposureWarning } from "../../orchestrator/src/gateway/ports.js";
+import { parseConfig } from "../../orchestrator/src/cli/config-file.js";
 import { parseFlags } from "../../orchestrator/src/cli/args.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 

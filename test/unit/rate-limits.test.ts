@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 import { applyLimits, engineLimits, formatLimit, parseBandwidth, validateLimit, NO_LIMITS } from "../../orchestrator/src/gateway/limits.js";
-import { parseConfig } from "../../orchestrator/src/policy/config-file.js";
+import { parseConfig } from "../../orchestrator/src/cli/config-file.js";
 import { MOAT_BIN } from "../testbed/world.js";
 
 test("bandwidth: RATE in tc's bit units (×1000), BURST in bytes (×1024), 100 ms of the rate by default, at least 256 KiB", () => {

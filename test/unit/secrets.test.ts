@@ -2,7 +2,8 @@
 // filter that substitutes values or stops a request.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { validateSecrets, placeholderForms, PlaceholderScanner, parseSecretFlag, type Secret } from "../../orchestrator/src/secrets/secrets.js";
+import { validateSecrets, PlaceholderScanner, parseSecretFlag, type Secret } from "../../orchestrator/src/secrets/secrets.js";
+import { placeholderForms } from "../../orchestrator/src/model/placeholders.js";
 import { RequestFilter, MAX_HEAD } from "../../orchestrator/src/secrets/http-filter.js";
 import { Http2RequestFilter } from "../../orchestrator/src/secrets/http2-filter.js";
 import hpack from "hpack.js";
@@ -258,7 +259,7 @@ test("HTTP/2: a 16 MiB DATA frame is streamed, never held; a placeholder split a
 });
 
 test("a placeholder percent-encoded in part is found, also split across writes; DNS queries carry none in split labels or EDNS options", async () => {
-  const { placeholderInName } = await import("../../orchestrator/src/secrets/secrets.js");
+  const { placeholderInName } = await import("../../orchestrator/src/model/placeholders.js");
   const mixed = P.slice(0, 10) + [...P.slice(10, 14)].map((c) => `%${c.charCodeAt(0).toString(16)}`).join("") + P.slice(14);
   const sc = new PlaceholderScanner([secret()]);
   assert.equal(sc.find(`x=${mixed}`)?.form, "percent-encoded");

@@ -1,11 +1,11 @@
-// special-purpose.test.ts — the table of special-purpose ranges (orchestrator/src/policy/
+// special-purpose.test.ts — the table of special-purpose ranges (orchestrator/src/model/
 // special-purpose.ts) against the rules its header states: what the registry says of an entry
 // decides its group, with the documented exceptions and nothing else. The groups these give
 // addresses, in the engine and in classifyAddress, are tested in test/engine/policy-match.test.ts.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import ipaddr from "ipaddr.js";
-import { SPECIAL_PURPOSE, DOCUMENTATION_STAND_INS } from "../../orchestrator/src/policy/special-purpose.js";
+import { SPECIAL_PURPOSE, DOCUMENTATION_STAND_INS } from "../../orchestrator/src/model/special-purpose.js";
 
 test("every entry is a CIDR with no host bits, listed once, with a source", () => {
   const seen = new Set<string>();

@@ -12,9 +12,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
 import { parseClientHello } from "../../orchestrator/src/tls/client-hello.js";
-import { matchesPattern } from "../../orchestrator/src/tls/setup.js";
-import { PinnedNames, ruleCovers, validateTls } from "../../orchestrator/src/tls/setup.js";
-import { parseConfig } from "../../orchestrator/src/policy/config-file.js";
+import { matchesPattern, ruleCovers } from "../../orchestrator/src/model/names.js";
+import { PinnedNames, validateTls } from "../../orchestrator/src/tls/setup.js";
+import { parseConfig } from "../../orchestrator/src/cli/config-file.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 
 test("leaves chain to the CA, name the host (DNS or IP SAN), are backdated and short-lived", () => {

@@ -1,7 +1,7 @@
 // match.ts — policy evaluation for new flows (DESIGN §6): first match wins.
 //
 // Theory of operation
-// The orchestrator compiles a policy (orchestrator/src/policy/compile.ts) into one of two slots
+// The orchestrator compiles a policy (orchestrator/src/engine/policy-table.ts) into one of two slots
 // at POLICY_BASE and then flips ST_POLICY_ACTIVE, so a running sandbox can be given a new policy
 // and the very next new flow sees it; the slot in force is never written. Evaluation runs once
 // per new flow (TCP SYN, first UDP datagram of a flow), never per established packet: a linear
@@ -12,12 +12,12 @@
 // Host > Metadata > Loopback > Private > LinkLocal > Multicast > Public; an IPv6 address that
 // carries an IPv4 address is first rewritten to the mapped form, so groups and CIDR rules judge
 // it by that IPv4 address and no IPv6 spelling reaches what its IPv4 form may not. The forms
-// (orchestrator/src/policy/groups.ts has the same list; one test table holds both):
+// (orchestrator/src/model/groups.ts has the same list; one test table holds both):
 //   ::ffff:a.b.c.d mapped · ::a.b.c.d compatible · ::ffff:0:a.b.c.d SIIT (RFC 6145)
 //   64:ff9b::a.b.c.d NAT64 (RFC 6052) · 2002:AABB:CCDD::/48 6to4 (RFC 3056, the /48's IPv4)
 //   2001:0::/32 Teredo (RFC 4380: the client's IPv4, stored inverted in the last 32 bits)
 // Every group but Host comes from one table, the IANA special-purpose registries with their
-// sources (orchestrator/src/policy/special-purpose.ts, which also says which group each range
+// sources (orchestrator/src/model/special-purpose.ts, which also says which group each range
 // falls into and why), compiled into comparisons by engine-wasm/gen-groups.mjs (groups.gen.ts);
 // the orchestrator's classifyAddress reads the same table. The local-use NAT64 prefix
 // 64:ff9b:1::/48 is there as Private: it may embed its IPv4 at any of several offsets.

@@ -6,13 +6,13 @@ import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/
 import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError, CommandError } from "../errors.js";
 import { layout as L } from "../engine/layout.js";
-import { NetworkPolicy } from "../policy/model.js";
+import { NetworkPolicy } from "../model/policy.js";
 import { parseRule } from "../policy/rule-parser.js";
-import { loadConfigFile, type MoatConfig } from "../policy/config-file.js";
-import { parsePublish, describePort } from "../sandbox/ports.js";
+import { loadConfigFile, type MoatConfig } from "./config-file.js";
+import { parsePublish, describePort } from "../gateway/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
-import { serveGateway } from "../gateway/serve.js";
+import { serveGateway } from "../sandbox/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
 import type { LinkSpec } from "../links/link.js";

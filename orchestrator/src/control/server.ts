@@ -18,10 +18,10 @@ import { Writable } from "node:stream";
 import { ConfigError, MoatError } from "../errors.js";
 import type { GatewayEvent } from "../gateway/events.js";
 import { renderMetrics, CONTENT_TYPE, type GatewaySample } from "../gateway/metrics.js";
-import type { NetworkPolicyShape } from "../policy/model.js";
-import type { DenyResponse } from "../policy/compile.js";
-import type { SandboxAddresses } from "../sandbox/addressing.js";
-import { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
+import type { NetworkPolicyShape } from "../model/policy.js";
+import type { DenyResponse } from "../model/policy.js";
+import type { SandboxAddresses } from "../gateway/addressing.js";
+import { parsePublish, type PortSpec, type PublishedPort, type PortProtocol } from "../gateway/ports.js";
 import type { RunOptions } from "../sandbox/sandbox.js";
 import type { RateLimits, ValidLimits } from "../gateway/limits.js";
 

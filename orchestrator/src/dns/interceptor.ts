@@ -36,7 +36,7 @@
 // while letting its apex resolve is what nobody means. Matching is on whole labels of the
 // canonical name (wire.ts), case-insensitive.
 import ipaddr from "ipaddr.js";
-import { carriedIPv4 } from "../policy/groups.js";
+import { carriedIPv4 } from "../model/groups.js";
 import dnsPacket from "dns-packet";
 import { ConfigError } from "../errors.js";
 import { UpstreamResolver } from "./upstream.js";
@@ -94,7 +94,8 @@ export interface DnsOutcome {
   answer: Buffer | null;
   /** What the guest was told, for domain rules. */
   pins: DnsPin[];
-  event?: { kind: DnsEventKind; name?: string; detail?: string };
+  /** `secret`: with a secret-violation, the secret's name (its variable; never the value). */
+  event?: { kind: DnsEventKind; name?: string; detail?: string; secret?: string };
 }
 
 export type AddressClass = "host" | "metadata" | "loopback" | "private" | "link-local" | "multicast" | "public";
@@ -206,7 +207,10 @@ export class DnsInterceptor {
 
     // 2. A secret's placeholder in the name (exfiltration through DNS), blocked names, zone transfers.
     const secret = this.hooks.secretIn?.(name, query);
-    if (secret) return refuse("secret-violation", `the name carries the placeholder of secret ${secret}`);
+    if (secret) {
+      const out = refuse("secret-violation", `the name carries the placeholder of secret ${secret}`);
+      return { ...out, event: { ...out.event!, secret } };
+    }
     const why = this.blockedBecause(name);
     if (why) return refuse("blocked", why, blockedRcode);
     if (q.type === TYPE.AXFR || q.type === TYPE.IXFR) return refuse("blocked", "zone transfers are not forwarded");
@@ -347,7 +351,7 @@ function addressOf(rr: ScannedRecord): string | null {
  * :: and ::1, NAT64 64:ff9b::/96), so rebinding protection judges it as that IPv4 address even if
  * the classify hook does not; else null.
  */
-/** The IPv4 address an IPv6 answer carries (every form policy/groups.ts knows), as text. */
+/** The IPv4 address an IPv6 answer carries (every form model/groups.ts knows), as text. */
 function embeddedIPv4(ip: string): string | null {
   const a = ipaddr.parse(ip);
   if (a.kind() !== "ipv6") return null;

@@ -14,8 +14,7 @@
 // (engine/redirect.ts: the resolver the guest addressed, then the token); a connection whose
 // first REDIRECT_PREAMBLE_BYTES bytes are anything else is closed unanswered.
 import type net from "node:net";
-import { layout as L } from "../engine/layout.js";
-import { RedirectListener, parseRedirectPreamble } from "../engine/redirect.js";
+import { REDIRECT_PREAMBLE_BYTES, RedirectListener, parseRedirectPreamble } from "../engine/redirect.js";
 
 /** Who sent a query: the TCP peer, and (redirected by the engine) where the guest was going. */
 export interface DnsTcpPeer { address: string; port: number; dest?: { ip: string; port: number } }
@@ -94,7 +93,7 @@ export class DnsTcpServer extends RedirectListener {
       if (closing) return;
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       if (needPreamble) {
-        if (buf.length < L.REDIRECT_PREAMBLE_BYTES) return;
+        if (buf.length < REDIRECT_PREAMBLE_BYTES) return;
         const dest = parseRedirectPreamble(buf, this.token!);
         if (!dest) {
           sock.destroy();
@@ -102,7 +101,7 @@ export class DnsTcpServer extends RedirectListener {
         }
         peer.dest = { ip: dest.ip, port: dest.port };
         needPreamble = false;
-        buf = buf.subarray(L.REDIRECT_PREAMBLE_BYTES);
+        buf = buf.subarray(REDIRECT_PREAMBLE_BYTES);
       }
       while (buf.length >= 2) {
         const len = buf.readUInt16BE(0);

@@ -11,6 +11,7 @@ import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import { createEngineMemory } from "./engine-module.js";
 import { readCounters, readFlowStats, type EngineConfig, type EngineCounters } from "./engine-config.js";
+import { EngineTables } from "./tables.js";
 import type { EngineControl, EngineWorkerData, DnsAnswerMessage, DnsWorkerSetup, DnsUpdate, DnsEventMessage, AddSandboxMessage, InstanceStatus } from "./engine-worker.js";
 import type { LinkSpec } from "../links/link.js";
 import type { LinkMiddleware } from "../links/middleware.js";
@@ -141,6 +142,11 @@ export class EngineHost {
   onFailure: ((reason: string) => void) | undefined;
   private constructor(
     readonly memory: WebAssembly.Memory,
+    /**
+     * What the orchestrator writes into the memory (the policy, the host's addresses) and reads
+     * back (denials), typed (tables.ts): the same tables `prepare` was given.
+     */
+    readonly tables: EngineTables,
     private readonly pw: PoolWorker,
     private readonly control: Comlink.Remote<EngineControl>,
     private readonly controlPort: MessagePort,
@@ -162,12 +168,12 @@ export class EngineHost {
 
   /**
    * Serve `link` with `config` on a worker of the pool; resolves once frames are being served.
-   * `prepare` runs on the fresh memory before the engine starts (the policy is installed there,
-   * so no frame is ever judged by an empty table); `onAudit` is called when denials are waiting
-   * in the audit ring.
+   * `prepare` is given the fresh memory's tables before the engine starts (the policy is
+   * installed there, so no frame is ever judged by an empty table); `onAudit` is called when
+   * denials are waiting in the audit ring.
    */
   static async start(config: EngineConfig, link: LinkSpec, hooks: {
-    prepare?: (mem: Uint8Array) => void;
+    prepare?: (tables: EngineTables) => void;
     onAudit?: () => void;
     /** The DNS interceptor the worker runs for guest DNS over UDP; without it, queries get no answer. */
     dns?: DnsWorkerSetup;
@@ -179,7 +185,8 @@ export class EngineHost {
     middleware?: LinkMiddleware;
   } = {}): Promise<EngineHost> {
     const memory = createEngineMemory();
-    hooks.prepare?.(new Uint8Array(memory.buffer));
+    const tables = new EngineTables(new Uint8Array(memory.buffer));
+    hooks.prepare?.(tables);
     const audit = new MessageChannel();
     audit.port1.on("message", () => hooks.onAudit?.());
     audit.port1.unref();
@@ -204,7 +211,7 @@ export class EngineHost {
     pw.worker.postMessage({ add } satisfies AddSandboxMessage, [audit.port2, dns.port2, ctl.port2, status.port2]);
     pw.take();
     const control = Comlink.wrap<EngineControl>(nodeEndpoint(ctl.port1));
-    const host = new EngineHost(memory, pw, control, ctl.port1, exitPromise, dns.port1, () => {
+    const host = new EngineHost(memory, tables, pw, control, ctl.port1, exitPromise, dns.port1, () => {
       pw.onExit.delete(onExit!);
       status.port1.close();
       audit.port1.close();

@@ -30,15 +30,14 @@ import { loadNative } from "../native.js";
 import { openLink, type LinkSpec } from "../links/link.js";
 import { applyMiddleware, type LinkMiddleware } from "../links/middleware.js";
 import { DnsInterceptor, type DnsSettings, type DnsOutcome } from "../dns/interceptor.js";
+import { SandboxDnsHooks, type DnsInputs } from "../dns/hooks.js";
 import { DnsStats, type DnsStatsSnapshot } from "../dns/dns-stats.js";
 import { UpstreamResolver, dgramTransport, type Nameserver, type DatagramChannel, type DatagramTransport } from "../dns/upstream.js";
 import { getSystemErrorName } from "node:util";
 import { close as fsClose } from "node:fs";
-import { classifyAddress } from "../policy/groups.js";
 import { enginePins, addr16 } from "./engine-config.js";
 import { isIPv4 } from "node:net";
 import ipaddr from "ipaddr.js";
-import { placeholderInName } from "../secrets/secrets.js";
 
 export interface EngineWorkerData {
   memory: WebAssembly.Memory;
@@ -75,14 +74,8 @@ export interface DnsWorkerSetup {
   placeholders?: { env: string; placeholder: string }[];
 }
 
-/** Policy-dependent inputs of the interceptor, sent again whenever they change. */
-export interface DnsUpdate {
-  /** NameTable.names (id = index + 1). */
-  names?: string[];
-  /** Names covered by Deny domain rules. */
-  deny?: { domains: string[]; suffixes: string[] };
-  /** Group Host addresses, normalised (policy/groups.ts, hostSet). */
-  host?: string[];
+/** Policy-dependent inputs of the interceptor (dns/hooks.ts), sent again whenever they change. */
+export interface DnsUpdate extends DnsInputs {
   /** Pins to set (answers that did not pass through here: DNS over TCP). */
   pins?: DnsAnswerMessage["pins"];
 }
@@ -166,24 +159,13 @@ class EngineInstance {
     this.auditTail = new Int32Array(data.memory.buffer, layout.AUDIT_CTRL + layout.RING_CTRL_TAIL, 1);
     this.auditSeen = Atomics.load(this.auditTail, 0);
     this.dnsCtrl = new Int32Array(data.memory.buffer, layout.DNS_CTRL, layout.RING_CTRL_BYTES / 4);
-    this.dnsNames = data.dns?.update.names ?? [];
-    this.dnsDeny = data.dns?.update.deny ?? { domains: [], suffixes: [] };
-    this.dnsHost = new Set(data.dns?.update.host ?? []);
     const dns = data.dns;
-    this.interceptor = dns && new DnsInterceptor(dns.settings, new UpstreamResolver(dns.upstreams, dns.settings.queryTimeoutMs, { transport: this.transport }), {
-      nameIds: () => this.dnsNames,
-      denyNames: () => this.dnsDeny,
-      resolverAllowed: () => true, // the engine judged the resolver by policy before queueing the query
-      classify: (ip) => classifyAddress(ip, this.dnsHost),
-      secretIn: (name, query) => placeholderInName(dns.placeholders ?? [], name, query),
-      recordAnswers: () => dns.reportAnswers === true,
-      admit: () => this.engine.engineDnsAdmit(performance.now()) === 1,
-    });
+    const hooks = new SandboxDnsHooks(dns?.update ?? {}, dns?.placeholders ?? [], dns?.reportAnswers === true,
+      () => this.engine.engineDnsAdmit(performance.now()) === 1);
+    this.interceptor = dns && new DnsInterceptor(dns.settings, new UpstreamResolver(dns.upstreams, dns.settings.queryTimeoutMs, { transport: this.transport }), hooks);
     data.dnsPort.on("message", (m: DnsUpdate) => {
       if (this.stopped) return;
-      if (m.names) this.dnsNames = m.names;
-      if (m.deny) this.dnsDeny = m.deny;
-      if (m.host) this.dnsHost = new Set(m.host);
+      hooks.update(m);
       if (m.pins?.length) this.guard(() => this.applyPins(m.pins!));
     });
     const dp = this.datapath;
@@ -336,9 +318,6 @@ class EngineInstance {
   }
 
   // ---- DNS: queries from the engine's ring through the interceptor, answers back into the engine ----
-  private dnsNames: readonly string[];
-  private dnsDeny: { domains: string[]; suffixes: string[] };
-  private dnsHost: ReadonlySet<string>;
   private readonly interceptor: DnsInterceptor | undefined;
   private readonly dnsStats = new DnsStats();
 

@@ -15,6 +15,9 @@ import { timingSafeEqual } from "node:crypto";
 import ipaddr from "ipaddr.js";
 import { layout as L } from "./layout.js";
 
+/** The preamble's size: what a receiver reads before anything of the guest's. */
+export const REDIRECT_PREAMBLE_BYTES = L.REDIRECT_PREAMBLE_BYTES;
+
 /** What a redirect preamble says: the original destination, and the name id of the domain rule that admitted the flow (0: none; DENIED_BIT | rule + 1 for the deny page). */
 export interface RedirectOrigin { ip: string; port: number; admitNameId: number }
 

@@ -7,9 +7,16 @@
 // control socket streams them as NDJSON (GET /events). `v` is the version of this shape: a field
 // removed or changing meaning bumps it; a field or a kind added does not.
 //
+// A gateway's parts emit through GatewayEvents (its one sink): each source — the engine's
+// denials (policy.ts), DNS (dns.ts), TLS (tls.ts), secrets (secrets.ts), ports, lifecycle, limits —
+// gives the event's own fields, typed; the envelope is filled in here.
+//
 // Invariants: an event never carries a secret's value (only its name); `time` is ISO 8601 UTC.
 import { EventEmitter } from "node:events";
 import type { TlsEvent } from "../tls/proxy.js";
+import { AuditLog, type AuditLogOptions } from "../policy/audit.js";
+import { ConfigError } from "../errors.js";
+import type { SandboxAddresses } from "./addressing.js";
 
 /** The version of the event shape (the `v` field). */
 export const EVENT_VERSION = 1;
@@ -107,10 +114,14 @@ export interface LimitEvent extends Envelope {
 export type GatewayEvent = FlowDeniedEvent | DnsEvent | TlsRefusedEvent | SecretViolationGatewayEvent | PortEvent | LifecycleEvent | LimitEvent;
 export type GatewayEventKind = GatewayEvent["kind"];
 
-type Fields<E> = E extends Envelope ? Omit<E, keyof Envelope> & { time?: string } : never;
+/** An event's own fields (and, if it knows better than now, its time): what its source gives. */
+export type EventFields<E> = E extends Envelope ? Omit<E, keyof Envelope> & { time?: string } : never;
+
+/** How a gateway's parts emit an event: the gateway fills in the envelope. */
+export type Emit = <E extends GatewayEvent>(fields: EventFields<E>) => E;
 
 /** An event with its envelope filled in. */
-export function makeEvent<E extends GatewayEvent>(sandbox: string, fields: Fields<E>): E {
+export function makeEvent<E extends GatewayEvent>(sandbox: string, fields: EventFields<E>): E {
   const { time, ...rest } = fields as { time?: string };
   return { v: EVENT_VERSION, time: time ?? new Date().toISOString(), sandbox, ...rest } as unknown as E;
 }
@@ -143,5 +154,64 @@ export class EventSink {
         process.stderr.write(`moat: an event listener threw on a ${e.kind} event: ${(err as Error)?.message ?? String(err)}\n`);
       }
     }
+  }
+}
+
+/**
+ * A gateway's events: one sink, which the audit log (if asked for), the onEvent option and the
+ * gateway's subscribers hear, and each kind counted (secret violations also by action) for metrics.
+ */
+export class GatewayEvents {
+  private readonly sink = new EventSink();
+  private readonly auditLog: AuditLog | undefined;
+  private wasCreated = false;
+  /** Events emitted so far, by kind (secret violations also by action): what metrics report. */
+  readonly counts = new Map<string, number>();
+
+  constructor(private readonly sandbox: string, o: { auditLog?: string; auditLogOptions?: AuditLogOptions; onEvent?: (e: GatewayEvent) => void }) {
+    const auditLog = (this.auditLog = o.auditLog ? new AuditLog(o.auditLog, o.auditLogOptions) : undefined); // a bad path fails here, before anything runs
+    // A violation whose action is "block" is the request's business alone: the audit log has it
+    // only with block-and-log or block-and-terminate (listeners and metrics see every one).
+    if (auditLog) this.sink.on((e) => { if (!(e.kind === "secret-violation" && e.action === "block")) auditLog.write([e]); });
+    this.sink.on((e) => this.count(e));
+    if (o.onEvent) this.sink.on(o.onEvent);
+  }
+
+  /** The events are written to an audit file. */
+  get logged(): boolean {
+    return this.auditLog !== undefined;
+  }
+
+  /** Subscribe to every event (`name`: "event", the one type); returns an unsubscribe. */
+  on(name: "event", fn: (e: GatewayEvent) => void): () => void {
+    if (name !== "event") throw new ConfigError(`unknown gateway event "${String(name)}"`, `subscribe with on("event", fn): one event type, told apart by its kind`);
+    return this.sink.on(fn);
+  }
+
+  off(fn: (e: GatewayEvent) => void): void {
+    this.sink.off(fn);
+  }
+
+  readonly emit: Emit = <E extends GatewayEvent>(fields: EventFields<E>): E => {
+    const e = makeEvent<E>(this.sandbox, fields);
+    this.sink.emit(e);
+    return e;
+  };
+
+  /** The gateway started serving (`a`: the guest's addresses; none: it has no interface). */
+  created(a: SandboxAddresses | undefined): void {
+    this.wasCreated = true;
+    this.emit<LifecycleEvent>({ kind: "sandbox-created", ...(a ? { guest: { ipv4: a.guestIp4, ipv6: a.guestIp6 }, gateway: { ipv4: a.gatewayIp4, ipv6: a.gatewayLl6 } } : {}) });
+  }
+
+  /** The gateway stopped: sandbox-destroyed, if it was ever created; the audit log flushed. */
+  destroyed(): void {
+    if (this.wasCreated) this.emit<LifecycleEvent>({ kind: "sandbox-destroyed" });
+    this.auditLog?.close(); // pending summaries of repeated events are written now
+  }
+
+  private count(e: GatewayEvent): void {
+    const key = e.kind === "secret-violation" ? `secret-violation:${e.action}` : e.kind;
+    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
   }
 }

@@ -1,218 +1,34 @@
 // gateway.ts — everything between a guest's NIC and the world, whatever the guest is (DESIGN §13).
 //
-// A Gateway owns the engine (its worker, the link it serves), the policy and its live
-// replacement (with the name table domain rules use), DNS interception (the worker's interceptor
-// for UDP and this thread's for DNS over TCP), the audit log, TLS interception, secrets and
-// published ports. It does not know what the guest is: a network namespace (sandbox/netns-
-// sandbox.ts), a QEMU microVM (vm/vm-sandbox.ts), or a VMM someone else runs (`moat serve`). The
-// guest's owner gives it addresses, a link and a way to stop the guest (for a secret violation
-// whose action is to terminate).
+// A Gateway owns the engine (its worker, the link it serves) and wires its parts to it and to
+// each other: options.ts (what it is asked, checked), policy.ts (the policy in force; its
+// denials), events.ts (one event type, one sink, the audit log), dns.ts (the worker's interceptor
+// for UDP, this thread's for TCP and DoT), tls.ts (interception, the deny page), secrets.ts,
+// ports.ts, limits.ts and engine.ts (the engine's configuration, the drain at the end). It does
+// not know what the guest is: a network namespace (sandbox/netns-sandbox.ts), a QEMU microVM
+// (vm/vm-sandbox.ts), or a VMM someone else runs (sandbox/serve.ts). The guest's owner gives it
+// addresses, a link and a way to stop the guest (for a secret violation whose action is to
+// terminate).
 //
 // Lifecycle: Gateway.start() -> (the guest runs) -> drain() -> stop(). stop() is idempotent.
 import { randomBytes } from "node:crypto";
-import { constants as osConstants } from "node:os";
-import ipaddr from "ipaddr.js";
-import type { SandboxAddresses } from "../sandbox/addressing.js";
-import { DEFAULT_POOL4 } from "../sandbox/addressing.js";
 import { EngineHost } from "../engine/engine-host.js";
-import { addr16, enginePins, type EngineConfig, type EngineCounters } from "../engine/engine-config.js";
-import { isIPv4 } from "node:net";
-import { ConfigError, MoatError } from "../errors.js";
-import { NetworkPolicy, validatePolicy, normalizeName, type NetworkPolicyShape, type Action } from "../policy/model.js";
-import { installPolicy, describeRule, NameTable, type DenyResponse } from "../policy/compile.js";
-import { drainAudit, AuditLog, type DenyEvent, type AuditLogOptions } from "../policy/audit.js";
-import { classifyAddress, hostSet, type HostSet } from "../policy/groups.js";
-import { watchHostAddresses, writeHostAddresses } from "../policy/host-addresses.js";
-import { DnsInterceptor, type DnsOutcome, type DnsSettings } from "../dns/interceptor.js";
-import { UpstreamResolver, hostResolvers, parseNameserverAddress } from "../dns/upstream.js";
-import { DnsTcpServer } from "../dns/tcp-proxy.js";
-import type { RedirectOrigin } from "../engine/redirect.js";
-import type { DnsWorkerSetup } from "../engine/engine-worker.js";
-import { layout as L } from "../engine/layout.js";
-import type { LinkSpec } from "../links/link.js";
-import { validatePcap, validateFaults, parseFaults, type PcapOptions, type FaultOptions, type LinkMiddleware } from "../links/middleware.js";
-import { validatePort, exposureWarning, describePort, type PortSpec, type PublishedPort, type PortProtocol } from "../sandbox/ports.js";
-import { tlsStatsOver, type TlsEvent, type TlsProxyStats } from "../tls/proxy.js";
-import { RemoteTlsProxy } from "../tls/tls-host.js";
-import { validateTls, tlsRequested, PinnedNames, nameBinding, unpinnedReason, processCertificateAuthority, matchesPattern, GUEST_TRUST, type TlsOptions, type ValidTls } from "../tls/setup.js";
-import { validateSecrets, writeSecretForms, placeholderInName, type SecretSpec, type Secret, type ViolationAction } from "../secrets/secrets.js";
-import { EventSink, makeEvent, type GatewayEvent, type FlowDeniedEvent, type DnsEvent, type TlsRefusedEvent, type SecretViolationGatewayEvent, type PortEvent, type LifecycleEvent, type LimitEvent } from "./events.js";
+import type { EngineCounters } from "../engine/engine-config.js";
+import type { NetworkPolicyShape, DenyResponse } from "../model/policy.js";
 import { DnsStats } from "../dns/dns-stats.js";
+import type { LinkSpec } from "../links/link.js";
+import type { TlsProxy } from "../tls/proxy.js";
+import type { SandboxAddresses } from "./addressing.js";
+import type { ValidOptions } from "./options.js";
+import { GatewayEvents, type GatewayEvent } from "./events.js";
+import { GatewayPolicy } from "./policy.js";
+import { GatewayDns } from "./dns.js";
+import { GatewayTls } from "./tls.js";
+import { GatewaySecrets } from "./secrets.js";
+import { PublishedPorts, type PortSpec, type PublishedPort, type PortProtocol } from "./ports.js";
+import { GatewayLimits, type RateLimits, type ValidLimits } from "./limits.js";
+import { drainFlows, engineConfig, guestLink } from "./engine.js";
 import { renderMetrics, type GatewaySample } from "./metrics.js";
-import { applyLimits, engineLimits, formatLimit, NO_LIMITS, type RateLimits, type ValidLimits } from "./limits.js";
-
-/** DNS interception (DESIGN §7; the reference's NetworkBuilder::dns). */
-export interface DnsOptions {
-  /** Names answered locally as blocked, never sent upstream. */
-  blockDomains?: string[];
-  /** Blocks the name and every name under it ("tracking.example" blocks a.tracking.example). */
-  blockDomainSuffixes?: string[];
-  /** Upstreams for DNS to the gateway, tried in order: IP, IP:PORT, [IPv6]:PORT, HOST, HOST:PORT (default: the host's /etc/resolv.conf). */
-  nameservers?: string[];
-  /** Per upstream attempt (default 5000). */
-  queryTimeoutMs?: number;
-  /** Answers carrying private, loopback, link-local or metadata addresses become REFUSED (default true). */
-  rebindProtection?: boolean;
-  /** The answer to a blocked name (default "refused"). */
-  blockedResponse?: "refused" | "nxdomain";
-}
-
-/** What a gateway does for its guest: the options every kind of sandbox shares. */
-export interface GatewayOptions {
-  /** DNS interception settings. */
-  dns?: DnsOptions;
-  /** Name shown in audit events (default: the namespace's name). */
-  name?: string;
-  /** Network policy (default NetworkPolicy.publicOnly()); NetworkPolicy.none() gives no interface. */
-  policy?: NetworkPolicyShape;
-  /** What a denied guest sees: "drop" (silence, the default), "reject" (RST / ICMP prohibited), or "http" (reject, and a 403 page naming the rule for denied HTTP, and HTTPS when intercepted). */
-  denyResponse?: DenyResponse;
-  /** Most TCP + UDP connections at once (default 4096). */
-  maxConnections?: number;
-  /**
-   * Rate limits (gateway/limits.ts): egress and ingress bandwidth ("50mbit", "50mbit:512k"), new
-   * connections and DNS queries per second (20, "20:5"). TCP is paced, UDP and ICMP over a
-   * budget dropped, SYNs over the connection rate held, DNS over its rate refused. Changed
-   * later with setLimits().
-   */
-  limits?: RateLimits;
-  /** Append every denial as a JSON line to this file. */
-  auditLog?: string;
-  /** Bounds of the audit log: aggregation interval, size cap, keys held (policy/audit.ts). */
-  auditLogOptions?: AuditLogOptions;
-  /** Called with every denial (after it was written to the audit log). onEvent sees these and every other event. */
-  onDeny?: (event: DenyEvent) => void;
-  /**
-   * Called with every event of the gateway (gateway/events.ts: flow denied, DNS blocked or
-   * rewritten, TLS refused, secret violation, port published/unpublished, sandbox created/
-   * destroyed, limit hit), in the shape the audit log writes. gateway.on("event", fn) and
-   * sandbox.on("event", fn) subscribe later.
-   */
-  onEvent?: (event: GatewayEvent) => void;
-  /** MTU of the guest link (default 65520, the largest a TAP/Ethernet frame allows here). */
-  mtu?: number;
-  /** IPv4 pool carved into /30 per sandbox (default 172.30.0.0/16). */
-  ipv4Pool?: string;
-  /** Where DNS sent to the gateway is forwarded: "host" (every nameserver of /etc/resolv.conf, in order, the default), "none", or "IP[:PORT]" / "[IPv6]:PORT". */
-  dnsForward?: string;
-  /** Idle time after which a UDP flow and its host socket are closed (default 60000). */
-  udpIdleMs?: number;
-  /** Most UDP flows a sandbox may hold at once (default 4096). */
-  maxUdpFlows?: number;
-  /**
-   * At destroy(), how long the guest's TCP connections may go without moving data before they
-   * are cut (default 5000 ms; 0: cut at once). Until then moat keeps serving, so data the
-   * guest's kernel still held when the command exited is delivered and closed cleanly; a
-   * connection cut short reaches its peer as a reset, never as a clean end.
-   */
-  exitGraceMs?: number;
-  /**
-   * Ports to publish: host (BIND:HOSTPORT) -> guest port. A host connection (or UDP peer)
-   * becomes a flow toward the guest, judged by the inbound rules; the guest sees it come from
-   * the gateway's address. More can be published and withdrawn later (publish(), unpublish()).
-   */
-  ports?: PortSpec[];
-  /** What happens to a peer on a published port that no inbound rule matched (default "allow"). */
-  defaultIngress?: Action;
-  /** Warnings (e.g. a port published beyond loopback); default: printed to stderr. */
-  onWarning?: (message: string) => void;
-  /** TLS interception (off unless asked for: any setting turns it on). */
-  tls?: TlsOptions;
-  /** Called with every TLS refusal (after it was written to the audit log). */
-  onTlsEvent?: (event: TlsEvent) => void;
-  /**
-   * Secrets: the command sees each as a placeholder; the value is put into requests to its hosts
-   * only (HTTP/1.1 headers and Basic auth over intercepted TLS). Turns TLS interception on.
-   */
-  secrets?: SecretSpec[];
-  /** What a placeholder headed anywhere else does: "block" (default), "block-and-log", "block-and-terminate". */
-  onSecretViolation?: ViolationAction;
-  /** Called with every secret violation (never with the value). */
-  onSecretEvent?: (event: SecretViolationEvent) => void;
-  /** Record every frame at the guest's link in a pcap file (a path, or { path, maxBytes }: default bound 256 MiB). */
-  pcap?: string | PcapOptions;
-  /**
-   * Testing only: faults injected at the guest's link (links/middleware.ts). Without it, the
-   * MOAT_FAULTS environment variable ("drop=0.01,reorder=0.01,dup=0.005,seed=7") is read.
-   */
-  faults?: FaultOptions | string;
-}
-
-/** A secret's placeholder headed where it may not go (the value never appears here). */
-export interface SecretViolationEvent { secret: string; destination: string; where: string; form: string; action: ViolationAction }
-
-/** The longest drain() waits for connections that keep moving data, in grace periods. */
-const EXIT_GRACE_TOTAL_FACTOR = 30;
-const { EADDRINUSE } = osConstants.errno;
-
-export const DEFAULT_MTU = L.MTU_DEFAULT;
-
-export type ValidOptions = Required<Omit<GatewayOptions, "dnsForward" | "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "policy" | "dns" | "ports" | "onWarning" | "tls" | "onTlsEvent" | "secrets" | "onSecretEvent" | "pcap" | "faults" | "limits">> & { dns: DnsOptions; limits: ValidLimits } &
-  Pick<GatewayOptions, "name" | "auditLog" | "auditLogOptions" | "onDeny" | "onEvent" | "onTlsEvent" | "onSecretEvent"> & { secrets: Secret[] } & { middleware: LinkMiddleware } & { dnsForward: { ip: string; port: number }[]; policy: NetworkPolicy; ports: PublishedPort[]; onWarning: (m: string) => void; tls: ValidTls | undefined };
-
-/** Check every option (before anything is created) and fill in the defaults. */
-export function validateOptions(o: GatewayOptions): ValidOptions {
-  const mtu = o.mtu ?? DEFAULT_MTU;
-  if (!Number.isInteger(mtu) || mtu < L.MTU_MIN || mtu > L.MTU_MAX) {
-    throw new ConfigError(`MTU ${o.mtu} is out of range`, `use an integer from ${L.MTU_MIN} (the IPv6 minimum) to ${L.MTU_MAX}`);
-  }
-  const udpIdleMs = o.udpIdleMs ?? 60000;
-  if (!Number.isInteger(udpIdleMs) || udpIdleMs < 100) throw new ConfigError(`UDP idle timeout ${o.udpIdleMs} ms is too small`, "use at least 100 ms");
-  const maxUdpFlows = o.maxUdpFlows ?? 4096;
-  if (!Number.isInteger(maxUdpFlows) || maxUdpFlows < 1 || maxUdpFlows > L.FLOW_CAPACITY) {
-    throw new ConfigError(`max UDP flows ${o.maxUdpFlows} is out of range`, `use 1 to ${L.FLOW_CAPACITY}`);
-  }
-  const exitGraceMs = o.exitGraceMs ?? 5000;
-  if (!Number.isInteger(exitGraceMs) || exitGraceMs < 0 || exitGraceMs > 600000) {
-    throw new ConfigError(`exit grace ${o.exitGraceMs} ms is out of range`, "use 0 (cut connections at once) to 600000 ms");
-  }
-  const maxConnections = o.maxConnections ?? 4096;
-  if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > L.FLOW_CAPACITY) {
-    throw new ConfigError(`max connections ${o.maxConnections} is out of range`, `use 1 to ${L.FLOW_CAPACITY}`);
-  }
-  const denyResponse = o.denyResponse ?? "drop";
-  if (denyResponse !== "drop" && denyResponse !== "reject" && denyResponse !== "http") throw new ConfigError(`deny response "${denyResponse}" is unknown`, `use "drop", "reject" or "http"`);
-  const policy = o.policy ? validatePolicy(o.policy) : NetworkPolicy.publicOnly();
-  const fwd = o.dnsForward ?? "host";
-  // "host": every nameserver of the host's resolv.conf, in order, failing over (a dead first
-  // entry must not break DNS).
-  const dnsForward = fwd === "host" ? hostResolvers() : fwd === "none" ? [] : [parseNameserverAddress(fwd)];
-  const dns = o.dns ?? {};
-  if (dns.queryTimeoutMs !== undefined && (!Number.isInteger(dns.queryTimeoutMs) || dns.queryTimeoutMs < 10 || dns.queryTimeoutMs > 60000)) {
-    throw new ConfigError(`DNS query timeout ${dns.queryTimeoutMs} ms is out of range`, "use 10 to 60000 ms");
-  }
-  if (dns.blockedResponse !== undefined && dns.blockedResponse !== "refused" && dns.blockedResponse !== "nxdomain") {
-    throw new ConfigError(`DNS blocked response "${dns.blockedResponse}" is unknown`, `use "refused" or "nxdomain"`);
-  }
-  const dnsNames = {
-    ...dns,
-    blockDomains: (dns.blockDomains ?? []).map((n) => normalizeName(n)),
-    blockDomainSuffixes: (dns.blockDomainSuffixes ?? []).map((n) => normalizeName(n.replace(/^\*?\./, ""))),
-  };
-  const defaultIngress = o.defaultIngress ?? "allow";
-  if (defaultIngress !== "allow" && defaultIngress !== "deny") throw new ConfigError(`default ingress "${o.defaultIngress}" is unknown`, `use "allow" or "deny"`);
-  if (o.ports !== undefined && !Array.isArray(o.ports)) throw new ConfigError("ports is not a list", "e.g. ports: [{ host: 8080, guest: 80 }]");
-  const ports = (o.ports ?? []).map((p, i) => validatePort(p, `ports[${i}]`));
-  if (ports.length > L.PUB_MAX) throw new ConfigError(`${ports.length} ports to publish`, `at most ${L.PUB_MAX} per sandbox`);
-  if (ports.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so ports cannot be published to it", "drop the ports, or choose another policy");
-  const onWarning = o.onWarning ?? ((m: string) => { process.stderr.write(`moat: warning: ${m}\n`); });
-  const secrets = validateSecrets(o.secrets ?? []);
-  const onSecretViolation = o.onSecretViolation ?? "block";
-  if (!["block", "block-and-log", "block-and-terminate"].includes(onSecretViolation)) throw new ConfigError(`secret violation action "${onSecretViolation}" is unknown`, "use block, block-and-log or block-and-terminate");
-  if (secrets.length && policy.offline) throw new ConfigError("NetworkPolicy.none() has no interface, so secrets have nowhere to go", "drop the secrets, or choose another policy");
-  // A secret turns TLS interception on (its hosts must be intercepted to be substituted).
-  const tls = (tlsRequested(o.tls) || secrets.length) && !policy.offline ? validateTls({ intercept: true, ...o.tls }) : undefined;
-  for (const sec of secrets) {
-    for (const h of sec.hosts) {
-      if (tls && matchesPattern(h.replace(/^\*\./, ""), tls.bypass)) throw new ConfigError(`secret ${sec.env} is for ${h}, which --tls-bypass passes through untouched`, "a bypassed host's requests cannot carry a secret: drop the bypass for it");
-    }
-  }
-  const faultText = o.faults === undefined ? process.env.MOAT_FAULTS : undefined;
-  const faults = typeof o.faults === "string" ? parseFaults(o.faults, "faults") : o.faults ? validateFaults(o.faults) : faultText ? parseFaults(faultText) : undefined;
-  const middleware: LinkMiddleware = { pcap: o.pcap !== undefined ? validatePcap(o.pcap) : undefined, faults };
-  const limits = applyLimits(NO_LIMITS, o.limits ?? {}, (k) => `limits.${k}`);
-  return { limits, middleware, mtu, ipv4Pool: o.ipv4Pool ?? DEFAULT_POOL4, udpIdleMs, maxUdpFlows, maxConnections, exitGraceMs, denyResponse, policy, dnsForward, dns: dnsNames, name: o.name, auditLog: o.auditLog, auditLogOptions: o.auditLogOptions, onDeny: o.onDeny, onEvent: o.onEvent, onTlsEvent: o.onTlsEvent, onSecretEvent: o.onSecretEvent, ports, defaultIngress, onWarning, tls, secrets, onSecretViolation };
-}
 
 /** What the guest's owner gives a gateway. */
 export interface GatewayGuest {
@@ -225,101 +41,69 @@ export interface GatewayGuest {
 }
 
 export class Gateway {
-  private stopped = false;
-  private readonly names = new NameTable();
-  private policy: NetworkPolicy;
-  private denyResponse: DenyResponse;
-  private readonly timeOrigin = performance.timeOrigin;
-  private engine: EngineHost | undefined;
-  private readonly auditLog: AuditLog | undefined;
   readonly name: string;
   readonly addresses: SandboxAddresses;
-
-  private constructor(private readonly options: ValidOptions, private readonly guest: GatewayGuest) {
-    this.policy = options.policy;
-    this.limitsNow = options.limits;
-    this.denyResponse = options.denyResponse;
-    this.name = guest.name;
-    this.addresses = guest.addresses;
-    this.auditLog = options.auditLog ? new AuditLog(options.auditLog, options.auditLogOptions) : undefined; // a bad path fails here, before anything runs
-    const log = this.auditLog;
-    // A violation whose action is "block" is the request's business alone: the audit log has it
-    // only with block-and-log or block-and-terminate (listeners and metrics see every one).
-    if (log) this.sink.on((e) => { if (!(e.kind === "secret-violation" && e.action === "block")) log.write([e]); });
-    this.sink.on((e) => this.countEvent(e));
-    if (options.onEvent) this.sink.on(options.onEvent);
-  }
-
-  // ---- events (gateway/events.ts) -------------------------------------------------------------------
-  private readonly sink = new EventSink();
+  /** Why the guest was terminated by a secret violation (block-and-terminate), if it was. */
+  terminatedBy: string | undefined;
   /** Events emitted so far, by kind (secret violations also by action): what metrics report. */
-  readonly eventCounts = new Map<string, number>();
+  readonly eventCounts: Map<string, number>;
   /** DNS queries answered on this thread (DNS over TCP, DoT); the worker counts UDP's. */
   readonly dnsStats = new DnsStats();
+  private engine: EngineHost | undefined;
+  /** Proves a redirect preamble came from this sandbox's engine (layout.ts, OP_ORIG). */
+  private readonly redirectToken = randomBytes(16);
+  private readonly events: GatewayEvents;
+  private readonly policy: GatewayPolicy;
+  private readonly rateLimits: GatewayLimits;
+  private readonly dns: GatewayDns;
+  private readonly tls: GatewayTls;
+  private readonly secrets: GatewaySecrets;
+  private readonly published: PublishedPorts;
+  private stopped = false;
+  private stopping: Promise<void> | undefined;
 
-  /** Subscribe to every event of this gateway (the shape the audit log writes); returns an unsubscribe. */
+  private constructor(private readonly options: ValidOptions, guest: GatewayGuest) {
+    const { addresses, name } = guest;
+    this.name = name;
+    this.addresses = addresses;
+    this.events = new GatewayEvents(options.name ?? name, options); // (a bad audit log path fails here)
+    this.eventCounts = this.events.counts;
+    const { emit } = this.events;
+    const engine = () => this.engine;
+    this.policy = new GatewayPolicy(options.policy, options.denyResponse, {
+      engine, defaultIngress: options.defaultIngress, emit, onDeny: options.onDeny, denyPage: () => this.tls.serving,
+      installed: (names, p) => { this.tls.setPolicy(names, p); return this.dns.setPolicy(names, p); }, hostAddresses: (addrs) => this.dns.setHostAddresses(addrs),
+      secretInPayload: (e) => this.secrets.inPayload(e),
+    });
+    this.rateLimits = new GatewayLimits(options.limits, options.maxConnections, { engine, emit });
+    const secretViolation = (secret: string, destination: string, where: string, form: string) => this.secrets.violation(secret, destination, where, form);
+    const terminate = (reason: string) => { if (!this.terminatedBy) guest.terminate((this.terminatedBy = reason)); };
+    this.secrets = new GatewaySecrets({ options, auditLog: this.events.logged, emit, terminate });
+    this.dns = new GatewayDns({
+      addresses, options, redirectToken: this.redirectToken, stats: this.dnsStats, engine, emit, secretViolation,
+      // The engine's bucket, which DNS over UDP asks too (a round trip: only with a DNS rate).
+      admit: () => (this.engine && this.rateLimits.dnsRated ? this.engine.dnsAdmit() : true),
+      pinned: (ip, pinnedName, ttlMs) => this.tls.pin([{ ip, name: pinnedName, ttlMs }]),
+    });
+    this.tls = new GatewayTls({
+      addresses, options, redirectToken: this.redirectToken, names: this.policy.names, policy: () => this.policy.policy, emit, secretViolation,
+      dnsAnswer: (query, ctx) => this.dns.answer(query, ctx),
+    });
+    this.published = new PublishedPorts({ engine, stopped: () => this.stopped, name, onWarning: options.onWarning, emit });
+  }
+
+  /** Subscribe to every event of this gateway (as the audit log has them); returns an unsubscribe. */
   on(name: "event", fn: (event: GatewayEvent) => void): () => void {
-    if (name !== "event") throw new ConfigError(`unknown gateway event "${String(name)}"`, `subscribe with on("event", fn): one event type, told apart by its kind`);
-    return this.sink.on(fn);
+    return this.events.on(name, fn);
   }
 
   off(name: "event", fn: (event: GatewayEvent) => void): void {
-    this.sink.off(fn);
+    this.events.off(fn);
   }
-
-  private get eventName(): string {
-    return this.options.name ?? this.name;
-  }
-
-  private emit<E extends GatewayEvent>(fields: Parameters<typeof makeEvent<E>>[1]): E {
-    const e = makeEvent<E>(this.eventName, fields);
-    this.sink.emit(e);
-    return e;
-  }
-
-  private countEvent(e: GatewayEvent): void {
-    const key = e.kind === "secret-violation" ? `secret-violation:${e.action}` : e.kind;
-    this.eventCounts.set(key, (this.eventCounts.get(key) ?? 0) + 1);
-  }
-
-  /**
-   * Limits hit since the last look (engine counters): one limit-hit event per limit that moved,
-   * with what was refused or dropped (`count`) and, for the rate limits that hold traffic back
-   * rather than refuse it, how often they did (`delayed`).
-   */
-  private lastLimits: Record<string, number> = {};
-  private checkLimits(): void {
-    if (!this.engine) return;
-    const c = this.counters();
-    const l = this.limits;
-    const limits: [limit: string, refused: string, delayed: string | undefined, detail: string][] = [
-      ["max-connections", "DROP_FLOW_LIMIT", undefined, `new flows refused: the sandbox holds its most connections (${this.options.maxConnections}, --max-connections)`],
-      ["flow-table", "DROP_FLOW_TABLE_FULL", undefined, "new flows refused: the flow table is full"],
-      ["dns-in-flight", "DROP_DNS_OVERLOAD", undefined, "DNS queries dropped: too many in flight"],
-      ["egress-rate", "DROP_RATE_EGRESS", "RATE_EGRESS_PACED", `traffic from the guest held to ${formatLimit(l.egress)} (--limit-egress): UDP/ICMP datagrams dropped (count), TCP windows held back (delayed)`],
-      ["ingress-rate", "DROP_RATE_INGRESS", "RATE_INGRESS_PACED", `traffic to the guest held to ${formatLimit(l.ingress)} (--limit-ingress): UDP/ICMP datagrams dropped (count), TCP reads held back (delayed)`],
-      ["conn-rate", "DROP_RATE_CONN", "RATE_CONN_DELAYED", `new connections held to ${formatLimit(l.connRate)} a second (--limit-conn-rate): UDP/ICMP flows dropped or TCP reset with the queue full (count), TCP connections held until the rate allowed (delayed)`],
-      ["dns-rate", "DNS_RATE_REFUSED", undefined, `DNS queries held to ${formatLimit(l.dnsRate)} a second (--limit-dns-rate): answered REFUSED`],
-    ];
-    const moved = (counter: string): number => {
-      const now = c[counter] ?? 0;
-      const delta = now - (this.lastLimits[counter] ?? 0);
-      this.lastLimits[counter] = now;
-      return delta;
-    };
-    for (const [limit, refused, delayedBy, detail] of limits) {
-      const count = moved(refused);
-      const delayed = delayedBy ? moved(delayedBy) : 0;
-      if (count > 0 || delayed > 0) this.emit<LimitEvent>({ kind: "limit-hit", limit, count, ...(delayedBy ? { delayed } : {}), detail });
-    }
-  }
-
-  // ---- rate limits (gateway/limits.ts) ------------------------------------------------------------
-  private limitsNow: ValidLimits = NO_LIMITS;
 
   /** The rate limits in force (null: none). */
   get limits(): ValidLimits {
-    return { ...this.limitsNow };
+    return this.rateLimits.limits;
   }
 
   /**
@@ -328,14 +112,9 @@ export class Gateway {
    * the flows already open too (a window, a credit, a held SYN) once this resolves; a new limit
    * starts with a full bucket. Resolves with the limits in force.
    */
-  async setLimits(change: RateLimits): Promise<ValidLimits> {
-    const next = applyLimits(this.limitsNow, change, (k) => `limits.${k}`);
-    this.limitsNow = next; // (a change made before this one resolves builds on it)
-    if (this.engine) await this.engine.setLimits(engineLimits(next));
-    return this.limits;
+  setLimits(change: RateLimits): Promise<ValidLimits> {
+    return this.rateLimits.set(change);
   }
-
-  private limitTimer: NodeJS.Timeout | undefined;
 
   get mtu(): number {
     return this.options.mtu;
@@ -343,81 +122,42 @@ export class Gateway {
 
   /** True when the guest has no network interface (NetworkPolicy.none()): nothing is served. */
   get offline(): boolean {
-    return this.policy.offline;
+    return this.policy.policy.offline;
   }
 
   /** Start serving the guest's link (NetworkPolicy.none(): nothing to serve, no engine). */
   static async start(o: ValidOptions, guest: GatewayGuest): Promise<Gateway> {
     const gw = new Gateway(o, guest);
     if (o.policy.offline) {
-      gw.emitCreated();
+      gw.events.created(undefined);
       return gw;
     }
     try {
-      const addresses = guest.addresses;
-      const { listener: dnsTcp, setup: dnsSetup } = await gw.startDns(o);
+      const { listener: dnsTcp, setup: dnsSetup } = await gw.dns.start();
       // The proxy serves TLS interception and the deny page (deny response "http").
-      const tlsProxy = o.tls || o.denyResponse === "http" ? await gw.startTls(o.tls) : undefined;
-      dnsSetup.reportAnswers = o.tls !== undefined; // the TLS proxy holds SNIs to the pinned names
-      dnsSetup.placeholders = o.secrets.map((x) => ({ env: x.env, placeholder: x.placeholder }));
-      const config: EngineConfig = {
-        gatewayMac: addresses.gatewayMac,
-        guestMac: addresses.guestMac,
-        gatewayIp4: addresses.gatewayIp4,
-        guestIp4: addresses.guestIp4,
-        prefixLen4: addresses.prefixLen4,
-        gatewayIp6: addresses.gatewayIp6,
-        gatewayLl6: addresses.gatewayLl6,
-        guestIp6: addresses.guestIp6,
-        prefix6: addresses.prefix6,
-        mtu: o.mtu,
-        leaseSecs: 86400,
-        udpIdleMs: o.udpIdleMs,
-        maxUdpFlows: o.maxUdpFlows,
-        maxTcpFlows: L.FLOW_CAPACITY,
-        maxConnections: o.maxConnections,
-        dnsForward: dnsTcp,
-        dnsIntercept: true,
-        redirectToken: gw.redirectToken,
-        tls: o.tls && tlsProxy ? { proxy: tlsProxy, ports: o.tls.ports, blockQuic: o.tls.blockQuic } : undefined,
-        denyPage: o.denyResponse === "http" ? tlsProxy : undefined,
-        limits: engineLimits(o.limits),
-      };
-      // A vhost-user guest is offered the gateway's MTU; an attached interface carries frames of it.
-      const link: LinkSpec = guest.link.kind === "vhost-user" || guest.link.kind === "attach" ? { mtu: o.mtu, ...guest.link } : guest.link;
-      gw.engine = await EngineHost.start(config, link, {
-        prepare: (mem) => {
-          installPolicy(mem, gw.policy, gw.denyResponse, gw.names, true, o.defaultIngress);
-          gw.tlsPolicy(); // the names just made, to the TLS worker's replica
-          writeSecretForms(mem, o.secrets);
-          // The host's own addresses are Group Host from the first frame on, and kept current.
-          gw.unwatchHost = watchHostAddresses((addrs) => {
-            // (DNS rebinding protection compares whole addresses; local prefixes are the engine's to judge.)
-            gw.hostAddresses = hostSet([addresses.gatewayIp4, addresses.gatewayIp6, addresses.gatewayLl6, ...addrs.filter((a) => !a.includes("/"))]);
-            writeHostAddresses(mem, addrs);
-            gw.engine?.updateDns({ host: [...gw.hostAddresses] });
-          });
+      const tlsProxy = o.tls || o.denyResponse === "http" ? await gw.tls.startTls(o.tls) : undefined;
+      const config = engineConfig(o, guest.addresses, gw.redirectToken, dnsTcp, tlsProxy);
+      gw.engine = await EngineHost.start(config, guestLink(o, guest.link), {
+        prepare: (tables) => {
+          gw.policy.install(tables); // (and the host's addresses, Group Host, kept current)
+          gw.tls.setPolicy(gw.policy.names.names, gw.policy.policy); // the names just made, to the TLS worker
+          tables.setSecretForms(o.secrets.map((x) => x.placeholder));
           // The worker's interceptor starts from the policy and addresses just installed.
-          dnsSetup.update = { names: [...gw.names.names], deny: denyNames(gw.policy), host: [...gw.hostAddresses] };
+          dnsSetup.update = gw.dns.setPolicy(gw.policy.names.names, gw.policy.policy);
         },
-        onAudit: () => gw.drainAudit(),
+        onAudit: () => gw.policy.drainDenials(),
         dns: dnsSetup,
-        onDnsEvent: (event) => gw.afterDns({ answer: null, pins: [], event }),
-        onDnsAnswered: (answered) => {
-          for (const a of answered) gw.pinnedNames.add(a.ip, a.name, a.ttlMs);
-          gw.tlsProxy?.pins(answered);
-        },
+        onDnsEvent: (event) => gw.dns.onEvent(event),
+        onDnsAnswered: (answered) => gw.tls.pin(answered),
         middleware: o.middleware,
       });
-      // Host addresses that changed while the worker was starting reached no worker: send the set now.
-      gw.engine.updateDns({ host: [...gw.hostAddresses] });
+      gw.dns.started();
       gw.engine.onFailure = (reason) => {
         // Fail closed and loud: the guest has no network from here on.
         process.stderr.write(`moat: sandbox ${gw.name}: ${reason}; its network is down\n`);
       };
-      gw.limitTimer = setInterval(() => gw.checkLimits(), 1000);
-      gw.limitTimer.unref();
-      gw.emitCreated(); // before its ports' events (and, if one fails, before sandbox-destroyed)
+      gw.rateLimits.watch();
+      gw.events.created(guest.addresses); // before its ports' events (and, if one fails, before sandbox-destroyed)
       // Before the guest runs: a port in use is an error now, not a surprise later.
       for (const p of o.ports) await gw.publish(p);
       return gw;
@@ -427,39 +167,19 @@ export class Gateway {
     }
   }
 
-  private created = false;
-  private emitCreated(): void {
-    this.created = true;
-    const a = this.addresses;
-    this.emit<LifecycleEvent>({ kind: "sandbox-created", ...(this.offline ? {} : { guest: { ipv4: a.guestIp4, ipv6: a.guestIp6 }, gateway: { ipv4: a.gatewayIp4, ipv6: a.gatewayLl6 } }) });
-  }
-
   /** The policy in force: its default, its rules as text (first match wins), the deny response. */
   policyInForce(): { defaultAction: string; rules: string[]; denyResponse: string; offline: boolean } {
-    return { defaultAction: this.policy.defaultAction, rules: this.policy.rules.map((r) => describeRule(r)), denyResponse: this.denyResponse, offline: this.policy.offline };
+    return this.policy.inForce();
   }
 
   /** Replace the policy of the running sandbox: new flows see it at once, live ones stay. */
-  setPolicy(policy: NetworkPolicyShape, denyResponse: DenyResponse = this.denyResponse): void {
-    const p = validatePolicy(policy);
-    if (denyResponse === "http" && !this.tlsProxy) throw new ConfigError(`deny response "http" needs the deny page, which is set up at creation`, `create the sandbox with denyResponse "http"`);
-    if (p.offline !== this.policy.offline) {
-      throw new ConfigError("a running sandbox cannot switch to or from NetworkPolicy.none()", "none() decides whether the sandbox has an interface at all: choose it at creation");
-    }
-    if (this.engine) installPolicy(new Uint8Array(this.engine.memory.buffer), p, denyResponse, this.names, false, this.options.defaultIngress);
-    this.policy = p;
-    this.denyResponse = denyResponse;
-    this.engine?.updateDns({ names: [...this.names.names], deny: denyNames(p) });
-    this.tlsPolicy();
+  setPolicy(policy: NetworkPolicyShape, denyResponse?: DenyResponse): void {
+    this.policy.set(policy, denyResponse);
   }
-
-  // ---- published ports ----------------------------------------------------------------------------
-  private readonly published = new Map<number, PublishedPort>(); // by listener id
-  private nextListener = 0;
 
   /** The ports being served (host ports as bound: a requested 0 shows the port chosen). */
   get ports(): PublishedPort[] {
-    return [...this.published.values()].map((p) => ({ ...p }));
+    return this.published.ports;
   }
 
   /**
@@ -467,238 +187,47 @@ export class Gateway {
    * `publish({ bind, host, guest, protocol })`. Resolves with the port as bound (host 0: the
    * kernel's choice) once it accepts connections; a port in use rejects with ERR_PORT.
    */
-  async publish(spec: PortSpec | number, guest?: number, protocol: PortProtocol = "tcp"): Promise<PublishedPort> {
-    const want = validatePort(typeof spec === "number" ? { host: spec, guest: guest as number, protocol } : spec);
-    if (!this.engine) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: the sandbox has no network${this.stopped ? " (stopped)" : ""}`);
-    if (this.published.size >= L.PUB_MAX) throw new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${L.PUB_MAX} ports are published already`, "unpublish one first");
-    // Listener ids rotate, so a decision still in flight for a withdrawn port never meets a new one.
-    let id = this.nextListener;
-    while (this.published.has(id)) id = (id + 1) % L.PUB_MAX;
-    this.nextListener = (id + 1) % L.PUB_MAX;
-    // [::] listens dual-stack, so 127.0.0.1:H and [::1]:H both reach the guest (IPv4 peers
-    // arrive as ::ffff:a.b.c.d, judged by ingress rules as the IPv4 address they are). Where IPv4
-    // port H is taken already — by another program, or by this sandbox's own IPv4 publish of H —
-    // it listens on IPv6 only, and says so unless this sandbox serves the IPv4 side itself.
-    const family = isIPv4(want.bind) ? 4 : 6;
-    const wildcard6 = want.bind === "::";
-    let r = await this.engine.listen(id, want.protocol, family, addr16(want.bind), want.host, want.guest, wildcard6);
-    let ipv6Only = false;
-    if (wildcard6 && r === -EADDRINUSE) {
-      r = await this.engine.listen(id, want.protocol, family, addr16(want.bind), want.host, want.guest, false);
-      ipv6Only = r >= 0;
-    }
-    if (r < 0) throw this.publishError(want, -r);
-    const p: PublishedPort = { ...want, host: r, ...(ipv6Only ? { ipv6Only } : {}) };
-    const ownIPv4 = [...this.published.values()].some((o) => o.host === p.host && o.protocol === p.protocol && isIPv4(o.bind));
-    this.published.set(id, p);
-    if (ipv6Only && !ownIPv4) {
-      this.options.onWarning(`publishing ${describePort(p)}: IPv4 port ${p.host}/${p.protocol} is taken on this machine, so only IPv6 peers reach sandbox port ${p.guest} (127.0.0.1:${p.host} does not)`);
-    }
-    this.emit<PortEvent>({ kind: "port-published", ...p });
-    const warning = exposureWarning(p);
-    if (warning) this.options.onWarning(warning);
-    return { ...p };
-  }
-
-  /** Why `want` could not be published (errno from the listener's bind). */
-  private publishError(want: PublishedPort, errno: number): MoatError {
-    const inUse = errno === EADDRINUSE;
-    const dual = inUse && isIPv4(want.bind)
-      ? [...this.published.values()].find((o) => o.bind === "::" && !o.ipv6Only && o.host === want.host && o.protocol === want.protocol)
-      : undefined;
-    if (dual) {
-      return new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: this sandbox's ${describePort(dual)} listens on IPv4 too (dual-stack)`,
-        `publish ${describePort(want)} before [::] (which then listens on IPv6 only), or leave it out: ${describePort(dual)} already takes IPv4 peers to sandbox port ${dual.guest}`);
-    }
-    return new MoatError("ERR_PORT", `cannot publish ${describePort(want)}: ${inUse ? "the port is already in use" : errno === 99 ? "that address is not on this machine" : errno === 13 ? "permission denied" : `error ${errno}`}`,
-      inUse ? `choose another host port, or stop what listens on ${want.host} (ss -lntup 'sport = :${want.host}')` : undefined);
+  publish(spec: PortSpec | number, guest?: number, protocol: PortProtocol = "tcp"): Promise<PublishedPort> {
+    return this.published.publish(spec, guest, protocol);
   }
 
   /**
    * Withdraw a published port (by host port, and protocol if both are published): new peers are
    * refused from now on; connections already made carry on until they end.
    */
-  async unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
-    const hit = [...this.published].filter(([, p]) => p.host === hostPort && (protocol === undefined || p.protocol === protocol));
-    if (hit.length === 0) throw new MoatError("ERR_PORT", `host port ${hostPort}${protocol ? `/${protocol}` : ""} is not published by sandbox ${this.name}`, `published: ${this.ports.map(describePort).join(", ") || "none"}`);
-    for (const [id, p] of hit) {
-      this.published.delete(id);
-      await this.engine?.unlisten(id);
-      this.emit<PortEvent>({ kind: "port-unpublished", ...p });
-    }
-  }
-
-  /** The policy's deny names, worked out once per policy (the interceptor normalizes them once per object). */
-  private denyNames(): { domains: string[]; suffixes: string[] } {
-    if (this.denyFor !== this.policy) {
-      this.denyFor = this.policy;
-      this.denyList = denyNames(this.policy);
-    }
-    return this.denyList;
-  }
-
-  private denyFor: NetworkPolicy | undefined;
-  private denyList: { domains: string[]; suffixes: string[] } = { domains: [], suffixes: [] };
-
-  /** Denials waiting in the engine's audit ring: to the audit log and the onDeny listener. */
-  private drainAudit(): void {
-    if (!this.engine) return;
-    const all = drainAudit(new Uint8Array(this.engine.memory.buffer), this.options.name ?? this.name,
-      (i) => (this.policy.rules[i] ? describeRule(this.policy.rules[i]!) : "?"), this.timeOrigin);
-    // A secret's placeholder in the guest's own TCP or UDP: a violation, not a policy denial.
-    for (const e of all) {
-      if (e.secret !== undefined) {
-        const env = this.options.secrets[e.secret]?.env ?? "?";
-        this.secretViolation(env, `${e.destination.includes(":") ? `[${e.destination}]` : e.destination}:${e.port}`, e.protocol === "udp" ? "a UDP datagram" : "a TCP stream", "raw or encoded");
-        continue;
-      }
-      const { time, direction, protocol, source, destination, port, rule } = e;
-      const event = this.emit<FlowDeniedEvent>({ time, kind: "flow-denied", direction, protocol, source, destination, port, rule, action: "deny" });
-      this.options.onDeny?.(event);
-    }
-  }
-
-  private dns: DnsInterceptor | undefined;
-  private dnsTcp: DnsTcpServer | undefined;
-  /** Group Host for DNS rebinding protection: the gateway's addresses and the host's own. */
-  private hostAddresses: HostSet = new Set();
-  /** Proves a redirect preamble came from this sandbox's engine (layout.ts, OP_ORIG). */
-  private readonly redirectToken = randomBytes(16);
-  private unwatchHost: (() => void) | undefined;
-
-  /**
-   * Set up DNS interception: the setup of the interceptor the engine worker runs for DNS over UDP,
-   * and, here, an interceptor of the same settings behind the DNS-over-TCP listener; returns the
-   * setup and where the engine dials TCP/53.
-   */
-  private async startDns(o: ValidOptions): Promise<{ listener: { ip: string; port: number }; setup: DnsWorkerSetup }> {
-    const d = o.dns;
-    const fwd = o.dnsForward;
-    const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
-      : fwd;
-    const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
-    const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
-    // One set of settings for both interceptors (the interceptor keeps a frozen copy of its own).
-    const settings: DnsSettings = {
-      blockDomains: d.blockDomains ?? [],
-      blockDomainSuffixes: d.blockDomainSuffixes ?? [],
-      blockedResponse: d.blockedResponse ?? "refused",
-      rebindProtection: d.rebindProtection ?? true,
-      queryTimeoutMs: d.queryTimeoutMs ?? 5000,
-      maxInFlight: 64,
-    };
-    this.dns = new DnsInterceptor(settings, upstream, {
-      nameIds: () => this.names.names,
-      denyNames: () => this.denyNames(),
-      resolverAllowed: () => true, // the engine judged the resolver before handing the query over
-      classify: (ip) => classifyAddress(ip, this.hostAddresses),
-      secretIn: (name, query) => placeholderInName(this.options.secrets, name, query),
-      recordAnswers: () => this.options.tls !== undefined,
-      // The engine's bucket, which DNS over UDP asks too (a round trip to the worker: only with a DNS rate).
-      admit: () => (this.engine && this.limitsNow.dnsRate ? this.engine.dnsAdmit() : true),
-    });
-    // The engine relays TCP/53 to any resolver here, with the resolver the guest addressed in a
-    // preamble: the gateway's own go to the upstreams, others to the resolver itself (policy
-    // admitted that connection), pinning nothing.
-    this.dnsTcp = new DnsTcpServer(async (query, peer) => {
-      const dest = peer.dest ?? { ip: this.addresses.gatewayIp4, port: 53 };
-      const toGateway = gateway.has(ipaddr.parse(dest.ip).toString());
-      const started = performance.now();
-      const out = await this.dns!.handle(query, { protocol: "tcp", toGateway, dest });
-      this.dnsStats.record("tcp", (performance.now() - started) / 1000, out);
-      this.afterDns(out);
-      this.applyPins(out.pins);
-      return out.answer;
-    }, { redirectToken: this.redirectToken });
-    await this.dnsTcp.listen();
-    const a = this.dnsTcp.address();
-    const setup: DnsWorkerSetup = { settings, upstreams: [...servers], update: {} };
-    return { listener: { ip: a.address, port: a.port }, setup };
-  }
-
-  // ---- TLS interception -----------------------------------------------------------------------------
-  private tlsProxy: RemoteTlsProxy | undefined;
-  /** Names this sandbox's DNS answered with an address: what an SNI is held to. */
-  private readonly pinnedNames = new PinnedNames();
-
-  /** Start this sandbox's TLS proxy (DESIGN §8); returns where the engine sends intercepted flows. */
-  private async startTls(t: ValidTls | undefined): Promise<{ ip: string; port: number }> {
-    // On a TLS worker (tls/tls-host.ts): the names are checked there on a replica of this
-    // gateway's names and pins, and a name the replica refuses is asked of boundName here.
-    this.tlsProxy = await RemoteTlsProxy.open({
-      token: this.redirectToken,
-      ca: t?.ca ?? processCertificateAuthority(),
-      bypass: [...(t?.bypass ?? [])],
-      verifyUpstream: t?.verifyUpstream ?? true,
-      upstreamCa: [...(t?.upstreamCa ?? [])],
-      // TLS to the gateway itself (Group Host, where policy allows it) goes where the engine
-      // sends the gateway's other traffic: the host's loopback.
-      gatewayIp4: this.addresses.gatewayIp4,
-      gatewayOthers: [this.addresses.gatewayIp6, this.addresses.gatewayLl6],
-      secrets: [...this.options.secrets],
-      dot: true,
-      ...this.policyForTls(),
-      calls: {
-        // SNI held to the pins: a connection a domain rule admitted must name, in its SNI, a name
-        // this sandbox's DNS answered with that address and that the rule covers (and so every
-        // request's authority: a shared front routes by it). A CIDR or group rule's is not held.
-        check: (origin, name, what) => this.boundName(origin, name, what),
-        pinned: (ip, name) => this.pinnedNames.has(ip, name),
-        // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
-        dnsQuery: async (query, origin) => {
-          const started = performance.now();
-          const gateway = hostSet([this.addresses.gatewayIp4, this.addresses.gatewayIp6, this.addresses.gatewayLl6]);
-          const out = await this.dns!.handle(Buffer.from(query.buffer, query.byteOffset, query.byteLength), { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : this.addresses.gatewayIp4, port: 53 } });
-          this.dnsStats.record("tcp", (performance.now() - started) / 1000, out);
-          this.afterDns(out);
-          this.applyPins(out.pins);
-          return out.answer;
-        },
-        event: (e) => this.afterTls(e),
-        violation: (v, destination) => this.secretViolation(v.secret, destination, v.where, v.form),
-      },
-    });
-    const a = this.tlsProxy.address();
-    return { ip: a.address, port: a.port };
-  }
-
-  /** What the TLS worker's replica needs of the policy: the name table, and the rules described (the deny page says which). */
-  private policyForTls(): { names: string[]; rules: string[] } {
-    return { names: [...this.names.names], rules: this.policy.rules.map((r) => describeRule(r)) };
-  }
-
-  private tlsPolicy(): void {
-    const { names, rules } = this.policyForTls();
-    this.tlsProxy?.policy(names, rules);
-  }
-
-  /**
-   * A connection a domain rule admitted may name (in its SNI, in each request's authority) only a
-   * name that rule covers and that this sandbox's DNS answered with the connection's address; why
-   * not, or null. A connection a CIDR or group rule admitted is not held to names.
-   */
-  private boundName(origin: RedirectOrigin, name: string | undefined, what: string): string | null {
-    const b = nameBinding(this.names.names, origin.admitNameId, origin.ip, name, what);
-    if (b !== "pin") return b;
-    return this.pinnedNames.has(origin.ip, name!) ? null : unpinnedReason(origin.ip, name!);
-  }
-
-  /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */
-  private afterTls(e: TlsEvent): void {
-    this.emit<TlsRefusedEvent>({ kind: e.kind, ...(e.sni !== undefined ? { name: e.sni } : {}), destination: e.destination, detail: `${e.destination}: ${e.detail}` });
-    this.options.onTlsEvent?.(e);
+  unpublish(hostPort: number, protocol?: PortProtocol): Promise<void> {
+    return this.published.unpublish(hostPort, protocol);
   }
 
   /** What the TLS proxy has done (zeros without interception). */
-  tlsStats(): TlsProxyStats {
-    return { ...(this.tlsProxy?.stats ?? tlsStatsOver()) };
+  tlsStats(): TlsProxy["stats"] {
+    return this.tls.tlsStats();
+  }
+
+  /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */
+  get tlsCaCert(): string | undefined {
+    return this.options.tls?.ca.certPem;
+  }
+
+  /** The placeholders the command sees, by variable name. */
+  get placeholders(): Record<string, string> {
+    return this.secrets.placeholders;
+  }
+
+  /**
+   * `env` (a command's environment, GuestSandbox.commandEnv) with moat's own variables:
+   * placeholders for the secrets (the values, under any variable, never go in) and, with TLS
+   * interception, the variables that point clients at the bundle trusting moat's CA.
+   */
+  commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+    return this.secrets.commandEnv(env);
   }
 
   /** Everything metrics and --stats report about this gateway, sampled now. */
   async sample(): Promise<GatewaySample> {
     const worker = this.engine ? await this.engine.dnsStats().catch(() => DnsStats.empty()) : DnsStats.empty();
     return {
-      sandbox: this.eventName,
+      sandbox: this.options.name ?? this.name,
       counters: this.counters(),
       flows: this.flowStats(),
       dns: DnsStats.add(worker, this.dnsStats.snapshot()),
@@ -711,72 +240,6 @@ export class Gateway {
   /** This gateway's metrics in the Prometheus text exposition format 0.0.4 (gateway/metrics.ts). */
   async metrics(): Promise<string> {
     return renderMetrics([await this.sample()]);
-  }
-
-  /** The CA certificate (PEM) guests must trust, when TLS is intercepted. */
-  get tlsCaCert(): string | undefined {
-    return this.options.tls?.ca.certPem;
-  }
-
-  // ---- secrets ------------------------------------------------------------------------------------
-  /** Why the guest was terminated by a secret violation (block-and-terminate), if it was. */
-  terminatedBy: string | undefined;
-
-  /** The placeholders the command sees, by variable name. */
-  get placeholders(): Record<string, string> {
-    return Object.fromEntries(this.options.secrets.map((x) => [x.env, x.placeholder]));
-  }
-
-  /**
-   * `env` (a command's environment, GuestSandbox.commandEnv) with moat's own variables:
-   * placeholders for the secrets (the values, under any variable, never go in) and, with TLS
-   * interception, the variables that point clients at the bundle trusting moat's CA
-   * (GUEST_TRUST: where every kind of guest has it).
-   */
-  commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-    const b = GUEST_TRUST.bundle;
-    const vars = this.options.tls ? { SSL_CERT_FILE: b, REQUESTS_CA_BUNDLE: b, CURL_CA_BUNDLE: b, NODE_EXTRA_CA_CERTS: GUEST_TRUST.caFile } : {};
-    const out: NodeJS.ProcessEnv = { ...env, ...vars };
-    for (const x of this.options.secrets) {
-      for (const [k, v] of Object.entries(out)) if (v !== undefined && v.includes(x.value)) delete out[k];
-      out[x.env] = x.placeholder;
-    }
-    return out;
-  }
-
-  /** A placeholder headed where it may not go (the request was already stopped): log, terminate. */
-  private secretViolation(secret: string, destination: string, where: string, form: string): void {
-    const action = this.options.onSecretViolation;
-    const event: SecretViolationEvent = { secret, destination, where, form, action };
-    if (action !== "block" && !this.auditLog) {
-      // No audit file: the operator still learns of it (one line, never the value).
-      process.stderr.write(`moat: secret ${secret}: its placeholder (${form}) in ${where} (${destination}) was blocked${action === "block-and-terminate" ? "; the sandbox is terminated" : ""}\n`);
-    }
-    this.emit<SecretViolationGatewayEvent>({ kind: "secret-violation", name: secret, destination, where, form, action, detail: `${form} placeholder in ${where} (${destination}); ${action}` });
-    this.options.onSecretEvent?.(event);
-    if (action === "block-and-terminate" && !this.terminatedBy) {
-      this.terminatedBy = `secret ${secret}'s placeholder was sent to ${destination} (${where})`;
-      this.guest.terminate(this.terminatedBy);
-    }
-  }
-
-  /** An answer given on this thread (DNS over TCP, DoT): its pins to the engine and the TLS proxy's name table. */
-  private applyPins(pins: DnsOutcome["pins"]): void {
-    if (!pins.length) return;
-    this.engine?.installPins(enginePins(pins));
-    for (const p of pins) this.pinnedNames.add(p.ip, p.name, p.ttlSec * 1000);
-    this.tlsProxy?.pins(pins.map((p) => ({ ip: p.ip, name: p.name, ttlMs: p.ttlSec * 1000 })));
-  }
-
-  /** DNS events (blocked names, rebinding rewrites, ...) go to the audit log. */
-  private afterDns(out: DnsOutcome): void {
-    if (out.event?.kind === "secret-violation") {
-      const env = /secret (\w+)/.exec(out.event.detail ?? "")?.[1] ?? "?";
-      return this.secretViolation(env, "DNS", `the query name ${out.event.name ?? ""}`, "raw");
-    }
-    if (!out.event) return;
-    const { kind, name, detail } = out.event;
-    this.emit<DnsEvent>({ kind: `dns-${kind}` as DnsEvent["kind"], ...(name !== undefined ? { name } : {}), ...(detail !== undefined ? { detail } : {}) });
   }
 
   /** Flows the policy allowed and denied so far. */
@@ -799,27 +262,11 @@ export class Gateway {
 
   /**
    * Keep serving until the guest's TCP connections have finished, or have moved no data for
-   * `graceMs` (the whole wait is capped at EXIT_GRACE_TOTAL_FACTOR grace periods). Resolves with
-   * the number of connections still open (they are cut, as resets, when the engine stops).
+   * `graceMs` (engine.ts, drainFlows). Resolves with the number of connections still open (they
+   * are cut, as resets, when the engine stops).
    */
-  async drain(graceMs: number = this.options.exitGraceMs, abort?: AbortSignal): Promise<number> {
-    const open = () => this.flowStats().tcp;
-    if (!this.engine || graceMs <= 0 || open() === 0) return open();
-    const progress = () => {
-      const c = this.counters();
-      return (c.TCP_BYTES_TO_HOST ?? 0) + (c.TCP_BYTES_TO_GUEST ?? 0) + (c.TCP_FLOWS_CLOSED ?? 0);
-    };
-    const start = Date.now();
-    let last = progress();
-    let lastMoved = start;
-    while (open() > 0 && !abort?.aborted) {
-      const t = Date.now();
-      if (t - lastMoved >= graceMs || t - start >= graceMs * EXIT_GRACE_TOTAL_FACTOR) break;
-      await new Promise((r) => setTimeout(r, 20));
-      const p = progress();
-      if (p !== last) { last = p; lastMoved = Date.now(); }
-    }
-    return open();
+  drain(graceMs: number = this.options.exitGraceMs, abort?: AbortSignal): Promise<number> {
+    return drainFlows(() => this.engine, graceMs, abort);
   }
 
   /**
@@ -831,39 +278,24 @@ export class Gateway {
     return (this.stopping ??= this.teardown());
   }
 
-  private stopping: Promise<void> | undefined;
-
   private async teardown(): Promise<void> {
     if (this.engine) {
-      this.drainAudit();
-      this.checkLimits();
+      this.policy.drainDenials();
+      this.rateLimits.check();
     }
     await this.engine?.stop();
     this.engine = undefined;
     this.stopSync();
-    await this.dnsTcp?.close();
-    await this.tlsProxy?.close();
+    await this.dns.close();
+    await this.tls.close();
   }
 
   /** @internal What can be undone at once (also from a process exit hook). */
   stopSync(): void {
     if (this.stopped) return;
     this.stopped = true;
-    clearInterval(this.limitTimer);
-    if (this.created) this.emit<LifecycleEvent>({ kind: "sandbox-destroyed" });
-    this.unwatchHost?.();
-    this.auditLog?.close(); // pending summaries of repeated events are written now
+    this.rateLimits.stop();
+    this.events.destroyed(); // (and the audit log flushed)
+    this.policy.stop();
   }
-}
-
-/** The names a Deny domain rule covers: DNS for them is answered as blocked (DESIGN §7). */
-function denyNames(policy: NetworkPolicy): { domains: string[]; suffixes: string[] } {
-  const domains: string[] = [];
-  const suffixes: string[] = [];
-  for (const r of policy.rules) {
-    if (r.action !== "deny" || r.direction !== "outbound" || r.protocol !== undefined || r.ports !== undefined) continue;
-    if (r.destination.kind === "domain") domains.push(r.destination.name);
-    if (r.destination.kind === "domain-suffix") suffixes.push(r.destination.suffix);
-  }
-  return { domains, suffixes };
 }

@@ -18,7 +18,12 @@
 // delay, and a client connecting as fast as it can gets the rate from the first second on. A DNS
 // burst is a second's worth (at least 1): queries over the rate are refused, and a page load asks
 // for many names at once.
+//
+// A gateway's limits in force, changed live, and the limits hit (GatewayLimits): read from the
+// engine's counters once a second, one limit-hit event per limit that moved (gateway/events.ts).
 import { ConfigError } from "../errors.js";
+import type { EngineHost } from "../engine/engine-host.js";
+import type { Emit, LimitEvent } from "./events.js";
 
 /** Bandwidth: bits per second (×1000 units, as tc), and the bucket in bytes. */
 export interface BandwidthLimit { bitsPerSecond: number; burstBytes?: number }
@@ -171,4 +176,85 @@ export function engineLimits(v: ValidLimits): [ratePerMs: number, burst: number]
   const bytes = (b: Required<BandwidthLimit> | null): [number, number] => (b ? [b.bitsPerSecond / 8 / 1000, b.burstBytes] : [0, 0]);
   const events = (r: Required<EventRateLimit> | null): [number, number] => (r ? [r.perSecond / 1000, r.burst] : [0, 0]);
   return [bytes(v.egress), bytes(v.ingress), events(v.connRate), events(v.dnsRate)];
+}
+
+/** What a gateway's rate limits need of it. */
+export interface LimitWiring {
+  engine(): EngineHost | undefined;
+  readonly emit: Emit;
+}
+
+/**
+ * A gateway's rate limits: those in force, changed live (set), and the limits hit — read from
+ * the engine's counters once a second (watch) and at stop (check): one limit-hit event per limit
+ * that moved, with what was refused or dropped (`count`) and, for the rate limits that hold
+ * traffic back rather than refuse it, how often they did (`delayed`).
+ */
+export class GatewayLimits {
+  private timer: NodeJS.Timeout | undefined;
+  private lastLimits: Record<string, number> = {};
+
+  constructor(private now: ValidLimits, private readonly maxConnections: number, private readonly gw: LimitWiring) {}
+
+  /** The rate limits in force (null: none). */
+  get limits(): ValidLimits {
+    return { ...this.now };
+  }
+
+  /** A DNS rate is in force. */
+  get dnsRated(): boolean {
+    return this.now.dnsRate !== null;
+  }
+
+  /**
+   * Change the rate limits of the running sandbox: a key given sets that limit ("50mbit", 20,
+   * { bitsPerSecond, burstBytes }, ...), null removes it, a key left out keeps it. In force for
+   * the flows already open too (a window, a credit, a held SYN) once this resolves; a new limit
+   * starts with a full bucket. Resolves with the limits in force.
+   */
+  async set(change: RateLimits): Promise<ValidLimits> {
+    const next = applyLimits(this.now, change, (k) => `limits.${k}`);
+    this.now = next; // (a change made before this one resolves builds on it)
+    const engine = this.gw.engine();
+    if (engine) await engine.setLimits(engineLimits(next));
+    return this.limits;
+  }
+
+  /** Look for limits hit once a second from now on, until stop(). */
+  watch(): void {
+    this.timer = setInterval(() => this.check(), 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** Limits hit since the last look (engine counters): their events. */
+  check(): void {
+    const engine = this.gw.engine();
+    if (!engine) return;
+    const c = engine.counters();
+    const l = this.now;
+    const limits: [limit: string, refused: string, delayed: string | undefined, detail: string][] = [
+      ["max-connections", "DROP_FLOW_LIMIT", undefined, `new flows refused: the sandbox holds its most connections (${this.maxConnections}, --max-connections)`],
+      ["flow-table", "DROP_FLOW_TABLE_FULL", undefined, "new flows refused: the flow table is full"],
+      ["dns-in-flight", "DROP_DNS_OVERLOAD", undefined, "DNS queries dropped: too many in flight"],
+      ["egress-rate", "DROP_RATE_EGRESS", "RATE_EGRESS_PACED", `traffic from the guest held to ${formatLimit(l.egress)} (--limit-egress): UDP/ICMP datagrams dropped (count), TCP windows held back (delayed)`],
+      ["ingress-rate", "DROP_RATE_INGRESS", "RATE_INGRESS_PACED", `traffic to the guest held to ${formatLimit(l.ingress)} (--limit-ingress): UDP/ICMP datagrams dropped (count), TCP reads held back (delayed)`],
+      ["conn-rate", "DROP_RATE_CONN", "RATE_CONN_DELAYED", `new connections held to ${formatLimit(l.connRate)} a second (--limit-conn-rate): UDP/ICMP flows dropped or TCP reset with the queue full (count), TCP connections held until the rate allowed (delayed)`],
+      ["dns-rate", "DNS_RATE_REFUSED", undefined, `DNS queries held to ${formatLimit(l.dnsRate)} a second (--limit-dns-rate): answered REFUSED`],
+    ];
+    const moved = (counter: string): number => {
+      const now = c[counter] ?? 0;
+      const delta = now - (this.lastLimits[counter] ?? 0);
+      this.lastLimits[counter] = now;
+      return delta;
+    };
+    for (const [limit, refused, delayedBy, detail] of limits) {
+      const count = moved(refused);
+      const delayed = delayedBy ? moved(delayedBy) : 0;
+      if (count > 0 || delayed > 0) this.gw.emit<LimitEvent>({ kind: "limit-hit", limit, count, ...(delayedBy ? { delayed } : {}), detail });
+    }
+  }
 }

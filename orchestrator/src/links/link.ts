@@ -59,10 +59,8 @@ export interface Link {
 
 export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Link> {
   switch (spec.kind) {
-    case "tap": {
-      const { TapLink } = await import("./tap-link.js");
-      return TapLink.open(spec, native);
-    }
+    case "tap":
+      return tapLink(spec, native);
     case "stream":
       return socketLink(spec, (dp) => dp.attachStream(spec.path));
     case "vhost-user":
@@ -80,6 +78,28 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
         },
       };
   }
+}
+
+/**
+ * A TAP device in a network namespace (the default netns sandbox's NIC). One frame per
+ * read(2)/write(2), no virtio-net header (IFF_NO_PI, no IFF_VNET_HDR), so the kernel hands over
+ * fully checksummed frames. native-vmm creates the device inside the namespace from a helper
+ * thread and reads/writes it straight into/out of ring slots.
+ */
+function tapLink(spec: TapLinkSpec, native: NativeModule): Link {
+  let fd: number;
+  try {
+    fd = native.openTap(spec.netnsPath, spec.ifname, spec.create ?? true);
+  } catch (cause) {
+    const msg = cause instanceof Error ? cause.message : String(cause);
+    throw new MoatError("ERR_LINK", `tap link ${spec.ifname} in ${spec.netnsPath || "this namespace"}: ${msg}`, undefined, { cause });
+  }
+  return {
+    spec,
+    attach(datapath: NativeDatapath): void {
+      datapath.attachTap(fd);
+    },
+  };
 }
 
 /** A link whose VMM connects to a unix socket that native-vmm listens on (stream, vhost-user). */

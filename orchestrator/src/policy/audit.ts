@@ -1,8 +1,8 @@
-// audit.ts — denial events out of the engine's audit ring, as records and as JSON lines.
+// audit.ts — the audit log: a gateway's events (gateway/events.ts) as JSON lines in a file.
 //
-// The engine (policy/admit.ts) produces one 64-byte record per denied flow; the orchestrator is
-// the ring's consumer, woken by a message from the engine worker after a batch that produced
-// any. Reading happens straight from the shared memory.
+// Denials come out of the engine's audit ring (EngineHost.drainDenials, engine/tables.ts): the
+// engine (policy/admit.ts) produces one 64-byte record per denied flow; the gateway is the ring's
+// consumer, woken by a message from the engine worker after a batch that produced any.
 //
 // The log is bounded, since a guest can produce denials as fast as it can loop:
 // - Aggregation: the first event of a key is written at once; repeats within the key's interval
@@ -15,65 +15,12 @@
 //   line is written, then nothing more; the events not written are counted in `dropped`.
 // Summaries are flushed by an unref()ed timer, by close() and at process exit.
 import { appendFileSync, statSync } from "node:fs";
-import ipaddr from "ipaddr.js";
-import { layout as L } from "../engine/layout.js";
-import { PROTOCOL_NUMBER } from "./compile.js";
+import type { Denial } from "../engine/tables.js";
 import { ConfigError } from "../errors.js";
 
-export interface DenyEvent {
-  time: string; // ISO 8601
+/** A denial, as onDeny listeners receive it. */
+export interface DenyEvent extends Denial {
   sandbox: string;
-  direction: "outbound" | "inbound";
-  protocol: "tcp" | "udp" | "icmpv4" | "icmpv6" | string;
-  source: string; // ip:port
-  destination: string; // ip
-  port: number;
-  rule: string; // "rules[3] deny:egress@group:private" or "default"
-  action: "deny";
-  /** Not a policy decision but a secret's placeholder in the payload: the secret's index. */
-  secret?: number;
-}
-
-const PROTO_NAME: Record<number, string> = Object.fromEntries(Object.entries(PROTOCOL_NUMBER).map(([name, n]) => [n, name]));
-
-function addrText(bytes: Uint8Array): string {
-  const a = ipaddr.fromByteArray(Array.from(bytes)) as ipaddr.IPv6;
-  return a.isIPv4MappedAddress() ? a.toIPv4Address().toString() : a.toString();
-}
-
-/**
- * Drain the audit ring. `ruleText(i)` names rule i of the policy in force; `clock` maps the
- * engine's time (performance.now() of the worker) to wall-clock ms.
- */
-export function drainAudit(mem: Uint8Array, sandbox: string, ruleText: (i: number) => string, timeOrigin: number): DenyEvent[] {
-  const ctrl = new Int32Array(mem.buffer, mem.byteOffset + L.AUDIT_CTRL, L.RING_CTRL_BYTES / 4);
-  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
-  let head = Atomics.load(ctrl, L.RING_CTRL_HEAD / 4) >>> 0;
-  const tail = Atomics.load(ctrl, L.RING_CTRL_TAIL / 4) >>> 0;
-  const out: DenyEvent[] = [];
-  while (head !== tail) {
-    const r = L.AUDIT_BASE + (head & (L.AUDIT_SLOTS - 1)) * L.AUDIT_RECORD_BYTES;
-    const rule = dv.getInt32(r + L.AU_RULE, true);
-    const src = addrText(mem.subarray(r + L.AU_SRC, r + L.AU_SRC + 16));
-    out.push({
-      time: new Date(timeOrigin + dv.getFloat64(r + L.AU_TIME_MS, true)).toISOString(),
-      sandbox,
-      direction: mem[r + L.AU_DIRECTION] ? "inbound" : "outbound",
-      protocol: PROTO_NAME[mem[r + L.AU_PROTO]!] ?? String(mem[r + L.AU_PROTO]),
-      source: `${src.includes(":") ? `[${src}]` : src}:${dv.getUint16(r + L.AU_SPORT, true)}`,
-      destination: addrText(mem.subarray(r + L.AU_DST, r + L.AU_DST + 16)),
-      port: dv.getUint16(r + L.AU_DPORT, true),
-      rule: rule === L.AU_RULE_NOT_ROUTED ? "not-routed: multicast and broadcast are never forwarded"
-        : rule === L.AU_RULE_QUIC ? "quic: UDP to an intercepted TLS port is dropped so clients use TCP (--tls-no-block-quic lets it through)"
-        : rule === L.AU_RULE_SECRET ? "secret: a placeholder in the payload"
-        : rule < 0 ? "default" : `rules[${rule}] ${ruleText(rule)}`,
-      action: "deny",
-      ...(rule === L.AU_RULE_SECRET ? { secret: dv.getUint32(r + L.AU_DETAIL, true) } : {}),
-    });
-    head = (head + 1) >>> 0;
-  }
-  Atomics.store(ctrl, L.RING_CTRL_HEAD / 4, head | 0);
-  return out;
 }
 
 export interface AuditLogOptions {

@@ -5,14 +5,11 @@
 // One watcher per process reads the addresses of the namespace moat dials from (every interface
 // but loopback, whose addresses are Group Loopback already) and re-reads them every
 // POLL_MS (less often if reading is slow); subscribers (each sandbox's engine memory, its DNS rebinding check) hear of every
-// change. An engine gets the table before it serves its first frame. The table in the engine has
-// two slots (layout.ts, HOST_ADDR_*): the one not in force is written, then made active.
+// change. An engine gets the table before it serves its first frame (EngineHost.setHostAddresses,
+// engine/tables.ts).
 import { networkInterfaces } from "node:os";
 import { readFileSync } from "node:fs";
 import ipaddr from "ipaddr.js";
-import { layout as L } from "../engine/layout.js";
-import { addr16 } from "../engine/engine-config.js";
-import { carriedIPv4 } from "./groups.js";
 
 const POLL_MS = 500;
 
@@ -101,36 +98,4 @@ export function watchHostAddresses(listener: Listener): () => void {
       timer = undefined;
     }
   };
-}
-
-let warnedFull = false;
-
-/**
- * Install `entries` ("IP" or "IP/PREFIX") in an engine's memory: fill the inactive slot, then
- * flip to it. Each is stored in the engine's canonical form (an IPv6 address carrying IPv4 as that
- * IPv4 address), with its prefix length out of 128.
- */
-export function writeHostAddresses(mem: Uint8Array, entries: readonly string[]): void {
-  const active = new Int32Array(mem.buffer, mem.byteOffset + L.HOST_ADDR_ACTIVE, 1);
-  const next = (Atomics.load(active, 0) & 1) ^ 1;
-  const slot = L.HOST_ADDR_BASE + next * L.HOST_ADDR_SLOT_BYTES;
-  if (entries.length > L.HOST_ADDR_MAX && !warnedFull) {
-    warnedFull = true;
-    process.emitWarning(`the host has ${entries.length} addresses; only the first ${L.HOST_ADDR_MAX} are known as Group Host to sandboxes`, "MoatWarning");
-  }
-  const list = entries.slice(0, L.HOST_ADDR_MAX);
-  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
-  list.forEach((entry, i) => {
-    const [ip, len] = entry.split("/") as [string, string | undefined];
-    const isV4 = ipaddr.parse(ip).kind() === "ipv4";
-    const b = addr16(ip); // IPv4 as ::ffff:a.b.c.d
-    const carried = isV4 ? undefined : carriedIPv4(Array.from(b));
-    const e = slot + 16 + i * L.HOST_ADDR_ENTRY_BYTES;
-    mem.set(carried ? addr16(carried.join(".")) : b, e);
-    // Prefix lengths count from the 128-bit form: an IPv4 /24 is /120. An IPv6 prefix that carries
-    // IPv4 has no IPv4 prefix to speak of: the whole address only.
-    mem[e + 16] = len === undefined || carried ? 128 : Number(len) + (isV4 ? 96 : 0);
-  });
-  dv.setUint32(slot, list.length, true);
-  Atomics.store(active, 0, next);
 }

@@ -16,7 +16,7 @@
 // brackets because its colons would otherwise be taken for the separators above.
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
-import { Destination, GROUPS, NEVER_FORWARDED_HINT, PortRange, neverForwarded, type Direction, type Group, type Protocol, type Rule } from "./model.js";
+import { Destination, GROUPS, NEVER_FORWARDED_HINT, PortRange, neverForwarded, type Direction, type Group, type Protocol, type Rule } from "../model/policy.js";
 
 const FORM = "ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]]";
 

@@ -10,7 +10,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { leaseDir, nameDir, leaseFiles, nameFiles, type LeaseRecord } from "./addressing.js";
+import { leaseDir, nameDir, leaseFiles, nameFiles, type LeaseRecord } from "./leases.js";
 import { NETNS_NAME_RE, removeLeftovers, removeNetns } from "./leftovers.js";
 import { acquireOwned, ownerAlive, readOwned, removeOwned, thisOwner } from "./ownership.js";
 import { findInPath } from "./host-checks.js";

@@ -4,7 +4,6 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
 import { basename } from "node:path";
-import type { LeaseRecord } from "./addressing.js";
 
 /** Matches the namespaces (and /etc/netns entries) moat creates: moat-<pool tag>-<slot>; groups: pool tag, slot. */
 export const NETNS_NAME_RE = /^moat-([0-9a-f]{8})-(\d+)$/;
@@ -31,8 +30,11 @@ export function removeNetns(name: string, ip = "ip"): boolean {
   return present;
 }
 
-/** Remove what the (dead) owner of `rec` recorded; returns a line for each thing removed. */
-export function removeLeftovers(rec: LeaseRecord, ip = "ip"): string[] {
+/**
+ * Remove what the (dead) owner of `rec` (a lease record, leases.ts LeaseRecord) recorded: its
+ * namespace, its directories. Returns a line for each thing removed.
+ */
+export function removeLeftovers(rec: { netns?: string; dirs?: string[] }, ip = "ip"): string[] {
   const done: string[] = [];
   if (typeof rec.netns === "string" && NETNS_NAME_RE.test(rec.netns) && removeNetns(rec.netns, ip)) done.push(`namespace ${rec.netns}`);
   for (const dir of Array.isArray(rec.dirs) ? rec.dirs : []) {

@@ -2,7 +2,7 @@
 // device served by a moat gateway (DESIGN §9), and whose commands are contained (containment.ts:
 // their own user, PID and mount namespaces, root inside an unprivileged uid outside).
 //
-// Lifecycle: lease an address slot (the namespace is moat-<pool tag>-<slot>, addressing.ts; the
+// Lifecycle: lease an address slot (the namespace is moat-<pool tag>-<slot>, leases.ts; the
 // sandbox's name is the caller's, or that) -> write the files the guest sees under /etc (resolv.conf, the
 // TLS trust bundle) in /etc/netns/NAME -> start the holder of the sandbox's namespaces, whose
 // network namespace is bound at /run/netns/NAME -> start the gateway, whose engine creates the TAP
@@ -22,15 +22,17 @@ import { checkNetnsHost, findInPath, resolveCommand } from "./host-checks.js";
 import { Containment, sandboxUser } from "./containment.js";
 import { rootlessUser, runtimeDir } from "./rootless.js";
 import { join } from "node:path";
-import { addressesFor, leaseNamed, netnsName, type SandboxAddresses } from "./addressing.js";
+import { leaseNamed, netnsName } from "./leases.js";
+import { addressesFor, type SandboxAddresses } from "../gateway/addressing.js";
 import { removeNetns } from "./leftovers.js";
 import { register } from "./guard.js";
 import { CommandError, ConfigError, HostRequirementError, MoatError } from "../errors.js";
-import { Gateway, validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/gateway.js";
+import { Gateway } from "../gateway/gateway.js";
+import { validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/options.js";
 import { writeTrustBundle, hasDistroCas, HOST_TRUST } from "../tls/setup.js";
 import { GuestSandbox, type RunOptions } from "./sandbox.js";
 
-export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/gateway.js";
+export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/options.js";
 
 /** A namespace sandbox takes every gateway option, and who its commands are on the host. */
 export interface NetnsSandboxOptions extends GatewayOptions {

@@ -8,11 +8,11 @@
 import type { Gateway } from "../gateway/gateway.js";
 import type { GatewayEvent } from "../gateway/events.js";
 import type { GatewaySample } from "../gateway/metrics.js";
-import type { NetworkPolicyShape } from "../policy/model.js";
-import type { DenyResponse } from "../policy/compile.js";
+import type { NetworkPolicyShape } from "../model/policy.js";
+import type { DenyResponse } from "../model/policy.js";
 import type { EngineCounters } from "../engine/engine-config.js";
-import type { PortSpec, PublishedPort, PortProtocol } from "./ports.js";
-import type { SandboxAddresses } from "./addressing.js";
+import type { PortSpec, PublishedPort, PortProtocol } from "../gateway/ports.js";
+import type { SandboxAddresses } from "../gateway/addressing.js";
 import type { TlsProxy } from "../tls/proxy.js";
 import type { RateLimits, ValidLimits } from "../gateway/limits.js";
 import type { Readable, Writable } from "node:stream";

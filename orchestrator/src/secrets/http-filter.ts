@@ -23,7 +23,7 @@
 // back a tail that could be the start of a placeholder form, so a violation is caught before any
 // of the placeholder's bytes leave, however it is split across writes. Memory per connection:
 // one head (64 KiB), one held body (1 MiB, only for inject.body secrets), the scanner's carry.
-import { matchesPattern } from "../tls/setup.js";
+import { matchesPattern } from "../model/names.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret, type Found } from "./secrets.js";
 import { HeadError, badLineEnding, badLineEndingText, gather, nameIs, parseChunkSize, parseRequestHead, type RequestHead } from "./http1-head.js";
 

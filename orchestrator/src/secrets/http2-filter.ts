@@ -19,7 +19,7 @@
 // Memory per connection: one frame header, one non-DATA frame, one header block (64 KiB, and
 // 64 KiB of fields once decoded), a placeholder-length tail per open stream.
 import hpack from "hpack.js";
-import { matchesPattern } from "../tls/setup.js";
+import { matchesPattern } from "../model/names.js";
 import { PlaceholderScanner, secretsFor, substituteHeader, substituteQuery, type Secret } from "./secrets.js";
 import { notHere, type FilterContext, type FilterResult, type Violation } from "./http-filter.js";
 import { gather } from "./http1-head.js";

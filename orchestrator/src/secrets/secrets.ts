@@ -14,9 +14,9 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
-import { normalizeName } from "../policy/model.js";
-import { layout as L } from "../engine/layout.js";
-import { matchesPattern } from "../tls/setup.js";
+import { normalizeName } from "../model/policy.js";
+import { matchesPattern } from "../model/names.js";
+import { placeholderForms } from "../model/placeholders.js";
 
 export type ViolationAction = "block" | "block-and-log" | "block-and-terminate";
 export const ViolationAction = { Block: "block", BlockAndLog: "block-and-log", BlockAndTerminate: "block-and-terminate" } as const;
@@ -103,36 +103,8 @@ export function parseSecretFlag(text: string): SecretSpec {
   return { env: m[1]!, valueFrom: { env: m[2] ?? m[1]! }, allowedHosts: m[3]!.split(",").map((h) => h.trim()).filter(Boolean) };
 }
 
-/** The byte strings a placeholder may travel as (latin1 text). */
-export function placeholderForms(placeholder: string): string[] {
-  const forms = new Set<string>([placeholder]);
-  const b = Buffer.from(placeholder, "latin1");
-  for (let k = 0; k < 3; k++) {
-    // The characters of base64(prefix of k bytes + placeholder) that depend on the placeholder only.
-    const enc = Buffer.concat([Buffer.alloc(k), b]).toString("base64");
-    const start = Math.ceil((k * 8) / 6);
-    const end = Math.floor(((k + b.length) * 8) / 6);
-    const core = enc.slice(start, end);
-    forms.add(core);
-    forms.add(core.replace(/\+/g, "-").replace(/\//g, "_"));
-  }
-  const hex = [...b].map((x) => x.toString(16).padStart(2, "0"));
-  forms.add(hex.map((h) => `%${h.toUpperCase()}`).join(""));
-  forms.add(hex.map((h) => `%${h}`).join(""));
-  forms.add(hex.map((h) => `\\u00${h}`).join(""));
-  forms.add(hex.map((h) => `\\u00${h.toUpperCase()}`).join(""));
-  return [...forms];
-}
-
 /** Which secret's placeholder a stream carried, and in what form. */
 export interface Found { secret: Secret; form: string }
-
-const placeholderFormCache = new Map<string, string[]>();
-function formsOfPlaceholder(p: string): string[] {
-  let f = placeholderFormCache.get(p);
-  if (!f) placeholderFormCache.set(p, (f = placeholderForms(p)));
-  return f;
-}
 
 /** `text` with every %XX decoded (latin1), or undefined when it holds none. */
 function percentDecoded(text: string): string | undefined {
@@ -245,42 +217,6 @@ export function substituteHeader(allowed: readonly Secret[], name: string, value
     if (s.headers && value.includes(s.placeholder)) value = value.split(s.placeholder).join(s.value);
   }
   return value;
-}
-
-/**
- * The variable name of the secret whose placeholder a DNS query carries: in its name, compared in
- * lower case (names are case-insensitive) and with the dots taken out (a placeholder split over
- * labels), or in any form anywhere in the query's bytes (EDNS options, additional records).
- */
-export function placeholderInName(secrets: readonly { env: string; placeholder: string }[], name: string, query?: Uint8Array): string | undefined {
-  if (secrets.length === 0) return undefined; // (every guest query asks)
-  const n = name.toLowerCase();
-  const joined = n.replace(/\./g, "");
-  const hit = secrets.find((s) => n.includes(s.placeholder.toLowerCase()) || joined.includes(s.placeholder.toLowerCase()));
-  if (hit || !query) return hit?.env;
-  const raw = Buffer.from(query.buffer, query.byteOffset, query.byteLength).toString("latin1");
-  const lower = raw.toLowerCase();
-  return secrets.find((s) => lower.includes(s.placeholder.toLowerCase()) || formsOfPlaceholder(s.placeholder).some((f) => raw.includes(f)))?.env;
-}
-
-/**
- * Give the engine the placeholder forms to look for in the guest's own TCP and UDP payloads
- * (engine-wasm/assembly/policy/secrets.ts): every form of every secret, with the secret's index.
- */
-export function writeSecretForms(mem: Uint8Array, secrets: readonly Secret[]): void {
-  const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
-  const forms = secrets.flatMap((s, i) => placeholderForms(s.placeholder).map((f) => ({ f: Buffer.from(f, "latin1"), i })));
-  if (forms.length > L.SECRET_FORMS_MAX) throw new ConfigError(`${secrets.length} secrets are more than the engine can watch for`, `at most ${Math.floor(L.SECRET_FORMS_MAX / 11)}`);
-  mem.fill(0, L.SECRET_FIRST, L.SECRET_FIRST + 256);
-  forms.forEach(({ f, i }, k) => {
-    if (f.length > L.SECRET_FORM_MAX_LEN) throw new ConfigError(`a placeholder of ${secrets[i]!.placeholder.length} characters is too long for the engine`, "use at most 40 characters");
-    const o = L.SECRET_FORMS_BASE + k * L.SECRET_FORM_BYTES;
-    dv.setUint32(o, f.length, true);
-    dv.setUint32(o + 4, i, true);
-    mem.set(f, o + 8);
-    mem[L.SECRET_FIRST + f[0]!] = 1;
-  });
-  dv.setUint32(L.SECRET_FORM_COUNT, forms.length, true);
 }
 
 /** `target` (a request path) with the placeholder replaced in its query string only, percent-encoded. */

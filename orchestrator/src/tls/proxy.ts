@@ -28,7 +28,7 @@ import { RedirectListener, parseRedirectPreamble, originText as dest, type Redir
 import { denied, denyPageText, serveDenyPage } from "./deny-page.js";
 import { parseClientHello } from "./client-hello.js";
 import type { CertificateAuthority } from "./ca.js";
-import { matchesPattern } from "./setup.js";
+import { matchesPattern } from "../model/names.js";
 import { RequestFilter, forbidden, forbiddenText, refusedHttp, type Violation, type Refusal, type FilterContext } from "../secrets/http-filter.js";
 import { Http2RequestFilter, forbiddenH2, type H2Result } from "../secrets/http2-filter.js";
 import { ResponseScrubber, type ScrubResult } from "../secrets/response-filter.js";

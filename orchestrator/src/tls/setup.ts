@@ -7,7 +7,8 @@ import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
 import { layout as L } from "../engine/layout.js";
 import { CertificateAuthority } from "./ca.js";
-import { normalizeName } from "../policy/model.js";
+import { normalizeName } from "../model/policy.js";
+import { ruleCovers } from "../model/names.js";
 
 /** TLS interception (DESIGN §8). Off unless `intercept` is true (or any other field is set). */
 export interface TlsOptions {
@@ -137,19 +138,6 @@ export class PinnedNames {
   }
 }
 
-/** Does `name` match one of `patterns` ("x.example" exactly; "*.example" is example and everything under it)? */
-export function matchesPattern(name: string, patterns: readonly string[]): boolean {
-  for (const p of patterns) {
-    if (p.startsWith("*.")) {
-      const suffix = p.slice(2);
-      if (name === suffix || name.endsWith(`.${suffix}`)) return true;
-    } else if (name === p) {
-      return true;
-    }
-  }
-  return false;
-}
-
 /**
  * May `name` (an SNI, a request's authority) be used on a connection to `ip` that the domain rule
  * with name id `admitNameId` admitted (`names`: the ids' keys, GatewayNames)? null: yes, or not
@@ -169,11 +157,6 @@ export function nameBinding(names: readonly string[], admitNameId: number, ip: s
 
 export function unpinnedReason(ip: string, name: string): string {
   return `this sandbox's DNS never answered ${name} with ${ip}`;
-}
-
-/** Is `sni` covered by a domain rule's name key ("name" exactly, ".suffix" for the suffix and under)? */
-export function ruleCovers(key: string, sni: string): boolean {
-  return key.startsWith(".") ? sni === key.slice(1) || sni.endsWith(key) : sni === key;
 }
 
 /**

@@ -4,7 +4,7 @@
 // special-purpose ranges of special-purpose.ts (the engine's compiled from it at build time),
 // and test/engine/policy-match.test.ts holds both to every range in it.
 import ipaddr from "ipaddr.js";
-import type { Group } from "./model.js";
+import type { Group } from "./policy.js";
 import { SPECIAL_PURPOSE } from "./special-purpose.js";
 
 interface TableEntry { bytes: number[]; bits: number; group: Exclude<Group, "host"> }

@@ -45,7 +45,7 @@
 // Sources: https://www.iana.org/assignments/iana-ipv4-special-registry/ and
 // .../iana-ipv6-special-registry/ (both as updated 2025), .../ipv6-address-space/,
 // .../multicast-addresses/, .../ipv6-multicast-addresses/.
-import type { Group } from "./model.js";
+import type { Group } from "./policy.js";
 
 export interface SpecialRange {
   /** The block, as a CIDR with no host bits. */

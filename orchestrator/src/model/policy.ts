@@ -30,6 +30,9 @@ export interface Rule {
   ports?: PortRange;
 }
 
+/** What a denied guest sees: silence, a reset / ICMP prohibited, or that and a 403 page for HTTP. */
+export type DenyResponse = "drop" | "reject" | "http";
+
 export interface NetworkPolicyShape {
   defaultAction: Action;
   rules: Rule[];
@@ -106,6 +109,14 @@ export class NetworkPolicy implements NetworkPolicyShape {
     }
     return new NetworkPolicy(this.defaultAction, [...this.userRules, ...rules], this.offline, this.presetRules);
   }
+}
+
+/** Human-readable form of a rule, for audit events and messages. */
+export function describeRule(r: Rule): string {
+  const d = r.destination;
+  const target = d.kind === "any" ? "any" : d.kind === "cidr" ? d.cidr : d.kind === "domain" ? d.name : d.kind === "domain-suffix" ? `*.${d.suffix}` : `group:${d.group}`;
+  const ports = r.ports ? `:${r.ports.start === r.ports.end ? r.ports.start : `${r.ports.start}-${r.ports.end}`}` : "";
+  return `${r.action}:${r.direction === "outbound" ? "egress" : "ingress"}@${target}${r.protocol ? `:${r.protocol}` : ""}${ports}`;
 }
 
 export function normalizeName(name: string): string {

@@ -32,10 +32,10 @@
 import { readFileSync } from "node:fs";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../errors.js";
-import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "./model.js";
-import { parseRule, strictCidr } from "./rule-parser.js";
-import type { DnsOptions } from "../gateway/gateway.js";
-import { parsePublish, validatePort, type PortSpec } from "../sandbox/ports.js";
+import { NetworkPolicy, normalizeName, validateRule, type Action, type Rule } from "../model/policy.js";
+import { parseRule, strictCidr } from "../policy/rule-parser.js";
+import type { DnsOptions } from "../gateway/options.js";
+import { parsePublish, validatePort, type PortSpec } from "../gateway/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
 import { parseUser, type SandboxUser } from "../sandbox/containment.js";

@@ -1,13 +1,12 @@
-// compile.ts — a NetworkPolicy, compiled into the engine's policy table (engine-wasm/assembly/
+// policy-table.ts — a NetworkPolicy, compiled into the engine's policy table (engine-wasm/assembly/
 // policy/match.ts reads it; layout.ts PR_* gives the record). Two slots: a running engine keeps
 // reading the slot in force while the other is written, then ST_POLICY_ACTIVE flips, so a new
-// policy applies to the next new flow and never to a half-written table.
+// policy applies to the next new flow and never to a half-written table. The gateway installs
+// one through EngineHost.installPolicy (tables.ts).
 import ipaddr from "ipaddr.js";
-import { layout as L, wire } from "../engine/layout.js";
+import { layout as L, wire } from "./layout.js";
 import { ConfigError } from "../errors.js";
-import { GROUPS, type Action, type NetworkPolicy, type Protocol, type Rule } from "./model.js";
-
-export type DenyResponse = "drop" | "reject" | "http";
+import { GROUPS, type Action, type DenyResponse, type NetworkPolicy, type Protocol } from "../model/policy.js";
 
 /** A rule's protocol as the engine reads it (layout.ts PR_PROTO; 0 = any). */
 export const PROTOCOL_NUMBER: Readonly<Record<Protocol, number>> = { tcp: wire.PROTO_TCP, udp: wire.PROTO_UDP, icmpv4: wire.PROTO_ICMP, icmpv6: wire.PROTO_ICMP6 };
@@ -29,14 +28,6 @@ export class NameTable {
     }
     return id;
   }
-}
-
-/** Human-readable form of a rule, for audit events and messages. */
-export function describeRule(r: Rule): string {
-  const d = r.destination;
-  const target = d.kind === "any" ? "any" : d.kind === "cidr" ? d.cidr : d.kind === "domain" ? d.name : d.kind === "domain-suffix" ? `*.${d.suffix}` : `group:${d.group}`;
-  const ports = r.ports ? `:${r.ports.start === r.ports.end ? r.ports.start : `${r.ports.start}-${r.ports.end}`}` : "";
-  return `${r.action}:${r.direction === "outbound" ? "egress" : "ingress"}@${target}${r.protocol ? `:${r.protocol}` : ""}${ports}`;
 }
 
 /**

@@ -7,12 +7,12 @@
 //
 // Every builder call only records a value; validation happens in create(), which reports the
 // first problem as a ConfigError.
-import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./netns-sandbox.js";
-import { VmSandbox, type VmOptions } from "../vm/vm-sandbox.js";
-import type { PortSpec } from "./ports.js";
-import { ConfigError } from "../errors.js";
-import type { Action } from "../policy/model.js";
-import type { RateLimits, BandwidthLimit } from "../gateway/limits.js";
+import { NetnsSandbox, type NetnsSandboxOptions, type DnsOptions } from "./sandbox/netns-sandbox.js";
+import { VmSandbox, type VmOptions } from "./vm/vm-sandbox.js";
+import type { PortSpec } from "./gateway/ports.js";
+import { ConfigError } from "./errors.js";
+import type { Action } from "./model/policy.js";
+import type { RateLimits, BandwidthLimit } from "./gateway/limits.js";
 
 export class DnsBuilder {
   /** @internal */ readonly options: DnsOptions = {};
@@ -23,9 +23,9 @@ export class DnsBuilder {
   rebindProtection(enabled: boolean): this { this.options.rebindProtection = enabled; return this; }
   blockedResponse(rcode: "refused" | "nxdomain"): this { this.options.blockedResponse = rcode; return this; }
 }
-import type { NetworkPolicyShape } from "../policy/model.js";
-import type { TlsOptions } from "../tls/setup.js";
-import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
+import type { NetworkPolicyShape } from "./model/policy.js";
+import type { TlsOptions } from "./tls/setup.js";
+import type { SecretSpec, ViolationAction } from "./secrets/secrets.js";
 
 /** TLS interception, as the reference's TlsBuilder: n.tls(t => t.bypass("*.pinned.example")). */
 export class TlsBuilder {
@@ -41,9 +41,9 @@ export class TlsBuilder {
   /** The guest trusts the host's whole CA store besides moat's CA (default: the distribution's CA set and moat's CA). */
   trustHostCas(enabled = true): this { this.options.trustHostCas = enabled; return this; }
 }
-import type { DenyResponse } from "../policy/compile.js";
-import type { DenyEvent, AuditLogOptions } from "../policy/audit.js";
-import type { GatewayEvent } from "../gateway/events.js";
+import type { DenyResponse } from "./model/policy.js";
+import type { DenyEvent, AuditLogOptions } from "./policy/audit.js";
+import type { GatewayEvent } from "./gateway/events.js";
 
 export class NetworkBuilder {
   /** @internal */ readonly options: NetnsSandboxOptions = {};

@@ -3,8 +3,10 @@
 // moat serves from its kernel side (attach), or moat holds the TAP device whose kernel side is
 // the guest's (tap); the guest configures itself by DHCP from the gateway. moat owns only the
 // address lease: an interface is never created here.
-import { leaseNamed, addressesFor } from "../sandbox/addressing.js";
-import { Gateway, validateOptions, type GatewayOptions } from "./gateway.js";
+import { leaseNamed } from "./leases.js";
+import { addressesFor } from "../gateway/addressing.js";
+import { Gateway } from "../gateway/gateway.js";
+import { validateOptions, type GatewayOptions } from "../gateway/options.js";
 import type { LinkSpec } from "../links/link.js";
 import { ConfigError, MoatError } from "../errors.js";
 import { layout as L } from "../engine/layout.js";

@@ -169,7 +169,9 @@ test("--metrics serves an exposition promtool accepts during traffic; a denial, 
     assert.equal(metric(text, "moat_flows_open", { ...sb, protocol: "tcp" }), 1, "the stream's flow is open");
     assert.ok((metric(text, "moat_tls_leaves_minted_total", sb) ?? 0) >= 1);
     assert.equal(metric(text, "moat_secret_substituted_connections_total", sb), 1, "a substitution");
-    for (const line of text.split("\n").filter((l) => l && !l.startsWith("#"))) assert.match(line, /\{sandbox="metrics-test"[,}]/, line);
+    // Every series is the sandbox's, but the process's own: its main thread's event-loop delay.
+    for (const line of text.split("\n").filter((l) => l && !l.startsWith("#") && !l.startsWith("moat_main_event_loop_delay_"))) assert.match(line, /\{sandbox="metrics-test"[,}]/, line);
+    for (const q of ["p50", "p99", "max"]) assert.match(text, new RegExp(`^moat_main_event_loop_delay_${q}_seconds \\d`, "m"));
     if (promtool) {
       const c = promtoolCheck(text);
       assert.equal(c.status, 0, c.out);

@@ -494,15 +494,24 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     }
     return out;
   };
+  // A scrubber that throws (a server's bytes it was not written for) fails this connection closed,
+  // not the thread that serves every sandbox's TLS on it.
+  const judge = (f: () => ScrubResult): ScrubResult => {
+    try {
+      return f();
+    } catch (e) {
+      return { out: [], scrubbed: [], error: `the response could not be read (${(e as Error)?.message ?? String(e)})` };
+    }
+  };
   const fromServer = (chunk: Buffer): Buffer | null => {
     if (!scrubber) return chunk;
-    const out = scrubbed(scrubber.push(chunk));
+    const out = scrubbed(judge(() => scrubber.push(chunk)));
     // One timer for the connection, pushed back on every chunk (refresh() re-arms a fired one).
     if (idleTimer) idleTimer.refresh();
     else {
       idleTimer = setTimeout(() => {
         if (guest.destroyed || stopped) return;
-        const rest = scrubbed(scrubber.idle());
+        const rest = scrubbed(judge(() => scrubber.idle()));
         if (rest?.length) { edge?.relay(rest); guest.write(rest); }
       }, 50);
       idleTimer.unref();
@@ -540,7 +549,16 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   });
   upstream.on("end", () => {
     clearTimeout(idleTimer);
-    if (scrubber && (!stopped || draining)) for (const b of scrubber.end()) if (b.length) guest.write(b);
+    if (scrubber && (!stopped || draining)) {
+      const r = judge(() => ({ out: scrubber.end(), scrubbed: [] }));
+      if (r.error) {
+        stopped = true;
+        kill();
+        events.responseRefused(r.error);
+        return;
+      }
+      for (const b of r.out) if (b.length) guest.write(b);
+    }
     if (draining) finish();
     else if (!stopped) guest.end();
   });

@@ -120,9 +120,22 @@ export class RemoteTlsProxy {
     return this.listening;
   }
 
-  /** Names this sandbox's DNS answered with an address (the replica's pins). */
+  private pending: { ip: string; name: string; ttlMs: number }[] = [];
+
+  /**
+   * Names this sandbox's DNS answered with an address (the replica's pins): sent once per turn of
+   * the event loop, however many answers came in it (a guest's DNS flood costs a message a turn).
+   */
   pins(list: { ip: string; name: string; ttlMs: number }[]): void {
-    if (list.length && !this.closing) this.control.pins(list).catch(() => {});
+    if (!list.length || this.closing) return;
+    if (this.pending.length === 0) {
+      setImmediate(() => {
+        const batch = this.pending;
+        this.pending = [];
+        if (!this.closing) this.control.pins(batch).catch(() => {});
+      });
+    }
+    for (const p of list) this.pending.push(p);
   }
 
   /** The gateway's name table and the policy's rules (described), after a policy change. */

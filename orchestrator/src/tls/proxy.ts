@@ -588,7 +588,11 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
       return;
     }
     let ok = true;
+    // The pieces of a request (a head cut around its substitutions) go up as one TLS record and
+    // one write: corked, the TLS socket encrypts them together.
+    if (r.out.length > 1) upstream.cork();
     for (const b of r.out) if (b.length) ok = upstream.write(b) && ok;
+    if (r.out.length > 1) upstream.uncork();
     // The connection is stopped first, then the event told: a callback that throws must not
     // leave it going.
     if (r.violation) {

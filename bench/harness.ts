@@ -95,15 +95,22 @@ export function printTable(t: string[][]): void {
  * (never "the first moat namespace there is": a concurrent run would be measured by mistake).
  */
 export async function sandboxNetns(pid: number, timeoutMs = 15000): Promise<string> {
+  return (await sandboxNetnses(pid, 1, timeoutMs))[0]!;
+}
+
+/** The network namespaces of the `count` sandboxes moat process `pid` (a daemon) created, from their leases. */
+export async function sandboxNetnses(pid: number, count: number, timeoutMs = 15000): Promise<string[]> {
   const { leaseFiles } = await import("../orchestrator/src/sandbox/leases.js");
   const { readOwned } = await import("../orchestrator/src/sandbox/ownership.js");
   const { existsSync } = await import("node:fs");
   for (const end = Date.now() + timeoutMs; Date.now() < end;) {
+    const found: string[] = [];
     for (const f of leaseFiles()) {
       const r = readOwned(f.path);
-      if (r && r.pid === pid && typeof r.netns === "string" && existsSync(`/run/netns/${r.netns}`)) return r.netns;
+      if (r && r.pid === pid && typeof r.netns === "string" && existsSync(`/run/netns/${r.netns}`)) found.push(r.netns);
     }
+    if (found.length >= count) return found.sort();
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`moat (pid ${pid}) made no sandbox namespace in ${timeoutMs} ms`);
+  throw new Error(`moat (pid ${pid}) made fewer than ${count} sandbox namespaces in ${timeoutMs} ms`);
 }

@@ -1,6 +1,6 @@
 // tls.ts — TLS interception side by side with mitmproxy, in one run.
 //
-//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--rows direct,moat,secret,mitmproxy]
+//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--rows direct,moat,secret,mitmproxy,pool]
 //
 // A world HTTPS server (test/testbed/servers.js https: HTTP/1.1 and HTTP/2, a certificate for
 // *.bench.test from a CA made here with openssl) at 203.0.113.10, every name under bench.test
@@ -14,13 +14,15 @@
 // one repeated name (cached), 16 at a time; requests per second on kept-alive connections (16
 // parallel transfers over HTTP/1.1 keep-alive); bulk download Gbit/s (one transfer); p50 of
 // request latency on a kept-alive connection and what interception adds to direct; and leaf
-// minting per second (moat's CA alone, in this process). Ratios: moat / mitmproxy. (mitmproxy
+// minting per second (moat's CA alone, in this process); the main thread's event-loop delay
+// and load under paced new connections; and two sandboxes of one daemon handshaking at once, with
+// one thread and with two (the TLS workers' spread). Ratios: moat / mitmproxy. (mitmproxy
 // runs with stream_large_bodies=1m, so it streams the bulk body instead of buffering it whole.)
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 import { CertificateAuthority } from "../orchestrator/src/tls/ca.js";
-import { sandboxNetns } from "./harness.js";
+import { sandboxNetns, sandboxNetnses } from "./harness.js";
 import { makeCa, makeServerCert } from "../test/testbed/test-pki.js";
 
 const args = process.argv.slice(2);
@@ -28,7 +30,7 @@ const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`
 const REQUESTS = Number(opt("requests", "2000"));
 const BULK_MIB = Number(opt("bulk-mib", "512"));
 const PARALLEL = 16;
-const ROWS = new Set(opt("rows", "direct,moat,secret,mitmproxy").split(","));
+const ROWS = new Set(opt("rows", "direct,moat,secret,mitmproxy,pool").split(","));
 
 const skip = systemTestSkipReason() ?? (existsSync("/usr/bin/mitmdump") ? undefined : "mitmproxy is not installed (apt-get install mitmproxy)");
 if (skip) {
@@ -39,6 +41,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const dir = mkdtempSync("/tmp/moat-tlsbench-");
 makeCa(dir, "ca", "bench world CA");
 makeServerCert(dir, "ca", ["DNS:bench.test", "DNS:*.bench.test"]);
+makeCa(dir, "poolca", "bench interception CA");
 
 // curl config files: many URLs in one process, so process start-up is not what is measured.
 function urls(file: string, n: number, name: (i: number) => string, path: string): string {
@@ -108,6 +111,42 @@ tick();`);
 }
 
 let loop: ReturnType<typeof loopDelayUnderLoad> | undefined;
+
+/**
+ * Handshakes a second of two sandboxes of one `moat daemon` opening new connections to distinct
+ * names at once (each PARALLEL at a time), with 1 and then 2 engine threads (and as many TLS
+ * threads): what a second thread adds to a fleet's interception.
+ */
+async function poolScaling(): Promise<{ threads: number; rate: number }[]> {
+  const out: { threads: number; rate: number }[] = [];
+  for (const threads of [1, 2]) {
+    const sock = `${dir}/control-${threads}.sock`;
+    const daemon = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "daemon", "--control", sock, "--engine-threads", String(threads)], { stdio: "ignore" });
+    try {
+      for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(100);
+      for (const name of ["a", "b"]) {
+        // (an interception CA of the bench's own: the daemon's ephemeral one is not written out)
+        execFileSync(process.execPath, [MOAT_BIN, "create", "--control", sock, "--name", `tls-pool-${threads}${name}`, "--dns-nameserver", WORLD_IP4, "--tls-intercept",
+          "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-cert", `${dir}/poolca.pem`, "--tls-ca-key", `${dir}/poolca.key`], { stdio: ["ignore", "ignore", "inherit"] });
+      }
+      const nss = await sandboxNetnses(daemon.pid!, 2);
+      const cfgs = nss.map((_, k) => urls(`pool-${threads}-${k}.cfg`, REQUESTS, (i) => `p${threads}${k}x${i}.bench.test`, "hello"));
+      const t0 = performance.now();
+      await Promise.all(nss.map((ns, k) => new Promise<void>((resolve, reject) => {
+        const c = spawn("ip", ["netns", "exec", ns, "curl", "-sS", "--no-progress-meter", "--cacert", `${dir}/poolca.pem`, "-Z", "--parallel-max", String(PARALLEL),
+          "--http1.1", "-H", "Connection: close", "-K", cfgs[k]!], { stdio: "ignore" });
+        c.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`curl in ${ns} exited ${code}`))));
+      })));
+      out.push({ threads, rate: (2 * REQUESTS) / ((performance.now() - t0) / 1000) });
+    } finally {
+      daemon.kill("SIGTERM");
+      await new Promise((r) => daemon.once("exit", r));
+    }
+  }
+  return out;
+}
+
+let pool: { threads: number; rate: number }[] | undefined;
 const world = World.create();
 const rows: [string, Figures][] = [];
 let moat: ChildProcess | undefined;
@@ -149,6 +188,11 @@ try {
     await new Promise((r) => moat!.once("exit", r));
   }
 
+  if (ROWS.has("pool")) {
+    process.stderr.write("tls bench: two sandboxes of one daemon, 1 and 2 threads...\n");
+    pool = await poolScaling();
+  }
+
   if (ROWS.has("mitmproxy")) {
     process.stderr.write("tls bench: mitmproxy...\n");
     mkdirSync(`${dir}/mitm`, { recursive: true });
@@ -187,5 +231,6 @@ for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
 console.log(`(${REQUESTS} requests per connection figure, ${PARALLEL} at a time, HTTP/1.1; bulk: one ${BULK_MIB} MiB download; ratios > 1 favour moat, latency as mitmproxy/moat)`);
 console.log(`leaf minting (moat's CA, distinct names): ${mintRate.toFixed(0)} leaves/s`);
 if (loop) console.log(`moat's main-thread event-loop delay at ${fmt(loop.rate)} new intercepted conn/s for 10 s: p99 ${fmt(loop.p99, 1)} ms, max ${fmt(loop.max, 1)} ms; the main thread busy ${fmt(loop.busy * 100)}% of the time`);
+if (pool?.length === 2) console.log(`two sandboxes of one daemon, new conn/s to distinct names together: ${fmt(pool[0]!.rate)} with 1 thread, ${fmt(pool[1]!.rate)} with 2 (${fmt(pool[1]!.rate / pool[0]!.rate, 2)}x)`);
 const sec = rows.find((r) => r[0].startsWith("moat, a secret"))?.[1];
 if (m && sec) console.log(`secret substitution: kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);

@@ -11,6 +11,8 @@
 import { layout as L } from "../engine/layout.js";
 import { MAX_ENGINE_THREADS } from "../engine/engine-host.js";
 import { DEFAULT_POOL4 } from "./addressing.js";
+import type { TlsOptions } from "../tls/setup.js";
+import type { AuditLogOptions } from "../policy/audit.js";
 
 export const DEFAULT_MTU = L.MTU_DEFAULT;
 
@@ -426,3 +428,13 @@ export type SchemaFields<Prefix extends string> = {
     : E extends { readonly api: `${Prefix}${infer K}` }
       ? (K extends `${string}.${string}` ? never : K) : never]?: ValueOf<E>;
 };
+
+/** A compile-time check: true when A and B are the same type. */
+type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
+type Holds<T extends true> = T;
+// The option types a floor below declares (TLS, the audit log) are checked against the table here,
+// where they cannot import it: a schema entry and its field must agree, or this does not compile.
+export type SchemaAgrees = [
+  Holds<Same<TlsOptions, SchemaFields<"tls.">>>,
+  Holds<Same<Pick<AuditLogOptions, "maxBytes" | "intervalMs">, SchemaFields<"auditLogOptions.">>>,
+];

@@ -44,13 +44,14 @@ export function parseFlags(args: string[], specs: readonly FlagSpec[], context: 
     if (eq >= 0) value = arg.slice(eq + 1);
     else value = args[++i];
     if (value === undefined) throw new ConfigError(`${context}: --${spec.flag} needs a value`, `e.g. --${spec.flag} ${spec.metavar ?? "VALUE"}`);
-    if (spec.type === "int") {
+    if (spec.type === "int" || spec.item === "int") {
       const n = Number(value);
       if (!/^-?\d+$/.test(value) || (spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
         throw new ConfigError(`${context}: --${spec.flag} "${value}" is not a valid value`,
           `expected an integer${spec.min !== undefined ? ` from ${spec.min}` : ""}${spec.max !== undefined ? ` to ${spec.max}` : ""}`);
       }
-      flags.set(spec.flag, n);
+      if (spec.type === "list") lists.set(spec.flag, [...(lists.get(spec.flag) ?? []), value]);
+      else flags.set(spec.flag, n);
     } else if (spec.type === "list") {
       lists.set(spec.flag, [...(lists.get(spec.flag) ?? []), value]);
     } else {

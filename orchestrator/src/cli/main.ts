@@ -2,7 +2,9 @@
 import { readFileSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
-import { option, optionsOf } from "../gateway/schema.js";
+import { option, optionsOf, OPTIONS, type OptionEntry } from "../gateway/schema.js";
+import type { GatewayOptions } from "../gateway/options.js";
+import type { VmOptions } from "../vm/vm-sandbox.js";
 import { NetnsSandbox, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
 import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError, CommandError } from "../errors.js";
@@ -10,8 +12,7 @@ import { NetworkPolicy } from "../model/policy.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile, type MoatConfig } from "./config-file.js";
 import { parsePublish, describePort } from "../gateway/ports.js";
-import type { TlsOptions } from "../tls/setup.js";
-import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
+import { parseSecretFlag } from "../secrets/secrets.js";
 import { serveGateway } from "../sandbox/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
@@ -258,39 +259,38 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
   // changes what happens to traffic no rule matched.
   const dflt = flags.get("net-default-egress") as "allow" | "deny" | undefined;
   if (dflt) policy = new NetworkPolicy(dflt, preset || file.policy ? policy.rules : rules, policy.offline);
+  const { vm: _vm, ...plain } = plainOptions(flags, lists, config);
   return {
+    ...plain,
     policy,
-    denyResponse: (flags.get("deny-response") as "drop" | "reject" | "http" | undefined) ?? file.denyResponse,
-    maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
     limits: { ...file.limits, ...limitFlags(flags) },
-    auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
-    auditLogOptions: {
-      maxBytes: (flags.get("audit-log-max-bytes") as number | undefined) ?? file.auditLogMaxBytes,
-      intervalMs: (flags.get("audit-log-interval-ms") as number | undefined) ?? file.auditLogIntervalMs,
-    },
-    dns: {
-      blockDomains: [...(file.dns?.blockDomains ?? []), ...(lists.get("dns-block") ?? [])],
-      blockDomainSuffixes: [...(file.dns?.blockDomainSuffixes ?? []), ...(lists.get("dns-block-suffix") ?? [])],
-      nameservers: lists.get("dns-nameserver") ?? file.dns?.nameservers,
-      queryTimeoutMs: (flags.get("dns-query-timeout-ms") as number | undefined) ?? file.dns?.queryTimeoutMs,
-      rebindProtection: flags.get("no-dns-rebind-protection") ? false : file.dns?.rebindProtection,
-      blockedResponse: (flags.get("dns-blocked-response") as "refused" | "nxdomain" | undefined) ?? file.dns?.blockedResponse,
-    },
-    mtu: flags.get("mtu") as number | undefined,
-    dnsForward: flags.get("dns-forward") as string | undefined,
-    udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
-    maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
-    ipv4Pool: flags.get("ipv4-pool") as string | undefined,
-    name: flags.get("name") as string | undefined,
-    exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
     ports: [...(file.ports ?? []), ...(lists.get("publish") ?? []).map((t) => parsePublish(t, "-p"))],
-    tls: tlsOptions(flags, lists, file.tls),
     secrets: [...(file.secrets ?? []), ...(lists.get("secret") ?? []).map(parseSecretFlag)],
-    onSecretViolation: (flags.get("secret-violation") as ViolationAction | undefined) ?? file.secretViolation,
-    defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
     user: (flags.get("user") as string | undefined) ?? config.sandbox?.user,
     pcap: pcapOption(flags),
   };
+}
+
+/**
+ * The options of one plain value (schema entries with an api path and no grammar of their own):
+ * each flag given over its config file value, a list's flags after the file's where the entry
+ * says append; laid out at the entries' api paths ({ dns: { queryTimeoutMs }, vm: { cpus } ...}).
+ */
+function plainOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, config: MoatConfig): GatewayOptions & { vm?: VmOptions } {
+  const out: Record<string, unknown> = {};
+  const at = (o: object, path: string): unknown => path.split(".").reduce<unknown>((v, k) => (v as Record<string, unknown> | undefined)?.[k], o);
+  for (const e of OPTIONS as readonly OptionEntry[]) {
+    if (e.api === undefined || e.parse !== undefined) continue;
+    const file = e.config === undefined ? undefined : at(config, e.config);
+    const given = e.type === "list" ? lists.get(e.flag)?.map((v) => (e.item === "int" ? Number(v) : v))
+      : e.type === "bool" ? (flags.get(e.flag) ? !e.negate : undefined) : flags.get(e.flag);
+    const value = e.append && (file !== undefined || given !== undefined) ? [...(file as unknown[] ?? []), ...(given as unknown[] ?? [])] : given ?? file;
+    if (value === undefined) continue;
+    const keys = e.api.split(".");
+    const parent = keys.slice(0, -1).reduce((o, k) => (o[k] ??= {}) as Record<string, unknown>, out);
+    parent[keys.at(-1)!] = value;
+  }
+  return out as GatewayOptions & { vm?: VmOptions };
 }
 
 /** The --limit-* flags given, checked (an error names the flag, the value and the forms it takes); "none" is null. */
@@ -339,28 +339,6 @@ function pcapOption(flags: Map<string, string | number | boolean>): { path: stri
     return undefined;
   }
   return { path: flags.get("pcap") as string, maxBytes };
-}
-
-/** --tls-* over the config file's tls section; undefined when nothing asks for interception. */
-function tlsOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, file: TlsOptions | undefined): TlsOptions | undefined {
-  const ports = lists.get("tls-port")?.map((p) => {
-    if (!/^\d+$/.test(p) || Number(p) < 1 || Number(p) > 65535) throw new ConfigError(`run: --tls-port "${p}" is not a port`, "e.g. --tls-port 8443");
-    return Number(p);
-  });
-  const o: TlsOptions = {
-    ...file,
-    ...(flags.get("tls-intercept") ? { intercept: true } : {}),
-    ...(ports ? { ports } : {}),
-    ...(lists.get("tls-bypass") ? { bypass: [...(file?.bypass ?? []), ...lists.get("tls-bypass")!] } : {}),
-    ...(flags.has("tls-ca-cert") ? { caCert: flags.get("tls-ca-cert") as string } : {}),
-    ...(flags.has("tls-ca-key") ? { caKey: flags.get("tls-ca-key") as string } : {}),
-    ...(flags.has("tls-ca-out") ? { caOut: flags.get("tls-ca-out") as string } : {}),
-    ...(lists.get("tls-upstream-ca") ? { upstreamCa: [...(file?.upstreamCa ?? []), ...lists.get("tls-upstream-ca")!] } : {}),
-    ...(flags.get("tls-no-verify-upstream") ? { verifyUpstream: false } : {}),
-    ...(flags.get("tls-no-block-quic") ? { blockQuic: false } : {}),
-    ...(flags.get("tls-trust-host-cas") ? { trustHostCas: true } : {}),
-  };
-  return Object.keys(o).length ? o : undefined;
 }
 
 async function cmdRun(args: string[]): Promise<number> {
@@ -566,12 +544,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   const { VmSandbox } = await import("../vm/vm-sandbox.js");
   const sandbox = await VmSandbox.create({
     ...options,
-    vm: {
-      memoryMiB: flags.get("vm-memory") as number | undefined,
-      cpus: flags.get("vm-cpus") as number | undefined,
-      link: flags.get("vm-link") as "vhost-user" | "stream" | undefined,
-      accel: flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined,
-    },
+    vm: plainOptions(flags, new Map(), {}).vm,
   });
   process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
   reportChosenPorts(sandbox, options);
@@ -633,10 +606,7 @@ async function cmdDaemon(args: string[]): Promise<number> {
       const created = new Date().toISOString();
       if (vm || parsed.flags.get("vm")) {
         const { VmSandbox } = await import("../vm/vm-sandbox.js");
-        const sandbox = await VmSandbox.create({ ...options, vm: {
-          memoryMiB: parsed.flags.get("vm-memory") as number | undefined, cpus: parsed.flags.get("vm-cpus") as number | undefined,
-          link: parsed.flags.get("vm-link") as "vhost-user" | "stream" | undefined, accel: parsed.flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined, onProgress: () => {},
-        } });
+        const sandbox = await VmSandbox.create({ ...options, vm: { ...plainOptions(parsed.flags, new Map(), {}).vm, onProgress: () => {} } });
         return { kind: "vm", created, target: sandbox, args: createArgs, takeEarlyEvents, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
       }
       const sandbox = await NetnsSandbox.create(options);

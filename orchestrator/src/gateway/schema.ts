@@ -62,24 +62,24 @@ const SANDBOX = ["run", "serve", "create"] as const;
 const CLIENTS = ["client"] as const;
 
 export const OPTIONS = [
-  { flag: "vhost-user", type: "string", metavar: "PATH", parse: "LinkSpec (sandbox/serve.ts)",
+  { flag: "vhost-user", type: "string", metavar: "PATH", parse: "LinkSpec",
     commands: ["serve"],
     help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev " +
       "socket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory shared: " +
       "memory-backend-memfd,share=on) or cloud-hypervisor connects",
   },
-  { flag: "stream", type: "string", metavar: "PATH", parse: "LinkSpec (sandbox/serve.ts)",
+  { flag: "stream", type: "string", metavar: "PATH", parse: "LinkSpec",
     commands: ["serve"],
     help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix, addr.path=PATH, " +
       "server=off): 4-byte length + frame",
   },
-  { flag: "attach", type: "string", metavar: "IFNAME", parse: "LinkSpec (sandbox/serve.ts)",
+  { flag: "attach", type: "string", metavar: "IFNAME", parse: "LinkSpec",
     commands: ["serve"],
     help: "serve interface IFNAME from its kernel side (AF_PACKET): the TAP device a VMM holds " +
       "(Firecracker's host_dev_name, cloud-hypervisor's or QEMU's tap), or a veth end whose " +
       "peer is the guest's. It must exist; moat brings it up",
   },
-  { flag: "tap", type: "string", metavar: "IFNAME", parse: "LinkSpec (sandbox/serve.ts)",
+  { flag: "tap", type: "string", metavar: "IFNAME", parse: "LinkSpec",
     commands: ["serve"],
     help: "open the existing TAP device IFNAME as its one holder (the kernel side is the " +
       "guest's). It must exist and not be held: a TAP a VMM holds is --attach's",
@@ -398,10 +398,14 @@ export const OPTIONS = [
 
 export type Option = (typeof OPTIONS)[number];
 
-/** The entry whose flag is `flag` (the first: --control has two, the daemon's and serve's). */
-export function option(flag: string): OptionEntry {
-  const o = (OPTIONS as readonly OptionEntry[]).find((e) => e.flag === flag);
-  if (!o) throw new Error(`no option --${flag}`);
+/**
+ * The entry whose flag (or api path) is the one given; the first, for --control has two (the
+ * daemon's and serve's).
+ */
+export function option(which: string | { api: string }): OptionEntry {
+  const o = (OPTIONS as readonly OptionEntry[])
+    .find((e) => (typeof which === "string" ? e.flag === which : e.api === which.api));
+  if (!o) throw new Error(`no option ${JSON.stringify(which)}`);
   return o;
 }
 
@@ -430,11 +434,36 @@ export type SchemaFields<Prefix extends string> = {
 };
 
 /** A compile-time check: true when A and B are the same type. */
-type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
+type Same<A, B> =
+  (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
 type Holds<T extends true> = T;
-// The option types a floor below declares (TLS, the audit log) are checked against the table here,
-// where they cannot import it: a schema entry and its field must agree, or this does not compile.
+// The option types a floor below declares (TLS, the audit log) are checked against the table
+// here, where they cannot import it: an entry and its field must agree, or this does not compile.
 export type SchemaAgrees = [
   Holds<Same<TlsOptions, SchemaFields<"tls.">>>,
   Holds<Same<Pick<AuditLogOptions, "maxBytes" | "intervalMs">, SchemaFields<"auditLogOptions.">>>,
 ];
+
+// --- the README's table ------------------------------------------------------------------------
+
+const CLIENT_COMMANDS = "ps, inspect, rm, create, exec, policy, limit";
+
+/** The README's table of options (between its options:begin and options:end markers). */
+export function optionsTable(): string {
+  const cell = (s: string) => s.replace(/\|/g, "\\|");
+  const code = (s: string | undefined) => (s === undefined ? "" : `\`${s}\``);
+  const rows = (OPTIONS as readonly OptionEntry[]).map((e) => {
+    const flag = `${e.short ? `-${e.short}, ` : ""}--${e.flag}${e.metavar ? ` ${e.metavar}` : ""}`;
+    const value = e.choices ? e.choices.join(" | ")
+      : e.type === "int" || e.item === "int" ? `${e.min}–${e.max}${e.unit ?? ""}`
+        : e.type === "bool" && e.negate ? "sets it false" : "";
+    const dflt = e.defaultText ?? (e.default === undefined ? "" : String(e.default));
+    const commands = e.commands.map((c) => (c === "client" ? CLIENT_COMMANDS : c)).join(", ");
+    const repeat = e.type === "list" ? " (repeatable)" : "";
+    const cells = [cell(code(flag)) + repeat, commands, cell(value), cell(dflt), code(e.config),
+      code(e.api), cell(e.help)];
+    return `| ${cells.join(" | ")} |`;
+  });
+  const head = "| flag | commands | value | default | config file | library | what |";
+  return [head, "|---|---|---|---|---|---|---|", ...rows].join("\n");
+}

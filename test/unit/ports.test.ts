@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { parsePublish, validatePort, exposureWarning } from "../../orchestrator/src/gateway/ports.js";
 import { parseConfig } from "../../orchestrator/src/cli/config-file.js";
 import { parseFlags } from "../../orchestrator/src/cli/args.js";
+import { option } from "../../orchestrator/src/gateway/schema.js";
 import { ConfigError } from "../../orchestrator/src/errors.js";
 
 test("-p forms: HOST:GUEST, BIND:HOST:GUEST, [v6]:HOST:GUEST, /udp", () => {
@@ -55,7 +56,7 @@ test("config file: network.ports takes -p strings and objects; network.defaultIn
 });
 
 test("-p is the short form of --publish, repeatable", () => {
-  const specs = [{ name: "publish", short: "p", kind: "string", repeat: true, help: "" }] as const;
+  const specs = [option("publish")];
   const r = parseFlags(["-p", "8080:80", "--publish=9090:90/udp", "-p=1:2", "--", "cmd"], specs, "run");
   assert.deepEqual(r.lists.get("publish"), ["8080:80", "9090:90/udp", "1:2"]);
   assert.deepEqual(r.rest, ["cmd"]);

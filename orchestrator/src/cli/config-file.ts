@@ -38,6 +38,7 @@ import type { DnsOptions } from "../gateway/options.js";
 import { parsePublish, validatePort, type PortSpec } from "../gateway/ports.js";
 import type { TlsOptions } from "../tls/setup.js";
 import type { SecretSpec, ViolationAction } from "../secrets/secrets.js";
+import { OPTIONS, type OptionEntry } from "../gateway/schema.js";
 import { parseUser, type SandboxUser } from "../sandbox/containment.js";
 import { LIMIT_KEYS, validateLimit, type RateLimits } from "../gateway/limits.js";
 
@@ -77,13 +78,8 @@ const PRESETS: Readonly<Record<Preset, () => NetworkPolicy>> = {
   "allow-all": NetworkPolicy.allowAll,
 };
 
-const TOP_KEYS = ["network", "sandbox"] as const;
-const SANDBOX_KEYS = ["user", "env"] as const;
-const NETWORK_KEYS = ["policy", "maxConnections", "limits", "denyResponse", "auditLog", "auditLogMaxBytes", "auditLogIntervalMs", "exitGraceMs", "dns", "ports", "defaultIngress", "tls", "secrets", "secretViolation"] as const;
 const SECRET_KEYS = ["env", "valueFrom", "allowedHosts", "placeholder", "inject"] as const;
-const TLS_KEYS = ["intercept", "ports", "bypass", "caCert", "caKey", "upstreamCa", "verifyUpstream", "blockQuic", "caOut", "trustHostCas"] as const;
 const POLICY_KEYS = ["preset", "defaultAction", "rules"] as const;
-const DNS_KEYS = ["blockDomains", "blockDomainSuffixes", "nameservers", "queryTimeoutMs", "rebindProtection", "blockedResponse"] as const;
 const RULE_KEYS = ["action", "direction", "destination", "protocol", "ports"] as const;
 const PORTS_KEYS = ["start", "end"] as const;
 const DESTINATION_KEYS: Readonly<Record<string, readonly string[]>> = {
@@ -113,109 +109,135 @@ export function loadConfigFile(path: string): MoatConfig {
   return parseConfig(json, path);
 }
 
-/** Check an already-parsed configuration; `source` (usually the file's path) starts every error. */
+/**
+ * Check an already-parsed configuration; `source` (usually the file's path) starts every error.
+ * Its keys are the options schema's config paths (gateway/schema.ts): a plain value is checked by
+ * its entry's type, range or choices; the sections and values of a grammar of their own
+ * (the policy, ports, secrets, limits, DNS names, the sandbox's user and env) by CUSTOM.
+ */
 export function parseConfig(json: unknown, source: string): MoatConfig {
   const fail: Ctx["fail"] = (path, problem, hint) => {
     throw new ConfigError(`${source}: ${path === "" ? "" : `${path}: `}${problem}`, hint);
   };
-  const ctx: Ctx = { source, fail };
+  return section({ source, fail }, json, "") as MoatConfig;
+}
 
-  const top = object(ctx, json, "", "the top level", TOP_KEYS, `e.g. { "network": { "policy": { "preset": "public-only" } } }`);
-  const config: MoatConfig = {};
-  if (top.sandbox !== undefined) {
-    const sb = object(ctx, top.sandbox, "sandbox", "sandbox", SANDBOX_KEYS, `e.g. "sandbox": { "user": "1000:1000" }`);
-    config.sandbox = {};
-    if (sb.user !== undefined) {
-      if (typeof sb.user !== "string") fail("sandbox.user", `is ${describe(sb.user)}, not "UID[:GID]"`, `e.g. "user": "1000:1000"`);
-      config.sandbox.user = parseUser(sb.user as string, `${source}: sandbox.user`);
-    }
-    if (sb.env !== undefined) {
-      const env = sb.env as Record<string, unknown>;
-      if (typeof env !== "object" || env === null || Array.isArray(env)) fail("sandbox.env", `is ${describe(sb.env)}, not an object`, `e.g. "env": { "LOG_LEVEL": "debug" }`);
-      for (const [k, v] of Object.entries(env)) {
-        if (!/^[^\s=]+$/.test(k) || typeof v !== "string") fail(`sandbox.env.${k}`, `is ${describe(v)}`, `names without spaces or "=", values strings: "LOG_LEVEL": "debug"`);
-      }
-      config.sandbox.env = { ...env } as Record<string, string>;
-    }
-  }
-  if (top.network === undefined) return config;
+/** The keys under `path` ("" the top level, "network.dns"...) in the schema's config paths. */
+function keysUnder(path: string): string[] {
+  const prefix = path === "" ? "" : `${path}.`;
+  const paths = (OPTIONS as readonly OptionEntry[]).flatMap((e) => (e.config?.startsWith(prefix) ? [e.config.slice(prefix.length)] : []));
+  return [...new Set(paths.map((p) => p.split(".")[0]!))];
+}
 
-  const net = object(ctx, top.network, "network", "network", NETWORK_KEYS, `e.g. "network": { "policy": { "preset": "public-only" } }`);
-  const network: NonNullable<MoatConfig["network"]> = {};
-  if (net.policy !== undefined) network.policy = policy(ctx, net.policy);
-  if (net.maxConnections !== undefined) network.maxConnections = positiveInteger(ctx, net.maxConnections, "network.maxConnections", "e.g. 256");
-  if (net.limits !== undefined) {
-    const l = object(ctx, net.limits, "network.limits", "network.limits", LIMIT_KEYS, `e.g. "limits": { "egress": "50mbit", "connRate": 20 }`);
-    const limits: Record<string, unknown> = {};
-    for (const k of LIMIT_KEYS) if (l[k] !== undefined) limits[k] = validateLimit(k, l[k], `${source}: network.limits.${k}`);
-    network.limits = limits as RateLimits;
+const SECTION_EXAMPLE: Readonly<Record<string, string>> = {
+  "": `e.g. { "network": { "policy": { "preset": "public-only" } } }`,
+  "sandbox": `e.g. "sandbox": { "user": "1000:1000" }`,
+  "network": `e.g. "network": { "policy": { "preset": "public-only" } }`,
+  "network.limits": `e.g. "limits": { "egress": "50mbit", "connRate": 20 }`,
+  "network.dns": `e.g. "dns": { "blockDomainSuffixes": [".tracking.example"] }`,
+  "network.tls": `e.g. "tls": { "intercept": true, "bypass": ["*.pinned.example"] }`,
+};
+
+/** A section of the file: its keys known, each value read by CUSTOM, its entry, or as a section. */
+function section(ctx: Ctx, value: unknown, path: string): Record<string, unknown> {
+  const known = keysUnder(path);
+  const o = object(ctx, value, path, path === "" ? "the top level" : path, known, SECTION_EXAMPLE[path] ?? "");
+  const out: Record<string, unknown> = {};
+  for (const key of known) {
+    if (o[key] === undefined) continue;
+    const p = path === "" ? key : `${path}.${key}`;
+    const entry = (OPTIONS as readonly OptionEntry[]).find((e) => e.config === p);
+    out[key] = CUSTOM[p] ? CUSTOM[p](ctx, o[key], p) : entry ? plainValue(ctx, entry, o[key], p, key) : section(ctx, o[key], p);
   }
-  if (net.denyResponse !== undefined) network.denyResponse = oneOf(ctx, net.denyResponse, "network.denyResponse", ["drop", "reject", "http"] as const);
-  if (net.auditLog !== undefined) {
-    if (typeof net.auditLog !== "string" || net.auditLog === "") fail("network.auditLog", `is ${describe(net.auditLog)}, not a file path`, `e.g. "auditLog": "/var/log/moat-audit.jsonl"`);
-    network.auditLog = net.auditLog as string;
-  }
-  if (net.auditLogMaxBytes !== undefined) network.auditLogMaxBytes = positiveInteger(ctx, net.auditLogMaxBytes, "network.auditLogMaxBytes", "e.g. 67108864 (64 MiB)");
-  if (net.auditLogIntervalMs !== undefined) network.auditLogIntervalMs = positiveInteger(ctx, net.auditLogIntervalMs, "network.auditLogIntervalMs", "e.g. 10000");
-  if (net.exitGraceMs !== undefined) {
-    const g = net.exitGraceMs;
-    if (typeof g !== "number" || !Number.isInteger(g) || g < 0 || g > 600000) fail("network.exitGraceMs", `is ${describe(g)}, not a whole number of milliseconds from 0 to 600000`, `e.g. "exitGraceMs": 5000 (0: cut connections at once)`);
-    network.exitGraceMs = g as number;
-  }
-  if (net.dns !== undefined) network.dns = dns(ctx, net.dns);
-  if (net.tls !== undefined) {
-    const t = object(ctx, net.tls, "network.tls", "network.tls", TLS_KEYS, `e.g. "tls": { "intercept": true, "bypass": ["*.pinned.example"] }`);
-    const tlsOut: TlsOptions = {};
-    for (const k of ["intercept", "verifyUpstream", "blockQuic", "trustHostCas"] as const) {
-      if (t[k] !== undefined) {
-        if (typeof t[k] !== "boolean") fail(`network.tls.${k}`, `is ${describe(t[k])}, not true or false`, `e.g. "${k}": true`);
-        tlsOut[k] = t[k] as boolean;
+  return out;
+}
+
+/** A value of one plain option, checked against its schema entry. */
+function plainValue(ctx: Ctx, e: OptionEntry, v: unknown, path: string, key: string): unknown {
+  const range = `from ${e.min} to ${e.max}`;
+  switch (e.type) {
+    case "int": {
+      const unit = e.unit === " ms" ? " of milliseconds" : e.unit === " bytes" ? " of bytes" : "";
+      if (typeof v !== "number" || !Number.isSafeInteger(v) || v < e.min! || v > e.max!) {
+        ctx.fail(path, `is ${describe(v)}, not a whole number${unit} ${range}`, `e.g. "${key}": ${e.default}${e.minNote ? ` (${e.min}: ${e.minNote})` : ""}`);
       }
+      return v;
     }
-    for (const k of ["caCert", "caKey", "caOut"] as const) {
-      if (t[k] !== undefined) {
-        if (typeof t[k] !== "string" || t[k] === "") fail(`network.tls.${k}`, `is ${describe(t[k])}, not a file path`, `e.g. "${k}": "/etc/moat/ca.pem"`);
-        tlsOut[k] = t[k] as string;
+    case "bool":
+      if (typeof v !== "boolean") ctx.fail(path, `is ${describe(v)}, not true or false`, `e.g. "${key}": true`);
+      return v;
+    case "enum":
+      return oneOf(ctx, v, path, e.choices!);
+    case "list":
+      if (e.item === "int") {
+        if (!Array.isArray(v)) ctx.fail(path, `is ${describe(v)}, not a list`, `e.g. "${key}": [${e.default}]`);
+        (v as unknown[]).forEach((x, i) => {
+          if (typeof x !== "number" || !Number.isSafeInteger(x) || x < e.min! || x > e.max!) {
+            ctx.fail(`${path}[${i}]`, `is ${describe(x)}, not a whole number ${range}`, `e.g. "${key}": [${e.default}]`);
+          }
+        });
+        return v;
       }
-    }
-    if (t.bypass !== undefined) tlsOut.bypass = stringList(ctx, t.bypass, "network.tls.bypass", "*.pinned.example");
-    if (t.upstreamCa !== undefined) tlsOut.upstreamCa = stringList(ctx, t.upstreamCa, "network.tls.upstreamCa", "/etc/moat/upstream-ca.pem");
-    if (t.ports !== undefined) {
-      if (!Array.isArray(t.ports) || t.ports.some((p) => !Number.isInteger(p) || (p as number) < 1 || (p as number) > 65535)) fail("network.tls.ports", `is ${describe(t.ports)}, not a list of ports`, `e.g. "ports": [443, 8443]`);
-      tlsOut.ports = t.ports as number[];
-    }
-    network.tls = tlsOut;
+      return stringList(ctx, v, path, e.example ?? e.metavar ?? "");
+    default:
+      if (typeof v !== "string" || v === "") ctx.fail(path, `is ${describe(v)}, not ${e.metavar === "FILE" ? "a file path" : "a string"}`, `e.g. "${key}": ${JSON.stringify(e.example ?? e.metavar)}`);
+      return v;
   }
-  if (net.secretViolation !== undefined) network.secretViolation = oneOf(ctx, net.secretViolation, "network.secretViolation", ["block", "block-and-log", "block-and-terminate"] as const);
-  if (net.secrets !== undefined) {
-    if (!Array.isArray(net.secrets)) fail("network.secrets", `is ${describe(net.secrets)}, not a list`, `e.g. "secrets": [{ "env": "API_KEY", "allowedHosts": ["api.example.com"] }]`);
-    network.secrets = (net.secrets as unknown[]).map((x, i) => {
-      const path = `network.secrets[${i}]`;
-      const o = object(ctx, x, path, path, SECRET_KEYS, `e.g. { "env": "API_KEY", "allowedHosts": ["api.example.com"], "valueFrom": { "env": "REAL_KEY" } }`);
-      if (typeof o.env !== "string") fail(`${path}.env`, `is ${describe(o.env)}, not a variable name`, `e.g. "env": "API_KEY"`);
-      const spec: SecretSpec = { env: o.env as string, allowedHosts: stringList(ctx, o.allowedHosts, `${path}.allowedHosts`, "api.example.com") };
-      if (o.valueFrom !== undefined) {
-        const v = o.valueFrom as Record<string, unknown>;
-        if (typeof v !== "object" || v === null || (typeof v.env !== "string" && typeof v.file !== "string") || Object.keys(v).length !== 1) {
-          fail(`${path}.valueFrom`, `is ${describe(o.valueFrom)}`, `use { "env": "VARIABLE" } or { "file": "/path/to/value" }`);
-        }
-        spec.valueFrom = typeof v.env === "string" ? { env: v.env } : { file: v.file as string };
-      }
-      if (o.placeholder !== undefined) spec.placeholder = String(o.placeholder);
-      if (o.inject !== undefined) spec.inject = o.inject as SecretSpec["inject"];
-      return spec;
-    });
-  }
-  if (net.defaultIngress !== undefined) network.defaultIngress = oneOf(ctx, net.defaultIngress, "network.defaultIngress", ["allow", "deny"] as const);
-  if (net.ports !== undefined) {
-    if (!Array.isArray(net.ports)) fail("network.ports", `is ${describe(net.ports)}, not a list`, `e.g. "ports": ["8080:80", { "host": 5353, "guest": 53, "protocol": "udp" }]`);
-    network.ports = (net.ports as unknown[]).map((p, i) => {
-      const where = `${source}: network.ports[${i}]`;
+}
+
+/** The values of a grammar of their own, by config path. */
+const CUSTOM: Readonly<Record<string, (ctx: Ctx, value: unknown, path: string) => unknown>> = {
+  "sandbox.user": (ctx, v, path) => {
+    if (typeof v !== "string") ctx.fail(path, `is ${describe(v)}, not "UID[:GID]"`, `e.g. "user": "1000:1000"`);
+    return parseUser(v as string, `${ctx.source}: ${path}`);
+  },
+  "sandbox.env": (ctx, v, path) => {
+    const env = v as Record<string, unknown>;
+    if (typeof env !== "object" || env === null || Array.isArray(env)) ctx.fail(path, `is ${describe(v)}, not an object`, `e.g. "env": { "LOG_LEVEL": "debug" }`);
+    for (const [k, x] of Object.entries(env)) {
+      if (!/^[^\s=]+$/.test(k) || typeof x !== "string") ctx.fail(`${path}.${k}`, `is ${describe(x)}`, `names without spaces or "=", values strings: "LOG_LEVEL": "debug"`);
+    }
+    return { ...env };
+  },
+  "network.policy": (ctx, v) => policy(ctx, v),
+  "network.secrets": (ctx, v, path) => secrets(ctx, v, path),
+  "network.ports": (ctx, v, path) => {
+    if (!Array.isArray(v)) ctx.fail(path, `is ${describe(v)}, not a list`, `e.g. "ports": ["8080:80", { "host": 5353, "guest": 53, "protocol": "udp" }]`);
+    return (v as unknown[]).map((p, i) => {
+      const where = `${ctx.source}: ${path}[${i}]`;
       return typeof p === "string" ? parsePublish(p, where) : validatePort(p as PortSpec, where);
     });
-  }
-  config.network = network;
-  return config;
+  },
+  ...Object.fromEntries(LIMIT_KEYS.map((k) => [`network.limits.${k}`, (ctx: Ctx, v: unknown, path: string) => validateLimit(k, v, `${ctx.source}: ${path}`)])),
+  "network.dns.blockDomains": (ctx, v, path) => domainNames(ctx, v, path, false),
+  "network.dns.blockDomainSuffixes": (ctx, v, path) => domainNames(ctx, v, path, true),
+  "network.dns.nameservers": (ctx, v, path) => stringList(ctx, v, path, "192.0.2.53").map((x, i) => {
+    const cidr = strictCidr(x.replace(/^\[(.*)\]$/, "$1"));
+    if (typeof cidr !== "string" || /\/\d+$/.test(x)) {
+      return ctx.fail(`${path}[${i}]`, `${JSON.stringify(x)} is not an IP address`, `e.g. "192.0.2.53" or "2001:db8::53"`);
+    }
+    return ipaddr.parse(cidr.slice(0, cidr.lastIndexOf("/"))).toString();
+  }),
+};
+
+function secrets(ctx: Ctx, value: unknown, where: string): SecretSpec[] {
+  if (!Array.isArray(value)) ctx.fail(where, `is ${describe(value)}, not a list`, `e.g. "secrets": [{ "env": "API_KEY", "allowedHosts": ["api.example.com"] }]`);
+  return (value as unknown[]).map((x, i) => {
+    const path = `${where}[${i}]`;
+    const o = object(ctx, x, path, path, SECRET_KEYS, `e.g. { "env": "API_KEY", "allowedHosts": ["api.example.com"], "valueFrom": { "env": "REAL_KEY" } }`);
+    if (typeof o.env !== "string") ctx.fail(`${path}.env`, `is ${describe(o.env)}, not a variable name`, `e.g. "env": "API_KEY"`);
+    const spec: SecretSpec = { env: o.env as string, allowedHosts: stringList(ctx, o.allowedHosts, `${path}.allowedHosts`, "api.example.com") };
+    if (o.valueFrom !== undefined) {
+      const v = o.valueFrom as Record<string, unknown>;
+      if (typeof v !== "object" || v === null || (typeof v.env !== "string" && typeof v.file !== "string") || Object.keys(v).length !== 1) {
+        ctx.fail(`${path}.valueFrom`, `is ${describe(o.valueFrom)}`, `use { "env": "VARIABLE" } or { "file": "/path/to/value" }`);
+      }
+      spec.valueFrom = typeof v.env === "string" ? { env: v.env } : { file: v.file as string };
+    }
+    if (o.placeholder !== undefined) spec.placeholder = String(o.placeholder);
+    if (o.inject !== undefined) spec.inject = o.inject as SecretSpec["inject"];
+    return spec;
+  });
 }
 
 interface Ctx {
@@ -296,37 +318,16 @@ function rule(ctx: Ctx, value: unknown, path: string): Rule {
 
 const EXAMPLE: Readonly<Record<string, string>> = { cidr: "10.0.0.0/8", name: "api.example.com", suffix: "example.com", group: "private" };
 
-function dns(ctx: Ctx, value: unknown): DnsConfig {
-  const d = object(ctx, value, "network.dns", "network.dns", DNS_KEYS, `e.g. "dns": { "blockDomainSuffixes": [".tracking.example"] }`);
-  const out: DnsConfig = {};
-  const names = (key: "blockDomains" | "blockDomainSuffixes", suffix: boolean): string[] =>
-    stringList(ctx, d[key], `network.dns.${key}`, suffix ? ".tracking.example" : "malware.example.com").map((s, i) => {
-      try {
-        return normalizeName(suffix ? s.replace(/^\*?\./, "") : s);
-      } catch (e) {
-        if (!(e instanceof ConfigError)) throw e;
-        return ctx.fail(`network.dns.${key}[${i}]`, `${JSON.stringify(s)} is not a domain name${suffix ? " suffix" : ""}`,
-          suffix ? `e.g. ".tracking.example" or "*.tracking.example"` : `e.g. "malware.example.com"`);
-      }
-    });
-  if (d.blockDomains !== undefined) out.blockDomains = names("blockDomains", false);
-  if (d.blockDomainSuffixes !== undefined) out.blockDomainSuffixes = names("blockDomainSuffixes", true);
-  if (d.nameservers !== undefined) {
-    out.nameservers = stringList(ctx, d.nameservers, "network.dns.nameservers", "192.0.2.53").map((s, i) => {
-      const cidr = strictCidr(s.replace(/^\[(.*)\]$/, "$1"));
-      if (typeof cidr !== "string" || /\/\d+$/.test(s)) {
-        return ctx.fail(`network.dns.nameservers[${i}]`, `${JSON.stringify(s)} is not an IP address`, `e.g. "192.0.2.53" or "2001:db8::53"`);
-      }
-      return ipaddr.parse(cidr.slice(0, cidr.lastIndexOf("/"))).toString();
-    });
-  }
-  if (d.queryTimeoutMs !== undefined) out.queryTimeoutMs = positiveInteger(ctx, d.queryTimeoutMs, "network.dns.queryTimeoutMs", "e.g. 2000");
-  if (d.rebindProtection !== undefined) {
-    if (typeof d.rebindProtection !== "boolean") ctx.fail("network.dns.rebindProtection", `is ${describe(d.rebindProtection)}, not true or false`, `e.g. "rebindProtection": true`);
-    out.rebindProtection = d.rebindProtection as boolean;
-  }
-  if (d.blockedResponse !== undefined) out.blockedResponse = oneOf(ctx, d.blockedResponse, "network.dns.blockedResponse", ["refused", "nxdomain"] as const);
-  return out;
+function domainNames(ctx: Ctx, value: unknown, path: string, suffix: boolean): string[] {
+  return stringList(ctx, value, path, suffix ? ".tracking.example" : "malware.example.com").map((s, i) => {
+    try {
+      return normalizeName(suffix ? s.replace(/^\*?\./, "") : s);
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      return ctx.fail(`${path}[${i}]`, `${JSON.stringify(s)} is not a domain name${suffix ? " suffix" : ""}`,
+        suffix ? `e.g. ".tracking.example" or "*.tracking.example"` : `e.g. "malware.example.com"`);
+    }
+  });
 }
 
 // --- generic checks ---------------------------------------------------------------------------
@@ -350,13 +351,6 @@ function oneOf<T extends string>(ctx: Ctx, value: unknown, path: string, choices
     ctx.fail(path, `is ${describe(value)}`, `expected ${choices.map((c) => JSON.stringify(c)).join(" or ")}`);
   }
   return value as T;
-}
-
-function positiveInteger(ctx: Ctx, value: unknown, path: string, example: string): number {
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-    ctx.fail(path, `is ${describe(value)}, not a positive integer`, example);
-  }
-  return value as number;
 }
 
 function stringList(ctx: Ctx, value: unknown, path: string, example: string): string[] {

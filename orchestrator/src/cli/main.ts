@@ -2,21 +2,22 @@
 import { readFileSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { parseFlags, flagHelp, type FlagSpec } from "./args.js";
-import { NetnsSandbox, DEFAULT_MTU, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
+import { option, optionsOf, OPTIONS, type OptionEntry } from "../gateway/schema.js";
+import type { GatewayOptions } from "../gateway/options.js";
+import type { VmOptions } from "../vm/vm-sandbox.js";
+import { NetnsSandbox, type NetnsSandboxOptions } from "../sandbox/netns-sandbox.js";
 import type { GuestSandbox } from "../sandbox/sandbox.js";
 import { MoatError, ConfigError, CommandError } from "../errors.js";
-import { layout as L } from "../engine/layout.js";
 import { NetworkPolicy } from "../model/policy.js";
 import { parseRule } from "../policy/rule-parser.js";
 import { loadConfigFile, type MoatConfig } from "./config-file.js";
 import { parsePublish, describePort } from "../gateway/ports.js";
-import type { TlsOptions } from "../tls/setup.js";
-import { parseSecretFlag, type ViolationAction } from "../secrets/secrets.js";
+import { parseSecretFlag } from "../secrets/secrets.js";
 import { serveGateway } from "../sandbox/serve.js";
 import { cleanupLeftovers } from "../sandbox/cleanup.js";
 import { hostRoot, reexecRootless } from "../sandbox/rootless.js";
 import type { LinkSpec } from "../links/link.js";
-import { setEngineThreads, MAX_ENGINE_THREADS } from "../engine/engine-host.js";
+import { setEngineThreads } from "../engine/engine-host.js";
 import { parseListenAddress, serveMetrics, renderMetrics, type GatewaySample } from "../gateway/metrics.js";
 import { ControlServer, defaultControlPath, type ControlEntry, type ControlHooks } from "../control/server.js";
 import { expectOk, stream as streamCall } from "../control/client.js";
@@ -25,80 +26,16 @@ import { LIMIT_FLAGS, LIMIT_KEYS, validateLimit, type RateLimits } from "../gate
 
 const VERSION = (JSON.parse(readFileSync(new URL("../../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
-const RUN_FLAGS: readonly FlagSpec[] = [
-  { name: "net", kind: "string", metavar: "PRESET", choices: ["public-only", "allow-all", "none"], help: "policy preset: public-only (default: the internet, not the host, metadata,\nloopback, private, link-local or multicast ranges), allow-all, or none\n(no network interface at all)" },
-  { name: "no-net", kind: "bool", help: "the same as --net none (the reference's spelling)" },
-  { name: "net-rule", kind: "string", metavar: "RULE", repeat: true, help: "a rule, ACTION[:DIRECTION]@TARGET[:PROTO[:PORTS]], tried in order before\nthe preset's own (first match wins). ACTION allow|deny; DIRECTION egress|\ningress; TARGET any, IP, CIDR ([v6] in brackets), name, .suffix, *.suffix,\ngroup:NAME (host, metadata, loopback, private, link-local, multicast,\npublic); PROTO tcp|udp|icmp|icmpv6|any; PORTS N or N-M.\nExample: allow@group:private:tcp:5432" },
-  { name: "net-default-egress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to traffic no rule matched. Without --net (or a --config\npolicy) the preset's rules are left out: deny + --net-rule = an allowlist" },
-  { name: "net-default-ingress", kind: "string", metavar: "ACTION", choices: ["allow", "deny"], help: "what happens to a peer on a published port that no ingress rule matched\n(default allow: publishing a port is the permission)" },
-  { name: "publish", short: "p", kind: "string", metavar: "[BIND:]HOST:GUEST", repeat: true, help: "publish guest port GUEST on this machine's HOST port: connections to\nBIND:HOST (default 127.0.0.1; [::1] for IPv6) reach the sandbox, coming\nfrom the gateway's address. /udp for UDP (default tcp). HOST 0 picks a free\nport (printed). Judged by ingress rules, e.g. deny:ingress@10.0.0.0/8.\nA bind beyond loopback (0.0.0.0, a LAN address) prints a warning" },
-  { name: "deny-response", kind: "string", metavar: "HOW", choices: ["drop", "reject", "http"], help: "drop (default: silence, as on a firewalled network), reject (TCP\nreset, ICMP administratively prohibited: fails fast), or http (reject,\nand a denied HTTP request on port 80 — or HTTPS, when intercepted — gets\n403 naming the host and the rule, so an agent learns why)" },
-  { name: "max-connections", kind: "int", metavar: "N", min: 1, max: L.FLOW_CAPACITY, help: "most TCP + UDP connections at once (default 4096)" },
-  { name: "limit-egress", kind: "string", metavar: "RATE[:BURST]", help: "most bandwidth from the sandbox: RATE in bit, kbit, mbit or gbit a second\n(×1000, as tc: 10mbit, 1.5gbit), BURST in bytes, a number or with k, m or g\n(×1024; default 100 ms of RATE, at least 256k; at least 64k): 50mbit:512k.\nTCP is paced by the window the guest is offered, never dropped; UDP and\nICMP over it are dropped. Payload bytes count. none: no limit" },
-  { name: "limit-ingress", kind: "string", metavar: "RATE[:BURST]", help: "most bandwidth to the sandbox, as --limit-egress: TCP is paced by reading\nthe host socket no faster (the sender's TCP slows down); UDP and ICMP over\nit are dropped" },
-  { name: "limit-conn-rate", kind: "string", metavar: "N[:BURST]", help: "most new connections (TCP, UDP and ICMP flows) the sandbox opens a second\n(20, or 0.5), BURST at once (default N/10, at least 1): 20:5. A TCP\nconnection over it waits (its SYN held; past 1024 held, reset); a new UDP\nor ICMP flow's datagram is dropped" },
-  { name: "limit-dns-rate", kind: "string", metavar: "N[:BURST]", help: "most DNS queries a second (UDP, TCP and DoT alike), BURST at once (default\nN, at least 1); those over it are answered REFUSED" },
-  { name: "config", kind: "string", metavar: "FILE", help: "JSON file with the same model as the library ({\"network\": {...}});\nflags given as well take precedence" },
-  { name: "audit-log", kind: "string", metavar: "FILE", help: "append every event (denied flows, DNS blocks and rewrites, TLS refusals,\nsecret violations, ports, lifecycle, limits) as a JSON line to FILE\n({\"v\":1,\"time\":…,\"sandbox\":…,\"kind\":…}; README, Events)" },
-  { name: "audit-log-max-bytes", kind: "int", metavar: "N", min: 4096, max: 2 ** 50, help: "stop writing the audit log at N bytes, with a last line saying so (default\n64 MiB)" },
-  { name: "audit-log-interval-ms", kind: "int", metavar: "MS", min: 1, max: 86400000, help: "repeats of one event (same rule, destination, port) within MS after its\nfirst are counted and written as one summary line (default 10000)" },
-  { name: "dns-block", kind: "string", metavar: "NAME", repeat: true, help: "answer NAME locally as blocked (REFUSED), never asking upstream" },
-  { name: "dns-block-suffix", kind: "string", metavar: "SUFFIX", repeat: true, help: "block SUFFIX and every name under it (.ads.example or *.ads.example)" },
-  { name: "dns-nameserver", kind: "string", metavar: "ADDR", repeat: true, help: "upstream for DNS to the gateway, tried in order: IP, IP:PORT, [IPv6]:PORT,\nHOST or HOST:PORT (default: the host's /etc/resolv.conf)" },
-  { name: "dns-query-timeout-ms", kind: "int", metavar: "MS", min: 10, max: 60000, help: "per upstream attempt before failing over (default 5000)" },
-  { name: "no-dns-rebind-protection", kind: "bool", help: "let answers carry private, loopback, link-local or metadata addresses" },
-  { name: "dns-blocked-response", kind: "string", metavar: "RCODE", choices: ["refused", "nxdomain"], help: "the answer to a blocked name (default refused)" },
-  { name: "mtu", kind: "int", metavar: "BYTES", min: L.MTU_MIN, max: L.MTU_MAX, help: `MTU of the sandbox's eth0 (default ${DEFAULT_MTU}; large frames are cheap)` },
-  { name: "dns-forward", kind: "string", metavar: "ADDR", help: "shorthand for the upstreams: host (every nameserver of the host's\n/etc/resolv.conf, in order, with failover; the default), none (DNS\nfails), or one IP, IP:PORT or [IPv6]:PORT" },
-  { name: "udp-idle-ms", kind: "int", metavar: "MS", min: 100, max: 86400000, help: "close a UDP flow after this long without traffic (default 60000)" },
-  { name: "max-udp-flows", kind: "int", metavar: "N", min: 1, max: L.FLOW_CAPACITY, help: "most UDP flows the sandbox may hold at once (default 4096)" },
-  { name: "ipv4-pool", kind: "string", metavar: "CIDR", help: "pool carved into one /30 per sandbox (default 172.30.0.0/16)" },
-  { name: "exit-grace-ms", kind: "int", metavar: "MS", min: 0, max: 600000, help: "when COMMAND ends, keep serving the guest's TCP connections until they\nfinish or move no data for MS (default 5000; 0: cut at once). Connections\nstill open then are reset, so their peers never mistake them for complete" },
-  { name: "tls-intercept", kind: "bool", help: "intercept TLS (DESIGN §8): connections to --tls-port ports are terminated\nwith a leaf certificate from moat's CA (which the sandbox trusts) and\nre-originated to the original address, verified; DoT is answered by moat's\nDNS; QUIC to those ports is dropped. Any other --tls-* option implies it" },
-  { name: "tls-port", kind: "string", metavar: "N", repeat: true, help: "a TCP port to intercept (default 443)" },
-  { name: "tls-bypass", kind: "string", metavar: "PATTERN", repeat: true, help: "pass TLS for this SNI through untouched: a name, or *.suffix (which also\nmatches the suffix itself)" },
-  { name: "tls-ca-cert", kind: "string", metavar: "FILE", help: "intercept with this CA certificate (PEM; with --tls-ca-key) instead of an\nephemeral one" },
-  { name: "tls-ca-key", kind: "string", metavar: "FILE", help: "the key of --tls-ca-cert (PEM, RSA or EC)" },
-  { name: "tls-ca-out", kind: "string", metavar: "FILE", help: "write the CA certificate clients must trust to FILE" },
-  { name: "tls-upstream-ca", kind: "string", metavar: "FILE", repeat: true, help: "also trust this CA (PEM) for upstream servers, besides the host's roots" },
-  { name: "tls-no-verify-upstream", kind: "bool", help: "do not verify upstream servers' certificates" },
-  { name: "tls-no-block-quic", kind: "bool", help: "let UDP to intercepted ports (QUIC) through" },
-  { name: "tls-trust-host-cas", kind: "bool", help: "the sandbox trusts this host's whole CA store besides moat's CA. Default:\nthe distribution's CA set (Debian: /usr/share/ca-certificates/mozilla)\nand moat's CA, not CAs added on the host (/usr/local/share/ca-certificates):\nwith this, a CA planted on the host is trusted in every sandbox" },
-  { name: "secret", kind: "string", metavar: "NAME@HOSTS", repeat: true, help: "NAME[=ENVVAR]@HOST[,HOST...]: the command sees NAME as a placeholder;\nmoat puts the real value (its own environment variable NAME, or ENVVAR)\ninto HTTP headers and Basic auth of requests to HOST (a name or *.suffix)\nover intercepted TLS, where DNS, SNI and Host agree. The placeholder\nheaded anywhere else (another host, DNS names, request bodies; raw,\nbase64, %XX, JSON-escaped) is blocked. Implies --tls-intercept" },
-  { name: "secret-violation", kind: "string", metavar: "ACTION", choices: ["block", "block-and-log", "block-and-terminate"], help: "block (default: the request never leaves; HTTP gets a 403 saying why),\nblock-and-log (and an audit event: secret, host, where; never the value),\nblock-and-terminate (and the sandbox is destroyed: moat exits 125)" },
-  { name: "env", short: "e", kind: "string", metavar: "NAME[=VALUE]", repeat: true, help: "give COMMAND the variable NAME: =VALUE, or without it NAME's value in\nmoat's environment (left out when unset there). COMMAND's environment is\notherwise clean: PATH, HOME, TERM and LANG (a VM: its own PATH and HOME),\nmoat's own variables (placeholders, CA bundle), nothing else of moat's" },
-  { name: "env-file", kind: "string", metavar: "FILE", repeat: true, help: "read variables from FILE: NAME=VALUE or NAME lines as for -e (the value\nis everything after the =, quotes included), # comments, blank lines;\n-e wins over a file, a later file over an earlier one" },
-  { name: "user", kind: "string", metavar: "UID[:GID]", help: "the host uid (and gid) the sandbox's root is: its processes and whatever\nthey may touch on the host are that uid's. Default: under sudo, the user\nwho ran sudo (SUDO_UID, SUDO_GID), else nobody (65534). Never 0. GID\ndefaults to the uid's primary group. Namespace sandboxes only" },
-  { name: "vm", kind: "bool", help: "run COMMAND in a QEMU microVM instead of a namespace: its own kernel and\nfilesystem (moat's initramfs: busybox), its NIC served by moat over\nvhost-user, stdin/stdout/stderr and the exit status carried over\nvirtio-serial. The guest image is built from Debian's packages on first use\n(cached in ~/.cache/moat)" },
-  { name: "vm-memory", kind: "int", metavar: "MiB", min: 64, max: 65536, help: "guest RAM (default 256)" },
-  { name: "vm-cpus", kind: "int", metavar: "N", min: 1, max: 64, help: "guest vCPUs (default 1)" },
-  { name: "vm-link", kind: "string", metavar: "KIND", choices: ["vhost-user", "stream"], help: "how the guest's NIC reaches moat: vhost-user (default: virtqueues in\nshared memory) or stream (QEMU -netdev stream, portable)" },
-  { name: "vm-accel", kind: "string", metavar: "ACCEL", choices: ["auto", "kvm", "tcg"], help: "auto (default: KVM where the guest boots on it, else TCG), kvm or tcg" },
-  { name: "name", kind: "string", metavar: "NAME", help: "the sandbox's name (audit events, MAC addresses), unique among this host's\nlive sandboxes (default moat-<pool tag>-<slot>, the namespace's name)" },
-  { name: "pcap", kind: "string", metavar: "FILE", help: "write every frame at the sandbox's link to FILE (pcap, nanosecond\ntimestamps, Ethernet: tcpdump -r FILE, wireshark)" },
-  { name: "pcap-max-bytes", kind: "int", metavar: "N", min: 0, max: 2 ** 50, help: "stop capturing (saying so once) before FILE exceeds N bytes (default\n256 MiB; 0: no bound)" },
-  { name: "stats", kind: "bool", help: "print the engine's counters to stderr when the command ends" },
-  { name: "stats-interval", kind: "int", metavar: "SECONDS", min: 1, max: 86400, help: "also print the counters of --metrics every SECONDS as one JSON line on\nstderr ({\"v\":1,\"kind\":\"stats\",\"sandbox\":...,\"counters\":{...},\"dns\":...})" },
-  { name: "metrics", kind: "string", metavar: "[ADDR:]PORT", help: "serve Prometheus metrics (text format 0.0.4) at http://ADDR:PORT/metrics\n(ADDR default 127.0.0.1; PORT 0 picks one, printed): flows, bytes and\npackets, drops by reason, DNS, TLS, secrets, policy; a sandbox label each" },
-  { name: "help", kind: "bool", help: "show this help" },
-];
-
-const CONTROL_FLAG: FlagSpec = { name: "control", kind: "string", metavar: "PATH", help: "the control socket (default /run/moat/control.sock as root, else\n$XDG_RUNTIME_DIR/moat/control.sock)" };
-
+// Every flag is an entry of the options schema (gateway/schema.ts): its type, range and help.
+const RUN_FLAGS = optionsOf("run");
+const CONTROL_FLAG = option("control");
 /** What `moat policy` and PUT /v1/sandboxes/NAME/policy take: the policy flags of run. */
-const POLICY_FLAG_NAMES = ["net", "net-rule", "net-default-egress", "deny-response", "config"];
+const POLICY_FLAGS = optionsOf("policy");
 /** What `moat limit` takes: the --limit-* flags of run. */
-const LIMIT_FLAG_NAMES = LIMIT_KEYS.map((k) => LIMIT_FLAGS[k].slice(2));
-
-const SERVE_LINK_FLAGS: readonly FlagSpec[] = [
-  { name: "vhost-user", kind: "string", metavar: "PATH", help: "listen at unix socket PATH as a vhost-user-net backend: QEMU (-chardev\nsocket,path=PATH,reconnect=1 -netdev vhost-user,chardev=…, guest memory\nshared: memory-backend-memfd,share=on) or cloud-hypervisor connects" },
-  { name: "stream", kind: "string", metavar: "PATH", help: "listen at unix socket PATH for QEMU -netdev stream (addr.type=unix,\naddr.path=PATH, server=off): 4-byte length + frame" },
-  { name: "attach", kind: "string", metavar: "IFNAME", help: "serve interface IFNAME from its kernel side (AF_PACKET): the TAP device a VMM\nholds (Firecracker's host_dev_name, cloud-hypervisor's or QEMU's tap), or\na veth end whose peer is the guest's. It must exist; moat brings it up" },
-  { name: "tap", kind: "string", metavar: "IFNAME", help: "open the existing TAP device IFNAME as its one holder (the kernel side\nis the guest's). It must exist and not be held: a TAP a VMM holds is\n--attach's" },
-];
+const LIMIT_FLAGS_OF_RUN = optionsOf("limit");
+const SERVE_LINK_FLAGS = ["vhost-user", "stream", "attach", "tap"].map(option);
 // Everything about the network is shared with run; what only a command run by moat has is not.
-const SERVE_FLAGS: readonly FlagSpec[] = [...SERVE_LINK_FLAGS, ...RUN_FLAGS.filter((f) => !["no-net", "exit-grace-ms", "user"].includes(f.name)),
-  { ...CONTROL_FLAG, help: "also serve a control socket at PATH (0600; docs/control-api.yaml): inspect,\npolicy, rate limits, ports, events and metrics of this guest (moat ps/\ninspect/policy/limit)" }];
+const SERVE_FLAGS = optionsOf("serve");
 
 const MAIN_HELP = `moat ${VERSION} — a userspace network gateway for sandboxes
 
@@ -118,8 +55,9 @@ Usage:
   moat exec [-i] NAME -- COMMAND [ARGS...]    run COMMAND in a sandbox; its output and status
   moat policy NAME [--net ...] [--net-rule RULE ...] [--net-default-egress ACTION]
                                               replace a sandbox's policy (new connections)
-  moat limit NAME [--limit-egress RATE[:BURST]|none] [--limit-ingress ...] [--limit-conn-rate N[:BURST]|none]
-       [--limit-dns-rate ...]                 change a sandbox's rate limits (open flows too);
+  moat limit NAME [--limit-egress RATE[:BURST]|none] [--limit-ingress ...]
+       [--limit-conn-rate N[:BURST]|none] [--limit-dns-rate ...]
+                                              change a sandbox's rate limits (open flows too);
                                               without options, show them
   moat publish NAME [BIND:]HOST:GUEST[/udp] | moat unpublish NAME HOSTPORT[/udp]
   moat cleanup                                remove what moat processes that died left
@@ -135,14 +73,15 @@ Creates a network namespace whose only interface, eth0, is a TAP device served b
 engine, and runs COMMAND inside it with your stdin/stdout/stderr. moat removes the namespace
 afterwards, also when interrupted, and exits as docker does: with COMMAND's exit status (128+N
 if it was killed by signal N), 127 if COMMAND was not found, 126 if it could not be executed,
-125 if moat itself failed (a bad option included). With --vm, COMMAND runs in a QEMU microVM instead (its own kernel and a busybox
-userland, eth0 configured by DHCP from the same gateway, IPv6 as below); the policy, DNS,
-port, TLS and secret options apply to both.
+125 if moat itself failed (a bad option included). With --vm, COMMAND runs in a QEMU microVM
+instead (its own kernel and a busybox userland, eth0 configured by DHCP from the same gateway,
+IPv6 as below); the policy, DNS, port, TLS and secret options apply to both.
 
 Inside the sandbox:
   who          (a namespace; a VM's command is root of its own kernel) root, with no
-               privilege on this host: uid 0 inside is an unprivileged uid outside (--user; default: the user who ran sudo, else nobody), with Docker's
-               default capabilities over the sandbox's own namespaces only (none to
+               privilege on this host: uid 0 inside is an unprivileged uid outside (--user;
+               default: the user who ran sudo, else nobody), with Docker's default
+               capabilities over the sandbox's own namespaces only (none to
                reconfigure eth0 or undo mounts), no_new_privs, a session of its own
   processes    its own PID namespace and /proc: only the sandbox's processes (PID 1 is
                moat's holder); moat's and the host's cannot be seen, signalled or joined
@@ -193,15 +132,18 @@ Examples:
   moat run -- ip -4 addr show eth0      # its address; \`ip route\` shows the gateway
   moat run --net allow-all -- curl http://10.0.0.5/
   moat run --net-rule allow@group:private:tcp:5432 --audit-log /tmp/denied.jsonl -- psql -h 10.1.2.3
-  moat run --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443 -- curl https://203.0.113.7/
+  moat run --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443 \\
+    -- curl https://203.0.113.7/
   moat run --dns-nameserver 192.0.2.53 --dns-block-suffix ads.example -- dig example.test
-  moat run --net-default-egress deny --net-rule allow@api.example.com:tcp:443 -- curl https://api.example.com/
+  moat run --net-default-egress deny --net-rule allow@api.example.com:tcp:443 \\
+    -- curl https://api.example.com/
   moat run --stats -- sh -c 'echo hello | socat - UDP:203.0.113.10:7'
   moat run --tls-intercept --tls-bypass '*.pinned.example' -- curl https://example.com/
   OPENAI_API_KEY=sk-... moat run --secret OPENAI_API_KEY@api.openai.com -- python3 agent.py
-  sudo moat run -e LOG_LEVEL=debug --env-file agent.env -- python3 agent.py   # runs as you, contained
+  sudo moat run -e LOG_LEVEL=debug --env-file agent.env -- python3 agent.py  # runs as you
   moat run -p 8080:8000 -- python3 -m http.server 8000      # then: curl http://127.0.0.1:8080/
-  moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 -- dnsmasq -d
+  moat run -p 5353:53/udp --net-default-ingress deny --net-rule allow:ingress@127.0.0.1 \\
+    -- dnsmasq -d
   moat run --vm --vm-memory 512 -- sh -c 'uname -r; nslookup example.com'   # a microVM
 `;
 
@@ -241,11 +183,33 @@ Examples:
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \\
     -chardev socket,id=c0,path=/run/vm1.sock,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \\
     -device virtio-net-pci,netdev=n0 ...      # under TCG, QEMU 7.2 needs vectors=0 on the device
-  moat serve --stream /run/vm2.sock --net-default-egress deny --net-rule allow@api.example.com:tcp:443
+  moat serve --stream /run/vm2.sock --net-default-egress deny \\
+    --net-rule allow@api.example.com:tcp:443
   ip tuntap add dev tap0 mode tap      # Firecracker: "network-interfaces": [{"iface_id": "eth0",
   moat serve --attach tap0 &           #   "host_dev_name": "tap0"}]; the guest runs a DHCP client
   moat serve --tap tap1 --audit-log /var/log/vm3-denied.jsonl   # moat holds tap1
 `;
+
+const DAEMON_HELP = `Usage: moat daemon [OPTIONS]
+
+Owns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON;
+docs/control-api.yaml) by moat create/ps/inspect/exec/policy/limit/publish/rm or any HTTP client.
+Sandboxes outlive the clients that made them; SIGTERM or SIGINT removes them all and exits.
+
+Options:
+${flagHelp(optionsOf("daemon"))}
+`;
+
+const CREATE_HELP = `Usage: moat create [--control PATH] [--name NAME] [OPTIONS of moat run]
+
+Creates a sandbox in the daemon and prints its description (moat inspect). Commands run in it
+with moat exec.
+`;
+
+/** The help of `moat`, or of one of its commands (what --help prints). */
+export function helpText(command?: "run" | "serve" | "daemon" | "create"): string {
+  return command === undefined ? MAIN_HELP : { run: RUN_HELP, serve: SERVE_HELP, daemon: DAEMON_HELP, create: CREATE_HELP }[command];
+}
 
 function signalNumber(sig: NodeJS.Signals): number {
   return (osConstants.signals as Record<string, number>)[sig] ?? 0;
@@ -295,39 +259,38 @@ function runOptions(flags: Map<string, string | number | boolean>, lists: Map<st
   // changes what happens to traffic no rule matched.
   const dflt = flags.get("net-default-egress") as "allow" | "deny" | undefined;
   if (dflt) policy = new NetworkPolicy(dflt, preset || file.policy ? policy.rules : rules, policy.offline);
+  const { vm: _vm, ...plain } = plainOptions(flags, lists, config);
   return {
+    ...plain,
     policy,
-    denyResponse: (flags.get("deny-response") as "drop" | "reject" | "http" | undefined) ?? file.denyResponse,
-    maxConnections: (flags.get("max-connections") as number | undefined) ?? file.maxConnections,
     limits: { ...file.limits, ...limitFlags(flags) },
-    auditLog: (flags.get("audit-log") as string | undefined) ?? file.auditLog,
-    auditLogOptions: {
-      maxBytes: (flags.get("audit-log-max-bytes") as number | undefined) ?? file.auditLogMaxBytes,
-      intervalMs: (flags.get("audit-log-interval-ms") as number | undefined) ?? file.auditLogIntervalMs,
-    },
-    dns: {
-      blockDomains: [...(file.dns?.blockDomains ?? []), ...(lists.get("dns-block") ?? [])],
-      blockDomainSuffixes: [...(file.dns?.blockDomainSuffixes ?? []), ...(lists.get("dns-block-suffix") ?? [])],
-      nameservers: lists.get("dns-nameserver") ?? file.dns?.nameservers,
-      queryTimeoutMs: (flags.get("dns-query-timeout-ms") as number | undefined) ?? file.dns?.queryTimeoutMs,
-      rebindProtection: flags.get("no-dns-rebind-protection") ? false : file.dns?.rebindProtection,
-      blockedResponse: (flags.get("dns-blocked-response") as "refused" | "nxdomain" | undefined) ?? file.dns?.blockedResponse,
-    },
-    mtu: flags.get("mtu") as number | undefined,
-    dnsForward: flags.get("dns-forward") as string | undefined,
-    udpIdleMs: flags.get("udp-idle-ms") as number | undefined,
-    maxUdpFlows: flags.get("max-udp-flows") as number | undefined,
-    ipv4Pool: flags.get("ipv4-pool") as string | undefined,
-    name: flags.get("name") as string | undefined,
-    exitGraceMs: (flags.get("exit-grace-ms") as number | undefined) ?? file.exitGraceMs,
     ports: [...(file.ports ?? []), ...(lists.get("publish") ?? []).map((t) => parsePublish(t, "-p"))],
-    tls: tlsOptions(flags, lists, file.tls),
     secrets: [...(file.secrets ?? []), ...(lists.get("secret") ?? []).map(parseSecretFlag)],
-    onSecretViolation: (flags.get("secret-violation") as ViolationAction | undefined) ?? file.secretViolation,
-    defaultIngress: (flags.get("net-default-ingress") as "allow" | "deny" | undefined) ?? file.defaultIngress,
     user: (flags.get("user") as string | undefined) ?? config.sandbox?.user,
     pcap: pcapOption(flags),
   };
+}
+
+/**
+ * The options of one plain value (schema entries with an api path and no grammar of their own):
+ * each flag given over its config file value, a list's flags after the file's where the entry
+ * says append; laid out at the entries' api paths ({ dns: { queryTimeoutMs }, vm: { cpus } ...}).
+ */
+function plainOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, config: MoatConfig): GatewayOptions & { vm?: VmOptions } {
+  const out: Record<string, unknown> = {};
+  const at = (o: object, path: string): unknown => path.split(".").reduce<unknown>((v, k) => (v as Record<string, unknown> | undefined)?.[k], o);
+  for (const e of OPTIONS as readonly OptionEntry[]) {
+    if (e.api === undefined || e.parse !== undefined) continue;
+    const file = e.config === undefined ? undefined : at(config, e.config);
+    const given = e.type === "list" ? lists.get(e.flag)?.map((v) => (e.item === "int" ? Number(v) : v))
+      : e.type === "bool" ? (flags.get(e.flag) ? !e.negate : undefined) : flags.get(e.flag);
+    const value = e.append && (file !== undefined || given !== undefined) ? [...(file as unknown[] ?? []), ...(given as unknown[] ?? [])] : given ?? file;
+    if (value === undefined) continue;
+    const keys = e.api.split(".");
+    const parent = keys.slice(0, -1).reduce((o, k) => (o[k] ??= {}) as Record<string, unknown>, out);
+    parent[keys.at(-1)!] = value;
+  }
+  return out as GatewayOptions & { vm?: VmOptions };
 }
 
 /** The --limit-* flags given, checked (an error names the flag, the value and the forms it takes); "none" is null. */
@@ -376,28 +339,6 @@ function pcapOption(flags: Map<string, string | number | boolean>): { path: stri
     return undefined;
   }
   return { path: flags.get("pcap") as string, maxBytes };
-}
-
-/** --tls-* over the config file's tls section; undefined when nothing asks for interception. */
-function tlsOptions(flags: Map<string, string | number | boolean>, lists: Map<string, string[]>, file: TlsOptions | undefined): TlsOptions | undefined {
-  const ports = lists.get("tls-port")?.map((p) => {
-    if (!/^\d+$/.test(p) || Number(p) < 1 || Number(p) > 65535) throw new ConfigError(`run: --tls-port "${p}" is not a port`, "e.g. --tls-port 8443");
-    return Number(p);
-  });
-  const o: TlsOptions = {
-    ...file,
-    ...(flags.get("tls-intercept") ? { intercept: true } : {}),
-    ...(ports ? { ports } : {}),
-    ...(lists.get("tls-bypass") ? { bypass: [...(file?.bypass ?? []), ...lists.get("tls-bypass")!] } : {}),
-    ...(flags.has("tls-ca-cert") ? { caCert: flags.get("tls-ca-cert") as string } : {}),
-    ...(flags.has("tls-ca-key") ? { caKey: flags.get("tls-ca-key") as string } : {}),
-    ...(flags.has("tls-ca-out") ? { caOut: flags.get("tls-ca-out") as string } : {}),
-    ...(lists.get("tls-upstream-ca") ? { upstreamCa: [...(file?.upstreamCa ?? []), ...lists.get("tls-upstream-ca")!] } : {}),
-    ...(flags.get("tls-no-verify-upstream") ? { verifyUpstream: false } : {}),
-    ...(flags.get("tls-no-block-quic") ? { blockQuic: false } : {}),
-    ...(flags.get("tls-trust-host-cas") ? { trustHostCas: true } : {}),
-  };
-  return Object.keys(o).length ? o : undefined;
 }
 
 async function cmdRun(args: string[]): Promise<number> {
@@ -533,13 +474,13 @@ async function cmdServe(args: string[]): Promise<number> {
     return 0;
   }
   if (rest.length) throw new ConfigError(`serve: unexpected argument "${rest[0]}"`, "serve runs no command; see moat serve --help");
-  const links = SERVE_LINK_FLAGS.filter((f) => flags.has(f.name));
+  const links = SERVE_LINK_FLAGS.filter((f) => flags.has(f.flag));
   if (links.length !== 1) {
-    throw new ConfigError(links.length ? `serve: --${links[0]!.name} and --${links[1]!.name} both given` : "serve: no link given",
+    throw new ConfigError(links.length ? `serve: --${links[0]!.flag} and --${links[1]!.flag} both given` : "serve: no link given",
       "give exactly one of --vhost-user PATH, --stream PATH, --attach IFNAME, --tap IFNAME");
   }
-  const value = flags.get(links[0]!.name) as string;
-  const kind = links[0]!.name;
+  const value = flags.get(links[0]!.flag) as string;
+  const kind = links[0]!.flag;
   const link: LinkSpec = kind === "tap" ? { kind: "tap", netnsPath: "", ifname: value } : kind === "attach" ? { kind: "attach", ifname: value }
     : kind === "stream" ? { kind: "stream", path: value } : { kind: "vhost-user", path: value };
   const serveOptions = runOptions(flags, lists, configFile(flags));
@@ -603,12 +544,7 @@ async function runInVm(flags: Map<string, string | number | boolean>, options: N
   const { VmSandbox } = await import("../vm/vm-sandbox.js");
   const sandbox = await VmSandbox.create({
     ...options,
-    vm: {
-      memoryMiB: flags.get("vm-memory") as number | undefined,
-      cpus: flags.get("vm-cpus") as number | undefined,
-      link: flags.get("vm-link") as "vhost-user" | "stream" | undefined,
-      accel: flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined,
-    },
+    vm: plainOptions(flags, new Map(), {}).vm,
   });
   process.stderr.write(`moat: VM up in ${(sandbox.bootMs / 1000).toFixed(2)} s (${sandbox.accel}${sandbox.accel === "tcg" ? ": software emulation, KVM unavailable or unable to boot the guest here" : ""})\n`);
   reportChosenPorts(sandbox, options);
@@ -635,7 +571,7 @@ function runGraceText(grace: number): string {
 
 /** The policy and deny response of run's policy flags, alone (moat policy, the control socket's PUT policy). */
 function policyFromArgs(args: string[]): { policy: NetworkPolicy; denyResponse?: "drop" | "reject" | "http" } {
-  const specs = RUN_FLAGS.filter((f) => POLICY_FLAG_NAMES.includes(f.name));
+  const specs = POLICY_FLAGS;
   const { flags, lists, rest } = parseFlags(args, specs, "policy");
   if (rest.length) throw new ConfigError(`policy: unexpected argument "${rest[0]}"`, "give only --net, --net-rule, --net-default-egress, --deny-response or --config");
   if (flags.size === 0 && lists.size === 0) throw new ConfigError("policy: no policy given", "e.g. --net-default-egress deny --net-rule allow@203.0.113.0/24:tcp:443");
@@ -645,13 +581,11 @@ function policyFromArgs(args: string[]): { policy: NetworkPolicy; denyResponse?:
 
 /** `moat daemon`: sandboxes created, driven and removed over the control socket, until SIGTERM. */
 async function cmdDaemon(args: string[]): Promise<number> {
-  const specs: FlagSpec[] = [CONTROL_FLAG, RUN_FLAGS.find((f) => f.name === "metrics")!, RUN_FLAGS.find((f) => f.name === "stats-interval")!,
-    { name: "engine-threads", kind: "int", metavar: "N", min: 1, max: MAX_ENGINE_THREADS, help: "engine worker threads that serve all the sandboxes, and as many TLS worker\nthreads for their interception (default: one per core; each sandbox keeps its\nown engine memory, flow table and policy on its engine thread)" },
-    { name: "help", kind: "bool", help: "show this help" }];
+  const specs = optionsOf("daemon");
   const { flags, rest } = parseFlags(args, specs, "daemon");
   if (flags.has("engine-threads")) setEngineThreads(flags.get("engine-threads") as number);
   if (flags.get("help")) {
-    process.stdout.write(`Usage: moat daemon [OPTIONS]\n\nOwns many sandboxes, created and driven over a unix socket (HTTP/1.1 + JSON; docs/control-api.yaml)\nby moat create/ps/inspect/exec/policy/limit/publish/rm or any HTTP client. Sandboxes outlive the\nclients that made them; SIGTERM or SIGINT removes them all and exits.\n\nOptions:\n${flagHelp(specs)}\n`);
+    process.stdout.write(DAEMON_HELP);
     return 0;
   }
   if (rest.length) throw new ConfigError(`daemon: unexpected argument "${rest[0]}"`, "see moat daemon --help");
@@ -660,7 +594,7 @@ async function cmdDaemon(args: string[]): Promise<number> {
   const hooks: ControlHooks = {
     policyFromArgs,
     create: async ({ name, args: createArgs, vm }) => {
-      const specs = RUN_FLAGS.filter((f) => !["stats", "stats-interval", "metrics", "help", "tls-ca-out"].includes(f.name));
+      const specs = optionsOf("create").filter((f) => f.flag !== "help");
       const parsed = parseFlags(createArgs, specs, "create");
       if (parsed.rest.length) throw new ConfigError(`create: unexpected argument "${parsed.rest[0]}"`, "a sandbox of the daemon runs no command at creation: moat exec runs them");
       if (name !== undefined) parsed.flags.set("name", name);
@@ -672,10 +606,7 @@ async function cmdDaemon(args: string[]): Promise<number> {
       const created = new Date().toISOString();
       if (vm || parsed.flags.get("vm")) {
         const { VmSandbox } = await import("../vm/vm-sandbox.js");
-        const sandbox = await VmSandbox.create({ ...options, vm: {
-          memoryMiB: parsed.flags.get("vm-memory") as number | undefined, cpus: parsed.flags.get("vm-cpus") as number | undefined,
-          link: parsed.flags.get("vm-link") as "vhost-user" | "stream" | undefined, accel: parsed.flags.get("vm-accel") as "auto" | "kvm" | "tcg" | undefined, onProgress: () => {},
-        } });
+        const sandbox = await VmSandbox.create({ ...options, vm: { ...plainOptions(parsed.flags, new Map(), {}).vm, onProgress: () => {} } });
         return { kind: "vm", created, target: sandbox, args: createArgs, takeEarlyEvents, run: (c, o) => sandbox.run(c, o), destroy: () => sandbox.destroy() } satisfies ControlEntry;
       }
       const sandbox = await NetnsSandbox.create(options);
@@ -757,9 +688,9 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
       return 0;
     }
     case "create": {
-      const { path, flags, lists, rest, name } = clientArgs(cmd, [...args], RUN_FLAGS.filter((f) => !["stats", "stats-interval", "metrics", "tls-ca-out"].includes(f.name)));
+      const { path, flags, lists, rest, name } = clientArgs(cmd, [...args], optionsOf("create"));
       if (flags.get("help")) {
-        process.stdout.write(`Usage: moat create [--control PATH] [--name NAME] [OPTIONS of moat run]\n\nCreates a sandbox in the daemon and prints its description (moat inspect). Commands run in it\nwith moat exec.\n`);
+        process.stdout.write(CREATE_HELP);
         return 0;
       }
       if (name !== undefined || rest.length) throw new ConfigError(`create: unexpected argument "${name ?? rest[0]}"`, "a sandbox is created without a command: moat exec NAME -- COMMAND runs one");
@@ -767,7 +698,7 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
       return 0;
     }
     case "exec": {
-      const { path, name, rest, flags } = clientArgs(cmd, args, [{ name: "interactive", short: "i", kind: "bool", help: "send this process's stdin to the command (read to its end first, at most 768 KiB)" }]);
+      const { path, name, rest, flags } = clientArgs(cmd, args, optionsOf("exec"));
       const command = rest[0] === "--" ? rest.slice(1) : rest;
       if (command.length === 0) throw new ConfigError("exec: no command given", "e.g. moat exec NAME -- ip addr");
       let stdin: string | undefined;
@@ -789,7 +720,7 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
       return status;
     }
     case "policy": {
-      const { path, name, flags, lists, rest } = clientArgs(cmd, args, RUN_FLAGS.filter((f) => POLICY_FLAG_NAMES.includes(f.name)));
+      const { path, name, flags, lists, rest } = clientArgs(cmd, args, POLICY_FLAGS);
       if (rest.length) throw new ConfigError(`policy: unexpected argument "${rest[0]}"`, "e.g. moat policy NAME --net-default-egress deny --net-rule allow@api.example.com:tcp:443");
       const n = needName(cmd, name);
       const p = flags.size || lists.size ? await expectOk(path, "PUT", `/v1/sandboxes/${n}/policy`, { args: flagArgs(flags, lists) }) : await expectOk(path, "GET", `/v1/sandboxes/${n}/policy`);
@@ -797,7 +728,7 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
       return 0;
     }
     case "limit": {
-      const { path, name, flags, rest } = clientArgs(cmd, args, RUN_FLAGS.filter((f) => LIMIT_FLAG_NAMES.includes(f.name)));
+      const { path, name, flags, rest } = clientArgs(cmd, args, LIMIT_FLAGS_OF_RUN);
       if (rest.length) throw new ConfigError(`limit: unexpected argument "${rest[0]}"`, "e.g. moat limit NAME --limit-egress 10mbit --limit-conn-rate 20 (none removes a limit)");
       const n = needName(cmd, name);
       const change = limitFlags(flags); // checked here, so an error names the flag

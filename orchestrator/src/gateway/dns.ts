@@ -71,16 +71,16 @@ export class GatewayDns {
     const fwd = o.dnsForward;
     const servers = d.nameservers?.length ? await UpstreamResolver.resolveNameservers(d.nameservers)
       : fwd;
-    const upstream = new UpstreamResolver(servers, d.queryTimeoutMs ?? 5000);
+    const upstream = new UpstreamResolver(servers, d.queryTimeoutMs);
     const addr = this.gw.addresses;
     const gateway = hostSet([addr.gatewayIp4, addr.gatewayIp6, addr.gatewayLl6]);
     // One set of settings for both interceptors (the interceptor keeps a frozen copy of its own).
     const settings: DnsSettings = {
       blockDomains: d.blockDomains ?? [],
       blockDomainSuffixes: d.blockDomainSuffixes ?? [],
-      blockedResponse: d.blockedResponse ?? "refused",
-      rebindProtection: d.rebindProtection ?? true,
-      queryTimeoutMs: d.queryTimeoutMs ?? 5000,
+      blockedResponse: d.blockedResponse,
+      rebindProtection: d.rebindProtection,
+      queryTimeoutMs: d.queryTimeoutMs,
       maxInFlight: 64,
     };
     this.dns = new DnsInterceptor(settings, upstream, this.hooks);

@@ -24,6 +24,7 @@
 import { ConfigError } from "../errors.js";
 import type { EngineHost } from "../engine/engine-host.js";
 import type { Emit, LimitEvent } from "./events.js";
+import { option } from "./schema.js";
 
 /** Bandwidth: bits per second (×1000 units, as tc), and the bucket in bytes. */
 export interface BandwidthLimit { bitsPerSecond: number; burstBytes?: number }
@@ -55,8 +56,8 @@ export interface ValidLimits {
 
 export const LIMIT_KEYS = ["egress", "ingress", "connRate", "dnsRate"] as const;
 export type LimitKey = typeof LIMIT_KEYS[number];
-/** The command line's name of each limit. */
-export const LIMIT_FLAGS: Readonly<Record<LimitKey, string>> = { egress: "--limit-egress", ingress: "--limit-ingress", connRate: "--limit-conn-rate", dnsRate: "--limit-dns-rate" };
+/** The command line's name of each limit (the flag of its schema entry, api "limits.KEY"). */
+export const LIMIT_FLAGS = Object.fromEntries(LIMIT_KEYS.map((k) => [k, `--${option({ api: `limits.${k}` }).flag}`])) as Readonly<Record<LimitKey, string>>;
 export const NO_LIMITS: ValidLimits = Object.freeze({ egress: null, ingress: null, connRate: null, dnsRate: null });
 
 const BIT_UNITS: Readonly<Record<string, number>> = { bit: 1, kbit: 1e3, mbit: 1e6, gbit: 1e9 };

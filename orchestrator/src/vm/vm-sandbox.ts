@@ -19,6 +19,7 @@ import { leaseNamed, netnsName } from "../sandbox/leases.js";
 import { addressesFor, type SandboxAddresses } from "../gateway/addressing.js";
 import { Gateway } from "../gateway/gateway.js";
 import { validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/options.js";
+import type { SchemaFields } from "../gateway/schema.js";
 import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
 import { registeredTempDir } from "../sandbox/guard.js";
 import { ConfigError } from "../errors.js";
@@ -27,17 +28,13 @@ import { GUEST_TRUST, MOAT_CA_MARKER, trustBundle, type ValidTls } from "../tls/
 import { startVm, qemuValue, type Vm, type VmAccel } from "./qemu.js";
 import { VmError } from "./vm-error.js";
 
-export type VmLinkKind = "vhost-user" | "stream";
+export type VmLinkKind = NonNullable<SchemaFields<"vm.">["link"]>;
 
-export interface VmOptions {
-  /** Guest RAM in MiB (default 256). */
-  memoryMiB?: number;
-  /** vCPUs (default 1). */
-  cpus?: number;
-  /** How the NIC reaches the gateway: "vhost-user" (default: virtqueues in shared memory) or "stream". */
-  link?: VmLinkKind;
-  /** "auto" (default): KVM where the guest boots on it, else TCG. */
-  accel?: VmAccel | "auto";
+/**
+ * A VM's own options: memoryMiB, cpus, link, accel are the options schema's ("vm.*":
+ * gateway/schema.ts, --vm-* in `moat run --help`); the rest are here.
+ */
+export interface VmOptions extends SchemaFields<"vm."> {
   /** Progress of slow steps (image download and build, boot), one line each (default: stderr). */
   onProgress?: (line: string) => void;
   /** Host programs to add to the guest image with their libraries, e.g. ["iperf3"] (default: $MOAT_VM_EXTRA_BINARIES). */

@@ -3,6 +3,7 @@
 // screen, and the table itself is consistent (one flag per command, one entry per config path).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { OPTIONS, optionsOf, optionsTable, type Command, type OptionEntry } from "../../orchestrator/src/gateway/schema.js";
 import { helpText } from "../../orchestrator/src/cli/main.js";
@@ -18,6 +19,17 @@ test("the README's table of options is the schema's (npm run docs:options writes
   assert.equal(m[1], optionsTable(), "README.md's table is stale: run npm run docs:options");
 });
 
+const COMMANDS = [undefined, "run", "serve", "daemon", "create", "ps", "inspect", "exec", "policy", "limit", "publish", "unpublish", "rm", "cleanup"] as const;
+
+test("every command answers --help with its usage, and exit status 0", () => {
+  for (const c of COMMANDS) {
+    if (c === undefined) continue;
+    const r = spawnSync(process.execPath, [new URL("../../../bin/moat.js", import.meta.url).pathname, c, "--help"], { encoding: "utf8" });
+    assert.equal(r.status, 0, `moat ${c} --help: ${r.stderr}`);
+    assert.match(r.stdout, new RegExp(`^Usage: moat ${c}\\b`), `moat ${c} --help`);
+  }
+});
+
 test("help is within 100 columns: the schema's source, the commands' help in main.ts, --help", () => {
   const long = (text: string, where: string) => text.split("\n").flatMap((l, i) => ([...l].length > 100 ? [`${where}:${i + 1}: ${l}`] : []));
   const main = read("orchestrator/src/cli/main.ts");
@@ -26,7 +38,7 @@ test("help is within 100 columns: the schema's source, the commands' help in mai
   assert.deepEqual([
     ...long(read("orchestrator/src/gateway/schema.ts"), "schema.ts"),
     ...helps.flatMap((h) => long(h, "main.ts help")),
-    ...([undefined, "run", "serve", "daemon", "create"] as const).flatMap((c) => long(helpText(c), `moat ${c ?? ""} --help`)),
+    ...COMMANDS.flatMap((c) => long(helpText(c), `moat ${c ?? ""} --help`)),
   ], []);
 });
 

@@ -206,9 +206,35 @@ Creates a sandbox in the daemon and prints its description (moat inspect). Comma
 with moat exec.
 `;
 
+const CONTROL_OPTION = `Options:\n${flagHelp([CONTROL_FLAG])}\n`;
+
+/** The daemon's client commands and moat cleanup: what each does, from --help. */
+const CLIENT_HELP = {
+  ps: `Usage: moat ps [--control PATH]\n\nLists the daemon's sandboxes: name, kind, guest address, published ports, creation time.\n\n${CONTROL_OPTION}`,
+  inspect: `Usage: moat inspect [--control PATH] NAME\n\nDescribes a sandbox as JSON: addresses, policy, limits, ports, flows, counters, DNS and TLS\nfigures, events.\n\n${CONTROL_OPTION}`,
+  exec: `Usage: moat exec [--control PATH] [-i] NAME -- COMMAND [ARGS...]\n\nRuns COMMAND in sandbox NAME (namespace or VM), its output streamed back; moat exec's exit\nstatus is the command's.\n\nOptions:\n${flagHelp([CONTROL_FLAG, ...optionsOf("exec")])}\n`,
+  policy: `Usage: moat policy [--control PATH] NAME [POLICY FLAGS of moat run]\n\nPrints sandbox NAME's policy, or with flags replaces it: new flows see it at once, live ones\nstay. e.g. moat policy web --net-default-egress deny --net-rule allow@api.example.com:tcp:443\n\nOptions:\n${flagHelp([CONTROL_FLAG, ...POLICY_FLAGS])}\n`,
+  limit: `Usage: moat limit [--control PATH] NAME [--limit-* FLAGS]\n\nPrints sandbox NAME's rate limits, or changes those given (none removes one); the flows\nalready open are held to them too.\n\nOptions:\n${flagHelp([CONTROL_FLAG, ...LIMIT_FLAGS_OF_RUN])}\n`,
+  publish: `Usage: moat publish [--control PATH] NAME [BIND:]HOST:GUEST[/udp]\n\nPublishes a port of sandbox NAME on the host (HOST 0: any free port, printed).\n\n${CONTROL_OPTION}`,
+  unpublish: `Usage: moat unpublish [--control PATH] NAME HOSTPORT[/tcp|/udp]\n\nStops publishing a host port of sandbox NAME.\n\n${CONTROL_OPTION}`,
+  rm: `Usage: moat rm [--control PATH] NAME...\n\nRemoves sandboxes: their commands, namespaces or VMs, ports and leases.\n\n${CONTROL_OPTION}`,
+  cleanup: `Usage: moat cleanup\n\nRemoves what a moat that ended without cleaning up left behind (namespaces, leases,\ntemporary directories) and whose owner is gone; a running moat's are left alone.\n`,
+};
+type ClientCommand = keyof typeof CLIENT_HELP;
+
+/** Asked for help: --help (or -h) among a command's own arguments, before any "--". */
+function wantsHelp(args: string[]): boolean {
+  for (const a of args) {
+    if (a === "--") return false;
+    if (a === "--help" || a === "-h") return true;
+  }
+  return false;
+}
+
 /** The help of `moat`, or of one of its commands (what --help prints). */
-export function helpText(command?: "run" | "serve" | "daemon" | "create"): string {
-  return command === undefined ? MAIN_HELP : { run: RUN_HELP, serve: SERVE_HELP, daemon: DAEMON_HELP, create: CREATE_HELP }[command];
+export function helpText(command?: "run" | "serve" | "daemon" | "create" | ClientCommand): string {
+  if (command !== undefined && command in CLIENT_HELP) return CLIENT_HELP[command as ClientCommand];
+  return command === undefined ? MAIN_HELP : { run: RUN_HELP, serve: SERVE_HELP, daemon: DAEMON_HELP, create: CREATE_HELP }[command as "run"];
 }
 
 function signalNumber(sig: NodeJS.Signals): number {
@@ -667,6 +693,10 @@ function flagArgs(flags: Map<string, string | number | boolean>, lists: Map<stri
 }
 
 async function cmdClient(cmd: string, args: string[]): Promise<number> {
+  if (cmd !== "create" && wantsHelp(args)) {
+    process.stdout.write(helpText(cmd as ClientCommand));
+    return 0;
+  }
   switch (cmd) {
     case "ps": {
       const { path, name } = clientArgs(cmd, args);
@@ -755,6 +785,10 @@ async function cmdClient(cmd: string, args: string[]): Promise<number> {
 }
 
 function cmdCleanup(args: string[]): number {
+  if (wantsHelp(args)) {
+    process.stdout.write(helpText("cleanup"));
+    return 0;
+  }
   if (args.length) throw new ConfigError(`cleanup: unexpected argument "${args[0]}"`, "moat cleanup takes no arguments");
   if (!hostRoot()) {
     process.stdout.write("0 leftover(s) removed: without root, a sandbox's namespaces die with its moat and leave no name behind\n");

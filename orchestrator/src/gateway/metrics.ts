@@ -89,10 +89,11 @@ class Exposition {
 // The main thread's event-loop delay (what every sandbox's control, DNS over TCP and events wait
 // on), sampled every 10 ms from the first scrape or metrics listener on, reset at each scrape.
 let loopDelay: IntervalHistogram | undefined;
+const LOOP_RESOLUTION_MS = 10;
 
 function watchLoopDelay(): IntervalHistogram {
   if (!loopDelay) {
-    loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
     loopDelay.enable();
   }
   return loopDelay;
@@ -104,9 +105,11 @@ export function renderMetrics(samples: GatewaySample[]): string {
   const h = watchLoopDelay();
   if (h.count > 0) {
     const help = (q: string) => `The main thread's event-loop delay since the last scrape: ${q} (sampled every 10 ms)`;
-    x.add("moat_main_event_loop_delay_p50_seconds", "gauge", help("the median"), {}, h.percentile(50) / 1e9);
-    x.add("moat_main_event_loop_delay_p99_seconds", "gauge", help("the 99th percentile"), {}, h.percentile(99) / 1e9);
-    x.add("moat_main_event_loop_delay_max_seconds", "gauge", help("the longest"), {}, h.max / 1e9);
+    // The histogram holds the time between its timer's runs: the delay is what exceeds the period.
+    const late = (ns: number) => Math.max(0, ns - LOOP_RESOLUTION_MS * 1e6) / 1e9;
+    x.add("moat_main_event_loop_delay_p50_seconds", "gauge", help("the median"), {}, late(h.percentile(50)));
+    x.add("moat_main_event_loop_delay_p99_seconds", "gauge", help("the 99th percentile"), {}, late(h.percentile(99)));
+    x.add("moat_main_event_loop_delay_max_seconds", "gauge", help("the longest"), {}, late(h.max));
     h.reset();
   }
   for (const s of samples) {

@@ -13,6 +13,9 @@ import type { TlsEvent } from "../../orchestrator/src/tls/proxy.js";
 import type { RedirectOrigin } from "../../orchestrator/src/engine/redirect.js";
 import { redirectPreamble } from "../helpers/preamble.js";
 import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
+import { setEngineThreads } from "../../orchestrator/src/engine/engine-host.js";
+
+setEngineThreads(1); // every proxy of this file on one TLS worker
 
 const P = "moat-ph-abcdefghijklmnopqrstuvwx";
 
@@ -102,4 +105,41 @@ test("a TLS proxy on a worker thread: substitution there, stats and events here,
     server.close();
   }
   assert.equal(tlsWorkers()[0]?.proxies ?? 0, 0, "the worker serves nothing once the proxy closed");
+});
+
+test("a burst of new names on one sandbox's proxy is minted after another sandbox on the same worker closed", async () => {
+  const upstreamCa = new CertificateAuthority();
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.on("data", () => s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"));
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority(); // one CA for both: the worker serves them from one object
+  const open = () => RemoteTlsProxy.open({
+    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
+    secrets: [], dot: false, names: [], rules: [],
+    calls: { check: () => null, pinned: () => true, dnsQuery: async () => null, event: () => {}, violation: () => {} },
+  });
+  const first = await open();
+  const second = await open();
+  try {
+    assert.equal(tlsWorkers().length, 1);
+    // The first proxy opens a leaf, so the CA on the worker is made (and was once tied to it).
+    assert.match(await request(first, token, ca.certPem, port, "first.example.test", 0), /^HTTP\/1\.1 200/);
+    await first.close();
+    // A burst: names minted together go to the minting pool, through the worker's own channel.
+    const names = Array.from({ length: 6 }, (_, i) => `burst${i}.example.test`);
+    const answers = await Promise.race([
+      Promise.all(names.map((n) => request(second, token, ca.certPem, port, n, 0))),
+      new Promise<string[]>((r) => setTimeout(() => r(["timed out"]), 8000)),
+    ]);
+    assert.deepEqual(answers.map((a) => a.slice(0, 15)), names.map(() => "HTTP/1.1 200 OK"));
+    assert.ok(second.stats.leavesMinted >= 6, `minted ${second.stats.leavesMinted}`);
+  } finally {
+    await first.close();
+    await second.close();
+    server.close();
+  }
 });

@@ -30,6 +30,8 @@ export interface TlsWiring {
   readonly emit: Emit;
   /** A secret's placeholder in a request to where it may not go. */
   secretViolation(secret: string, destination: string, where: string, form: string): void;
+  /** The TLS proxy is gone: the sandbox's network must go down. */
+  failed(reason: string): void;
 }
 
 export class GatewayTls {
@@ -72,12 +74,18 @@ export class GatewayTls {
         check: (origin, name, what) => this.boundName(origin, name, what),
         pinned: (ip, name) => this.pinnedNames.has(ip, name),
         // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
-        dnsQuery: (query, origin) => this.gw.dnsAnswer(Buffer.from(query.buffer, query.byteOffset, query.byteLength),
-          { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : addresses.gatewayIp4, port: 53 } }),
+        dnsQuery: async (query, origin) => {
+          const answer = await this.gw.dnsAnswer(Buffer.from(query.buffer, query.byteOffset, query.byteLength),
+            { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : addresses.gatewayIp4, port: 53 } });
+          return answer && new Uint8Array(answer); // (exactly the answer: a view's whole backing store would go with it)
+        },
         event: (e) => this.afterTls(e),
         violation: (v, destination) => this.gw.secretViolation(v.secret, destination, v.where, v.form),
       },
     });
+    // Its worker gone, the proxy's listener is gone: the guest's network goes down with it (fail
+    // closed), rather than redirect to a port anyone may bind next.
+    this.tlsProxy.onFailure = (reason) => this.gw.failed(`its TLS proxy stopped (${reason})`);
     const a = this.tlsProxy.address();
     return { ip: a.address, port: a.port };
   }

@@ -61,6 +61,12 @@ export interface CaShare { certPem: string; caKeyPem: string; leafKeyPem: string
 
 type Asn1 = forge.asn1.Asn1;
 
+/** `b` in a memory of its own, of its size. */
+function exactCopy(b: Buffer): Buffer {
+  const c = new Uint8Array(b);
+  return Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+}
+
 function der(node: Asn1): Buffer {
   return Buffer.from(asn1.toDer(node).getBytes(), "binary");
 }
@@ -184,11 +190,13 @@ export class CertificateAuthority {
       ]);
       this.certPem = signCertificate(tbs, this.caKey);
     }
-    this.caSubjectDer = der(this.caSubject);
+    // (exact copies: they travel to the minting pool's threads, and a view into Node's shared
+    // buffer pool would take the whole pool slab with it)
+    this.caSubjectDer = exactCopy(der(this.caSubject));
     this.caKeyPem = this.caKey.export({ type: "pkcs8", format: "pem" }) as string;
     const leafKey = options.leafKeyPem !== undefined ? createPrivateKey(options.leafKeyPem) : generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
     this.leafKeyPem = leafKey.export({ type: "sec1", format: "pem" }) as string;
-    this.leafSpki = createPublicKey(leafKey).export({ type: "spki", format: "der" });
+    this.leafSpki = exactCopy(createPublicKey(leafKey).export({ type: "spki", format: "der" }));
   }
 
   /** This CA, to be made again on another thread (a TLS worker): its certificate and both keys. */
@@ -263,6 +271,10 @@ export class CertificateAuthority {
         this.mintedOnPool++;
         onMint?.();
         return this.cache(key, pem, now).context;
+      }, () => {
+        // The pool failed or did not answer: minted here, as a lone name is.
+        onMint?.();
+        return this.cache(key, this.mint(key, now), now).context;
       })
       .finally(() => this.minting.delete(key));
     this.minting.set(key, p);

@@ -625,7 +625,15 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
   });
   guest.on("end", () => {
     if (stopped) return;
-    const r = filter.end();
+    let r: H2Result;
+    try {
+      r = filter.end();
+    } catch {
+      stopped = true; // as for push(): fail closed
+      resetUpstream();
+      kill();
+      return;
+    }
     for (const b of r.out) if (b.length) upstream.write(b);
     if (r.violation) {
       stop(r.violation.http && !h2 ? forbidden(r.violation) : undefined);

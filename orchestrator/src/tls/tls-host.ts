@@ -14,7 +14,7 @@ import { leastBusy, spawnWorker } from "../engine/engine-host.js";
 import { MoatError } from "../errors.js";
 import { mintPool, type CertificateAuthority } from "./ca.js";
 import { TLS_STAT_NAMES, tlsStatsOver, type TlsProxyStats } from "./proxy.js";
-import type { TlsCalls, TlsOpenMessage, TlsProxySetup, TlsWorkerControl } from "./tls-worker.js";
+import type { TlsCalls, TlsMint, TlsMintMessage, TlsOpenMessage, TlsProxySetup, TlsWorkerControl } from "./tls-worker.js";
 
 const OPEN_TIMEOUT_MS = 15_000;
 const CLOSE_TIMEOUT_MS = 5_000;
@@ -49,7 +49,16 @@ class TlsWorker {
 const workers: TlsWorker[] = [];
 
 function acquire(): TlsWorker {
-  return leastBusy(workers, () => new TlsWorker(spawnWorker(new URL("./tls-worker.js", import.meta.url))), (w) => w.proxies);
+  return leastBusy(workers, () => {
+    const w = new TlsWorker(spawnWorker(new URL("./tls-worker.js", import.meta.url)));
+    // The worker's channel to this process's minting pool, for every CA it serves.
+    const ch = new MessageChannel();
+    Comlink.expose({ mint: (task) => mintPool().run(task) } satisfies TlsMint, nodeEndpoint(ch.port1));
+    ch.port1.unref();
+    w.worker.postMessage({ mint: ch.port2 } satisfies TlsMintMessage, [ch.port2]);
+    w.worker.once("exit", () => ch.port1.close());
+    return w;
+  }, (w) => w.proxies);
 }
 
 /** The TLS workers now: their thread ids and how many proxies each serves. */
@@ -60,13 +69,15 @@ export function tlsWorkers(): { threadId: number; proxies: number }[] {
 export interface RemoteTlsOptions extends Omit<TlsProxySetup, "ca" | "token"> {
   token: Buffer;
   ca: CertificateAuthority;
-  /** What the worker asks of the sandbox (minting is the process's). */
-  calls: Omit<TlsCalls, "mint">;
+  /** What the worker asks of the sandbox. */
+  calls: TlsCalls;
 }
 
 /** A sandbox's TLS proxy, served on a TLS worker. */
 export class RemoteTlsProxy {
   private closing: Promise<void> | undefined;
+  /** Told if the proxy's worker ends while it serves (its listener is gone with it). */
+  onFailure: ((reason: string) => void) | undefined;
 
   private constructor(
     private readonly w: TlsWorker,
@@ -84,16 +95,21 @@ export class RemoteTlsProxy {
     const control = new MessageChannel();
     const back = new MessageChannel();
     const stats = new SharedArrayBuffer(8 * TLS_STAT_NAMES.length);
-    Comlink.expose({ ...calls, mint: (task) => mintPool().run(task) } satisfies TlsCalls, nodeEndpoint(back.port1));
+    Comlink.expose(calls, nodeEndpoint(back.port1));
     const setup: TlsProxySetup = { ...rest, token: new Uint8Array(token), ca: ca.share() };
     w.worker.postMessage({ open: { setup, stats, control: control.port2, calls: back.port2 } } satisfies TlsOpenMessage, [control.port2, back.port2]);
     w.take();
     const remote = Comlink.wrap<TlsWorkerControl>(nodeEndpoint(control.port1));
     let onExit!: (reason: string) => void;
+    let opened: RemoteTlsProxy | undefined;
     const exited = new Promise<never>((_, reject) => {
-      onExit = (reason) => reject(new MoatError("ERR_ENGINE", `${reason} while a TLS proxy started`));
+      onExit = (reason) => {
+        if (opened) opened.onFailure?.(reason);
+        else reject(new MoatError("ERR_ENGINE", `${reason} while a TLS proxy started`));
+      };
       w.onExit.add(onExit);
     });
+    exited.catch(() => {}); // (raced below while opening; after that, onFailure says it)
     let timer: NodeJS.Timeout | undefined;
     const ports = [control.port1, back.port1];
     try {
@@ -104,7 +120,7 @@ export class RemoteTlsProxy {
           timer = setTimeout(() => reject(new MoatError("ERR_ENGINE", `the TLS proxy did not start within ${OPEN_TIMEOUT_MS / 1000} s`)), OPEN_TIMEOUT_MS);
         }),
       ]);
-      return new RemoteTlsProxy(w, remote, ports, address, tlsStatsOver(stats), onExit);
+      return (opened = new RemoteTlsProxy(w, remote, ports, address, tlsStatsOver(stats), onExit));
     } catch (e) {
       w.onExit.delete(onExit);
       w.release();

@@ -46,6 +46,15 @@ export interface TlsOpenMessage {
   open: { setup: TlsProxySetup; stats: SharedArrayBuffer; control: MessagePort; calls: MessagePort };
 }
 
+/** The worker's first message: its channel to the process's minting pool (TlsMint), for every CA here. */
+export interface TlsMintMessage {
+  mint: MessagePort;
+}
+
+export interface TlsMint {
+  mint(task: MintTask): Promise<string>;
+}
+
 /** What the main thread answers for a proxy. */
 export interface TlsCalls {
   dnsQuery(query: Uint8Array, origin: RedirectOrigin): Promise<Uint8Array | null>;
@@ -55,7 +64,6 @@ export interface TlsCalls {
   check(origin: RedirectOrigin, name: string | undefined, what: string): string | null;
   /** The authoritative pin: did this sandbox's DNS answer `name` with `ip`? */
   pinned(ip: string, name: string): boolean;
-  mint(task: MintTask): Promise<string>;
 }
 
 /** What the main thread can ask of a proxy here. */
@@ -67,8 +75,21 @@ export interface TlsWorkerControl {
 }
 
 // One CA object per CA on this thread (the process's ephemeral one is shared by most sandboxes):
-// its leaf cache then serves every sandbox here.
+// its leaf cache then serves every sandbox here. A burst's leaves are minted through the worker's
+// own channel to the minting pool, not any one sandbox's (which closes with it); a mint that does
+// not come back in time is done here (ca.ts).
 const cas = new Map<string, CertificateAuthority>();
+const MINT_TIMEOUT_MS = 10_000;
+let minter: Comlink.Remote<TlsMint> | undefined;
+
+function mintOnPool(task: MintTask): Promise<string> {
+  if (!minter) return Promise.reject(new Error("no minting channel"));
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    minter.mint(task),
+    new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error("the minting pool did not answer in time")), MINT_TIMEOUT_MS); }),
+  ]).finally(() => clearTimeout(timer));
+}
 
 function open(m: TlsOpenMessage["open"]): void {
   const { setup } = m;
@@ -77,7 +98,7 @@ function open(m: TlsOpenMessage["open"]): void {
   let rules = setup.rules;
   const pins = new PinnedNames();
   let ca = cas.get(setup.ca.certPem);
-  if (!ca) cas.set(setup.ca.certPem, (ca = CertificateAuthority.fromShare(setup.ca, (task) => calls.mint(task))));
+  if (!ca) cas.set(setup.ca.certPem, (ca = CertificateAuthority.fromShare(setup.ca, mintOnPool)));
   const others = new Set(setup.gatewayOthers.map((a) => ipaddr.parse(a).toString()));
   /** The replica's judgement: null, a reason, or "pin" (covered; the pin is the replica's to check). */
   const local = (origin: RedirectOrigin, name: string | undefined, what: string): string | null => {
@@ -106,11 +127,13 @@ function open(m: TlsOpenMessage["open"]): void {
     denyReason: (rule) => (rule === 0 ? "the default action (deny)" : `rule ${rules[rule - 1] ?? rule - 1}`),
     checkSni: (origin, sni) => checked(origin, sni, "SNI"),
     checkAuthority: (origin, host) => local(origin, host, "the request's authority"),
+    // (a copy of exactly the query: a view's whole backing store would be cloned with it)
     dnsQuery: setup.dot ? async (query, origin) => {
-      const a = await calls.dnsQuery(query, origin);
+      const a = await calls.dnsQuery(new Uint8Array(query), origin);
       return a && Buffer.from(a.buffer, a.byteOffset, a.byteLength);
     } : undefined,
-    onEvent: (e) => void calls.event(e),
+    // (what the main thread's listeners do with an event is theirs: a rejection ends nothing here)
+    onEvent: (e) => { calls.event(e).catch(() => {}); },
     secrets: setup.secrets,
     // Did this sandbox's DNS answer the SNI with the address (a secret's substitution needs it)?
     pinned: async (ip, name) => {
@@ -119,7 +142,7 @@ function open(m: TlsOpenMessage["open"]): void {
       if (yes) pins.add(ip, name, 0);
       return yes;
     },
-    onViolation: (v, destination) => void calls.violation({ secret: v.secret.env, where: v.where, form: v.form }, destination),
+    onViolation: (v, destination) => { calls.violation({ secret: v.secret.env, where: v.where, form: v.form }, destination).catch(() => {}); },
     stats: tlsStatsOver(m.stats),
   });
   const listening = proxy.listen();
@@ -142,8 +165,16 @@ function open(m: TlsOpenMessage["open"]): void {
     },
   };
   Comlink.expose(control, nodeEndpoint(m.control));
+  // The main thread let go of this proxy (closed, or gave up opening it): it stops serving.
+  m.control.once("close", () => void proxy.close());
 }
 
-parentPort!.on("message", (m: TlsOpenMessage) => {
-  if (m.open) open(m.open);
+parentPort!.on("message", (m: TlsOpenMessage | TlsMintMessage) => {
+  if ("mint" in m) minter = Comlink.wrap<TlsMint>(nodeEndpoint(m.mint));
+  else if (m.open) open(m.open);
 });
+
+// A failure that escaped a connection's handlers must not end the thread every sandbox here
+// shares: said, and the thread goes on (each connection's own errors end that connection).
+process.on("uncaughtException", (e) => process.stderr.write(`moat: TLS worker: ${e?.stack ?? String(e)}\n`));
+process.on("unhandledRejection", (e) => process.stderr.write(`moat: TLS worker: ${(e as Error)?.stack ?? String(e)}\n`));

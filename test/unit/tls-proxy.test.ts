@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
 import { randomBytes } from "node:crypto";
-import { TlsProxy } from "../../orchestrator/src/tls/proxy.js";
+import { TlsProxy, RunAhead, relay, RUN_AHEAD_SLOTS, WRITE_AHEAD_MAX } from "../../orchestrator/src/tls/proxy.js";
 import { CertificateAuthority } from "../../orchestrator/src/tls/ca.js";
 import { redirectPreamble } from "../helpers/preamble.js";
 import { validateSecrets } from "../../orchestrator/src/secrets/secrets.js";
@@ -63,4 +63,28 @@ test("a violation whose callback throws still stops the connection: nothing more
     await proxy.close();
     server.close();
   }
+});
+
+test("a relay runs ahead of a reader that does not read only within its proxy's budget", async () => {
+  const { Readable, Writable } = await import("node:stream");
+  const ahead = new RunAhead();
+  const chunk = Buffer.alloc(16 * 1024);
+  // A source with far more than any buffer, and a sink that never finishes a write.
+  const pairs = Array.from({ length: RUN_AHEAD_SLOTS + 4 }, () => {
+    let sent = 0;
+    const from = new Readable({ read() { if (sent++ < 512) this.push(chunk); } });
+    const to = new Writable({ highWaterMark: 16 * 1024, write(_c, _e, _done) { /* never done */ } });
+    relay(from as unknown as net.Socket, to as unknown as net.Socket, ahead);
+    return { from, to };
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  const held = pairs.map((p) => p.to.writableLength);
+  const ahead16 = held.filter((n) => n > 64 * 1024);
+  assert.equal(ahead16.length, RUN_AHEAD_SLOTS, `connections running ahead: ${held.join(", ")}`);
+  assert.ok(Math.max(...held) <= WRITE_AHEAD_MAX + chunk.length, `at most ${WRITE_AHEAD_MAX} ahead: ${Math.max(...held)}`);
+  assert.ok(held.filter((n) => n <= 64 * 1024).every((n) => n <= 32 * 1024), `the others at the high-water mark: ${held.join(", ")}`);
+  assert.ok(pairs.every((p) => p.from.isPaused()), "every source paused");
+  for (const p of pairs) { p.from.destroy(); p.to.destroy(); }
+  await new Promise((r) => setTimeout(r, 20));
+  assert.ok(ahead.take(), "slots given back when the connections closed");
 });

@@ -205,6 +205,7 @@ export class TlsProxy extends RedirectListener {
   }
 
   private readonly countMint = (): void => { this.stats.leavesMinted++; };
+  private readonly ahead = new RunAhead();
 
   private leafFor(name: string): Promise<tls.SecureContext> {
     return this.o.ca.contextForAsync(name, this.countMint);
@@ -266,7 +267,7 @@ export class TlsProxy extends RedirectListener {
       ALPNProtocols: chosen ? [chosen] : undefined,
     });
     this.handshakeDeadline(guest, upstream);
-    if (!secrets.length && !bound) return join(guest, upstream);
+    if (!secrets.length && !bound) return join(guest, upstream, this.ahead);
     const ctx: FilterContext = {
       sni,
       pinned,
@@ -361,7 +362,7 @@ export class TlsProxy extends RedirectListener {
 
   private splice(sock: net.Socket, origin: RedirectOrigin): void {
     const up = net.connect({ host: this.o.upstreamAddress?.(origin.ip) ?? origin.ip, port: origin.port, allowHalfOpen: true, noDelay: true });
-    join(sock, up);
+    join(sock, up, this.ahead);
     sock.resume();
   }
 
@@ -644,9 +645,64 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
 }
 
 /** Bytes both ways, back-pressured, half-close carried; an error on either side ends both. */
-function join(a: net.Socket, b: net.Socket): void {
-  a.pipe(b);
-  b.pipe(a);
+/**
+ * How far a relay may run ahead of a slow reader. Every connection may buffer what a stream's
+ * high-water mark allows (16 KiB); RUN_AHEAD_SLOTS of a proxy's connections at a time may buffer
+ * up to WRITE_AHEAD_MAX, which keeps a bulk transfer's two sides busy at once instead of taking
+ * turns (bench:tls bulk: 2.5-2.9 -> 3.1-3.5 Gbit/s). A proxy's buffering stays bounded by
+ * RUN_AHEAD_SLOTS * WRITE_AHEAD_MAX plus 16 KiB a connection, whatever a guest does with its reads.
+ */
+export const WRITE_AHEAD_MAX = 1024 * 1024;
+export const RUN_AHEAD_SLOTS = 16;
+
+/** A proxy's slots for connections buffering beyond a stream's high-water mark. */
+export class RunAhead {
+  private used = 0;
+  take(): boolean {
+    if (this.used >= RUN_AHEAD_SLOTS) return false;
+    this.used++;
+    return true;
+  }
+  give(): void {
+    this.used--;
+  }
+}
+
+/**
+ * `from`'s bytes to `to`. Past the high-water mark (a write that returns false: a drain follows)
+ * reading goes on only with a RunAhead slot, and only up to WRITE_AHEAD_MAX; the slot is given back
+ * at the drain, or when either side closes.
+ */
+/** @internal (exported for its test) */
+export function relay(from: net.Socket, to: net.Socket, ahead: RunAhead): void {
+  let slot = false;
+  let waiting = false;
+  const release = () => {
+    if (slot) { slot = false; ahead.give(); }
+  };
+  const drained = () => {
+    waiting = false;
+    release();
+    from.resume();
+  };
+  from.on("data", (c: Buffer) => {
+    if (to.write(c)) return;
+    if (!waiting) {
+      waiting = true;
+      slot = ahead.take();
+      to.once("drain", drained);
+    }
+    if (!slot || to.writableLength > WRITE_AHEAD_MAX) from.pause();
+  });
+  from.on("end", () => to.end());
+  from.once("close", release);
+  to.once("close", release);
+  from.resume(); // (as pipe() does: a socket paused until its relay was set up flows now)
+}
+
+function join(a: net.Socket, b: net.Socket, ahead: RunAhead): void {
+  relay(a, b, ahead);
+  relay(b, a, ahead);
   const kill = () => { a.destroy(); b.destroy(); };
   a.on("error", kill);
   b.on("error", kill);

@@ -285,7 +285,7 @@ export class TlsProxy extends RedirectListener {
         ctx.onRequest = (method, http10) => s1.request(method, http10);
       }
     }
-    joinFiltered(guest, upstream, filter, chosen === "h2", scrubber, {
+    joinFiltered(guest, upstream, this.ahead, filter, chosen === "h2", scrubber, {
       scrubbed: (found) => {
         this.stats.scrubbed += found.length;
         for (const f of found) this.o.onEvent?.({ kind: "secret-scrubbed", sni, destination: dest(origin), detail: `the value of secret ${f.secret.env} (${f.form}) in a response was replaced by its placeholder` });
@@ -453,9 +453,11 @@ interface FilterEvents {
  * request's bytes reach it; an HTTP client gets a status saying why (HTTP/2: on its stream, after
  * the server's frame in flight), any other stream a reset.
  */
-function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: RequestFilter | Http2RequestFilter, h2: boolean,
+function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, ahead: RunAhead, filter: RequestFilter | Http2RequestFilter, h2: boolean,
   scrubber: ResponseScrubber | Http2ResponseScrubber | undefined, events: FilterEvents): void {
   const edge = h2 ? new H2FrameEdge() : undefined;
+  // What goes to the guest as fast as the guest reads it (and its share of run-ahead): the server waits meanwhile.
+  const toGuestPressure = new Backpressure(upstream, guest, ahead);
   let stopped = false;
   let answer: Buffer | undefined; // what the guest gets once the server's current frame is through
   const kill = () => { guest.destroy(); upstream.destroy(); };
@@ -519,13 +521,7 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, filter: Req
     }
     return out;
   };
-  // What goes to the guest as fast as the guest reads it: the server waits meanwhile.
-  const toGuest = (c: Buffer) => {
-    if (!guest.write(c)) {
-      upstream.pause();
-      guest.once("drain", () => upstream.resume());
-    }
-  };
+  const toGuest = (c: Buffer) => toGuestPressure.wrote(guest.write(c));
   upstream.on("data", (raw: Buffer) => {
     if (draining) {
       // (back-pressured too: a guest that stops reading would have moat hold all the server sends)
@@ -669,34 +665,49 @@ export class RunAhead {
 }
 
 /**
- * `from`'s bytes to `to`. Past the high-water mark (a write that returns false: a drain follows)
- * reading goes on only with a RunAhead slot, and only up to WRITE_AHEAD_MAX; the slot is given back
- * at the drain, or when either side closes.
+ * Back-pressure from `to` onto `from`. Past the high-water mark (a write that returned false: a
+ * drain follows) `from` goes on being read only with a RunAhead slot, and only up to
+ * WRITE_AHEAD_MAX; the slot is given back at the drain, or when either side closes.
  */
-/** @internal (exported for its test) */
-export function relay(from: net.Socket, to: net.Socket, ahead: RunAhead): void {
-  let slot = false;
-  let waiting = false;
-  const release = () => {
-    if (slot) { slot = false; ahead.give(); }
-  };
-  const drained = () => {
-    waiting = false;
-    release();
-    from.resume();
-  };
-  from.on("data", (c: Buffer) => {
-    if (to.write(c)) return;
-    if (!waiting) {
-      waiting = true;
-      slot = ahead.take();
-      to.once("drain", drained);
+class Backpressure {
+  private slot = false;
+  private waiting = false;
+
+  constructor(private readonly from: net.Socket, private readonly to: net.Socket, private readonly ahead: RunAhead) {
+    from.once("close", this.release);
+    to.once("close", this.release);
+  }
+
+  private readonly release = (): void => {
+    if (this.slot) {
+      this.slot = false;
+      this.ahead.give();
     }
-    if (!slot || to.writableLength > WRITE_AHEAD_MAX) from.pause();
-  });
+  };
+
+  private readonly drained = (): void => {
+    this.waiting = false;
+    this.release();
+    this.from.resume();
+  };
+
+  /** After each write to `to`: what it returned. */
+  wrote(ok: boolean): void {
+    if (ok) return;
+    if (!this.waiting) {
+      this.waiting = true;
+      this.slot = this.ahead.take();
+      this.to.once("drain", this.drained);
+    }
+    if (!this.slot || this.to.writableLength > WRITE_AHEAD_MAX) this.from.pause();
+  }
+}
+
+/** @internal (exported for its test) `from`'s bytes to `to`, back-pressured (Backpressure). */
+export function relay(from: net.Socket, to: net.Socket, ahead: RunAhead): void {
+  const bp = new Backpressure(from, to, ahead);
+  from.on("data", (c: Buffer) => bp.wrote(to.write(c)));
   from.on("end", () => to.end());
-  from.once("close", release);
-  to.once("close", release);
   from.resume(); // (as pipe() does: a socket paused until its relay was set up flows now)
 }
 

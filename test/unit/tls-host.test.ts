@@ -61,7 +61,7 @@ test("a TLS proxy on a worker thread: substitution there, stats and events here,
         asked.push(`${what} ${name}`);
         return name === "api.example.test" ? null : `not ${name}`;
       },
-      pinned: (_ip: string, name: string) => name === "api.example.test",
+      pinnedUntil: (_ip: string, name: string) => (name === "api.example.test" ? Date.now() + 60_000 : 0),
       dnsQuery: async () => null,
       event: (e: TlsEvent) => { events.push(e); },
       violation: () => {},
@@ -120,7 +120,7 @@ test("a burst of new names on one sandbox's proxy is minted after another sandbo
   const open = () => RemoteTlsProxy.open({
     token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
     secrets: [], dot: false, names: [], rules: [],
-    calls: { check: () => null, pinned: () => true, dnsQuery: async () => null, event: () => {}, violation: () => {} },
+    calls: { check: () => null, pinnedUntil: () => Date.now() + 60_000, dnsQuery: async () => null, event: () => {}, violation: () => {} },
   });
   const first = await open();
   const second = await open();
@@ -140,6 +140,43 @@ test("a burst of new names on one sandbox's proxy is minted after another sandbo
   } finally {
     await first.close();
     await second.close();
+    server.close();
+  }
+});
+
+test("a pin the worker learnt from the main thread ends when the main thread's does, not later", async () => {
+  const upstreamCa = new CertificateAuthority();
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.on("data", () => s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"));
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority();
+  const expires = Date.now() + 400; // this thread's pin of api.example.test to 127.0.0.1
+  const asked: string[] = [];
+  const proxy = await RemoteTlsProxy.open({
+    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
+    secrets: [], dot: false, names: ["api.example.test"], rules: ["allow api.example.test"],
+    calls: {
+      check: (_o: RedirectOrigin, name: string | undefined) => {
+        asked.push(String(name));
+        return Date.now() < expires ? null : "this sandbox's DNS answer has expired";
+      },
+      pinnedUntil: () => (Date.now() < expires ? expires : 0),
+      dnsQuery: async () => null, event: () => {}, violation: () => {},
+    },
+  });
+  try {
+    assert.match(await request(proxy, token, ca.certPem, port, "api.example.test", 1), /^HTTP\/1\.1 200/);
+    assert.match(await request(proxy, token, ca.certPem, port, "api.example.test", 1), /^HTTP\/1\.1 200/);
+    assert.equal(asked.length, 1, "learnt");
+    await new Promise((r) => setTimeout(r, expires - Date.now() + 100));
+    assert.doesNotMatch(await request(proxy, token, ca.certPem, port, "api.example.test", 1), /^HTTP/, "refused once this thread's pin ended");
+    assert.equal(asked.length, 2, "the worker asked again");
+  } finally {
+    await proxy.close();
     server.close();
   }
 });

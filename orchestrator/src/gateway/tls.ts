@@ -72,7 +72,7 @@ export class GatewayTls {
         // this sandbox's DNS answered with that address and that the rule covers (and so must
         // every request's authority: a shared front routes by it). A CIDR or group rule's is not.
         check: (origin, name, what) => this.boundName(origin, name, what),
-        pinned: (ip, name) => this.pinnedNames.has(ip, name),
+        pinnedUntil: (ip, name) => this.pinnedNames.until(ip, name),
         // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
         dnsQuery: async (query, origin) => {
           const answer = await this.gw.dnsAnswer(Buffer.from(query.buffer, query.byteOffset, query.byteLength),

@@ -121,6 +121,11 @@ export class PinnedNames {
   constructor(private readonly max = 65536, private readonly graceMs = 600_000) {}
 
   add(ip: string, name: string, ttlMs: number, now = Date.now()): void {
+    this.addUntil(ip, name, now + ttlMs + this.graceMs);
+  }
+
+  /** A pin held until `until` (ms since the epoch), as another table has it (until()). */
+  addUntil(ip: string, name: string, until: number): void {
     const key = ipaddr.parse(ip).toString();
     let names = this.byIp.get(key);
     if (!names) {
@@ -128,13 +133,17 @@ export class PinnedNames {
       this.byIp.set(key, (names = new Map()));
     }
     names.delete(name);
-    names.set(name, now + ttlMs + this.graceMs);
+    names.set(name, until);
     if (names.size > 64) names.delete(names.keys().next().value!);
   }
 
   has(ip: string, name: string, now = Date.now()): boolean {
-    const until = this.byIp.get(ipaddr.parse(ip).toString())?.get(name);
-    return until !== undefined && until > now;
+    return this.until(ip, name) > now;
+  }
+
+  /** Until when (ms since the epoch) `name` is pinned to `ip`; 0: not at all. */
+  until(ip: string, name: string): number {
+    return this.byIp.get(ipaddr.parse(ip).toString())?.get(name) ?? 0;
   }
 }
 

@@ -62,8 +62,8 @@ export interface TlsCalls {
   violation(v: { secret: string; where: string; form: string }, destination: string): void;
   /** The authoritative name check (Gateway.boundName): a reason to refuse, or null. */
   check(origin: RedirectOrigin, name: string | undefined, what: string): string | null;
-  /** The authoritative pin: did this sandbox's DNS answer `name` with `ip`? */
-  pinned(ip: string, name: string): boolean;
+  /** The authoritative pin: until when (ms since the epoch) `name` is pinned to `ip`; 0: never answered. */
+  pinnedUntil(ip: string, name: string): number;
 }
 
 /** What the main thread can ask of a proxy here. */
@@ -114,8 +114,15 @@ function open(m: TlsOpenMessage["open"]): void {
   const checked = async (origin: RedirectOrigin, name: string | undefined, what: string): Promise<string | null> => {
     if (local(origin, name, what) === null) return null;
     const reason = await calls.check(origin, name, what);
-    if (reason === null && origin.admitNameId && name) pins.add(origin.ip, name, 0);
+    if (reason === null && origin.admitNameId && name) await learn(origin.ip, name);
     return reason;
+  };
+  /** The main thread's pin of `name` to `ip`, with its expiry (not a fresh one): into the replica. */
+  const learn = async (ip: string, name: string): Promise<boolean> => {
+    const until = await calls.pinnedUntil(ip, name);
+    if (until <= Date.now()) return false;
+    pins.addUntil(ip, name, until);
+    return true;
   };
   const proxy = new TlsProxy({
     token: Buffer.from(setup.token),
@@ -136,12 +143,7 @@ function open(m: TlsOpenMessage["open"]): void {
     onEvent: (e) => { calls.event(e).catch(() => {}); },
     secrets: setup.secrets,
     // Did this sandbox's DNS answer the SNI with the address (a secret's substitution needs it)?
-    pinned: async (ip, name) => {
-      if (pins.has(ip, name)) return true;
-      const yes = await calls.pinned(ip, name);
-      if (yes) pins.add(ip, name, 0);
-      return yes;
-    },
+    pinned: async (ip, name) => pins.has(ip, name) || learn(ip, name),
     onViolation: (v, destination) => { calls.violation({ secret: v.secret.env, where: v.where, form: v.form }, destination).catch(() => {}); },
     stats: tlsStatsOver(m.stats),
   });

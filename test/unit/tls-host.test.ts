@@ -34,6 +34,17 @@ async function request(proxy: RemoteTlsProxy, token: Buffer, ca: string, port: n
   });
 }
 
+/** An upstream TLS server (a CA of its own) answering every request 200 "ok". */
+async function okServer(): Promise<{ upstreamCa: CertificateAuthority; server: tls.Server; port: number }> {
+  const upstreamCa = new CertificateAuthority();
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.on("data", () => s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"));
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { upstreamCa, server, port: (server.address() as net.AddressInfo).port };
+}
+
 test("a TLS proxy on a worker thread: substitution there, stats and events here, a name the replica refuses decided here", async () => {
   const upstreamCa = new CertificateAuthority();
   const received: string[] = [];
@@ -108,13 +119,7 @@ test("a TLS proxy on a worker thread: substitution there, stats and events here,
 });
 
 test("a burst of new names on one sandbox's proxy is minted after another sandbox on the same worker closed", async () => {
-  const upstreamCa = new CertificateAuthority();
-  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
-    s.on("data", () => s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"));
-    s.on("error", () => {});
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as net.AddressInfo).port;
+  const { upstreamCa, server, port } = await okServer();
   const token = randomBytes(16);
   const ca = new CertificateAuthority(); // one CA for both: the worker serves them from one object
   const open = () => RemoteTlsProxy.open({
@@ -145,13 +150,7 @@ test("a burst of new names on one sandbox's proxy is minted after another sandbo
 });
 
 test("a pin the worker learnt from the main thread ends when the main thread's does, not later", async () => {
-  const upstreamCa = new CertificateAuthority();
-  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
-    s.on("data", () => s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"));
-    s.on("error", () => {});
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as net.AddressInfo).port;
+  const { upstreamCa, server, port } = await okServer();
   const token = randomBytes(16);
   const ca = new CertificateAuthority();
   const expires = Date.now() + 400; // this thread's pin of api.example.test to 127.0.0.1

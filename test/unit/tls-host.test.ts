@@ -73,7 +73,7 @@ test("a TLS proxy on a worker thread: substitution there, stats and events here,
         return name === "api.example.test" ? null : `not ${name}`;
       },
       pinnedUntil: (_ip: string, name: string) => (name === "api.example.test" ? Date.now() + 60_000 : 0),
-      dnsQuery: async () => null,
+      dnsQuery: async () => ({ answer: null, pins: [] }),
       event: (e: TlsEvent) => { events.push(e); },
       violation: () => {},
     },
@@ -125,7 +125,7 @@ test("a burst of new names on one sandbox's proxy is minted after another sandbo
   const open = () => RemoteTlsProxy.open({
     token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
     secrets: [], dot: false, names: [], rules: [],
-    calls: { check: () => null, pinnedUntil: () => Date.now() + 60_000, dnsQuery: async () => null, event: () => {}, violation: () => {} },
+    calls: { check: () => null, pinnedUntil: () => Date.now() + 60_000, dnsQuery: async () => ({ answer: null, pins: [] }), event: () => {}, violation: () => {} },
   });
   const first = await open();
   const second = await open();
@@ -164,7 +164,7 @@ test("a pin the worker learnt from the main thread ends when the main thread's d
         return Date.now() < expires ? null : "this sandbox's DNS answer has expired";
       },
       pinnedUntil: () => (Date.now() < expires ? expires : 0),
-      dnsQuery: async () => null, event: () => {}, violation: () => {},
+      dnsQuery: async () => ({ answer: null, pins: [] }), event: () => {}, violation: () => {},
     },
   });
   try {
@@ -174,6 +174,53 @@ test("a pin the worker learnt from the main thread ends when the main thread's d
     await new Promise((r) => setTimeout(r, expires - Date.now() + 100));
     assert.doesNotMatch(await request(proxy, token, ca.certPem, port, "api.example.test", 1), /^HTTP/, "refused once this thread's pin ended");
     assert.equal(asked.length, 2, "the worker asked again");
+  } finally {
+    await proxy.close();
+    server.close();
+  }
+});
+
+test("a DoT answer's pins are at the worker before the guest reads the answer: the next request may name it", async () => {
+  const { upstreamCa, server, port } = await okServer();
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority();
+  const proxy = await RemoteTlsProxy.open({
+    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
+    secrets: [], dot: true, names: [".example.test"], rules: ["allow *.example.test"],
+    calls: {
+      check: (_o: RedirectOrigin, name: string | undefined) => (name === "api.example.test" ? null : `not ${name}`),
+      pinnedUntil: (_ip: string, name: string) => (name === "api.example.test" ? Date.now() + 60_000 : 0),
+      // Answered with a pin of www.example.test to 127.0.0.1 (this thread sends no other).
+      dnsQuery: async (query: Uint8Array) => ({ answer: new Uint8Array(query), pins: [{ ip: "127.0.0.1", name: "www.example.test", until: Date.now() + 60_000 }] }),
+      event: () => {}, violation: () => {},
+    },
+  });
+  const connect = async (sni: string, originPort: number, admitNameId: number) => {
+    const raw = net.connect(proxy.address().port, "127.0.0.1");
+    await new Promise<void>((r) => raw.once("connect", () => r()));
+    raw.write(redirectPreamble(token, 4, [127, 0, 0, 1], originPort, admitNameId));
+    const s = tls.connect({ socket: raw, servername: sni, ca: ca.certPem, ALPNProtocols: ["http/1.1"] });
+    await new Promise<void>((r, j) => { s.once("secureConnect", () => r()); s.once("error", j); });
+    return s;
+  };
+  const reply = (s: tls.TLSSocket, until: RegExp) => new Promise<string>((resolve) => {
+    let got = "";
+    const on = (d: Buffer) => { got += d.toString("latin1"); if (until.test(got)) { s.off("data", on); resolve(got); } };
+    s.on("data", on);
+    s.once("close", () => resolve(got));
+  });
+  try {
+    const dot = await connect("dns.example.test", 853, 0); // (DoT to the gateway: no domain rule)
+    const q = Buffer.alloc(14, 1);
+    const answered = reply(dot, /^[\s\S]{16}/);
+    dot.write(Buffer.concat([Buffer.from([0, q.length]), q]));
+    assert.equal((await answered).length, 16, "the DoT answer came");
+    dot.destroy();
+    // Right after: a connection whose SNI is api.example.test and whose request names www.
+    const s = await connect("api.example.test", port, 1);
+    const r = reply(s, /\r\n\r\nok\n/);
+    s.write("GET / HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n");
+    assert.match(await r, /^HTTP\/1\.1 200 OK/, "the authority the DoT answer pinned is allowed");
   } finally {
     await proxy.close();
     server.close();

@@ -105,12 +105,17 @@ export class GatewayDns {
 
   /** A query answered on this thread (DNS over TCP, DoT): counted, its event and pins applied. */
   async answer(query: Buffer, ctx: DnsQueryContext): Promise<Buffer | null> {
+    return (await this.answerWithPins(query, ctx)).answer;
+  }
+
+  /** answer(), and the pins the answer made (DoT: the TLS worker holds them before the guest reads it). */
+  async answerWithPins(query: Buffer, ctx: DnsQueryContext): Promise<{ answer: Buffer | null; pins: DnsOutcome["pins"] }> {
     const started = performance.now();
     const out = await this.dns!.handle(query, ctx);
     this.gw.stats.record("tcp", (performance.now() - started) / 1000, out);
     if (out.event) this.onEvent(out.event);
     this.applyPins(out.pins);
-    return out.answer;
+    return { answer: out.answer, pins: out.pins };
   }
 
   /** New inputs for both DNS interceptors: this thread's and the worker's (dns/hooks.ts). */

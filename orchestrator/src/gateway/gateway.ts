@@ -87,7 +87,7 @@ export class Gateway {
     });
     this.tls = new GatewayTls({
       addresses, options, redirectToken: this.redirectToken, names: this.policy.names, policy: () => this.policy.policy, emit, secretViolation,
-      dnsAnswer: (query, ctx) => this.dns.answer(query, ctx),
+      dnsAnswer: (query, ctx) => this.dns.answerWithPins(query, ctx),
       failed: (reason) => {
         process.stderr.write(`moat: sandbox ${this.name}: ${reason}; its network is down\n`);
         void this.engine?.stop();

@@ -6,7 +6,7 @@
 import type { NameTable } from "../engine/policy-table.js";
 import { hostSet } from "../model/groups.js";
 import { describeRule, type NetworkPolicy } from "../model/policy.js";
-import type { DnsQueryContext } from "../dns/interceptor.js";
+import type { DnsOutcome, DnsQueryContext } from "../dns/interceptor.js";
 import type { RedirectOrigin } from "../engine/redirect.js";
 import { tlsStatsOver, type TlsEvent, type TlsProxyStats } from "../tls/proxy.js";
 import { RemoteTlsProxy } from "../tls/tls-host.js";
@@ -26,7 +26,7 @@ export interface TlsWiring {
   /** The policy in force (the deny page names the rule that denied). */
   policy(): NetworkPolicy;
   /** A DNS query answered by this sandbox's DNS, as over TCP (DoT). */
-  dnsAnswer(query: Buffer, ctx: DnsQueryContext): Promise<Buffer | null>;
+  dnsAnswer(query: Buffer, ctx: DnsQueryContext): Promise<{ answer: Buffer | null; pins: DnsOutcome["pins"] }>;
   readonly emit: Emit;
   /** A secret's placeholder in a request to where it may not go. */
   secretViolation(secret: string, destination: string, where: string, form: string): void;
@@ -74,10 +74,14 @@ export class GatewayTls {
         check: (origin, name, what) => this.boundName(origin, name, what),
         pinnedUntil: (ip, name) => this.pinnedNames.until(ip, name),
         // DoT, to whatever resolver: answered by this sandbox's DNS (its upstreams), like DNS to the gateway.
+        // The answer's pins go with it: the worker holds them before the guest reads the answer.
         dnsQuery: async (query, origin) => {
-          const answer = await this.gw.dnsAnswer(Buffer.from(query.buffer, query.byteOffset, query.byteLength),
+          const { answer, pins } = await this.gw.dnsAnswer(Buffer.from(query.buffer, query.byteOffset, query.byteLength),
             { protocol: "tcp", toGateway: true, dest: { ip: gateway.has(origin.ip) ? origin.ip : addresses.gatewayIp4, port: 53 } });
-          return answer && new Uint8Array(answer); // (exactly the answer: a view's whole backing store would go with it)
+          return {
+            answer: answer && new Uint8Array(answer), // (exactly the answer: a view's whole backing store would go with it)
+            pins: pins.map((p) => ({ ip: p.ip, name: p.name, until: this.pinnedNames.until(p.ip, p.name) })),
+          };
         },
         event: (e) => this.afterTls(e),
         violation: (v, destination) => this.gw.secretViolation(v.secret, destination, v.where, v.form),

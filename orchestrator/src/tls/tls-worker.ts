@@ -57,7 +57,8 @@ export interface TlsMint {
 
 /** What the main thread answers for a proxy. */
 export interface TlsCalls {
-  dnsQuery(query: Uint8Array, origin: RedirectOrigin): Promise<Uint8Array | null>;
+  /** A DoT query's answer, and the pins it made (with their expiry). */
+  dnsQuery(query: Uint8Array, origin: RedirectOrigin): Promise<{ answer: Uint8Array | null; pins: { ip: string; name: string; until: number }[] }>;
   event(e: TlsEvent): void;
   violation(v: { secret: string; where: string; form: string }, destination: string): void;
   /** The authoritative name check (Gateway.boundName): a reason to refuse, or null. */
@@ -136,7 +137,8 @@ function open(m: TlsOpenMessage["open"]): void {
     checkAuthority: (origin, host) => local(origin, host, "the request's authority"),
     // (a copy of exactly the query: a view's whole backing store would be cloned with it)
     dnsQuery: setup.dot ? async (query, origin) => {
-      const a = await calls.dnsQuery(new Uint8Array(query), origin);
+      const { answer: a, pins: made } = await calls.dnsQuery(new Uint8Array(query), origin);
+      for (const p of made) if (p.until > 0) pins.addUntil(p.ip, p.name, p.until);
       return a && Buffer.from(a.buffer, a.byteOffset, a.byteLength);
     } : undefined,
     // (what the main thread's listeners do with an event is theirs: a rejection ends nothing here)

@@ -1,6 +1,6 @@
 // tls.ts — TLS interception side by side with mitmproxy, in one run.
 //
-//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--rows direct,moat,secret,mitmproxy,pool]
+//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--rows direct,moat,secret,cost,mitmproxy,pool]
 //
 // A world HTTPS server (test/testbed/servers.js https: HTTP/1.1 and HTTP/2, a certificate for
 // *.bench.test from a CA made here with openssl) at 203.0.113.10, every name under bench.test
@@ -30,7 +30,8 @@ const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`
 const REQUESTS = Number(opt("requests", "2000"));
 const BULK_MIB = Number(opt("bulk-mib", "512"));
 const PARALLEL = 16;
-const ROWS = new Set(opt("rows", "direct,moat,secret,mitmproxy,pool").split(","));
+const ROWS = new Set(opt("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
+const COST_ROUNDS = 11;
 
 const skip = systemTestSkipReason() ?? (existsSync("/usr/bin/mitmdump") ? undefined : "mitmproxy is not installed (apt-get install mitmproxy)");
 if (skip) {
@@ -147,6 +148,45 @@ async function poolScaling(): Promise<{ threads: number; rate: number }[]> {
 }
 
 let pool: { threads: number; rate: number }[] | undefined;
+
+/**
+ * What substituting a secret costs kept-alive requests, from two moats side by side (one with the
+ * secret, one without), measured in alternation COST_ROUNDS times: a drift of the machine between
+ * two rows measured minutes apart shows as noise in the rows' ratio, not here.
+ */
+async function secretCost(placeholder: string): Promise<number[]> {
+  const start = (withSecret: boolean) => spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
+    ...(withSecret ? ["--config", `${dir}/secrets.json`] : []), "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/cost-ca-${withSecret ? "secret" : "plain"}.pem`,
+    "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
+  const plain = start(false);
+  const secret = start(true);
+  try {
+    const nsPlain = await sandboxNetns(plain.pid!);
+    const nsSecret = await sandboxNetns(secret.pid!);
+    await sleep(500);
+    const keepalive = (ns: string, which: string, token: string) => {
+      const argv = ["ip", "netns", "exec", ns, "curl", "-sS", "--no-progress-meter", "--cacert", `${dir}/cost-ca-${which}.pem`, "-H", `Authorization: Bearer ${token}`,
+        "-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", repeated];
+      const t0 = performance.now();
+      execFileSync(argv[0]!, argv.slice(1), { timeout: 300000 });
+      return REQUESTS / ((performance.now() - t0) / 1000);
+    };
+    keepalive(nsPlain, "plain", "not-a-placeholder-000000000"); // (both warm: leaves minted, code compiled)
+    keepalive(nsSecret, "secret", placeholder);
+    const costs: number[] = [];
+    for (let i = 0; i < COST_ROUNDS; i++) {
+      const a = keepalive(nsPlain, "plain", "not-a-placeholder-000000000");
+      const b = keepalive(nsSecret, "secret", placeholder);
+      costs.push(1 - b / a);
+    }
+    return costs;
+  } finally {
+    for (const p of [plain, secret]) p.kill("SIGTERM");
+    await Promise.all([plain, secret].map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once("exit", r)))));
+  }
+}
+
+let costs: number[] | undefined;
 const world = World.create();
 const rows: [string, Figures][] = [];
 let moat: ChildProcess | undefined;
@@ -186,6 +226,11 @@ try {
     }
     moat.kill("SIGTERM");
     await new Promise((r) => moat!.once("exit", r));
+  }
+
+  if (ROWS.has("cost")) {
+    process.stderr.write("tls bench: a secret's cost, two moats in alternation...\n");
+    costs = await secretCost(PLACEHOLDER);
   }
 
   if (ROWS.has("pool")) {
@@ -232,5 +277,9 @@ console.log(`(${REQUESTS} requests per connection figure, ${PARALLEL} at a time,
 console.log(`leaf minting (moat's CA, distinct names): ${mintRate.toFixed(0)} leaves/s`);
 if (loop) console.log(`moat's main-thread event-loop delay at ${fmt(loop.rate)} new intercepted conn/s for 10 s: p99 ${fmt(loop.p99, 1)} ms, max ${fmt(loop.max, 1)} ms; the main thread busy ${fmt(loop.busy * 100)}% of the time`);
 if (pool?.length === 2) console.log(`two sandboxes of one daemon, new conn/s to distinct names together: ${fmt(pool[0]!.rate)} with 1 thread, ${fmt(pool[1]!.rate)} with 2 (${fmt(pool[1]!.rate / pool[0]!.rate, 2)}x)`);
+if (costs) {
+  const sorted = [...costs].sort((a, b) => a - b);
+  console.log(`secret substitution, kept-alive req/s, ${COST_ROUNDS} rounds in alternation: cost ${costs.map((c) => `${fmt(c * 100, 1)}%`).join(", ")}; median ${fmt(sorted[Math.floor(sorted.length / 2)]! * 100, 1)}%`);
+}
 const sec = rows.find((r) => r[0].startsWith("moat, a secret"))?.[1];
 if (m && sec) console.log(`secret substitution: kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);

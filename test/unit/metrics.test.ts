@@ -73,7 +73,7 @@ test("promtool accepts the exposition", { skip: hasTool("promtool", "--version")
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
 
-test("the main thread's event-loop delay since the last scrape: a 80 ms block shows in p99 and max, and is gone from the next", async () => {
+test("the main thread's event-loop delay since the last scrape: a 100 ms block shows in p99 and max, and is gone from the next", async () => {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const gauge = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
   renderMetrics([]); // watching from here on
@@ -82,15 +82,15 @@ test("the main thread's event-loop delay since the last scrape: a 80 ms block sh
   const idle = renderMetrics([]);
   assert.ok(gauge(idle, "moat_main_event_loop_delay_p50_seconds") < 0.005, idle);
   await sleep(40);
-  const until = performance.now() + 80;
+  const until = performance.now() + 100;
   while (performance.now() < until) { /* the main thread held */ }
   await sleep(40);
   const blocked = renderMetrics([]);
-  assert.ok(gauge(blocked, "moat_main_event_loop_delay_max_seconds") >= 0.06, blocked);
-  assert.ok(gauge(blocked, "moat_main_event_loop_delay_p99_seconds") >= 0.06, blocked);
+  assert.ok(gauge(blocked, "moat_main_event_loop_delay_max_seconds") >= 0.08, blocked);
+  assert.ok(gauge(blocked, "moat_main_event_loop_delay_p99_seconds") >= 0.08, blocked);
   await sleep(60);
-  const calm = renderMetrics([]);
-  assert.ok(gauge(calm, "moat_main_event_loop_delay_max_seconds") < 0.05, calm);
+  const calm = renderMetrics([]); // (the block would read >= 0.09: a busy machine's hiccup does not)
+  assert.ok(gauge(calm, "moat_main_event_loop_delay_max_seconds") < 0.07, calm);
 });
 
 test("--metrics takes [ADDR:]PORT and refuses anything else with a hint", () => {

@@ -77,7 +77,7 @@ test("a relay runs ahead of a reader that does not read only within its proxy's 
     relay(from as unknown as net.Socket, to as unknown as net.Socket, ahead);
     return { from, to };
   });
-  await new Promise((r) => setTimeout(r, 200));
+  await new Promise((r) => setTimeout(r, 500));
   const held = pairs.map((p) => p.to.writableLength);
   const ahead16 = held.filter((n) => n > 64 * 1024);
   assert.equal(ahead16.length, RUN_AHEAD_SLOTS, `connections running ahead: ${held.join(", ")}`);

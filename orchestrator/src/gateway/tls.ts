@@ -10,7 +10,7 @@ import type { DnsOutcome, DnsQueryContext } from "../dns/interceptor.js";
 import type { RedirectOrigin } from "../engine/redirect.js";
 import { tlsStatsOver, type TlsEvent, type TlsProxyStats } from "../tls/proxy.js";
 import { RemoteTlsProxy } from "../tls/tls-host.js";
-import { PinnedNames, nameBinding, processCertificateAuthority, unpinnedReason, type ValidTls } from "../tls/setup.js";
+import { PinnedNames, boundName, processCertificateAuthority, type ValidTls } from "../tls/setup.js";
 import type { SandboxAddresses } from "./addressing.js";
 import type { Emit, TlsRefusedEvent } from "./events.js";
 import type { ValidOptions } from "./options.js";
@@ -116,9 +116,7 @@ export class GatewayTls {
    * not, or null. A connection a CIDR or group rule admitted is not held to names.
    */
   private boundName(origin: RedirectOrigin, name: string | undefined, what: string): string | null {
-    const b = nameBinding(this.gw.names.names, origin.admitNameId, origin.ip, name, what);
-    if (b !== "pin") return b;
-    return this.pinnedNames.has(origin.ip, name!) ? null : unpinnedReason(origin.ip, name!);
+    return boundName(this.gw.names.names, this.pinnedNames, origin.admitNameId, origin.ip, name, what);
   }
 
   /** TLS refusals (SNI not pinned, upstream not verified, hostile ClientHello) go to the audit log. */

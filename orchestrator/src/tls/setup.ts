@@ -149,23 +149,20 @@ export class PinnedNames {
 
 /**
  * May `name` (an SNI, a request's authority) be used on a connection to `ip` that the domain rule
- * with name id `admitNameId` admitted (`names`: the ids' keys, GatewayNames)? null: yes, or not
- * held to names (a CIDR or group rule admitted it: id 0); a reason why not; or "pin" when only the
- * pins remain to be asked — then unpinnedReason() says why not if this sandbox's DNS never answered
- * `name` with `ip`.
+ * with name id `admitNameId` admitted (`names`: the ids' keys, GatewayNames)? Only a name the rule
+ * covers and that `pins` hold for `ip`: null if so, or if no domain rule admitted it (id 0: a CIDR
+ * or group rule is not held to names); else why not. The gateway asks it of its pins, a TLS
+ * worker of its replica (tls/tls-worker.ts).
  */
-export function nameBinding(names: readonly string[], admitNameId: number, ip: string, name: string | undefined, what: string): string | null | "pin" {
+export function boundName(names: readonly string[], pins: PinnedNames, admitNameId: number, ip: string, name: string | undefined, what: string): string | null {
   if (!admitNameId) return null;
   const key = names[admitNameId - 1];
   if (key === undefined) return "admitted by a rule that is no longer in force";
   const rule = key.startsWith(".") ? `*${key}` : key;
   if (!name) return `no ${what}, but ${ip} was admitted only as ${rule}`;
   if (!ruleCovers(key, name)) return `${what} ${name} is not covered by the rule that admitted ${ip} (${rule})`;
-  return "pin";
-}
-
-export function unpinnedReason(ip: string, name: string): string {
-  return `this sandbox's DNS never answered ${name} with ${ip}`;
+  if (!pins.has(ip, name)) return `this sandbox's DNS never answered ${name} with ${ip}`;
+  return null;
 }
 
 /**

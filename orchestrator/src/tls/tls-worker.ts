@@ -19,7 +19,7 @@ import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
 import ipaddr from "ipaddr.js";
 import { CertificateAuthority, type CaShare, type MintTask } from "./ca.js";
 import { TlsProxy, tlsStatsOver, type TlsEvent } from "./proxy.js";
-import { PinnedNames, nameBinding, unpinnedReason } from "./setup.js";
+import { PinnedNames, boundName } from "./setup.js";
 import type { RedirectOrigin } from "../engine/redirect.js";
 import type { Secret } from "../secrets/secrets.js";
 import type { MessagePort } from "node:worker_threads";
@@ -101,12 +101,9 @@ function open(m: TlsOpenMessage["open"]): void {
   let ca = cas.get(setup.ca.certPem);
   if (!ca) cas.set(setup.ca.certPem, (ca = CertificateAuthority.fromShare(setup.ca, mintOnPool)));
   const others = new Set(setup.gatewayOthers.map((a) => ipaddr.parse(a).toString()));
-  /** The replica's judgement: null, a reason, or "pin" (covered; the pin is the replica's to check). */
-  const local = (origin: RedirectOrigin, name: string | undefined, what: string): string | null => {
-    const b = nameBinding(names, origin.admitNameId, origin.ip, name, what);
-    if (b !== "pin") return b;
-    return pins.has(origin.ip, name!) ? null : unpinnedReason(origin.ip, name!);
-  };
+  /** The replica's judgement (the gateway's boundName, on this worker's names and pins). */
+  const local = (origin: RedirectOrigin, name: string | undefined, what: string): string | null =>
+    boundName(names, pins, origin.admitNameId, origin.ip, name, what);
   /**
    * At a connection's start: a refusal only on the main thread's word. A name it allows on a
    * domain rule's connection is pinned to the address there: the replica learns the pin (the

@@ -94,14 +94,23 @@ export function registeredTempDir(prefix: string, before: (path: string) => void
   for (let attempt = 0; ; attempt++) {
     const path = prefix + randomBytes(6).toString("base64url");
     before(path);
-    const unregister = register({ kind: "tree", path });
     try {
-      mkdirSync(path, { mode: 0o700 });
-      return { path, unregister };
+      return { path, unregister: registeredDir(path) };
     } catch (e) {
-      unregister();
       if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 8) throw e;
     }
+  }
+}
+
+/** Directory `path` (0700), registered with the janitor before it is made; returns the unregistration. */
+export function registeredDir(path: string): () => void {
+  const unregister = register({ kind: "tree", path });
+  try {
+    mkdirSync(path, { mode: 0o700 });
+    return unregister;
+  } catch (e) {
+    unregister();
+    throw e;
   }
 }
 

@@ -29,7 +29,7 @@ import { dirname, join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { HostRequirementError } from "../errors.js";
 import { findInPath } from "../sandbox/host-checks.js";
-import { diesWithMoat, register, registeredTempDir } from "../sandbox/guard.js";
+import { diesWithMoat, registeredDir, registeredTempDir } from "../sandbox/guard.js";
 import { Msg, FrameDecoder, frame, execFrame, u32Frame, STDIN_CHUNK_BYTES } from "./exec-protocol.js";
 import { vmCacheDir, type VmImage } from "./image.js";
 import { VmError } from "./vm-error.js";
@@ -141,20 +141,7 @@ class QemuVm implements Vm {
 
   static async start(qemu: string, accel: VmAccel, opts: StartVmOptions): Promise<QemuVm> {
     // Registered with the janitor (removed if this process ends before cleanupSync) before it exists.
-    let dir: string;
-    let unregister: () => void;
-    if (opts.dir) {
-      dir = opts.dir;
-      unregister = register({ kind: "tree", path: dir });
-      try {
-        mkdirSync(dir, { mode: 0o700 });
-      } catch (e) {
-        unregister();
-        throw e;
-      }
-    } else {
-      ({ path: dir, unregister } = registeredTempDir(join(tmpdir(), "moat-vm-")));
-    }
+    const { path: dir, unregister } = opts.dir ? { path: opts.dir, unregister: registeredDir(opts.dir) } : registeredTempDir(join(tmpdir(), "moat-vm-"));
     const server = createServer();
     try {
       await new Promise<void>((resolve, reject) => {

@@ -24,18 +24,21 @@ export const MAX_ENGINE_THREADS = 256;
 const START_TIMEOUT_MS = 15_000;
 
 /** One worker thread of the pool. */
-class PoolWorker {
-  sandboxes = 0;
+/** A thread of one of this process's pools (engine or TLS): what it serves, and why it ended. */
+export class PoolWorker {
+  /** Sandboxes (or their TLS proxies) it serves. */
+  served = 0;
   exited = false;
   failure: Error | undefined;
   /** Why it ended, for each sandbox it serves (a set, so a stopped sandbox's host is let go). */
   readonly onExit = new Set<(reason: string) => void>();
 
-  constructor(readonly worker: Worker) {
+  /** `what`: the worker's name in a reason ("the engine worker failed: ..."). */
+  constructor(readonly worker: Worker, what: string) {
     worker.once("error", (err) => { this.failure = err; });
     worker.once("exit", (code) => {
       this.exited = true;
-      const reason = this.failure ? `the engine worker failed: ${this.failure.message}` : `the engine worker exited with code ${code}`;
+      const reason = this.failure ? `the ${what} failed: ${this.failure.message}` : `the ${what} exited with code ${code}`;
       for (const f of this.onExit) f(reason);
       this.onExit.clear();
     });
@@ -43,21 +46,21 @@ class PoolWorker {
   }
 
   /**
-   * A worker that stopped answering (a stop not acknowledged in time): out of the pool, ended.
-   * Every sandbox it served hears that its engine is gone (their networks are down: fail closed).
+   * A worker that stopped answering (a stop not acknowledged in time): out of `pool`, ended.
+   * Every sandbox it served hears that it is gone (their networks are down: fail closed).
    */
-  terminate(): void {
+  terminate(pool: PoolWorker[]): void {
     const i = pool.indexOf(this);
     if (i >= 0) pool.splice(i, 1);
     void this.worker.terminate();
   }
 
   take(): void {
-    if (this.sandboxes++ === 0) this.worker.ref();
+    if (this.served++ === 0) this.worker.ref();
   }
 
   release(): void {
-    if (--this.sandboxes === 0) this.worker.unref();
+    if (--this.served === 0) this.worker.unref();
   }
 }
 
@@ -88,7 +91,7 @@ export function setEngineThreads(n: number): void {
 
 /** The pool's workers now: their thread ids and how many sandboxes each serves. */
 export function engineWorkers(): { threadId: number; sandboxes: number }[] {
-  return pool.filter((w) => !w.exited).map((w) => ({ threadId: w.worker.threadId, sandboxes: w.sandboxes }));
+  return pool.filter((w) => !w.exited).map((w) => ({ threadId: w.worker.threadId, sandboxes: w.served }));
 }
 
 /** How many threads serve each of this process's pools (engine, TLS): setEngineThreads, else MOAT_ENGINE_THREADS, else one per core. */
@@ -112,7 +115,7 @@ export function leastBusy<W extends { exited: boolean }>(workers: W[], make: () 
 
 /** The worker for a new sandbox. */
 function acquireWorker(): PoolWorker {
-  return leastBusy(pool, () => new PoolWorker(spawnWorker(new URL("./engine-worker.js", import.meta.url))), (w) => w.sandboxes);
+  return leastBusy(pool, () => new PoolWorker(spawnWorker(new URL("./engine-worker.js", import.meta.url)), "engine worker"), (w) => w.served);
 }
 
 /** A worker thread running `workerUrl`, with this process's Node options where a worker may have them. */
@@ -303,7 +306,7 @@ export class EngineHost {
         answered = true; // the worker is gone: nothing left to stop
       }
       // A worker that does not answer is stuck, for every sandbox on it: ended, not handed more.
-      if (!answered && !this.pw.exited) this.pw.terminate();
+      if (!answered && !this.pw.exited) this.pw.terminate(pool);
     }
     this.control[Comlink.releaseProxy]();
     this.controlPort.close();

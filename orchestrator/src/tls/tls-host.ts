@@ -5,12 +5,12 @@
 // the authoritative name table and pins, and the minting pool for a burst's leaves (piscina).
 //
 // A proxy's stats are counted on its worker into a SharedArrayBuffer read here as it is. A worker
-// that fails takes its proxies' listeners with it: the engine's redirected connections are then
-// refused (fail closed), and the failure is said on stderr.
-import { MessageChannel, type Worker } from "node:worker_threads";
+// that fails takes its proxies' listeners with it: each of its sandboxes hears it (onFailure) and
+// its network goes down (fail closed), said on stderr.
+import { MessageChannel } from "node:worker_threads";
 import * as Comlink from "comlink";
 import nodeEndpoint from "comlink/dist/esm/node-adapter.mjs";
-import { leastBusy, spawnWorker } from "../engine/engine-host.js";
+import { PoolWorker, leastBusy, spawnWorker } from "../engine/engine-host.js";
 import { MoatError } from "../errors.js";
 import { mintPool, type CertificateAuthority } from "./ca.js";
 import { TLS_STAT_NAMES, tlsStatsOver, type TlsProxyStats } from "./proxy.js";
@@ -19,38 +19,12 @@ import type { TlsCalls, TlsMint, TlsMintMessage, TlsOpenMessage, TlsProxySetup, 
 const OPEN_TIMEOUT_MS = 15_000;
 const CLOSE_TIMEOUT_MS = 5_000;
 
-class TlsWorker {
-  proxies = 0;
-  exited = false;
-  readonly onExit = new Set<(reason: string) => void>();
 
-  constructor(readonly worker: Worker) {
-    let failure: Error | undefined;
-    worker.once("error", (err) => { failure = err; });
-    worker.once("exit", (code) => {
-      this.exited = true;
-      const reason = failure ? `the TLS worker failed: ${failure.message}` : `the TLS worker exited with code ${code}`;
-      if (this.proxies > 0) process.stderr.write(`moat: ${reason}; TLS interception of its ${this.proxies} sandbox(es) refuses connections from here on\n`);
-      for (const f of this.onExit) f(reason);
-      this.onExit.clear();
-    });
-    worker.unref(); // held open only while it serves (take/release)
-  }
+const workers: PoolWorker[] = [];
 
-  take(): void {
-    if (this.proxies++ === 0) this.worker.ref();
-  }
-
-  release(): void {
-    if (--this.proxies === 0) this.worker.unref();
-  }
-}
-
-const workers: TlsWorker[] = [];
-
-function acquire(): TlsWorker {
+function acquire(): PoolWorker {
   return leastBusy(workers, () => {
-    const w = new TlsWorker(spawnWorker(new URL("./tls-worker.js", import.meta.url)));
+    const w = new PoolWorker(spawnWorker(new URL("./tls-worker.js", import.meta.url)), "TLS worker");
     // The worker's channel to this process's minting pool, for every CA it serves.
     const ch = new MessageChannel();
     Comlink.expose({ mint: (task) => mintPool().run(task) } satisfies TlsMint, nodeEndpoint(ch.port1));
@@ -58,12 +32,12 @@ function acquire(): TlsWorker {
     w.worker.postMessage({ mint: ch.port2 } satisfies TlsMintMessage, [ch.port2]);
     w.worker.once("exit", () => ch.port1.close());
     return w;
-  }, (w) => w.proxies);
+  }, (w) => w.served);
 }
 
 /** The TLS workers now: their thread ids and how many proxies each serves. */
 export function tlsWorkers(): { threadId: number; proxies: number }[] {
-  return workers.filter((w) => !w.exited).map((w) => ({ threadId: w.worker.threadId, proxies: w.proxies }));
+  return workers.filter((w) => !w.exited).map((w) => ({ threadId: w.worker.threadId, proxies: w.served }));
 }
 
 export interface RemoteTlsOptions extends Omit<TlsProxySetup, "ca" | "token"> {
@@ -80,7 +54,7 @@ export class RemoteTlsProxy {
   onFailure: ((reason: string) => void) | undefined;
 
   private constructor(
-    private readonly w: TlsWorker,
+    private readonly w: PoolWorker,
     private readonly control: Comlink.Remote<TlsWorkerControl>,
     private readonly ports: { close(): void }[],
     private readonly listening: { address: string; port: number },

@@ -149,15 +149,19 @@ async function poolScaling(): Promise<{ threads: number; rate: number }[]> {
 
 let pool: { threads: number; rate: number }[] | undefined;
 
+/** `moat run --tls-intercept` with `extra` in the world's host namespace (its CA written to `caOut`), idle until killed. */
+function startMoat(extra: string[], caOut: string): ChildProcess {
+  return spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept", ...extra,
+    "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", caOut, "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
+}
+
 /**
  * What substituting a secret costs kept-alive requests, from two moats side by side (one with the
  * secret, one without), measured in alternation COST_ROUNDS times: a drift of the machine between
  * two rows measured minutes apart shows as noise in the rows' ratio, not here.
  */
 async function secretCost(placeholder: string): Promise<number[]> {
-  const start = (withSecret: boolean) => spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
-    ...(withSecret ? ["--config", `${dir}/secrets.json`] : []), "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/cost-ca-${withSecret ? "secret" : "plain"}.pem`,
-    "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
+  const start = (withSecret: boolean) => startMoat(withSecret ? ["--config", `${dir}/secrets.json`] : [], `${dir}/cost-ca-${withSecret ? "secret" : "plain"}.pem`);
   const plain = start(false);
   const secret = start(true);
   try {
@@ -210,9 +214,7 @@ try {
   for (const withSecret of [false, true]) {
     if (!ROWS.has(withSecret ? "secret" : "moat")) continue;
     process.stderr.write(`tls bench: moat${withSecret ? " with a secret" : ""}...\n`);
-    moat = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "run", "--dns-nameserver", WORLD_IP4, "--tls-intercept",
-      ...(withSecret ? ["--config", `${dir}/secrets.json`] : ["--metrics", `127.0.0.1:${METRICS_PORT}`]),
-      "--tls-upstream-ca", `${dir}/ca.pem`, "--tls-ca-out", `${dir}/moat-ca.pem`, "--", "sleep", "3600"], { stdio: "ignore", env: { ...process.env, BENCH_KEY: "sk-bench-real-value" } });
+    moat = startMoat(withSecret ? ["--config", `${dir}/secrets.json`] : ["--metrics", `127.0.0.1:${METRICS_PORT}`], `${dir}/moat-ca.pem`);
     const ns = await sandboxNetns(moat.pid!);
     await sleep(500);
     // The CA file alone, as for the others (curl parses its CA file on every handshake: the system

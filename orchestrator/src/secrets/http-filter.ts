@@ -60,6 +60,7 @@ type State = "head" | "length" | "chunk-size" | "chunk-data" | "chunk-crlf" | "t
 /** Largest request body held to substitute a secret in it; over it, a body with a placeholder is a violation. */
 export const MAX_BODY = 1 << 20;
 const MAX_LINE = 8192;
+const CRLFCRLF = Buffer.from("\r\n\r\n", "latin1");
 
 export class RequestFilter {
   private state: State;
@@ -79,6 +80,8 @@ export class RequestFilter {
   private readonly scanner: PlaceholderScanner;
   /** Secrets whose value may be put into requests on this connection. */
   private readonly allowed: Secret[];
+  /** Some allowed secret is substituted in bodies. */
+  private readonly bodySecrets: boolean;
   private readonly sni: string | undefined;
   /** Whether any value was put into a request on this connection (its responses are scrubbed). */
   substituted = false;
@@ -86,6 +89,7 @@ export class RequestFilter {
   constructor(secrets: readonly Secret[], private readonly ctx: FilterContext) {
     this.sni = ctx.sni;
     this.allowed = secretsFor(secrets, ctx.sni, ctx.pinned);
+    this.bodySecrets = this.allowed.some((x) => x.body);
     // Every connection with secrets is read as HTTP where it is HTTP (so a WebSocket's masked
     // frames are unmasked before scanning); only the ones moat must judge refuse what is not.
     this.strict = this.allowed.length > 0 || ctx.authority !== undefined;
@@ -121,11 +125,12 @@ export class RequestFilter {
       }
       if (this.state === "head") {
         const prev = this.head.length;
-        ({ view: this.head, store: this.headStore } = gather(this.head, b, this.headStore));
+        if (prev === 0) this.head = b;
+        else ({ view: this.head, store: this.headStore } = gather(this.head, b, this.headStore));
         // Not the start of a request line at all (a binary protocol): judged at once rather than
         // after a blank line that will never come.
         if (!startsAsRequestLine(this.head)) return this.refuse(out, 400, "not an HTTP/1.1 request", this.takeHead());
-        const end = this.head.indexOf("\r\n\r\n", Math.max(0, prev - 3));
+        const end = this.head.indexOf(CRLFCRLF, Math.max(0, prev - 3));
         const limit = end < 0 ? this.head.length : end + 4;
         // A bare LF ends a line (or a head) for some servers: refused as soon as it is seen. (A
         // head that came whole, the common case, is read as text once and checked there.)
@@ -396,7 +401,7 @@ export class RequestFilter {
     this.frame(h);
     // No placeholder in any form anywhere (most requests) and no body to substitute in: the head
     // goes as it is.
-    if (!this.allowed.some((x) => x.body) && !this.scanner.find(text)) return { head: text };
+    if (!this.bodySecrets && !this.scanner.find(text)) return { head: text };
     const hostOk = h.host === this.sni && h.method !== "TRACE" && this.allowed.length > 0;
     let line = `${h.method} ${h.target} ${h.version}`;
     if (hostOk) {
@@ -406,27 +411,31 @@ export class RequestFilter {
       line = `${h.method} ${t} ${h.version}`;
     }
     const outLines = [line];
-    const values: string[] = [];
     for (const f of h.fields) {
       const value = hostOk ? substituteHeader(this.allowed, f.name, f.value) : f.value;
-      values.push(value);
-      if (value !== f.value) this.substituted = true;
-      outLines.push(value !== f.value ? `${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}` : f.raw);
+      if (value === f.value) outLines.push(f.raw);
+      else {
+        this.substituted = true;
+        outLines.push(`${f.raw.slice(0, f.raw.indexOf(":"))}: ${value}`);
+      }
     }
-    // A placeholder left anywhere in what would go (one search over the whole; no form spans a
-    // line), then, only if there is one, where: the first line holding it is what the guest is told.
-    if (this.scanner.find(outLines.join("\r\n"))) {
+    // Once a value went out on this connection, what comes back is scanned: asked for uncompressed.
+    const replaced = this.identity(outLines, h.fields.findIndex((f) => f.name === "accept-encoding"));
+    const joined = outLines.join("\r\n");
+    // A placeholder left anywhere in what would go (one search over the whole, and over a line
+    // identity() took out; no form spans a line), then, only if there is one, where: the first
+    // line holding it is what the guest is told.
+    if (this.scanner.find(joined) || (replaced !== undefined && this.scanner.find(replaced))) {
       const why = hostOk ? "" : h.method === "TRACE" ? " (TRACE echoes it back)" : notHere(h.host, this.sni, this.unpinned, "Host");
       const inLine = this.scanner.find(line);
       if (inLine) return { violation: this.violation(inLine, "the request line", true) };
-      for (let i = 0; i < h.fields.length; i++) {
-        const f = h.fields[i]!;
-        const found = this.scanner.find(`${f.name}: ${values[i]}`);
+      for (const f of h.fields) {
+        const found = this.scanner.find(`${f.name}: ${hostOk ? substituteHeader(this.allowed, f.name, f.value) : f.value}`);
         if (found) return { violation: this.violation(found, `header ${f.name}${why}`, true) };
       }
-      return { violation: this.violation(this.scanner.find(outLines.join("\r\n"))!, `the request head${why}`, true) };
+      return { violation: this.violation((this.scanner.find(joined) ?? this.scanner.find(replaced!))!, `the request head${why}`, true) };
     }
-    const bodySecrets = hostOk && this.allowed.some((x) => x.body);
+    const bodySecrets = hostOk && this.bodySecrets;
     const encoded = h.fields.some((f) => f.name === "content-encoding" && !/^identity$/i.test(f.value));
     if (bodySecrets && !encoded && (this.state === "length" || this.state === "chunk-size")) {
       // Hold the body whole: its head goes out with the substituted body's length.
@@ -434,17 +443,25 @@ export class RequestFilter {
       this.state = "buffer";
       return { head: "" };
     }
-    return { head: `${this.identity(outLines).join("\r\n")}\r\n\r\n` };
+    return { head: `${joined}\r\n\r\n` };
   }
 
-  /** Once a value went out on this connection, what comes back is scanned: ask for it uncompressed. */
-  private identity(lines: string[]): string[] {
-    if (!this.substituted) return lines;
+  /**
+   * Once a value went out on this connection, what comes back is scanned: ask for it uncompressed
+   * (`lines` changed in place). Returns the Accept-Encoding line it replaced, if any.
+   */
+  private identity(lines: string[], field?: number): string | undefined {
+    if (!this.substituted) return undefined;
     // (a field line's name is followed by its colon at once: parseRequestHead refuses a space there)
-    const i = lines.findIndex((l, k) => k > 0 && l.charCodeAt(15) === 0x3a && nameIs(l, 0, 15, "accept-encoding"));
-    if (i > 0) lines[i] = "Accept-Encoding: identity";
-    else lines.push("Accept-Encoding: identity");
-    return lines;
+    // (`field`: where Accept-Encoding is among the head's fields, -1 if nowhere; lines[0] is the request line)
+    const i = field !== undefined ? (field < 0 ? -1 : field + 1) : lines.findIndex((l, k) => k > 0 && l.charCodeAt(15) === 0x3a && nameIs(l, 0, 15, "accept-encoding"));
+    if (i < 0) {
+      lines.push("Accept-Encoding: identity");
+      return undefined;
+    }
+    const was = lines[i];
+    lines[i] = "Accept-Encoding: identity";
+    return was;
   }
 
   /** A held request: its body substituted, framed by Content-Length; a violation if a placeholder is left. */
@@ -458,7 +475,8 @@ export class RequestFilter {
     const found = this.scanner.find(body);
     if (found) return { violation: this.violation(found, "a request body", true) };
     if (body !== payload.toString("latin1")) this.substituted = true;
-    const head = this.identity(lines.filter((l) => !/^(content-length|transfer-encoding)\s*:/i.test(l)));
+    const head = lines.filter((l) => !/^(content-length|transfer-encoding)\s*:/i.test(l));
+    this.identity(head); // (the lines were all judged with the head)
     head.splice(1, 0, `Content-Length: ${Buffer.byteLength(body, "latin1")}`);
     return { request: Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`, "latin1"), Buffer.from(body, "latin1")]) };
   }

@@ -130,10 +130,22 @@ export function badLineEndingText(text: string): number {
 
 /** The host of an authority (host[:port]): lower-case, no port, no final dot; null if malformed. */
 export function hostOf(authority: string): string | null {
+  if (isPlainName(authority)) return authority; // (the common case, read the same by the rules below)
   if (!HOST_PORT.test(authority)) return null;
   const h = authority.startsWith("[") ? authority.slice(0, authority.indexOf("]") + 1) : authority.replace(/:[0-9]*$/, "");
   if (h === "" || h.includes("%")) return null;
   return h.toLowerCase().replace(/\.$/, "");
+}
+
+/** Whether `s` is lower-case letters, digits, dots and hyphens, not ending in a dot: a host as it is. */
+function isPlainName(s: string): boolean {
+  const n = s.length;
+  if (n === 0 || s.charCodeAt(n - 1) === 0x2e) return false;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (!((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x2d)) return false;
+  }
+  return true;
 }
 
 /** Parse a complete request head (through its blank line). Throws HeadError. */

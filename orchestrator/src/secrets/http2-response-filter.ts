@@ -86,7 +86,7 @@ export class Http2ResponseScrubber {
   private failed: string | undefined;
 
   constructor(secrets: readonly Secret[], options: Http2ScrubOptions = {}) {
-    this.values = new SecretValues(secrets);
+    this.values = SecretValues.of(secrets);
     this.whole = new ValueScanner(this.values);
     this.decoder = hpack.decompressor.create({ table: { maxSize: options.maxTableSize ?? 65536 } });
     // The server's encoder starts at the protocol's default; its size updates arrive in its blocks.

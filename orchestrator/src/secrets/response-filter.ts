@@ -26,7 +26,7 @@
 import zlib from "node:zlib";
 import type { Secret } from "./secrets.js";
 import { SecretValues, ValueScanner, type ValueFound } from "./value-scanner.js";
-import { eachFieldLine, nameIs } from "./http1-head.js";
+import { badLineEndingText, eachFieldLine, nameIs } from "./http1-head.js";
 
 export const MAX_HEAD = 65536;
 const MAX_LINE = 4096; // a chunk-size line
@@ -36,6 +36,7 @@ const SLICE = 16384; // compressed bytes given to the decoder at once
 export const MAX_EXPANSION = 64;
 export const MAX_DECODED = 256 << 20;
 const EMPTY = Buffer.alloc(0);
+const CRLFCRLF = Buffer.from("\r\n\r\n", "latin1");
 
 export interface ScrubResult {
   /** Bytes for the guest now. */
@@ -143,7 +144,7 @@ export class ResponseScrubber {
   private failed: string | undefined;
 
   constructor(secrets: readonly Secret[]) {
-    this.values = new SecretValues(secrets);
+    this.values = SecretValues.of(secrets);
     this.scanner = new ValueScanner(this.values);
   }
 
@@ -238,7 +239,7 @@ export class ResponseScrubber {
         case "head": {
           const prev = this.head.length;
           this.head = prev ? Buffer.concat([this.head, b]) : b;
-          const end = this.head.indexOf("\r\n\r\n", Math.max(0, prev - 3));
+          const end = this.head.indexOf(CRLFCRLF, Math.max(0, prev - 3));
           if (end < 0 || end + 4 > MAX_HEAD) {
             if (this.head.length > MAX_HEAD || (end >= 0 && end + 4 > MAX_HEAD)) throw new ResponseError(`a response head over ${MAX_HEAD} bytes`);
             this.checkBareLf(this.head, Math.max(0, prev - 1));
@@ -334,8 +335,10 @@ export class ResponseScrubber {
    * many bytes of `rest` it took.
    */
   private response(head: Buffer, rest: Buffer, out: Buffer[], found: ValueFound[]): number {
-    this.checkBareLf(head);
     const text = head.toString("latin1");
+    // (one search for a bare CR or LF and a NUL over the whole head: most heads need no more)
+    const suspect = badLineEndingText(text) >= 0 || text.includes("\0");
+    if (suspect) this.checkBareLf(head);
     const eol = text.indexOf("\r\n");
     const statusLine = text.slice(0, eol);
     const status = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [^\r\n]*)?$/.exec(statusLine);
@@ -350,7 +353,7 @@ export class ResponseScrubber {
     eachFieldLine(text, eol + 2, (why, line) => new ResponseError(why === "fold"
       ? "an obs-fold (a header line beginning with whitespace) in a response head"
       : `a response header line ${this.quote(line, 60)} that is not "name: value"`), (ls, ne, vs, ve) => {
-      for (let i = vs; i < ve; i++) {
+      for (let i = vs; suspect && i < ve; i++) {
         const c = text.charCodeAt(i);
         if (c === 0 || c === 0x0d) throw new ResponseError(`response header ${text.slice(ls, ne)} holds a NUL or CR`);
       }

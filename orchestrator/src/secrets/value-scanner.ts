@@ -38,7 +38,9 @@ interface Decoded { bytes: Buffer; secret: Secret; raw: Buffer; pct: Buffer; jso
 
 const PARTIAL = -1, NONE = -2;
 
-/** The compiled forms of a set of secrets' values: shared by every scanner of a connection. */
+const compiled = new WeakMap<readonly Secret[], SecretValues>();
+
+/** The compiled forms of a set of secrets' values: shared by every scanner (read only once built). */
 export class SecretValues {
   readonly exact: Exact[] = [];
   readonly decoded: Decoded[] = [];
@@ -49,6 +51,13 @@ export class SecretValues {
   /** The longest an occurrence can be (every byte as \u00XX). */
   readonly maxLength: number;
   private readonly byFirst: (Exact[] | undefined)[] = new Array(256);
+
+  /** The compiled values of `secrets`, compiled once per set (a connection's scrubber takes them from here). */
+  static of(secrets: readonly Secret[]): SecretValues {
+    let v = compiled.get(secrets);
+    if (!v) compiled.set(secrets, (v = new SecretValues(secrets)));
+    return v;
+  }
 
   constructor(readonly secrets: readonly Secret[]) {
     let max = 0;

@@ -1,6 +1,6 @@
 // tls.ts — TLS interception side by side with mitmproxy, in one run.
 //
-//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--rows direct,moat,secret,cost,mitmproxy,pool]
+//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--cost-requests N] [--rows direct,moat,secret,cost,mitmproxy,pool]
 //
 // A world HTTPS server (test/testbed/servers.js https: HTTP/1.1 and HTTP/2, a certificate for
 // *.bench.test from a CA made here with openssl) at 203.0.113.10, every name under bench.test
@@ -32,6 +32,10 @@ const BULK_MIB = Number(opt("bulk-mib", "512"));
 const PARALLEL = 16;
 const ROWS = new Set(opt("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
 const COST_ROUNDS = 11;
+// A cost round's requests: enough that the 16 connections' set-up (and curl's start) is a small
+// part of the round, so the row measures kept-alive requests (set-up is what the new-connection
+// columns measure).
+const COST_REQUESTS = Number(opt("cost-requests", String(4 * REQUESTS)));
 
 const skip = systemTestSkipReason() ?? (existsSync("/usr/bin/mitmdump") ? undefined : "mitmproxy is not installed (apt-get install mitmproxy)");
 if (skip) {
@@ -157,31 +161,33 @@ function startMoat(extra: string[], caOut: string): ChildProcess {
 
 /**
  * What substituting a secret costs kept-alive requests, from two moats side by side (one with the
- * secret, one without), measured in alternation COST_ROUNDS times: a drift of the machine between
- * two rows measured minutes apart shows as noise in the rows' ratio, not here.
+ * secret, one without), measured in alternation COST_ROUNDS times, each round in the other order
+ * than the last (ABBA): a drift of the machine between two rows measured minutes apart shows as
+ * noise in the rows' ratio, not here, and neither moat is always the one measured first.
  */
 async function secretCost(placeholder: string): Promise<number[]> {
   const start = (withSecret: boolean) => startMoat(withSecret ? ["--config", `${dir}/secrets.json`] : [], `${dir}/cost-ca-${withSecret ? "secret" : "plain"}.pem`);
   const plain = start(false);
   const secret = start(true);
+  const many = urls("cost.cfg", COST_REQUESTS, () => "www.bench.test", "hello");
   try {
     const nsPlain = await sandboxNetns(plain.pid!);
     const nsSecret = await sandboxNetns(secret.pid!);
     await sleep(500);
-    const keepalive = (ns: string, which: string, token: string) => {
+    const keepalive = (withSecret: boolean) => {
+      const [ns, which, token] = withSecret ? [nsSecret, "secret", placeholder] : [nsPlain, "plain", "not-a-placeholder-000000000"];
       const argv = ["ip", "netns", "exec", ns, "curl", "-sS", "--no-progress-meter", "--cacert", `${dir}/cost-ca-${which}.pem`, "-H", `Authorization: Bearer ${token}`,
-        "-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", repeated];
+        "-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", many];
       const t0 = performance.now();
       execFileSync(argv[0]!, argv.slice(1), { timeout: 300000 });
-      return REQUESTS / ((performance.now() - t0) / 1000);
+      return COST_REQUESTS / ((performance.now() - t0) / 1000);
     };
-    keepalive(nsPlain, "plain", "not-a-placeholder-000000000"); // (both warm: leaves minted, code compiled)
-    keepalive(nsSecret, "secret", placeholder);
+    keepalive(false); // (both warm: leaves minted, code compiled)
+    keepalive(true);
     const costs: number[] = [];
     for (let i = 0; i < COST_ROUNDS; i++) {
-      const a = keepalive(nsPlain, "plain", "not-a-placeholder-000000000");
-      const b = keepalive(nsSecret, "secret", placeholder);
-      costs.push(1 - b / a);
+      const [a, b] = i % 2 === 0 ? [keepalive(false), keepalive(true)] : (([y, x]) => [x, y])([keepalive(true), keepalive(false)]);
+      costs.push(1 - b! / a!);
     }
     return costs;
   } finally {
@@ -281,7 +287,7 @@ if (loop) console.log(`moat's main-thread event-loop delay at ${fmt(loop.rate)} 
 if (pool?.length === 2) console.log(`two sandboxes of one daemon, new conn/s to distinct names together: ${fmt(pool[0]!.rate)} with 1 thread, ${fmt(pool[1]!.rate)} with 2 (${fmt(pool[1]!.rate / pool[0]!.rate, 2)}x)`);
 if (costs) {
   const sorted = [...costs].sort((a, b) => a - b);
-  console.log(`secret substitution, kept-alive req/s, ${COST_ROUNDS} rounds in alternation: cost ${costs.map((c) => `${fmt(c * 100, 1)}%`).join(", ")}; median ${fmt(sorted[Math.floor(sorted.length / 2)]! * 100, 1)}%`);
+  console.log(`secret substitution, kept-alive req/s, ${COST_ROUNDS} rounds of ${COST_REQUESTS} requests in alternation (ABBA): cost ${costs.map((c) => `${fmt(c * 100, 1)}%`).join(", ")}; median ${fmt(sorted[Math.floor(sorted.length / 2)]! * 100, 1)}%`);
 }
 const sec = rows.find((r) => r[0].startsWith("moat, a secret"))?.[1];
 if (m && sec) console.log(`secret substitution: kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);

@@ -352,9 +352,12 @@ test("HTTP/1.1: malformed or ambiguous responses are errors, and nothing unjudge
 test("HTTP/1.1: a streamed body paused on a byte that could begin a value goes on at idle()", () => {
   const s = new ResponseScrubber([S]);
   s.request("GET", false);
+  assert.ok(!s.holding, "nothing held before the response");
   const a = s.push(Buffer.from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n8\r\ndata: as\r\n"));
   assert.equal(Buffer.concat(a.out).toString(), "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n7\r\ndata: a\r\n");
+  assert.ok(s.holding, "a byte held: the proxy arms its idle timer");
   assert.equal(Buffer.concat(s.idle().out).toString(), "1\r\ns\r\n", "the held byte, as a chunk of its own");
+  assert.ok(!s.holding, "nothing held after idle()");
   assert.equal(s.idle().out.length, 0, "nothing more to release");
   const b = s.push(Buffer.from(`${(V.length - 1).toString(16)}\r\n${V.slice(1)}\r\n0\r\n\r\n`));
   const rest = Buffer.concat(b.out).toString();
@@ -548,8 +551,10 @@ test("HTTP/2: a stream paused on a byte that could begin a value goes on at idle
   const s = new Http2ResponseScrubber([S]);
   const a = parseFrames(Buffer.concat(s.push(frame(0, 0, 5, "chunk 1 ends in s")).out));
   assert.deepEqual(a.map((f) => f.payload.toString()), ["chunk 1 ends in "]);
+  assert.ok(s.holding, "a byte held: the proxy arms its idle timer");
   const b = parseFrames(Buffer.concat(s.idle().out));
   assert.deepEqual(b.map((f) => [f.type, f.stream, f.payload.toString()]), [[0, 5, "s"]]);
+  assert.ok(!s.holding, "nothing held after idle()");
   const c = parseFrames(Buffer.concat(s.push(frame(0, 1, 5, `${V.slice(1)}!`)).out));
   const body = [...a, ...b, ...c].map((f) => f.payload.toString("latin1")).join("");
   assert.equal(body.length, "chunk 1 ends in s".length + V.length, "as many bytes as the server sent");

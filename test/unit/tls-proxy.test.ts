@@ -88,3 +88,43 @@ test("a relay runs ahead of a reader that does not read only within its proxy's 
   await new Promise((r) => setTimeout(r, 20));
   assert.ok(ahead.take(), "slots given back when the connections closed");
 });
+
+test("a response paused on a byte that could begin a value reaches the guest after a short quiet", async () => {
+  const upstreamCa = new CertificateAuthority();
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    // A streamed body whose last byte so far is the value's first ("V"): held back by the
+    // scrubber until the server says more, or until it has been quiet a moment. It never says more.
+    s.once("data", () => s.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\ndata: aV\r\n"));
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority();
+  const secrets = validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P }], { KEY: "VALUE-123" });
+  const proxy = new TlsProxy({ token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], checkSni: () => null, secrets, pinned: () => true });
+  await proxy.listen();
+  try {
+    const raw = net.connect(proxy.address().port, "127.0.0.1");
+    await new Promise<void>((r) => raw.once("connect", () => r()));
+    raw.write(preamble(token, (server.address() as net.AddressInfo).port));
+    const guest = tls.connect({ socket: raw, servername: "api.example.test", ca: ca.certPem, ALPNProtocols: ["http/1.1"] });
+    await new Promise<void>((r) => guest.once("secureConnect", () => r()));
+    guest.on("error", () => {});
+    let answer = "";
+    const whole = new Promise<number>((r) => {
+      const t0 = performance.now();
+      guest.on("data", (d: Buffer) => {
+        answer += d.toString("latin1");
+        if (/data: a\r\n1\r\nV\r\n$/.test(answer)) r(performance.now() - t0);
+      });
+    });
+    guest.write(`GET /events HTTP/1.1\r\nHost: api.example.test\r\nX-K: ${P}\r\n\r\n`);
+    const ms = await Promise.race([whole, new Promise<number>((r) => setTimeout(() => r(-1), 2000))]);
+    assert.ok(ms >= 0, `the held byte never came: ${JSON.stringify(answer)}`);
+    assert.match(answer, /^HTTP\/1\.1 200 OK\r\n/);
+    guest.destroy();
+  } finally {
+    await proxy.close();
+    server.close();
+  }
+});

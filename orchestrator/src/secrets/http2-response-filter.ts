@@ -111,6 +111,13 @@ export class Http2ResponseScrubber {
    * back because it could begin a value goes out now as DATA (a streaming response, gRPC, is not
    * stalled on it). See ValueScanner.releaseHeld.
    */
+  /** Whether a stream's bytes are held back (idle() would release some). */
+  get holding(): boolean {
+    if (this.failed) return false;
+    for (const sc of this.streams.values()) if (sc.held) return true;
+    return false;
+  }
+
   idle(): ScrubResult {
     const out: Buffer[] = [];
     const scrubbed: ValueFound[] = [];

@@ -183,6 +183,11 @@ export class ResponseScrubber {
     return this.state === "done" ? { out, scrubbed, close: true } : { out, scrubbed };
   }
 
+  /** Whether bytes are held back (idle() would release some). */
+  get holding(): boolean {
+    return !this.failed && this.scanner.held > 0;
+  }
+
   /**
    * The server has sent nothing for a while (call it after ~50 ms of quiet): bytes the scanner
    * holds back because they could begin a value go out now, so a streamed response (server-sent

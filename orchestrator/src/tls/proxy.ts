@@ -509,7 +509,9 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, ahead: RunA
   const fromServer = (chunk: Buffer): Buffer | null => {
     if (!scrubber) return chunk;
     const out = scrubbed(judge(() => scrubber.push(chunk)));
-    // One timer for the connection, pushed back on every chunk (refresh() re-arms a fired one).
+    // One timer for the connection, pushed back on every chunk that leaves bytes held (refresh()
+    // re-arms a fired one); nothing held (most chunks), nothing to release.
+    if (!scrubber.holding) return out;
     if (idleTimer) idleTimer.refresh();
     else {
       idleTimer = setTimeout(() => {

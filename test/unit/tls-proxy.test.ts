@@ -16,6 +16,16 @@ const P = "moat-ph-abcdefghijklmnopqrstuvwx";
 
 const preamble = (token: Buffer, port: number): Buffer => redirectPreamble(token, 4, [127, 0, 0, 1], port);
 
+/** A guest's TLS connection to api.example.test through `proxy`, redirected to `server`. */
+async function guestTo(proxy: TlsProxy, token: Buffer, ca: CertificateAuthority, server: tls.Server): Promise<tls.TLSSocket> {
+  const raw = net.connect(proxy.address().port, "127.0.0.1");
+  await new Promise<void>((r) => raw.once("connect", () => r()));
+  raw.write(preamble(token, (server.address() as net.AddressInfo).port));
+  const guest = tls.connect({ socket: raw, servername: "api.example.test", ca: ca.certPem, ALPNProtocols: ["http/1.1"] });
+  await new Promise<void>((r) => guest.once("secureConnect", () => r()));
+  return guest;
+}
+
 test("a violation whose callback throws still stops the connection: nothing more reaches the server", async () => {
   const upstreamCa = new CertificateAuthority();
   const received: string[] = [];
@@ -37,11 +47,7 @@ test("a violation whose callback throws still stops the connection: nothing more
   process.removeAllListeners("uncaughtException");
   process.on("uncaughtException", (e) => uncaught.push(e));
   try {
-    const raw = net.connect(proxy.address().port, "127.0.0.1");
-    await new Promise<void>((r) => raw.once("connect", () => r()));
-    raw.write(preamble(token, (server.address() as net.AddressInfo).port));
-    const guest = tls.connect({ socket: raw, servername: "api.example.test", ca: ca.certPem, ALPNProtocols: ["http/1.1"] });
-    await new Promise<void>((r) => guest.once("secureConnect", () => r()));
+    const guest = await guestTo(proxy, token, ca, server);
     let answer = "";
     guest.on("data", (d: Buffer) => (answer += d.toString("latin1")));
     const closed = new Promise<void>((r) => guest.once("close", () => r()));
@@ -104,11 +110,7 @@ test("a response paused on a byte that could begin a value reaches the guest aft
   const proxy = new TlsProxy({ token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], checkSni: () => null, secrets, pinned: () => true });
   await proxy.listen();
   try {
-    const raw = net.connect(proxy.address().port, "127.0.0.1");
-    await new Promise<void>((r) => raw.once("connect", () => r()));
-    raw.write(preamble(token, (server.address() as net.AddressInfo).port));
-    const guest = tls.connect({ socket: raw, servername: "api.example.test", ca: ca.certPem, ALPNProtocols: ["http/1.1"] });
-    await new Promise<void>((r) => guest.once("secureConnect", () => r()));
+    const guest = await guestTo(proxy, token, ca, server);
     guest.on("error", () => {});
     let answer = "";
     const whole = new Promise<number>((r) => {

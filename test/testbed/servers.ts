@@ -17,7 +17,7 @@ import { createServer, type Socket } from "node:net";
 import { createHash } from "node:crypto";
 import { readFileSync, appendFileSync } from "node:fs";
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
-import { chunk, CHUNK } from "./stream-data.js";
+import { writeStream } from "./stream-data.js";
 
 const [kind, portText] = process.argv.slice(2);
 const port = Number(portText);
@@ -34,11 +34,7 @@ function tcp(handler: (c: Socket) => void): void {
 }
 
 async function sendStream(c: Socket, bytes: number): Promise<void> {
-  for (let i = 0, sent = 0; sent < bytes; i++) {
-    const len = Math.min(CHUNK, bytes - sent);
-    if (!c.write(Buffer.from(chunk(i, len)))) await new Promise((r) => c.once("drain", r));
-    sent += len;
-  }
+  await writeStream(c, bytes);
   c.end();
 }
 
@@ -89,14 +85,7 @@ switch (kind) {
       } else if (url.startsWith("/bytes/")) {
         const n = Number(url.slice(7));
         res.setHeader("content-length", String(n));
-        void (async () => {
-          for (let i = 0, sent = 0; sent < n; i++) {
-            const len = Math.min(CHUNK, n - sent);
-            if (!res.write(Buffer.from(chunk(i, len)))) await new Promise((r) => res.once("drain", r));
-            sent += len;
-          }
-          res.end();
-        })();
+        void writeStream(res, n).then(() => res.end());
       } else if (url === "/sink") {
         const h = createHash("sha256");
         let n = 0;

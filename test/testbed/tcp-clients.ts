@@ -16,7 +16,7 @@
 //                                 echo is checked by SHA-256: "ok N SECONDS s", or which stalled
 import { connect, type Socket } from "node:net";
 import { createHash } from "node:crypto";
-import { chunk, CHUNK, streamHash } from "./stream-data.js";
+import { CHUNK, streamHash, writeStream } from "./stream-data.js";
 
 const [mode, host, portText, a, b] = process.argv.slice(2);
 const port = Number(portText);
@@ -34,11 +34,7 @@ async function upload(bytes: number): Promise<string> {
   let reply = "";
   s.on("data", (d) => (reply += d));
   const done = new Promise((r) => s.on("end", r));
-  for (let i = 0, sent = 0; sent < bytes; i++) {
-    const len = Math.min(CHUNK, bytes - sent);
-    if (!s.write(Buffer.from(chunk(i, len)))) await new Promise((r) => s.once("drain", r));
-    sent += len;
-  }
+  await writeStream(s, bytes);
   s.end();
   await done;
   const want = streamHash(bytes);

@@ -80,6 +80,12 @@ export function endBenchWorld(world: World): void {
 }
 
 /** A figure with d decimals, "-" when there is none. */
+/** The median of `xs` (the mean of the middle two when their count is even). */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return (s[(s.length - 1) >> 1]! + s[s.length >> 1]!) / 2;
+}
+
 export function fmt(v: number | undefined, d = 2): string {
   return v === undefined || !Number.isFinite(v) ? "-" : v.toFixed(d);
 }

@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { request } from "node:http";
 import { mkdtempSync, rmSync, readFileSync } from "node:fs";
 import { WORLD_IP4, MOAT_BIN } from "../test/testbed/world.js";
-import { option, sleep, killTree, benchWorld, endBenchWorld, iperfClient, iperfGbps, fmt, printTable } from "./harness.js";
+import { option, sleep, killTree, benchWorld, endBenchWorld, iperfClient, iperfGbps, fmt, median, printTable } from "./harness.js";
 
 const SECONDS = Number(option("seconds", "5"));
 const ROUNDS = Number(option("rounds", "3"));
@@ -85,7 +85,6 @@ try {
       for (const scraped of order) figures[`${reverse ? "down" : "up"} ${scraped ? "on" : "off"}`]!.push(await iperf(reverse, scraped));
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   printTable([
     ["direction", "unscraped Gbit/s (median)", "scraped Gbit/s (median)", "ratio (medians)", "ratio (means)", "runs"],

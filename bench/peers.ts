@@ -1,6 +1,6 @@
 // peers.ts — moat side by side with the userspace peers and the kernel, in one run.
 //
-//   sudo node dist/bench/peers.js [--time SECONDS] [--only moat,slirp4netns,pasta,veth]
+//   sudo node dist/bench/peers.js [--time SECONDS] [--only moat,slirp4netns,pasta,veth] [--bulk-runs N]
 //
 // Every contender gives a fresh network namespace (the "guest") a path to the same test world:
 // an iperf3 server and a TCP echo server at 203.0.113.10 in their own namespace, reached through
@@ -23,10 +23,13 @@
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN } from "../test/testbed/world.js";
-import { option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, printTable, sandboxNetns } from "./harness.js";
+import { option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable, sandboxNetns } from "./harness.js";
 
 const SECONDS = Number(option("time", "5"));
 const ONLY = option("only", "moat,slirp4netns,pasta,veth").split(",");
+// The 1000 x 1 MiB echo, run this many times per contender (its figure is the median; with more
+// than one run, the spread is printed: the slowest run against the fastest, and against veth).
+const BULK_RUNS = Number(option("bulk-runs", "1"));
 
 // Published ports (inbound rows): host side 127.0.0.1:IN_IPERF / IN_ECHO -> guest 5201 / 7, for
 // clients on the host's loopback; and NET_HOST:NET_IPERF / NET_ECHO, for clients in the world
@@ -130,7 +133,7 @@ function iperf(exec: (c: string[]) => string[], reverse: boolean, target = WORLD
 
 interface InboundFigures { toGuest: number; fromGuest: number; crr: number }
 interface Inbound { loopback: InboundFigures; net: InboundFigures }
-interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; bulkSeconds: number | undefined; inbound?: Inbound }
+interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; bulkSeconds: number | undefined; bulkRuns: number[]; inbound?: Inbound }
 
 /** Through the published ports: servers inside the guest, clients in the host namespace. */
 async function measureInbound(world: World, env: Awaited<ReturnType<Contender["up"]>>): Promise<Inbound | undefined> {
@@ -167,19 +170,23 @@ async function measure(world: World, c: Contender): Promise<Row> {
     const cores = env.pid ? (cpuSeconds(env.pid) - cpu0) / wall : undefined;
     const crr = crrRate(client("crr", String(Math.min(SECONDS, 3))));
     const rr = /p50=(\d+) p99=(\d+)/.exec(client("rr", "2000"))!;
-    let bulkSeconds: number | undefined;
-    try {
-      bulkSeconds = Number(/ok 1000 ([\d.]+) s/.exec(client("bulk", "1000", String(1 << 20), "120"))![1]);
-    } catch (e) {
-      process.stderr.write(`peers: ${c.name}: 1000 x 1 MiB failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
+    const bulkRuns: number[] = [];
+    for (let k = 0; k < BULK_RUNS; k++) {
+      try {
+        bulkRuns.push(Number(/ok 1000 ([\d.]+) s/.exec(client("bulk", "1000", String(1 << 20), "120"))![1]));
+      } catch (e) {
+        process.stderr.write(`peers: ${c.name}: 1000 x 1 MiB failed (run ${k + 1}): ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
+      }
     }
+    // (a contender with a failed run has no figure: a stall is not averaged away)
+    const bulkSeconds = bulkRuns.length === BULK_RUNS ? median(bulkRuns) : undefined;
     let inbound: Inbound | undefined;
     try {
       inbound = await measureInbound(world, env);
     } catch (e) {
       process.stderr.write(`peers: ${c.name}: inbound failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
     }
-    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), bulkSeconds, inbound };
+    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), bulkSeconds, bulkRuns, inbound };
   } finally {
     env.stop();
     await sleep(300);
@@ -213,6 +220,15 @@ if (moat) {
 }
 printTable(table);
 console.log(`(${SECONDS} s per iperf3 direction; ratios > 1 favour moat: throughput and conn/s as moat/peer, latency, CPU and 1000x1MiB time as peer/moat)`);
+if (BULK_RUNS > 1) {
+  const veth = rows.find((r) => r.name === "veth");
+  for (const r of rows) {
+    const runs = [...r.bulkRuns].sort((a, b) => a - b);
+    if (!runs.length) { console.log(`1000x1MiB echo, ${r.name}: 0 of ${BULK_RUNS} runs completed`); continue; }
+    const vs = r !== veth && veth?.bulkSeconds !== undefined ? `; slowest / veth's median ${fmt(runs.at(-1)! / veth.bulkSeconds)}` : "";
+    console.log(`1000x1MiB echo, ${r.name}: ${runs.length} of ${BULK_RUNS} runs completed, ${fmt(runs[0])}-${fmt(runs.at(-1))} s (median ${fmt(median(runs))}; slowest / fastest ${fmt(runs.at(-1)! / runs[0]!)}${vs})`);
+  }
+}
 
 // Inbound: through a published port, from the host's loopback and from the network.
 const inTable = [["inbound (published port)", "lo->guest Gbit/s", "guest->lo Gbit/s", "lo conn/s", "net->guest Gbit/s", "guest->net Gbit/s", "net conn/s"]];

@@ -1,6 +1,6 @@
 // tls.ts — TLS interception side by side with mitmproxy, in one run.
 //
-//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--cost-requests N] [--rows direct,moat,secret,cost,mitmproxy,pool]
+//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--cost-requests N] [--cost-rounds R] [--rows direct,moat,secret,cost,mitmproxy,pool]
 //
 // A world HTTPS server (test/testbed/servers.js https: HTTP/1.1 and HTTP/2, a certificate for
 // *.bench.test from a CA made here with openssl) at 203.0.113.10, every name under bench.test
@@ -31,7 +31,7 @@ const REQUESTS = Number(opt("requests", "2000"));
 const BULK_MIB = Number(opt("bulk-mib", "512"));
 const PARALLEL = 16;
 const ROWS = new Set(opt("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
-const COST_ROUNDS = 11;
+const COST_ROUNDS = Number(opt("cost-rounds", "21"));
 // A cost round's requests: enough that the 16 connections' set-up (and curl's start) is a small
 // part of the round, so the row measures kept-alive requests (set-up is what the new-connection
 // columns measure).

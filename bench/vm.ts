@@ -45,7 +45,7 @@ import { WORLD_IP4, hasTool } from "../test/testbed/world.js";
 import { ensureVmImage } from "../orchestrator/src/vm/image.js";
 import { startVm, qemuValue, type VmAccel } from "../orchestrator/src/vm/qemu.js";
 import { VmSandbox } from "../orchestrator/src/vm/vm-sandbox.js";
-import { option, sleep, killTree, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, printTable } from "./harness.js";
+import { option, sleep, killTree, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable } from "./harness.js";
 
 const SECONDS = Number(option("time", "5"));
 const CRR_SECONDS = Math.min(SECONDS, 3);
@@ -267,10 +267,6 @@ function inHostNamespace(ns: string, name: string): Promise<Row> {
   });
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return (s[(s.length - 1) >> 1]! + s[s.length >> 1]!) / 2;
-};
 const rows: Row[] = CONTENDERS.map((name) => runs.filter((r) => r.name === name)).filter((rs) => rs.length > 0).map((rs) => ({
   name: rs[0]!.name, accel: [...new Set(rs.map((r) => r.accel))].join("/"),
   bootMs: median(rs.map((r) => r.bootMs)), up: median(rs.map((r) => r.up)), down: median(rs.map((r) => r.down)), crr: median(rs.map((r) => r.crr)),

@@ -1,6 +1,6 @@
 // tls.ts — TLS interception side by side with mitmproxy, in one run.
 //
-//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--cost-requests N] [--cost-rounds R] [--rows direct,moat,secret,cost,mitmproxy,pool]
+//   sudo node dist/bench/tls.js [--requests N] [--bulk-mib M] [--keptalive-requests N] [--cost-rounds R] [--rows direct,moat,secret,cost,mitmproxy,pool]
 //
 // A world HTTPS server (test/testbed/servers.js https: HTTP/1.1 and HTTP/2, a certificate for
 // *.bench.test from a CA made here with openssl) at 203.0.113.10, every name under bench.test
@@ -32,10 +32,10 @@ const BULK_MIB = Number(opt("bulk-mib", "512"));
 const PARALLEL = 16;
 const ROWS = new Set(opt("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
 const COST_ROUNDS = Number(opt("cost-rounds", "21"));
-// A cost round's requests: enough that the 16 connections' set-up (and curl's start) is a small
-// part of the round, so the row measures kept-alive requests (set-up is what the new-connection
-// columns measure).
-const COST_REQUESTS = Number(opt("cost-requests", String(4 * REQUESTS)));
+// Kept-alive figures (the column and the cost rounds): enough requests that the 16 connections'
+// set-up (and curl's start) is a small part of the run, so they measure kept-alive requests
+// (set-up is what the new-connection columns measure).
+const KEPTALIVE_REQUESTS = Number(opt("keptalive-requests", String(4 * REQUESTS)));
 
 const skip = systemTestSkipReason() ?? (existsSync("/usr/bin/mitmdump") ? undefined : "mitmproxy is not installed (apt-get install mitmproxy)");
 if (skip) {
@@ -56,6 +56,7 @@ function urls(file: string, n: number, name: (i: number) => string, path: string
 const distinct = urls("distinct.cfg", REQUESTS, (i) => `n${i}.bench.test`, "hello");
 const repeated = urls("repeated.cfg", REQUESTS, () => "www.bench.test", "hello");
 const latency = urls("latency.cfg", 300, () => "www.bench.test", "hello");
+const keptAlive = urls("keptalive.cfg", KEPTALIVE_REQUESTS, () => "www.bench.test", "hello");
 
 interface Figures { distinct: number; repeated: number; keepalive: number; bulk: number; p50: number }
 
@@ -65,14 +66,14 @@ function measure(exec: (c: string[]) => string[], extra: string[]): Figures {
     const argv = exec(["curl", "-sS", "--no-progress-meter", ...extra, ...a]);
     return execFileSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: timeoutMs, maxBuffer: 64 << 20 });
   };
-  const rate = (a: string[]) => {
+  const rate = (a: string[], n = REQUESTS) => {
     const t0 = performance.now();
     curl(a);
-    return REQUESTS / ((performance.now() - t0) / 1000);
+    return n / ((performance.now() - t0) / 1000);
   };
   const distinctRate = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", distinct]);
   const repeatedRate = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", repeated]);
-  const keepalive = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", repeated]);
+  const keepalive = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", keptAlive], KEPTALIVE_REQUESTS);
   const bulk = Number(curl(["--http1.1", "-o", "/dev/null", "-w", "%{speed_download}", `https://www.bench.test/bytes/${BULK_MIB << 20}`]).trim()) * 8 / 1e9;
   // Latency: one connection, requests one after another; time to first byte of each reused one.
   const times = curl(["--http1.1", "-w", "%{time_starttransfer}\\n", "-K", latency]).trim().split("\n").slice(1).map(Number).sort((a, b) => a - b);
@@ -169,7 +170,6 @@ async function secretCost(placeholder: string): Promise<number[]> {
   const start = (withSecret: boolean) => startMoat(withSecret ? ["--config", `${dir}/secrets.json`] : [], `${dir}/cost-ca-${withSecret ? "secret" : "plain"}.pem`);
   const plain = start(false);
   const secret = start(true);
-  const many = urls("cost.cfg", COST_REQUESTS, () => "www.bench.test", "hello");
   try {
     const nsPlain = await sandboxNetns(plain.pid!);
     const nsSecret = await sandboxNetns(secret.pid!);
@@ -177,10 +177,10 @@ async function secretCost(placeholder: string): Promise<number[]> {
     const keepalive = (withSecret: boolean) => {
       const [ns, which, token] = withSecret ? [nsSecret, "secret", placeholder] : [nsPlain, "plain", "not-a-placeholder-000000000"];
       const argv = ["ip", "netns", "exec", ns, "curl", "-sS", "--no-progress-meter", "--cacert", `${dir}/cost-ca-${which}.pem`, "-H", `Authorization: Bearer ${token}`,
-        "-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", many];
+        "-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", keptAlive];
       const t0 = performance.now();
       execFileSync(argv[0]!, argv.slice(1), { timeout: 300000 });
-      return COST_REQUESTS / ((performance.now() - t0) / 1000);
+      return KEPTALIVE_REQUESTS / ((performance.now() - t0) / 1000);
     };
     keepalive(false); // (both warm: leaves minted, code compiled)
     keepalive(true);
@@ -281,13 +281,13 @@ if (m && p && direct) {
 }
 const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
 for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
-console.log(`(${REQUESTS} requests per connection figure, ${PARALLEL} at a time, HTTP/1.1; bulk: one ${BULK_MIB} MiB download; ratios > 1 favour moat, latency as mitmproxy/moat)`);
+console.log(`(${REQUESTS} requests per new-connection figure and ${KEPTALIVE_REQUESTS} kept-alive, ${PARALLEL} at a time, HTTP/1.1; bulk: one ${BULK_MIB} MiB download; ratios > 1 favour moat, latency as mitmproxy/moat)`);
 console.log(`leaf minting (moat's CA, distinct names): ${mintRate.toFixed(0)} leaves/s`);
 if (loop) console.log(`moat's main-thread event-loop delay at ${fmt(loop.rate)} new intercepted conn/s for 10 s: p99 ${fmt(loop.p99, 1)} ms, max ${fmt(loop.max, 1)} ms; the main thread busy ${fmt(loop.busy * 100)}% of the time`);
 if (pool?.length === 2) console.log(`two sandboxes of one daemon, new conn/s to distinct names together: ${fmt(pool[0]!.rate)} with 1 thread, ${fmt(pool[1]!.rate)} with 2 (${fmt(pool[1]!.rate / pool[0]!.rate, 2)}x)`);
 if (costs) {
   const sorted = [...costs].sort((a, b) => a - b);
-  console.log(`secret substitution, kept-alive req/s, ${COST_ROUNDS} rounds of ${COST_REQUESTS} requests in alternation (ABBA): cost ${costs.map((c) => `${fmt(c * 100, 1)}%`).join(", ")}; median ${fmt(sorted[Math.floor(sorted.length / 2)]! * 100, 1)}%`);
+  console.log(`secret substitution, kept-alive req/s, ${COST_ROUNDS} rounds of ${KEPTALIVE_REQUESTS} requests in alternation (ABBA): cost ${costs.map((c) => `${fmt(c * 100, 1)}%`).join(", ")}; median ${fmt(sorted[Math.floor(sorted.length / 2)]! * 100, 1)}%`);
 }
 const sec = rows.find((r) => r[0].startsWith("moat, a secret"))?.[1];
-if (m && sec) console.log(`secret substitution: kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);
+if (m && sec) console.log(`secret substitution, the two rows (measured minutes apart${costs ? "; the alternating rounds above are the measure" : ""}): kept-alive req/s ${fmt(sec.keepalive)} vs ${fmt(m.keepalive)} (${fmt((1 - sec.keepalive / m.keepalive) * 100, 1)}% cost), p50 ${fmt(sec.p50)} vs ${fmt(m.p50)} us`);

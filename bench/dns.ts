@@ -12,6 +12,9 @@
 import { execFileSync } from "node:child_process";
 import { writeFileSync, rmSync, readFileSync } from "node:fs";
 import { World, WORLD_IP4, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
+import { benchArgs } from "./harness.js";
+
+benchArgs(["seconds", "outstanding"]);
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };

@@ -1,7 +1,7 @@
 // fleet.ts — what a sandbox costs a fleet: N idle namespace sandboxes in one process, against N
 // slirp4netns and N pasta processes (each serving a namespace of its own), in one run.
 //
-//   sudo node dist/bench/fleet.js [--n 10,100]
+//   sudo node dist/bench/fleet.js [--n 10,100] [--peers-max 100] [--no-fairness]
 //
 // moat's figures come from one embedder process (bench/fleet-child.ts) inside the test world's
 // host namespace, which has no route off this machine: RSS and threads added per sandbox (after a
@@ -11,8 +11,10 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS } from "../test/testbed/world.js";
-import { option, sleep, fmt, printTable } from "./harness.js";
+import { benchArgs, option, sleep, fmt, printTable } from "./harness.js";
 import { systemTestSkipReason, hasTool } from "../test/testbed/world.js";
+
+benchArgs(["n", "peers-max"], ["no-fairness"]);
 
 const skip = systemTestSkipReason();
 if (skip) {

@@ -9,6 +9,38 @@ import { execFileSync, type ChildProcess } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { World, systemTestSkipReason } from "../test/testbed/world.js";
 
+/**
+ * A bench's command line, judged before anything is set up: `--help` (or -h) prints the bench's
+ * own header comment (its usage and what it measures) and exits; an option it does not take, or
+ * one without its value, is refused (a typo would otherwise be ignored, and the bench run for
+ * minutes with its defaults). `options` take a value; `flags` do not.
+ */
+export function benchArgs(options: readonly string[], flags: readonly string[] = []): void {
+  const args = process.argv.slice(2);
+  const script = process.argv[1]!;
+  if (args.includes("--help") || args.includes("-h")) {
+    const head: string[] = [];
+    for (const line of readFileSync(script, "utf8").split("\n")) {
+      if (!line.startsWith("//")) break;
+      head.push(line.replace(/^\/\/ ?/, ""));
+    }
+    process.stdout.write(`${head.join("\n")}\n`);
+    process.exit(0);
+  }
+  const refuse = (why: string) => {
+    process.stderr.write(`${script.split("/").pop()}: ${why} (options: ${[...options, ...flags].map((o) => `--${o}`).join(" ") || "none"}; see --help)\n`);
+    process.exit(2);
+  };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const name = a.startsWith("--") ? a.slice(2) : undefined;
+    if (name !== undefined && flags.includes(name)) continue;
+    if (name === undefined || !options.includes(name)) refuse(`unknown ${name === undefined ? "argument" : "option"} ${JSON.stringify(a)}`);
+    if (i + 1 >= args.length || args[i + 1]!.startsWith("--")) refuse(`${a} needs a value`);
+    i++;
+  }
+}
+
 /** `--NAME VALUE` from this process's arguments, or dflt. */
 export function option(name: string, dflt: string): string {
   const args = process.argv.slice(2);

@@ -7,7 +7,9 @@ import { spawn } from "node:child_process";
 import { request } from "node:http";
 import { mkdtempSync, rmSync, readFileSync } from "node:fs";
 import { WORLD_IP4, MOAT_BIN } from "../test/testbed/world.js";
-import { option, sleep, killTree, benchWorld, endBenchWorld, iperfClient, iperfGbps, fmt, median, printTable } from "./harness.js";
+import { benchArgs, option, sleep, killTree, benchWorld, endBenchWorld, iperfClient, iperfGbps, fmt, median, printTable } from "./harness.js";
+
+benchArgs(["seconds", "rounds", "hz"]);
 
 const SECONDS = Number(option("seconds", "5"));
 const ROUNDS = Number(option("rounds", "3"));

@@ -23,7 +23,9 @@
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN } from "../test/testbed/world.js";
-import { option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable, sandboxNetns } from "./harness.js";
+import { benchArgs, option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable, sandboxNetns } from "./harness.js";
+
+benchArgs(["time", "only", "bulk-runs"]);
 
 const SECONDS = Number(option("time", "5"));
 const ONLY = option("only", "moat,slirp4netns,pasta,veth").split(",");

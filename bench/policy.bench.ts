@@ -19,6 +19,9 @@ import { layout as L, wire } from "../orchestrator/src/engine/layout.js";
 import { installPolicy, NameTable } from "../orchestrator/src/engine/policy-table.js";
 import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/model/policy.js";
 import { testConfig } from "../test/helpers/engine-harness.js";
+import { benchArgs } from "./harness.js";
+
+benchArgs(["time"]);
 
 type Evaluate = (proto: number, addr: number, port: number, direction: number) => number;
 

@@ -22,8 +22,10 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 import { CertificateAuthority } from "../orchestrator/src/tls/ca.js";
-import { sandboxNetns, sandboxNetnses } from "./harness.js";
+import { benchArgs, sandboxNetns, sandboxNetnses } from "./harness.js";
 import { makeCa, makeServerCert } from "../test/testbed/test-pki.js";
+
+benchArgs(["requests", "bulk-mib", "rows", "cost-rounds", "keptalive-requests"]);
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };

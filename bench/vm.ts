@@ -45,7 +45,9 @@ import { WORLD_IP4, hasTool } from "../test/testbed/world.js";
 import { ensureVmImage } from "../orchestrator/src/vm/image.js";
 import { startVm, qemuValue, type VmAccel } from "../orchestrator/src/vm/qemu.js";
 import { VmSandbox } from "../orchestrator/src/vm/vm-sandbox.js";
-import { option, sleep, killTree, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable } from "./harness.js";
+import { benchArgs, option, sleep, killTree, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable } from "./harness.js";
+
+benchArgs(["time", "only", "accel", "rounds", "guest"]);
 
 const SECONDS = Number(option("time", "5"));
 const CRR_SECONDS = Math.min(SECONDS, 3);

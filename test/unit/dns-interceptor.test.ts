@@ -12,7 +12,7 @@ import net from "node:net";
 import ipaddr from "ipaddr.js";
 import dnsPacket, { type Packet } from "dns-packet";
 import { DnsInterceptor, decodeName, keyMatches, type DnsHooks, type DnsQueryContext, type DnsSettings, type AddressClass } from "../../orchestrator/src/dns/interceptor.js";
-import { UpstreamResolver } from "../../orchestrator/src/dns/upstream.js";
+import { UpstreamResolver, dgramTransport, type DatagramTransport } from "../../orchestrator/src/dns/upstream.js";
 import { DnsTcpServer } from "../../orchestrator/src/dns/tcp-proxy.js";
 import { classifyAddress } from "../../orchestrator/src/model/groups.js";
 import { query, deadPort, startDnsmasq, dnsmasqSkip } from "../helpers/dns.js";
@@ -456,5 +456,26 @@ test("DnsTcpServer answers pipelined queries through the interceptor, in order",
     assert.equal(a3!.rcode, "REFUSED");
   } finally {
     await server.close();
+  }
+});
+
+test("a DNS rate's answer given at once sends the query upstream inside handle() itself, not a turn later; a promised one is awaited", { skip }, async () => {
+  const sent: number[] = [];
+  const recording: DatagramTransport = {
+    open(server, onMessage, onError) {
+      const ch = dgramTransport.open(server, onMessage, onError);
+      return { get ready() { return ch.ready; }, get isReady() { return ch.isReady; }, send: (m) => { sent.push(m.length); ch.send(m); }, close: () => ch.close() };
+    },
+  };
+  for (const admit of [() => true, async () => true]) {
+    const upstream = new UpstreamResolver([{ ip: "127.0.0.1", port: dm!.port }], 2000, { transport: recording });
+    const dns = new DnsInterceptor({ queryTimeoutMs: 2000 }, upstream, { nameIds: () => NAMES, denyNames: () => ({ domains: [], suffixes: [] }), resolverAllowed: () => false, classify, admit });
+    // (the pool's sockets opened and connected: a query on a socket still connecting waits for it)
+    for (const r of await Promise.all(Array.from({ length: 8 }, (_, i) => dns.handle(query("allowed.test", "A", 10 + i), GW)))) decode(r.answer);
+    const before = sent.length;
+    const pending = dns.handle(query("allowed.test", "A", 2), GW);
+    assert.equal(sent.length - before, admit.constructor.name === "AsyncFunction" ? 0 : 1, `${admit.constructor.name}: sent within the call`);
+    assert.equal(decode((await pending).answer).answers?.[0]?.data, "203.0.113.10");
+    assert.equal(sent.length - before, 1, "one query upstream");
   }
 });

@@ -198,7 +198,12 @@ export class DnsInterceptor {
       return formerr(`undecodable query: ${(e as Error).message}`);
     }
     if (opts.length > 1) return formerr("more than one OPT record");
-    if (this.hooks.admit && !(await this.hooks.admit())) return { answer: localAnswer(query, q, RCODE.REFUSED), pins: [] };
+    if (this.hooks.admit) {
+      // (awaited only when it is a promise: a plain answer lets the query go upstream in this
+      // turn, from inside the engine worker's wake-up, not after it)
+      const admitted = this.hooks.admit();
+      if (!(typeof admitted === "boolean" ? admitted : await admitted)) return { answer: localAnswer(query, q, RCODE.REFUSED), pins: [] };
+    }
     const name = q.name;
     const shown = displayName(name);
     const refuse = (kind: DnsEventKind, detail: string, rcode: number = RCODE.REFUSED): DnsOutcome =>

@@ -39,9 +39,10 @@
  *     PID reused later cannot redirect it). This process joins the holder's namespaces, forks
  *     the command into its PID namespace and waits for it. Signals it receives (those a terminal
  *     or moat sends: HUP, INT, QUIT, TERM, USR1, USR2, ALRM, CONT, TSTP, TTIN, TTOU, WINCH) are
- *     passed on, and it ends as the command ended — the same exit status, or death by the same
- *     signal — so to moat it is the command; killed itself (SIGKILL), it takes the command with
- *     it. The command runs as root of the user namespace with Docker's default capabilities,
+ *     passed on to the command's process group, and it ends as the command ended — the same exit
+ *     status, or death by the same signal — so to moat it is the command; killed itself
+ *     (SIGKILL), it takes the command with it. SIGSTKFLT asks it to SIGKILL the command's whole
+ *     process group (moat's last word to a command hung up on that will not end). The command runs as root of the user namespace with Docker's default capabilities,
  *     all of them confined to that namespace (no CAP_SYS_ADMIN: the mounts cannot be undone; no
  *     CAP_NET_ADMIN: eth0's configuration is moat's), with no_new_privs, in a session of its own
  *     (no controlling terminal, so TIOCSTI cannot push input into the terminal moat runs in), a
@@ -417,8 +418,19 @@ static int create_main(const struct create_options *o) {
 
 static volatile pid_t command_pid;
 
+/* To the command's process group (it is a session leader: its pid), as a terminal signals its
+ * foreground group; to the command alone in the instant before its setsid(). */
 static void forward_signal(int sig) {
-  if (command_pid > 0) kill(command_pid, sig);
+  if (command_pid > 0 && kill(-command_pid, sig) != 0) kill(command_pid, sig);
+}
+
+/* KILL_GROUP_SIGNAL, never forwarded: moat asks for the command's whole process group to be
+ * killed (SIGKILL cannot be caught to be forwarded, and the command's PDEATHSIG reaches it alone,
+ * not the processes it started). */
+#define KILL_GROUP_SIGNAL SIGSTKFLT
+static void kill_group(int sig) {
+  (void)sig;
+  if (command_pid > 0 && kill(-command_pid, SIGKILL) != 0) kill(command_pid, SIGKILL);
 }
 
 static int exec_main(int proc_fd, const char *cwd, char **argv) {
@@ -477,6 +489,8 @@ static int exec_main(int proc_fd, const char *cwd, char **argv) {
   sa.sa_flags = SA_RESTART;
   sigfillset(&sa.sa_mask);
   for (size_t i = 0; i < sizeof FORWARDED / sizeof FORWARDED[0]; i++) sigaction(FORWARDED[i], &sa, NULL);
+  sa.sa_handler = kill_group;
+  sigaction(KILL_GROUP_SIGNAL, &sa, NULL);
   sigprocmask(SIG_SETMASK, &old, NULL);
   limit_caps(0); /* this process only waits from here on */
 

@@ -188,6 +188,35 @@ test("two sandboxes over the socket: ps lists them, exec runs in each, a policy 
   assert.ok(!existsSync("/run/moat/names/alpha") && !existsSync("/run/moat/names/beta"), "the names are released");
 });
 
+test("an exec whose client goes away is hung up on: a command that ignores SIGHUP is killed 2 s later; streamed and collected alike", { skip }, async () => {
+  await freshDaemon();
+  const created = await call("POST", "/v1/sandboxes", { name: "gamma", args: [] });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const alive = (marker: string) => spawnSync("pgrep", ["-f", marker]).status === 0;
+  // A command that takes the hangup (exits at SIGHUP), and one that ignores it (killed later).
+  for (const [stream, script, marker, killedAfterMs] of [
+    [true, "echo started; exec sleep 3607", "sleep 3607", 0],
+    [false, "exec sleep 3608", "sleep 3608", 0],
+    [true, "trap '' HUP; echo started; sleep 3609; :", "sleep 3609", 1500],
+  ] as const) {
+    let firstData: () => void = () => {};
+    const started = new Promise<void>((r) => (firstData = r));
+    const req = request({ socketPath: sock, method: "POST", path: "/v1/sandboxes/gamma/exec", headers: { "content-type": "application/json" } }, (res) => res.once("data", () => firstData()));
+    req.on("error", () => {});
+    req.end(JSON.stringify({ command: ["sh", "-c", script], stream }));
+    if (stream) await started;
+    await until(`${marker} runs`, () => alive(marker));
+    const t0 = performance.now();
+    req.destroy();
+    await until(`${marker} is gone once its client went`, () => !alive(marker), 6000);
+    const ms = performance.now() - t0;
+    assert.ok(ms >= killedAfterMs, `${marker}: gone after ${ms.toFixed(0)} ms (one that ignores SIGHUP lives until the kill)`);
+  }
+  const still = await call("POST", "/v1/sandboxes/gamma/exec", { command: ["echo", "still serving"] });
+  assert.deepEqual(still.body, { status: 0, stdout: "still serving\n", stderr: "" });
+  assert.equal((await call("DELETE", "/v1/sandboxes/gamma")).status, 204);
+});
+
 test("the socket refuses what it cannot judge, and keeps other users out", { skip }, async () => {
   await freshDaemon(["--metrics", "127.0.0.1:0"]);
   try {

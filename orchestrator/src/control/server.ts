@@ -289,6 +289,11 @@ export class ControlServer {
     const stream = body.stream === true;
     const { Readable } = await import("node:stream");
     const stdin = stdinText === undefined ? null : Readable.from([Buffer.from(stdinText)]);
+    // A client that goes before its answer is complete hangs up on the command (nobody would read
+    // its output, or be there to stop it).
+    const gone = new AbortController();
+    res.once("close", () => { if (!res.writableFinished) gone.abort(); });
+    const signal = gone.signal;
     if (stream) {
       res.writeHead(200, { "content-type": "application/x-ndjson" });
       const out = (which: string) => new Writable({
@@ -297,7 +302,7 @@ export class ControlServer {
           cb();
         },
       });
-      const status = await e.run(command, { stdout: out("stdout"), stderr: out("stderr"), env, cwd, stdin });
+      const status = await e.run(command, { stdout: out("stdout"), stderr: out("stderr"), env, cwd, stdin, signal });
       if (!res.destroyed) res.end(JSON.stringify({ status }) + "\n");
       return;
     }
@@ -317,7 +322,7 @@ export class ControlServer {
     };
     const o = collect();
     const er = collect();
-    const status = await e.run(command, { stdout: o.w, stderr: er.w, env, cwd, stdin });
+    const status = await e.run(command, { stdout: o.w, stderr: er.w, env, cwd, stdin, signal });
     json(res, 200, { status, stdout: o.text(), stderr: er.text() });
   }
 

@@ -30,7 +30,7 @@ import { CommandError, ConfigError, HostRequirementError, MoatError } from "../e
 import { Gateway } from "../gateway/gateway.js";
 import { validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/options.js";
 import { writeTrustBundle, hasDistroCas, HOST_TRUST } from "../tls/setup.js";
-import { GuestSandbox, type RunOptions } from "./sandbox.js";
+import { GuestSandbox, hangUpOnAbort, type RunOptions } from "./sandbox.js";
 
 export { DEFAULT_MTU, type DnsOptions, type SecretViolationEvent } from "../gateway/options.js";
 
@@ -221,6 +221,18 @@ export class NetnsSandbox extends GuestSandbox {
     }
     child.stdout!.pipe(stdout, { end: false });
     child.stderr!.pipe(stderr, { end: false });
+    const hungUp = hangUpOnAbort(o.signal, (signo) => {
+      try {
+        if (signo !== osConstants.signals.SIGKILL) child.kill(signo);
+        else {
+          // The kill reaches the command's whole process group (moat-sandbox exec kills it at
+          // SIGSTKFLT); SIGKILL to the helper itself would reach the command alone.
+          child.kill("SIGSTKFLT");
+          setTimeout(() => { try { child.kill("SIGKILL"); } catch { /* gone */ } }, 1000).unref();
+        }
+      } catch { /* gone */ }
+    });
+    child.once("exit", hungUp);
     return new Promise<number>((resolve, reject) => {
       let status: number | undefined;
       const done = () => {

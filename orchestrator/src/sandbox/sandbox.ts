@@ -16,6 +16,7 @@ import type { SandboxAddresses } from "../gateway/addressing.js";
 import type { TlsProxy } from "../tls/proxy.js";
 import type { RateLimits, ValidLimits } from "../gateway/limits.js";
 import type { Readable, Writable } from "node:stream";
+import { constants as osConstants } from "node:os";
 import { MoatError } from "../errors.js";
 
 /** How run() runs a command, in every kind of sandbox. */
@@ -33,6 +34,34 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   /** Its working directory (default: in a namespace, this process's; in a VM, /). */
   cwd?: string;
+  /**
+   * Aborted: the command is hung up on (SIGHUP, as a terminal that goes away does), then killed
+   * (SIGKILL) if it is still running HANGUP_GRACE_MS later; run() resolves with its status.
+   */
+  signal?: AbortSignal;
+}
+
+/** How long a command hung up on (RunOptions.signal) has to end before it is killed. */
+export const HANGUP_GRACE_MS = 2000;
+
+/**
+ * Hang up on a running command when `signal` aborts (then kill it after HANGUP_GRACE_MS): `deliver`
+ * sends a signal to it. Returns what to call once it has ended (the listener and timer go).
+ */
+export function hangUpOnAbort(signal: AbortSignal | undefined, deliver: (signo: number) => void): () => void {
+  if (!signal) return () => {};
+  let timer: NodeJS.Timeout | undefined;
+  const hangUp = () => {
+    deliver(osConstants.signals.SIGHUP);
+    timer = setTimeout(() => deliver(osConstants.signals.SIGKILL), HANGUP_GRACE_MS);
+    timer.unref();
+  };
+  if (signal.aborted) hangUp();
+  else signal.addEventListener("abort", hangUp, { once: true });
+  return () => {
+    signal.removeEventListener("abort", hangUp);
+    clearTimeout(timer);
+  };
 }
 
 /** What a command's environment takes from moat's, besides the PATH and HOME of its kind. */

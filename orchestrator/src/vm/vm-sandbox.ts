@@ -20,7 +20,7 @@ import { addressesFor, type SandboxAddresses } from "../gateway/addressing.js";
 import { Gateway } from "../gateway/gateway.js";
 import { validateOptions, type GatewayOptions, type ValidOptions } from "../gateway/options.js";
 import type { SchemaFields } from "../gateway/schema.js";
-import { GuestSandbox, type RunOptions } from "../sandbox/sandbox.js";
+import { GuestSandbox, hangUpOnAbort, type RunOptions } from "../sandbox/sandbox.js";
 import { registeredTempDir } from "../sandbox/guard.js";
 import { ConfigError } from "../errors.js";
 import { ensureVmImage } from "./image.js";
@@ -163,7 +163,13 @@ export class VmSandbox extends GuestSandbox {
     if (!this.vm) throw new ConfigError(`VM sandbox ${this.name} is not running`);
     if (command.length === 0) throw new ConfigError("no command to run", "give it after --, e.g. moat run --vm -- uname -a");
     const env = this.commandEnv(o.env ?? {}, { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" });
-    return this.vm.exec(command, { env, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout ?? process.stdout, stderr: o.stderr ?? process.stderr });
+    // (one command at a time: a signal reaches this one)
+    const hungUp = hangUpOnAbort(o.signal, (signo) => this.vm?.signal(signo));
+    try {
+      return await this.vm.exec(command, { env, cwd: o.cwd, stdin: o.stdin ?? null, stdout: o.stdout ?? process.stdout, stderr: o.stderr ?? process.stderr });
+    } finally {
+      hungUp();
+    }
   }
 
   /** Deliver a signal to the running command. */

@@ -46,6 +46,29 @@ test("the leaf cache is an LRU: a hit mints nothing, the bound holds", () => {
   assert.ok(ca.leafPem("a.test"));
 });
 
+test("the shared leaf cache is fair: a sandbox minting name after name evicts its own leaves, not a quiet neighbour's", () => {
+  const ca = new CertificateAuthority({ cacheSize: 10 });
+  const quiet = {}, busy = {};
+  for (let i = 0; i < 4; i++) ca.contextFor(`q${i}.test`, quiet);
+  for (let i = 0; i < 30; i++) ca.contextFor(`b${i}.test`, busy);
+  assert.equal(ca.cached, 10, "the bound holds");
+  for (let i = 0; i < 4; i++) assert.ok(ca.leafPem(`q${i}.test`), `the quiet sandbox's q${i}.test is still cached`);
+  assert.equal(ca.leafPem("b23.test"), undefined, "the busy one's older leaves went");
+  for (let i = 24; i < 30; i++) assert.ok(ca.leafPem(`b${i}.test`), `its newest, b${i}.test, stayed`);
+  // A leaf the quiet one uses becomes its own: the busy one's next names do not take it.
+  ca.contextFor("b29.test", quiet);
+  for (let i = 30; i < 40; i++) ca.contextFor(`b${i}.test`, busy);
+  assert.ok(ca.leafPem("b29.test"), "b29.test, used last by the quiet sandbox, is counted as its");
+  const minted = ca.minted;
+  for (let i = 0; i < 4; i++) ca.contextFor(`q${i}.test`, quiet);
+  assert.equal(ca.minted, minted, "the quiet sandbox's names are all hits");
+  // Alone, a user is an LRU of its own, as before.
+  const solo = new CertificateAuthority({ cacheSize: 3 });
+  for (const n of ["a.test", "b.test", "c.test", "a.test", "d.test"]) solo.contextFor(n, busy);
+  assert.equal(solo.leafPem("b.test"), undefined);
+  assert.ok(solo.leafPem("a.test") && solo.leafPem("d.test"));
+});
+
 test("a burst of new names is minted on the pool's threads: leaves as good, one mint per name, a lone name minted at once", async () => {
   const ca = new CertificateAuthority();
   const caCert = new X509Certificate(ca.certPem);

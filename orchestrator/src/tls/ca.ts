@@ -129,7 +129,10 @@ function subjectOf(certDer: Buffer): Asn1 {
   return fields[v + 4]!; // serial, signature, issuer, validity, subject
 }
 
-interface Leaf { context: SecureContext; renewAt: number; pem: string }
+interface Leaf { context: SecureContext; renewAt: number; pem: string; user: object }
+
+/** The user of leaves asked for without one (contextFor(host) alone). */
+const ANYONE = {};
 
 export class CertificateAuthority {
   /** The CA certificate (PEM): what a guest must trust. */
@@ -141,6 +144,8 @@ export class CertificateAuthority {
   private readonly leafKeyPem: string;
   private readonly leafSpki: Buffer;
   private readonly leaves = new Map<string, Leaf>(); // insertion order = LRU order
+  /** How many cached leaves each user (a sandbox's proxy) used last. */
+  private readonly held = new Map<object, number>();
   private readonly cacheSize: number;
   private readonly lifetime: number;
   private readonly mintAsync: (task: MintTask) => Promise<string>;
@@ -209,28 +214,67 @@ export class CertificateAuthority {
     return new CertificateAuthority({ certPem: s.certPem, keyPem: s.caKeyPem, leafKeyPem: s.leafKeyPem, cacheSize: s.cacheSize, leafLifetimeMs: s.lifetime, mintAsync });
   }
 
-  /** A TLS secure context presenting a leaf for `host` (a DNS name or an IP address), chained to the CA. */
-  contextFor(host: string): SecureContext {
+  /**
+   * A TLS secure context presenting a leaf for `host` (a DNS name or an IP address), chained to
+   * the CA. `user` (a sandbox's proxy) is who asks: the cache is shared, but a full cache gives up
+   * a leaf of whoever holds the most, so one sandbox minting name after name evicts its own
+   * leaves, not its neighbours'.
+   */
+  contextFor(host: string, user: object = ANYONE): SecureContext {
     const key = host.toLowerCase();
     const now = Date.now();
     const hit = this.leaves.get(key);
     if (hit && hit.renewAt > now) {
       this.leaves.delete(key); // most recently used goes last
       this.leaves.set(key, hit);
+      this.useBy(hit, user);
       return hit.context;
     }
     this.lastMintAt = now;
-    return this.cache(key, this.mint(key, now), now).context;
+    return this.cache(key, this.mint(key, now), now, user).context;
   }
 
   /** A minted leaf (PEM) made into a secure context and cached. */
-  private cache(key: string, pem: string, now: number): Leaf {
+  private cache(key: string, pem: string, now: number, user: object): Leaf {
     // ca: the CA itself, so the context does not load the whole default root store (~1 ms each).
-    const leaf: Leaf = { context: createSecureContext({ key: this.leafKeyPem, cert: pem + this.certPem, ca: this.certPem }), renewAt: now + this.lifetime - HOUR, pem };
-    this.leaves.delete(key);
+    const leaf: Leaf = { context: createSecureContext({ key: this.leafKeyPem, cert: pem + this.certPem, ca: this.certPem }), renewAt: now + this.lifetime - HOUR, pem, user };
+    const old = this.leaves.get(key);
+    if (old) this.forget(key, old);
     this.leaves.set(key, leaf);
-    while (this.leaves.size > this.cacheSize) this.leaves.delete(this.leaves.keys().next().value!);
+    this.held.set(user, (this.held.get(user) ?? 0) + 1);
+    while (this.leaves.size > this.cacheSize) this.evict();
     return leaf;
+  }
+
+  /** The leaf is now `user`'s (its last user): counted against it. */
+  private useBy(leaf: Leaf, user: object): void {
+    if (leaf.user === user) return;
+    this.release(leaf.user);
+    leaf.user = user;
+    this.held.set(user, (this.held.get(user) ?? 0) + 1);
+  }
+
+  private release(user: object): void {
+    const n = (this.held.get(user) ?? 1) - 1;
+    if (n > 0) this.held.set(user, n);
+    else this.held.delete(user);
+  }
+
+  private forget(key: string, leaf: Leaf): void {
+    this.leaves.delete(key);
+    this.release(leaf.user);
+  }
+
+  /** The least recently used leaf of the user holding the most (a few users; a miss costs a mint anyway). */
+  private evict(): void {
+    let heaviest: object | undefined;
+    let most = 0;
+    for (const [user, n] of this.held) if (n > most) { most = n; heaviest = user; }
+    for (const [key, leaf] of this.leaves) {
+      if (leaf.user === heaviest) return this.forget(key, leaf);
+    }
+    const [key, leaf] = this.leaves.entries().next().value!; // (counts always match the leaves)
+    this.forget(key, leaf);
   }
 
   /** The leaf certificate (PEM) currently served for `host`, if one was minted. */
@@ -254,27 +298,27 @@ export class CertificateAuthority {
    * bursts sent through the main thread to the pool) is not held up. A lone mint is done here, at once (a pool thread's start would cost more
    * than the mint).
    */
-  async contextForAsync(host: string, onMint?: () => void): Promise<SecureContext> {
+  async contextForAsync(host: string, onMint?: () => void, user: object = ANYONE): Promise<SecureContext> {
     const key = host.toLowerCase();
     const hit = this.leaves.get(key);
-    if (hit && hit.renewAt > Date.now()) return this.contextFor(key);
+    if (hit && hit.renewAt > Date.now()) return this.contextFor(key, user);
     const pending = this.minting.get(key);
     if (pending) return pending;
     const now = Date.now();
     if (this.minting.size === 0 && now - this.lastMintAt > BURST_MS) {
       onMint?.();
-      return this.contextFor(key);
+      return this.contextFor(key, user);
     }
     const p = this.mintAsync({ host: key, now, lifetime: this.lifetime, caSubjectDer: this.caSubjectDer, leafSpki: this.leafSpki, caKeyPem: this.caKeyPem })
       .then((pem: string) => {
         this.minted++;
         this.mintedOnPool++;
         onMint?.();
-        return this.cache(key, pem, now).context;
+        return this.cache(key, pem, now, user).context;
       }, () => {
         // The pool failed or did not answer: minted here, as a lone name is.
         onMint?.();
-        return this.cache(key, this.mint(key, now), now).context;
+        return this.cache(key, this.mint(key, now), now, user).context;
       })
       .finally(() => this.minting.delete(key));
     this.minting.set(key, p);

@@ -208,7 +208,7 @@ export class TlsProxy extends RedirectListener {
   private readonly ahead = new RunAhead();
 
   private leafFor(name: string): Promise<tls.SecureContext> {
-    return this.o.ca.contextForAsync(name, this.countMint);
+    return this.o.ca.contextForAsync(name, this.countMint, this); // (this proxy: its sandbox's share of the cache)
   }
 
   private denyText(origin: RedirectOrigin, host: string | undefined): string {

@@ -7,6 +7,10 @@
 import type net from "node:net";
 import { layout as L } from "../engine/layout.js";
 import { originText, type RedirectOrigin } from "../engine/redirect.js";
+import { gather } from "../secrets/http1-head.js";
+
+/** The most of a request head read before the page is sent regardless. */
+const MAX_HEAD = 65536;
 
 /** Was this connection redirected to be answered by the deny page? */
 export function denied(origin: RedirectOrigin): boolean {
@@ -24,7 +28,10 @@ export function denyPageText(origin: RedirectOrigin, host: string | undefined, r
  * (bounded, timed), reply, close. Nothing is sent anywhere else.
  */
 export function serveDenyPage(sock: net.Socket, first: Buffer, text: (host: string | undefined) => string): void {
+  // Gathered in place and searched from where the last piece ended: a head sent a byte at a time
+  // costs linear time, not a copy and a search of everything so far per byte.
   let head = first;
+  let store: Buffer | undefined;
   const timer = setTimeout(() => sock.destroy(), 10_000);
   const reply = () => {
     clearTimeout(timer);
@@ -34,15 +41,16 @@ export function serveDenyPage(sock: net.Socket, first: Buffer, text: (host: stri
     sock.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     sock.resume();
   };
-  const check = () => {
-    if (head.includes("\r\n\r\n") || head.length > 65536) reply();
+  const check = (from: number) => {
+    if (head.indexOf("\r\n\r\n", Math.max(0, from - 3)) >= 0 || head.length > MAX_HEAD) reply();
   };
   sock.on("data", (d: Buffer) => {
-    head = Buffer.concat([head, d]);
-    check();
+    const from = head.length;
+    ({ view: head, store } = gather(head, d, store));
+    check(from);
   });
   sock.on("end", () => { if (!sock.writableEnded) reply(); });
   sock.on("close", () => clearTimeout(timer));
-  check();
+  check(0);
   sock.resume();
 }

@@ -334,6 +334,24 @@ test("a VM sandbox over the socket: created, exec'd (collected and streamed), in
     assert.equal(e.code, 0, e.stderr);
     assert.equal(e.stdout, "Linux\n");
     assert.equal(e.stderr, "err\n");
+    // A streamed exec whose client goes: the guest's command (which ignores the hangup) and its
+    // child are killed after the grace, and the VM takes the next command (one at a time).
+    let firstData: () => void = () => {};
+    const started = new Promise<void>((r) => (firstData = r));
+    const req = request({ socketPath: sock, method: "POST", path: "/v1/sandboxes/vmbox/exec", headers: { "content-type": "application/json" } }, (res) => res.once("data", () => firstData()));
+    req.on("error", () => {});
+    req.end(JSON.stringify({ command: ["sh", "-c", "trap '' HUP; echo started; sleep 3610; :"], stream: true }));
+    await started;
+    const t0 = performance.now();
+    req.destroy();
+    let after: Answer | undefined;
+    for (let i = 0; i < 100; i++) {
+      after = await call("POST", "/v1/sandboxes/vmbox/exec", { command: ["sh", "-c", "ps | grep -c '[s]leep 3610'"] });
+      if (after.status === 200) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(after?.body, { status: 1, stdout: "0\n", stderr: "" }, "no sleep 3610 left in the guest");
+    assert.ok(performance.now() - t0 >= 1500, "the command lived until the kill (it ignores SIGHUP)");
     const ps = await world.moat(["ps", "--control", sock]);
     assert.match(ps.stdout, /^vmbox\s+vm\s+172\.30\./m);
     const rm = await world.moat(["rm", "--control", sock, "vmbox"]);

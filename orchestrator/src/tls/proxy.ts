@@ -642,7 +642,6 @@ function joinFiltered(guest: tls.TLSSocket, upstream: tls.TLSSocket, ahead: RunA
   });
 }
 
-/** Bytes both ways, back-pressured, half-close carried; an error on either side ends both. */
 /**
  * How far a relay may run ahead of a slow reader. Every connection may buffer what a stream's
  * high-water mark allows (16 KiB); RUN_AHEAD_SLOTS of a proxy's connections at a time may buffer
@@ -713,6 +712,7 @@ export function relay(from: net.Socket, to: net.Socket, ahead: RunAhead): void {
   from.resume(); // (as pipe() does: a socket paused until its relay was set up flows now)
 }
 
+/** Bytes both ways, back-pressured, half-close carried; an error on either side ends both. */
 function join(a: net.Socket, b: net.Socket, ahead: RunAhead): void {
   relay(a, b, ahead);
   relay(b, a, ahead);

@@ -12,14 +12,12 @@
 import { execFileSync } from "node:child_process";
 import { writeFileSync, rmSync, readFileSync } from "node:fs";
 import { World, WORLD_IP4, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
-import { benchArgs } from "./harness.js";
+import { benchArgs, option } from "./harness.js";
 
 benchArgs(["seconds", "outstanding"]);
 
-const args = process.argv.slice(2);
-const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
-const SECONDS = opt("seconds", "5");
-const OUTSTANDING = opt("outstanding", "16");
+const SECONDS = option("seconds", "5");
+const OUTSTANDING = option("outstanding", "16");
 const skip = systemTestSkipReason() ?? (() => { try { execFileSync("dnsperf", ["-h"], { stdio: "ignore" }); return undefined; } catch { return "dnsperf is not installed (apt-get install dnsperf)"; } })();
 if (skip) { console.error(`dns bench: ${skip}`); process.exit(2); }
 

@@ -15,11 +15,11 @@ import { writeEngineConfig } from "../orchestrator/src/engine/engine-config.js";
 import { layout as L, counterIndex } from "../orchestrator/src/engine/layout.js";
 import { testConfig } from "../test/helpers/engine-harness.js";
 import * as F from "../test/helpers/frames.js";
-import { benchArgs } from "./harness.js";
+import { benchArgs, option } from "./harness.js";
 
 benchArgs(["time"]);
 
-const timeMs = Number(process.argv[process.argv.indexOf("--time") + 1] ?? 0) || 700;
+const timeMs = Number(option("time", "700")) || 700;
 const memory = createEngineMemory();
 const mem = new Uint8Array(memory.buffer);
 const dv = new DataView(memory.buffer);

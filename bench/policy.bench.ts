@@ -19,13 +19,13 @@ import { layout as L, wire } from "../orchestrator/src/engine/layout.js";
 import { installPolicy, NameTable } from "../orchestrator/src/engine/policy-table.js";
 import { NetworkPolicy, Rule, Destination } from "../orchestrator/src/model/policy.js";
 import { testConfig } from "../test/helpers/engine-harness.js";
-import { benchArgs } from "./harness.js";
+import { benchArgs, option } from "./harness.js";
 
 benchArgs(["time"]);
 
 type Evaluate = (proto: number, addr: number, port: number, direction: number) => number;
 
-const timeMs = Number(process.argv[process.argv.indexOf("--time") + 1] ?? 0) || 700;
+const timeMs = Number(option("time", "700")) || 700;
 const CALLS = 1000;
 const RULE_COUNTS = [1, 32, L.POLICY_MAX_RULES];
 const PORT = 443;

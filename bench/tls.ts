@@ -22,22 +22,20 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 import { CertificateAuthority } from "../orchestrator/src/tls/ca.js";
-import { benchArgs, sandboxNetns, sandboxNetnses } from "./harness.js";
+import { benchArgs, option, sandboxNetns, sandboxNetnses } from "./harness.js";
 import { makeCa, makeServerCert } from "../test/testbed/test-pki.js";
 
 benchArgs(["requests", "bulk-mib", "rows", "cost-rounds", "keptalive-requests"]);
 
-const args = process.argv.slice(2);
-const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
-const REQUESTS = Number(opt("requests", "2000"));
-const BULK_MIB = Number(opt("bulk-mib", "512"));
+const REQUESTS = Number(option("requests", "2000"));
+const BULK_MIB = Number(option("bulk-mib", "512"));
 const PARALLEL = 16;
-const ROWS = new Set(opt("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
-const COST_ROUNDS = Number(opt("cost-rounds", "21"));
+const ROWS = new Set(option("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
+const COST_ROUNDS = Number(option("cost-rounds", "21"));
 // Kept-alive figures (the column and the cost rounds): enough requests that the 16 connections'
 // set-up (and curl's start) is a small part of the run, so they measure kept-alive requests
 // (set-up is what the new-connection columns measure).
-const KEPTALIVE_REQUESTS = Number(opt("keptalive-requests", String(4 * REQUESTS)));
+const KEPTALIVE_REQUESTS = Number(option("keptalive-requests", String(4 * REQUESTS)));
 
 const skip = systemTestSkipReason() ?? (existsSync("/usr/bin/mitmdump") ? undefined : "mitmproxy is not installed (apt-get install mitmproxy)");
 if (skip) {
@@ -188,8 +186,10 @@ async function secretCost(placeholder: string): Promise<number[]> {
     keepalive(true);
     const costs: number[] = [];
     for (let i = 0; i < COST_ROUNDS; i++) {
-      const [a, b] = i % 2 === 0 ? [keepalive(false), keepalive(true)] : (([y, x]) => [x, y])([keepalive(true), keepalive(false)]);
-      costs.push(1 - b! / a!);
+      // (plain then secret in even rounds, secret then plain in odd ones)
+      const first = i % 2 === 1;
+      const rates = new Map([first, !first].map((withSecret) => [withSecret, keepalive(withSecret)]));
+      costs.push(1 - rates.get(true)! / rates.get(false)!);
     }
     return costs;
   } finally {

@@ -34,20 +34,9 @@ async function request(proxy: RemoteTlsProxy, token: Buffer, ca: string, port: n
   });
 }
 
-/** An upstream TLS server (a CA of its own) answering every request 200 "ok". */
-async function okServer(): Promise<{ upstreamCa: CertificateAuthority; server: tls.Server; port: number }> {
+/** An upstream TLS server (a CA of its own) answering every request 200 "ok"; what it received goes to `received`. */
+async function okServer(received: string[] = []): Promise<{ upstreamCa: CertificateAuthority; server: tls.Server; port: number }> {
   const upstreamCa = new CertificateAuthority();
-  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
-    s.on("data", () => s.end("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"));
-    s.on("error", () => {});
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return { upstreamCa, server, port: (server.address() as net.AddressInfo).port };
-}
-
-test("a TLS proxy on a worker thread: substitution there, stats and events here, a name the replica refuses decided here", async () => {
-  const upstreamCa = new CertificateAuthority();
-  const received: string[] = [];
   const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
     s.on("data", (d: Buffer) => {
       received.push(d.toString("latin1"));
@@ -56,15 +45,33 @@ test("a TLS proxy on a worker thread: substitution there, stats and events here,
     s.on("error", () => {});
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as net.AddressInfo).port;
+  return { upstreamCa, server, port: (server.address() as net.AddressInfo).port };
+}
+
+type ProxyOptions = Parameters<typeof RemoteTlsProxy.open>[0];
+
+/**
+ * A proxy on a TLS worker, intercepting for `ca` toward servers of `upstreamCa`: what a test does
+ * not set is the same everywhere (no secrets, no DoT, no names; every name allowed and pinned).
+ */
+function openProxy(token: Buffer, ca: CertificateAuthority, upstreamCa: CertificateAuthority, o: Partial<Omit<ProxyOptions, "calls">> & { calls?: Partial<ProxyOptions["calls"]> } = {}): Promise<RemoteTlsProxy> {
+  return RemoteTlsProxy.open({
+    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
+    secrets: [], dot: false, names: [], rules: [], ...o,
+    calls: { check: () => null, pinnedUntil: () => Date.now() + 60_000, dnsQuery: async () => ({ answer: null, pins: [] }), event: () => {}, violation: () => {}, ...o.calls },
+  });
+}
+
+test("a TLS proxy on a worker thread: substitution there, stats and events here, a name the replica refuses decided here", async () => {
+  const received: string[] = [];
+  const { upstreamCa, server, port } = await okServer(received);
   const token = randomBytes(16);
   const ca = new CertificateAuthority();
   const secrets = validateSecrets([{ env: "KEY", allowedHosts: ["api.example.test"], placeholder: P }], { KEY: "VALUE-123" });
   const asked: string[] = [];
   const events: TlsEvent[] = [];
-  const proxy = await RemoteTlsProxy.open({
-    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem],
-    gatewayIp4: "10.255.255.1", gatewayOthers: ["fd00::1", "fe80::1"], secrets, dot: false,
+  const proxy = await openProxy(token, ca, upstreamCa, {
+    gatewayOthers: ["fd00::1", "fe80::1"], secrets,
     names: ["api.example.test", ".example.test"], rules: ["allow api.example.test", "allow *.example.test"],
     calls: {
       // This thread's word: api.example.test is pinned to 127.0.0.1, nothing else is.
@@ -73,9 +80,7 @@ test("a TLS proxy on a worker thread: substitution there, stats and events here,
         return name === "api.example.test" ? null : `not ${name}`;
       },
       pinnedUntil: (_ip: string, name: string) => (name === "api.example.test" ? Date.now() + 60_000 : 0),
-      dnsQuery: async () => ({ answer: null, pins: [] }),
       event: (e: TlsEvent) => { events.push(e); },
-      violation: () => {},
     },
   });
   try {
@@ -122,11 +127,7 @@ test("a burst of new names on one sandbox's proxy is minted after another sandbo
   const { upstreamCa, server, port } = await okServer();
   const token = randomBytes(16);
   const ca = new CertificateAuthority(); // one CA for both: the worker serves them from one object
-  const open = () => RemoteTlsProxy.open({
-    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
-    secrets: [], dot: false, names: [], rules: [],
-    calls: { check: () => null, pinnedUntil: () => Date.now() + 60_000, dnsQuery: async () => ({ answer: null, pins: [] }), event: () => {}, violation: () => {} },
-  });
+  const open = () => openProxy(token, ca, upstreamCa);
   const first = await open();
   const second = await open();
   try {
@@ -155,16 +156,14 @@ test("a pin the worker learnt from the main thread ends when the main thread's d
   const ca = new CertificateAuthority();
   const expires = Date.now() + 2000; // this thread's pin of api.example.test to 127.0.0.1 (time for two handshakes on a busy machine)
   const asked: string[] = [];
-  const proxy = await RemoteTlsProxy.open({
-    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
-    secrets: [], dot: false, names: ["api.example.test"], rules: ["allow api.example.test"],
+  const proxy = await openProxy(token, ca, upstreamCa, {
+    names: ["api.example.test"], rules: ["allow api.example.test"],
     calls: {
       check: (_o: RedirectOrigin, name: string | undefined) => {
         asked.push(String(name));
         return Date.now() < expires ? null : "this sandbox's DNS answer has expired";
       },
       pinnedUntil: () => (Date.now() < expires ? expires : 0),
-      dnsQuery: async () => ({ answer: null, pins: [] }), event: () => {}, violation: () => {},
     },
   });
   try {
@@ -184,15 +183,13 @@ test("a DoT answer's pins are at the worker before the guest reads the answer: t
   const { upstreamCa, server, port } = await okServer();
   const token = randomBytes(16);
   const ca = new CertificateAuthority();
-  const proxy = await RemoteTlsProxy.open({
-    token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], gatewayIp4: "10.255.255.1", gatewayOthers: [],
-    secrets: [], dot: true, names: [".example.test"], rules: ["allow *.example.test"],
+  const proxy = await openProxy(token, ca, upstreamCa, {
+    dot: true, names: [".example.test"], rules: ["allow *.example.test"],
     calls: {
       check: (_o: RedirectOrigin, name: string | undefined) => (name === "api.example.test" ? null : `not ${name}`),
       pinnedUntil: (_ip: string, name: string) => (name === "api.example.test" ? Date.now() + 60_000 : 0),
       // Answered with a pin of www.example.test to 127.0.0.1 (this thread sends no other).
       dnsQuery: async (query: Uint8Array) => ({ answer: new Uint8Array(query), pins: [{ ip: "127.0.0.1", name: "www.example.test", until: Date.now() + 60_000 }] }),
-      event: () => {}, violation: () => {},
     },
   });
   const connect = async (sni: string, originPort: number, admitNameId: number) => {

@@ -221,17 +221,7 @@ export class NetnsSandbox extends GuestSandbox {
     }
     child.stdout!.pipe(stdout, { end: false });
     child.stderr!.pipe(stderr, { end: false });
-    const hungUp = hangUpOnAbort(o.signal, (signo) => {
-      try {
-        if (signo !== osConstants.signals.SIGKILL) child.kill(signo);
-        else {
-          // The kill reaches the command's whole process group (moat-sandbox exec kills it at
-          // SIGSTKFLT); SIGKILL to the helper itself would reach the command alone.
-          child.kill("SIGSTKFLT");
-          setTimeout(() => { try { child.kill("SIGKILL"); } catch { /* gone */ } }, 1000).unref();
-        }
-      } catch { /* gone */ }
-    });
+    const hungUp = hangUpOnAbort(o.signal, (signo) => signalCommand(child, signo));
     child.once("exit", hungUp);
     return new Promise<number>((resolve, reject) => {
       let status: number | undefined;
@@ -253,9 +243,7 @@ export class NetnsSandbox extends GuestSandbox {
 
   /** Deliver a signal to the commands running in the sandbox (those spawn() and run() started). */
   signal(signo: number): void {
-    for (const c of this.children) {
-      try { c.kill(signo); } catch { /* gone */ }
-    }
+    for (const c of this.children) signalCommand(c, signo);
   }
 
   protected async stopGuest(): Promise<void> {
@@ -275,4 +263,20 @@ export class NetnsSandbox extends GuestSandbox {
     rmSync(this.etcDir, { recursive: true, force: true });
     this.unregisterNetns();
   }
+}
+
+/**
+ * Signal `signo` to the process group of the command `child` (a `moat-sandbox exec`) runs: it
+ * passes signals on to the group. SIGKILL cannot be passed on (to the helper itself it would reach
+ * the command alone, through its PDEATHSIG): the helper kills the group at SIGSTKFLT, and is
+ * killed itself a second later if that did not end it.
+ */
+function signalCommand(child: ChildProcess, signo: number): void {
+  try {
+    if (signo !== osConstants.signals.SIGKILL) child.kill(signo);
+    else {
+      child.kill("SIGSTKFLT");
+      setTimeout(() => { try { child.kill("SIGKILL"); } catch { /* gone */ } }, 1000).unref();
+    }
+  } catch { /* gone */ }
 }

@@ -96,6 +96,72 @@ test("a relay runs ahead of a reader that does not read only within its proxy's 
   assert.ok(ahead.take(), "slots given back when the connections closed");
 });
 
+test("a relayed download arrives whole and in order, however the guest reads it, a server's greeting first", async () => {
+  // The relay reads the server's bytes into one buffer the thread shares and copies them into
+  // reused slabs: a slab or a view reused too soon would show here as bytes of another record.
+  const upstreamCa = new CertificateAuthority();
+  const body = randomBytes(24 << 20);
+  const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.write("HELLO\n"); // before the guest has said anything
+    s.once("data", () => {
+      let o = 0;
+      // Writes of odd sizes, so records and slabs never line up.
+      const more = (): void => {
+        while (o < body.length) {
+          const n = Math.min(body.length - o, 7001 + (o % 13) * 1000);
+          const ok = s.write(body.subarray(o, o + n));
+          o += n;
+          if (!ok) return void s.once("drain", more);
+        }
+        s.end();
+      };
+      more();
+    });
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const token = randomBytes(16);
+  const ca = new CertificateAuthority();
+  const proxy = new TlsProxy({ token, ca, bypass: [], verifyUpstream: true, upstreamCa: [upstreamCa.certPem], checkSni: () => null });
+  await proxy.listen();
+  try {
+    // Two guests at once, one reading as fast as it can and one stalling every 256 KiB (its
+    // relay's writes queue, and its server is paused and resumed).
+    const fetch = async (stall: boolean): Promise<Buffer> => {
+      const guest = await guestTo(proxy, token, ca, server);
+      const chunks: Buffer[] = [];
+      let got = 0, next = 256 << 10;
+      const done = new Promise<void>((resolve, reject) => {
+        guest.on("data", (d: Buffer) => {
+          chunks.push(d);
+          got += d.length;
+          if (stall && got >= next) {
+            next += 256 << 10;
+            guest.pause();
+            setTimeout(() => guest.resume(), 5);
+          }
+        });
+        guest.on("end", resolve);
+        guest.on("error", reject);
+      });
+      await new Promise((r) => setTimeout(r, 50)); // the greeting, unasked
+      guest.write("GO\n");
+      await done;
+      guest.destroy();
+      return Buffer.concat(chunks);
+    };
+    const [fast, slow] = await Promise.all([fetch(false), fetch(true)]);
+    for (const [name, got] of [["fast", fast], ["stalling", slow]] as const) {
+      assert.equal(got.subarray(0, 6).toString(), "HELLO\n", `${name}: the server's greeting first`);
+      assert.equal(got.length - 6, body.length, `${name}: every byte`);
+      assert.ok(got.subarray(6).equals(body), `${name}: the bytes as sent`);
+    }
+  } finally {
+    await proxy.close();
+    server.close();
+  }
+});
+
 test("a response paused on a byte that could begin a value reaches the guest after a short quiet", async () => {
   const upstreamCa = new CertificateAuthority();
   const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {

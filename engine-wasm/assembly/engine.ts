@@ -23,7 +23,7 @@
 
 import {
   RX_CTRL, RX_DESC_BASE, RX_BUF_BASE, RX_SLOTS, IN_CTRL, IN_DESC_BASE, IN_BUF_BASE, IN_SLOTS, TX_CTRL,
-  DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, ST_OPS_COUNT, ST_NOW_MS, ST_RUN,
+  DESC_LEN, DESC_FLAGS, RX_F_CSUM_LEFT, DESC_TOKEN, DESC_AUX, RING_CTRL_PENDING_HEAD, ST_OPS_COUNT, ST_NOW_MS, ST_RUN,
   ST_TX_NEXT, ST_FLOWS_LIVE, ST_SCAN_CURSOR, ST_INITIALIZED, ST_UDP_LIVE, ST_TCP_LIVE, ST_IP_ID,
   ST_DHCP_LEASED, KEY_SCRATCH, OPS_MAX, COUNTERS_BASE, COUNTERS_MAX, FLOW_CAPACITY, CFG_GATEWAY_MAC,
   CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6, CFG_MTU,
@@ -126,11 +126,13 @@ export function engineRun(nowMs: f64): i32 {
     const frame = bufAt(RX_BUF_BASE, RX_SLOTS, rxHead);
     count(RX_FRAMES);
     countN(RX_BYTES, len);
+    csumLeft = (load<u32>(d, DESC_FLAGS) & RX_F_CSUM_LEFT) != 0;
     if (len > <u32>SLOT_BYTES) count(DROP_OVERSIZE); // a producer bug; never read past the slot
     else processFrame(frame, len);
     rxHead++;
     done++;
   }
+  csumLeft = false;
   store<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD, rxHead);
   // Something a rate limit held back may go on by now (the worker's timer would come later).
   const due = load<f64>(ST_LIMIT_DUE);
@@ -182,6 +184,13 @@ export function engineTick(nowMs: f64, budget: u32): i32 {
 
 // ---- the per-frame path -----------------------------------------------------------------------
 
+/**
+ * The frame being processed came with RX_F_CSUM_LEFT: its guest's kernel left the TCP/UDP
+ * checksum to the NIC, so it is not verified (a frame that never crossed a wire has nothing for
+ * it to catch; a damaged one is the guest's own bytes, to its own connection).
+ */
+let csumLeft = false;
+
 /** One frame of `len` bytes from the guest. */
 export function processFrame(frame: usize, len: u32): void {
   if (len < 14) { count(DROP_RUNT); return; }
@@ -232,7 +241,7 @@ function handleIp4(frame: usize, len: u32): void {
     if (l4len < 8) { count(DROP_UDP_MALFORMED); return; }
     const ulen = rd16(l4 + 4);
     if (ulen < 8 || ulen > l4len) { count(DROP_UDP_MALFORMED); return; }
-    if (load<u16>(l4 + 6) != 0 && !l4ChecksumOk(l4, ulen, ip + 12, ip + 16, 4, PROTO_UDP)) {
+    if (!csumLeft && load<u16>(l4 + 6) != 0 && !l4ChecksumOk(l4, ulen, ip + 12, ip + 16, 4, PROTO_UDP)) {
       count(DROP_UDP_MALFORMED);
       return;
     }
@@ -332,7 +341,7 @@ function handleIp6(frame: usize, len: u32): void {
   if (nh == PROTO_UDP) {
     if (l4len < 8) { count(DROP_UDP_MALFORMED); return; }
     const ulen = rd16(l4 + 4);
-    if (ulen < 8 || ulen > l4len || !l4ChecksumOk(l4, ulen, src, dst, 16, PROTO_UDP)) {
+    if (ulen < 8 || ulen > l4len || (!csumLeft && !l4ChecksumOk(l4, ulen, src, dst, 16, PROTO_UDP))) {
       count(DROP_UDP_MALFORMED);
       return;
     }
@@ -407,7 +416,7 @@ function tcpSegment(frame: usize, ip: usize, family: u32, l4: usize, l4len: u32,
   const src = family == 4 ? ip + 12 : ip + 8;
   const dst = family == 4 ? ip + 16 : ip + 24;
   const alen: usize = family == 4 ? 4 : 16;
-  if (doff < 20 || doff > l4len || !l4ChecksumOk(l4, l4len, src, dst, alen, PROTO_TCP)) { count(DROP_TCP_MALFORMED); return; }
+  if (doff < 20 || doff > l4len || (!csumLeft && !l4ChecksumOk(l4, l4len, src, dst, alen, PROTO_TCP))) { count(DROP_TCP_MALFORMED); return; }
   if (family == 4) writeKey4(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   else writeKey6(PROTO_TCP, ip, rd16(l4), rd16(l4 + 2));
   // A segment of an existing connection goes to it, whichever side opened it: where a flow goes

@@ -182,6 +182,11 @@ export const MTU_ETHERNET = 1500; // an Ethernet interface's MTU unless raised
 export const DESC_BYTES = 16;
 export const DESC_LEN = 0; // u32 bytes in the buffer
 export const DESC_FLAGS = 4; // u32
+// RX ring DESC_FLAGS: the guest's kernel left the frame's TCP/UDP checksum to its NIC (a TAP's
+// virtio-net header said NEEDS_CSUM or DATA_VALID): the field may hold only the pseudo-header's
+// sum, and the engine does not verify it. Set only by a link whose frames come from the guest's
+// own kernel, never by one whose bytes could have been damaged on the way (a wire, a fault).
+export const RX_F_CSUM_LEFT = 1;
 export const DESC_TOKEN = 8; // u32 (inbound ring: flow index)
 export const DESC_AUX = 12; // u32 (inbound ring: event kind)
 export const RX_SLOTS = 256;

@@ -175,7 +175,7 @@ int Datapath::readLink(uint32_t budget) {
     if (len == 0) break;
     uint8_t* d = r.desc(tail);
     *reinterpret_cast<uint32_t*>(d + lay::DESC_LEN) = len;
-    *reinterpret_cast<uint32_t*>(d + lay::DESC_FLAGS) = 0;
+    *reinterpret_cast<uint32_t*>(d + lay::DESC_FLAGS) = link_->recvFlags();
     tail++;
     got++;
   }

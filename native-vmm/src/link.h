@@ -45,6 +45,9 @@ class Link {
   // The guest's next frame, written into `buf` (`cap` bytes): its length, or 0 when nothing more
   // is ready now. Frames that do not fit are dropped and counted here, never returned.
   virtual uint32_t recv(uint8_t* buf, uint32_t cap) = 0;
+  // What is known of the frame recv() returned last (RX_F_* of the engine's layout, in its ring
+  // descriptor): RX_F_CSUM_LEFT when the guest's kernel left its TCP/UDP checksum to the NIC.
+  virtual uint32_t recvFlags() const { return 0; }
   // After a batch of recv(): e.g. tell the guest its transmit buffers were used.
   virtual void recvDone() {}
   // Frames are ready that no epoll event will announce again (edge-notified links, or frames
@@ -96,8 +99,14 @@ class ListeningLink : public Link {
   uint64_t base_ = 0;
 };
 
-// A TAP device fd (takes ownership): one frame per read/write, no virtio-net header.
+// A TAP device fd (takes ownership), opened with IFF_VNET_HDR and checksum offload
+// (openTapInNetns): one frame per readv/writev, after its virtio-net header.
 Link* newTapLink(int fd);
+
+// Fill in the TCP/UDP checksum of an untagged IPv4/IPv6 frame whose sender left it to the NIC
+// (the field holds the pseudo-header's sum). False when the frame is not TCP or UDP over IP or
+// its headers do not fit (packet.cc).
+bool completeL4Checksum(uint8_t* frame, uint32_t len);
 // A unix stream socket listening at `path` (QEMU -netdev stream, passt framing). The newest
 // connection is the peer; when it goes, the next one is waited for. Returns nullptr with `err`.
 Link* newStreamLink(const std::string& path, std::string& err);

@@ -516,10 +516,7 @@ class PacketLink final : public Link {
         return total;  // not completed: the engine does not take tagged frames
       }
       memcpy(buf, data, len);
-      if (status & TP_STATUS_CSUMNOTREADY) {
-        L4 p;
-        if (findL4(buf, len, p)) fillL4Checksum(buf, p);
-      }
+      if (status & TP_STATUS_CSUMNOTREADY) completeL4Checksum(buf, len);
       return len;
     }
     // Longer than the interface carries: a TCP superframe (segmentation offload) is cut into
@@ -712,6 +709,13 @@ class PacketLink final : public Link {
 };
 
 }  // namespace
+
+bool completeL4Checksum(uint8_t* frame, uint32_t len) {
+  L4 p;
+  if (!findL4(frame, len, p)) return false;
+  fillL4Checksum(frame, p);
+  return true;
+}
 
 int interfaceInfo(const std::string& name, InterfaceInfo& out, std::string& err) {
   if (name.empty() || name.size() >= IFNAMSIZ) {

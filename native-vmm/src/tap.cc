@@ -60,7 +60,9 @@ int openTapInNetns(const std::string& netnsPath, const std::string& ifname, bool
     }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    // A virtio-net header before each frame (link.cc, TapLink), to learn which frames the
+    // guest's kernel left unchecksummed.
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
     strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
     if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
       result = -errno;
@@ -73,6 +75,11 @@ int openTapInNetns(const std::string& netnsPath, const std::string& ifname, bool
       close(fd);
       return;
     }
+    // Checksum offload, no segmentation offload: every frame stays within the MTU. Without it the
+    // guest's kernel checksums every byte it sends (and, since the device then has no
+    // scatter-gather either, copies each send into one linear buffer). Best effort: without it the
+    // frames come checksummed, as before.
+    ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM);
     // The device's queue toward moat (the tun driver's ring) holds txqueuelen frames, 500 by
     // default; beyond that the guest's frames are dropped, not held back (tun never stops the
     // guest's queue), and every loss costs the guest a retransmission. Many connections sending

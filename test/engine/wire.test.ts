@@ -523,6 +523,27 @@ test("TCP SYN to a world address is dialled: OPK_TCP_CONNECT to its address and 
   assert.equal(h.flows().tcp, 1);
 });
 
+test("a segment whose guest's kernel left its checksum to the NIC (RX_F_CSUM_LEFT) is taken unverified; the IP header still is", () => {
+  // What a TAP with checksum offload hands over: the TCP/UDP checksum field holds only the
+  // pseudo-header's sum. Here it holds garbage: without the flag the same bytes are dropped.
+  const syn = () => { const t = tcpSyn(GUEST4, REMOTE4, 40000, 443, 1000); t[16] ^= 0x5a; t[17] ^= 0xa5; return ip4Frame(ipv4(GUEST4, REMOTE4, 6, t)); };
+  const dgram = () => { const u = udp(GUEST4, REMOTE4, 40000, 9999, text("hello")); u[6] ^= 0x33; return ip4Frame(ipv4(GUEST4, REMOTE4, 17, u)); };
+  const syn6 = () => { const t = tcpSyn(GUEST6, REMOTE6, 40000, 443, 1000); t[16] ^= 0x5a; return ip6Frame(ipv6(GUEST6, REMOTE6, 6, t)); };
+  assertDropped(syn(), "DROP_TCP_MALFORMED");
+  assertDropped(dgram(), "DROP_UDP_MALFORMED");
+  const h = new EngineHarness();
+  h.sendFlagged(layout.RX_F_CSUM_LEFT, syn(), dgram(), syn6());
+  assert.deepEqual(opKinds(h.takeOps()), [layout.OPK_TCP_CONNECT, layout.OPK_UDP_OPEN, layout.OPK_UDP_SEND, layout.OPK_TCP_CONNECT]);
+  // The flag is the frame's own: a frame after it without the flag is verified again.
+  const before = h.counters();
+  h.sendFlagged(layout.RX_F_CSUM_LEFT, ip4Frame(ipv4(GUEST4, REMOTE4, 17, udp(GUEST4, REMOTE4, 40001, 9999, [1]), { badChecksum: true })));
+  h.send(syn());
+  assert.deepEqual(h.takeOps(), []);
+  const delta = counterDelta(before, h.counters());
+  assert.equal(delta.DROP_IP4_CHECKSUM, 1, "the IP header's checksum is the guest's own: verified");
+  assert.equal(delta.DROP_TCP_MALFORMED, 1, "the next frame, unflagged, verified");
+});
+
 /** Check a RST|ACK answering a SYN with sequence number `seq` from `sport` to `dport`. */
 function assertRstAckForSyn(f: Uint8Array, sport: number, dport: number, seq: number, remote: string): void {
   assertEth(f, GUEST_MAC, ETH_IP4);

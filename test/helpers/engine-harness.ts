@@ -64,11 +64,17 @@ export class EngineHarness {
 
   /** Put frames on the RX ring, run the engine once, and return the frames it sent the guest. */
   send(...frames: Uint8Array[]): Uint8Array[] {
+    return this.sendFlagged(0, ...frames);
+  }
+
+  /** As send(), each frame's descriptor saying RX_F_* `flags` (a TAP link's RX_F_CSUM_LEFT). */
+  sendFlagged(flags: number, ...frames: Uint8Array[]): Uint8Array[] {
     let tail = this.u32(L.RX_CTRL + L.RING_CTRL_TAIL);
     for (const f of frames) {
       const slot = tail & (L.RX_SLOTS - 1);
       this.mem.set(f, L.RX_BUF_BASE + slot * L.SLOT_BYTES);
       this.setU32(L.RX_DESC_BASE + slot * L.DESC_BYTES + L.DESC_LEN, f.length);
+      this.setU32(L.RX_DESC_BASE + slot * L.DESC_BYTES + L.DESC_FLAGS, flags);
       tail++;
     }
     this.setU32(L.RX_CTRL + L.RING_CTRL_TAIL, tail);

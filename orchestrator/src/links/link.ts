@@ -82,9 +82,10 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
 
 /**
  * A TAP device in a network namespace (the default netns sandbox's NIC). One frame per
- * read(2)/write(2), no virtio-net header (IFF_NO_PI, no IFF_VNET_HDR), so the kernel hands over
- * fully checksummed frames. native-vmm creates the device inside the namespace from a helper
- * thread and reads/writes it straight into/out of ring slots.
+ * readv(2)/writev(2) after a virtio-net header (IFF_VNET_HDR), with checksum offload only
+ * (TUN_F_CSUM): the guest's kernel leaves its TCP/UDP checksums to moat, which does not verify
+ * them, and never hands over a frame beyond the MTU. native-vmm creates the device inside the
+ * namespace from a helper thread and reads/writes it straight into/out of ring slots.
  */
 function tapLink(spec: TapLinkSpec, native: NativeModule): Link {
   let fd: number;

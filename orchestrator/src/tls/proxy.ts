@@ -339,6 +339,9 @@ export class TlsProxy extends RedirectListener {
         checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),
       };
       const up = tls.connect(options);
+      // (tls.connect does not pass noDelay on to the socket it makes: Nagle would hold a request
+      // written behind the handshake's Finished until the server's delayed ACK)
+      if (!raw) up.setNoDelay(true);
       if (raw) rawSockets.set(up, raw);
       if (reads) upstreamReads.set(up, reads);
       up.on("session", (session: Buffer) => {

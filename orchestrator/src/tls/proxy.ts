@@ -447,8 +447,8 @@ const upstreamReads = new WeakMap<tls.TLSSocket, UpstreamReads>();
 /** The reads of an upstream socket this proxy opened (reading into the shared buffer). */
 const sharedReads = (s: net.Socket): UpstreamReads | undefined => (s instanceof tls.TLSSocket ? upstreamReads.get(s) : undefined);
 
-const SLAB_BYTES = 64 * 1024;
-const SLABS_KEPT = 64;
+const SLAB_BYTES = UPSTREAM_READ_BUFFER.length;
+const SLABS_KEPT = 16; // a thread keeps at most 1 MiB of them when its downloads are done
 const freeSlabs: Buffer[] = [];
 
 /**
@@ -464,18 +464,18 @@ class SlabWriter {
 
   constructor(private readonly to: net.Socket) {}
 
-  /** Returns what to.write() would: false past its high-water mark. */
+  /**
+   * `view` (at most SLAB_BYTES, the shared buffer's size) is copied whole before anything is
+   * written: nothing that runs inside a write can reach it half-copied. Returns what to.write()
+   * would: false past its high-water mark.
+   */
   write(view: Buffer): boolean {
     let ok = true;
-    let o = 0;
-    while (o < view.length) {
-      this.slab ??= freeSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES);
-      const n = Math.min(view.length - o, SLAB_BYTES - this.used);
-      view.copy(this.slab, this.used, o, o + n);
-      this.used += n;
-      o += n;
-      if (this.used === SLAB_BYTES) ok = this.flush();
-    }
+    if (this.used + view.length > SLAB_BYTES) ok = this.flush();
+    this.slab ??= freeSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES);
+    view.copy(this.slab, this.used);
+    this.used += view.length;
+    if (this.used === SLAB_BYTES) ok = this.flush() && ok;
     if (this.used && !this.scheduled) {
       this.scheduled = true;
       process.nextTick(this.flushTick);

@@ -97,8 +97,8 @@ test("a relay runs ahead of a reader that does not read only within its proxy's 
 });
 
 test("a relayed download arrives whole and in order, however the guest reads it, a server's greeting first", async () => {
-  // The relay reads the server's bytes into one buffer the thread shares and copies them into
-  // reused slabs: a slab or a view reused too soon would show here as bytes of another record.
+  // Back-pressure pauses and resumes the server's side while the stalling guest's writes queue:
+  // a chunk lost, repeated or reordered on the way would show here.
   const upstreamCa = new CertificateAuthority();
   const body = randomBytes(24 << 20);
   const server = tls.createServer({ SNICallback: (name, cb) => cb(null, upstreamCa.contextFor(name)), ALPNProtocols: ["http/1.1"] }, (s) => {

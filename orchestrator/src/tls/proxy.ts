@@ -253,7 +253,7 @@ export class TlsProxy extends RedirectListener {
     const pinned = (secrets.length > 0 || bound) && sni !== undefined && ((await this.o.pinned?.(origin.ip, sni)) ?? false);
     let upstream: tls.TLSSocket;
     try {
-      upstream = await this.connectUpstream(origin, sni, alpn, secrets.length > 0 || bound);
+      upstream = await this.connectUpstream(origin, sni, alpn);
     } catch (e) {
       this.stats.upstreamFailed++;
       this.o.onEvent?.({ kind: "tls-upstream-failed", sni, destination: dest(origin), detail: (e as Error).message });
@@ -316,20 +316,13 @@ export class TlsProxy extends RedirectListener {
   // resumption skips the certificate chain's transfer and verification).
   private readonly sessions = new Map<string, Buffer>();
 
-  /**
-   * `filtered`: the connection's requests go through a filter, which may have to reset it. A
-   * relayed one reads into the shared buffer instead (UPSTREAM_READ_BUFFER; tls.connect takes
-   * onread only with a socket of its own, which cannot be reset).
-   */
-  private connectUpstream(origin: RedirectOrigin, sni: string | undefined, alpn: string[], filtered: boolean): Promise<tls.TLSSocket> {
+  private connectUpstream(origin: RedirectOrigin, sni: string | undefined, alpn: string[]): Promise<tls.TLSSocket> {
     const key = `${origin.ip}|${origin.port}|${sni ?? ""}|${alpn.join(",")}`;
     return new Promise((resolve, reject) => {
-      const address = { host: this.o.upstreamAddress?.(origin.ip) ?? origin.ip, port: origin.port, noDelay: true };
-      // Filtered: over a socket of our own, so a violation can reset it (a TLS socket cannot).
-      const raw = filtered ? net.connect(address) : undefined;
-      const reads = filtered ? undefined : new UpstreamReads();
-      const options: tls.ConnectionOptions & { onread?: net.OnReadOpts } = {
-        ...(raw ? { socket: raw } : { ...address, onread: { buffer: UPSTREAM_READ_BUFFER, callback: reads!.callback } }),
+      // Over a socket of our own, so a violation can reset it (a TLS socket cannot).
+      const raw = net.connect({ host: this.o.upstreamAddress?.(origin.ip) ?? origin.ip, port: origin.port, noDelay: true });
+      const up = tls.connect({
+        socket: raw,
         session: this.sessions.get(key),
         servername: sni, // never re-resolved: the guest's destination, the guest's name
         ALPNProtocols: alpn.length ? alpn : undefined,
@@ -337,13 +330,8 @@ export class TlsProxy extends RedirectListener {
         rejectUnauthorized: this.o.verifyUpstream,
         // Without SNI the certificate must name the address itself.
         checkServerIdentity: (_host, cert) => tls.checkServerIdentity(sni ?? origin.ip, cert),
-      };
-      const up = tls.connect(options);
-      // (tls.connect does not pass noDelay on to the socket it makes: Nagle would hold a request
-      // written behind the handshake's Finished until the server's delayed ACK)
-      if (!raw) up.setNoDelay(true);
-      if (raw) rawSockets.set(up, raw);
-      if (reads) upstreamReads.set(up, reads);
+      });
+      rawSockets.set(up, raw);
       up.on("session", (session: Buffer) => {
         this.sessions.delete(key);
         this.sessions.set(key, session);
@@ -405,101 +393,6 @@ export class TlsProxy extends RedirectListener {
 
 /** The TCP socket under each upstream TLS socket (to reset it). */
 const rawSockets = new WeakMap<tls.TLSSocket, net.Socket>();
-
-/**
- * What upstream servers send is decrypted into one buffer the thread shares (tls.connect's
- * onread), not into a fresh 16 KiB ArrayBuffer per TLS record: in a download those buffers were
- * the TLS worker's garbage, a mark-compact every 60-80 ms driven by their external memory. A chunk
- * handed on from it is valid only until the callback returns: the relay copies it (SlabWriter).
- */
-const UPSTREAM_READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
-
-/** An upstream socket's decrypted bytes, to the relay set up once the guest's side is ready. */
-class UpstreamReads {
-  private sink: ((chunk: Buffer) => void) | undefined;
-  private early: Buffer[] | undefined;
-
-  readonly callback = (n: number, buf: Uint8Array): boolean => {
-    const chunk = (buf as Buffer).subarray(0, n);
-    if (this.sink) {
-      this.sink(chunk);
-      return true;
-    }
-    // Before the relay (a server that speaks first): kept, and the socket paused until then.
-    (this.early ??= []).push(Buffer.from(chunk));
-    return false;
-  };
-
-  /** From now on every chunk goes to `sink`, those that came before first. */
-  attach(socket: tls.TLSSocket, sink: (chunk: Buffer) => void): void {
-    this.sink = sink;
-    const early = this.early;
-    this.early = undefined;
-    if (!early) return;
-    // Resumed first: the sink may pause it again (back-pressure), and nothing is read meanwhile.
-    if (!socket.destroyed) socket.resume();
-    for (const c of early) sink(c);
-  }
-}
-
-const upstreamReads = new WeakMap<tls.TLSSocket, UpstreamReads>();
-
-/** The reads of an upstream socket this proxy opened (reading into the shared buffer). */
-const sharedReads = (s: net.Socket): UpstreamReads | undefined => (s instanceof tls.TLSSocket ? upstreamReads.get(s) : undefined);
-
-const SLAB_BYTES = UPSTREAM_READ_BUFFER.length;
-const SLABS_KEPT = 16; // a thread keeps at most 1 MiB of them when its downloads are done
-const freeSlabs: Buffer[] = [];
-
-/**
- * Views of the shared read buffer, written to `to`: copied into a slab (64 KiB, reused once its
- * write is done), which goes out when full or once the read callbacks of this tick are through
- * (a TLS socket completes even a write it has made at the next turn of the loop, so the chunks
- * of one read would be queued one by one). One write of four records' bytes, no garbage.
- */
-class SlabWriter {
-  private slab: Buffer | undefined;
-  private used = 0;
-  private scheduled = false;
-
-  constructor(private readonly to: net.Socket) {}
-
-  /**
-   * `view` (at most SLAB_BYTES, the shared buffer's size) is copied whole before anything is
-   * written: nothing that runs inside a write can reach it half-copied. Returns what to.write()
-   * would: false past its high-water mark.
-   */
-  write(view: Buffer): boolean {
-    let ok = true;
-    if (this.used + view.length > SLAB_BYTES) ok = this.flush();
-    this.slab ??= freeSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES);
-    view.copy(this.slab, this.used);
-    this.used += view.length;
-    if (this.used === SLAB_BYTES) ok = this.flush() && ok;
-    if (this.used && !this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(this.flushTick);
-    }
-    return ok && this.to.writableLength + this.used < this.to.writableHighWaterMark;
-  }
-
-  private readonly flushTick = (): void => {
-    this.scheduled = false;
-    this.flush();
-  };
-
-  /** Write out what the slab holds. */
-  flush(): boolean {
-    const slab = this.slab;
-    if (!slab || !this.used) return true;
-    const n = this.used;
-    this.slab = undefined;
-    this.used = 0;
-    if (this.to.destroyed) return false;
-    return this.to.write(slab.subarray(0, n), () => { if (freeSlabs.length < SLABS_KEPT) freeSlabs.push(slab); });
-  }
-}
-
 
 /**
  * Where the server's HTTP/2 frames end, in the bytes relayed to the guest: moat may add frames of
@@ -814,13 +707,7 @@ class Backpressure {
 /** @internal (exported for its test) `from`'s bytes to `to`, back-pressured (Backpressure). */
 export function relay(from: net.Socket, to: net.Socket, ahead: RunAhead): void {
   const bp = new Backpressure(from, to, ahead);
-  const shared = sharedReads(from);
-  if (shared) {
-    const out = new SlabWriter(to);
-    shared.attach(from as tls.TLSSocket, (view: Buffer) => bp.wrote(out.write(view)));
-    from.on("end", () => out.flush());
-  }
-  else from.on("data", (c: Buffer) => bp.wrote(to.write(c)));
+  from.on("data", (c: Buffer) => bp.wrote(to.write(c)));
   from.on("end", () => to.end());
   from.resume(); // (as pipe() does: a socket paused until its relay was set up flows now)
 }

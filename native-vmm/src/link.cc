@@ -4,7 +4,10 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>  // before linux/if_tun.h (which includes linux/if.h)
+#include <linux/if_tun.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -135,7 +138,12 @@ static constexpr uint8_t VNET_F_NEEDS_CSUM = 1, VNET_F_DATA_VALID = 2, VNET_GSO_
 
 class TapLink final : public Link {
  public:
-  explicit TapLink(int fd) : fd_(fd) {}
+  // Frames come after a virtio-net header if the fd was opened with one (TUNGETIFF says).
+  explicit TapLink(int fd) : fd_(fd) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    vnet_ = ioctl(fd, TUNGETIFF, &ifr) == 0 && (ifr.ifr_flags & IFF_VNET_HDR);
+  }
   ~TapLink() override { close(); }
   void watch(int epfd, uint64_t base) override {
     epfd_ = epfd;
@@ -155,7 +163,12 @@ class TapLink final : public Link {
     for (;;) {
       VnetHdr h;
       struct iovec iov[2] = {{&h, sizeof h}, {buf, cap}};
-      const ssize_t len = readv(fd_, iov, 2);
+      const ssize_t len = vnet_ ? readv(fd_, iov, 2) : read(fd_, buf, cap);
+      if (!vnet_) {
+        if (len > 0) return static_cast<uint32_t>(len);
+        if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
+        return 0;
+      }
       if (len <= 0) {
         if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
         return 0;
@@ -172,7 +185,7 @@ class TapLink final : public Link {
   bool send(const uint8_t* frame, uint32_t len) override {
     static const VnetHdr none = {};  // complete checksums, one frame
     struct iovec iov[2] = {{const_cast<VnetHdr*>(&none), sizeof none}, {const_cast<uint8_t*>(frame), len}};
-    if (writev(fd_, iov, 2) >= 0) return true;
+    if ((vnet_ ? writev(fd_, iov, 2) : write(fd_, frame, len)) >= 0) return true;
     if (errno == EAGAIN || errno == EINTR) { watchOut(true); return false; }
     counters.bump(counters.txErrors);  // e.g. EIO while the device is down: the frame is lost, counted
     return true;
@@ -201,6 +214,7 @@ class TapLink final : public Link {
   int epfd_ = -1;
   uint64_t base_ = 0;
   bool outWatched_ = false;
+  bool vnet_ = false;
   uint32_t flags_ = 0;
 };
 

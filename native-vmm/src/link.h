@@ -99,8 +99,8 @@ class ListeningLink : public Link {
   uint64_t base_ = 0;
 };
 
-// A TAP device fd (takes ownership), opened with IFF_VNET_HDR and checksum offload
-// (openTapInNetns): one frame per readv/writev, after its virtio-net header.
+// A TAP device fd (takes ownership): one frame per read/write, after a virtio-net header when
+// the fd has one (a device openTapInNetns made: IFF_VNET_HDR and checksum offload).
 Link* newTapLink(int fd);
 
 // Fill in the TCP/UDP checksum of an untagged IPv4/IPv6 frame whose sender left it to the NIC

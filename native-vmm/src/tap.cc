@@ -60,9 +60,11 @@ int openTapInNetns(const std::string& netnsPath, const std::string& ifname, bool
     }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    // A virtio-net header before each frame (link.cc, TapLink), to learn which frames the
-    // guest's kernel left unchecksummed.
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    // A device moat makes gets a virtio-net header before each frame (link.cc, TapLink), to learn
+    // which frames the guest's kernel left unchecksummed. One that exists already is opened as
+    // before: its header and offloads would outlive moat on it (a persistent TAP), for whoever
+    // opens it next.
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (create ? IFF_VNET_HDR : 0);
     strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
     if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
       result = -errno;
@@ -79,7 +81,7 @@ int openTapInNetns(const std::string& netnsPath, const std::string& ifname, bool
     // guest's kernel checksums every byte it sends (and, since the device then has no
     // scatter-gather either, copies each send into one linear buffer). Best effort: without it the
     // frames come checksummed, as before.
-    ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM);
+    if (create) ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM);
     // The device's queue toward moat (the tun driver's ring) holds txqueuelen frames, 500 by
     // default; beyond that the guest's frames are dropped, not held back (tun never stops the
     // guest's queue), and every loss costs the guest a retransmission. Many connections sending

@@ -249,6 +249,10 @@ test("moat serve --tap attaches to an existing TAP device: its kernel side takes
     assert.match(ping, /1 received/);
     served.child.kill("SIGTERM");
     assert.equal(await served.exited, 0, served.stderr());
+    // A device moat did not make is left as it was: no virtio-net header (IFF_VNET_HDR), which
+    // would outlive moat on it and garble every frame for whoever opens it next without one.
+    const flags = sh(["netns", "exec", ns, "cat", "/sys/class/net/mtap0/tun_flags"]).trim();
+    assert.equal(Number(flags) & 0x4000, 0, `the TAP's flags after moat: ${flags}`);
   } finally {
     served.child.kill("SIGKILL");
     try { sh(["netns", "del", ns]); } catch { /* gone */ }

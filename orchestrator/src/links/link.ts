@@ -82,10 +82,11 @@ export async function openLink(spec: LinkSpec, native: NativeModule): Promise<Li
 
 /**
  * A TAP device in a network namespace (the default netns sandbox's NIC). One frame per
- * readv(2)/writev(2) after a virtio-net header (IFF_VNET_HDR), with checksum offload only
- * (TUN_F_CSUM): the guest's kernel leaves its TCP/UDP checksums to moat, which does not verify
- * them, and never hands over a frame beyond the MTU. native-vmm creates the device inside the
- * namespace from a helper thread and reads/writes it straight into/out of ring slots.
+ * read(2)/write(2); a device moat creates also has a virtio-net header (IFF_VNET_HDR) and
+ * checksum offload only (TUN_F_CSUM): the guest's kernel leaves its TCP/UDP checksums to moat,
+ * which does not verify them, and never hands over a frame beyond the MTU (an existing device,
+ * `--tap`, is opened without them: they would outlive moat on it). native-vmm creates the device
+ * inside the namespace from a helper thread and reads/writes it straight into/out of ring slots.
  */
 function tapLink(spec: TapLinkSpec, native: NativeModule): Link {
   let fd: number;

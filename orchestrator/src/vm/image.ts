@@ -352,7 +352,10 @@ async function compileAgent(source: string, out: string): Promise<Buffer> {
   }
   const binary = join(out, "moat-agent");
   try {
-    await run(cc, ["-static", "-O2", "-s", "-o", binary, source]);
+    // The compiler's own temporaries (cc1's .s, as's .o) go in the build's directory: a build
+    // stopped mid-compile (its steps die with moat, past any cleanup of theirs) leaves none in
+    // $TMPDIR, only in a directory the janitor removes.
+    await run(cc, ["-static", "-O2", "-s", "-o", binary, source], { env: { ...process.env, TMPDIR: out } });
   } catch (err) {
     throw new HostRequirementError("ERR_MISSING_TOOL", `compiling ${source} failed: ${stderrOf(err)}`,
       "a static build needs the C library's static archive: `apt-get install libc6-dev`");

@@ -105,7 +105,7 @@ test("a relayed download arrives whole and in order, however the guest reads it,
     s.write("HELLO\n"); // before the guest has said anything
     s.once("data", () => {
       let o = 0;
-      // Writes of odd sizes, so records and slabs never line up.
+      // Writes of odd sizes, so TLS records and chunks never line up.
       const more = (): void => {
         while (o < body.length) {
           const n = Math.min(body.length - o, 7001 + (o % 13) * 1000);

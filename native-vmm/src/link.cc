@@ -161,31 +161,27 @@ class TapLink final : public Link {
   // otherwise checksum every byte it sends, and the engine, told so, does not verify it.
   uint32_t recv(uint8_t* buf, uint32_t cap) override {
     for (;;) {
-      VnetHdr h;
+      VnetHdr h = {};  // (stays zero without a header: no flags, no segmentation)
       struct iovec iov[2] = {{&h, sizeof h}, {buf, cap}};
-      const ssize_t len = vnet_ ? readv(fd_, iov, 2) : read(fd_, buf, cap);
-      if (!vnet_) {
-        if (len > 0) return static_cast<uint32_t>(len);
-        if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
-        return 0;
-      }
+      const size_t hdr = vnet_ ? sizeof h : 0;
+      const ssize_t len = readv(fd_, vnet_ ? iov : iov + 1, vnet_ ? 2 : 1);
       if (len <= 0) {
         if (len < 0 && errno != EAGAIN && errno != EINTR) counters.bump(counters.rxErrors);
         return 0;
       }
-      if (static_cast<size_t>(len) <= sizeof h || h.gsoType != VNET_GSO_NONE) {
+      if (static_cast<size_t>(len) <= hdr || h.gsoType != VNET_GSO_NONE) {
         counters.bump(counters.malformed);  // no frame, or a superframe (never offered)
         continue;
       }
       flags_ = (h.flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) ? lay::RX_F_CSUM_LEFT : 0;
-      return static_cast<uint32_t>(len - sizeof h);
+      return static_cast<uint32_t>(len - hdr);
     }
   }
   uint32_t recvFlags() const override { return flags_; }
   bool send(const uint8_t* frame, uint32_t len) override {
     static const VnetHdr none = {};  // complete checksums, one frame
     struct iovec iov[2] = {{const_cast<VnetHdr*>(&none), sizeof none}, {const_cast<uint8_t*>(frame), len}};
-    if ((vnet_ ? writev(fd_, iov, 2) : write(fd_, frame, len)) >= 0) return true;
+    if (writev(fd_, vnet_ ? iov : iov + 1, vnet_ ? 2 : 1) >= 0) return true;
     if (errno == EAGAIN || errno == EINTR) { watchOut(true); return false; }
     counters.bump(counters.txErrors);  // e.g. EIO while the device is down: the frame is lost, counted
     return true;

@@ -42,8 +42,9 @@
  *     passed on to the command's process group, and it ends as the command ended — the same exit
  *     status, or death by the same signal — so to moat it is the command; killed itself
  *     (SIGKILL), it takes the command with it. SIGSTKFLT asks it to SIGKILL the command's whole
- *     process group (moat's last word to a command hung up on that will not end). The command runs as root of the user namespace with Docker's default capabilities,
- *     all of them confined to that namespace (no CAP_SYS_ADMIN: the mounts cannot be undone; no
+ *     process group (moat's last word to a command hung up on that will not end). The command
+ *     runs as root of the user namespace with Docker's default capabilities, all of them
+ *     confined to that namespace (no CAP_SYS_ADMIN: the mounts cannot be undone; no
  *     CAP_NET_ADMIN: eth0's configuration is moat's), with no_new_privs, in a session of its own
  *     (no controlling terminal, so TIOCSTI cannot push input into the terminal moat runs in), a
  *     fresh session keyring, and exactly the environment this process was given. Its parent is
@@ -420,9 +421,10 @@ static volatile pid_t command_pid;
 
 /* To the command's process group (it is a session leader: its pid), as a terminal signals its
  * foreground group; to the command alone in the instant before its setsid(). */
-static void forward_signal(int sig) {
+static void signal_command(int sig) {
   if (command_pid > 0 && kill(-command_pid, sig) != 0) kill(command_pid, sig);
 }
+
 
 /* KILL_GROUP_SIGNAL, never forwarded: moat asks for the command's whole process group to be
  * killed (SIGKILL cannot be caught to be forwarded, and the command's PDEATHSIG reaches it alone,
@@ -430,7 +432,7 @@ static void forward_signal(int sig) {
 #define KILL_GROUP_SIGNAL SIGSTKFLT
 static void kill_group(int sig) {
   (void)sig;
-  if (command_pid > 0 && kill(-command_pid, SIGKILL) != 0) kill(command_pid, SIGKILL);
+  signal_command(SIGKILL);
 }
 
 static int exec_main(int proc_fd, const char *cwd, char **argv) {
@@ -485,7 +487,7 @@ static int exec_main(int proc_fd, const char *cwd, char **argv) {
   command_pid = child;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = forward_signal;
+  sa.sa_handler = signal_command;
   sa.sa_flags = SA_RESTART;
   sigfillset(&sa.sa_mask);
   for (size_t i = 0; i < sizeof FORWARDED / sizeof FORWARDED[0]; i++) sigaction(FORWARDED[i], &sa, NULL);

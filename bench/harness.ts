@@ -111,13 +111,13 @@ export function endBenchWorld(world: World): void {
   world.teardown();
 }
 
-/** A figure with d decimals, "-" when there is none. */
 /** The median of `xs` (the mean of the middle two when their count is even). */
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return (s[(s.length - 1) >> 1]! + s[s.length >> 1]!) / 2;
 }
 
+/** A figure with d decimals, "-" when there is none. */
 export function fmt(v: number | undefined, d = 2): string {
   return v === undefined || !Number.isFinite(v) ? "-" : v.toFixed(d);
 }

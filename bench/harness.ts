@@ -111,6 +111,34 @@ export function endBenchWorld(world: World): void {
   world.teardown();
 }
 
+/** The cores this machine's kernel schedules on (one cpuN line each in /proc/stat). */
+export function machineCores(): number {
+  return readFileSync("/proc/stat", "utf8").split("\n").filter((l) => /^cpu\d/.test(l)).length;
+}
+
+/**
+ * The whole machine's CPU from now on, from /proc/stat's aggregate line: `busyCores()` is the
+ * average number of cores busy since the call (user, system, interrupts; not idle, I/O wait or
+ * time stolen by the hypervisor). What a contender without a process of its own costs (veth's
+ * work is all in the kernel, in whichever thread sends), and what every party of a transfer
+ * costs together. Gbit per busy core-second compares paths by their work per byte, which is what
+ * caps a transfer once every core is busy.
+ */
+export function machineCpu(): { busyCores(): number } {
+  const sample = () => readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const cores = machineCores();
+  const t0 = sample();
+  return {
+    busyCores() {
+      // fields: user nice system idle iowait irq softirq steal (then guest time, already in user)
+      const d = sample().slice(0, 8).map((v, i) => v - t0[i]!);
+      const all = d.reduce((a, b) => a + b, 0);
+      const free = d[3]! + d[4]! + d[7]!;
+      return all > 0 ? ((all - free) / all) * cores : 0;
+    },
+  };
+}
+
 /** The median of `xs` (the mean of the middle two when their count is even). */
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -14,6 +14,9 @@
 //     past 120 s or failed)
 //   - CPU: the contender's process time (user+sys) during the iperf3 runs, as cores per Gbit/s
 //     (veth has no process: its cost is in the kernel and is not shown)
+//   - the whole machine: its busy cores during each iperf3 run (client, server, contender and
+//     kernel together; veth included), and Gbit per busy core-second, the work each path does per
+//     byte (what caps a transfer once every core is busy)
 // and, inbound, through a published port (moat -p, pasta -t, slirp4netns's add_hostfwd over its
 // API socket; veth: the guest's address itself, no forwarding): an iperf3 server and a TCP echo
 // server inside the guest, measured from the host namespace's loopback
@@ -23,7 +26,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN } from "../test/testbed/world.js";
-import { benchArgs, option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable, sandboxNetns } from "./harness.js";
+import { machineCpu, machineCores, benchArgs, option, sleep, killTree, run, iperfClient, iperfGbps, crrRate, benchWorld, endBenchWorld, fmt, median, printTable, sandboxNetns } from "./harness.js";
 
 benchArgs(["time", "only", "bulk-runs"]);
 
@@ -135,7 +138,7 @@ function iperf(exec: (c: string[]) => string[], reverse: boolean, target = WORLD
 
 interface InboundFigures { toGuest: number; fromGuest: number; crr: number }
 interface Inbound { loopback: InboundFigures; net: InboundFigures }
-interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; bulkSeconds: number | undefined; bulkRuns: number[]; inbound?: Inbound }
+interface Row { name: string; up: number; down: number; crr: number; p50: number; p99: number; coresPerGbit: number | undefined; upCores: number; downCores: number; bulkSeconds: number | undefined; bulkRuns: number[]; inbound?: Inbound }
 
 /** Through the published ports: servers inside the guest, clients in the host namespace. */
 async function measureInbound(world: World, env: Awaited<ReturnType<Contender["up"]>>): Promise<Inbound | undefined> {
@@ -166,8 +169,12 @@ async function measure(world: World, c: Contender): Promise<Row> {
     if (client("connect").trim() !== "connected") throw new Error("the echo server is not reachable from the guest");
     const cpu0 = env.pid ? cpuSeconds(env.pid) : 0;
     const t0 = performance.now();
+    let machine = machineCpu();
     const up = iperf(env.exec, false);
+    const upCores = machine.busyCores();
+    machine = machineCpu();
     const down = iperf(env.exec, true);
+    const downCores = machine.busyCores();
     const wall = (performance.now() - t0) / 1000;
     const cores = env.pid ? (cpuSeconds(env.pid) - cpu0) / wall : undefined;
     const crr = crrRate(client("crr", String(Math.min(SECONDS, 3))));
@@ -188,7 +195,7 @@ async function measure(world: World, c: Contender): Promise<Row> {
     } catch (e) {
       process.stderr.write(`peers: ${c.name}: inbound failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().split("\n").pop()}\n`);
     }
-    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), bulkSeconds, bulkRuns, inbound };
+    return { name: c.name, up, down, crr, p50: Number(rr[1]), p99: Number(rr[2]), coresPerGbit: cores === undefined ? undefined : cores / ((up + down) / 2), upCores, downCores, bulkSeconds, bulkRuns, inbound };
   } finally {
     env.stop();
     await sleep(300);
@@ -222,6 +229,12 @@ if (moat) {
 }
 printTable(table);
 console.log(`(${SECONDS} s per iperf3 direction; ratios > 1 favour moat: throughput and conn/s as moat/peer, latency, CPU and 1000x1MiB time as peer/moat)`);
+// The whole machine during each iperf3 run: what every party (client, server, contender, kernel)
+// took together, and so the work each path does per byte.
+console.log(`\nthe whole machine (${machineCores()} cores) during iperf3: Gbit/s on busy cores = Gbit per busy core-second`);
+for (const r of rows) {
+  console.log(`  ${r.name}: guest->world ${fmt(r.up)} on ${fmt(r.upCores)} = ${fmt(r.up / r.upCores)}; world->guest ${fmt(r.down)} on ${fmt(r.downCores)} = ${fmt(r.down / r.downCores)}`);
+}
 if (BULK_RUNS > 1) {
   const veth = rows.find((r) => r.name === "veth");
   for (const r of rows) {

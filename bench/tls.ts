@@ -12,7 +12,8 @@
 //     server with the same CA.
 // Figures: new TLS connections per second with distinct names (a leaf minted for each) and with
 // one repeated name (cached), 16 at a time; requests per second on kept-alive connections (16
-// parallel transfers over HTTP/1.1 keep-alive); bulk download Gbit/s (one transfer); p50 of
+// parallel transfers over HTTP/1.1 keep-alive); bulk download Gbit/s (the median of three
+// transfers, one at a time, and the whole machine's busy cores during them); p50 of
 // request latency on a kept-alive connection and what interception adds to direct; and leaf
 // minting per second (moat's CA alone, in this process); the main thread's event-loop delay
 // and load under paced new connections; and two sandboxes of one daemon handshaking at once, with
@@ -22,13 +23,14 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, mkdirSync, existsSync } from "node:fs";
 import { World, WORLD_IP4, TESTBED_JS, MOAT_BIN, systemTestSkipReason } from "../test/testbed/world.js";
 import { CertificateAuthority } from "../orchestrator/src/tls/ca.js";
-import { benchArgs, option, sandboxNetns, sandboxNetnses } from "./harness.js";
+import { benchArgs, option, sandboxNetns, sandboxNetnses, machineCpu, machineCores, median } from "./harness.js";
 import { makeCa, makeServerCert } from "../test/testbed/test-pki.js";
 
 benchArgs(["requests", "bulk-mib", "rows", "cost-rounds", "keptalive-requests"]);
 
 const REQUESTS = Number(option("requests", "2000"));
 const BULK_MIB = Number(option("bulk-mib", "512"));
+const BULK_RUNS = 3;
 const PARALLEL = 16;
 const ROWS = new Set(option("rows", "direct,moat,secret,cost,mitmproxy,pool").split(","));
 const COST_ROUNDS = Number(option("cost-rounds", "21"));
@@ -58,7 +60,7 @@ const repeated = urls("repeated.cfg", REQUESTS, () => "www.bench.test", "hello")
 const latency = urls("latency.cfg", 300, () => "www.bench.test", "hello");
 const keptAlive = urls("keptalive.cfg", KEPTALIVE_REQUESTS, () => "www.bench.test", "hello");
 
-interface Figures { distinct: number; repeated: number; keepalive: number; bulk: number; p50: number }
+interface Figures { distinct: number; repeated: number; keepalive: number; bulk: number; bulkCores: number; bulkPerCore: number; p50: number }
 
 /** Run the curl measurements with `exec` (where curl runs) and `extra` (proxy/CA options). */
 function measure(exec: (c: string[]) => string[], extra: string[]): Figures {
@@ -74,10 +76,15 @@ function measure(exec: (c: string[]) => string[], extra: string[]): Figures {
   const distinctRate = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", distinct]);
   const repeatedRate = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-H", "Connection: close", "-K", repeated]);
   const keepalive = rate(["-Z", "--parallel-max", String(PARALLEL), "--http1.1", "-K", keptAlive], KEPTALIVE_REQUESTS);
-  const bulk = Number(curl(["--http1.1", "-o", "/dev/null", "-w", "%{speed_download}", `https://www.bench.test/bytes/${BULK_MIB << 20}`]).trim()) * 8 / 1e9;
+  // Bulk: the median of BULK_RUNS downloads, and the whole machine's busy cores across them.
+  const machine = machineCpu();
+  const t0 = performance.now();
+  const downloads = Array.from({ length: BULK_RUNS }, () => Number(curl(["--http1.1", "-o", "/dev/null", "-w", "%{speed_download}", `https://www.bench.test/bytes/${BULK_MIB << 20}`]).trim()) * 8 / 1e9);
+  const bulkGbit = (BULK_RUNS * BULK_MIB * 8 * 1.048576e6) / 1e9 / ((performance.now() - t0) / 1000);
+  const bulkCores = machine.busyCores();
   // Latency: one connection, requests one after another; time to first byte of each reused one.
   const times = curl(["--http1.1", "-w", "%{time_starttransfer}\\n", "-K", latency]).trim().split("\n").slice(1).map(Number).sort((a, b) => a - b);
-  return { distinct: distinctRate, repeated: repeatedRate, keepalive, bulk, p50: times[Math.floor(times.length / 2)]! * 1e6 };
+  return { distinct: distinctRate, repeated: repeatedRate, keepalive, bulk: median(downloads), bulkCores, bulkPerCore: bulkGbit / bulkCores, p50: times[Math.floor(times.length / 2)]! * 1e6 };
 }
 
 const METRICS_PORT = 19464;
@@ -123,8 +130,8 @@ let loop: ReturnType<typeof loopDelayUnderLoad> | undefined;
  * names at once (each PARALLEL at a time), with 1 and then 2 engine threads (and as many TLS
  * threads): what a second thread adds to a fleet's interception.
  */
-async function poolScaling(): Promise<{ threads: number; rate: number }[]> {
-  const out: { threads: number; rate: number }[] = [];
+async function poolScaling(): Promise<{ threads: number; rate: number; cores: number }[]> {
+  const out: { threads: number; rate: number; cores: number }[] = [];
   for (const threads of [1, 2]) {
     const sock = `${dir}/control-${threads}.sock`;
     const daemon = spawn("nsenter", [`--net=/run/netns/${world.host}`, process.execPath, MOAT_BIN, "daemon", "--control", sock, "--engine-threads", String(threads)], { stdio: "ignore" });
@@ -138,12 +145,13 @@ async function poolScaling(): Promise<{ threads: number; rate: number }[]> {
       const nss = await sandboxNetnses(daemon.pid!, 2);
       const cfgs = nss.map((_, k) => urls(`pool-${threads}-${k}.cfg`, REQUESTS, (i) => `p${threads}${k}x${i}.bench.test`, "hello"));
       const t0 = performance.now();
+      const machine = machineCpu();
       await Promise.all(nss.map((ns, k) => new Promise<void>((resolve, reject) => {
         const c = spawn("ip", ["netns", "exec", ns, "curl", "-sS", "--no-progress-meter", "--cacert", `${dir}/poolca.pem`, "-Z", "--parallel-max", String(PARALLEL),
           "--http1.1", "-H", "Connection: close", "-K", cfgs[k]!], { stdio: "ignore" });
         c.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`curl in ${ns} exited ${code}`))));
       })));
-      out.push({ threads, rate: (2 * REQUESTS) / ((performance.now() - t0) / 1000) });
+      out.push({ threads, rate: (2 * REQUESTS) / ((performance.now() - t0) / 1000), cores: machine.busyCores() });
     } finally {
       daemon.kill("SIGTERM");
       await new Promise((r) => daemon.once("exit", r));
@@ -152,7 +160,7 @@ async function poolScaling(): Promise<{ threads: number; rate: number }[]> {
   return out;
 }
 
-let pool: { threads: number; rate: number }[] | undefined;
+let pool: { threads: number; rate: number; cores: number }[] | undefined;
 
 /** `moat run --tls-intercept` with `extra` in the world's host namespace (its CA written to `caOut`), idle until killed. */
 function startMoat(extra: string[], caOut: string): ChildProcess {
@@ -283,10 +291,16 @@ if (m && p && direct) {
 }
 const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
 for (const r of table) console.log(r.map((c, i) => c.padEnd(w[i]!)).join("  "));
-console.log(`(${REQUESTS} requests per new-connection figure and ${KEPTALIVE_REQUESTS} kept-alive, ${PARALLEL} at a time, HTTP/1.1; bulk: one ${BULK_MIB} MiB download; ratios > 1 favour moat, latency as mitmproxy/moat)`);
+console.log(`(${REQUESTS} requests per new-connection figure and ${KEPTALIVE_REQUESTS} kept-alive, ${PARALLEL} at a time, HTTP/1.1; bulk: the median of ${BULK_RUNS} downloads of ${BULK_MIB} MiB; ratios > 1 favour moat, latency as mitmproxy/moat)`);
+// Bulk against the whole machine. Interception decrypts and encrypts every byte once more than the
+// direct path (whose server encrypts and whose client decrypts), so at best it does twice direct's
+// work per byte: half direct's Gbit per busy core-second, times the cores, caps any interceptor
+// on this machine.
+console.log(`bulk, the whole machine (${machineCores()} cores) during the downloads: ${rows.map(([name, f]) => `${name.split(" (")[0]} ${fmt(f.bulkCores, 2)} busy cores, ${fmt(f.bulkPerCore, 2)} Gbit per busy core-second`).join("; ")}`);
+if (direct) console.log(`bulk ceiling of an interceptor on ${machineCores()} cores at half direct's work per byte: ${fmt((machineCores() * direct.bulkPerCore) / 2, 2)} Gbit/s${p ? ` (2x mitmproxy: ${fmt(2 * p.bulk, 2)})` : ""}`);
 console.log(`leaf minting (moat's CA, distinct names): ${mintRate.toFixed(0)} leaves/s`);
 if (loop) console.log(`moat's main-thread event-loop delay at ${fmt(loop.rate)} new intercepted conn/s for 10 s: p99 ${fmt(loop.p99, 1)} ms, max ${fmt(loop.max, 1)} ms; the main thread busy ${fmt(loop.busy * 100)}% of the time`);
-if (pool?.length === 2) console.log(`two sandboxes of one daemon, new conn/s to distinct names together: ${fmt(pool[0]!.rate)} with 1 thread, ${fmt(pool[1]!.rate)} with 2 (${fmt(pool[1]!.rate / pool[0]!.rate, 2)}x)`);
+if (pool?.length === 2) console.log(`two sandboxes of one daemon, new conn/s to distinct names together: ${fmt(pool[0]!.rate)} with 1 thread, ${fmt(pool[1]!.rate)} with 2 (${fmt(pool[1]!.rate / pool[0]!.rate, 2)}x); the whole machine's busy cores meanwhile: ${fmt(pool[0]!.cores, 2)} and ${fmt(pool[1]!.cores, 2)} of ${machineCores()}`);
 if (costs) {
   const sorted = [...costs].sort((a, b) => a - b);
   console.log(`secret substitution, kept-alive req/s, ${COST_ROUNDS} rounds of ${KEPTALIVE_REQUESTS} requests in alternation (ABBA): cost ${costs.map((c) => `${fmt(c * 100, 1)}%`).join(", ")}; median ${fmt(sorted[Math.floor(sorted.length / 2)]! * 100, 1)}%`);

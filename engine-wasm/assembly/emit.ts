@@ -3,7 +3,8 @@
 // caller (return 0 / false), who counts the drop or leaves the input queued.
 
 import {
-  TX_CTRL, TX_DESC_BASE, TX_BUF_BASE, TX_SLOTS, DESC_LEN, DESC_FLAGS, ST_TX_NEXT, ST_IP_ID,
+  TX_CTRL, TX_DESC_BASE, TX_BUF_BASE, TX_SLOTS, DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, ST_TX_NEXT, ST_IP_ID,
+  ST_TX_CSUM_LEFT_OK, TX_F_CSUM_LEFT,
   CFG_GATEWAY_MAC, COUNTERS_BASE, OPS_BASE, OP_BYTES, OPS_MAX, ST_OPS_COUNT, OP_KIND, OP_FLOW,
   OP_DATA, OP_LEN, OP_FAMILY, OP_PORT, OP_ADDR, OP_ORIG,
 } from "./layout";
@@ -35,12 +36,18 @@ export function txReserve(): usize {
 @inline export function txHasRoom(): bool {
   return load<u32>(ST_TX_NEXT) - ringHead(TX_CTRL) < <u32>TX_SLOTS;
 }
-/** Commit the buffer returned by txReserve with `len` frame bytes. */
-export function txCommit(len: u32): void {
+/**
+ * Commit the buffer returned by txReserve with `len` frame bytes. `csumStart`: where the summed
+ * part of a frame whose TCP/UDP checksum was left to the link begins (txL4Checksum), and
+ * `csumOff` the field's offset from there; 0 for a frame that is complete.
+ */
+export function txCommit(len: u32, csumStart: u32 = 0, csumOff: u32 = 0): void {
   const next = load<u32>(ST_TX_NEXT);
   const d = descAt(TX_DESC_BASE, TX_SLOTS, next);
   store<u32>(d, len, DESC_LEN);
-  store<u32>(d, 0, DESC_FLAGS);
+  store<u32>(d, csumStart ? TX_F_CSUM_LEFT : 0, DESC_FLAGS);
+  store<u32>(d, csumStart, DESC_TOKEN);
+  store<u32>(d, csumOff, DESC_AUX);
   store<u32>(ST_TX_NEXT, next + 1);
   count(TX_FRAMES);
   countN(TX_BYTES, len);
@@ -117,6 +124,21 @@ export function fillL4Checksum(l4: usize, l4len: u32, csumOff: usize, src: usize
   let c = finish(sumLE(l4, l4len, pseudoSum(src, dst, addrLen, proto, l4len)));
   if (c == 0 && proto == PROTO_UDP) c = 0xffff;
   wr16(l4 + csumOff, c);
+}
+
+/**
+ * The TCP/UDP checksum of a frame to the guest (arguments as fillL4Checksum's). Where the link
+ * takes it so (ST_TX_CSUM_LEFT_OK), it is left as a kernel leaves it for its NIC, the
+ * pseudo-header's sum in the field, and nothing here reads the segment's bytes: returns true, and
+ * the frame is to be committed with its csumStart. Else filled here; false.
+ */
+export function txL4Checksum(l4: usize, l4len: u32, csumOff: usize, src: usize, dst: usize, addrLen: usize, proto: u32): bool {
+  if (!load<u32>(ST_TX_CSUM_LEFT_OK)) {
+    fillL4Checksum(l4, l4len, csumOff, src, dst, addrLen, proto);
+    return false;
+  }
+  wr16(l4 + csumOff, ~finish(pseudoSum(src, dst, addrLen, proto, l4len)) & 0xffff);
+  return true;
 }
 
 /** Verify an L4 checksum under its pseudo-header: true when the segment sums to zero. */

@@ -46,6 +46,7 @@ export const ST_NOW_MS = STATE_BASE + 32; // f64: time of the current batch
 export const ST_DHCP_LEASED = STATE_BASE + 40; // u32: 1 once the guest took its lease
 export const ST_FLOW_FREE_TAIL = STATE_BASE + 48; // u32: free-index queue, next place to return one
 export const ST_POLICY_ACTIVE = STATE_BASE + 52; // u32: which policy slot (0/1) is in force; the orchestrator flips it
+export const ST_TX_CSUM_LEFT_OK = STATE_BASE + 56; // u32: 1 while the link takes frames with TX_F_CSUM_LEFT as they are (native-vmm sets it as a link attaches)
 export const ST_RUN = STATE_BASE + 60; // u32: engineRun calls (free-running): reassembly slots freed in a run are reused only after it
 export const ST_TX_NEXT = STATE_BASE + 44; // u32: TX tail being filled (published at batch end)
 export const KEY_SCRATCH = STATE_BASE + 64; // 40 bytes: the flow key being looked up
@@ -187,6 +188,13 @@ export const DESC_FLAGS = 4; // u32
 // sum, and the engine does not verify it. Set only by a link whose frames come from the guest's
 // own kernel, never by one whose bytes could have been damaged on the way (a wire, a fault).
 export const RX_F_CSUM_LEFT = 1;
+// TX ring DESC_FLAGS: the frame's TCP/UDP checksum field holds only the pseudo-header's sum, as a
+// kernel leaves it for its NIC; DESC_TOKEN is where the summed part starts (the L4 header's offset
+// in the frame), DESC_AUX the field's offset from there. The engine sets it only while
+// ST_TX_CSUM_LEFT_OK is 1 (a TAP with a virtio-net header: the guest's kernel gets the frame as
+// NEEDS_CSUM, and neither side sums its bytes); any other link fills the checksum in before it
+// sends the frame.
+export const TX_F_CSUM_LEFT = 1;
 export const DESC_TOKEN = 8; // u32 (inbound ring: flow index)
 export const DESC_AUX = 12; // u32 (inbound ring: event kind)
 export const RX_SLOTS = 256;

@@ -83,6 +83,11 @@ void Datapath::setLink(Link* link) {
   auto* c = reinterpret_cast<uint64_t*>(mem_ + lay::COUNTERS_BASE);
   link->counters = LinkCounters{c + ctr::LINK_RX_ERRORS, c + ctr::LINK_TX_ERRORS, c + ctr::LINK_MALFORMED, c + ctr::LINK_PEERS};
   link->watch(epfd_, LINK_TOKEN_BASE);
+  announceLink();
+}
+
+void Datapath::announceLink() {
+  *reinterpret_cast<uint32_t*>(mem_ + lay::ST_TX_CSUM_LEFT_OK) = link_ && link_->takesCsumLeft() ? 1 : 0;
 }
 
 bool Datapath::wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap) {
@@ -91,6 +96,7 @@ bool Datapath::wrapLink(const std::function<Link*(Link*, int, uint64_t)>& wrap) 
   if (!outer) return false;
   link_.release();  // now the decorator's
   link_.reset(outer);
+  announceLink();
   return true;
 }
 
@@ -192,8 +198,13 @@ int Datapath::writeLink() {
   const uint32_t tail = r.tail();
   int wrote = 0;
   while (head != tail && link_) {
-    const uint32_t len = *reinterpret_cast<uint32_t*>(r.desc(head) + lay::DESC_LEN);
-    if (!link_->send(r.buf(head), len)) break;  // full: the link reports LINK_WRITABLE later
+    const uint8_t* d = r.desc(head);
+    auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(d + off); };
+    const uint32_t len = field(lay::DESC_LEN);
+    const bool taken = field(lay::DESC_FLAGS) & lay::TX_F_CSUM_LEFT
+        ? link_->sendCsumLeft(r.buf(head), len, field(lay::DESC_TOKEN), field(lay::DESC_AUX))
+        : link_->send(r.buf(head), len);
+    if (!taken) break;  // full: the link reports LINK_WRITABLE later
     head++;
     wrote++;
   }

@@ -90,6 +90,8 @@ class Datapath {
   void closeAll(bool deferSlow = false);
 
  private:
+  // Tell the engine what the link now attached takes (ST_TX_CSUM_LEFT_OK).
+  void announceLink();
   // A flow's host socket. TCP sockets are edge-triggered; what could not be done for lack of
   // ring room is remembered in `pending` and retried at every pump.
   struct Sock {

@@ -180,12 +180,16 @@ class TapLink final : public Link {
   uint32_t recvFlags() const override { return flags_; }
   bool send(const uint8_t* frame, uint32_t len) override {
     static const VnetHdr none = {};  // complete checksums, one frame
-    struct iovec iov[2] = {{const_cast<VnetHdr*>(&none), sizeof none}, {const_cast<uint8_t*>(frame), len}};
-    if (writev(fd_, vnet_ ? iov : iov + 1, vnet_ ? 2 : 1) >= 0) return true;
-    if (errno == EAGAIN || errno == EINTR) { watchOut(true); return false; }
-    counters.bump(counters.txErrors);  // e.g. EIO while the device is down: the frame is lost, counted
-    return true;
+    return write(none, frame, len);
   }
+  // The guest's kernel takes the frame as its own stack's (CHECKSUM_PARTIAL): delivered to a
+  // local socket it is not summed at all, forwarded it is completed on the way out.
+  bool sendCsumLeft(uint8_t* frame, uint32_t len, uint32_t csumStart, uint32_t csumOffset) override {
+    if (!vnet_) return Link::sendCsumLeft(frame, len, csumStart, csumOffset);
+    const VnetHdr h = {VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, static_cast<uint16_t>(csumStart), static_cast<uint16_t>(csumOffset)};
+    return write(h, frame, len);
+  }
+  bool takesCsumLeft() const override { return vnet_; }
   void close() override {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
@@ -201,6 +205,13 @@ class TapLink final : public Link {
   }
 
  private:
+  bool write(const VnetHdr& h, const uint8_t* frame, uint32_t len) {
+    struct iovec iov[2] = {{const_cast<VnetHdr*>(&h), sizeof h}, {const_cast<uint8_t*>(frame), len}};
+    if (writev(fd_, vnet_ ? iov : iov + 1, vnet_ ? 2 : 1) >= 0) return true;
+    if (errno == EAGAIN || errno == EINTR) { watchOut(true); return false; }
+    counters.bump(counters.txErrors);  // e.g. EIO while the device is down: the frame is lost, counted
+    return true;
+  }
   void watchOut(bool on) {
     if (on == outWatched_ || fd_ < 0) return;
     epollSet(epfd_, EPOLL_CTL_MOD, fd_, EPOLLIN | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u), base_);

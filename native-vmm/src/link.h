@@ -35,6 +35,11 @@ struct LinkCounters {
 // What the data path should do after a link event.
 enum : uint32_t { LINK_READABLE = 1, LINK_WRITABLE = 2 };
 
+// Fill in the TCP/UDP checksum of an untagged IPv4/IPv6 frame whose sender left it to the NIC
+// (the field holds the pseudo-header's sum). False when the frame is not TCP or UDP over IP or
+// its headers do not fit (packet.cc).
+bool completeL4Checksum(uint8_t* frame, uint32_t len);
+
 class Link {
  public:
   virtual ~Link() = default;
@@ -56,6 +61,18 @@ class Link {
   // Hand one frame to the guest: true = taken (or dropped and counted), false = the link is full;
   // the link reports LINK_WRITABLE once it can take more.
   virtual bool send(const uint8_t* frame, uint32_t len) = 0;
+  // A frame whose TCP/UDP checksum the engine left (TX_F_CSUM_LEFT: the field holds the
+  // pseudo-header's sum; the summed part starts at csumStart, the field is csumOffset into it).
+  // A link that takesCsumLeft() hands it on so; any other fills the checksum in and sends it.
+  virtual bool sendCsumLeft(uint8_t* frame, uint32_t len, uint32_t csumStart, uint32_t csumOffset) {
+    (void)csumStart;
+    (void)csumOffset;
+    completeL4Checksum(frame, len);
+    return send(frame, len);
+  }
+  // Whether frames with a left checksum go to the guest as they are (sendCsumLeft), so the engine
+  // need not sum their bytes: the data path tells it (ST_TX_CSUM_LEFT_OK) as the link attaches.
+  virtual bool takesCsumLeft() const { return false; }
   // After a batch of send(): write out what was batched, tell the guest.
   virtual void sendDone() {}
   // Close every fd (the epoll set is closed by the data path).
@@ -103,10 +120,6 @@ class ListeningLink : public Link {
 // the fd has one (a device openTapInNetns made: IFF_VNET_HDR and checksum offload).
 Link* newTapLink(int fd);
 
-// Fill in the TCP/UDP checksum of an untagged IPv4/IPv6 frame whose sender left it to the NIC
-// (the field holds the pseudo-header's sum). False when the frame is not TCP or UDP over IP or
-// its headers do not fit (packet.cc).
-bool completeL4Checksum(uint8_t* frame, uint32_t len);
 // A unix stream socket listening at `path` (QEMU -netdev stream, passt framing). The newest
 // connection is the peer; when it goes, the next one is waited for. Returns nullptr with `err`.
 Link* newStreamLink(const std::string& path, std::string& err);

@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineHarness, testConfig, counterDelta } from "../helpers/engine-harness.js";
-import { eth, ipv4, withL4Checksum } from "../helpers/frames.js";
+import { eth, ipv4, udp, withL4Checksum, refChecksum } from "../helpers/frames.js";
 import { GUEST, REMOTE, FIN, SYN, RST, PSH, ACK, u16, u32, segment, parse, Conn, opsOf, type Seg } from "../helpers/tcp-frames.js";
 import { layout as L } from "../../orchestrator/src/engine/layout.js";
 import type { EngineConfig } from "../../orchestrator/src/engine/engine-config.js";
@@ -648,5 +648,42 @@ test("randomized: guest streams through loss, reordering, duplication and short 
     }
     conns.forEach((_, f) => assert.equal(written[f]!.length, N, `seed ${seed} flow ${f}: the whole stream arrived`));
     assert.ok((h.counters().TCP_OOO_QUEUED ?? 0) > 0 && (h.counters().DROP_TCP_OUT_OF_ORDER ?? 0) > 0, "the pool was used, and filled");
+  }
+});
+
+test("toward a link that takes them left (a TAP's virtio-net header), TCP and UDP checksums hold the pseudo-header's sum, flagged, which completed is right; other links get them whole", () => {
+  // What a NIC (or the guest's kernel, for a TAP) does with a left checksum: sum the bytes from
+  // csumStart on, the field included, and store the complement in the field.
+  const completed = (frame: Uint8Array, start: number, off: number) => {
+    const l4 = frame.slice(start);
+    const c = refChecksum(l4);
+    l4[off] = c >> 8;
+    l4[off + 1] = c & 255;
+    return l4;
+  };
+  const data = Array.from({ length: 1001 }, (_, i) => (i * 7 + 3) & 255); // odd: the last byte pads
+  for (const left of [true, false]) {
+    const h = harness();
+    h.leaveChecksums(left);
+    const c = new Conn(h).open();
+    const [seg] = h.deliverData(c.flow, L.INK_TCP_DATA | (c.epoch << L.INK_EPOCH_SHIFT), Uint8Array.from(data), (c.iss + 1) >>> 0);
+    const segDesc = h.txDescs[0]!;
+    assert.deepEqual(parse(seg!).data, Uint8Array.from(data));
+    h.send(eth(testConfig.gatewayMac, testConfig.guestMac, 0x0800, ipv4(GUEST, REMOTE, 17, udp(GUEST, REMOTE, 40001, 9999, [1]))));
+    const udpFlow = h.takeOps().find((o) => o.kind === L.OPK_UDP_OPEN)!.flow;
+    const [dgram] = h.deliverUdp(udpFlow, Uint8Array.from(data));
+    const dgramDesc = h.txDescs[0]!;
+    for (const [frame, desc, off, proto] of [[seg!, segDesc, 16, 6], [dgram!, dgramDesc, 6, 17]] as const) {
+      const l4 = frame.slice(34); // Ethernet + a 20-byte IPv4 header
+      const right = Uint8Array.from(withL4Checksum(Array.from(l4), off, REMOTE, GUEST, proto));
+      if (left) {
+        assert.deepEqual(desc, { flags: L.TX_F_CSUM_LEFT, csumStart: 34, csumOff: off }, `proto ${proto}: flagged, with where to sum and store`);
+        assert.notDeepEqual(l4, right, `proto ${proto}: the bytes are not summed here`);
+        assert.deepEqual(completed(frame, desc.csumStart, desc.csumOff), right, `proto ${proto}: completed, the checksum is right`);
+      } else {
+        assert.equal(desc.flags, 0, `proto ${proto}: no flag`);
+        assert.deepEqual(l4, right, `proto ${proto}: the checksum is whole`);
+      }
+    }
   }
 });

@@ -161,15 +161,29 @@ export class EngineHarness {
     return origin;
   }
 
+  /**
+   * Whether the engine may leave TCP/UDP checksums to the link (ST_TX_CSUM_LEFT_OK), as native-vmm
+   * says when a TAP with a virtio-net header attaches.
+   */
+  leaveChecksums(on: boolean): void {
+    this.setU32(L.ST_TX_CSUM_LEFT_OK, on ? 1 : 0);
+  }
+
+  /** The TX descriptors of the frames the last run() returned, in the same order. */
+  txDescs: { flags: number; csumStart: number; csumOff: number }[] = [];
+
   private takeTx(): Uint8Array[] {
     const tail = this.u32(L.TX_CTRL + L.RING_CTRL_TAIL);
     let head = this.u32(L.TX_CTRL + L.RING_CTRL_HEAD);
     const out: Uint8Array[] = [];
+    this.txDescs = [];
     while (head !== tail) {
       const slot = head & (L.TX_SLOTS - 1);
-      const len = this.u32(L.TX_DESC_BASE + slot * L.DESC_BYTES + L.DESC_LEN);
+      const d = L.TX_DESC_BASE + slot * L.DESC_BYTES;
+      const len = this.u32(d + L.DESC_LEN);
       const off = L.TX_BUF_BASE + slot * L.SLOT_BYTES;
       out.push(this.mem.slice(off, off + len));
+      this.txDescs.push({ flags: this.u32(d + L.DESC_FLAGS), csumStart: this.u32(d + L.DESC_TOKEN), csumOff: this.u32(d + L.DESC_AUX) });
       head++;
     }
     this.setU32(L.TX_CTRL + L.RING_CTRL_HEAD, head);

@@ -32,7 +32,7 @@ import { auditSecret } from "../policy/admit";
 import { outboundAdmit, outboundRecord } from "./outbound";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
 import { checksum } from "../wire/checksum";
-import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
+import { count, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum, txL4Checksum } from "../emit";
 
 export const UDP_OPEN: u32 = 1;
 
@@ -133,9 +133,8 @@ export function udpToGuest(idx: u32, data: usize, len: u32): bool {
   wr16(udp + 2, <u32>load<u16>(rec, 4));
   wr16(udp + 4, 8 + len);
   memory.copy(udp + 8, data, len);
-  if (family == 4) fillL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, PROTO_UDP);
-  else fillL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, PROTO_UDP);
-  txCommit(<u32>(udp - out) + 8 + len);
+  const left = family == 4 ? txL4Checksum(udp, 8 + len, 6, ip + 12, ip + 16, 4, PROTO_UDP) : txL4Checksum(udp, 8 + len, 6, ip + 8, ip + 24, 16, PROTO_UDP);
+  txCommit(<u32>(udp - out) + 8 + len, left ? <u32>(udp - out) : 0, 6);
   charge(LIM_INGRESS, <f64>len);
   store<f64>(rec, load<f64>(ST_NOW_MS), F_LAST_MS);
   store<u64>(rec, load<u64>(rec, F_PKTS_IN) + 1, F_PKTS_IN);

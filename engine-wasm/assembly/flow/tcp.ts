@@ -114,7 +114,7 @@ import { ETH_IP4, ETH_IP6, PROTO_TCP, TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_AC
 import { auditSecret } from "../policy/admit";
 import { outboundAdmit, outboundRecord } from "./outbound";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
-import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, fillL4Checksum } from "../emit";
+import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, txL4Checksum } from "../emit";
 
 // F_STATE values for TCP flows
 export const TS_DIALING: u32 = 2; // SYN received, host socket connecting
@@ -274,9 +274,8 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
     memory.copy(t + 24, SACK_SCRATCH, 8 * blocks);
   }
   if (dlen) memory.copy(t + hlen, data, dlen);
-  if (v4) fillL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, PROTO_TCP);
-  else fillL4Checksum(t, hlen + dlen, 16, ip + 8, ip + 24, 16, PROTO_TCP);
-  txCommit(<u32>(t - out) + hlen + dlen);
+  const left = v4 ? txL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, PROTO_TCP) : txL4Checksum(t, hlen + dlen, 16, ip + 8, ip + 24, 16, PROTO_TCP);
+  txCommit(<u32>(t - out) + hlen + dlen, left ? <u32>(t - out) : 0, 16);
   return true;
 }
 

@@ -4,7 +4,7 @@
 
 import {
   TX_CTRL, TX_DESC_BASE, TX_BUF_BASE, TX_SLOTS, DESC_LEN, DESC_FLAGS, DESC_TOKEN, DESC_AUX, ST_TX_NEXT, ST_IP_ID,
-  ST_TX_CSUM_LEFT_OK, TX_F_CSUM_LEFT,
+  ST_TX_CSUM_LEFT_OK, TX_F_CSUM_LEFT, TX_F_EXTERNAL, ST_TX_LENT, ST_TX_LENT_POS,
   CFG_GATEWAY_MAC, COUNTERS_BASE, OPS_BASE, OP_BYTES, OPS_MAX, ST_OPS_COUNT, OP_KIND, OP_FLOW,
   OP_DATA, OP_LEN, OP_FAMILY, OP_PORT, OP_ADDR, OP_ORIG,
 } from "./layout";
@@ -42,12 +42,27 @@ export function txReserve(): usize {
  * `csumOff` the field's offset from there; 0 for a frame that is complete.
  */
 export function txCommit(len: u32, csumStart: u32 = 0, csumOff: u32 = 0): void {
+  txDescribe(len, csumStart ? TX_F_CSUM_LEFT : 0, csumStart | (csumOff << 16), 0);
+}
+
+/**
+ * Commit a frame built in place at `frame` (in the inbound slot whose bytes it carries, layout.ts
+ * IN_TCP_DATA_AT) instead of in a TX buffer; the caller checked txHasRoom(). The slot is lent to
+ * the frame until the link takes it: ST_TX_LENT says so for the inbound event being handled.
+ */
+export function txCommitAt(frame: usize, len: u32, csumStart: u32, csumOff: u32): void {
+  store<u32>(ST_TX_LENT, 1);
+  store<u32>(ST_TX_LENT_POS, load<u32>(ST_TX_NEXT));
+  txDescribe(len, TX_F_EXTERNAL | (csumStart ? TX_F_CSUM_LEFT : 0), csumStart | (csumOff << 16), <u32>frame);
+}
+
+function txDescribe(len: u32, flags: u32, token: u32, aux: u32): void {
   const next = load<u32>(ST_TX_NEXT);
   const d = descAt(TX_DESC_BASE, TX_SLOTS, next);
   store<u32>(d, len, DESC_LEN);
-  store<u32>(d, csumStart ? TX_F_CSUM_LEFT : 0, DESC_FLAGS);
-  store<u32>(d, csumStart, DESC_TOKEN);
-  store<u32>(d, csumOff, DESC_AUX);
+  store<u32>(d, flags, DESC_FLAGS);
+  store<u32>(d, token, DESC_TOKEN);
+  store<u32>(d, aux, DESC_AUX);
   store<u32>(ST_TX_NEXT, next + 1);
   count(TX_FRAMES);
   countN(TX_BYTES, len);

@@ -29,7 +29,7 @@ import {
   CFG_GUEST_MAC, CFG_GATEWAY_IP4, CFG_GUEST_IP4, CFG_PREFIX6, CFG_GATEWAY_IP6, CFG_GATEWAY_LL6, CFG_MTU,
   CFG_UDP_IDLE_MS, SLOT_BYTES, INK_UDP_DATA, INK_OPEN_FAILED, INK_KIND_MASK, EV_CTRL, EV_DESC_BASE, EV_SLOTS,
   PKT_FRAME, PKT_IP, PKT_L4, PKT_L4LEN, PKT_FAMILY, PIN_SCRATCH, INK_ACCEPT, LIM_BASE, LIM_BUCKET_BYTES,
-  LIM_DNS, LB_RATE, LB_BURST, LB_TOKENS, LB_AT, ST_LIMIT_DUE, CONNQ_BASE,
+  LIM_DNS, LB_RATE, LB_BURST, LB_TOKENS, LB_AT, ST_LIMIT_DUE, CONNQ_BASE, ST_TX_LENT, ST_TX_LENT_POS, IN_LENT_BASE,
 } from "./layout";
 import {
   RX_FRAMES, RX_BYTES, DROP_RUNT, DROP_NOT_FOR_US, DROP_ETHERTYPE, DROP_IP4_HEADER, DROP_IP4_CHECKSUM,
@@ -72,6 +72,7 @@ export function engineInit(): void {
   store<u32>(ST_DHCP_LEASED, 0);
   store<u32>(ST_TX_NEXT, ringTail(TX_CTRL));
   store<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD, ringHead(RX_CTRL));
+  store<u32>(IN_CTRL + RING_CTRL_PENDING_HEAD, ringHead(IN_CTRL));
   if (!fresh) {
     memory.fill(COUNTERS_BASE, 0, COUNTERS_MAX * 8);
     memory.fill(LIM_BASE, 0, CONNQ_BASE - LIM_BASE); // no limits (engineSetLimit sets them), nothing held
@@ -107,14 +108,19 @@ export function engineRun(nowMs: f64): i32 {
     done++;
   }
   ringPublishHead(EV_CTRL, evHead);
-  let inHead = ringHead(IN_CTRL);
+  // (native-vmm releases these slots: one whose frame was built in it once the link took it)
+  let inHead = load<u32>(IN_CTRL + RING_CTRL_PENDING_HEAD);
   const inTail = ringTail(IN_CTRL);
   while (inHead != inTail) {
+    store<u32>(ST_TX_LENT, 0);
     if (!hostEvent(descAt(IN_DESC_BASE, IN_SLOTS, inHead), bufAt(IN_BUF_BASE, IN_SLOTS, inHead))) break;
+    const lent = IN_LENT_BASE + ((<usize>inHead & (IN_SLOTS - 1)) << 3);
+    store<u32>(lent, load<u32>(ST_TX_LENT));
+    store<u32>(lent, load<u32>(ST_TX_LENT_POS), 4);
     inHead++;
     done++;
   }
-  ringPublishHead(IN_CTRL, inHead); // their bytes were copied into frames already
+  store<u32>(IN_CTRL + RING_CTRL_PENDING_HEAD, inHead);
 
   // Guest -> world.
   let rxHead = load<u32>(RX_CTRL + RING_CTRL_PENDING_HEAD);

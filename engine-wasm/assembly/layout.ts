@@ -71,6 +71,11 @@ export const ST_ACK_DUE = STATE_BASE + 224; // f64: earliest delayed-ACK deadlin
 export const ST_DELACK_COUNT = STATE_BASE + 232; // u32: entries in DELACK_LIST
 export const DELACK_MAX = 512;
 export const DELACK_LIST = STATE_BASE + 256; // DELACK_MAX x u32 flow index
+// Inbound slots lent to frames (see "rings" below): the inbound event just handled built its
+// frame in its own slot (ST_TX_LENT 1), at TX ring position ST_TX_LENT_POS.
+export const ST_TX_LENT = STATE_BASE + 104; // u32
+export const ST_TX_LENT_POS = STATE_BASE + 108; // u32
+export const IN_LENT_BASE = STATE_BASE + 256 + DELACK_MAX * 4; // IN_SLOTS x (u32 lent, u32 TX position)
 
 // ---- configuration written by the orchestrator before engineInit ----------------------------
 export const CFG_BASE = 12288;
@@ -190,7 +195,7 @@ export const DESC_FLAGS = 4; // u32
 export const RX_F_CSUM_LEFT = 1;
 // TX ring DESC_FLAGS: the frame's TCP/UDP checksum field holds only the pseudo-header's sum, as a
 // kernel leaves it for its NIC; DESC_TOKEN is where the summed part starts (the L4 header's offset
-// in the frame), DESC_AUX the field's offset from there. The engine sets it only while
+// in the frame) | the field's offset from there << 16. The engine sets it only while
 // ST_TX_CSUM_LEFT_OK is 1 (a TAP with a virtio-net header: the guest's kernel gets the frame as
 // NEEDS_CSUM, and neither side sums its bytes); any other link fills the checksum in before it
 // sends the frame.
@@ -200,6 +205,16 @@ export const DESC_AUX = 12; // u32 (inbound ring: event kind)
 export const RX_SLOTS = 256;
 export const TX_SLOTS = 256;
 export const IN_SLOTS = 64;
+// Host TCP bytes are peeked IN_TCP_DATA_AT into an inbound slot, and the engine builds the frame
+// that carries them to the guest around them, in place: Ethernet, IP and TCP headers (at most
+// 14 + 40 + 60 bytes) in the room before them. The TX descriptor then says TX_F_EXTERNAL and
+// gives the frame's offset in DESC_AUX, and the engine records the slot as lent (IN_LENT_BASE:
+// u32 1, u32 the frame's TX ring position). The engine stages how far it consumed the inbound
+// ring in its RING_CTRL_PENDING_HEAD; native-vmm publishes the head, past a lent slot only once
+// the link took its frame. So the bytes are copied twice in all, socket to slot and slot to
+// guest, and never inside the engine.
+export const IN_TCP_DATA_AT = 128;
+export const TX_F_EXTERNAL = 2;
 // The event ring has descriptors only (no buffers), and room for every event one batch of host
 // operations plus one epoll round can cause (2 * OPS_MAX + 64 < EV_SLOTS): events are never lost.
 export const EV_SLOTS = 4096;

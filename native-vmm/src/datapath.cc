@@ -200,19 +200,44 @@ int Datapath::writeLink() {
   while (head != tail && link_) {
     const uint8_t* d = r.desc(head);
     auto field = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(d + off); };
-    const uint32_t len = field(lay::DESC_LEN);
-    const bool taken = field(lay::DESC_FLAGS) & lay::TX_F_CSUM_LEFT
-        ? link_->sendCsumLeft(r.buf(head), len, field(lay::DESC_TOKEN), field(lay::DESC_AUX))
-        : link_->send(r.buf(head), len);
+    const uint32_t len = field(lay::DESC_LEN), flags = field(lay::DESC_FLAGS), csum = field(lay::DESC_TOKEN);
+    uint8_t* frame = r.buf(head);
+    if (flags & lay::TX_F_EXTERNAL) {
+      // Built in the inbound slot whose bytes it carries: it must lie within one.
+      const uint64_t at = field(lay::DESC_AUX), slot = (at - lay::IN_BUF_BASE) / lay::SLOT_BYTES;
+      if (at < lay::IN_BUF_BASE || slot >= lay::IN_SLOTS || at + len > lay::IN_BUF_BASE + (slot + 1) * lay::SLOT_BYTES) {
+        count(ctr::LINK_TX_ERRORS);
+        head++;
+        continue;
+      }
+      frame = mem_ + at;
+    } else if (len > lay::SLOT_BYTES) {
+      count(ctr::LINK_TX_ERRORS);
+      head++;
+      continue;
+    }
+    const bool taken = flags & lay::TX_F_CSUM_LEFT ? link_->sendCsumLeft(frame, len, csum & 0xffff, csum >> 16) : link_->send(frame, len);
     if (!taken) break;  // full: the link reports LINK_WRITABLE later
     head++;
     wrote++;
   }
-  if (wrote) {
-    link_->sendDone();
-    r.publishHead(head);
-  }
+  if (wrote) link_->sendDone();
+  if (head != r.head()) r.publishHead(head);
+  releaseInbound();
   return wrote;
+}
+
+// The inbound slots the engine has consumed go back to the ring in order; one lent to the frame
+// built in it (layout.ts, IN_TCP_DATA_AT) only once the link has taken that frame.
+void Datapath::releaseInbound() {
+  const uint32_t consumed = in_.pendingHead(), sent = tx_.head();
+  uint32_t h = in_.head();
+  while (h != consumed) {
+    const auto* lent = reinterpret_cast<const uint32_t*>(mem_ + lay::IN_LENT_BASE + (h & (lay::IN_SLOTS - 1)) * 8);
+    if (lent[0] && static_cast<int32_t>(sent - lent[1]) <= 0) break;  // its frame is still queued
+    h++;
+  }
+  if (h != in_.head()) in_.publishHead(h);
 }
 
 int Datapath::flush() {

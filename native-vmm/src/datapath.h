@@ -92,6 +92,8 @@ class Datapath {
  private:
   // Tell the engine what the link now attached takes (ST_TX_CSUM_LEFT_OK).
   void announceLink();
+  // Give back the inbound slots the engine is done with (after writeLink).
+  void releaseInbound();
   // A flow's host socket. TCP sockets are edge-triggered; what could not be done for lack of
   // ring room is remembered in `pending` and retried at every pump.
   struct Sock {

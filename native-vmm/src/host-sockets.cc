@@ -85,7 +85,7 @@ void Datapath::setTcpEvents(uint32_t flow) {
   epollSet(epfd_, EPOLL_CTL_MOD, s.fd, EPOLLIN | EPOLLRDHUP | EPOLLET | ((s.connecting || s.writeWatch) ? static_cast<uint32_t>(EPOLLOUT) : 0u), flow);
 }
 
-// Peek host bytes into inbound slots, up to the credit and one segment per slot.
+// Peek host bytes into inbound slots (IN_TCP_DATA_AT in), up to the credit and one segment per slot.
 int Datapath::readTcp(uint32_t flow) {
   Sock& s = socks_[flow];
   if (s.fd < 0 || s.dead || s.connecting) return 0;
@@ -97,9 +97,10 @@ int Datapath::readTcp(uint32_t flow) {
     }
     // No credit: stop. EOF and errors show up on the first peek once the guest's window opens.
     if (!seqLt(s.peekSeq, s.limitSeq)) break;
-    const uint32_t want = std::min({s.limitSeq - s.peekSeq, s.segBytes, lay::SLOT_BYTES});
+    // (after room for the headers of the frame the engine builds around the bytes, in place)
+    const uint32_t want = std::min({s.limitSeq - s.peekSeq, s.segBytes, lay::SLOT_BYTES - lay::IN_TCP_DATA_AT});
     const uint32_t tail = in_.tail();
-    ssize_t n = recv(s.fd, in_.buf(tail), want, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = recv(s.fd, in_.buf(tail) + lay::IN_TCP_DATA_AT, want, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) {
       pushInbound(flow, lay::INK_TCP_DATA | (static_cast<uint32_t>(s.epoch) << lay::INK_EPOCH_SHIFT), static_cast<uint32_t>(n), s.peekSeq);
       s.peekSeq += static_cast<uint32_t>(n);

@@ -91,6 +91,8 @@ export class EngineHarness {
    * EOF), its bytes placed `at` bytes into the slot (a published UDP port's datagrams follow a header).
    */
   deliverData(flow: number, kind: number, data: Uint8Array, flags: number, at = 0): Uint8Array[] {
+    // (TCP bytes go where native-vmm peeks them: after room for the frame's headers)
+    if ((kind & L.INK_KIND_MASK) === L.INK_TCP_DATA) at = L.IN_TCP_DATA_AT;
     const tail = this.u32(L.IN_CTRL + L.RING_CTRL_TAIL);
     const slot = tail & (L.IN_SLOTS - 1);
     this.mem.set(data, L.IN_BUF_BASE + slot * L.SLOT_BYTES + at);
@@ -169,7 +171,7 @@ export class EngineHarness {
     this.setU32(L.ST_TX_CSUM_LEFT_OK, on ? 1 : 0);
   }
 
-  /** The TX descriptors of the frames the last run() returned, in the same order. */
+  /** The TX descriptors of the frames the last run() returned, in the same order (TX_F_*, and where a left checksum is to be summed). */
   txDescs: { flags: number; csumStart: number; csumOff: number }[] = [];
 
   private takeTx(): Uint8Array[] {
@@ -181,11 +183,16 @@ export class EngineHarness {
       const slot = head & (L.TX_SLOTS - 1);
       const d = L.TX_DESC_BASE + slot * L.DESC_BYTES;
       const len = this.u32(d + L.DESC_LEN);
-      const off = L.TX_BUF_BASE + slot * L.SLOT_BYTES;
+      const flags = this.u32(d + L.DESC_FLAGS);
+      // (a frame built in the inbound slot whose bytes it carries: DESC_AUX says where)
+      const off = flags & L.TX_F_EXTERNAL ? this.u32(d + L.DESC_AUX) : L.TX_BUF_BASE + slot * L.SLOT_BYTES;
       out.push(this.mem.slice(off, off + len));
-      this.txDescs.push({ flags: this.u32(d + L.DESC_FLAGS), csumStart: this.u32(d + L.DESC_TOKEN), csumOff: this.u32(d + L.DESC_AUX) });
+      const csum = this.u32(d + L.DESC_TOKEN);
+      this.txDescs.push({ flags, csumStart: csum & 0xffff, csumOff: csum >>> 16 });
       head++;
     }
+    // Every frame taken: the inbound slots consumed go back, as native-vmm gives them back.
+    this.setU32(L.IN_CTRL + L.RING_CTRL_HEAD, this.u32(L.IN_CTRL + L.RING_CTRL_PENDING_HEAD));
     this.setU32(L.TX_CTRL + L.RING_CTRL_HEAD, head);
     return out;
   }

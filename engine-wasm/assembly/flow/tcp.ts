@@ -91,14 +91,14 @@ import {
   OPK_TCP_CONNECT, OPK_TCP_SEND, OPK_TCP_CREDIT, OPK_TCP_ACKED, OPK_TCP_REWIND, OPK_TCP_SHUTDOWN,
   OPK_TCP_ABORT, OPK_CLOSE, OPK_ACCEPT, INK_TCP_CONNECTED, INK_TCP_DATA, INK_TCP_SENT, INK_TCP_EOF,
   INK_TCP_RESET, INK_TCP_SHUT_DONE, INK_TCP_WRITABLE, INK_OPEN_FAILED, INK_PARTIAL, INK_EPOCH_SHIFT,
-  LIM_EGRESS, LIM_INGRESS, LIM_CONN, ST_LIMIT_DUE, ST_PACED_COUNT, PACED_LIST,
+  LIM_EGRESS, LIM_INGRESS, LIM_CONN, ST_LIMIT_DUE, ST_PACED_COUNT, PACED_LIST, IN_TCP_DATA_AT,
 } from "../layout";
 import {
   TCP_FLOWS_OPENED, TCP_CONNECTED, TCP_REFUSED, TCP_DIAL_FAILED, TCP_FLOWS_CLOSED,
   TCP_RETRANSMITS, TCP_BYTES_TO_HOST, TCP_BYTES_TO_GUEST, TCP_HOST_RESETS, TCP_GUEST_RESETS,
   DROP_FLOW_LIMIT, DROP_FLOW_TABLE_FULL, DROP_TCP_OUT_OF_ORDER, DROP_TCP_OUT_OF_WINDOW, TCP_PROBES,
   TCP_GUEST_TIMEOUTS, TCP_STALE_DATA, TCP_INBOUND_CLOSED_PORT, TCP_OOO_QUEUED, TCP_OOO_FILLED, TCP_DELAYED_ACKS,
-  DROP_RATE_CONN, RATE_EGRESS_PACED, RATE_INGRESS_PACED, RATE_CONN_DELAYED,
+  DROP_RATE_CONN, RATE_EGRESS_PACED, RATE_INGRESS_PACED, RATE_CONN_DELAYED, DROP_TX_RING_FULL,
 } from "../counters";
 import {
   limited, bucketLevel, charge, readyAt, wakeAt, pacedPush, connQueueEmpty, connQueueFull, connQueuePush,
@@ -114,7 +114,7 @@ import { ETH_IP4, ETH_IP6, PROTO_TCP, TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_AC
 import { auditSecret } from "../policy/admit";
 import { outboundAdmit, outboundRecord } from "./outbound";
 import { secretsActive, secretInStream, secretOfForm } from "../policy/placeholder-scan";
-import { count, countN, opPush, txReserve, txCommit, emitEth, emitIp4, emitIp6, txL4Checksum } from "../emit";
+import { count, countN, opPush, txReserve, txHasRoom, txCommit, txCommitAt, emitEth, emitIp4, emitIp6, txL4Checksum } from "../emit";
 
 // F_STATE values for TCP flows
 export const TS_DIALING: u32 = 2; // SYN received, host socket connecting
@@ -226,13 +226,15 @@ function pace(rec: usize, b: usize, need: f64, counter: i32): void {
 /**
  * Emit a segment to the guest: `flags`, sequence `seq`, `dlen` bytes at `data`; ACK fields from
  * the flow's receive side. SYN segments carry MSS and window-scale options. False when the TX
- * ring is full.
+ * ring is full. Data is host bytes in an inbound slot, IN_TCP_DATA_AT into it: the frame is built
+ * around them, its headers in the room before them (txCommitAt), and they are not copied.
  */
 function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): bool {
-  const out = txReserve();
-  if (!out) return false;
+  if (dlen && !txHasRoom()) {
+    count(DROP_TX_RING_FULL);
+    return false;
+  }
   const v4 = load<u8>(rec, 1) == 4;
-  const ip = emitEth(out, CFG_GUEST_MAC, v4 ? ETH_IP4 : ETH_IP6);
   const syn = (flags & TCP_SYN) != 0;
   const sackOk = (load<u32>(rec, T_FLAGS) & FL_SACK_OK) != 0;
   // SACK-permitted in our SYN (an inbound connection: offered), in a SYN-ACK only if the guest
@@ -244,6 +246,9 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
   const room: u32 = dlen == 0 ? 4 : dlen + 12 <= segMax ? min<u32>(4, (segMax - dlen - 4) >> 3) : 0;
   const blocks: u32 = !syn && sackOk && room && !(flags & TCP_RST) && load<u32>(rec, T_OOO_COUNT) ? oooSackBlocks(rec, SACK_SCRATCH, room) : 0;
   const hlen: u32 = syn ? (synSack ? 32 : 28) : blocks ? 24 + 8 * blocks : 20;
+  const out = dlen ? data - hlen - (v4 ? 20 : 40) - 14 : txReserve();
+  if (!out) return false;
+  const ip = emitEth(out, CFG_GUEST_MAC, v4 ? ETH_IP4 : ETH_IP6);
   const t = v4 ? emitIp4(ip, PROTO_TCP, rec + 36, rec + 20, hlen + dlen) : emitIp6(ip, PROTO_TCP, rec + 24, rec + 8, hlen + dlen, 64);
   wr16(t, <u32>load<u16>(rec, 6));
   wr16(t + 2, <u32>load<u16>(rec, 4));
@@ -273,9 +278,10 @@ function emitSegment(rec: usize, flags: u32, seq: u32, data: usize, dlen: u32): 
     store<u32>(t + 20, 0x00050101 | ((2 + 8 * blocks) << 24)); // NOP, NOP, SACK (kind 5), length
     memory.copy(t + 24, SACK_SCRATCH, 8 * blocks);
   }
-  if (dlen) memory.copy(t + hlen, data, dlen);
   const left = v4 ? txL4Checksum(t, hlen + dlen, 16, ip + 12, ip + 16, 4, PROTO_TCP) : txL4Checksum(t, hlen + dlen, 16, ip + 8, ip + 24, 16, PROTO_TCP);
-  txCommit(<u32>(t - out) + hlen + dlen, left ? <u32>(t - out) : 0, 16);
+  const csumAt: u32 = left ? <u32>(t - out) : 0;
+  if (dlen) txCommitAt(out, <u32>(t - out) + hlen + dlen, csumAt, 16);
+  else txCommit(<u32>(t - out) + hlen, csumAt, 16);
   return true;
 }
 
@@ -934,7 +940,7 @@ export function tcpEvent(idx: u32, kind: u32, len: u32, arg: u32, buf: usize, au
     }
     const fr = load<u32>(rec, T_FLAGS);
     if ((fr & FL_RECOVERY) && !seqLt(arg, load<u32>(rec, T_RECOVER_END))) return true; // beyond the hole: after the guest's ACK
-    if (!emitSegment(rec, TCP_ACK | TCP_PSH, arg, buf, len)) return false;
+    if (!emitSegment(rec, TCP_ACK | TCP_PSH, arg, buf + IN_TCP_DATA_AT, len)) return false;
     store<u32>(rec, arg + len, T_SND_NXT);
     const sent = load<u32>(rec, T_SND_MAX);
     if (seqLt(sent, arg + len)) {

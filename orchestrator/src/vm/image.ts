@@ -45,9 +45,14 @@ import { elfProgramHeaders, extractVmlinux } from "./vmlinux.js";
 import { VmError } from "./vm-error.js";
 
 const execFileP = promisify(execFile);
-/** A build step that dies with moat (moat-helper: PR_SET_PDEATHSIG): an interrupted build leaves nothing running. */
+/**
+ * A build step that dies with moat, with everything it started: it runs in a PID namespace of its
+ * own under moat-helper's init, which dies with moat and takes the namespace with it. (A step's
+ * own children outlive it otherwise: PR_SET_PDEATHSIG is not inherited, and cc's collect2 and ld
+ * went on writing into the build's temporary directory after an interrupt had removed it.)
+ */
 const run = ((file: string, args: string[], opts?: object) => {
-  const [helper, ...rest] = diesWithMoat([file, ...args]);
+  const [helper, ...rest] = diesWithMoat([file, ...args], { pidns: true });
   return execFileP(helper!, rest, opts);
 }) as typeof execFileP;
 

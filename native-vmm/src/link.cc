@@ -173,8 +173,15 @@ class TapLink final : public Link {
         counters.bump(counters.malformed);  // no frame, or a superframe (never offered)
         continue;
       }
-      flags_ = (h.flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID)) ? lay::RX_F_CSUM_LEFT : 0;
-      return static_cast<uint32_t>(len - hdr);
+      const uint32_t n = static_cast<uint32_t>(len - hdr);
+      flags_ = h.flags & VNET_F_NEEDS_CSUM ? takeLeftChecksum(buf, n, h.csumStart, h.csumOffset)
+               : h.flags & VNET_F_DATA_VALID ? lay::RX_F_CSUM_LEFT
+               : 0;
+      if (flags_ == UINT32_MAX) {
+        counters.bump(counters.malformed);  // a checksum to fill in beyond the frame
+        continue;
+      }
+      return n;
     }
   }
   uint32_t recvFlags() const override { return flags_; }

@@ -39,6 +39,12 @@ enum : uint32_t { LINK_READABLE = 1, LINK_WRITABLE = 2 };
 // (the field holds the pseudo-header's sum). False when the frame is not TCP or UDP over IP or
 // its headers do not fit (packet.cc).
 bool completeL4Checksum(uint8_t* frame, uint32_t len);
+// A frame whose sender left a checksum to the NIC at csumStart + csumOffset (a virtio-net header's
+// NEEDS_CSUM). When it is the frame's own TCP/UDP checksum, which the engine would verify (it ends
+// that TCP or UDP and forwards only the payload): RX_F_CSUM_LEFT, and the engine does not. Any
+// other (a tunnelled packet's, in the payload, which goes on to the world as it is) is completed
+// here, as a NIC would: 0. UINT32_MAX when the offsets do not fit the frame (packet.cc).
+uint32_t takeLeftChecksum(uint8_t* frame, uint32_t len, uint32_t csumStart, uint32_t csumOffset);
 
 class Link {
  public:

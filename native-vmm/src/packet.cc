@@ -76,6 +76,7 @@
 #include <vector>
 
 #include "link.h"
+#include "layout.gen.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
@@ -715,6 +716,19 @@ bool completeL4Checksum(uint8_t* frame, uint32_t len) {
   if (!findL4(frame, len, p)) return false;
   fillL4Checksum(frame, p);
   return true;
+}
+
+uint32_t takeLeftChecksum(uint8_t* frame, uint32_t len, uint32_t csumStart, uint32_t csumOffset) {
+  if (static_cast<uint64_t>(csumStart) + csumOffset + 2 > len) return UINT32_MAX;
+  L4 p;
+  if (findL4(frame, len, p) && csumStart == p.l4 && csumOffset == (p.proto == IPPROTO_TCP ? 16u : 6u)) return lay::RX_F_CSUM_LEFT;
+  // Another checksum (a tunnelled packet's, inside this one's payload): summed from csumStart to
+  // the end, the field holding its pseudo-header's part, as a NIC does (Linux's
+  // skb_checksum_help: a sum of 0 goes out as 0xffff).
+  const uint16_t c = finish(sumBytes(frame + csumStart, len - csumStart, 0));
+  const uint16_t v = c ? c : 0xffff;
+  memcpy(frame + csumStart + csumOffset, &v, 2);
+  return 0;
 }
 
 int interfaceInfo(const std::string& name, InterfaceInfo& out, std::string& err) {

@@ -159,6 +159,7 @@ int Datapath::pump() {
     } else if (token >= LINK_TOKEN_BASE && token < LINK_TOKEN_BASE + LINK_SUBS) {
       if (!link_) continue;
       const uint32_t what = link_->event(static_cast<uint32_t>(token - LINK_TOKEN_BASE), evs[i].events);
+      announceLink();  // (a VMM's front-end negotiates the offloads after the link attached)
       if (what & LINK_WRITABLE) moved += writeLink();
       if (what & LINK_READABLE) moved += readLink(LINK_READ_BUDGET);
     } else if (token < socks_.size()) {

@@ -21,9 +21,14 @@
 //                                 host_mtu the guest learns the MTU from DHCP option 26.
 //   VIRTIO_RING_F_EVENT_IDX       fewer kicks and interrupts (used_event / avail_event)
 //   VIRTIO_RING_F_INDIRECT_DESC   indirect descriptor tables, validated like direct chains
-// Not offered: checksum and segmentation offloads (CSUM, GUEST_CSUM, HOST_TSO*, GUEST_TSO*,
-// UFO/USO): the engine expects complete checksums and frames within the MTU, so the guest must
-// finish both itself. No MQ (one queue pair), no LOG_ALL / LOG_SHMFD (no live migration), no
+//   VIRTIO_NET_F_CSUM             the guest may leave checksums to the device (NEEDS_CSUM): its
+//                                 frame's own TCP/UDP one the engine then does not verify (it ends
+//                                 that TCP or UDP: RX_F_CSUM_LEFT), any other is filled in here
+//                                 (takeLeftChecksum, link.h)
+//   VIRTIO_NET_F_GUEST_CSUM       moat may leave those of the segments it sends (NEEDS_CSUM,
+//                                 takesCsumLeft): the guest's driver sums nothing for local delivery
+// Not offered: segmentation offloads (HOST_TSO*, GUEST_TSO*, UFO/USO): frames stay within the MTU,
+// which the engine expects. No MQ (one queue pair), no LOG_ALL / LOG_SHMFD (no live migration), no
 // IOMMU_PLATFORM, no packed rings.
 // Protocol features offered: REPLY_ACK (need_reply answered with a u64, 0 = done), NET_MTU
 // (VHOST_USER_NET_SET_MTU: an MTU above this link's is refused, so QEMU reports the mismatch).
@@ -114,10 +119,13 @@ constexpr uint32_t MAX_QUEUE_SIZE = 32768;
 
 constexpr uint64_t bit(unsigned n) { return 1ull << n; }
 constexpr uint64_t MAX_GUEST_MEMORY = 1ull << 40;  // 1 TiB of guest memory per front-end, mapped
-constexpr unsigned F_NET_MTU = 3, F_MRG_RXBUF = 15, F_INDIRECT_DESC = 28, F_EVENT_IDX = 29, F_PROTOCOL_FEATURES = 30,
+constexpr unsigned F_CSUM = 0, F_GUEST_CSUM = 1, F_NET_MTU = 3, F_MRG_RXBUF = 15, F_INDIRECT_DESC = 28, F_EVENT_IDX = 29, F_PROTOCOL_FEATURES = 30,
                    F_VERSION_1 = 32;
 constexpr uint64_t OFFERED_FEATURES = bit(F_VERSION_1) | bit(F_PROTOCOL_FEATURES) | bit(F_MRG_RXBUF) | bit(F_NET_MTU) |
-                                      bit(F_EVENT_IDX) | bit(F_INDIRECT_DESC);
+                                      bit(F_EVENT_IDX) | bit(F_INDIRECT_DESC) | bit(F_CSUM) | bit(F_GUEST_CSUM);
+// virtio-net header (virtio 1.x §5.1.6): flags, gso_type, hdr_len, gso_size, csum_start,
+// csum_offset (little-endian), then num_buffers (12-byte form).
+constexpr uint8_t VNET_F_NEEDS_CSUM = 1, VNET_GSO_NONE = 0;
 constexpr unsigned PF_REPLY_ACK = 3, PF_NET_MTU = 4;
 constexpr uint64_t OFFERED_PROTOCOL = bit(PF_REPLY_ACK) | bit(PF_NET_MTU);
 
@@ -247,6 +255,12 @@ class VhostUserLink final : public ListeningLink {
         counters.bump(counters.malformed);
         continue;
       }
+      uint8_t h[12];
+      gather(h, hdrLen_);
+      if (h[1] != VNET_GSO_NONE) {  // segmentation was never offered
+        counters.bump(counters.malformed);
+        continue;
+      }
       // Copy the frame, skipping the header wherever the guest's descriptors split it.
       uint32_t skip = hdrLen_, out = 0;
       for (const Seg& s : segs_) {
@@ -258,9 +272,22 @@ class VhostUserLink final : public ListeningLink {
         memcpy(buf + out, s.p + from, s.len - from);
         out += s.len - from;
       }
+      // A checksum left to the device counts only where CSUM was negotiated (else the engine
+      // verifies it, and drops a frame that lied).
+      flags_ = 0;
+      if ((h[0] & VNET_F_NEEDS_CSUM) && (features_ & bit(F_CSUM))) {
+        flags_ = takeLeftChecksum(buf, out, le16(h + 6), le16(h + 8));
+        if (flags_ == UINT32_MAX) {
+          flags_ = 0;
+          counters.bump(counters.malformed);  // a checksum to fill in beyond the frame
+          continue;
+        }
+      }
       return out;
     }
   }
+
+  uint32_t recvFlags() const override { return flags_; }
 
   void recvDone() override { flushUsed(vq_[TXQ]); }
 
@@ -274,7 +301,21 @@ class VhostUserLink final : public ListeningLink {
 
   // ---- engine -> guest RX (queue 0) ---------------------------------------------------------------
 
-  bool send(const uint8_t* frame, uint32_t len) override {
+  bool send(const uint8_t* frame, uint32_t len) override { return deliver(frame, len, 0, 0, 0); }
+
+  bool sendCsumLeft(uint8_t* frame, uint32_t len, uint32_t csumStart, uint32_t csumOffset) override {
+    if (!(features_ & bit(F_GUEST_CSUM))) return Link::sendCsumLeft(frame, len, csumStart, csumOffset);
+    return deliver(frame, len, VNET_F_NEEDS_CSUM, static_cast<uint16_t>(csumStart), static_cast<uint16_t>(csumOffset));
+  }
+  // (Negotiated per front-end: the data path asks again after every link event.)
+  bool takesCsumLeft() const override { return features_ & bit(F_GUEST_CSUM); }
+
+  void sendDone() override { flushUsed(vq_[RXQ]); }
+
+ private:
+  // A frame into the guest's receive buffers, after a header with `flags` (and where the
+  // checksum left to the guest is to be summed and stored).
+  bool deliver(const uint8_t* frame, uint32_t len, uint8_t flags, uint16_t csumStart, uint16_t csumOffset) {
     Vring& q = vq_[RXQ];
     if (!ready(q)) {
       counters.bump(counters.txErrors);  // no front-end, or its ring is not running: dropped
@@ -334,7 +375,9 @@ class VhostUserLink final : public ListeningLink {
       capacity += chainBytes;
     }
     // Header (num_buffers = chains used), then the frame, across the chains' buffers in order.
-    uint8_t hdr[12] = {};
+    uint8_t hdr[12] = {flags};
+    memcpy(hdr + 6, &csumStart, 2);
+    memcpy(hdr + 8, &csumOffset, 2);
     const uint16_t nbuf = static_cast<uint16_t>(chains_.size());
     memcpy(hdr + 10, &nbuf, 2);
     size_t seg = 0, chain = 0;
@@ -360,9 +403,18 @@ class VhostUserLink final : public ListeningLink {
     return true;
   }
 
-  void sendDone() override { flushUsed(vq_[RXQ]); }
+  // The first n bytes of the chain walked last (segs_): its virtio-net header, however split.
+  void gather(uint8_t* out, uint32_t n) const {
+    for (const Seg& s : segs_) {
+      const uint32_t k = s.len < n ? s.len : n;
+      memcpy(out, s.p, k);
+      out += k;
+      n -= k;
+      if (!n) break;
+    }
+  }
+  static uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
 
- private:
   struct Chain {
     uint16_t head;
     size_t firstSeg;
@@ -922,6 +974,7 @@ class VhostUserLink final : public ListeningLink {
   std::vector<Region> regions_;
   Vring vq_[2];
   bool waitingRx_ = false;
+  uint32_t flags_ = 0;  // RX_F_* of the frame recv() returned last
   std::vector<Seg> segs_;
   std::vector<Chain> chains_;
 };

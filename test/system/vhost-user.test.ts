@@ -78,9 +78,9 @@ test("the front-end's cases are all known to this test", { skip }, async () => {
   assert.equal(catalogue["fuzz-messages"], null);
 });
 
-test("features offered: VERSION_1, PROTOCOL_FEATURES, MRG_RXBUF, MTU, EVENT_IDX, INDIRECT_DESC; REPLY_ACK and NET_MTU", { skip }, async () => {
+test("features offered: VERSION_1, PROTOCOL_FEATURES, MRG_RXBUF, MTU, EVENT_IDX, INDIRECT_DESC, CSUM, GUEST_CSUM; REPLY_ACK and NET_MTU", { skip }, async () => {
   const r = await expectCase("negotiation");
-  assert.equal(r.detail.features, "0x170008008");
+  assert.equal(r.detail.features, "0x17000800b");
   assert.equal(r.detail.protocol, "0x18");
 });
 

@@ -54,6 +54,8 @@ before(async () => {
     ["blocked", "nslookup blocked.test"],
     ["download", `echo ${MIB64} | nc ${WORLD_IP4} 9001 | sha256sum`],
     ["upload", `head -c ${MIB64} /dev/urandom > /tmp/up && sha256sum /tmp/up && nc ${WORLD_IP4} 9002 < /tmp/up; rm -f /tmp/up`],
+    // The NIC's negotiated features (bit 0 first): CSUM and GUEST_CSUM, after 64 MiB each way.
+    ["offload", "for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0001 ] && echo features=$(cut -c1-2 $d/features); done; awk '/^Tcp:/ {n++} n == 2 {print \"tcp-csum-errors=\" $NF; exit}' /proc/net/snmp"],
     ["private", `echo x | nc -w 3 ${HOSTS.private} 9001`],
     ["metadata", `echo x | nc -w 3 ${HOSTS.metadata} 80`],
     ["stdout", "echo to-stdout; echo to-stderr >&2"],
@@ -114,6 +116,12 @@ test("64 MiB each way arrive intact", { skip }, () => {
   const sent = /^([0-9a-f]{64}) {2}\/tmp\/up$/m.exec(up)?.[1];
   assert.ok(sent, up);
   assert.equal(up.match(new RegExp(sent!, "g"))?.length, 2, `the sink's hash must equal the guest's:\n${up}`);
+});
+
+test("the VM's NIC leaves checksums to moat and takes them from moat (CSUM, GUEST_CSUM), with no checksum errors", { skip }, () => {
+  const out = ok(vhost, "offload");
+  assert.match(out, /^features=11$/m, out);
+  assert.match(out, /^tcp-csum-errors=0$/m, out);
 });
 
 test("public-only stops private and metadata addresses", { skip }, () => {

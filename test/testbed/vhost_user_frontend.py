@@ -19,7 +19,8 @@ GET_FEATURES, SET_FEATURES, SET_OWNER, RESET_OWNER, SET_MEM_TABLE, SET_LOG_BASE,
 SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, GET_VRING_BASE = 8, 9, 10, 11
 SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR = 12, 13, 14
 GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_VRING_ENABLE, NET_SET_MTU = 15, 16, 17, 18, 20
-F_CSUM, F_MTU, F_MRG_RXBUF, F_INDIRECT, F_EVENT_IDX, F_PROTOCOL, F_VERSION_1 = 0, 3, 15, 28, 29, 30, 32
+F_CSUM, F_GUEST_CSUM, F_MTU, F_MRG_RXBUF, F_INDIRECT, F_EVENT_IDX, F_PROTOCOL, F_VERSION_1 = 0, 1, 3, 15, 28, 29, 30, 32
+F_HOST_TSO4 = 11  # never offered
 PF_REPLY_ACK, PF_NET_MTU = 3, 4
 NEED_REPLY = 0x8
 NOFD = 0x100
@@ -351,7 +352,7 @@ def case(malformed=0):
 def negotiation(a):
     fe = Frontend(a.socket)
     fe.negotiate()
-    want = (1 << F_VERSION_1) | (1 << F_PROTOCOL) | (1 << F_MRG_RXBUF) | (1 << F_EVENT_IDX) | (1 << F_INDIRECT) | (1 << F_MTU)
+    want = (1 << F_VERSION_1) | (1 << F_PROTOCOL) | (1 << F_MRG_RXBUF) | (1 << F_EVENT_IDX) | (1 << F_INDIRECT) | (1 << F_MTU) | (1 << F_CSUM) | (1 << F_GUEST_CSUM)
     ok = fe.offered == want and fe.offered_protocol == (1 << PF_REPLY_ACK) | (1 << PF_NET_MTU)
     ok &= fe.get_u64(GET_QUEUE_NUM) == 1
     fe.set(NET_SET_MTU, struct.pack("<Q", a.mtu))          # moat's own MTU: accepted
@@ -885,7 +886,7 @@ def mem_table_drops_running_ring(a):
 
 @case(malformed=1)
 def features_not_offered(a):
-    return hostile_message(a, lambda fe: fe.send(SET_FEATURES, struct.pack("<Q", (1 << F_VERSION_1) | (1 << F_CSUM))))
+    return hostile_message(a, lambda fe: fe.send(SET_FEATURES, struct.pack("<Q", (1 << F_VERSION_1) | (1 << F_HOST_TSO4))))
 
 
 @case(malformed=1)

@@ -263,12 +263,12 @@ class FaultLink final : public Link {
       case HELD:
         return true;
       case DUP:
-        if (!in_->send(scratch_.data(), len)) return false;
-        in_->send(scratch_.data(), len);
+        if (!handOn(scratch_.data(), len)) return false;
+        handOn(scratch_.data(), len);
         afterPass(d);
         return true;
       case PASS:
-        if (!in_->send(scratch_.data(), len)) return false;
+        if (!handOn(scratch_.data(), len)) return false;
         afterPass(d);
         return true;
     }
@@ -384,18 +384,22 @@ class FaultLink final : public Link {
   // Frames released toward the guest go first; false while the inner link cannot take them.
   bool drainOut() {
     Dir& d = dir_[OUT];
-    bool sent = false;
     while (!d.ready.empty()) {
       Held& h = d.ready.front();
-      if (!in_->send(h.bytes.data(), static_cast<uint32_t>(h.bytes.size()))) {
-        if (sent) in_->sendDone();
-        return false;
-      }
-      sent = true;
+      if (!handOn(h.bytes.data(), static_cast<uint32_t>(h.bytes.size()))) return false;
       d.bytes -= h.bytes.size();
       d.ready.pop_front();
     }
     return true;
+  }
+
+  // A frame of this decorator's own (a copy it reuses or frees) to the guest. The inner link may
+  // keep a pointer to what send() gave it until its sendDone() (the packet link batches them
+  // for sendmmsg): each such frame is flushed at once.
+  bool handOn(const uint8_t* frame, uint32_t len) {
+    const bool taken = in_->send(frame, len);
+    in_->sendDone();
+    return taken;
   }
 
   void arm() {

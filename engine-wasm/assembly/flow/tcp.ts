@@ -30,7 +30,8 @@
 //
 // Host -> guest bytes are never copied into a buffer of ours: native-vmm reads them with
 // MSG_PEEK (SO_PEEK_OFF), so they stay in the kernel's receive queue until the guest ACKs them
-// (OPK_TCP_ACKED discards them). Retransmission rewinds the peek offset to snd_una (go-back-N).
+// (OPK_TCP_ACKED discards them); the peek lands in an inbound slot, and the segment carrying
+// them to the guest is built around them there (emitSegment, layout.ts IN_TCP_DATA_AT). Retransmission rewinds the peek offset to snd_una (go-back-N).
 // native-vmm peeks only up to the credit the engine grants (snd_una + the guest's window), so
 // the guest's window is the only buffer on that side. Toward the host, the window offered to the
 // guest is the socket's free send space (reported with every INK_TCP_SENT / INK_TCP_WRITABLE):

@@ -134,7 +134,6 @@ struct VnetHdr {
   uint16_t hdrLen, gsoSize, csumStart, csumOffset;
 };
 static_assert(sizeof(VnetHdr) == 10, "the TAP's vnet header is 10 bytes");
-static constexpr uint8_t VNET_F_NEEDS_CSUM = 1, VNET_F_DATA_VALID = 2, VNET_GSO_NONE = 0;
 
 class TapLink final : public Link {
  public:

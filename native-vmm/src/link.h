@@ -39,6 +39,9 @@ enum : uint32_t { LINK_READABLE = 1, LINK_WRITABLE = 2 };
 // (the field holds the pseudo-header's sum). False when the frame is not TCP or UDP over IP or
 // its headers do not fit (packet.cc).
 bool completeL4Checksum(uint8_t* frame, uint32_t len);
+// virtio-net header flags and GSO type (virtio 1.x §5.1.6), as the TAP's and vhost-user's
+// headers carry them.
+constexpr uint8_t VNET_F_NEEDS_CSUM = 1, VNET_F_DATA_VALID = 2, VNET_GSO_NONE = 0;
 // A frame whose sender left a checksum to the NIC at csumStart + csumOffset (a virtio-net header's
 // NEEDS_CSUM). When it is the frame's own TCP/UDP checksum, which the engine would verify (it ends
 // that TCP or UDP and forwards only the payload): RX_F_CSUM_LEFT, and the engine does not. Any

@@ -124,8 +124,7 @@ constexpr unsigned F_CSUM = 0, F_GUEST_CSUM = 1, F_NET_MTU = 3, F_MRG_RXBUF = 15
 constexpr uint64_t OFFERED_FEATURES = bit(F_VERSION_1) | bit(F_PROTOCOL_FEATURES) | bit(F_MRG_RXBUF) | bit(F_NET_MTU) |
                                       bit(F_EVENT_IDX) | bit(F_INDIRECT_DESC) | bit(F_CSUM) | bit(F_GUEST_CSUM);
 // virtio-net header (virtio 1.x §5.1.6): flags, gso_type, hdr_len, gso_size, csum_start,
-// csum_offset (little-endian), then num_buffers (12-byte form).
-constexpr uint8_t VNET_F_NEEDS_CSUM = 1, VNET_GSO_NONE = 0;
+// csum_offset (little-endian), then num_buffers (12-byte form); its flags are link.h's VNET_*.
 constexpr unsigned PF_REPLY_ACK = 3, PF_NET_MTU = 4;
 constexpr uint64_t OFFERED_PROTOCOL = bit(PF_REPLY_ACK) | bit(PF_NET_MTU);
 

@@ -559,6 +559,27 @@ def tx_head(txq, bufs):
     return txq.chain(bufs)
 
 
+def tx_with_header(a, flags, gso_type, csum_start, csum_offset):
+    """A ping frame behind a virtio-net header saying what the case says (CSUM is negotiated)."""
+    def build(fe, q):
+        data = struct.pack("<BBHHHHH", flags, gso_type, 0, 0, csum_start, csum_offset, 0) + ping(a, 0xC01)
+        fe.mem.write(TX_BUFS, data)
+        return tx_head(q, [(TX_BUFS, len(data), 0)])
+    return hostile_chain(a, build)
+
+
+@case(malformed=1)
+def csum_beyond_frame(a):
+    """NEEDS_CSUM with a checksum to fill in past the frame's end."""
+    return tx_with_header(a, 1, 0, 60000, 6)
+
+
+@case(malformed=1)
+def gso_not_offered(a):
+    """A superframe (GSO TCPV4), which was never offered."""
+    return tx_with_header(a, 0, 1, 0, 0)
+
+
 @case(malformed=1)
 def head_out_of_range(a):
     return hostile_chain(a, lambda fe, q: QSIZE + 7)
